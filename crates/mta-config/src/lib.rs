@@ -1,0 +1,414 @@
+//! The MTA's configuration.
+//!
+//! [`Config`] is read from an optional TOML file; every key has a built-in
+//! default, so `Config::default()` is a complete, working configuration
+//! (listen on 127.0.0.1:2525, queue in `./queue`). Loading is two steps:
+//! syntax (serde, unknown keys are errors, reported with line and column) and
+//! meaning ([`Config::check`], every problem reported at once).
+//!
+//! All times are configuration, never constants in code, so that tests can
+//! shrink them; see `docs/configuration.md` for every key.
+#![deny(missing_docs)]
+
+mod size;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+pub use size::ByteSize;
+
+/// The whole configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The name this MTA gives itself in its banner, EHLO reply and
+    /// `Received:` headers. Default: the system host name.
+    pub hostname: String,
+    /// The queue directory. Default: `queue` (relative to the working
+    /// directory).
+    pub queue_dir: PathBuf,
+    /// Where mtad writes its PID. Default: `<queue_dir>/mtad.pid`.
+    pub pid_file: Option<PathBuf>,
+    /// The control socket `mta-init` talks to. Default:
+    /// `<queue_dir>/control.sock`.
+    pub control_socket: Option<PathBuf>,
+    /// Where `mta-init start` sends mtad's standard output and error.
+    /// Default: `<queue_dir>/mtad.log`.
+    pub daemon_log: Option<PathBuf>,
+    /// The SMTP listener.
+    pub smtp: SmtpConfig,
+    /// STARTTLS.
+    pub tls: TlsConfig,
+    /// The spool.
+    pub spool: SpoolConfig,
+    /// Stopping.
+    pub shutdown: ShutdownConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[smtp]`: the listener and its limits.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    /// Addresses to listen on; port 0 picks a free port (the daemon
+    /// announces the real one).
+    pub listen: Vec<SocketAddr>,
+    /// Connections served at once; one more gets `421 4.7.0` at the banner.
+    pub max_connections: usize,
+    /// The SIZE limit in octets (RFC 1870).
+    pub max_message_size: ByteSize,
+    /// Recipients per transaction; one more gets `452 4.5.3`.
+    pub max_recipients: usize,
+    /// Longest command line, CRLF included (RFC 5321 section 4.5.3.1.4).
+    pub max_command_line: usize,
+    /// Longest text line in DATA, CRLF included (RFC 5321 section 4.5.3.1.6).
+    pub max_line_length: usize,
+    /// Error replies in one session before it gets `421` and is closed.
+    pub max_errors: u32,
+    /// How long a client may stay silent before `421 4.4.2`.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Domains whose mail is ours to keep: anyone may send to them.
+    pub local_domains: Vec<String>,
+    /// Clients that may relay to any domain.
+    pub relay_networks: Vec<IpNet>,
+}
+
+/// `[tls]`: the certificate for STARTTLS. Without both paths, STARTTLS is
+/// not offered.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM file with the certificate chain.
+    pub certificate: Option<PathBuf>,
+    /// PEM file with the private key.
+    pub key: Option<PathBuf>,
+}
+
+/// `[spool]`: durable storage.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    /// Below this much free space on the queue's file system, MAIL gets
+    /// `452 4.3.1` until space returns.
+    pub min_free_space: ByteSize,
+    /// Most messages committed by one shared directory flush.
+    pub max_batch: usize,
+}
+
+/// `[shutdown]`: how a stop behaves.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// How long open sessions may take to finish their transaction once a
+    /// stop begins; sessions still open then get `421` and are closed.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+/// `[log]`: diagnostics on standard error.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter such as `info` or `mtad=debug`; `RUST_LOG` wins.
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            hostname: system_hostname(),
+            queue_dir: PathBuf::from("queue"),
+            pid_file: None,
+            control_socket: None,
+            daemon_log: None,
+            smtp: SmtpConfig::default(),
+            tls: TlsConfig::default(),
+            spool: SpoolConfig::default(),
+            shutdown: ShutdownConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        SmtpConfig {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 2525))],
+            max_connections: 1000,
+            max_message_size: ByteSize(25 * 1024 * 1024),
+            max_recipients: 100,
+            max_command_line: 512,
+            max_line_length: 1000,
+            max_errors: 20,
+            idle_timeout: Duration::from_secs(300),
+            local_domains: vec!["localhost".to_owned()],
+            relay_networks: vec![
+                "127.0.0.0/8".parse().expect("valid network"),
+                "::1/128".parse().expect("valid network"),
+            ],
+        }
+    }
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            min_free_space: ByteSize(100 * 1024 * 1024),
+            max_batch: 256,
+        }
+    }
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// A configuration that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or has a key or value we do not know.
+    /// The message names the line and column, with a caret under the spot.
+    #[error("{path}: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line, column and the offending line.
+        message: String,
+    },
+    /// The file parses but says something impossible; every problem found.
+    #[error("{}", .problems.join("\n"))]
+    Meaning {
+        /// One line per problem, each prefixed with the file and the key.
+        problems: Vec<String>,
+    },
+}
+
+impl Config {
+    /// Reads `path`, or returns the built-in defaults when `path` is `None`,
+    /// and checks the result.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let config = match path {
+            None => Config::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                Config::parse(&text, path)?
+            }
+        };
+        config.check(path)?;
+        Ok(config)
+    }
+
+    /// Parses TOML text; `path` only names the file in errors. Relative
+    /// paths in the file are taken relative to the working directory, as
+    /// command-line paths are.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })
+    }
+
+    /// Checks the meaning of the configuration and reports every problem.
+    pub fn check(&self, path: Option<&Path>) -> Result<(), ConfigError> {
+        let source = path
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "built-in defaults".to_owned());
+        let mut problems = Vec::new();
+        let mut problem =
+            |key: &str, what: String| problems.push(format!("{source}: {key}: {what}"));
+
+        if self.hostname.is_empty()
+            || !self
+                .hostname
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
+            problem(
+                "hostname",
+                format!(
+                    "{:?} is not a host name (letters, digits, '-' and '.')",
+                    self.hostname
+                ),
+            );
+        }
+        if self.smtp.listen.is_empty() {
+            problem("smtp.listen", "at least one address is needed".into());
+        }
+        if self.smtp.max_connections == 0 {
+            problem("smtp.max_connections", "must be at least 1".into());
+        }
+        if self.smtp.max_recipients == 0 {
+            problem("smtp.max_recipients", "must be at least 1".into());
+        }
+        if self.smtp.max_command_line < 512 {
+            problem(
+                "smtp.max_command_line",
+                "RFC 5321 section 4.5.3.1.4 needs at least 512 octets".into(),
+            );
+        }
+        if self.smtp.max_line_length < 1000 {
+            problem(
+                "smtp.max_line_length",
+                "RFC 5321 section 4.5.3.1.6 needs at least 1000 octets".into(),
+            );
+        }
+        if self.smtp.max_errors == 0 {
+            problem("smtp.max_errors", "must be at least 1".into());
+        }
+        if self.smtp.idle_timeout.is_zero() {
+            problem("smtp.idle_timeout", "must be longer than zero".into());
+        }
+        if self.spool.max_batch == 0 {
+            problem("spool.max_batch", "must be at least 1".into());
+        }
+        match (&self.tls.certificate, &self.tls.key) {
+            (None, None) => {}
+            (Some(cert), Some(key)) => {
+                for (k, p) in [("tls.certificate", cert), ("tls.key", key)] {
+                    if !p.is_file() {
+                        problem(k, format!("{} is not a readable file", p.display()));
+                    }
+                }
+            }
+            _ => problem("tls", "certificate and key must be given together".into()),
+        }
+        for domain in &self.smtp.local_domains {
+            if domain.is_empty() || domain.contains(['@', ' ', '\r', '\n']) {
+                problem("smtp.local_domains", format!("{domain:?} is not a domain"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Meaning { problems })
+        }
+    }
+
+    /// The PID file, explicit or under the queue directory.
+    pub fn pid_file(&self) -> PathBuf {
+        self.pid_file
+            .clone()
+            .unwrap_or_else(|| self.queue_dir.join("mtad.pid"))
+    }
+
+    /// The control socket, explicit or under the queue directory.
+    pub fn control_socket(&self) -> PathBuf {
+        self.control_socket
+            .clone()
+            .unwrap_or_else(|| self.queue_dir.join("control.sock"))
+    }
+
+    /// The daemon's output file when started by `mta-init`.
+    pub fn daemon_log(&self) -> PathBuf {
+        self.daemon_log
+            .clone()
+            .unwrap_or_else(|| self.queue_dir.join("mtad.log"))
+    }
+
+    /// True when a domain is one of ours (ASCII case ignored).
+    pub fn is_local_domain(&self, domain: &str) -> bool {
+        self.smtp
+            .local_domains
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(domain))
+    }
+}
+
+fn system_hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("mta.toml"))
+    }
+
+    #[test]
+    fn defaults_are_complete_and_valid() {
+        let c = Config::default();
+        c.check(None).unwrap();
+        assert_eq!(c.smtp.listen, vec!["127.0.0.1:2525".parse().unwrap()]);
+        assert_eq!(c.queue_dir, PathBuf::from("queue"));
+        assert_eq!(c.smtp.max_recipients, 100);
+        assert_eq!(c.pid_file(), PathBuf::from("queue/mtad.pid"));
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_with_line_and_column() {
+        let err = parse("hostname = \"mx.test\"\n[smtp]\nmax_recipient = 5\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("mta.toml: "), "{msg}");
+        assert!(msg.contains("line 3, column 1"), "{msg}");
+        assert!(msg.contains("max_recipient"), "{msg}");
+    }
+
+    #[test]
+    fn values_are_read() {
+        let c = parse(
+            "[smtp]\nlisten = [\"127.0.0.1:0\"]\nidle_timeout = \"2s\"\nmax_message_size = \"1MiB\"\n\
+             relay_networks = [\"10.0.0.0/8\"]\n[spool]\nmin_free_space = 0\n",
+        )
+        .unwrap();
+        assert_eq!(c.smtp.idle_timeout, Duration::from_secs(2));
+        assert_eq!(c.smtp.max_message_size, ByteSize(1024 * 1024));
+        assert_eq!(c.spool.min_free_space, ByteSize(0));
+        assert_eq!(c.smtp.relay_networks.len(), 1);
+    }
+
+    #[test]
+    fn meaning_errors_are_all_reported() {
+        let c =
+            parse("hostname = \"bad host\"\n[smtp]\nlisten = []\nmax_recipients = 0\n").unwrap();
+        let msg = c
+            .check(Some(Path::new("mta.toml")))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(msg.lines().count(), 3, "{msg}");
+        assert!(msg.contains("mta.toml: hostname"), "{msg}");
+        assert!(msg.contains("smtp.listen"), "{msg}");
+        assert!(msg.contains("smtp.max_recipients"), "{msg}");
+    }
+
+    #[test]
+    fn tls_needs_both_files() {
+        let c = parse("[tls]\ncertificate = \"/nonexistent.pem\"\n").unwrap();
+        let msg = c.check(None).unwrap_err().to_string();
+        assert!(msg.contains("given together"), "{msg}");
+    }
+}

@@ -1,0 +1,246 @@
+//! ESMTP parameters of MAIL and RCPT: SIZE (RFC 1870), BODY (RFC 6152),
+//! SMTPUTF8 (RFC 6531), and the DSN parameters RET, ENVID, NOTIFY and ORCPT
+//! (RFC 3461).
+
+use mta_envelope::{BodyType, Notify, Ret};
+
+use crate::reply::Reply;
+
+/// The parameters of one MAIL command.
+#[derive(Debug, Default)]
+pub(crate) struct MailParams {
+    pub size: Option<u64>,
+    pub body: BodyType,
+    pub smtputf8: bool,
+    pub ret: Option<Ret>,
+    pub envid: Option<String>,
+}
+
+type Params = Vec<(String, Option<String>)>;
+
+fn unsupported(key: &str) -> Reply {
+    Reply::new(555, "5.5.4", format!("Unsupported parameter {key}"))
+}
+
+fn bad_value(key: &str) -> Reply {
+    Reply::new(501, "5.5.4", format!("Bad value for parameter {key}"))
+}
+
+fn once<T>(slot: &mut Option<T>, key: &str, value: T) -> Result<(), Reply> {
+    if slot.is_some() {
+        return Err(Reply::new(
+            501,
+            "5.5.4",
+            format!("Parameter {key} given twice"),
+        ));
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
+pub(crate) fn mail_params(params: Params) -> Result<MailParams, Reply> {
+    let mut p = MailParams::default();
+    let mut body = None;
+    let mut smtputf8 = None;
+    for (key, value) in params {
+        match (key.as_str(), value) {
+            ("SIZE", Some(v)) => {
+                let size = v
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|_| v.bytes().all(|b| b.is_ascii_digit()))
+                    .ok_or_else(|| bad_value(&key))?;
+                once(&mut p.size, &key, size)?;
+            }
+            ("BODY", Some(v)) => {
+                let kind = match v.to_ascii_uppercase().as_str() {
+                    "7BIT" => BodyType::SevenBit,
+                    "8BITMIME" => BodyType::EightBitMime,
+                    _ => return Err(bad_value(&key)),
+                };
+                once(&mut body, &key, kind)?;
+            }
+            ("SMTPUTF8", None) => once(&mut smtputf8, &key, true)?,
+            ("RET", Some(v)) => {
+                let ret = match v.to_ascii_uppercase().as_str() {
+                    "FULL" => Ret::Full,
+                    "HDRS" => Ret::Hdrs,
+                    _ => return Err(bad_value(&key)),
+                };
+                once(&mut p.ret, &key, ret)?;
+            }
+            ("ENVID", Some(v)) => {
+                let envid = xtext_decode(&v)
+                    .filter(|e| e.len() <= 100)
+                    .ok_or_else(|| bad_value(&key))?;
+                once(&mut p.envid, &key, envid)?;
+            }
+            ("SIZE" | "BODY" | "RET" | "ENVID", None) | ("SMTPUTF8", Some(_)) => {
+                return Err(bad_value(&key))
+            }
+            _ => return Err(unsupported(&key)),
+        }
+    }
+    p.body = body.unwrap_or_default();
+    p.smtputf8 = smtputf8.unwrap_or(false);
+    Ok(p)
+}
+
+/// NOTIFY and ORCPT of one RCPT command.
+pub(crate) fn rcpt_params(params: Params) -> Result<(Option<Notify>, Option<String>), Reply> {
+    let mut notify = None;
+    let mut orcpt = None;
+    for (key, value) in params {
+        match (key.as_str(), value) {
+            ("NOTIFY", Some(v)) => {
+                let parsed = parse_notify(&v).ok_or_else(|| bad_value(&key))?;
+                once(&mut notify, &key, parsed)?;
+            }
+            ("ORCPT", Some(v)) => {
+                // addr-type ";" xtext (RFC 3461 section 4.2).
+                let (kind, addr) = v.split_once(';').ok_or_else(|| bad_value(&key))?;
+                let valid_kind = !kind.is_empty()
+                    && kind.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+                let addr = xtext_decode(addr)
+                    .filter(|a| valid_kind && !a.is_empty() && a.len() <= 500)
+                    .ok_or_else(|| bad_value(&key))?;
+                once(&mut orcpt, &key, format!("{kind};{addr}"))?;
+            }
+            ("NOTIFY" | "ORCPT", None) => return Err(bad_value(&key)),
+            _ => return Err(unsupported(&key)),
+        }
+    }
+    Ok((notify, orcpt))
+}
+
+fn parse_notify(v: &str) -> Option<Notify> {
+    if v.eq_ignore_ascii_case("NEVER") {
+        return Some(Notify::Never);
+    }
+    let (mut success, mut failure, mut delay) = (false, false, false);
+    for word in v.split(',') {
+        let flag = match word.to_ascii_uppercase().as_str() {
+            "SUCCESS" => &mut success,
+            "FAILURE" => &mut failure,
+            "DELAY" => &mut delay,
+            _ => return None,
+        };
+        if *flag {
+            return None;
+        }
+        *flag = true;
+    }
+    Some(Notify::On {
+        success,
+        failure,
+        delay,
+    })
+}
+
+/// Decodes xtext (RFC 3461 section 4): `+XX` is the octet with hex value XX.
+/// Returns None for bad syntax, and for a result holding a control
+/// character: a CR or LF smuggled in as `+0D` or `+0A` must never reach a
+/// spool record or, later, a DSN header.
+pub(crate) fn xtext_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'+' => {
+                let hi = bytes.next()?;
+                let lo = bytes.next()?;
+                let hex = |c: u8| match c {
+                    b'0'..=b'9' => Some(c - b'0'),
+                    b'A'..=b'F' => Some(c - b'A' + 10),
+                    _ => None,
+                };
+                out.push(hex(hi)? << 4 | hex(lo)?);
+            }
+            b'!'..=b'~' if b != b'=' => out.push(b),
+            // Raw UTF-8 is allowed by RFC 6533 (utf-8-addr-xtext).
+            0x80.. => out.push(b),
+            _ => return None,
+        }
+    }
+    let s = String::from_utf8(out).ok()?;
+    (!s.chars().any(char::is_control)).then_some(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(list: &[(&str, Option<&str>)]) -> Params {
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.map(str::to_owned)))
+            .collect()
+    }
+
+    #[test]
+    fn xtext() {
+        assert_eq!(xtext_decode("a+2Bb").as_deref(), Some("a+b"));
+        assert_eq!(
+            xtext_decode("user+40example.com").as_deref(),
+            Some("user@example.com")
+        );
+        assert_eq!(xtext_decode("a+0Db"), None, "CR must not decode");
+        assert_eq!(xtext_decode("a+0A"), None, "LF must not decode");
+        assert_eq!(xtext_decode("a+2"), None);
+        assert_eq!(xtext_decode("a+zz"), None);
+        assert_eq!(xtext_decode("a=b"), None);
+    }
+
+    #[test]
+    fn mail_dsn_params() {
+        let m = mail_params(p(&[
+            ("RET", Some("hdrs")),
+            ("ENVID", Some("QQ+2B1")),
+            ("BODY", Some("8BITMIME")),
+            ("SIZE", Some("42")),
+        ]))
+        .unwrap();
+        assert_eq!(m.ret, Some(Ret::Hdrs));
+        assert_eq!(m.envid.as_deref(), Some("QQ+1"));
+        assert_eq!(m.body, BodyType::EightBitMime);
+        assert_eq!(m.size, Some(42));
+        assert_eq!(mail_params(p(&[("FOO", None)])).unwrap_err().code, 555);
+        assert_eq!(mail_params(p(&[("RET", Some("X"))])).unwrap_err().code, 501);
+        assert_eq!(
+            mail_params(p(&[("SIZE", Some("1")), ("SIZE", Some("2"))]))
+                .unwrap_err()
+                .code,
+            501
+        );
+        assert_eq!(
+            mail_params(p(&[("BODY", Some("BINARYMIME"))]))
+                .unwrap_err()
+                .code,
+            501
+        );
+    }
+
+    #[test]
+    fn rcpt_dsn_params() {
+        let (n, o) = rcpt_params(p(&[
+            ("NOTIFY", Some("SUCCESS,FAILURE")),
+            ("ORCPT", Some("rfc822;a+40b.test")),
+        ]))
+        .unwrap();
+        assert_eq!(
+            n,
+            Some(Notify::On {
+                success: true,
+                failure: true,
+                delay: false
+            })
+        );
+        assert_eq!(o.as_deref(), Some("rfc822;a@b.test"));
+        assert_eq!(
+            rcpt_params(p(&[("NOTIFY", Some("NEVER"))])).unwrap().0,
+            Some(Notify::Never)
+        );
+        assert!(rcpt_params(p(&[("NOTIFY", Some("NEVER,SUCCESS"))])).is_err());
+        assert!(rcpt_params(p(&[("ORCPT", Some("rfc822;a+0D+0Ab"))])).is_err());
+        assert!(rcpt_params(p(&[("ORCPT", Some("noaddrtype"))])).is_err());
+    }
+}

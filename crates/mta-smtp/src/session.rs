@@ -1,0 +1,801 @@
+//! One SMTP server session as a state machine, without sockets.
+//!
+//! The caller owns the connection: it appends what it reads to a buffer and
+//! calls [`Session::poll`] until it answers [`Step::NeedInput`], writing each
+//! reply it gets. The session does its own framing (command lines, DATA text,
+//! BDAT chunks), so every rule about where one command ends and the next
+//! begins lives here, where the tests can reach it byte by byte.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, BytesMut};
+use ipnet::IpNet;
+use mta_envelope::{Envelope, Mailbox, Origin, QueueId, Recipient, ReversePath};
+
+use crate::address::{parse_mailbox, AddressError};
+use crate::command::{Command, CommandError};
+use crate::params::{mail_params, rcpt_params, MailParams};
+use crate::reply::Reply;
+use crate::text::{DataDecoder, LineChecker, TextError};
+
+/// What a session needs to know about the server; shared by all sessions.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Our host name, for the banner, EHLO and `Received:`.
+    pub hostname: String,
+    /// The SIZE limit in octets.
+    pub max_message_size: usize,
+    /// Recipients per transaction.
+    pub max_recipients: usize,
+    /// Longest command line, CRLF included.
+    pub max_command_line: usize,
+    /// Longest text line, CRLF included.
+    pub max_line_length: usize,
+    /// Error replies before the session is closed.
+    pub max_errors: u32,
+    /// STARTTLS can be offered (a certificate is configured).
+    pub tls_available: bool,
+    /// Domains anyone may send to.
+    pub local_domains: Vec<String>,
+    /// Clients that may send to any domain.
+    pub relay_networks: Vec<IpNet>,
+}
+
+/// Server-wide conditions that decide whether new mail is taken, updated by
+/// the daemon while sessions run.
+#[derive(Debug)]
+pub struct Admission {
+    storage_ok: AtomicBool,
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        Admission {
+            storage_ok: AtomicBool::new(true),
+        }
+    }
+}
+
+impl Admission {
+    /// Records whether the spool has room (the free-space floor).
+    pub fn set_storage_ok(&self, ok: bool) {
+        self.storage_ok.store(ok, Ordering::Relaxed);
+    }
+
+    /// True while the spool has room.
+    pub fn storage_ok(&self) -> bool {
+        self.storage_ok.load(Ordering::Relaxed)
+    }
+}
+
+/// A message ready to be stored: the caller makes it durable, then calls
+/// [`Session::stored`].
+#[derive(Debug)]
+pub struct Message {
+    /// Sender, recipients, DSN requests and origin.
+    pub envelope: Envelope,
+    /// The content, dot-unstuffed, CRLF line endings, ending with CRLF
+    /// unless empty; without our `Received:` header.
+    pub content: Vec<u8>,
+}
+
+/// Why storing a message failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreError {
+    /// The file system is full.
+    NoSpace,
+    /// Any other storage failure.
+    Io,
+}
+
+/// What the caller must do next.
+#[derive(Debug)]
+pub enum Step {
+    /// Read more input, after writing any pending replies.
+    NeedInput,
+    /// Send this reply.
+    Reply(Reply),
+    /// Send this reply, then close the connection.
+    Close(Reply),
+    /// Send this reply, discard any input already buffered (RFC 3207
+    /// section 4.2 and CVE-2011-0411), run the TLS handshake, then call
+    /// [`Session::tls_started`].
+    StartTls(Reply),
+    /// Store this message, then call [`Session::stored`] and send its reply.
+    Store(Box<Message>),
+}
+
+/// Where the input stands.
+#[derive(Debug)]
+enum Phase {
+    /// Reading command lines.
+    Command,
+    /// Skipping the rest of a command line that was too long.
+    SkipLine,
+    /// Reading the text after DATA.
+    Data(Box<DataDecoder>),
+    /// Reading the octets of a BDAT chunk.
+    Chunk {
+        remaining: u64,
+        last: bool,
+        /// The chunk belongs to no transaction and is only read and dropped.
+        refused: Option<Reply>,
+    },
+}
+
+/// Content gathered from BDAT chunks so far.
+#[derive(Debug)]
+struct Chunks {
+    content: Vec<u8>,
+    checker: LineChecker,
+}
+
+/// An open mail transaction (MAIL given).
+#[derive(Debug)]
+struct Transaction {
+    sender: ReversePath,
+    params: MailParams,
+    recipients: Vec<Recipient>,
+    chunks: Option<Chunks>,
+}
+
+/// The greeting a client gave.
+#[derive(Debug, Clone)]
+struct Greeting {
+    name: String,
+    extended: bool,
+}
+
+/// One SMTP session.
+#[derive(Debug)]
+pub struct Session {
+    config: Arc<SessionConfig>,
+    admission: Arc<Admission>,
+    peer: IpAddr,
+    greeting: Option<Greeting>,
+    tls: Option<String>,
+    transaction: Option<Transaction>,
+    phase: Phase,
+    errors: u32,
+    close_pending: bool,
+}
+
+impl Session {
+    /// A new session with a client at `peer`.
+    pub fn new(config: Arc<SessionConfig>, admission: Arc<Admission>, peer: IpAddr) -> Session {
+        Session {
+            config,
+            admission,
+            peer,
+            greeting: None,
+            tls: None,
+            transaction: None,
+            phase: Phase::Command,
+            errors: 0,
+            close_pending: false,
+        }
+    }
+
+    /// The 220 banner.
+    pub fn banner(&self) -> Reply {
+        Reply::plain(220, format!("{} ESMTP mtad", self.config.hostname))
+    }
+
+    /// The reply to a client that stayed silent too long.
+    pub fn timeout(&self) -> Reply {
+        Reply::new(
+            421,
+            "4.4.2",
+            format!("{} Error: timeout exceeded", self.config.hostname),
+        )
+    }
+
+    /// The reply when the server stops while the session is open.
+    pub fn shutting_down(&self) -> Reply {
+        Reply::new(
+            421,
+            "4.3.2",
+            format!("{} shutting down, try again later", self.config.hostname),
+        )
+    }
+
+    /// The reply to a connection over the limit, sent instead of the banner.
+    pub fn too_many_connections(hostname: &str) -> Reply {
+        Reply::new(
+            421,
+            "4.7.0",
+            format!("{hostname} Error: too many connections, try again later"),
+        )
+    }
+
+    /// True while a transaction is open or message text is being read: a
+    /// stop lets such a session finish before it closes it.
+    pub fn in_transaction(&self) -> bool {
+        self.transaction.is_some() || !matches!(self.phase, Phase::Command | Phase::SkipLine)
+    }
+
+    /// True once the TLS handshake is done.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Records a finished TLS handshake: RFC 3207 section 4.2, the session
+    /// starts over and the client must send EHLO again.
+    pub fn tls_started(&mut self, description: String) {
+        self.tls = Some(description);
+        self.greeting = None;
+        self.transaction = None;
+        self.phase = Phase::Command;
+    }
+
+    /// The reply once the caller tried to store the message of a
+    /// [`Step::Store`].
+    pub fn stored(&mut self, result: Result<QueueId, StoreError>) -> Reply {
+        match result {
+            Ok(id) => Reply::new(250, "2.0.0", format!("Ok: queued as {id}")),
+            Err(_) => self.error(Reply::new(
+                452,
+                "4.3.1",
+                "Insufficient system storage, try again later",
+            )),
+        }
+    }
+
+    /// Runs the session on buffered input; consumes what it uses.
+    pub fn poll(&mut self, input: &mut BytesMut) -> Step {
+        if self.close_pending {
+            return Step::Close(Reply::new(
+                421,
+                "4.7.0",
+                format!("{} Error: too many errors", self.config.hostname),
+            ));
+        }
+        loop {
+            match &mut self.phase {
+                Phase::Command => {
+                    let max = self.config.max_command_line;
+                    let window = &input[..input.len().min(max)];
+                    match window.iter().position(|&b| b == b'\n') {
+                        Some(end) => {
+                            let line = input.split_to(end + 1);
+                            let step = self.command_line(&line);
+                            if matches!(step, Step::NeedInput) {
+                                // BDAT: its chunk may already be buffered.
+                                continue;
+                            }
+                            return step;
+                        }
+                        None if input.len() >= max => {
+                            // Only what was looked at goes; the rest of the
+                            // line is skipped as it arrives.
+                            input.advance(max);
+                            self.phase = Phase::SkipLine;
+                        }
+                        None => return Step::NeedInput,
+                    }
+                }
+                Phase::SkipLine => match input.iter().position(|&b| b == b'\n') {
+                    Some(end) => {
+                        input.advance(end + 1);
+                        self.phase = Phase::Command;
+                        let max = self.config.max_command_line;
+                        return self.reply(Reply::new(
+                            500,
+                            "5.5.2",
+                            format!("Line too long (limit {max} octets)"),
+                        ));
+                    }
+                    None => {
+                        input.clear();
+                        return Step::NeedInput;
+                    }
+                },
+                Phase::Data(decoder) => {
+                    let (used, done) = decoder.feed(input);
+                    input.advance(used);
+                    if !done {
+                        return Step::NeedInput;
+                    }
+                    let Phase::Data(decoder) = std::mem::replace(&mut self.phase, Phase::Command)
+                    else {
+                        unreachable!("phase checked above");
+                    };
+                    let text = decoder.finish();
+                    return self.message_complete(text);
+                }
+                Phase::Chunk {
+                    remaining,
+                    last,
+                    refused,
+                } => {
+                    let take = (*remaining).min(input.len() as u64) as usize;
+                    let bytes = input.split_to(take);
+                    *remaining -= take as u64;
+                    let (done, last, refused) = (*remaining == 0, *last, refused.take());
+                    if refused.is_none() {
+                        self.take_chunk_bytes(&bytes);
+                    }
+                    if !done {
+                        if let Phase::Chunk { refused: slot, .. } = &mut self.phase {
+                            *slot = refused;
+                        }
+                        return Step::NeedInput;
+                    }
+                    self.phase = Phase::Command;
+                    return match refused {
+                        Some(reply) => self.reply(reply),
+                        None => self.chunk_complete(last),
+                    };
+                }
+            }
+        }
+    }
+
+    /// Counts an error reply; past the limit, the session closes after it.
+    fn error(&mut self, reply: Reply) -> Reply {
+        self.errors += 1;
+        if self.errors >= self.config.max_errors {
+            self.close_pending = true;
+        }
+        reply
+    }
+
+    fn reply(&mut self, reply: Reply) -> Step {
+        let reply = if reply.is_error() {
+            self.error(reply)
+        } else {
+            reply
+        };
+        Step::Reply(reply)
+    }
+
+    /// Checks the framing of one line (LF included) and runs it.
+    fn command_line(&mut self, line: &[u8]) -> Step {
+        // RFC 5321 section 2.3.8: lines end with CRLF; a bare CR or LF in a
+        // command is refused whole, never taken as a line end.
+        let Some(body) = line.strip_suffix(b"\r\n") else {
+            return self.reply(Reply::new(
+                500,
+                "5.5.2",
+                "Syntax error: bare LF in command, lines must end with CRLF",
+            ));
+        };
+        if body.contains(&b'\r') {
+            return self.reply(Reply::new(500, "5.5.2", "Syntax error: bare CR in command"));
+        }
+        let Ok(text) = std::str::from_utf8(body) else {
+            return self.reply(Reply::new(
+                501,
+                "5.5.2",
+                "Syntax error: command is not UTF-8",
+            ));
+        };
+        if text.chars().any(|c| c.is_control() && c != '\t') {
+            return self.reply(Reply::new(
+                501,
+                "5.5.2",
+                "Syntax error: control character in command",
+            ));
+        }
+        match Command::parse(text) {
+            Ok(command) => self.command(command),
+            Err(CommandError::Unknown) => {
+                self.reply(Reply::new(500, "5.5.1", "Error: command not recognized"))
+            }
+            Err(CommandError::Syntax(usage)) => {
+                if text.len() >= 4 && text[..4].eq_ignore_ascii_case("BDAT") {
+                    // The chunk size is unknown, so the octets that follow
+                    // cannot be told from commands: close rather than run
+                    // them (RFC 3030 section 3).
+                    self.errors += 1;
+                    return Step::Close(Reply::new(501, "5.5.4", format!("Syntax: {usage}")));
+                }
+                self.reply(Reply::new(501, "5.5.4", format!("Syntax: {usage}")))
+            }
+            Err(CommandError::Path(_)) => {
+                let is_mail = text[..4].eq_ignore_ascii_case("MAIL");
+                self.reply(bad_address(is_mail, AddressError::Syntax))
+            }
+        }
+    }
+
+    fn command(&mut self, command: Command) -> Step {
+        match command {
+            Command::Ehlo(name) => {
+                self.transaction = None;
+                self.greeting = Some(Greeting {
+                    name,
+                    extended: true,
+                });
+                Step::Reply(self.ehlo_reply())
+            }
+            Command::Helo(name) => {
+                self.transaction = None;
+                self.greeting = Some(Greeting {
+                    name,
+                    extended: false,
+                });
+                Step::Reply(Reply::plain(250, self.config.hostname.clone()))
+            }
+            Command::Mail { path, params } => {
+                let reply = self.mail(&path, params);
+                self.reply(reply)
+            }
+            Command::Rcpt { path, params } => {
+                let reply = self.rcpt(&path, params);
+                self.reply(reply)
+            }
+            Command::Data => match &self.transaction {
+                None => self.reply(need_mail()),
+                Some(tx) if tx.recipients.is_empty() => {
+                    self.reply(Reply::new(554, "5.5.1", "Error: no valid recipients"))
+                }
+                Some(tx) if tx.chunks.is_some() => self.reply(Reply::new(
+                    503,
+                    "5.5.1",
+                    "Error: DATA cannot follow BDAT in one transaction",
+                )),
+                Some(_) => {
+                    self.phase = Phase::Data(Box::new(DataDecoder::new(
+                        self.config.max_line_length,
+                        self.config.max_message_size,
+                    )));
+                    Step::Reply(Reply::plain(354, "End data with <CR><LF>.<CR><LF>"))
+                }
+            },
+            Command::Bdat { size, last } => {
+                let refused = match &mut self.transaction {
+                    None => Some(need_mail()),
+                    Some(tx) if tx.recipients.is_empty() => {
+                        Some(Reply::new(554, "5.5.1", "Error: no valid recipients"))
+                    }
+                    Some(tx) => {
+                        tx.chunks.get_or_insert_with(|| Chunks {
+                            content: Vec::new(),
+                            checker: LineChecker::new(self.config.max_line_length),
+                        });
+                        None
+                    }
+                };
+                // RFC 3030 section 3: the octets of a refused chunk are still
+                // read, and dropped.
+                self.phase = Phase::Chunk {
+                    remaining: size,
+                    last,
+                    refused,
+                };
+                Step::NeedInput
+            }
+            Command::Rset => {
+                self.transaction = None;
+                Step::Reply(Reply::new(250, "2.0.0", "Ok"))
+            }
+            Command::Noop => Step::Reply(Reply::new(250, "2.0.0", "Ok")),
+            Command::Quit => Step::Close(Reply::new(
+                221,
+                "2.0.0",
+                format!("{} closing connection", self.config.hostname),
+            )),
+            Command::Vrfy => Step::Reply(Reply::new(
+                252,
+                "2.5.2",
+                "Cannot VRFY user, but will accept message and attempt delivery",
+            )),
+            Command::Expn => self.reply(Reply::new(502, "5.5.1", "Error: EXPN not available")),
+            Command::Help => Step::Reply(Reply::new(
+                214,
+                "2.0.0",
+                "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS; see RFC 5321",
+            )),
+            Command::StartTls => {
+                if !self.config.tls_available {
+                    self.reply(Reply::new(502, "5.5.1", "Error: STARTTLS not available"))
+                } else if self.tls.is_some() {
+                    self.reply(Reply::new(503, "5.5.1", "Error: TLS already active"))
+                } else if self.transaction.is_some() {
+                    self.reply(Reply::new(
+                        503,
+                        "5.5.1",
+                        "Error: STARTTLS not allowed during a mail transaction",
+                    ))
+                } else {
+                    Step::StartTls(Reply::new(220, "2.0.0", "Ready to start TLS"))
+                }
+            }
+        }
+    }
+
+    fn ehlo_reply(&self) -> Reply {
+        let mut lines = vec![
+            self.config.hostname.clone(),
+            "PIPELINING".to_owned(),
+            format!("SIZE {}", self.config.max_message_size),
+            "8BITMIME".to_owned(),
+            "SMTPUTF8".to_owned(),
+            "ENHANCEDSTATUSCODES".to_owned(),
+            "CHUNKING".to_owned(),
+            "DSN".to_owned(),
+        ];
+        if self.config.tls_available && self.tls.is_none() {
+            lines.push("STARTTLS".to_owned());
+        }
+        lines.push("HELP".to_owned());
+        Reply::multiline(250, None, lines)
+    }
+
+    fn mail(&mut self, path: &str, params: Vec<(String, Option<String>)>) -> Reply {
+        if self.greeting.is_none() {
+            return Reply::new(503, "5.5.1", "Error: send HELO/EHLO first");
+        }
+        if self.transaction.is_some() {
+            return Reply::new(503, "5.5.1", "Error: nested MAIL command");
+        }
+        if !self.admission.storage_ok() {
+            return Reply::new(452, "4.3.1", "Insufficient system storage, try again later");
+        }
+        let params = match mail_params(params) {
+            Ok(p) => p,
+            Err(reply) => return reply,
+        };
+        let sender = if path.is_empty() {
+            ReversePath::Null
+        } else {
+            match parse_mailbox(path, params.smtputf8) {
+                Ok(m) => ReversePath::Mailbox(m),
+                Err(e) => return bad_address(true, e),
+            }
+        };
+        if params
+            .size
+            .is_some_and(|s| s > self.config.max_message_size as u64)
+        {
+            return Reply::new(
+                552,
+                "5.3.4",
+                "Message size exceeds fixed maximum message size",
+            );
+        }
+        let reply = Reply::new(250, "2.1.0", format!("Sender <{sender}> ok"));
+        self.transaction = Some(Transaction {
+            sender,
+            params,
+            recipients: Vec::new(),
+            chunks: None,
+        });
+        reply
+    }
+
+    fn rcpt(&mut self, path: &str, params: Vec<(String, Option<String>)>) -> Reply {
+        let Some(tx) = &self.transaction else {
+            return need_mail();
+        };
+        if tx.recipients.len() >= self.config.max_recipients {
+            return Reply::new(452, "4.5.3", "Error: too many recipients");
+        }
+        // RFC 5321 section 4.5.1: postmaster without a domain is always
+        // accepted.
+        let address = if path.eq_ignore_ascii_case("postmaster") {
+            Mailbox {
+                local: path.to_owned(),
+                domain: String::new(),
+            }
+        } else {
+            match parse_mailbox(path, tx.params.smtputf8) {
+                Ok(m) => m,
+                Err(e) => return bad_address(false, e),
+            }
+        };
+        let (notify, orcpt) = match rcpt_params(params) {
+            Ok(p) => p,
+            Err(reply) => return reply,
+        };
+        let local = address.domain.is_empty()
+            || self
+                .config
+                .local_domains
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case(&address.domain));
+        let trusted = self
+            .config
+            .relay_networks
+            .iter()
+            .any(|n| n.contains(&self.peer));
+        if !local && !trusted {
+            return Reply::new(554, "5.7.1", format!("<{address}>: Relay access denied"));
+        }
+        let reply = Reply::new(250, "2.1.5", format!("Recipient <{address}> ok"));
+        if let Some(tx) = &mut self.transaction {
+            tx.recipients.push(Recipient {
+                address,
+                notify,
+                orcpt,
+            });
+        }
+        reply
+    }
+
+    fn take_chunk_bytes(&mut self, bytes: &[u8]) {
+        let max = self.config.max_message_size;
+        if let Some(chunks) = self.transaction.as_mut().and_then(|t| t.chunks.as_mut()) {
+            chunks.checker.push_all(bytes);
+            if chunks.content.len() <= max {
+                let room = max + 1 - chunks.content.len();
+                chunks
+                    .content
+                    .extend_from_slice(&bytes[..bytes.len().min(room)]);
+            }
+        }
+    }
+
+    fn chunk_complete(&mut self, last: bool) -> Step {
+        let max = self.config.max_message_size;
+        let Some(tx) = &mut self.transaction else {
+            return Step::NeedInput;
+        };
+        let Some(chunks) = &mut tx.chunks else {
+            return Step::NeedInput;
+        };
+        if chunks.content.len() > max {
+            // RFC 3030 section 3: the transaction fails; chunks already in
+            // the pipeline find no transaction and are dropped.
+            self.transaction = None;
+            return self.reply(size_exceeded());
+        }
+        if !last {
+            let len = chunks.content.len();
+            return Step::Reply(Reply::new(250, "2.0.0", format!("{len} octets received")));
+        }
+        let mut chunks = tx.chunks.take().expect("checked above");
+        let text = chunks.checker.finish(false).map(|()| {
+            // Delivery relays with DATA, which needs the text to end with a
+            // line end.
+            if !chunks.content.is_empty() && !chunks.content.ends_with(b"\r\n") {
+                chunks.content.extend_from_slice(b"\r\n");
+            }
+            chunks.content
+        });
+        self.message_complete(text)
+    }
+
+    /// The text of a message is in; the transaction ends either way.
+    fn message_complete(&mut self, text: Result<Vec<u8>, TextError>) -> Step {
+        let tx = self.transaction.take();
+        let content = match text {
+            Ok(content) => content,
+            Err(e) => return self.reply(text_error(e, self.config.max_line_length)),
+        };
+        if let Err(why) = check_header_section(&content) {
+            return self.reply(Reply::new(554, "5.6.0", format!("Message rejected: {why}")));
+        }
+        let Some(tx) = tx else {
+            return self.reply(need_mail());
+        };
+        let greeting = self.greeting.clone().unwrap_or(Greeting {
+            name: String::new(),
+            extended: false,
+        });
+        let protocol = match (greeting.extended, tx.params.smtputf8, self.tls.is_some()) {
+            (false, _, false) => "SMTP",
+            (false, _, true) => "SMTPS",
+            (true, false, false) => "ESMTP",
+            (true, false, true) => "ESMTPS",
+            (true, true, false) => "UTF8SMTP",
+            (true, true, true) => "UTF8SMTPS",
+        };
+        let envelope = Envelope {
+            sender: tx.sender,
+            recipients: tx.recipients,
+            body: tx.params.body,
+            smtputf8: tx.params.smtputf8,
+            ret: tx.params.ret,
+            envid: tx.params.envid,
+            origin: Origin {
+                client_ip: self.peer,
+                helo: greeting.name,
+                protocol: protocol.to_owned(),
+                tls: self.tls.clone(),
+            },
+            arrival: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        };
+        Step::Store(Box::new(Message { envelope, content }))
+    }
+}
+
+fn need_mail() -> Reply {
+    Reply::new(503, "5.5.1", "Error: need MAIL command")
+}
+
+fn size_exceeded() -> Reply {
+    Reply::new(
+        552,
+        "5.3.4",
+        "Message size exceeds fixed maximum message size",
+    )
+}
+
+fn bad_address(sender: bool, e: AddressError) -> Reply {
+    match (e, sender) {
+        (AddressError::NeedsSmtpUtf8, _) => Reply::new(
+            553,
+            "5.6.7",
+            "Non-ASCII address needs the SMTPUTF8 parameter (RFC 6531)",
+        ),
+        // RFC 3463: X.1.7 is the sender's address syntax, X.1.3 any other.
+        (AddressError::Syntax, true) => Reply::new(501, "5.1.7", "Bad sender address syntax"),
+        (AddressError::Syntax, false) => Reply::new(501, "5.1.3", "Bad recipient address syntax"),
+    }
+}
+
+fn text_error(e: TextError, max_line: usize) -> Reply {
+    match e {
+        TextError::BareLf => Reply::new(
+            554,
+            "5.6.0",
+            "Message rejected: bare LF in message text (RFC 5321 section 2.3.8), lines must end with CRLF",
+        ),
+        TextError::BareCr => Reply::new(
+            554,
+            "5.6.0",
+            "Message rejected: bare CR in message text (RFC 5321 section 2.3.8), lines must end with CRLF",
+        ),
+        TextError::TooBig => size_exceeded(),
+        TextError::LineTooLong => Reply::new(
+            500,
+            "5.5.2",
+            format!("Message rejected: line longer than {max_line} octets (RFC 5321 section 4.5.3.1.6)"),
+        ),
+    }
+}
+
+/// A message must open with a header section (RFC 5322 section 2.1): its
+/// first line is a header field, and mail-parser finds fields in it.
+fn check_header_section(content: &[u8]) -> Result<(), &'static str> {
+    let first_line = content.split(|&b| b == b'\n').next().unwrap_or_default();
+    let name_end = first_line.iter().position(|&b| b == b':');
+    let is_field = match name_end {
+        Some(end) if end > 0 => first_line[..end].iter().all(|&b| (33..=126).contains(&b)),
+        _ => false,
+    };
+    if !is_field {
+        return Err(
+            "no header section; a message starts with header fields (RFC 5322 section 2.1)",
+        );
+    }
+    let parsed = mail_parser::MessageParser::default().parse_headers(content);
+    match parsed {
+        Some(message) if !message.headers().is_empty() => Ok(()),
+        _ => Err("the header section cannot be parsed (RFC 5322 section 2.2)"),
+    }
+}
+
+/// The `Received:` header for a message (RFC 5321 section 4.4), CRLF ended.
+pub fn received_header(hostname: &str, envelope: &Envelope, id: QueueId) -> String {
+    let origin = &envelope.origin;
+    let ip = match origin.client_ip {
+        IpAddr::V4(v4) => format!("[{v4}]"),
+        IpAddr::V6(v6) => format!("[IPv6:{v6}]"),
+    };
+    let mut h = format!(
+        "Received: from {} ({ip})\r\n\tby {hostname} (mtad) with {} id {id}",
+        origin.helo, origin.protocol
+    );
+    if let Some(tls) = &origin.tls {
+        h.push_str(&format!("\r\n\t(using {tls})"));
+    }
+    // Name the recipient only when there is one, as Postfix does, so that
+    // one copy does not disclose the others.
+    if let [only] = envelope.recipients.as_slice() {
+        h.push_str(&format!("\r\n\tfor <{}>", only.address));
+    }
+    h.push_str(&format!(
+        "; {}\r\n",
+        crate::date::rfc5322_date(envelope.arrival)
+    ));
+    h
+}

@@ -1,0 +1,281 @@
+//! Message text as it arrives after DATA or in BDAT chunks.
+//!
+//! This is where SMTP smuggling (CVE-2023-51764 and its kin) is stopped.
+//! RFC 5321 section 4.1.1.4: only `<CRLF>.<CRLF>` ends DATA. A receiver that
+//! also ends it on `<LF>.<LF>` or `<CR>.<CR>` lets a sender hide a second
+//! transaction inside the first, which a downstream server then splits
+//! differently. Here a line starts only after a real CRLF, so no other
+//! sequence can end the text, and any bare CR or bare LF (RFC 5321 section
+//! 2.3.8) makes the whole message rejected once its real end is reached.
+
+/// What was wrong with the text of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextError {
+    /// A LF not preceded by CR.
+    BareLf,
+    /// A CR not followed by LF.
+    BareCr,
+    /// The message is bigger than the SIZE limit.
+    TooBig,
+    /// A line longer than the line limit, CRLF included.
+    LineTooLong,
+}
+
+/// Checks line endings and line lengths of wire bytes, chunk after chunk.
+#[derive(Debug)]
+pub(crate) struct LineChecker {
+    max_line: usize,
+    line_len: usize,
+    pending_cr: bool,
+    bare_lf: bool,
+    bare_cr: bool,
+    too_long: bool,
+}
+
+impl LineChecker {
+    pub(crate) fn new(max_line: usize) -> Self {
+        LineChecker {
+            max_line,
+            line_len: 0,
+            pending_cr: false,
+            bare_lf: false,
+            bare_cr: false,
+            too_long: false,
+        }
+    }
+
+    /// Looks at one wire byte; returns true when it ended a line with CRLF.
+    #[inline]
+    pub(crate) fn push(&mut self, b: u8) -> bool {
+        let crlf = b == b'\n' && self.pending_cr;
+        if self.pending_cr && b != b'\n' {
+            self.bare_cr = true;
+        }
+        if b == b'\n' {
+            if !crlf {
+                self.bare_lf = true;
+            }
+            if self.line_len + 1 > self.max_line {
+                self.too_long = true;
+            }
+            self.line_len = 0;
+        } else {
+            self.line_len += 1;
+        }
+        self.pending_cr = b == b'\r';
+        crlf
+    }
+
+    /// Checks a whole slice (BDAT chunks).
+    pub(crate) fn push_all(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.push(b);
+        }
+    }
+
+    /// The first problem seen, in order of gravity. A CR left pending at the
+    /// very end is bare too.
+    pub(crate) fn finish(&self, too_big: bool) -> Result<(), TextError> {
+        if self.bare_lf {
+            Err(TextError::BareLf)
+        } else if self.bare_cr || self.pending_cr {
+            Err(TextError::BareCr)
+        } else if too_big {
+            Err(TextError::TooBig)
+        } else if self.too_long || self.line_len > self.max_line {
+            Err(TextError::LineTooLong)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DataState {
+    /// Just after a CRLF (or at the very start).
+    LineStart,
+    /// A `.` at the start of a line.
+    Dot,
+    /// `.` then CR at the start of a line: LF now ends the text.
+    DotCr,
+    /// Anywhere else.
+    Mid,
+}
+
+/// Decodes the text after DATA: finds its end, removes dot-stuffing
+/// (RFC 5321 section 4.5.2) and collects the content up to the size limit.
+#[derive(Debug)]
+pub(crate) struct DataDecoder {
+    state: DataState,
+    checker: LineChecker,
+    max_size: usize,
+    too_big: bool,
+    content: Vec<u8>,
+}
+
+impl DataDecoder {
+    pub(crate) fn new(max_line: usize, max_size: usize) -> Self {
+        DataDecoder {
+            state: DataState::LineStart,
+            checker: LineChecker::new(max_line),
+            max_size,
+            too_big: false,
+            content: Vec::with_capacity(8192.min(max_size)),
+        }
+    }
+
+    /// Consumes wire bytes; returns how many were used and whether the end
+    /// of the text (`CRLF.CRLF`) was among them.
+    pub(crate) fn feed(&mut self, input: &[u8]) -> (usize, bool) {
+        for (i, &b) in input.iter().enumerate() {
+            match self.state {
+                DataState::LineStart if b == b'.' => {
+                    self.checker.push(b);
+                    self.state = DataState::Dot;
+                    continue;
+                }
+                DataState::Dot if b == b'\r' => {
+                    self.state = DataState::DotCr;
+                    continue;
+                }
+                DataState::DotCr if b == b'\n' => {
+                    return (i + 1, true);
+                }
+                DataState::DotCr => {
+                    // `.` CR then something else: the dot was stuffing and
+                    // the CR is bare.
+                    self.checker.push(b'\r');
+                    self.keep(b'\r');
+                }
+                _ => {}
+            }
+            let line_end = self.checker.push(b);
+            self.keep(b);
+            self.state = if line_end {
+                DataState::LineStart
+            } else {
+                DataState::Mid
+            };
+        }
+        (input.len(), false)
+    }
+
+    #[inline]
+    fn keep(&mut self, b: u8) {
+        if self.content.len() < self.max_size {
+            self.content.push(b);
+        } else {
+            self.too_big = true;
+        }
+    }
+
+    /// The content, or what was wrong with it.
+    pub(crate) fn finish(self) -> Result<Vec<u8>, TextError> {
+        self.checker.finish(self.too_big)?;
+        Ok(self.content)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(wire: &[u8]) -> (Result<Vec<u8>, TextError>, usize, bool) {
+        let mut d = DataDecoder::new(1000, 1 << 20);
+        let (used, done) = d.feed(wire);
+        (d.finish(), used, done)
+    }
+
+    #[test]
+    fn ends_only_at_crlf_dot_crlf() {
+        let (content, used, done) = decode(b"Subject: x\r\n\r\nbody\r\n.\r\nQUIT\r\n");
+        assert!(done);
+        assert_eq!(used, 23);
+        assert_eq!(content.unwrap(), b"Subject: x\r\n\r\nbody\r\n");
+    }
+
+    #[test]
+    fn empty_text_ends_at_once() {
+        let (content, used, done) = decode(b".\r\n");
+        assert!(done);
+        assert_eq!(used, 3);
+        assert_eq!(content.unwrap(), b"");
+    }
+
+    #[test]
+    fn dot_stuffing_is_removed() {
+        let (content, _, done) = decode(b"a\r\n..b\r\n.c\r\n.\r\n");
+        assert!(done);
+        assert_eq!(content.unwrap(), b"a\r\n.b\r\nc\r\n");
+    }
+
+    #[test]
+    fn smuggling_sequences_never_end_the_text() {
+        for seq in [
+            &b"\n.\n"[..],
+            b"\n.\r\n",
+            b"\r.\r",
+            b"\r\n.\n",
+            b"\r\n.\r",
+            b"\r.\r\n",
+            b"\n.\r",
+            b"\r\n.\r\r\n",
+        ] {
+            let mut wire = b"Subject: x\r\n\r\nhi".to_vec();
+            wire.extend_from_slice(seq);
+            wire.extend_from_slice(b"MAIL FROM:<evil@x.test>\r\n");
+            let mut d = DataDecoder::new(1000, 1 << 20);
+            let (used, done) = d.feed(&wire);
+            assert!(!done, "{seq:?} ended the text");
+            assert_eq!(used, wire.len());
+            // The real end arrives; the message is then refused whole.
+            let (_, done) = d.feed(b"\r\n.\r\n");
+            assert!(done);
+            let err = d.finish().unwrap_err();
+            assert!(
+                matches!(err, TextError::BareLf | TextError::BareCr),
+                "{seq:?}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn end_split_across_reads() {
+        let mut d = DataDecoder::new(1000, 1 << 20);
+        for chunk in [&b"Subject: x\r\n\r\nhi\r"[..], b"\n", b".", b"\r", b"\n"] {
+            let (used, done) = d.feed(chunk);
+            assert_eq!(used, chunk.len());
+            if done {
+                assert_eq!(d.finish().unwrap(), b"Subject: x\r\n\r\nhi\r\n");
+                return;
+            }
+        }
+        panic!("end not found");
+    }
+
+    #[test]
+    fn long_line_and_size() {
+        let mut wire = vec![b'a'; 999];
+        wire.extend_from_slice(b"\r\n.\r\n");
+        assert_eq!(decode(&wire).0, Err(TextError::LineTooLong));
+        let mut wire = vec![b'a'; 998];
+        wire.extend_from_slice(b"\r\n.\r\n");
+        assert!(decode(&wire).0.is_ok());
+
+        let mut d = DataDecoder::new(1000, 10);
+        let (_, done) = d.feed(b"0123456789ab\r\n.\r\n");
+        assert!(done);
+        assert_eq!(d.finish(), Err(TextError::TooBig));
+    }
+
+    #[test]
+    fn checker_for_chunks() {
+        let mut c = LineChecker::new(1000);
+        c.push_all(b"a\r");
+        c.push_all(b"\nb\r\n");
+        assert_eq!(c.finish(false), Ok(()));
+        let mut c = LineChecker::new(1000);
+        c.push_all(b"a\nb\r\n");
+        assert_eq!(c.finish(false), Err(TextError::BareLf));
+    }
+}

@@ -1,0 +1,311 @@
+//! Session transcripts: bytes in, replies out, no sockets.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use mta_envelope::QueueId;
+use mta_smtp::{Admission, Message, Session, SessionConfig, Step, StoreError};
+
+fn config() -> SessionConfig {
+    SessionConfig {
+        hostname: "mx.test".into(),
+        max_message_size: 10_000,
+        max_recipients: 3,
+        max_command_line: 512,
+        max_line_length: 1000,
+        max_errors: 5,
+        tls_available: true,
+        local_domains: vec!["local.test".into()],
+        relay_networks: vec!["127.0.0.0/8".parse().unwrap()],
+    }
+}
+
+/// Drives a session over `input`, storing every message, and returns the
+/// replies as text plus the stored messages.
+struct Driver {
+    session: Session,
+    admission: Arc<Admission>,
+    stored: Vec<Message>,
+    closed: bool,
+}
+
+impl Driver {
+    fn new(config: SessionConfig, peer: &str) -> Driver {
+        let admission = Arc::new(Admission::default());
+        Driver {
+            session: Session::new(Arc::new(config), admission.clone(), peer.parse().unwrap()),
+            admission,
+            stored: Vec::new(),
+            closed: false,
+        }
+    }
+
+    fn local() -> Driver {
+        Driver::new(config(), "127.0.0.1")
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> Vec<String> {
+        let mut input = BytesMut::from(bytes);
+        let mut replies = Vec::new();
+        while !self.closed {
+            match self.session.poll(&mut input) {
+                Step::NeedInput => break,
+                Step::Reply(r) => replies.push(r.to_string()),
+                Step::Close(r) => {
+                    replies.push(r.to_string());
+                    self.closed = true;
+                }
+                Step::StartTls(r) => {
+                    replies.push(r.to_string());
+                    input.clear();
+                    self.session.tls_started("TLSv1.3".into());
+                }
+                Step::Store(m) => {
+                    self.stored.push(*m);
+                    let id = QueueId::new(self.stored.len() as u64);
+                    replies.push(self.session.stored(Ok(id)).to_string());
+                }
+            }
+        }
+        replies
+    }
+
+    fn codes(&mut self, bytes: &[u8]) -> Vec<String> {
+        self.send(bytes)
+            .into_iter()
+            .map(|r| {
+                let last = r.lines().last().unwrap();
+                last.chars().take(9).collect()
+            })
+            .collect()
+    }
+}
+
+const MSG: &[u8] = b"Subject: hi\r\n\r\nhello\r\n.\r\n";
+
+#[test]
+fn pipelined_transaction() {
+    let mut d = Driver::local();
+    let mut wire = b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@local.test>\r\nRCPT TO:<y@far.test>\r\nDATA\r\n".to_vec();
+    wire.extend_from_slice(MSG);
+    wire.extend_from_slice(b"QUIT\r\n");
+    let replies = d.send(&wire);
+    assert!(replies[0].contains("PIPELINING") && replies[0].contains("CHUNKING"));
+    assert!(replies[0].contains("STARTTLS") && replies[0].contains("SIZE 10000"));
+    let codes: Vec<_> = replies[1..].iter().map(|r| &r[..3]).collect();
+    assert_eq!(codes, ["250", "250", "250", "354", "250", "221"]);
+    assert!(replies[5].contains("queued as 0000000000000001"));
+    assert_eq!(d.stored.len(), 1);
+    let m = &d.stored[0];
+    assert_eq!(m.content, b"Subject: hi\r\n\r\nhello\r\n");
+    assert_eq!(m.envelope.recipients.len(), 2);
+    assert_eq!(m.envelope.origin.protocol, "ESMTP");
+}
+
+#[test]
+fn bad_sequence_and_unknown() {
+    let mut d = Driver::local();
+    assert_eq!(d.codes(b"MAIL FROM:<a@b.test>\r\n"), ["503 5.5.1"]);
+    assert_eq!(
+        d.codes(b"HELO c\r\nRCPT TO:<x@local.test>\r\n"),
+        ["250 mx.te", "503 5.5.1"]
+    );
+    assert_eq!(d.codes(b"DATA\r\n"), ["503 5.5.1"]);
+    assert_eq!(d.codes(b"WHAT\r\n"), ["500 5.5.1"]);
+}
+
+#[test]
+fn relay_is_refused_to_outsiders_but_local_domains_are_open() {
+    let mut d = Driver::new(config(), "192.0.2.7");
+    let codes = d.codes(
+        b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@far.test>\r\nRCPT TO:<x@LOCAL.test>\r\nRCPT TO:<postmaster>\r\n",
+    );
+    assert_eq!(codes[2..], ["554 5.7.1", "250 2.1.5", "250 2.1.5"]);
+}
+
+#[test]
+fn recipient_limit() {
+    let mut d = Driver::local();
+    let codes = d.codes(
+        b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<a@x.test>\r\nRCPT TO:<b@x.test>\r\nRCPT TO:<c@x.test>\r\nRCPT TO:<d@x.test>\r\n",
+    );
+    assert_eq!(codes[5], "452 4.5.3");
+}
+
+#[test]
+fn address_syntax_and_utf8() {
+    let mut d = Driver::local();
+    let codes = d.codes(
+        "EHLO c\r\nMAIL FROM:<bad address>\r\nMAIL FROM:<jö@b.test>\r\nMAIL FROM:<jö@b.test> SMTPUTF8\r\nRCPT TO:<no-at-sign>\r\nRCPT TO:<ü@x.test>\r\n"
+            .as_bytes(),
+    );
+    assert_eq!(
+        codes[1..],
+        [
+            "501 5.1.7",
+            "553 5.6.7",
+            "250 2.1.0",
+            "501 5.1.3",
+            "250 2.1.5"
+        ]
+    );
+}
+
+#[test]
+fn command_framing() {
+    let mut d = Driver::local();
+    let mut long = b"NOOP ".to_vec();
+    long.extend(std::iter::repeat_n(b'x', 600));
+    long.extend_from_slice(b"\r\nNOOP\r\n");
+    assert_eq!(d.codes(&long), ["500 5.5.2", "250 2.0.0"]);
+    assert_eq!(d.codes(b"NOOP\nNOOP\r\n"), ["500 5.5.2", "250 2.0.0"]);
+    assert_eq!(d.codes(b"NOOP\rRSET\r\n"), ["500 5.5.2"]);
+    assert_eq!(d.codes(b"NOOP \xff\xfe\r\n"), ["501 5.5.2"]);
+    // A line of exactly 512 octets, CRLF included, is fine.
+    let mut exact = b"NOOP ".to_vec();
+    exact.extend(std::iter::repeat_n(b'y', 512 - 7));
+    exact.extend_from_slice(b"\r\n");
+    assert_eq!(d.codes(&exact), ["250 2.0.0"]);
+}
+
+#[test]
+fn too_many_errors_closes() {
+    let mut d = Driver::local();
+    let replies = d.codes(b"A\r\nB\r\nC\r\nD\r\nE\r\nF\r\nG\r\n");
+    assert_eq!(replies.len(), 6);
+    assert_eq!(replies[5], "421 4.7.0");
+    assert!(d.closed);
+}
+
+#[test]
+fn bdat_chunks() {
+    let mut d = Driver::local();
+    let mut wire = b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@local.test>\r\nBDAT 13\r\nSubject: hi\r\nBDAT 9 LAST\r\n\r\nhello\r\n".to_vec();
+    wire.extend_from_slice(b"NOOP\r\n");
+    let codes = d.codes(&wire);
+    assert_eq!(codes[3..], ["250 2.0.0", "250 2.0.0", "250 2.0.0"]);
+    assert_eq!(d.stored[0].content, b"Subject: hi\r\n\r\nhello\r\n");
+}
+
+#[test]
+fn bdat_without_transaction_reads_and_drops_the_chunk() {
+    let mut d = Driver::local();
+    // The chunk holds text that looks like a command; it must not run.
+    let codes = d.codes(b"EHLO c\r\nBDAT 6 LAST\r\nQUIT\r\nNOOP\r\n");
+    assert_eq!(codes[1..], ["503 5.5.1", "250 2.0.0"]);
+    assert!(!d.closed);
+}
+
+#[test]
+fn bdat_over_size_fails_the_transaction() {
+    let mut d = Driver::local();
+    let mut wire =
+        b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@local.test>\r\nBDAT 10001\r\n".to_vec();
+    wire.extend(std::iter::repeat_n(b'a', 10001));
+    wire.extend_from_slice(b"BDAT 2 LAST\r\nab");
+    let codes = d.codes(&wire);
+    assert_eq!(codes[3..], ["552 5.3.4", "503 5.5.1"]);
+    assert!(d.stored.is_empty());
+}
+
+#[test]
+fn data_errors_keep_the_session_usable() {
+    let mut d = Driver::local();
+    d.send(b"EHLO c\r\n");
+    let tx = b"MAIL FROM:<a@b.test>\r\nRCPT TO:<x@local.test>\r\nDATA\r\n";
+    let mut long = tx.to_vec();
+    long.extend_from_slice(b"Subject: x\r\n\r\n");
+    long.extend(std::iter::repeat_n(b'a', 1200));
+    long.extend_from_slice(b"\r\n.\r\n");
+    assert_eq!(d.codes(&long)[3], "500 5.5.2");
+    let mut big = tx.to_vec();
+    big.extend_from_slice(b"Subject: x\r\n\r\n");
+    for _ in 0..200 {
+        big.extend_from_slice(&[b'b'; 98]);
+        big.extend_from_slice(b"\r\n");
+    }
+    big.extend_from_slice(b".\r\n");
+    assert_eq!(d.codes(&big)[3], "552 5.3.4");
+    let mut headerless = tx.to_vec();
+    headerless.extend_from_slice(b"just a body line\r\n.\r\n");
+    let replies = d.send(&headerless);
+    assert!(
+        replies[3].starts_with("554 5.6.0") && replies[3].contains("header"),
+        "{replies:?}"
+    );
+    // And a good message still goes through afterwards.
+    let mut good = tx.to_vec();
+    good.extend_from_slice(MSG);
+    assert_eq!(d.codes(&good)[3], "250 2.0.0");
+    assert_eq!(d.stored.len(), 1);
+}
+
+#[test]
+fn smuggled_transaction_is_never_split_off() {
+    for seq in [&b"\n.\n"[..], b"\n.\r\n", b"\r.\r", b"\r\n.\n", b"\r.\r\n"] {
+        let mut d = Driver::local();
+        let mut wire = b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@local.test>\r\nDATA\r\nSubject: one\r\n\r\nfirst".to_vec();
+        wire.extend_from_slice(seq);
+        wire.extend_from_slice(b"MAIL FROM:<evil@b.test>\r\nRCPT TO:<y@local.test>\r\nDATA\r\nSubject: smuggled\r\n\r\nsecond\r\n.\r\nNOOP\r\n");
+        let codes = d.codes(&wire);
+        // EHLO, MAIL, RCPT, 354, one rejection for everything up to the
+        // real CRLF.CRLF, then NOOP: the inner MAIL never ran.
+        assert_eq!(codes.len(), 6, "{seq:?}: {codes:?}");
+        assert_eq!(codes[4], "554 5.6.0", "{seq:?}");
+        assert_eq!(codes[5], "250 2.0.0", "{seq:?}");
+        assert!(d.stored.is_empty(), "{seq:?}");
+    }
+}
+
+#[test]
+fn starttls_discards_pipelined_plaintext_and_resets() {
+    let mut d = Driver::local();
+    let codes = d.codes(b"EHLO c\r\nSTARTTLS\r\nMAIL FROM:<evil@b.test>\r\n");
+    assert_eq!(codes[1], "220 2.0.0");
+    assert_eq!(codes.len(), 2, "the injected MAIL ran: {codes:?}");
+    // After the handshake the session starts over: EHLO is needed again.
+    assert_eq!(d.codes(b"RCPT TO:<x@local.test>\r\n"), ["503 5.5.1"]);
+    let replies = d.send(b"EHLO c\r\n");
+    assert!(!replies[0].contains("STARTTLS"));
+}
+
+#[test]
+fn storage_floor_refuses_mail() {
+    let mut d = Driver::local();
+    d.admission.set_storage_ok(false);
+    assert_eq!(
+        d.codes(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\n")[1],
+        "452 4.3.1"
+    );
+    d.admission.set_storage_ok(true);
+    assert_eq!(d.codes(b"MAIL FROM:<a@b.test>\r\n"), ["250 2.1.0"]);
+}
+
+#[test]
+fn store_failure_is_452() {
+    let mut d = Driver::local();
+    d.send(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@local.test>\r\nDATA\r\n");
+    let mut input = BytesMut::from(MSG);
+    let Step::Store(_) = d.session.poll(&mut input) else {
+        panic!("expected a message")
+    };
+    let reply = d.session.stored(Err(StoreError::NoSpace));
+    assert_eq!((reply.code, reply.status), (452, Some("4.3.1")));
+}
+
+#[test]
+fn dsn_parameters_reach_the_envelope() {
+    let mut d = Driver::local();
+    let mut wire = b"EHLO c\r\nMAIL FROM:<a@b.test> RET=HDRS ENVID=abc+2B1\r\nRCPT TO:<x@local.test> NOTIFY=FAILURE,DELAY ORCPT=rfc822;x+40local.test\r\nDATA\r\n".to_vec();
+    wire.extend_from_slice(MSG);
+    d.send(&wire);
+    let env = &d.stored[0].envelope;
+    assert_eq!(env.envid.as_deref(), Some("abc+1"));
+    assert_eq!(env.ret, Some(mta_envelope::Ret::Hdrs));
+    assert_eq!(
+        env.recipients[0].orcpt.as_deref(),
+        Some("rfc822;x@local.test")
+    );
+    let codes = Driver::local().codes(b"EHLO c\r\nMAIL FROM:<a@b.test> ENVID=a+0D+0Ab\r\n");
+    assert_eq!(codes[1], "501 5.5.4", "CR/LF via xtext must be refused");
+}
