@@ -99,6 +99,9 @@ pub struct SpoolConfig {
     pub min_free_space: ByteSize,
     /// Most messages committed by one shared directory flush.
     pub max_batch: usize,
+    /// How often the free space is measured against `min_free_space`.
+    #[serde(with = "humantime_serde")]
+    pub free_space_check_interval: Duration,
 }
 
 /// `[shutdown]`: how a stop behaves.
@@ -161,6 +164,7 @@ impl Default for SpoolConfig {
         SpoolConfig {
             min_free_space: ByteSize(100 * 1024 * 1024),
             max_batch: 256,
+            free_space_check_interval: Duration::from_secs(1),
         }
     }
 }
@@ -286,6 +290,9 @@ impl Config {
         }
         if self.smtp.idle_timeout.is_zero() {
             problem("smtp.idle_timeout", "must be longer than zero".into());
+        }
+        if self.spool.free_space_check_interval.is_zero() {
+            problem("spool.free_space_check_interval", "must be longer than zero".into());
         }
         if self.spool.max_batch == 0 {
             problem("spool.max_batch", "must be at least 1".into());

@@ -1,0 +1,160 @@
+//! `mta-init status`: the table and the LSB exit codes.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use mta_config::Config;
+use mta_control::{DaemonState, Request, Response, ServiceState, Status};
+use serde::Serialize;
+
+use crate::process::{probe, Daemon};
+
+/// LSB exit codes for status (LSB Core, "Init Script Actions").
+pub const RUNNING: u8 = 0;
+/// The PID file exists but the process is gone.
+pub const DEAD_PID_FILE: u8 = 1;
+/// Not running.
+pub const NOT_RUNNING: u8 = 3;
+/// Running, but it did not answer.
+pub const UNKNOWN: u8 = 4;
+
+/// Overall state, as the last line shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overall {
+    Up,
+    Down,
+    Degraded,
+}
+
+/// What `--json` prints.
+#[derive(Debug, Serialize)]
+struct Report<'a> {
+    overall: Overall,
+    running: bool,
+    pid: Option<i32>,
+    pid_file: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    problem: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    daemon: Option<&'a Status>,
+}
+
+/// Asks the daemon for its status.
+pub fn query(config: &Config) -> Result<Status, String> {
+    match mta_control::call(&config.control_socket(), &Request::Status, Duration::from_secs(5)) {
+        Ok(Response::Status(status)) => Ok(status),
+        Ok(other) => Err(format!("unexpected answer: {other:?}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Runs `mta-init status`.
+pub fn run(config: &Config, json: bool) -> ExitCode {
+    let pid_file = config.pid_file().display().to_string();
+    let (overall, pid, status, problem, code) = match probe(&config.pid_file()) {
+        Daemon::NotRunning => (Overall::Down, None, None, None, NOT_RUNNING),
+        Daemon::Dead(pid) => (
+            Overall::Down,
+            Some(pid),
+            None,
+            Some(format!("mtad is dead but PID file {pid_file} exists (pid {pid})")),
+            DEAD_PID_FILE,
+        ),
+        Daemon::Running(pid) => match query(config) {
+            Ok(status) => (overall_of(&status), Some(pid), Some(status), None, RUNNING),
+            Err(e) => (
+                Overall::Degraded,
+                Some(pid),
+                None,
+                Some(format!("mtad (pid {pid}) is running but does not answer: {e}")),
+                UNKNOWN,
+            ),
+        },
+    };
+    if json {
+        let report = Report {
+            overall,
+            running: pid.is_some() && code != DEAD_PID_FILE,
+            pid,
+            pid_file,
+            problem,
+            daemon: status.as_ref(),
+        };
+        println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));
+    } else {
+        match &status {
+            Some(status) => print_table(status),
+            None => println!("mtad: {}", problem.as_deref().unwrap_or("not running")),
+        }
+        println!();
+        println!("OVERALL STATUS: {}", overall_word(overall));
+    }
+    ExitCode::from(code)
+}
+
+fn overall_of(status: &Status) -> Overall {
+    let all_up = status.services.iter().all(|s| s.state == ServiceState::Up);
+    if status.state == DaemonState::Running && all_up {
+        Overall::Up
+    } else {
+        Overall::Degraded
+    }
+}
+
+fn overall_word(o: Overall) -> &'static str {
+    match o {
+        Overall::Up => "up",
+        Overall::Down => "down",
+        Overall::Degraded => "degraded",
+    }
+}
+
+fn state_word(s: ServiceState) -> &'static str {
+    match s {
+        ServiceState::Up => "up",
+        ServiceState::Down => "down",
+        ServiceState::Draining => "draining",
+    }
+}
+
+/// The human table, in the spirit of GreenArrow's `hvmail_init status`.
+pub fn print_table(status: &Status) {
+    let state = match status.state {
+        DaemonState::Running => "running",
+        DaemonState::Stopping => "stopping",
+    };
+    println!(
+        "mtad {} (pid {}) {state}, up {}",
+        status.version,
+        status.pid,
+        humanize(Duration::from_secs(status.uptime_secs))
+    );
+    println!();
+    println!("SERVICES");
+    println!("  {:<10} {:<10} DETAIL", "SERVICE", "STATE");
+    for s in &status.services {
+        println!("  {:<10} {:<10} {}", s.name, state_word(s.state), s.detail);
+    }
+    println!();
+    println!("QUEUE");
+    println!("  messages queued:      {}", status.queued);
+    println!("  accepted since start: {}", status.accepted_total);
+    println!("  sessions open:        {}", status.sessions_open);
+    let last_stop = if status.spool_open.clean {
+        "clean".to_owned()
+    } else {
+        format!("not clean, {} spool files rescanned", status.spool_open.rescanned)
+    };
+    println!("  last stop:            {last_stop}");
+}
+
+fn humanize(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{}m", s / 3600, s / 60 % 60),
+        _ => format!("{}d{}h", s / 86400, s / 3600 % 24),
+    }
+}

@@ -1,0 +1,73 @@
+//! `mta-init stop`: ask for a clean stop and report while it happens.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use mta_config::Config;
+use mta_control::{Request, Response};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::process::{is_mtad, probe, Daemon};
+
+/// Stops the daemon and waits until its process is gone.
+pub fn run(config: &Config, wait: Duration) -> Result<()> {
+    let pid_file = config.pid_file();
+    let pid = match probe(&pid_file) {
+        Daemon::NotRunning => {
+            println!("mtad is not running");
+            return Ok(());
+        }
+        Daemon::Dead(pid) => {
+            println!(
+                "mtad is not running; removing stale PID file {} (pid {pid})",
+                pid_file.display()
+            );
+            std::fs::remove_file(&pid_file).ok();
+            return Ok(());
+        }
+        Daemon::Running(pid) => pid,
+    };
+    let began = Instant::now();
+    match mta_control::call(&config.control_socket(), &Request::Stop, Duration::from_secs(5)) {
+        Ok(Response::Ok) => println!("stopping mtad (pid {pid}): no longer accepting connections"),
+        other => {
+            // The control socket is the clean way; SIGTERM is the fallback
+            // every daemon understands.
+            println!("control socket did not take the stop ({other:?}); sending SIGTERM to {pid}");
+            kill(Pid::from_raw(pid), Signal::SIGTERM).context("sending SIGTERM")?;
+        }
+    }
+
+    let mut last_report = Instant::now() - Duration::from_secs(1);
+    while is_mtad(pid) {
+        if began.elapsed() > wait {
+            bail!(
+                "mtad (pid {pid}) is still running after {:.1} s; it may be stuck, see its log",
+                began.elapsed().as_secs_f64()
+            );
+        }
+        if last_report.elapsed() >= Duration::from_secs(1) {
+            last_report = Instant::now();
+            if let Ok(status) = crate::status::query(config) {
+                if let Some(stop) = status.stop {
+                    println!(
+                        "  waiting: {} sessions open ({} in a transaction), {:.1} s elapsed, deadline {:.0} s",
+                        stop.sessions_open,
+                        stop.sessions_in_transaction,
+                        stop.elapsed_ms as f64 / 1000.0,
+                        stop.deadline_ms as f64 / 1000.0
+                    );
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if pid_file.exists() {
+        // mtad removes it on a clean exit; if it did not, it did not exit
+        // cleanly, but it is gone, so the file is stale either way.
+        std::fs::remove_file(&pid_file).ok();
+    }
+    println!("mtad stopped in {:.1} s", began.elapsed().as_secs_f64());
+    Ok(())
+}

@@ -1,0 +1,33 @@
+//! The PID file: written once the daemon is ready, removed on a clean exit.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+/// A written PID file; removed when dropped.
+pub struct PidFile {
+    path: PathBuf,
+}
+
+impl PidFile {
+    /// Writes our PID atomically (a temporary file renamed into place), so a
+    /// reader never sees a half-written number.
+    pub fn write(path: &Path) -> Result<PidFile> {
+        let tmp = path.with_extension("pid.tmp");
+        let mut f = std::fs::File::create(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        writeln!(f, "{}", std::process::id()).context("writing the PID file")?;
+        f.sync_all().context("syncing the PID file")?;
+        std::fs::rename(&tmp, path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(PidFile {
+            path: path.to_owned(),
+        })
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
