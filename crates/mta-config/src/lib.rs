@@ -292,7 +292,10 @@ impl Config {
             problem("smtp.idle_timeout", "must be longer than zero".into());
         }
         if self.spool.free_space_check_interval.is_zero() {
-            problem("spool.free_space_check_interval", "must be longer than zero".into());
+            problem(
+                "spool.free_space_check_interval",
+                "must be longer than zero".into(),
+            );
         }
         if self.spool.max_batch == 0 {
             problem("spool.max_batch", "must be at least 1".into());

@@ -181,7 +181,10 @@ mod tests {
 
     #[test]
     fn wire_form_is_one_json_line() {
-        assert_eq!(serde_json::to_string(&Request::Stop).unwrap(), r#"{"cmd":"stop"}"#);
+        assert_eq!(
+            serde_json::to_string(&Request::Stop).unwrap(),
+            r#"{"cmd":"stop"}"#
+        );
         let r: Request = serde_json::from_str(r#"{"cmd":"status"}"#).unwrap();
         assert_eq!(r, Request::Status);
         let ok = serde_json::to_string(&Response::Ok).unwrap();

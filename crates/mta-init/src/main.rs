@@ -68,7 +68,12 @@ fn main() -> ExitCode {
         Verb::Status { json } => status::run(&config, json),
         Verb::Start { wait } => {
             let mtad = cli.mtad.unwrap_or_else(default_mtad);
-            match start::run(&config, cli.config.as_deref(), &mtad, Duration::from_secs(wait)) {
+            match start::run(
+                &config,
+                cli.config.as_deref(),
+                &mtad,
+                Duration::from_secs(wait),
+            ) {
                 Ok(_) => status::run(&config, false),
                 Err(e) => fail(e),
             }

@@ -14,7 +14,12 @@ use mta_config::Config;
 use crate::process::{probe, Daemon};
 
 /// Starts the daemon; returns its PID once it answers on the control socket.
-pub fn run(config: &Config, config_path: Option<&Path>, mtad: &Path, wait: Duration) -> Result<i32> {
+pub fn run(
+    config: &Config,
+    config_path: Option<&Path>,
+    mtad: &Path,
+    wait: Duration,
+) -> Result<i32> {
     let pid_file = config.pid_file();
     match probe(&pid_file) {
         Daemon::Running(pid) => bail!(
@@ -22,7 +27,10 @@ pub fn run(config: &Config, config_path: Option<&Path>, mtad: &Path, wait: Durat
             pid_file.display()
         ),
         Daemon::Dead(pid) => {
-            println!("removing stale PID file {} (pid {pid} is gone)", pid_file.display());
+            println!(
+                "removing stale PID file {} (pid {pid} is gone)",
+                pid_file.display()
+            );
             std::fs::remove_file(&pid_file)
                 .with_context(|| format!("removing stale PID file {}", pid_file.display()))?;
         }

@@ -42,7 +42,11 @@ struct Report<'a> {
 
 /// Asks the daemon for its status.
 pub fn query(config: &Config) -> Result<Status, String> {
-    match mta_control::call(&config.control_socket(), &Request::Status, Duration::from_secs(5)) {
+    match mta_control::call(
+        &config.control_socket(),
+        &Request::Status,
+        Duration::from_secs(5),
+    ) {
         Ok(Response::Status(status)) => Ok(status),
         Ok(other) => Err(format!("unexpected answer: {other:?}")),
         Err(e) => Err(e.to_string()),
@@ -58,7 +62,9 @@ pub fn run(config: &Config, json: bool) -> ExitCode {
             Overall::Down,
             Some(pid),
             None,
-            Some(format!("mtad is dead but PID file {pid_file} exists (pid {pid})")),
+            Some(format!(
+                "mtad is dead but PID file {pid_file} exists (pid {pid})"
+            )),
             DEAD_PID_FILE,
         ),
         Daemon::Running(pid) => match query(config) {
@@ -67,7 +73,9 @@ pub fn run(config: &Config, json: bool) -> ExitCode {
                 Overall::Degraded,
                 Some(pid),
                 None,
-                Some(format!("mtad (pid {pid}) is running but does not answer: {e}")),
+                Some(format!(
+                    "mtad (pid {pid}) is running but does not answer: {e}"
+                )),
                 UNKNOWN,
             ),
         },
@@ -81,7 +89,10 @@ pub fn run(config: &Config, json: bool) -> ExitCode {
             problem,
             daemon: status.as_ref(),
         };
-        println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("report serializes")
+        );
     } else {
         match &status {
             Some(status) => print_table(status),
@@ -144,7 +155,10 @@ pub fn print_table(status: &Status) {
     let last_stop = if status.spool_open.clean {
         "clean".to_owned()
     } else {
-        format!("not clean, {} spool files rescanned", status.spool_open.rescanned)
+        format!(
+            "not clean, {} spool files rescanned",
+            status.spool_open.rescanned
+        )
     };
     println!("  last stop:            {last_stop}");
 }

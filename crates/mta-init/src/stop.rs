@@ -29,7 +29,11 @@ pub fn run(config: &Config, wait: Duration) -> Result<()> {
         Daemon::Running(pid) => pid,
     };
     let began = Instant::now();
-    match mta_control::call(&config.control_socket(), &Request::Stop, Duration::from_secs(5)) {
+    match mta_control::call(
+        &config.control_socket(),
+        &Request::Stop,
+        Duration::from_secs(5),
+    ) {
         Ok(Response::Ok) => println!("stopping mtad (pid {pid}): no longer accepting connections"),
         other => {
             // The control socket is the clean way; SIGTERM is the fallback

@@ -354,13 +354,17 @@ impl Session {
 
     /// Checks the framing of one line (LF included) and runs it.
     fn command_line(&mut self, line: &[u8]) -> Step {
-        // RFC 5321 section 2.3.8: lines end with CRLF; a bare CR or LF in a
-        // command is refused whole, never taken as a line end.
+        // RFC 5321 section 2.3.8: lines end with CRLF. What follows a bare
+        // LF may be a command smuggled past a lenient server upstream, so
+        // nothing after it runs: the session ends here, as Postfix's
+        // smtpd_forbid_bare_newline does. A bare CR cannot end a line at
+        // all, so the line holding it is refused whole.
         let Some(body) = line.strip_suffix(b"\r\n") else {
-            return self.reply(Reply::new(
+            self.errors += 1;
+            return Step::Close(Reply::new(
                 500,
                 "5.5.2",
-                "Syntax error: bare LF in command, lines must end with CRLF",
+                "Syntax error: bare LF in command, lines must end with CRLF; closing connection",
             ));
         };
         if body.contains(&b'\r') {
@@ -743,6 +747,11 @@ fn text_error(e: TextError, max_line: usize) -> Reply {
             554,
             "5.6.0",
             "Message rejected: bare CR in message text (RFC 5321 section 2.3.8), lines must end with CRLF",
+        ),
+        TextError::Nul => Reply::new(
+            554,
+            "5.6.0",
+            "Message rejected: NUL octet in message text (RFC 6152)",
         ),
         TextError::TooBig => size_exceeded(),
         TextError::LineTooLong => Reply::new(

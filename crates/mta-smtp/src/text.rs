@@ -15,6 +15,9 @@ pub enum TextError {
     BareLf,
     /// A CR not followed by LF.
     BareCr,
+    /// A NUL octet: RFC 6152 excludes it from 8BITMIME text, and a server
+    /// that strips it could see `CRLF NUL . CRLF` as the end of the text.
+    Nul,
     /// The message is bigger than the SIZE limit.
     TooBig,
     /// A line longer than the line limit, CRLF included.
@@ -29,6 +32,7 @@ pub(crate) struct LineChecker {
     pending_cr: bool,
     bare_lf: bool,
     bare_cr: bool,
+    nul: bool,
     too_long: bool,
 }
 
@@ -40,6 +44,7 @@ impl LineChecker {
             pending_cr: false,
             bare_lf: false,
             bare_cr: false,
+            nul: false,
             too_long: false,
         }
     }
@@ -50,6 +55,9 @@ impl LineChecker {
         let crlf = b == b'\n' && self.pending_cr;
         if self.pending_cr && b != b'\n' {
             self.bare_cr = true;
+        }
+        if b == 0 {
+            self.nul = true;
         }
         if b == b'\n' {
             if !crlf {
@@ -80,6 +88,8 @@ impl LineChecker {
             Err(TextError::BareLf)
         } else if self.bare_cr || self.pending_cr {
             Err(TextError::BareCr)
+        } else if self.nul {
+            Err(TextError::Nul)
         } else if too_big {
             Err(TextError::TooBig)
         } else if self.too_long || self.line_len > self.max_line {
@@ -220,6 +230,7 @@ mod tests {
             b"\r.\r\n",
             b"\n.\r",
             b"\r\n.\r\r\n",
+            b"\r\n\x00.\r\n",
         ] {
             let mut wire = b"Subject: x\r\n\r\nhi".to_vec();
             wire.extend_from_slice(seq);
@@ -233,7 +244,7 @@ mod tests {
             assert!(done);
             let err = d.finish().unwrap_err();
             assert!(
-                matches!(err, TextError::BareLf | TextError::BareCr),
+                matches!(err, TextError::BareLf | TextError::BareCr | TextError::Nul),
                 "{seq:?}: {err:?}"
             );
         }

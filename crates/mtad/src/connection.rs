@@ -24,18 +24,23 @@ enum Outcome {
 /// Serves one connection to its end.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: &Context, shutdown: &Shutdown) {
     let mut guard = ctx.stats.session_opened();
-    let mut session = Session::new(
-        ctx.session_config.clone(),
-        ctx.admission.clone(),
-        peer.ip(),
-    );
+    let mut session = Session::new(ctx.session_config.clone(), ctx.admission.clone(), peer.ip());
     let mut input = BytesMut::with_capacity(16 * 1024);
     let mut stream = stream;
     let mut out = Vec::with_capacity(1024);
     session.banner().write_to(&mut out);
     debug!(%peer, "session opened");
 
-    let outcome = drive(&mut stream, &mut session, &mut input, &mut out, ctx, shutdown, &mut guard).await;
+    let outcome = drive(
+        &mut stream,
+        &mut session,
+        &mut input,
+        &mut out,
+        ctx,
+        shutdown,
+        &mut guard,
+    )
+    .await;
     match outcome {
         Ok(Outcome::Closed) => {}
         Ok(Outcome::StartTls) => {
@@ -57,7 +62,17 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: &Context, shutdown:
             let description = crate::tls::describe(tls.get_ref().1);
             debug!(%peer, tls = %description, "TLS started");
             session.tls_started(description);
-            if let Err(e) = drive(&mut tls, &mut session, &mut input, &mut out, ctx, shutdown, &mut guard).await {
+            if let Err(e) = drive(
+                &mut tls,
+                &mut session,
+                &mut input,
+                &mut out,
+                ctx,
+                shutdown,
+                &mut guard,
+            )
+            .await
+            {
                 debug!(%peer, error = %e, "session ended with an error");
             }
         }
@@ -92,7 +107,10 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                     if !input.is_empty() {
                         // CVE-2011-0411: plaintext pipelined after STARTTLS
                         // must never run inside the TLS session.
-                        warn!(octets = input.len(), "discarding plaintext sent after STARTTLS");
+                        warn!(
+                            octets = input.len(),
+                            "discarding plaintext sent after STARTTLS"
+                        );
                         input.clear();
                     }
                     return Ok(Outcome::StartTls);

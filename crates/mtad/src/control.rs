@@ -96,14 +96,22 @@ pub fn status(ctx: &Context, shutdown: &Shutdown) -> Status {
             state: smtp_state,
             detail: format!(
                 "{}; {} sessions open",
-                if stopping { "not listening".to_owned() } else { listen.join(", ") },
+                if stopping {
+                    "not listening".to_owned()
+                } else {
+                    listen.join(", ")
+                },
                 stats.sessions_open()
             ),
         },
         ServiceStatus {
             name: "spool".into(),
             state: ServiceState::Up,
-            detail: format!("{} messages queued in {}", ctx.spool.len(), ctx.spool.dir().display()),
+            detail: format!(
+                "{} messages queued in {}",
+                ctx.spool.len(),
+                ctx.spool.dir().display()
+            ),
         },
         ServiceStatus {
             name: "control".into(),

@@ -15,8 +15,8 @@ impl PidFile {
     /// reader never sees a half-written number.
     pub fn write(path: &Path) -> Result<PidFile> {
         let tmp = path.with_extension("pid.tmp");
-        let mut f = std::fs::File::create(&tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?;
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         writeln!(f, "{}", std::process::id()).context("writing the PID file")?;
         f.sync_all().context("syncing the PID file")?;
         std::fs::rename(&tmp, path).with_context(|| format!("creating {}", path.display()))?;

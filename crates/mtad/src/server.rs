@@ -143,15 +143,26 @@ async fn serve(config: Config) -> Result<()> {
         let shutdown = shutdown.clone();
         tokio::spawn(async move { control.serve(ctx, shutdown).await })
     };
-    let monitor = tokio::spawn(watch_free_space(ctx.clone(), config.spool.free_space_check_interval));
+    let monitor = tokio::spawn(watch_free_space(
+        ctx.clone(),
+        config.spool.free_space_check_interval,
+    ));
 
+    // Signal handlers go in before the announcement: a TERM sent the
+    // moment we say ready must still mean a clean stop.
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     for addr in &listen {
         println!("mtad: smtp listening on {addr}");
     }
     println!("mtad: ready (pid {})", std::process::id());
     info!(listen = ?listen, "ready");
 
-    wait_for_stop_request(&shutdown).await?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+        () = shutdown.requested.cancelled() => {}
+    }
 
     // The stop, step by step.
     let deadline = config.shutdown.timeout;
@@ -166,7 +177,10 @@ async fn serve(config: Config) -> Result<()> {
         let _ = acceptor.await;
     }
     sessions.close();
-    if tokio::time::timeout(deadline, sessions.wait()).await.is_err() {
+    if tokio::time::timeout(deadline, sessions.wait())
+        .await
+        .is_err()
+    {
         warn!(
             sessions = ctx.stats.sessions_open(),
             "stop deadline passed: closing the remaining sessions with 421"
@@ -184,18 +198,6 @@ async fn serve(config: Config) -> Result<()> {
     let _ = control_task.await;
     drop(pid_file);
     info!(accepted = ctx.stats.accepted_total(), "stopped cleanly");
-    Ok(())
-}
-
-/// Waits for SIGTERM, SIGINT or a stop on the control socket.
-async fn wait_for_stop_request(shutdown: &Shutdown) -> Result<()> {
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = int.recv() => info!("SIGINT received"),
-        () = shutdown.requested.cancelled() => {}
-    }
     Ok(())
 }
 

@@ -14,7 +14,11 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>> {
         .with_context(|| format!("reading certificate {}", cert.display()))?
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("parsing certificate {}", cert.display()))?;
-    anyhow::ensure!(!chain.is_empty(), "{}: no certificate found", cert.display());
+    anyhow::ensure!(
+        !chain.is_empty(),
+        "{}: no certificate found",
+        cert.display()
+    );
     let key = PrivateKeyDer::from_pem_file(key)
         .with_context(|| format!("reading private key {}", key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());

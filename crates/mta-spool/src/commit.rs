@@ -1,0 +1,241 @@
+//! Group commit: one thread makes batches of messages durable together.
+//!
+//! The expensive part of accepting a message is the directory fsync that
+//! makes its rename into `msg/` durable. Concurrent SMTP sessions would
+//! each pay for one; instead every `store()` hands its already-fdatasynced
+//! temporary file to this thread, which takes the first request waiting,
+//! then whatever else has queued up meanwhile (up to `max_batch`), renames
+//! them all, fsyncs each bucket directory touched once for the whole batch,
+//! records them in the index and only then replies to each. While it
+//! fsyncs, the next batch gathers in the channel.
+//!
+//! The rename into `msg/<bucket>/` is the commit point: before it, a crash
+//! leaves a file in `tmp/` that open removes (the client was never told
+//! "250"); after it (and the directory fsync), the message is queued.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use mta_envelope::QueueId;
+use tokio::sync::oneshot;
+
+use crate::error::{copy_io_error, SpoolError};
+use crate::index::{Index, IndexEntry};
+use crate::layout::{fsync_dir, Layout};
+
+/// Counters shared by the spool handles and the committer thread.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    /// Messages in the index.
+    pub messages: AtomicUsize,
+    /// Batches committed so far.
+    pub batches: AtomicU64,
+}
+
+/// One message waiting for the commit: its data is already durable in
+/// `tmp`.
+#[derive(Debug)]
+pub(crate) struct Request {
+    /// The queue id.
+    pub id: QueueId,
+    /// The fdatasynced temporary file.
+    pub tmp: PathBuf,
+    /// What to record in the index once committed.
+    pub entry: IndexEntry,
+    /// Where the outcome goes.
+    pub reply: oneshot::Sender<Result<(), SpoolError>>,
+}
+
+/// Knobs of the committer.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Tuning {
+    /// Pause after the first request of a batch before draining the
+    /// channel. Tests use it to make batching certain; zero in production.
+    pub commit_delay: Option<Duration>,
+}
+
+/// The committer thread and the sending end of its channel.
+#[derive(Debug)]
+pub(crate) struct Committer {
+    sender: Option<mpsc::Sender<Request>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Committer {
+    /// Starts the thread.
+    pub fn start(
+        layout: Layout,
+        index: Index,
+        counters: Arc<Counters>,
+        max_batch: usize,
+        tuning: Tuning,
+    ) -> Result<Committer, SpoolError> {
+        let (sender, receiver) = mpsc::channel();
+        let max_batch = max_batch.max(1);
+        let thread = thread::Builder::new()
+            .name("spool-commit".into())
+            .spawn(move || run(receiver, &layout, &index, &counters, max_batch, &tuning))
+            .map_err(|e| SpoolError::io("start committer thread", &PathBuf::new(), e))?;
+        Ok(Committer {
+            sender: Some(sender),
+            thread: Some(thread),
+        })
+    }
+
+    /// A sender for one request; `None` once stopped.
+    pub fn sender(&self) -> Option<mpsc::Sender<Request>> {
+        self.sender.clone()
+    }
+
+    /// Stops taking requests and waits for the thread to finish. The thread
+    /// ends once every sender is gone and the channel is empty, so stores
+    /// that already hold a sender are committed (or fail) before this
+    /// returns.
+    pub fn stop(&mut self) {
+        self.sender = None;
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("spool committer thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn run(
+    receiver: mpsc::Receiver<Request>,
+    layout: &Layout,
+    index: &Index,
+    counters: &Counters,
+    max_batch: usize,
+    tuning: &Tuning,
+) {
+    // Block for the first request; then take only what is already waiting,
+    // so a lone message is never held back waiting for company.
+    while let Ok(first) = receiver.recv() {
+        if let Some(delay) = tuning.commit_delay {
+            thread::sleep(delay);
+        }
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match receiver.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        counters.batches.fetch_add(1, Ordering::Relaxed);
+        commit_batch(layout, index, counters, batch);
+    }
+}
+
+/// Commits one batch and answers every request in it.
+fn commit_batch(layout: &Layout, index: &Index, counters: &Counters, batch: Vec<Request>) {
+    let mut renamed = Vec::with_capacity(batch.len());
+    for request in batch {
+        if request.reply.is_closed() {
+            // The caller gave up (its future was dropped) before the commit
+            // point: it cannot tell the client "250", so do not queue.
+            remove_quietly(&request.tmp);
+            continue;
+        }
+        let dest = layout.msg_path(request.id);
+        // Only this thread creates files in msg/, and only while the spool
+        // holds the directory lock, so checking first cannot race with
+        // another commit. Without the check, rename would silently replace
+        // a queued message that has the same id.
+        match fs::symlink_metadata(&dest) {
+            Ok(_) => {
+                remove_quietly(&request.tmp);
+                let _ = request
+                    .reply
+                    .send(Err(SpoolError::IdInUse { id: request.id }));
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                remove_quietly(&request.tmp);
+                let _ = request.reply.send(Err(SpoolError::io("stat", &dest, e)));
+                continue;
+            }
+        }
+        match fs::rename(&request.tmp, &dest) {
+            Ok(()) => renamed.push((request, dest)),
+            Err(e) => {
+                remove_quietly(&request.tmp);
+                let _ = request
+                    .reply
+                    .send(Err(SpoolError::io("rename into msg/", &dest, e)));
+            }
+        }
+    }
+
+    // One fsync per bucket directory for the whole batch: this is what the
+    // batch shares. Without it the renames may not survive a crash.
+    let mut synced: BTreeMap<&'static str, Result<(), io::Error>> = BTreeMap::new();
+    for (request, _) in &renamed {
+        let bucket = Layout::bucket(request.id);
+        synced.entry(bucket).or_insert_with(|| {
+            fsync_dir(&layout.msg.join(bucket)).map_err(|e| match e {
+                SpoolError::Io { source, .. } => source,
+                other => io::Error::other(other.to_string()),
+            })
+        });
+    }
+
+    for (request, dest) in renamed {
+        let bucket = Layout::bucket(request.id);
+        let result = match &synced[bucket] {
+            Err(e) => {
+                // The rename may or may not be on disk; the caller will hear
+                // "not queued", so take the file back (best effort).
+                remove_quietly(&dest);
+                Err(SpoolError::io(
+                    "fsync directory",
+                    &layout.msg.join(bucket),
+                    copy_io_error(e),
+                ))
+            }
+            // Not flushed here: the index is rebuilt by a rescan after a
+            // crash, so flushing it would only slow every commit down.
+            Ok(()) => match index.insert(request.id, &request.entry) {
+                Ok(new) => {
+                    if new {
+                        counters.messages.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    // Report failure consistently: an error means "not
+                    // queued", so do not leave the file to be found later.
+                    remove_quietly(&dest);
+                    Err(e)
+                }
+            },
+        };
+        if request.reply.send(result).is_err() {
+            tracing::debug!(id = %request.id, "store() caller left after the commit point; message stays queued");
+        }
+    }
+}
+
+/// Best-effort removal on an error path, where the original error matters
+/// more than a failure to clean up.
+fn remove_quietly(path: &std::path::Path) {
+    if let Err(e) = fs::remove_file(path) {
+        if e.kind() != io::ErrorKind::NotFound {
+            tracing::warn!(path = %path.display(), error = %e, "could not remove file after a failed store");
+        }
+    }
+}

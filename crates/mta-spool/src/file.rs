@@ -1,0 +1,149 @@
+//! The spool file format: one file per message, self-describing, so the
+//! queue can always be rebuilt from `msg/` alone.
+//!
+//! ```text
+//! MTA-SPOOL 1\n                 magic and format version
+//! {"sender":...}\n              the envelope, one line of JSON
+//! <message content>             the bytes exactly as accepted
+//! ```
+//!
+//! JSON escapes every control character inside strings and the compact
+//! form puts no newline between tokens, so the envelope line holds no raw
+//! LF and a reader needs only the first two lines to know the envelope:
+//! a rescan never reads message bodies.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::path::Path;
+
+use mta_envelope::Envelope;
+
+use crate::error::SpoolError;
+
+/// The first line of every spool file.
+pub(crate) const MAGIC: &[u8] = b"MTA-SPOOL 1\n";
+
+/// Longest envelope line accepted when reading. Far above any real
+/// envelope; it only stops a damaged file without a second newline from
+/// being read whole as "the envelope".
+const MAX_ENVELOPE_LINE: u64 = 64 * 1024 * 1024;
+
+/// The magic line and the envelope line, ready to be written.
+pub(crate) fn encode_header(envelope: &Envelope) -> Vec<u8> {
+    let json = serde_json::to_vec(envelope)
+        .expect("an envelope of plain strings and numbers always serializes");
+    debug_assert!(!json.contains(&b'\n'), "compact JSON holds no raw LF");
+    let mut header = Vec::with_capacity(MAGIC.len() + json.len() + 1);
+    header.extend_from_slice(MAGIC);
+    header.extend_from_slice(&json);
+    header.push(b'\n');
+    header
+}
+
+/// What the first two lines of a spool file say.
+#[derive(Debug)]
+pub(crate) struct Header {
+    /// The envelope.
+    pub envelope: Envelope,
+    /// Bytes taken by the two header lines; the content follows.
+    pub len: u64,
+}
+
+/// Reads and checks the two header lines, leaving `reader` at the first
+/// byte of the content.
+pub(crate) fn read_header<R: BufRead>(reader: &mut R, path: &Path) -> Result<Header, SpoolError> {
+    let corrupt = |reason: String| SpoolError::Corrupt {
+        path: path.to_owned(),
+        reason,
+    };
+    let mut magic = [0u8; MAGIC.len()];
+    match reader.read_exact(&mut magic) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            return Err(corrupt("shorter than the magic line".into()))
+        }
+        Err(e) => return Err(SpoolError::io("read", path, e)),
+    }
+    if magic != MAGIC {
+        return Err(corrupt(format!(
+            "wrong magic {:?}, expected {:?}",
+            String::from_utf8_lossy(&magic),
+            String::from_utf8_lossy(MAGIC)
+        )));
+    }
+    let mut line = Vec::new();
+    reader
+        .take(MAX_ENVELOPE_LINE)
+        .read_until(b'\n', &mut line)
+        .map_err(|e| SpoolError::io("read", path, e))?;
+    if line.pop() != Some(b'\n') {
+        return Err(corrupt("envelope line not terminated".into()));
+    }
+    let envelope: Envelope =
+        serde_json::from_slice(&line).map_err(|e| corrupt(format!("bad envelope JSON: {e}")))?;
+    Ok(Header {
+        envelope,
+        len: (MAGIC.len() + line.len() + 1) as u64,
+    })
+}
+
+/// Reads a whole spool file: envelope and content.
+pub(crate) fn read_file(path: &Path) -> Result<(Envelope, Vec<u8>), SpoolError> {
+    let file = File::open(path).map_err(|e| SpoolError::io("open", path, e))?;
+    let size = file
+        .metadata()
+        .map_err(|e| SpoolError::io("stat", path, e))?
+        .len();
+    let mut reader = BufReader::new(file);
+    let header = read_header(&mut reader, path)?;
+    let mut content = Vec::with_capacity(size.saturating_sub(header.len) as usize);
+    reader
+        .read_to_end(&mut content)
+        .map_err(|e| SpoolError::io("read", path, e))?;
+    Ok((header.envelope, content))
+}
+
+/// Reads only the header of a spool file, and the content size from the
+/// file size: what a rescan needs, without touching the body.
+pub(crate) fn read_header_only(path: &Path) -> Result<(Header, u64), SpoolError> {
+    let file = File::open(path).map_err(|e| SpoolError::io("open", path, e))?;
+    let size = file
+        .metadata()
+        .map_err(|e| SpoolError::io("stat", path, e))?
+        .len();
+    // A small buffer: the envelope line is usually a few hundred bytes, and
+    // a rescan reads one of these per message.
+    let mut reader = BufReader::with_capacity(4096, file);
+    let header = read_header(&mut reader, path)?;
+    let content = size.saturating_sub(header.len);
+    Ok((header, content))
+}
+
+/// Writes a new file (which must not exist) and makes its data durable
+/// with fdatasync. On any error the file is removed again, so a failed
+/// write never leaves a partial file behind; a file that already existed
+/// is never touched.
+pub(crate) fn write_new_durable(path: &Path, chunks: &[&[u8]]) -> Result<(), SpoolError> {
+    // create_new: a queue id is used once; never write over another
+    // writer's file.
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| SpoolError::io("create", path, e))?;
+    let written = (|| {
+        for chunk in chunks {
+            file.write_all(chunk)
+                .map_err(|e| SpoolError::io("write", path, e))?;
+        }
+        // fdatasync, not fsync: the size is data for this purpose, and the
+        // timestamps are not worth a second journal write.
+        file.sync_data()
+            .map_err(|e| SpoolError::io("fdatasync", path, e))
+    })();
+    if written.is_err() {
+        drop(file);
+        let _ = fs::remove_file(path);
+    }
+    written
+}

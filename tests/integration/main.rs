@@ -1,0 +1,12 @@
+//! Integration tests: the real mtad and mta-init, over TCP on loopback.
+//! One binary, one module per topic.
+
+mod util;
+
+mod durability;
+mod init;
+mod limits;
+mod smtp;
+mod smuggling;
+mod storage;
+mod tls;

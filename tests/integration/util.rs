@@ -1,0 +1,393 @@
+//! The harness: the real mtad on 127.0.0.1:0 with a queue of its own, and
+//! an SMTP client that reads like a transcript.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long any single read in a test may block.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A program built by this workspace (`tests/run` builds them first).
+pub fn bin(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("MTA_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let exe = std::env::current_exe().expect("test executable path");
+            // target/<profile>/deps/integration-<hash>
+            exe.parent()
+                .and_then(Path::parent)
+                .expect("target dir")
+                .to_owned()
+        }
+    };
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the programs first (tests/run does: cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+/// A scratch directory with a config file that puts everything inside it.
+pub struct Workdir {
+    pub dir: tempfile::TempDir,
+}
+
+impl Workdir {
+    pub fn new() -> Workdir {
+        Workdir {
+            dir: tempfile::Builder::new()
+                .prefix("mta-it-")
+                .tempdir()
+                .expect("tempdir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn queue(&self) -> PathBuf {
+        self.path().join("queue")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.path().join("mta.toml")
+    }
+
+    /// Writes the config: listen on port 0, queue inside the workdir, no
+    /// free-space floor, then `extra` (TOML that may open its own tables).
+    /// `top` goes before any table.
+    pub fn write_config(&self, top: &str, extra: &str) -> PathBuf {
+        let text = format!(
+            "hostname = \"mx.test\"\nqueue_dir = {:?}\n{top}\n[spool]\nmin_free_space = 0\n{extra}\n",
+            self.queue().display().to_string()
+        );
+        let text = if extra.contains("[smtp]") {
+            text
+        } else {
+            format!("{text}\n[smtp]\nlisten = [\"127.0.0.1:0\"]\n")
+        };
+        std::fs::write(self.config_path(), text).expect("write config");
+        self.config_path()
+    }
+}
+
+/// A running mtad.
+pub struct Mtad {
+    pub child: Child,
+    pub addr: SocketAddr,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Mtad {
+    /// Starts mtad with the workdir's config and waits for `ready`.
+    pub fn start(work: &Workdir) -> Mtad {
+        Mtad::try_start(work).unwrap_or_else(|e| panic!("mtad did not start: {e}"))
+    }
+
+    pub fn try_start(work: &Workdir) -> Result<Mtad, String> {
+        let mut child = Command::new(bin("mtad"))
+            .arg("--config")
+            .arg(work.config_path())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut addr = None;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = stdout.read_line(&mut line).map_err(|e| e.to_string())?;
+            if n == 0 {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                let _ = child.wait();
+                return Err(format!("mtad exited before ready: {err}"));
+            }
+            if let Some(a) = line.trim().strip_prefix("mtad: smtp listening on ") {
+                addr = Some(a.parse().expect("announced address"));
+            }
+            if line.starts_with("mtad: ready") {
+                break;
+            }
+        }
+        // Keep stderr drained so the daemon never blocks on a full pipe.
+        if let Some(mut err) = child.stderr.take() {
+            std::thread::spawn(move || {
+                let mut sink = Vec::new();
+                let _ = err.read_to_end(&mut sink);
+                if !sink.is_empty() {
+                    eprintln!("--- mtad stderr ---\n{}", String::from_utf8_lossy(&sink));
+                }
+            });
+        }
+        Ok(Mtad {
+            child,
+            addr: addr.ok_or("no address announced")?,
+            stdout,
+        })
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// SIGKILL: the crash every acknowledged message must survive.
+    pub fn kill9(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+
+    /// SIGTERM, then wait (bounded) for the exit.
+    pub fn terminate(mut self) -> ExitStatus {
+        signal(self.pid(), nix::sys::signal::Signal::SIGTERM);
+        self.wait_exit()
+    }
+
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let began = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                let mut rest = String::new();
+                let _ = self.stdout.read_to_string(&mut rest);
+                return status;
+            }
+            assert!(
+                began.elapsed() < Duration::from_secs(60),
+                "mtad did not exit"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Mtad {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn signal(pid: i32, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).expect("signal");
+}
+
+/// One SMTP reply as read off the wire.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub code: u16,
+    pub lines: Vec<String>,
+}
+
+impl Reply {
+    /// `250 2.0.0` style: the code and, when present, the enhanced code.
+    pub fn head(&self) -> String {
+        let last = self.lines.last().map(String::as_str).unwrap_or("");
+        let code = &last[..3];
+        let enhanced = last
+            .get(4..)
+            .and_then(|rest| rest.split(' ').next())
+            .filter(|word| {
+                let parts: Vec<&str> = word.split('.').collect();
+                parts.len() == 3
+                    && parts
+                        .iter()
+                        .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            });
+        match enhanced {
+            Some(e) => format!("{code} {e}"),
+            None => code.to_owned(),
+        }
+    }
+
+    pub fn text(&self) -> String {
+        self.lines.join("\n")
+    }
+}
+
+trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
+/// A blocking SMTP client with bounded reads.
+pub struct Client {
+    stream: BufReader<Box<dyn Stream>>,
+    pub banner: Reply,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let tcp = TcpStream::connect(addr).expect("connect");
+        tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let mut stream = BufReader::new(Box::new(tcp) as Box<dyn Stream>);
+        let banner = read_reply(&mut stream).expect("banner");
+        Client { stream, banner }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        let w = self.stream.get_mut();
+        w.write_all(bytes).expect("write");
+        w.flush().expect("flush");
+    }
+
+    /// Reads one reply; None when the server closed the connection.
+    pub fn try_reply(&mut self) -> Option<Reply> {
+        read_reply(&mut self.stream)
+    }
+
+    pub fn reply(&mut self) -> Reply {
+        self.try_reply().expect("server closed the connection")
+    }
+
+    /// Sends one command line and checks the reply's head (`"250 2.1.0"`
+    /// or just `"250"`).
+    pub fn cmd(&mut self, line: &str, expect: &str) -> Reply {
+        self.send(format!("{line}\r\n").as_bytes());
+        let r = self.reply();
+        assert!(
+            r.head().starts_with(expect),
+            "{line:?}: expected {expect}, got {}",
+            r.text()
+        );
+        r
+    }
+
+    /// True once the server has closed: the next read sees EOF.
+    pub fn is_closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.stream.read(&mut b), Ok(0) | Err(_))
+    }
+
+    /// EHLO, MAIL, RCPT, DATA with `content` (already CRLF, not
+    /// dot-stuffed); returns the final reply.
+    pub fn send_message(&mut self, from: &str, to: &[&str], content: &str) -> Reply {
+        self.cmd(&format!("MAIL FROM:<{from}>"), "250");
+        for rcpt in to {
+            self.cmd(&format!("RCPT TO:<{rcpt}>"), "250");
+        }
+        self.cmd("DATA", "354");
+        self.send(content.as_bytes());
+        self.send(b".\r\n");
+        self.reply()
+    }
+
+    /// STARTTLS and the handshake, trusting `cert`.
+    pub fn starttls(mut self, cert: &rustls::pki_types::CertificateDer<'static>) -> Client {
+        self.cmd("STARTTLS", "220");
+        self.after_starttls_reply(cert)
+    }
+
+    /// The handshake, once the 220 to STARTTLS has been read.
+    pub fn after_starttls_reply(self, cert: &rustls::pki_types::CertificateDer<'static>) -> Client {
+        assert!(
+            self.stream.buffer().is_empty(),
+            "data after 220 to STARTTLS"
+        );
+        let tcp = self.stream.into_inner();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.clone()).expect("trust the test certificate");
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let conn = rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap())
+            .expect("TLS client");
+        let tls = rustls::StreamOwned::new(conn, tcp);
+        Client {
+            stream: BufReader::new(Box::new(tls) as Box<dyn Stream>),
+            banner: self.banner,
+        }
+    }
+}
+
+fn read_reply<R: BufRead>(r: &mut R) -> Option<Reply> {
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        match r.read_line(&mut line) {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
+        let line = line.trim_end_matches(['\r', '\n']).to_owned();
+        assert!(line.len() >= 3, "short reply line {line:?}");
+        let code: u16 = line[..3].parse().expect("reply code");
+        let more = line.as_bytes().get(3) == Some(&b'-');
+        lines.push(line);
+        if !more {
+            return Some(Reply { code, lines });
+        }
+    }
+}
+
+/// A self-signed certificate for `localhost`, written as PEM files in
+/// `dir`; returns the TOML `[tls]` table and the certificate to trust.
+pub fn tls_files(dir: &Path) -> (String, rustls::pki_types::CertificateDer<'static>) {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("rcgen");
+    let cert_path = dir.join("cert.pem");
+    let key_path = dir.join("key.pem");
+    std::fs::write(&cert_path, certified.cert.pem()).unwrap();
+    std::fs::write(&key_path, certified.key_pair.serialize_pem()).unwrap();
+    let table = format!(
+        "[tls]\ncertificate = {:?}\nkey = {:?}\n",
+        cert_path.display().to_string(),
+        key_path.display().to_string()
+    );
+    (table, certified.cert.der().clone())
+}
+
+/// A small valid message with a unique subject.
+pub fn message(subject: &str) -> String {
+    format!("From: a@b.test\r\nTo: x@localhost\r\nSubject: {subject}\r\n\r\nHello.\r\n")
+}
+
+/// Opens the spool of a stopped (or killed) daemon and returns every
+/// message's envelope and content, as the spool files hold them.
+pub fn spool_contents(
+    queue: &Path,
+) -> Vec<(mta_envelope::QueueId, mta_envelope::Envelope, Vec<u8>)> {
+    let (spool, _) = mta_spool::Spool::open(mta_spool::SpoolConfig {
+        dir: queue.to_owned(),
+        min_free_space: 0,
+        max_batch: 16,
+    })
+    .expect("open spool");
+    let out = spool
+        .ids()
+        .expect("ids")
+        .into_iter()
+        .map(|id| {
+            let (env, content) = spool.read(id).expect("read");
+            (id, env, content)
+        })
+        .collect();
+    spool.close().expect("close spool");
+    out
+}
+
+/// Waits (bounded) until `f` holds.
+pub fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let began = Instant::now();
+    while !f() {
+        assert!(began.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
