@@ -416,6 +416,16 @@ mod tests {
     }
 
     #[test]
+    fn contrib_example_matches_the_built_in_defaults() {
+        let example = parse(include_str!("../../../contrib/mta.toml")).unwrap();
+        let default = Config::default();
+        // Config has no PartialEq (it holds paths and networks), so compare
+        // the rendered form, which covers every field.
+        let render = |c: &Config| format!("{:?}", Config { hostname: String::new(), ..c.clone() });
+        assert_eq!(render(&example), render(&default));
+    }
+
+    #[test]
     fn tls_needs_both_files() {
         let c = parse("[tls]\ncertificate = \"/nonexistent.pem\"\n").unwrap();
         let msg = c.check(None).unwrap_err().to_string();

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs the real SMTP peers the tests and benchmarks use: swaks, and
+# Debian's postfix package (smtp-source, smtp-sink, and Postfix itself for
+# private instances on loopback). Idempotent and quick when all is there.
+#
+# No system-wide Postfix is configured or started: debconf is preseeded to
+# "No configuration", and the machine's policy-rc.d refuses service starts.
+set -euo pipefail
+
+missing=()
+command -v swaks >/dev/null 2>&1 || missing+=(swaks libnet-ssleay-perl libio-socket-ssl-perl)
+[ -x /usr/sbin/smtp-sink ] || missing+=(postfix)
+if [ ${#missing[@]} -eq 0 ]; then
+    exit 0
+fi
+if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "install-peers: missing ${missing[*]}; install them as root with apt-get" >&2
+    [ -z "${CI:-}" ] || exit 1
+    exit 0
+fi
+echo "install-peers: installing ${missing[*]}"
+echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# A package's post-install must not have left a Postfix listening.
+if ss -ltn 2>/dev/null | grep -q ':25 '; then
+    echo "install-peers: something listens on port 25 after install; stop it" >&2
+    exit 1
+fi
