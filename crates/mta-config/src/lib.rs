@@ -421,7 +421,15 @@ mod tests {
         let default = Config::default();
         // Config has no PartialEq (it holds paths and networks), so compare
         // the rendered form, which covers every field.
-        let render = |c: &Config| format!("{:?}", Config { hostname: String::new(), ..c.clone() });
+        let render = |c: &Config| {
+            format!(
+                "{:?}",
+                Config {
+                    hostname: String::new(),
+                    ..c.clone()
+                }
+            )
+        };
         assert_eq!(render(&example), render(&default));
     }
 
