@@ -1,0 +1,450 @@
+#!/usr/bin/env bash
+# Acceptance benchmark: mtad against Debian's Postfix, in one run, on this
+# machine. Both accept mail over SMTP on loopback and make every message
+# durable before answering 250; neither delivers anything (mtad has no queue
+# runner yet, and Postfix puts every message on hold). See
+# docs/benchmarks.md for what this measures and the last recorded figures.
+#
+# Usage (as root; a private Postfix instance needs it):
+#   benches/acceptance.sh            # builds, runs every case, prints Markdown
+#
+# Environment:
+#   ACCEPTANCE_SCALE=N     divide every message count by N (quick smoke run)
+#   ACCEPTANCE_TIMEOUT=S   --timeout of each mta-loadgen run (default 240)
+#   ACCEPTANCE_NO_BUILD=1  skip `cargo build --release`
+#   ACCEPTANCE_KEEP=1      keep the temporary directory (logs, queues)
+#
+# The Markdown report goes to standard output, progress to standard error.
+# Only loopback addresses are used; /etc/postfix and port 25 are never
+# touched, and an EXIT trap stops mtad and the private Postfix whatever
+# happens. Exit status: 0 if every run accepted and queued every message.
+set -euo pipefail
+
+SCALE=${ACCEPTANCE_SCALE:-1}
+TIMEOUT=${ACCEPTANCE_TIMEOUT:-240}
+
+log() { printf 'acceptance: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+if [ "$(id -u)" != 0 ]; then
+    echo "acceptance: must run as root (a private Postfix instance needs root to start its master); try: sudo $0" >&2
+    exit 1
+fi
+for tool in cargo postfix postconf postsuper postqueue ss script; do
+    command -v "$tool" >/dev/null 2>&1 \
+        || die "$tool not found (Postfix comes from tests/install-peers.sh)"
+done
+id postfix >/dev/null 2>&1 || die "no 'postfix' user (run tests/install-peers.sh)"
+getent group postdrop >/dev/null 2>&1 || die "no 'postdrop' group (run tests/install-peers.sh)"
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+
+if [ -z "${ACCEPTANCE_NO_BUILD:-}" ]; then
+    log "building release binaries"
+    cargo build --release -p mtad -p mta-bench >&2
+fi
+TARGET_DIR=$(cargo metadata --format-version 1 --no-deps 2>/dev/null \
+    | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+TARGET_DIR=${TARGET_DIR:-$ROOT/target}
+MTAD=$TARGET_DIR/release/mtad
+LOADGEN=$TARGET_DIR/release/mta-loadgen
+[ -x "$MTAD" ] || die "$MTAD missing"
+[ -x "$LOADGEN" ] || die "$LOADGEN missing"
+
+WORK=$(mktemp -d /tmp/mta-acceptance.XXXXXX)
+chmod 755 "$WORK" # the postfix user must reach its queue and data dirs
+PFCONF=$WORK/postfix/etc
+PFQUEUE=$WORK/postfix/spool
+PFDATA=$WORK/postfix/data
+MTADIR=$WORK/mtad
+MTAD_PID=
+MTAD_PORT=
+LOADGEN_PID=
+PF_PORT=
+PF_STARTED=
+
+stop_mtad() {
+    [ -n "$MTAD_PID" ] || return 0
+    if kill -0 "$MTAD_PID" 2>/dev/null; then
+        kill -TERM "$MTAD_PID" 2>/dev/null || true
+        for _ in $(seq 100); do
+            kill -0 "$MTAD_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$MTAD_PID" 2>/dev/null; then
+            log "mtad $MTAD_PID ignored SIGTERM for 10 s; killing it"
+            kill -KILL "$MTAD_PID" 2>/dev/null || true
+        fi
+    fi
+    wait "$MTAD_PID" 2>/dev/null || true
+    MTAD_PID=
+}
+
+# The master's pid, if a private master is running on our queue directory.
+pf_master_pid() {
+    local pid
+    [ -r "$PFQUEUE/pid/master.pid" ] || return 1
+    pid=$(tr -d ' \n' <"$PFQUEUE/pid/master.pid")
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+    echo "$pid"
+}
+
+# Processes of this private instance (MAIL_CONFIG=$PFCONF in their environment).
+pf_instance_pids() {
+    local f pid
+    for f in /proc/[0-9]*/environ; do
+        pid=${f#/proc/}
+        pid=${pid%/environ}
+        if { tr '\0' '\n' <"$f"; } 2>/dev/null | grep -qxF "MAIL_CONFIG=$PFCONF"; then
+            printf '%s ' "$pid"
+        fi
+    done
+}
+
+stop_postfix() {
+    [ -n "$PF_STARTED" ] || return 0
+    local pid
+    pid=$(pf_master_pid) || pid=
+    postfix -c "$PFCONF" stop >/dev/null 2>&1 || true
+    if [ -n "$pid" ]; then
+        for _ in $(seq 100); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            log "Postfix master $pid still running after 'postfix stop'; killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    # Workers exit on their own once the master is gone; make sure of it.
+    # Only processes of this instance: their environment names our config.
+    local left
+    for _ in $(seq 50); do
+        left=$(pf_instance_pids)
+        [ -n "$left" ] || break
+        sleep 0.1
+    done
+    if [ -n "$left" ]; then
+        log "killing leftover Postfix processes of this instance: $left"
+        # shellcheck disable=SC2086
+        kill -KILL $left 2>/dev/null || true
+    fi
+    PF_STARTED=
+}
+
+cleanup() {
+    local rc=$?
+    set +e
+    if [ -n "$LOADGEN_PID" ]; then
+        kill -TERM "$LOADGEN_PID" 2>/dev/null
+        wait "$LOADGEN_PID" 2>/dev/null
+    fi
+    stop_mtad
+    stop_postfix
+    if [ -n "${ACCEPTANCE_KEEP:-}" ]; then
+        log "kept $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# A free TCP port on 127.0.0.1 (high range; checked against ss).
+free_port() {
+    local port
+    for _ in $(seq 200); do
+        port=$((20000 + RANDOM % 40000))
+        if ! ss -Htln "sport = :$port" 2>/dev/null | grep -q .; then
+            echo "$port"
+            return 0
+        fi
+    done
+    die "no free port found"
+}
+
+wait_listening() { # port seconds
+    local port=$1 tries=$(($2 * 10))
+    for _ in $(seq "$tries"); do
+        ss -Htln "sport = :$port" 2>/dev/null | grep -q '127.0.0.1' && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# --- mtad -------------------------------------------------------------------
+
+start_mtad() { # fresh queue every time
+    rm -rf "$MTADIR"
+    mkdir -p "$MTADIR"
+    cat >"$MTADIR/mtad.toml" <<EOF
+hostname = "mx.test"
+queue_dir = "$MTADIR/queue"
+[smtp]
+listen = ["127.0.0.1:0"]
+max_connections = 1000
+[spool]
+min_free_space = 0
+EOF
+    "$MTAD" --config "$MTADIR/mtad.toml" >"$MTADIR/stdout" 2>"$MTADIR/mtad.log" &
+    MTAD_PID=$!
+    for _ in $(seq 100); do
+        grep -q '^mtad: ready' "$MTADIR/stdout" 2>/dev/null && break
+        kill -0 "$MTAD_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    if ! grep -q '^mtad: ready' "$MTADIR/stdout" 2>/dev/null; then
+        cat "$MTADIR/stdout" "$MTADIR/mtad.log" >&2 || true
+        die "mtad did not become ready"
+    fi
+    MTAD_PORT=$(sed -n 's/^mtad: smtp listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$MTADIR/stdout" | head -n1)
+    [ -n "$MTAD_PORT" ] || die "could not read mtad's port from its stdout"
+}
+
+mtad_count() {
+    find "$MTADIR/queue/msg" -mindepth 2 -maxdepth 2 -type f 2>/dev/null | wc -l
+}
+
+# --- Postfix ----------------------------------------------------------------
+
+write_postfix_config() {
+    mkdir -p "$PFCONF"
+    cat >"$PFCONF/main.cf" <<EOF
+# Private instance for benches/acceptance.sh: accept on loopback, make durable
+# (cleanup fsyncs the queue file before smtpd answers 250), put on hold so the
+# queue manager never delivers, and skip work mtad does not do either.
+compatibility_level = 3.6
+config_directory = $PFCONF
+queue_directory = $PFQUEUE
+data_directory = $PFDATA
+mail_owner = postfix
+setgid_group = postdrop
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+myhostname = pf.test
+mydomain = test
+myorigin = \$myhostname
+mydestination =
+relay_domains =
+local_recipient_maps =
+relay_recipient_maps =
+alias_maps =
+alias_database =
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks, reject
+smtpd_recipient_restrictions = check_recipient_access static:HOLD, permit_mynetworks, reject
+smtpd_client_restrictions =
+smtpd_helo_restrictions =
+smtpd_sender_restrictions =
+smtpd_data_restrictions =
+smtpd_delay_reject = no
+smtpd_peername_lookup = no
+smtpd_milters =
+non_smtpd_milters =
+header_checks =
+body_checks =
+smtpd_tls_security_level =
+disable_dns_lookups = yes
+smtp_dns_support_level = disabled
+default_process_limit = 200
+smtpd_client_connection_count_limit = 0
+smtpd_client_connection_rate_limit = 0
+smtpd_client_message_rate_limit = 0
+smtpd_client_recipient_rate_limit = 0
+# Without this, smtpd sleeps up to 1 s per message once the queue manager
+# stops handing back flow-control tokens, which it never does for held mail.
+in_flow_delay = 0
+message_size_limit = 67108864
+biff = no
+maillog_file_prefixes = $WORK
+maillog_file = $WORK/postfix/maillog
+EOF
+    cat >"$PFCONF/master.cf" <<EOF
+# service type  private unpriv  chroot  wakeup  maxproc command
+127.0.0.1:$PF_PORT inet n - n - - smtpd
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+EOF
+}
+
+start_postfix() { # fresh queue every time
+    rm -rf "$PFQUEUE" "$PFDATA"
+    mkdir -p "$PFQUEUE" "$PFDATA"
+    chown postfix "$PFDATA"
+    chmod 700 "$PFDATA"
+    if ! postfix -c "$PFCONF" check >"$WORK/postfix/check.log" 2>&1; then
+        cat "$WORK/postfix/check.log" >&2
+        die "postfix -c $PFCONF check failed"
+    fi
+    PF_STARTED=1
+    # postfix prints its start errors only on a terminal: give it one.
+    if ! script -qec "postfix -c '$PFCONF' start" /dev/null >"$WORK/postfix/start.log" 2>&1; then
+        cat "$WORK/postfix/start.log" >&2
+        die "postfix -c $PFCONF start failed"
+    fi
+    wait_listening "$PF_PORT" 15 || die "Postfix is not listening on 127.0.0.1:$PF_PORT"
+    # Warm-up: Postfix spawns smtpd, cleanup and trivial-rewrite on demand;
+    # let that happen outside the measurement, then empty the queue again.
+    "$LOADGEN" --server "127.0.0.1:$PF_PORT" --sessions 20 --messages 40 \
+        --timeout 60 >"$WORK/postfix/warmup.log" 2>&1 \
+        || { cat "$WORK/postfix/warmup.log" >&2; die "Postfix warm-up failed"; }
+    postsuper -c "$PFCONF" -d ALL >/dev/null 2>&1
+    [ "$(pf_count hold)" = 0 ] || die "Postfix queue not empty after warm-up"
+}
+
+pf_count() { # queue name
+    find "$PFQUEUE/$1" -type f 2>/dev/null | wc -l
+}
+
+# --- runs -------------------------------------------------------------------
+
+json_num() { # key json
+    printf '%s' "$2" | sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p" | head -n1
+}
+json_p() { # p50|p99 json
+    printf '%s' "$2" | sed -n "s/.*\"latency_ms\":{[^}]*\"$1\":\([0-9.]*\).*/\1/p" | head -n1
+}
+ratio() { # a b -> a/b with 2 decimals, or - if unknown
+    awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'
+}
+
+FAILED=0
+ROWS=()
+CMDS=()
+
+# One loadgen run; sets RATE P50 P99 ACC and LOADGEN_RC, saves the JSON.
+run_loadgen() { # name port args...
+    local name=$1 port=$2
+    shift 2
+    local out
+    sync
+    LOADGEN_RC=0
+    # In the background so that a signal's trap runs at once (bash defers
+    # traps until a foreground child exits, but interrupts `wait`).
+    "$LOADGEN" --server "127.0.0.1:$port" "$@" --timeout "$TIMEOUT" --json \
+        >"$WORK/$name.json" 2>"$WORK/$name.stderr" &
+    LOADGEN_PID=$!
+    wait "$LOADGEN_PID" || LOADGEN_RC=$?
+    LOADGEN_PID=
+    out=$(cat "$WORK/$name.json")
+    RATE=$(json_num rate_msg_s "$out")
+    ACC=$(json_num accepted "$out")
+    P50=$(json_p p50 "$out")
+    P99=$(json_p p99 "$out")
+    if [ "$LOADGEN_RC" != 0 ]; then
+        log "$name: mta-loadgen exited $LOADGEN_RC: $out"
+        FAILED=1
+    fi
+}
+
+run_case() { # label sessions messages size rcpts [extra loadgen args]
+    local label=$1 sessions=$2 messages=$3 size=$4 rcpts=$5
+    shift 5
+    messages=$((messages / SCALE))
+    [ "$messages" -ge "$sessions" ] || messages=$sessions
+    local args=(--sessions "$sessions" --messages "$messages" --size "$size" --rcpts "$rcpts" "$@")
+    local n=${#ROWS[@]}
+    CMDS+=("$label: mta-loadgen --server 127.0.0.1:PORT ${args[*]} --timeout $TIMEOUT --json")
+
+    local m_rate m_p50 m_p99 m_q p_rate p_p50 p_p99 p_q p_other
+    # Alternate which MTA goes first, so drift on a shared machine does not
+    # always favour the same one.
+    local order=(mtad postfix)
+    [ $((n % 2)) = 0 ] || order=(postfix mtad)
+    for mta in "${order[@]}"; do
+        if [ "$mta" = mtad ]; then
+            start_mtad
+            log "case $label: mtad on 127.0.0.1:$MTAD_PORT"
+            run_loadgen "case$n-mtad" "$MTAD_PORT" "${args[@]}"
+            m_rate=$RATE m_p50=$P50 m_p99=$P99
+            m_q=$(mtad_count)
+            stop_mtad
+            # count again after the clean shutdown: nothing lost or added
+            local again
+            again=$(mtad_count)
+            if [ "$m_q" != "$messages" ] || [ "$again" != "$messages" ] || [ "$ACC" != "$messages" ]; then
+                log "case $label: mtad accepted ${ACC:-?}, queued $m_q (after stop $again), expected $messages"
+                FAILED=1
+            fi
+            log "case $label: mtad ${m_rate:-?} msg/s, p50 ${m_p50:-?} ms, p99 ${m_p99:-?} ms, queued $m_q"
+        else
+            start_postfix
+            log "case $label: Postfix on 127.0.0.1:$PF_PORT"
+            run_loadgen "case$n-postfix" "$PF_PORT" "${args[@]}"
+            p_rate=$RATE p_p50=$P50 p_p99=$P99
+            p_q=$(pf_count hold)
+            p_other=$(($(pf_count incoming) + $(pf_count active) + $(pf_count deferred) + $(pf_count maildrop)))
+            local listed
+            listed=$(postqueue -c "$PFCONF" -j 2>/dev/null | grep -c '"queue_name": *"hold"' || true)
+            if [ "$p_q" != "$messages" ] || [ "$p_other" != 0 ] || [ "$listed" != "$messages" ] || [ "$ACC" != "$messages" ]; then
+                log "case $label: Postfix accepted ${ACC:-?}, hold $p_q (postqueue $listed), other queues $p_other, expected $messages"
+                FAILED=1
+            fi
+            log "case $label: Postfix ${p_rate:-?} msg/s, p50 ${p_p50:-?} ms, p99 ${p_p99:-?} ms, on hold $p_q"
+            stop_postfix
+        fi
+    done
+    ROWS+=("| $label | $messages | ${m_rate:--} | ${p_rate:--} | **$(ratio "$m_rate" "$p_rate")** | ${m_p50:--} | ${p_p50:--} | $(ratio "$p_p50" "$m_p50") | ${m_p99:--} | ${p_p99:--} | $(ratio "$p_p99" "$m_p99") | $m_q / $p_q |")
+}
+
+PF_PORT=$(free_port)
+write_postfix_config
+log "work dir $WORK; Postfix on 127.0.0.1:$PF_PORT, mtad on an ephemeral port"
+
+run_case "4 KiB, 1 rcpt, 20 sessions" 20 5000 4KiB 1
+run_case "4 KiB, 20 rcpts, 20 sessions" 20 2000 4KiB 20
+run_case "100 KiB, 1 rcpt, 20 sessions" 20 1000 100KiB 1
+run_case "4 KiB, 1 rcpt, 1 session" 1 500 4KiB 1
+run_case "4 KiB, 1 rcpt, 20 sessions, pipelining" 20 5000 4KiB 1 --pipelining
+
+# --- report -----------------------------------------------------------------
+
+cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
+fstype=$(df -T "$WORK" | awk 'NR == 2 { print $2 }')
+rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [ -n "$(git -C "$ROOT" status --porcelain 2>/dev/null | head -n1)" ]; then rev="$rev+dirty"; fi
+pfver=$(postconf -c "$PFCONF" -h mail_version 2>/dev/null || echo unknown)
+
+cat <<EOF
+## Acceptance run $(date -u '+%Y-%m-%d %H:%M UTC')
+
+- machine: $(nproc) CPUs, $cpu; temp dir on $fstype ($(uname -r))
+- mtad: release build of $rev; Postfix $pfver (Debian package), private instance, every message put on HOLD
+- loadgen: \`mta-loadgen\` (release), DATA, one command at a time unless noted, --timeout $TIMEOUT; scale 1/$SCALE
+- each case on fresh empty queues, one MTA after the other (order alternates by case)
+
+| case | messages | mtad msg/s | Postfix msg/s | mtad/Postfix | mtad p50 ms | Postfix p50 ms | Postfix/mtad p50 | mtad p99 ms | Postfix p99 ms | Postfix/mtad p99 | queued mtad / Postfix |
+| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
+EOF
+printf '%s\n' "${ROWS[@]}"
+echo
+echo "Latency is that of the reply to the end of DATA. Ratios above 1 favour mtad."
+echo
+echo "Commands (PORT is mtad's or Postfix's):"
+echo
+for c in "${CMDS[@]}"; do echo "- \`$c\`"; done
+if [ "$FAILED" != 0 ]; then
+    echo
+    echo "**Some runs failed or queued the wrong number of messages; see the log above.**"
+    exit 1
+fi

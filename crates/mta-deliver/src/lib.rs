@@ -1,0 +1,3 @@
+//! Outbound delivery. Placeholder: written by the SMTP client helper.
+
+pub mod mx;

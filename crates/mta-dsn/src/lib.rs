@@ -1,0 +1,1 @@
+//! Placeholder: the DSN builder.
