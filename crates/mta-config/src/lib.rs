@@ -10,6 +10,7 @@
 //! shrink them; see `docs/configuration.md` for every key.
 #![deny(missing_docs)]
 
+mod delivery;
 mod size;
 
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+pub use delivery::{DeliveryConfig, DeliveryTimeouts, QueueConfig, QueueMode, TlsPolicy};
 pub use size::ByteSize;
 
 /// The whole configuration.
@@ -49,6 +51,28 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The queue runners and the retry schedule.
+    pub queue: QueueConfig,
+    /// Outbound delivery: routing, DNS, the SMTP client.
+    pub delivery: DeliveryConfig,
+    /// Local delivery to Maildir.
+    pub maildir: MaildirConfig,
+}
+
+/// `[maildir]`: where mail for local domains is delivered.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaildirConfig {
+    /// Mail for `user@domain` goes to `<root>/<domain>/<user>/Maildir`.
+    pub root: PathBuf,
+}
+
+impl Default for MaildirConfig {
+    fn default() -> Self {
+        MaildirConfig {
+            root: PathBuf::from("maildir"),
+        }
+    }
 }
 
 /// `[smtp]`: the listener and its limits.
@@ -114,12 +138,15 @@ pub struct ShutdownConfig {
     pub timeout: Duration,
 }
 
-/// `[log]`: diagnostics on standard error.
+/// `[log]`: diagnostics on standard error, and the delivery log.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// A tracing filter such as `info` or `mtad=debug`; `RUST_LOG` wins.
     pub level: String,
+    /// The delivery log, one JSON line per event. Default:
+    /// `<queue_dir>/delivery.log`.
+    pub delivery_log: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -135,6 +162,9 @@ impl Default for Config {
             spool: SpoolConfig::default(),
             shutdown: ShutdownConfig::default(),
             log: LogConfig::default(),
+            queue: QueueConfig::default(),
+            delivery: DeliveryConfig::default(),
+            maildir: MaildirConfig::default(),
         }
     }
 }
@@ -181,6 +211,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: "info".to_owned(),
+            delivery_log: None,
         }
     }
 }
@@ -311,6 +342,8 @@ impl Config {
             }
             _ => problem("tls", "certificate and key must be given together".into()),
         }
+        self.queue.check(&mut problem);
+        self.delivery.check(&mut problem);
         for domain in &self.smtp.local_domains {
             if domain.is_empty() || domain.contains(['@', ' ', '\r', '\n']) {
                 problem("smtp.local_domains", format!("{domain:?} is not a domain"));
@@ -335,6 +368,23 @@ impl Config {
         self.control_socket
             .clone()
             .unwrap_or_else(|| self.queue_dir.join("control.sock"))
+    }
+
+    /// The delivery log, explicit or under the queue directory.
+    pub fn delivery_log(&self) -> PathBuf {
+        self.log
+            .delivery_log
+            .clone()
+            .unwrap_or_else(|| self.queue_dir.join("delivery.log"))
+    }
+
+    /// The postmaster address: where DSNs that cannot be returned go, and
+    /// the From of the DSNs we make.
+    pub fn postmaster(&self) -> String {
+        self.queue
+            .postmaster
+            .clone()
+            .unwrap_or_else(|| format!("postmaster@{}", self.hostname))
     }
 
     /// The daemon's output file when started by `mta-init`.

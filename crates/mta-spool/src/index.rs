@@ -15,6 +15,7 @@
 //!   queue id (8 bytes big-endian), empty value; kept in step with
 //!   `messages` so "what is due now" is a range scan.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -65,6 +66,28 @@ pub struct IndexEntry {
     pub size: u64,
     /// One state per recipient, in envelope order.
     pub recipients: Vec<RecipientState>,
+    /// Delivery attempts made so far.
+    #[serde(default)]
+    pub attempts: u32,
+    /// The last temporary error of each recipient still pending, by
+    /// envelope index: what a delay notice or the final 4.4.7 DSN reports.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub last_errors: BTreeMap<usize, RecipientError>,
+    /// A delay notice has been sent; one is enough.
+    #[serde(default)]
+    pub delay_notified: bool,
+}
+
+/// The last error seen for one recipient.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecipientError {
+    /// The enhanced status code, e.g. `4.4.1`.
+    pub status: String,
+    /// The remote reply or the local cause.
+    pub reason: String,
+    /// The remote host that said it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
 }
 
 impl IndexEntry {
@@ -77,6 +100,9 @@ impl IndexEntry {
             next_attempt: envelope.arrival,
             size,
             recipients: vec![RecipientState::Pending; envelope.recipients.len()],
+            attempts: 0,
+            last_errors: BTreeMap::new(),
+            delay_notified: false,
         }
     }
 }
@@ -189,6 +215,46 @@ impl Index {
             return Err(e.into());
         }
         Ok(previous.is_none())
+    }
+
+    /// Forgets a message: its entry and its schedule key. Returns true
+    /// when it was indexed.
+    pub fn remove(&self, id: QueueId) -> Result<bool, SpoolError> {
+        let Some(old) = self.messages.remove(id_key(id))? else {
+            return Ok(false);
+        };
+        if let Some(entry) = parse_entry(&old) {
+            self.schedule.remove(schedule_key(entry.next_attempt, id))?;
+        }
+        Ok(true)
+    }
+
+    /// Messages due at or before `now` (unix seconds), earliest first, at
+    /// most `limit` of them: a range scan of `schedule`.
+    pub fn due(&self, now: u64, limit: usize) -> Result<Vec<(QueueId, IndexEntry)>, SpoolError> {
+        let end = schedule_key(now, QueueId::new(u64::MAX));
+        let mut out = Vec::new();
+        for key in self.schedule.range(..=end).keys() {
+            if out.len() >= limit {
+                break;
+            }
+            let key = key?;
+            let Some(id) = id_from_key(&key[8..]) else {
+                continue;
+            };
+            if let Some(entry) = self.get(id)? {
+                out.push((id, entry));
+            }
+        }
+        Ok(out)
+    }
+
+    /// When the earliest message is due, if any is queued.
+    pub fn first_due(&self) -> Result<Option<u64>, SpoolError> {
+        Ok(self.schedule.first()?.and_then(|(key, _)| {
+            key.get(..8)
+                .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+        }))
     }
 
     /// The entry of a message; `None` when it is not indexed or the stored

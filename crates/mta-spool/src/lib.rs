@@ -50,7 +50,7 @@ use crate::index::Index;
 use crate::layout::{DirLock, Layout};
 
 pub use crate::error::SpoolError;
-pub use crate::index::{IndexEntry, QueueName, RecipientState};
+pub use crate::index::{IndexEntry, QueueName, RecipientError, RecipientState};
 
 /// Where the queue lives and how it behaves.
 #[derive(Clone, Debug)]
@@ -268,6 +268,19 @@ impl Spool {
         envelope: &Envelope,
         parts: &[&[u8]],
     ) -> Result<(), SpoolError> {
+        self.store_in(QueueName::Ram, id, envelope, parts).await
+    }
+
+    /// [`store`](Self::store) into a given queue: the bounce queue for the
+    /// DSNs the MTA makes, the disk queue for a message whose first attempt
+    /// was made from memory (volatile mode).
+    pub async fn store_in(
+        &self,
+        queue: QueueName,
+        id: QueueId,
+        envelope: &Envelope,
+        parts: &[&[u8]],
+    ) -> Result<(), SpoolError> {
         // Taken here and moved into the blocking task with no await in
         // between: close() waits for every sender to be dropped, so a store
         // that got one is finished before close() returns.
@@ -292,7 +305,10 @@ impl Spool {
         let request = Request {
             id,
             tmp: tmp.clone(),
-            entry: IndexEntry::arrived(envelope, size as u64),
+            entry: IndexEntry {
+                queue,
+                ..IndexEntry::arrived(envelope, size as u64)
+            },
             reply,
         };
 
@@ -350,6 +366,48 @@ impl Spool {
     /// The index entry of a queued message, if it has one.
     pub fn entry(&self, id: QueueId) -> Result<Option<IndexEntry>, SpoolError> {
         self.index()?.get(id)
+    }
+
+    /// Records a message's new state: recipients, queue, next attempt.
+    /// Not flushed: a crash may lose the change, and then a recipient may
+    /// be tried again, never lost.
+    pub fn update(&self, id: QueueId, entry: &IndexEntry) -> Result<(), SpoolError> {
+        let index = self.index()?;
+        if index.insert(id, entry)? {
+            // It was not indexed (removed meanwhile): do not resurrect it.
+            index.remove(id)?;
+            return Err(SpoolError::NotFound { id });
+        }
+        Ok(())
+    }
+
+    /// Removes a message that is done: its spool file, then its index
+    /// entry. The unlink is not fsynced: if a crash undoes it, the message
+    /// comes back and is delivered again, which RFC 5321 tolerates and a
+    /// lost message is not.
+    pub fn remove(&self, id: QueueId) -> Result<(), SpoolError> {
+        let index = self.index()?;
+        let path = self.inner.layout.msg_path(id);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(SpoolError::io("remove", &path, e)),
+        }
+        if index.remove(id)? {
+            self.inner.counters.messages.fetch_sub(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Messages due at or before `now` (unix seconds), earliest first, at
+    /// most `limit`.
+    pub fn due(&self, now: u64, limit: usize) -> Result<Vec<(QueueId, IndexEntry)>, SpoolError> {
+        self.index()?.due(now, limit)
+    }
+
+    /// When the earliest queued message is due.
+    pub fn first_due(&self) -> Result<Option<u64>, SpoolError> {
+        self.index()?.first_due()
     }
 
     /// Reads a spool file back: the envelope and the message content.

@@ -116,20 +116,26 @@ pub(crate) fn run(layout: &Layout, index: &Index, now: u64) -> Result<Rescan, Sp
         // Keep per-recipient progress the old index still knows, so a
         // recipient already delivered is not delivered twice. Everything
         // else starts over: the RAM queue did not survive the restart.
-        let recipients = match index.get(f.id)? {
-            Some(old) if old.recipients.len() == f.recipients => old.recipients,
-            _ => vec![RecipientState::Pending; f.recipients],
-        };
-        entries.push((
-            f.id,
-            IndexEntry {
+        let entry = match index.get(f.id)? {
+            Some(old) if old.recipients.len() == f.recipients => IndexEntry {
                 queue: QueueName::Disk,
                 arrival: f.arrival,
                 next_attempt: now,
                 size: f.size,
-                recipients,
+                ..old
             },
-        ));
+            _ => IndexEntry {
+                queue: QueueName::Disk,
+                arrival: f.arrival,
+                next_attempt: now,
+                size: f.size,
+                recipients: vec![RecipientState::Pending; f.recipients],
+                attempts: 0,
+                last_errors: Default::default(),
+                delay_notified: false,
+            },
+        };
+        entries.push((f.id, entry));
     }
     index.replace_all(&entries)?;
     report.messages = entries.len();

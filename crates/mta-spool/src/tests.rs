@@ -133,6 +133,9 @@ async fn store_then_read_back() {
             next_attempt: env.arrival,
             size: content.len() as u64,
             recipients: vec![RecipientState::Pending; 3],
+            attempts: 0,
+            last_errors: Default::default(),
+            delay_notified: false,
         }
     );
     assert!(matches!(
@@ -704,4 +707,94 @@ async fn index_emptied_while_stopped_is_rebuilt() {
     assert_eq!(report.rescanned, 3);
     assert_eq!(spool.ids().unwrap(), ids);
     spool.close().unwrap();
+}
+
+#[tokio::test]
+async fn update_due_and_remove() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(config(dir.path())).unwrap();
+    let env = envelope(2);
+    let a = spool.next_id();
+    spool
+        .store(a, &env, &[b"Subject: a\r\n\r\n"])
+        .await
+        .unwrap();
+    let b = spool.next_id();
+    spool
+        .store_in(QueueName::Bounce, b, &env, &[b"Subject: b\r\n\r\n"])
+        .await
+        .unwrap();
+    assert_eq!(spool.entry(b).unwrap().unwrap().queue, QueueName::Bounce);
+
+    // Both are due at arrival; move `a` into the future.
+    let now = env.arrival;
+    assert_eq!(spool.due(now, 10).unwrap().len(), 2);
+    let mut entry = spool.entry(a).unwrap().unwrap();
+    entry.queue = QueueName::Disk;
+    entry.next_attempt = now + 400;
+    entry.attempts = 1;
+    entry.recipients[0] = RecipientState::Delivered;
+    entry.last_errors.insert(
+        1,
+        crate::RecipientError {
+            status: "4.4.1".into(),
+            reason: "connection refused".into(),
+            remote: None,
+        },
+    );
+    spool.update(a, &entry).unwrap();
+    let due: Vec<QueueId> = spool
+        .due(now, 10)
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(due, vec![b]);
+    assert_eq!(spool.first_due().unwrap(), Some(now));
+    assert_eq!(spool.due(now + 400, 10).unwrap().len(), 2);
+    assert_eq!(
+        spool.due(now + 400, 1).unwrap().len(),
+        1,
+        "limit is honoured"
+    );
+    assert_eq!(spool.entry(a).unwrap().unwrap(), entry);
+
+    spool.remove(b).unwrap();
+    assert_eq!(spool.len(), 1);
+    assert!(matches!(spool.read(b), Err(SpoolError::NotFound { .. })));
+    assert_eq!(spool.first_due().unwrap(), Some(now + 400));
+    // An update of a removed message does not bring it back.
+    assert!(spool.update(b, &entry).is_err());
+    assert_eq!(spool.len(), 1);
+
+    // The state survives a clean restart.
+    spool.close().unwrap();
+    let (spool, report) = Spool::open(config(dir.path())).unwrap();
+    assert!(report.clean);
+    assert_eq!(spool.entry(a).unwrap().unwrap(), entry);
+}
+
+#[tokio::test]
+async fn rescan_keeps_attempts_and_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(config(dir.path())).unwrap();
+    let env = envelope(2);
+    let id = spool.next_id();
+    spool
+        .store(id, &env, &[b"Subject: a\r\n\r\n"])
+        .await
+        .unwrap();
+    let mut entry = spool.entry(id).unwrap().unwrap();
+    entry.attempts = 3;
+    entry.recipients[1] = RecipientState::Delivered;
+    spool.update(id, &entry).unwrap();
+    spool.close().unwrap();
+    // Lose the clean marker: the next open rescans but keeps progress.
+    std::fs::remove_file(dir.path().join("queue").join("clean")).unwrap();
+    let (spool, report) = Spool::open(config(dir.path())).unwrap();
+    assert!(!report.clean);
+    let after = spool.entry(id).unwrap().unwrap();
+    assert_eq!(after.attempts, 3);
+    assert_eq!(after.recipients[1], RecipientState::Delivered);
+    assert_eq!(after.queue, QueueName::Disk);
 }

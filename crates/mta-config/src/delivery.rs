@@ -1,0 +1,243 @@
+//! `[queue]` and `[delivery]`: the runners, the retry schedule and the
+//! outbound SMTP client.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// How the ram queue holds a message before its first attempt.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueMode {
+    /// On disk before 250 (the default): nothing acknowledged is ever lost.
+    #[default]
+    Durable,
+    /// 250 as soon as the message is in memory; written to the disk queue
+    /// only when its first attempt defers, or on a clean stop. Faster, and
+    /// lost on a crash.
+    Volatile,
+}
+
+/// `[queue]`: the three runners and the retry schedule.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Durable or volatile acceptance.
+    pub mode: QueueMode,
+    /// First attempts of accepted mail at once.
+    pub ram_concurrency: usize,
+    /// First attempts of our own DSNs at once.
+    pub bounce_concurrency: usize,
+    /// Retries at once.
+    pub disk_concurrency: usize,
+    /// Attempt n is due ((n-1) x retry_base)² seconds after arrival, with
+    /// retry_base in seconds: 20s gives qmail's 0, 400, 1600, 3600 s...
+    #[serde(with = "humantime_serde")]
+    pub retry_base: Duration,
+    /// Random spread added to each retry, as a fraction of the wait.
+    pub retry_jitter: f64,
+    /// How long a message may stay queued (RFC 5321 section 4.5.4.1
+    /// suggests 4-5 days); then one last attempt, then a 4.4.7 DSN.
+    #[serde(with = "humantime_serde")]
+    pub lifetime: Duration,
+    /// Longest the disk runner sleeps before looking for due messages.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Send a delay notice (`Action: delayed`) once a message has waited
+    /// this long; unset, none are sent.
+    #[serde(with = "humantime_serde")]
+    pub delay_notice_after: Option<Duration>,
+    /// Where DSNs that cannot be returned go, and the From of our DSNs.
+    /// Default: `postmaster@<hostname>`.
+    pub postmaster: Option<String>,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            mode: QueueMode::Durable,
+            ram_concurrency: 200,
+            bounce_concurrency: 50,
+            disk_concurrency: 200,
+            retry_base: Duration::from_secs(20),
+            retry_jitter: 0.05,
+            lifetime: Duration::from_secs(5 * 24 * 3600),
+            poll_interval: Duration::from_secs(1),
+            delay_notice_after: None,
+            postmaster: None,
+        }
+    }
+}
+
+impl QueueConfig {
+    pub(crate) fn check(&self, problem: &mut impl FnMut(&str, String)) {
+        for (key, value) in [
+            ("queue.ram_concurrency", self.ram_concurrency),
+            ("queue.bounce_concurrency", self.bounce_concurrency),
+            ("queue.disk_concurrency", self.disk_concurrency),
+        ] {
+            if value == 0 {
+                problem(key, "must be at least 1".into());
+            }
+        }
+        if self.retry_base.is_zero() {
+            problem("queue.retry_base", "must be longer than zero".into());
+        }
+        if !(0.0..=1.0).contains(&self.retry_jitter) {
+            problem("queue.retry_jitter", "must be between 0 and 1".into());
+        }
+        if self.lifetime.is_zero() {
+            problem("queue.lifetime", "must be longer than zero".into());
+        }
+        if self.poll_interval.is_zero() {
+            problem("queue.poll_interval", "must be longer than zero".into());
+        }
+    }
+}
+
+/// STARTTLS to other servers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsPolicy {
+    /// Never.
+    None,
+    /// When offered, without checking the certificate (RFC 7435); falls
+    /// back to plaintext if the handshake fails.
+    #[default]
+    Opportunistic,
+    /// Always, with a certificate that verifies; else the message waits.
+    Required,
+}
+
+/// `[delivery.timeouts]`: RFC 5321 section 4.5.3.2.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[allow(missing_docs)]
+pub struct DeliveryTimeouts {
+    #[serde(with = "humantime_serde")]
+    pub connect: Duration,
+    #[serde(with = "humantime_serde")]
+    pub greeting: Duration,
+    #[serde(with = "humantime_serde")]
+    pub ehlo: Duration,
+    #[serde(with = "humantime_serde")]
+    pub mail: Duration,
+    #[serde(with = "humantime_serde")]
+    pub rcpt: Duration,
+    #[serde(with = "humantime_serde")]
+    pub data_init: Duration,
+    #[serde(with = "humantime_serde")]
+    pub data_block: Duration,
+    #[serde(with = "humantime_serde")]
+    pub data_end: Duration,
+    #[serde(with = "humantime_serde")]
+    pub quit: Duration,
+}
+
+impl Default for DeliveryTimeouts {
+    fn default() -> Self {
+        let m = |minutes: u64| Duration::from_secs(minutes * 60);
+        DeliveryTimeouts {
+            connect: Duration::from_secs(30),
+            greeting: m(5),
+            ehlo: m(5),
+            mail: m(5),
+            rcpt: m(5),
+            data_init: m(2),
+            data_block: m(3),
+            data_end: m(10),
+            quit: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[delivery]`: where mail goes and how it gets there.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// The port of other MTAs (25); tests point it at their sinks.
+    pub port: u16,
+    /// DNS servers to ask; empty means the system's (`/etc/resolv.conf`).
+    pub name_servers: Vec<SocketAddr>,
+    /// How long one DNS query may take.
+    #[serde(with = "humantime_serde")]
+    pub dns_timeout: Duration,
+    /// The name we give in EHLO; default: `hostname`.
+    pub helo_name: Option<String>,
+    /// The STARTTLS policy for every domain not listed in `tls_policy`.
+    pub tls: TlsPolicy,
+    /// STARTTLS policy by recipient domain.
+    pub tls_policy: BTreeMap<String, TlsPolicy>,
+    /// PEM file of the certificate authorities that `required` trusts.
+    pub ca_file: Option<PathBuf>,
+    /// Connections at once to one destination.
+    pub max_per_destination: usize,
+    /// Messages sent over one connection before it is closed.
+    pub max_messages_per_connection: usize,
+    /// How long a connection waits for the next message to its destination.
+    #[serde(with = "humantime_serde")]
+    pub idle_connection_timeout: Duration,
+    /// Fixed routes: recipient domain to `host:port` (a smarthost), used
+    /// instead of MX lookup.
+    pub routes: BTreeMap<String, String>,
+    /// Protocol timeouts.
+    pub timeouts: DeliveryTimeouts,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            port: 25,
+            name_servers: Vec::new(),
+            dns_timeout: Duration::from_secs(10),
+            helo_name: None,
+            tls: TlsPolicy::Opportunistic,
+            tls_policy: BTreeMap::new(),
+            ca_file: None,
+            max_per_destination: 20,
+            max_messages_per_connection: 100,
+            idle_connection_timeout: Duration::from_secs(5),
+            routes: BTreeMap::new(),
+            timeouts: DeliveryTimeouts::default(),
+        }
+    }
+}
+
+impl DeliveryConfig {
+    pub(crate) fn check(&self, problem: &mut impl FnMut(&str, String)) {
+        if self.port == 0 {
+            problem("delivery.port", "must not be 0".into());
+        }
+        if self.max_per_destination == 0 {
+            problem("delivery.max_per_destination", "must be at least 1".into());
+        }
+        if self.max_messages_per_connection == 0 {
+            problem(
+                "delivery.max_messages_per_connection",
+                "must be at least 1".into(),
+            );
+        }
+        for (domain, route) in &self.routes {
+            let ok = route.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+            if !ok {
+                problem(
+                    "delivery.routes",
+                    format!("{domain} = {route:?}: a route is \"host:port\""),
+                );
+            }
+        }
+        if let Some(ca) = &self.ca_file {
+            if !ca.is_file() {
+                problem(
+                    "delivery.ca_file",
+                    format!("{} is not a readable file", ca.display()),
+                );
+            }
+        }
+    }
+}
