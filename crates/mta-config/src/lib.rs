@@ -136,6 +136,11 @@ pub struct ShutdownConfig {
     /// stop begins; sessions still open then get `421` and are closed.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// How long delivery attempts in flight may take to finish once the
+    /// listener is closed; those still running then are cut short and
+    /// count as deferred.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
 }
 
 /// `[log]`: diagnostics on standard error, and the delivery log.
@@ -203,6 +208,7 @@ impl Default for ShutdownConfig {
     fn default() -> Self {
         ShutdownConfig {
             timeout: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -59,6 +59,8 @@ pub enum ServiceState {
     Down,
     /// Finishing its work before it stops.
     Draining,
+    /// Held by the operator: takes no new work.
+    Paused,
 }
 
 /// One row of the SERVICES table.
@@ -81,6 +83,9 @@ pub struct StopProgress {
     pub deadline_ms: u64,
     /// Sessions still open.
     pub sessions_open: u64,
+    /// Delivery attempts still running.
+    #[serde(default)]
+    pub deliveries_in_flight: u64,
     /// Of those, sessions in the middle of a transaction.
     pub sessions_in_transaction: u64,
 }
@@ -108,9 +113,35 @@ pub struct Status {
     pub spool_open: SpoolOpen,
     /// The services, in the order the table shows them.
     pub services: Vec<ServiceStatus>,
+    /// The queue runners: ram, bounce, disk.
+    #[serde(default)]
+    pub runners: Vec<RunnerRow>,
     /// Set while stopping.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop: Option<StopProgress>,
+}
+
+/// One queue runner in the QUEUE table.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunnerRow {
+    /// ram, bounce or disk.
+    pub name: String,
+    /// Its loop runs.
+    pub started: bool,
+    /// Paused by the operator.
+    pub paused: bool,
+    /// Attempts running now.
+    pub in_flight: u64,
+    /// Its concurrency limit.
+    pub limit: u64,
+    /// Attempts since start.
+    pub attempts: u64,
+    /// Recipients delivered since start.
+    pub delivered: u64,
+    /// Recipients deferred since start.
+    pub deferred: u64,
+    /// Recipients failed since start.
+    pub failed: u64,
 }
 
 /// What opening the spool found.

@@ -126,6 +126,7 @@ fn state_word(s: ServiceState) -> &'static str {
         ServiceState::Up => "up",
         ServiceState::Down => "down",
         ServiceState::Draining => "draining",
+        ServiceState::Paused => "paused",
     }
 }
 
@@ -149,6 +150,24 @@ pub fn print_table(status: &Status) {
     }
     println!();
     println!("QUEUE");
+    if !status.runners.is_empty() {
+        println!(
+            "  {:<8} {:<8} {:>9} {:>6} {:>9} {:>10} {:>9} {:>7}",
+            "RUNNER", "STATE", "IN FLIGHT", "LIMIT", "ATTEMPTS", "DELIVERED", "DEFERRED", "FAILED"
+        );
+        for r in &status.runners {
+            let state = match (r.started, r.paused) {
+                (false, _) => "stopped",
+                (true, true) => "paused",
+                (true, false) => "running",
+            };
+            println!(
+                "  {:<8} {:<8} {:>9} {:>6} {:>9} {:>10} {:>9} {:>7}",
+                r.name, state, r.in_flight, r.limit, r.attempts, r.delivered, r.deferred, r.failed
+            );
+        }
+        println!();
+    }
     println!("  messages queued:      {}", status.queued);
     println!("  accepted since start: {}", status.accepted_total);
     println!("  sessions open:        {}", status.sessions_open);

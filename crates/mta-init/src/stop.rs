@@ -56,9 +56,10 @@ pub fn run(config: &Config, wait: Duration) -> Result<()> {
             if let Ok(status) = crate::status::query(config) {
                 if let Some(stop) = status.stop {
                     println!(
-                        "  waiting: {} sessions open ({} in a transaction), {:.1} s elapsed, deadline {:.0} s",
+                        "  waiting: {} sessions open ({} in a transaction), {} deliveries in flight, {:.1} s elapsed, session deadline {:.0} s",
                         stop.sessions_open,
                         stop.sessions_in_transaction,
+                        stop.deliveries_in_flight,
                         stop.elapsed_ms as f64 / 1000.0,
                         stop.deadline_ms as f64 / 1000.0
                     );
