@@ -21,7 +21,7 @@ fn every_acknowledged_message_survives_sigkill() {
                 let mut acked = Vec::new();
                 for n in 0..PER_CLIENT {
                     let subject = format!("durable {client}-{n}");
-                    let r = c.send_message("a@b.test", &["x@localhost"], &message(&subject));
+                    let r = c.send_message("a@b.test", &["x@remote.test"], &message(&subject));
                     assert_eq!(r.head(), "250 2.0.0", "{}", r.text());
                     let id = r.text().rsplit(' ').next().unwrap().to_owned();
                     acked.push((id, subject));
@@ -73,7 +73,7 @@ fn restart_keeps_ids_unique_and_messages_whole() {
         c.cmd("EHLO client.test", "250");
         let r = c.send_message(
             "a@b.test",
-            &["x@localhost"],
+            &["x@remote.test"],
             &message(&format!("round {round}")),
         );
         ids.push(r.text().rsplit(' ').next().unwrap().to_owned());

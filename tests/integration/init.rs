@@ -85,7 +85,7 @@ fn start_status_stop_status() {
     let mut c = Client::connect(smtp_addr(&work));
     c.cmd("EHLO client.test", "250");
     assert_eq!(
-        c.send_message("a@b.test", &["x@localhost"], &message("before stop"))
+        c.send_message("a@b.test", &["x@remote.test"], &message("before stop"))
             .head(),
         "250 2.0.0"
     );
@@ -167,7 +167,7 @@ fn stop_lets_an_open_transaction_finish_then_says_421() {
     let mut busy = Client::connect(addr);
     busy.cmd("EHLO client.test", "250");
     busy.cmd("MAIL FROM:<a@b.test>", "250");
-    busy.cmd("RCPT TO:<x@localhost>", "250");
+    busy.cmd("RCPT TO:<x@remote.test>", "250");
     let mut idle = Client::connect(addr);
     idle.cmd("EHLO client.test", "250");
 
@@ -217,7 +217,7 @@ fn stop_deadline_closes_sessions_that_do_not_finish() {
     let mut stuck = Client::connect(smtp_addr(&work));
     stuck.cmd("EHLO client.test", "250");
     stuck.cmd("MAIL FROM:<a@b.test>", "250");
-    stuck.cmd("RCPT TO:<x@localhost>", "250");
+    stuck.cmd("RCPT TO:<x@remote.test>", "250");
     stuck.cmd("DATA", "354");
     stuck.send(b"Subject: never finished\r\n\r\npartial");
     let o = init(&work, &["stop"]);

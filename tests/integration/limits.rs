@@ -29,11 +29,11 @@ fn text_line_over_1000_octets_keeps_the_session_usable() {
     c.cmd("EHLO client.test", "250");
     let long = format!("Subject: long\r\n\r\n{}\r\n", "a".repeat(1200));
     assert_eq!(
-        c.send_message("a@b.test", &["x@localhost"], &long).head(),
+        c.send_message("a@b.test", &["x@remote.test"], &long).head(),
         "500 5.5.2"
     );
     assert_eq!(
-        c.send_message("a@b.test", &["x@localhost"], &message("after"))
+        c.send_message("a@b.test", &["x@remote.test"], &message("after"))
             .head(),
         "250 2.0.0"
     );
@@ -51,11 +51,11 @@ fn message_over_size() {
         "0123456789012345678901234567890123456789\r\n".repeat(400)
     );
     assert_eq!(
-        c.send_message("a@b.test", &["x@localhost"], &big).head(),
+        c.send_message("a@b.test", &["x@remote.test"], &big).head(),
         "552 5.3.4"
     );
     assert_eq!(
-        c.send_message("a@b.test", &["x@localhost"], &message("small"))
+        c.send_message("a@b.test", &["x@remote.test"], &message("small"))
             .head(),
         "250 2.0.0"
     );
@@ -68,9 +68,9 @@ fn over_100_recipients() {
     c.cmd("EHLO client.test", "250");
     c.cmd("MAIL FROM:<a@b.test>", "250");
     for i in 0..100 {
-        c.cmd(&format!("RCPT TO:<r{i}@localhost>"), "250 2.1.5");
+        c.cmd(&format!("RCPT TO:<r{i}@remote.test>"), "250 2.1.5");
     }
-    c.cmd("RCPT TO:<r100@localhost>", "452 4.5.3");
+    c.cmd("RCPT TO:<r100@remote.test>", "452 4.5.3");
     c.cmd("DATA", "354");
     c.send(message("hundred").as_bytes());
     c.send(b".\r\n");
@@ -83,7 +83,7 @@ fn bad_sequence_unknown_command_bad_syntax_and_bad_bytes() {
     let mut c = mtad.connect();
     c.cmd("MAIL FROM:<a@b.test>", "503 5.5.1");
     c.cmd("EHLO client.test", "250");
-    c.cmd("RCPT TO:<x@localhost>", "503 5.5.1");
+    c.cmd("RCPT TO:<x@remote.test>", "503 5.5.1");
     c.cmd("DATA", "503 5.5.1");
     c.cmd("FROB", "500 5.5.1");
     c.cmd("MAIL FROM:<a@b.test>", "250");
@@ -151,5 +151,5 @@ fn dsn_parameters_with_crlf_in_xtext_are_refused() {
         "501 5.5.4",
     );
     c.cmd("MAIL FROM:<a@b.test>", "250");
-    c.cmd("RCPT TO:<x@localhost> ORCPT=rfc822;x+0Ay", "501 5.5.4");
+    c.cmd("RCPT TO:<x@remote.test> ORCPT=rfc822;x+0Ay", "501 5.5.4");
 }

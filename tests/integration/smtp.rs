@@ -31,7 +31,7 @@ fn pipelined_transaction_is_stored_with_received_header() {
     );
     // Everything in one write, as RFC 2920 allows.
     let mut wire = String::from(
-        "MAIL FROM:<sender@b.test> RET=HDRS ENVID=e1\r\nRCPT TO:<x@localhost> NOTIFY=FAILURE ORCPT=rfc822;x+40localhost\r\nRCPT TO:<postmaster>\r\nDATA\r\n",
+        "MAIL FROM:<sender@b.test> RET=HDRS ENVID=e1\r\nRCPT TO:<x@remote.test> NOTIFY=FAILURE ORCPT=rfc822;x+40remote.test\r\nRCPT TO:<postmaster>\r\nDATA\r\n",
     );
     wire.push_str(&message("pipelined"));
     wire.push_str(".\r\nQUIT\r\n");
@@ -68,7 +68,7 @@ fn pipelined_transaction_is_stored_with_received_header() {
     assert_eq!(env.recipients.len(), 2);
     assert_eq!(
         env.recipients[0].orcpt.as_deref(),
-        Some("rfc822;x@localhost")
+        Some("rfc822;x@remote.test")
     );
     let parsed = mail_parser::MessageParser::default()
         .parse(content.as_slice())
@@ -84,7 +84,7 @@ fn bdat_chunks_make_one_message() {
     let mut c = mtad.connect();
     c.cmd("EHLO client.test", "250");
     c.cmd("MAIL FROM:<a@b.test>", "250");
-    c.cmd("RCPT TO:<x@localhost>", "250");
+    c.cmd("RCPT TO:<x@remote.test>", "250");
     let first = "Subject: chunked\r\n";
     let second = "\r\nbody with a line\r\n.\r\nthat dot is content in BDAT\r\n";
     c.send(format!("BDAT {}\r\n{first}", first.len()).as_bytes());

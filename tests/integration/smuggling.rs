@@ -24,19 +24,19 @@ fn smuggled_transactions_are_never_split_off() {
         let mut c = mtad.connect();
         c.cmd("EHLO client.test", "250");
         c.cmd("MAIL FROM:<a@b.test>", "250");
-        c.cmd("RCPT TO:<x@localhost>", "250");
+        c.cmd("RCPT TO:<x@remote.test>", "250");
         c.cmd("DATA", "354");
         let mut wire = b"Subject: outer\r\n\r\nouter body".to_vec();
         wire.extend_from_slice(ending);
         wire.extend_from_slice(
-            b"MAIL FROM:<smuggled@b.test>\r\nRCPT TO:<y@localhost>\r\nDATA\r\nSubject: smuggled\r\n\r\ninner\r\n.\r\n",
+            b"MAIL FROM:<smuggled@b.test>\r\nRCPT TO:<y@remote.test>\r\nDATA\r\nSubject: smuggled\r\n\r\ninner\r\n.\r\n",
         );
         c.send(&wire);
         // Exactly one reply for all of it, and it is a rejection.
         let r = c.reply();
         assert_eq!(r.code / 100, 5, "{ending:?} was accepted: {}", r.text());
         // The session is in a clean state: no smuggled MAIL is open.
-        c.cmd("RCPT TO:<x@localhost>", "503 5.5.1");
+        c.cmd("RCPT TO:<x@remote.test>", "503 5.5.1");
         c.cmd("QUIT", "221");
     }
     drop(mtad);
@@ -54,11 +54,11 @@ fn bare_newlines_in_commands_are_refused_whole() {
     let mut c = mtad.connect();
     c.cmd("EHLO client.test", "250");
     // A bare CR cannot end a line: the whole line is refused.
-    c.send(b"MAIL FROM:<a@b.test>\rRCPT TO:<x@localhost>\r\n");
+    c.send(b"MAIL FROM:<a@b.test>\rRCPT TO:<x@remote.test>\r\n");
     assert_eq!(c.reply().head(), "500 5.5.2");
-    c.cmd("RCPT TO:<x@localhost>", "503 5.5.1");
+    c.cmd("RCPT TO:<x@remote.test>", "503 5.5.1");
     // After a bare LF nothing runs: refused, and the session ends.
-    c.send(b"MAIL FROM:<a@b.test>\nRCPT TO:<x@localhost>\r\n");
+    c.send(b"MAIL FROM:<a@b.test>\nRCPT TO:<x@remote.test>\r\n");
     assert_eq!(c.reply().head(), "500 5.5.2");
     assert!(
         c.try_reply().is_none(),
@@ -75,7 +75,7 @@ fn dot_stuffing_is_undone() {
     c.cmd("EHLO client.test", "250");
     let r = c.send_message(
         "a@b.test",
-        &["x@localhost"],
+        &["x@remote.test"],
         "Subject: dots\r\n\r\n..leading dot\r\n...\r\n",
     );
     assert_eq!(r.head(), "250 2.0.0");
@@ -94,10 +94,10 @@ fn plaintext_pipelined_after_starttls_is_never_run() {
     let mut c = mtad.connect();
     c.cmd("EHLO client.test", "250");
     // The injected commands ride in the same packet as STARTTLS.
-    c.send(b"STARTTLS\r\nMAIL FROM:<injected@b.test>\r\nRCPT TO:<x@localhost>\r\n");
+    c.send(b"STARTTLS\r\nMAIL FROM:<injected@b.test>\r\nRCPT TO:<x@remote.test>\r\n");
     assert_eq!(c.reply().head(), "220 2.0.0");
     let mut c = c.after_starttls_reply(&cert);
     // Had the MAIL run, this RCPT would be taken; the session starts over.
     c.cmd("EHLO client.test", "250");
-    c.cmd("RCPT TO:<x@localhost>", "503 5.5.1");
+    c.cmd("RCPT TO:<x@remote.test>", "503 5.5.1");
 }

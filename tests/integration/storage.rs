@@ -75,7 +75,7 @@ fn disk_full_answers_452_and_leaves_nothing_behind() {
         "Subject: too big for the disk\r\n\r\n{}",
         line.repeat(120_000)
     );
-    let r = c.send_message("a@b.test", &["x@localhost"], &big);
+    let r = c.send_message("a@b.test", &["x@remote.test"], &big);
     assert_eq!(r.head(), "452 4.3.1", "{}", r.text());
     let leftovers: Vec<_> = std::fs::read_dir(work.queue().join("tmp"))
         .unwrap()
@@ -86,7 +86,7 @@ fn disk_full_answers_452_and_leaves_nothing_behind() {
     );
     // Space is there for small mail, which still goes through.
     assert_eq!(
-        c.send_message("a@b.test", &["x@localhost"], &message("small"))
+        c.send_message("a@b.test", &["x@remote.test"], &message("small"))
             .head(),
         "250 2.0.0"
     );

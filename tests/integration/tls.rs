@@ -18,7 +18,7 @@ fn starttls_then_mail_records_tls_in_received() {
     let ehlo = c.cmd("EHLO client.test", "250");
     assert!(!ehlo.text().contains("STARTTLS"), "STARTTLS offered twice");
     c.cmd("STARTTLS", "503 5.5.1");
-    let r = c.send_message("a@b.test", &["x@localhost"], &message("over tls"));
+    let r = c.send_message("a@b.test", &["x@remote.test"], &message("over tls"));
     assert_eq!(r.head(), "250 2.0.0");
     c.cmd("QUIT", "221");
     drop(mtad);
@@ -62,7 +62,7 @@ fn swaks_delivers_over_starttls_with_pipelining() {
             "--from",
             "a@b.test",
             "--to",
-            "x@localhost",
+            "x@remote.test",
             "--helo",
             "swaks.test",
         ])

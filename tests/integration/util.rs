@@ -60,19 +60,34 @@ impl Workdir {
         self.path().join("mta.toml")
     }
 
-    /// Writes the config: listen on port 0, queue inside the workdir, no
-    /// free-space floor, then `extra` (TOML that may open its own tables).
-    /// `top` goes before any table.
+    /// Writes the config: listen on port 0, queue and Maildir inside the
+    /// workdir, no free-space floor, then `extra` (TOML that may open its
+    /// own tables). `top` goes before any table.
+    ///
+    /// Unless `extra` says otherwise, mail stays queued: `remote.test` is
+    /// routed to a closed loopback port (connection refused: deferred at
+    /// once) and the next retry is an hour away.
     pub fn write_config(&self, top: &str, extra: &str) -> PathBuf {
-        let text = format!(
+        let mut text = format!(
             "hostname = \"mx.test\"\nqueue_dir = {:?}\n{top}\n[spool]\nmin_free_space = 0\n{extra}\n",
             self.queue().display().to_string()
         );
-        let text = if extra.contains("[smtp]") {
-            text
-        } else {
-            format!("{text}\n[smtp]\nlisten = [\"127.0.0.1:0\"]\n")
-        };
+        if !extra.contains("[smtp]") {
+            text.push_str("\n[smtp]\nlisten = [\"127.0.0.1:0\"]\n");
+        }
+        if !extra.contains("[maildir]") {
+            let root = self.path().join("maildir").display().to_string();
+            text.push_str(&format!("\n[maildir]\nroot = {root:?}\n"));
+        }
+        if !extra.contains("[delivery]") {
+            text.push_str(
+                "\n[delivery]\nname_servers = [\"127.0.0.1:9\"]\ndns_timeout = \"1s\"\n\
+                 [delivery.routes]\n\"remote.test\" = \"127.0.0.1:9\"\n",
+            );
+        }
+        if !extra.contains("[queue]") {
+            text.push_str("\n[queue]\nretry_base = \"1h\"\n");
+        }
         std::fs::write(self.config_path(), text).expect("write config");
         self.config_path()
     }
@@ -356,7 +371,7 @@ pub fn tls_files(dir: &Path) -> (String, rustls::pki_types::CertificateDer<'stat
 
 /// A small valid message with a unique subject.
 pub fn message(subject: &str) -> String {
-    format!("From: a@b.test\r\nTo: x@localhost\r\nSubject: {subject}\r\n\r\nHello.\r\n")
+    format!("From: a@b.test\r\nTo: x@remote.test\r\nSubject: {subject}\r\n\r\nHello.\r\n")
 }
 
 /// Opens the spool of a stopped (or killed) daemon and returns every

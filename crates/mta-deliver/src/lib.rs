@@ -1,3 +1,51 @@
-//! Outbound delivery. Placeholder: written by the SMTP client helper.
+//! Outbound delivery: the SMTP client (RFC 5321) and MX resolution.
+//!
+//! [`Client`] delivers one message ([`OutboundMessage`]: an envelope, the
+//! recipient indexes for this transaction, the stored content) to one
+//! [`Destination`] (a key, the recipient domain, and the [`Target`] hosts
+//! to try in order) and returns an [`Attempt`]: one [`Outcome`] per
+//! recipient — Delivered, Deferred or Failed, with an enhanced status code
+//! and a reason in Postfix's words. It is configured by a [`ClientConfig`]:
+//! the EHLO name, the [`Timeouts`] of RFC 5321 section 4.5.3.2, the
+//! [`TlsPolicy`] (none, opportunistic per RFC 7435, or required and
+//! verified) by domain, and the connection limits.
+//!
+//! Inside, modules follow the order of a session:
+//!
+//! - `client.rs`: [`Client`], trying targets in order and the plaintext
+//!   retry after a failed opportunistic handshake;
+//! - `session.rs`: one connection — greeting, EHLO/HELO, STARTTLS (RFC
+//!   3207), reply reading with timeouts;
+//! - `transaction.rs`: MAIL, RCPT, DATA, pipelined when offered (RFC 2920),
+//!   with SIZE, BODY, SMTPUTF8 and DSN parameters;
+//! - `data.rs`: dot-stuffing; `reply.rs`: reply and enhanced status
+//!   parsing (RFC 2034);
+//! - `tls.rs`: the rustls configurations; `pool.rs`: idle connections kept
+//!   for reuse by destination key; `limits.rs`: connections per
+//!   destination;
+//! - `mx.rs`: MX resolution into [`Target`]s.
+//!
+//! Delivery never returns a Rust error: every problem, local or remote,
+//! becomes an outcome the queue can act on. A connection lost after the
+//! message text was sent is Deferred: the message may then arrive twice,
+//! never zero times.
+#![deny(missing_docs)]
 
+mod client;
+mod config;
+mod data;
+mod error;
+mod limits;
 pub mod mx;
+mod outcome;
+mod pool;
+mod reply;
+mod session;
+mod tls;
+mod transaction;
+
+pub use client::{Client, Destination, OutboundMessage};
+pub use config::{ClientConfig, Timeouts, TlsPolicy};
+pub use error::ClientError;
+pub use mx::{ResolveError, Resolver, ResolverConfig, Target};
+pub use outcome::{Attempt, Outcome};

@@ -1,1 +1,384 @@
-//! Placeholder: the queue runners.
+//! The queue runners: what happens to a message after 250.
+//!
+//! [`Queue`] owns three runners, each a qmail-send analogue with its own
+//! concurrency limit, counters and pause switch:
+//! - **ram**: the first attempt of every accepted message, from memory (the
+//!   listener hands the content over; nothing is re-read from the spool);
+//! - **bounce**: the first attempt of the DSNs this MTA makes;
+//! - **disk**: everything else, read back from the spool when the index
+//!   says it is due (`Spool::due`).
+//!
+//! One attempt (`attempt.rs`) routes each pending recipient (`route.rs`:
+//! Maildir, a relay, or MX), delivers, and `apply.rs` records the outcome
+//! per recipient: delivered and failed recipients are done; deferred ones
+//! wait for the next attempt on the quadratic schedule (`schedule.rs`)
+//! until the lifetime runs out. Failures (and, when asked, delays and
+//! successes) produce RFC 3464 DSNs, which enter the bounce runner. Every
+//! event goes to the delivery log (`log.rs`).
+//!
+//! Invariant: a message is claimed (in the in-flight set) by at most one
+//! attempt at a time; the disk runner never takes a claimed message.
+//! Invariant: a DSN is durable in the spool before the message it reports
+//! on is updated or removed, so a crash may duplicate a DSN, never lose one.
+#![deny(missing_docs)]
+
+mod apply;
+mod attempt;
+pub mod log;
+pub mod maildir;
+pub mod route;
+mod runner;
+pub mod schedule;
+
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mta_config::{Config, QueueMode};
+use mta_deliver::{Client, ClientConfig, Resolver, ResolverConfig};
+use mta_envelope::{Envelope, Origin, QueueId};
+use mta_spool::{IndexEntry, QueueName, Spool};
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::log::{DeliveryLog, Event, Record};
+use crate::route::Router;
+use crate::runner::Runner;
+use crate::schedule::Schedule;
+
+pub use crate::runner::RunnerStatus;
+
+/// The queue could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The delivery log cannot be opened.
+    #[error("cannot open the delivery log {path}: {source}")]
+    Log {
+        /// The log file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The SMTP client cannot be set up (e.g. an unreadable CA file).
+    #[error("outbound SMTP client: {0}")]
+    Client(String),
+    /// The DNS resolver cannot be set up.
+    #[error("DNS resolver: {0}")]
+    Resolver(String),
+}
+
+/// What the attempts need from the configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub hostname: String,
+    pub postmaster: String,
+    pub port: u16,
+    pub maildir_root: PathBuf,
+    pub schedule: Schedule,
+    pub delay_notice_after: Option<Duration>,
+    pub mode: QueueMode,
+    pub poll_interval: Duration,
+}
+
+/// A message being worked on by one attempt.
+pub(crate) struct Job {
+    pub id: QueueId,
+    pub envelope: Envelope,
+    pub content: Arc<Vec<u8>>,
+    pub entry: IndexEntry,
+    /// The message has a spool file (false only in volatile mode, before
+    /// its first attempt defers).
+    pub on_disk: bool,
+    /// Keeps other runners off this message until the job is dropped.
+    pub _claim: Claim,
+}
+
+/// A message id held in the in-flight set; released when dropped.
+pub struct Claim {
+    inner: Arc<Inner>,
+    id: QueueId,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.inner.lock_inflight().remove(&self.id);
+    }
+}
+
+pub(crate) struct Inner {
+    pub spool: Spool,
+    pub settings: Settings,
+    pub router: Router,
+    pub client: Client,
+    pub resolver: Resolver,
+    pub log: DeliveryLog,
+    inflight: Mutex<HashSet<QueueId>>,
+    pub ram: Runner,
+    pub bounce: Runner,
+    pub disk: Runner,
+    ram_tx: mpsc::UnboundedSender<Job>,
+    bounce_tx: mpsc::UnboundedSender<Job>,
+    /// New work for the disk runner (a message was deferred).
+    pub disk_wake: Notify,
+    /// No new attempts start once cancelled.
+    pub stopping: CancellationToken,
+    /// Attempts still running are cut short once cancelled.
+    pub abort: CancellationToken,
+    /// Every attempt and runner loop.
+    pub tasks: TaskTracker,
+}
+
+impl Inner {
+    fn lock_inflight(&self) -> std::sync::MutexGuard<'_, HashSet<QueueId>> {
+        self.inflight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn runner(&self, queue: QueueName) -> &Runner {
+        match queue {
+            QueueName::Ram => &self.ram,
+            QueueName::Bounce => &self.bounce,
+            QueueName::Disk => &self.disk,
+        }
+    }
+
+    /// Claims `id` for one attempt; None when another attempt has it.
+    pub fn claim(self: &Arc<Self>, id: QueueId) -> Option<Claim> {
+        self.lock_inflight().insert(id).then(|| Claim {
+            inner: self.clone(),
+            id,
+        })
+    }
+
+    pub fn claimed(&self) -> usize {
+        self.lock_inflight().len()
+    }
+
+    /// Queues a job for the bounce runner.
+    pub fn submit_bounce(&self, job: Job) {
+        if let Err(unsent) = self.bounce_tx.send(job) {
+            // The runner has stopped: the DSN is on disk and the disk
+            // runner will send it after the next start.
+            drop(unsent);
+        }
+    }
+}
+
+/// The queue runners; cheap to clone.
+#[derive(Clone)]
+pub struct Queue {
+    inner: Arc<Inner>,
+}
+
+impl Queue {
+    /// Builds the delivery machinery from the configuration and starts the
+    /// three runners on the current tokio runtime.
+    pub fn start(config: &Config, spool: Spool) -> Result<Queue, QueueError> {
+        let log_path = config.delivery_log();
+        let log = DeliveryLog::open(&log_path).map_err(|source| QueueError::Log {
+            path: log_path.clone(),
+            source,
+        })?;
+        let d = &config.delivery;
+        let resolver = Resolver::new(&ResolverConfig {
+            name_servers: d.name_servers.clone(),
+            timeout: d.dns_timeout,
+            attempts: 2,
+        })
+        .map_err(|e| QueueError::Resolver(e.to_string()))?;
+        let client = Client::new(client_config(config)).map_err(|e| QueueError::Client(e.to_string()))?;
+        let q = &config.queue;
+        let settings = Settings {
+            hostname: config.hostname.clone(),
+            postmaster: config.postmaster(),
+            port: d.port,
+            maildir_root: config.maildir.root.clone(),
+            schedule: Schedule {
+                base: q.retry_base,
+                jitter: q.retry_jitter,
+                lifetime: q.lifetime,
+            },
+            delay_notice_after: q.delay_notice_after,
+            mode: q.mode,
+            poll_interval: q.poll_interval,
+        };
+        let (ram_tx, ram_rx) = mpsc::unbounded_channel();
+        let (bounce_tx, bounce_rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            spool,
+            settings,
+            router: Router::new(&config.smtp.local_domains, &d.routes),
+            client,
+            resolver,
+            log,
+            inflight: Mutex::new(HashSet::new()),
+            ram: Runner::new(QueueName::Ram, q.ram_concurrency),
+            bounce: Runner::new(QueueName::Bounce, q.bounce_concurrency),
+            disk: Runner::new(QueueName::Disk, q.disk_concurrency),
+            ram_tx,
+            bounce_tx,
+            disk_wake: Notify::new(),
+            stopping: CancellationToken::new(),
+            abort: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        });
+        inner
+            .tasks
+            .spawn(runner::memory_loop(inner.clone(), QueueName::Ram, ram_rx));
+        inner
+            .tasks
+            .spawn(runner::memory_loop(inner.clone(), QueueName::Bounce, bounce_rx));
+        inner.tasks.spawn(runner::disk_loop(inner.clone()));
+        Ok(Queue { inner })
+    }
+
+    /// True in volatile mode: the listener answers 250 without storing and
+    /// hands the message over with [`Queue::accepted`] and `on_disk` false.
+    pub fn is_volatile(&self) -> bool {
+        self.inner.settings.mode == QueueMode::Volatile
+    }
+
+    /// Claims a new message's id before it is stored, so the disk runner
+    /// does not take it between its commit and its hand-over to the ram
+    /// runner.
+    pub fn claim(&self, id: QueueId) -> Claim {
+        self.inner
+            .claim(id)
+            .expect("a new queue id is never in flight")
+    }
+
+    /// Hands an accepted message to the ram runner for its first attempt.
+    /// `content` is what was (or, in volatile mode, would be) stored.
+    pub fn accepted(&self, claim: Claim, envelope: Envelope, content: Arc<Vec<u8>>, on_disk: bool) {
+        let size = content.len() as u64;
+        let mut record = Record::new(Event::Received, claim.id, "ram");
+        record.sender = Some(envelope.sender.to_string());
+        record.size = Some(size);
+        self.inner.log.write(&record);
+        let entry = IndexEntry::arrived(&envelope, size);
+        let job = Job {
+            id: claim.id,
+            envelope,
+            content,
+            entry,
+            on_disk,
+            _claim: claim,
+        };
+        if let Err(unsent) = self.inner.ram_tx.send(job) {
+            // Stopping: a durable message waits on disk for the next start;
+            // a volatile one is spilled now.
+            let inner = self.inner.clone();
+            self.inner.tasks.spawn(async move { runner::spill(&inner, unsent.0).await });
+        }
+    }
+
+    /// The runners' state and counters, ram, bounce, disk.
+    pub fn status(&self) -> Vec<RunnerStatus> {
+        let claimed = self.inner.claimed();
+        [&self.inner.ram, &self.inner.bounce, &self.inner.disk]
+            .into_iter()
+            .map(|r| r.status(!self.inner.stopping.is_cancelled(), claimed))
+            .collect()
+    }
+
+    /// Pauses a runner: it starts no new attempt until resumed.
+    pub fn pause(&self, queue: QueueName) {
+        self.inner.runner(queue).set_paused(true);
+    }
+
+    /// Resumes a paused runner.
+    pub fn resume(&self, queue: QueueName) {
+        self.inner.runner(queue).set_paused(false);
+        self.inner.disk_wake.notify_one();
+    }
+
+    /// Attempts running now, all runners together.
+    pub fn in_flight(&self) -> u64 {
+        [&self.inner.ram, &self.inner.bounce, &self.inner.disk]
+            .iter()
+            .map(|r| r.stats().in_flight())
+            .sum()
+    }
+
+    /// A clean stop: no new attempts; attempts in flight may finish until
+    /// `deadline`, then are cut short and count as deferred; volatile
+    /// messages not yet attempted are written to the disk queue. Nothing
+    /// is lost.
+    pub async fn shutdown(&self, deadline: Duration) {
+        let inner = &self.inner;
+        inner.stopping.cancel();
+        inner.tasks.close();
+        if tokio::time::timeout(deadline, inner.tasks.wait()).await.is_err() {
+            tracing::warn!(
+                in_flight = self.in_flight(),
+                "drain deadline passed: cutting the remaining attempts short (deferred)"
+            );
+            inner.abort.cancel();
+            inner.tasks.wait().await;
+        }
+    }
+}
+
+/// The SMTP client settings from the configuration.
+fn client_config(config: &Config) -> ClientConfig {
+    let d = &config.delivery;
+    let t = &d.timeouts;
+    let policy = |p: mta_config::TlsPolicy| match p {
+        mta_config::TlsPolicy::None => mta_deliver::TlsPolicy::None,
+        mta_config::TlsPolicy::Opportunistic => mta_deliver::TlsPolicy::Opportunistic,
+        mta_config::TlsPolicy::Required => mta_deliver::TlsPolicy::Required,
+    };
+    ClientConfig {
+        helo_name: d.helo_name.clone().unwrap_or_else(|| config.hostname.clone()),
+        timeouts: mta_deliver::Timeouts {
+            connect: t.connect,
+            greeting: t.greeting,
+            ehlo: t.ehlo,
+            mail: t.mail,
+            rcpt: t.rcpt,
+            data_init: t.data_init,
+            data_block: t.data_block,
+            data_end: t.data_end,
+            quit: t.quit,
+        },
+        tls: policy(d.tls),
+        tls_per_domain: d
+            .tls_policy
+            .iter()
+            .map(|(domain, p)| (domain.to_ascii_lowercase(), policy(*p)))
+            .collect(),
+        ca_file: d.ca_file.clone(),
+        max_per_destination: d.max_per_destination,
+        max_messages_per_connection: d.max_messages_per_connection,
+        idle_connection_timeout: d.idle_connection_timeout,
+    }
+}
+
+/// The origin recorded on the DSNs we make ourselves.
+pub(crate) fn local_origin(hostname: &str) -> Origin {
+    Origin {
+        client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        helo: hostname.to_owned(),
+        protocol: "local".to_owned(),
+        tls: None,
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The name of a queue in logs and status.
+pub(crate) fn queue_name(q: QueueName) -> &'static str {
+    match q {
+        QueueName::Ram => "ram",
+        QueueName::Bounce => "bounce",
+        QueueName::Disk => "disk",
+    }
+}

@@ -3,6 +3,7 @@
 //! file moves bytes, stores messages and watches the clock and the stop.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::BytesMut;
 use mta_smtp::{received_header, Message, Reply, Session, Step, StoreError};
@@ -150,12 +151,24 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Makes the message durable, then answers: 250 only once it is on disk.
+/// Makes the message durable, then answers: 250 only once it is on disk
+/// (in volatile mode, once it is in the ram queue).
 async fn store(ctx: &Context, session: &mut Session, message: Message) -> Reply {
     let id = ctx.spool.next_id();
     let header = received_header(&ctx.hostname, &message.envelope, id);
-    let parts: [&[u8]; 2] = [header.as_bytes(), &message.content];
-    let result = ctx.spool.store(id, &message.envelope, &parts).await;
+    let mut content = Vec::with_capacity(header.len() + message.content.len());
+    content.extend_from_slice(header.as_bytes());
+    content.extend_from_slice(&message.content);
+    drop(message.content);
+    // Claimed before the commit so the disk runner leaves it to the ram
+    // runner.
+    let claim = ctx.queue.claim(id);
+    let volatile = ctx.queue.is_volatile();
+    let result = if volatile {
+        Ok(())
+    } else {
+        ctx.spool.store(id, &message.envelope, &[&content]).await
+    };
     match result {
         Ok(()) => {
             ctx.stats.message_accepted();
@@ -163,10 +176,13 @@ async fn store(ctx: &Context, session: &mut Session, message: Message) -> Reply 
                 queue_id = %id,
                 from = %message.envelope.sender,
                 recipients = message.envelope.recipients.len(),
-                size = header.len() + message.content.len(),
+                size = content.len(),
                 client = %message.envelope.origin.client_ip,
+                volatile,
                 "accepted"
             );
+            ctx.queue
+                .accepted(claim, message.envelope, Arc::new(content), !volatile);
             session.stored(Ok(id))
         }
         Err(e) => {

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 use mta_control::{
-    DaemonState, Request, Response, ServiceState, ServiceStatus, SpoolOpen, Status, StopProgress,
+    DaemonState, Request, Response, RunnerRow, ServiceState, ServiceStatus, SpoolOpen, Status,
+    StopProgress,
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -90,7 +91,23 @@ pub fn status(ctx: &Context, shutdown: &Shutdown) -> Status {
     } else {
         ServiceState::Up
     };
-    let services = vec![
+    let runners: Vec<RunnerRow> = ctx
+        .queue
+        .status()
+        .into_iter()
+        .map(|r| RunnerRow {
+            name: r.name.to_owned(),
+            started: r.started,
+            paused: r.paused,
+            in_flight: r.in_flight,
+            limit: r.limit as u64,
+            attempts: r.attempts,
+            delivered: r.delivered,
+            deferred: r.deferred,
+            failed: r.failed,
+        })
+        .collect();
+    let mut services = vec![
         ServiceStatus {
             name: "smtp".into(),
             state: smtp_state,
@@ -119,6 +136,19 @@ pub fn status(ctx: &Context, shutdown: &Shutdown) -> Status {
             detail: ctx.control_path.display().to_string(),
         },
     ];
+    for r in &runners {
+        services.push(ServiceStatus {
+            name: format!("{}-runner", r.name),
+            state: if !r.started {
+                ServiceState::Draining
+            } else if r.paused {
+                ServiceState::Paused
+            } else {
+                ServiceState::Up
+            },
+            detail: format!("{} of {} attempts in flight", r.in_flight, r.limit),
+        });
+    }
     Status {
         pid: std::process::id(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -137,11 +167,13 @@ pub fn status(ctx: &Context, shutdown: &Shutdown) -> Status {
             rescanned: ctx.spool_report.rescanned as u64,
         },
         services,
+        runners,
         stop: stats.stop_clock().map(|(elapsed, deadline)| StopProgress {
             elapsed_ms: elapsed.as_millis() as u64,
             deadline_ms: deadline.as_millis() as u64,
             sessions_open: stats.sessions_open(),
             sessions_in_transaction: stats.sessions_in_transaction(),
+            deliveries_in_flight: ctx.queue.in_flight(),
         }),
     }
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use mta_config::Config;
 use mta_smtp::{Admission, SessionConfig};
+use mta_queue::Queue;
 use mta_spool::{OpenReport, Spool, SpoolConfig};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -34,6 +35,7 @@ pub struct Context {
     pub admission: Arc<Admission>,
     pub spool: Spool,
     pub spool_report: OpenReport,
+    pub queue: Queue,
     pub stats: Stats,
     pub idle_timeout: Duration,
     pub tls: Option<TlsAcceptor>,
@@ -101,6 +103,7 @@ async fn serve(config: Config) -> Result<()> {
     let control = ControlSocket::bind(&control_path)?;
     let pid_file = PidFile::write(&config.pid_file())?;
 
+    let queue = Queue::start(&config, spool.clone()).context("starting the queue runners")?;
     let admission = Arc::new(Admission::default());
     admission.set_storage_ok(spool.has_free_space().unwrap_or(true));
     let ctx = Arc::new(Context {
@@ -119,6 +122,7 @@ async fn serve(config: Config) -> Result<()> {
         admission,
         spool,
         spool_report: report,
+        queue,
         stats: Stats::new(),
         idle_timeout: config.smtp.idle_timeout,
         tls,
@@ -188,6 +192,8 @@ async fn serve(config: Config) -> Result<()> {
         shutdown.deadline.cancel();
         sessions.wait().await;
     }
+    info!(in_flight = ctx.queue.in_flight(), "draining deliveries in flight");
+    ctx.queue.shutdown(config.shutdown.drain_timeout).await;
     monitor.abort();
     let spool = ctx.spool.clone();
     tokio::task::spawn_blocking(move || spool.close())

@@ -1,0 +1,81 @@
+//! Message text on the wire after DATA: dot-stuffing (RFC 5321 section
+//! 4.5.2) and the end-of-data line.
+
+/// How much message text goes in one write (each write has its own
+/// `data_block` timeout, RFC 5321 section 4.5.3.2.5).
+pub(crate) const BLOCK: usize = 64 * 1024;
+
+/// Appends `content[start..end]` to `out`, doubling a `.` that begins a
+/// line. A line begins at the start of the content and after every LF.
+pub(crate) fn stuff(content: &[u8], start: usize, end: usize, out: &mut Vec<u8>) {
+    let mut from = start;
+    for i in start..end {
+        if content[i] == b'.' && (i == 0 || content[i - 1] == b'\n') {
+            out.extend_from_slice(&content[from..i]);
+            out.push(b'.');
+            from = i;
+        }
+    }
+    out.extend_from_slice(&content[from..end]);
+}
+
+/// What follows the content: a CRLF when the content does not end with
+/// one (the terminator must start a line), then `.` CRLF.
+pub(crate) fn terminator(content: &[u8]) -> &'static [u8] {
+    if content.is_empty() || content.ends_with(b"\r\n") {
+        b".\r\n"
+    } else if content.ends_with(b"\r") {
+        b"\n.\r\n"
+    } else {
+        b"\r\n.\r\n"
+    }
+}
+
+/// The whole wire form, in blocks of about [`BLOCK`] bytes: the last
+/// block carries the terminator.
+pub(crate) fn blocks(content: &[u8]) -> impl Iterator<Item = Vec<u8>> + '_ {
+    let count = content.len().div_ceil(BLOCK).max(1);
+    (0..count).map(move |n| {
+        let start = n * BLOCK;
+        let end = ((n + 1) * BLOCK).min(content.len());
+        let mut out = Vec::with_capacity(end - start + 64);
+        stuff(content, start, end, &mut out);
+        if n + 1 == count {
+            out.extend_from_slice(terminator(content));
+        }
+        out
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire(content: &[u8]) -> Vec<u8> {
+        blocks(content).flatten().collect()
+    }
+
+    #[test]
+    fn leading_dots_are_doubled() {
+        assert_eq!(
+            wire(b".hidden\r\nmid.dle\r\n..two\r\n.\r\n"),
+            b"..hidden\r\nmid.dle\r\n...two\r\n..\r\n.\r\n"
+        );
+    }
+
+    #[test]
+    fn missing_final_crlf_is_added() {
+        assert_eq!(wire(b"no end"), b"no end\r\n.\r\n");
+        assert_eq!(wire(b"half\r"), b"half\r\n.\r\n");
+        assert_eq!(wire(b""), b".\r\n");
+    }
+
+    #[test]
+    fn a_dot_at_a_block_boundary_is_stuffed() {
+        let mut content = vec![b'a'; BLOCK - 2];
+        content.extend_from_slice(b"\r\n.x\r\n");
+        let out = wire(&content);
+        assert!(out.ends_with(b"\r\n..x\r\n.\r\n"));
+        assert_eq!(blocks(&content).count(), 2);
+    }
+}

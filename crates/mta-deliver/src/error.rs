@@ -1,0 +1,21 @@
+//! Errors of building a [`Client`](crate::Client). Delivery itself never
+//! fails as a Rust error: every problem becomes an
+//! [`Outcome`](crate::Outcome).
+
+use std::path::PathBuf;
+
+/// The configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// `ca_file` cannot be read or holds no certificate.
+    #[error("ca_file {}: {reason}", path.display())]
+    CaFile {
+        /// The file named in the configuration.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// rustls refused the configuration.
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+}

@@ -1,0 +1,180 @@
+//! The rustls client configurations for STARTTLS (RFC 3207), built once per
+//! [`Client`](crate::Client), with the `ring` provider as the rest of the
+//! project uses.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+use crate::ClientError;
+
+/// The two configurations a client may need.
+#[derive(Debug)]
+pub(crate) struct TlsConfigs {
+    /// For opportunistic TLS: any certificate is accepted.
+    pub opportunistic: Arc<ClientConfig>,
+    /// For required TLS: the certificate must chain to `ca_file`. None when
+    /// no `ca_file` is configured: required TLS then always fails.
+    pub verified: Option<Arc<ClientConfig>>,
+}
+
+impl TlsConfigs {
+    pub fn new(ca_file: Option<&Path>) -> Result<TlsConfigs, ClientError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let opportunistic = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider.clone())))
+            .with_no_client_auth();
+        let verified = match ca_file {
+            None => None,
+            Some(path) => {
+                let roots = load_roots(path)?;
+                let config = ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()?
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                Some(Arc::new(config))
+            }
+        };
+        Ok(TlsConfigs {
+            opportunistic: Arc::new(opportunistic),
+            verified,
+        })
+    }
+}
+
+/// Reads the PEM certificates of `path` into a root store.
+fn load_roots(path: &Path) -> Result<RootCertStore, ClientError> {
+    let bad = |reason: String| ClientError::CaFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| bad(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    let mut roots = RootCertStore::empty();
+    let (added, ignored) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(bad(format!(
+            "no usable certificate ({ignored} could not be parsed)"
+        )));
+    }
+    Ok(roots)
+}
+
+/// The name sent in SNI and checked in the certificate: the target's host
+/// name when it is a DNS name, else its IP address (rustls sends no SNI
+/// for an address, as RFC 6066 section 3 asks).
+pub(crate) fn server_name(host: &str, ip: IpAddr) -> ServerName<'static> {
+    let host = host.trim_end_matches('.');
+    if host.parse::<IpAddr>().is_err() && !host.starts_with('[') {
+        if let Ok(name) = ServerName::try_from(host.to_owned()) {
+            return name;
+        }
+    }
+    ServerName::IpAddress(ip.into())
+}
+
+/// `TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384`, as `mtad` writes it.
+pub(crate) fn describe(conn: &rustls::ClientConnection) -> String {
+    let version = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_owned(),
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_owned(),
+        Some(v) => format!("{v:?}"),
+        None => "TLS".to_owned(),
+    };
+    match conn.negotiated_cipher_suite() {
+        Some(suite) => format!("{version} with cipher {:?}", suite.suite()),
+        None => version,
+    }
+}
+
+/// Accepts any server certificate.
+///
+/// This is deliberate: opportunistic STARTTLS between MTAs (RFC 7435,
+/// "Opportunistic Security: Some Protection Most of the Time") encrypts
+/// against passive eavesdroppers and must not fail on a self-signed,
+/// expired or misnamed certificate, since the alternative is plaintext.
+/// Most MX hosts have no certificate a sender could verify (RFC 7672
+/// section 1.3). Where authentication matters the policy is
+/// [`TlsPolicy::Required`](crate::TlsPolicy::Required), which verifies.
+///
+/// The handshake signatures are still checked, so the peer proves it holds
+/// the key of the certificate it sent.
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sni_is_the_host_name_unless_it_is_an_address() {
+        let ip: IpAddr = "127.0.0.2".parse().unwrap();
+        assert_eq!(
+            server_name("mx1.test.", ip),
+            ServerName::try_from("mx1.test").unwrap()
+        );
+        assert_eq!(server_name("[127.0.0.2]", ip), ServerName::IpAddress(ip.into()));
+        assert_eq!(server_name("127.0.0.2", ip), ServerName::IpAddress(ip.into()));
+    }
+
+    #[test]
+    fn a_missing_ca_file_is_an_error() {
+        let err = TlsConfigs::new(Some(Path::new("/nonexistent/ca.pem"))).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+    }
+}

@@ -1,0 +1,319 @@
+//! One mail transaction on an open session: MAIL, RCPT, DATA (RFC 5321
+//! section 3.3), pipelined when the server allows (RFC 2920), with the
+//! SIZE (RFC 1870), BODY (RFC 6152), SMTPUTF8 (RFC 6531) and DSN (RFC
+//! 3461) parameters.
+
+use std::fmt::Write as _;
+
+use mta_envelope::{BodyType, Envelope, Notify, Recipient, ReversePath, Ret};
+
+use crate::data;
+use crate::reply::Reply;
+use crate::session::{Session, SessionError, Stage};
+use crate::{OutboundMessage, Outcome};
+
+/// The result of one transaction.
+pub(crate) struct TxResult {
+    /// One per recipient index asked for, in order.
+    pub outcomes: Vec<(usize, Outcome)>,
+    /// The session is in a known state and may carry another message.
+    pub reusable: bool,
+}
+
+/// Encodes `s` as xtext (RFC 3461 section 4): bytes outside `!`..`~`, and
+/// `+` and `=`, become `+XX`.
+pub(crate) fn xtext(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (33..=126).contains(&b) && b != b'+' && b != b'=' {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "+{b:02X}");
+        }
+    }
+    out
+}
+
+/// True when the transaction needs SMTPUTF8 (RFC 6531 section 3.2): the
+/// envelope asked for it or an address is not ASCII.
+fn needs_smtputf8(envelope: &Envelope, recipients: &[&Recipient]) -> bool {
+    envelope.smtputf8
+        || matches!(&envelope.sender, ReversePath::Mailbox(m) if m.is_utf8())
+        || recipients.iter().any(|r| r.address.is_utf8())
+}
+
+/// `MAIL FROM:<sender> params` CRLF.
+fn mail_command(session: &Session, envelope: &Envelope, size: usize, utf8: bool) -> String {
+    let ext = &session.ext;
+    let mut line = format!("MAIL FROM:<{}>", envelope.sender);
+    if ext.size {
+        // RFC 1870 section 4: the size of the message as stored; the
+        // dot-stuffing adds a little, which the estimate may ignore.
+        let _ = write!(line, " SIZE={size}");
+    }
+    if envelope.body == BodyType::EightBitMime && ext.eightbitmime {
+        line.push_str(" BODY=8BITMIME");
+    }
+    // Without 8BITMIME advertised the message goes anyway, without the
+    // BODY parameter (which the server would refuse, RFC 1869): Postfix
+    // does the same when it does not down-convert, and nearly every server
+    // takes 8-bit text in practice.
+    if utf8 {
+        line.push_str(" SMTPUTF8");
+    }
+    if ext.dsn {
+        match envelope.ret {
+            Some(Ret::Full) => line.push_str(" RET=FULL"),
+            Some(Ret::Hdrs) => line.push_str(" RET=HDRS"),
+            None => {}
+        }
+        if let Some(envid) = &envelope.envid {
+            let _ = write!(line, " ENVID={}", xtext(envid));
+        }
+    }
+    line.push_str("\r\n");
+    line
+}
+
+/// `RCPT TO:<address> params` CRLF.
+fn rcpt_command(session: &Session, rcpt: &Recipient) -> String {
+    let mut line = format!("RCPT TO:<{}>", rcpt.address);
+    if session.ext.dsn {
+        match rcpt.notify {
+            Some(Notify::Never) => line.push_str(" NOTIFY=NEVER"),
+            Some(Notify::On {
+                success,
+                failure,
+                delay,
+            }) => {
+                let on: Vec<&str> = [(success, "SUCCESS"), (failure, "FAILURE"), (delay, "DELAY")]
+                    .into_iter()
+                    .filter_map(|(set, word)| set.then_some(word))
+                    .collect();
+                if !on.is_empty() {
+                    let _ = write!(line, " NOTIFY={}", on.join(","));
+                }
+            }
+            None => {}
+        }
+        if let Some(orcpt) = &rcpt.orcpt {
+            // Stored decoded as `addr-type;address`; the `;` is a plain
+            // xchar, so encoding the whole is the RFC 3461 section 4.2 form.
+            let _ = write!(line, " ORCPT={}", xtext(orcpt));
+        }
+    }
+    line.push_str("\r\n");
+    line
+}
+
+/// The outcome a non-2xx reply gives: 4xx defers, 5xx fails.
+fn from_reply(remote: &str, reply: &Reply, stage: Stage) -> Outcome {
+    let reason = format!(
+        "host {remote} said: {reply} (in reply to {} command)",
+        stage.command()
+    );
+    if reply.is_transient() {
+        Outcome::deferred(reply.status(), reason)
+    } else {
+        Outcome::failed(reply.status(), reason)
+    }
+}
+
+impl Session {
+    /// Sends one message to the recipients `msg.recipients` (indexes that
+    /// exist in the envelope; the caller checks).
+    pub async fn send_message(&mut self, msg: &OutboundMessage<'_>) -> TxResult {
+        let recipients: Vec<&Recipient> = msg
+            .recipients
+            .iter()
+            .map(|&i| &msg.envelope.recipients[i])
+            .collect();
+        let all = |outcome: Outcome| TxResult {
+            outcomes: msg.recipients.iter().map(|&i| (i, outcome.clone())).collect(),
+            reusable: true,
+        };
+        let utf8 = needs_smtputf8(msg.envelope, &recipients);
+        if utf8 && !self.ext.smtputf8 {
+            return all(Outcome::failed(
+                "5.6.7",
+                format!(
+                    "SMTPUTF8 is required, but was not offered by host {}",
+                    self.remote
+                ),
+            ));
+        }
+        if let Some(limit) = self.ext.size_limit {
+            if msg.content.len() as u64 > limit {
+                return all(Outcome::failed(
+                    "5.3.4",
+                    format!(
+                        "message size {} exceeds size limit {limit} of server {}",
+                        msg.content.len(),
+                        self.remote
+                    ),
+                ));
+            }
+        }
+        let mut states: Vec<Option<Outcome>> = vec![None; recipients.len()];
+        let result = self.transact(msg, &recipients, utf8, &mut states).await;
+        let reusable = match result {
+            Ok(reusable) => reusable,
+            Err(e) => {
+                let (status, reason) = e.describe(&self.remote);
+                tracing::debug!(remote = %self.remote, %reason, "transaction broken off");
+                for state in states.iter_mut().filter(|s| s.is_none()) {
+                    *state = Some(Outcome::deferred(status.clone(), reason.clone()));
+                }
+                false
+            }
+        };
+        TxResult {
+            outcomes: msg
+                .recipients
+                .iter()
+                .zip(states)
+                .map(|(&i, state)| {
+                    // Every path above fills every state.
+                    let outcome = state.unwrap_or_else(|| {
+                        Outcome::deferred("4.3.0", "internal error: no outcome recorded")
+                    });
+                    (i, outcome)
+                })
+                .collect(),
+            reusable,
+        }
+    }
+
+    /// The transaction proper. Fills `states` for every recipient with an
+    /// answer; on Err the caller fills the rest. Ok(true) when the session
+    /// may be reused.
+    async fn transact(
+        &mut self,
+        msg: &OutboundMessage<'_>,
+        recipients: &[&Recipient],
+        utf8: bool,
+        states: &mut [Option<Outcome>],
+    ) -> Result<bool, SessionError> {
+        let t = self.timeouts;
+        let mail = mail_command(self, msg.envelope, msg.content.len(), utf8);
+        let rcpts: Vec<String> = recipients.iter().map(|r| rcpt_command(self, r)).collect();
+        let pipelining = self.ext.pipelining;
+        tracing::debug!(remote = %self.remote, command = mail.trim_end(), pipelining, "send");
+
+        if pipelining {
+            // RFC 2920 section 3.1: MAIL, every RCPT and DATA in one
+            // write; the replies come back in order.
+            let mut batch = mail.clone();
+            for rcpt in &rcpts {
+                batch.push_str(rcpt);
+            }
+            batch.push_str("DATA\r\n");
+            self.send(batch.as_bytes(), Stage::Mail, t.mail).await?;
+        } else {
+            self.send(mail.as_bytes(), Stage::Mail, t.mail).await?;
+        }
+
+        let mail_reply = self.read_reply(Stage::Mail, t.mail).await?;
+        if !mail_reply.is_success() {
+            let outcome = from_reply(&self.remote, &mail_reply, Stage::Mail);
+            states.fill(Some(outcome));
+            if mail_reply.code == 421 {
+                return Ok(false);
+            }
+            if pipelining {
+                // Read the replies to what was pipelined behind MAIL.
+                for _ in &rcpts {
+                    self.read_reply(Stage::Rcpt, t.rcpt).await?;
+                }
+                let data = self.read_reply(Stage::Data, t.data_init).await?;
+                if data.code == 354 {
+                    // A server that opens DATA with no transaction cannot
+                    // be trusted with what follows: close, sending nothing.
+                    return Ok(false);
+                }
+            }
+            return Ok(true);
+        }
+
+        let mut accepted = 0;
+        for (n, rcpt) in rcpts.iter().enumerate() {
+            if !pipelining {
+                tracing::debug!(remote = %self.remote, command = rcpt.trim_end(), "send");
+                self.send(rcpt.as_bytes(), Stage::Rcpt, t.rcpt).await?;
+            }
+            let reply = self.read_reply(Stage::Rcpt, t.rcpt).await?;
+            if reply.is_success() {
+                accepted += 1;
+                continue;
+            }
+            states[n] = Some(from_reply(&self.remote, &reply, Stage::Rcpt));
+            if reply.code == 421 {
+                // The server is closing: nobody else gets through now.
+                let outcome = from_reply(&self.remote, &reply, Stage::Rcpt);
+                for state in states.iter_mut().filter(|s| s.is_none()) {
+                    *state = Some(outcome.clone());
+                }
+                return Ok(false);
+            }
+        }
+
+        let data = if pipelining {
+            let data = self.read_reply(Stage::Data, t.data_init).await?;
+            if accepted == 0 {
+                if data.code == 354 {
+                    // RFC 2920 section 3.1 would have us send a lone "."
+                    // for the server to refuse; closing without it is as
+                    // safe and leaves nothing to chance.
+                    return Ok(false);
+                }
+                return self.rset().await;
+            }
+            data
+        } else {
+            if accepted == 0 {
+                // No recipient: no DATA; reset the transaction instead.
+                return self.rset().await;
+            }
+            tracing::debug!(remote = %self.remote, command = "DATA", "send");
+            self.command("DATA\r\n", Stage::Data, t.data_init).await?
+        };
+        if data.code != 354 {
+            let outcome = from_reply(&self.remote, &data, Stage::Data);
+            for state in states.iter_mut().filter(|s| s.is_none()) {
+                *state = Some(outcome.clone());
+            }
+            if data.code == 421 {
+                return Ok(false);
+            }
+            return self.rset().await;
+        }
+
+        for block in data::blocks(msg.content) {
+            self.send(&block, Stage::Body, t.data_block).await?;
+        }
+        let end = self.read_reply(Stage::EndOfData, t.data_end).await?;
+        let outcome = if end.is_success() {
+            Outcome::Delivered {
+                reply: end.to_string(),
+            }
+        } else {
+            from_reply(&self.remote, &end, Stage::EndOfData)
+        };
+        for state in states.iter_mut().filter(|s| s.is_none()) {
+            *state = Some(outcome.clone());
+        }
+        Ok(end.code != 421)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xtext_encodes_plus_equals_and_non_printables() {
+        assert_eq!(xtext("rfc822;a+b=c@example.test"), "rfc822;a+2Bb+3Dc@example.test");
+        assert_eq!(xtext("id 1\u{e9}"), "id+201+C3+A9");
+        assert_eq!(xtext("plain"), "plain");
+    }
+}

@@ -1,0 +1,301 @@
+//! Recording what an attempt achieved: per-recipient state, the next
+//! attempt or expiry, DSNs, and the delivery log.
+
+use std::sync::Arc;
+
+use mta_deliver::Outcome;
+use mta_dsn::{Action, DsnInput, RecipientReport};
+use mta_envelope::{Envelope, Mailbox, Recipient, ReversePath};
+use mta_spool::{QueueName, RecipientError, RecipientState};
+use tracing::{error, info, warn};
+
+use crate::attempt::RecipientResult;
+use crate::log::{Event, Record};
+use crate::schedule::{random_unit, Next};
+use crate::{local_origin, queue_name, unix_now, Inner, Job};
+
+/// Applies the results of one attempt of `job`, made by the `queue` runner.
+pub(crate) async fn apply(inner: &Arc<Inner>, queue: QueueName, job: Arc<Job>, results: Vec<RecipientResult>) {
+    let qname = queue_name(queue);
+    let now = unix_now();
+    let mut entry = job.entry.clone();
+    entry.attempts += 1;
+    let attempt = entry.attempts;
+    // Reports for the sender (as NOTIFY asks), and every failure (for the
+    // postmaster when the sender is <>).
+    let mut reports = Vec::new();
+    let mut failures = Vec::new();
+    let mut failed_now = Vec::new();
+    let (mut delivered, mut deferred, mut failed) = (0, 0, 0);
+
+    for r in &results {
+        let recipient = &job.envelope.recipients[r.index];
+        let (event, status, reply) = match &r.outcome {
+            Outcome::Delivered { reply } => {
+                delivered += 1;
+                entry.recipients[r.index] = RecipientState::Delivered;
+                entry.last_errors.remove(&r.index);
+                (Event::Delivered, "2.0.0", reply.as_str())
+            }
+            Outcome::Failed { status, reason } => {
+                failed += 1;
+                failed_now.push(r.index);
+                entry.recipients[r.index] = RecipientState::Failed;
+                entry.last_errors.remove(&r.index);
+                (Event::Failed, status.as_str(), reason.as_str())
+            }
+            Outcome::Deferred { status, reason } => {
+                deferred += 1;
+                entry.last_errors.insert(
+                    r.index,
+                    RecipientError {
+                        status: status.clone(),
+                        reason: reason.clone(),
+                        remote: r.remote.clone(),
+                    },
+                );
+                (Event::Deferred, status.as_str(), reason.as_str())
+            }
+        };
+        let mut record = Record::new(event, job.id, qname);
+        record.recipient = Some(recipient.address.to_string());
+        record.attempt = Some(attempt);
+        record.status = Some(status);
+        record.remote = r.remote.as_deref();
+        record.reply = Some(reply);
+        record.tls = r.tls.as_deref();
+        inner.log.write(&record);
+
+        let action = match event {
+            Event::Delivered => Action::Delivered,
+            Event::Failed => Action::Failed,
+            _ => continue,
+        };
+        let report = report(recipient, action, status, r.remote.as_deref(), reply, now, None);
+        if action == Action::Failed {
+            failures.push(report.clone());
+        }
+        if mta_dsn::wants_dsn(&job.envelope, recipient, action) {
+            reports.push(report);
+        }
+    }
+    inner.runner(queue).stats().count(delivered, deferred, failed);
+
+    let pending: Vec<usize> = (0..entry.recipients.len())
+        .filter(|&i| entry.recipients[i] == RecipientState::Pending)
+        .collect();
+    if !pending.is_empty() {
+        let s = &inner.settings;
+        match s.schedule.next(entry.arrival, entry.attempts, now, random_unit()) {
+            Next::Expire => {
+                for &i in &pending {
+                    let recipient = &job.envelope.recipients[i];
+                    entry.recipients[i] = RecipientState::Failed;
+                    failed_now.push(i);
+                    let last = entry.last_errors.get(&i).cloned();
+                    let why = last.as_ref().map(|e| e.reason.as_str()).unwrap_or("no attempt succeeded");
+                    let reason = format!("delivery time expired; last error: {why}");
+                    let remote = last.as_ref().and_then(|e| e.remote.as_deref());
+                    let mut record = Record::new(Event::Expired, job.id, qname);
+                    record.recipient = Some(recipient.address.to_string());
+                    record.attempt = Some(attempt);
+                    record.status = Some("4.4.7");
+                    record.reply = Some(&reason);
+                    inner.log.write(&record);
+                    // RFC 3463 X.4.7: delivery time expired.
+                    let report = report(recipient, Action::Failed, "4.4.7", remote, &reason, now, None);
+                    failures.push(report.clone());
+                    if mta_dsn::wants_dsn(&job.envelope, recipient, Action::Failed) {
+                        reports.push(report);
+                    }
+                }
+            }
+            Next::RetryAt(at) => {
+                entry.next_attempt = at;
+                entry.queue = QueueName::Disk;
+                let due_notice = s
+                    .delay_notice_after
+                    .is_some_and(|after| now >= entry.arrival.saturating_add(after.as_secs()));
+                if due_notice && !entry.delay_notified {
+                    entry.delay_notified = true;
+                    let until = entry.arrival.saturating_add(s.schedule.lifetime.as_secs());
+                    for &i in &pending {
+                        let recipient = &job.envelope.recipients[i];
+                        if !mta_dsn::wants_dsn(&job.envelope, recipient, Action::Delayed) {
+                            continue;
+                        }
+                        let last = entry.last_errors.get(&i);
+                        let status = last.map(|e| e.status.as_str()).unwrap_or("4.0.0");
+                        let reason = last.map(|e| e.reason.as_str()).unwrap_or("not yet delivered");
+                        let remote = last.and_then(|e| e.remote.as_deref());
+                        reports.push(report(recipient, Action::Delayed, status, remote, reason, now, Some(until)));
+                    }
+                }
+            }
+        }
+    }
+
+    // The DSNs are durable before the message's new state is recorded: a
+    // crash in between sends a DSN twice, never zero times.
+    let mut dsn_queued = true;
+    if !reports.is_empty() {
+        if let ReversePath::Mailbox(sender) = &job.envelope.sender {
+            dsn_queued = send_dsn(inner, &job, reports, sender.clone()).await;
+        }
+    }
+    if job.envelope.sender == ReversePath::Null && !failures.is_empty() {
+        dsn_queued &= double_bounce(inner, &job, failures).await;
+    }
+    if dsn_queued {
+        for i in &failed_now {
+            entry.last_errors.remove(i);
+        }
+    } else {
+        // No DSN could be queued (disk full?): the failed recipients wait
+        // as pending, so the next attempt fails them again and makes the
+        // DSN then. A failure report is never silently lost.
+        for &i in &failed_now {
+            entry.recipients[i] = RecipientState::Pending;
+        }
+        entry.queue = QueueName::Disk;
+        entry.next_attempt = now + inner.settings.schedule.base.as_secs().max(1);
+    }
+
+    let done = entry.recipients.iter().all(|s| *s != RecipientState::Pending);
+    let saved = if done {
+        if job.on_disk {
+            inner.spool.remove(job.id)
+        } else {
+            Ok(())
+        }
+    } else if job.on_disk {
+        inner.spool.update(job.id, &entry)
+    } else {
+        crate::runner::store_on_disk(&inner.spool, &job, &entry).await
+    };
+    match saved {
+        Ok(()) if done => info!(queue_id = %job.id, attempt, "message done"),
+        Ok(()) => {
+            info!(queue_id = %job.id, attempt, next_attempt = entry.next_attempt, pending = pending.len(), "message deferred");
+            inner.disk_wake.notify_one();
+        }
+        Err(e) if job.on_disk => {
+            // The old state stays: recipients may be tried again, never lost.
+            warn!(queue_id = %job.id, error = %e, "cannot record the delivery state");
+        }
+        Err(e) => error!(queue_id = %job.id, error = %e, "LOST: could not move a volatile message to the disk queue"),
+    }
+}
+
+fn report(
+    recipient: &Recipient,
+    action: Action,
+    status: &str,
+    remote: Option<&str>,
+    diagnostic: &str,
+    now: u64,
+    will_retry_until: Option<u64>,
+) -> RecipientReport {
+    // "mx1.test[127.0.0.2]:2525" -> "mx1.test" for Remote-MTA.
+    let remote_mta = remote
+        .filter(|r| *r != "maildir")
+        .map(|r| r.split('[').next().unwrap_or(r).to_owned());
+    RecipientReport {
+        recipient: recipient.address.clone(),
+        orcpt: recipient.orcpt.clone(),
+        action,
+        status: status.to_owned(),
+        remote_mta,
+        diagnostic: Some(diagnostic.to_owned()),
+        last_attempt: Some(now),
+        will_retry_until,
+    }
+}
+
+/// A DSN about a message from `<>` goes to the postmaster, unless it is
+/// the postmaster's copy that failed: then it is dropped and logged, as a
+/// bounce loop would never end.
+async fn double_bounce(inner: &Arc<Inner>, job: &Job, failures: Vec<RecipientReport>) -> bool {
+    let postmaster = &inner.settings.postmaster;
+    let to_postmaster = job
+        .envelope
+        .recipients
+        .iter()
+        .any(|r| r.address.to_string().eq_ignore_ascii_case(postmaster));
+    if to_postmaster {
+        error!(queue_id = %job.id, "undeliverable DSN to the postmaster dropped");
+        return true;
+    }
+    match mailbox(postmaster) {
+        Some(pm) => send_dsn(inner, job, failures, pm).await,
+        None => {
+            error!(queue_id = %job.id, postmaster, "undeliverable DSN dropped: bad postmaster address");
+            true
+        }
+    }
+}
+
+fn mailbox(address: &str) -> Option<Mailbox> {
+    let (local, domain) = address.rsplit_once('@')?;
+    Some(Mailbox {
+        local: local.to_owned(),
+        domain: domain.to_owned(),
+    })
+}
+
+/// Builds a DSN, makes it durable in the bounce queue, and hands it to the
+/// bounce runner; false when it could not be queued.
+async fn send_dsn(inner: &Arc<Inner>, job: &Job, reports: Vec<RecipientReport>, to: Mailbox) -> bool {
+    let s = &inner.settings;
+    let now = unix_now();
+    let id = inner.spool.next_id();
+    let content = mta_dsn::build(&DsnInput {
+        reporting_mta: &s.hostname,
+        original_id: job.id,
+        original: &job.envelope,
+        original_content: &job.content,
+        recipients: &reports,
+        now,
+        postmaster: &s.postmaster,
+        boundary_seed: id.value(),
+    });
+    let envelope = Envelope {
+        sender: ReversePath::Null,
+        recipients: vec![Recipient {
+            address: to,
+            notify: None,
+            orcpt: None,
+        }],
+        body: mta_envelope::BodyType::EightBitMime,
+        smtputf8: job.envelope.smtputf8,
+        ret: None,
+        envid: None,
+        origin: local_origin(&s.hostname),
+        arrival: now,
+    };
+    let Some(claim) = inner.claim(id) else {
+        return false;
+    };
+    if let Err(e) = inner.spool.store_in(QueueName::Bounce, id, &envelope, &[&content]).await {
+        error!(queue_id = %job.id, error = %e, "cannot queue a DSN");
+        return false;
+    }
+    let mut record = Record::new(Event::Bounced, job.id, queue_name(QueueName::Bounce));
+    record.recipient = Some(envelope.recipients[0].address.to_string());
+    record.dsn_id = Some(id.to_string());
+    inner.log.write(&record);
+    let size = content.len() as u64;
+    let entry = mta_spool::IndexEntry {
+        queue: QueueName::Bounce,
+        ..mta_spool::IndexEntry::arrived(&envelope, size)
+    };
+    inner.submit_bounce(Job {
+        id,
+        envelope,
+        content: Arc::new(content),
+        entry,
+        on_disk: true,
+        _claim: claim,
+    });
+    true
+}

@@ -1,0 +1,187 @@
+//! One delivery attempt of one message: every pending recipient, grouped
+//! by route, delivered at once, then the outcomes recorded.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use mta_deliver::{Destination, OutboundMessage, Outcome, ResolveError};
+use mta_spool::{QueueName, RecipientState};
+use tokio::task::JoinSet;
+
+use crate::route::Route;
+use crate::{Inner, Job};
+
+/// The result for one recipient.
+#[derive(Debug, Clone)]
+pub(crate) struct RecipientResult {
+    pub index: usize,
+    pub outcome: Outcome,
+    pub remote: Option<String>,
+    pub tls: Option<String>,
+}
+
+/// Runs the attempt and records what came of it.
+pub(crate) async fn run(inner: &Arc<Inner>, queue: QueueName, job: Job) {
+    let job = Arc::new(job);
+    let results = tokio::select! {
+        results = deliver(inner, &job) => results,
+        () = inner.abort.cancelled() => aborted(&job),
+    };
+    crate::apply::apply(inner, queue, job, results).await;
+}
+
+/// Every pending recipient deferred: the stop cut the attempt short. The
+/// remote side may have taken the message already; then it is delivered
+/// twice, never zero times.
+fn aborted(job: &Job) -> Vec<RecipientResult> {
+    pending(job)
+        .map(|index| RecipientResult {
+            index,
+            outcome: Outcome::Deferred {
+                status: "4.3.2".into(),
+                reason: "attempt cut short by a stop of the MTA".into(),
+            },
+            remote: None,
+            tls: None,
+        })
+        .collect()
+}
+
+fn pending(job: &Job) -> impl Iterator<Item = usize> + '_ {
+    job.entry
+        .recipients
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| **s == RecipientState::Pending)
+        .map(|(i, _)| i)
+}
+
+async fn deliver(inner: &Arc<Inner>, job: &Arc<Job>) -> Vec<RecipientResult> {
+    let mut routes: BTreeMap<Route, Vec<usize>> = BTreeMap::new();
+    for index in pending(job) {
+        let domain = &job.envelope.recipients[index].address.domain;
+        routes.entry(inner.router.route(domain)).or_default().push(index);
+    }
+    let mut set = JoinSet::new();
+    for (route, indexes) in routes {
+        let inner = inner.clone();
+        let job = job.clone();
+        set.spawn(async move {
+            match route {
+                Route::Local => deliver_local(&inner, &job, &indexes).await,
+                route => deliver_remote(&inner, &job, route, &indexes).await,
+            }
+        });
+    }
+    let mut results = Vec::new();
+    while let Some(done) = set.join_next().await {
+        match done {
+            Ok(mut r) => results.append(&mut r),
+            Err(e) => tracing::error!(queue_id = %job.id, error = %e, "a delivery task failed"),
+        }
+    }
+    results
+}
+
+async fn deliver_local(inner: &Arc<Inner>, job: &Arc<Job>, indexes: &[usize]) -> Vec<RecipientResult> {
+    let inner = inner.clone();
+    let job = job.clone();
+    let indexes = indexes.to_vec();
+    let run = tokio::task::spawn_blocking(move || {
+        let s = &inner.settings;
+        indexes
+            .into_iter()
+            .map(|index| {
+                let rcpt = &job.envelope.recipients[index].address;
+                let outcome = crate::maildir::maildir_of(&s.maildir_root, rcpt, &s.hostname)
+                    .and_then(|dir| crate::maildir::deliver(&dir, &job.envelope.sender, rcpt, &job.content, &s.hostname));
+                let outcome = match outcome {
+                    Ok(path) => Outcome::Delivered {
+                        reply: format!("delivered to maildir {}", path.display()),
+                    },
+                    Err(e @ crate::maildir::MaildirError::BadName(_)) => Outcome::Failed {
+                        status: "5.1.3".into(),
+                        reason: e.to_string(),
+                    },
+                    Err(e) => Outcome::Deferred {
+                        status: "4.3.0".into(),
+                        reason: e.to_string(),
+                    },
+                };
+                RecipientResult {
+                    index,
+                    outcome,
+                    remote: Some("maildir".into()),
+                    tls: None,
+                }
+            })
+            .collect::<Vec<_>>()
+    });
+    run.await.unwrap_or_default()
+}
+
+async fn deliver_remote(inner: &Arc<Inner>, job: &Arc<Job>, route: Route, indexes: &[usize]) -> Vec<RecipientResult> {
+    let port = inner.settings.port;
+    let (key, domain, targets) = match &route {
+        Route::Relay { host, port } => {
+            let domain = job.envelope.recipients[indexes[0]].address.domain.to_ascii_lowercase();
+            let target = inner.resolver.host_target(host, *port).await.map(|t| vec![t]);
+            (format!("relay:{host}:{port}"), domain, target)
+        }
+        Route::Mx { domain } => (
+            format!("mx:{domain}"),
+            domain.clone(),
+            inner.resolver.mx_targets(domain, port).await,
+        ),
+        Route::Local => unreachable!("local routes are delivered to Maildir"),
+    };
+    let targets = match targets {
+        Ok(t) => t,
+        Err(e) => return resolve_failed(indexes, &domain, &e),
+    };
+    let dest = Destination { key, domain, targets };
+    let attempt = inner
+        .client
+        .deliver(
+            &dest,
+            OutboundMessage {
+                envelope: &job.envelope,
+                recipients: indexes,
+                content: &job.content,
+            },
+        )
+        .await;
+    attempt
+        .outcomes
+        .into_iter()
+        .map(|(index, outcome)| RecipientResult {
+            index,
+            outcome,
+            remote: attempt.remote.clone(),
+            tls: attempt.tls.clone(),
+        })
+        .collect()
+}
+
+fn resolve_failed(indexes: &[usize], domain: &str, e: &ResolveError) -> Vec<RecipientResult> {
+    let reason = format!("{domain}: {e}");
+    indexes
+        .iter()
+        .map(|&index| RecipientResult {
+            index,
+            outcome: if e.is_permanent() {
+                Outcome::Failed {
+                    status: e.status().into(),
+                    reason: reason.clone(),
+                }
+            } else {
+                Outcome::Deferred {
+                    status: e.status().into(),
+                    reason: reason.clone(),
+                }
+            },
+            remote: None,
+            tls: None,
+        })
+        .collect()
+}

@@ -1,0 +1,150 @@
+//! The delivery log: one JSON object per line, per event.
+//!
+//! Fields: `ts` (unix seconds, with milliseconds), `event` (received,
+//! delivered, deferred, failed, bounced, expired), `queue_id`, `queue` (ram,
+//! bounce, disk), and when they apply `recipient`, `attempt`, `status`,
+//! `remote`, `reply`, `tls`, `sender`, `size`, `dsn_id`. Lines are appended
+//! with one write each (O_APPEND), so concurrent writers never interleave.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    /// Accepted from a client (or made by us, for a DSN).
+    Received,
+    /// Delivered to one recipient.
+    Delivered,
+    /// One recipient will be tried again.
+    Deferred,
+    /// One recipient failed permanently.
+    Failed,
+    /// A DSN was queued for the sender (or the postmaster).
+    Bounced,
+    /// The message outlived the queue lifetime.
+    Expired,
+}
+
+/// One log line.
+#[derive(Debug, Clone, Serialize)]
+pub struct Record<'a> {
+    /// Unix time in seconds, milliseconds as the fraction.
+    pub ts: f64,
+    /// The event.
+    pub event: Event,
+    /// The message.
+    pub queue_id: String,
+    /// The runner's queue.
+    pub queue: &'a str,
+    /// The recipient, for per-recipient events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<String>,
+    /// The attempt number.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// The enhanced status code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<&'a str>,
+    /// The remote host that answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<&'a str>,
+    /// Its reply, or the local cause.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply: Option<&'a str>,
+    /// TLS version and cipher, when used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<&'a str>,
+    /// The envelope sender, for `received`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
+    /// The message size, for `received`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// The queue id of the DSN, for `bounced`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dsn_id: Option<String>,
+}
+
+impl<'a> Record<'a> {
+    /// A record with only the always-present fields set.
+    pub fn new(event: Event, queue_id: impl ToString, queue: &'a str) -> Record<'a> {
+        Record {
+            ts: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| (d.as_millis() as f64) / 1000.0)
+                .unwrap_or(0.0),
+            event,
+            queue_id: queue_id.to_string(),
+            queue,
+            recipient: None,
+            attempt: None,
+            status: None,
+            remote: None,
+            reply: None,
+            tls: None,
+            sender: None,
+            size: None,
+            dsn_id: None,
+        }
+    }
+}
+
+/// The open log file.
+#[derive(Debug)]
+pub struct DeliveryLog {
+    path: PathBuf,
+    file: Mutex<File>,
+}
+
+impl DeliveryLog {
+    /// Opens (creating) the log for appending.
+    pub fn open(path: &Path) -> std::io::Result<DeliveryLog> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(DeliveryLog {
+            path: path.to_owned(),
+            file: Mutex::new(file),
+        })
+    }
+
+    /// Appends one record; a failure is reported on the diagnostic log and
+    /// never stops delivery.
+    pub fn write(&self, record: &Record<'_>) {
+        let mut line = serde_json::to_vec(record).expect("records serialize");
+        line.push(b'\n');
+        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = file.write_all(&line) {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot write the delivery log");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_json_object_per_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("delivery.log");
+        let log = DeliveryLog::open(&path).unwrap();
+        let mut r = Record::new(Event::Deferred, "00000000000000aa", "ram");
+        r.recipient = Some("a@b.test".into());
+        r.reply = Some("451 4.3.0 try\nlater");
+        log.write(&r);
+        log.write(&Record::new(Event::Delivered, "00000000000000aa", "disk"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> =
+            text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["event"], "deferred");
+        assert_eq!(lines[0]["recipient"], "a@b.test");
+        assert_eq!(lines[1]["queue"], "disk");
+    }
+}

@@ -1,0 +1,157 @@
+//! Local delivery to Maildir (the qmail/Courier format): write into
+//! `tmp/`, fsync, rename into `new/`, fsync `new/`. A reader never sees a
+//! partial message, and a crash never loses one we called delivered.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use mta_envelope::{Mailbox, ReversePath};
+
+/// Why a local delivery did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum MaildirError {
+    /// The mailbox name cannot be a directory name (`/`, a leading dot,
+    /// control characters): a permanent failure.
+    #[error("mailbox name {0:?} cannot be delivered to a Maildir")]
+    BadName(String),
+    /// Writing failed (disk full, permissions): a temporary failure.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> MaildirError + 'a {
+    move |source| MaildirError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// A path component made from an address part, or None when it could
+/// escape its directory.
+fn component(s: &str) -> Option<String> {
+    let s = s.trim_matches('"').to_lowercase();
+    let ok = !s.is_empty()
+        && !s.starts_with('.')
+        && !s.contains(['/', '\\'])
+        && !s.chars().any(char::is_control);
+    ok.then_some(s)
+}
+
+/// The Maildir of a recipient: `<root>/<domain>/<user>/Maildir`; the bare
+/// `postmaster` goes under `default_domain`.
+pub fn maildir_of(root: &Path, recipient: &Mailbox, default_domain: &str) -> Result<PathBuf, MaildirError> {
+    let domain = if recipient.domain.is_empty() {
+        default_domain
+    } else {
+        &recipient.domain
+    };
+    let bad = || MaildirError::BadName(recipient.to_string());
+    let domain = component(domain).ok_or_else(bad)?;
+    let user = component(&recipient.local).ok_or_else(bad)?;
+    Ok(root.join(domain).join(user).join("Maildir"))
+}
+
+/// Delivers one copy; returns the file's path in `new/`.
+pub fn deliver(
+    maildir: &Path,
+    sender: &ReversePath,
+    recipient: &Mailbox,
+    content: &[u8],
+    hostname: &str,
+) -> Result<PathBuf, MaildirError> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    for sub in ["tmp", "new", "cur"] {
+        let dir = maildir.join(sub);
+        fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+    }
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    // The Maildir unique name: time, then what makes it unique on this host.
+    let name = format!(
+        "{}.M{}P{}Q{}.{}",
+        now.as_secs(),
+        now.subsec_micros(),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        hostname
+    );
+    let tmp = maildir.join("tmp").join(&name);
+    let new = maildir.join("new").join(&name);
+    // Maildir files use the local line ending (LF), as qmail writes them.
+    let mut data = Vec::with_capacity(content.len() + 128);
+    write!(data, "Return-Path: <{sender}>\nDelivered-To: {recipient}\n").expect("Vec write");
+    let mut rest = content;
+    while let Some(pos) = rest.windows(2).position(|w| w == b"\r\n") {
+        data.extend_from_slice(&rest[..pos]);
+        data.push(b'\n');
+        rest = &rest[pos + 2..];
+    }
+    data.extend_from_slice(rest);
+
+    let result = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(io("create", &tmp))?;
+        f.write_all(&data).map_err(io("write", &tmp))?;
+        f.sync_all().map_err(io("fsync", &tmp))?;
+        fs::rename(&tmp, &new).map_err(io("rename", &tmp))?;
+        let new_dir = maildir.join("new");
+        fs::File::open(&new_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("fsync", &new_dir))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map(|()| new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mailbox(local: &str, domain: &str) -> Mailbox {
+        Mailbox {
+            local: local.into(),
+            domain: domain.into(),
+        }
+    }
+
+    #[test]
+    fn delivers_into_new_with_lf_line_endings() {
+        let root = tempfile::tempdir().unwrap();
+        let rcpt = mailbox("User", "Local.test");
+        let dir = maildir_of(root.path(), &rcpt, "mx.test").unwrap();
+        assert_eq!(dir, root.path().join("local.test/user/Maildir"));
+        let path = deliver(&dir, &ReversePath::Null, &rcpt, b"Subject: x\r\n\r\nhi\r\n", "mx.test").unwrap();
+        assert!(path.starts_with(dir.join("new")));
+        let text = fs::read_to_string(&path).unwrap();
+        assert_eq!(text, "Return-Path: <>\nDelivered-To: User@Local.test\nSubject: x\n\nhi\n");
+        assert_eq!(fs::read_dir(dir.join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn names_that_escape_are_refused() {
+        let root = Path::new("/nonexistent");
+        for local in ["../etc", ".hidden", "a/b"] {
+            assert!(matches!(
+                maildir_of(root, &mailbox(local, "x.test"), "mx"),
+                Err(MaildirError::BadName(_))
+            ));
+        }
+        let pm = maildir_of(root, &mailbox("postmaster", ""), "mx.test").unwrap();
+        assert_eq!(pm, root.join("mx.test/postmaster/Maildir"));
+    }
+}
