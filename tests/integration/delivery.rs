@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use mail_parser::MimeHeaders;
 use mta_testkit::dns::{TestDns, Zone};
 use mta_testkit::sink::{Sink, SinkConfig};
 
-use crate::util::{message, spool_contents, wait_until, Client, Mtad, Workdir};
+use crate::util::{message, spool_contents, wait_until, Mtad, Workdir};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -42,7 +43,7 @@ fn sinks(ips: &[Ipv4Addr], config: impl Fn() -> SinkConfig) -> (u16, Vec<Sink>) 
     panic!("no common free port for the sinks");
 }
 
-/// A port on which nothing listens on any of `ips` (checked now).
+/// 127.0.0.`last`.
 fn ip(last: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, last)
 }
@@ -59,8 +60,6 @@ impl Setup {
     fn start(zone: Zone, port: u16, extra: &str) -> Setup {
         let work = Workdir::new();
         let dns = TestDns::start_in_background(zone).expect("test DNS server");
-        let top = format!("hostname = \"mx.test\"\n");
-        let _ = top;
         work.write_config(
             "",
             &format!(
@@ -104,7 +103,13 @@ impl Setup {
     }
 
     fn maildir_messages(&self, domain: &str, user: &str) -> Vec<PathBuf> {
-        let dir = self.work.path().join("maildir").join(domain).join(user).join("Maildir/new");
+        let dir = self
+            .work
+            .path()
+            .join("maildir")
+            .join(domain)
+            .join(user)
+            .join("Maildir/new");
         std::fs::read_dir(dir)
             .map(|d| d.map(|e| e.unwrap().path()).collect())
             .unwrap_or_default()
@@ -126,7 +131,7 @@ fn delivery_log(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-fn event<'a>(e: &'a serde_json::Value, name: &str, id: &str) -> bool {
+fn event(e: &serde_json::Value, name: &str, id: &str) -> bool {
     e["event"] == name && e["queue_id"] == id
 }
 
@@ -136,7 +141,9 @@ fn delivered_over_mx_with_starttls_and_logged() {
         tls: true,
         ..SinkConfig::default()
     });
-    let zone = Zone::new().mx("example.test", 10, "mx1.example.test").a("mx1.example.test", ip(2));
+    let zone = Zone::new()
+        .mx("example.test", 10, "mx1.example.test")
+        .a("mx1.example.test", ip(2));
     let s = Setup::start(zone, port, "");
     let id = s.send("alice@local.test", &["bob@example.test"], "over mx");
     let got = sinks[0].wait_for_messages_blocking(1, WAIT);
@@ -146,8 +153,17 @@ fn delivered_over_mx_with_starttls_and_logged() {
     let e = s.wait_log("delivered", |e| event(e, "delivered", &id));
     assert_eq!(e["recipient"], "bob@example.test");
     assert_eq!(e["queue"], "ram");
-    assert!(e["tls"].as_str().unwrap_or_default().starts_with("TLS"), "{e}");
-    assert!(e["remote"].as_str().unwrap_or_default().contains("mx1.example.test"), "{e}");
+    assert!(
+        e["tls"].as_str().unwrap_or_default().starts_with("TLS"),
+        "{e}"
+    );
+    assert!(
+        e["remote"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("mx1.example.test"),
+        "{e}"
+    );
     assert!(s.log().iter().any(|e| event(e, "received", &id)));
     // Done: the message left the queue.
     wait_until("an empty queue", WAIT, || status_queued(&s) == 0);
@@ -168,8 +184,14 @@ fn status_queued(s: &Setup) -> u64 {
 fn deferred_then_delivered_when_the_sink_recovers() {
     let (port, sinks) = sinks(&[ip(2)], SinkConfig::default);
     sinks[0].set_default_rcpt_reply(451, "4.3.0 try again later");
-    let zone = Zone::new().mx("example.test", 10, "mx1.example.test").a("mx1.example.test", ip(2));
-    let s = Setup::start(zone, port, "[queue]\nretry_base = \"1s\"\npoll_interval = \"100ms\"\n");
+    let zone = Zone::new()
+        .mx("example.test", 10, "mx1.example.test")
+        .a("mx1.example.test", ip(2));
+    let s = Setup::start(
+        zone,
+        port,
+        "[queue]\nretry_base = \"1s\"\npoll_interval = \"100ms\"\n",
+    );
     let id = s.send("alice@local.test", &["bob@example.test"], "retry me");
     let e = s.wait_log("deferred", |e| event(e, "deferred", &id));
     assert_eq!(e["status"], "4.3.0");
@@ -184,12 +206,17 @@ fn deferred_then_delivered_when_the_sink_recovers() {
 fn permanent_failure_returns_an_rfc3464_dsn() {
     let (port, sinks) = sinks(&[ip(2)], SinkConfig::default);
     sinks[0].set_rcpt_reply("nobody@", 550, "5.1.1 no such user here");
-    let zone = Zone::new().mx("example.test", 10, "mx1.example.test").a("mx1.example.test", ip(2));
+    let zone = Zone::new()
+        .mx("example.test", 10, "mx1.example.test")
+        .a("mx1.example.test", ip(2));
     let s = Setup::start(zone, port, "");
     let mut c = s.mtad.connect();
     c.cmd("EHLO client.test", "250");
     c.cmd("MAIL FROM:<alice@local.test> RET=HDRS ENVID=env-42", "250");
-    c.cmd("RCPT TO:<nobody@example.test> ORCPT=rfc822;nobody+40example.test", "250");
+    c.cmd(
+        "RCPT TO:<nobody@example.test> ORCPT=rfc822;nobody+40example.test",
+        "250",
+    );
     c.cmd("RCPT TO:<bob@example.test>", "250");
     c.cmd("DATA", "354");
     c.send(message("doomed").as_bytes());
@@ -198,7 +225,9 @@ fn permanent_failure_returns_an_rfc3464_dsn() {
     // The DSN goes back to alice, who is local: it lands in her Maildir.
     let files = s.wait_maildir("local.test", "alice", 1);
     let dsn = std::fs::read(&files[0]).unwrap();
-    let parsed = mail_parser::MessageParser::default().parse(&dsn[..]).unwrap();
+    let parsed = mail_parser::MessageParser::default()
+        .parse(&dsn[..])
+        .unwrap();
     let ct = parsed.content_type().unwrap();
     assert_eq!(ct.ctype(), "multipart");
     assert_eq!(ct.subtype(), Some("report"));
@@ -217,18 +246,26 @@ fn permanent_failure_returns_an_rfc3464_dsn() {
     ] {
         assert!(text.contains(want), "DSN lacks {want:?}:\n{text}");
     }
-    assert!(!text.contains("bob@example.test\nAction"), "the delivered recipient is not reported as failed");
+    assert!(
+        !text.contains("bob@example.test\nAction"),
+        "the delivered recipient is not reported as failed"
+    );
     assert!(!text.contains("Hello."), "RET=HDRS returns headers only");
     assert!(s.log().iter().any(|e| event(e, "bounced", &id)));
     // The good recipient was delivered all the same.
-    assert_eq!(sinks[0].wait_for_messages_blocking(1, WAIT)[0].rcpt_to, vec!["bob@example.test".to_owned()]);
+    assert_eq!(
+        sinks[0].wait_for_messages_blocking(1, WAIT)[0].rcpt_to,
+        vec!["bob@example.test".to_owned()]
+    );
 }
 
 #[test]
 fn expiry_fails_with_4_4_7() {
     let (port, sinks) = sinks(&[ip(2)], SinkConfig::default);
     sinks[0].set_default_rcpt_reply(451, "4.4.0 still not");
-    let zone = Zone::new().mx("example.test", 10, "mx1.example.test").a("mx1.example.test", ip(2));
+    let zone = Zone::new()
+        .mx("example.test", 10, "mx1.example.test")
+        .a("mx1.example.test", ip(2));
     let s = Setup::start(
         zone,
         port,
@@ -241,7 +278,10 @@ fn expiry_fails_with_4_4_7() {
     let text = std::fs::read_to_string(&files[0]).unwrap();
     assert!(text.contains("Status: 4.4.7"), "{text}");
     assert!(text.contains("Action: failed"), "{text}");
-    assert!(text.contains("still not"), "the last error is reported: {text}");
+    assert!(
+        text.contains("still not"),
+        "the last error is reported: {text}"
+    );
     assert!(sinks[0].messages().is_empty());
     wait_until("an empty queue", WAIT, || status_queued(&s) == 0);
 }
@@ -263,13 +303,24 @@ fn mx_preference_then_fallback_and_implicit_mx() {
         .a("implicit.test", ip(2));
     let s = Setup::start(zone, port, "");
     s.send("alice@local.test", &["a@pref.test"], "preferred");
-    assert_eq!(sinks[0].wait_for_messages_blocking(1, WAIT)[0].rcpt_to, vec!["a@pref.test".to_owned()]);
-    assert!(sinks[1].messages().is_empty(), "the less preferred MX was used");
+    assert_eq!(
+        sinks[0].wait_for_messages_blocking(1, WAIT)[0].rcpt_to,
+        vec!["a@pref.test".to_owned()]
+    );
+    assert!(
+        sinks[1].messages().is_empty(),
+        "the less preferred MX was used"
+    );
     s.send("alice@local.test", &["b@down.test"], "fallback");
-    assert_eq!(sinks[1].wait_for_messages_blocking(1, WAIT)[0].rcpt_to, vec!["b@down.test".to_owned()]);
+    assert_eq!(
+        sinks[1].wait_for_messages_blocking(1, WAIT)[0].rcpt_to,
+        vec!["b@down.test".to_owned()]
+    );
     s.send("alice@local.test", &["c@implicit.test"], "implicit");
     let got = sinks[0].wait_for_messages_blocking(2, WAIT);
-    assert!(got.iter().any(|m| m.rcpt_to == vec!["c@implicit.test".to_owned()]));
+    assert!(got
+        .iter()
+        .any(|m| m.rcpt_to == vec!["c@implicit.test".to_owned()]));
 }
 
 #[test]
@@ -280,50 +331,81 @@ fn null_mx_fails_at_once_with_5_1_10() {
     let e = s.wait_log("failed", |e| event(e, "failed", &id));
     assert_eq!(e["status"], "5.1.10");
     let files = s.wait_maildir("local.test", "alice", 1);
-    assert!(std::fs::read_to_string(&files[0]).unwrap().contains("Status: 5.1.10"));
+    assert!(std::fs::read_to_string(&files[0])
+        .unwrap()
+        .contains("Status: 5.1.10"));
 }
 
 #[test]
 fn connections_are_reused_for_several_messages() {
     let (port, sinks) = sinks(&[ip(2)], SinkConfig::default);
-    let zone = Zone::new().mx("example.test", 10, "mx1.example.test").a("mx1.example.test", ip(2));
+    let zone = Zone::new()
+        .mx("example.test", 10, "mx1.example.test")
+        .a("mx1.example.test", ip(2));
     let s = Setup::start(zone, port, "");
     for n in 1..=5 {
-        s.send("alice@local.test", &["bob@example.test"], &format!("reuse {n}"));
+        s.send(
+            "alice@local.test",
+            &["bob@example.test"],
+            &format!("reuse {n}"),
+        );
         sinks[0].wait_for_messages_blocking(n, WAIT);
     }
     assert_eq!(sinks[0].messages().len(), 5);
-    assert!(sinks[0].connections() < 5, "{} connections for 5 messages", sinks[0].connections());
+    assert!(
+        sinks[0].connections() < 5,
+        "{} connections for 5 messages",
+        sinks[0].connections()
+    );
 }
 
 #[test]
 fn local_domains_go_to_maildir() {
     let s = Setup::start(Zone::new(), 25, "");
-    let id = s.send("someone@else.test", &["Carol@local.test", "dave@local.test"], "to maildir");
+    let id = s.send(
+        "someone@else.test",
+        &["Carol@local.test", "dave@local.test"],
+        "to maildir",
+    );
     let carol = s.wait_maildir("local.test", "carol", 1);
     s.wait_maildir("local.test", "dave", 1);
     let text = std::fs::read_to_string(&carol[0]).unwrap();
-    assert!(text.starts_with("Return-Path: <someone@else.test>\nDelivered-To: Carol@local.test\n"), "{text}");
+    assert!(
+        text.starts_with("Return-Path: <someone@else.test>\nDelivered-To: Carol@local.test\n"),
+        "{text}"
+    );
     assert!(text.contains("Subject: to maildir"));
     assert!(!text.contains('\r'), "Maildir files use LF line endings");
     let tmp = s.work.path().join("maildir/local.test/carol/Maildir/tmp");
     assert_eq!(std::fs::read_dir(tmp).unwrap().count(), 0);
-    s.wait_log("delivered", |e| event(e, "delivered", &id) && e["recipient"] == "dave@local.test");
+    s.wait_log("delivered", |e| {
+        event(e, "delivered", &id) && e["recipient"] == "dave@local.test"
+    });
 }
 
 #[test]
 fn null_sender_never_gets_a_dsn_the_postmaster_does() {
     let (port, sinks) = sinks(&[ip(2)], SinkConfig::default);
     sinks[0].set_default_rcpt_reply(550, "5.1.1 gone");
-    let zone = Zone::new().mx("example.test", 10, "mx1.example.test").a("mx1.example.test", ip(2));
-    let s = Setup::start(zone, port, "[queue]\npostmaster = \"postmaster@local.test\"\n");
+    let zone = Zone::new()
+        .mx("example.test", 10, "mx1.example.test")
+        .a("mx1.example.test", ip(2));
+    let s = Setup::start(
+        zone,
+        port,
+        "[queue]\npostmaster = \"postmaster@local.test\"\n",
+    );
     let id = s.send("", &["bob@example.test"], "bounce of a bounce");
     s.wait_log("failed", |e| event(e, "failed", &id));
     // The report goes to the postmaster, never to <>.
     let files = s.wait_maildir("local.test", "postmaster", 1);
     let text = std::fs::read_to_string(&files[0]).unwrap();
     assert!(text.contains("Status: 5.1.1"), "{text}");
-    let bounced: Vec<_> = s.log().into_iter().filter(|e| event(e, "bounced", &id)).collect();
+    let bounced: Vec<_> = s
+        .log()
+        .into_iter()
+        .filter(|e| event(e, "bounced", &id))
+        .collect();
     assert_eq!(bounced.len(), 1);
     assert_eq!(bounced[0]["recipient"], "postmaster@local.test");
 }
@@ -331,8 +413,14 @@ fn null_sender_never_gets_a_dsn_the_postmaster_does() {
 #[test]
 fn volatile_mode_delivers_and_spills_deferred_mail_to_disk() {
     let (port, sinks) = sinks(&[ip(2)], SinkConfig::default);
-    let zone = Zone::new().mx("example.test", 10, "mx1.example.test").a("mx1.example.test", ip(2));
-    let s = Setup::start(zone, port, "[queue]\nmode = \"volatile\"\nretry_base = \"1h\"\n");
+    let zone = Zone::new()
+        .mx("example.test", 10, "mx1.example.test")
+        .a("mx1.example.test", ip(2));
+    let s = Setup::start(
+        zone,
+        port,
+        "[queue]\nmode = \"volatile\"\nretry_base = \"1h\"\n",
+    );
     s.send("alice@local.test", &["bob@example.test"], "fast path");
     sinks[0].wait_for_messages_blocking(1, WAIT);
     // A deferred message moves to the disk queue, and survives a stop.
@@ -351,25 +439,47 @@ fn volatile_mode_delivers_and_spills_deferred_mail_to_disk() {
 fn relays_to_postfix_smtp_sink() {
     let smtp_sink = Path::new("/usr/sbin/smtp-sink");
     if !smtp_sink.exists() {
-        assert!(std::env::var_os("CI").is_none(), "smtp-sink is missing in CI: tests/run installs it");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "smtp-sink is missing in CI: tests/run installs it"
+        );
         eprintln!("skipped: smtp-sink is not installed (tests/run installs it)");
         return;
     }
     let dumps = tempfile::tempdir().unwrap();
+    // smtp-sink drops privileges to nobody before it writes its dumps.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dumps.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let port = free_port(ip(4));
     let mut child = SmtpSink::start(smtp_sink, ip(4), port, dumps.path());
-    let zone = Zone::new().mx("postfix.test", 10, "sink.postfix.test").a("sink.postfix.test", ip(4));
+    let zone = Zone::new()
+        .mx("postfix.test", 10, "sink.postfix.test")
+        .a("sink.postfix.test", ip(4));
     let s = Setup::start(zone, port, "");
-    let ids: Vec<String> = (0..3).map(|n| s.send("alice@local.test", &["x@postfix.test"], &format!("to smtp-sink {n}"))).collect();
+    let ids: Vec<String> = (0..3)
+        .map(|n| {
+            s.send(
+                "alice@local.test",
+                &["x@postfix.test"],
+                &format!("to smtp-sink {n}"),
+            )
+        })
+        .collect();
     for id in &ids {
         s.wait_log("delivered to smtp-sink", |e| event(e, "delivered", id));
     }
-    wait_until("smtp-sink dumps", WAIT, || std::fs::read_dir(dumps.path()).unwrap().count() >= 3);
+    wait_until("smtp-sink dumps", WAIT, || {
+        std::fs::read_dir(dumps.path()).unwrap().count() >= 3
+    });
     child.stop();
 }
 
 fn free_port(ip: Ipv4Addr) -> u16 {
-    std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct SmtpSink(Child);
@@ -386,7 +496,9 @@ impl SmtpSink {
             .spawn()
             .expect("run smtp-sink");
         // Ready once it accepts a connection (bounded).
-        wait_until("smtp-sink to listen", WAIT, || std::net::TcpStream::connect((ip, port)).is_ok());
+        wait_until("smtp-sink to listen", WAIT, || {
+            std::net::TcpStream::connect((ip, port)).is_ok()
+        });
         SmtpSink(child)
     }
 
@@ -400,9 +512,4 @@ impl Drop for SmtpSink {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-#[allow(dead_code)]
-fn client(s: &Setup) -> Client {
-    s.mtad.connect()
 }

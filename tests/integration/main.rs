@@ -3,7 +3,7 @@
 
 mod util;
 
-// mod delivery; (enabled once the test sink lands)
+mod delivery;
 mod durability;
 mod init;
 mod limits;

@@ -95,7 +95,13 @@ impl Client {
 
     /// Closes every idle connection with QUIT, e.g. before shutting down.
     pub async fn close_idle(&self) {
-        let closing: Vec<_> = self.inner.pool.drain().into_iter().map(Conn::close).collect();
+        let closing: Vec<_> = self
+            .inner
+            .pool
+            .drain()
+            .into_iter()
+            .map(Conn::close)
+            .collect();
         for close in closing {
             close.await;
         }
@@ -119,6 +125,7 @@ impl Client {
             attempt.outcomes = invalid.iter().map(|&i| (i, out_of_range(i))).collect();
             return attempt;
         }
+        let order = msg.recipients;
         let msg = OutboundMessage {
             recipients: &valid,
             ..msg
@@ -132,41 +139,47 @@ impl Client {
 
         let policy = self.inner.config.policy_for(&dest.domain);
         let step = match policy {
-            TlsPolicy::None => TlsStep::Skip,
-            TlsPolicy::Opportunistic => TlsStep::Opportunistic(self.inner.tls.opportunistic.clone()),
-            TlsPolicy::Required => match &self.inner.tls.verified {
-                Some(config) => TlsStep::Required(config.clone()),
-                None => {
-                    attempt.outcomes = every(Outcome::deferred(
-                        "4.7.5",
-                        format!(
-                            "TLS is required for {}, but no trust anchors are configured \
-                             (ca_file is unset)",
-                            dest.domain
-                        ),
-                    ));
-                    attempt.outcomes.extend(invalid.iter().map(|&i| (i, out_of_range(i))));
-                    return attempt;
+            TlsPolicy::None => Some(TlsStep::Skip),
+            TlsPolicy::Opportunistic => {
+                Some(TlsStep::Opportunistic(self.inner.tls.opportunistic.clone()))
+            }
+            TlsPolicy::Required => self.inner.tls.verified.clone().map(TlsStep::Required),
+        };
+        match step {
+            None => {
+                attempt.outcomes = every(Outcome::deferred(
+                    "4.7.5",
+                    format!(
+                        "TLS is required for {}, but no trust anchors are configured \
+                         (ca_file is unset)",
+                        dest.domain
+                    ),
+                ));
+            }
+            Some(step) => match self.connection(dest, policy, &step).await {
+                Err((status, reason)) => {
+                    tracing::debug!(key = %dest.key, %status, %reason, "no connection");
+                    attempt.outcomes = every(Outcome::deferred(status, reason));
+                }
+                Ok(mut conn) => {
+                    let result = conn.session.send_message(&msg).await;
+                    conn.session.messages += 1;
+                    attempt.outcomes = result.outcomes;
+                    attempt.remote = Some(conn.session.remote.clone());
+                    attempt.tls = conn.session.tls.clone();
+                    attempt.dsn = conn.session.ext.dsn;
+                    self.release(&dest.key, conn, result.reusable);
                 }
             },
-        };
-
-        match self.connection(dest, policy, &step).await {
-            Err((status, reason)) => {
-                tracing::debug!(key = %dest.key, %status, %reason, "no connection");
-                attempt.outcomes = every(Outcome::deferred(status, reason));
-            }
-            Ok(mut conn) => {
-                let result = conn.session.send_message(&msg).await;
-                conn.session.messages += 1;
-                attempt.outcomes = result.outcomes;
-                attempt.remote = Some(conn.session.remote.clone());
-                attempt.tls = conn.session.tls.clone();
-                attempt.dsn = conn.session.ext.dsn;
-                self.release(&dest.key, conn, result.reusable);
-            }
         }
-        attempt.outcomes.extend(invalid.iter().map(|&i| (i, out_of_range(i))));
+        if !invalid.is_empty() {
+            attempt
+                .outcomes
+                .extend(invalid.iter().map(|&i| (i, out_of_range(i))));
+            // Back to the order asked for.
+            let position = |i: usize| order.iter().position(|&j| j == i);
+            attempt.outcomes.sort_by_key(|(i, _)| position(*i));
+        }
         attempt
     }
 
@@ -180,6 +193,10 @@ impl Client {
         step: &TlsStep,
     ) -> Result<Conn, (String, String)> {
         let sem = self.inner.limits.semaphore(&dest.key);
+        // Made once, so that this delivery keeps its place in the queue for
+        // a slot while it also watches for idle connections.
+        let acquire = sem.acquire_owned();
+        tokio::pin!(acquire);
         loop {
             let returned = self.inner.pool.returned();
             tokio::pin!(returned);
@@ -188,9 +205,11 @@ impl Client {
                 return Ok(conn);
             }
             tokio::select! {
-                permit = sem.clone().acquire_owned() => {
-                    // The semaphore is never closed.
-                    let Ok(permit) = permit else { continue };
+                permit = &mut acquire => {
+                    let Ok(permit) = permit else {
+                        // The semaphore is never closed.
+                        return Err(("4.3.0".into(), "internal error: connection limit closed".into()));
+                    };
                     return self.connect(dest, step).await.map(|session| Conn { session, permit });
                 }
                 () = &mut returned => continue,
@@ -232,7 +251,11 @@ impl Client {
     }
 
     /// Opens a session by trying every address of every target in order.
-    async fn connect(&self, dest: &Destination, step: &TlsStep) -> Result<Session, (String, String)> {
+    async fn connect(
+        &self,
+        dest: &Destination,
+        step: &TlsStep,
+    ) -> Result<Session, (String, String)> {
         let config = &self.inner.config;
         let mut last: Option<(String, String)> = None;
         for target in &dest.targets {
@@ -257,8 +280,13 @@ impl Client {
                     let (status, reason) = e.describe(&remote_name(&target.host, addr));
                     tracing::debug!(key = %dest.key, %status, %reason, "address failed");
                     last = Some((status, reason));
-                    let retry = matches!(e, SessionError::Tls { retry_plaintext: true, .. })
-                        && matches!(step, TlsStep::Opportunistic(_));
+                    let retry = matches!(
+                        e,
+                        SessionError::Tls {
+                            retry_plaintext: true,
+                            ..
+                        }
+                    ) && matches!(step, TlsStep::Opportunistic(_));
                     if !retry {
                         break;
                     }

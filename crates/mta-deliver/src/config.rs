@@ -114,7 +114,10 @@ impl ClientConfig {
             return self.tls;
         }
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-        self.tls_per_domain.get(&domain).copied().unwrap_or(self.tls)
+        self.tls_per_domain
+            .get(&domain)
+            .copied()
+            .unwrap_or(self.tls)
     }
 }
 

@@ -42,10 +42,15 @@ impl ReplyParser {
     pub fn push(&mut self, line: &[u8]) -> Result<Option<Reply>, MalformedReply> {
         let text = String::from_utf8_lossy(line);
         let bad = || MalformedReply(text.chars().take(120).collect());
-        if line.len() < 3 || !line[..3].iter().all(u8::is_ascii_digit) || !(b'2'..=b'5').contains(&line[0]) {
+        if line.len() < 3
+            || !line[..3].iter().all(u8::is_ascii_digit)
+            || !(b'2'..=b'5').contains(&line[0])
+        {
             return Err(bad());
         }
-        let code = u16::from(line[0] - b'0') * 100 + u16::from(line[1] - b'0') * 10 + u16::from(line[2] - b'0');
+        let code = u16::from(line[0] - b'0') * 100
+            + u16::from(line[1] - b'0') * 10
+            + u16::from(line[2] - b'0');
         if self.code.is_some_and(|c| c != code) {
             return Err(bad());
         }
@@ -89,7 +94,9 @@ fn enhanced_code(code: u16, text: &str) -> Option<&str> {
     if parts.next().is_some() {
         return None;
     }
-    let digits = |s: &str, max: usize| !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_digit());
+    let digits = |s: &str, max: usize| {
+        !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_digit())
+    };
     let class_ok = class.len() == 1 && class.as_bytes()[0] == b'0' + (code / 100) as u8;
     (class_ok && digits(subject, 3) && digits(detail, 3)).then_some(word)
 }
@@ -191,7 +198,10 @@ mod tests {
     #[test]
     fn malformed_lines_are_errors() {
         for bad in ["", "25", "abc hello", "250xhello", "650 nope", "199 no"] {
-            assert!(ReplyParser::default().push(bad.as_bytes()).is_err(), "{bad:?}");
+            assert!(
+                ReplyParser::default().push(bad.as_bytes()).is_err(),
+                "{bad:?}"
+            );
         }
         let mut p = ReplyParser::default();
         p.push(b"250-one").unwrap();

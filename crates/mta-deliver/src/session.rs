@@ -47,9 +47,7 @@ impl Stage {
             Stage::Rcpt => "while sending RCPT TO",
             Stage::Data => "while sending DATA command",
             Stage::Body => "while sending message body",
-            Stage::EndOfData => {
-                "while sending end of data -- message may be sent more than once"
-            }
+            Stage::EndOfData => "while sending end of data -- message may be sent more than once",
             Stage::Rset => "while sending RSET",
             Stage::Quit => "while sending QUIT",
         }
@@ -87,10 +85,7 @@ pub(crate) enum SessionError {
     /// The server did not answer in time.
     Timeout { stage: Stage },
     /// The server's reply was not SMTP.
-    Malformed {
-        stage: Stage,
-        error: MalformedReply,
-    },
+    Malformed { stage: Stage, error: MalformedReply },
     /// The greeting, EHLO or HELO was refused.
     Rejected { stage: Stage, reply: Reply },
     /// TLS was required and could not be had, or the handshake failed.
@@ -213,8 +208,8 @@ enum Stream {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
-/// Counts open connections for [`Client::connections_open`]
-/// (crate::Client::connections_open); one lives in each session.
+/// Counts open connections for `Client::connections_open`; one lives in
+/// each session and counts it down when the session is dropped.
 #[derive(Debug)]
 pub(crate) struct OpenGuard(Arc<AtomicUsize>);
 
@@ -292,7 +287,9 @@ impl Session {
             timeouts,
             _open: OpenGuard::new(counter),
         };
-        let greeting = session.read_reply(Stage::Greeting, timeouts.greeting).await?;
+        let greeting = session
+            .read_reply(Stage::Greeting, timeouts.greeting)
+            .await?;
         if !greeting.is_success() {
             // RFC 5321 section 3.1: a 554 greeting still expects QUIT; a
             // 421 closes anyway.
@@ -323,7 +320,11 @@ impl Session {
         tls: &TlsStep,
     ) -> Result<Session, (Option<Session>, SessionError)> {
         if let Err(e) = self.hello(helo).await {
-            return Err(if e.is_fatal() { (None, e) } else { (Some(self), e) });
+            return Err(if e.is_fatal() {
+                (None, e)
+            } else {
+                (Some(self), e)
+            });
         }
         let (config, required) = match tls {
             TlsStep::Skip => return Ok(self),
@@ -504,7 +505,11 @@ impl Session {
     }
 
     /// Reads one whole reply, within `limit`.
-    pub async fn read_reply(&mut self, stage: Stage, limit: Duration) -> Result<Reply, SessionError> {
+    pub async fn read_reply(
+        &mut self,
+        stage: Stage,
+        limit: Duration,
+    ) -> Result<Reply, SessionError> {
         match timeout(limit, self.read_reply_inner(stage)).await {
             Ok(result) => {
                 if let Ok(reply) = &result {
@@ -576,7 +581,9 @@ impl Session {
     /// RSET (RFC 5321 section 4.1.1.5): true when the server took it. Uses
     /// the `mail` timeout.
     pub async fn rset(&mut self) -> Result<bool, SessionError> {
-        let reply = self.command("RSET\r\n", Stage::Rset, self.timeouts.mail).await?;
+        let reply = self
+            .command("RSET\r\n", Stage::Rset, self.timeouts.mail)
+            .await?;
         Ok(reply.is_success())
     }
 
@@ -628,7 +635,13 @@ mod tests {
     #[test]
     fn extensions_from_an_ehlo_reply() {
         let mut parser = ReplyParser::default();
-        for line in ["250-mx.test", "250-pipelining", "250-SIZE 1000", "250-8BITMIME", "250-DSN"] {
+        for line in [
+            "250-mx.test",
+            "250-pipelining",
+            "250-SIZE 1000",
+            "250-8BITMIME",
+            "250-DSN",
+        ] {
             assert!(parser.push(line.as_bytes()).unwrap().is_none());
         }
         let reply = parser.push(b"250 STARTTLS").unwrap().unwrap();

@@ -168,8 +168,14 @@ mod tests {
             server_name("mx1.test.", ip),
             ServerName::try_from("mx1.test").unwrap()
         );
-        assert_eq!(server_name("[127.0.0.2]", ip), ServerName::IpAddress(ip.into()));
-        assert_eq!(server_name("127.0.0.2", ip), ServerName::IpAddress(ip.into()));
+        assert_eq!(
+            server_name("[127.0.0.2]", ip),
+            ServerName::IpAddress(ip.into())
+        );
+        assert_eq!(
+            server_name("127.0.0.2", ip),
+            ServerName::IpAddress(ip.into())
+        );
     }
 
     #[test]

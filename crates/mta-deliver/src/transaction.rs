@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use mta_envelope::{BodyType, Envelope, Notify, Recipient, ReversePath, Ret};
+use mta_envelope::{BodyType, Envelope, Notify, Recipient, Ret, ReversePath};
 
 use crate::data;
 use crate::reply::Reply;
@@ -129,7 +129,11 @@ impl Session {
             .map(|&i| &msg.envelope.recipients[i])
             .collect();
         let all = |outcome: Outcome| TxResult {
-            outcomes: msg.recipients.iter().map(|&i| (i, outcome.clone())).collect(),
+            outcomes: msg
+                .recipients
+                .iter()
+                .map(|&i| (i, outcome.clone()))
+                .collect(),
             reusable: true,
         };
         let utf8 = needs_smtputf8(msg.envelope, &recipients);
@@ -312,7 +316,10 @@ mod tests {
 
     #[test]
     fn xtext_encodes_plus_equals_and_non_printables() {
-        assert_eq!(xtext("rfc822;a+b=c@example.test"), "rfc822;a+2Bb+3Dc@example.test");
+        assert_eq!(
+            xtext("rfc822;a+b=c@example.test"),
+            "rfc822;a+2Bb+3Dc@example.test"
+        );
         assert_eq!(xtext("id 1\u{e9}"), "id+201+C3+A9");
         assert_eq!(xtext("plain"), "plain");
     }

@@ -43,8 +43,13 @@ async fn a_message_is_delivered() {
     assert_eq!(got[0].mail_from, "sender@origin.test");
     assert_eq!(got[0].rcpt_to, ["rcpt@dest.test"]);
     assert_eq!(got[0].data, CONTENT);
-    assert!(got[0].mail_params.contains(&format!("SIZE={}", CONTENT.len())));
-    let ehlo = sink.commands().into_iter().find(|(_, c)| c.starts_with("EHLO"));
+    assert!(got[0]
+        .mail_params
+        .contains(&format!("SIZE={}", CONTENT.len())));
+    let ehlo = sink
+        .commands()
+        .into_iter()
+        .find(|(_, c)| c.starts_with("EHLO"));
     assert_eq!(ehlo.unwrap().1, "EHLO client.test");
 }
 
@@ -132,10 +137,17 @@ async fn no_accepted_recipient_means_rset_not_data() {
             },
         )
         .await;
-    assert!(attempt.outcomes.iter().all(|(_, o)| o.is_failed()), "{attempt:?}");
+    assert!(
+        attempt.outcomes.iter().all(|(_, o)| o.is_failed()),
+        "{attempt:?}"
+    );
     let commands: Vec<String> = sink.commands().into_iter().map(|(_, c)| c).collect();
     assert!(!commands.iter().any(|c| c == "DATA"), "{commands:?}");
-    assert_eq!(commands.last().map(String::as_str), Some("RSET"), "{commands:?}");
+    assert_eq!(
+        commands.last().map(String::as_str),
+        Some("RSET"),
+        "{commands:?}"
+    );
     assert!(sink.messages().is_empty());
 }
 
@@ -161,7 +173,11 @@ async fn no_accepted_recipient_when_pipelining_resets_too() {
     assert_eq!(attempt.outcome(0).unwrap().status(), "4.2.0");
     assert!(attempt.outcome(0).unwrap().is_deferred());
     let commands: Vec<String> = sink.commands().into_iter().map(|(_, c)| c).collect();
-    assert_eq!(commands.last().map(String::as_str), Some("RSET"), "{commands:?}");
+    assert_eq!(
+        commands.last().map(String::as_str),
+        Some("RSET"),
+        "{commands:?}"
+    );
     assert!(sink.messages().is_empty());
 }
 
@@ -183,7 +199,10 @@ async fn end_of_data_4xx_defers_and_5xx_fails() {
         match outcome {
             Outcome::Deferred { status, reason } => {
                 assert_eq!(status, "4.3.0");
-                assert!(reason.contains("in reply to end of DATA command"), "{reason}");
+                assert!(
+                    reason.contains("in reply to end of DATA command"),
+                    "{reason}"
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -191,7 +210,10 @@ async fn end_of_data_4xx_defers_and_5xx_fails() {
 
     sink.set_data_reply(554, "5.7.1 spam");
     let attempt = client.deliver(&dest, msg).await;
-    assert!(attempt.outcomes.iter().all(|(_, o)| o.is_failed() && o.status() == "5.7.1"));
+    assert!(attempt
+        .outcomes
+        .iter()
+        .all(|(_, o)| o.is_failed() && o.status() == "5.7.1"));
     assert!(sink.messages().is_empty());
     // Both transactions ended cleanly: one connection did both.
     assert_eq!(sink.connections(), 1);
@@ -269,7 +291,10 @@ async fn dot_stuffing_round_trips() {
     // The missing final CRLF is added; every dot arrives as it was.
     let mut expected = content.to_vec();
     expected.extend_from_slice(b"\r\n");
-    assert_eq!(String::from_utf8_lossy(&got[0].data), String::from_utf8_lossy(&expected));
+    assert_eq!(
+        String::from_utf8_lossy(&got[0].data),
+        String::from_utf8_lossy(&expected)
+    );
 }
 
 #[tokio::test]
@@ -335,7 +360,10 @@ async fn smtputf8_needed_but_not_offered_fails() {
             )
             .await;
         let outcome = attempt.outcome(0).unwrap();
-        assert!(outcome.is_failed() && outcome.status() == "5.6.7", "{outcome:?}");
+        assert!(
+            outcome.is_failed() && outcome.status() == "5.6.7",
+            "{outcome:?}"
+        );
     }
     assert!(sink.messages().is_empty());
 }
@@ -504,4 +532,36 @@ async fn a_slow_end_of_data_reply_defers() {
     }
     // A connection that timed out is not kept.
     assert_eq!(client.connections_idle(), 0);
+}
+
+#[tokio::test]
+async fn a_large_message_arrives_intact() {
+    let sink = sink_on([127, 0, 0, 13], SinkConfig::default()).await;
+    let client = Client::new(config()).unwrap();
+    let env = envelope(&["a@dest.test"]);
+    let dest = destination("dest.test", vec![target("mx1.test", sink.addr)]);
+    let mut content = b"Subject: big\r\n\r\n".to_vec();
+    for n in 0..20_000 {
+        // Lines of varying length, some starting with a dot, so that dots
+        // fall on write boundaries too.
+        if n % 3 == 0 {
+            content.push(b'.');
+        }
+        content.extend(std::iter::repeat_n(b'x', n % 37));
+        content.extend_from_slice(b"\r\n");
+    }
+    let attempt = client
+        .deliver(
+            &dest,
+            OutboundMessage {
+                envelope: &env,
+                recipients: &[0],
+                content: &content,
+            },
+        )
+        .await;
+    assert!(attempt.all_delivered(), "{attempt:?}");
+    let got = sink.wait_for_messages(1, WAIT).await;
+    assert_eq!(got[0].data.len(), content.len());
+    assert!(got[0].data == content);
 }

@@ -15,7 +15,12 @@ use crate::schedule::{random_unit, Next};
 use crate::{local_origin, queue_name, unix_now, Inner, Job};
 
 /// Applies the results of one attempt of `job`, made by the `queue` runner.
-pub(crate) async fn apply(inner: &Arc<Inner>, queue: QueueName, job: Arc<Job>, results: Vec<RecipientResult>) {
+pub(crate) async fn apply(
+    inner: &Arc<Inner>,
+    queue: QueueName,
+    job: Arc<Job>,
+    results: Vec<RecipientResult>,
+) {
     let qname = queue_name(queue);
     let now = unix_now();
     let mut entry = job.entry.clone();
@@ -71,7 +76,15 @@ pub(crate) async fn apply(inner: &Arc<Inner>, queue: QueueName, job: Arc<Job>, r
             Event::Failed => Action::Failed,
             _ => continue,
         };
-        let report = report(recipient, action, status, r.remote.as_deref(), reply, now, None);
+        let report = report(
+            recipient,
+            action,
+            status,
+            r.remote.as_deref(),
+            reply,
+            now,
+            None,
+        );
         if action == Action::Failed {
             failures.push(report.clone());
         }
@@ -79,21 +92,30 @@ pub(crate) async fn apply(inner: &Arc<Inner>, queue: QueueName, job: Arc<Job>, r
             reports.push(report);
         }
     }
-    inner.runner(queue).stats().count(delivered, deferred, failed);
+    inner
+        .runner(queue)
+        .stats()
+        .count(delivered, deferred, failed);
 
     let pending: Vec<usize> = (0..entry.recipients.len())
         .filter(|&i| entry.recipients[i] == RecipientState::Pending)
         .collect();
     if !pending.is_empty() {
         let s = &inner.settings;
-        match s.schedule.next(entry.arrival, entry.attempts, now, random_unit()) {
+        match s
+            .schedule
+            .next(entry.arrival, entry.attempts, now, random_unit())
+        {
             Next::Expire => {
                 for &i in &pending {
                     let recipient = &job.envelope.recipients[i];
                     entry.recipients[i] = RecipientState::Failed;
                     failed_now.push(i);
                     let last = entry.last_errors.get(&i).cloned();
-                    let why = last.as_ref().map(|e| e.reason.as_str()).unwrap_or("no attempt succeeded");
+                    let why = last
+                        .as_ref()
+                        .map(|e| e.reason.as_str())
+                        .unwrap_or("no attempt succeeded");
                     let reason = format!("delivery time expired; last error: {why}");
                     let remote = last.as_ref().and_then(|e| e.remote.as_deref());
                     let mut record = Record::new(Event::Expired, job.id, qname);
@@ -103,7 +125,15 @@ pub(crate) async fn apply(inner: &Arc<Inner>, queue: QueueName, job: Arc<Job>, r
                     record.reply = Some(&reason);
                     inner.log.write(&record);
                     // RFC 3463 X.4.7: delivery time expired.
-                    let report = report(recipient, Action::Failed, "4.4.7", remote, &reason, now, None);
+                    let report = report(
+                        recipient,
+                        Action::Failed,
+                        "4.4.7",
+                        remote,
+                        &reason,
+                        now,
+                        None,
+                    );
                     failures.push(report.clone());
                     if mta_dsn::wants_dsn(&job.envelope, recipient, Action::Failed) {
                         reports.push(report);
@@ -126,9 +156,19 @@ pub(crate) async fn apply(inner: &Arc<Inner>, queue: QueueName, job: Arc<Job>, r
                         }
                         let last = entry.last_errors.get(&i);
                         let status = last.map(|e| e.status.as_str()).unwrap_or("4.0.0");
-                        let reason = last.map(|e| e.reason.as_str()).unwrap_or("not yet delivered");
+                        let reason = last
+                            .map(|e| e.reason.as_str())
+                            .unwrap_or("not yet delivered");
                         let remote = last.and_then(|e| e.remote.as_deref());
-                        reports.push(report(recipient, Action::Delayed, status, remote, reason, now, Some(until)));
+                        reports.push(report(
+                            recipient,
+                            Action::Delayed,
+                            status,
+                            remote,
+                            reason,
+                            now,
+                            Some(until),
+                        ));
                     }
                 }
             }
@@ -161,7 +201,10 @@ pub(crate) async fn apply(inner: &Arc<Inner>, queue: QueueName, job: Arc<Job>, r
         entry.next_attempt = now + inner.settings.schedule.base.as_secs().max(1);
     }
 
-    let done = entry.recipients.iter().all(|s| *s != RecipientState::Pending);
+    let done = entry
+        .recipients
+        .iter()
+        .all(|s| *s != RecipientState::Pending);
     let saved = if done {
         if job.on_disk {
             inner.spool.remove(job.id)
@@ -183,7 +226,9 @@ pub(crate) async fn apply(inner: &Arc<Inner>, queue: QueueName, job: Arc<Job>, r
             // The old state stays: recipients may be tried again, never lost.
             warn!(queue_id = %job.id, error = %e, "cannot record the delivery state");
         }
-        Err(e) => error!(queue_id = %job.id, error = %e, "LOST: could not move a volatile message to the disk queue"),
+        Err(e) => {
+            error!(queue_id = %job.id, error = %e, "LOST: could not move a volatile message to the disk queue")
+        }
     }
 }
 
@@ -245,7 +290,12 @@ fn mailbox(address: &str) -> Option<Mailbox> {
 
 /// Builds a DSN, makes it durable in the bounce queue, and hands it to the
 /// bounce runner; false when it could not be queued.
-async fn send_dsn(inner: &Arc<Inner>, job: &Job, reports: Vec<RecipientReport>, to: Mailbox) -> bool {
+async fn send_dsn(
+    inner: &Arc<Inner>,
+    job: &Job,
+    reports: Vec<RecipientReport>,
+    to: Mailbox,
+) -> bool {
     let s = &inner.settings;
     let now = unix_now();
     let id = inner.spool.next_id();
@@ -276,7 +326,11 @@ async fn send_dsn(inner: &Arc<Inner>, job: &Job, reports: Vec<RecipientReport>, 
     let Some(claim) = inner.claim(id) else {
         return false;
     };
-    if let Err(e) = inner.spool.store_in(QueueName::Bounce, id, &envelope, &[&content]).await {
+    if let Err(e) = inner
+        .spool
+        .store_in(QueueName::Bounce, id, &envelope, &[&content])
+        .await
+    {
         error!(queue_id = %job.id, error = %e, "cannot queue a DSN");
         return false;
     }

@@ -60,7 +60,10 @@ async fn deliver(inner: &Arc<Inner>, job: &Arc<Job>) -> Vec<RecipientResult> {
     let mut routes: BTreeMap<Route, Vec<usize>> = BTreeMap::new();
     for index in pending(job) {
         let domain = &job.envelope.recipients[index].address.domain;
-        routes.entry(inner.router.route(domain)).or_default().push(index);
+        routes
+            .entry(inner.router.route(domain))
+            .or_default()
+            .push(index);
     }
     let mut set = JoinSet::new();
     for (route, indexes) in routes {
@@ -83,7 +86,11 @@ async fn deliver(inner: &Arc<Inner>, job: &Arc<Job>) -> Vec<RecipientResult> {
     results
 }
 
-async fn deliver_local(inner: &Arc<Inner>, job: &Arc<Job>, indexes: &[usize]) -> Vec<RecipientResult> {
+async fn deliver_local(
+    inner: &Arc<Inner>,
+    job: &Arc<Job>,
+    indexes: &[usize],
+) -> Vec<RecipientResult> {
     let inner = inner.clone();
     let job = job.clone();
     let indexes = indexes.to_vec();
@@ -94,7 +101,15 @@ async fn deliver_local(inner: &Arc<Inner>, job: &Arc<Job>, indexes: &[usize]) ->
             .map(|index| {
                 let rcpt = &job.envelope.recipients[index].address;
                 let outcome = crate::maildir::maildir_of(&s.maildir_root, rcpt, &s.hostname)
-                    .and_then(|dir| crate::maildir::deliver(&dir, &job.envelope.sender, rcpt, &job.content, &s.hostname));
+                    .and_then(|dir| {
+                        crate::maildir::deliver(
+                            &dir,
+                            &job.envelope.sender,
+                            rcpt,
+                            &job.content,
+                            &s.hostname,
+                        )
+                    });
                 let outcome = match outcome {
                     Ok(path) => Outcome::Delivered {
                         reply: format!("delivered to maildir {}", path.display()),
@@ -120,12 +135,24 @@ async fn deliver_local(inner: &Arc<Inner>, job: &Arc<Job>, indexes: &[usize]) ->
     run.await.unwrap_or_default()
 }
 
-async fn deliver_remote(inner: &Arc<Inner>, job: &Arc<Job>, route: Route, indexes: &[usize]) -> Vec<RecipientResult> {
+async fn deliver_remote(
+    inner: &Arc<Inner>,
+    job: &Arc<Job>,
+    route: Route,
+    indexes: &[usize],
+) -> Vec<RecipientResult> {
     let port = inner.settings.port;
     let (key, domain, targets) = match &route {
         Route::Relay { host, port } => {
-            let domain = job.envelope.recipients[indexes[0]].address.domain.to_ascii_lowercase();
-            let target = inner.resolver.host_target(host, *port).await.map(|t| vec![t]);
+            let domain = job.envelope.recipients[indexes[0]]
+                .address
+                .domain
+                .to_ascii_lowercase();
+            let target = inner
+                .resolver
+                .host_target(host, *port)
+                .await
+                .map(|t| vec![t]);
             (format!("relay:{host}:{port}"), domain, target)
         }
         Route::Mx { domain } => (
@@ -139,29 +166,43 @@ async fn deliver_remote(inner: &Arc<Inner>, job: &Arc<Job>, route: Route, indexe
         Ok(t) => t,
         Err(e) => return resolve_failed(indexes, &domain, &e),
     };
-    let dest = Destination { key, domain, targets };
-    let attempt = inner
-        .client
-        .deliver(
-            &dest,
-            OutboundMessage {
-                envelope: &job.envelope,
-                recipients: indexes,
-                content: &job.content,
-            },
-        )
-        .await;
-    attempt
-        .outcomes
-        .into_iter()
-        .map(|(index, outcome)| RecipientResult {
-            index,
-            outcome,
-            remote: attempt.remote.clone(),
-            tls: attempt.tls.clone(),
-        })
-        .collect()
+    let dest = Destination {
+        key,
+        domain,
+        targets,
+    };
+    let mut results = Vec::with_capacity(indexes.len());
+    // RFC 5321 section 4.5.3.1.8: servers must take 100 recipients per
+    // transaction, not more; larger lists go in several transactions.
+    for chunk in indexes.chunks(MAX_RCPTS_PER_TRANSACTION) {
+        let attempt = inner
+            .client
+            .deliver(
+                &dest,
+                OutboundMessage {
+                    envelope: &job.envelope,
+                    recipients: chunk,
+                    content: &job.content,
+                },
+            )
+            .await;
+        results.extend(
+            attempt
+                .outcomes
+                .into_iter()
+                .map(|(index, outcome)| RecipientResult {
+                    index,
+                    outcome,
+                    remote: attempt.remote.clone(),
+                    tls: attempt.tls.clone(),
+                }),
+        );
+    }
+    results
 }
+
+/// Recipients in one outbound transaction.
+const MAX_RCPTS_PER_TRANSACTION: usize = 100;
 
 fn resolve_failed(indexes: &[usize], domain: &str, e: &ResolveError) -> Vec<RecipientResult> {
     let reason = format!("{domain}: {e}");

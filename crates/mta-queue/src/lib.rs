@@ -188,7 +188,8 @@ impl Queue {
             attempts: 2,
         })
         .map_err(|e| QueueError::Resolver(e.to_string()))?;
-        let client = Client::new(client_config(config)).map_err(|e| QueueError::Client(e.to_string()))?;
+        let client =
+            Client::new(client_config(config)).map_err(|e| QueueError::Client(e.to_string()))?;
         let q = &config.queue;
         let settings = Settings {
             hostname: config.hostname.clone(),
@@ -227,9 +228,11 @@ impl Queue {
         inner
             .tasks
             .spawn(runner::memory_loop(inner.clone(), QueueName::Ram, ram_rx));
-        inner
-            .tasks
-            .spawn(runner::memory_loop(inner.clone(), QueueName::Bounce, bounce_rx));
+        inner.tasks.spawn(runner::memory_loop(
+            inner.clone(),
+            QueueName::Bounce,
+            bounce_rx,
+        ));
         inner.tasks.spawn(runner::disk_loop(inner.clone()));
         Ok(Queue { inner })
     }
@@ -270,7 +273,9 @@ impl Queue {
             // Stopping: a durable message waits on disk for the next start;
             // a volatile one is spilled now.
             let inner = self.inner.clone();
-            self.inner.tasks.spawn(async move { runner::spill(&inner, unsent.0).await });
+            self.inner
+                .tasks
+                .spawn(async move { runner::spill(&inner, unsent.0).await });
         }
     }
 
@@ -310,7 +315,10 @@ impl Queue {
         let inner = &self.inner;
         inner.stopping.cancel();
         inner.tasks.close();
-        if tokio::time::timeout(deadline, inner.tasks.wait()).await.is_err() {
+        if tokio::time::timeout(deadline, inner.tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 in_flight = self.in_flight(),
                 "drain deadline passed: cutting the remaining attempts short (deferred)"
@@ -331,7 +339,10 @@ fn client_config(config: &Config) -> ClientConfig {
         mta_config::TlsPolicy::Required => mta_deliver::TlsPolicy::Required,
     };
     ClientConfig {
-        helo_name: d.helo_name.clone().unwrap_or_else(|| config.hostname.clone()),
+        helo_name: d
+            .helo_name
+            .clone()
+            .unwrap_or_else(|| config.hostname.clone()),
         timeouts: mta_deliver::Timeouts {
             connect: t.connect,
             greeting: t.greeting,

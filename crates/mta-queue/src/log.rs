@@ -140,8 +140,10 @@ mod tests {
         log.write(&r);
         log.write(&Record::new(Event::Delivered, "00000000000000aa", "disk"));
         let text = std::fs::read_to_string(&path).unwrap();
-        let lines: Vec<serde_json::Value> =
-            text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["event"], "deferred");
         assert_eq!(lines[0]["recipient"], "a@b.test");

@@ -50,7 +50,11 @@ fn component(s: &str) -> Option<String> {
 
 /// The Maildir of a recipient: `<root>/<domain>/<user>/Maildir`; the bare
 /// `postmaster` goes under `default_domain`.
-pub fn maildir_of(root: &Path, recipient: &Mailbox, default_domain: &str) -> Result<PathBuf, MaildirError> {
+pub fn maildir_of(
+    root: &Path,
+    recipient: &Mailbox,
+    default_domain: &str,
+) -> Result<PathBuf, MaildirError> {
     let domain = if recipient.domain.is_empty() {
         default_domain
     } else {
@@ -75,7 +79,9 @@ pub fn deliver(
         let dir = maildir.join(sub);
         fs::create_dir_all(&dir).map_err(io("create", &dir))?;
     }
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     // The Maildir unique name: time, then what makes it unique on this host.
     let name = format!(
         "{}.M{}P{}Q{}.{}",
@@ -135,10 +141,20 @@ mod tests {
         let rcpt = mailbox("User", "Local.test");
         let dir = maildir_of(root.path(), &rcpt, "mx.test").unwrap();
         assert_eq!(dir, root.path().join("local.test/user/Maildir"));
-        let path = deliver(&dir, &ReversePath::Null, &rcpt, b"Subject: x\r\n\r\nhi\r\n", "mx.test").unwrap();
+        let path = deliver(
+            &dir,
+            &ReversePath::Null,
+            &rcpt,
+            b"Subject: x\r\n\r\nhi\r\n",
+            "mx.test",
+        )
+        .unwrap();
         assert!(path.starts_with(dir.join("new")));
         let text = fs::read_to_string(&path).unwrap();
-        assert_eq!(text, "Return-Path: <>\nDelivered-To: User@Local.test\nSubject: x\n\nhi\n");
+        assert_eq!(
+            text,
+            "Return-Path: <>\nDelivered-To: User@Local.test\nSubject: x\n\nhi\n"
+        );
         assert_eq!(fs::read_dir(dir.join("tmp")).unwrap().count(), 0);
     }
 

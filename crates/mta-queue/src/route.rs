@@ -35,13 +35,19 @@ impl Router {
     /// checked by the configuration).
     pub fn new(local_domains: &[String], routes: &BTreeMap<String, String>) -> Router {
         Router {
-            local: local_domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            local: local_domains
+                .iter()
+                .map(|d| d.to_ascii_lowercase())
+                .collect(),
             routes: routes
                 .iter()
                 .filter_map(|(domain, route)| {
                     let (host, port) = route.rsplit_once(':')?;
                     let host = host.trim_start_matches('[').trim_end_matches(']');
-                    Some((domain.to_ascii_lowercase(), (host.to_owned(), port.parse().ok()?)))
+                    Some((
+                        domain.to_ascii_lowercase(),
+                        (host.to_owned(), port.parse().ok()?),
+                    ))
                 })
                 .collect(),
         }

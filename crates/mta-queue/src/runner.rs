@@ -135,13 +135,21 @@ fn start_attempt(inner: &Arc<Inner>, queue: QueueName, job: Job, permit: OwnedSe
     let task_inner = inner.clone();
     inner.tasks.spawn(async move {
         crate::attempt::run(&task_inner, queue, job).await;
-        task_inner.runner(queue).stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        task_inner
+            .runner(queue)
+            .stats
+            .in_flight
+            .fetch_sub(1, Ordering::Relaxed);
         drop(permit);
     });
 }
 
 /// The ram and bounce runners: first attempts from memory.
-pub(crate) async fn memory_loop(inner: Arc<Inner>, queue: QueueName, mut jobs: mpsc::UnboundedReceiver<Job>) {
+pub(crate) async fn memory_loop(
+    inner: Arc<Inner>,
+    queue: QueueName,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+) {
     let runner = inner.runner(queue);
     runner.started.store(true, Ordering::Relaxed);
     loop {
@@ -177,12 +185,18 @@ pub(crate) async fn spill(inner: &Inner, job: Job) {
     entry.queue = QueueName::Disk;
     match store_on_disk(&inner.spool, &job, &entry).await {
         Ok(()) => debug!(queue_id = %job.id, "volatile message spilled to the disk queue"),
-        Err(e) => error!(queue_id = %job.id, error = %e, "LOST: could not spill a volatile message to disk"),
+        Err(e) => {
+            error!(queue_id = %job.id, error = %e, "LOST: could not spill a volatile message to disk")
+        }
     }
 }
 
 /// Writes a volatile message to the disk queue with `entry` as its state.
-pub(crate) async fn store_on_disk(spool: &Spool, job: &Job, entry: &mta_spool::IndexEntry) -> Result<(), mta_spool::SpoolError> {
+pub(crate) async fn store_on_disk(
+    spool: &Spool,
+    job: &Job,
+    entry: &mta_spool::IndexEntry,
+) -> Result<(), mta_spool::SpoolError> {
     spool
         .store_in(QueueName::Disk, job.id, &job.envelope, &[&job.content])
         .await?;

@@ -107,9 +107,14 @@ mod tests {
 
     #[test]
     fn jitter_stays_within_its_fraction() {
-        let s = Schedule { jitter: 0.1, ..qmail() };
+        let s = Schedule {
+            jitter: 0.1,
+            ..qmail()
+        };
         for r in [0.0, 0.5, 0.999] {
-            let Next::RetryAt(t) = s.next(0, 2, 400, r) else { panic!() };
+            let Next::RetryAt(t) = s.next(0, 2, 400, r) else {
+                panic!()
+            };
             assert!((1600..=1720).contains(&t), "{t}");
         }
     }

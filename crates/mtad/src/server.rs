@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use mta_config::Config;
-use mta_smtp::{Admission, SessionConfig};
 use mta_queue::Queue;
+use mta_smtp::{Admission, SessionConfig};
 use mta_spool::{OpenReport, Spool, SpoolConfig};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -192,7 +192,10 @@ async fn serve(config: Config) -> Result<()> {
         shutdown.deadline.cancel();
         sessions.wait().await;
     }
-    info!(in_flight = ctx.queue.in_flight(), "draining deliveries in flight");
+    info!(
+        in_flight = ctx.queue.in_flight(),
+        "draining deliveries in flight"
+    );
     ctx.queue.shutdown(config.shutdown.drain_timeout).await;
     monitor.abort();
     let spool = ctx.spool.clone();
