@@ -513,3 +513,126 @@ impl Drop for SmtpSink {
         self.stop();
     }
 }
+
+fn init(work: &Workdir, args: &[&str]) -> std::process::Output {
+    Command::new(crate::util::bin("mta-init"))
+        .arg("--config")
+        .arg(work.config_path())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn paused_delivery_keeps_mail_queued_until_resumed() {
+    let (port, sinks) = sinks(&[ip(2)], SinkConfig::default);
+    let zone = Zone::new()
+        .mx("example.test", 10, "mx1.example.test")
+        .a("mx1.example.test", ip(2));
+    let s = Setup::start(zone, port, "");
+    assert!(init(&s.work, &["pause", "delivery"]).status.success());
+    let status = init(&s.work, &["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("ram-runner") && text.contains("paused"),
+        "{text}"
+    );
+    let id = s.send("alice@local.test", &["bob@example.test"], "held");
+    // Bounded look for what must not happen.
+    let began = std::time::Instant::now();
+    while began.elapsed() < Duration::from_millis(700) {
+        assert!(sinks[0].messages().is_empty(), "delivered while paused");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(status_queued(&s), 1);
+    let bad = init(&s.work, &["pause", "delivery", "--runner", "nope"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(init(&s.work, &["resume", "delivery"]).status.success());
+    sinks[0].wait_for_messages_blocking(1, WAIT);
+    s.wait_log("delivered", |e| event(e, "delivered", &id));
+}
+
+#[test]
+fn delay_notice_is_sent_once_after_the_configured_age() {
+    let (port, sinks) = sinks(&[ip(2)], SinkConfig::default);
+    sinks[0].set_default_rcpt_reply(451, "4.2.1 mailbox busy");
+    let zone = Zone::new()
+        .mx("example.test", 10, "mx1.example.test")
+        .a("mx1.example.test", ip(2));
+    let s = Setup::start(
+        zone,
+        port,
+        "[queue]\nretry_base = \"1s\"\npoll_interval = \"100ms\"\ndelay_notice_after = \"1s\"\n",
+    );
+    let id = s.send("alice@local.test", &["bob@example.test"], "slow going");
+    let files = s.wait_maildir("local.test", "alice", 1);
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(text.contains("Action: delayed"), "{text}");
+    assert!(text.contains("Will-Retry-Until:"), "{text}");
+    assert!(text.contains("mailbox busy"), "{text}");
+    // Later attempts send no second notice.
+    s.wait_log("a later attempt", |e| {
+        event(e, "deferred", &id) && e["attempt"].as_u64() >= Some(3)
+    });
+    assert_eq!(s.maildir_messages("local.test", "alice").len(), 1);
+}
+
+#[test]
+fn notify_success_reports_delivery_and_never_reports_nothing() {
+    let (port, sinks) = sinks(&[ip(2)], SinkConfig::default);
+    sinks[0].set_rcpt_reply("gone@", 550, "5.1.1 gone");
+    let zone = Zone::new()
+        .mx("example.test", 10, "mx1.example.test")
+        .a("mx1.example.test", ip(2));
+    let s = Setup::start(zone, port, "");
+    let mut c = s.mtad.connect();
+    c.cmd("EHLO client.test", "250");
+    c.cmd("MAIL FROM:<alice@local.test>", "250");
+    c.cmd("RCPT TO:<bob@example.test> NOTIFY=SUCCESS", "250");
+    c.cmd("RCPT TO:<gone@example.test> NOTIFY=NEVER", "250");
+    c.cmd("DATA", "354");
+    c.send(message("notify").as_bytes());
+    c.send(b".\r\n");
+    let id = c.reply().text().rsplit(' ').next().unwrap().to_owned();
+    wait_until("the message to be done", WAIT, || status_queued(&s) == 0);
+    let files = s.wait_maildir("local.test", "alice", 1);
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(text.contains("Action: delivered"), "{text}");
+    assert!(
+        text.contains("Final-Recipient: rfc822; bob@example.test"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("gone@example.test"),
+        "NOTIFY=NEVER was reported: {text}"
+    );
+    let bounced = s
+        .log()
+        .into_iter()
+        .filter(|e| event(e, "bounced", &id))
+        .count();
+    assert_eq!(bounced, 1, "one DSN, for the success only");
+}
+
+#[test]
+fn a_crash_mid_delivery_delivers_again_never_zero_times() {
+    let (port, sinks) = sinks(&[ip(2)], || SinkConfig {
+        data_delay: Duration::from_millis(1500),
+        ..SinkConfig::default()
+    });
+    let zone = Zone::new()
+        .mx("example.test", 10, "mx1.example.test")
+        .a("mx1.example.test", ip(2));
+    let s = Setup::start(zone, port, "");
+    let id = s.send("alice@local.test", &["bob@example.test"], "in flight");
+    // The attempt is under way: the sink holds the end of data.
+    wait_until("the attempt to reach the sink", WAIT, || {
+        sinks[0].connections() >= 1
+    });
+    let Setup { work, _dns, mtad } = s;
+    mtad.kill9();
+    let mtad = Mtad::start(&work);
+    let s = Setup { work, _dns, mtad };
+    s.wait_log("delivery after the restart", |e| event(e, "delivered", &id));
+    assert!(!sinks[0].wait_for_messages_blocking(1, WAIT).is_empty());
+}

@@ -22,6 +22,19 @@ pub enum Request {
     Status,
     /// Begin a clean stop; the answer comes at once, the stop goes on.
     Stop,
+    /// Pause delivery: one runner (`ram`, `bounce`, `disk`) or all three.
+    /// Attempts under way finish; no new one starts.
+    Pause {
+        /// The runner; all when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        runner: Option<String>,
+    },
+    /// Resume paused delivery.
+    Resume {
+        /// The runner; all when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        runner: Option<String>,
+    },
 }
 
 /// What the daemon answers.

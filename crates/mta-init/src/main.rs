@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use mta_config::Config;
+use mta_control::{Request, Response};
 
 /// Exit code for a bad configuration (sysexits' EX_CONFIG).
 const EXIT_CONFIG: u8 = 78;
@@ -46,6 +47,23 @@ enum Verb {
         #[arg(long)]
         wait: Option<u64>,
     },
+    /// Pause delivery: attempts under way finish, no new one starts; mail
+    /// keeps arriving and waits in the queue.
+    Pause {
+        /// What to pause.
+        what: Pausable,
+        /// Only this runner: ram, bounce or disk.
+        #[arg(long)]
+        runner: Option<String>,
+    },
+    /// Resume paused delivery.
+    Resume {
+        /// What to resume.
+        what: Pausable,
+        /// Only this runner: ram, bounce or disk.
+        #[arg(long)]
+        runner: Option<String>,
+    },
     /// Show the services and the queue; exit 0 running, 1 dead but PID file
     /// exists, 3 not running, 4 unknown.
     Status {
@@ -53,6 +71,13 @@ enum Verb {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// What `pause` and `resume` act on.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Pausable {
+    /// The queue runners.
+    Delivery,
 }
 
 fn main() -> ExitCode {
@@ -78,6 +103,14 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
+        Verb::Pause {
+            what: Pausable::Delivery,
+            runner,
+        } => control(&config, Request::Pause { runner }, "delivery paused"),
+        Verb::Resume {
+            what: Pausable::Delivery,
+            runner,
+        } => control(&config, Request::Resume { runner }, "delivery resumed"),
         Verb::Stop { wait } => {
             let wait = wait
                 .map(Duration::from_secs)
@@ -87,6 +120,19 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
+    }
+}
+
+/// Sends one control request that answers Ok.
+fn control(config: &Config, request: Request, done: &str) -> ExitCode {
+    match mta_control::call(&config.control_socket(), &request, Duration::from_secs(5)) {
+        Ok(Response::Ok) => {
+            println!("{done}");
+            ExitCode::SUCCESS
+        }
+        Ok(Response::Error { message }) => fail(anyhow::anyhow!(message)),
+        Ok(other) => fail(anyhow::anyhow!("unexpected answer: {other:?}")),
+        Err(e) => fail(anyhow::anyhow!("{e} (is mtad running?)")),
     }
 }
 

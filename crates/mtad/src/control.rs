@@ -72,6 +72,8 @@ async fn answer(stream: UnixStream, ctx: &Context, shutdown: &Shutdown) -> std::
             shutdown.requested.cancel();
             Response::Ok
         }
+        Ok(Request::Pause { runner }) => pause(ctx, runner.as_deref(), true),
+        Ok(Request::Resume { runner }) => pause(ctx, runner.as_deref(), false),
         Err(e) => Response::Error {
             message: format!("bad request: {e}"),
         },
@@ -79,6 +81,36 @@ async fn answer(stream: UnixStream, ctx: &Context, shutdown: &Shutdown) -> std::
     let mut out = serde_json::to_vec(&response).expect("responses serialize");
     out.push(b'\n');
     write.write_all(&out).await
+}
+
+/// Pauses or resumes one runner, or all three.
+fn pause(ctx: &Context, runner: Option<&str>, paused: bool) -> Response {
+    use mta_spool::QueueName;
+    let queues = match runner {
+        None => vec![QueueName::Ram, QueueName::Bounce, QueueName::Disk],
+        Some("ram") => vec![QueueName::Ram],
+        Some("bounce") => vec![QueueName::Bounce],
+        Some("disk") => vec![QueueName::Disk],
+        Some(other) => {
+            return Response::Error {
+                message: format!("no runner {other:?}: the runners are ram, bounce and disk"),
+            }
+        }
+    };
+    for q in queues {
+        if paused {
+            ctx.queue.pause(q);
+        } else {
+            ctx.queue.resume(q);
+        }
+    }
+    info!(
+        runner = runner.unwrap_or("all"),
+        paused,
+        "delivery {}",
+        if paused { "paused" } else { "resumed" }
+    );
+    Response::Ok
 }
 
 /// The status report, as `mta-init status` shows it.
