@@ -326,6 +326,8 @@ impl Queue {
             inner.abort.cancel();
             inner.tasks.wait().await;
         }
+        // Connections kept for reuse get a QUIT rather than a reset.
+        inner.client.close_idle().await;
     }
 }
 
