@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Acceptance benchmark: mtad against Debian's Postfix, in one run, on this
 # machine. Both accept mail over SMTP on loopback and make every message
-# durable before answering 250; neither delivers anything (mtad has no queue
-# runner yet, and Postfix puts every message on hold). See
+# durable before answering 250; neither delivers anything (mtad's queue
+# runners are paused with `mta-init pause delivery` before the load starts,
+# and Postfix puts every message on hold). See
 # docs/benchmarks.md for what this measures and the last recorded figures.
 #
 # Usage (as root; a private Postfix instance needs it):
@@ -45,14 +46,16 @@ cd "$ROOT"
 
 if [ -z "${ACCEPTANCE_NO_BUILD:-}" ]; then
     log "building release binaries"
-    cargo build --release -p mtad -p mta-bench >&2
+    cargo build --release -p mtad -p mta-init -p mta-bench >&2
 fi
 TARGET_DIR=$(cargo metadata --format-version 1 --no-deps 2>/dev/null \
     | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 TARGET_DIR=${TARGET_DIR:-$ROOT/target}
 MTAD=$TARGET_DIR/release/mtad
+MTA_INIT=$TARGET_DIR/release/mta-init
 LOADGEN=$TARGET_DIR/release/mta-loadgen
 [ -x "$MTAD" ] || die "$MTAD missing"
+[ -x "$MTA_INIT" ] || die "$MTA_INIT missing"
 [ -x "$LOADGEN" ] || die "$LOADGEN missing"
 
 WORK=$(mktemp -d /tmp/mta-acceptance.XXXXXX)
@@ -212,6 +215,16 @@ EOF
     fi
     MTAD_PORT=$(sed -n 's/^mtad: smtp listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$MTADIR/stdout" | head -n1)
     [ -n "$MTAD_PORT" ] || die "could not read mtad's port from its stdout"
+    # The counterpart of Postfix's HOLD: no delivery attempt, mail waits.
+    "$MTA_INIT" --config "$MTADIR/mtad.toml" pause delivery >"$MTADIR/pause.log" 2>&1 \
+        || { cat "$MTADIR/pause.log" >&2; die "mta-init pause delivery failed"; }
+}
+
+# Delivery attempts mtad's runners made (must stay 0: they are paused).
+mtad_attempts() {
+    "$MTA_INIT" --config "$MTADIR/mtad.toml" status --json 2>/dev/null \
+        | sed -n 's/.*"attempts": *\([0-9]*\).*/\1/p' \
+        | awk '{ n += $1 } END { if (NR == 0) print "unknown"; else print n }'
 }
 
 mtad_count() {
@@ -372,17 +385,18 @@ run_loadgen() { # name port args...
 
 # One measured run of one MTA; sets RATE P50 P99 QUEUED, checks the queue.
 run_mtad() { # name messages args...
-    local name=$1 messages=$2 again
+    local name=$1 messages=$2 again attempts
     shift 2
     start_mtad
     log "$name: mtad on 127.0.0.1:$MTAD_PORT"
     run_loadgen "$name-mtad" "$MTAD_PORT" "$@"
     QUEUED=$(mtad_count)
+    attempts=$(mtad_attempts)
     stop_mtad
     # count again after the clean shutdown: nothing lost or added
     again=$(mtad_count)
-    if [ "$QUEUED" != "$messages" ] || [ "$again" != "$messages" ] || [ "$ACC" != "$messages" ]; then
-        log "$name: mtad accepted ${ACC:-?}, queued $QUEUED (after stop $again), expected $messages"
+    if [ "$QUEUED" != "$messages" ] || [ "$again" != "$messages" ] || [ "$ACC" != "$messages" ] || [ "$attempts" != 0 ]; then
+        log "$name: mtad accepted ${ACC:-?}, queued $QUEUED (after stop $again), delivery attempts $attempts; expected $messages queued, 0 attempts"
         FAILED=1
     fi
     log "$name: mtad ${RATE:-?} msg/s, p50 ${P50:-?} ms, p99 ${P99:-?} ms, queued $QUEUED"
@@ -461,7 +475,8 @@ cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
 fstype=$(df -T "$WORK" | awk 'NR == 2 { print $2 }')
 fsdev=$(df -T "$WORK" | awk 'NR == 2 { print $1 }')
 if [ "$fstype" = ext4 ] && [ -d "/sys/fs/ext4/${fsdev##*/}" ]; then
-    if [ -n "$(cat "/sys/fs/ext4/${fsdev##*/}/journal_task" 2>/dev/null)" ]; then
+    jtask=$(cat "/sys/fs/ext4/${fsdev##*/}/journal_task" 2>/dev/null || true)
+    if [ -n "$jtask" ] && [ "$jtask" != "<none>" ]; then
         fstype="ext4 (with journal)"
     else
         fstype="ext4 (no journal)"
@@ -475,7 +490,7 @@ cat <<EOF
 ## Acceptance run $(date -u '+%Y-%m-%d %H:%M UTC')
 
 - machine: $(nproc) CPUs ($cpu), $(free -g 2>/dev/null | awk '/^Mem:/ { print $2 " GiB RAM, " }')temp dir on $fstype; kernel $(uname -r)
-- mtad: release build of $rev; Postfix $pfver (Debian package), private instance, every message put on HOLD
+- mtad: release build of $rev, delivery paused (\`mta-init pause delivery\`); Postfix $pfver (Debian package), private instance, every message put on HOLD
 - load: \`mta-loadgen\` (release build), DATA, one command at a time unless noted, --timeout $TIMEOUT$([ "$SCALE" = 1 ] || echo ", message counts divided by $SCALE")
 - every run on a fresh empty queue; $REPEAT rounds per case and MTA, the MTAs alternating (which goes first alternates by case and round); the table shows each MTA's best round by msg/s, with that round's latencies
 
