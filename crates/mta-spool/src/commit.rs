@@ -182,17 +182,39 @@ fn commit_batch(layout: &Layout, index: &Index, counters: &Counters, batch: Vec<
     }
 
     // One fsync per bucket directory for the whole batch: this is what the
-    // batch shares. Without it the renames may not survive a crash.
-    let mut synced: BTreeMap<&'static str, Result<(), io::Error>> = BTreeMap::new();
-    for (request, _) in &renamed {
-        let bucket = Layout::bucket(request.id);
-        synced.entry(bucket).or_insert_with(|| {
-            fsync_dir(&layout.msg.join(bucket)).map_err(|e| match e {
-                SpoolError::Io { source, .. } => source,
-                other => io::Error::other(other.to_string()),
-            })
-        });
-    }
+    // batch shares. Without it the renames may not survive a crash. The
+    // buckets are fsynced at the same time: on a journaling file system
+    // concurrent fsyncs join one journal commit, so a batch spread over
+    // several buckets still costs about one flush, not one per bucket.
+    let mut buckets: Vec<&'static str> =
+        renamed.iter().map(|(r, _)| Layout::bucket(r.id)).collect();
+    buckets.sort_unstable();
+    buckets.dedup();
+    let sync = |bucket: &'static str| {
+        fsync_dir(&layout.msg.join(bucket)).map_err(|e| match e {
+            SpoolError::Io { source, .. } => source,
+            other => io::Error::other(other.to_string()),
+        })
+    };
+    let synced: BTreeMap<&'static str, Result<(), io::Error>> = if buckets.len() <= 1 {
+        buckets.iter().map(|&b| (b, sync(b))).collect()
+    } else {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = buckets
+                .iter()
+                .map(|&b| (b, scope.spawn(move || sync(b))))
+                .collect();
+            handles
+                .into_iter()
+                .map(|(b, h)| {
+                    let result = h.join().unwrap_or_else(|_| {
+                        Err(io::Error::other("directory fsync thread panicked"))
+                    });
+                    (b, result)
+                })
+                .collect()
+        })
+    };
 
     for (request, dest) in renamed {
         let bucket = Layout::bucket(request.id);
