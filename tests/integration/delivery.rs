@@ -636,3 +636,64 @@ fn a_crash_mid_delivery_delivers_again_never_zero_times() {
     s.wait_log("delivery after the restart", |e| event(e, "delivered", &id));
     assert!(!sinks[0].wait_for_messages_blocking(1, WAIT).is_empty());
 }
+
+#[test]
+fn a_configured_route_sends_a_domain_to_its_smarthost() {
+    let (port, sinks) = sinks(&[ip(2), ip(5)], SinkConfig::default);
+    // The MX says 127.0.0.2, the route says 127.0.0.5: the route wins.
+    let zone = Zone::new()
+        .mx("routed.test", 10, "mx.routed.test")
+        .a("mx.routed.test", ip(2));
+    let s = Setup::start(
+        zone,
+        port,
+        &format!("[delivery.routes]\n\"routed.test\" = \"127.0.0.5:{port}\"\n"),
+    );
+    let id = s.send("alice@local.test", &["x@routed.test"], "via smarthost");
+    assert_eq!(
+        sinks[1].wait_for_messages_blocking(1, WAIT)[0].rcpt_to,
+        vec!["x@routed.test".to_owned()]
+    );
+    assert!(
+        sinks[0].messages().is_empty(),
+        "the MX was used instead of the route"
+    );
+    let e = s.wait_log("delivered", |e| event(e, "delivered", &id));
+    assert!(
+        e["remote"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("127.0.0.5"),
+        "{e}"
+    );
+}
+
+#[test]
+fn volatile_messages_not_yet_attempted_are_spilled_on_a_clean_stop() {
+    let (port, sinks) = sinks(&[ip(2)], SinkConfig::default);
+    let zone = Zone::new()
+        .mx("example.test", 10, "mx1.example.test")
+        .a("mx1.example.test", ip(2));
+    let s = Setup::start(zone, port, "[queue]\nmode = \"volatile\"\n");
+    assert!(init(&s.work, &["pause", "delivery"]).status.success());
+    let ids: Vec<String> = (0..3)
+        .map(|n| {
+            s.send(
+                "alice@local.test",
+                &["bob@example.test"],
+                &format!("spill {n}"),
+            )
+        })
+        .collect();
+    // Nothing is on disk yet: volatile acceptance answered from memory.
+    assert_eq!(status_queued(&s), 0);
+    let Setup { work, mtad, _dns } = s;
+    assert!(mtad.terminate().success());
+    let mut stored: Vec<String> = spool_contents(&work.queue())
+        .iter()
+        .map(|(id, ..)| id.to_string())
+        .collect();
+    stored.sort();
+    assert_eq!(stored, ids);
+    assert!(sinks[0].messages().is_empty());
+}
