@@ -226,3 +226,20 @@ fn stop_deadline_closes_sessions_that_do_not_finish() {
     // Nothing half-received was kept.
     assert!(spool_contents(&work.queue()).is_empty());
 }
+
+#[test]
+fn configtest_says_syntax_ok_or_lists_every_error_with_its_place() {
+    let work = Workdir::new();
+    work.write_config("", "");
+    let o = init(&work, &["configtest"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "Syntax OK");
+
+    std::fs::write(work.config_path(), "[smtp]\nlisten = []\nmax_errors = 0\n").unwrap();
+    let o = init(&work, &["configtest"]);
+    assert_eq!(o.status.code(), Some(78), "{}", text(&o));
+    let t = text(&o);
+    let file = work.config_path().display().to_string();
+    assert!(t.contains(&format!("{file}:2:1: smtp.listen")), "{t}");
+    assert!(t.contains(&format!("{file}:3:1: smtp.max_errors")), "{t}");
+}

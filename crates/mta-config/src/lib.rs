@@ -261,7 +261,9 @@ impl Config {
                     path: path.to_owned(),
                     source,
                 })?;
-                Config::parse(&text, path)?
+                let config = Config::parse(&text, path)?;
+                config.check_source(Some(path), Some(&text))?;
+                return Ok(config);
             }
         };
         config.check(path)?;
@@ -280,12 +282,25 @@ impl Config {
 
     /// Checks the meaning of the configuration and reports every problem.
     pub fn check(&self, path: Option<&Path>) -> Result<(), ConfigError> {
+        self.check_source(path, None)
+    }
+
+    /// [`check`](Self::check), with the file's text so that each problem
+    /// names the line and column of its key (`mta.toml:3:1: smtp.listen: ...`).
+    pub fn check_source(&self, path: Option<&Path>, text: Option<&str>) -> Result<(), ConfigError> {
         let source = path
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "built-in defaults".to_owned());
+        let document = text.and_then(|t| toml_edit::ImDocument::parse(t).ok());
         let mut problems = Vec::new();
-        let mut problem =
-            |key: &str, what: String| problems.push(format!("{source}: {key}: {what}"));
+        let mut problem = |key: &str, what: String| {
+            let at = document
+                .as_ref()
+                .and_then(|doc| locate(doc, key))
+                .map(|(line, column)| format!(":{line}:{column}"))
+                .unwrap_or_default();
+            problems.push(format!("{source}{at}: {key}: {what}"))
+        };
 
         if self.hostname.is_empty()
             || !self
@@ -409,6 +424,25 @@ impl Config {
     }
 }
 
+/// The line and column (1-based) of a dotted key in a parsed document.
+fn locate(doc: &toml_edit::ImDocument<&str>, key: &str) -> Option<(usize, usize)> {
+    let (parent, last) = match key.rsplit_once('.') {
+        Some((parent, last)) => (Some(parent), last),
+        None => (None, key),
+    };
+    let mut table = doc.as_table() as &dyn toml_edit::TableLike;
+    for part in parent.into_iter().flat_map(|p| p.split('.')) {
+        table = table.get(part)?.as_table_like()?;
+    }
+    let (k, _) = table.get_key_value(last)?;
+    let offset = k.span()?.start;
+    let text = doc.raw();
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    Some((line, column))
+}
+
 fn system_hostname() -> String {
     nix::unistd::gethostname()
         .ok()
@@ -487,6 +521,24 @@ mod tests {
             )
         };
         assert_eq!(render(&example), render(&default));
+    }
+
+    #[test]
+    fn meaning_errors_name_line_and_column_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mta.toml");
+        std::fs::write(
+            &path,
+            "hostname = \"mx.test\"\n\n[smtp]\nlisten = []\n  max_recipients = 0\n",
+        )
+        .unwrap();
+        let msg = Config::load(Some(&path)).unwrap_err().to_string();
+        let file = path.display().to_string();
+        assert!(msg.contains(&format!("{file}:4:1: smtp.listen:")), "{msg}");
+        assert!(
+            msg.contains(&format!("{file}:5:3: smtp.max_recipients:")),
+            "{msg}"
+        );
     }
 
     #[test]

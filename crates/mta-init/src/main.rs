@@ -64,6 +64,9 @@ enum Verb {
         #[arg(long)]
         runner: Option<String>,
     },
+    /// Check the configuration's syntax and meaning: prints "Syntax OK", or
+    /// every error with its file, line and column, and exits 78.
+    Configtest,
     /// Show the services and the queue; exit 0 running, 1 dead but PID file
     /// exists, 3 not running, 4 unknown.
     Status {
@@ -90,6 +93,10 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Verb::Configtest => {
+            println!("Syntax OK");
+            ExitCode::SUCCESS
+        }
         Verb::Status { json } => status::run(&config, json),
         Verb::Start { wait } => {
             let mtad = cli.mtad.unwrap_or_else(default_mtad);
