@@ -34,7 +34,7 @@ pub fn run(config: &Config, wait: Duration) -> Result<()> {
         &Request::Stop,
         Duration::from_secs(5),
     ) {
-        Ok(Response::Ok) => println!("stopping mtad (pid {pid}): no longer accepting connections"),
+        Ok(Response::Ok) => println!("stopping mtad (pid {pid}): new connections get 421"),
         other => {
             // The control socket is the clean way; SIGTERM is the fallback
             // every daemon understands.

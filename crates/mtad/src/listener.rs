@@ -10,9 +10,10 @@ use tracing::{debug, warn};
 use crate::connection;
 use crate::server::{Context, Shutdown};
 
-/// Accepts connections until the stop begins, then drops the socket so the
-/// kernel refuses new ones. Every session runs on `sessions`, which the stop
-/// waits for.
+/// Accepts connections until the stop begins. While the stop drains the
+/// open sessions, a new connection gets `421 4.3.2` at once (the sending
+/// MTA retries later) instead of a refusal; once they are done the socket
+/// is dropped. Every session runs on `sessions`, which the stop waits for.
 pub async fn accept_loop(
     listener: TcpListener,
     ctx: Arc<Context>,
@@ -21,6 +22,13 @@ pub async fn accept_loop(
 ) {
     loop {
         let (stream, peer) = tokio::select! {
+            // A stop takes precedence over a connection waiting in the
+            // backlog, which then hears 421.
+            biased;
+            () = shutdown.stopping.cancelled() => {
+                turn_away_until_closed(&listener, &ctx, &shutdown).await;
+                break;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -30,7 +38,6 @@ pub async fn accept_loop(
                     continue;
                 }
             },
-            () = shutdown.stopping.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
         match ctx.connection_slots.clone().try_acquire_owned() {
@@ -53,6 +60,34 @@ pub async fn accept_loop(
                     let _ = stream.shutdown().await;
                 });
             }
+        }
+    }
+}
+
+/// During the stop: every new connection hears 421 and is closed, until
+/// the listener is closed for good.
+async fn turn_away_until_closed(listener: &TcpListener, ctx: &Context, shutdown: &Shutdown) {
+    let mut out = Vec::new();
+    mta_smtp::Reply::new(
+        421,
+        "4.3.2",
+        format!("{} shutting down, try again later", ctx.hostname),
+    )
+    .write_to(&mut out);
+    let out: std::sync::Arc<[u8]> = out.into();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                if let Ok((mut stream, peer)) = accepted {
+                    debug!(%peer, "stopping: turned away with 421");
+                    let out = out.clone();
+                    tokio::spawn(async move {
+                        let _ = stream.write_all(&out).await;
+                        let _ = stream.shutdown().await;
+                    });
+                }
+            }
+            () = shutdown.listeners_closed.cancelled() => return,
         }
     }
 }

@@ -53,6 +53,8 @@ pub struct Shutdown {
     pub stopping: CancellationToken,
     /// The deadline passed: every session gets 421 now.
     pub deadline: CancellationToken,
+    /// The sessions are done: the listening sockets close.
+    pub listeners_closed: CancellationToken,
 }
 
 /// Runs the daemon until it is stopped.
@@ -174,12 +176,9 @@ async fn serve(config: Config) -> Result<()> {
     info!(
         sessions = ctx.stats.sessions_open(),
         deadline_secs = deadline.as_secs_f64(),
-        "stopping: no longer accepting connections"
+        "stopping: new connections get 421"
     );
     shutdown.stopping.cancel();
-    for acceptor in acceptors {
-        let _ = acceptor.await;
-    }
     sessions.close();
     if tokio::time::timeout(deadline, sessions.wait())
         .await
@@ -191,6 +190,12 @@ async fn serve(config: Config) -> Result<()> {
         );
         shutdown.deadline.cancel();
         sessions.wait().await;
+    }
+    // The sessions are done: stop turning new connections away with 421
+    // and close the listening sockets.
+    shutdown.listeners_closed.cancel();
+    for acceptor in acceptors {
+        let _ = acceptor.await;
     }
     info!(
         in_flight = ctx.queue.in_flight(),
