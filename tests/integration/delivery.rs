@@ -43,6 +43,13 @@ fn sinks(ips: &[Ipv4Addr], config: impl Fn() -> SinkConfig) -> (u16, Vec<Sink>) 
     panic!("no common free port for the sinks");
 }
 
+/// `example.test` with one MX host, `mx1.example.test`, at 127.0.0.2.
+fn example_zone() -> Zone {
+    Zone::new()
+        .mx("example.test", 10, "mx1.example.test")
+        .a("mx1.example.test", ip(2))
+}
+
 /// 127.0.0.`last`.
 fn ip(last: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, last)
@@ -141,9 +148,7 @@ fn delivered_over_mx_with_starttls_and_logged() {
         tls: true,
         ..SinkConfig::default()
     });
-    let zone = Zone::new()
-        .mx("example.test", 10, "mx1.example.test")
-        .a("mx1.example.test", ip(2));
+    let zone = example_zone();
     let s = Setup::start(zone, port, "");
     let id = s.send("alice@local.test", &["bob@example.test"], "over mx");
     let got = sinks[0].wait_for_messages_blocking(1, WAIT);
@@ -184,9 +189,7 @@ fn status_queued(s: &Setup) -> u64 {
 fn deferred_then_delivered_when_the_sink_recovers() {
     let (port, sinks) = sinks(&[ip(2)], SinkConfig::default);
     sinks[0].set_default_rcpt_reply(451, "4.3.0 try again later");
-    let zone = Zone::new()
-        .mx("example.test", 10, "mx1.example.test")
-        .a("mx1.example.test", ip(2));
+    let zone = example_zone();
     let s = Setup::start(
         zone,
         port,
@@ -206,9 +209,7 @@ fn deferred_then_delivered_when_the_sink_recovers() {
 fn permanent_failure_returns_an_rfc3464_dsn() {
     let (port, sinks) = sinks(&[ip(2)], SinkConfig::default);
     sinks[0].set_rcpt_reply("nobody@", 550, "5.1.1 no such user here");
-    let zone = Zone::new()
-        .mx("example.test", 10, "mx1.example.test")
-        .a("mx1.example.test", ip(2));
+    let zone = example_zone();
     let s = Setup::start(zone, port, "");
     let mut c = s.mtad.connect();
     c.cmd("EHLO client.test", "250");
@@ -263,9 +264,7 @@ fn permanent_failure_returns_an_rfc3464_dsn() {
 fn expiry_fails_with_4_4_7() {
     let (port, sinks) = sinks(&[ip(2)], SinkConfig::default);
     sinks[0].set_default_rcpt_reply(451, "4.4.0 still not");
-    let zone = Zone::new()
-        .mx("example.test", 10, "mx1.example.test")
-        .a("mx1.example.test", ip(2));
+    let zone = example_zone();
     let s = Setup::start(
         zone,
         port,
@@ -339,9 +338,7 @@ fn null_mx_fails_at_once_with_5_1_10() {
 #[test]
 fn connections_are_reused_for_several_messages() {
     let (port, sinks) = sinks(&[ip(2)], SinkConfig::default);
-    let zone = Zone::new()
-        .mx("example.test", 10, "mx1.example.test")
-        .a("mx1.example.test", ip(2));
+    let zone = example_zone();
     let s = Setup::start(zone, port, "");
     for n in 1..=5 {
         s.send(
@@ -387,9 +384,7 @@ fn local_domains_go_to_maildir() {
 fn null_sender_never_gets_a_dsn_the_postmaster_does() {
     let (port, sinks) = sinks(&[ip(2)], SinkConfig::default);
     sinks[0].set_default_rcpt_reply(550, "5.1.1 gone");
-    let zone = Zone::new()
-        .mx("example.test", 10, "mx1.example.test")
-        .a("mx1.example.test", ip(2));
+    let zone = example_zone();
     let s = Setup::start(
         zone,
         port,
@@ -413,9 +408,7 @@ fn null_sender_never_gets_a_dsn_the_postmaster_does() {
 #[test]
 fn volatile_mode_delivers_and_spills_deferred_mail_to_disk() {
     let (port, sinks) = sinks(&[ip(2)], SinkConfig::default);
-    let zone = Zone::new()
-        .mx("example.test", 10, "mx1.example.test")
-        .a("mx1.example.test", ip(2));
+    let zone = example_zone();
     let s = Setup::start(
         zone,
         port,
@@ -526,9 +519,7 @@ fn init(work: &Workdir, args: &[&str]) -> std::process::Output {
 #[test]
 fn paused_delivery_keeps_mail_queued_until_resumed() {
     let (port, sinks) = sinks(&[ip(2)], SinkConfig::default);
-    let zone = Zone::new()
-        .mx("example.test", 10, "mx1.example.test")
-        .a("mx1.example.test", ip(2));
+    let zone = example_zone();
     let s = Setup::start(zone, port, "");
     assert!(init(&s.work, &["pause", "delivery"]).status.success());
     let status = init(&s.work, &["status"]);
@@ -556,9 +547,7 @@ fn paused_delivery_keeps_mail_queued_until_resumed() {
 fn delay_notice_is_sent_once_after_the_configured_age() {
     let (port, sinks) = sinks(&[ip(2)], SinkConfig::default);
     sinks[0].set_default_rcpt_reply(451, "4.2.1 mailbox busy");
-    let zone = Zone::new()
-        .mx("example.test", 10, "mx1.example.test")
-        .a("mx1.example.test", ip(2));
+    let zone = example_zone();
     let s = Setup::start(
         zone,
         port,
@@ -581,9 +570,7 @@ fn delay_notice_is_sent_once_after_the_configured_age() {
 fn notify_success_reports_delivery_and_never_reports_nothing() {
     let (port, sinks) = sinks(&[ip(2)], SinkConfig::default);
     sinks[0].set_rcpt_reply("gone@", 550, "5.1.1 gone");
-    let zone = Zone::new()
-        .mx("example.test", 10, "mx1.example.test")
-        .a("mx1.example.test", ip(2));
+    let zone = example_zone();
     let s = Setup::start(zone, port, "");
     let mut c = s.mtad.connect();
     c.cmd("EHLO client.test", "250");
@@ -620,9 +607,7 @@ fn a_crash_mid_delivery_delivers_again_never_zero_times() {
         data_delay: Duration::from_millis(1500),
         ..SinkConfig::default()
     });
-    let zone = Zone::new()
-        .mx("example.test", 10, "mx1.example.test")
-        .a("mx1.example.test", ip(2));
+    let zone = example_zone();
     let s = Setup::start(zone, port, "");
     let id = s.send("alice@local.test", &["bob@example.test"], "in flight");
     // The attempt is under way: the sink holds the end of data.
@@ -671,9 +656,7 @@ fn a_configured_route_sends_a_domain_to_its_smarthost() {
 #[test]
 fn volatile_messages_not_yet_attempted_are_spilled_on_a_clean_stop() {
     let (port, sinks) = sinks(&[ip(2)], SinkConfig::default);
-    let zone = Zone::new()
-        .mx("example.test", 10, "mx1.example.test")
-        .a("mx1.example.test", ip(2));
+    let zone = example_zone();
     let s = Setup::start(zone, port, "[queue]\nmode = \"volatile\"\n");
     assert!(init(&s.work, &["pause", "delivery"]).status.success());
     let ids: Vec<String> = (0..3)
