@@ -158,20 +158,31 @@ async fn serve(config: Config) -> Result<()> {
     // moment we say ready must still mean a clean stop.
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut winch = signal(SignalKind::window_change()).context("SIGWINCH handler")?;
     for addr in &listen {
         println!("mtad: smtp listening on {addr}");
     }
     println!("mtad: ready (pid {})", std::process::id());
     info!(listen = ?listen, "ready");
 
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = int.recv() => info!("SIGINT received"),
-        () = shutdown.requested.cancelled() => {}
-    }
+    // Apache httpd's discipline: TERM (and INT, Ctrl-C) stop now; WINCH,
+    // like `mta-init stop`, stops gracefully. Either way nothing accepted
+    // is lost and every retry schedule is on disk.
+    let now = tokio::select! {
+        _ = term.recv() => { info!("SIGTERM received: stopping now"); true }
+        _ = int.recv() => { info!("SIGINT received: stopping now"); true }
+        _ = winch.recv() => { info!("SIGWINCH received: stopping gracefully"); false }
+        () = shutdown.requested.cancelled() => false,
+    };
 
-    // The stop, step by step.
-    let deadline = config.shutdown.timeout;
+    // The stop, step by step. Stopping now is the same with no time given:
+    // sessions hear 421 at once, attempts in flight are cut short and
+    // count as deferred.
+    let (deadline, drain) = if now {
+        (Duration::ZERO, Duration::ZERO)
+    } else {
+        (config.shutdown.timeout, config.shutdown.drain_timeout)
+    };
     ctx.stats.begin_stop(deadline);
     info!(
         sessions = ctx.stats.sessions_open(),
@@ -201,7 +212,7 @@ async fn serve(config: Config) -> Result<()> {
         in_flight = ctx.queue.in_flight(),
         "draining deliveries in flight"
     );
-    ctx.queue.shutdown(config.shutdown.drain_timeout).await;
+    ctx.queue.shutdown(drain).await;
     monitor.abort();
     let spool = ctx.spool.clone();
     tokio::task::spawn_blocking(move || spool.close())
