@@ -44,7 +44,18 @@ struct StopOnDrop<'a>(&'a Workdir);
 
 impl Drop for StopOnDrop<'_> {
     fn drop(&mut self) {
-        let _ = init(self.0, &["stop", "--wait", "20"]);
+        // The PID before the stop: if the stop fails (the bug under test,
+        // say), the daemon must not outlive the test.
+        let pid = std::fs::read_to_string(self.0.queue().join("mtad.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok());
+        let stopped = init(self.0, &["stop", "--wait", "20"]).status.success();
+        if let (false, Some(pid)) = (stopped, pid) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 }
 

@@ -5,6 +5,7 @@ mod util;
 
 mod delivery;
 mod durability;
+mod http;
 mod init;
 mod limits;
 mod postfix;

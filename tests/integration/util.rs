@@ -85,6 +85,9 @@ impl Workdir {
                  [delivery.routes]\n\"remote.test\" = \"127.0.0.1:9\"\n",
             );
         }
+        if !extra.contains("[http]") {
+            text.push_str("\n[http]\nlisten = [\"127.0.0.1:0\"]\n");
+        }
         if !extra.contains("[queue]") {
             text.push_str("\n[queue]\nretry_base = \"1h\"\n");
         }
@@ -97,6 +100,8 @@ impl Workdir {
 pub struct Mtad {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The admin HTTP server, when one is configured.
+    pub http: Option<SocketAddr>,
     stdout: BufReader<std::process::ChildStdout>,
 }
 
@@ -118,6 +123,7 @@ impl Mtad {
             .map_err(|e| e.to_string())?;
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let mut addr = None;
+        let mut http = None;
         let mut line = String::new();
         loop {
             line.clear();
@@ -132,6 +138,9 @@ impl Mtad {
             }
             if let Some(a) = line.trim().strip_prefix("mtad: smtp listening on ") {
                 addr = Some(a.parse().expect("announced address"));
+            }
+            if let Some(a) = line.trim().strip_prefix("mtad: http listening on ") {
+                http = Some(a.parse().expect("announced address"));
             }
             if line.starts_with("mtad: ready") {
                 break;
@@ -150,6 +159,7 @@ impl Mtad {
         Ok(Mtad {
             child,
             addr: addr.ok_or("no address announced")?,
+            http,
             stdout,
         })
     }

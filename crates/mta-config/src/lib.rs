@@ -57,6 +57,25 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     /// Local delivery to Maildir.
     pub maildir: MaildirConfig,
+    /// The admin HTTP server.
+    pub http: HttpConfig,
+}
+
+/// `[http]`: the admin HTTP server (`GET /status`, `GET /metrics`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Addresses to listen on; empty turns the server off. It has no
+    /// authentication yet: keep it on loopback.
+    pub listen: Vec<SocketAddr>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 8025))],
+        }
+    }
 }
 
 /// `[maildir]`: where mail for local domains is delivered.
@@ -170,6 +189,7 @@ impl Default for Config {
             queue: QueueConfig::default(),
             delivery: DeliveryConfig::default(),
             maildir: MaildirConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }

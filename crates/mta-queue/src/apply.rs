@@ -334,6 +334,9 @@ async fn send_dsn(
         error!(queue_id = %job.id, error = %e, "cannot queue a DSN");
         return false;
     }
+    inner
+        .dsns
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut record = Record::new(Event::Bounced, job.id, queue_name(QueueName::Bounce));
     record.recipient = Some(envelope.recipients[0].address.to_string());
     record.dsn_id = Some(id.to_string());

@@ -129,6 +129,8 @@ pub(crate) struct Inner {
     pub abort: CancellationToken,
     /// Every attempt and runner loop.
     pub tasks: TaskTracker,
+    /// DSNs queued since start.
+    pub dsns: std::sync::atomic::AtomicU64,
 }
 
 impl Inner {
@@ -224,6 +226,7 @@ impl Queue {
             stopping: CancellationToken::new(),
             abort: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            dsns: std::sync::atomic::AtomicU64::new(0),
         });
         inner
             .tasks
@@ -297,6 +300,11 @@ impl Queue {
     pub fn resume(&self, queue: QueueName) {
         self.inner.runner(queue).set_paused(false);
         self.inner.disk_wake.notify_one();
+    }
+
+    /// DSNs queued since start.
+    pub fn dsns_queued(&self) -> u64 {
+        self.inner.dsns.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Attempts running now, all runners together.

@@ -4,6 +4,7 @@
 
 mod connection;
 mod control;
+mod http;
 mod listener;
 mod pidfile;
 mod server;

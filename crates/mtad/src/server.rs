@@ -101,6 +101,16 @@ async fn serve(config: Config) -> Result<()> {
         listeners.push(listener);
     }
 
+    let mut http_listeners = Vec::new();
+    let mut http_listen = Vec::new();
+    for addr in &config.http.listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (http)"))?;
+        http_listen.push(listener.local_addr().context("listening address")?);
+        http_listeners.push(listener);
+    }
+
     let control_path = config.control_socket();
     let control = ControlSocket::bind(&control_path)?;
     let pid_file = PidFile::write(&config.pid_file())?;
@@ -159,8 +169,15 @@ async fn serve(config: Config) -> Result<()> {
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut winch = signal(SignalKind::window_change()).context("SIGWINCH handler")?;
+    let http_tasks: Vec<_> = http_listeners
+        .into_iter()
+        .map(|l| tokio::spawn(crate::http::serve(l, ctx.clone(), shutdown.clone())))
+        .collect();
     for addr in &listen {
         println!("mtad: smtp listening on {addr}");
+    }
+    for addr in &http_listen {
+        println!("mtad: http listening on {addr}");
     }
     println!("mtad: ready (pid {})", std::process::id());
     info!(listen = ?listen, "ready");
@@ -207,6 +224,9 @@ async fn serve(config: Config) -> Result<()> {
     shutdown.listeners_closed.cancel();
     for acceptor in acceptors {
         let _ = acceptor.await;
+    }
+    for task in http_tasks {
+        let _ = task.await;
     }
     info!(
         in_flight = ctx.queue.in_flight(),
