@@ -201,6 +201,12 @@ listen = ["127.0.0.1:0"]
 max_connections = 1000
 [spool]
 min_free_space = 0
+# No admin HTTP server, and never the system resolver (delivery is paused
+# anyway; this makes sure no lookup can leave loopback).
+[http]
+listen = []
+[delivery]
+name_servers = ["127.0.0.1:9"]
 EOF
     "$MTAD" --config "$MTADIR/mtad.toml" >"$MTADIR/stdout" 2>"$MTADIR/mtad.log" &
     MTAD_PID=$!
