@@ -1,0 +1,848 @@
+#!/usr/bin/env bash
+# End-to-end relay benchmark: mta-loadgen -> MTA -> Postfix's smtp-sink, all
+# on loopback, for mtad and for a private instance of Debian's Postfix set up
+# as the same relay, in one run, on this machine. Both make every message
+# durable before answering 250 (mtad in its default durable mode; Postfix
+# always) and relay everything to a fresh smtp-sink, which counts what it
+# receives. See docs/benchmarks.md ("End to end: relay to smtp-sink") for
+# what this measures and the last recorded figures.
+#
+# Usage (as root; a private Postfix instance needs it):
+#   benches/relay.sh             # builds, checks the network, runs, prints Markdown
+#
+# Environment:
+#   RELAY_SCALE=N      divide every message count by N (quick smoke run)
+#   RELAY_REPEAT=N     rounds per case and MTA (default 3); the table shows
+#                      each MTA's best round by end-to-end msg/s
+#   RELAY_TIMEOUT=S    --timeout of each mta-loadgen run (default 240)
+#   RELAY_DRAIN=S      longest wait, once the load is in, for the sink to
+#                      have every message (default 240)
+#   RELAY_COOLDOWN=S   pause before every measured run (default 0); see
+#                      "File churn" in docs/benchmarks.md
+#   RELAY_NO_BUILD=1   skip `cargo build --release`
+#   RELAY_NO_NETCHECK=1  skip the strace check that nothing leaves loopback
+#   RELAY_KEEP=1       keep the temporary directory (queues, logs, JSON)
+#
+# The Markdown report goes to standard output, progress to standard error.
+# Only 127.0.0.1 is used: mtad routes example.test to the sink with
+# [delivery.routes] and its resolver points at a closed loopback port
+# (127.0.0.1:9), Postfix has relayhost = [127.0.0.1]:port with DNS off.
+# /etc/postfix and port 25 are never touched. An EXIT trap stops mtad, the
+# private Postfix, smtp-sink and every helper this script started, whatever
+# happens. Every wait is bounded. Exit status: 0 if every run delivered
+# every message exactly once and left both queues empty.
+set -euo pipefail
+
+SCALE=${RELAY_SCALE:-1}
+TIMEOUT=${RELAY_TIMEOUT:-240}
+DRAIN=${RELAY_DRAIN:-240}
+REPEAT=${RELAY_REPEAT:-3}
+COOLDOWN=${RELAY_COOLDOWN:-0}
+WARMUP=40 # messages through the whole path before each measured run
+
+log() { printf 'relay: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+if [ "$(id -u)" != 0 ]; then
+    echo "relay: must run as root (a private Postfix instance needs root to start its master, and smtp-sink drops to 'nobody'); try: sudo $0" >&2
+    exit 1
+fi
+for tool in cargo postfix postconf ss script stdbuf timeout tail pgrep; do
+    command -v "$tool" >/dev/null 2>&1 \
+        || die "$tool not found (Postfix comes from tests/install-peers.sh)"
+done
+SINK_BIN=/usr/sbin/smtp-sink
+[ -x "$SINK_BIN" ] || die "$SINK_BIN not found (Debian's postfix package; tests/install-peers.sh)"
+if [ -z "${RELAY_NO_NETCHECK:-}" ]; then
+    command -v strace >/dev/null 2>&1 || die "strace not found (or set RELAY_NO_NETCHECK=1)"
+fi
+id postfix >/dev/null 2>&1 || die "no 'postfix' user (run tests/install-peers.sh)"
+id nobody >/dev/null 2>&1 || die "no 'nobody' user for smtp-sink"
+getent group postdrop >/dev/null 2>&1 || die "no 'postdrop' group (run tests/install-peers.sh)"
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+
+if [ -z "${RELAY_NO_BUILD:-}" ]; then
+    log "building release binaries"
+    cargo build --release -p mtad -p mta-init -p mta-bench >&2
+fi
+TARGET_DIR=$(cargo metadata --format-version 1 --no-deps 2>/dev/null \
+    | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+TARGET_DIR=${TARGET_DIR:-$ROOT/target}
+MTAD=$TARGET_DIR/release/mtad
+LOADGEN=$TARGET_DIR/release/mta-loadgen
+[ -x "$MTAD" ] || die "$MTAD missing"
+[ -x "$LOADGEN" ] || die "$LOADGEN missing"
+
+WORK=$(mktemp -d /tmp/mta-relay.XXXXXX)
+chmod 755 "$WORK" # the postfix user must reach its queue and data dirs
+# Spread the per-run directories over the file system's block groups (the
+# ext4 Orlov allocator treats a +T directory's children as top-level
+# directories), so a run's new files do not land among the inodes the
+# previous runs' deliveries have just freed (see "File churn" in
+# docs/benchmarks.md). Harmless where unsupported.
+chattr +T "$WORK" 2>/dev/null || true
+PFCONF=$WORK/postfix/etc
+# Queue directories are per run and only removed at the end.
+RUN=0
+RUNDIR=
+PFQUEUE=$WORK/postfix/none
+MTAD_PID=
+MTAD_PORT=
+MTAD_STRACE_PID=
+PF_STRACE_PID=
+LOADGEN_PID=
+SINK_PID=
+SINK_PORT=
+SINK_OUT=
+WATCH_PID=
+PF_PORT=
+PF_STARTED=
+
+# --- process handling ---------------------------------------------------------
+
+# Stop one process we started: TERM, up to $2 tenths of a second, then KILL.
+stop_pid() { # pid tenths
+    local pid=$1 tenths=${2:-100}
+    [ -n "$pid" ] || return 0
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq "$tenths"); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            log "process $pid ignored SIGTERM; killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
+stop_mtad() {
+    [ -n "$MTAD_PID" ] || return 0
+    stop_pid "$MTAD_PID" 300 # mtad finishes deliveries in flight first
+    MTAD_PID=
+    # strace (network check) exits with its tracee.
+    stop_pid "$MTAD_STRACE_PID" 50
+    MTAD_STRACE_PID=
+}
+
+stop_sink() {
+    stop_pid "$SINK_PID" 50
+    SINK_PID=
+    # the watcher's tail follows the sink (--pid) and ends with it
+    stop_pid "$WATCH_PID" 30
+    WATCH_PID=
+}
+
+# The master's pid, if a private master is running on our queue directory.
+pf_master_pid() {
+    local pid
+    [ -r "$PFQUEUE/pid/master.pid" ] || return 1
+    pid=$(tr -d ' \n' <"$PFQUEUE/pid/master.pid")
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+    echo "$pid"
+}
+
+# Processes of this private instance (MAIL_CONFIG=$PFCONF in their environment).
+pf_instance_pids() {
+    local f pid
+    for f in /proc/[0-9]*/environ; do
+        pid=${f#/proc/}
+        pid=${pid%/environ}
+        if { tr '\0' '\n' <"$f"; } 2>/dev/null | grep -qxF "MAIL_CONFIG=$PFCONF"; then
+            printf '%s ' "$pid"
+        fi
+    done
+}
+
+stop_postfix() {
+    [ -n "$PF_STARTED" ] || return 0
+    stop_pid "$PF_STRACE_PID" 50 # detaches from the instance
+    PF_STRACE_PID=
+    local pid left=
+    pid=$(pf_master_pid) || pid=
+    timeout 60 postfix -c "$PFCONF" stop >/dev/null 2>&1 || true
+    if [ -n "$pid" ]; then
+        for _ in $(seq 100); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            log "Postfix master $pid still running after 'postfix stop'; killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    # Workers exit on their own once the master is gone; make sure of it.
+    # Only processes of this instance: their environment names our config.
+    for _ in $(seq 50); do
+        left=$(pf_instance_pids)
+        [ -n "$left" ] || break
+        sleep 0.1
+    done
+    if [ -n "$left" ]; then
+        log "killing leftover Postfix processes of this instance: $left"
+        # shellcheck disable=SC2086
+        kill -KILL $left 2>/dev/null || true
+    fi
+    PF_STARTED=
+}
+
+cleanup() {
+    local rc=$?
+    set +e
+    if [ -n "$LOADGEN_PID" ]; then
+        kill -TERM "$LOADGEN_PID" 2>/dev/null
+        wait "$LOADGEN_PID" 2>/dev/null
+    fi
+    stop_mtad
+    stop_postfix
+    stop_sink
+    if [ -n "${RELAY_KEEP:-}" ]; then
+        log "kept $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# A free TCP port on 127.0.0.1 (high range; checked against ss).
+free_port() {
+    local port
+    for _ in $(seq 200); do
+        port=$((20000 + RANDOM % 40000))
+        if ! ss -Htan "sport = :$port" 2>/dev/null | grep -q .; then
+            echo "$port"
+            return 0
+        fi
+    done
+    die "no free port found"
+}
+
+wait_listening() { # port seconds
+    local port=$1 tries=$(($2 * 10))
+    for _ in $(seq "$tries"); do
+        ss -Htln "sport = :$port" 2>/dev/null | grep -q '127.0.0.1' && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+new_rundir() { # mta
+    RUN=$((RUN + 1))
+    RUNDIR=$WORK/run-$RUN-$1
+    mkdir -p "$RUNDIR"
+    chmod 755 "$RUNDIR"
+}
+
+# --- smtp-sink ------------------------------------------------------------------
+
+# A new sink for every run. -c prints "sess=S quit=Q mesg=M" followed by a
+# carriage return each time a session ends, QUIT is received or a message's
+# final "." is received: mesg is the number of transactions it got.
+start_sink() {
+    SINK_PORT=$(free_port)
+    SINK_OUT=$RUNDIR/sink.out
+    : >"$SINK_OUT"
+    "$SINK_BIN" -c -u nobody "127.0.0.1:$SINK_PORT" 1024 >"$SINK_OUT" 2>"$RUNDIR/sink.err" &
+    SINK_PID=$!
+    wait_listening "$SINK_PORT" 10 || { cat "$RUNDIR/sink.err" >&2; die "smtp-sink is not listening on 127.0.0.1:$SINK_PORT"; }
+}
+
+sink_count() {
+    local n
+    n=$(tail -c 96 "$SINK_OUT" 2>/dev/null | tr '\r' '\n' | sed -n 's/.*mesg=\([0-9]*\)$/\1/p' | tail -n1)
+    echo "${n:-0}"
+}
+
+# Writes the time ($EPOCHREALTIME) at which the sink's counter reaches
+# $1 into $RUNDIR/sink.done. Event-driven (tail -f uses inotify), so it
+# costs nothing while it waits and is late by well under a millisecond.
+start_watcher() { # target
+    rm -f "$RUNDIR/sink.done"
+    (
+        timeout "$((TIMEOUT + DRAIN + 60))" tail -c +1 --pid="$SINK_PID" -f "$SINK_OUT" 2>/dev/null \
+            | stdbuf -o0 tr '\r' '\n' \
+            | { grep -m1 -qx ".* mesg=$1" && printf '%s\n' "$EPOCHREALTIME" >"$RUNDIR/sink.done"; }
+    ) &
+    WATCH_PID=$!
+}
+
+wait_sink_count() { # target seconds; returns 1 on timeout
+    local target=$1 tries=$(($2 * 10))
+    for _ in $(seq "$tries"); do
+        [ "$(sink_count)" -ge "$target" ] && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# --- mtad -------------------------------------------------------------------
+
+start_mtad() { # [netcheck]: run it under strace
+    MTADIR=$RUNDIR
+    cat >"$MTADIR/mtad.toml" <<EOF
+hostname = "mx.test"
+queue_dir = "$MTADIR/queue"
+[smtp]
+listen = ["127.0.0.1:0"]
+max_connections = 1000
+[spool]
+min_free_space = 0
+# No admin HTTP server (it would take 127.0.0.1:8025).
+[http]
+listen = []
+[queue]
+retry_base = "1s"
+[delivery]
+# A closed loopback port: mtad must never ask the system's resolver here,
+# and with the route below it asks no resolver at all.
+name_servers = ["127.0.0.1:9"]
+max_per_destination = 20
+tls = "none"
+[delivery.routes]
+"example.test" = "127.0.0.1:$SINK_PORT"
+EOF
+    if [ "${1:-}" = netcheck ]; then
+        strace -f -qq -o "$MTADIR/strace.out" -e trace=connect,sendto,sendmsg,sendmmsg \
+            "$MTAD" --config "$MTADIR/mtad.toml" >"$MTADIR/stdout" 2>"$MTADIR/mtad.log" &
+        MTAD_STRACE_PID=$!
+        for _ in $(seq 50); do
+            MTAD_PID=$(pgrep -P "$MTAD_STRACE_PID" | head -n1) || true
+            [ -n "$MTAD_PID" ] && break
+            sleep 0.1
+        done
+        [ -n "$MTAD_PID" ] || die "mtad did not start under strace"
+    else
+        "$MTAD" --config "$MTADIR/mtad.toml" >"$MTADIR/stdout" 2>"$MTADIR/mtad.log" &
+        MTAD_PID=$!
+    fi
+    for _ in $(seq 100); do
+        grep -q '^mtad: ready' "$MTADIR/stdout" 2>/dev/null && break
+        kill -0 "$MTAD_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    if ! grep -q '^mtad: ready' "$MTADIR/stdout" 2>/dev/null; then
+        cat "$MTADIR/stdout" "$MTADIR/mtad.log" >&2 || true
+        die "mtad did not become ready"
+    fi
+    MTAD_PORT=$(sed -n 's/^mtad: smtp listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$MTADIR/stdout" | head -n1)
+    [ -n "$MTAD_PORT" ] || die "could not read mtad's port from its stdout"
+}
+
+mtad_queued() {
+    find "$MTADIR/queue/msg" "$MTADIR/queue/tmp" -type f 2>/dev/null | wc -l
+}
+
+mtad_events() { # event
+    grep -c "\"event\":\"$1\"" "$MTADIR/queue/delivery.log" 2>/dev/null || true
+}
+
+mtad_last_delivery() {
+    grep '"event":"delivered"' "$MTADIR/queue/delivery.log" 2>/dev/null \
+        | sed -n 's/.*"ts":\([0-9.]*\).*/\1/p' | sort -n | tail -n1
+}
+
+# --- Postfix ----------------------------------------------------------------
+
+write_postfix_config() {
+    mkdir -p "$PFCONF"
+    cat >"$PFCONF/main.cf" <<EOF
+# Private instance for benches/relay.sh: accept from loopback, make durable
+# (cleanup fsyncs the queue file before smtpd answers 250), relay everything
+# to the smtp-sink of the run, and skip work mtad does not do either.
+compatibility_level = 3.6
+config_directory = $PFCONF
+# queue_directory, data_directory, maillog_file, relayhost: set per run
+mail_owner = postfix
+setgid_group = postdrop
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+myhostname = pf.test
+mydomain = test
+myorigin = \$myhostname
+mydestination =
+relay_domains =
+local_recipient_maps =
+relay_recipient_maps =
+alias_maps =
+alias_database =
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks, reject
+smtpd_recipient_restrictions = permit_mynetworks, reject
+smtpd_client_restrictions =
+smtpd_helo_restrictions =
+smtpd_sender_restrictions =
+smtpd_data_restrictions =
+smtpd_delay_reject = no
+smtpd_peername_lookup = no
+smtpd_milters =
+non_smtpd_milters =
+header_checks =
+body_checks =
+smtpd_tls_security_level =
+# Outbound: every message to the sink, by address, no DNS, no TLS, 20
+# connections at most (as mtad's max_per_destination), cached for reuse.
+default_transport = smtp
+disable_dns_lookups = yes
+smtp_dns_support_level = disabled
+smtp_tls_security_level = none
+default_destination_concurrency_limit = 20
+smtp_connection_cache_on_demand = yes
+default_process_limit = 200
+smtpd_client_connection_count_limit = 0
+smtpd_client_connection_rate_limit = 0
+smtpd_client_message_rate_limit = 0
+smtpd_client_recipient_rate_limit = 0
+# Otherwise smtpd sleeps up to 1 s per message when the queue manager
+# falls behind (as mtad, accept as fast as the disk allows).
+in_flow_delay = 0
+message_size_limit = 67108864
+biff = no
+maillog_file_prefixes = $WORK
+EOF
+    cat >"$PFCONF/master.cf" <<EOF
+# service type  private unpriv  chroot  wakeup  maxproc command
+127.0.0.1:$PF_PORT inet n - n - - smtpd
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+EOF
+}
+
+start_postfix() { # [netcheck]: attach strace to the master before any mail
+    PFQUEUE=$RUNDIR/spool
+    PFDATA=$RUNDIR/data
+    PFLOG=$RUNDIR/maillog
+    postconf -c "$PFCONF" -e "queue_directory = $PFQUEUE" "data_directory = $PFDATA" \
+        "maillog_file = $PFLOG" "relayhost = [127.0.0.1]:$SINK_PORT"
+    mkdir -p "$PFQUEUE" "$PFDATA"
+    chown postfix "$PFDATA"
+    chmod 700 "$PFDATA"
+    if ! timeout 60 postfix -c "$PFCONF" check >"$RUNDIR/check.log" 2>&1; then
+        cat "$RUNDIR/check.log" >&2
+        die "postfix -c $PFCONF check failed"
+    fi
+    PF_STARTED=1
+    # postfix prints its start errors only on a terminal: give it one.
+    if ! timeout 60 script -qec "postfix -c '$PFCONF' start" /dev/null >"$RUNDIR/start.log" 2>&1; then
+        cat "$RUNDIR/start.log" >&2
+        die "postfix -c $PFCONF start failed"
+    fi
+    wait_listening "$PF_PORT" 15 || die "Postfix is not listening on 127.0.0.1:$PF_PORT"
+    if [ "${1:-}" = netcheck ]; then
+        local master
+        master=$(pf_master_pid) || die "no Postfix master pid"
+        # Follows every process the master forks from now on (smtpd, cleanup,
+        # trivial-rewrite, smtp...); qmgr and pickup do no networking.
+        strace -f -qq -o "$RUNDIR/strace.out" -e trace=connect,sendto,sendmsg,sendmmsg -p "$master" 2>"$RUNDIR/strace.err" &
+        PF_STRACE_PID=$!
+        sleep 1
+        kill -0 "$PF_STRACE_PID" 2>/dev/null || { cat "$RUNDIR/strace.err" >&2; die "strace could not attach to the Postfix master"; }
+    fi
+}
+
+pf_count() { # queue name
+    find "$PFQUEUE/$1" -type f 2>/dev/null | wc -l
+}
+
+pf_queued() {
+    echo $(($(pf_count incoming) + $(pf_count active) + $(pf_count deferred) + $(pf_count hold) + $(pf_count maildrop)))
+}
+
+pf_events() { # status
+    grep -c " status=$1 " "$PFLOG" 2>/dev/null || true
+}
+
+# Time of the last "status=sent" in the maillog, as a Unix time. postlogd
+# writes "Mon DD HH:MM:SS.uuuuuu" in local time, without the year.
+pf_last_delivery() {
+    local stamp
+    stamp=$(grep ' status=sent ' "$PFLOG" 2>/dev/null | tail -n1 | awk '{ print $1 " " $2 " " $3 }')
+    [ -n "$stamp" ] || return 0
+    local whole=${stamp%.*} frac=
+    [ "$whole" != "$stamp" ] && frac=${stamp##*.}
+    local secs
+    secs=$(date -d "$whole" +%s 2>/dev/null) || return 0
+    echo "$secs${frac:+.$frac}"
+}
+
+# --- CPU time -------------------------------------------------------------------
+
+# CPU time (user + system, clock ticks) a process has used, all its threads
+# included; with "children", also what its reaped children used.
+proc_ticks() { # pid [children]
+    local stat rest
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
+    rest=${stat##*) } # the command name may contain spaces
+    # shellcheck disable=SC2086
+    set -- $rest "${2:-}"
+    # after the name: state ppid ... utime is field 12, stime 13, cutime 14, cstime 15
+    if [ "${!#}" = children ]; then
+        echo $((${12} + ${13} + ${14} + ${15}))
+    else
+        echo $((${12} + ${13}))
+    fi
+}
+
+# mtad's CPU time so far, in ticks.
+mtad_ticks() { proc_ticks "$MTAD_PID"; }
+
+# The whole Postfix instance's CPU time so far, in ticks: every live process
+# of the instance, plus what the master's reaped children used (smtpd and
+# the other workers exit after max_use requests or when idle).
+pf_ticks() {
+    local pid master total=0
+    master=$(pf_master_pid) || master=
+    for pid in $(pf_instance_pids); do
+        if [ "$pid" = "$master" ]; then
+            total=$((total + $(proc_ticks "$pid" children)))
+        else
+            total=$((total + $(proc_ticks "$pid")))
+        fi
+    done
+    echo "$total"
+}
+
+# milliseconds of CPU per message
+cpu_ms_per_msg() { # ticks messages
+    awk -v t="$1" -v n="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN { if (n + 0 == 0 || t == "") print ""; else printf "%.3f", t * 1000 / hz / n }'
+}
+
+# --- runs -------------------------------------------------------------------
+
+json_num() { # key json
+    printf '%s' "$2" | sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p" | head -n1
+}
+json_p() { # p50|p99 json
+    printf '%s' "$2" | sed -n "s/.*\"latency_ms\":{[^}]*\"$1\":\([0-9.]*\).*/\1/p" | head -n1
+}
+ratio() { # a b -> a/b with 2 decimals, or - if unknown
+    awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'
+}
+# messages / (end - start) with 2 decimals
+per_sec() { # messages start end
+    awk -v n="$1" -v a="$2" -v b="$3" 'BEGIN { if (b == "" || b - a <= 0) print ""; else printf "%.2f", n / (b - a) }'
+}
+secs() { # start end -> seconds with 3 decimals
+    awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "") print "-"; else printf "%.3f", b - a }'
+}
+
+FAILED=0
+ROWS=()
+CPUROWS=()
+ALLRUNS=()
+CMDS=()
+
+# Warm-up through the whole path: Postfix spawns smtpd, cleanup,
+# trivial-rewrite and smtp on demand, and both MTAs open their first
+# connections to the sink; none of that is measured. Both get the same.
+warm_up() { # port rcpts size expected-sink-count
+    "$LOADGEN" --server "127.0.0.1:$1" --sessions 20 --messages "$WARMUP" --rcpts "$2" \
+        --size "$3" --timeout 60 >"$RUNDIR/warmup.log" 2>&1 \
+        || { cat "$RUNDIR/warmup.log" >&2; die "warm-up failed"; }
+    wait_sink_count "$4" 60 || die "the sink got $(sink_count) of the $4 warm-up messages in 60 s"
+}
+
+# One loadgen run; sets RATE P50 P99 ACC T0 T1 LOADGEN_RC, saves the JSON.
+run_loadgen() { # port args...
+    local port=$1
+    shift
+    local out
+    LOADGEN_RC=0
+    T0=$EPOCHREALTIME
+    # In the background so that a signal's trap runs at once (bash defers
+    # traps until a foreground child exits, but interrupts `wait`).
+    "$LOADGEN" --server "127.0.0.1:$port" "$@" --timeout "$TIMEOUT" --json \
+        >"$RUNDIR/loadgen.json" 2>"$RUNDIR/loadgen.stderr" &
+    LOADGEN_PID=$!
+    wait "$LOADGEN_PID" || LOADGEN_RC=$?
+    T1=$EPOCHREALTIME
+    LOADGEN_PID=
+    out=$(cat "$RUNDIR/loadgen.json")
+    RATE=$(json_num rate_msg_s "$out")
+    ACC=$(json_num accepted "$out")
+    P50=$(json_p p50 "$out")
+    P99=$(json_p p99 "$out")
+    if [ "$LOADGEN_RC" != 0 ]; then
+        log "$NAME: mta-loadgen exited $LOADGEN_RC: $out"
+        FAILED=1
+    fi
+}
+
+# After the load: when did the sink get the last message? Sets T2 (empty
+# if it did not within RELAY_DRAIN seconds).
+wait_drained() {
+    T2=
+    for _ in $(seq $((DRAIN * 10))); do
+        if [ -s "$RUNDIR/sink.done" ]; then
+            T2=$(cat "$RUNDIR/sink.done")
+            return 0
+        fi
+        sleep 0.1
+    done
+    log "$NAME: the sink has $(sink_count) of $TARGET messages after ${DRAIN} s"
+    FAILED=1
+}
+
+wait_empty() { # function-printing-queue-size seconds
+    local n
+    for _ in $(seq $(($2 * 10))); do
+        n=$($1)
+        [ "$n" = 0 ] && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# One measured run of one MTA. Sets RATE P50 P99 E2E DRAINED SINKED CPU.
+# args: messages rcpts size loadgen-args...
+measure() { # mta messages rcpts size args...
+    local mta=$1 messages=$2 rcpts=$3 size=$4
+    shift 4
+    local port expect_dlv sent deferred failed queued last lastnote= c0 c1
+    new_rundir "$mta"
+    [ "$COOLDOWN" = 0 ] || sleep "$COOLDOWN"
+    sync
+    start_sink
+    if [ "$mta" = mtad ]; then
+        start_mtad
+        port=$MTAD_PORT
+    else
+        start_postfix
+        port=$PF_PORT
+    fi
+    log "$NAME: $mta on 127.0.0.1:$port -> smtp-sink on 127.0.0.1:$SINK_PORT"
+    warm_up "$port" "$rcpts" "$size" "$WARMUP"
+    TARGET=$((WARMUP + messages))
+    start_watcher "$TARGET"
+    if [ "$mta" = mtad ]; then c0=$(mtad_ticks); else c0=$(pf_ticks); fi
+    run_loadgen "$port" "$@"
+    wait_drained
+    # Then: the queue must empty, and the sink must not get anything more.
+    if [ "$mta" = mtad ]; then
+        wait_empty mtad_queued 60 || true
+        queued=$(mtad_queued)
+    else
+        wait_empty pf_queued 60 || true
+        queued=$(pf_queued)
+    fi
+    sleep 1
+    if [ "$mta" = mtad ]; then c1=$(mtad_ticks); else c1=$(pf_ticks); fi
+    CPU=$(cpu_ms_per_msg $((c1 - c0)) "$messages")
+    SINKED=$(($(sink_count) - WARMUP))
+    expect_dlv=$((TARGET * rcpts))
+    if [ "$mta" = mtad ]; then
+        sent=$(mtad_events delivered)
+        deferred=$(mtad_events deferred)
+        failed=$(($(mtad_events failed) + $(mtad_events bounced)))
+        last=$(mtad_last_delivery)
+        stop_mtad
+    else
+        sent=$(pf_events sent)
+        deferred=$(pf_events deferred)
+        failed=$(pf_events bounced)
+        last=$(pf_last_delivery)
+        lastnote=" (the maillog has whole seconds)"
+        stop_postfix
+    fi
+    stop_sink
+    E2E=$(per_sec "$messages" "$T0" "$T2")
+    DRAINED=$(secs "$T1" "$T2")
+    log "$NAME: $mta accepted ${ACC:-?} at ${RATE:-?} msg/s (p50 ${P50:-?} ms, p99 ${P99:-?} ms); sink got the last at +$(secs "$T0" "$T2") s, ${DRAINED} s after the load, end to end ${E2E:-?} msg/s; CPU ${CPU:-?} ms/msg; sink count $SINKED (+$WARMUP warm-up); log: $sent delivered, $deferred deferred, $failed failed, last at +$(secs "$T0" "$last") s$lastnote; left in queue $queued"
+    if [ "$SINKED" != "$messages" ] || [ "$queued" != 0 ] || [ "$sent" != "$expect_dlv" ] \
+        || [ "$deferred" != 0 ] || [ "$failed" != 0 ] || [ "${ACC:-}" != "$messages" ] || [ -z "$T2" ]; then
+        log "$NAME: $mta FAILED the checks: expected $messages at the sink (+$WARMUP), $expect_dlv recipients delivered, nothing deferred or failed, an empty queue"
+        FAILED=1
+        E2E=
+    fi
+}
+
+# is $1 > $2 (numbers, empty counts as -1)?
+greater() { awk -v a="${1:--1}" -v b="${2:--1}" 'BEGIN { exit !(a + 0 > b + 0) }'; }
+
+run_case() { # label sessions messages size rcpts [extra loadgen args]
+    local label=$1 sessions=$2 messages=$3 size=$4 rcpts=$5
+    shift 5
+    messages=$((messages / SCALE))
+    [ "$messages" -ge "$sessions" ] || messages=$sessions
+    local args=(--sessions "$sessions" --messages "$messages" --size "$size" --rcpts "$rcpts" "$@")
+    local n=$((${#ROWS[@]} + 1))
+    CMDS+=("$n. mta-loadgen --server 127.0.0.1:PORT ${args[*]} --timeout $TIMEOUT --json")
+
+    local m_e2e= m_rate= m_p50= m_p99= m_sink= m_drain= p_e2e= p_rate= p_p50= p_p99= p_sink= p_drain= m_all= p_all=
+    local m_mincpu= p_mincpu=
+    local r mta order
+    for r in $(seq "$REPEAT"); do
+        # Alternate which MTA goes first (by case and by round), so drift on
+        # a shared machine does not always favour the same one.
+        order=(mtad postfix)
+        [ $(((n + r) % 2)) = 0 ] || order=(postfix mtad)
+        for mta in "${order[@]}"; do
+            NAME="case $n round $r"
+            measure "$mta" "$messages" "$rcpts" "$size" "${args[@]}"
+            if [ "$mta" = mtad ]; then
+                m_all="$m_all${m_all:+, }${E2E:-fail} (${RATE:-fail}; ${CPU:-?})"
+                if greater "$E2E" "$m_e2e"; then
+                    m_e2e=$E2E m_rate=$RATE m_p50=$P50 m_p99=$P99 m_sink=$SINKED m_drain=$DRAINED
+                fi
+                if [ -n "$E2E" ] && { [ -z "$m_mincpu" ] || greater "$m_mincpu" "$CPU"; }; then m_mincpu=$CPU; fi
+            else
+                p_all="$p_all${p_all:+, }${E2E:-fail} (${RATE:-fail}; ${CPU:-?})"
+                if greater "$E2E" "$p_e2e"; then
+                    p_e2e=$E2E p_rate=$RATE p_p50=$P50 p_p99=$P99 p_sink=$SINKED p_drain=$DRAINED
+                fi
+                if [ -n "$E2E" ] && { [ -z "$p_mincpu" ] || greater "$p_mincpu" "$CPU"; }; then p_mincpu=$CPU; fi
+            fi
+        done
+    done
+    ROWS+=("| $n. $label | $messages | ${m_e2e:--} | ${p_e2e:--} | **$(ratio "$m_e2e" "$p_e2e")** | ${m_rate:--} | ${p_rate:--} | $(ratio "$m_rate" "$p_rate") | ${m_p50:--} | ${p_p50:--} | $(ratio "$p_p50" "$m_p50") | ${m_p99:--} | ${p_p99:--} | $(ratio "$p_p99" "$m_p99") | ${m_drain:--} / ${p_drain:--} | ${m_sink:--} / ${p_sink:--} |")
+    CPUROWS+=("| $n. $label | ${m_mincpu:--} | ${p_mincpu:--} | **$(ratio "$p_mincpu" "$m_mincpu")** |")
+    ALLRUNS+=("| $n. $label | $m_all | $p_all |")
+}
+
+# --- network check ---------------------------------------------------------------
+
+# Every connect/sendto/sendmsg of both MTAs in a short trial, traced: each
+# must name a loopback address (or no address: Unix sockets, netlink,
+# connected sockets).
+check_trace() { # mta file
+    local bad total
+    total=$(grep -cE 'inet_addr\(|inet_pton\(' "$2" || true)
+    bad=$(grep -oE 'inet_addr\("[^"]*"\)|inet_pton\(AF_INET6, *"[^"]*"' "$2" \
+        | sed -E 's/.*"([^"]*)".*/\1/' \
+        | grep -vE '^127\.|^::1$|^::ffff:127\.' | sort | uniq -c || true)
+    if [ -n "$bad" ]; then
+        log "network check: $1 used addresses off loopback:"
+        printf '%s\n' "$bad" >&2
+        die "network check failed for $1 (trace in $2)"
+    fi
+    NETCHECK+=("$1: $total traced connect/sendto/sendmsg calls with an IP address, every one to 127.0.0.1; none to any other address")
+}
+
+NETCHECK=()
+netcheck() {
+    local mta
+    for mta in mtad postfix; do
+        new_rundir "$mta-netcheck"
+        NAME="network check"
+        start_sink
+        if [ "$mta" = mtad ]; then
+            start_mtad netcheck
+            warm_up "$MTAD_PORT" 2 4KiB "$WARMUP"
+            wait_empty mtad_queued 30 || die "mtad kept mail in the network check"
+            stop_mtad
+        else
+            start_postfix netcheck
+            warm_up "$PF_PORT" 2 4KiB "$WARMUP"
+            wait_empty pf_queued 30 || die "Postfix kept mail in the network check"
+            stop_postfix
+        fi
+        stop_sink
+        check_trace "$mta" "$RUNDIR/strace.out"
+        log "${NETCHECK[-1]}"
+    done
+}
+
+PF_PORT=$(free_port)
+write_postfix_config
+log "work dir $WORK; Postfix on 127.0.0.1:$PF_PORT, mtad on an ephemeral port, a new smtp-sink per run"
+[ -n "${RELAY_NO_NETCHECK:-}" ] || netcheck
+
+run_case "4 KiB, 1 rcpt, 20 sessions" 20 5000 4KiB 1
+run_case "4 KiB, 20 rcpts, 20 sessions" 20 2000 4KiB 20
+run_case "100 KiB, 1 rcpt, 20 sessions" 20 1000 100KiB 1
+
+# --- report -----------------------------------------------------------------
+
+cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
+fstype=$(df -T "$WORK" | awk 'NR == 2 { print $2 }')
+fsdev=$(df -T "$WORK" | awk 'NR == 2 { print $1 }')
+if [ "$fstype" = ext4 ] && [ -d "/sys/fs/ext4/${fsdev##*/}" ]; then
+    jtask=$(cat "/sys/fs/ext4/${fsdev##*/}/journal_task" 2>/dev/null || true)
+    if [ -n "$jtask" ] && [ "$jtask" != "<none>" ]; then
+        fstype="ext4 (with journal)"
+    else
+        fstype="ext4 (no journal)"
+    fi
+fi
+rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [ -n "$(git -C "$ROOT" status --porcelain 2>/dev/null | head -n1)" ]; then rev="$rev+dirty"; fi
+pfver=$(postconf -c "$PFCONF" -h mail_version 2>/dev/null || echo unknown)
+
+cat <<EOF
+## Relay run $(date -u '+%Y-%m-%d %H:%M UTC')
+
+- machine: $(nproc) CPUs ($cpu), $(free -g 2>/dev/null | awk '/^Mem:/ { print $2 " GiB RAM, " }')temp dir on $fstype; kernel $(uname -r)
+- mtad: release build of $rev, durable (default), no admin HTTP server, \`max_per_destination = 20\`, \`[delivery.routes] "example.test" = "127.0.0.1:SINK"\`, \`name_servers = ["127.0.0.1:9"]\`, \`tls = "none"\`; Postfix $pfver (Debian package), private instance, \`relayhost = [127.0.0.1]:SINK\`, \`default_destination_concurrency_limit = 20\`, \`in_flow_delay = 0\`
+- sink: a new \`smtp-sink -c -u nobody 127.0.0.1:SINK 1024\` per run; $WARMUP warm-up messages through the whole path before each measured run (not counted)
+- load: \`mta-loadgen\` (release build), DATA, one command at a time, --timeout $TIMEOUT$([ "$SCALE" = 1 ] || echo ", message counts divided by $SCALE")$([ "$COOLDOWN" = 0 ] || echo "; ${COOLDOWN} s pause before each run")
+- every run on fresh empty queues; $REPEAT rounds per case and MTA, the MTAs alternating (which goes first alternates by case and round); the table shows each MTA's best round by end-to-end msg/s, with that round's other figures
+$(for c in "${NETCHECK[@]}"; do echo "- network check (strace, short trial): $c"; done)
+
+| case | messages | mtad e2e msg/s | Postfix e2e msg/s | mtad/Postfix e2e | mtad accepted msg/s | Postfix accepted msg/s | mtad/Postfix accepted | mtad p50 ms | Postfix p50 ms | Postfix/mtad p50 | mtad p99 ms | Postfix p99 ms | Postfix/mtad p99 | drain s mtad / Postfix | at sink mtad / Postfix |
+| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
+EOF
+printf '%s\n' "${ROWS[@]}"
+cat <<'EOF'
+
+"e2e" is end to end: messages / (time from starting the load generator to
+the sink's counter reaching the last message). "accepted" is mta-loadgen's
+rate (accepted / its wall time); p50/p99 are its end-of-data reply latencies
+(nearest rank). "drain" is how long after the load generator's last reply
+the sink got the last message. "at sink" is the number of transactions
+smtp-sink counted (one per message, whatever the number of recipients),
+warm-up excluded. Every round is checked: the sink got exactly the messages
+sent, the MTA's log shows every recipient delivered once and nothing
+deferred or failed, and the queue is empty. Ratios above 1 favour mtad.
+
+CPU time per message relayed (user + system, from /proc, counted from the
+start of the load to the empty queue; mtad's process, or every process of
+the Postfix instance; the load generator and the sink not included),
+lowest of the rounds; being CPU rather than wall time, it moves less with
+the machine's other load than the rates do:
+
+| case | mtad CPU ms/msg | Postfix CPU ms/msg | Postfix/mtad |
+| --- | ---: | ---: | ---: |
+EOF
+printf '%s\n' "${CPUROWS[@]}"
+cat <<'EOF'
+
+Every round, end-to-end msg/s (accepted msg/s; CPU ms/msg):
+
+| case | mtad | Postfix |
+| --- | --- | --- |
+EOF
+printf '%s\n' "${ALLRUNS[@]}"
+echo
+echo "Commands (PORT is mtad's or Postfix's):"
+echo
+for c in "${CMDS[@]}"; do
+    printf '%s. `%s`\n' "${c%%. *}" "${c#*. }"
+done
+if [ "$FAILED" != 0 ]; then
+    echo
+    echo "**Some runs failed their checks; see the log on standard error.**"
+    exit 1
+fi
