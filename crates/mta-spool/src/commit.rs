@@ -28,7 +28,7 @@ use tokio::sync::oneshot;
 
 use crate::error::{copy_io_error, SpoolError};
 use crate::index::{Index, IndexEntry};
-use crate::layout::{fsync_dir, Layout};
+use crate::layout::{fsync_dir, Layout, BUCKETS};
 
 /// Counters shared by the spool handles and the committer thread.
 #[derive(Debug, Default)]
@@ -122,6 +122,7 @@ fn run(
     max_batch: usize,
     tuning: &Tuning,
 ) {
+    let syncers = DirSyncers::start(layout);
     // Block for the first request; then take only what is already waiting,
     // so a lone message is never held back waiting for company.
     while let Ok(first) = receiver.recv() {
@@ -136,12 +137,95 @@ fn run(
             }
         }
         counters.batches.fetch_add(1, Ordering::Relaxed);
-        commit_batch(layout, index, counters, batch);
+        commit_batch(layout, index, counters, &syncers, batch);
     }
 }
 
+/// One long-lived thread per bucket directory that fsyncs it on request.
+///
+/// A batch's buckets are flushed at the same time, so on a disk with slow
+/// flushes a batch spread over four buckets waits for about one flush, not
+/// four; and because the threads live as long as the committer, no thread
+/// is started per flush (starting them per batch cost more CPU than it
+/// saved on a fast disk: see docs/benchmarks.md).
+struct DirSyncers {
+    senders: BTreeMap<&'static str, mpsc::Sender<SyncReply>>,
+}
+
+/// Where a bucket's thread sends the result of one fsync.
+type SyncReply = mpsc::Sender<(&'static str, io::Result<()>)>;
+
+impl DirSyncers {
+    fn start(layout: &Layout) -> DirSyncers {
+        let mut senders = BTreeMap::new();
+        for bucket in BUCKETS {
+            let dir = layout.msg.join(bucket);
+            let (tx, rx) = mpsc::channel::<SyncReply>();
+            let spawned = thread::Builder::new()
+                .name(format!("spool-fsync-{bucket}"))
+                .spawn(move || {
+                    for reply in rx {
+                        let _ = reply.send((bucket, sync_dir(&dir)));
+                    }
+                });
+            // Without its thread a bucket is fsynced by the committer itself.
+            if spawned.is_ok() {
+                senders.insert(bucket, tx);
+            }
+        }
+        DirSyncers { senders }
+    }
+
+    /// Fsyncs every directory in `buckets` at once and waits for all.
+    fn sync(
+        &self,
+        layout: &Layout,
+        buckets: &[&'static str],
+    ) -> BTreeMap<&'static str, io::Result<()>> {
+        if let [only] = buckets {
+            return BTreeMap::from([(*only, sync_dir(&layout.msg.join(only)))]);
+        }
+        let (tx, rx) = mpsc::channel();
+        let mut results = BTreeMap::new();
+        let mut asked = 0;
+        for &bucket in buckets {
+            match self.senders.get(bucket).map(|s| s.send(tx.clone())) {
+                Some(Ok(())) => asked += 1,
+                _ => {
+                    results.insert(bucket, sync_dir(&layout.msg.join(bucket)));
+                }
+            }
+        }
+        drop(tx);
+        for (bucket, result) in rx.iter().take(asked) {
+            results.insert(bucket, result);
+        }
+        // A thread that died took its request with it: report the flush as
+        // failed rather than pretend it happened.
+        for &bucket in buckets {
+            results
+                .entry(bucket)
+                .or_insert_with(|| Err(io::Error::other("directory fsync thread is gone")));
+        }
+        results
+    }
+}
+
+fn sync_dir(dir: &std::path::Path) -> io::Result<()> {
+    fsync_dir(dir).map_err(|e| match e {
+        SpoolError::Io { source, .. } => source,
+        other => io::Error::other(other.to_string()),
+    })
+}
+
 /// Commits one batch and answers every request in it.
-fn commit_batch(layout: &Layout, index: &Index, counters: &Counters, batch: Vec<Request>) {
+fn commit_batch(
+    layout: &Layout,
+    index: &Index,
+    counters: &Counters,
+    syncers: &DirSyncers,
+    batch: Vec<Request>,
+) {
     let mut renamed = Vec::with_capacity(batch.len());
     for request in batch {
         if request.reply.is_closed() {
@@ -182,39 +266,12 @@ fn commit_batch(layout: &Layout, index: &Index, counters: &Counters, batch: Vec<
     }
 
     // One fsync per bucket directory for the whole batch: this is what the
-    // batch shares. Without it the renames may not survive a crash. The
-    // buckets are fsynced at the same time: on a journaling file system
-    // concurrent fsyncs join one journal commit, so a batch spread over
-    // several buckets still costs about one flush, not one per bucket.
+    // batch shares. Without it the renames may not survive a crash.
     let mut buckets: Vec<&'static str> =
         renamed.iter().map(|(r, _)| Layout::bucket(r.id)).collect();
     buckets.sort_unstable();
     buckets.dedup();
-    let sync = |bucket: &'static str| {
-        fsync_dir(&layout.msg.join(bucket)).map_err(|e| match e {
-            SpoolError::Io { source, .. } => source,
-            other => io::Error::other(other.to_string()),
-        })
-    };
-    let synced: BTreeMap<&'static str, Result<(), io::Error>> = if buckets.len() <= 1 {
-        buckets.iter().map(|&b| (b, sync(b))).collect()
-    } else {
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = buckets
-                .iter()
-                .map(|&b| (b, scope.spawn(move || sync(b))))
-                .collect();
-            handles
-                .into_iter()
-                .map(|(b, h)| {
-                    let result = h.join().unwrap_or_else(|_| {
-                        Err(io::Error::other("directory fsync thread panicked"))
-                    });
-                    (b, result)
-                })
-                .collect()
-        })
-    };
+    let synced = syncers.sync(layout, &buckets);
 
     for (request, dest) in renamed {
         let bucket = Layout::bucket(request.id);
