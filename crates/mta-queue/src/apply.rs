@@ -299,7 +299,7 @@ async fn send_dsn(
     let s = &inner.settings;
     let now = unix_now();
     let id = inner.spool.next_id();
-    let content = mta_dsn::build(&DsnInput {
+    let content = Arc::new(mta_dsn::build(&DsnInput {
         reporting_mta: &s.hostname,
         original_id: job.id,
         original: &job.envelope,
@@ -308,7 +308,7 @@ async fn send_dsn(
         now,
         postmaster: &s.postmaster,
         boundary_seed: id.value(),
-    });
+    }));
     let envelope = Envelope {
         sender: ReversePath::Null,
         recipients: vec![Recipient {
@@ -328,7 +328,7 @@ async fn send_dsn(
     };
     if let Err(e) = inner
         .spool
-        .store_in(QueueName::Bounce, id, &envelope, &[&content])
+        .store_in(QueueName::Bounce, id, &envelope, content.clone())
         .await
     {
         error!(queue_id = %job.id, error = %e, "cannot queue a DSN");
@@ -349,7 +349,7 @@ async fn send_dsn(
     inner.submit_bounce(Job {
         id,
         envelope,
-        content: Arc::new(content),
+        content,
         entry,
         on_disk: true,
         _claim: claim,

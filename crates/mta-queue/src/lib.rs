@@ -284,10 +284,9 @@ impl Queue {
 
     /// The runners' state and counters, ram, bounce, disk.
     pub fn status(&self) -> Vec<RunnerStatus> {
-        let claimed = self.inner.claimed();
         [&self.inner.ram, &self.inner.bounce, &self.inner.disk]
             .into_iter()
-            .map(|r| r.status(!self.inner.stopping.is_cancelled(), claimed))
+            .map(|r| r.status(!self.inner.stopping.is_cancelled()))
             .collect()
     }
 

@@ -69,8 +69,6 @@ pub struct RunnerStatus {
     pub deferred: u64,
     /// Recipients failed.
     pub failed: u64,
-    /// Messages claimed by any runner now (the same for all three).
-    pub claimed: usize,
 }
 
 impl Runner {
@@ -93,7 +91,7 @@ impl Runner {
         self.paused.send_replace(paused);
     }
 
-    pub fn status(&self, running: bool, claimed: usize) -> RunnerStatus {
+    pub fn status(&self, running: bool) -> RunnerStatus {
         let s = &self.stats;
         RunnerStatus {
             name: queue_name(self.name),
@@ -105,7 +103,6 @@ impl Runner {
             delivered: s.delivered.load(Ordering::Relaxed),
             deferred: s.deferred.load(Ordering::Relaxed),
             failed: s.failed.load(Ordering::Relaxed),
-            claimed,
         }
     }
 
@@ -198,7 +195,7 @@ pub(crate) async fn store_on_disk(
     entry: &mta_spool::IndexEntry,
 ) -> Result<(), mta_spool::SpoolError> {
     spool
-        .store_in(QueueName::Disk, job.id, &job.envelope, &[&job.content])
+        .store_in(QueueName::Disk, job.id, &job.envelope, job.content.clone())
         .await?;
     spool.update(job.id, entry)
 }

@@ -268,18 +268,20 @@ impl Spool {
         envelope: &Envelope,
         parts: &[&[u8]],
     ) -> Result<(), SpoolError> {
-        self.store_in(QueueName::Ram, id, envelope, parts).await
+        self.store_in(QueueName::Ram, id, envelope, Arc::new(parts.concat()))
+            .await
     }
 
-    /// [`store`](Self::store) into a given queue: the bounce queue for the
-    /// DSNs the MTA makes, the disk queue for a message whose first attempt
-    /// was made from memory (volatile mode).
+    /// [`store`](Self::store) into a given queue (the bounce queue for the
+    /// DSNs the MTA makes, the disk queue for a volatile message), with the
+    /// content the caller already owns: it is written as it is, with no
+    /// copy, which is why the listener hands it over this way.
     pub async fn store_in(
         &self,
         queue: QueueName,
         id: QueueId,
         envelope: &Envelope,
-        parts: &[&[u8]],
+        content: Arc<Vec<u8>>,
     ) -> Result<(), SpoolError> {
         // Taken here and moved into the blocking task with no await in
         // between: close() waits for every sender to be dropped, so a store
@@ -291,15 +293,8 @@ impl Spool {
             .ok_or(SpoolError::Closed)?;
         self.inner.ids.observe(id);
 
-        // spawn_blocking needs owned data, so the parts are copied once,
-        // into the buffer written with one write call.
         let header = file::encode_header(envelope);
-        let size: usize = parts.iter().map(|p| p.len()).sum();
-        let mut data = Vec::with_capacity(header.len() + size);
-        data.extend_from_slice(&header);
-        for part in parts {
-            data.extend_from_slice(part);
-        }
+        let size = content.len();
         let tmp = self.inner.layout.tmp_path(id);
         let (reply, answer) = oneshot::channel();
         let request = Request {
@@ -313,8 +308,8 @@ impl Spool {
         };
 
         let handed_over = tokio::task::spawn_blocking(move || {
-            file::write_new_durable(&tmp, &[&data])?;
-            drop(data);
+            file::write_new_durable(&tmp, &[&header, &content])?;
+            drop(content);
             sender.send(request).map_err(|unsent| {
                 // The committer is gone (it only stops after every sender
                 // has been dropped, so it must have died): do not leave

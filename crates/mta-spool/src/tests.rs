@@ -721,7 +721,12 @@ async fn update_due_and_remove() {
         .unwrap();
     let b = spool.next_id();
     spool
-        .store_in(QueueName::Bounce, b, &env, &[b"Subject: b\r\n\r\n"])
+        .store_in(
+            QueueName::Bounce,
+            b,
+            &env,
+            std::sync::Arc::new(b"Subject: b\r\n\r\n".to_vec()),
+        )
         .await
         .unwrap();
     assert_eq!(spool.entry(b).unwrap().unwrap().queue, QueueName::Bounce);

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use mta_smtp::{received_header, Message, Reply, Session, Step, StoreError};
+use mta_spool::QueueName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, error, info, warn};
@@ -160,6 +161,7 @@ async fn store(ctx: &Context, session: &mut Session, message: Message) -> Reply 
     content.extend_from_slice(header.as_bytes());
     content.extend_from_slice(&message.content);
     drop(message.content);
+    let content = Arc::new(content);
     // Claimed before the commit so the disk runner leaves it to the ram
     // runner.
     let claim = ctx.queue.claim(id);
@@ -167,7 +169,9 @@ async fn store(ctx: &Context, session: &mut Session, message: Message) -> Reply 
     let result = if volatile {
         Ok(())
     } else {
-        ctx.spool.store(id, &message.envelope, &[&content]).await
+        ctx.spool
+            .store_in(QueueName::Ram, id, &message.envelope, content.clone())
+            .await
     };
     match result {
         Ok(()) => {
@@ -182,7 +186,7 @@ async fn store(ctx: &Context, session: &mut Session, message: Message) -> Reply 
                 "accepted"
             );
             ctx.queue
-                .accepted(claim, message.envelope, Arc::new(content), !volatile);
+                .accepted(claim, message.envelope, content, !volatile);
             session.stored(Ok(id))
         }
         Err(e) => {
