@@ -12,7 +12,7 @@ use mail_parser::MimeHeaders;
 use mta_testkit::dns::{TestDns, Zone};
 use mta_testkit::sink::{Sink, SinkConfig};
 
-use crate::util::{message, spool_contents, wait_until, Mtad, Workdir};
+use crate::util::{init, message, spool_contents, wait_until, Mtad, Workdir};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -505,15 +505,6 @@ impl Drop for SmtpSink {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn init(work: &Workdir, args: &[&str]) -> std::process::Output {
-    Command::new(crate::util::bin("mta-init"))
-        .arg("--config")
-        .arg(work.config_path())
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 #[test]

@@ -2,33 +2,9 @@
 //! files, refusals, and a stop that lets open transactions finish.
 
 use std::net::{SocketAddr, TcpListener};
-use std::process::{Command, Output};
+use std::process::Command;
 
-use crate::util::{bin, message, spool_contents, Client, Workdir};
-
-fn init(work: &Workdir, args: &[&str]) -> Output {
-    Command::new(bin("mta-init"))
-        .arg("--config")
-        .arg(work.config_path())
-        .args(args)
-        .env_remove("MTA_CONFIG")
-        .output()
-        .expect("run mta-init")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn status_json(work: &Workdir) -> (i32, serde_json::Value) {
-    let o = init(work, &["status", "--json"]);
-    let v = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
-    (o.status.code().unwrap(), v)
-}
+use crate::util::{bin, init, message, spool_contents, status_json, text, Client, Workdir};
 
 fn smtp_addr(work: &Workdir) -> SocketAddr {
     let (_, v) = status_json(work);

@@ -168,6 +168,25 @@ impl Mtad {
         self.child.id() as i32
     }
 
+    /// After a restart (the same process re-executes itself): waits for
+    /// the new image's `ready` line and returns the SMTP address it
+    /// announced. Fails if the process exits instead.
+    pub fn await_ready_again(&mut self) -> SocketAddr {
+        let mut addr = None;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = self.stdout.read_line(&mut line).expect("read mtad stdout");
+            assert!(n > 0, "mtad exited instead of restarting");
+            if let Some(a) = line.trim().strip_prefix("mtad: smtp listening on ") {
+                addr = Some(a.parse().expect("announced address"));
+            }
+            if line.starts_with("mtad: ready") {
+                return addr.expect("an address announced before ready");
+            }
+        }
+    }
+
     pub fn connect(&self) -> Client {
         Client::connect(self.addr)
     }
@@ -208,6 +227,33 @@ impl Drop for Mtad {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Runs `mta-init --config <the workdir's config> ARGS`.
+pub fn init(work: &Workdir, args: &[&str]) -> std::process::Output {
+    Command::new(bin("mta-init"))
+        .arg("--config")
+        .arg(work.config_path())
+        .args(args)
+        .env_remove("MTA_CONFIG")
+        .output()
+        .expect("run mta-init")
+}
+
+/// Standard output then standard error, as text.
+pub fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// `mta-init status --json`: the exit code and the report.
+pub fn status_json(work: &Workdir) -> (i32, serde_json::Value) {
+    let o = init(work, &["status", "--json"]);
+    let v = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
+    (o.status.code().unwrap(), v)
 }
 
 pub fn signal(pid: i32, sig: nix::sys::signal::Signal) {
@@ -263,6 +309,48 @@ impl Client {
         let mut stream = BufReader::new(Box::new(tcp) as Box<dyn Stream>);
         let banner = read_reply(&mut stream).expect("banner");
         Client { stream, banner }
+    }
+
+    /// A client over a connection already made; None when no banner
+    /// comes (the server closed or reset it).
+    pub fn from_stream(tcp: TcpStream) -> Option<Client> {
+        tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let mut stream = BufReader::new(Box::new(tcp) as Box<dyn Stream>);
+        let banner = read_reply(&mut stream)?;
+        Some(Client { stream, banner })
+    }
+
+    /// Sends one command line; None when the connection is gone.
+    pub fn try_cmd(&mut self, line: &str) -> Option<Reply> {
+        let w = self.stream.get_mut();
+        w.write_all(format!("{line}\r\n").as_bytes()).ok()?;
+        w.flush().ok()?;
+        self.try_reply()
+    }
+
+    /// [`send_message`](Self::send_message) for a server that may go away:
+    /// the first reply that is not the expected one, or the final reply;
+    /// None when the connection is gone.
+    pub fn try_send_message(&mut self, from: &str, to: &[&str], content: &str) -> Option<Reply> {
+        let r = self.try_cmd(&format!("MAIL FROM:<{from}>"))?;
+        if r.code != 250 {
+            return Some(r);
+        }
+        for rcpt in to {
+            let r = self.try_cmd(&format!("RCPT TO:<{rcpt}>"))?;
+            if r.code != 250 {
+                return Some(r);
+            }
+        }
+        let r = self.try_cmd("DATA")?;
+        if r.code != 354 {
+            return Some(r);
+        }
+        let w = self.stream.get_mut();
+        w.write_all(content.as_bytes()).ok()?;
+        w.write_all(b".\r\n").ok()?;
+        w.flush().ok()?;
+        self.try_reply()
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
@@ -393,8 +481,10 @@ pub fn spool_contents(
         dir: queue.to_owned(),
         min_free_space: 0,
         max_batch: 16,
+        rescan_rate: 0,
     })
     .expect("open spool");
+    spool.wait_rescan();
     let out = spool
         .ids()
         .expect("ids")
@@ -406,6 +496,18 @@ pub fn spool_contents(
         .collect();
     spool.close().expect("close spool");
     out
+}
+
+/// Waits (bounded) until `f` holds; false if it never did.
+pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let began = Instant::now();
+    while !f() {
+        if began.elapsed() >= limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
 }
 
 /// Waits (bounded) until `f` holds.

@@ -145,6 +145,10 @@ pub struct SpoolConfig {
     /// How often the free space is measured against `min_free_space`.
     #[serde(with = "humantime_serde")]
     pub free_space_check_interval: Duration,
+    /// Spool files per second a rescan after an unclean stop may read
+    /// (0: as fast as the disk allows). The rescan runs while the daemon
+    /// accepts and delivers; a limit keeps its I/O from crowding them out.
+    pub rescan_rate: u64,
 }
 
 /// `[shutdown]`: how a stop behaves.
@@ -160,6 +164,11 @@ pub struct ShutdownConfig {
     /// count as deferred.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// A graceful stop (SIGWINCH, `mta-init graceful-stop`): how long
+    /// sessions may go on (not cut short between transactions) and
+    /// deliveries may run before they are cut short like a stop's.
+    #[serde(with = "humantime_serde")]
+    pub graceful_timeout: Duration,
 }
 
 /// `[log]`: diagnostics on standard error, and the delivery log.
@@ -220,6 +229,7 @@ impl Default for SpoolConfig {
             min_free_space: ByteSize(100 * 1024 * 1024),
             max_batch: 256,
             free_space_check_interval: Duration::from_secs(1),
+            rescan_rate: 0,
         }
     }
 }
@@ -229,6 +239,7 @@ impl Default for ShutdownConfig {
         ShutdownConfig {
             timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(60),
+            graceful_timeout: Duration::from_secs(300),
         }
     }
 }

@@ -35,6 +35,51 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         runner: Option<String>,
     },
+    /// Pause injection: new connections get `421 4.3.2`; sessions already
+    /// open may finish.
+    PauseInjection,
+    /// Resume paused injection.
+    ResumeInjection,
+    /// A graceful stop (SIGWINCH): sessions are not cut short and
+    /// deliveries may finish, up to `shutdown.graceful_timeout`.
+    GracefulStop,
+    /// Stop and start again in the same process (a re-exec), handing the
+    /// listening sockets over: no connection is refused. With `now`, as
+    /// SIGHUP: sessions get 421 at once and attempts are cut short.
+    /// Refused (with an error, the server untouched) when the
+    /// configuration does not load.
+    Restart {
+        /// Stop now rather than with the usual deadlines.
+        #[serde(default)]
+        now: bool,
+    },
+    /// Graceful restart (SIGUSR1): re-read the configuration and reopen
+    /// the logs; sessions and deliveries in progress go on, new work uses
+    /// the new settings. Answered once done; refused on a bad
+    /// configuration.
+    Reload,
+    /// Reopen the log files (after rotation).
+    ReopenLogs,
+    /// daemontools' `svc`: take one service down, bring it up, or restart
+    /// it.
+    Svc {
+        /// What to do.
+        action: SvcAction,
+        /// `smtp`, `http`, `spool`, `ram`, `bounce` or `disk`.
+        service: String,
+    },
+}
+
+/// What `svc` does to a service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SvcAction {
+    /// Stop it; its dependants are paused.
+    Down,
+    /// Start it; its dependants resume.
+    Up,
+    /// Down, then up.
+    Restart,
 }
 
 /// What the daemon answers.
@@ -42,9 +87,14 @@ pub enum Request {
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
     /// The status.
-    Status(Status),
+    Status(Box<Status>),
     /// The request was taken.
     Ok,
+    /// The request was carried out; what was done, for the operator.
+    Done {
+        /// One or more lines.
+        message: String,
+    },
     /// The request could not be carried out.
     Error {
         /// Why.
@@ -108,6 +158,17 @@ pub struct StopProgress {
 pub struct Status {
     /// The daemon's process id.
     pub pid: u32,
+    /// Names this process image: a restart keeps the pid (mtad re-execs
+    /// itself) but changes this.
+    #[serde(default)]
+    pub instance: String,
+    /// The configuration file the daemon reads (absent: built-in
+    /// defaults).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
+    /// Graceful restarts (configuration reloads) since start.
+    #[serde(default)]
+    pub reloads: u64,
     /// mtad's version.
     pub version: String,
     /// Seconds since the daemon started.
@@ -155,6 +216,19 @@ pub struct RunnerRow {
     pub deferred: u64,
     /// Recipients failed since start.
     pub failed: u64,
+    /// Messages in this queue now.
+    #[serde(default)]
+    pub messages: u64,
+    /// Age of the oldest message in this queue, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_age_secs: Option<u64>,
+    /// How long ago the queue index (next-attempt times included) last
+    /// reached the disk, in milliseconds; absent before the first flush.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_saved_ms_ago: Option<u64>,
+    /// Schedule changes made since that flush.
+    #[serde(default)]
+    pub schedule_unsaved_changes: u64,
 }
 
 /// What opening the spool found.
@@ -164,6 +238,25 @@ pub struct SpoolOpen {
     pub clean: bool,
     /// Spool files read by a full rescan (0 when the index was trusted).
     pub rescanned: u64,
+    /// The rescan of this start, when one was needed; it runs while the
+    /// daemon accepts and delivers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rescan: Option<RescanRow>,
+}
+
+/// Progress of the rescan of the spool files.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RescanRow {
+    /// Still reading files.
+    pub running: bool,
+    /// Spool files to read.
+    pub files_total: u64,
+    /// Spool files read so far.
+    pub files_done: u64,
+    /// Messages the rescan added to the index.
+    pub messages_added: u64,
+    /// Milliseconds since it began (or that it took).
+    pub elapsed_ms: u64,
 }
 
 /// Talking to the control socket failed.

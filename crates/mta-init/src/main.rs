@@ -2,6 +2,7 @@
 //! the tradition of GreenArrow's `hvmail_init` and Apache's `apachectl`.
 
 mod process;
+mod restart;
 mod start;
 mod status;
 mod stop;
@@ -12,10 +13,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use mta_config::Config;
-use mta_control::{Request, Response};
+use mta_control::{Request, Response, SvcAction};
 
 /// Exit code for a bad configuration (sysexits' EX_CONFIG).
-const EXIT_CONFIG: u8 = 78;
+pub const EXIT_CONFIG: u8 = 78;
 
 /// Start, stop and inspect the MTA daemon.
 #[derive(Debug, Parser)]
@@ -47,20 +48,58 @@ enum Verb {
         #[arg(long)]
         wait: Option<u64>,
     },
-    /// Pause delivery: attempts under way finish, no new one starts; mail
-    /// keeps arriving and waits in the queue.
+    /// Stop and start again, refusing no connection: mtad keeps its pid
+    /// and listening sockets. Checks the configuration first and refuses
+    /// (exit 78) on an error, leaving the server untouched. Starts mtad
+    /// when it is not running.
+    Restart {
+        /// As SIGHUP: sessions get 421 at once, deliveries under way are
+        /// cut short (deferred), rather than the usual deadlines.
+        #[arg(long)]
+        now: bool,
+        /// How long to wait for the new instance, in seconds; by default
+        /// the shutdown and drain timeouts plus 30.
+        #[arg(long)]
+        wait: Option<u64>,
+    },
+    /// Graceful restart (as SIGUSR1): re-read the configuration and reopen
+    /// the logs, dropping no session or delivery. Checks the
+    /// configuration first and refuses (exit 78) on an error.
+    Graceful,
+    /// Graceful stop (as SIGWINCH): no new sessions; open sessions and
+    /// deliveries may finish, up to shutdown.graceful_timeout.
+    GracefulStop {
+        /// How long to wait for the process to exit, in seconds; by default
+        /// shutdown.graceful_timeout plus 30.
+        #[arg(long)]
+        wait: Option<u64>,
+    },
+    /// Reopen the daemon log and the delivery log (after rotation); exits
+    /// 0 when mtad is not running.
+    ReopenLogs,
+    /// Take one service down, bring it up, or restart it, as daemontools'
+    /// svc: smtp, http, spool, ram, bounce, disk. Taking the spool down
+    /// pauses injection and the runners.
+    Svc {
+        /// down, up or restart.
+        action: SvcVerb,
+        /// smtp, http, spool, ram, bounce or disk.
+        service: String,
+    },
+    /// Pause injection (new connections get 421 4.3.2) or delivery
+    /// (attempts under way finish, no new one starts; mail waits queued).
     Pause {
         /// What to pause.
         what: Pausable,
-        /// Only this runner: ram, bounce or disk.
+        /// Delivery only: just this runner (ram, bounce or disk).
         #[arg(long)]
         runner: Option<String>,
     },
-    /// Resume paused delivery.
+    /// Resume paused injection or delivery.
     Resume {
         /// What to resume.
         what: Pausable,
-        /// Only this runner: ram, bounce or disk.
+        /// Delivery only: just this runner (ram, bounce or disk).
         #[arg(long)]
         runner: Option<String>,
     },
@@ -79,8 +118,18 @@ enum Verb {
 /// What `pause` and `resume` act on.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum Pausable {
+    /// The SMTP listener's intake.
+    Injection,
     /// The queue runners.
     Delivery,
+}
+
+/// What `svc` does.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum SvcVerb {
+    Down,
+    Up,
+    Restart,
 }
 
 fn main() -> ExitCode {
@@ -88,8 +137,20 @@ fn main() -> ExitCode {
     let config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("mta-init: configuration error:\n{e}");
-            return ExitCode::from(EXIT_CONFIG);
+            // Nothing was sent to the daemon: a restart or graceful
+            // restart is refused with the server untouched.
+            let verb = match cli.command {
+                Verb::Restart { .. } => Some("restart"),
+                Verb::Graceful => Some("graceful restart"),
+                _ => None,
+            };
+            return match verb {
+                Some(verb) => restart::Refusal::Config(e.to_string()).exit(verb),
+                None => {
+                    eprintln!("mta-init: configuration error:\n{e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            };
         }
     };
     match cli.command {
@@ -110,6 +171,53 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
+        Verb::Restart { now, wait } => {
+            let wait = wait.map(Duration::from_secs).unwrap_or(
+                config.shutdown.timeout + config.shutdown.drain_timeout + Duration::from_secs(30),
+            );
+            match restart::restart(&config, now, wait) {
+                Ok(true) => status::run(&config, false),
+                Ok(false) => {
+                    println!("mtad is not running; starting it");
+                    let mtad = cli.mtad.unwrap_or_else(default_mtad);
+                    match start::run(
+                        &config,
+                        cli.config.as_deref(),
+                        &mtad,
+                        Duration::from_secs(30),
+                    ) {
+                        Ok(_) => status::run(&config, false),
+                        Err(e) => fail(e),
+                    }
+                }
+                Err(refusal) => refusal.exit("restart"),
+            }
+        }
+        Verb::Graceful => match restart::graceful(&config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(refusal) => refusal.exit("graceful restart"),
+        },
+        Verb::GracefulStop { wait } => {
+            let wait = wait
+                .map(Duration::from_secs)
+                .unwrap_or(config.shutdown.graceful_timeout + Duration::from_secs(30));
+            match restart::graceful_stop(&config, wait) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e),
+            }
+        }
+        Verb::ReopenLogs => match restart::reopen_logs(&config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        },
+        Verb::Svc { action, service } => {
+            let action = match action {
+                SvcVerb::Down => SvcAction::Down,
+                SvcVerb::Up => SvcAction::Up,
+                SvcVerb::Restart => SvcAction::Restart,
+            };
+            control(&config, Request::Svc { action, service }, "done")
+        }
         Verb::Pause {
             what: Pausable::Delivery,
             runner,
@@ -118,6 +226,28 @@ fn main() -> ExitCode {
             what: Pausable::Delivery,
             runner,
         } => control(&config, Request::Resume { runner }, "delivery resumed"),
+        Verb::Pause {
+            what: Pausable::Injection,
+            runner: Some(_),
+        }
+        | Verb::Resume {
+            what: Pausable::Injection,
+            runner: Some(_),
+        } => fail(anyhow::anyhow!(
+            "--runner goes with delivery, not injection"
+        )),
+        Verb::Pause {
+            what: Pausable::Injection,
+            ..
+        } => control(
+            &config,
+            Request::PauseInjection,
+            "injection paused: new connections get 421 4.3.2",
+        ),
+        Verb::Resume {
+            what: Pausable::Injection,
+            ..
+        } => control(&config, Request::ResumeInjection, "injection resumed"),
         Verb::Stop { wait } => {
             let wait = wait
                 .map(Duration::from_secs)
@@ -135,6 +265,10 @@ fn control(config: &Config, request: Request, done: &str) -> ExitCode {
     match mta_control::call(&config.control_socket(), &request, Duration::from_secs(5)) {
         Ok(Response::Ok) => {
             println!("{done}");
+            ExitCode::SUCCESS
+        }
+        Ok(Response::Done { message }) => {
+            println!("{message}");
             ExitCode::SUCCESS
         }
         Ok(Response::Error { message }) => fail(anyhow::anyhow!(message)),

@@ -50,6 +50,9 @@ pub fn run(
     if let Some(path) = config_path {
         command.arg("--config").arg(path);
     }
+    // mtad reopens it itself on `reopen-logs` and graceful restarts; the
+    // redirection below catches what it prints before it gets that far.
+    command.arg("--log-file").arg(&log_path);
     command
         .env_remove("MTA_CONFIG")
         .stdin(Stdio::null())

@@ -47,7 +47,7 @@ pub fn query(config: &Config) -> Result<Status, String> {
         &Request::Status,
         Duration::from_secs(5),
     ) {
-        Ok(Response::Status(status)) => Ok(status),
+        Ok(Response::Status(status)) => Ok(*status),
         Ok(other) => Err(format!("unexpected answer: {other:?}")),
         Err(e) => Err(e.to_string()),
     }
@@ -152,18 +152,54 @@ pub fn print_table(status: &Status) {
     println!("QUEUE");
     if !status.runners.is_empty() {
         println!(
-            "  {:<8} {:<8} {:>9} {:>6} {:>9} {:>10} {:>9} {:>7}",
-            "RUNNER", "STATE", "IN FLIGHT", "LIMIT", "ATTEMPTS", "DELIVERED", "DEFERRED", "FAILED"
+            "  {:<7} {:<8} {:>9} {:>9} {:>6} {:>8} {:>14} {:>9} {:>10} {:>9} {:>7}",
+            "QUEUE",
+            "RUNNER",
+            "MESSAGES",
+            "IN FLIGHT",
+            "LIMIT",
+            "OLDEST",
+            "SCHEDULE SAVED",
+            "ATTEMPTS",
+            "DELIVERED",
+            "DEFERRED",
+            "FAILED"
         );
         for r in &status.runners {
-            let state = match (r.started, r.paused) {
+            let service = status
+                .services
+                .iter()
+                .find(|s| s.name == format!("{}-runner", r.name));
+            let state = match (r.started, service.map(|s| s.state)) {
                 (false, _) => "stopped",
-                (true, true) => "paused",
-                (true, false) => "running",
+                (true, Some(ServiceState::Down)) => "down",
+                (true, _) if r.paused => "paused",
+                (true, _) => "running",
+            };
+            let oldest = r
+                .oldest_age_secs
+                .map(|s| humanize(Duration::from_secs(s)))
+                .unwrap_or_else(|| "-".to_owned());
+            let saved = match r.schedule_saved_ms_ago {
+                Some(ms) if r.schedule_unsaved_changes == 0 => {
+                    format!("yes, {} ago", humanize(Duration::from_millis(ms)))
+                }
+                Some(ms) => format!("{} ago", humanize(Duration::from_millis(ms))),
+                None => "not yet".to_owned(),
             };
             println!(
-                "  {:<8} {:<8} {:>9} {:>6} {:>9} {:>10} {:>9} {:>7}",
-                r.name, state, r.in_flight, r.limit, r.attempts, r.delivered, r.deferred, r.failed
+                "  {:<7} {:<8} {:>9} {:>9} {:>6} {:>8} {:>14} {:>9} {:>10} {:>9} {:>7}",
+                r.name,
+                state,
+                r.messages,
+                r.in_flight,
+                r.limit,
+                oldest,
+                saved,
+                r.attempts,
+                r.delivered,
+                r.deferred,
+                r.failed
             );
         }
         println!();
@@ -171,20 +207,36 @@ pub fn print_table(status: &Status) {
     println!("  messages queued:      {}", status.queued);
     println!("  accepted since start: {}", status.accepted_total);
     println!("  sessions open:        {}", status.sessions_open);
+    if status.reloads > 0 {
+        println!("  graceful restarts:    {}", status.reloads);
+    }
     let last_stop = if status.spool_open.clean {
         "clean".to_owned()
     } else {
-        format!(
-            "not clean, {} spool files rescanned",
-            status.spool_open.rescanned
-        )
+        "not clean".to_owned()
     };
     println!("  last stop:            {last_stop}");
+    if let Some(rescan) = &status.spool_open.rescan {
+        let percent = if rescan.files_total == 0 {
+            100.0
+        } else {
+            rescan.files_done as f64 * 100.0 / rescan.files_total as f64
+        };
+        println!(
+            "  rescan:               {} {}/{} spool files ({percent:.0}%), {} messages added, {:.1} s",
+            if rescan.running { "running," } else { "done," },
+            rescan.files_done,
+            rescan.files_total,
+            rescan.messages_added,
+            rescan.elapsed_ms as f64 / 1000.0
+        );
+    }
 }
 
 fn humanize(d: Duration) -> String {
     let s = d.as_secs();
     match s {
+        0 if d.as_millis() > 0 => format!("{:.1}s", d.as_secs_f64()),
         0..60 => format!("{s}s"),
         60..3600 => format!("{}m{}s", s / 60, s % 60),
         3600..86400 => format!("{}h{}m", s / 3600, s / 60 % 60),

@@ -12,6 +12,12 @@ use crate::process::{is_mtad, probe, Daemon};
 
 /// Stops the daemon and waits until its process is gone.
 pub fn run(config: &Config, wait: Duration) -> Result<()> {
+    run_with(config, &Request::Stop, wait)
+}
+
+/// Sends a stop request (a stop or a graceful stop) and waits until the
+/// process is gone, printing what the stop waits for.
+pub fn run_with(config: &Config, request: &Request, wait: Duration) -> Result<()> {
     let pid_file = config.pid_file();
     let pid = match probe(&pid_file) {
         Daemon::NotRunning => {
@@ -29,11 +35,7 @@ pub fn run(config: &Config, wait: Duration) -> Result<()> {
         Daemon::Running(pid) => pid,
     };
     let began = Instant::now();
-    match mta_control::call(
-        &config.control_socket(),
-        &Request::Stop,
-        Duration::from_secs(5),
-    ) {
+    match mta_control::call(&config.control_socket(), request, Duration::from_secs(5)) {
         Ok(Response::Ok) => println!("stopping mtad (pid {pid}): new connections get 421"),
         other => {
             // The control socket is the clean way; SIGTERM is the fallback
@@ -54,16 +56,7 @@ pub fn run(config: &Config, wait: Duration) -> Result<()> {
         if last_report.elapsed() >= Duration::from_secs(1) {
             last_report = Instant::now();
             if let Ok(status) = crate::status::query(config) {
-                if let Some(stop) = status.stop {
-                    println!(
-                        "  waiting: {} sessions open ({} in a transaction), {} deliveries in flight, {:.1} s elapsed, session deadline {:.0} s",
-                        stop.sessions_open,
-                        stop.sessions_in_transaction,
-                        stop.deliveries_in_flight,
-                        stop.elapsed_ms as f64 / 1000.0,
-                        stop.deadline_ms as f64 / 1000.0
-                    );
-                }
+                report_progress(&status);
             }
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -75,4 +68,18 @@ pub fn run(config: &Config, wait: Duration) -> Result<()> {
     }
     println!("mtad stopped in {:.1} s", began.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// One line of what a stop still waits for.
+pub fn report_progress(status: &mta_control::Status) {
+    if let Some(stop) = &status.stop {
+        println!(
+            "  waiting: {} sessions open ({} in a transaction), {} deliveries in flight, {:.1} s elapsed, session deadline {:.0} s",
+            stop.sessions_open,
+            stop.sessions_in_transaction,
+            stop.deliveries_in_flight,
+            stop.elapsed_ms as f64 / 1000.0,
+            stop.deadline_ms as f64 / 1000.0
+        );
+    }
 }

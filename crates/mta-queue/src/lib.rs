@@ -115,7 +115,9 @@ pub(crate) struct Inner {
     pub client: Client,
     pub resolver: Resolver,
     pub log: DeliveryLog,
-    inflight: Mutex<HashSet<QueueId>>,
+    /// Shared with the successor a graceful restart starts, so neither
+    /// takes a message the other is attempting.
+    inflight: Arc<Mutex<HashSet<QueueId>>>,
     pub ram: Runner,
     pub bounce: Runner,
     pub disk: Runner,
@@ -178,6 +180,34 @@ impl Queue {
     /// Builds the delivery machinery from the configuration and starts the
     /// three runners on the current tokio runtime.
     pub fn start(config: &Config, spool: Spool) -> Result<Queue, QueueError> {
+        Self::start_with(config, spool, Arc::default())
+    }
+
+    /// Starts the runners of a graceful restart, with a new configuration,
+    /// beside this generation (whose [`shutdown`](Self::shutdown) the
+    /// caller then runs): they share the set of messages in flight, so an
+    /// attempt still running here is never started twice, and a paused
+    /// runner stays paused. The delivery log is opened anew (after a
+    /// rotation, a new file).
+    pub fn successor(&self, config: &Config) -> Result<Queue, QueueError> {
+        let next = Self::start_with(
+            config,
+            self.inner.spool.clone(),
+            self.inner.inflight.clone(),
+        )?;
+        for q in [QueueName::Ram, QueueName::Bounce, QueueName::Disk] {
+            next.inner
+                .runner(q)
+                .set_paused(self.inner.runner(q).is_paused());
+        }
+        Ok(next)
+    }
+
+    fn start_with(
+        config: &Config,
+        spool: Spool,
+        inflight: Arc<Mutex<HashSet<QueueId>>>,
+    ) -> Result<Queue, QueueError> {
         let log_path = config.delivery_log();
         let log = DeliveryLog::open(&log_path).map_err(|source| QueueError::Log {
             path: log_path.clone(),
@@ -216,7 +246,7 @@ impl Queue {
             client,
             resolver,
             log,
-            inflight: Mutex::new(HashSet::new()),
+            inflight,
             ram: Runner::new(QueueName::Ram, q.ram_concurrency),
             bounce: Runner::new(QueueName::Bounce, q.bounce_concurrency),
             disk: Runner::new(QueueName::Disk, q.disk_concurrency),
@@ -293,6 +323,26 @@ impl Queue {
     /// Pauses a runner: it starts no new attempt until resumed.
     pub fn pause(&self, queue: QueueName) {
         self.inner.runner(queue).set_paused(true);
+    }
+
+    /// True when both are the same generation of runners.
+    pub fn same(&self, other: &Queue) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// Reopens the delivery log (after rotation).
+    pub fn reopen_log(&self) -> std::io::Result<()> {
+        self.inner.log.reopen()
+    }
+
+    /// True while a runner is paused.
+    pub fn is_paused(&self, queue: QueueName) -> bool {
+        self.inner.runner(queue).is_paused()
+    }
+
+    /// Attempts one runner has under way.
+    pub fn runner_in_flight(&self, queue: QueueName) -> u64 {
+        self.inner.runner(queue).stats().in_flight()
     }
 
     /// Resumes a paused runner.

@@ -113,6 +113,16 @@ impl DeliveryLog {
         })
     }
 
+    /// Opens the path again, after a rotation renamed the file.
+    pub fn reopen(&self) -> std::io::Result<()> {
+        let fresh = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        *self.file.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
+        Ok(())
+    }
+
     /// Appends one record; a failure is reported on the diagnostic log and
     /// never stops delivery.
     pub fn write(&self, record: &Record<'_>) {
@@ -148,5 +158,23 @@ mod tests {
         assert_eq!(lines[0]["event"], "deferred");
         assert_eq!(lines[0]["recipient"], "a@b.test");
         assert_eq!(lines[1]["queue"], "disk");
+    }
+
+    #[test]
+    fn reopen_after_rotation_writes_to_a_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("delivery.log");
+        let rotated = dir.path().join("delivery.log.1");
+        let log = DeliveryLog::open(&path).unwrap();
+        log.write(&Record::new(Event::Delivered, "00000000000000aa", "ram"));
+        std::fs::rename(&path, &rotated).unwrap();
+        log.write(&Record::new(Event::Delivered, "00000000000000bb", "ram"));
+        log.reopen().unwrap();
+        log.write(&Record::new(Event::Delivered, "00000000000000cc", "ram"));
+        let old = std::fs::read_to_string(&rotated).unwrap();
+        let new = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(old.lines().count(), 2, "{old}");
+        assert_eq!(new.lines().count(), 1, "{new}");
+        assert!(new.contains("00000000000000cc"));
     }
 }

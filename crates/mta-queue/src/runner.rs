@@ -91,6 +91,10 @@ impl Runner {
         self.paused.send_replace(paused);
     }
 
+    pub fn is_paused(&self) -> bool {
+        *self.paused.borrow()
+    }
+
     pub fn status(&self, running: bool) -> RunnerStatus {
         let s = &self.stats;
         RunnerStatus {
@@ -204,6 +208,9 @@ pub(crate) async fn store_on_disk(
 pub(crate) async fn disk_loop(inner: Arc<Inner>) {
     let runner = &inner.disk;
     runner.started.store(true, Ordering::Relaxed);
+    // Woken after each batch of a background rescan: what it indexed is
+    // due now.
+    let rescanned = inner.spool.rescan_notify();
     while !inner.stopping.is_cancelled() {
         let started = match take_due(&inner).await {
             Ok(n) => n,
@@ -219,6 +226,7 @@ pub(crate) async fn disk_loop(inner: Arc<Inner>) {
         tokio::select! {
             () = inner.stopping.cancelled() => break,
             () = inner.disk_wake.notified() => {}
+            () = rescanned.notified() => {}
             () = tokio::time::sleep(wait) => {}
         }
     }

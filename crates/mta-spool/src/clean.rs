@@ -2,22 +2,36 @@
 //!
 //! `close()` writes it after everything else is on disk; `open()` removes
 //! it before accepting anything. So its presence at open proves the last
-//! run stopped cleanly and the index was flushed; its absence means a
-//! crash, and the index may lag behind the spool files, which calls for a
-//! rescan. It also records the message count (checked against the index,
-//! which catches an index that was replaced or emptied while the spool was
-//! stopped) and the last queue id handed out.
+//! run stopped cleanly, with the index flushed and every spool file
+//! indexed; its absence means a crash (or a stop while a rescan was still
+//! running), and the index may lag behind the spool files, which calls for
+//! a rescan.
+//!
+//! Trusting the index must not cost a walk of it (a million queued
+//! messages would make every start slow), so the check is O(1): `close()`
+//! draws a random token, stores it in the index's `meta` tree before the
+//! final flush, and writes it here too. An index that was replaced,
+//! emptied or restored from elsewhere while the spool was stopped does
+//! not hold this marker's token, and gets a rescan. The marker also
+//! records the per-queue message counts (the counters of the next run
+//! start from them) and the last queue id handed out.
 //!
 //! ```text
-//! MTA-SPOOL-CLEAN 1
-//! messages <decimal count>
+//! MTA-SPOOL-CLEAN 2
+//! token <16 hex digits>
+//! ram <decimal count>
+//! bounce <decimal count>
+//! disk <decimal count>
 //! last-id <16 hex digits>
 //! ```
 //!
 //! A marker cut short by a crash during close fails to parse and counts as
-//! no marker: the safe direction.
+//! no marker: the safe direction. So does a marker of the older format 1
+//! (`messages` and `last-id` only, checked by counting the index).
 
+use std::collections::hash_map::RandomState;
 use std::fs::{self, File};
+use std::hash::{BuildHasher, Hasher};
 use std::io::{self, Write};
 
 use mta_envelope::QueueId;
@@ -25,22 +39,31 @@ use mta_envelope::QueueId;
 use crate::error::SpoolError;
 use crate::layout::{fsync_dir, Layout};
 
-const FIRST_LINE: &str = "MTA-SPOOL-CLEAN 1";
+const FIRST_LINE: &str = "MTA-SPOOL-CLEAN 2";
+const OLD_FIRST_LINE: &str = "MTA-SPOOL-CLEAN 1";
 
 /// What a clean marker records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct CleanMarker {
-    /// Messages in the index at close.
-    pub messages: usize,
+    /// The token stored in the index at this close.
+    pub token: u64,
+    /// Messages per queue at close: ram, bounce, disk.
+    pub counts: [u64; 3],
     /// The last queue id handed out before close.
     pub last_id: QueueId,
 }
 
 impl CleanMarker {
+    /// Messages in all queues.
+    pub fn messages(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
     fn render(&self) -> String {
+        let [ram, bounce, disk] = self.counts;
         format!(
-            "{FIRST_LINE}\nmessages {}\nlast-id {}\n",
-            self.messages, self.last_id
+            "{FIRST_LINE}\ntoken {:016x}\nram {ram}\nbounce {bounce}\ndisk {disk}\nlast-id {}\n",
+            self.token, self.last_id
         )
     }
 
@@ -49,13 +72,33 @@ impl CleanMarker {
         if lines.next()? != FIRST_LINE {
             return None;
         }
-        let messages = lines.next()?.strip_prefix("messages ")?.parse().ok()?;
-        let last_id = lines.next()?.strip_prefix("last-id ")?.parse().ok()?;
+        let mut field = |name: &str| -> Option<&str> { lines.next()?.strip_prefix(name) };
+        let token = field("token ").filter(|t| t.len() == 16)?;
+        let token = u64::from_str_radix(token, 16).ok()?;
+        let ram = field("ram ")?.parse().ok()?;
+        let bounce = field("bounce ")?.parse().ok()?;
+        let disk = field("disk ")?.parse().ok()?;
+        let last_id = field("last-id ")?.parse().ok()?;
         if lines.next().is_some() {
             return None;
         }
-        Some(CleanMarker { messages, last_id })
+        Some(CleanMarker {
+            token,
+            counts: [ram, bounce, disk],
+            last_id,
+        })
     }
+}
+
+/// A new token for a clean close: random enough that two closes, of this
+/// spool or another, do not draw the same one.
+pub(crate) fn new_token() -> u64 {
+    // RandomState is seeded from the operating system's randomness; the
+    // clock and the process id make two tokens of one process differ too.
+    let mut hasher = RandomState::new().build_hasher();
+    hasher.write_u64(crate::ids::unix_micros());
+    hasher.write_u32(std::process::id());
+    hasher.finish()
 }
 
 /// Reads the marker: `None` when absent or unreadable (a warning is
@@ -65,7 +108,11 @@ pub(crate) fn read(layout: &Layout) -> Option<CleanMarker> {
         Ok(text) => {
             let marker = CleanMarker::parse(&text);
             if marker.is_none() {
-                tracing::warn!(path = %layout.clean.display(), "clean marker unreadable; treating the last stop as a crash");
+                if text.starts_with(OLD_FIRST_LINE) {
+                    tracing::info!(path = %layout.clean.display(), "clean marker of an older format; rescanning the spool files");
+                } else {
+                    tracing::warn!(path = %layout.clean.display(), "clean marker unreadable; treating the last stop as a crash");
+                }
             }
             marker
         }
@@ -106,13 +153,28 @@ mod tests {
     #[test]
     fn marker_round_trips_and_rejects_truncation() {
         let m = CleanMarker {
-            messages: 42,
+            token: 0x0123_4567_89ab_cdef,
+            counts: [1, 2, 42],
             last_id: QueueId::new(0xabc),
         };
         let text = m.render();
         assert_eq!(CleanMarker::parse(&text), Some(m));
+        assert_eq!(m.messages(), 45);
         for cut in 0..text.len() {
             assert_eq!(CleanMarker::parse(&text[..cut]), None, "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn old_format_is_no_marker() {
+        let old = "MTA-SPOOL-CLEAN 1\nmessages 3\nlast-id 0000000000000abc\n";
+        assert_eq!(CleanMarker::parse(old), None);
+    }
+
+    #[test]
+    fn tokens_differ() {
+        let a = new_token();
+        let b = new_token();
+        assert_ne!(a, b);
     }
 }

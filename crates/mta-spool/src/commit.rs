@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
@@ -30,11 +30,10 @@ use crate::error::{copy_io_error, SpoolError};
 use crate::index::{Index, IndexEntry};
 use crate::layout::{fsync_dir, Layout, BUCKETS};
 
-/// Counters shared by the spool handles and the committer thread.
+/// Counters shared by the spool handles and the committer thread. (The
+/// message counts are the index's own, kept under its per-id locks.)
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    /// Messages in the index.
-    pub messages: AtomicUsize,
     /// Batches committed so far.
     pub batches: AtomicU64,
 }
@@ -53,12 +52,15 @@ pub(crate) struct Request {
     pub reply: oneshot::Sender<Result<(), SpoolError>>,
 }
 
-/// Knobs of the committer.
+/// Knobs of the committer (and of the index flusher).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Tuning {
     /// Pause after the first request of a batch before draining the
     /// channel. Tests use it to make batching certain; zero in production.
     pub commit_delay: Option<Duration>,
+    /// How often the index is flushed; `None` for the default
+    /// (`flush::FLUSH_EVERY`).
+    pub flush_every: Option<Duration>,
 }
 
 /// The committer thread and the sending end of its channel.
@@ -137,7 +139,7 @@ fn run(
             }
         }
         counters.batches.fetch_add(1, Ordering::Relaxed);
-        commit_batch(layout, index, counters, &syncers, batch);
+        commit_batch(layout, index, &syncers, batch);
     }
 }
 
@@ -219,13 +221,7 @@ fn sync_dir(dir: &std::path::Path) -> io::Result<()> {
 }
 
 /// Commits one batch and answers every request in it.
-fn commit_batch(
-    layout: &Layout,
-    index: &Index,
-    counters: &Counters,
-    syncers: &DirSyncers,
-    batch: Vec<Request>,
-) {
+fn commit_batch(layout: &Layout, index: &Index, syncers: &DirSyncers, batch: Vec<Request>) {
     let mut renamed = Vec::with_capacity(batch.len());
     for request in batch {
         if request.reply.is_closed() {
@@ -289,12 +285,7 @@ fn commit_batch(
             // Not flushed here: the index is rebuilt by a rescan after a
             // crash, so flushing it would only slow every commit down.
             Ok(()) => match index.insert(request.id, &request.entry) {
-                Ok(new) => {
-                    if new {
-                        counters.messages.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(())
-                }
+                Ok(_) => Ok(()),
                 Err(e) => {
                     // Report failure consistently: an error means "not
                     // queued", so do not leave the file to be found later.

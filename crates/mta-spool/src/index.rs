@@ -3,10 +3,10 @@
 //!
 //! The index exists so the runners can answer "what is due now?" and
 //! "what is queued?" without reading spool files. It is never the only
-//! copy of anything a message needs to be delivered: a full rescan of
-//! `msg/` rebuilds it (see `rescan.rs`). That is why the committer does not
-//! flush sled before acknowledging a message, and why an index that sled
-//! cannot open is moved aside rather than repaired.
+//! copy of anything a message needs to be delivered: a rescan of `msg/`
+//! rebuilds it (see `rescan.rs`). That is why the committer does not flush
+//! sled before acknowledging a message, and why an index that sled cannot
+//! open is moved aside rather than repaired.
 //!
 //! Trees:
 //! - `messages`: key = queue id (8 bytes big-endian), value = JSON of
@@ -14,11 +14,32 @@
 //! - `schedule`: key = next attempt (8 bytes big-endian, unix seconds) ++
 //!   queue id (8 bytes big-endian), empty value; kept in step with
 //!   `messages` so "what is due now" is a range scan.
+//! - `queue:ram`, `queue:bounce`, `queue:disk`: key = queue id, empty
+//!   value; one key per message, in the tree of its queue. Ids grow with
+//!   the acceptance time, so a tree's first key is its oldest message.
+//! - `meta`: `clean-token`, the token of the last clean close (see
+//!   `clean.rs`), which lets a clean open trust the index in O(1).
+//!
+//! The trees are kept in step under a per-id lock (one of 256 stripes):
+//! every change of one message (a store, an update, a removal, a rescan's
+//! visit) takes its stripe, so the background rescan and the runners can
+//! work on the same ids at once without tearing an entry from its keys.
+//! sled has no cheap multi-tree atomicity; after a crash the secondary
+//! keys may disagree with `messages`, which is why readers check a key
+//! against its entry and drop the stale ones (under the same lock), and
+//! why the rescan ends with a sweep of them.
+//!
+//! Per-queue message counts are kept in memory (see [`Shared`]), maintained
+//! by every change, seeded from the clean marker after a clean stop and
+//! rebuilt by the rescan otherwise: no walk of the index ever counts.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::Duration;
 
@@ -39,6 +60,29 @@ pub enum QueueName {
     Bounce,
     /// Waiting for a retry, read back from the spool file when due.
     Disk,
+}
+
+/// The three queues, in the order status shows them.
+pub(crate) const QUEUES: [QueueName; 3] = [QueueName::Ram, QueueName::Bounce, QueueName::Disk];
+
+impl QueueName {
+    /// Its position in [`QUEUES`].
+    pub(crate) fn slot(self) -> usize {
+        match self {
+            QueueName::Ram => 0,
+            QueueName::Bounce => 1,
+            QueueName::Disk => 2,
+        }
+    }
+
+    /// The name of its membership tree.
+    fn tree_name(self) -> &'static str {
+        match self {
+            QueueName::Ram => "queue:ram",
+            QueueName::Bounce => "queue:bounce",
+            QueueName::Disk => "queue:disk",
+        }
+    }
 }
 
 /// How far delivery to one recipient has got.
@@ -124,6 +168,12 @@ fn id_from_key(key: &[u8]) -> Option<QueueId> {
     Some(QueueId::new(u64::from_be_bytes(key.try_into().ok()?)))
 }
 
+/// (next attempt, id) of a `schedule` key.
+fn parse_schedule_key(key: &[u8]) -> Option<(u64, QueueId)> {
+    let time = u64::from_be_bytes(key.get(..8)?.try_into().ok()?);
+    Some((time, id_from_key(key.get(8..)?)?))
+}
+
 /// How the index was found at open.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct IndexState {
@@ -133,12 +183,143 @@ pub(crate) struct IndexState {
     pub damaged: bool,
 }
 
+/// Number of per-id lock stripes.
+const STRIPES: usize = 256;
+
+/// The `meta` key holding the token of the last clean close.
+const TOKEN_KEY: &[u8] = b"clean-token";
+
+/// State shared by every handle on one open index, and kept by the spool
+/// after close for the figures it reports.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// Per-id locks: every change of one message holds its stripe.
+    stripes: Vec<Mutex<()>>,
+    /// Messages per queue, in [`QUEUES`] order.
+    counts: [AtomicU64; 3],
+    /// While a rescan runs: ids up to here were in the queue directory at
+    /// open and are counted only once the rescan has visited them.
+    floor: AtomicU64,
+    /// While a rescan runs: every id below this one has been visited.
+    next_unvisited: AtomicU64,
+    /// No rescan is counting: every id is counted as it changes.
+    all_counted: AtomicBool,
+    /// Changes to the index so far (stores, updates, removals, rescan
+    /// writes).
+    changes: AtomicU64,
+    /// `changes` as it was when the last flush started.
+    flushed_changes: AtomicU64,
+    /// When the last flush ended, in ms since the epoch; 0 = none yet.
+    last_flush_ms: AtomicU64,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            counts: Default::default(),
+            floor: AtomicU64::new(0),
+            next_unvisited: AtomicU64::new(0),
+            all_counted: AtomicBool::new(true),
+            changes: AtomicU64::new(0),
+            flushed_changes: AtomicU64::new(0),
+            last_flush_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Shared {
+    /// Messages per queue, in [`QUEUES`] order.
+    pub fn counts(&self) -> [u64; 3] {
+        [0, 1, 2].map(|i| self.counts[i].load(Ordering::SeqCst))
+    }
+
+    /// Messages in all queues.
+    pub fn len(&self) -> u64 {
+        self.counts().iter().sum()
+    }
+
+    /// Index changes not yet flushed to disk.
+    pub fn changes_since_flush(&self) -> u64 {
+        self.changes
+            .load(Ordering::SeqCst)
+            .saturating_sub(self.flushed_changes.load(Ordering::SeqCst))
+    }
+
+    /// When the last flush of this run ended (ms since the epoch).
+    pub fn last_flush_ms(&self) -> Option<u64> {
+        Some(self.last_flush_ms.load(Ordering::SeqCst)).filter(|&ms| ms != 0)
+    }
+
+    /// Whether a change of `id` moves the counts now: yes unless a rescan
+    /// is still to visit it (then the visit counts what it finds).
+    fn counted(&self, id: QueueId) -> bool {
+        self.all_counted.load(Ordering::SeqCst)
+            || id.value() > self.floor.load(Ordering::SeqCst)
+            || id.value() < self.next_unvisited.load(Ordering::SeqCst)
+    }
+
+    /// Moves the counts from `old` to `new`: `old` is taken out if it was
+    /// counted, `new` put in if it is.
+    fn account(
+        &self,
+        counted_before: bool,
+        counted_after: bool,
+        old: Option<&IndexEntry>,
+        new: Option<&IndexEntry>,
+    ) {
+        if let (true, Some(old)) = (counted_before, old) {
+            let _ = self.counts[old.queue.slot()].fetch_update(
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+                |n| Some(n.saturating_sub(1)),
+            );
+        }
+        if let (true, Some(new)) = (counted_after, new) {
+            self.counts[new.queue.slot()].fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// What a rescan's visit of one listed spool file did to its entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Visit {
+    /// It had no entry; one was added.
+    Added,
+    /// Its entry was kept as it was.
+    Kept,
+    /// Its entry was changed: moved out of the RAM queue, or replaced
+    /// because it did not match the file.
+    Changed,
+    /// The file went away (delivered and removed) meanwhile; no entry.
+    Vanished,
+}
+
+/// What a rescan read from one spool file's header.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FileFacts {
+    /// The envelope's arrival time.
+    pub arrival: u64,
+    /// Number of envelope recipients.
+    pub recipients: usize,
+    /// Content bytes.
+    pub size: u64,
+}
+
 /// Handles on the open sled database and its trees (cheap to clone).
 #[derive(Clone)]
 pub(crate) struct Index {
     db: sled::Db,
     messages: sled::Tree,
     schedule: sled::Tree,
+    /// Membership trees, in [`QUEUES`] order.
+    queues: [sled::Tree; 3],
+    meta: sled::Tree,
+    shared: Arc<Shared>,
 }
 
 /// How long open waits for a sled lock still held by a database closed a
@@ -149,6 +330,10 @@ impl Index {
     /// Opens `index/`, creating it when missing. A database sled refuses
     /// is moved aside to `index.damaged-<unix seconds>` (kept for a look,
     /// never deleted) and a fresh one is made; the caller then rescans.
+    ///
+    /// The counts start at zero with every id counted: the caller seeds
+    /// them ([`set_counts`](Self::set_counts)) or starts a rescan
+    /// ([`begin_rescan`](Self::begin_rescan)).
     pub fn open(layout: &Layout) -> Result<(Index, IndexState), SpoolError> {
         let existed = layout.index.symlink_metadata().is_ok();
         if existed {
@@ -186,75 +371,474 @@ impl Index {
     }
 
     fn open_at(path: &Path) -> Result<Index, sled::Error> {
-        let db = sled::Config::new().path(path).open()?;
+        // sled's own periodic flush is off: the spool's flusher thread
+        // (`flush.rs`) flushes at the same pace and knows when it did.
+        let db = sled::Config::new().path(path).flush_every_ms(None).open()?;
         let messages = db.open_tree("messages")?;
         let schedule = db.open_tree("schedule")?;
+        let queues = [
+            db.open_tree(QUEUES[0].tree_name())?,
+            db.open_tree(QUEUES[1].tree_name())?,
+            db.open_tree(QUEUES[2].tree_name())?,
+        ];
+        let meta = db.open_tree("meta")?;
         Ok(Index {
             db,
             messages,
             schedule,
+            queues,
+            meta,
+            shared: Arc::new(Shared::default()),
         })
     }
 
-    /// Records a message (or replaces its entry), keeping `schedule` in
-    /// step. Returns true when the id was not indexed before.
-    pub fn insert(&self, id: QueueId, entry: &IndexEntry) -> Result<bool, SpoolError> {
-        let value = serde_json::to_vec(entry).expect("an index entry always serializes");
-        let previous = self.messages.insert(id_key(id), value)?;
-        if let Some(old) = previous.as_deref().and_then(parse_entry) {
-            if old.next_attempt != entry.next_attempt {
+    /// The counts and flush figures, shared with every clone.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Seeds the per-queue counts (from the clean marker).
+    pub fn set_counts(&self, counts: [u64; 3]) {
+        for (slot, n) in counts.into_iter().enumerate() {
+            self.shared.counts[slot].store(n, Ordering::SeqCst);
+        }
+    }
+
+    /// A rescan is about to visit every id up to `floor`: those are
+    /// counted by the visits, not by the changes made before.
+    pub fn begin_rescan(&self, floor: QueueId) {
+        self.set_counts([0; 3]);
+        self.shared.floor.store(floor.value(), Ordering::SeqCst);
+        self.shared.next_unvisited.store(0, Ordering::SeqCst);
+        self.shared.all_counted.store(false, Ordering::SeqCst);
+    }
+
+    /// The rescan has visited every id up to its floor.
+    pub fn finish_counting(&self) {
+        self.shared.all_counted.store(true, Ordering::SeqCst);
+    }
+
+    fn lock(&self, id: QueueId) -> MutexGuard<'_, ()> {
+        // Fibonacci hashing: the top byte of the product spreads even ids
+        // that differ only in their high bits.
+        let stripe = (id.value().wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as usize;
+        self.shared.stripes[stripe % STRIPES]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn queue_tree(&self, queue: QueueName) -> &sled::Tree {
+        &self.queues[queue.slot()]
+    }
+
+    /// Brings `schedule` and the membership trees from `old` to `new`
+    /// (either may be absent). Caller holds the id's stripe.
+    fn move_keys(
+        &self,
+        id: QueueId,
+        old: Option<&IndexEntry>,
+        new: Option<&IndexEntry>,
+    ) -> Result<(), SpoolError> {
+        if let Some(old) = old {
+            if new.is_none_or(|n| n.next_attempt != old.next_attempt) {
                 self.schedule.remove(schedule_key(old.next_attempt, id))?;
             }
+            if new.is_none_or(|n| n.queue != old.queue) {
+                self.queue_tree(old.queue).remove(id_key(id))?;
+            }
         }
-        if let Err(e) = self
-            .schedule
-            .insert(schedule_key(entry.next_attempt, id), &[][..])
-        {
-            // Keep the trees in step: no message without a schedule entry.
-            let _ = self.messages.remove(id_key(id));
-            return Err(e.into());
+        if let Some(new) = new {
+            self.schedule
+                .insert(schedule_key(new.next_attempt, id), &[][..])?;
+            self.queue_tree(new.queue).insert(id_key(id), &[][..])?;
         }
+        Ok(())
+    }
+
+    /// Like [`move_keys`](Self::move_keys), but trusts no key: makes
+    /// `schedule` hold `new`'s key and `id` a member of `new`'s queue tree
+    /// only, whatever a crash left. Reads before it writes, so a visit of
+    /// an entry whose keys are right writes nothing. Caller holds the id's
+    /// stripe.
+    fn normalize_keys(
+        &self,
+        id: QueueId,
+        old: Option<&IndexEntry>,
+        new: Option<&IndexEntry>,
+    ) -> Result<(), SpoolError> {
+        fn ensure(tree: &sled::Tree, key: &[u8], present: bool) -> Result<(), SpoolError> {
+            if tree.contains_key(key)? != present {
+                if present {
+                    tree.insert(key, &[][..])?;
+                } else {
+                    tree.remove(key)?;
+                }
+            }
+            Ok(())
+        }
+        if let Some(old) = old {
+            if new.is_none_or(|n| n.next_attempt != old.next_attempt) {
+                ensure(&self.schedule, &schedule_key(old.next_attempt, id), false)?;
+            }
+        }
+        if let Some(new) = new {
+            ensure(&self.schedule, &schedule_key(new.next_attempt, id), true)?;
+        }
+        for queue in QUEUES {
+            let member = new.is_some_and(|n| n.queue == queue);
+            ensure(self.queue_tree(queue), &id_key(id), member)?;
+        }
+        Ok(())
+    }
+
+    /// Records a new message (or replaces its entry), keeping the other
+    /// trees in step. Returns true when the id was not indexed before.
+    pub fn insert(&self, id: QueueId, entry: &IndexEntry) -> Result<bool, SpoolError> {
+        let value = serde_json::to_vec(entry).expect("an index entry always serializes");
+        let _stripe = self.lock(id);
+        let previous = self.messages.insert(id_key(id), value)?;
+        let old = previous.as_deref().and_then(parse_entry);
+        if let Err(e) = self.move_keys(id, old.as_ref(), Some(entry)) {
+            // Keep the trees in step: no message without its keys.
+            let _ = match &previous {
+                Some(p) => self.messages.insert(id_key(id), p.clone()).map(drop),
+                None => self.messages.remove(id_key(id)).map(drop),
+            };
+            return Err(e);
+        }
+        let counted = self.shared.counted(id);
+        self.shared
+            .account(counted, counted, old.as_ref(), Some(entry));
+        self.shared.changed();
         Ok(previous.is_none())
     }
 
-    /// Forgets a message: its entry and its schedule key. Returns true
-    /// when it was indexed.
+    /// Replaces the entry of a message that is indexed;
+    /// [`SpoolError::NotFound`] (and nothing written) when it is not.
+    pub fn update(&self, id: QueueId, entry: &IndexEntry) -> Result<(), SpoolError> {
+        let value = serde_json::to_vec(entry).expect("an index entry always serializes");
+        let _stripe = self.lock(id);
+        if !self.messages.contains_key(id_key(id))? {
+            return Err(SpoolError::NotFound { id });
+        }
+        // The value sled returns is the previous entry: it says which
+        // queue (and schedule key) the message leaves.
+        let previous = self.messages.insert(id_key(id), value)?;
+        let old = previous.as_deref().and_then(parse_entry);
+        self.move_keys(id, old.as_ref(), Some(entry))?;
+        let counted = self.shared.counted(id);
+        self.shared
+            .account(counted, counted, old.as_ref(), Some(entry));
+        self.shared.changed();
+        Ok(())
+    }
+
+    /// Forgets a message: its entry and its keys. Returns true when it was
+    /// indexed.
     pub fn remove(&self, id: QueueId) -> Result<bool, SpoolError> {
-        let Some(old) = self.messages.remove(id_key(id))? else {
+        let _stripe = self.lock(id);
+        let Some(previous) = self.messages.remove(id_key(id))? else {
             return Ok(false);
         };
-        if let Some(entry) = parse_entry(&old) {
-            self.schedule.remove(schedule_key(entry.next_attempt, id))?;
+        let old = parse_entry(&previous);
+        match &old {
+            Some(old) => self.move_keys(id, Some(old), None)?,
+            // Unreadable: its schedule key is unknown (a reader drops it
+            // when it meets it); its membership can be cleared.
+            None => self.normalize_keys(id, None, None)?,
         }
+        let counted = self.shared.counted(id);
+        self.shared.account(counted, counted, old.as_ref(), None);
+        self.shared.changed();
         Ok(true)
     }
 
+    /// A rescan's visit of a spool file it listed and read: brings the
+    /// entry in line with the file, counts it and marks it visited.
+    ///
+    /// No entry: a new one is added (queue disk, due at `now`, every
+    /// recipient pending), only over the absence just read (compare and
+    /// swap), and taken back if `file_exists` then says the file went
+    /// away (a runner removed the message after the header was read).
+    /// An entry with as many recipients as the file: kept, with its
+    /// progress, except that the RAM queue (which did not survive) becomes
+    /// the disk queue, due at `now`. An entry that does not match the
+    /// file (or cannot be read) is replaced by a new one.
+    pub fn visit_listed(
+        &self,
+        id: QueueId,
+        file: FileFacts,
+        now: u64,
+        file_exists: impl Fn() -> bool,
+    ) -> Result<Visit, SpoolError> {
+        let key = id_key(id);
+        let _stripe = self.lock(id);
+        let counted_before = self.shared.counted(id);
+        let fresh = || IndexEntry {
+            queue: QueueName::Disk,
+            arrival: file.arrival,
+            next_attempt: now,
+            size: file.size,
+            recipients: vec![RecipientState::Pending; file.recipients],
+            attempts: 0,
+            last_errors: BTreeMap::new(),
+            delay_notified: false,
+        };
+        // Every writer holds the stripe, so the swap cannot miss; the loop
+        // only keeps the rule "never over a value not read just now".
+        let (old, new, visit) = loop {
+            let current = self.messages.get(key)?;
+            let old = current.as_deref().and_then(parse_entry);
+            let (new, visit) = match &old {
+                None if current.is_none() => (fresh(), Visit::Added),
+                None => (fresh(), Visit::Changed),
+                Some(o) if o.recipients.len() != file.recipients => (fresh(), Visit::Changed),
+                Some(o) if o.queue == QueueName::Ram => (
+                    IndexEntry {
+                        queue: QueueName::Disk,
+                        next_attempt: now,
+                        ..o.clone()
+                    },
+                    Visit::Changed,
+                ),
+                Some(o) => (o.clone(), Visit::Kept),
+            };
+            if visit == Visit::Kept {
+                break (old, new, visit);
+            }
+            let value = serde_json::to_vec(&new).expect("an index entry always serializes");
+            if self
+                .messages
+                .compare_and_swap(key, current, Some(value))?
+                .is_ok()
+            {
+                self.shared.changed();
+                break (old, new, visit);
+            }
+        };
+        self.normalize_keys(id, old.as_ref(), Some(&new))?;
+        if visit == Visit::Added && !file_exists() {
+            let value = serde_json::to_vec(&new).expect("an index entry always serializes");
+            let _ = self
+                .messages
+                .compare_and_swap(key, Some(value), None::<Vec<u8>>)?;
+            self.move_keys(id, Some(&new), None)?;
+            self.mark_visited(id);
+            return Ok(Visit::Vanished);
+        }
+        self.shared
+            .account(counted_before, true, old.as_ref(), Some(&new));
+        self.mark_visited(id);
+        Ok(visit)
+    }
+
+    /// A rescan's visit of an id that has no spool file (an index entry
+    /// not in the listing, or a listed file that turned out corrupt or
+    /// gone). Its entry, if any, is removed, unless `file_exists` says a
+    /// file appeared meanwhile; then it is kept and counted. Returns true
+    /// when an entry was removed.
+    pub fn visit_unlisted(
+        &self,
+        id: QueueId,
+        file_exists: impl Fn() -> bool,
+    ) -> Result<bool, SpoolError> {
+        let key = id_key(id);
+        let _stripe = self.lock(id);
+        let counted_before = self.shared.counted(id);
+        let Some(current) = self.messages.get(key)? else {
+            self.mark_visited(id);
+            return Ok(false);
+        };
+        let old = parse_entry(&current);
+        let removed = if file_exists() {
+            self.normalize_keys(id, old.as_ref(), old.as_ref())?;
+            self.shared
+                .account(counted_before, true, old.as_ref(), old.as_ref());
+            false
+        } else {
+            let swapped = self
+                .messages
+                .compare_and_swap(key, Some(current), None::<Vec<u8>>)?
+                .is_ok();
+            if swapped {
+                match &old {
+                    Some(old) => self.move_keys(id, Some(old), None)?,
+                    None => self.normalize_keys(id, None, None)?,
+                }
+                self.shared
+                    .account(counted_before, true, old.as_ref(), None);
+                self.shared.changed();
+            }
+            swapped
+        };
+        self.mark_visited(id);
+        Ok(removed)
+    }
+
+    /// A rescan's visit of a listed file it could not read (an I/O
+    /// error): whatever entry there is stays as it is, and is counted.
+    pub fn visit_unread(&self, id: QueueId) -> Result<(), SpoolError> {
+        let _stripe = self.lock(id);
+        let counted_before = self.shared.counted(id);
+        if let Some(old) = self.get(id)? {
+            self.normalize_keys(id, Some(&old), Some(&old))?;
+            self.shared
+                .account(counted_before, true, Some(&old), Some(&old));
+        }
+        self.mark_visited(id);
+        Ok(())
+    }
+
+    /// Caller holds the id's stripe.
+    fn mark_visited(&self, id: QueueId) {
+        self.shared
+            .next_unvisited
+            .fetch_max(id.value().saturating_add(1), Ordering::SeqCst);
+    }
+
+    /// Empties `schedule` and the membership trees: for an index without
+    /// messages, before the spool is in use.
+    pub fn clear_keys(&self) -> Result<(), SpoolError> {
+        self.schedule.clear()?;
+        for tree in &self.queues {
+            tree.clear()?;
+        }
+        Ok(())
+    }
+
+    /// Indexed ids in (`after`, `upto`], in order, at most `limit`.
+    pub fn ids_in(
+        &self,
+        after: Option<QueueId>,
+        upto: QueueId,
+        limit: usize,
+    ) -> Result<Vec<QueueId>, SpoolError> {
+        let start = match after {
+            Some(after) => Bound::Excluded(id_key(after)),
+            None => Bound::Unbounded,
+        };
+        let mut ids = Vec::new();
+        for key in self
+            .messages
+            .range::<[u8; 8], _>((start, Bound::Included(id_key(upto))))
+            .keys()
+            .take(limit)
+        {
+            if let Some(id) = id_from_key(&key?) {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Removes `schedule` and membership keys of ids up to `floor` that do
+    /// not match their entry (left by a crash); checks `cancelled` as it
+    /// goes and stops early when it says so. Returns keys removed.
+    pub fn sweep_stale_keys(
+        &self,
+        floor: QueueId,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<u64, SpoolError> {
+        let mut removed = 0;
+        for key in self.schedule.iter().keys() {
+            if cancelled() {
+                return Ok(removed);
+            }
+            let Some((time, id)) = parse_schedule_key(&key?) else {
+                continue;
+            };
+            if id <= floor && self.drop_stale_schedule_key(time, id)? {
+                removed += 1;
+            }
+        }
+        for queue in QUEUES {
+            let tree = self.queue_tree(queue);
+            for key in tree.range(..=id_key(floor)).keys() {
+                if cancelled() {
+                    return Ok(removed);
+                }
+                let Some(id) = id_from_key(&key?) else {
+                    continue;
+                };
+                let _stripe = self.lock(id);
+                if self.get(id)?.is_none_or(|e| e.queue != queue) {
+                    tree.remove(id_key(id))?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Removes the schedule key (`time`, `id`) if, under the id's stripe,
+    /// it does not match the entry. Returns true when it was removed.
+    fn drop_stale_schedule_key(&self, time: u64, id: QueueId) -> Result<bool, SpoolError> {
+        let _stripe = self.lock(id);
+        if self.get(id)?.is_some_and(|e| e.next_attempt == time) {
+            return Ok(false);
+        }
+        Ok(self.schedule.remove(schedule_key(time, id))?.is_some())
+    }
+
     /// Messages due at or before `now` (unix seconds), earliest first, at
-    /// most `limit` of them: a range scan of `schedule`.
+    /// most `limit` of them: a range scan of `schedule`. Keys that do not
+    /// match their entry (a crash's leftovers) are skipped and removed.
     pub fn due(&self, now: u64, limit: usize) -> Result<Vec<(QueueId, IndexEntry)>, SpoolError> {
         let end = schedule_key(now, QueueId::new(u64::MAX));
         let mut out = Vec::new();
+        let mut stale = Vec::new();
         for key in self.schedule.range(..=end).keys() {
             if out.len() >= limit {
                 break;
             }
-            let key = key?;
-            let Some(id) = id_from_key(&key[8..]) else {
+            let Some((time, id)) = parse_schedule_key(&key?) else {
                 continue;
             };
-            if let Some(entry) = self.get(id)? {
-                out.push((id, entry));
+            match self.get(id)? {
+                Some(entry) if entry.next_attempt == time => out.push((id, entry)),
+                _ => stale.push((time, id)),
             }
+        }
+        for (time, id) in stale {
+            self.drop_stale_schedule_key(time, id)?;
         }
         Ok(out)
     }
 
-    /// When the earliest message is due, if any is queued.
+    /// When the earliest message is due, if any is queued. Stale keys met
+    /// on the way are removed.
     pub fn first_due(&self) -> Result<Option<u64>, SpoolError> {
-        Ok(self.schedule.first()?.and_then(|(key, _)| {
-            key.get(..8)
-                .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
-        }))
+        for _ in 0..1000 {
+            let Some((key, _)) = self.schedule.first()? else {
+                return Ok(None);
+            };
+            let Some((time, id)) = parse_schedule_key(&key) else {
+                return Ok(None);
+            };
+            if !self.drop_stale_schedule_key(time, id)? {
+                return Ok(Some(time));
+            }
+        }
+        Ok(self
+            .schedule
+            .first()?
+            .and_then(|(key, _)| parse_schedule_key(&key))
+            .map(|(time, _)| time))
+    }
+
+    /// When the oldest message of `queue` arrived (unix seconds): the
+    /// entry of the first key of its membership tree, skipping a few keys
+    /// that do not match their entry.
+    pub fn oldest(&self, queue: QueueName) -> Result<Option<u64>, SpoolError> {
+        for key in self.queue_tree(queue).iter().keys().take(64) {
+            let Some(id) = id_from_key(&key?) else {
+                continue;
+            };
+            if let Some(entry) = self.get(id)?.filter(|e| e.queue == queue) {
+                return Ok(Some(entry.arrival));
+            }
+        }
+        Ok(None)
     }
 
     /// The entry of a message; `None` when it is not indexed or the stored
@@ -278,41 +862,36 @@ impl Index {
         Ok(ids)
     }
 
-    /// How many messages are indexed. Walks the tree: for open only; the
-    /// spool keeps a counter after that.
-    pub fn count(&self) -> usize {
-        self.messages.len()
-    }
-
     /// The largest indexed id.
     pub fn last_id(&self) -> Result<Option<QueueId>, SpoolError> {
         Ok(self.messages.last()?.and_then(|(key, _)| id_from_key(&key)))
     }
 
-    /// Makes both trees hold exactly `entries` (sorted or not): entries of
-    /// ids not listed are removed, `schedule` is rebuilt from scratch.
-    pub fn replace_all(&self, entries: &[(QueueId, IndexEntry)]) -> Result<(), SpoolError> {
-        let keep: std::collections::HashSet<u64> =
-            entries.iter().map(|(id, _)| id.value()).collect();
-        // Plain inserts, not a sled::Batch: the rebuild needs no atomicity
-        // (a crash part way leaves no clean marker, so it is redone) and
-        // large batches are several times slower in sled 0.34.
-        for key in self.messages.iter().keys() {
-            let key = key?;
-            let listed = id_from_key(&key).is_some_and(|id| keep.contains(&id.value()));
-            if !listed {
-                self.messages.remove(key)?;
-            }
-        }
-        for (id, entry) in entries {
-            let value = serde_json::to_vec(entry).expect("an index entry always serializes");
-            self.messages.insert(id_key(*id), value)?;
-        }
-        self.schedule.clear()?;
-        for (id, entry) in entries {
-            self.schedule
-                .insert(schedule_key(entry.next_attempt, *id), &[][..])?;
-        }
+    /// The token of the last clean close, if one was recorded.
+    pub fn token(&self) -> Result<Option<u64>, SpoolError> {
+        Ok(self
+            .meta
+            .get(TOKEN_KEY)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(u64::from_be_bytes))
+    }
+
+    /// Records the token of this clean close (flushed with the rest).
+    pub fn set_token(&self, token: u64) -> Result<(), SpoolError> {
+        self.meta.insert(TOKEN_KEY, &token.to_be_bytes()[..])?;
+        Ok(())
+    }
+
+    /// Writes everything sled holds in memory to disk, and notes when.
+    pub fn flush(&self) -> Result<(), SpoolError> {
+        let seen = self.shared.changes.load(Ordering::SeqCst);
+        self.db.flush()?;
+        self.shared
+            .flushed_changes
+            .fetch_max(seen, Ordering::SeqCst);
+        self.shared
+            .last_flush_ms
+            .store(crate::ids::unix_micros() / 1000, Ordering::SeqCst);
         Ok(())
     }
 
@@ -322,10 +901,41 @@ impl Index {
         self.schedule.len()
     }
 
-    /// Writes everything sled holds in memory to disk.
-    pub fn flush(&self) -> Result<(), SpoolError> {
-        self.db.flush()?;
-        Ok(())
+    /// Adds a bare schedule key, as a crash may leave one (tests).
+    #[cfg(test)]
+    pub fn insert_raw_schedule_key(&self, time: u64, id: QueueId) {
+        self.schedule
+            .insert(schedule_key(time, id), &[][..])
+            .unwrap();
+    }
+
+    /// Panics unless every tree agrees with `messages` (tests).
+    #[cfg(test)]
+    pub fn assert_consistent(&self) {
+        let mut entries = std::collections::HashMap::new();
+        for item in self.messages.iter() {
+            let (key, value) = item.unwrap();
+            let id = id_from_key(&key).unwrap();
+            entries.insert(id, parse_entry(&value).expect("readable entry"));
+        }
+        let mut scheduled = 0;
+        for key in self.schedule.iter().keys() {
+            let (time, id) = parse_schedule_key(&key.unwrap()).unwrap();
+            let entry = entries.get(&id).expect("schedule key without entry");
+            assert_eq!(entry.next_attempt, time, "stale schedule key of {id}");
+            scheduled += 1;
+        }
+        assert_eq!(scheduled, entries.len(), "one schedule key per entry");
+        let mut members = 0;
+        for queue in QUEUES {
+            for key in self.queue_tree(queue).iter().keys() {
+                let id = id_from_key(&key.unwrap()).unwrap();
+                let entry = entries.get(&id).expect("membership without entry");
+                assert_eq!(entry.queue, queue, "{id} in the wrong queue tree");
+                members += 1;
+            }
+        }
+        assert_eq!(members, entries.len(), "one membership per entry");
     }
 }
 

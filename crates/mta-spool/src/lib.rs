@@ -10,14 +10,29 @@
 //!
 //! The spool files under `msg/` are the truth: one per message, holding
 //! the envelope and the content (see `file.rs` for the format). The sled
-//! database under `index/` is an index that a full rescan of `msg/` can
-//! always rebuild, which is why it is not flushed before a message is
+//! database under `index/` is an index that a rescan of `msg/` can always
+//! rebuild, which is why it is not flushed before a message is
 //! acknowledged and why a damaged one is simply set aside.
+//!
+//! Opening and closing cost the same with ten queued messages or a
+//! million. After a clean stop the index is trusted on the strength of a
+//! token it shares with the clean marker (`clean.rs`), not by counting it,
+//! and the message counts come from the marker. After a crash (or with a
+//! missing, damaged or foreign index) open only lists the file names and
+//! returns; the rescan that reads the files runs on a thread while the
+//! spool already accepts and delivers ([`Spool::rescan_progress`],
+//! `rescan.rs`). The index is flushed every half second by a thread of
+//! its own (`flush.rs`, [`Spool::schedule_saved`]), so close only flushes
+//! what changed since.
 //!
 //! Accepting a message costs one fdatasync of its file plus a share of
 //! one directory fsync: a committer thread renames the files of all
 //! concurrent stores into `msg/` and fsyncs each directory once per batch
 //! (group commit, `commit.rs`). The rename is the commit point.
+//!
+//! Status figures are cheap enough to poll: message counts per queue are
+//! kept in memory as the index changes, and a queue's oldest message is
+//! the first key of a small per-queue tree ([`Spool::queue_stats`]).
 //!
 //! The layout on disk is described in `queue/README.md` at the top of the
 //! workspace and in `layout.rs`.
@@ -27,6 +42,7 @@ mod clean;
 mod commit;
 mod error;
 mod file;
+mod flush;
 mod ids;
 mod index;
 mod layout;
@@ -39,15 +55,18 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use mta_envelope::{Envelope, QueueId};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
 use crate::clean::CleanMarker;
 use crate::commit::{Committer, Counters, Request, Tuning};
+use crate::flush::Flusher;
 use crate::ids::IdGenerator;
-use crate::index::Index;
+use crate::index::{Index, QUEUES};
 use crate::layout::{DirLock, Layout};
+use crate::rescan::Rescan;
 
 pub use crate::error::SpoolError;
 pub use crate::index::{IndexEntry, QueueName, RecipientError, RecipientState};
@@ -63,26 +82,82 @@ pub struct SpoolConfig {
     /// Most messages committed by one shared directory fsync (0 counts
     /// as 1).
     pub max_batch: usize,
+    /// Spool files per second a background rescan may read (0: no limit).
+    pub rescan_rate: u64,
 }
 
 /// What [`Spool::open`] found and did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OpenReport {
-    /// The last stop was clean: the clean marker was there. (A rescan may
-    /// still have run, when the index was missing, damaged or did not
-    /// match the marker.)
+    /// The last stop was clean: a clean marker (of the current format)
+    /// was there. (A rescan may still run, when the index was missing,
+    /// damaged or not the one the marker was written for.)
     pub clean: bool,
-    /// Spool files read by a full rescan; 0 if none ran.
+    /// A rescan was started in the background
+    /// ([`Spool::rescan_progress`] follows it).
+    pub rescan: bool,
+    /// Spool files listed for the background rescan; 0 if none runs.
     pub rescanned: usize,
     /// Unacknowledged files removed from `tmp/`.
     pub removed_tmp: usize,
-    /// Messages in the queue after open.
+    /// Messages counted at open: all of them after a clean stop; with a
+    /// rescan, it starts at 0 and grows as the rescan visits the files
+    /// ([`Spool::len`]).
     pub messages: usize,
-    /// Unreadable spool files the rescan moved to `corrupt/`.
+    /// Spool files moved to `corrupt/` during open (a misplaced file
+    /// whose id was taken). Those the rescan sets aside are counted in
+    /// [`RescanProgress::corrupt`].
     pub corrupt: usize,
     /// The index could not be opened and was moved aside to
     /// `index.damaged-<unix seconds>`.
     pub index_damaged: bool,
+}
+
+/// How far the background rescan has got ([`Spool::rescan_progress`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RescanProgress {
+    /// Still running.
+    pub running: bool,
+    /// Spool files listed at open.
+    pub files_total: u64,
+    /// Spool files read so far.
+    pub files_done: u64,
+    /// Index entries added for files the index did not know.
+    pub messages_added: u64,
+    /// Index entries removed because their file was gone.
+    pub stale_removed: u64,
+    /// Unparsable spool files moved to `corrupt/`.
+    pub corrupt: u64,
+    /// Spool files that could not be read (an I/O error): left where they
+    /// are, and the next open rescans again.
+    pub failed: u64,
+    /// Time since the rescan started, or its whole run once it ended.
+    pub elapsed: Duration,
+}
+
+/// One queue's figures ([`Spool::queue_stats`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Which queue.
+    pub queue: QueueName,
+    /// Messages in it.
+    pub messages: u64,
+    /// When its oldest message arrived (unix seconds); `None` when empty
+    /// (or the spool is closed).
+    pub oldest_arrival: Option<u64>,
+}
+
+/// How much of the index (the delivery schedule and state) is on disk
+/// ([`Spool::schedule_saved`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScheduleSaved {
+    /// When the last flush of the index ended (ms since the Unix epoch);
+    /// `None` before the first one of this run.
+    pub last_flush_unix_ms: Option<u64>,
+    /// Index changes (stores, updates, removals, rescan writes) made since
+    /// the last flush started: what a crash now could lose from the index
+    /// (never from the spool files).
+    pub changes_since_flush: u64,
 }
 
 /// An open queue directory. Cheap to clone; every clone is the same spool,
@@ -97,16 +172,25 @@ struct Inner {
     min_free_space: u64,
     ids: IdGenerator,
     counters: Arc<Counters>,
+    /// The index's counts and flush figures; outlive the index.
+    figures: Arc<index::Shared>,
+    /// The rescan's figures, when one was started.
+    rescan: Option<Arc<rescan::Progress>>,
+    /// Woken after each rescan batch and at its end.
+    rescan_notify: Arc<Notify>,
     /// `None` once closed.
     state: Mutex<Option<Open>>,
 }
 
 /// What an open spool holds. Fields drop in this order when a spool is
 /// dropped without `close()` (a simulated crash, or a daemon dying): the
-/// committer finishes first, then sled lets go of its files, and only then
-/// is the directory lock released, so a new open never meets a live index.
+/// rescan is cancelled and the committer finishes first, then the flusher
+/// stops, then sled lets go of its files, and only then is the directory
+/// lock released, so a new open never meets a live index.
 struct Open {
+    rescan: Option<Rescan>,
     committer: Committer,
+    flusher: Flusher,
     index: Index,
     lock: DirLock,
 }
@@ -121,16 +205,22 @@ impl fmt::Debug for Spool {
 }
 
 impl Spool {
-    /// Opens (creating if needed) the queue directory. Blocking: call it
-    /// before starting to serve, or from `spawn_blocking`.
+    /// Opens (creating if needed) the queue directory. Blocking, but
+    /// short whatever the size of the queue: call it before starting to
+    /// serve, or from `spawn_blocking`.
     ///
     /// Takes the lock (a second open while one is open, in this or another
-    /// process, fails with [`SpoolError::Locked`]), removes leftovers in
-    /// `tmp/` (never acknowledged), and when the last stop was not clean or
-    /// the index is missing or damaged, rebuilds the index by a full rescan
-    /// of `msg/`. The clean marker is removed (and the directory fsynced)
-    /// as soon as it has been read, before the index is touched, so a later
-    /// crash (even one during this open) is detected.
+    /// process, fails with [`SpoolError::Locked`]) and removes leftovers in
+    /// `tmp/` (never acknowledged). After a clean stop whose index is the
+    /// one the clean marker names, that is all. Otherwise (a crash, or the
+    /// index missing, damaged or replaced) it lists the names of the spool
+    /// files (no file is read) so new queue ids start above them all, and
+    /// starts a rescan on a thread of its own that brings the index in
+    /// line with the files while the spool is in use; see
+    /// [`rescan_progress`](Self::rescan_progress). The clean marker is
+    /// removed (and the directory fsynced) as soon as it has been read,
+    /// before the index is touched, so a later crash (even one during this
+    /// open or the rescan) is detected.
     pub fn open(config: SpoolConfig) -> Result<(Spool, OpenReport), SpoolError> {
         Self::open_with(config, Tuning::default())
     }
@@ -147,70 +237,94 @@ impl Spool {
         let (removed_tmp, tmp_max_id) = rescan::clear_tmp(&layout)?;
         let marker = clean::read(&layout);
         // Remove the marker before touching the index: from here on a crash
-        // (even one during this open, in the middle of a rescan) is
-        // detected at the next open and answered by a rescan.
+        // (even one during this open, or during the rescan) is detected at
+        // the next open and answered by a rescan.
         clean::remove(&layout)?;
         let (index, index_state) = Index::open(&layout)?;
 
-        // Trust the index only after a clean stop, and only if it still
-        // holds what it held then: an index deleted, emptied or swapped
-        // while the spool was stopped fails this check.
-        let mut messages = None;
+        // Trust the index only after a clean stop, and only if it is the
+        // index that stop flushed: one deleted, emptied, swapped or
+        // restored while the spool was stopped lacks the marker's token.
+        // O(1): no walk of the index.
+        let mut trusted = None;
         if let Some(marker) = marker {
             if index_state.existed && !index_state.damaged {
-                let indexed = index.count();
-                if indexed == marker.messages {
-                    messages = Some(indexed);
+                if index.token()? == Some(marker.token) {
+                    trusted = Some(marker);
                 } else {
                     tracing::warn!(
-                        indexed,
-                        at_close = marker.messages,
-                        "queue index does not match the clean marker; rescanning"
+                        "queue index is not the one the clean marker was written for; rescanning"
                     );
                 }
             }
         }
         let clean = marker.is_some();
 
-        let mut rescanned = 0;
+        let mut listing = None;
         let mut corrupt = 0;
-        let mut rescan_max_id = None;
-        let messages = match messages {
-            Some(n) => n,
+        match trusted {
+            Some(marker) => index.set_counts(marker.counts),
             None => {
-                let report = rescan::run(&layout, &index, ids::unix_seconds())?;
-                rescanned = report.files;
-                corrupt = report.corrupt;
-                rescan_max_id = report.max_id;
-                report.messages
+                let listed = rescan::list(&layout)?;
+                corrupt = listed.corrupt;
+                if listed.ids.is_empty() && index.last_id()?.is_none() {
+                    // No file and no entry (a new queue directory, or an
+                    // empty one): nothing to rescan. Keys a crash may have
+                    // left in the other trees go with a clear.
+                    index.clear_keys()?;
+                } else {
+                    listing = Some(listed);
+                }
             }
-        };
+        }
 
         // Seed ids above everything this directory has seen, whatever the
-        // clock says now.
+        // clock says now. With a rescan this is also its floor: every id
+        // above it is a message of this run, which the rescan leaves alone.
         let floor = [
             index.last_id()?,
             marker.map(|m| m.last_id),
             tmp_max_id,
-            rescan_max_id,
+            listing.as_ref().and_then(|l| l.max_id),
         ]
         .into_iter()
         .flatten()
         .map(QueueId::value)
         .max()
         .unwrap_or(0);
+        if listing.is_some() {
+            index.begin_rescan(QueueId::new(floor));
+        }
+        let messages = index.shared().len() as usize;
 
         let counters = Arc::new(Counters::default());
-        counters.messages.store(messages, Ordering::Relaxed);
         let committer = Committer::start(
             layout.clone(),
             index.clone(),
             Arc::clone(&counters),
             config.max_batch,
-            tuning,
+            tuning.clone(),
         )?;
+        let flusher = Flusher::start(
+            index.clone(),
+            tuning.flush_every.unwrap_or(flush::FLUSH_EVERY),
+        )?;
+        let rescan_notify = Arc::new(Notify::new());
+        let rescanned = listing.as_ref().map_or(0, |l| l.ids.len());
+        let rescan = match listing {
+            Some(listing) => Some(Rescan::start(
+                layout.clone(),
+                index.clone(),
+                listing.ids,
+                QueueId::new(floor),
+                config.rescan_rate,
+                Arc::clone(&rescan_notify),
+            )?),
+            None => None,
+        };
         let report = OpenReport {
             clean,
+            rescan: rescan.is_some(),
             rescanned,
             removed_tmp,
             messages,
@@ -220,6 +334,7 @@ impl Spool {
         tracing::info!(
             dir = %layout.root.display(),
             clean,
+            rescan = report.rescan,
             rescanned,
             removed_tmp,
             messages,
@@ -232,8 +347,13 @@ impl Spool {
                 min_free_space: config.min_free_space,
                 ids: IdGenerator::above(floor),
                 counters,
+                figures: Arc::clone(index.shared()),
+                rescan: rescan.as_ref().map(|r| Arc::clone(r.progress())),
+                rescan_notify,
                 state: Mutex::new(Some(Open {
+                    rescan,
                     committer,
+                    flusher,
                     index,
                     lock,
                 })),
@@ -343,9 +463,11 @@ impl Spool {
         Ok(free >= self.inner.min_free_space)
     }
 
-    /// Messages in the queue (a counter, not a walk of the index).
+    /// Messages in the queue (a counter, not a walk of the index). While a
+    /// rescan runs it counts what the rescan has visited so far plus what
+    /// this run stored.
     pub fn len(&self) -> usize {
-        self.inner.counters.messages.load(Ordering::Relaxed)
+        self.inner.figures.len() as usize
     }
 
     /// True when no message is queued.
@@ -353,7 +475,8 @@ impl Spool {
         self.len() == 0
     }
 
-    /// Queue ids of every queued message, in id order (from the index).
+    /// Queue ids of every indexed message, in id order (from the index;
+    /// while a rescan runs, files it has not reached yet may be missing).
     pub fn ids(&self) -> Result<Vec<QueueId>, SpoolError> {
         self.index()?.ids()
     }
@@ -364,16 +487,12 @@ impl Spool {
     }
 
     /// Records a message's new state: recipients, queue, next attempt.
-    /// Not flushed: a crash may lose the change, and then a recipient may
-    /// be tried again, never lost.
+    /// [`SpoolError::NotFound`] (and nothing written) when the message is
+    /// not indexed (removed meanwhile). Not flushed: a crash may lose the
+    /// change (the flusher writes changes out every half second), and then
+    /// a recipient may be tried again, never lost.
     pub fn update(&self, id: QueueId, entry: &IndexEntry) -> Result<(), SpoolError> {
-        let index = self.index()?;
-        if index.insert(id, entry)? {
-            // It was not indexed (removed meanwhile): do not resurrect it.
-            index.remove(id)?;
-            return Err(SpoolError::NotFound { id });
-        }
-        Ok(())
+        self.index()?.update(id, entry)
     }
 
     /// Removes a message that is done: its spool file, then its index
@@ -388,9 +507,7 @@ impl Spool {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(SpoolError::io("remove", &path, e)),
         }
-        if index.remove(id)? {
-            self.inner.counters.messages.fetch_sub(1, Ordering::Relaxed);
-        }
+        index.remove(id)?;
         Ok(())
     }
 
@@ -403,6 +520,64 @@ impl Spool {
     /// When the earliest queued message is due.
     pub fn first_due(&self) -> Result<Option<u64>, SpoolError> {
         self.index()?.first_due()
+    }
+
+    /// Messages and the oldest arrival of each queue: ram, bounce, disk,
+    /// in that order. Cheap (counters and one short tree lookup per
+    /// queue), so status may poll it. While a rescan runs the figures
+    /// cover what it has visited so far.
+    pub fn queue_stats(&self) -> Vec<QueueStats> {
+        let counts = self.inner.figures.counts();
+        let index = self.index().ok();
+        QUEUES
+            .iter()
+            .map(|&queue| QueueStats {
+                queue,
+                messages: counts[queue.slot()],
+                oldest_arrival: index
+                    .as_ref()
+                    .and_then(|index| index.oldest(queue).ok().flatten()),
+            })
+            .collect()
+    }
+
+    /// When the index last reached the disk and how many changes it has
+    /// had since.
+    pub fn schedule_saved(&self) -> ScheduleSaved {
+        ScheduleSaved {
+            last_flush_unix_ms: self.inner.figures.last_flush_ms(),
+            changes_since_flush: self.inner.figures.changes_since_flush(),
+        }
+    }
+
+    /// Flushes the index to disk now (blocking), as the flusher does every
+    /// half second; [`schedule_saved`](Self::schedule_saved) then shows
+    /// it. Writes no clean marker: only [`close`](Self::close) does.
+    pub fn flush(&self) -> Result<(), SpoolError> {
+        self.index()?.flush()
+    }
+
+    /// How far the background rescan has got; `None` when this open
+    /// needed none (a clean stop with its own index).
+    pub fn rescan_progress(&self) -> Option<RescanProgress> {
+        self.inner.rescan.as_ref().map(|p| p.snapshot())
+    }
+
+    /// Blocks until the background rescan has ended (finished, failed or
+    /// cancelled by [`close`](Self::close)); returns at once when there is
+    /// none. For tests and tools: never call it from an async task.
+    pub fn wait_rescan(&self) {
+        if let Some(progress) = &self.inner.rescan {
+            progress.wait();
+        }
+    }
+
+    /// Notified after each batch of the background rescan and at its end:
+    /// new entries may be due. It wakes every task waiting on it at that
+    /// moment and leaves one permit for the next wait, so the disk runner
+    /// never misses a wake-up. Never notified when there is no rescan.
+    pub fn rescan_notify(&self) -> Arc<Notify> {
+        Arc::clone(&self.inner.rescan_notify)
     }
 
     /// Reads a spool file back: the envelope and the message content.
@@ -419,13 +594,18 @@ impl Spool {
         })
     }
 
-    /// Closes the spool: waits for stores in progress, flushes the index,
-    /// writes the clean marker (write, fsync the file, fsync the directory)
-    /// and releases the lock. Blocking. Afterwards every clone refuses to
-    /// store with [`SpoolError::Closed`]. Closing again does nothing.
+    /// Closes the spool: stops the background rescan if it still runs,
+    /// waits for stores in progress, flushes the index, writes the clean
+    /// marker (write, fsync the file, fsync the directory) and releases
+    /// the lock. Blocking; its cost does not grow with the queue (what
+    /// changed since the flusher's last round is flushed, nothing is
+    /// walked). Afterwards every clone refuses to store with
+    /// [`SpoolError::Closed`]. Closing again does nothing.
     ///
-    /// If flushing the index fails, no clean marker is written (the next
-    /// open rescans) and the error is returned; the lock is released
+    /// A rescan cut short (or one that could not read every file) means
+    /// no clean marker: the index is flushed as far as it got and the next
+    /// open rescans. If flushing the index fails, no clean marker is
+    /// written either and the error is returned; the lock is released
     /// either way.
     pub fn close(&self) -> Result<(), SpoolError> {
         let open = match self.lock_state().take() {
@@ -433,22 +613,39 @@ impl Spool {
             None => return Ok(()),
         };
         let Open {
+            rescan,
             mut committer,
+            mut flusher,
             index,
             lock,
         } = open;
-        committer.stop();
-        index.flush()?;
-        let marker = CleanMarker {
-            messages: self.len(),
-            last_id: self.inner.ids.last(),
+        let rescan_done = match rescan {
+            Some(mut rescan) => rescan.stop(),
+            None => true,
         };
+        committer.stop();
+        flusher.stop();
+        let token = clean::new_token();
+        if rescan_done {
+            index.set_token(token)?;
+        }
+        index.flush()?;
         // Drop sled before writing the marker and releasing the lock: the
         // marker promises an index that is complete on disk.
         drop(index);
+        if !rescan_done {
+            drop(lock);
+            tracing::info!(dir = %self.inner.layout.root.display(), "spool closed before the rescan ended; the next open rescans");
+            return Ok(());
+        }
+        let marker = CleanMarker {
+            token,
+            counts: self.inner.figures.counts(),
+            last_id: self.inner.ids.last(),
+        };
         clean::write(&self.inner.layout, marker)?;
         drop(lock);
-        tracing::info!(dir = %self.inner.layout.root.display(), messages = marker.messages, "spool closed cleanly");
+        tracing::info!(dir = %self.inner.layout.root.display(), messages = marker.messages(), "spool closed cleanly");
         Ok(())
     }
 

@@ -16,6 +16,7 @@ fn config(dir: &Path) -> SpoolConfig {
         dir: dir.join("queue"),
         min_free_space: 0,
         max_batch: 64,
+        rescan_rate: 0,
     }
 }
 
@@ -188,6 +189,7 @@ async fn concurrent_stores_share_commit_batches() {
     // that took one request per batch would still show 200 batches.
     let tuning = Tuning {
         commit_delay: Some(Duration::from_millis(20)),
+        ..Tuning::default()
     };
     let (spool, _) = Spool::open_with(config(tmp.path()), tuning).unwrap();
     concurrent_stores(&spool, 200).await;
@@ -208,6 +210,7 @@ async fn max_batch_bounds_a_batch() {
     cfg.max_batch = 1;
     let tuning = Tuning {
         commit_delay: Some(Duration::from_millis(5)),
+        ..Tuning::default()
     };
     let (spool, _) = Spool::open_with(cfg, tuning).unwrap();
     concurrent_stores(&spool, 20).await;
@@ -249,8 +252,9 @@ async fn crash_then_open_rescans() {
 
     let (spool, report) = Spool::open(config(tmp.path())).unwrap();
     assert!(!report.clean);
+    assert!(report.rescan);
     assert_eq!(report.rescanned, 7);
-    assert_eq!(report.messages, 7);
+    spool.wait_rescan();
     assert_eq!(spool.len(), 7);
     assert_eq!(spool.ids().unwrap(), ids);
     for id in &ids {
@@ -279,8 +283,10 @@ async fn rescan_drops_stale_entries_and_keeps_recipient_progress() {
 
     let (spool, report) = Spool::open(config(tmp.path())).unwrap();
     assert_eq!(report.rescanned, 3);
+    spool.wait_rescan();
     assert_eq!(spool.ids().unwrap(), ids);
     assert_eq!(spool.len(), 3);
+    assert_eq!(spool.rescan_progress().unwrap().stale_removed, 1);
     let kept = spool.entry(ids[1]).unwrap().unwrap();
     assert_eq!(
         kept.recipients,
@@ -290,6 +296,7 @@ async fn rescan_drops_stale_entries_and_keeps_recipient_progress() {
     // The schedule tree was rebuilt in step: one key per message.
     let index = spool.index().unwrap();
     assert_eq!(index.schedule_len(), 3);
+    index.assert_consistent();
     drop(index);
     spool.close().unwrap();
 }
@@ -305,7 +312,8 @@ async fn deleted_index_is_rebuilt() {
     let (spool, report) = Spool::open(config(tmp.path())).unwrap();
     assert!(report.clean);
     assert_eq!(report.rescanned, 4);
-    assert_eq!(report.messages, 4);
+    spool.wait_rescan();
+    assert_eq!(spool.len(), 4);
     assert_eq!(spool.ids().unwrap(), ids);
     spool.close().unwrap();
 }
@@ -326,7 +334,8 @@ async fn garbage_index_is_rebuilt() {
 
     let (spool, report) = Spool::open(config(tmp.path())).unwrap();
     assert_eq!(report.rescanned, 4);
-    assert_eq!(report.messages, 4);
+    spool.wait_rescan();
+    assert_eq!(spool.len(), 4);
     assert_eq!(spool.ids().unwrap(), ids);
     spool.close().unwrap();
 }
@@ -344,6 +353,7 @@ async fn unopenable_index_is_moved_aside() {
     let (spool, report) = Spool::open(config(tmp.path())).unwrap();
     assert!(report.index_damaged);
     assert_eq!(report.rescanned, 3);
+    spool.wait_rescan();
     assert_eq!(spool.ids().unwrap(), ids);
     let aside: Vec<_> = dir_entries(&queue)
         .into_iter()
@@ -431,7 +441,9 @@ async fn ids_increase_and_stay_above_existing_ones_after_reopen() {
 
     fs::remove_dir_all(tmp.path().join("queue/index")).unwrap();
     let (spool, report) = Spool::open(config(tmp.path())).unwrap();
-    assert_eq!(report.messages, 1);
+    assert!(report.rescan);
+    spool.wait_rescan();
+    assert_eq!(spool.len(), 1);
     assert!(spool.next_id() > future);
     spool.close().unwrap();
 }
@@ -469,8 +481,12 @@ async fn corrupt_files_are_moved_aside_not_lost() {
 
     let (spool, report) = Spool::open(config(tmp.path())).unwrap();
     assert_eq!(report.rescanned, 4);
-    assert_eq!(report.corrupt, 2);
-    assert_eq!(report.messages, 2);
+    spool.wait_rescan();
+    let progress = spool.rescan_progress().unwrap();
+    assert_eq!(progress.corrupt, 2);
+    assert_eq!(progress.files_done, 4);
+    assert!(!progress.running);
+    assert_eq!(spool.len(), 2);
     assert_eq!(spool.ids().unwrap(), good);
     assert_eq!(msg_files(&queue).len(), 2);
     assert_eq!(
@@ -500,8 +516,11 @@ async fn misplaced_file_is_moved_to_its_bucket() {
     drop(spool);
 
     let (spool, report) = Spool::open(config(tmp.path())).unwrap();
-    assert_eq!(report.messages, 1);
+    // Moved at open, before the background rescan reads it.
     assert_eq!(msg_files(&queue), vec![("3".into(), id.to_string())]);
+    assert_eq!(report.rescanned, 1);
+    spool.wait_rescan();
+    assert_eq!(spool.len(), 1);
     assert_eq!(spool.read(id).unwrap().1, b"hello");
     spool.close().unwrap();
 }
@@ -657,33 +676,54 @@ fn no_space_errors_are_recognised() {
     assert!(!SpoolError::Closed.is_no_space());
 }
 
-/// Times a rescan of 100,000 spool files. Run with
+/// Times open, the background rescan, a clean close and a clean open
+/// with 100,000 spool files, and the close and clean open of a queue of
+/// ten for comparison. Run with
 /// `cargo test -p mta-spool --release -- --ignored --nocapture`.
 #[test]
 #[ignore]
 fn rescan_of_100k_files() {
-    let tmp = tempfile::tempdir().unwrap();
-    let cfg = config(tmp.path());
-    let (spool, _) = Spool::open(cfg.clone()).unwrap();
-    let queue = spool.dir().to_owned();
-    drop(spool);
-    let body = vec![b'x'; 4096];
-    let base = crate::ids::unix_micros();
-    let layout = crate::layout::Layout::new(&queue);
-    for i in 0..100_000u64 {
-        let id = QueueId::new(base + i);
-        fs::write(layout.msg_path(id), spool_bytes(&envelope(2), &body)).unwrap();
+    fn timed<T>(what: &str, f: impl FnOnce() -> T) -> T {
+        let started = std::time::Instant::now();
+        let out = f();
+        eprintln!("{what} took {:?}", started.elapsed());
+        out
     }
-    let started = std::time::Instant::now();
-    let (spool, report) = Spool::open(cfg).unwrap();
+    let mut cost = Vec::new();
+    for n in [10u64, 100_000] {
+        eprintln!("-- {n} spool files");
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = config(tmp.path());
+        let (spool, _) = Spool::open(cfg.clone()).unwrap();
+        let queue = spool.dir().to_owned();
+        drop(spool);
+        let body = vec![b'x'; 4096];
+        let base = crate::ids::unix_micros();
+        let layout = crate::layout::Layout::new(&queue);
+        for i in 0..n {
+            let id = QueueId::new(base + i);
+            fs::write(layout.msg_path(id), spool_bytes(&envelope(2), &body)).unwrap();
+        }
+        let (spool, report) = timed("open (listing only)", || Spool::open(cfg.clone()).unwrap());
+        assert_eq!(report.rescanned as u64, n);
+        timed("background rescan", || spool.wait_rescan());
+        assert_eq!(spool.len() as u64, n);
+        timed("close after the rescan", || spool.close().unwrap());
+        let (spool, report) = timed("clean open", || Spool::open(cfg.clone()).unwrap());
+        assert!(!report.rescan);
+        assert_eq!(report.messages as u64, n);
+        // Idle for a while (the flusher has caught up), then stop.
+        std::thread::sleep(Duration::from_secs(1));
+        let close = std::time::Instant::now();
+        spool.close().unwrap();
+        let close = close.elapsed();
+        eprintln!("idle close took {close:?}");
+        cost.push(close);
+    }
     eprintln!(
-        "rescan of {} files took {:?}",
-        report.rescanned,
-        started.elapsed()
+        "idle close: 10 files {:?}, 100,000 files {:?}",
+        cost[0], cost[1]
     );
-    assert_eq!(report.messages, 100_000);
-    assert_eq!(spool.len(), 100_000);
-    spool.close().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -693,8 +733,8 @@ async fn index_emptied_while_stopped_is_rebuilt() {
     let ids = store_n(&spool, 3).await;
     spool.close().unwrap();
     // A valid but empty index where the old one was: sled opens it fine,
-    // only the clean marker's count shows it is not the index of this
-    // spool.
+    // only the missing token shows it is not the index the clean marker
+    // was written for.
     let layout = crate::layout::Layout::new(&tmp.path().join("queue"));
     fs::remove_dir_all(&layout.index).unwrap();
     let (index, _) = crate::index::Index::open(&layout).unwrap();
@@ -704,8 +744,11 @@ async fn index_emptied_while_stopped_is_rebuilt() {
     let (spool, report) = Spool::open(config(tmp.path())).unwrap();
     assert!(report.clean);
     assert!(!report.index_damaged);
+    assert!(report.rescan);
     assert_eq!(report.rescanned, 3);
+    spool.wait_rescan();
     assert_eq!(spool.ids().unwrap(), ids);
+    assert_eq!(spool.len(), 3);
     spool.close().unwrap();
 }
 
@@ -798,8 +841,492 @@ async fn rescan_keeps_attempts_and_errors() {
     std::fs::remove_file(dir.path().join("queue").join("clean")).unwrap();
     let (spool, report) = Spool::open(config(dir.path())).unwrap();
     assert!(!report.clean);
+    spool.wait_rescan();
     let after = spool.entry(id).unwrap().unwrap();
     assert_eq!(after.attempts, 3);
     assert_eq!(after.recipients[1], RecipientState::Delivered);
     assert_eq!(after.queue, QueueName::Disk);
+}
+
+// ---------------------------------------------------------------------
+// Background rescan, clean open in O(1), per-queue figures, flushes.
+
+/// An envelope that arrived at `arrival`.
+fn envelope_at(recipients: usize, arrival: u64) -> Envelope {
+    Envelope {
+        arrival,
+        ..envelope(recipients)
+    }
+}
+
+/// Creates the queue directory, then writes `n` spool files straight into
+/// `msg/` as an earlier run that crashed would have left them (ids in the
+/// past, one apart, two recipients each; no clean marker); returns their
+/// ids in order.
+fn plant_files(cfg: &SpoolConfig, n: u64) -> Vec<QueueId> {
+    if !cfg.dir.join("msg").exists() {
+        let (spool, _) = Spool::open(cfg.clone()).unwrap();
+        spool.close().unwrap();
+    }
+    let layout = crate::layout::Layout::new(&cfg.dir);
+    let base = crate::ids::unix_micros() - 60_000_000;
+    let ids = (0..n)
+        .map(|i| {
+            let id = QueueId::new(base + i);
+            let body = format!("Subject: planted {i}\r\n\r\nbody\r\n");
+            fs::write(
+                layout.msg_path(id),
+                spool_bytes(&envelope(2), body.as_bytes()),
+            )
+            .unwrap();
+            id
+        })
+        .collect();
+    let _ = fs::remove_file(cfg.dir.join("clean"));
+    ids
+}
+
+fn rate_config(dir: &Path, rescan_rate: u64) -> SpoolConfig {
+    SpoolConfig {
+        rescan_rate,
+        ..config(dir)
+    }
+}
+
+/// Waits (polling) until `check` holds, at most ten seconds.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rescan_runs_in_the_background_while_the_spool_is_used() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = rate_config(tmp.path(), 200);
+    // An earlier run: one message whose file is gone by now (a stale
+    // entry), and one with a recipient delivered.
+    let (spool, _) = Spool::open(cfg.clone()).unwrap();
+    let old = store_n(&spool, 2).await;
+    let mut progressed = spool.entry(old[1]).unwrap().unwrap();
+    progressed.recipients[0] = RecipientState::Delivered;
+    progressed.attempts = 2;
+    spool.update(old[1], &progressed).unwrap();
+    fs::remove_file(spool.inner.layout.msg_path(old[0])).unwrap();
+    drop(spool); // crash
+    let planted = plant_files(&cfg, 200);
+    let mut files = planted.clone();
+    files.push(old[1]);
+    files.sort();
+    let max_file = *files.last().unwrap();
+
+    let started = std::time::Instant::now();
+    let (spool, report) = Spool::open(cfg.clone()).unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "open took {:?}",
+        started.elapsed()
+    );
+    assert!(report.rescan);
+    assert!(!report.clean);
+    assert_eq!(report.rescanned, 201);
+    let progress = spool.rescan_progress().unwrap();
+    assert!(progress.running);
+    assert_eq!(progress.files_total, 201);
+    assert!(progress.files_done < 201, "{progress:?}");
+
+    // Stores succeed at once, with ids above every file, and the rescan
+    // never touches them.
+    let wake = spool.rescan_notify();
+    let new = store_n(&spool, 5).await;
+    assert!(new.iter().all(|id| *id > max_file));
+    let mut moved = spool.entry(new[1]).unwrap().unwrap();
+    moved.queue = QueueName::Disk;
+    moved.next_attempt += 3600;
+    spool.update(new[1], &moved).unwrap();
+    let stored: Vec<IndexEntry> = new
+        .iter()
+        .map(|id| spool.entry(*id).unwrap().unwrap())
+        .collect();
+
+    // The rescan wakes the disk runner, and what it indexed is due before
+    // it ends.
+    tokio::time::timeout(Duration::from_secs(5), wake.notified())
+        .await
+        .expect("woken after a rescan batch");
+    // (The old index's entry may be due too, before the rescan reaches
+    // it: look at the planted files only.)
+    let file_set: HashSet<QueueId> = planted.iter().copied().collect();
+    let mut early = Vec::new();
+    eventually("a rescanned message is due", || {
+        early = spool
+            .due(crate::ids::unix_seconds(), 1000)
+            .unwrap()
+            .into_iter()
+            .filter(|(id, _)| file_set.contains(id))
+            .collect();
+        !early.is_empty()
+    })
+    .await;
+    assert!(spool.rescan_progress().unwrap().running);
+    // A runner works on it meanwhile: delivers one recipient...
+    let (busy, mut entry) = early[0].clone();
+    assert_eq!(entry.queue, QueueName::Disk);
+    entry.recipients[1] = RecipientState::Delivered;
+    entry.next_attempt += 600;
+    spool.update(busy, &entry).unwrap();
+    // ...and finishes another (if there is one yet): file and entry go.
+    let done = early.get(1).map(|(id, _)| *id);
+    if let Some(done) = done {
+        spool.remove(done).unwrap();
+    }
+    assert!(spool.rescan_progress().unwrap().running);
+
+    tokio::task::spawn_blocking({
+        let spool = spool.clone();
+        move || spool.wait_rescan()
+    })
+    .await
+    .unwrap();
+    let progress = spool.rescan_progress().unwrap();
+    assert!(!progress.running);
+    assert_eq!(progress.files_total, 201);
+    assert_eq!(progress.files_done, 201);
+    assert_eq!(progress.stale_removed, 1, "{progress:?}");
+    assert_eq!(progress.corrupt, 0);
+    assert!(
+        progress.elapsed >= Duration::from_millis(500),
+        "{progress:?}"
+    );
+
+    // The index equals the files.
+    let mut expected: Vec<QueueId> = files
+        .iter()
+        .copied()
+        .filter(|id| Some(*id) != done)
+        .chain(new.iter().copied())
+        .collect();
+    expected.sort();
+    assert_eq!(spool.ids().unwrap(), expected);
+    assert_eq!(msg_files(spool.dir()).len(), expected.len());
+    assert_eq!(spool.len(), expected.len());
+    assert!(
+        spool.entry(old[0]).unwrap().is_none(),
+        "stale entry removed"
+    );
+    for (id, before) in new.iter().zip(&stored) {
+        assert_eq!(&spool.entry(*id).unwrap().unwrap(), before, "{id} touched");
+    }
+    assert_eq!(
+        spool.entry(busy).unwrap().unwrap(),
+        entry,
+        "runner's update kept"
+    );
+    let kept = spool.entry(old[1]).unwrap().unwrap();
+    assert_eq!(kept.recipients[0], RecipientState::Delivered);
+    assert_eq!(kept.attempts, 2);
+    assert_eq!(kept.queue, QueueName::Disk, "the RAM queue did not survive");
+    spool.index().unwrap().assert_consistent();
+    let stats = spool.queue_stats();
+    assert_eq!(stats[0].messages, 4, "new ones still in RAM: {stats:?}");
+    assert_eq!(stats[2].messages as usize, expected.len() - 4);
+
+    // Finished: the close is clean and the next open trusts the index.
+    spool.close().unwrap();
+    let (spool, report) = Spool::open(cfg).unwrap();
+    assert!(report.clean);
+    assert!(!report.rescan);
+    assert!(spool.rescan_progress().is_none());
+    assert_eq!(report.messages, expected.len());
+    spool.close().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_during_rescan_writes_no_marker_and_the_next_open_finishes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = rate_config(tmp.path(), 100);
+    let files = plant_files(&cfg, 300);
+    let (spool, report) = Spool::open(cfg.clone()).unwrap();
+    assert!(report.rescan);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let closing = spool.clone();
+    let started = std::time::Instant::now();
+    tokio::task::spawn_blocking(move || closing.close().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "close waited for the rescan: {:?}",
+        started.elapsed()
+    );
+    let progress = spool.rescan_progress().unwrap();
+    assert!(!progress.running);
+    assert!(progress.files_done < 300, "{progress:?}");
+    assert!(!tmp.path().join("queue/clean").exists());
+    spool.wait_rescan(); // returns at once: ended
+
+    let (spool, report) = Spool::open(rate_config(tmp.path(), 0)).unwrap();
+    assert!(!report.clean);
+    assert!(report.rescan);
+    assert_eq!(report.rescanned, 300);
+    spool.wait_rescan();
+    let progress = spool.rescan_progress().unwrap();
+    assert_eq!(progress.files_done, 300);
+    assert_eq!(spool.ids().unwrap(), files);
+    assert_eq!(spool.len(), 300);
+    spool.index().unwrap().assert_consistent();
+    spool.close().unwrap();
+    assert!(tmp.path().join("queue/clean").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_during_rescan_then_reopen_indexes_every_file_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = rate_config(tmp.path(), 100);
+    let files = plant_files(&cfg, 300);
+    let (spool, _) = Spool::open(cfg.clone()).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let new = store_n(&spool, 3).await;
+    assert!(spool.rescan_progress().unwrap().running);
+    drop(spool); // crash mid-rescan
+
+    let (spool, report) = Spool::open(rate_config(tmp.path(), 0)).unwrap();
+    assert!(!report.clean);
+    assert!(report.rescan);
+    assert_eq!(report.rescanned, 303);
+    spool.wait_rescan();
+    let mut expected = files.clone();
+    expected.extend(&new);
+    assert_eq!(spool.ids().unwrap(), expected);
+    assert_eq!(spool.len(), 303, "each message counted once");
+    assert_eq!(msg_files(spool.dir()).len(), 303);
+    spool.index().unwrap().assert_consistent();
+    let stats = spool.queue_stats();
+    assert_eq!(stats[0].messages, 0);
+    assert_eq!(stats[2].messages, 303);
+    spool.close().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clean_open_trusts_the_marker_without_a_walk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path());
+    let (spool, _) = Spool::open(cfg.clone()).unwrap();
+    let ids = store_n(&spool, 5).await;
+    spool.close().unwrap();
+    let marker_path = tmp.path().join("queue/clean");
+    let marker = fs::read_to_string(&marker_path).unwrap();
+    assert!(marker.starts_with("MTA-SPOOL-CLEAN 2\ntoken "), "{marker}");
+    assert!(marker.contains("\nram 5\nbounce 0\ndisk 0\n"), "{marker}");
+
+    // The counts come from the marker, not from counting the index: a
+    // marker that says more is believed.
+    fs::write(&marker_path, marker.replace("\nram 5\n", "\nram 1000\n")).unwrap();
+    let (spool, report) = Spool::open(cfg.clone()).unwrap();
+    assert!(report.clean);
+    assert!(!report.rescan);
+    assert_eq!(report.rescanned, 0);
+    assert_eq!(report.messages, 1000);
+    assert!(spool.rescan_progress().is_none());
+    spool.wait_rescan(); // none: returns at once
+    assert_eq!(spool.ids().unwrap(), ids);
+    drop(spool); // crash: no marker, the next open rescans and recounts
+
+    let (spool, report) = Spool::open(cfg.clone()).unwrap();
+    assert!(!report.clean);
+    assert!(report.rescan);
+    spool.wait_rescan();
+    assert_eq!(spool.len(), 5);
+    spool.close().unwrap();
+
+    // A marker of the old format counts as none.
+    let marker = fs::read_to_string(&marker_path).unwrap();
+    let last_id = marker.lines().last().unwrap().to_owned();
+    fs::write(
+        &marker_path,
+        format!("MTA-SPOOL-CLEAN 1\nmessages 5\n{last_id}\n"),
+    )
+    .unwrap();
+    let (spool, report) = Spool::open(cfg.clone()).unwrap();
+    assert!(!report.clean);
+    assert!(report.rescan);
+    spool.wait_rescan();
+    assert_eq!(spool.len(), 5);
+    spool.close().unwrap();
+
+    // A marker whose token the index does not hold: clean, but rescanned.
+    let marker = fs::read_to_string(&marker_path).unwrap();
+    let token_line = marker.lines().nth(1).unwrap().to_owned();
+    fs::write(
+        &marker_path,
+        marker.replace(&token_line, "token 0123456789abcdef"),
+    )
+    .unwrap();
+    let (spool, report) = Spool::open(cfg).unwrap();
+    assert!(report.clean);
+    assert!(report.rescan);
+    spool.wait_rescan();
+    assert_eq!(spool.ids().unwrap(), ids);
+    assert_eq!(spool.len(), 5);
+    spool.close().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_stats_follow_every_change() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path());
+    let (spool, _) = Spool::open(cfg.clone()).unwrap();
+    let stats = |spool: &Spool| -> Vec<(QueueName, u64, Option<u64>)> {
+        spool
+            .queue_stats()
+            .into_iter()
+            .map(|s| (s.queue, s.messages, s.oldest_arrival))
+            .collect()
+    };
+    use QueueName::{Bounce, Disk, Ram};
+    assert_eq!(
+        stats(&spool),
+        vec![(Ram, 0, None), (Bounce, 0, None), (Disk, 0, None)]
+    );
+
+    let a = spool.next_id();
+    spool
+        .store(a, &envelope_at(1, 1000), &[b"a"])
+        .await
+        .unwrap();
+    let b = spool.next_id();
+    spool
+        .store_in(Bounce, b, &envelope_at(1, 2000), Arc::new(b"b".to_vec()))
+        .await
+        .unwrap();
+    let c = spool.next_id();
+    spool
+        .store(c, &envelope_at(1, 3000), &[b"c"])
+        .await
+        .unwrap();
+    assert_eq!(
+        stats(&spool),
+        vec![
+            (Ram, 2, Some(1000)),
+            (Bounce, 1, Some(2000)),
+            (Disk, 0, None)
+        ]
+    );
+
+    // An update that changes the queue moves the message.
+    let mut entry = spool.entry(a).unwrap().unwrap();
+    entry.queue = Disk;
+    entry.next_attempt = 5000;
+    spool.update(a, &entry).unwrap();
+    assert_eq!(
+        stats(&spool),
+        vec![
+            (Ram, 1, Some(3000)),
+            (Bounce, 1, Some(2000)),
+            (Disk, 1, Some(1000))
+        ]
+    );
+    // One that does not, does not.
+    entry.attempts = 1;
+    spool.update(a, &entry).unwrap();
+    spool.remove(b).unwrap();
+    spool.remove(b).unwrap(); // twice: counted once
+    let after_changes = vec![
+        (Ram, 1, Some(3000)),
+        (Bounce, 0, None),
+        (Disk, 1, Some(1000)),
+    ];
+    assert_eq!(stats(&spool), after_changes);
+    assert_eq!(spool.len(), 2);
+    spool.index().unwrap().assert_consistent();
+
+    // Across a clean restart (counts from the marker).
+    spool.close().unwrap();
+    assert_eq!(stats(&spool)[0].1, 1, "counts outlive close");
+    assert_eq!(stats(&spool)[0].2, None, "closed");
+    let (spool, report) = Spool::open(cfg.clone()).unwrap();
+    assert!(!report.rescan);
+    assert_eq!(stats(&spool), after_changes);
+    drop(spool); // crash
+
+    // Across a rescan: the RAM queue did not survive.
+    let (spool, report) = Spool::open(cfg).unwrap();
+    assert!(report.rescan);
+    spool.wait_rescan();
+    assert_eq!(
+        stats(&spool),
+        vec![(Ram, 0, None), (Bounce, 0, None), (Disk, 2, Some(1000))]
+    );
+    spool.index().unwrap().assert_consistent();
+    spool.close().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedule_saved_follows_the_flusher() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A flusher that never comes round: only close flushes.
+    let tuning = Tuning {
+        flush_every: Some(Duration::from_secs(3600)),
+        ..Tuning::default()
+    };
+    let (spool, _) = Spool::open_with(config(tmp.path()), tuning).unwrap();
+    let saved = spool.schedule_saved();
+    assert_eq!(saved.last_flush_unix_ms, None);
+    assert_eq!(saved.changes_since_flush, 0);
+    let ids = store_n(&spool, 2).await;
+    let mut entry = spool.entry(ids[0]).unwrap().unwrap();
+    entry.attempts = 1;
+    spool.update(ids[0], &entry).unwrap();
+    spool.remove(ids[1]).unwrap();
+    assert_eq!(spool.schedule_saved().changes_since_flush, 4);
+    let before_close = crate::ids::unix_micros() / 1000;
+    spool.close().unwrap();
+    let saved = spool.schedule_saved();
+    assert_eq!(saved.changes_since_flush, 0);
+    assert!(saved.last_flush_unix_ms.unwrap() >= before_close);
+
+    // The flusher writes changes out by itself.
+    let tuning = Tuning {
+        flush_every: Some(Duration::from_millis(50)),
+        ..Tuning::default()
+    };
+    let (spool, _) = Spool::open_with(config(tmp.path()), tuning).unwrap();
+    eventually("first flush", || {
+        spool.schedule_saved().last_flush_unix_ms.is_some()
+    })
+    .await;
+    let first = spool.schedule_saved().last_flush_unix_ms.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    spool.update(ids[0], &entry).unwrap();
+    eventually("changes flushed", || {
+        let saved = spool.schedule_saved();
+        saved.changes_since_flush == 0 && saved.last_flush_unix_ms.unwrap() > first
+    })
+    .await;
+    spool.close().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_schedule_keys_are_skipped_and_dropped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(config(tmp.path())).unwrap();
+    let ids = store_n(&spool, 1).await;
+    let now = envelope(1).arrival;
+    let index = spool.index().unwrap();
+    // As a crash may leave them: a key whose entry is due later, and one
+    // without an entry.
+    let mut entry = spool.entry(ids[0]).unwrap().unwrap();
+    entry.next_attempt = now + 100;
+    spool.update(ids[0], &entry).unwrap();
+    index.insert_raw_schedule_key(now - 10, ids[0]);
+    index.insert_raw_schedule_key(now - 20, QueueId::new(1));
+    assert_eq!(index.schedule_len(), 3);
+    assert_eq!(spool.first_due().unwrap(), Some(now + 100));
+    assert!(spool.due(now, 10).unwrap().is_empty());
+    assert_eq!(index.schedule_len(), 1);
+    index.assert_consistent();
+    drop(index);
+    spool.close().unwrap();
 }

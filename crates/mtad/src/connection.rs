@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, error, info, warn};
 
-use crate::server::{Context, Shutdown};
+use crate::server::{Context, Settings, Shutdown};
 use crate::stats::SessionGuard;
 
 /// How a stretch of the session over one stream ended.
@@ -24,9 +24,27 @@ enum Outcome {
 }
 
 /// Serves one connection to its end.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: &Context, shutdown: &Shutdown) {
+///
+/// The session keeps the `settings` it started with, whatever a graceful
+/// restart installs meanwhile.
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: &Context,
+    settings: &Settings,
+    shutdown: &Shutdown,
+) {
+    let with = With {
+        ctx,
+        settings,
+        shutdown,
+    };
     let mut guard = ctx.stats.session_opened();
-    let mut session = Session::new(ctx.session_config.clone(), ctx.admission.clone(), peer.ip());
+    let mut session = Session::new(
+        settings.session_config.clone(),
+        ctx.admission.clone(),
+        peer.ip(),
+    );
     let mut input = BytesMut::with_capacity(16 * 1024);
     let mut stream = stream;
     let mut out = Vec::with_capacity(1024);
@@ -38,18 +56,18 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: &Context, shutdown:
         &mut session,
         &mut input,
         &mut out,
-        ctx,
-        shutdown,
+        with,
         &mut guard,
     )
     .await;
     match outcome {
         Ok(Outcome::Closed) => {}
         Ok(Outcome::StartTls) => {
-            let Some(acceptor) = &ctx.tls else {
+            let Some(acceptor) = &settings.tls else {
                 return;
             };
-            let handshake = tokio::time::timeout(ctx.idle_timeout, acceptor.accept(stream)).await;
+            let handshake =
+                tokio::time::timeout(settings.idle_timeout, acceptor.accept(stream)).await;
             let mut tls = match handshake {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
@@ -69,8 +87,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: &Context, shutdown:
                 &mut session,
                 &mut input,
                 &mut out,
-                ctx,
-                shutdown,
+                with,
                 &mut guard,
             )
             .await
@@ -83,16 +100,28 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: &Context, shutdown:
     debug!(%peer, "session closed");
 }
 
+/// What a session runs with.
+#[derive(Clone, Copy)]
+struct With<'a> {
+    ctx: &'a Context,
+    settings: &'a Settings,
+    shutdown: &'a Shutdown,
+}
+
 /// Runs the session over `stream` until it closes or asks for TLS.
 async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     session: &mut Session,
     input: &mut BytesMut,
     out: &mut Vec<u8>,
-    ctx: &Context,
-    shutdown: &Shutdown,
+    with: With<'_>,
     guard: &mut SessionGuard<'_>,
 ) -> std::io::Result<Outcome> {
+    let With {
+        ctx,
+        settings,
+        shutdown,
+    } = with;
     loop {
         // Answer everything already buffered: with PIPELINING the client may
         // have sent many commands in one packet (RFC 2920).
@@ -118,7 +147,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                     return Ok(Outcome::StartTls);
                 }
                 Step::Store(message) => {
-                    let reply = store(ctx, session, *message).await;
+                    let reply = store(ctx, settings, session, *message).await;
                     reply.write_to(out);
                     guard.set_in_transaction(session.in_transaction());
                 }
@@ -136,7 +165,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             input.reserve(16 * 1024);
         }
         tokio::select! {
-            read = tokio::time::timeout(ctx.idle_timeout, stream.read_buf(input)) => match read {
+            read = tokio::time::timeout(settings.idle_timeout, stream.read_buf(input)) => match read {
                 Err(_) => return finish(stream, out, session.timeout()).await,
                 Ok(Ok(0)) => return Ok(Outcome::Closed),
                 Ok(Ok(_)) => {}
@@ -154,9 +183,18 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// Makes the message durable, then answers: 250 only once it is on disk
 /// (in volatile mode, once it is in the ram queue).
-async fn store(ctx: &Context, session: &mut Session, message: Message) -> Reply {
+async fn store(
+    ctx: &Context,
+    settings: &Settings,
+    session: &mut Session,
+    message: Message,
+) -> Reply {
+    if ctx.services.spool_down() {
+        warn!("the spool is down (svc down spool): message not taken");
+        return session.stored(Err(StoreError::Io));
+    }
     let id = ctx.spool.next_id();
-    let header = received_header(&ctx.hostname, &message.envelope, id);
+    let header = received_header(&settings.hostname, &message.envelope, id);
     let mut content = Vec::with_capacity(header.len() + message.content.len());
     content.extend_from_slice(header.as_bytes());
     content.extend_from_slice(&message.content);
@@ -164,8 +202,9 @@ async fn store(ctx: &Context, session: &mut Session, message: Message) -> Reply 
     let content = Arc::new(content);
     // Claimed before the commit so the disk runner leaves it to the ram
     // runner.
-    let claim = ctx.queue.claim(id);
-    let volatile = ctx.queue.is_volatile();
+    let queue = ctx.queue();
+    let claim = queue.claim(id);
+    let volatile = queue.is_volatile();
     let result = if volatile {
         Ok(())
     } else {
@@ -185,8 +224,7 @@ async fn store(ctx: &Context, session: &mut Session, message: Message) -> Reply 
                 volatile,
                 "accepted"
             );
-            ctx.queue
-                .accepted(claim, message.envelope, content, !volatile);
+            queue.accepted(claim, message.envelope, content, !volatile);
             session.stored(Ok(id))
         }
         Err(e) => {

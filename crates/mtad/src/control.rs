@@ -1,18 +1,22 @@
-//! The control socket: `mta-init` asks for status and for a stop here.
+//! The control socket: `mta-init` asks for status, stops, restarts,
+//! reloads, pauses and per-service changes here.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 use mta_control::{
-    DaemonState, Request, Response, RunnerRow, ServiceState, ServiceStatus, SpoolOpen, Status,
-    StopProgress,
+    DaemonState, Request, RescanRow, Response, RunnerRow, ServiceState, ServiceStatus, SpoolOpen,
+    Status, StopProgress,
 };
+use mta_spool::QueueName;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
-use crate::server::{Context, Shutdown};
+use crate::server::{Context, Order, Shutdown, StopKind};
+use crate::services::State;
 
 /// The bound socket; its file is removed when dropped.
 pub struct ControlSocket {
@@ -39,7 +43,7 @@ impl ControlSocket {
     }
 
     /// Answers requests until the task is dropped.
-    pub async fn serve(&self, ctx: Arc<Context>, shutdown: Shutdown) {
+    pub async fn serve(&self, ctx: Arc<Context>, shutdown: Shutdown, _sessions: TaskTracker) {
         loop {
             let Ok((stream, _)) = self.listener.accept().await else {
                 continue;
@@ -61,19 +65,16 @@ impl Drop for ControlSocket {
     }
 }
 
-async fn answer(stream: UnixStream, ctx: &Context, shutdown: &Shutdown) -> std::io::Result<()> {
+async fn answer(
+    stream: UnixStream,
+    ctx: &Arc<Context>,
+    shutdown: &Shutdown,
+) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     BufReader::new(read).read_line(&mut line).await?;
     let response = match serde_json::from_str::<Request>(&line) {
-        Ok(Request::Status) => Response::Status(status(ctx, shutdown)),
-        Ok(Request::Stop) => {
-            info!("stop requested on the control socket");
-            shutdown.requested.cancel();
-            Response::Ok
-        }
-        Ok(Request::Pause { runner }) => pause(ctx, runner.as_deref(), true),
-        Ok(Request::Resume { runner }) => pause(ctx, runner.as_deref(), false),
+        Ok(request) => handle(request, ctx, shutdown).await,
         Err(e) => Response::Error {
             message: format!("bad request: {e}"),
         },
@@ -83,9 +84,69 @@ async fn answer(stream: UnixStream, ctx: &Context, shutdown: &Shutdown) -> std::
     write.write_all(&out).await
 }
 
+async fn handle(request: Request, ctx: &Arc<Context>, shutdown: &Shutdown) -> Response {
+    let stopping = shutdown.listen_end.is_cancelled();
+    let order = |order: Order, what: &str| {
+        info!("{what} requested on the control socket");
+        match ctx.orders.send(order) {
+            Ok(()) => Response::Ok,
+            Err(_) => error("already stopping"),
+        }
+    };
+    match request {
+        Request::Status => Response::Status(Box::new(status(ctx, shutdown))),
+        Request::Stop => order(Order::Stop(StopKind::Normal), "stop"),
+        Request::GracefulStop => order(Order::Stop(StopKind::Graceful), "graceful stop"),
+        Request::Restart { .. } if stopping => error("already stopping"),
+        Request::Restart { now } => match crate::reload::check_config(ctx) {
+            Ok(_) => {
+                let kind = if now { StopKind::Now } else { StopKind::Normal };
+                order(Order::Restart(kind), "restart")
+            }
+            Err(e) => error(format!(
+                "restart refused, the server is untouched: the configuration does not load:\n{e:#}"
+            )),
+        },
+        Request::Reload if stopping => error("stopping: no reload"),
+        Request::Reload => match crate::reload::reload(ctx).await {
+            Ok(notes) if notes.is_empty() => Response::Ok,
+            Ok(notes) => Response::Done {
+                message: notes.join("\n"),
+            },
+            Err(e) => error(format!(
+                "graceful restart refused, the server is untouched:\n{e:#}"
+            )),
+        },
+        Request::ReopenLogs => match crate::reload::reopen_logs(ctx) {
+            Ok(()) => Response::Ok,
+            Err(e) => error(format!("{e:#}")),
+        },
+        Request::Pause { runner } => pause(ctx, runner.as_deref(), true).await,
+        Request::Resume { runner } => pause(ctx, runner.as_deref(), false).await,
+        Request::PauseInjection => {
+            ctx.services.set_injection_paused(true);
+            Response::Ok
+        }
+        Request::ResumeInjection => {
+            ctx.services.set_injection_paused(false);
+            Response::Ok
+        }
+        Request::Svc { .. } if stopping => error("stopping: services are going down anyway"),
+        Request::Svc { action, service } => match ctx.services.svc(ctx, action, &service).await {
+            Ok(message) => Response::Done { message },
+            Err(e) => error(format!("{e:#}")),
+        },
+    }
+}
+
+fn error(message: impl Into<String>) -> Response {
+    Response::Error {
+        message: message.into(),
+    }
+}
+
 /// Pauses or resumes one runner, or all three.
-fn pause(ctx: &Context, runner: Option<&str>, paused: bool) -> Response {
-    use mta_spool::QueueName;
+async fn pause(ctx: &Context, runner: Option<&str>, paused: bool) -> Response {
     let queues = match runner {
         None => vec![QueueName::Ram, QueueName::Bounce, QueueName::Disk],
         Some("ram") => vec![QueueName::Ram],
@@ -97,12 +158,9 @@ fn pause(ctx: &Context, runner: Option<&str>, paused: bool) -> Response {
             }
         }
     };
-    for q in queues {
-        if paused {
-            ctx.queue.pause(q);
-        } else {
-            ctx.queue.resume(q);
-        }
+    {
+        let _one_at_a_time = ctx.services.changing.lock().await;
+        ctx.services.set_delivery_paused(ctx, &queues, paused);
     }
     info!(
         runner = runner.unwrap_or("all"),
@@ -115,52 +173,85 @@ fn pause(ctx: &Context, runner: Option<&str>, paused: bool) -> Response {
 
 /// The status report, as `mta-init status` shows it.
 pub fn status(ctx: &Context, shutdown: &Shutdown) -> Status {
-    let stopping = shutdown.stopping.is_cancelled();
+    let stopping = shutdown.listen_end.is_cancelled();
     let stats = &ctx.stats;
+    let services_state = &ctx.services;
     let listen: Vec<String> = ctx.listen.iter().map(ToString::to_string).collect();
+    let http_listen: Vec<String> = ctx.http_listen.iter().map(ToString::to_string).collect();
+    let now = crate::server::unix_now();
+    let per_queue = ctx.spool.queue_stats();
+    let saved = ctx.spool.schedule_saved();
+    let now_ms = now.saturating_mul(1000);
+    let runners: Vec<RunnerRow> = ctx
+        .generations
+        .status()
+        .into_iter()
+        .map(|r| {
+            let figures = per_queue.iter().find(|q| runner_name(q.queue) == r.name);
+            RunnerRow {
+                name: r.name.to_owned(),
+                started: r.started,
+                paused: r.paused,
+                in_flight: r.in_flight,
+                limit: r.limit as u64,
+                attempts: r.attempts,
+                delivered: r.delivered,
+                deferred: r.deferred,
+                failed: r.failed,
+                messages: figures.map_or(0, |q| q.messages),
+                oldest_age_secs: figures
+                    .and_then(|q| q.oldest_arrival)
+                    .map(|t| now.saturating_sub(t)),
+                schedule_saved_ms_ago: saved.last_flush_unix_ms.map(|t| now_ms.saturating_sub(t)),
+                schedule_unsaved_changes: saved.changes_since_flush,
+            }
+        })
+        .collect();
+    let state = |s: State| match s {
+        State::Up => ServiceState::Up,
+        State::Down => ServiceState::Down,
+        State::Paused => ServiceState::Paused,
+    };
     let smtp_state = if stopping {
         ServiceState::Draining
     } else {
-        ServiceState::Up
+        state(services_state.smtp_state())
     };
-    let runners: Vec<RunnerRow> = ctx
-        .queue
-        .status()
-        .into_iter()
-        .map(|r| RunnerRow {
-            name: r.name.to_owned(),
-            started: r.started,
-            paused: r.paused,
-            in_flight: r.in_flight,
-            limit: r.limit as u64,
-            attempts: r.attempts,
-            delivered: r.delivered,
-            deferred: r.deferred,
-            failed: r.failed,
-        })
-        .collect();
     let mut services = vec![
         ServiceStatus {
             name: "smtp".into(),
             state: smtp_state,
             detail: format!(
                 "{}; {} sessions open",
-                if stopping {
-                    "not listening".to_owned()
-                } else {
-                    listen.join(", ")
+                match smtp_state {
+                    ServiceState::Up => listen.join(", "),
+                    ServiceState::Paused => format!("{} (new mail gets 421)", listen.join(", ")),
+                    _ => "not listening".to_owned(),
                 },
                 stats.sessions_open()
             ),
         },
         ServiceStatus {
             name: "spool".into(),
-            state: ServiceState::Up,
+            state: state(services_state.spool_state()),
             detail: format!(
                 "{} messages queued in {}",
                 ctx.spool.len(),
                 ctx.spool.dir().display()
             ),
+        },
+        ServiceStatus {
+            name: "http".into(),
+            state: if stopping {
+                ServiceState::Draining
+            } else {
+                state(services_state.http_state())
+            },
+            detail: if http_listen.is_empty() {
+                "no address configured".to_owned()
+            } else {
+                http_listen.join(", ")
+            },
         },
         ServiceStatus {
             name: "control".into(),
@@ -169,20 +260,29 @@ pub fn status(ctx: &Context, shutdown: &Shutdown) -> Status {
         },
     ];
     for r in &runners {
+        let q = crate::services::runner(&r.name).expect("a runner name");
         services.push(ServiceStatus {
             name: format!("{}-runner", r.name),
             state: if !r.started {
                 ServiceState::Draining
-            } else if r.paused {
-                ServiceState::Paused
             } else {
-                ServiceState::Up
+                state(services_state.runner_state(q))
             },
             detail: format!("{} of {} attempts in flight", r.in_flight, r.limit),
         });
     }
+    let rescan = ctx.spool.rescan_progress().map(|p| RescanRow {
+        running: p.running,
+        files_total: p.files_total,
+        files_done: p.files_done,
+        messages_added: p.messages_added,
+        elapsed_ms: p.elapsed.as_millis() as u64,
+    });
     Status {
         pid: std::process::id(),
+        instance: ctx.instance.clone(),
+        config: ctx.config_path.as_ref().map(|p| p.display().to_string()),
+        reloads: ctx.reloads.load(std::sync::atomic::Ordering::Relaxed),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         uptime_secs: stats.uptime().as_secs(),
         state: if stopping {
@@ -197,6 +297,7 @@ pub fn status(ctx: &Context, shutdown: &Shutdown) -> Status {
         spool_open: SpoolOpen {
             clean: ctx.spool_report.clean,
             rescanned: ctx.spool_report.rescanned as u64,
+            rescan,
         },
         services,
         runners,
@@ -205,7 +306,16 @@ pub fn status(ctx: &Context, shutdown: &Shutdown) -> Status {
             deadline_ms: deadline.as_millis() as u64,
             sessions_open: stats.sessions_open(),
             sessions_in_transaction: stats.sessions_in_transaction(),
-            deliveries_in_flight: ctx.queue.in_flight(),
+            deliveries_in_flight: ctx.generations.in_flight(),
         }),
+    }
+}
+
+/// A runner's name in status and on the command line.
+pub fn runner_name(q: QueueName) -> &'static str {
+    match q {
+        QueueName::Ram => "ram",
+        QueueName::Bounce => "bounce",
+        QueueName::Disk => "disk",
     }
 }

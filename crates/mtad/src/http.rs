@@ -19,15 +19,26 @@ struct App {
     shutdown: Shutdown,
 }
 
-/// Serves until the listeners close at the end of a stop.
-pub async fn serve(listener: TcpListener, ctx: Arc<Context>, shutdown: Shutdown) {
+/// Serves until the listeners close at the end of a stop, or the service
+/// is taken down (`down`).
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<Context>,
+    shutdown: Shutdown,
+    down: tokio_util::sync::CancellationToken,
+) {
     let closed = shutdown.listeners_closed.clone();
     let app = Router::new()
         .route("/status", get(status))
         .route("/metrics", get(metrics))
         .with_state(App { ctx, shutdown });
     let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { closed.cancelled().await })
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                () = closed.cancelled() => {}
+                () = down.cancelled() => {}
+            }
+        })
         .await;
     if let Err(e) = result {
         tracing::warn!(error = %e, "HTTP server stopped");
@@ -61,7 +72,7 @@ fn render(ctx: &Context) -> String {
         "Messages accepted (answered 250) since start.",
         &plain(ctx.stats.accepted_total()),
     );
-    let runners = ctx.queue.status();
+    let runners = ctx.generations.status();
     let mut outcomes = Vec::new();
     for r in &runners {
         for (outcome, v) in [
@@ -85,7 +96,7 @@ fn render(ctx: &Context) -> String {
         "mta_bounces_total",
         "counter",
         "DSNs queued since start.",
-        &plain(ctx.queue.dsns_queued()),
+        &plain(ctx.generations.dsns_queued()),
     );
     let attempts: Vec<_> = runners
         .iter()
@@ -119,11 +130,41 @@ fn render(ctx: &Context) -> String {
         "SMTP sessions open now.",
         &plain(ctx.stats.sessions_open()),
     );
+    let per_queue: Vec<_> = ctx
+        .spool
+        .queue_stats()
+        .iter()
+        .map(|q| {
+            (
+                format!("{{queue=\"{}\"}}", crate::control::runner_name(q.queue)),
+                q.messages,
+            )
+        })
+        .collect();
     metric(
-        "mta_rescan_files",
+        "mta_queue_messages",
         "gauge",
-        "Spool files read by the rescan at the last start (0 when the index was trusted).",
-        &plain(ctx.spool_report.rescanned as u64),
+        "Messages in each queue (ram, bounce, disk).",
+        &per_queue,
+    );
+    let rescan = ctx.spool.rescan_progress();
+    metric(
+        "mta_rescan_running",
+        "gauge",
+        "1 while the rescan of the spool files after an unclean stop runs.",
+        &plain(u64::from(rescan.as_ref().is_some_and(|p| p.running))),
+    );
+    metric(
+        "mta_rescan_files_total",
+        "gauge",
+        "Spool files the rescan of this start has to read (0 when the index was trusted).",
+        &plain(rescan.as_ref().map_or(0, |p| p.files_total)),
+    );
+    metric(
+        "mta_rescan_files_done",
+        "gauge",
+        "Spool files the rescan of this start has read.",
+        &plain(rescan.as_ref().map_or(0, |p| p.files_done)),
     );
     out
 }

@@ -1,21 +1,36 @@
-//! mtad, the MTA daemon: the SMTP listener in front of the spool, and the
-//! control socket `mta-init` talks to. Runs in the foreground; announces
-//! each listening address on standard output when ready.
+//! mtad, the MTA daemon: the SMTP listener in front of the spool, the
+//! queue runners, the admin HTTP server and the control socket `mta-init`
+//! talks to. Runs in the foreground; announces each listening address on
+//! standard output when ready. A restart re-executes this program in the
+//! same process with the listening sockets inherited.
 
 mod connection;
 mod control;
+mod generations;
 mod http;
 mod listener;
+mod logfile;
+mod notify;
 mod pidfile;
+mod reload;
 mod server;
+mod services;
+mod sockets;
 mod stats;
 mod tls;
 
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 use mta_config::Config;
+use tracing_subscriber::{reload as filter_reload, EnvFilter, Registry};
+
+use crate::logfile::LogFile;
+use crate::server::{Exit, Startup};
+use crate::sockets::Inherited;
 
 /// The MTA daemon. Runs in the foreground (for systemd, tests and
 /// `mta-init start`) and prints `mtad: ready` once it accepts mail.
@@ -28,10 +43,26 @@ struct Cli {
     /// Check the configuration, print "Syntax OK" or every error, and exit.
     #[arg(long)]
     check_config: bool,
+    /// Write standard output and standard error to this file, reopened on
+    /// SIGUSR1 and `mta-init reopen-logs` (for log rotation).
+    #[arg(long)]
+    log_file: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
+    // Before anything else (and before any thread): the sockets a restart
+    // or systemd handed us, and the program to run again on a restart.
+    let inherited = Inherited::take_from_env();
+    let exe = std::env::current_exe().ok();
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let cli = Cli::parse();
+    let log_file = match cli.log_file.as_deref().map(LogFile::open).transpose() {
+        Ok(log) => log,
+        Err(e) => {
+            eprintln!("mtad: cannot open the log file: {e}");
+            return ExitCode::from(73); // EX_CANTCREAT
+        }
+    };
     let config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -43,9 +74,39 @@ fn main() -> ExitCode {
         println!("Syntax OK");
         return ExitCode::SUCCESS;
     }
-    init_logging(&config.log.level);
-    match server::run(config) {
-        Ok(()) => ExitCode::SUCCESS,
+    let log_level = init_logging(&config.log.level);
+    // An absolute path, so a restart reads the same file whatever the
+    // working directory.
+    let config_path = cli.config.map(|p| std::path::absolute(&p).unwrap_or(p));
+    let startup = Startup {
+        config_path,
+        log_file,
+        inherited,
+        log_level,
+    };
+    match server::run(config, startup) {
+        Ok(Exit::Stopped) => ExitCode::SUCCESS,
+        Ok(Exit::Restart(sockets)) => {
+            let Some(exe) = exe else {
+                eprintln!("mtad: cannot restart: the path of this program is unknown");
+                return ExitCode::FAILURE;
+            };
+            let env = match sockets::prepare_handover(sockets) {
+                Ok(env) => env,
+                Err(e) => {
+                    eprintln!("mtad: cannot restart: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            tracing::info!(program = %exe.display(), "restarting");
+            // Only returns on failure.
+            let error = std::process::Command::new(&exe)
+                .args(&args)
+                .envs(env)
+                .exec();
+            eprintln!("mtad: cannot restart {}: {error}", exe.display());
+            ExitCode::FAILURE
+        }
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("mtad: {e:#}");
@@ -54,17 +115,44 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(level: &str) {
+/// Changes the log level of the running daemon (a graceful restart).
+#[derive(Clone)]
+pub struct LogLevel(Option<filter_reload::Handle<EnvFilter, Registry>>);
+
+impl LogLevel {
+    /// Applies `level` unless `RUST_LOG` decides.
+    pub fn set(&self, level: &str) {
+        if std::env::var_os("RUST_LOG").is_some() {
+            return;
+        }
+        let Some(handle) = &self.0 else { return };
+        match EnvFilter::try_new(level) {
+            Ok(filter) => {
+                let _ = handle.reload(filter);
+            }
+            Err(e) => tracing::warn!(level, error = %e, "log level not changed"),
+        }
+    }
+}
+
+fn init_logging(level: &str) -> LogLevel {
     use std::io::IsTerminal;
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::prelude::*;
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let (filter, handle) = filter_reload::Layer::new(filter);
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_ansi(std::io::stderr().is_terminal());
+    match tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .try_init()
+    {
+        Ok(()) => LogLevel(Some(handle)),
+        Err(_) => LogLevel(None),
+    }
 }
 
 #[cfg(test)]

@@ -1,55 +1,175 @@
 //! Start-up and stop: the order in which the parts come up and go down.
 //!
-//! Up: spool (recovering after a crash), TLS, listening sockets, control
-//! socket, PID file, then the `ready` announcement. Down (a clean stop):
-//! stop listening, let open sessions finish their transaction until the
-//! deadline, tell the rest `421`, close the spool (index flushed, clean
-//! marker written), remove the PID file and the control socket.
+//! Up: spool (its rescan, when one is needed, goes on in the background),
+//! TLS, listening sockets (bound, or taken over from the image before a
+//! restart), control socket, PID file, queue runners, then the `ready`
+//! announcement (and systemd's READY=1).
+//!
+//! Down, in the order: stop taking new work (new connections get
+//! 421, or, when the stop is a restart, wait in the backlog), let open
+//! sessions finish their transaction until the deadline and tell the rest
+//! 421, drain the deliveries in flight until the drain deadline (volatile
+//! messages spill to disk), close the spool (index flushed, clean marker
+//! written), remove the control socket. A stop removes the PID file; a
+//! restart keeps it and its process, and re-executes mtad with the
+//! listening sockets inherited (`sockets.rs`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use mta_config::Config;
 use mta_queue::Queue;
 use mta_smtp::{Admission, SessionConfig};
 use mta_spool::{OpenReport, Spool, SpoolConfig};
-use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::control::ControlSocket;
+use crate::generations::Generations;
+use crate::logfile::LogFile;
 use crate::pidfile::PidFile;
+use crate::services::Services;
+use crate::sockets::{Inherited, Kind, Sockets};
 use crate::stats::Stats;
 
-/// What every session and the control socket share.
-pub struct Context {
+/// What the command line and the environment gave this process image.
+pub struct Startup {
+    /// The configuration file (None: built-in defaults).
+    pub config_path: Option<PathBuf>,
+    /// The daemon log, when mtad writes its own (`--log-file`).
+    pub log_file: Option<LogFile>,
+    /// Listening sockets inherited from the image before a restart, or
+    /// from systemd.
+    pub inherited: Inherited,
+    /// Changes the log level on a reload.
+    pub log_level: crate::LogLevel,
+}
+
+/// The settings a graceful restart replaces. A session keeps the ones it
+/// started with; new sessions take the current ones.
+pub struct Settings {
+    pub config: Arc<Config>,
     pub hostname: String,
     pub session_config: Arc<SessionConfig>,
-    pub admission: Arc<Admission>,
-    pub spool: Spool,
-    pub spool_report: OpenReport,
-    pub queue: Queue,
-    pub stats: Stats,
     pub idle_timeout: Duration,
     pub tls: Option<TlsAcceptor>,
     pub connection_slots: Arc<Semaphore>,
+}
+
+impl Settings {
+    /// Builds them from a configuration (reading the TLS files).
+    pub fn new(config: Arc<Config>) -> Result<Settings> {
+        let tls = match (&config.tls.certificate, &config.tls.key) {
+            (Some(cert), Some(key)) => {
+                Some(TlsAcceptor::from(crate::tls::server_config(cert, key)?))
+            }
+            _ => None,
+        };
+        Ok(Settings {
+            hostname: config.hostname.clone(),
+            session_config: Arc::new(SessionConfig {
+                hostname: config.hostname.clone(),
+                max_message_size: config.smtp.max_message_size.bytes() as usize,
+                max_recipients: config.smtp.max_recipients,
+                max_command_line: config.smtp.max_command_line,
+                max_line_length: config.smtp.max_line_length,
+                max_errors: config.smtp.max_errors,
+                tls_available: tls.is_some(),
+                local_domains: config.smtp.local_domains.clone(),
+                relay_networks: config.smtp.relay_networks.clone(),
+            }),
+            idle_timeout: config.smtp.idle_timeout,
+            connection_slots: Arc::new(Semaphore::new(config.smtp.max_connections)),
+            tls,
+            config,
+        })
+    }
+}
+
+/// What every session, the control socket and the HTTP server share.
+pub struct Context {
+    pub admission: Arc<Admission>,
+    pub spool: Spool,
+    pub spool_report: OpenReport,
+    pub stats: Stats,
     pub listen: Vec<SocketAddr>,
+    pub http_listen: Vec<SocketAddr>,
     pub control_path: PathBuf,
+    pub config_path: Option<PathBuf>,
+    pub log_file: Option<LogFile>,
+    pub log_level: crate::LogLevel,
+    /// Names this process image (a restart keeps the pid).
+    pub instance: String,
+    pub sockets: Sockets,
+    pub services: Services,
+    /// The current queue runners and the ones still draining after a
+    /// graceful restart.
+    pub generations: Arc<Generations>,
+    pub reloads: AtomicU64,
+    /// Stops and restarts asked for by the control socket.
+    pub orders: mpsc::UnboundedSender<Order>,
+    settings: RwLock<Arc<Settings>>,
+}
+
+impl Context {
+    /// The settings new work uses.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Installs the settings of a graceful restart.
+    pub fn replace_settings(&self, settings: Settings) {
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(settings);
+    }
+
+    /// The queue runners new work goes to.
+    pub fn queue(&self) -> Queue {
+        self.generations.current()
+    }
+}
+
+/// How a stop treats sessions and deliveries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopKind {
+    /// SIGTERM: sessions get 421 at once, attempts are cut short.
+    Now,
+    /// `mta-init stop`: sessions may finish their transaction, attempts
+    /// may finish, each until its deadline.
+    Normal,
+    /// SIGWINCH: sessions go on until they quit, attempts run, all until
+    /// `shutdown.graceful_timeout`.
+    Graceful,
+}
+
+/// A stop or restart asked for while running.
+#[derive(Clone, Copy, Debug)]
+pub enum Order {
+    Stop(StopKind),
+    /// Stop (now, or with the usual deadlines), then start again with
+    /// the sockets handed over.
+    Restart(StopKind),
 }
 
 /// The stop, passed to every task rather than kept in a global.
 #[derive(Clone, Default)]
 pub struct Shutdown {
-    /// Someone asked for a stop (signal or control socket).
-    pub requested: CancellationToken,
-    /// The stop has begun: no new connections; idle sessions get 421.
+    /// The listeners take no new session: they turn connections away
+    /// with 421, or, in a restart, leave them in the backlog.
+    pub listen_end: CancellationToken,
+    /// Set (before `listen_end`) when the stop is a restart.
+    pub handover: CancellationToken,
+    /// Idle sessions get 421; sessions in a transaction may finish it.
     pub stopping: CancellationToken,
     /// The deadline passed: every session gets 421 now.
     pub deadline: CancellationToken,
@@ -57,22 +177,41 @@ pub struct Shutdown {
     pub listeners_closed: CancellationToken,
 }
 
-/// Runs the daemon until it is stopped.
-pub fn run(config: Config) -> Result<()> {
+/// How `run` ended.
+pub enum Exit {
+    /// Stopped for good.
+    Stopped,
+    /// Stopped for a restart: these sockets go to the next image.
+    Restart(Vec<(Kind, std::net::TcpListener)>),
+}
+
+/// Runs the daemon until it is stopped or restarts.
+pub fn run(config: Config, startup: Startup) -> Result<Exit> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(config))
+    let exit = runtime.block_on(serve(config, startup));
+    // Tasks still parked (an HTTP keep-alive, a stray control request)
+    // must not hold the exit or the exec up.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    exit
 }
 
-async fn serve(config: Config) -> Result<()> {
+async fn serve(config: Config, startup: Startup) -> Result<Exit> {
+    let Startup {
+        config_path,
+        log_file,
+        mut inherited,
+        log_level,
+    } = startup;
     std::fs::create_dir_all(&config.queue_dir)
         .with_context(|| format!("creating queue directory {}", config.queue_dir.display()))?;
     let spool_config = SpoolConfig {
         dir: config.queue_dir.clone(),
         min_free_space: config.spool.min_free_space.bytes(),
         max_batch: config.spool.max_batch,
+        rescan_rate: config.spool.rescan_rate,
     };
     let (spool, report) = tokio::task::spawn_blocking(move || Spool::open(spool_config))
         .await
@@ -80,36 +219,25 @@ async fn serve(config: Config) -> Result<()> {
         .with_context(|| format!("opening the spool in {}", config.queue_dir.display()))?;
     info!(
         clean = report.clean,
-        rescanned = report.rescanned,
+        rescan = report.rescan,
         removed_tmp = report.removed_tmp,
         messages = report.messages,
         "spool open"
     );
 
-    let tls = match (&config.tls.certificate, &config.tls.key) {
-        (Some(cert), Some(key)) => Some(TlsAcceptor::from(crate::tls::server_config(cert, key)?)),
-        _ => None,
-    };
+    let config = Arc::new(config);
+    let settings = Settings::new(config.clone())?;
 
-    let mut listeners = Vec::new();
-    let mut listen = Vec::new();
-    for addr in &config.smtp.listen {
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}"))?;
-        listen.push(listener.local_addr().context("listening address")?);
-        listeners.push(listener);
+    let sockets = Sockets::default();
+    let listen = sockets.open(Kind::Smtp, &config.smtp.listen, &mut inherited)?;
+    let http_listen = sockets.open(Kind::Http, &config.http.listen, &mut inherited)?;
+    if inherited.len() > 0 {
+        warn!(
+            unclaimed = inherited.len(),
+            "inherited listening sockets match no configured address; closing them"
+        );
     }
-
-    let mut http_listeners = Vec::new();
-    let mut http_listen = Vec::new();
-    for addr in &config.http.listen {
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} (http)"))?;
-        http_listen.push(listener.local_addr().context("listening address")?);
-        http_listeners.push(listener);
-    }
+    drop(inherited);
 
     let control_path = config.control_socket();
     let control = ControlSocket::bind(&control_path)?;
@@ -118,46 +246,40 @@ async fn serve(config: Config) -> Result<()> {
     let queue = Queue::start(&config, spool.clone()).context("starting the queue runners")?;
     let admission = Arc::new(Admission::default());
     admission.set_storage_ok(spool.has_free_space().unwrap_or(true));
+    let (orders, mut order_rx) = mpsc::unbounded_channel();
     let ctx = Arc::new(Context {
-        hostname: config.hostname.clone(),
-        session_config: Arc::new(SessionConfig {
-            hostname: config.hostname.clone(),
-            max_message_size: config.smtp.max_message_size.bytes() as usize,
-            max_recipients: config.smtp.max_recipients,
-            max_command_line: config.smtp.max_command_line,
-            max_line_length: config.smtp.max_line_length,
-            max_errors: config.smtp.max_errors,
-            tls_available: tls.is_some(),
-            local_domains: config.smtp.local_domains.clone(),
-            relay_networks: config.smtp.relay_networks.clone(),
-        }),
         admission,
         spool,
         spool_report: report,
-        queue,
         stats: Stats::new(),
-        idle_timeout: config.smtp.idle_timeout,
-        tls,
-        connection_slots: Arc::new(Semaphore::new(config.smtp.max_connections)),
         listen: listen.clone(),
+        http_listen: http_listen.clone(),
         control_path,
+        config_path,
+        log_file,
+        log_level,
+        instance: instance_name(),
+        sockets,
+        services: Services::default(),
+        generations: Arc::new(Generations::new(queue)),
+        reloads: AtomicU64::new(0),
+        orders,
+        settings: RwLock::new(Arc::new(settings)),
     });
 
     let shutdown = Shutdown::default();
     let sessions = TaskTracker::new();
-    let mut acceptors = Vec::new();
-    for listener in listeners {
-        acceptors.push(tokio::spawn(crate::listener::accept_loop(
-            listener,
-            ctx.clone(),
-            shutdown.clone(),
-            sessions.clone(),
-        )));
-    }
+    ctx.services
+        .start_smtp(&ctx, &shutdown, &sessions)
+        .context("starting the SMTP listener")?;
+    ctx.services
+        .start_http(&ctx, &shutdown)
+        .context("starting the HTTP server")?;
     let control_task = {
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(async move { control.serve(ctx, shutdown).await })
+        let sessions = sessions.clone();
+        tokio::spawn(async move { control.serve(ctx, shutdown, sessions).await })
     };
     let monitor = tokio::spawn(watch_free_space(
         ctx.clone(),
@@ -169,10 +291,8 @@ async fn serve(config: Config) -> Result<()> {
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut winch = signal(SignalKind::window_change()).context("SIGWINCH handler")?;
-    let http_tasks: Vec<_> = http_listeners
-        .into_iter()
-        .map(|l| tokio::spawn(crate::http::serve(l, ctx.clone(), shutdown.clone())))
-        .collect();
+    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    let mut usr1 = signal(SignalKind::user_defined1()).context("SIGUSR1 handler")?;
     for addr in &listen {
         println!("mtad: smtp listening on {addr}");
     }
@@ -180,33 +300,94 @@ async fn serve(config: Config) -> Result<()> {
         println!("mtad: http listening on {addr}");
     }
     println!("mtad: ready (pid {})", std::process::id());
-    info!(listen = ?listen, "ready");
+    info!(listen = ?listen, instance = %ctx.instance, "ready");
+    let _ = crate::notify::ready("accepting mail");
 
-    // Apache httpd's discipline: TERM (and INT, Ctrl-C) stop now; WINCH,
-    // like `mta-init stop`, stops gracefully. Either way nothing accepted
-    // is lost and every retry schedule is on disk.
-    let now = tokio::select! {
-        _ = term.recv() => { info!("SIGTERM received: stopping now"); true }
-        _ = int.recv() => { info!("SIGINT received: stopping now"); true }
-        _ = winch.recv() => { info!("SIGWINCH received: stopping gracefully"); false }
-        () = shutdown.requested.cancelled() => false,
+    // Apache httpd's discipline: TERM (and INT, Ctrl-C) stop now; WINCH
+    // stops gracefully; HUP restarts now; USR1 restarts gracefully (a
+    // reload in place). `mta-init` sends the same orders over the control
+    // socket.
+    let order = loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM received: stopping now"); break Order::Stop(StopKind::Now) }
+            _ = int.recv() => { info!("SIGINT received: stopping now"); break Order::Stop(StopKind::Now) }
+            _ = winch.recv() => { info!("SIGWINCH received: stopping gracefully"); break Order::Stop(StopKind::Graceful) }
+            _ = hup.recv() => {
+                info!("SIGHUP received: restarting now");
+                match crate::reload::check_config(&ctx) {
+                    Ok(_) => break Order::Restart(StopKind::Now),
+                    Err(e) => error!("restart refused, still running with the old configuration: {e:#}"),
+                }
+            }
+            _ = usr1.recv() => {
+                info!("SIGUSR1 received: graceful restart");
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = crate::reload::reload(&ctx).await {
+                        error!("graceful restart refused, still running with the old configuration: {e:#}");
+                    }
+                });
+            }
+            Some(order) = order_rx.recv() => break order,
+        }
     };
 
-    // The stop, step by step. Stopping now is the same with no time given:
-    // sessions hear 421 at once, attempts in flight are cut short and
-    // count as deferred.
-    let (deadline, drain) = if now {
-        (Duration::ZERO, Duration::ZERO)
+    let (kind, restart) = match order {
+        Order::Stop(kind) => (kind, false),
+        Order::Restart(kind) => (kind, true),
+    };
+    if restart {
+        let _ = crate::notify::reloading();
+        shutdown.handover.cancel();
     } else {
-        (config.shutdown.timeout, config.shutdown.drain_timeout)
+        let _ = crate::notify::stopping();
+    }
+    stop(&ctx, &shutdown, &sessions, &config, kind).await?;
+    monitor.abort();
+    control_task.abort();
+    let _ = control_task.await;
+    if restart {
+        // The same process goes on: the PID file stays right.
+        std::mem::forget(pid_file);
+        info!(
+            accepted = ctx.stats.accepted_total(),
+            "stopped for a restart; handing the listening sockets over"
+        );
+        Ok(Exit::Restart(ctx.sockets.take_all()))
+    } else {
+        drop(pid_file);
+        info!(accepted = ctx.stats.accepted_total(), "stopped cleanly");
+        Ok(Exit::Stopped)
+    }
+}
+
+/// The stop, step by step.
+async fn stop(
+    ctx: &Arc<Context>,
+    shutdown: &Shutdown,
+    sessions: &TaskTracker,
+    config: &Config,
+    kind: StopKind,
+) -> Result<()> {
+    let began = Instant::now();
+    let (deadline, drain) = match kind {
+        StopKind::Now => (Duration::ZERO, Duration::ZERO),
+        StopKind::Normal => (config.shutdown.timeout, config.shutdown.drain_timeout),
+        StopKind::Graceful => (config.shutdown.graceful_timeout, Duration::ZERO),
     };
     ctx.stats.begin_stop(deadline);
     info!(
         sessions = ctx.stats.sessions_open(),
         deadline_secs = deadline.as_secs_f64(),
-        "stopping: new connections get 421"
+        ?kind,
+        restart = shutdown.handover.is_cancelled(),
+        "stopping: no new sessions"
     );
-    shutdown.stopping.cancel();
+    // 1. Pause injection.
+    shutdown.listen_end.cancel();
+    if kind != StopKind::Graceful {
+        shutdown.stopping.cancel();
+    }
     sessions.close();
     if tokio::time::timeout(deadline, sessions.wait())
         .await
@@ -216,34 +397,51 @@ async fn serve(config: Config) -> Result<()> {
             sessions = ctx.stats.sessions_open(),
             "stop deadline passed: closing the remaining sessions with 421"
         );
+        shutdown.stopping.cancel();
         shutdown.deadline.cancel();
         sessions.wait().await;
     }
     // The sessions are done: stop turning new connections away with 421
-    // and close the listening sockets.
+    // (a restart keeps the sockets for the next image).
     shutdown.listeners_closed.cancel();
-    for acceptor in acceptors {
-        let _ = acceptor.await;
+    ctx.services.stop_listeners().await;
+    if !shutdown.handover.is_cancelled() {
+        ctx.sockets.take_all();
     }
-    for task in http_tasks {
-        let _ = task.await;
-    }
+    // 2 and 3. Drain deliveries in flight; volatile messages spill.
+    let drain = match kind {
+        StopKind::Graceful => deadline.saturating_sub(began.elapsed()),
+        _ => drain,
+    };
     info!(
-        in_flight = ctx.queue.in_flight(),
+        in_flight = ctx.generations.in_flight(),
+        drain_secs = drain.as_secs_f64(),
         "draining deliveries in flight"
     );
-    ctx.queue.shutdown(drain).await;
-    monitor.abort();
+    let _ = crate::notify::status(&format!(
+        "stopping: draining {} deliveries in flight",
+        ctx.generations.in_flight()
+    ));
+    ctx.generations.shutdown(drain).await;
+    // 4. Schedules are in the index as they change; closing flushes what
+    // changed since the last flush and marks the stop clean.
     let spool = ctx.spool.clone();
     tokio::task::spawn_blocking(move || spool.close())
         .await
         .context("closing the spool")?
         .context("closing the spool")?;
-    control_task.abort();
-    let _ = control_task.await;
-    drop(pid_file);
-    info!(accepted = ctx.stats.accepted_total(), "stopped cleanly");
+    info!(elapsed_secs = began.elapsed().as_secs_f64(), "queue saved");
     Ok(())
+}
+
+/// A name for this process image: the pid alone does not change across a
+/// restart.
+fn instance_name() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{}-{nanos:x}", std::process::id())
 }
 
 /// Keeps the free-space floor up to date: below it, MAIL gets `452 4.3.1`
@@ -267,4 +465,17 @@ async fn watch_free_space(ctx: Arc<Context>, every: Duration) {
         }
         ctx.admission.set_storage_ok(ok);
     }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Reloads counted, for status.
+pub fn count_reload(ctx: &Context) {
+    ctx.reloads.fetch_add(1, Ordering::Relaxed);
 }

@@ -1,0 +1,129 @@
+//! Queue runner generations: a graceful restart starts new runners with
+//! the new configuration while the old ones finish the attempts they have
+//! under way. The two share the set of messages in flight, so nothing is
+//! attempted twice; status adds their counters up so they never go back.
+
+use std::sync::{Mutex, RwLock};
+use std::time::Duration;
+
+use mta_queue::{Queue, RunnerStatus};
+
+pub struct Generations {
+    current: RwLock<Queue>,
+    /// Older generations still draining.
+    retired: Mutex<Vec<Queue>>,
+    /// Counters of the generations that are done, ram, bounce, disk.
+    carried: Mutex<Vec<RunnerStatus>>,
+}
+
+impl Generations {
+    pub fn new(queue: Queue) -> Generations {
+        Generations {
+            current: RwLock::new(queue),
+            retired: Mutex::default(),
+            carried: Mutex::default(),
+        }
+    }
+
+    /// The runners new work goes to.
+    pub fn current(&self) -> Queue {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Makes `next` current and lets the old generation finish its
+    /// attempts (until `drain`) in the background.
+    pub fn replace(self: &std::sync::Arc<Self>, next: Queue, drain: Duration) {
+        let old = std::mem::replace(
+            &mut *self.current.write().unwrap_or_else(|p| p.into_inner()),
+            next,
+        );
+        self.lock_retired().push(old.clone());
+        let this = self.clone();
+        tokio::spawn(async move {
+            old.shutdown(drain).await;
+            this.retire(&old);
+        });
+    }
+
+    /// Folds a drained generation's counters into the carried ones.
+    fn retire(&self, old: &Queue) {
+        let mut retired = self.lock_retired();
+        let Some(position) = retired.iter().position(|q| q.same(old)) else {
+            return;
+        };
+        retired.remove(position);
+        let mut carried = self.carried.lock().unwrap_or_else(|p| p.into_inner());
+        add_counts(&mut carried, &old.status());
+    }
+
+    /// The runners' rows, counters summed over every generation; state and
+    /// limits are the current generation's.
+    pub fn status(&self) -> Vec<RunnerStatus> {
+        let mut rows = self.current().status();
+        for old in self.lock_retired().iter() {
+            for (row, o) in rows.iter_mut().zip(old.status()) {
+                row.in_flight += o.in_flight;
+                row.attempts += o.attempts;
+                row.delivered += o.delivered;
+                row.deferred += o.deferred;
+                row.failed += o.failed;
+            }
+        }
+        let carried = self.carried.lock().unwrap_or_else(|p| p.into_inner());
+        for (row, c) in rows.iter_mut().zip(carried.iter()) {
+            row.attempts += c.attempts;
+            row.delivered += c.delivered;
+            row.deferred += c.deferred;
+            row.failed += c.failed;
+        }
+        rows
+    }
+
+    /// Attempts under way in every generation.
+    pub fn in_flight(&self) -> u64 {
+        self.status().iter().map(|r| r.in_flight).sum()
+    }
+
+    /// DSNs queued, every generation.
+    pub fn dsns_queued(&self) -> u64 {
+        let retired: u64 = self.lock_retired().iter().map(Queue::dsns_queued).sum();
+        self.current().dsns_queued() + retired
+    }
+
+    /// Stops every generation: no new attempts; those in flight may finish
+    /// until `drain`, then are cut short.
+    pub async fn shutdown(&self, drain: Duration) {
+        let mut all = vec![self.current()];
+        all.extend(self.lock_retired().iter().cloned());
+        let stops: Vec<_> = all
+            .into_iter()
+            .map(|q| tokio::spawn(async move { q.shutdown(drain).await }))
+            .collect();
+        for stop in stops {
+            let _ = stop.await;
+        }
+    }
+
+    fn lock_retired(&self) -> std::sync::MutexGuard<'_, Vec<Queue>> {
+        self.retired.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn add_counts(into: &mut Vec<RunnerStatus>, from: &[RunnerStatus]) {
+    if into.is_empty() {
+        into.extend(from.iter().cloned().map(|mut r| {
+            r.in_flight = 0;
+            r
+        }));
+        return;
+    }
+    for (row, o) in into.iter_mut().zip(from) {
+        row.attempts += o.attempts;
+        row.delivered += o.delivered;
+        row.deferred += o.deferred;
+        row.failed += o.failed;
+    }
+}
