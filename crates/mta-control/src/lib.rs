@@ -151,6 +151,12 @@ pub struct StopProgress {
     pub deliveries_in_flight: u64,
     /// Of those, sessions in the middle of a transaction.
     pub sessions_in_transaction: u64,
+    /// Volatile messages written to the disk queue so far.
+    #[serde(default)]
+    pub messages_spilled: u64,
+    /// Messages in the queue, kept for the next start.
+    #[serde(default)]
+    pub queued: u64,
 }
 
 /// Everything `mta-init status` shows.

@@ -46,6 +46,7 @@ pub fn run_with(config: &Config, request: &Request, wait: Duration) -> Result<()
     }
 
     let mut last_report = Instant::now() - Duration::from_secs(1);
+    let mut last_seen = None;
     while is_mtad(pid) {
         if began.elapsed() > wait {
             bail!(
@@ -57,6 +58,7 @@ pub fn run_with(config: &Config, request: &Request, wait: Duration) -> Result<()
             last_report = Instant::now();
             if let Ok(status) = crate::status::query(config) {
                 report_progress(&status);
+                last_seen = status.stop.or(last_seen);
             }
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -66,7 +68,15 @@ pub fn run_with(config: &Config, request: &Request, wait: Duration) -> Result<()
         // cleanly, but it is gone, so the file is stale either way.
         std::fs::remove_file(&pid_file).ok();
     }
-    println!("mtad stopped in {:.1} s", began.elapsed().as_secs_f64());
+    match last_seen {
+        Some(stop) => println!(
+            "mtad stopped in {:.1} s: {} messages queued with their retry schedules on disk, {} spilled from memory",
+            began.elapsed().as_secs_f64(),
+            stop.queued,
+            stop.messages_spilled
+        ),
+        None => println!("mtad stopped in {:.1} s", began.elapsed().as_secs_f64()),
+    }
     Ok(())
 }
 
@@ -74,10 +84,11 @@ pub fn run_with(config: &Config, request: &Request, wait: Duration) -> Result<()
 pub fn report_progress(status: &mta_control::Status) {
     if let Some(stop) = &status.stop {
         println!(
-            "  waiting: {} sessions open ({} in a transaction), {} deliveries in flight, {:.1} s elapsed, session deadline {:.0} s",
+            "  waiting: {} sessions open ({} in a transaction), {} deliveries in flight, {} messages spilled, {:.1} s elapsed, session deadline {:.0} s",
             stop.sessions_open,
             stop.sessions_in_transaction,
             stop.deliveries_in_flight,
+            stop.messages_spilled,
             stop.elapsed_ms as f64 / 1000.0,
             stop.deadline_ms as f64 / 1000.0
         );

@@ -133,6 +133,9 @@ pub(crate) struct Inner {
     pub tasks: TaskTracker,
     /// DSNs queued since start.
     pub dsns: std::sync::atomic::AtomicU64,
+    /// Volatile messages written to the disk queue because they could not
+    /// be attempted (a stop).
+    pub spilled: std::sync::atomic::AtomicU64,
 }
 
 impl Inner {
@@ -257,6 +260,7 @@ impl Queue {
             abort: CancellationToken::new(),
             tasks: TaskTracker::new(),
             dsns: std::sync::atomic::AtomicU64::new(0),
+            spilled: std::sync::atomic::AtomicU64::new(0),
         });
         inner
             .tasks
@@ -354,6 +358,11 @@ impl Queue {
     /// DSNs queued since start.
     pub fn dsns_queued(&self) -> u64 {
         self.inner.dsns.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Volatile messages spilled to the disk queue (at a stop).
+    pub fn spilled(&self) -> u64 {
+        self.inner.spilled.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Attempts running now, all runners together.

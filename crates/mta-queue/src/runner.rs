@@ -185,7 +185,10 @@ pub(crate) async fn spill(inner: &Inner, job: Job) {
     let mut entry = job.entry.clone();
     entry.queue = QueueName::Disk;
     match store_on_disk(&inner.spool, &job, &entry).await {
-        Ok(()) => debug!(queue_id = %job.id, "volatile message spilled to the disk queue"),
+        Ok(()) => {
+            inner.spilled.fetch_add(1, Ordering::Relaxed);
+            debug!(queue_id = %job.id, "volatile message spilled to the disk queue")
+        }
         Err(e) => {
             error!(queue_id = %job.id, error = %e, "LOST: could not spill a volatile message to disk")
         }

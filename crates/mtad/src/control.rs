@@ -307,6 +307,8 @@ pub fn status(ctx: &Context, shutdown: &Shutdown) -> Status {
             sessions_open: stats.sessions_open(),
             sessions_in_transaction: stats.sessions_in_transaction(),
             deliveries_in_flight: ctx.generations.in_flight(),
+            messages_spilled: ctx.generations.spilled(),
+            queued: ctx.spool.len() as u64,
         }),
     }
 }

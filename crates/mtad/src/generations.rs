@@ -93,6 +93,12 @@ impl Generations {
         self.current().dsns_queued() + retired
     }
 
+    /// Volatile messages spilled to disk, every generation still known.
+    pub fn spilled(&self) -> u64 {
+        let retired: u64 = self.lock_retired().iter().map(Queue::spilled).sum();
+        self.current().spilled() + retired
+    }
+
     /// Stops every generation: no new attempts; those in flight may finish
     /// until `drain`, then are cut short.
     pub async fn shutdown(&self, drain: Duration) {
