@@ -187,7 +187,7 @@ fn main() -> ExitCode {
         max_batch: 256,
         rescan_rate: 0,
     });
-    let (spool, report) = match opened {
+    let (spool, _report) = match opened {
         Ok(opened) => opened,
         Err(e) => {
             eprintln!("mta-seed: cannot open {}: {e}", cli.queue_dir.display());
@@ -213,7 +213,6 @@ fn main() -> ExitCode {
             }
         }
     };
-    let _ = report;
     println!(
         "mta-seed: stored {stored} messages of {} bytes ({} due now) in {:.3} s: {:.0} msg/s; \
          {} in the queue; spool {how}; {:.3} s in all",

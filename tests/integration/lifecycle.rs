@@ -17,8 +17,8 @@ const QUEUED: u64 = 100_000;
 /// Seeded messages due at once (spread evenly over the ids).
 const DUE: u64 = 20;
 /// Spool files read per second by the rescan: 100,000 files take about
-/// 10 s, long enough to deliver while it runs.
-const RESCAN_RATE: u64 = 10_000;
+/// 5 s, long enough to deliver while it runs.
+const RESCAN_RATE: u64 = 20_000;
 
 fn init(work: &Workdir, args: &[&str]) -> Output {
     Command::new(bin("mta-init"))
@@ -45,6 +45,28 @@ fn status(work: &Workdir) -> serde_json::Value {
         serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
     assert!(v["daemon"].is_object(), "no daemon status: {v}");
     v["daemon"].clone()
+}
+
+/// Polls the status (every 200 ms: each poll runs mta-init) until `f`
+/// holds; returns that status.
+fn wait_status(
+    work: &Workdir,
+    what: &str,
+    limit: Duration,
+    mut f: impl FnMut(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let began = Instant::now();
+    loop {
+        let daemon = status(work);
+        if f(&daemon) {
+            return daemon;
+        }
+        assert!(
+            began.elapsed() < limit,
+            "timed out waiting for {what}: {daemon}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn rescan_running(daemon: &serde_json::Value) -> bool {
@@ -100,6 +122,23 @@ fn stop(work: &Workdir) -> Duration {
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("mtad stopped"), "{}", text(&o));
     took
+}
+
+/// Removes the spool files of a stopped queue, the buckets in parallel.
+fn remove_buckets(queue: &Path) -> std::thread::JoinHandle<()> {
+    let msg = queue.join("msg");
+    std::thread::spawn(move || {
+        let buckets: Vec<PathBuf> = std::fs::read_dir(&msg)
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        std::thread::scope(|scope| {
+            for bucket in &buckets {
+                scope.spawn(move || {
+                    let _ = std::fs::remove_dir_all(bucket);
+                });
+            }
+        });
+    })
 }
 
 /// Kills whatever mtad a failing test leaves running.
@@ -182,11 +221,12 @@ fn stop_and_start_with_100000_queued_messages() {
 
     // Then the rescan completes, every due message is delivered and the
     // rest is still queued.
-    let mut last = serde_json::Value::Null;
-    wait_until("the end of the rescan", Duration::from_secs(60), || {
-        last = status(&work);
-        !rescan_running(&last)
-    });
+    let last = wait_status(
+        &work,
+        "the end of the rescan",
+        Duration::from_secs(60),
+        |d| !rescan_running(d),
+    );
     let rescan = &last["spool_open"]["rescan"];
     assert_eq!(rescan["files_done"], rescan["files_total"], "{rescan}");
     assert_eq!(rescan["files_total"], QUEUED, "{rescan}");
@@ -195,10 +235,8 @@ fn stop_and_start_with_100000_queued_messages() {
         Duration::from_secs(30),
         || count_files(&seeded) == DUE,
     );
-    let mut last = serde_json::Value::Null;
-    wait_until("the queue count", Duration::from_secs(10), || {
-        last = status(&work);
-        queued(&last) == QUEUED - DUE
+    wait_status(&work, "the queue count", Duration::from_secs(10), |d| {
+        queued(d) == QUEUED - DUE
     });
     eprintln!("rescan took {} ms", rescan["elapsed_ms"]);
 
@@ -224,6 +262,9 @@ fn stop_and_start_with_100000_queued_messages() {
     );
     assert_eq!(queued(&daemon), QUEUED - DUE);
     let stop_full_again = stop(&work);
+    // Unlinking 100,000 files takes a while: one thread per bucket, while
+    // the small queue below runs (the TempDir then has little left to do).
+    let removal = remove_buckets(&work.queue());
 
     // The same stop with a 10-message queue.
     let small = Workdir::new();
@@ -233,6 +274,7 @@ fn stop_and_start_with_100000_queued_messages() {
     start(&small);
     assert_eq!(queued(&status(&small)), 10);
     let stop_small = stop(&small);
+    removal.join().expect("removal thread");
 
     eprintln!(
         "mta-init stop with {} queued: {stop_full:?} (after the rescan), {stop_full_again:?} \

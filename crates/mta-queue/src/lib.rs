@@ -362,7 +362,9 @@ impl Queue {
 
     /// Volatile messages spilled to the disk queue (at a stop).
     pub fn spilled(&self) -> u64 {
-        self.inner.spilled.load(std::sync::atomic::Ordering::Relaxed)
+        self.inner
+            .spilled
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Attempts running now, all runners together.
