@@ -14,11 +14,11 @@ use mta_testkit::sink::{Sink, SinkConfig};
 
 use crate::util::{init, message, spool_contents, wait_until, Mtad, Workdir};
 
-const WAIT: Duration = Duration::from_secs(30);
+pub(crate) const WAIT: Duration = Duration::from_secs(30);
 
 /// Sinks that share one port on several loopback addresses, as MX hosts
 /// of one outbound port do.
-fn sinks(ips: &[Ipv4Addr], config: impl Fn() -> SinkConfig) -> (u16, Vec<Sink>) {
+pub(crate) fn sinks(ips: &[Ipv4Addr], config: impl Fn() -> SinkConfig) -> (u16, Vec<Sink>) {
     for _ in 0..20 {
         let first = Sink::start_in_background(SinkConfig {
             addr: SocketAddr::from((ips[0], 0)),
@@ -44,27 +44,27 @@ fn sinks(ips: &[Ipv4Addr], config: impl Fn() -> SinkConfig) -> (u16, Vec<Sink>) 
 }
 
 /// `example.test` with one MX host, `mx1.example.test`, at 127.0.0.2.
-fn example_zone() -> Zone {
+pub(crate) fn example_zone() -> Zone {
     Zone::new()
         .mx("example.test", 10, "mx1.example.test")
         .a("mx1.example.test", ip(2))
 }
 
 /// 127.0.0.`last`.
-fn ip(last: u8) -> Ipv4Addr {
+pub(crate) fn ip(last: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, last)
 }
 
-struct Setup {
-    work: Workdir,
+pub(crate) struct Setup {
+    pub work: Workdir,
     _dns: TestDns,
-    mtad: Mtad,
+    pub mtad: Mtad,
 }
 
 impl Setup {
     /// mtad with the resolver on the test DNS server, delivery to `port`,
     /// local domain `local.test` in `<work>/maildir`, a fast schedule.
-    fn start(zone: Zone, port: u16, extra: &str) -> Setup {
+    pub fn start(zone: Zone, port: u16, extra: &str) -> Setup {
         let work = Workdir::new();
         let dns = TestDns::start_in_background(zone).expect("test DNS server");
         work.write_config(
@@ -87,7 +87,7 @@ impl Setup {
         }
     }
 
-    fn send(&self, from: &str, to: &[&str], subject: &str) -> String {
+    pub fn send(&self, from: &str, to: &[&str], subject: &str) -> String {
         let mut c = self.mtad.connect();
         c.cmd("EHLO client.test", "250");
         let r = c.send_message(from, to, &message(subject));
@@ -96,11 +96,15 @@ impl Setup {
         r.text().rsplit(' ').next().unwrap().to_owned()
     }
 
-    fn log(&self) -> Vec<serde_json::Value> {
+    pub fn log(&self) -> Vec<serde_json::Value> {
         delivery_log(&self.work.queue().join("delivery.log"))
     }
 
-    fn wait_log(&self, what: &str, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    pub fn wait_log(
+        &self,
+        what: &str,
+        f: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let mut found = None;
         wait_until(what, WAIT, || {
             found = self.log().into_iter().find(|e| f(e));
@@ -109,7 +113,7 @@ impl Setup {
         found.unwrap()
     }
 
-    fn maildir_messages(&self, domain: &str, user: &str) -> Vec<PathBuf> {
+    pub fn maildir_messages(&self, domain: &str, user: &str) -> Vec<PathBuf> {
         let dir = self
             .work
             .path()
@@ -122,7 +126,7 @@ impl Setup {
             .unwrap_or_default()
     }
 
-    fn wait_maildir(&self, domain: &str, user: &str, n: usize) -> Vec<PathBuf> {
+    pub fn wait_maildir(&self, domain: &str, user: &str, n: usize) -> Vec<PathBuf> {
         wait_until(&format!("{n} messages for {user}@{domain}"), WAIT, || {
             self.maildir_messages(domain, user).len() >= n
         });
@@ -130,7 +134,7 @@ impl Setup {
     }
 }
 
-fn delivery_log(path: &Path) -> Vec<serde_json::Value> {
+pub(crate) fn delivery_log(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
@@ -138,7 +142,7 @@ fn delivery_log(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-fn event(e: &serde_json::Value, name: &str, id: &str) -> bool {
+pub(crate) fn event(e: &serde_json::Value, name: &str, id: &str) -> bool {
     e["event"] == name && e["queue_id"] == id
 }
 

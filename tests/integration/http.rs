@@ -7,9 +7,32 @@ use crate::util::{message, Mtad, Workdir, IO_TIMEOUT};
 
 /// A plain HTTP/1.0 GET; returns the status code and the body.
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    request(addr, "GET", path, None, None)
+}
+
+/// A plain HTTP/1.0 request with an optional bearer token and JSON body;
+/// returns the status code and the body.
+pub(crate) fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    json: Option<&str>,
+) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: mta\r\n\r\n").unwrap();
+    let mut head = format!("{method} {path} HTTP/1.0\r\nHost: mta\r\n");
+    if let Some(token) = token {
+        head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    let body = json.unwrap_or("");
+    if json.is_some() {
+        head.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    write!(s, "{head}\r\n{body}").unwrap();
     let mut response = String::new();
     s.read_to_string(&mut response).unwrap();
     let code = response[9..12].parse().unwrap();

@@ -482,6 +482,7 @@ pub fn spool_contents(
         min_free_space: 0,
         max_batch: 16,
         rescan_rate: 0,
+        index_cache: 0,
     })
     .expect("open spool");
     spool.wait_rescan();

@@ -154,6 +154,54 @@ impl Default for DeliveryTimeouts {
     }
 }
 
+/// `[delivery.throttle."PATTERN"]`: limits for the domains or the host
+/// the pattern names. What is unset falls back to the `[delivery]`
+/// default.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ThrottleRuleConfig {
+    /// Connections at once: to each destination of a domain pattern, or
+    /// to the host of an `mx:` pattern, busy and idle.
+    pub max_connections: Option<usize>,
+    /// Messages per sliding hour: shared by every domain a pattern
+    /// matches, or to the host of an `mx:` pattern; 0: no limit.
+    pub max_messages_per_hour: Option<u64>,
+}
+
+/// Why a throttle pattern is not one: None when it is.
+fn bad_pattern(pattern: &str) -> Option<String> {
+    let (name, what) = if let Some(host) = pattern.strip_prefix("mx:") {
+        (host, "a host name after mx:")
+    } else if let Some(domain) = pattern.strip_prefix("*.") {
+        (domain, "a domain after *.")
+    } else {
+        (pattern, "a domain")
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.is_empty() {
+        return Some(format!("{pattern:?}: {what} is needed"));
+    }
+    // An mx: host may also be an address literal, as a route can be.
+    let host_literal = pattern.starts_with("mx:")
+        && name.starts_with('[')
+        && name.ends_with(']')
+        && name[1..name.len() - 1].parse::<std::net::IpAddr>().is_ok();
+    let labels_ok = name.split('.').all(|label| {
+        !label.is_empty()
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    });
+    if host_literal || labels_ok {
+        None
+    } else {
+        Some(format!(
+            "{pattern:?} is not a pattern: \"example.com\", \"*.example.com\" or \"mx:mx1.example.com\" \
+             (letters, digits, '-', '_' and '.' between non-empty labels)"
+        ))
+    }
+}
+
 /// `[delivery]`: where mail goes and how it gets there.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -173,8 +221,23 @@ pub struct DeliveryConfig {
     pub tls_policy: BTreeMap<String, TlsPolicy>,
     /// PEM file of the certificate authorities that `required` trusts.
     pub ca_file: Option<PathBuf>,
-    /// Connections at once to one destination.
+    /// Connections at once to one destination, unless a `throttle` rule
+    /// says otherwise.
     pub max_per_destination: usize,
+    /// Messages per sliding hour to one recipient domain, unless a
+    /// `throttle` rule says otherwise; 0: no limit.
+    pub max_messages_per_hour: u64,
+    /// Attempts in a row to one destination that end in a 4xx reply
+    /// before it is backed off; 0: only a 421 backs off.
+    pub backoff_after: u32,
+    /// How long a back-off lasts: no connection to the destination, its
+    /// mail deferred with 4.4.5. 0: never back off.
+    #[serde(with = "humantime_serde")]
+    pub backoff_for: Duration,
+    /// Limits by pattern: `example.com` (that domain), `*.example.com`
+    /// (its subdomains), `mx:mx1.example.com` (that MX or relay host,
+    /// whatever the domain).
+    pub throttle: BTreeMap<String, ThrottleRuleConfig>,
     /// Messages sent over one connection before it is closed.
     pub max_messages_per_connection: usize,
     /// How long a connection waits for the next message to its destination.
@@ -198,6 +261,10 @@ impl Default for DeliveryConfig {
             tls_policy: BTreeMap::new(),
             ca_file: None,
             max_per_destination: 20,
+            max_messages_per_hour: 0,
+            backoff_after: 5,
+            backoff_for: Duration::from_secs(5 * 60),
+            throttle: BTreeMap::new(),
             max_messages_per_connection: 100,
             idle_connection_timeout: Duration::from_secs(5),
             routes: BTreeMap::new(),
@@ -219,6 +286,24 @@ impl DeliveryConfig {
                 "delivery.max_messages_per_connection",
                 "must be at least 1".into(),
             );
+        }
+        let mut seen = BTreeMap::new();
+        for (pattern, rule) in &self.throttle {
+            let key = format!("delivery.throttle.{pattern:?}");
+            if let Some(why) = bad_pattern(pattern) {
+                problem(&key, why);
+            } else {
+                let same = pattern.trim_end_matches('.').to_ascii_lowercase();
+                if let Some(first) = seen.insert(same, pattern) {
+                    problem(&key, format!("the same pattern as {first:?}"));
+                }
+            }
+            if rule.max_connections == Some(0) {
+                problem(
+                    &format!("{key}.max_connections"),
+                    "must be at least 1".into(),
+                );
+            }
         }
         for (domain, route) in &self.routes {
             let ok = route.rsplit_once(':').is_some_and(|(host, port)| {

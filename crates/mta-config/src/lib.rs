@@ -20,7 +20,9 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-pub use delivery::{DeliveryConfig, DeliveryTimeouts, QueueConfig, QueueMode, TlsPolicy};
+pub use delivery::{
+    DeliveryConfig, DeliveryTimeouts, QueueConfig, QueueMode, ThrottleRuleConfig, TlsPolicy,
+};
 pub use size::ByteSize;
 
 /// The whole configuration.
@@ -61,19 +63,42 @@ pub struct Config {
     pub http: HttpConfig,
 }
 
-/// `[http]`: the admin HTTP server (`GET /status`, `GET /metrics`).
+/// `[http]`: the admin HTTP server (`GET /status`, `GET /metrics`, and
+/// the queue API under `/api/`).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
-    /// Addresses to listen on; empty turns the server off. It has no
-    /// authentication yet: keep it on loopback.
+    /// Addresses to listen on; empty turns the server off. Loopback by
+    /// default; any other address needs a `token`.
     pub listen: Vec<SocketAddr>,
+    /// When set, every request must carry `Authorization: Bearer <token>`
+    /// (`/metrics` included).
+    pub token: Option<String>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 8025))],
+            token: None,
+        }
+    }
+}
+
+impl HttpConfig {
+    fn check(&self, problem: &mut impl FnMut(&str, String)) {
+        if let Some(token) = &self.token {
+            if token.len() < 16 || token.chars().any(|c| !c.is_ascii_graphic()) {
+                problem(
+                    "http.token",
+                    "must be at least 16 printable ASCII characters, without spaces".into(),
+                );
+            }
+        } else if let Some(addr) = self.listen.iter().find(|a| !a.ip().is_loopback()) {
+            problem(
+                "http.listen",
+                format!("{addr} is not a loopback address: set http.token to expose the admin API"),
+            );
         }
     }
 }
@@ -149,6 +174,10 @@ pub struct SpoolConfig {
     /// (0: as fast as the disk allows). The rescan runs while the daemon
     /// accepts and delivers; a limit keeps its I/O from crowding them out.
     pub rescan_rate: u64,
+    /// Memory the queue index may use as its page cache. The index holds
+    /// a few hundred bytes per queued message; what does not fit is read
+    /// from disk (the page cache) when needed.
+    pub index_cache: ByteSize,
 }
 
 /// `[shutdown]`: how a stop behaves.
@@ -230,6 +259,7 @@ impl Default for SpoolConfig {
             max_batch: 256,
             free_space_check_interval: Duration::from_secs(1),
             rescan_rate: 0,
+            index_cache: ByteSize(64 * 1024 * 1024),
         }
     }
 }
@@ -396,6 +426,7 @@ impl Config {
         }
         self.queue.check(&mut problem);
         self.delivery.check(&mut problem);
+        self.http.check(&mut problem);
         for domain in &self.smtp.local_domains {
             if domain.is_empty() || domain.contains(['@', ' ', '\r', '\n']) {
                 problem("smtp.local_domains", format!("{domain:?} is not a domain"));
@@ -455,17 +486,37 @@ impl Config {
     }
 }
 
+/// The parts of a dotted key; a part may be quoted (`throttle."*.a.test"`),
+/// and then holds dots of its own.
+fn key_parts(key: &str) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let mut quoted = false;
+    let mut escaped = false;
+    for c in key.chars() {
+        let part = parts.last_mut().expect("never empty");
+        match c {
+            _ if escaped => {
+                part.push(c);
+                escaped = false;
+            }
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '.' if !quoted => parts.push(String::new()),
+            _ => part.push(c),
+        }
+    }
+    parts
+}
+
 /// The line and column (1-based) of a dotted key in a parsed document.
 fn locate(doc: &toml_edit::ImDocument<&str>, key: &str) -> Option<(usize, usize)> {
-    let (parent, last) = match key.rsplit_once('.') {
-        Some((parent, last)) => (Some(parent), last),
-        None => (None, key),
-    };
+    let mut parts = key_parts(key);
+    let last = parts.pop()?;
     let mut table = doc.as_table() as &dyn toml_edit::TableLike;
-    for part in parent.into_iter().flat_map(|p| p.split('.')) {
+    for part in &parts {
         table = table.get(part)?.as_table_like()?;
     }
-    let (k, _) = table.get_key_value(last)?;
+    let (k, _) = table.get_key_value(&last)?;
     let offset = k.span()?.start;
     let text = doc.raw();
     let before = &text[..offset];
@@ -570,6 +621,108 @@ mod tests {
             msg.contains(&format!("{file}:5:3: smtp.max_recipients:")),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn throttle_rules_are_read() {
+        let c = parse(
+            "[delivery]\nmax_messages_per_hour = 100\nbackoff_after = 0\nbackoff_for = \"300ms\"\n\
+             [delivery.throttle.\"example.com\"]\nmax_connections = 2\n\
+             [delivery.throttle.\"*.example.com\"]\nmax_messages_per_hour = 10\n\
+             [delivery.throttle.\"mx:mx1.example.net\"]\nmax_connections = 1\nmax_messages_per_hour = 0\n",
+        )
+        .unwrap();
+        c.check(None).unwrap();
+        let d = &c.delivery;
+        assert_eq!(d.max_messages_per_hour, 100);
+        assert_eq!(d.backoff_after, 0);
+        assert_eq!(d.backoff_for, Duration::from_millis(300));
+        assert_eq!(d.throttle.len(), 3);
+        assert_eq!(
+            d.throttle["example.com"],
+            ThrottleRuleConfig {
+                max_connections: Some(2),
+                max_messages_per_hour: None,
+            }
+        );
+        assert_eq!(
+            d.throttle["mx:mx1.example.net"].max_messages_per_hour,
+            Some(0)
+        );
+        let defaults = Config::default().delivery;
+        assert_eq!(defaults.backoff_after, 5);
+        assert_eq!(defaults.backoff_for, Duration::from_secs(300));
+        assert_eq!(defaults.max_messages_per_hour, 0);
+    }
+
+    #[test]
+    fn an_unknown_key_in_a_throttle_rule_is_an_error() {
+        let err = parse("[delivery.throttle.\"a.test\"]\nmax_connection = 2\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("line 2, column 1"), "{msg}");
+        assert!(msg.contains("max_connection"), "{msg}");
+    }
+
+    #[test]
+    fn bad_throttle_rules_are_reported_with_their_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mta.toml");
+        std::fs::write(
+            &path,
+            "[delivery.throttle.\"\"]\n\
+             [delivery.throttle.\"*.\"]\n\
+             [delivery.throttle.\"mx:\"]\n\
+             [delivery.throttle.\"bad domain.test\"]\n\
+             [delivery.throttle.\"a..test\"]\n\
+             [delivery.throttle.\"*.ok.test\"]\n\
+             max_connections = 0\n\
+             [delivery.throttle.\"OK.test\"]\n\
+             [delivery.throttle.\"ok.test.\"]\n\
+             [delivery.throttle.\"mx:[127.0.0.1]\"]\n\
+             max_connections = 1\n",
+        )
+        .unwrap();
+        let msg = Config::load(Some(&path)).unwrap_err().to_string();
+        let file = path.display().to_string();
+        assert_eq!(msg.lines().count(), 7, "{msg}");
+        assert!(
+            msg.contains(&format!("{file}:1:20: delivery.throttle.\"\": ")),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("delivery.throttle.\"*.\": \"*.\": a domain after *. is needed"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("delivery.throttle.\"mx:\": \"mx:\": a host name after mx: is needed"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(&format!(
+                "{file}:4:20: delivery.throttle.\"bad domain.test\": "
+            )),
+            "{msg}"
+        );
+        assert!(msg.contains("delivery.throttle.\"a..test\": "), "{msg}");
+        assert!(
+            msg.contains(&format!(
+                "{file}:7:1: delivery.throttle.\"*.ok.test\".max_connections: must be at least 1"
+            )),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("delivery.throttle.\"ok.test.\": the same pattern as \"OK.test\""),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn dotted_keys_with_quoted_parts() {
+        assert_eq!(
+            key_parts("delivery.throttle.\"*.a.test\".max_connections"),
+            ["delivery", "throttle", "*.a.test", "max_connections"]
+        );
+        assert_eq!(key_parts("smtp.listen"), ["smtp", "listen"]);
     }
 
     #[test]

@@ -14,6 +14,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod queue;
+
+pub use queue::{
+    ActionReport, HistoryRow, MessageDetail, MessageRow, QueueAction, QueueFilter, QueuePage,
+    QueueSummary, RecipientRow, Selection, SummaryRow, SUMMARY_BUCKETS,
+};
+
 /// What the client asks.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
@@ -34,6 +41,55 @@ pub enum Request {
         /// The runner; all when absent.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         runner: Option<String>,
+    },
+    /// Pause delivery to one destination domain: its mail stays queued
+    /// (deferred without a connection), its lifetime still counts. Kept
+    /// across restarts.
+    PauseDomain {
+        /// The recipient domain.
+        domain: String,
+    },
+    /// Resume delivery to a paused domain; its messages are due at once.
+    ResumeDomain {
+        /// The recipient domain.
+        domain: String,
+    },
+    /// One page of the queue listing.
+    QueueList {
+        /// Which messages.
+        #[serde(default)]
+        filter: QueueFilter,
+        /// Start after this queue id (the `next` of the previous page).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
+        /// Messages per page (at most 1000).
+        #[serde(default = "default_page")]
+        limit: usize,
+    },
+    /// One message in full.
+    QueueShow {
+        /// Its queue id.
+        id: String,
+        /// Include the body.
+        #[serde(default)]
+        body: bool,
+    },
+    /// Messages per domain and age.
+    QueueSummary {
+        /// Which messages.
+        #[serde(default)]
+        filter: QueueFilter,
+    },
+    /// Flush, hold, release or delete.
+    QueueAct {
+        /// What to do.
+        action: QueueAction,
+        /// To which messages.
+        selection: Selection,
+        /// With a delete: send the sender a DSN for each recipient
+        /// deleted.
+        #[serde(default)]
+        bounce: bool,
     },
     /// Pause injection: new connections get `421 4.3.2`; sessions already
     /// open may finish.
@@ -100,6 +156,23 @@ pub enum Response {
         /// Why.
         message: String,
     },
+    /// No such message (`queue show`, or an action on one id).
+    NotFound {
+        /// What was looked for.
+        message: String,
+    },
+    /// A page of the queue listing.
+    QueuePage(QueuePage),
+    /// One message.
+    Message(Box<MessageDetail>),
+    /// The summary.
+    Summary(QueueSummary),
+    /// What a queue action did.
+    Acted(ActionReport),
+}
+
+fn default_page() -> usize {
+    100
 }
 
 /// The daemon as a whole.
@@ -199,6 +272,26 @@ pub struct Status {
     /// Set while stopping.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop: Option<StopProgress>,
+    /// Destination domains whose delivery the operator paused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paused_domains: Vec<String>,
+    /// Messages in the held queue.
+    #[serde(default)]
+    pub held: u64,
+    /// Destinations backed off after 421 or a burst of 4xx replies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backoffs: Vec<BackoffRow>,
+}
+
+/// A destination backed off: no connection until `until`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BackoffRow {
+    /// The destination key: `mx:example.com` or `relay:host:port`.
+    pub key: String,
+    /// When the back-off ends (unix seconds).
+    pub until: u64,
+    /// The reply that caused it.
+    pub cause: String,
 }
 
 /// One queue runner in the QUEUE table.

@@ -1,18 +1,21 @@
 //! [`Client`]: delivers one message to one destination, trying its hosts in
-//! order, reusing idle connections and keeping within the per-destination
-//! connection limit.
+//! order, reusing idle connections and keeping within the throttles
+//! (connections at once, messages per hour, back-off).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use mta_envelope::Envelope;
 
-use crate::limits::Limits;
+use crate::limits::Slot;
 use crate::pool::{Conn, Pool};
 use crate::session::{remote_name, Session, SessionError, TlsStep};
+use crate::throttle::{normalize, Reservation};
 use crate::tls::TlsConfigs;
-use crate::{Attempt, ClientConfig, ClientError, Outcome, Target, TlsPolicy};
+use crate::{
+    Attempt, ClientConfig, ClientError, Outcome, ServerSignal, Target, Throttles, TlsPolicy,
+};
 
 /// Where one message goes: the hosts to try in order, and the key that
 /// groups connections and limits.
@@ -40,17 +43,35 @@ pub struct OutboundMessage<'a> {
 }
 
 /// The outbound SMTP client. Cheap to clone: clones share the connection
-/// pool, the per-destination limits and the TLS configurations.
+/// pool, the [`Throttles`] and the TLS configurations.
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
+}
+
+/// Why no connection: the status and reason every recipient gets, and what
+/// the servers said on the way.
+struct NoConnection {
+    status: String,
+    reason: String,
+    signal: ServerSignal,
+}
+
+impl NoConnection {
+    fn local(status: &str, reason: String) -> NoConnection {
+        NoConnection {
+            status: status.to_owned(),
+            reason,
+            signal: ServerSignal::Silent,
+        }
+    }
 }
 
 struct Inner {
     config: ClientConfig,
     tls: TlsConfigs,
     pool: Pool,
-    limits: Limits,
+    throttles: Throttles,
     /// Connections open, busy or idle.
     open: Arc<AtomicUsize>,
     reaper_started: AtomicBool,
@@ -67,20 +88,48 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// Builds the client and its TLS configurations. Fails when `ca_file`
-    /// cannot be read or holds no certificate.
+    /// Builds the client, its TLS configurations and its [`Throttles`].
+    /// Fails when `ca_file` cannot be read or holds no certificate, or a
+    /// throttle pattern is not one.
     pub fn new(config: ClientConfig) -> Result<Client, ClientError> {
+        let throttles = Throttles::new(&config)?;
+        Client::build(config, throttles)
+    }
+
+    /// Builds a client that shares `throttles` with the clients before it
+    /// (a reload): their rules become those of `config`, and every
+    /// connection count, hourly count and back-off carries on, so that two
+    /// generations together stay within every limit. On error `throttles`
+    /// is left as it was.
+    pub fn with_throttles(
+        config: ClientConfig,
+        throttles: Throttles,
+    ) -> Result<Client, ClientError> {
+        let client = Client::build(config, throttles)?;
+        // Last, as it changes what the other generations see; it changes
+        // nothing when it fails.
+        client.inner.throttles.set_rules(&client.inner.config)?;
+        Ok(client)
+    }
+
+    fn build(config: ClientConfig, throttles: Throttles) -> Result<Client, ClientError> {
         let tls = TlsConfigs::new(config.ca_file.as_deref())?;
         Ok(Client {
             inner: Arc::new(Inner {
                 pool: Pool::new(config.idle_connection_timeout),
-                limits: Limits::new(config.max_per_destination),
+                throttles,
                 config,
                 tls,
                 open: Arc::new(AtomicUsize::new(0)),
                 reaper_started: AtomicBool::new(false),
             }),
         })
+    }
+
+    /// The throttles: to hand to the next client generation, to save and
+    /// restore back-offs, and for the status.
+    pub fn throttles(&self) -> &Throttles {
+        &self.inner.throttles
     }
 
     /// Connections open now, busy or idle.
@@ -117,6 +166,7 @@ impl Client {
             remote: None,
             tls: None,
             dsn: false,
+            server: ServerSignal::Silent,
         };
         let count = msg.envelope.recipients.len();
         let (valid, invalid): (Vec<usize>, Vec<usize>) =
@@ -130,48 +180,10 @@ impl Client {
             recipients: &valid,
             ..msg
         };
-        let every = |outcome: Outcome| -> Vec<(usize, Outcome)> {
-            msg.recipients
-                .iter()
-                .map(|&i| (i, outcome.clone()))
-                .collect()
-        };
 
-        let policy = self.inner.config.policy_for(&dest.domain);
-        let step = match policy {
-            TlsPolicy::None => Some(TlsStep::Skip),
-            TlsPolicy::Opportunistic => {
-                Some(TlsStep::Opportunistic(self.inner.tls.opportunistic.clone()))
-            }
-            TlsPolicy::Required => self.inner.tls.verified.clone().map(TlsStep::Required),
-        };
-        match step {
-            None => {
-                attempt.outcomes = every(Outcome::deferred(
-                    "4.7.5",
-                    format!(
-                        "TLS is required for {}, but no trust anchors are configured \
-                         (ca_file is unset)",
-                        dest.domain
-                    ),
-                ));
-            }
-            Some(step) => match self.connection(dest, policy, &step).await {
-                Err((status, reason)) => {
-                    tracing::debug!(key = %dest.key, %status, %reason, "no connection");
-                    attempt.outcomes = every(Outcome::deferred(status, reason));
-                }
-                Ok(mut conn) => {
-                    let result = conn.session.send_message(&msg).await;
-                    conn.session.messages += 1;
-                    attempt.outcomes = result.outcomes;
-                    attempt.remote = Some(conn.session.remote.clone());
-                    attempt.tls = conn.session.tls.clone();
-                    attempt.dsn = conn.session.ext.dsn;
-                    self.release(&dest.key, conn, result.reusable);
-                }
-            },
-        }
+        let (outcomes, server) = self.deliver_valid(dest, &msg, &mut attempt).await;
+        attempt.outcomes = outcomes;
+        attempt.server = server;
         if !invalid.is_empty() {
             attempt
                 .outcomes
@@ -183,34 +195,131 @@ impl Client {
         attempt
     }
 
+    /// One transaction for the valid recipients of `msg`, within the
+    /// throttles: the outcomes and how the servers ended it. Fills the
+    /// remote, TLS and DSN fields of `attempt` when a server got that far.
+    async fn deliver_valid(
+        &self,
+        dest: &Destination,
+        msg: &OutboundMessage<'_>,
+        attempt: &mut Attempt,
+    ) -> (Vec<(usize, Outcome)>, ServerSignal) {
+        let every = |outcome: Outcome| -> Vec<(usize, Outcome)> {
+            msg.recipients
+                .iter()
+                .map(|&i| (i, outcome.clone()))
+                .collect()
+        };
+        let throttles = &self.inner.throttles;
+        let now = SystemTime::now();
+        if let Some(reason) = throttles.backed_off(&dest.key, now) {
+            tracing::debug!(key = %dest.key, %reason, "not tried");
+            return (
+                every(Outcome::deferred("4.4.5", reason)),
+                ServerSignal::Silent,
+            );
+        }
+        let mut reservation = match throttles.reserve_domain(&dest.domain, now) {
+            Ok(reservation) => reservation,
+            Err(reason) => {
+                tracing::debug!(key = %dest.key, %reason, "not tried");
+                return (
+                    every(Outcome::deferred("4.4.5", reason)),
+                    ServerSignal::Silent,
+                );
+            }
+        };
+
+        let policy = self.inner.config.policy_for(&dest.domain);
+        let step = match policy {
+            TlsPolicy::None => TlsStep::Skip,
+            TlsPolicy::Opportunistic => {
+                TlsStep::Opportunistic(self.inner.tls.opportunistic.clone())
+            }
+            TlsPolicy::Required => match self.inner.tls.verified.clone() {
+                Some(config) => TlsStep::Required(config),
+                None => {
+                    let reason = format!(
+                        "TLS is required for {}, but no trust anchors are configured \
+                         (ca_file is unset)",
+                        dest.domain
+                    );
+                    return (
+                        every(Outcome::deferred("4.7.5", reason)),
+                        ServerSignal::Silent,
+                    );
+                }
+            },
+        };
+        let (outcomes, signal) = match self.connection(dest, policy, &step, &mut reservation).await
+        {
+            Err(failure) => {
+                tracing::debug!(key = %dest.key, status = %failure.status, reason = %failure.reason, "no connection");
+                // No transaction: the messages counted are taken back.
+                drop(reservation);
+                (
+                    every(Outcome::deferred(failure.status, failure.reason)),
+                    failure.signal,
+                )
+            }
+            Ok(mut conn) => {
+                reservation.commit();
+                let result = conn.session.send_message(msg).await;
+                conn.session.messages += 1;
+                attempt.remote = Some(conn.session.remote.clone());
+                attempt.tls = conn.session.tls.clone();
+                attempt.dsn = conn.session.ext.dsn;
+                self.release(&dest.key, conn, result.reusable);
+                (result.outcomes, result.signal)
+            }
+        };
+        throttles.record(&dest.key, &signal, SystemTime::now());
+        (outcomes, signal)
+    }
+
     /// A connection for `dest`: an idle one if there is one that still
     /// works, else a new one when a slot is free, waiting for whichever
-    /// comes first. Err holds the status and reason of the last failure.
+    /// comes first. The hourly count of an `mx:` host goes in
+    /// `reservation`.
     async fn connection(
         &self,
         dest: &Destination,
         policy: TlsPolicy,
         step: &TlsStep,
-    ) -> Result<Conn, (String, String)> {
-        let sem = self.inner.limits.semaphore(&dest.key);
-        // Made once, so that this delivery keeps its place in the queue for
-        // a slot while it also watches for idle connections.
-        let acquire = sem.acquire_owned();
+        reservation: &mut Reservation,
+    ) -> Result<Conn, NoConnection> {
+        let throttles = &self.inner.throttles;
+        let gate = throttles.key_gate(&dest.key);
+        // Made once, so that this delivery keeps waiting for a slot while
+        // it also watches for idle connections; the limit is asked again
+        // at each wake-up (a reload may change it).
+        let acquire = gate.acquire(|| throttles.connection_limit(&dest.domain));
         tokio::pin!(acquire);
         loop {
             let returned = self.inner.pool.returned();
             tokio::pin!(returned);
             returned.as_mut().enable();
             if let Some(conn) = self.idle_connection(&dest.key, policy).await {
-                return Ok(conn);
+                if throttles.host_rule(&conn.host).is_none() {
+                    return Ok(conn);
+                }
+                match throttles.reserve_host(&conn.host, SystemTime::now()) {
+                    Ok(counted) => {
+                        reservation.absorb(counted);
+                        return Ok(conn);
+                    }
+                    Err(reason) => {
+                        // Its host has had its hour's worth: another host
+                        // of the destination may take the message.
+                        tracing::debug!(remote = %conn.session.remote, %reason, "idle connection not used");
+                        conn.close_later();
+                        continue;
+                    }
+                }
             }
             tokio::select! {
                 permit = &mut acquire => {
-                    let Ok(permit) = permit else {
-                        // The semaphore is never closed.
-                        return Err(("4.3.0".into(), "internal error: connection limit closed".into()));
-                    };
-                    return self.connect(dest, step).await.map(|session| Conn { session, permit });
+                    return self.connect(dest, step, permit, reservation).await;
                 }
                 () = &mut returned => continue,
             }
@@ -250,15 +359,34 @@ impl Client {
         }
     }
 
-    /// Opens a session by trying every address of every target in order.
+    /// Opens a session by trying every address of every target in order,
+    /// within the `mx:` host rules. Err holds the status and reason of the
+    /// last failure, and the strongest back-off signal seen.
     async fn connect(
         &self,
         dest: &Destination,
         step: &TlsStep,
-    ) -> Result<Session, (String, String)> {
+        permit: Slot,
+        reservation: &mut Reservation,
+    ) -> Result<Conn, NoConnection> {
         let config = &self.inner.config;
+        let throttles = &self.inner.throttles;
+        // A back-off may have begun while this delivery waited for a slot.
+        if let Some(reason) = throttles.backed_off(&dest.key, SystemTime::now()) {
+            return Err(NoConnection::local("4.4.5", reason));
+        }
         let mut last: Option<(String, String)> = None;
+        let mut signal = ServerSignal::Silent;
         for target in &dest.targets {
+            let host = normalize(&target.host);
+            let (counted, host_permit) = match self.host_throttle(&host).await {
+                Ok(held) => held,
+                Err(reason) => {
+                    tracing::debug!(key = %dest.key, %reason, "target skipped");
+                    last = Some(("4.4.5".to_owned(), reason));
+                    continue;
+                }
+            };
             for &addr in &target.addrs {
                 let mut step = step.clone();
                 // At most twice: once more in plaintext when opportunistic
@@ -274,11 +402,26 @@ impl Client {
                     )
                     .await;
                     let e = match result {
-                        Ok(session) => return Ok(session),
+                        Ok(session) => {
+                            if let Some(counted) = counted {
+                                reservation.absorb(counted);
+                            }
+                            return Ok(Conn {
+                                session,
+                                host,
+                                permit,
+                                host_permit,
+                            });
+                        }
                         Err(e) => e,
                     };
-                    let (status, reason) = e.describe(&remote_name(&target.host, addr));
+                    let remote = remote_name(&target.host, addr);
+                    let (status, reason) = e.describe(&remote);
                     tracing::debug!(key = %dest.key, %status, %reason, "address failed");
+                    let seen = e.signal(&remote);
+                    if seen.weight() > signal.weight() {
+                        signal = seen;
+                    }
                     last = Some((status, reason));
                     let retry = matches!(
                         e,
@@ -296,12 +439,74 @@ impl Client {
                 }
             }
         }
-        Err(last.unwrap_or_else(|| {
+        let (status, reason) = last.unwrap_or_else(|| {
             (
                 "4.4.4".to_owned(),
                 format!("no address to try for {}", dest.key),
             )
-        }))
+        });
+        Err(NoConnection {
+            status,
+            reason,
+            signal,
+        })
+    }
+
+    /// What an `mx:` rule for `host` (normalized) asks before connecting:
+    /// one message counted in its hour, and a place among its connections,
+    /// waited for up to the connect timeout. Err is the reason the host is
+    /// skipped.
+    async fn host_throttle(
+        &self,
+        host: &str,
+    ) -> Result<(Option<Reservation>, Option<Slot>), String> {
+        let throttles = &self.inner.throttles;
+        let Some(rule) = throttles.host_rule(host) else {
+            return Ok((None, None));
+        };
+        let counted = throttles.reserve_host(host, SystemTime::now())?;
+        if rule.max_connections.is_none() {
+            return Ok((Some(counted), None));
+        }
+        let limit = || {
+            throttles
+                .host_rule(host)
+                .and_then(|rule| rule.max_connections)
+                .unwrap_or(usize::MAX)
+        };
+        let wait = self.inner.config.timeouts.connect;
+        let gate = throttles.host_gate(host);
+        let deadline = tokio::time::sleep(wait);
+        tokio::pin!(deadline);
+        loop {
+            let freed = gate.freed();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            let returned = self.inner.pool.returned();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            if let Some(slot) = gate.try_acquire(limit()) {
+                return Ok((Some(counted), Some(slot)));
+            }
+            // An idle connection to the host, kept for another destination,
+            // gives its place up; its slot comes free once it is closed.
+            if let Some(idle) = self.inner.pool.take_to_host(host) {
+                tracing::debug!(remote = %idle.session.remote, "closing idle connection for another destination");
+                idle.close_later();
+            }
+            tokio::select! {
+                () = &mut freed => {}
+                () = &mut returned => {}
+                () = &mut deadline => {
+                    return Err(format!(
+                        "local throttle: at most {} connections at once to mx:{host}, \
+                         and none came free within {}",
+                        limit(),
+                        humantime::format_duration(wait)
+                    ));
+                }
+            }
+        }
     }
 
     /// After a transaction: back to the pool, or closed.
@@ -342,7 +547,7 @@ impl Client {
                     tracing::debug!(remote = %conn.session.remote, "closing idle connection");
                     conn.close_later();
                 }
-                inner.limits.prune();
+                inner.throttles.prune(SystemTime::now());
             }
         });
     }

@@ -2,7 +2,7 @@
 //! limits. Every time and limit the client uses comes from here, so tests
 //! can shrink them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -64,6 +64,18 @@ impl Default for Timeouts {
     }
 }
 
+/// Limits for what one `throttle` pattern matches; what is None comes
+/// from the defaults in [`ClientConfig`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThrottleRule {
+    /// Connections at once: to each destination key of a matching domain,
+    /// or to the host of an `mx:` rule.
+    pub max_connections: Option<usize>,
+    /// Messages per sliding hour, shared by everything the pattern matches;
+    /// 0: no limit.
+    pub max_messages_per_hour: Option<u64>,
+}
+
 /// Everything [`Client::new`](crate::Client::new) needs.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
@@ -79,8 +91,21 @@ pub struct ClientConfig {
     /// never verifies (RFC 7435). When unset, `Required` cannot succeed:
     /// no system roots are loaded.
     pub ca_file: Option<PathBuf>,
-    /// Connections open at once to one destination key, busy and idle.
+    /// Connections open at once to one destination key, busy and idle,
+    /// unless a rule in `throttle` says otherwise.
     pub max_per_destination: usize,
+    /// Messages per sliding hour to one recipient domain, unless a rule in
+    /// `throttle` says otherwise; 0: no limit.
+    pub max_messages_per_hour: u64,
+    /// Attempts in a row to one destination key that end in a 4xx reply
+    /// before it is backed off; 0: only a 421 backs off.
+    pub backoff_after: u32,
+    /// How long a back-off lasts; zero: never back off.
+    pub backoff_for: Duration,
+    /// Rules by pattern: `example.com`, `*.example.com` (its subdomains,
+    /// not itself) or `mx:mx1.example.com` (that host, whatever the
+    /// domain). See [`Throttles`](crate::Throttles).
+    pub throttle: BTreeMap<String, ThrottleRule>,
     /// Messages sent over one connection before it is closed with QUIT.
     pub max_messages_per_connection: usize,
     /// How long a connection waits in the pool for the next message to the
@@ -91,7 +116,8 @@ pub struct ClientConfig {
 impl Default for ClientConfig {
     /// Postfix's defaults where it has one: 20 connections per destination
     /// (`default_destination_concurrency_limit`) and 2 seconds in the
-    /// connection cache (`smtp_connection_cache_time_limit`).
+    /// connection cache (`smtp_connection_cache_time_limit`); no hourly
+    /// limit; a 5 minute back-off after 5 attempts in a row ending in 4xx.
     fn default() -> Self {
         ClientConfig {
             helo_name: "localhost".to_owned(),
@@ -100,6 +126,10 @@ impl Default for ClientConfig {
             tls_per_domain: HashMap::new(),
             ca_file: None,
             max_per_destination: 20,
+            max_messages_per_hour: 0,
+            backoff_after: 5,
+            backoff_for: Duration::from_secs(5 * 60),
+            throttle: BTreeMap::new(),
             max_messages_per_connection: 100,
             idle_connection_timeout: Duration::from_secs(2),
         }

@@ -15,6 +15,15 @@ pub enum ClientError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A `throttle` pattern is not `example.com`, `*.example.com` or
+    /// `mx:host`.
+    #[error("throttle pattern {pattern:?}: {reason}")]
+    Throttle {
+        /// The pattern as configured.
+        pattern: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// rustls refused the configuration.
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),

@@ -8,7 +8,10 @@
 //! and a reason in Postfix's words. It is configured by a [`ClientConfig`]:
 //! the EHLO name, the [`Timeouts`] of RFC 5321 section 4.5.3.2, the
 //! [`TlsPolicy`] (none, opportunistic per RFC 7435, or required and
-//! verified) by domain, and the connection limits.
+//! verified) by domain, the connection limits, and the throttles: rules
+//! ([`ThrottleRule`]) by domain, `*.` suffix or MX host, enforced by
+//! [`Throttles`] (connections at once, messages per hour, back-off after
+//! 4xx and 421 replies), which client generations share across a reload.
 //!
 //! Inside, modules follow the order of a session:
 //!
@@ -21,8 +24,10 @@
 //! - `data.rs`: dot-stuffing; `reply.rs`: reply and enhanced status
 //!   parsing (RFC 2034);
 //! - `tls.rs`: the rustls configurations; `pool.rs`: idle connections kept
-//!   for reuse by destination key; `limits.rs`: connections per
-//!   destination;
+//!   for reuse by destination key;
+//! - `throttle.rs`: [`Throttles`] — rule lookup, hourly windows,
+//!   back-offs and their export; `limits.rs`: the connection counters
+//!   (by destination key and by `mx:` host) it owns;
 //! - `mx.rs`: MX resolution into [`Target`]s.
 //!
 //! Delivery never returns a Rust error: every problem, local or remote,
@@ -41,11 +46,13 @@ mod outcome;
 mod pool;
 mod reply;
 mod session;
+mod throttle;
 mod tls;
 mod transaction;
 
 pub use client::{Client, Destination, OutboundMessage};
-pub use config::{ClientConfig, Timeouts, TlsPolicy};
+pub use config::{ClientConfig, ThrottleRule, Timeouts, TlsPolicy};
 pub use error::ClientError;
 pub use mx::{ResolveError, Resolver, ResolverConfig, Target};
-pub use outcome::{Attempt, Outcome};
+pub use outcome::{Attempt, Outcome, ServerSignal};
+pub use throttle::{Backoff, RateWindow, ThrottleSnapshot, Throttles};

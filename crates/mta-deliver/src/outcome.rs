@@ -71,6 +71,59 @@ impl Outcome {
     }
 }
 
+/// How an attempt ended as far as the destination's servers are concerned:
+/// what back-off counts (see [`Throttles`](crate::Throttles)).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ServerSignal {
+    /// No server reply decided it: the attempt was held back locally, no
+    /// connection could be made, or it broke off (lost, timed out). Leaves
+    /// the count of 4xx endings as it is.
+    #[default]
+    Silent,
+    /// A server took the message for a recipient, or refused it for good
+    /// (5xx): it is answering. Resets the count.
+    Answered,
+    /// A 4xx reply ended the attempt: to the greeting, EHLO, MAIL, DATA or
+    /// the end of data, or to every RCPT. Counts towards the back-off.
+    Transient {
+        /// The reply, as in a Deferred reason (`host X said: 451 ...`).
+        reply: String,
+    },
+    /// A 421 reply (RFC 5321 section 3.8: the server is closing the
+    /// channel) at any point: backs off at once.
+    Closing {
+        /// The reply, as in a Deferred reason.
+        reply: String,
+    },
+}
+
+impl ServerSignal {
+    /// The signal a non-2xx reply gives: 421 closing, 4xx transient, 5xx
+    /// answered. `reason` is the reply as it goes in an outcome.
+    pub(crate) fn of_reply(code: u16, reason: &str) -> ServerSignal {
+        match code {
+            421 => ServerSignal::Closing {
+                reply: reason.to_owned(),
+            },
+            400..=499 => ServerSignal::Transient {
+                reply: reason.to_owned(),
+            },
+            _ => ServerSignal::Answered,
+        }
+    }
+
+    /// How strongly it speaks for a back-off, to keep the strongest of
+    /// several.
+    pub(crate) fn weight(&self) -> u8 {
+        match self {
+            ServerSignal::Silent => 0,
+            ServerSignal::Answered => 1,
+            ServerSignal::Transient { .. } => 2,
+            ServerSignal::Closing { .. } => 3,
+        }
+    }
+}
+
 /// The result of one call to [`Client::deliver`](crate::Client::deliver).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attempt {
@@ -86,6 +139,9 @@ pub struct Attempt {
     /// were not passed on, and a recipient that asked for NOTIFY=SUCCESS is
     /// owed a "relayed" DSN by the caller (RFC 3461 section 4.1).
     pub dsn: bool,
+    /// How the servers ended it, for back-off: what the caller may log
+    /// beside the outcomes.
+    pub server: ServerSignal,
 }
 
 impl Attempt {

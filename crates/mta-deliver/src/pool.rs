@@ -8,22 +8,33 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::futures::Notified;
-use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio::sync::Notify;
 
+use crate::limits::Slot;
 use crate::session::Session;
 
-/// A session and the destination slot it occupies.
+/// A session and the connection slots it occupies.
 pub(crate) struct Conn {
     pub session: Session,
-    pub permit: OwnedSemaphorePermit,
+    /// The target host, normalized: what `mx:` rules match.
+    pub host: String,
+    /// Its place among the connections to its destination key.
+    pub permit: Slot,
+    /// Its place among the connections to its host, under an `mx:` rule.
+    pub host_permit: Option<Slot>,
 }
 
 impl Conn {
-    /// QUIT and close, then give the slot back.
+    /// QUIT and close, then give the slots back.
     pub async fn close(self) {
-        let Conn { session, permit } = self;
+        let Conn {
+            session,
+            permit,
+            host_permit,
+            ..
+        } = self;
         session.quit().await;
-        drop(permit);
+        drop((permit, host_permit));
     }
 
     /// Closes in the background (the caller does not wait for QUIT).
@@ -89,6 +100,29 @@ impl Pool {
             idle.remove(key);
         }
         (found, stale.into_iter().map(|i| i.conn).collect())
+    }
+
+    /// One idle connection to `host` (normalized), whatever its key: to
+    /// close it when another destination needs its place under an `mx:`
+    /// rule. The one idle longest.
+    pub fn take_to_host(&self, host: &str) -> Option<Conn> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let (key, index) = idle
+            .iter()
+            .flat_map(|(key, list)| {
+                list.iter()
+                    .enumerate()
+                    .filter(|(_, i)| i.conn.host == host)
+                    .map(move |(n, i)| (i.since, key, n))
+            })
+            .min_by_key(|(since, _, _)| *since)
+            .map(|(_, key, n)| (key.clone(), n))?;
+        let list = idle.get_mut(&key)?;
+        let found = list.remove(index).conn;
+        if list.is_empty() {
+            idle.remove(&key);
+        }
+        Some(found)
     }
 
     /// Every connection idle for longer than the timeout, taken out.

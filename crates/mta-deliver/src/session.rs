@@ -17,7 +17,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::reply::{MalformedReply, Reply, ReplyParser, MAX_LINE};
 use crate::tls;
-use crate::Timeouts;
+use crate::{ServerSignal, Timeouts};
 
 /// Where in the session something went wrong, for reasons.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -134,6 +134,17 @@ impl SessionError {
                 (reply.transient_status(), reason)
             }
             SessionError::Tls { reason, .. } => ("4.7.5".into(), reason.clone()),
+        }
+    }
+
+    /// The back-off signal: a 4xx (or 421) reply to the greeting, EHLO or
+    /// HELO counts; a connection that failed or broke says nothing.
+    pub fn signal(&self, remote: &str) -> ServerSignal {
+        match self {
+            SessionError::Rejected { reply, .. } if reply.is_transient() => {
+                ServerSignal::of_reply(reply.code, &self.describe(remote).1)
+            }
+            _ => ServerSignal::Silent,
         }
     }
 

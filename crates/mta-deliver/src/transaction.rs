@@ -10,7 +10,7 @@ use mta_envelope::{BodyType, Envelope, Notify, Recipient, Ret, ReversePath};
 use crate::data;
 use crate::reply::Reply;
 use crate::session::{Session, SessionError, Stage};
-use crate::{OutboundMessage, Outcome};
+use crate::{OutboundMessage, Outcome, ServerSignal};
 
 /// The result of one transaction.
 pub(crate) struct TxResult {
@@ -18,6 +18,8 @@ pub(crate) struct TxResult {
     pub outcomes: Vec<(usize, Outcome)>,
     /// The session is in a known state and may carry another message.
     pub reusable: bool,
+    /// How the server ended it, for back-off.
+    pub signal: ServerSignal,
 }
 
 /// Encodes `s` as xtext (RFC 3461 section 4): bytes outside `!`..`~`, and
@@ -106,12 +108,22 @@ fn rcpt_command(session: &Session, rcpt: &Recipient) -> String {
     line
 }
 
-/// The outcome a non-2xx reply gives: 4xx defers, 5xx fails.
-fn from_reply(remote: &str, reply: &Reply, stage: Stage) -> Outcome {
-    let reason = format!(
+/// `host X said: 451 ... (in reply to MAIL FROM command)`.
+fn reply_reason(remote: &str, reply: &Reply, stage: Stage) -> String {
+    format!(
         "host {remote} said: {reply} (in reply to {} command)",
         stage.command()
-    );
+    )
+}
+
+/// The back-off signal of a non-2xx reply.
+fn signal_of(remote: &str, reply: &Reply, stage: Stage) -> ServerSignal {
+    ServerSignal::of_reply(reply.code, &reply_reason(remote, reply, stage))
+}
+
+/// The outcome a non-2xx reply gives: 4xx defers, 5xx fails.
+fn from_reply(remote: &str, reply: &Reply, stage: Stage) -> Outcome {
+    let reason = reply_reason(remote, reply, stage);
     if reply.is_transient() {
         Outcome::deferred(reply.status(), reason)
     } else {
@@ -135,6 +147,7 @@ impl Session {
                 .map(|&i| (i, outcome.clone()))
                 .collect(),
             reusable: true,
+            signal: ServerSignal::Silent,
         };
         let utf8 = needs_smtputf8(msg.envelope, &recipients);
         if utf8 && !self.ext.smtputf8 {
@@ -159,7 +172,12 @@ impl Session {
             }
         }
         let mut states: Vec<Option<Outcome>> = vec![None; recipients.len()];
-        let result = self.transact(msg, &recipients, utf8, &mut states).await;
+        // A transaction broken off (lost, timed out) says nothing of the
+        // server's will, unless a reply before the break did.
+        let mut signal = ServerSignal::Silent;
+        let result = self
+            .transact(msg, &recipients, utf8, &mut states, &mut signal)
+            .await;
         let reusable = match result {
             Ok(reusable) => reusable,
             Err(e) => {
@@ -185,18 +203,20 @@ impl Session {
                 })
                 .collect(),
             reusable,
+            signal,
         }
     }
 
     /// The transaction proper. Fills `states` for every recipient with an
-    /// answer; on Err the caller fills the rest. Ok(true) when the session
-    /// may be reused.
+    /// answer, and `signal` as the replies decide it; on Err the caller
+    /// fills the rest. Ok(true) when the session may be reused.
     async fn transact(
         &mut self,
         msg: &OutboundMessage<'_>,
         recipients: &[&Recipient],
         utf8: bool,
         states: &mut [Option<Outcome>],
+        signal: &mut ServerSignal,
     ) -> Result<bool, SessionError> {
         let t = self.timeouts;
         let mail = mail_command(self, msg.envelope, msg.content.len(), utf8);
@@ -221,6 +241,7 @@ impl Session {
         if !mail_reply.is_success() {
             let outcome = from_reply(&self.remote, &mail_reply, Stage::Mail);
             states.fill(Some(outcome));
+            *signal = signal_of(&self.remote, &mail_reply, Stage::Mail);
             if mail_reply.code == 421 {
                 return Ok(false);
             }
@@ -240,6 +261,9 @@ impl Session {
         }
 
         let mut accepted = 0;
+        // Every refusal a 4xx: the attempt ends in 4xx when none is taken.
+        let mut transient: Option<ServerSignal> = None;
+        let mut refused_for_good = false;
         for (n, rcpt) in rcpts.iter().enumerate() {
             if !pipelining {
                 tracing::debug!(remote = %self.remote, command = rcpt.trim_end(), "send");
@@ -251,7 +275,13 @@ impl Session {
                 continue;
             }
             states[n] = Some(from_reply(&self.remote, &reply, Stage::Rcpt));
+            match signal_of(&self.remote, &reply, Stage::Rcpt) {
+                s @ ServerSignal::Transient { .. } => transient = Some(s),
+                ServerSignal::Closing { .. } => {}
+                _ => refused_for_good = true,
+            }
             if reply.code == 421 {
+                *signal = signal_of(&self.remote, &reply, Stage::Rcpt);
                 // The server is closing: nobody else gets through now.
                 let outcome = from_reply(&self.remote, &reply, Stage::Rcpt);
                 for state in states.iter_mut().filter(|s| s.is_none()) {
@@ -261,6 +291,12 @@ impl Session {
             }
         }
 
+        if accepted == 0 {
+            *signal = match transient {
+                Some(s) if !refused_for_good => s,
+                _ => ServerSignal::Answered,
+            };
+        }
         let data = if pipelining {
             let data = self.read_reply(Stage::Data, t.data_init).await?;
             if accepted == 0 {
@@ -286,6 +322,7 @@ impl Session {
             for state in states.iter_mut().filter(|s| s.is_none()) {
                 *state = Some(outcome.clone());
             }
+            *signal = signal_of(&self.remote, &data, Stage::Data);
             if data.code == 421 {
                 return Ok(false);
             }
@@ -297,10 +334,12 @@ impl Session {
         }
         let end = self.read_reply(Stage::EndOfData, t.data_end).await?;
         let outcome = if end.is_success() {
+            *signal = ServerSignal::Answered;
             Outcome::Delivered {
                 reply: end.to_string(),
             }
         } else {
+            *signal = signal_of(&self.remote, &end, Stage::EndOfData);
             from_reply(&self.remote, &end, Stage::EndOfData)
         };
         for state in states.iter_mut().filter(|s| s.is_none()) {

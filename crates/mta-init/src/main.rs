@@ -2,6 +2,7 @@
 //! the tradition of GreenArrow's `hvmail_init` and Apache's `apachectl`.
 
 mod process;
+mod queue;
 mod restart;
 mod start;
 mod status;
@@ -92,16 +93,30 @@ enum Verb {
         /// What to pause.
         what: Pausable,
         /// Delivery only: just this runner (ram, bounce or disk).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "domain")]
         runner: Option<String>,
+        /// Delivery only: just this destination domain (its mail stays
+        /// queued, its lifetime still counts; kept across restarts).
+        #[arg(long)]
+        domain: Option<String>,
     },
     /// Resume paused injection or delivery.
     Resume {
         /// What to resume.
         what: Pausable,
         /// Delivery only: just this runner (ram, bounce or disk).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "domain")]
         runner: Option<String>,
+        /// Delivery only: just this destination domain; its mail is due at
+        /// once.
+        #[arg(long)]
+        domain: Option<String>,
+    },
+    /// Look into the queue and steer it: list, show, summary, flush, hold,
+    /// release, delete. Exit 3 when the message asked for is not queued.
+    Queue {
+        #[command(subcommand)]
+        verb: queue::QueueVerb,
     },
     /// Check the configuration's syntax and meaning: prints "Syntax OK", or
     /// every error with its file, line and column, and exits 78.
@@ -218,23 +233,42 @@ fn main() -> ExitCode {
             };
             control(&config, Request::Svc { action, service }, "done")
         }
+        Verb::Queue { verb } => queue::run(&config, verb),
+        Verb::Pause {
+            what: Pausable::Delivery,
+            domain: Some(domain),
+            ..
+        } => control(&config, Request::PauseDomain { domain }, "delivery paused"),
+        Verb::Resume {
+            what: Pausable::Delivery,
+            domain: Some(domain),
+            ..
+        } => control(
+            &config,
+            Request::ResumeDomain { domain },
+            "delivery resumed",
+        ),
         Verb::Pause {
             what: Pausable::Delivery,
             runner,
+            ..
         } => control(&config, Request::Pause { runner }, "delivery paused"),
         Verb::Resume {
             what: Pausable::Delivery,
             runner,
+            ..
         } => control(&config, Request::Resume { runner }, "delivery resumed"),
         Verb::Pause {
             what: Pausable::Injection,
-            runner: Some(_),
+            runner,
+            domain,
         }
         | Verb::Resume {
             what: Pausable::Injection,
-            runner: Some(_),
-        } => fail(anyhow::anyhow!(
-            "--runner goes with delivery, not injection"
+            runner,
+            domain,
+        } if runner.is_some() || domain.is_some() => fail(anyhow::anyhow!(
+            "--runner and --domain go with delivery, not injection"
         )),
         Verb::Pause {
             what: Pausable::Injection,

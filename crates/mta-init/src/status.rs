@@ -205,6 +205,28 @@ pub fn print_table(status: &Status) {
         println!();
     }
     println!("  messages queued:      {}", status.queued);
+    if status.held > 0 {
+        println!("  messages held:        {}", status.held);
+    }
+    if !status.paused_domains.is_empty() {
+        println!(
+            "  paused domains:       {}",
+            status.paused_domains.join(", ")
+        );
+    }
+    for b in &status.backoffs {
+        let left = b.until.saturating_sub(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        );
+        println!(
+            "  backed off:           {} for {} more ({})",
+            b.key,
+            humanize(Duration::from_secs(left)),
+            b.cause
+        );
+    }
     println!("  accepted since start: {}", status.accepted_total);
     println!("  sessions open:        {}", status.sessions_open);
     if status.reloads > 0 {

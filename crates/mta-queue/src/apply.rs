@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use mta_deliver::Outcome;
 use mta_dsn::{Action, DsnInput, RecipientReport};
+use mta_envelope::QueueId;
 use mta_envelope::{Envelope, Mailbox, Recipient, ReversePath};
-use mta_spool::{QueueName, RecipientError, RecipientState};
+use mta_spool::{HistoryRecord, QueueName, RecipientError, RecipientState};
 use tracing::{error, info, warn};
 
 use crate::attempt::RecipientResult;
@@ -31,6 +32,7 @@ pub(crate) async fn apply(
     let mut reports = Vec::new();
     let mut failures = Vec::new();
     let mut failed_now = Vec::new();
+    let mut history = Vec::with_capacity(results.len());
     let (mut delivered, mut deferred, mut failed) = (0, 0, 0);
 
     for r in &results {
@@ -70,6 +72,15 @@ pub(crate) async fn apply(
         record.reply = Some(reply);
         record.tls = r.tls.as_deref();
         inner.log.write(&record);
+        history.push(HistoryRecord {
+            time: now,
+            attempt,
+            recipient: r.index,
+            event: event_word(event).to_owned(),
+            status: status.to_owned(),
+            reply: reply.to_owned(),
+            remote: r.remote.clone(),
+        });
 
         let action = match event {
             Event::Delivered => Action::Delivered,
@@ -102,10 +113,9 @@ pub(crate) async fn apply(
         .collect();
     if !pending.is_empty() {
         let s = &inner.settings;
-        match s
-            .schedule
-            .next(entry.arrival, entry.attempts, now, random_unit())
-        {
+        // Time spent held does not count against the lifetime.
+        let arrival = entry.effective_arrival();
+        match s.schedule.next(arrival, entry.attempts, now, random_unit()) {
             Next::Expire => {
                 for &i in &pending {
                     let recipient = &job.envelope.recipients[i];
@@ -124,6 +134,15 @@ pub(crate) async fn apply(
                     record.status = Some("4.4.7");
                     record.reply = Some(&reason);
                     inner.log.write(&record);
+                    history.push(HistoryRecord {
+                        time: now,
+                        attempt,
+                        recipient: i,
+                        event: "expired".to_owned(),
+                        status: "4.4.7".to_owned(),
+                        reply: reason.clone(),
+                        remote: None,
+                    });
                     // RFC 3463 X.4.7: delivery time expired.
                     let report = report(
                         recipient,
@@ -145,10 +164,10 @@ pub(crate) async fn apply(
                 entry.queue = QueueName::Disk;
                 let due_notice = s
                     .delay_notice_after
-                    .is_some_and(|after| now >= entry.arrival.saturating_add(after.as_secs()));
+                    .is_some_and(|after| now >= arrival.saturating_add(after.as_secs()));
                 if due_notice && !entry.delay_notified {
                     entry.delay_notified = true;
-                    let until = entry.arrival.saturating_add(s.schedule.lifetime.as_secs());
+                    let until = arrival.saturating_add(s.schedule.lifetime.as_secs());
                     for &i in &pending {
                         let recipient = &job.envelope.recipients[i];
                         if !mta_dsn::wants_dsn(&job.envelope, recipient, Action::Delayed) {
@@ -219,6 +238,9 @@ pub(crate) async fn apply(
     match saved {
         Ok(()) if done => info!(queue_id = %job.id, attempt, "message done"),
         Ok(()) => {
+            if let Err(e) = inner.spool.append_history(job.id, &history) {
+                warn!(queue_id = %job.id, error = %e, "cannot record the attempt in the history");
+            }
             info!(queue_id = %job.id, attempt, next_attempt = entry.next_attempt, pending = pending.len(), "message deferred");
             inner.disk_wake.notify_one();
         }
@@ -230,6 +252,66 @@ pub(crate) async fn apply(
             error!(queue_id = %job.id, error = %e, "LOST: could not move a volatile message to the disk queue")
         }
     }
+}
+
+fn event_word(event: Event) -> &'static str {
+    match event {
+        Event::Delivered => "delivered",
+        Event::Deferred => "deferred",
+        Event::Failed => "failed",
+        Event::Expired => "expired",
+        _ => "other",
+    }
+}
+
+/// Sends the sender a DSN for recipients the operator deleted (as
+/// NOTIFY allows; a message from `<>` gets none). True when one was
+/// queued.
+pub(crate) async fn bounce_deleted(
+    inner: &Arc<Inner>,
+    id: QueueId,
+    envelope: &Envelope,
+    content: Vec<u8>,
+    indexes: &[usize],
+) -> bool {
+    let ReversePath::Mailbox(sender) = &envelope.sender else {
+        return false;
+    };
+    let now = unix_now();
+    let reports: Vec<RecipientReport> = indexes
+        .iter()
+        .filter_map(|&i| envelope.recipients.get(i))
+        .filter(|r| mta_dsn::wants_dsn(envelope, r, Action::Failed))
+        .map(|r| {
+            report(
+                r,
+                Action::Failed,
+                "5.0.0",
+                None,
+                "deleted from the queue by the operator",
+                now,
+                None,
+            )
+        })
+        .collect();
+    if reports.is_empty() {
+        return false;
+    }
+    // A job only to carry the original to the DSN builder; its claim is
+    // the caller's (this id stays claimed until the caller lets go).
+    let job = DsnSource {
+        id,
+        envelope,
+        content: &content,
+    };
+    send_dsn_for(inner, &job, reports, sender.clone()).await
+}
+
+/// What a DSN reports on.
+struct DsnSource<'a> {
+    id: QueueId,
+    envelope: &'a Envelope,
+    content: &'a [u8],
 }
 
 fn report(
@@ -296,14 +378,28 @@ async fn send_dsn(
     reports: Vec<RecipientReport>,
     to: Mailbox,
 ) -> bool {
+    let source = DsnSource {
+        id: job.id,
+        envelope: &job.envelope,
+        content: &job.content,
+    };
+    send_dsn_for(inner, &source, reports, to).await
+}
+
+async fn send_dsn_for(
+    inner: &Arc<Inner>,
+    job: &DsnSource<'_>,
+    reports: Vec<RecipientReport>,
+    to: Mailbox,
+) -> bool {
     let s = &inner.settings;
     let now = unix_now();
     let id = inner.spool.next_id();
     let content = Arc::new(mta_dsn::build(&DsnInput {
         reporting_mta: &s.hostname,
         original_id: job.id,
-        original: &job.envelope,
-        original_content: &job.content,
+        original: job.envelope,
+        original_content: job.content,
         recipients: &reports,
         now,
         postmaster: &s.postmaster,

@@ -58,8 +58,25 @@ fn pending(job: &Job) -> impl Iterator<Item = usize> + '_ {
 
 async fn deliver(inner: &Arc<Inner>, job: &Arc<Job>) -> Vec<RecipientResult> {
     let mut routes: BTreeMap<Route, Vec<usize>> = BTreeMap::new();
+    let mut results = Vec::new();
     for index in pending(job) {
         let domain = &job.envelope.recipients[index].address.domain;
+        if inner.steering.is_paused(domain) {
+            // Kept queued without a connection; the lifetime still runs.
+            results.push(RecipientResult {
+                index,
+                outcome: Outcome::Deferred {
+                    status: "4.3.2".into(),
+                    reason: format!(
+                        "delivery to {} is paused by the operator",
+                        domain.to_ascii_lowercase()
+                    ),
+                },
+                remote: None,
+                tls: None,
+            });
+            continue;
+        }
         routes
             .entry(inner.router.route(domain))
             .or_default()
@@ -76,7 +93,6 @@ async fn deliver(inner: &Arc<Inner>, job: &Arc<Job>) -> Vec<RecipientResult> {
             }
         });
     }
-    let mut results = Vec::new();
     while let Some(done) = set.join_next().await {
         match done {
             Ok(mut r) => results.append(&mut r),

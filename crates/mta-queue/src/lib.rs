@@ -24,16 +24,17 @@
 
 mod apply;
 mod attempt;
+mod backoffs;
 pub mod log;
 pub mod maildir;
 pub mod route;
 mod runner;
 pub mod schedule;
+mod steer;
 
-use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mta_config::{Config, QueueMode};
@@ -50,6 +51,8 @@ use crate::runner::Runner;
 use crate::schedule::Schedule;
 
 pub use crate::runner::RunnerStatus;
+use crate::steer::Steering;
+pub use crate::steer::{SteerError, MAX_PAGE, PAGE_SCAN};
 
 /// The queue could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -102,9 +105,29 @@ pub struct Claim {
     id: QueueId,
 }
 
+impl Claim {
+    /// A claim already taken in the in-flight set.
+    pub(crate) fn adopt(inner: Arc<Inner>, id: QueueId) -> Claim {
+        Claim { inner, id }
+    }
+}
+
 impl Drop for Claim {
     fn drop(&mut self) {
-        self.inner.lock_inflight().remove(&self.id);
+        // An operator's hold or delete may wait for this attempt to end:
+        // it keeps the claim and is carried out now.
+        let Some(waiting) = self.inner.steering.release(self.id) else {
+            return;
+        };
+        let claim = Claim::adopt(self.inner.clone(), self.id);
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(steer::perform_waiting(claim, waiting));
+            }
+            Err(_) => {
+                tracing::warn!(queue_id = %self.id, ?waiting, "no runtime: operator action dropped");
+            }
+        }
     }
 }
 
@@ -116,8 +139,9 @@ pub(crate) struct Inner {
     pub resolver: Resolver,
     pub log: DeliveryLog,
     /// Shared with the successor a graceful restart starts, so neither
-    /// takes a message the other is attempting.
-    inflight: Arc<Mutex<HashSet<QueueId>>>,
+    /// takes a message the other is attempting: claims, operator actions
+    /// waiting for an attempt, paused domains.
+    pub(crate) steering: Arc<Steering>,
     pub ram: Runner,
     pub bounce: Runner,
     pub disk: Runner,
@@ -139,28 +163,26 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
-    fn lock_inflight(&self) -> std::sync::MutexGuard<'_, HashSet<QueueId>> {
-        self.inflight.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     pub fn runner(&self, queue: QueueName) -> &Runner {
         match queue {
             QueueName::Ram => &self.ram,
             QueueName::Bounce => &self.bounce,
-            QueueName::Disk => &self.disk,
+            // Held messages have no runner; the disk runner takes them
+            // once released.
+            QueueName::Disk | QueueName::Held => &self.disk,
         }
     }
 
     /// Claims `id` for one attempt; None when another attempt has it.
     pub fn claim(self: &Arc<Self>, id: QueueId) -> Option<Claim> {
-        self.lock_inflight().insert(id).then(|| Claim {
+        self.steering.claim(id).then(|| Claim {
             inner: self.clone(),
             id,
         })
     }
 
     pub fn claimed(&self) -> usize {
-        self.lock_inflight().len()
+        self.steering.claimed()
     }
 
     /// Queues a job for the bounce runner.
@@ -183,7 +205,10 @@ impl Queue {
     /// Builds the delivery machinery from the configuration and starts the
     /// three runners on the current tokio runtime.
     pub fn start(config: &Config, spool: Spool) -> Result<Queue, QueueError> {
-        Self::start_with(config, spool, Arc::default())
+        let queue = Self::start_with(config, spool, Arc::default(), None)?;
+        steer::load_paused(&queue.inner);
+        backoffs::restore_and_keep(&queue.inner.spool, queue.inner.client.throttles());
+        Ok(queue)
     }
 
     /// Starts the runners of a graceful restart, with a new configuration,
@@ -196,7 +221,10 @@ impl Queue {
         let next = Self::start_with(
             config,
             self.inner.spool.clone(),
-            self.inner.inflight.clone(),
+            self.inner.steering.clone(),
+            // Connection counts, hourly windows and back-offs carry over:
+            // a reload never forgets a back-off.
+            Some(self.inner.client.throttles().clone()),
         )?;
         for q in [QueueName::Ram, QueueName::Bounce, QueueName::Disk] {
             next.inner
@@ -209,7 +237,8 @@ impl Queue {
     fn start_with(
         config: &Config,
         spool: Spool,
-        inflight: Arc<Mutex<HashSet<QueueId>>>,
+        steering: Arc<Steering>,
+        throttles: Option<mta_deliver::Throttles>,
     ) -> Result<Queue, QueueError> {
         let log_path = config.delivery_log();
         let log = DeliveryLog::open(&log_path).map_err(|source| QueueError::Log {
@@ -223,8 +252,17 @@ impl Queue {
             attempts: 2,
         })
         .map_err(|e| QueueError::Resolver(e.to_string()))?;
-        let client =
-            Client::new(client_config(config)).map_err(|e| QueueError::Client(e.to_string()))?;
+        let client_settings = client_config(config);
+        let client = match throttles {
+            Some(throttles) => {
+                throttles
+                    .set_rules(&client_settings)
+                    .map_err(|e| QueueError::Client(e.to_string()))?;
+                Client::with_throttles(client_settings, throttles)
+            }
+            None => Client::new(client_settings),
+        }
+        .map_err(|e| QueueError::Client(e.to_string()))?;
         let q = &config.queue;
         let settings = Settings {
             hostname: config.hostname.clone(),
@@ -249,7 +287,7 @@ impl Queue {
             client,
             resolver,
             log,
-            inflight,
+            steering,
             ram: Runner::new(QueueName::Ram, q.ram_concurrency),
             bounce: Runner::new(QueueName::Bounce, q.bounce_concurrency),
             disk: Runner::new(QueueName::Disk, q.disk_concurrency),
@@ -355,6 +393,68 @@ impl Queue {
         self.inner.disk_wake.notify_one();
     }
 
+    /// One page of the queue listing. Blocking (it reads the index): call
+    /// it off the async threads.
+    pub fn list(
+        &self,
+        filter: &mta_control::QueueFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<mta_control::QueuePage, SteerError> {
+        steer::list(&self.inner, filter, after, limit)
+    }
+
+    /// One message in full: envelope, history, headers, and the body when
+    /// asked. Blocking.
+    pub fn show(&self, id: &str, body: bool) -> Result<mta_control::MessageDetail, SteerError> {
+        steer::show(&self.inner, id, body)
+    }
+
+    /// Messages per destination domain and age bucket (qshape). Blocking;
+    /// walks the queue a page at a time.
+    pub fn summary(
+        &self,
+        filter: &mta_control::QueueFilter,
+    ) -> Result<mta_control::QueueSummary, SteerError> {
+        steer::summary(&self.inner, filter)
+    }
+
+    /// Flush, hold, release or delete (with `bounce`, a DSN to the sender
+    /// for each recipient deleted). A message being attempted is held or
+    /// deleted when its attempt ends.
+    pub async fn act(
+        &self,
+        action: mta_control::QueueAction,
+        selection: &mta_control::Selection,
+        bounce: bool,
+    ) -> Result<mta_control::ActionReport, SteerError> {
+        steer::act(&self.inner, action, selection, bounce).await
+    }
+
+    /// Pauses delivery to a domain (kept across restarts). True when it
+    /// was not paused already.
+    pub fn pause_domain(&self, domain: &str) -> Result<bool, SteerError> {
+        steer::pause_domain(&self.inner, domain)
+    }
+
+    /// Resumes delivery to a domain; its messages are due at once.
+    pub async fn resume_domain(
+        &self,
+        domain: &str,
+    ) -> Result<(bool, mta_control::ActionReport), SteerError> {
+        steer::resume_domain(&self.inner, domain).await
+    }
+
+    /// Back-offs in force and hourly message counts per destination.
+    pub fn throttles(&self) -> mta_deliver::ThrottleSnapshot {
+        self.inner.client.throttles().snapshot()
+    }
+
+    /// The domains whose delivery is paused.
+    pub fn paused_domains(&self) -> Vec<String> {
+        self.inner.steering.paused_domains()
+    }
+
     /// DSNs queued since start.
     pub fn dsns_queued(&self) -> u64 {
         self.inner.dsns.load(std::sync::atomic::Ordering::Relaxed)
@@ -432,6 +532,20 @@ fn client_config(config: &Config) -> ClientConfig {
             .collect(),
         ca_file: d.ca_file.clone(),
         max_per_destination: d.max_per_destination,
+        max_messages_per_hour: d.max_messages_per_hour,
+        backoff_after: d.backoff_after,
+        backoff_for: d.backoff_for,
+        throttle: d
+            .throttle
+            .iter()
+            .map(|(pattern, rule)| {
+                let rule = mta_deliver::ThrottleRule {
+                    max_connections: rule.max_connections,
+                    max_messages_per_hour: rule.max_messages_per_hour,
+                };
+                (pattern.clone(), rule)
+            })
+            .collect(),
         max_messages_per_connection: d.max_messages_per_connection,
         idle_connection_timeout: d.idle_connection_timeout,
     }
@@ -457,9 +571,5 @@ pub(crate) fn unix_now() -> u64 {
 
 /// The name of a queue in logs and status.
 pub(crate) fn queue_name(q: QueueName) -> &'static str {
-    match q {
-        QueueName::Ram => "ram",
-        QueueName::Bounce => "bounce",
-        QueueName::Disk => "disk",
-    }
+    q.as_str()
 }

@@ -1,7 +1,7 @@
 //! The delivery log: one JSON object per line, per event.
 //!
 //! Fields: `ts` (unix seconds, with milliseconds), `event` (received,
-//! delivered, deferred, failed, bounced, expired), `queue_id`, `queue` (ram,
+//! delivered, deferred, failed, bounced, expired, deleted, held, released), `queue_id`, `queue` (ram,
 //! bounce, disk), and when they apply `recipient`, `attempt`, `status`,
 //! `remote`, `reply`, `tls`, `sender`, `size`, `dsn_id`. Lines are appended
 //! with one write each (O_APPEND), so concurrent writers never interleave.
@@ -30,6 +30,12 @@ pub enum Event {
     Bounced,
     /// The message outlived the queue lifetime.
     Expired,
+    /// The operator deleted one recipient (or the whole message).
+    Deleted,
+    /// The operator held the message.
+    Held,
+    /// The operator released the message.
+    Released,
 }
 
 /// One log line.

@@ -17,13 +17,17 @@
 //! start from them) and the last queue id handed out.
 //!
 //! ```text
-//! MTA-SPOOL-CLEAN 2
+//! MTA-SPOOL-CLEAN 3
 //! token <16 hex digits>
 //! ram <decimal count>
 //! bounce <decimal count>
 //! disk <decimal count>
+//! held <decimal count>
 //! last-id <16 hex digits>
 //! ```
+//!
+//! Format 2 is format 3 without the `held` line (there was no held queue
+//! then): it is read as 0 held.
 //!
 //! A marker cut short by a crash during close fails to parse and counts as
 //! no marker: the safe direction. So does a marker of the older format 1
@@ -39,7 +43,8 @@ use mta_envelope::QueueId;
 use crate::error::SpoolError;
 use crate::layout::{fsync_dir, Layout};
 
-const FIRST_LINE: &str = "MTA-SPOOL-CLEAN 2";
+const FIRST_LINE: &str = "MTA-SPOOL-CLEAN 3";
+const V2_FIRST_LINE: &str = "MTA-SPOOL-CLEAN 2";
 const OLD_FIRST_LINE: &str = "MTA-SPOOL-CLEAN 1";
 
 /// What a clean marker records.
@@ -47,8 +52,8 @@ const OLD_FIRST_LINE: &str = "MTA-SPOOL-CLEAN 1";
 pub(crate) struct CleanMarker {
     /// The token stored in the index at this close.
     pub token: u64,
-    /// Messages per queue at close: ram, bounce, disk.
-    pub counts: [u64; 3],
+    /// Messages per queue at close: ram, bounce, disk, held.
+    pub counts: [u64; 4],
     /// The last queue id handed out before close.
     pub last_id: QueueId,
 }
@@ -60,31 +65,34 @@ impl CleanMarker {
     }
 
     fn render(&self) -> String {
-        let [ram, bounce, disk] = self.counts;
+        let [ram, bounce, disk, held] = self.counts;
         format!(
-            "{FIRST_LINE}\ntoken {:016x}\nram {ram}\nbounce {bounce}\ndisk {disk}\nlast-id {}\n",
+            "{FIRST_LINE}\ntoken {:016x}\nram {ram}\nbounce {bounce}\ndisk {disk}\nheld {held}\nlast-id {}\n",
             self.token, self.last_id
         )
     }
 
     fn parse(text: &str) -> Option<CleanMarker> {
         let mut lines = text.strip_suffix('\n')?.split('\n');
-        if lines.next()? != FIRST_LINE {
-            return None;
-        }
+        let v2 = match lines.next()? {
+            FIRST_LINE => false,
+            V2_FIRST_LINE => true,
+            _ => return None,
+        };
         let mut field = |name: &str| -> Option<&str> { lines.next()?.strip_prefix(name) };
         let token = field("token ").filter(|t| t.len() == 16)?;
         let token = u64::from_str_radix(token, 16).ok()?;
         let ram = field("ram ")?.parse().ok()?;
         let bounce = field("bounce ")?.parse().ok()?;
         let disk = field("disk ")?.parse().ok()?;
+        let held = if v2 { 0 } else { field("held ")?.parse().ok()? };
         let last_id = field("last-id ")?.parse().ok()?;
         if lines.next().is_some() {
             return None;
         }
         Some(CleanMarker {
             token,
-            counts: [ram, bounce, disk],
+            counts: [ram, bounce, disk, held],
             last_id,
         })
     }
@@ -154,15 +162,22 @@ mod tests {
     fn marker_round_trips_and_rejects_truncation() {
         let m = CleanMarker {
             token: 0x0123_4567_89ab_cdef,
-            counts: [1, 2, 42],
+            counts: [1, 2, 42, 7],
             last_id: QueueId::new(0xabc),
         };
         let text = m.render();
         assert_eq!(CleanMarker::parse(&text), Some(m));
-        assert_eq!(m.messages(), 45);
+        assert_eq!(m.messages(), 52);
         for cut in 0..text.len() {
             assert_eq!(CleanMarker::parse(&text[..cut]), None, "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn format_2_reads_as_none_held() {
+        let v2 = "MTA-SPOOL-CLEAN 2\ntoken 0123456789abcdef\nram 1\nbounce 2\ndisk 3\nlast-id 0000000000000abc\n";
+        let m = CleanMarker::parse(v2).expect("format 2 is read");
+        assert_eq!(m.counts, [1, 2, 3, 0]);
     }
 
     #[test]

@@ -17,8 +17,14 @@
 //! - `queue:ram`, `queue:bounce`, `queue:disk`: key = queue id, empty
 //!   value; one key per message, in the tree of its queue. Ids grow with
 //!   the acceptance time, so a tree's first key is its oldest message.
+//! - `queue:held`: the same for messages held by the operator; they have
+//!   no `schedule` key, so they are never due.
 //! - `meta`: `clean-token`, the token of the last clean close (see
-//!   `clean.rs`), which lets a clean open trust the index in O(1).
+//!   `clean.rs`), which lets a clean open trust the index in O(1); and
+//!   `state:<name>`, small operator state (paused destinations, back-offs).
+//! - `history`: key = queue id ++ sequence number (4 bytes big-endian),
+//!   value = JSON of [`HistoryRecord`]: what each attempt did to each
+//!   recipient. Informational: a rescan cannot rebuild it.
 //!
 //! The trees are kept in step under a per-id lock (one of 256 stripes):
 //! every change of one message (a store, an update, a removal, a rescan's
@@ -60,10 +66,18 @@ pub enum QueueName {
     Bounce,
     /// Waiting for a retry, read back from the spool file when due.
     Disk,
+    /// Held by the operator: never attempted, never expires, until
+    /// released (it then goes to the disk queue, due at once).
+    Held,
 }
 
-/// The three queues, in the order status shows them.
-pub(crate) const QUEUES: [QueueName; 3] = [QueueName::Ram, QueueName::Bounce, QueueName::Disk];
+/// The queues, in the order status shows them.
+pub(crate) const QUEUES: [QueueName; 4] = [
+    QueueName::Ram,
+    QueueName::Bounce,
+    QueueName::Disk,
+    QueueName::Held,
+];
 
 impl QueueName {
     /// Its position in [`QUEUES`].
@@ -72,6 +86,17 @@ impl QueueName {
             QueueName::Ram => 0,
             QueueName::Bounce => 1,
             QueueName::Disk => 2,
+            QueueName::Held => 3,
+        }
+    }
+
+    /// Its name in status, lists and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueName::Ram => "ram",
+            QueueName::Bounce => "bounce",
+            QueueName::Disk => "disk",
+            QueueName::Held => "held",
         }
     }
 
@@ -81,6 +106,7 @@ impl QueueName {
             QueueName::Ram => "queue:ram",
             QueueName::Bounce => "queue:bounce",
             QueueName::Disk => "queue:disk",
+            QueueName::Held => "queue:held",
         }
     }
 }
@@ -120,6 +146,24 @@ pub struct IndexEntry {
     /// A delay notice has been sent; one is enough.
     #[serde(default)]
     pub delay_notified: bool,
+    /// The envelope sender (empty for `<>`), so that lists and filters
+    /// need not read spool files. Known only when `rcpts` is not empty
+    /// (entries written before these fields existed have neither).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sender: String,
+    /// The envelope recipients' addresses, in envelope order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rcpts: Vec<String>,
+    /// Held since this time (unix seconds), while in the held queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_since: Option<u64>,
+    /// Seconds spent held before: they do not count against the lifetime.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub held_secs: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The last error seen for one recipient.
@@ -147,9 +191,70 @@ impl IndexEntry {
             attempts: 0,
             last_errors: BTreeMap::new(),
             delay_notified: false,
+            sender: envelope.sender.to_string(),
+            rcpts: envelope
+                .recipients
+                .iter()
+                .map(|r| r.address.to_string())
+                .collect(),
+            held_since: None,
+            held_secs: 0,
         }
     }
+
+    /// The arrival time the retry schedule and the lifetime count from:
+    /// the real one, moved on by the time spent held.
+    pub fn effective_arrival(&self) -> u64 {
+        self.arrival.saturating_add(self.held_secs)
+    }
+
+    /// The sender and recipient addresses are recorded here.
+    pub fn has_addresses(&self) -> bool {
+        !self.rcpts.is_empty()
+    }
+
+    /// Fills the addresses from the envelope (for an entry that lacks
+    /// them).
+    pub fn fill_addresses(&mut self, envelope: &Envelope) {
+        self.sender = envelope.sender.to_string();
+        self.rcpts = envelope
+            .recipients
+            .iter()
+            .map(|r| r.address.to_string())
+            .collect();
+    }
+
+    /// When the disk runner should take it up: its next attempt, or never
+    /// while it is held.
+    pub fn scheduled(&self) -> Option<u64> {
+        (self.queue != QueueName::Held).then_some(self.next_attempt)
+    }
 }
+
+/// One line of a message's delivery history: what one attempt (or an
+/// operator's action) did to one recipient.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryRecord {
+    /// When, in seconds since the Unix epoch.
+    pub time: u64,
+    /// The attempt number (0 for an operator's action).
+    pub attempt: u32,
+    /// The recipient's index in the envelope.
+    pub recipient: usize,
+    /// `delivered`, `deferred`, `failed`, `expired`, `deleted`, `held`,
+    /// `released`...
+    pub event: String,
+    /// The enhanced status code.
+    pub status: String,
+    /// The remote reply or the local cause.
+    pub reply: String,
+    /// The remote host, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
+}
+
+/// Most history records kept per message; the oldest go first.
+pub const MAX_HISTORY: usize = 1000;
 
 /// The `messages` key of a queue id.
 pub(crate) fn id_key(id: QueueId) -> [u8; 8] {
@@ -196,7 +301,7 @@ pub(crate) struct Shared {
     /// Per-id locks: every change of one message holds its stripe.
     stripes: Vec<Mutex<()>>,
     /// Messages per queue, in [`QUEUES`] order.
-    counts: [AtomicU64; 3],
+    counts: [AtomicU64; 4],
     /// While a rescan runs: ids up to here were in the queue directory at
     /// open and are counted only once the rescan has visited them.
     floor: AtomicU64,
@@ -230,8 +335,8 @@ impl Default for Shared {
 
 impl Shared {
     /// Messages per queue, in [`QUEUES`] order.
-    pub fn counts(&self) -> [u64; 3] {
-        [0, 1, 2].map(|i| self.counts[i].load(Ordering::SeqCst))
+    pub fn counts(&self) -> [u64; 4] {
+        [0, 1, 2, 3].map(|i| self.counts[i].load(Ordering::SeqCst))
     }
 
     /// Messages in all queues.
@@ -300,12 +405,16 @@ pub(crate) enum Visit {
 }
 
 /// What a rescan read from one spool file's header.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct FileFacts {
     /// The envelope's arrival time.
     pub arrival: u64,
     /// Number of envelope recipients.
     pub recipients: usize,
+    /// The envelope sender, as text (empty for `<>`).
+    pub sender: String,
+    /// The envelope recipients' addresses.
+    pub rcpts: Vec<String>,
     /// Content bytes.
     pub size: u64,
 }
@@ -317,8 +426,9 @@ pub(crate) struct Index {
     messages: sled::Tree,
     schedule: sled::Tree,
     /// Membership trees, in [`QUEUES`] order.
-    queues: [sled::Tree; 3],
+    queues: [sled::Tree; 4],
     meta: sled::Tree,
+    history: sled::Tree,
     shared: Arc<Shared>,
 }
 
@@ -334,12 +444,12 @@ impl Index {
     /// The counts start at zero with every id counted: the caller seeds
     /// them ([`set_counts`](Self::set_counts)) or starts a rescan
     /// ([`begin_rescan`](Self::begin_rescan)).
-    pub fn open(layout: &Layout) -> Result<(Index, IndexState), SpoolError> {
+    pub fn open(layout: &Layout, cache: u64) -> Result<(Index, IndexState), SpoolError> {
         let existed = layout.index.symlink_metadata().is_ok();
         if existed {
             wait_for_sled_lock(&layout.index)?;
         }
-        match Self::open_at(&layout.index) {
+        match Self::open_at(&layout.index, cache) {
             Ok(index) => Ok((
                 index,
                 IndexState {
@@ -358,7 +468,7 @@ impl Index {
                 std::fs::rename(&layout.index, &aside)
                     .map_err(|e| SpoolError::io("move damaged index", &layout.index, e))?;
                 fsync_dir(&layout.root)?;
-                let index = Self::open_at(&layout.index)?;
+                let index = Self::open_at(&layout.index, cache)?;
                 Ok((
                     index,
                     IndexState {
@@ -370,24 +480,31 @@ impl Index {
         }
     }
 
-    fn open_at(path: &Path) -> Result<Index, sled::Error> {
+    fn open_at(path: &Path, cache: u64) -> Result<Index, sled::Error> {
         // sled's own periodic flush is off: the spool's flusher thread
         // (`flush.rs`) flushes at the same pace and knows when it did.
-        let db = sled::Config::new().path(path).flush_every_ms(None).open()?;
+        let mut config = sled::Config::new().path(path).flush_every_ms(None);
+        if cache > 0 {
+            config = config.cache_capacity(cache);
+        }
+        let db = config.open()?;
         let messages = db.open_tree("messages")?;
         let schedule = db.open_tree("schedule")?;
         let queues = [
             db.open_tree(QUEUES[0].tree_name())?,
             db.open_tree(QUEUES[1].tree_name())?,
             db.open_tree(QUEUES[2].tree_name())?,
+            db.open_tree(QUEUES[3].tree_name())?,
         ];
         let meta = db.open_tree("meta")?;
+        let history = db.open_tree("history")?;
         Ok(Index {
             db,
             messages,
             schedule,
             queues,
             meta,
+            history,
             shared: Arc::new(Shared::default()),
         })
     }
@@ -398,7 +515,7 @@ impl Index {
     }
 
     /// Seeds the per-queue counts (from the clean marker).
-    pub fn set_counts(&self, counts: [u64; 3]) {
+    pub fn set_counts(&self, counts: [u64; 4]) {
         for (slot, n) in counts.into_iter().enumerate() {
             self.shared.counts[slot].store(n, Ordering::SeqCst);
         }
@@ -407,7 +524,7 @@ impl Index {
     /// A rescan is about to visit every id up to `floor`: those are
     /// counted by the visits, not by the changes made before.
     pub fn begin_rescan(&self, floor: QueueId) {
-        self.set_counts([0; 3]);
+        self.set_counts([0; 4]);
         self.shared.floor.store(floor.value(), Ordering::SeqCst);
         self.shared.next_unvisited.store(0, Ordering::SeqCst);
         self.shared.all_counted.store(false, Ordering::SeqCst);
@@ -439,17 +556,19 @@ impl Index {
         old: Option<&IndexEntry>,
         new: Option<&IndexEntry>,
     ) -> Result<(), SpoolError> {
+        let new_time = new.and_then(IndexEntry::scheduled);
         if let Some(old) = old {
-            if new.is_none_or(|n| n.next_attempt != old.next_attempt) {
-                self.schedule.remove(schedule_key(old.next_attempt, id))?;
+            if let Some(time) = old.scheduled().filter(|&t| new_time != Some(t)) {
+                self.schedule.remove(schedule_key(time, id))?;
             }
             if new.is_none_or(|n| n.queue != old.queue) {
                 self.queue_tree(old.queue).remove(id_key(id))?;
             }
         }
         if let Some(new) = new {
-            self.schedule
-                .insert(schedule_key(new.next_attempt, id), &[][..])?;
+            if let Some(time) = new_time {
+                self.schedule.insert(schedule_key(time, id), &[][..])?;
+            }
             self.queue_tree(new.queue).insert(id_key(id), &[][..])?;
         }
         Ok(())
@@ -476,13 +595,14 @@ impl Index {
             }
             Ok(())
         }
+        let new_time = new.and_then(IndexEntry::scheduled);
         if let Some(old) = old {
-            if new.is_none_or(|n| n.next_attempt != old.next_attempt) {
+            if new_time != Some(old.next_attempt) {
                 ensure(&self.schedule, &schedule_key(old.next_attempt, id), false)?;
             }
         }
-        if let Some(new) = new {
-            ensure(&self.schedule, &schedule_key(new.next_attempt, id), true)?;
+        if let Some(time) = new_time {
+            ensure(&self.schedule, &schedule_key(time, id), true)?;
         }
         for queue in QUEUES {
             let member = new.is_some_and(|n| n.queue == queue);
@@ -547,10 +667,104 @@ impl Index {
             // when it meets it); its membership can be cleared.
             None => self.normalize_keys(id, None, None)?,
         }
+        self.clear_history(id)?;
         let counted = self.shared.counted(id);
         self.shared.account(counted, counted, old.as_ref(), None);
         self.shared.changed();
         Ok(true)
+    }
+
+    /// Appends to a message's history, keeping the newest
+    /// [`MAX_HISTORY`] records. Nothing is written for a message that is
+    /// not indexed (removed meanwhile).
+    pub fn append_history(&self, id: QueueId, records: &[HistoryRecord]) -> Result<(), SpoolError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let _stripe = self.lock(id);
+        if !self.messages.contains_key(id_key(id))? {
+            return Ok(());
+        }
+        let prefix = id_key(id);
+        let mut next = match self.history.scan_prefix(prefix).keys().next_back() {
+            Some(key) => history_seq(&key?).map_or(0, |n| n.saturating_add(1)),
+            None => 0,
+        };
+        for record in records {
+            let value = serde_json::to_vec(record).expect("a history record always serializes");
+            self.history.insert(history_key(id, next), value)?;
+            next = next.saturating_add(1);
+        }
+        let kept = self.history.scan_prefix(prefix).keys().count();
+        if kept > MAX_HISTORY {
+            for key in self
+                .history
+                .scan_prefix(prefix)
+                .keys()
+                .take(kept - MAX_HISTORY)
+            {
+                self.history.remove(key?)?;
+            }
+        }
+        self.shared.changed();
+        Ok(())
+    }
+
+    /// A message's history, oldest first.
+    pub fn history(&self, id: QueueId) -> Result<Vec<HistoryRecord>, SpoolError> {
+        let mut out = Vec::new();
+        for value in self.history.scan_prefix(id_key(id)).values() {
+            if let Ok(record) = serde_json::from_slice(&value?) {
+                out.push(record);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forgets a message's history. Caller holds the id's stripe.
+    fn clear_history(&self, id: QueueId) -> Result<(), SpoolError> {
+        for key in self.history.scan_prefix(id_key(id)).keys() {
+            self.history.remove(key?)?;
+        }
+        Ok(())
+    }
+
+    /// Up to `limit` entries in id (arrival) order after `after`: a page
+    /// of the queue. Unreadable entries are skipped.
+    pub fn page(
+        &self,
+        after: Option<QueueId>,
+        limit: usize,
+    ) -> Result<Vec<(QueueId, Option<IndexEntry>)>, SpoolError> {
+        let start = match after {
+            Some(after) => Bound::Excluded(id_key(after)),
+            None => Bound::Unbounded,
+        };
+        let mut out = Vec::with_capacity(limit.min(4096));
+        for item in self
+            .messages
+            .range::<[u8; 8], _>((start, Bound::Unbounded))
+            .take(limit)
+        {
+            let (key, value) = item?;
+            if let Some(id) = id_from_key(&key) {
+                out.push((id, parse_entry(&value)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// A small named value kept beside the queue (operator state such as
+    /// paused destinations), flushed to disk before it returns.
+    pub fn save_state(&self, name: &str, value: &[u8]) -> Result<(), SpoolError> {
+        self.meta.insert(state_key(name), value)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// A value saved with [`save_state`](Self::save_state).
+    pub fn load_state(&self, name: &str) -> Result<Option<Vec<u8>>, SpoolError> {
+        Ok(self.meta.get(state_key(name))?.map(|v| v.to_vec()))
     }
 
     /// A rescan's visit of a spool file it listed and read: brings the
@@ -583,6 +797,10 @@ impl Index {
             attempts: 0,
             last_errors: BTreeMap::new(),
             delay_notified: false,
+            sender: file.sender.clone(),
+            rcpts: file.rcpts.clone(),
+            held_since: None,
+            held_secs: 0,
         };
         // Every writer holds the stripe, so the swap cannot miss; the loop
         // only keeps the rule "never over a value not read just now".
@@ -665,6 +883,7 @@ impl Index {
                     Some(old) => self.move_keys(id, Some(old), None)?,
                     None => self.normalize_keys(id, None, None)?,
                 }
+                self.clear_history(id)?;
                 self.shared
                     .account(counted_before, true, old.as_ref(), None);
                 self.shared.changed();
@@ -767,6 +986,27 @@ impl Index {
                 }
             }
         }
+        // History of messages that are gone (a crash between the removal
+        // of an entry and of its history).
+        let mut last: Option<QueueId> = None;
+        for key in self.history.range(..=history_key(floor, u32::MAX)).keys() {
+            if cancelled() {
+                return Ok(removed);
+            }
+            let key = key?;
+            let Some(id) = key.get(..8).and_then(id_from_key) else {
+                continue;
+            };
+            if last == Some(id) {
+                continue;
+            }
+            last = Some(id);
+            let _stripe = self.lock(id);
+            if !self.messages.contains_key(id_key(id))? {
+                self.clear_history(id)?;
+                removed += 1;
+            }
+        }
         Ok(removed)
     }
 
@@ -774,7 +1014,7 @@ impl Index {
     /// it does not match the entry. Returns true when it was removed.
     fn drop_stale_schedule_key(&self, time: u64, id: QueueId) -> Result<bool, SpoolError> {
         let _stripe = self.lock(id);
-        if self.get(id)?.is_some_and(|e| e.next_attempt == time) {
+        if self.get(id)?.is_some_and(|e| e.scheduled() == Some(time)) {
             return Ok(false);
         }
         Ok(self.schedule.remove(schedule_key(time, id))?.is_some())
@@ -795,7 +1035,7 @@ impl Index {
                 continue;
             };
             match self.get(id)? {
-                Some(entry) if entry.next_attempt == time => out.push((id, entry)),
+                Some(entry) if entry.scheduled() == Some(time) => out.push((id, entry)),
                 _ => stale.push((time, id)),
             }
         }
@@ -921,11 +1161,19 @@ impl Index {
         let mut scheduled = 0;
         for key in self.schedule.iter().keys() {
             let (time, id) = parse_schedule_key(&key.unwrap()).unwrap();
-            let entry = entries.get(&id).expect("schedule key without entry");
-            assert_eq!(entry.next_attempt, time, "stale schedule key of {id}");
+            let entry: &IndexEntry = entries.get(&id).expect("schedule key without entry");
+            assert_eq!(entry.scheduled(), Some(time), "stale schedule key of {id}");
             scheduled += 1;
         }
-        assert_eq!(scheduled, entries.len(), "one schedule key per entry");
+        let held = entries
+            .values()
+            .filter(|e: &&IndexEntry| e.queue == QueueName::Held)
+            .count();
+        assert_eq!(
+            scheduled,
+            entries.len() - held,
+            "one schedule key per entry not held"
+        );
         let mut members = 0;
         for queue in QUEUES {
             for key in self.queue_tree(queue).iter().keys() {
@@ -937,6 +1185,23 @@ impl Index {
         }
         assert_eq!(members, entries.len(), "one membership per entry");
     }
+}
+
+/// The `history` key of record `seq` of a message.
+fn history_key(id: QueueId, seq: u32) -> [u8; 12] {
+    let mut key = [0u8; 12];
+    key[..8].copy_from_slice(&id_key(id));
+    key[8..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn history_seq(key: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(key.get(8..12)?.try_into().ok()?))
+}
+
+/// The `meta` key of a saved state value.
+fn state_key(name: &str) -> Vec<u8> {
+    format!("state:{name}").into_bytes()
 }
 
 fn parse_entry(bytes: &[u8]) -> Option<IndexEntry> {

@@ -69,7 +69,9 @@ use crate::layout::{DirLock, Layout};
 use crate::rescan::Rescan;
 
 pub use crate::error::SpoolError;
-pub use crate::index::{IndexEntry, QueueName, RecipientError, RecipientState};
+pub use crate::index::{
+    HistoryRecord, IndexEntry, QueueName, RecipientError, RecipientState, MAX_HISTORY,
+};
 
 /// Where the queue lives and how it behaves.
 #[derive(Clone, Debug)]
@@ -84,6 +86,9 @@ pub struct SpoolConfig {
     pub max_batch: usize,
     /// Spool files per second a background rescan may read (0: no limit).
     pub rescan_rate: u64,
+    /// Bytes of memory the index may keep as its page cache (0: the
+    /// index library's default, 1 GiB).
+    pub index_cache: u64,
 }
 
 /// What [`Spool::open`] found and did.
@@ -158,6 +163,16 @@ pub struct ScheduleSaved {
     /// the last flush started: what a crash now could lose from the index
     /// (never from the spool files).
     pub changes_since_flush: u64,
+}
+
+/// A page of the queue ([`Spool::list`]).
+#[derive(Clone, Debug, Default)]
+pub struct ListPage {
+    /// The messages kept, in id (arrival) order.
+    pub items: Vec<(QueueId, IndexEntry)>,
+    /// Where the next page starts (pass it as `after`); `None` at the end
+    /// of the queue.
+    pub next: Option<QueueId>,
 }
 
 /// An open queue directory. Cheap to clone; every clone is the same spool,
@@ -240,7 +255,7 @@ impl Spool {
         // (even one during this open, or during the rescan) is detected at
         // the next open and answered by a rescan.
         clean::remove(&layout)?;
-        let (index, index_state) = Index::open(&layout)?;
+        let (index, index_state) = Index::open(&layout, config.index_cache)?;
 
         // Trust the index only after a clean stop, and only if it is the
         // index that stop flushed: one deleted, emptied, swapped or
@@ -511,6 +526,90 @@ impl Spool {
         Ok(())
     }
 
+    /// A page of the queue in id (arrival) order, after `after`: entries
+    /// `keep` says yes to, at most `limit` of them, looking at no more than
+    /// `max_scan` entries (so a filter that matches little still answers
+    /// in bounded time; `next` then says where to go on). An entry without
+    /// its addresses (written by an older version) gets them from its
+    /// spool file's header before `keep` sees it. Memory is bounded by
+    /// the page, never the queue.
+    pub fn list(
+        &self,
+        after: Option<QueueId>,
+        limit: usize,
+        max_scan: usize,
+        mut keep: impl FnMut(QueueId, &IndexEntry) -> bool,
+    ) -> Result<ListPage, SpoolError> {
+        let index = self.index()?;
+        let mut page = ListPage::default();
+        let mut cursor = after;
+        let mut scanned = 0;
+        while scanned < max_scan && page.items.len() < limit {
+            let batch = index.page(cursor, 256.min(max_scan - scanned).max(1))?;
+            if batch.is_empty() {
+                return Ok(page);
+            }
+            for (id, entry) in batch {
+                scanned += 1;
+                cursor = Some(id);
+                let Some(mut entry) = entry else { continue };
+                if !entry.has_addresses() {
+                    match self.envelope(id) {
+                        Ok(envelope) => entry.fill_addresses(&envelope),
+                        Err(_) => continue,
+                    }
+                }
+                if keep(id, &entry) {
+                    page.items.push((id, entry));
+                    if page.items.len() >= limit {
+                        break;
+                    }
+                }
+            }
+        }
+        page.next = cursor;
+        Ok(page)
+    }
+
+    /// The envelope of a queued message, from its spool file's header
+    /// (the content is not read).
+    pub fn envelope(&self, id: QueueId) -> Result<Envelope, SpoolError> {
+        drop(self.open_state()?);
+        let path = self.inner.layout.msg_path(id);
+        match file::read_header_only(&path) {
+            Ok((header, _)) => Ok(header.envelope),
+            Err(SpoolError::Io {
+                op: "open", source, ..
+            }) if source.kind() == std::io::ErrorKind::NotFound => Err(SpoolError::NotFound { id }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Appends records to a message's history (kept in the index, at most
+    /// [`MAX_HISTORY`] per message; removed with the message). Not
+    /// flushed, as [`update`](Self::update).
+    pub fn append_history(&self, id: QueueId, records: &[HistoryRecord]) -> Result<(), SpoolError> {
+        self.index()?.append_history(id, records)
+    }
+
+    /// A message's history, oldest first. Informational: a rescan after
+    /// a lost index cannot rebuild it.
+    pub fn history(&self, id: QueueId) -> Result<Vec<HistoryRecord>, SpoolError> {
+        self.index()?.history(id)
+    }
+
+    /// Saves a small named value beside the queue (operator state that
+    /// must survive a restart: paused destinations, back-offs), durably.
+    pub fn save_state(&self, name: &str, value: &[u8]) -> Result<(), SpoolError> {
+        self.index()?.save_state(name, value)
+    }
+
+    /// A value saved with [`save_state`](Self::save_state). Lost (None)
+    /// if the index is lost: it is not in the spool files.
+    pub fn load_state(&self, name: &str) -> Result<Option<Vec<u8>>, SpoolError> {
+        self.index()?.load_state(name)
+    }
+
     /// Messages due at or before `now` (unix seconds), earliest first, at
     /// most `limit`.
     pub fn due(&self, now: u64, limit: usize) -> Result<Vec<(QueueId, IndexEntry)>, SpoolError> {
@@ -523,7 +622,7 @@ impl Spool {
     }
 
     /// Messages and the oldest arrival of each queue: ram, bounce, disk,
-    /// in that order. Cheap (counters and one short tree lookup per
+    /// held, in that order. Cheap (counters and one short tree lookup per
     /// queue), so status may poll it. While a rescan runs the figures
     /// cover what it has visited so far.
     pub fn queue_stats(&self) -> Vec<QueueStats> {

@@ -481,6 +481,13 @@ impl Job {
             Ok((header, size)) => Read::Found(FileFacts {
                 arrival: header.envelope.arrival,
                 recipients: header.envelope.recipients.len(),
+                sender: header.envelope.sender.to_string(),
+                rcpts: header
+                    .envelope
+                    .recipients
+                    .iter()
+                    .map(|r| r.address.to_string())
+                    .collect(),
                 size,
             }),
             Err(SpoolError::Corrupt { reason, .. }) => Read::Corrupt(reason),

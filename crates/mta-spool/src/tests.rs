@@ -17,6 +17,7 @@ fn config(dir: &Path) -> SpoolConfig {
         min_free_space: 0,
         max_batch: 64,
         rescan_rate: 0,
+        index_cache: 0,
     }
 }
 
@@ -137,6 +138,14 @@ async fn store_then_read_back() {
             attempts: 0,
             last_errors: Default::default(),
             delay_notified: false,
+            sender: env.sender.to_string(),
+            rcpts: env
+                .recipients
+                .iter()
+                .map(|r| r.address.to_string())
+                .collect(),
+            held_since: None,
+            held_secs: 0,
         }
     );
     assert!(matches!(
@@ -737,7 +746,7 @@ async fn index_emptied_while_stopped_is_rebuilt() {
     // was written for.
     let layout = crate::layout::Layout::new(&tmp.path().join("queue"));
     fs::remove_dir_all(&layout.index).unwrap();
-    let (index, _) = crate::index::Index::open(&layout).unwrap();
+    let (index, _) = crate::index::Index::open(&layout, 0).unwrap();
     index.flush().unwrap();
     drop(index);
 
@@ -889,6 +898,7 @@ fn plant_files(cfg: &SpoolConfig, n: u64) -> Vec<QueueId> {
 fn rate_config(dir: &Path, rescan_rate: u64) -> SpoolConfig {
     SpoolConfig {
         rescan_rate,
+        index_cache: 0,
         ..config(dir)
     }
 }
@@ -1118,8 +1128,11 @@ async fn clean_open_trusts_the_marker_without_a_walk() {
     spool.close().unwrap();
     let marker_path = tmp.path().join("queue/clean");
     let marker = fs::read_to_string(&marker_path).unwrap();
-    assert!(marker.starts_with("MTA-SPOOL-CLEAN 2\ntoken "), "{marker}");
-    assert!(marker.contains("\nram 5\nbounce 0\ndisk 0\n"), "{marker}");
+    assert!(marker.starts_with("MTA-SPOOL-CLEAN 3\ntoken "), "{marker}");
+    assert!(
+        marker.contains("\nram 5\nbounce 0\ndisk 0\nheld 0\n"),
+        "{marker}"
+    );
 
     // The counts come from the marker, not from counting the index: a
     // marker that says more is believed.
@@ -1179,9 +1192,11 @@ async fn queue_stats_follow_every_change() {
     let cfg = config(tmp.path());
     let (spool, _) = Spool::open(cfg.clone()).unwrap();
     let stats = |spool: &Spool| -> Vec<(QueueName, u64, Option<u64>)> {
+        // ram, bounce, disk (held has a test of its own)
         spool
             .queue_stats()
             .into_iter()
+            .take(3)
             .map(|s| (s.queue, s.messages, s.oldest_arrival))
             .collect()
     };
@@ -1328,5 +1343,201 @@ async fn stale_schedule_keys_are_skipped_and_dropped() {
     assert_eq!(index.schedule_len(), 1);
     index.assert_consistent();
     drop(index);
+    spool.close().unwrap();
+}
+
+/// Moves a message to the held queue, as the queue runners' operator
+/// commands do.
+fn hold(spool: &Spool, id: QueueId, now: u64) {
+    let mut entry = spool.entry(id).unwrap().unwrap();
+    entry.queue = QueueName::Held;
+    entry.held_since = Some(now);
+    spool.update(id, &entry).unwrap();
+}
+
+#[tokio::test]
+async fn held_messages_are_never_due_are_counted_and_survive_restarts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path());
+    let (spool, _) = Spool::open(cfg.clone()).unwrap();
+    let ids = store_n(&spool, 3).await;
+    for &id in &ids {
+        let mut entry = spool.entry(id).unwrap().unwrap();
+        entry.queue = QueueName::Disk;
+        entry.next_attempt = 10;
+        spool.update(id, &entry).unwrap();
+    }
+    hold(&spool, ids[1], 5);
+    let due: Vec<QueueId> = spool
+        .due(100, 10)
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(due, vec![ids[0], ids[2]], "a held message is never due");
+    let held = |spool: &Spool| spool.queue_stats()[3].clone();
+    assert_eq!(held(&spool).queue, QueueName::Held);
+    assert_eq!(held(&spool).messages, 1);
+    spool.index().unwrap().assert_consistent();
+
+    // A clean restart keeps it held (and counted, from the marker).
+    spool.close().unwrap();
+    let (spool, report) = Spool::open(cfg.clone()).unwrap();
+    assert!(!report.rescan);
+    assert_eq!(held(&spool).messages, 1);
+    assert_eq!(spool.due(100, 10).unwrap().len(), 2);
+    drop(spool); // crash
+
+    // A rescan keeps it held too.
+    let (spool, report) = Spool::open(cfg).unwrap();
+    assert!(report.rescan);
+    spool.wait_rescan();
+    assert_eq!(held(&spool).messages, 1);
+    assert_eq!(spool.entry(ids[1]).unwrap().unwrap().queue, QueueName::Held);
+    assert_eq!(spool.due(100, 10).unwrap().len(), 2);
+
+    // Released: due again.
+    let mut entry = spool.entry(ids[1]).unwrap().unwrap();
+    entry.queue = QueueName::Disk;
+    entry.held_secs += 50 - entry.held_since.take().unwrap();
+    entry.next_attempt = 50;
+    spool.update(ids[1], &entry).unwrap();
+    assert_eq!(spool.due(100, 10).unwrap().len(), 3);
+    assert_eq!(held(&spool).messages, 0);
+    assert_eq!(
+        spool.entry(ids[1]).unwrap().unwrap().effective_arrival(),
+        1_700_000_000 + 45
+    );
+    spool.index().unwrap().assert_consistent();
+    spool.close().unwrap();
+}
+
+#[tokio::test]
+async fn list_pages_through_the_queue_with_a_filter_in_bounded_steps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(config(tmp.path())).unwrap();
+    let ids = store_n(&spool, 25).await;
+    // Entries carry the addresses, so a filter needs no file.
+    let first = spool.entry(ids[0]).unwrap().unwrap();
+    assert_eq!(first.sender, "alice@example.test");
+    assert_eq!(first.rcpts, vec!["rcpt0@example.org", "rcpt1@example.org"]);
+
+    // Pages of 10, unfiltered: every id once, in order.
+    let mut seen = Vec::new();
+    let mut after = None;
+    for _ in 0..10 {
+        let page = spool.list(after, 10, 1000, |_, _| true).unwrap();
+        seen.extend(page.items.iter().map(|(id, _)| *id));
+        after = page.next;
+        if after.is_none() {
+            break;
+        }
+    }
+    assert_eq!(seen, ids);
+
+    // A filter matching every 5th id, with at most 7 entries looked at
+    // per call: each call stops after 7 and says where to go on.
+    let wanted: HashSet<QueueId> = ids.iter().step_by(5).copied().collect();
+    let mut seen = Vec::new();
+    let mut after = None;
+    let mut calls = 0;
+    loop {
+        calls += 1;
+        assert!(calls < 20, "the listing ends");
+        let page = spool
+            .list(after, 100, 7, |id, _| wanted.contains(&id))
+            .unwrap();
+        assert!(page.items.len() <= 2);
+        seen.extend(page.items.iter().map(|(id, _)| *id));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids.iter().step_by(5).copied().collect::<Vec<_>>());
+    assert!(calls >= 4, "25 entries at 7 per call take 4 calls or more");
+    spool.close().unwrap();
+}
+
+#[tokio::test]
+async fn entries_without_addresses_get_them_from_the_spool_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(config(tmp.path())).unwrap();
+    let ids = store_n(&spool, 1).await;
+    // As an older version wrote it.
+    let mut entry = spool.entry(ids[0]).unwrap().unwrap();
+    entry.sender.clear();
+    entry.rcpts.clear();
+    spool.update(ids[0], &entry).unwrap();
+    let page = spool.list(None, 10, 10, |_, _| true).unwrap();
+    assert_eq!(
+        page.items[0].1.rcpts,
+        vec!["rcpt0@example.org", "rcpt1@example.org"]
+    );
+    assert_eq!(page.items[0].1.sender, "alice@example.test");
+    spool.close().unwrap();
+}
+
+fn record(n: u32) -> HistoryRecord {
+    HistoryRecord {
+        time: 1000 + u64::from(n),
+        attempt: n,
+        recipient: 0,
+        event: "deferred".into(),
+        status: "4.4.1".into(),
+        reply: format!("try {n}"),
+        remote: Some("mx.test[127.0.0.2]:25".into()),
+    }
+}
+
+#[tokio::test]
+async fn history_is_kept_in_order_capped_and_removed_with_the_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path());
+    let (spool, _) = Spool::open(cfg.clone()).unwrap();
+    let ids = store_n(&spool, 2).await;
+    spool
+        .append_history(ids[0], &[record(1), record(2)])
+        .unwrap();
+    spool.append_history(ids[0], &[record(3)]).unwrap();
+    assert_eq!(
+        spool.history(ids[0]).unwrap(),
+        vec![record(1), record(2), record(3)]
+    );
+    assert!(spool.history(ids[1]).unwrap().is_empty());
+
+    // Capped: the newest MAX_HISTORY stay.
+    let many: Vec<HistoryRecord> = (10..10 + MAX_HISTORY as u32 + 5).map(record).collect();
+    spool.append_history(ids[1], &many).unwrap();
+    let kept = spool.history(ids[1]).unwrap();
+    assert_eq!(kept.len(), MAX_HISTORY);
+    assert_eq!(kept[0], record(15));
+
+    // Across a clean restart.
+    spool.close().unwrap();
+    let (spool, _) = Spool::open(cfg).unwrap();
+    assert_eq!(spool.history(ids[0]).unwrap().len(), 3);
+
+    // Removed with the message; nothing written for a message not queued.
+    spool.remove(ids[0]).unwrap();
+    assert!(spool.history(ids[0]).unwrap().is_empty());
+    spool.append_history(ids[0], &[record(9)]).unwrap();
+    assert!(spool.history(ids[0]).unwrap().is_empty());
+    spool.close().unwrap();
+}
+
+#[tokio::test]
+async fn saved_state_survives_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path());
+    let (spool, _) = Spool::open(cfg.clone()).unwrap();
+    assert_eq!(spool.load_state("paused").unwrap(), None);
+    spool.save_state("paused", b"[\"example.test\"]").unwrap();
+    drop(spool); // even a crash: saving flushes
+    let (spool, _) = Spool::open(cfg).unwrap();
+    assert_eq!(
+        spool.load_state("paused").unwrap().as_deref(),
+        Some(&b"[\"example.test\"]"[..])
+    );
     spool.close().unwrap();
 }

@@ -84,7 +84,7 @@ async fn answer(
     write.write_all(&out).await
 }
 
-async fn handle(request: Request, ctx: &Arc<Context>, shutdown: &Shutdown) -> Response {
+pub(crate) async fn handle(request: Request, ctx: &Arc<Context>, shutdown: &Shutdown) -> Response {
     let stopping = shutdown.listen_end.is_cancelled();
     let order = |order: Order, what: &str| {
         info!("{what} requested on the control socket");
@@ -136,6 +136,14 @@ async fn handle(request: Request, ctx: &Arc<Context>, shutdown: &Shutdown) -> Re
             Ok(message) => Response::Done { message },
             Err(e) => error(format!("{e:#}")),
         },
+        request @ (Request::QueueList { .. }
+        | Request::QueueShow { .. }
+        | Request::QueueSummary { .. }
+        | Request::QueueAct { .. }
+        | Request::PauseDomain { .. }
+        | Request::ResumeDomain { .. }) => crate::queue_api::handle(ctx, request)
+            .await
+            .unwrap_or_else(|| error("not a queue request")),
     }
 }
 
@@ -310,14 +318,26 @@ pub fn status(ctx: &Context, shutdown: &Shutdown) -> Status {
             messages_spilled: ctx.generations.spilled(),
             queued: ctx.spool.len() as u64,
         }),
+        paused_domains: ctx.queue().paused_domains(),
+        backoffs: ctx
+            .queue()
+            .throttles()
+            .backoffs
+            .into_iter()
+            .map(|b| mta_control::BackoffRow {
+                key: b.key,
+                until: b.until,
+                cause: b.cause,
+            })
+            .collect(),
+        held: per_queue
+            .iter()
+            .find(|q| q.queue == QueueName::Held)
+            .map_or(0, |q| q.messages),
     }
 }
 
-/// A runner's name in status and on the command line.
+/// A runner's (or queue's) name in status and on the command line.
 pub fn runner_name(q: QueueName) -> &'static str {
-    match q {
-        QueueName::Ram => "ram",
-        QueueName::Bounce => "bounce",
-        QueueName::Disk => "disk",
-    }
+    q.as_str()
 }

@@ -1,14 +1,20 @@
 //! The admin HTTP server: `GET /status` (the same JSON as `mta-init status
-//! --json` shows under `daemon`) and `GET /metrics` (Prometheus text).
+//! --json` shows under `daemon`), `GET /metrics` (Prometheus text), and
+//! the queue API under `/api/` (the same operations as `mta-init queue`
+//! and `pause`/`resume`, JSON in and out; see docs/operations.md). With
+//! `http.token` set, every request needs `Authorization: Bearer <token>`.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::extract::{Path, Query, Request as HttpRequest, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response as HttpResponse};
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use mta_control::{QueueAction, QueueFilter, Request, Response, Selection};
+use serde::Deserialize;
 use tokio::net::TcpListener;
 
 use crate::server::{Context, Shutdown};
@@ -28,10 +34,18 @@ pub async fn serve(
     down: tokio_util::sync::CancellationToken,
 ) {
     let closed = shutdown.listeners_closed.clone();
+    let state = App { ctx, shutdown };
     let app = Router::new()
         .route("/status", get(status))
         .route("/metrics", get(metrics))
-        .with_state(App { ctx, shutdown });
+        .route("/api/queue", get(list))
+        .route("/api/queue/summary", get(summary))
+        .route("/api/queue/{id}", get(show))
+        .route("/api/queue/{action}", post(act))
+        .route("/api/pause/{what}", post(pause))
+        .route("/api/resume/{what}", post(resume))
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .with_state(state);
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             tokio::select! {
@@ -42,6 +56,244 @@ pub async fn serve(
         .await;
     if let Err(e) = result {
         tracing::warn!(error = %e, "HTTP server stopped");
+    }
+}
+
+/// Refuses a request without the configured bearer token (read per
+/// request, so a reload that sets or changes it applies at once).
+async fn authorize(State(app): State<App>, request: HttpRequest, next: Next) -> HttpResponse {
+    let settings = app.ctx.settings();
+    let Some(token) = settings.config.http.token.as_deref() else {
+        return next.run(request).await;
+    };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given.is_some_and(|g| same(g.as_bytes(), token.as_bytes())) {
+        return next.run(request).await;
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::WWW_AUTHENTICATE,
+        "Bearer".parse().expect("a header value"),
+    );
+    (
+        StatusCode::UNAUTHORIZED,
+        headers,
+        Json(serde_json::json!({ "error": "a bearer token is required (Authorization: Bearer <http.token>)" })),
+    )
+        .into_response()
+}
+
+/// Compares without stopping at the first difference.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `?queue=&domain=&sender=&older_than=&status=&after=&limit=`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct ListQuery {
+    queue: Option<String>,
+    domain: Option<String>,
+    sender: Option<String>,
+    /// Seconds, or a duration such as `2h`.
+    older_than: Option<String>,
+    status: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+impl ListQuery {
+    fn filter(&self) -> Result<QueueFilter, String> {
+        let older_than_secs = match self.older_than.as_deref() {
+            None => None,
+            Some(t) => Some(match t.parse::<u64>() {
+                Ok(secs) => secs,
+                Err(_) => humantime::parse_duration(t)
+                    .map_err(|e| format!("older_than {t:?}: {e}"))?
+                    .as_secs(),
+            }),
+        };
+        Ok(QueueFilter {
+            queue: self.queue.clone(),
+            domain: self.domain.clone(),
+            sender: self.sender.clone(),
+            older_than_secs,
+            status: self.status.clone(),
+        })
+    }
+}
+
+async fn list(State(app): State<App>, query: Query<ListQuery>) -> HttpResponse {
+    let filter = match query.filter() {
+        Ok(f) => f,
+        Err(e) => return bad_request(e),
+    };
+    ask(
+        &app,
+        Request::QueueList {
+            filter,
+            after: query.after.clone(),
+            limit: query.limit.unwrap_or(100),
+        },
+    )
+    .await
+}
+
+async fn summary(State(app): State<App>, query: Query<ListQuery>) -> HttpResponse {
+    let filter = match query.filter() {
+        Ok(f) => f,
+        Err(e) => return bad_request(e),
+    };
+    ask(&app, Request::QueueSummary { filter }).await
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct ShowQuery {
+    body: bool,
+}
+
+async fn show(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    query: Query<ShowQuery>,
+) -> HttpResponse {
+    ask(
+        &app,
+        Request::QueueShow {
+            id,
+            body: query.body,
+        },
+    )
+    .await
+}
+
+/// The body of `POST /api/queue/{flush,hold,release,delete}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct ActBody {
+    id: Option<String>,
+    domain: Option<String>,
+    all: bool,
+    bounce: bool,
+}
+
+async fn act(
+    State(app): State<App>,
+    Path(action): Path<String>,
+    body: Option<Json<ActBody>>,
+) -> HttpResponse {
+    let action = match action.as_str() {
+        "flush" => QueueAction::Flush,
+        "hold" => QueueAction::Hold,
+        "release" => QueueAction::Release,
+        "delete" => QueueAction::Delete,
+        other => {
+            return (
+                StatusCode::NOT_FOUND,
+                Json(serde_json::json!({ "error": format!("no queue action {other:?}: flush, hold, release or delete") })),
+            )
+                .into_response()
+        }
+    };
+    let Json(body) = body.unwrap_or_default();
+    ask(
+        &app,
+        Request::QueueAct {
+            action,
+            selection: Selection {
+                id: body.id,
+                domain: body.domain,
+                all: body.all,
+            },
+            bounce: body.bounce,
+        },
+    )
+    .await
+}
+
+/// The body of `POST /api/{pause,resume}/{delivery,injection}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct PauseBody {
+    /// A destination domain (delivery only).
+    domain: Option<String>,
+    /// One runner: ram, bounce or disk (delivery only).
+    runner: Option<String>,
+}
+
+async fn pause(
+    State(app): State<App>,
+    Path(what): Path<String>,
+    body: Option<Json<PauseBody>>,
+) -> HttpResponse {
+    pause_or_resume(&app, &what, body.map(|b| b.0).unwrap_or_default(), true).await
+}
+
+async fn resume(
+    State(app): State<App>,
+    Path(what): Path<String>,
+    body: Option<Json<PauseBody>>,
+) -> HttpResponse {
+    pause_or_resume(&app, &what, body.map(|b| b.0).unwrap_or_default(), false).await
+}
+
+async fn pause_or_resume(app: &App, what: &str, body: PauseBody, pause: bool) -> HttpResponse {
+    let request = match (what, body.domain, body.runner) {
+        ("injection", None, None) if pause => Request::PauseInjection,
+        ("injection", None, None) => Request::ResumeInjection,
+        ("delivery", Some(_), Some(_)) => {
+            return bad_request("give a domain or a runner, not both".into())
+        }
+        ("delivery", Some(domain), None) if pause => Request::PauseDomain { domain },
+        ("delivery", Some(domain), None) => Request::ResumeDomain { domain },
+        ("delivery", None, runner) if pause => Request::Pause { runner },
+        ("delivery", None, runner) => Request::Resume { runner },
+        ("injection", _, _) => return bad_request("injection takes no domain or runner".into()),
+        (other, _, _) => {
+            return (
+                StatusCode::NOT_FOUND,
+                Json(serde_json::json!({ "error": format!("nothing called {other:?} to pause: delivery or injection") })),
+            )
+                .into_response()
+        }
+    };
+    ask(app, request).await
+}
+
+fn bad_request(message: String) -> HttpResponse {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(serde_json::json!({ "error": message })),
+    )
+        .into_response()
+}
+
+/// Runs a request as the control socket would, and turns the answer
+/// into HTTP: the payload itself with 200, 404 for an unknown message, 400
+/// with `{"error": ...}` for a refusal.
+async fn ask(app: &App, request: Request) -> HttpResponse {
+    let response = crate::control::handle(request, &app.ctx, &app.shutdown).await;
+    match response {
+        Response::QueuePage(page) => Json(page).into_response(),
+        Response::Message(m) => Json(m).into_response(),
+        Response::Summary(s) => Json(s).into_response(),
+        Response::Acted(r) => Json(r).into_response(),
+        Response::Status(s) => Json(s).into_response(),
+        Response::Ok => Json(serde_json::json!({ "result": "ok" })).into_response(),
+        Response::Done { message } => {
+            Json(serde_json::json!({ "result": "ok", "message": message })).into_response()
+        }
+        Response::NotFound { message } => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "error": message })),
+        )
+            .into_response(),
+        Response::Error { message } => bad_request(message),
     }
 }
 
@@ -144,7 +396,7 @@ fn render(ctx: &Context) -> String {
     metric(
         "mta_queue_messages",
         "gauge",
-        "Messages in each queue (ram, bounce, disk).",
+        "Messages in each queue (ram, bounce, disk, held).",
         &per_queue,
     );
     let rescan = ctx.spool.rescan_progress();

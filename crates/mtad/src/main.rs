@@ -12,6 +12,7 @@ mod listener;
 mod logfile;
 mod notify;
 mod pidfile;
+mod queue_api;
 mod reload;
 mod server;
 mod services;

@@ -212,6 +212,7 @@ async fn serve(config: Config, startup: Startup) -> Result<Exit> {
         min_free_space: config.spool.min_free_space.bytes(),
         max_batch: config.spool.max_batch,
         rescan_rate: config.spool.rescan_rate,
+        index_cache: config.spool.index_cache.0,
     };
     let (spool, report) = tokio::task::spawn_blocking(move || Spool::open(spool_config))
         .await

@@ -392,7 +392,9 @@ fn index(q: QueueName) -> usize {
     match q {
         QueueName::Ram => 0,
         QueueName::Bounce => 1,
-        QueueName::Disk => 2,
+        // Held messages have no runner: released, the disk runner takes
+        // them.
+        QueueName::Disk | QueueName::Held => 2,
     }
 }
 

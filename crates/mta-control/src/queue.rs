@@ -1,0 +1,194 @@
+//! The queue commands: what `mta-init queue ...` and the HTTP API ask,
+//! and what they get back. The same types travel over the control socket
+//! and as the JSON of the HTTP API.
+
+use serde::{Deserialize, Serialize};
+
+/// Which messages a listing or a summary looks at. Every field narrows
+/// it; none set means the whole queue.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueFilter {
+    /// `ram`, `bounce`, `disk` or `held`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// A recipient domain (any recipient), without regard to case.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// The sender: a whole address, `@domain` for any sender at that
+    /// domain, or `<>` for the null sender; without regard to case.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
+    /// Only messages that arrived at least this many seconds ago.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub older_than_secs: Option<u64>,
+    /// Only messages with a recipient in this state: `pending` (not
+    /// tried yet), `deferred`, `delivered` or `failed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+}
+
+/// Which messages a flush, hold, release or delete acts on: exactly one
+/// of the three.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Selection {
+    /// One message, by queue id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Every message with a recipient still to be delivered at this
+    /// domain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// Every message.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub all: bool,
+}
+
+/// A queue command that changes the queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueAction {
+    /// Due now (qmail's ALRM, `postqueue -f`); held messages stay held.
+    Flush,
+    /// Into the held queue: never attempted, never expires, until
+    /// released (`postsuper -h`).
+    Hold,
+    /// Out of the held queue, due now (`postsuper -H`).
+    Release,
+    /// Out of the queue (`postsuper -d`).
+    Delete,
+}
+
+/// What a flush, hold, release or delete did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionReport {
+    /// Messages the selection matched.
+    pub matched: u64,
+    /// Messages acted on now.
+    pub done: u64,
+    /// Messages being delivered at that moment: acted on when their
+    /// attempt ends (a flush has nothing to do for them).
+    pub in_flight: u64,
+    /// Messages left as they were (a flush or hold of a held message, a
+    /// release of one that is not held).
+    pub unchanged: u64,
+    /// Recipients removed by a delete.
+    #[serde(default)]
+    pub recipients_deleted: u64,
+    /// DSNs queued by a delete with bounce.
+    #[serde(default)]
+    pub dsns: u64,
+}
+
+/// One recipient in a listing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecipientRow {
+    /// The address.
+    pub address: String,
+    /// `pending` (not tried yet), `deferred`, `delivered` or `failed`.
+    pub status: String,
+    /// Attempts that reached a verdict for it.
+    pub attempts: u32,
+    /// The last reply or local cause, with its enhanced status code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reply: Option<String>,
+}
+
+/// One message in a listing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageRow {
+    /// The queue id.
+    pub id: String,
+    /// `ram`, `bounce`, `disk` or `held`.
+    pub queue: String,
+    /// Bytes of content.
+    pub size: u64,
+    /// When it arrived (unix seconds).
+    pub arrival: u64,
+    /// The sender (empty for `<>`).
+    pub sender: String,
+    /// Delivery attempts so far.
+    pub attempts: u32,
+    /// When it is next attempted (unix seconds); absent while held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt: Option<u64>,
+    /// Every recipient, in envelope order.
+    pub recipients: Vec<RecipientRow>,
+}
+
+/// One page of `queue list`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuePage {
+    /// The messages, oldest first.
+    pub messages: Vec<MessageRow>,
+    /// Pass as `after` for the next page; absent at the end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// One line of a message's history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryRow {
+    /// When (unix seconds).
+    pub time: u64,
+    /// The attempt (0: an operator's action).
+    pub attempt: u32,
+    /// The recipient.
+    pub recipient: String,
+    /// `delivered`, `deferred`, `failed`, `expired`, `deleted`, `held`,
+    /// `released`.
+    pub event: String,
+    /// The enhanced status code.
+    pub status: String,
+    /// The reply or local cause.
+    pub reply: String,
+    /// The remote host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
+}
+
+/// `queue show`: one message in full.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageDetail {
+    /// What a listing shows.
+    pub message: MessageRow,
+    /// The envelope as stored (JSON).
+    pub envelope: serde_json::Value,
+    /// Every attempt's result for every recipient, oldest first.
+    pub history: Vec<HistoryRow>,
+    /// The header section, as received.
+    pub headers: String,
+    /// The body, when asked for (lossy UTF-8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+}
+
+/// `queue summary`: messages per destination domain and age, as
+/// Postfix's qshape shows them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueSummary {
+    /// The age buckets' upper bounds in minutes; the last bucket is
+    /// everything older than the last bound.
+    pub bucket_minutes: Vec<u64>,
+    /// Every message counted once.
+    pub total: SummaryRow,
+    /// One row per domain with a recipient still to be delivered, the
+    /// most messages first. A message to several domains counts in each.
+    pub domains: Vec<SummaryRow>,
+}
+
+/// One row of the summary.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SummaryRow {
+    /// The domain (`TOTAL` for the total row).
+    pub domain: String,
+    /// Messages.
+    pub messages: u64,
+    /// Messages per age bucket, as `bucket_minutes` (one more: the
+    /// oldest).
+    pub buckets: Vec<u64>,
+}
+
+/// qshape's age buckets, in minutes.
+pub const SUMMARY_BUCKETS: [u64; 9] = [5, 10, 20, 40, 80, 160, 320, 640, 1280];

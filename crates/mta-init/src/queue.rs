@@ -1,0 +1,439 @@
+//! `mta-init queue ...`: look into the queue and steer it, on the live
+//! daemon, through the control socket.
+//!
+//! Exit codes: 0 done; 1 the daemon is not reachable or refused; 2 bad
+//! usage; 3 no such message (`show`, or an action on one queue id).
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::{Duration, UNIX_EPOCH};
+
+use clap::{Args, Subcommand};
+use mta_config::Config;
+use mta_control::{
+    ActionReport, MessageDetail, MessageRow, QueueAction, QueueFilter, QueueSummary, Request,
+    Response, Selection,
+};
+
+/// Exit code when the message asked for is not in the queue.
+pub const EXIT_NOT_FOUND: u8 = 3;
+
+/// The `queue` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum QueueVerb {
+    /// List queued messages, oldest first, like mailq: each recipient with
+    /// its status, attempts and last reply. Streamed page by page.
+    List {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// One JSON object per message and line (JSON Lines).
+        #[arg(long)]
+        json: bool,
+        /// Messages fetched per request.
+        #[arg(long, default_value_t = 200)]
+        page: usize,
+        /// Stop after this many messages.
+        #[arg(long)]
+        max: Option<u64>,
+    },
+    /// One message: envelope, every attempt's reply per recipient,
+    /// headers.
+    Show {
+        /// The queue id.
+        id: String,
+        /// Print the body too.
+        #[arg(long)]
+        body: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Messages per destination domain and age, like Postfix's qshape.
+    Summary {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Show at most this many domains (0: all).
+        #[arg(long, default_value_t = 20)]
+        top: usize,
+    },
+    /// Retry now (qmail's ALRM, postqueue -f); held messages stay held.
+    Flush {
+        #[command(flatten)]
+        selection: SelectionArgs,
+    },
+    /// Hold: never attempted and never expiring until released (postsuper -h).
+    Hold {
+        #[command(flatten)]
+        selection: SelectionArgs,
+    },
+    /// Release held messages; they are due at once (postsuper -H).
+    Release {
+        #[command(flatten)]
+        selection: SelectionArgs,
+    },
+    /// Delete (postsuper -d). With --domain, only the recipients at that
+    /// domain. A message being delivered is deleted when its attempt ends.
+    Delete {
+        #[command(flatten)]
+        selection: SelectionArgs,
+        /// Send the sender a DSN (failed, 5.0.0) for what is deleted.
+        #[arg(long)]
+        bounce: bool,
+    },
+}
+
+/// The filters of `list` and `summary`.
+#[derive(Debug, Args)]
+pub struct FilterArgs {
+    /// ram, bounce, disk or held.
+    #[arg(long)]
+    queue: Option<String>,
+    /// A recipient domain.
+    #[arg(long)]
+    domain: Option<String>,
+    /// The sender: an address, @domain, or <> for the null sender.
+    #[arg(long)]
+    sender: Option<String>,
+    /// Arrived at least this long ago: 30m, 2h, 3d...
+    #[arg(long, value_parser = humantime::parse_duration)]
+    older_than: Option<Duration>,
+    /// A recipient in this state: pending, deferred, delivered, failed.
+    #[arg(long)]
+    status: Option<String>,
+}
+
+impl FilterArgs {
+    fn filter(&self) -> QueueFilter {
+        QueueFilter {
+            queue: self.queue.clone(),
+            domain: self.domain.clone(),
+            sender: self.sender.clone(),
+            older_than_secs: self.older_than.map(|d| d.as_secs()),
+            status: self.status.clone(),
+        }
+    }
+}
+
+/// Which messages an action takes: one id, a domain, or all.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct SelectionArgs {
+    /// A queue id.
+    id: Option<String>,
+    /// Every message with a recipient still to be delivered at this domain.
+    #[arg(long)]
+    domain: Option<String>,
+    /// Every message.
+    #[arg(long)]
+    all: bool,
+}
+
+impl SelectionArgs {
+    fn selection(&self) -> Selection {
+        Selection {
+            id: self.id.clone(),
+            domain: self.domain.clone(),
+            all: self.all,
+        }
+    }
+}
+
+/// How long one request may take: a summary or a bulk action walks the
+/// whole queue.
+const TIMEOUT: Duration = Duration::from_secs(600);
+
+pub fn run(config: &Config, verb: QueueVerb) -> ExitCode {
+    let result = match verb {
+        QueueVerb::List {
+            filter,
+            json,
+            page,
+            max,
+        } => list(config, filter.filter(), json, page, max),
+        QueueVerb::Show { id, body, json } => show(config, id, body, json),
+        QueueVerb::Summary { filter, json, top } => summary(config, filter.filter(), json, top),
+        QueueVerb::Flush { selection } => act(config, QueueAction::Flush, selection, false),
+        QueueVerb::Hold { selection } => act(config, QueueAction::Hold, selection, false),
+        QueueVerb::Release { selection } => act(config, QueueAction::Release, selection, false),
+        QueueVerb::Delete { selection, bounce } => {
+            act(config, QueueAction::Delete, selection, bounce)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(Failure::NotFound(message)) => {
+            eprintln!("mta-init: {message}");
+            ExitCode::from(EXIT_NOT_FOUND)
+        }
+        Err(Failure::Other(message)) => {
+            eprintln!("mta-init: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum Failure {
+    NotFound(String),
+    Other(String),
+}
+
+fn call(config: &Config, request: &Request) -> Result<Response, Failure> {
+    match mta_control::call(&config.control_socket(), request, TIMEOUT) {
+        Ok(Response::Error { message }) => Err(Failure::Other(message)),
+        Ok(Response::NotFound { message }) => Err(Failure::NotFound(message)),
+        Ok(response) => Ok(response),
+        Err(e) => Err(Failure::Other(format!("{e} (is mtad running?)"))),
+    }
+}
+
+fn unexpected(r: Response) -> Failure {
+    Failure::Other(format!("unexpected answer: {r:?}"))
+}
+
+fn list(
+    config: &Config,
+    filter: QueueFilter,
+    json: bool,
+    page: usize,
+    max: Option<u64>,
+) -> Result<ExitCode, Failure> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut after = None;
+    let (mut messages, mut bytes) = (0u64, 0u64);
+    if !json {
+        let _ = writeln!(
+            out,
+            "{:<16}  {:<6} {:>9}  {:<20}  SENDER",
+            "QUEUE ID", "QUEUE", "SIZE", "ARRIVED"
+        );
+    }
+    'pages: loop {
+        let request = Request::QueueList {
+            filter: filter.clone(),
+            after: after.clone(),
+            limit: page,
+        };
+        let p = match call(config, &request)? {
+            Response::QueuePage(p) => p,
+            other => return Err(unexpected(other)),
+        };
+        for m in &p.messages {
+            if max.is_some_and(|max| messages >= max) {
+                break 'pages;
+            }
+            messages += 1;
+            bytes += m.size;
+            let written = if json {
+                writeln!(out, "{}", serde_json::to_string(m).expect("rows serialize"))
+            } else {
+                write_row(&mut out, m)
+            };
+            if written.is_err() {
+                // The reader went away (| head): stop quietly.
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+        let _ = out.flush();
+        match p.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    if !json {
+        let _ = writeln!(
+            out,
+            "-- {} Kbytes in {messages} messages.",
+            bytes.div_ceil(1024)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn time(unix: u64) -> String {
+    let t = UNIX_EPOCH + Duration::from_secs(unix);
+    let s = humantime::format_rfc3339_seconds(t).to_string();
+    s.replace('T', " ").trim_end_matches('Z').to_owned()
+}
+
+fn write_row(out: &mut impl Write, m: &MessageRow) -> std::io::Result<()> {
+    let sender = if m.sender.is_empty() { "<>" } else { &m.sender };
+    writeln!(
+        out,
+        "{:<16}  {:<6} {:>9}  {:<20}  {sender}",
+        m.id,
+        m.queue,
+        m.size,
+        time(m.arrival)
+    )?;
+    let next = match m.next_attempt {
+        Some(t) => format!("next attempt {}", time(t)),
+        None => "held: no attempt until released".into(),
+    };
+    writeln!(out, "    {} attempts; {next}", m.attempts)?;
+    for r in &m.recipients {
+        write!(
+            out,
+            "    {:<40} {:<9} {} attempts",
+            r.address, r.status, r.attempts
+        )?;
+        match &r.last_reply {
+            Some(reply) => writeln!(out, "  ({reply})")?,
+            None => writeln!(out)?,
+        }
+    }
+    writeln!(out)
+}
+
+fn show(config: &Config, id: String, body: bool, json: bool) -> Result<ExitCode, Failure> {
+    let response = call(config, &Request::QueueShow { id, body })?;
+    let Response::Message(m) = response else {
+        return Err(unexpected(response));
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&m).expect("serializes"));
+        return Ok(ExitCode::SUCCESS);
+    }
+    print_detail(&m);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_detail(d: &MessageDetail) {
+    let m = &d.message;
+    let mut out = std::io::stdout().lock();
+    let _ = write_row(&mut out, m);
+    let _ = writeln!(out, "ENVELOPE");
+    let _ = writeln!(
+        out,
+        "{}",
+        serde_json::to_string_pretty(&d.envelope).unwrap_or_default()
+    );
+    let _ = writeln!(out, "\nHISTORY");
+    if d.history.is_empty() {
+        let _ = writeln!(out, "    (no attempt yet)");
+    }
+    for h in &d.history {
+        let attempt = if h.attempt == 0 {
+            "operator".to_owned()
+        } else {
+            format!("attempt {}", h.attempt)
+        };
+        let remote = h
+            .remote
+            .as_deref()
+            .map(|r| format!(" via {r}"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "    {}  {attempt:<10} {:<30} {:<9} {} {}{remote}",
+            time(h.time),
+            h.recipient,
+            h.event,
+            h.status,
+            h.reply
+        );
+    }
+    let _ = writeln!(out, "\nHEADERS\n{}", d.headers.trim_end());
+    if let Some(body) = &d.body {
+        let _ = writeln!(out, "\nBODY\n{body}");
+    }
+}
+
+fn summary(
+    config: &Config,
+    filter: QueueFilter,
+    json: bool,
+    top: usize,
+) -> Result<ExitCode, Failure> {
+    let response = call(config, &Request::QueueSummary { filter })?;
+    let Response::Summary(s) = response else {
+        return Err(unexpected(response));
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s).expect("serializes"));
+        return Ok(ExitCode::SUCCESS);
+    }
+    print_summary(&s, top);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_summary(s: &QueueSummary, top: usize) {
+    let mut header = format!("{:>32} {:>7}", "", "T");
+    for b in &s.bucket_minutes {
+        header.push_str(&format!(" {b:>6}"));
+    }
+    header.push_str(&format!(
+        " {:>6}",
+        format!("{}+", s.bucket_minutes.last().unwrap_or(&0))
+    ));
+    println!("{header}");
+    let shown = if top == 0 {
+        s.domains.len()
+    } else {
+        top.min(s.domains.len())
+    };
+    for row in std::iter::once(&s.total).chain(s.domains.iter().take(shown)) {
+        let mut line = format!("{:>32} {:>7}", row.domain, row.messages);
+        for n in &row.buckets {
+            line.push_str(&format!(" {n:>6}"));
+        }
+        println!("{line}");
+    }
+    if shown < s.domains.len() {
+        println!(
+            "({} more domains; --top 0 shows all)",
+            s.domains.len() - shown
+        );
+    }
+    println!("(ages in minutes; a message to several domains counts once in each)");
+}
+
+fn act(
+    config: &Config,
+    action: QueueAction,
+    selection: SelectionArgs,
+    bounce: bool,
+) -> Result<ExitCode, Failure> {
+    let request = Request::QueueAct {
+        action,
+        selection: selection.selection(),
+        bounce,
+    };
+    let response = call(config, &request)?;
+    let Response::Acted(report) = response else {
+        return Err(unexpected(response));
+    };
+    println!("{}", describe(action, &report));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One line: what the action did, in counts.
+fn describe(action: QueueAction, r: &ActionReport) -> String {
+    let verb = match action {
+        QueueAction::Flush => "flushed (due now)",
+        QueueAction::Hold => "held",
+        QueueAction::Release => "released",
+        QueueAction::Delete => "deleted",
+    };
+    let mut line = format!("{} of {} messages {verb}", r.done, r.matched);
+    if r.in_flight > 0 {
+        let later = match action {
+            QueueAction::Flush => "being delivered now",
+            _ => "being delivered now: done when their attempt ends",
+        };
+        line.push_str(&format!("; {} {later}", r.in_flight));
+    }
+    if r.unchanged > 0 {
+        line.push_str(&format!("; {} unchanged", r.unchanged));
+    }
+    if action == QueueAction::Delete {
+        line.push_str(&format!(
+            "; {} recipients removed, {} DSNs sent",
+            r.recipients_deleted, r.dsns
+        ));
+    }
+    line
+}

@@ -1,0 +1,741 @@
+//! The operator's hands on a live queue: list, show, summary, flush,
+//! hold, release, delete, and paused destination domains.
+//!
+//! Every change to a message goes through its claim, the same in-flight
+//! set the runners use, so an operator's change and an attempt never
+//! write one message at once. A hold or delete of a message being
+//! attempted right now waits: it is noted beside the claim and carried
+//! out when the attempt lets go of it (`Claim`'s drop), on the state the
+//! attempt left, so a message is never deleted half-way through an
+//! attempt.
+//!
+//! Listings and bulk actions walk the index a page at a time (at most
+//! [`PAGE_SCAN`] entries per step): memory stays flat however large the
+//! queue is, and delivery goes on meanwhile.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use mta_control::{
+    ActionReport, HistoryRow, MessageDetail, MessageRow, QueueAction, QueueFilter, QueuePage,
+    QueueSummary, RecipientRow, Selection, SummaryRow, SUMMARY_BUCKETS,
+};
+use mta_envelope::QueueId;
+use mta_spool::{HistoryRecord, IndexEntry, QueueName, RecipientState, SpoolError};
+use tracing::{info, warn};
+
+use crate::log::{Event, Record};
+use crate::{unix_now, Claim, Inner};
+
+/// Entries one step of a listing or a bulk action looks at.
+pub const PAGE_SCAN: usize = 4096;
+
+/// Most messages in one page of a listing.
+pub const MAX_PAGE: usize = 1000;
+
+/// The saved-state name of the paused domains.
+const PAUSED_STATE: &str = "paused-domains";
+
+/// A queue command could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum SteerError {
+    /// No message with that id is queued.
+    #[error("no message {0} in the queue")]
+    NotFound(String),
+    /// The request itself is wrong (a bad id, filter or selection).
+    #[error("{0}")]
+    Invalid(String),
+    /// The queue could not be read or written.
+    #[error("queue: {0}")]
+    Spool(#[from] SpoolError),
+}
+
+/// What waits for an attempt under way to end.
+#[derive(Debug, Clone)]
+pub(crate) enum Waiting {
+    Hold,
+    Delete {
+        bounce: bool,
+        domain: Option<String>,
+    },
+}
+
+#[derive(Default)]
+struct Claims {
+    inflight: HashSet<QueueId>,
+    waiting: HashMap<QueueId, Waiting>,
+}
+
+/// State shared by every generation of runners (a graceful restart
+/// starts new ones beside the old): the messages in flight, the actions
+/// waiting for them, and the paused domains.
+#[derive(Default)]
+pub(crate) struct Steering {
+    claims: Mutex<Claims>,
+    paused: RwLock<BTreeSet<String>>,
+}
+
+impl Steering {
+    fn lock(&self) -> MutexGuard<'_, Claims> {
+        self.claims.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Claims `id`; false when an attempt (or an operator) has it.
+    pub fn claim(&self, id: QueueId) -> bool {
+        self.lock().inflight.insert(id)
+    }
+
+    /// Claims `id`, or, when it is in flight, leaves `waiting` to be done
+    /// when it is let go. True when claimed.
+    fn claim_or_wait(&self, id: QueueId, waiting: Option<Waiting>) -> bool {
+        let mut claims = self.lock();
+        if claims.inflight.insert(id) {
+            return true;
+        }
+        if let Some(waiting) = waiting {
+            claims.waiting.insert(id, waiting);
+        }
+        false
+    }
+
+    /// Lets go of `id`, unless an action waits for it: then the claim is
+    /// kept and the action returned, for the caller to carry out.
+    pub fn release(&self, id: QueueId) -> Option<Waiting> {
+        let mut claims = self.lock();
+        match claims.waiting.remove(&id) {
+            Some(waiting) => Some(waiting),
+            None => {
+                claims.inflight.remove(&id);
+                None
+            }
+        }
+    }
+
+    /// Messages claimed now.
+    pub fn claimed(&self) -> usize {
+        self.lock().inflight.len()
+    }
+
+    /// Delivery to `domain` is paused.
+    pub fn is_paused(&self, domain: &str) -> bool {
+        let paused = self.paused.read().unwrap_or_else(|p| p.into_inner());
+        !paused.is_empty() && paused.contains(&domain.trim_end_matches('.').to_ascii_lowercase())
+    }
+
+    /// The paused domains, sorted.
+    pub fn paused_domains(&self) -> Vec<String> {
+        let paused = self.paused.read().unwrap_or_else(|p| p.into_inner());
+        paused.iter().cloned().collect()
+    }
+
+    fn set_paused(&self, domains: BTreeSet<String>) {
+        *self.paused.write().unwrap_or_else(|p| p.into_inner()) = domains;
+    }
+}
+
+/// Loads the paused domains saved by an earlier run.
+pub(crate) fn load_paused(inner: &Inner) {
+    match inner.spool.load_state(PAUSED_STATE) {
+        Ok(Some(bytes)) => match serde_json::from_slice::<BTreeSet<String>>(&bytes) {
+            Ok(domains) => {
+                if !domains.is_empty() {
+                    info!(domains = ?domains, "delivery to these domains stays paused");
+                }
+                inner.steering.set_paused(domains);
+            }
+            Err(e) => warn!(error = %e, "saved paused domains unreadable; none paused"),
+        },
+        Ok(None) => {}
+        Err(e) => warn!(error = %e, "cannot read the saved paused domains"),
+    }
+}
+
+fn normalize_domain(domain: &str) -> Result<String, SteerError> {
+    let d = domain.trim().trim_end_matches('.').to_ascii_lowercase();
+    if d.is_empty() || d.contains(|c: char| c.is_whitespace() || c == '@' || c.is_control()) {
+        return Err(SteerError::Invalid(format!("not a domain: {domain:?}")));
+    }
+    Ok(d)
+}
+
+/// Pauses delivery to `domain`, durably. True when it was not paused.
+pub(crate) fn pause_domain(inner: &Inner, domain: &str) -> Result<bool, SteerError> {
+    let domain = normalize_domain(domain)?;
+    let mut domains: BTreeSet<String> = inner.steering.paused_domains().into_iter().collect();
+    let added = domains.insert(domain.clone());
+    save_paused(inner, &domains)?;
+    inner.steering.set_paused(domains);
+    info!(domain, "delivery paused by the operator");
+    Ok(added)
+}
+
+/// Resumes delivery to `domain` and makes its messages due now. Returns
+/// whether it was paused, and what the flush did.
+pub(crate) async fn resume_domain(
+    inner: &Arc<Inner>,
+    domain: &str,
+) -> Result<(bool, ActionReport), SteerError> {
+    let domain = normalize_domain(domain)?;
+    let mut domains: BTreeSet<String> = inner.steering.paused_domains().into_iter().collect();
+    let removed = domains.remove(&domain);
+    save_paused(inner, &domains)?;
+    inner.steering.set_paused(domains);
+    info!(domain, "delivery resumed by the operator");
+    let selection = Selection {
+        domain: Some(domain),
+        ..Selection::default()
+    };
+    let report = act(inner, QueueAction::Flush, &selection, false).await?;
+    Ok((removed, report))
+}
+
+fn save_paused(inner: &Inner, domains: &BTreeSet<String>) -> Result<(), SteerError> {
+    let bytes = serde_json::to_vec(domains).expect("a set of strings serializes");
+    Ok(inner.spool.save_state(PAUSED_STATE, &bytes)?)
+}
+
+/// A recipient's status word: pending (not tried yet), deferred,
+/// delivered or failed.
+fn recipient_status(entry: &IndexEntry, index: usize) -> &'static str {
+    match entry.recipients[index] {
+        RecipientState::Delivered => "delivered",
+        RecipientState::Failed => "failed",
+        RecipientState::Pending if entry.last_errors.contains_key(&index) => "deferred",
+        RecipientState::Pending => "pending",
+    }
+}
+
+fn domain_of(address: &str) -> &str {
+    address.rsplit_once('@').map_or("", |(_, d)| d)
+}
+
+/// A [`QueueFilter`], checked and ready to match.
+struct Filter {
+    queue: Option<QueueName>,
+    domain: Option<String>,
+    sender: Option<String>,
+    arrived_before: Option<u64>,
+    status: Option<&'static str>,
+}
+
+fn queue_by_name(name: &str) -> Option<QueueName> {
+    [
+        QueueName::Ram,
+        QueueName::Bounce,
+        QueueName::Disk,
+        QueueName::Held,
+    ]
+    .into_iter()
+    .find(|q| q.as_str() == name)
+}
+
+impl Filter {
+    fn new(f: &QueueFilter, now: u64) -> Result<Filter, SteerError> {
+        let queue = match f.queue.as_deref() {
+            None => None,
+            Some(name) => Some(queue_by_name(name).ok_or_else(|| {
+                SteerError::Invalid(format!(
+                    "no queue {name:?}: the queues are ram, bounce, disk and held"
+                ))
+            })?),
+        };
+        let status = match f.status.as_deref() {
+            None => None,
+            Some(s) => Some(
+                ["pending", "deferred", "delivered", "failed"]
+                    .into_iter()
+                    .find(|&w| w == s)
+                    .ok_or_else(|| {
+                        SteerError::Invalid(format!(
+                            "no status {s:?}: pending, deferred, delivered or failed"
+                        ))
+                    })?,
+            ),
+        };
+        Ok(Filter {
+            queue,
+            domain: f.domain.as_deref().map(normalize_domain).transpose()?,
+            sender: f.sender.as_ref().map(|s| s.to_ascii_lowercase()),
+            arrived_before: f.older_than_secs.map(|s| now.saturating_sub(s)),
+            status,
+        })
+    }
+
+    fn matches(&self, entry: &IndexEntry) -> bool {
+        if self.queue.is_some_and(|q| q != entry.queue) {
+            return false;
+        }
+        if self.arrived_before.is_some_and(|t| entry.arrival > t) {
+            return false;
+        }
+        if let Some(domain) = &self.domain {
+            if !entry
+                .rcpts
+                .iter()
+                .any(|r| domain_of(r).eq_ignore_ascii_case(domain))
+            {
+                return false;
+            }
+        }
+        if let Some(sender) = &self.sender {
+            let actual = entry.sender.to_ascii_lowercase();
+            let ok = match sender.as_str() {
+                "<>" | "" => actual.is_empty(),
+                s if s.starts_with('@') => actual.ends_with(s),
+                s => actual == s,
+            };
+            if !ok {
+                return false;
+            }
+        }
+        if let Some(status) = self.status {
+            if !(0..entry.recipients.len()).any(|i| recipient_status(entry, i) == status) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+fn parse_id(id: &str) -> Result<QueueId, SteerError> {
+    id.trim()
+        .parse()
+        .map_err(|e: mta_envelope::BadQueueId| SteerError::Invalid(e.to_string()))
+}
+
+/// One listing row, with each recipient's attempts and last reply from
+/// the history.
+fn row(inner: &Inner, id: QueueId, entry: &IndexEntry) -> MessageRow {
+    let history = inner.spool.history(id).unwrap_or_default();
+    let recipients = (0..entry.recipients.len())
+        .map(|i| {
+            let mine = history.iter().filter(|h| h.recipient == i);
+            let attempts = mine.clone().filter(|h| h.attempt > 0).count() as u32;
+            let last_reply = mine
+                .last()
+                .map(|h| format!("{} {}", h.status, h.reply))
+                .or_else(|| {
+                    entry
+                        .last_errors
+                        .get(&i)
+                        .map(|e| format!("{} {}", e.status, e.reason))
+                });
+            RecipientRow {
+                address: entry.rcpts.get(i).cloned().unwrap_or_default(),
+                status: recipient_status(entry, i).to_owned(),
+                attempts,
+                last_reply,
+            }
+        })
+        .collect();
+    MessageRow {
+        id: id.to_string(),
+        queue: entry.queue.as_str().to_owned(),
+        size: entry.size,
+        arrival: entry.arrival,
+        sender: entry.sender.clone(),
+        attempts: entry.attempts,
+        next_attempt: entry.scheduled(),
+        recipients,
+    }
+}
+
+/// One page of the listing. Blocking (index reads): run it off the
+/// async threads.
+pub(crate) fn list(
+    inner: &Inner,
+    filter: &QueueFilter,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<QueuePage, SteerError> {
+    let f = Filter::new(filter, unix_now())?;
+    let after = after.map(parse_id).transpose()?;
+    let page = inner
+        .spool
+        .list(after, limit.clamp(1, MAX_PAGE), PAGE_SCAN, |_, e| {
+            f.matches(e)
+        })?;
+    Ok(QueuePage {
+        messages: page
+            .items
+            .iter()
+            .map(|(id, entry)| row(inner, *id, entry))
+            .collect(),
+        next: page.next.map(|id| id.to_string()),
+    })
+}
+
+/// One message in full. Blocking.
+pub(crate) fn show(inner: &Inner, id: &str, body: bool) -> Result<MessageDetail, SteerError> {
+    let qid = parse_id(id)?;
+    let not_found = || SteerError::NotFound(qid.to_string());
+    let mut entry = inner.spool.entry(qid)?.ok_or_else(not_found)?;
+    let (envelope, content) = match inner.spool.read(qid) {
+        Ok(message) => message,
+        Err(SpoolError::NotFound { .. }) => return Err(not_found()),
+        Err(e) => return Err(e.into()),
+    };
+    if !entry.has_addresses() {
+        entry.fill_addresses(&envelope);
+    }
+    let split = content
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(content.len(), |p| p + 2);
+    let history = inner
+        .spool
+        .history(qid)?
+        .into_iter()
+        .map(|h| HistoryRow {
+            time: h.time,
+            attempt: h.attempt,
+            recipient: entry.rcpts.get(h.recipient).cloned().unwrap_or_default(),
+            event: h.event,
+            status: h.status,
+            reply: h.reply,
+            remote: h.remote,
+        })
+        .collect();
+    Ok(MessageDetail {
+        message: row(inner, qid, &entry),
+        envelope: serde_json::to_value(&envelope).unwrap_or_default(),
+        history,
+        headers: String::from_utf8_lossy(&content[..split]).into_owned(),
+        body: body.then(|| {
+            let start = (split + 2).min(content.len());
+            String::from_utf8_lossy(&content[start..]).into_owned()
+        }),
+    })
+}
+
+/// Messages per domain (of recipients still to be delivered) and age.
+/// Walks the whole queue a page at a time; memory grows with the number
+/// of domains, not of messages. Blocking.
+pub(crate) fn summary(inner: &Inner, filter: &QueueFilter) -> Result<QueueSummary, SteerError> {
+    let now = unix_now();
+    let f = Filter::new(filter, now)?;
+    let width = SUMMARY_BUCKETS.len() + 1;
+    let bucket = |arrival: u64| {
+        let minutes = now.saturating_sub(arrival) / 60;
+        SUMMARY_BUCKETS
+            .iter()
+            .position(|&b| minutes < b)
+            .unwrap_or(SUMMARY_BUCKETS.len())
+    };
+    let mut total = SummaryRow {
+        domain: "TOTAL".into(),
+        messages: 0,
+        buckets: vec![0; width],
+    };
+    let mut domains: BTreeMap<String, SummaryRow> = BTreeMap::new();
+    let mut after = None;
+    loop {
+        let mut seen = Vec::new();
+        let page = inner.spool.list(after, PAGE_SCAN, PAGE_SCAN, |_, e| {
+            if f.matches(e) {
+                let b = bucket(e.arrival);
+                let mut mine: BTreeSet<String> = BTreeSet::new();
+                for (i, r) in e.rcpts.iter().enumerate() {
+                    if e.recipients.get(i) == Some(&RecipientState::Pending) {
+                        mine.insert(domain_of(r).to_ascii_lowercase());
+                    }
+                }
+                seen.push((b, mine));
+            }
+            false
+        })?;
+        for (b, mine) in seen {
+            total.messages += 1;
+            total.buckets[b] += 1;
+            for domain in mine {
+                let row = domains.entry(domain.clone()).or_insert_with(|| SummaryRow {
+                    domain,
+                    messages: 0,
+                    buckets: vec![0; width],
+                });
+                row.messages += 1;
+                row.buckets[b] += 1;
+            }
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    let mut domains: Vec<SummaryRow> = domains.into_values().collect();
+    domains.sort_by(|a, b| b.messages.cmp(&a.messages).then(a.domain.cmp(&b.domain)));
+    Ok(QueueSummary {
+        bucket_minutes: SUMMARY_BUCKETS.to_vec(),
+        total,
+        domains,
+    })
+}
+
+/// Flushes, holds, releases or deletes the selected messages.
+pub(crate) async fn act(
+    inner: &Arc<Inner>,
+    action: QueueAction,
+    selection: &Selection,
+    bounce: bool,
+) -> Result<ActionReport, SteerError> {
+    let chosen = usize::from(selection.id.is_some())
+        + usize::from(selection.domain.is_some())
+        + usize::from(selection.all);
+    if chosen != 1 {
+        return Err(SteerError::Invalid(
+            "say which messages: one queue id, --domain D, or --all".into(),
+        ));
+    }
+    if bounce && action != QueueAction::Delete {
+        return Err(SteerError::Invalid("--bounce goes with delete only".into()));
+    }
+    let mut report = ActionReport::default();
+    if let Some(id) = &selection.id {
+        let id = parse_id(id)?;
+        if inner.spool.entry(id)?.is_none() {
+            return Err(SteerError::NotFound(id.to_string()));
+        }
+        act_on(inner, id, action, bounce, None, &mut report).await?;
+        return Ok(report);
+    }
+    let domain = selection
+        .domain
+        .as_deref()
+        .map(normalize_domain)
+        .transpose()?;
+    let mut after = None;
+    loop {
+        let spool = inner.spool.clone();
+        let wanted = domain.clone();
+        let page = tokio::task::spawn_blocking(move || {
+            spool.list(after, PAGE_SCAN, PAGE_SCAN, |_, e| match &wanted {
+                // A domain selects messages with a recipient still to be
+                // delivered there.
+                Some(d) => e.rcpts.iter().enumerate().any(|(i, r)| {
+                    e.recipients.get(i) == Some(&RecipientState::Pending)
+                        && domain_of(r).eq_ignore_ascii_case(d)
+                }),
+                None => true,
+            })
+        })
+        .await
+        .map_err(|e| SteerError::Invalid(format!("listing failed: {e}")))??;
+        for (id, _) in &page.items {
+            act_on(inner, *id, action, bounce, domain.as_deref(), &mut report).await?;
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    Ok(report)
+}
+
+/// Acts on one message, now if it is not in flight, else when its
+/// attempt ends.
+async fn act_on(
+    inner: &Arc<Inner>,
+    id: QueueId,
+    action: QueueAction,
+    bounce: bool,
+    domain: Option<&str>,
+    report: &mut ActionReport,
+) -> Result<(), SteerError> {
+    report.matched += 1;
+    let waiting = match action {
+        QueueAction::Hold => Some(Waiting::Hold),
+        QueueAction::Delete => Some(Waiting::Delete {
+            bounce,
+            domain: domain.map(str::to_owned),
+        }),
+        QueueAction::Flush | QueueAction::Release => None,
+    };
+    if !inner.steering.claim_or_wait(id, waiting) {
+        report.in_flight += 1;
+        return Ok(());
+    }
+    let claim = Claim::adopt(inner.clone(), id);
+    let result = act_claimed(inner, &claim, action, bounce, domain, report).await;
+    drop(claim);
+    result
+}
+
+/// Carries out an action that waited for an attempt to end; `claim` is
+/// the attempt's, handed over.
+pub(crate) async fn perform_waiting(claim: Claim, waiting: Waiting) {
+    let inner = claim.inner.clone();
+    let mut report = ActionReport::default();
+    let (action, bounce, domain) = match waiting {
+        Waiting::Hold => (QueueAction::Hold, false, None),
+        Waiting::Delete { bounce, domain } => (QueueAction::Delete, bounce, domain),
+    };
+    match act_claimed(
+        &inner,
+        &claim,
+        action,
+        bounce,
+        domain.as_deref(),
+        &mut report,
+    )
+    .await
+    {
+        Ok(()) => {
+            info!(queue_id = %claim.id, ?action, done = report.done, "operator action carried out after the attempt")
+        }
+        Err(e) => {
+            warn!(queue_id = %claim.id, ?action, error = %e, "operator action after the attempt failed")
+        }
+    }
+}
+
+fn operator_record(event: &str, recipient: usize, reply: &str, now: u64) -> HistoryRecord {
+    HistoryRecord {
+        time: now,
+        attempt: 0,
+        recipient,
+        event: event.to_owned(),
+        status: String::new(),
+        reply: reply.to_owned(),
+        remote: None,
+    }
+}
+
+fn pending_indexes(entry: &IndexEntry) -> Vec<usize> {
+    (0..entry.recipients.len())
+        .filter(|&i| entry.recipients[i] == RecipientState::Pending)
+        .collect()
+}
+
+async fn act_claimed(
+    inner: &Arc<Inner>,
+    claim: &Claim,
+    action: QueueAction,
+    bounce: bool,
+    domain: Option<&str>,
+    report: &mut ActionReport,
+) -> Result<(), SteerError> {
+    let id = claim.id;
+    let now = unix_now();
+    let Some(mut entry) = inner.spool.entry(id)? else {
+        // Delivered and gone meanwhile.
+        report.unchanged += 1;
+        return Ok(());
+    };
+    let spool = &inner.spool;
+    match action {
+        QueueAction::Flush => {
+            if entry.queue == QueueName::Held {
+                report.unchanged += 1;
+                return Ok(());
+            }
+            if entry.next_attempt > now {
+                entry.next_attempt = now;
+                spool.update(id, &entry)?;
+            }
+            report.done += 1;
+            inner.disk_wake.notify_one();
+        }
+        QueueAction::Hold => {
+            if entry.queue == QueueName::Held {
+                report.unchanged += 1;
+                return Ok(());
+            }
+            entry.queue = QueueName::Held;
+            entry.held_since = Some(now);
+            spool.update(id, &entry)?;
+            let records: Vec<_> = pending_indexes(&entry)
+                .into_iter()
+                .map(|i| operator_record("held", i, "held by the operator", now))
+                .collect();
+            spool.append_history(id, &records)?;
+            log_operator(inner, Event::Held, id, &entry, None);
+            report.done += 1;
+        }
+        QueueAction::Release => {
+            if entry.queue != QueueName::Held {
+                report.unchanged += 1;
+                return Ok(());
+            }
+            let since = entry.held_since.take().unwrap_or(now);
+            entry.held_secs = entry.held_secs.saturating_add(now.saturating_sub(since));
+            entry.queue = QueueName::Disk;
+            entry.next_attempt = now;
+            spool.update(id, &entry)?;
+            let records: Vec<_> = pending_indexes(&entry)
+                .into_iter()
+                .map(|i| operator_record("released", i, "released by the operator", now))
+                .collect();
+            spool.append_history(id, &records)?;
+            log_operator(inner, Event::Released, id, &entry, None);
+            report.done += 1;
+            inner.disk_wake.notify_one();
+        }
+        QueueAction::Delete => {
+            if !entry.has_addresses() {
+                if let Ok(envelope) = spool.envelope(id) {
+                    entry.fill_addresses(&envelope);
+                }
+            }
+            let doomed: Vec<usize> = pending_indexes(&entry)
+                .into_iter()
+                .filter(|&i| {
+                    domain.is_none_or(|d| {
+                        entry
+                            .rcpts
+                            .get(i)
+                            .is_some_and(|r| domain_of(r).eq_ignore_ascii_case(d))
+                    })
+                })
+                .collect();
+            if doomed.is_empty() {
+                report.unchanged += 1;
+                return Ok(());
+            }
+            if bounce {
+                match spool.read(id) {
+                    Ok((envelope, content)) => {
+                        if crate::apply::bounce_deleted(inner, id, &envelope, content, &doomed)
+                            .await
+                        {
+                            report.dsns += 1;
+                        }
+                    }
+                    Err(e) => {
+                        warn!(queue_id = %id, error = %e, "cannot read the message to bounce it")
+                    }
+                }
+            }
+            for &i in &doomed {
+                entry.recipients[i] = RecipientState::Failed;
+                entry.last_errors.remove(&i);
+                log_operator(inner, Event::Deleted, id, &entry, Some(i));
+            }
+            report.recipients_deleted += doomed.len() as u64;
+            if pending_indexes(&entry).is_empty() {
+                spool.remove(id)?;
+            } else {
+                spool.update(id, &entry)?;
+                let records: Vec<_> = doomed
+                    .iter()
+                    .map(|&i| operator_record("deleted", i, "deleted by the operator", now))
+                    .collect();
+                spool.append_history(id, &records)?;
+            }
+            report.done += 1;
+        }
+    }
+    Ok(())
+}
+
+fn log_operator(
+    inner: &Inner,
+    event: Event,
+    id: QueueId,
+    entry: &IndexEntry,
+    recipient: Option<usize>,
+) {
+    let mut record = Record::new(event, id, entry.queue.as_str());
+    record.recipient = recipient.and_then(|i| entry.rcpts.get(i).cloned());
+    record.reply = Some("by the operator");
+    inner.log.write(&record);
+}
