@@ -65,6 +65,11 @@ impl Setup {
     /// mtad with the resolver on the test DNS server, delivery to `port`,
     /// local domain `local.test` in `<work>/maildir`, a fast schedule.
     pub fn start(zone: Zone, port: u16, extra: &str) -> Setup {
+        Setup::start_with(zone, port, "", extra)
+    }
+
+    /// As [`start`](Self::start), with more `[delivery]` keys.
+    pub fn start_with(zone: Zone, port: u16, delivery: &str, extra: &str) -> Setup {
         let work = Workdir::new();
         let dns = TestDns::start_in_background(zone).expect("test DNS server");
         work.write_config(
@@ -72,7 +77,7 @@ impl Setup {
             &format!(
                 "[smtp]\nlisten = [\"127.0.0.1:0\"]\nlocal_domains = [\"local.test\"]\n\
                  [maildir]\nroot = {:?}\n\
-                 [delivery]\nport = {port}\nname_servers = [\"{}\"]\ndns_timeout = \"2s\"\nidle_connection_timeout = \"10s\"\n\
+                 [delivery]\nport = {port}\nname_servers = [\"{}\"]\ndns_timeout = \"2s\"\nidle_connection_timeout = \"10s\"\n{delivery}\n\
                  [delivery.timeouts]\nconnect = \"2s\"\ngreeting = \"5s\"\nehlo = \"5s\"\nmail = \"5s\"\nrcpt = \"5s\"\ndata_init = \"5s\"\ndata_block = \"5s\"\ndata_end = \"5s\"\nquit = \"2s\"\n\
                  {extra}\n",
                 work.path().join("maildir").display().to_string(),

@@ -9,6 +9,7 @@ mod http;
 mod init;
 mod lifecycle;
 mod limits;
+mod operator;
 mod postfix;
 mod restart;
 mod signals;

@@ -313,7 +313,7 @@ fn row(inner: &Inner, id: QueueId, entry: &IndexEntry) -> MessageRow {
             let attempts = mine.clone().filter(|h| h.attempt > 0).count() as u32;
             let last_reply = mine
                 .last()
-                .map(|h| format!("{} {}", h.status, h.reply))
+                .map(|h| format!("{} {}", h.status, h.reply).trim_start().to_owned())
                 .or_else(|| {
                     entry
                         .last_errors

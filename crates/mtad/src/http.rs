@@ -40,8 +40,8 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/api/queue", get(list))
         .route("/api/queue/summary", get(summary))
-        .route("/api/queue/{id}", get(show))
-        .route("/api/queue/{action}", post(act))
+        // GET a message by id, POST an action by name.
+        .route("/api/queue/{key}", get(show).post(act))
         .route("/api/pause/{what}", post(pause))
         .route("/api/resume/{what}", post(resume))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
