@@ -309,10 +309,10 @@ fn row(inner: &Inner, id: QueueId, entry: &IndexEntry) -> MessageRow {
     let history = inner.spool.history(id).unwrap_or_default();
     let recipients = (0..entry.recipients.len())
         .map(|i| {
-            let mine = history.iter().filter(|h| h.recipient == i);
+            let mut mine = history.iter().filter(|h| h.recipient == i);
             let attempts = mine.clone().filter(|h| h.attempt > 0).count() as u32;
             let last_reply = mine
-                .last()
+                .next_back()
                 .map(|h| format!("{} {}", h.status, h.reply).trim_start().to_owned())
                 .or_else(|| {
                     entry
