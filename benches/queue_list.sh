@@ -396,15 +396,14 @@ http_first() { # case name
 }
 
 http_walk() { # case name limit
-    local label=$1 name=$2 limit=$3 t0 t1 first='' after='' n=0 page next rate url
+    local label=$1 name=$2 limit=$3 t0 t1 first='' after='' n=0 page next='' rate url
     watch_start "$name"
     t0=$EPOCHREALTIME
     while :; do
         url="http://$HTTP_ADDR/api/queue?limit=$limit${after:+&after=$after}"
         timeout 60 curl -sS -f -o "$OUT/$name.page" "$url" || { fail "$label: curl $url failed"; break; }
         [ -n "$first" ] || first=$(secs "$t0" "$EPOCHREALTIME")
-        page=$(jq '.messages | length' "$OUT/$name.page")
-        next=$(jq -r '.next // empty' "$OUT/$name.page")
+        read -r page next < <(jq -r '"\(.messages | length) \(.next // "")"' "$OUT/$name.page")
         n=$((n + page))
         [ -n "$next" ] || break
         after=$next

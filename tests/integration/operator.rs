@@ -506,3 +506,25 @@ fn the_http_api_wants_the_bearer_token_and_steers_the_queue() {
     let (code, _) = post("/api/queue/delete", &format!("{{\"id\":\"{id}\"}}"));
     assert_eq!(code, 404);
 }
+
+#[test]
+fn a_paused_domain_still_counts_the_lifetime() {
+    let (port, sinks) = sinks(&[ip(2)], SinkConfig::default);
+    let s = Setup::start(
+        two_domains(),
+        port,
+        "[queue]\nretry_base = \"1s\"\nlifetime = \"2s\"\npoll_interval = \"100ms\"\n",
+    );
+    let o = init(&s.work, &["pause", "delivery", "--domain", "a.test"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let id = s.send("alice@local.test", &["late@a.test"], "too late");
+    let e = wait_event(&s, "expired", &id, None);
+    assert_eq!(e["status"], "4.4.7");
+    let dsn = s.wait_maildir("local.test", "alice", 1);
+    let text = std::fs::read_to_string(&dsn[0]).unwrap();
+    assert!(
+        text.contains("paused"),
+        "the DSN gives the last cause: {text}"
+    );
+    assert_eq!(sinks[0].connections(), 0);
+}

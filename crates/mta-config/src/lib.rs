@@ -726,6 +726,23 @@ mod tests {
     }
 
     #[test]
+    fn http_outside_loopback_needs_a_token_of_some_length() {
+        let open = parse("[http]\nlisten = [\"0.0.0.0:8025\"]\n").unwrap();
+        let msg = open.check(None).unwrap_err().to_string();
+        assert!(
+            msg.contains("http.listen") && msg.contains("token"),
+            "{msg}"
+        );
+        let short = parse("[http]\nlisten = [\"0.0.0.0:8025\"]\ntoken = \"abc\"\n").unwrap();
+        let msg = short.check(None).unwrap_err().to_string();
+        assert!(msg.contains("http.token"), "{msg}");
+        let good = parse("[http]\nlisten = [\"0.0.0.0:8025\"]\ntoken = \"0123456789abcdef-xyz\"\n")
+            .unwrap();
+        good.check(None).unwrap();
+        parse("").unwrap().check(None).unwrap();
+    }
+
+    #[test]
     fn tls_needs_both_files() {
         let c = parse("[tls]\ncertificate = \"/nonexistent.pem\"\n").unwrap();
         let msg = c.check(None).unwrap_err().to_string();

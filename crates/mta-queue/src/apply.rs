@@ -264,18 +264,28 @@ fn event_word(event: Event) -> &'static str {
     }
 }
 
+/// What became of the DSN for recipients the operator deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DeletedBounce {
+    /// Queued (durable in the bounce queue).
+    Queued,
+    /// None is owed: the sender is `<>`, or NOTIFY says never.
+    NotWanted,
+    /// It could not be queued (no space?): the delete must not go on.
+    Failed,
+}
+
 /// Sends the sender a DSN for recipients the operator deleted (as
-/// NOTIFY allows; a message from `<>` gets none). True when one was
-/// queued.
+/// NOTIFY allows; a message from `<>` gets none).
 pub(crate) async fn bounce_deleted(
     inner: &Arc<Inner>,
     id: QueueId,
     envelope: &Envelope,
     content: Vec<u8>,
     indexes: &[usize],
-) -> bool {
+) -> DeletedBounce {
     let ReversePath::Mailbox(sender) = &envelope.sender else {
-        return false;
+        return DeletedBounce::NotWanted;
     };
     let now = unix_now();
     let reports: Vec<RecipientReport> = indexes
@@ -295,16 +305,18 @@ pub(crate) async fn bounce_deleted(
         })
         .collect();
     if reports.is_empty() {
-        return false;
+        return DeletedBounce::NotWanted;
     }
-    // A job only to carry the original to the DSN builder; its claim is
-    // the caller's (this id stays claimed until the caller lets go).
-    let job = DsnSource {
+    let source = DsnSource {
         id,
         envelope,
         content: &content,
     };
-    send_dsn_for(inner, &job, reports, sender.clone()).await
+    if send_dsn_for(inner, &source, reports, sender.clone()).await {
+        DeletedBounce::Queued
+    } else {
+        DeletedBounce::Failed
+    }
 }
 
 /// What a DSN reports on.

@@ -24,6 +24,7 @@ use mta_envelope::QueueId;
 use mta_spool::{HistoryRecord, IndexEntry, QueueName, RecipientState, SpoolError};
 use tracing::{info, warn};
 
+use crate::apply::DeletedBounce;
 use crate::log::{Event, Record};
 use crate::{unix_now, Claim, Inner};
 
@@ -520,8 +521,13 @@ pub(crate) async fn act(
         })
         .await
         .map_err(|e| SteerError::Invalid(format!("listing failed: {e}")))??;
-        for (id, _) in &page.items {
+        for (n, (id, _)) in page.items.iter().enumerate() {
             act_on(inner, *id, action, bounce, domain.as_deref(), &mut report).await?;
+            if n % 64 == 63 {
+                // A bulk action over a large queue must not hold a worker
+                // thread that accepts or delivers mail.
+                tokio::task::yield_now().await;
+            }
         }
         match page.next {
             Some(next) => after = Some(next),
@@ -692,16 +698,16 @@ async fn act_claimed(
                 return Ok(());
             }
             if bounce {
-                match spool.read(id) {
-                    Ok((envelope, content)) => {
-                        if crate::apply::bounce_deleted(inner, id, &envelope, content, &doomed)
-                            .await
-                        {
-                            report.dsns += 1;
-                        }
-                    }
-                    Err(e) => {
-                        warn!(queue_id = %id, error = %e, "cannot read the message to bounce it")
+                // The DSN is durable before anything is deleted; if it
+                // cannot be made, nothing is.
+                let (envelope, content) = spool.read(id)?;
+                match crate::apply::bounce_deleted(inner, id, &envelope, content, &doomed).await {
+                    DeletedBounce::Queued => report.dsns += 1,
+                    DeletedBounce::NotWanted => {}
+                    DeletedBounce::Failed => {
+                        return Err(SteerError::Invalid(format!(
+                            "{id}: the DSN could not be queued, so nothing was deleted (is the disk full?)"
+                        )))
                     }
                 }
             }
