@@ -182,7 +182,7 @@ impl IndexEntry {
     /// The entry of a message just accepted: in the RAM queue, due at once,
     /// every recipient pending.
     pub fn arrived(envelope: &Envelope, size: u64) -> Self {
-        IndexEntry {
+        let mut entry = IndexEntry {
             queue: QueueName::Ram,
             arrival: envelope.arrival,
             next_attempt: envelope.arrival,
@@ -191,15 +191,13 @@ impl IndexEntry {
             attempts: 0,
             last_errors: BTreeMap::new(),
             delay_notified: false,
-            sender: envelope.sender.to_string(),
-            rcpts: envelope
-                .recipients
-                .iter()
-                .map(|r| r.address.to_string())
-                .collect(),
+            sender: String::new(),
+            rcpts: Vec::new(),
             held_since: None,
             held_secs: 0,
-        }
+        };
+        entry.fill_addresses(envelope);
+        entry
     }
 
     /// The arrival time the retry schedule and the lifetime count from:

@@ -138,12 +138,12 @@ async fn store_then_read_back() {
             attempts: 0,
             last_errors: Default::default(),
             delay_notified: false,
-            sender: env.sender.to_string(),
-            rcpts: env
-                .recipients
-                .iter()
-                .map(|r| r.address.to_string())
-                .collect(),
+            sender: "alice@example.test".into(),
+            rcpts: vec![
+                "rcpt0@example.org".into(),
+                "rcpt1@example.org".into(),
+                "rcpt2@example.org".into()
+            ],
             held_since: None,
             held_secs: 0,
         }
