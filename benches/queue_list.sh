@@ -176,6 +176,13 @@ mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 proc_kib() { # pid field (VmRSS, VmHWM)
     awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0
 }
+# Where the resident memory is: anonymous (heap, stacks) and file-backed,
+# and the thread count (each thread may get its own malloc arena).
+mem_detail() { # pid
+    awk '$1 == "RssAnon:" { a = $2 } $1 == "RssFile:" { f = $2 } $1 == "Threads:" { t = $2 }
+        END { printf "anonymous %.1f MiB, file %.1f MiB, %d threads", a / 1024, f / 1024, t }' \
+        "/proc/$1/status" 2>/dev/null || echo "?"
+}
 # "median (min to max)" of numbers given one per line on standard input.
 spread() {
     sort -g | awk '{ v[NR] = $1 } END {
@@ -285,6 +292,7 @@ log "mtad pid $MTAD_PID ready in $START_S s, $N queued, HTTP on ${HTTP_ADDR:-(no
 sleep "$SETTLE"
 RSS_START=$(proc_kib "$MTAD_PID" VmRSS)
 HWM_START=$(proc_kib "$MTAD_PID" VmHWM)
+MEM_START=$(mem_detail "$MTAD_PID")
 log "mtad settled: RSS $(mib "$RSS_START") MiB, peak $(mib "$HWM_START") MiB"
 
 # --- measurements --------------------------------------------------------------------
@@ -432,6 +440,8 @@ done
 
 RSS_END=$(proc_kib "$MTAD_PID" VmRSS)
 HWM_END=$(proc_kib "$MTAD_PID" VmHWM)
+MEM_END=$(mem_detail "$MTAD_PID")
+INDEX_KIB=$(du -sk "$DIR/queue/index" 2>/dev/null | cut -f1 || echo 0)
 json=$(status_json)
 queued=$(printf '%s' "$json" | jq -r '.daemon.queued // empty')
 [ "$queued" = "$N" ] || fail "$queued queued at the end, expected $N"
@@ -461,7 +471,7 @@ cat <<EOF
 - machine: $(nproc) CPUs ($cpu), $(free -g 2>/dev/null | awk '/^Mem:/ { print $2 " GiB RAM, " }')temp dir on $fstype; kernel $(uname -r); load average $(cut -d' ' -f1-3 /proc/loadavg) at the end
 - mtad: release build of $rev; \`[spool] index_cache\` ${INDEX_CACHE:-default (64 MiB)}, \`[queue] retry_base = "6h"\`, HTTP on 127.0.0.1:0
 - queue: $N messages of $SIZE bytes, one recipient each, seeded with mta-seed ($(sed -n 's/.*s: \([0-9]*\) msg\/s.*/\1/p' "$OUT/seed.log") msg/s), none due; mtad started in $START_S s and stopped in $STOP_S s
-- mtad RSS once started and idle: $(mib "$RSS_START") MiB (VmHWM $(mib "$HWM_START") MiB); at the end: $(mib "$RSS_END") MiB (VmHWM $(mib "$HWM_END") MiB); $queued queued at the end, $delivered delivered during the run, $warnings WARN/ERROR lines in mtad.log
+- mtad RSS once started and idle: $(mib "$RSS_START") MiB (VmHWM $(mib "$HWM_START") MiB; $MEM_START); at the end: $(mib "$RSS_END") MiB (VmHWM $(mib "$HWM_END") MiB; $MEM_END); the index (sled) takes $(mib "${INDEX_KIB:-0}") MiB on disk; $queued queued at the end, $delivered delivered during the run, $warnings WARN/ERROR lines in mtad.log
 
 | case | command | wall s | first message s | messages | msg/s | mtad RSS before MiB | peak MiB | after MiB | VmHWM after MiB | mta-init max RSS MiB |
 | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |

@@ -399,6 +399,12 @@ fn a_421_backs_the_destination_off_and_the_back_off_survives_reload_and_restart(
         .unwrap_or_default();
     assert_eq!(backoffs.len(), 1, "{status}");
     assert_eq!(backoffs[0]["key"], "mx:a.test");
+    let (code, metrics) = request(http(&s), "GET", "/metrics", None, None);
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("\nmta_destinations_backed_off 1\n"),
+        "{metrics}"
+    );
 
     // The next message is deferred without a connection.
     let second = s.send("alice@x.test", &["two@a.test"], "second");

@@ -399,6 +399,19 @@ fn render(ctx: &Context) -> String {
         "Messages in each queue (ram, bounce, disk, held).",
         &per_queue,
     );
+    let throttles = ctx.queue().throttles();
+    metric(
+        "mta_destinations_backed_off",
+        "gauge",
+        "Destinations backed off now (after 421 or a burst of 4xx replies).",
+        &plain(throttles.backoffs.len() as u64),
+    );
+    metric(
+        "mta_paused_domains",
+        "gauge",
+        "Destination domains whose delivery the operator paused.",
+        &plain(ctx.queue().paused_domains().len() as u64),
+    );
     let rescan = ctx.spool.rescan_progress();
     metric(
         "mta_rescan_running",
