@@ -55,8 +55,9 @@ RESCAN_RATE=${LIFECYCLE_RESCAN_RATE:-0}
 WAIT=${LIFECYCLE_TIMEOUT:-900}
 SETTLE=${LIFECYCLE_SETTLE:-2}
 
-log() { printf 'lifecycle: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+BENCH_NAME=lifecycle
+# shellcheck source=benches/mtad-bench.sh
+source "$(dirname "$0")/mtad-bench.sh"
 
 for tool in cargo jq timeout awk; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool not found"
@@ -68,92 +69,13 @@ if [ -n "${LIFECYCLE_DROP_CACHES:-}" ] && [ "$(id -u)" != 0 ]; then
     die "LIFECYCLE_DROP_CACHES needs root"
 fi
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-cd "$ROOT"
-if [ -z "${LIFECYCLE_NO_BUILD:-}" ]; then
-    log "building release binaries"
-    cargo build --release -p mtad -p mta-init -p mta-bench >&2
-fi
-TARGET_DIR=$(cargo metadata --format-version 1 --no-deps 2>/dev/null \
-    | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-TARGET_DIR=${TARGET_DIR:-$ROOT/target}
-MTAD=$TARGET_DIR/release/mtad
-MTA_INIT=$TARGET_DIR/release/mta-init
-SEED=$TARGET_DIR/release/mta-seed
-for b in "$MTAD" "$MTA_INIT" "$SEED"; do
-    [ -x "$b" ] || die "$b missing"
-done
+release_binaries "${LIFECYCLE_NO_BUILD:-}"
 
 WORK=$(mktemp -d /tmp/mta-lifecycle.XXXXXX)
 DIR=       # the current run's directory (config, queue, maildir)
-BG_PID=    # a long child we wait for (seed, start, stop)
 WATCH_PID= # the Maildir / log watcher
 
-# --- process handling ----------------------------------------------------------
-
-# Is the process there and not a zombie? (mtad is detached by mta-init, so
-# it is reaped by whatever PID 1 is, maybe a moment after it exits.)
-alive() { # pid
-    local stat
-    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-    stat=${stat##*) }
-    [ "${stat%% *}" != Z ]
-}
-
-mtad_pid() { # the pid in the current queue's PID file, if that process lives
-    local pid
-    [ -n "$DIR" ] && [ -r "$DIR/queue/mtad.pid" ] || return 1
-    pid=$(tr -d ' \n' <"$DIR/queue/mtad.pid")
-    [ -n "$pid" ] && alive "$pid" || return 1
-    echo "$pid"
-}
-
-stop_watcher() {
-    if [ -n "$WATCH_PID" ]; then
-        kill "$WATCH_PID" 2>/dev/null || true
-        wait "$WATCH_PID" 2>/dev/null || true
-        WATCH_PID=
-    fi
-}
-
-cleanup() {
-    local rc=$? pid
-    trap - EXIT INT TERM
-    stop_watcher
-    if [ -n "$BG_PID" ]; then
-        kill "$BG_PID" 2>/dev/null || true
-        wait "$BG_PID" 2>/dev/null || true
-    fi
-    if pid=$(mtad_pid); then
-        log "stopping mtad (pid $pid)"
-        timeout 120 "$MTA_INIT" --config "$DIR/mta.toml" stop --wait 100 >&2 \
-            || kill -KILL "$pid" 2>/dev/null || true
-    fi
-    if [ -n "${LIFECYCLE_KEEP:-}" ]; then
-        log "kept $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# Runs a command in the background and waits for it, so a signal's trap
-# runs at once (bash defers traps until a foreground child exits).
-bg() {
-    local rc=0
-    "$@" &
-    BG_PID=$!
-    wait "$BG_PID" || rc=$?
-    BG_PID=
-    return "$rc"
-}
-
-init() { "$MTA_INIT" --config "$DIR/mta.toml" "$@"; }
-
-status_json() { timeout 10 "$MTA_INIT" --config "$DIR/mta.toml" status --json 2>/dev/null || true; }
+install_cleanup "${LIFECYCLE_KEEP:-}" WATCH_PID
 
 # --- a run directory --------------------------------------------------------------
 
@@ -243,8 +165,6 @@ since() { # t0 file -> seconds with 3 decimals, or -
         echo -
     fi
 }
-secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
-mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
 proc_kib() { # pid field (VmRSS, VmHWM)
     awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0
@@ -307,7 +227,7 @@ measure() { # label messages-on-disk expected-queued-after
     rss=$(proc_kib "$pid" VmRSS)
     hwm=$(proc_kib "$pid" VmHWM)
     printf '%s\n' "$json" >"$out/status.json"
-    stop_watcher
+    stop_helper WATCH_PID
 
     t1=$EPOCHREALTIME
     bg timeout "$((WAIT + 10))" "$MTA_INIT" --config "$DIR/mta.toml" stop --wait "$WAIT" \

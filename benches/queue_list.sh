@@ -68,8 +68,9 @@ HTTP=${QUEUE_LIST_HTTP:-1}
 WAIT=${QUEUE_LIST_TIMEOUT:-900}
 SETTLE=${QUEUE_LIST_SETTLE:-2}
 
-log() { printf 'queue_list: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+BENCH_NAME=queue_list
+# shellcheck source=benches/mtad-bench.sh
+source "$(dirname "$0")/mtad-bench.sh"
 
 for tool in cargo jq timeout awk mkfifo; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool not found"
@@ -83,96 +84,17 @@ done
 [[ $ROUNDS =~ ^[0-9]+$ ]] && [[ $REPEAT =~ ^[0-9]+$ ]] && [ "$REPEAT" -gt 0 ] \
     || die "QUEUE_LIST_ROUNDS / QUEUE_LIST_REPEAT must be numbers (REPEAT > 0)"
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-cd "$ROOT"
-if [ -z "${QUEUE_LIST_NO_BUILD:-}" ]; then
-    log "building release binaries"
-    cargo build --release -p mtad -p mta-init -p mta-bench >&2
-fi
-TARGET_DIR=$(cargo metadata --format-version 1 --no-deps 2>/dev/null \
-    | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-TARGET_DIR=${TARGET_DIR:-$ROOT/target}
-MTAD=$TARGET_DIR/release/mtad
-MTA_INIT=$TARGET_DIR/release/mta-init
-SEED=$TARGET_DIR/release/mta-seed
-for b in "$MTAD" "$MTA_INIT" "$SEED"; do
-    [ -x "$b" ] || die "$b missing"
-done
+release_binaries "${QUEUE_LIST_NO_BUILD:-}"
 
 WORK=$(mktemp -d /tmp/mta-queue-list.XXXXXX)
 DIR=$WORK
 OUT=$WORK/out
 mkdir -p "$DIR/queue" "$DIR/maildir" "$OUT"
-BG_PID=      # a long child we wait for
 SAMPLER_PID= # the RSS sampler
 MTAD_PID=
 
-# --- process handling ----------------------------------------------------------
+install_cleanup "${QUEUE_LIST_KEEP:-}" SAMPLER_PID
 
-# Is the process there and not a zombie? (mtad is detached by mta-init.)
-alive() { # pid
-    local stat
-    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-    stat=${stat##*) }
-    [ "${stat%% *}" != Z ]
-}
-
-mtad_pid() { # the pid in the PID file, if that process lives
-    local pid
-    [ -r "$DIR/queue/mtad.pid" ] || return 1
-    pid=$(tr -d ' \n' <"$DIR/queue/mtad.pid")
-    [ -n "$pid" ] && alive "$pid" || return 1
-    echo "$pid"
-}
-
-stop_sampler() {
-    if [ -n "$SAMPLER_PID" ]; then
-        kill "$SAMPLER_PID" 2>/dev/null || true
-        wait "$SAMPLER_PID" 2>/dev/null || true
-        SAMPLER_PID=
-    fi
-}
-
-cleanup() {
-    local rc=$? pid
-    trap - EXIT INT TERM
-    stop_sampler
-    if [ -n "$BG_PID" ]; then
-        kill "$BG_PID" 2>/dev/null || true
-        wait "$BG_PID" 2>/dev/null || true
-    fi
-    if pid=$(mtad_pid); then
-        log "stopping mtad (pid $pid)"
-        timeout 120 "$MTA_INIT" --config "$DIR/mta.toml" stop --wait 100 >&2 \
-            || kill -KILL "$pid" 2>/dev/null || true
-    fi
-    if [ -n "${QUEUE_LIST_KEEP:-}" ]; then
-        log "kept $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# Runs a command in the background and waits for it, so a signal's trap
-# runs at once (bash defers traps until a foreground child exits).
-bg() {
-    local rc=0
-    "$@" &
-    BG_PID=$!
-    wait "$BG_PID" || rc=$?
-    BG_PID=
-    return "$rc"
-}
-
-init() { "$MTA_INIT" --config "$DIR/mta.toml" "$@"; }
-status_json() { timeout 10 "$MTA_INIT" --config "$DIR/mta.toml" status --json 2>/dev/null || true; }
-
-secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
-mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 proc_kib() { # pid field (VmRSS, VmHWM)
     awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0
 }
@@ -214,7 +136,7 @@ watch_start() { # name
 }
 watch_end() { # name
     local r
-    stop_sampler
+    stop_helper SAMPLER_PID
     RSS_AFTER=$(proc_kib "$MTAD_PID" VmRSS)
     HWM_AFTER=$(proc_kib "$MTAD_PID" VmHWM)
     RSS_PEAK=$(cat "$OUT/$1.peak")
