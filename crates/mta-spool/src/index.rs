@@ -9,8 +9,10 @@
 //! open is moved aside rather than repaired.
 //!
 //! Trees:
-//! - `messages`: key = queue id (8 bytes big-endian), value = JSON of
-//!   [`IndexEntry`]. Big-endian keys make sled's order the id order.
+//! - `messages`: key = queue id (8 bytes big-endian), value = the
+//!   [`IndexEntry`] in its stored form (`codec.rs`: a format byte and
+//!   postcard; JSON from earlier versions is still read). Big-endian
+//!   keys make sled's order the id order.
 //! - `schedule`: key = next attempt (8 bytes big-endian, unix seconds) ++
 //!   queue id (8 bytes big-endian), empty value; kept in step with
 //!   `messages` so "what is due now" is a range scan.
@@ -612,7 +614,7 @@ impl Index {
     /// Records a new message (or replaces its entry), keeping the other
     /// trees in step. Returns true when the id was not indexed before.
     pub fn insert(&self, id: QueueId, entry: &IndexEntry) -> Result<bool, SpoolError> {
-        let value = serde_json::to_vec(entry).expect("an index entry always serializes");
+        let value = crate::codec::encode(entry);
         let _stripe = self.lock(id);
         let previous = self.messages.insert(id_key(id), value)?;
         let old = previous.as_deref().and_then(parse_entry);
@@ -634,7 +636,7 @@ impl Index {
     /// Replaces the entry of a message that is indexed;
     /// [`SpoolError::NotFound`] (and nothing written) when it is not.
     pub fn update(&self, id: QueueId, entry: &IndexEntry) -> Result<(), SpoolError> {
-        let value = serde_json::to_vec(entry).expect("an index entry always serializes");
+        let value = crate::codec::encode(entry);
         let _stripe = self.lock(id);
         if !self.messages.contains_key(id_key(id))? {
             return Err(SpoolError::NotFound { id });
@@ -822,7 +824,7 @@ impl Index {
             if visit == Visit::Kept {
                 break (old, new, visit);
             }
-            let value = serde_json::to_vec(&new).expect("an index entry always serializes");
+            let value = crate::codec::encode(&new);
             if self
                 .messages
                 .compare_and_swap(key, current, Some(value))?
@@ -834,7 +836,7 @@ impl Index {
         };
         self.normalize_keys(id, old.as_ref(), Some(&new))?;
         if visit == Visit::Added && !file_exists() {
-            let value = serde_json::to_vec(&new).expect("an index entry always serializes");
+            let value = crate::codec::encode(&new);
             let _ = self
                 .messages
                 .compare_and_swap(key, Some(value), None::<Vec<u8>>)?;
@@ -1203,7 +1205,7 @@ fn state_key(name: &str) -> Vec<u8> {
 }
 
 fn parse_entry(bytes: &[u8]) -> Option<IndexEntry> {
-    serde_json::from_slice(bytes).ok()
+    crate::codec::decode(bytes)
 }
 
 /// `index.damaged-<unix seconds>`, with a counter when that name is taken.

@@ -39,6 +39,7 @@
 #![deny(missing_docs)]
 
 mod clean;
+mod codec;
 mod commit;
 mod error;
 mod file;
