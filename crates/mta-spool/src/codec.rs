@@ -151,7 +151,12 @@ mod tests {
         let bytes = encode(&e);
         assert_eq!(decode(&bytes), Some(e.clone()));
         let json = serde_json::to_vec(&e).unwrap();
-        assert!(bytes.len() * 2 < json.len(), "{} vs {}", bytes.len(), json.len());
+        assert!(
+            bytes.len() * 2 < json.len(),
+            "{} vs {}",
+            bytes.len(),
+            json.len()
+        );
         // A fresh entry of one recipient, as most are.
         let small = IndexEntry {
             last_errors: BTreeMap::new(),
@@ -169,7 +174,8 @@ mod tests {
         let e = entry();
         let json = serde_json::to_vec(&e).unwrap();
         assert_eq!(decode(&json), Some(e));
-        let old = br#"{"queue":"disk","arrival":1,"next_attempt":2,"size":3,"recipients":["pending"]}"#;
+        let old =
+            br#"{"queue":"disk","arrival":1,"next_attempt":2,"size":3,"recipients":["pending"]}"#;
         let read = decode(old).unwrap();
         assert_eq!(read.queue, QueueName::Disk);
         assert!(!read.has_addresses());
