@@ -534,3 +534,29 @@ fn a_paused_domain_still_counts_the_lifetime() {
     );
     assert_eq!(sinks[0].connections(), 0);
 }
+
+#[test]
+fn an_hourly_limit_defers_what_is_over_it_without_a_connection() {
+    let (port, sinks) = sinks(&[ip(2)], SinkConfig::default);
+    let s = Setup::start(
+        two_domains(),
+        port,
+        &format!("{SLOW_RETRIES}[delivery.throttle.\"a.test\"]\nmax_messages_per_hour = 2\n"),
+    );
+    let first = s.send("alice@x.test", &["one@a.test"], "one");
+    wait_event(&s, "delivered", &first, None);
+    let second = s.send("alice@x.test", &["two@a.test"], "two");
+    wait_event(&s, "delivered", &second, None);
+    let connections = sinks[0].connections();
+    let third = s.send("alice@x.test", &["three@a.test"], "three");
+    let e = wait_event(&s, "deferred", &third, None);
+    assert_eq!(e["status"], "4.4.5", "{e}");
+    assert!(e["reply"].as_str().unwrap().contains("per hour"), "{e}");
+    assert_eq!(
+        sinks[0].connections(),
+        connections,
+        "no connection over the limit"
+    );
+    assert_eq!(sinks[0].messages().len(), 2);
+    assert_eq!(ids(&list(&s.work, &[])), vec![third]);
+}
