@@ -361,3 +361,29 @@ async fn the_hourly_limit_defers_without_connecting() {
         .collect();
     assert_eq!(counts, [("dest.test", 3, 3), ("other.test", 1, 3)]);
 }
+
+#[tokio::test]
+async fn mail_refused_with_4xx_backs_off_after_backoff_after_in_a_row() {
+    let sink = sink_on([127, 0, 0, 90], SinkConfig::default()).await;
+    let mut config = config();
+    config.backoff_after = 2;
+    config.backoff_for = Duration::from_secs(3600);
+    let client = Client::new(config).unwrap();
+    let env = envelope(&["a@dest.test"]);
+    let dest = destination("dest.test", vec![target("mx.test", sink.addr)]);
+
+    sink.set_mail_reply(452, "4.3.1 insufficient system storage");
+    for _ in 0..2 {
+        let attempt = send(&client, &dest, &env).await;
+        assert_eq!(attempt.outcome(0).unwrap().status(), "4.3.1", "{attempt:?}");
+        assert!(
+            matches!(attempt.server, ServerSignal::Transient { .. }),
+            "{attempt:?}"
+        );
+    }
+    assert_eq!(sink.messages().len(), 0);
+    let commands = sink.commands().len();
+    let attempt = send(&client, &dest, &env).await;
+    assert_held_back(&attempt, "insufficient system storage");
+    assert_eq!(sink.commands().len(), commands, "nothing sent");
+}

@@ -123,6 +123,7 @@ struct Rules {
     rcpt: Vec<(String, Scripted)>,
     default_rcpt: Scripted,
     data: Scripted,
+    mail: Option<Scripted>,
     ehlo: Option<Scripted>,
     break_tls: bool,
     starttls_extra: String,
@@ -185,6 +186,7 @@ impl Sink {
                 rcpt: Vec::new(),
                 default_rcpt: Scripted::new(250, "2.1.5 Ok"),
                 data: Scripted::new(250, "2.0.0 Ok: queued"),
+                mail: None,
                 ehlo: None,
                 break_tls: false,
                 starttls_extra: String::new(),
@@ -272,6 +274,12 @@ impl Sink {
     /// a 2xx records the message.
     pub fn set_data_reply(&self, code: u16, text: &str) {
         lock(&self.shared.rules).data = Scripted::new(code, text);
+    }
+
+    /// A well-formed MAIL gets this reply instead of `250 2.1.0 Ok`; a
+    /// reply that is not 2xx opens no transaction.
+    pub fn set_mail_reply(&self, code: u16, text: &str) {
+        lock(&self.shared.rules).mail = Some(Scripted::new(code, text));
     }
 
     /// The greeting (default 220). Any other code is sent and the
@@ -579,6 +587,9 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 return Ok(Some(stream));
             }
             "MAIL" => {
+                // Read once: the rules' lock must not be held across the
+                // branches below.
+                let scripted_mail = lock(&shared.rules).mail.clone();
                 let parsed = arg
                     .get(..5)
                     .filter(|p| p.eq_ignore_ascii_case("FROM:"))
@@ -609,12 +620,18 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                         format!("555 5.5.4 unsupported parameter {key}\r\n")
                     } else if matches!((size, config.size_limit), (Some(s), Some(l)) if s > l) {
                         "552 5.3.4 message size exceeds fixed limit\r\n".to_owned()
+                    } else if let Some(refusal) = scripted_mail.as_ref().filter(|m| !m.is_success())
+                    {
+                        refusal.line()
                     } else {
                         let pipelined = buf
                             .split(|&b| b == b'\n')
                             .any(|l| l.trim_ascii().eq_ignore_ascii_case(b"DATA"));
                         tx.mail = Some((from, params, pipelined));
-                        "250 2.1.0 Ok\r\n".to_owned()
+                        match &scripted_mail {
+                            Some(scripted) => scripted.line(),
+                            None => "250 2.1.0 Ok\r\n".to_owned(),
+                        }
                     }
                 } else {
                     "501 5.5.4 syntax: MAIL FROM:<address>\r\n".to_owned()
