@@ -211,8 +211,8 @@ async fn a_421_backs_the_destination_off_for_backoff_for() {
     assert!(client.throttles().backoffs().is_empty());
 }
 
-/// The sink cannot script a MAIL reply; a 4xx at the end of data or to
-/// every RCPT ends an attempt in 4xx just the same.
+/// A 4xx at the end of data or to every RCPT ends an attempt in 4xx (a
+/// 4xx to MAIL has a test of its own below).
 #[tokio::test]
 async fn attempts_ending_in_4xx_back_off_after_backoff_after_in_a_row() {
     let sink = sink_on([127, 0, 0, 83], SinkConfig::default()).await;
