@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 use crate::attempt::RecipientResult;
 use crate::log::{Event, Record};
 use crate::schedule::{random_unit, Next};
-use crate::{local_origin, queue_name, unix_now, Inner, Job};
+use crate::{local_origin, unix_now, Inner, Job};
 
 /// Applies the results of one attempt of `job`, made by the `queue` runner.
 pub(crate) async fn apply(
@@ -22,7 +22,7 @@ pub(crate) async fn apply(
     job: Arc<Job>,
     results: Vec<RecipientResult>,
 ) {
-    let qname = queue_name(queue);
+    let qname = queue.as_str();
     let now = unix_now();
     let mut entry = job.entry.clone();
     entry.attempts += 1;
@@ -76,7 +76,7 @@ pub(crate) async fn apply(
             time: now,
             attempt,
             recipient: r.index,
-            event: event_word(event).to_owned(),
+            event: event.as_str().to_owned(),
             status: status.to_owned(),
             reply: reply.to_owned(),
             remote: r.remote.clone(),
@@ -251,16 +251,6 @@ pub(crate) async fn apply(
         Err(e) => {
             error!(queue_id = %job.id, error = %e, "LOST: could not move a volatile message to the disk queue")
         }
-    }
-}
-
-fn event_word(event: Event) -> &'static str {
-    match event {
-        Event::Delivered => "delivered",
-        Event::Deferred => "deferred",
-        Event::Failed => "failed",
-        Event::Expired => "expired",
-        _ => "other",
     }
 }
 
@@ -445,7 +435,7 @@ async fn send_dsn_for(
     inner
         .dsns
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut record = Record::new(Event::Bounced, job.id, queue_name(QueueName::Bounce));
+    let mut record = Record::new(Event::Bounced, job.id, QueueName::Bounce.as_str());
     record.recipient = Some(envelope.recipients[0].address.to_string());
     record.dsn_id = Some(id.to_string());
     inner.log.write(&record);

@@ -51,8 +51,8 @@ use crate::runner::Runner;
 use crate::schedule::Schedule;
 
 pub use crate::runner::RunnerStatus;
+pub use crate::steer::SteerError;
 use crate::steer::Steering;
-pub use crate::steer::{SteerError, MAX_PAGE, PAGE_SCAN};
 
 /// The queue could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -567,9 +567,4 @@ pub(crate) fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// The name of a queue in logs and status.
-pub(crate) fn queue_name(q: QueueName) -> &'static str {
-    q.as_str()
 }

@@ -38,6 +38,23 @@ pub enum Event {
     Released,
 }
 
+impl Event {
+    /// Its name in the log (and in a message's history).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::Received => "received",
+            Event::Delivered => "delivered",
+            Event::Deferred => "deferred",
+            Event::Failed => "failed",
+            Event::Bounced => "bounced",
+            Event::Expired => "expired",
+            Event::Deleted => "deleted",
+            Event::Held => "held",
+            Event::Released => "released",
+        }
+    }
+}
+
 /// One log line.
 #[derive(Debug, Clone, Serialize)]
 pub struct Record<'a> {
@@ -144,6 +161,19 @@ impl DeliveryLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_names_are_the_logged_ones() {
+        use Event::*;
+        for e in [
+            Received, Delivered, Deferred, Failed, Bounced, Expired, Deleted, Held, Released,
+        ] {
+            assert_eq!(
+                serde_json::to_string(&e).unwrap(),
+                format!("\"{}\"", e.as_str())
+            );
+        }
+    }
 
     #[test]
     fn one_json_object_per_line() {

@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, error, warn};
 
-use crate::{queue_name, unix_now, Inner, Job};
+use crate::{unix_now, Inner, Job};
 
 /// Counters of one runner.
 #[derive(Debug, Default)]
@@ -98,7 +98,7 @@ impl Runner {
     pub fn status(&self, running: bool) -> RunnerStatus {
         let s = &self.stats;
         RunnerStatus {
-            name: queue_name(self.name),
+            name: self.name.as_str(),
             started: running && self.started.load(Ordering::Relaxed),
             paused: *self.paused.borrow(),
             in_flight: s.in_flight(),

@@ -29,10 +29,10 @@ use crate::log::{Event, Record};
 use crate::{unix_now, Claim, Inner};
 
 /// Entries one step of a listing or a bulk action looks at.
-pub const PAGE_SCAN: usize = 4096;
+pub(crate) const PAGE_SCAN: usize = 4096;
 
 /// Most messages in one page of a listing.
-pub const MAX_PAGE: usize = 1000;
+pub(crate) const MAX_PAGE: usize = 1000;
 
 /// The saved-state name of the paused domains.
 const PAUSED_STATE: &str = "paused-domains";
@@ -83,7 +83,7 @@ impl Steering {
 
     /// Claims `id`; false when an attempt (or an operator) has it.
     pub fn claim(&self, id: QueueId) -> bool {
-        self.lock().inflight.insert(id)
+        self.claim_or_wait(id, None)
     }
 
     /// Claims `id`, or, when it is in flight, leaves `waiting` to be done
@@ -594,16 +594,28 @@ pub(crate) async fn perform_waiting(claim: Claim, waiting: Waiting) {
     }
 }
 
-fn operator_record(event: &str, recipient: usize, reply: &str, now: u64) -> HistoryRecord {
-    HistoryRecord {
-        time: now,
-        attempt: 0,
-        recipient,
-        event: event.to_owned(),
-        status: String::new(),
-        reply: reply.to_owned(),
-        remote: None,
-    }
+/// Records an operator's action in the history of each recipient in
+/// `recipients`: `event`, and "<event> by the operator".
+fn note_history(
+    inner: &Inner,
+    id: QueueId,
+    recipients: &[usize],
+    event: Event,
+    now: u64,
+) -> Result<(), SpoolError> {
+    let records: Vec<HistoryRecord> = recipients
+        .iter()
+        .map(|&recipient| HistoryRecord {
+            time: now,
+            attempt: 0,
+            recipient,
+            event: event.as_str().to_owned(),
+            status: String::new(),
+            reply: format!("{} by the operator", event.as_str()),
+            remote: None,
+        })
+        .collect();
+    inner.spool.append_history(id, &records)
 }
 
 fn pending_indexes(entry: &IndexEntry) -> Vec<usize> {
@@ -649,11 +661,7 @@ async fn act_claimed(
             entry.queue = QueueName::Held;
             entry.held_since = Some(now);
             spool.update(id, &entry)?;
-            let records: Vec<_> = pending_indexes(&entry)
-                .into_iter()
-                .map(|i| operator_record("held", i, "held by the operator", now))
-                .collect();
-            spool.append_history(id, &records)?;
+            note_history(inner, id, &pending_indexes(&entry), Event::Held, now)?;
             log_operator(inner, Event::Held, id, &entry, None);
             report.done += 1;
         }
@@ -667,11 +675,7 @@ async fn act_claimed(
             entry.queue = QueueName::Disk;
             entry.next_attempt = now;
             spool.update(id, &entry)?;
-            let records: Vec<_> = pending_indexes(&entry)
-                .into_iter()
-                .map(|i| operator_record("released", i, "released by the operator", now))
-                .collect();
-            spool.append_history(id, &records)?;
+            note_history(inner, id, &pending_indexes(&entry), Event::Released, now)?;
             log_operator(inner, Event::Released, id, &entry, None);
             report.done += 1;
             inner.disk_wake.notify_one();
@@ -721,11 +725,7 @@ async fn act_claimed(
                 spool.remove(id)?;
             } else {
                 spool.update(id, &entry)?;
-                let records: Vec<_> = doomed
-                    .iter()
-                    .map(|&i| operator_record("deleted", i, "deleted by the operator", now))
-                    .collect();
-                spool.append_history(id, &records)?;
+                note_history(inner, id, &doomed, Event::Deleted, now)?;
             }
             report.done += 1;
         }

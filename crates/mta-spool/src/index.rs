@@ -216,12 +216,7 @@ impl IndexEntry {
     /// Fills the addresses from the envelope (for an entry that lacks
     /// them).
     pub fn fill_addresses(&mut self, envelope: &Envelope) {
-        self.sender = envelope.sender.to_string();
-        self.rcpts = envelope
-            .recipients
-            .iter()
-            .map(|r| r.address.to_string())
-            .collect();
+        (self.sender, self.rcpts) = addresses(envelope);
     }
 
     /// When the disk runner should take it up: its next attempt, or never
@@ -229,6 +224,19 @@ impl IndexEntry {
     pub fn scheduled(&self) -> Option<u64> {
         (self.queue != QueueName::Held).then_some(self.next_attempt)
     }
+}
+
+/// The sender (empty for `<>`) and the recipients' addresses of an
+/// envelope, as entries keep them.
+pub(crate) fn addresses(envelope: &Envelope) -> (String, Vec<String>) {
+    (
+        envelope.sender.to_string(),
+        envelope
+            .recipients
+            .iter()
+            .map(|r| r.address.to_string())
+            .collect(),
+    )
 }
 
 /// One line of a message's delivery history: what one attempt (or an

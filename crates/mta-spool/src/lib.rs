@@ -577,13 +577,9 @@ impl Spool {
     pub fn envelope(&self, id: QueueId) -> Result<Envelope, SpoolError> {
         drop(self.open_state()?);
         let path = self.inner.layout.msg_path(id);
-        match file::read_header_only(&path) {
-            Ok((header, _)) => Ok(header.envelope),
-            Err(SpoolError::Io {
-                op: "open", source, ..
-            }) if source.kind() == std::io::ErrorKind::NotFound => Err(SpoolError::NotFound { id }),
-            Err(e) => Err(e),
-        }
+        file::read_header_only(&path)
+            .map(|(header, _)| header.envelope)
+            .map_err(|e| missing_as_not_found(e, id))
     }
 
     /// Appends records to a message's history (kept in the index, at most
@@ -686,12 +682,7 @@ impl Spool {
     pub fn read(&self, id: QueueId) -> Result<(Envelope, Vec<u8>), SpoolError> {
         drop(self.open_state()?);
         let path = self.inner.layout.msg_path(id);
-        file::read_file(&path).map_err(|e| match e {
-            SpoolError::Io {
-                op: "open", source, ..
-            } if source.kind() == std::io::ErrorKind::NotFound => SpoolError::NotFound { id },
-            other => other,
-        })
+        file::read_file(&path).map_err(|e| missing_as_not_found(e, id))
     }
 
     /// Closes the spool: stops the background rescan if it still runs,
@@ -779,6 +770,17 @@ impl Spool {
 
     fn index(&self) -> Result<Index, SpoolError> {
         Ok(self.open_state()?.index.clone())
+    }
+}
+
+/// A spool file that could not be opened because it is not there is
+/// [`SpoolError::NotFound`]: no such message.
+fn missing_as_not_found(e: SpoolError, id: QueueId) -> SpoolError {
+    match e {
+        SpoolError::Io {
+            op: "open", source, ..
+        } if source.kind() == std::io::ErrorKind::NotFound => SpoolError::NotFound { id },
+        other => other,
     }
 }
 

@@ -478,18 +478,16 @@ impl Job {
         }
         let path = self.layout.msg_path(id);
         let read = match file::read_header_only(&path) {
-            Ok((header, size)) => Read::Found(FileFacts {
-                arrival: header.envelope.arrival,
-                recipients: header.envelope.recipients.len(),
-                sender: header.envelope.sender.to_string(),
-                rcpts: header
-                    .envelope
-                    .recipients
-                    .iter()
-                    .map(|r| r.address.to_string())
-                    .collect(),
-                size,
-            }),
+            Ok((header, size)) => {
+                let (sender, rcpts) = crate::index::addresses(&header.envelope);
+                Read::Found(FileFacts {
+                    arrival: header.envelope.arrival,
+                    recipients: header.envelope.recipients.len(),
+                    sender,
+                    rcpts,
+                    size,
+                })
+            }
             Err(SpoolError::Corrupt { reason, .. }) => Read::Corrupt(reason),
             Err(SpoolError::Io {
                 op: "open", source, ..

@@ -195,7 +195,7 @@ pub fn status(ctx: &Context, shutdown: &Shutdown) -> Status {
         .status()
         .into_iter()
         .map(|r| {
-            let figures = per_queue.iter().find(|q| runner_name(q.queue) == r.name);
+            let figures = per_queue.iter().find(|q| q.queue.as_str() == r.name);
             RunnerRow {
                 name: r.name.to_owned(),
                 started: r.started,
@@ -335,9 +335,4 @@ pub fn status(ctx: &Context, shutdown: &Shutdown) -> Status {
             .find(|q| q.queue == QueueName::Held)
             .map_or(0, |q| q.messages),
     }
-}
-
-/// A runner's (or queue's) name in status and on the command line.
-pub fn runner_name(q: QueueName) -> &'static str {
-    q.as_str()
 }

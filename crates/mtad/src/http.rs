@@ -386,12 +386,7 @@ fn render(ctx: &Context) -> String {
         .spool
         .queue_stats()
         .iter()
-        .map(|q| {
-            (
-                format!("{{queue=\"{}\"}}", crate::control::runner_name(q.queue)),
-                q.messages,
-            )
-        })
+        .map(|q| (format!("{{queue=\"{}\"}}", q.queue.as_str()), q.messages))
         .collect();
     metric(
         "mta_queue_messages",

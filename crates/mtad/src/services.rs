@@ -288,7 +288,7 @@ impl Services {
             }
             name => {
                 let q = runner(name)?;
-                let name = crate::control::runner_name(q);
+                let name = q.as_str();
                 self.runner_down[index(q)].store(true, Ordering::Relaxed);
                 self.apply_runners(ctx);
                 let drained = wait_idle(ctx, &[q]).await;
@@ -335,7 +335,7 @@ impl Services {
             }
             name => {
                 let q = runner(name)?;
-                let name = crate::control::runner_name(q);
+                let name = q.as_str();
                 self.runner_down[index(q)].store(false, Ordering::Relaxed);
                 self.apply_runners(ctx);
                 info!(runner = name, "svc: runner up");
@@ -359,11 +359,7 @@ async fn wait_idle(ctx: &Context, runners: &[QueueName]) -> bool {
             .generations
             .status()
             .iter()
-            .filter(|r| {
-                runners
-                    .iter()
-                    .any(|q| crate::control::runner_name(*q) == r.name)
-            })
+            .filter(|r| runners.iter().any(|q| q.as_str() == r.name))
             .map(|r| r.in_flight)
             .sum();
         if busy == 0 {
