@@ -30,6 +30,7 @@
 #   LIFECYCLE_DUE=N            messages due now in each start (default 100)
 #   LIFECYCLE_RESCAN_RATE=N    [spool] rescan_rate, files/s (default 0:
 #                              unlimited)
+#   LIFECYCLE_INDEX_CACHE=SIZE `[spool] index_cache` (default: mtad's)
 #   LIFECYCLE_TIMEOUT=S        longest wait for any one step (default 900;
 #                              seeding gets a second more per 500 messages)
 #   LIFECYCLE_SETTLE=S         idle time before RSS is read (default 2)
@@ -52,6 +53,7 @@ COUNTS=${COUNTS:-"10000 100000 1000000"}
 SIZE=${LIFECYCLE_SIZE:-2048}
 DUE=${LIFECYCLE_DUE:-100}
 RESCAN_RATE=${LIFECYCLE_RESCAN_RATE:-0}
+INDEX_CACHE=${LIFECYCLE_INDEX_CACHE:-}
 WAIT=${LIFECYCLE_TIMEOUT:-900}
 SETTLE=${LIFECYCLE_SETTLE:-2}
 
@@ -95,6 +97,7 @@ local_domains = ["localhost"]
 [spool]
 min_free_space = 0
 rescan_rate = $RESCAN_RATE
+$([ -z "$INDEX_CACHE" ] || printf 'index_cache = "%s"' "$INDEX_CACHE")
 
 [maildir]
 root = "$DIR/maildir"
@@ -297,7 +300,7 @@ cat <<EOF
 ## Lifecycle run $(date -u '+%Y-%m-%d %H:%M UTC')
 
 - machine: $(nproc) CPUs ($cpu), $(free -g 2>/dev/null | awk '/^Mem:/ { print $2 " GiB RAM, " }')temp dir on $fstype; kernel $(uname -r)
-- mtad: release build of $rev; \`[spool] rescan_rate = $RESCAN_RATE\`, \`[queue] retry_base = "6h"\`, no HTTP server, mail for localhost to a Maildir
+- mtad: release build of $rev; \`[spool] rescan_rate = $RESCAN_RATE\`, \`index_cache\` ${INDEX_CACHE:-default}, \`[queue] retry_base = "6h"\`, no HTTP server, mail for localhost to a Maildir
 - queue: $SIZE-byte messages, one recipient each, seeded with mta-seed; $DUE due at each start, the rest due in 1 to 25 hours$([ -z "${LIFECYCLE_DROP_CACHES:-}" ] || echo "; page cache dropped before each start")
 
 | messages | start | seed msg/s | ready s | start returned s | first delivery s | $DUE due delivered s | rescan done s | rescan (mtad) s | queued | RSS MiB | peak RSS MiB | RSS/msg bytes | stop s |

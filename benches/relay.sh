@@ -22,6 +22,7 @@
 #   RELAY_NO_BUILD=1   skip `cargo build --release`
 #   RELAY_NO_NETCHECK=1  skip the strace check that nothing leaves loopback
 #   RELAY_KEEP=1       keep the temporary directory (queues, logs, JSON)
+#   RELAY_INDEX_CACHE=SIZE  mtad's [spool] index_cache (default: mtad's)
 #
 # The Markdown report goes to standard output, progress to standard error.
 # Only 127.0.0.1 is used: mtad routes example.test to the sink with
@@ -38,6 +39,7 @@ TIMEOUT=${RELAY_TIMEOUT:-240}
 DRAIN=${RELAY_DRAIN:-240}
 REPEAT=${RELAY_REPEAT:-3}
 COOLDOWN=${RELAY_COOLDOWN:-0}
+INDEX_CACHE=${RELAY_INDEX_CACHE:-}
 WARMUP=40 # messages through the whole path before each measured run
 
 log() { printf 'relay: %s\n' "$*" >&2; }
@@ -294,6 +296,7 @@ listen = ["127.0.0.1:0"]
 max_connections = 1000
 [spool]
 min_free_space = 0
+$([ -z "$INDEX_CACHE" ] || printf 'index_cache = "%s"' "$INDEX_CACHE")
 # No admin HTTP server (it would take 127.0.0.1:8025).
 [http]
 listen = []
@@ -795,7 +798,7 @@ cat <<EOF
 ## Relay run $(date -u '+%Y-%m-%d %H:%M UTC')
 
 - machine: $(nproc) CPUs ($cpu), $(free -g 2>/dev/null | awk '/^Mem:/ { print $2 " GiB RAM, " }')temp dir on $fstype; kernel $(uname -r)
-- mtad: release build of $rev, durable (default), no admin HTTP server, \`max_per_destination = 20\`, \`[delivery.routes] "example.test" = "127.0.0.1:SINK"\`, \`name_servers = ["127.0.0.1:9"]\`, \`tls = "none"\`; Postfix $pfver (Debian package), private instance, \`relayhost = [127.0.0.1]:SINK\`, \`default_destination_concurrency_limit = 20\`, \`in_flow_delay = 0\`
+- mtad: release build of $rev, durable (default), \`index_cache\` ${INDEX_CACHE:-default}, no admin HTTP server, \`max_per_destination = 20\`, \`[delivery.routes] "example.test" = "127.0.0.1:SINK"\`, \`name_servers = ["127.0.0.1:9"]\`, \`tls = "none"\`; Postfix $pfver (Debian package), private instance, \`relayhost = [127.0.0.1]:SINK\`, \`default_destination_concurrency_limit = 20\`, \`in_flow_delay = 0\`
 - sink: a new \`smtp-sink -c -u nobody 127.0.0.1:SINK 1024\` per run; $WARMUP warm-up messages through the whole path before each measured run (not counted)
 - load: \`mta-loadgen\` (release build), DATA, one command at a time, --timeout $TIMEOUT$([ "$SCALE" = 1 ] || echo ", message counts divided by $SCALE")$([ "$COOLDOWN" = 0 ] || echo "; ${COOLDOWN} s pause before each run")
 - every run on fresh empty queues; $REPEAT rounds per case and MTA, the MTAs alternating (which goes first alternates by case and round); the table shows each MTA's best round by end-to-end msg/s, with that round's other figures
