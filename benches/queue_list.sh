@@ -39,7 +39,7 @@
 #   QUEUE_LIST_ROUNDS=R         rounds of full listings and summary (default 2)
 #   QUEUE_LIST_REPEAT=K         repeats of the short commands (default 5)
 #   QUEUE_LIST_SAMPLE=S         RSS sampling interval (default 0.1)
-#   QUEUE_LIST_INDEX_CACHE=SIZE `[spool] index_cache` (default: mtad's, 64 MiB)
+#   QUEUE_LIST_INDEX_CACHE=SIZE `[spool] index_cache` (default: mtad's, 1 MiB)
 #   QUEUE_LIST_HTTP=0           skip the HTTP measurements
 #   QUEUE_LIST_TIMEOUT=S        longest wait for any one step (default 900;
 #                               seeding gets a second more per 500 messages)
@@ -391,7 +391,7 @@ cat <<EOF
 ## Queue listing run $(date -u '+%Y-%m-%d %H:%M UTC')
 
 - machine: $(nproc) CPUs ($cpu), $(free -g 2>/dev/null | awk '/^Mem:/ { print $2 " GiB RAM, " }')temp dir on $fstype; kernel $(uname -r); load average $(cut -d' ' -f1-3 /proc/loadavg) at the end
-- mtad: release build of $rev; \`[spool] index_cache\` ${INDEX_CACHE:-default (64 MiB)}, \`[queue] retry_base = "6h"\`, HTTP on 127.0.0.1:0
+- mtad: release build of $rev; \`[spool] index_cache\` ${INDEX_CACHE:-default (1 MiB)}, \`[queue] retry_base = "6h"\`, HTTP on 127.0.0.1:0
 - queue: $N messages of $SIZE bytes, one recipient each, seeded with mta-seed ($(sed -n 's/.*s: \([0-9]*\) msg\/s.*/\1/p' "$OUT/seed.log") msg/s), none due; mtad started in $START_S s and stopped in $STOP_S s
 - mtad RSS once started and idle: $(mib "$RSS_START") MiB (VmHWM $(mib "$HWM_START") MiB; $MEM_START); at the end: $(mib "$RSS_END") MiB (VmHWM $(mib "$HWM_END") MiB; $MEM_END); the index (sled) takes $(mib "${INDEX_KIB:-0}") MiB on disk; $queued queued at the end, $delivered delivered during the run, $warnings WARN/ERROR lines in mtad.log
 

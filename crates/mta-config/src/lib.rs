@@ -174,9 +174,11 @@ pub struct SpoolConfig {
     /// (0: as fast as the disk allows). The rescan runs while the daemon
     /// accepts and delivers; a limit keeps its I/O from crowding them out.
     pub rescan_rate: u64,
-    /// Memory the queue index may use as its page cache. The index holds
-    /// a few hundred bytes per queued message; what does not fit is read
-    /// from disk (the page cache) when needed.
+    /// The queue index's page cache (sled's `cache_capacity`, counted in
+    /// the pages' size on disk; in memory they take about three to four
+    /// times that). Pages beyond it are dropped and read again from the
+    /// file (the kernel's page cache) when needed, so a walk over the
+    /// whole index leaves the daemon about where it was.
     pub index_cache: ByteSize,
 }
 
@@ -259,7 +261,7 @@ impl Default for SpoolConfig {
             max_batch: 256,
             free_space_check_interval: Duration::from_secs(1),
             rescan_rate: 0,
-            index_cache: ByteSize(64 * 1024 * 1024),
+            index_cache: ByteSize(1024 * 1024),
         }
     }
 }
