@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, Request as HttpRequest, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{get, post};
@@ -74,17 +74,15 @@ async fn authorize(State(app): State<App>, request: HttpRequest, next: Next) -> 
     if given.is_some_and(|g| same(g.as_bytes(), token.as_bytes())) {
         return next.run(request).await;
     }
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        header::WWW_AUTHENTICATE,
-        "Bearer".parse().expect("a header value"),
-    );
-    (
+    let mut response = refusal(
         StatusCode::UNAUTHORIZED,
-        headers,
-        Json(serde_json::json!({ "error": "a bearer token is required (Authorization: Bearer <http.token>)" })),
-    )
-        .into_response()
+        "a bearer token is required (Authorization: Bearer <http.token>)".into(),
+    );
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    response
 }
 
 /// Compares without stopping at the first difference.
@@ -193,11 +191,10 @@ async fn act(
         "release" => QueueAction::Release,
         "delete" => QueueAction::Delete,
         other => {
-            return (
+            return refusal(
                 StatusCode::NOT_FOUND,
-                Json(serde_json::json!({ "error": format!("no queue action {other:?}: flush, hold, release or delete") })),
+                format!("no queue action {other:?}: flush, hold, release or delete"),
             )
-                .into_response()
         }
     };
     let Json(body) = body.unwrap_or_default();
@@ -255,22 +252,22 @@ async fn pause_or_resume(app: &App, what: &str, body: PauseBody, pause: bool) ->
         ("delivery", None, runner) => Request::Resume { runner },
         ("injection", _, _) => return bad_request("injection takes no domain or runner".into()),
         (other, _, _) => {
-            return (
+            return refusal(
                 StatusCode::NOT_FOUND,
-                Json(serde_json::json!({ "error": format!("nothing called {other:?} to pause: delivery or injection") })),
+                format!("nothing called {other:?} to pause: delivery or injection"),
             )
-                .into_response()
         }
     };
     ask(app, request).await
 }
 
 fn bad_request(message: String) -> HttpResponse {
-    (
-        StatusCode::BAD_REQUEST,
-        Json(serde_json::json!({ "error": message })),
-    )
-        .into_response()
+    refusal(StatusCode::BAD_REQUEST, message)
+}
+
+/// `{"error": message}` with `status`.
+fn refusal(status: StatusCode, message: String) -> HttpResponse {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
 /// Runs a request as the control socket would, and turns the answer
@@ -288,11 +285,7 @@ async fn ask(app: &App, request: Request) -> HttpResponse {
         Response::Done { message } => {
             Json(serde_json::json!({ "result": "ok", "message": message })).into_response()
         }
-        Response::NotFound { message } => (
-            StatusCode::NOT_FOUND,
-            Json(serde_json::json!({ "error": message })),
-        )
-            .into_response(),
+        Response::NotFound { message } => refusal(StatusCode::NOT_FOUND, message),
         Response::Error { message } => bad_request(message),
     }
 }
