@@ -351,6 +351,9 @@ fn a_delete_during_an_attempt_happens_when_the_attempt_ends() {
     let out = queue(&s.work, &["delete", &id]);
     assert!(out.contains("0 of 1 messages deleted"), "{out}");
     assert!(out.contains("1 being delivered now"), "{out}");
+    // A hold asked for after the delete waits too, and must not undo it.
+    let out = queue(&s.work, &["hold", &id]);
+    assert!(out.contains("1 being delivered now"), "{out}");
     // The attempt ends (deferred), then the delete is carried out.
     let deferred = wait_event(&s, "deferred", &id, None);
     let deleted = wait_event(&s, "deleted", &id, None);

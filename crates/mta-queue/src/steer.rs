@@ -64,7 +64,8 @@ pub(crate) enum Waiting {
 #[derive(Default)]
 struct Claims {
     inflight: HashSet<QueueId>,
-    waiting: HashMap<QueueId, Waiting>,
+    /// In the order given: a later hold must not undo an earlier delete.
+    waiting: HashMap<QueueId, Vec<Waiting>>,
 }
 
 /// State shared by every generation of runners (a graceful restart
@@ -94,14 +95,14 @@ impl Steering {
             return true;
         }
         if let Some(waiting) = waiting {
-            claims.waiting.insert(id, waiting);
+            claims.waiting.entry(id).or_default().push(waiting);
         }
         false
     }
 
-    /// Lets go of `id`, unless an action waits for it: then the claim is
-    /// kept and the action returned, for the caller to carry out.
-    pub fn release(&self, id: QueueId) -> Option<Waiting> {
+    /// Lets go of `id`, unless actions wait for it: then the claim is
+    /// kept and the actions returned, for the caller to carry out in order.
+    pub fn release(&self, id: QueueId) -> Option<Vec<Waiting>> {
         let mut claims = self.lock();
         match claims.waiting.remove(&id) {
             Some(waiting) => Some(waiting),
@@ -566,30 +567,32 @@ async fn act_on(
     result
 }
 
-/// Carries out an action that waited for an attempt to end; `claim` is
-/// the attempt's, handed over.
-pub(crate) async fn perform_waiting(claim: Claim, waiting: Waiting) {
+/// Carries out the actions that waited for an attempt to end, in the
+/// order they were asked for; `claim` is the attempt's, handed over.
+pub(crate) async fn perform_waiting(claim: Claim, waiting: Vec<Waiting>) {
     let inner = claim.inner.clone();
-    let mut report = ActionReport::default();
-    let (action, bounce, domain) = match waiting {
-        Waiting::Hold => (QueueAction::Hold, false, None),
-        Waiting::Delete { bounce, domain } => (QueueAction::Delete, bounce, domain),
-    };
-    match act_claimed(
-        &inner,
-        &claim,
-        action,
-        bounce,
-        domain.as_deref(),
-        &mut report,
-    )
-    .await
-    {
-        Ok(()) => {
-            info!(queue_id = %claim.id, ?action, done = report.done, "operator action carried out after the attempt")
-        }
-        Err(e) => {
-            warn!(queue_id = %claim.id, ?action, error = %e, "operator action after the attempt failed")
+    for waiting in waiting {
+        let mut report = ActionReport::default();
+        let (action, bounce, domain) = match waiting {
+            Waiting::Hold => (QueueAction::Hold, false, None),
+            Waiting::Delete { bounce, domain } => (QueueAction::Delete, bounce, domain),
+        };
+        match act_claimed(
+            &inner,
+            &claim,
+            action,
+            bounce,
+            domain.as_deref(),
+            &mut report,
+        )
+        .await
+        {
+            Ok(()) => {
+                info!(queue_id = %claim.id, ?action, done = report.done, "operator action carried out after the attempt")
+            }
+            Err(e) => {
+                warn!(queue_id = %claim.id, ?action, error = %e, "operator action after the attempt failed")
+            }
         }
     }
 }
