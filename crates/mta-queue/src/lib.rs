@@ -254,12 +254,8 @@ impl Queue {
         .map_err(|e| QueueError::Resolver(e.to_string()))?;
         let client_settings = client_config(config);
         let client = match throttles {
-            Some(throttles) => {
-                throttles
-                    .set_rules(&client_settings)
-                    .map_err(|e| QueueError::Client(e.to_string()))?;
-                Client::with_throttles(client_settings, throttles)
-            }
+            // Sets the shared rules last, only once the client is built.
+            Some(throttles) => Client::with_throttles(client_settings, throttles),
             None => Client::new(client_settings),
         }
         .map_err(|e| QueueError::Client(e.to_string()))?;

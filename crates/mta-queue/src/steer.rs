@@ -306,9 +306,8 @@ fn parse_id(id: &str) -> Result<QueueId, SteerError> {
 }
 
 /// One listing row, with each recipient's attempts and last reply from
-/// the history.
-fn row(inner: &Inner, id: QueueId, entry: &IndexEntry) -> MessageRow {
-    let history = inner.spool.history(id).unwrap_or_default();
+/// the message's history.
+fn row(id: QueueId, entry: &IndexEntry, history: &[HistoryRecord]) -> MessageRow {
     let recipients = (0..entry.recipients.len())
         .map(|i| {
             let mut mine = history.iter().filter(|h| h.recipient == i);
@@ -361,7 +360,10 @@ pub(crate) fn list(
         messages: page
             .items
             .iter()
-            .map(|(id, entry)| row(inner, *id, entry))
+            .map(|(id, entry)| {
+                let history = inner.spool.history(*id).unwrap_or_default();
+                row(*id, entry, &history)
+            })
             .collect(),
         next: page.next.map(|id| id.to_string()),
     })
@@ -384,9 +386,9 @@ pub(crate) fn show(inner: &Inner, id: &str, body: bool) -> Result<MessageDetail,
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .map_or(content.len(), |p| p + 2);
-    let history = inner
-        .spool
-        .history(qid)?
+    let records = inner.spool.history(qid)?;
+    let message = row(qid, &entry, &records);
+    let history = records
         .into_iter()
         .map(|h| HistoryRow {
             time: h.time,
@@ -399,7 +401,7 @@ pub(crate) fn show(inner: &Inner, id: &str, body: bool) -> Result<MessageDetail,
         })
         .collect();
     Ok(MessageDetail {
-        message: row(inner, qid, &entry),
+        message,
         envelope: serde_json::to_value(&envelope).unwrap_or_default(),
         history,
         headers: String::from_utf8_lossy(&content[..split]).into_owned(),

@@ -703,13 +703,15 @@ impl Index {
             self.history.insert(history_key(id, next), value)?;
             next = next.saturating_add(1);
         }
-        let kept = self.history.scan_prefix(prefix).keys().count();
-        if kept > MAX_HISTORY {
+        // Sequence numbers only grow, so the newest MAX_HISTORY are those
+        // from `next - MAX_HISTORY` on: drop what is below, without
+        // counting what is kept.
+        let cutoff = next.saturating_sub(MAX_HISTORY as u32);
+        if cutoff > 0 {
             for key in self
                 .history
-                .scan_prefix(prefix)
+                .range(history_key(id, 0)..history_key(id, cutoff))
                 .keys()
-                .take(kept - MAX_HISTORY)
             {
                 self.history.remove(key?)?;
             }
@@ -766,8 +768,7 @@ impl Index {
     /// paused destinations), flushed to disk before it returns.
     pub fn save_state(&self, name: &str, value: &[u8]) -> Result<(), SpoolError> {
         self.meta.insert(state_key(name), value)?;
-        self.db.flush()?;
-        Ok(())
+        self.flush()
     }
 
     /// A value saved with [`save_state`](Self::save_state).
