@@ -439,8 +439,8 @@ pub(crate) fn summary(inner: &Inner, filter: &QueueFilter) -> Result<QueueSummar
             if f.matches(e) {
                 let b = bucket(e.arrival);
                 let mut mine: BTreeSet<String> = BTreeSet::new();
-                for (i, r) in e.rcpts.iter().enumerate() {
-                    if e.recipients.get(i) == Some(&RecipientState::Pending) {
+                for i in pending_at(e, None) {
+                    if let Some(r) = e.rcpts.get(i) {
                         mine.insert(domain_of(r).to_ascii_lowercase());
                     }
                 }
@@ -515,10 +515,7 @@ pub(crate) async fn act(
             spool.list(after, PAGE_SCAN, PAGE_SCAN, |_, e| match &wanted {
                 // A domain selects messages with a recipient still to be
                 // delivered there.
-                Some(d) => e.rcpts.iter().enumerate().any(|(i, r)| {
-                    e.recipients.get(i) == Some(&RecipientState::Pending)
-                        && domain_of(r).eq_ignore_ascii_case(d)
-                }),
+                Some(d) => !pending_at(e, Some(d)).is_empty(),
                 None => true,
             })
         })
@@ -623,9 +620,19 @@ fn note_history(
     inner.spool.append_history(id, &records)
 }
 
-fn pending_indexes(entry: &IndexEntry) -> Vec<usize> {
+/// The recipients still to be delivered, at `domain` when one is given
+/// (what `--domain` selects for an action and counts in a summary).
+fn pending_at(entry: &IndexEntry, domain: Option<&str>) -> Vec<usize> {
     (0..entry.recipients.len())
         .filter(|&i| entry.recipients[i] == RecipientState::Pending)
+        .filter(|&i| {
+            domain.is_none_or(|d| {
+                entry
+                    .rcpts
+                    .get(i)
+                    .is_some_and(|r| domain_of(r).eq_ignore_ascii_case(d))
+            })
+        })
         .collect()
 }
 
@@ -666,7 +673,7 @@ async fn act_claimed(
             entry.queue = QueueName::Held;
             entry.held_since = Some(now);
             spool.update(id, &entry)?;
-            note_history(inner, id, &pending_indexes(&entry), Event::Held, now)?;
+            note_history(inner, id, &pending_at(&entry, None), Event::Held, now)?;
             log_operator(inner, Event::Held, id, &entry, None);
             report.done += 1;
         }
@@ -680,7 +687,7 @@ async fn act_claimed(
             entry.queue = QueueName::Disk;
             entry.next_attempt = now;
             spool.update(id, &entry)?;
-            note_history(inner, id, &pending_indexes(&entry), Event::Released, now)?;
+            note_history(inner, id, &pending_at(&entry, None), Event::Released, now)?;
             log_operator(inner, Event::Released, id, &entry, None);
             report.done += 1;
             inner.disk_wake.notify_one();
@@ -691,17 +698,7 @@ async fn act_claimed(
                     entry.fill_addresses(&envelope);
                 }
             }
-            let doomed: Vec<usize> = pending_indexes(&entry)
-                .into_iter()
-                .filter(|&i| {
-                    domain.is_none_or(|d| {
-                        entry
-                            .rcpts
-                            .get(i)
-                            .is_some_and(|r| domain_of(r).eq_ignore_ascii_case(d))
-                    })
-                })
-                .collect();
+            let doomed = pending_at(&entry, domain);
             if doomed.is_empty() {
                 report.unchanged += 1;
                 return Ok(());
@@ -726,7 +723,7 @@ async fn act_claimed(
                 log_operator(inner, Event::Deleted, id, &entry, Some(i));
             }
             report.recipients_deleted += doomed.len() as u64;
-            if pending_indexes(&entry).is_empty() {
+            if pending_at(&entry, None).is_empty() {
                 spool.remove(id)?;
             } else {
                 spool.update(id, &entry)?;
