@@ -57,9 +57,7 @@ impl fmt::Display for ClientKey {
 /// An IPv4-mapped IPv6 address (a dual-stack listener) as IPv4.
 pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or(IpAddr::V6(v6), IpAddr::V4),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
     }
 }
@@ -314,7 +312,10 @@ mod tests {
             ClientKey::of(ip("::ffff:192.0.2.7")),
             ClientKey::of(ip("192.0.2.7"))
         );
-        assert_eq!(ClientKey::of(ip("::ffff:192.0.2.7")).to_string(), "192.0.2.7");
+        assert_eq!(
+            ClientKey::of(ip("::ffff:192.0.2.7")).to_string(),
+            "192.0.2.7"
+        );
     }
 
     #[test]
@@ -332,11 +333,18 @@ mod tests {
         // removes it.
         let l = limits(5, 10);
         for i in 0..100u8 {
-            drop(cl.admit(IpAddr::V4(Ipv4Addr::new(198, 51, 100, i)), &l, t0).unwrap());
+            drop(
+                cl.admit(IpAddr::V4(Ipv4Addr::new(198, 51, 100, i)), &l, t0)
+                    .unwrap(),
+            );
         }
         assert_eq!(cl.tracked(), 100);
         let _p = cl
-            .admit(ip("192.0.2.200"), &l, t0 + RATE_WINDOW + Duration::from_secs(1))
+            .admit(
+                ip("192.0.2.200"),
+                &l,
+                t0 + RATE_WINDOW + Duration::from_secs(1),
+            )
             .unwrap();
         assert_eq!(cl.tracked(), 1);
     }
@@ -344,7 +352,9 @@ mod tests {
     #[test]
     fn no_limits_remember_nothing() {
         let cl = Arc::new(ClientLimits::default());
-        let _p = cl.admit(ip("192.0.2.1"), &limits(0, 0), Instant::now()).unwrap();
+        let _p = cl
+            .admit(ip("192.0.2.1"), &limits(0, 0), Instant::now())
+            .unwrap();
         assert_eq!(cl.tracked(), 0);
     }
 }

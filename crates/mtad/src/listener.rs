@@ -111,37 +111,37 @@ pub async fn accept_loop(
             continue;
         };
         at_limit = false;
-        let client =
-            match ctx
-                .client_limits
-                .admit(peer.ip(), &settings.client_limits, Instant::now())
-            {
-                Ok(permit) => permit,
-                Err(refused) => {
-                    drop(slot);
-                    let cause = match refused.over {
-                        Over::Connections => Refusal::ClientConnections,
-                        Over::Rate => Refusal::ClientRate,
-                    };
-                    ctx.stats.refused(cause);
-                    if refused.first {
-                        info!(
-                            client = %refused.client,
-                            cause = cause.label(),
-                            "client over its limit: its new connections get 421 4.7.0 (more refusals logged at debug)"
-                        );
-                    } else {
-                        debug!(client = %refused.client, cause = cause.label(), "refused");
-                    }
-                    let reply = mta_smtp::Session::too_many_connections_from(
-                        &settings.hostname,
-                        &refused.client.to_string(),
-                        refused.over == Over::Rate,
+        let client = match ctx.client_limits.admit(
+            peer.ip(),
+            &settings.client_limits,
+            Instant::now(),
+        ) {
+            Ok(permit) => permit,
+            Err(refused) => {
+                drop(slot);
+                let cause = match refused.over {
+                    Over::Connections => Refusal::ClientConnections,
+                    Over::Rate => Refusal::ClientRate,
+                };
+                ctx.stats.refused(cause);
+                if refused.first {
+                    info!(
+                        client = %refused.client,
+                        cause = cause.label(),
+                        "client over its limit: its new connections get 421 4.7.0 (more refusals logged at debug)"
                     );
-                    sessions.spawn(say_and_close(stream, reply));
-                    continue;
+                } else {
+                    debug!(client = %refused.client, cause = cause.label(), "refused");
                 }
-            };
+                let reply = mta_smtp::Session::too_many_connections_from(
+                    &settings.hostname,
+                    &refused.client.to_string(),
+                    refused.over == Over::Rate,
+                );
+                sessions.spawn(say_and_close(stream, reply));
+                continue;
+            }
+        };
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
         sessions.spawn(async move {
