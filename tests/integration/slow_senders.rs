@@ -217,6 +217,11 @@ fn sixty_trickles_from_one_client_do_not_lock_out_another() {
     let counts = refused(&work);
     assert_eq!(counts["client_connections"], 50, "{counts}");
     assert_eq!(counts["max_connections"], 0, "{counts}");
+    let table = text(&crate::util::init(&work, &["status"]));
+    assert!(
+        table.contains("smtp refused:         client_connections 50"),
+        "{table}"
+    );
     assert!(
         metrics(&mtad).contains("mta_smtp_refused_total{cause=\"client_connections\"} 50"),
         "{}",
