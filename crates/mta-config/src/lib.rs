@@ -794,6 +794,27 @@ mod tests {
     }
 
     #[test]
+    fn client_limits_and_deadlines_are_read_and_checked() {
+        let c = Config::default();
+        assert_eq!(c.smtp.min_data_rate, 500);
+        assert_eq!(c.smtp.max_session_time, Duration::from_secs(3600));
+        assert_eq!(c.smtp.max_connections_per_client, 50);
+        assert_eq!(c.smtp.client_limit_exemptions(), c.smtp.relay_networks);
+        let c = parse(
+            "[smtp]\nmax_connections_per_client = 0\nmax_connection_rate_per_client = 30\n\
+             client_limit_exemptions = []\nmax_session_time = \"10m\"\n",
+        )
+        .unwrap();
+        c.check(None).unwrap();
+        assert!(c.smtp.client_limit_exemptions().is_empty());
+        assert_eq!(c.smtp.max_connection_rate_per_client, 30);
+        let bad = parse("[smtp]\nmin_data_rate = 0\nmax_session_time = \"0s\"\n").unwrap();
+        let msg = bad.check(None).unwrap_err().to_string();
+        assert!(msg.contains("smtp.min_data_rate"), "{msg}");
+        assert!(msg.contains("smtp.max_session_time"), "{msg}");
+    }
+
+    #[test]
     fn tls_needs_both_files() {
         let c = parse("[tls]\ncertificate = \"/nonexistent.pem\"\n").unwrap();
         let msg = c.check(None).unwrap_err().to_string();
