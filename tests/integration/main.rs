@@ -13,6 +13,7 @@ mod operator;
 mod postfix;
 mod restart;
 mod signals;
+mod slow_senders;
 mod smtp;
 mod smuggling;
 mod storage;

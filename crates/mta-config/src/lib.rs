@@ -11,6 +11,7 @@
 #![deny(missing_docs)]
 
 mod delivery;
+mod descriptors;
 mod size;
 
 use std::net::SocketAddr;
@@ -138,13 +139,47 @@ pub struct SmtpConfig {
     pub max_line_length: usize,
     /// Error replies in one session before it gets `421` and is closed.
     pub max_errors: u32,
-    /// How long a client may stay silent before `421 4.4.2`.
+    /// The command deadline: from the moment the server waits for a
+    /// command (after the banner, after each reply) to the end of the
+    /// complete command line, whatever arrives in between; then `421
+    /// 4.4.2`. Also bounds the TLS handshake, each write, and the pause a
+    /// client may make in message text (RFC 5321 section 4.5.3.2.7 asks
+    /// for at least 5 minutes).
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// DATA and BDAT text: the deadline, `idle_timeout` from the start of
+    /// the text, moves on by one second for every this many octets
+    /// received, never to more than `idle_timeout` ahead (Postfix's
+    /// `smtpd_min_data_rate` with `smtpd_per_request_deadline`). Octets
+    /// per second, at least 1.
+    pub min_data_rate: u64,
+    /// The longest a session may last, whatever it does; then `421
+    /// 4.4.2`, even in the middle of a message.
+    #[serde(with = "humantime_serde")]
+    pub max_session_time: Duration,
+    /// Sessions at once from one client (an IPv4 address, an IPv6 /64);
+    /// one more gets `421 4.7.0` at the banner. 0: no limit.
+    pub max_connections_per_client: usize,
+    /// New sessions per minute (a sliding minute) from one client; one
+    /// more gets `421 4.7.0` at the banner. 0: no limit.
+    pub max_connection_rate_per_client: u32,
+    /// Clients the two per-client limits do not apply to. Absent: the
+    /// `relay_networks` (as Postfix exempts `$mynetworks`).
+    pub client_limit_exemptions: Option<Vec<IpNet>>,
     /// Domains whose mail is ours to keep: anyone may send to them.
     pub local_domains: Vec<String>,
     /// Clients that may relay to any domain.
     pub relay_networks: Vec<IpNet>,
+}
+
+impl SmtpConfig {
+    /// The clients exempt from the per-client limits: the explicit list,
+    /// or the relay networks.
+    pub fn client_limit_exemptions(&self) -> &[IpNet] {
+        self.client_limit_exemptions
+            .as_deref()
+            .unwrap_or(&self.relay_networks)
+    }
 }
 
 /// `[tls]`: the certificate for STARTTLS. Without both paths, STARTTLS is
@@ -245,6 +280,11 @@ impl Default for SmtpConfig {
             max_line_length: 1000,
             max_errors: 20,
             idle_timeout: Duration::from_secs(300),
+            min_data_rate: 500,
+            max_session_time: Duration::from_secs(3600),
+            max_connections_per_client: 50,
+            max_connection_rate_per_client: 600,
+            client_limit_exemptions: None,
             local_domains: vec!["localhost".to_owned()],
             relay_networks: vec![
                 "127.0.0.0/8".parse().expect("valid network"),
@@ -405,6 +445,15 @@ impl Config {
         }
         if self.smtp.idle_timeout.is_zero() {
             problem("smtp.idle_timeout", "must be longer than zero".into());
+        }
+        if self.smtp.min_data_rate == 0 {
+            problem(
+                "smtp.min_data_rate",
+                "must be at least 1 (octets per second)".into(),
+            );
+        }
+        if self.smtp.max_session_time.is_zero() {
+            problem("smtp.max_session_time", "must be longer than zero".into());
         }
         if self.spool.free_space_check_interval.is_zero() {
             problem(
@@ -742,6 +791,27 @@ mod tests {
             .unwrap();
         good.check(None).unwrap();
         parse("").unwrap().check(None).unwrap();
+    }
+
+    #[test]
+    fn client_limits_and_deadlines_are_read_and_checked() {
+        let c = Config::default();
+        assert_eq!(c.smtp.min_data_rate, 500);
+        assert_eq!(c.smtp.max_session_time, Duration::from_secs(3600));
+        assert_eq!(c.smtp.max_connections_per_client, 50);
+        assert_eq!(c.smtp.client_limit_exemptions(), c.smtp.relay_networks);
+        let c = parse(
+            "[smtp]\nmax_connections_per_client = 0\nmax_connection_rate_per_client = 30\n\
+             client_limit_exemptions = []\nmax_session_time = \"10m\"\n",
+        )
+        .unwrap();
+        c.check(None).unwrap();
+        assert!(c.smtp.client_limit_exemptions().is_empty());
+        assert_eq!(c.smtp.max_connection_rate_per_client, 30);
+        let bad = parse("[smtp]\nmin_data_rate = 0\nmax_session_time = \"0s\"\n").unwrap();
+        let msg = bad.check(None).unwrap_err().to_string();
+        assert!(msg.contains("smtp.min_data_rate"), "{msg}");
+        assert!(msg.contains("smtp.max_session_time"), "{msg}");
     }
 
     #[test]

@@ -281,6 +281,62 @@ pub struct Status {
     /// Destinations backed off after 421 or a burst of 4xx replies.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backoffs: Vec<BackoffRow>,
+    /// SMTP connections turned away and sessions cut off at a deadline
+    /// since start, by cause.
+    #[serde(default)]
+    pub smtp_refused: SmtpRefused,
+}
+
+/// SMTP connections turned away, and sessions closed at a deadline, since
+/// start, by cause.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SmtpRefused {
+    /// `421 4.7.0` at the banner: `smtp.max_connections` sessions open.
+    pub max_connections: u64,
+    /// `421 4.7.0` at the banner: the client has
+    /// `smtp.max_connections_per_client` sessions open.
+    pub client_connections: u64,
+    /// `421 4.7.0` at the banner: the client opened
+    /// `smtp.max_connection_rate_per_client` sessions this minute.
+    pub client_rate: u64,
+    /// `421 4.3.2` at the banner: injection paused or the spool down.
+    pub injection_paused: u64,
+    /// `421 4.3.2` at the banner: a stop under way.
+    pub stopping: u64,
+    /// `accept` failed (out of descriptors...): the connection waited in
+    /// the backlog.
+    pub accept_error: u64,
+    /// `421 4.4.2`: no complete command line (or TLS handshake, or reply
+    /// read) within `smtp.idle_timeout`.
+    pub command_deadline: u64,
+    /// `421 4.4.2`: message text slower than `smtp.min_data_rate`.
+    pub data_deadline: u64,
+    /// `421 4.4.2`: the session reached `smtp.max_session_time`.
+    pub session_cap: u64,
+}
+
+impl SmtpRefused {
+    /// Every cause with its count, in a fixed order, as the metrics and
+    /// the status table name them.
+    pub fn by_cause(&self) -> [(&'static str, u64); 9] {
+        [
+            ("max_connections", self.max_connections),
+            ("client_connections", self.client_connections),
+            ("client_rate", self.client_rate),
+            ("injection_paused", self.injection_paused),
+            ("stopping", self.stopping),
+            ("accept_error", self.accept_error),
+            ("command_deadline", self.command_deadline),
+            ("data_deadline", self.data_deadline),
+            ("session_cap", self.session_cap),
+        ]
+    }
+
+    /// All causes together.
+    pub fn total(&self) -> u64 {
+        self.by_cause().iter().map(|(_, n)| n).sum()
+    }
 }
 
 /// A destination backed off: no connection until `until`.

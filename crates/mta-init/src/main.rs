@@ -170,6 +170,9 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Verb::Configtest => {
+            if let Some(warning) = config.open_files_warning() {
+                eprintln!("mta-init: warning: {warning}");
+            }
             println!("Syntax OK");
             ExitCode::SUCCESS
         }

@@ -229,6 +229,16 @@ pub fn print_table(status: &Status) {
     }
     println!("  accepted since start: {}", status.accepted_total);
     println!("  sessions open:        {}", status.sessions_open);
+    if status.smtp_refused.total() > 0 {
+        let causes: Vec<String> = status
+            .smtp_refused
+            .by_cause()
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(cause, n)| format!("{cause} {n}"))
+            .collect();
+        println!("  smtp refused:         {}", causes.join(", "));
+    }
     if status.reloads > 0 {
         println!("  graceful restarts:    {}", status.reloads);
     }

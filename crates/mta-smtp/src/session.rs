@@ -211,6 +211,26 @@ impl Session {
         )
     }
 
+    /// The reply to a client over its own connection limit (sessions at
+    /// once, or new sessions per minute), sent instead of the banner.
+    pub fn too_many_connections_from(hostname: &str, client: &str, per_minute: bool) -> Reply {
+        Reply::new(
+            421,
+            "4.7.0",
+            if per_minute {
+                format!("{hostname} Error: too many new connections per minute from {client}, try again later")
+            } else {
+                format!("{hostname} Error: too many connections from {client}, try again later")
+            },
+        )
+    }
+
+    /// True while message text (DATA, or a BDAT chunk) is being read: its
+    /// deadline grows with the octets received.
+    pub fn is_reading_text(&self) -> bool {
+        matches!(self.phase, Phase::Data(_) | Phase::Chunk { .. })
+    }
+
     /// True while a transaction is open or message text is being read: a
     /// stop lets such a session finish before it closes it.
     pub fn in_transaction(&self) -> bool {

@@ -318,3 +318,21 @@ fn dsn_parameters_reach_the_envelope() {
     let codes = Driver::local().codes(b"EHLO c\r\nMAIL FROM:<a@b.test> ENVID=a+0D+0Ab\r\n");
     assert_eq!(codes[1], "501 5.5.4", "CR/LF via xtext must be refused");
 }
+
+#[test]
+fn reading_text_is_known_during_data_and_bdat_chunks_only() {
+    let mut d = Driver::local();
+    d.send(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@local.test>\r\n");
+    assert!(!d.session.is_reading_text());
+    d.send(b"DATA\r\nSubject: hi\r\n");
+    assert!(d.session.is_reading_text());
+    d.send(b"\r\nhello\r\n.\r\n");
+    assert!(!d.session.is_reading_text());
+    d.send(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<x@local.test>\r\nBDAT 20\r\nSubject");
+    assert!(d.session.is_reading_text());
+    d.send(b": hi\r\n\r\nhello");
+    assert!(!d.session.is_reading_text());
+    // Half a command line is not text.
+    d.send(b"BDAT 5 LA");
+    assert!(!d.session.is_reading_text());
+}

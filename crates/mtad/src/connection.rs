@@ -1,19 +1,23 @@
 //! Drives one SMTP session over a TCP connection, then over TLS after
 //! STARTTLS. The protocol decisions are all in `mta_smtp::Session`; this
-//! file moves bytes, stores messages and watches the clock and the stop.
+//! file moves bytes, stores messages and watches the clock (`deadlines.rs`:
+//! deadlines a trickle cannot push back) and the stop.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::BytesMut;
 use mta_smtp::{received_header, Message, Reply, Session, Step, StoreError};
 use mta_spool::QueueName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::timeout_at;
 use tracing::{debug, error, info, warn};
 
+use crate::deadlines::{Deadlines, Expired};
 use crate::server::{Context, Settings, Shutdown};
-use crate::stats::SessionGuard;
+use crate::stats::{Refusal, SessionGuard};
 
 /// How a stretch of the session over one stream ended.
 enum Outcome {
@@ -38,7 +42,15 @@ pub async fn serve(
         ctx,
         settings,
         shutdown,
+        peer,
+        began: Instant::now(),
     };
+    let mut deadlines = Deadlines::new(
+        settings.idle_timeout,
+        settings.min_data_rate,
+        settings.max_session_time,
+        with.began,
+    );
     let mut guard = ctx.stats.session_opened();
     let mut session = Session::new(
         settings.session_config.clone(),
@@ -58,6 +70,7 @@ pub async fn serve(
         &mut out,
         with,
         &mut guard,
+        &mut deadlines,
     )
     .await;
     match outcome {
@@ -66,8 +79,8 @@ pub async fn serve(
             let Some(acceptor) = &settings.tls else {
                 return;
             };
-            let handshake =
-                tokio::time::timeout(settings.idle_timeout, acceptor.accept(stream)).await;
+            let (until, expired) = deadlines.handshake(Instant::now());
+            let handshake = timeout_at(until.into(), acceptor.accept(stream)).await;
             let mut tls = match handshake {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
@@ -75,13 +88,15 @@ pub async fn serve(
                     return;
                 }
                 Err(_) => {
-                    debug!(%peer, "TLS handshake timed out");
+                    // No reply can be sent in the middle of a handshake.
+                    timed_out(with, expired, "TLS handshake");
                     return;
                 }
             };
             let description = crate::tls::describe(tls.get_ref().1);
             debug!(%peer, tls = %description, "TLS started");
             session.tls_started(description);
+            deadlines.await_command(Instant::now());
             if let Err(e) = drive(
                 &mut tls,
                 &mut session,
@@ -89,6 +104,7 @@ pub async fn serve(
                 &mut out,
                 with,
                 &mut guard,
+                &mut deadlines,
             )
             .await
             {
@@ -106,6 +122,27 @@ struct With<'a> {
     ctx: &'a Context,
     settings: &'a Settings,
     shutdown: &'a Shutdown,
+    peer: SocketAddr,
+    began: Instant,
+}
+
+/// Counts and logs a session cut off at a deadline.
+fn timed_out(with: With<'_>, expired: Expired, during: &str) {
+    let cause = match expired {
+        Expired::Command => Refusal::CommandDeadline,
+        Expired::Data => Refusal::DataDeadline,
+        Expired::Session => Refusal::SessionCap,
+    };
+    with.ctx.stats.refused(cause);
+    // One line per session, as Postfix's "timeout after DATA": a session
+    // that was served, so info rather than warn.
+    info!(
+        client = %with.peer.ip(),
+        cause = cause.label(),
+        during,
+        session_secs = with.began.elapsed().as_secs_f64(),
+        "deadline passed: session closed with 421 4.4.2"
+    );
 }
 
 /// Runs the session over `stream` until it closes or asks for TLS.
@@ -116,25 +153,32 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     out: &mut Vec<u8>,
     with: With<'_>,
     guard: &mut SessionGuard<'_>,
+    deadlines: &mut Deadlines,
 ) -> std::io::Result<Outcome> {
     let With {
         ctx,
         settings,
         shutdown,
+        ..
     } = with;
     loop {
         // Answer everything already buffered: with PIPELINING the client may
         // have sent many commands in one packet (RFC 2920).
+        let mut answered = false;
         loop {
             let step = session.poll(input);
             guard.set_in_transaction(session.in_transaction());
+            if !matches!(step, Step::NeedInput) {
+                answered = true;
+            }
             match step {
                 Step::NeedInput => break,
                 Step::Reply(reply) => reply.write_to(out),
-                Step::Close(reply) => return finish(stream, out, reply).await,
+                Step::Close(reply) => return finish(stream, out, reply, deadlines).await,
                 Step::StartTls(reply) => {
                     reply.write_to(out);
-                    flush(stream, out).await?;
+                    deadlines.await_command(Instant::now());
+                    bounded(deadlines, flush(stream, out)).await?;
                     if !input.is_empty() {
                         // CVE-2011-0411: plaintext pipelined after STARTTLS
                         // must never run inside the TLS session.
@@ -153,32 +197,79 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
             if shutdown.stopping.is_cancelled() && !session.in_transaction() {
-                return finish(stream, out, session.shutting_down()).await;
+                return finish(stream, out, session.shutting_down(), deadlines).await;
             }
         }
-        // RFC 2920 section 3.1: flush before waiting for more input.
-        flush(stream, out).await?;
+        // The clocks: text earns time as it comes; a command line has
+        // idle_timeout from the moment its wait began (the last reply),
+        // however its octets trickle in.
+        let now = Instant::now();
+        if session.is_reading_text() {
+            if answered || !deadlines.in_text() {
+                deadlines.await_text(now);
+            }
+        } else if answered || deadlines.in_text() {
+            deadlines.await_command(now);
+        }
+        // RFC 2920 section 3.1: flush before waiting for more input. A
+        // client that does not read its replies meets the same deadline.
+        match bounded(deadlines, flush(stream, out)).await {
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                return expire(stream, out, session, with, deadlines, "a reply").await
+            }
+            other => other?,
+        }
         if shutdown.stopping.is_cancelled() && !session.in_transaction() {
-            return finish(stream, out, session.shutting_down()).await;
+            return finish(stream, out, session.shutting_down(), deadlines).await;
         }
         if input.capacity() - input.len() < 4096 {
             input.reserve(16 * 1024);
         }
+        let (until, _) = deadlines.next();
         tokio::select! {
-            read = tokio::time::timeout(settings.idle_timeout, stream.read_buf(input)) => match read {
-                Err(_) => return finish(stream, out, session.timeout()).await,
+            read = timeout_at(until.into(), stream.read_buf(input)) => match read {
+                Err(_) => {
+                    let during = if deadlines.in_text() { "message text" } else { "a command" };
+                    return expire(stream, out, session, with, deadlines, during).await;
+                }
                 Ok(Ok(0)) => return Ok(Outcome::Closed),
-                Ok(Ok(_)) => {}
+                Ok(Ok(n)) => deadlines.received(n, Instant::now()),
                 Ok(Err(e)) => return Err(e),
             },
             // An idle session is told at once; one in a transaction may
             // finish it (the checks above run after each step).
             () = shutdown.stopping.cancelled(), if !session.in_transaction() => {}
             () = shutdown.deadline.cancelled() => {
-                return finish(stream, out, session.shutting_down()).await;
+                return finish(stream, out, session.shutting_down(), deadlines).await;
             }
         }
     }
+}
+
+/// A deadline passed: `421 4.4.2`, counted and logged by cause, then close.
+async fn expire<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    out: &mut Vec<u8>,
+    session: &Session,
+    with: With<'_>,
+    deadlines: &Deadlines,
+    during: &str,
+) -> std::io::Result<Outcome> {
+    timed_out(with, deadlines.next().1, during);
+    // Replies the client never read are dropped: the 421 goes alone.
+    out.clear();
+    finish(stream, out, session.timeout(), deadlines).await
+}
+
+/// Runs a write within the session's current deadline (TimedOut past it).
+async fn bounded<T>(
+    deadlines: &Deadlines,
+    io: impl std::future::Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    let (until, _) = deadlines.next();
+    timeout_at(until.into(), io)
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
 /// Makes the message durable, then answers: 250 only once it is on disk
@@ -248,14 +339,21 @@ async fn flush<S: AsyncWrite + Unpin>(stream: &mut S, out: &mut Vec<u8>) -> std:
     Ok(())
 }
 
-/// Sends the last reply and closes.
+/// Sends the last reply and closes. The write has until the session's
+/// deadline; past it (a 421 for a deadline), it is tried once and dropped
+/// if the client's receive window is full, so a client that reads nothing
+/// cannot hold the session open.
 async fn finish<S: AsyncWrite + Unpin>(
     stream: &mut S,
     out: &mut Vec<u8>,
     reply: Reply,
+    deadlines: &Deadlines,
 ) -> std::io::Result<Outcome> {
     reply.write_to(out);
-    flush(stream, out).await?;
-    let _ = stream.shutdown().await;
-    Ok(Outcome::Closed)
+    let written = bounded(deadlines, flush(stream, out)).await;
+    let _ = bounded(deadlines, stream.shutdown()).await;
+    match written {
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Ok(Outcome::Closed),
+        other => other.map(|()| Outcome::Closed),
+    }
 }

@@ -334,5 +334,6 @@ pub fn status(ctx: &Context, shutdown: &Shutdown) -> Status {
             .iter()
             .find(|q| q.queue == QueueName::Held)
             .map_or(0, |q| q.messages),
+        smtp_refused: stats.smtp_refused(),
     }
 }

@@ -375,6 +375,25 @@ fn render(ctx: &Context) -> String {
         "SMTP sessions open now.",
         &plain(ctx.stats.sessions_open()),
     );
+    let refused: Vec<_> = ctx
+        .stats
+        .smtp_refused()
+        .by_cause()
+        .into_iter()
+        .map(|(cause, n)| (format!("{{cause=\"{cause}\"}}"), n))
+        .collect();
+    metric(
+        "mta_smtp_refused_total",
+        "counter",
+        "SMTP connections turned away at the banner, and sessions closed at a deadline, since start, by cause.",
+        &refused,
+    );
+    metric(
+        "mta_smtp_clients_tracked",
+        "gauge",
+        "Clients the per-client connection limits remember now.",
+        &plain(ctx.client_limits.tracked() as u64),
+    );
     let per_queue: Vec<_> = ctx
         .spool
         .queue_stats()

@@ -1,15 +1,29 @@
-//! Accepting SMTP connections, within the connection limit.
+//! Accepting SMTP connections, within the global connection limit and
+//! the per-client limits (`client_limits.rs`). Every connection turned
+//! away is counted by cause (`stats::Refusal`); the log gets one line when
+//! a limit starts refusing (warn for the global limit, which needs the
+//! operator, info for one client), the rest at debug, so a flood of
+//! refusals does not flood the log.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
+use crate::client_limits::Over;
 use crate::connection;
 use crate::server::{Context, Shutdown};
+use crate::stats::Refusal;
+
+/// After a failed `accept` (EMFILE: out of descriptors), wait before
+/// trying again, doubling up to the maximum, as Go's net/http does: the
+/// connection waits in the backlog instead of the loop spinning.
+const ACCEPT_RETRY_FIRST: Duration = Duration::from_millis(5);
+const ACCEPT_RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// Accepts connections until the stop begins or the service is taken
 /// down (`down`). While injection is paused, a new connection hears
@@ -25,6 +39,8 @@ pub async fn accept_loop(
     sessions: TaskTracker,
     down: CancellationToken,
 ) {
+    let mut retry = ACCEPT_RETRY_FIRST;
+    let mut at_limit = false;
     loop {
         let (stream, peer) = tokio::select! {
             // A stop takes precedence over a connection waiting in the
@@ -38,11 +54,25 @@ pub async fn accept_loop(
             }
             () = down.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok(a) => a,
+                Ok(a) => {
+                    retry = ACCEPT_RETRY_FIRST;
+                    a
+                }
                 Err(e) => {
-                    // EMFILE and friends: keep serving the others.
-                    warn!(error = %e, "accept failed");
-                    tokio::task::yield_now().await;
+                    // EMFILE and friends: keep serving the others. Warn
+                    // once per run of failures.
+                    ctx.stats.refused(Refusal::AcceptError);
+                    if retry == ACCEPT_RETRY_FIRST {
+                        warn!(error = %e, "accept failed; retrying (connections wait in the backlog)");
+                    } else {
+                        debug!(error = %e, "accept failed again");
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(retry) => {}
+                        () = shutdown.listen_end.cancelled() => {}
+                        () = down.cancelled() => {}
+                    }
+                    retry = (retry * 2).min(ACCEPT_RETRY_MAX);
                     continue;
                 }
             },
@@ -50,6 +80,7 @@ pub async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let settings = ctx.settings();
         if ctx.services.injection_blocked() {
+            ctx.stats.refused(Refusal::InjectionPaused);
             debug!(%peer, "injection paused: turned away with 421");
             let reply = mta_smtp::Reply::new(
                 421,
@@ -62,21 +93,62 @@ pub async fn accept_loop(
             sessions.spawn(say_and_close(stream, reply));
             continue;
         }
-        match settings.connection_slots.clone().try_acquire_owned() {
-            Ok(permit) => {
-                let ctx = ctx.clone();
-                let shutdown = shutdown.clone();
-                sessions.spawn(async move {
-                    connection::serve(stream, peer, &ctx, &settings, &shutdown).await;
-                    drop(permit);
-                });
+        let Ok(slot) = settings.connection_slots.clone().try_acquire_owned() else {
+            ctx.stats.refused(Refusal::MaxConnections);
+            if !at_limit {
+                at_limit = true;
+                warn!(
+                    client = %peer.ip(),
+                    cause = Refusal::MaxConnections.label(),
+                    max_connections = settings.config.smtp.max_connections,
+                    "connection limit reached: new connections get 421 4.7.0"
+                );
+            } else {
+                debug!(client = %peer.ip(), cause = Refusal::MaxConnections.label(), "refused");
             }
-            Err(_) => {
-                debug!(%peer, "connection limit reached");
-                let reply = mta_smtp::Session::too_many_connections(&settings.hostname);
+            let reply = mta_smtp::Session::too_many_connections(&settings.hostname);
+            sessions.spawn(say_and_close(stream, reply));
+            continue;
+        };
+        at_limit = false;
+        let client = match ctx.client_limits.admit(
+            peer.ip(),
+            &settings.client_limits,
+            Instant::now(),
+        ) {
+            Ok(permit) => permit,
+            Err(refused) => {
+                drop(slot);
+                let cause = match refused.over {
+                    Over::Connections => Refusal::ClientConnections,
+                    Over::Rate => Refusal::ClientRate,
+                };
+                ctx.stats.refused(cause);
+                if refused.first {
+                    info!(
+                        client = %refused.client,
+                        cause = cause.label(),
+                        "client over its limit: its new connections get 421 4.7.0 (more refusals logged at debug)"
+                    );
+                } else {
+                    debug!(client = %refused.client, cause = cause.label(), "refused");
+                }
+                let reply = mta_smtp::Session::too_many_connections_from(
+                    &settings.hostname,
+                    &refused.client.to_string(),
+                    refused.over == Over::Rate,
+                );
                 sessions.spawn(say_and_close(stream, reply));
+                continue;
             }
-        }
+        };
+        let ctx = ctx.clone();
+        let shutdown = shutdown.clone();
+        sessions.spawn(async move {
+            connection::serve(stream, peer, &ctx, &settings, &shutdown).await;
+            drop(client);
+            drop(slot);
+        });
     }
 }
 
@@ -102,6 +174,7 @@ async fn turn_away_until_closed(listener: &TcpListener, ctx: &Context, shutdown:
         tokio::select! {
             accepted = listener.accept() => {
                 if let Ok((mut stream, peer)) = accepted {
+                    ctx.stats.refused(Refusal::Stopping);
                     debug!(%peer, "stopping: turned away with 421");
                     let out = out.clone();
                     tokio::spawn(async move {

@@ -4,8 +4,10 @@
 //! standard output when ready. A restart re-executes this program in the
 //! same process with the listening sockets inherited.
 
+mod client_limits;
 mod connection;
 mod control;
+mod deadlines;
 mod generations;
 mod http;
 mod listener;
@@ -72,10 +74,14 @@ fn main() -> ExitCode {
         }
     };
     if cli.check_config {
+        if let Some(warning) = config.open_files_warning() {
+            eprintln!("mtad: warning: {warning}");
+        }
         println!("Syntax OK");
         return ExitCode::SUCCESS;
     }
     let log_level = init_logging(&config.log.level);
+    raise_open_files_limit(&config);
     // An absolute path, so a restart reads the same file whatever the
     // working directory.
     let config_path = cli.config.map(|p| std::path::absolute(&p).unwrap_or(p));
@@ -113,6 +119,36 @@ fn main() -> ExitCode {
             eprintln!("mtad: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Raises the soft open-files limit to the hard one: a shell's usual 1024
+/// is less than `max_connections = 1000` and the spool files need, and
+/// past it `accept` fails with EMFILE. Logs what it got, and warns when
+/// the configuration needs more than that.
+fn raise_open_files_limit(config: &Config) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        tracing::warn!("cannot read the open-files limit");
+        return;
+    };
+    let limit = if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => {
+                tracing::info!(from = soft, to = hard, "open-files limit raised");
+                hard
+            }
+            Err(e) => {
+                tracing::warn!(soft, hard, error = %e, "cannot raise the open-files limit");
+                soft
+            }
+        }
+    } else {
+        tracing::info!(limit = soft, "open-files limit already at its hard limit");
+        soft
+    };
+    if let Some(warning) = config.open_files_warning_for(limit) {
+        tracing::warn!("{warning}");
     }
 }
 

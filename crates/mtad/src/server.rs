@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+use crate::client_limits::ClientLimits;
 use crate::control::ControlSocket;
 use crate::generations::Generations;
 use crate::logfile::LogFile;
@@ -60,8 +61,11 @@ pub struct Settings {
     pub hostname: String,
     pub session_config: Arc<SessionConfig>,
     pub idle_timeout: Duration,
+    pub min_data_rate: u64,
+    pub max_session_time: Duration,
     pub tls: Option<TlsAcceptor>,
     pub connection_slots: Arc<Semaphore>,
+    pub client_limits: crate::client_limits::Limits,
 }
 
 impl Settings {
@@ -87,7 +91,14 @@ impl Settings {
                 relay_networks: config.smtp.relay_networks.clone(),
             }),
             idle_timeout: config.smtp.idle_timeout,
+            min_data_rate: config.smtp.min_data_rate,
+            max_session_time: config.smtp.max_session_time,
             connection_slots: Arc::new(Semaphore::new(config.smtp.max_connections)),
+            client_limits: crate::client_limits::Limits {
+                max_connections: config.smtp.max_connections_per_client,
+                max_rate: config.smtp.max_connection_rate_per_client,
+                exemptions: config.smtp.client_limit_exemptions().to_vec(),
+            },
             tls,
             config,
         })
@@ -100,6 +111,8 @@ pub struct Context {
     pub spool: Spool,
     pub spool_report: OpenReport,
     pub stats: Stats,
+    /// Sessions per client, shared by the settings of a graceful restart.
+    pub client_limits: Arc<ClientLimits>,
     pub listen: Vec<SocketAddr>,
     pub http_listen: Vec<SocketAddr>,
     pub control_path: PathBuf,
@@ -253,6 +266,7 @@ async fn serve(config: Config, startup: Startup) -> Result<Exit> {
         spool,
         spool_report: report,
         stats: Stats::new(),
+        client_limits: Arc::default(),
         listen: listen.clone(),
         http_listen: http_listen.clone(),
         control_path,

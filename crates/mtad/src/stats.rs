@@ -4,6 +4,61 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// Why the listener turned a connection away, or a session was cut off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// `smtp.max_connections` reached: `421 4.7.0` at the banner.
+    MaxConnections,
+    /// The client has `smtp.max_connections_per_client` sessions open.
+    ClientConnections,
+    /// The client opened `smtp.max_connection_rate_per_client` sessions
+    /// this minute.
+    ClientRate,
+    /// Injection paused (or the spool down): `421 4.3.2`.
+    InjectionPaused,
+    /// A stop under way: `421 4.3.2`.
+    Stopping,
+    /// `accept` failed (EMFILE and the like): the connection waits in
+    /// the backlog.
+    AcceptError,
+    /// No complete command line (or TLS handshake) within `idle_timeout`.
+    CommandDeadline,
+    /// Message text slower than `smtp.min_data_rate`.
+    DataDeadline,
+    /// The session reached `smtp.max_session_time`.
+    SessionCap,
+}
+
+impl Refusal {
+    /// Every cause, in the order reports show them.
+    pub const ALL: [Refusal; 9] = [
+        Refusal::MaxConnections,
+        Refusal::ClientConnections,
+        Refusal::ClientRate,
+        Refusal::InjectionPaused,
+        Refusal::Stopping,
+        Refusal::AcceptError,
+        Refusal::CommandDeadline,
+        Refusal::DataDeadline,
+        Refusal::SessionCap,
+    ];
+
+    /// The name in the status report, the metrics and the log.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::MaxConnections => "max_connections",
+            Refusal::ClientConnections => "client_connections",
+            Refusal::ClientRate => "client_rate",
+            Refusal::InjectionPaused => "injection_paused",
+            Refusal::Stopping => "stopping",
+            Refusal::AcceptError => "accept_error",
+            Refusal::CommandDeadline => "command_deadline",
+            Refusal::DataDeadline => "data_deadline",
+            Refusal::SessionCap => "session_cap",
+        }
+    }
+}
+
 /// Shared, lock-free counters plus the stop clock.
 #[derive(Debug)]
 pub struct Stats {
@@ -11,6 +66,7 @@ pub struct Stats {
     sessions_open: AtomicU64,
     sessions_in_transaction: AtomicU64,
     accepted_total: AtomicU64,
+    refused: [AtomicU64; Refusal::ALL.len()],
     stop: Mutex<Option<(Instant, Duration)>>,
 }
 
@@ -21,8 +77,40 @@ impl Stats {
             sessions_open: AtomicU64::new(0),
             sessions_in_transaction: AtomicU64::new(0),
             accepted_total: AtomicU64::new(0),
+            refused: Default::default(),
             stop: Mutex::new(None),
         }
+    }
+
+    /// Counts a connection turned away or a session cut off.
+    pub fn refused(&self, cause: Refusal) {
+        self.refused[cause as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The refusals since start, by cause.
+    pub fn refusals(&self) -> impl Iterator<Item = (Refusal, u64)> + '_ {
+        Refusal::ALL
+            .into_iter()
+            .map(|cause| (cause, self.refused[cause as usize].load(Ordering::Relaxed)))
+    }
+
+    /// The refusals as the status report carries them.
+    pub fn smtp_refused(&self) -> mta_control::SmtpRefused {
+        let mut r = mta_control::SmtpRefused::default();
+        for (cause, n) in self.refusals() {
+            *match cause {
+                Refusal::MaxConnections => &mut r.max_connections,
+                Refusal::ClientConnections => &mut r.client_connections,
+                Refusal::ClientRate => &mut r.client_rate,
+                Refusal::InjectionPaused => &mut r.injection_paused,
+                Refusal::Stopping => &mut r.stopping,
+                Refusal::AcceptError => &mut r.accept_error,
+                Refusal::CommandDeadline => &mut r.command_deadline,
+                Refusal::DataDeadline => &mut r.data_deadline,
+                Refusal::SessionCap => &mut r.session_cap,
+            } = n;
+        }
+        r
     }
 
     pub fn uptime(&self) -> Duration {
@@ -92,5 +180,35 @@ impl Drop for SessionGuard<'_> {
     fn drop(&mut self) {
         self.set_in_transaction(false);
         self.stats.sessions_open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_cause_has_its_own_counter() {
+        for (i, cause) in Refusal::ALL.into_iter().enumerate() {
+            assert_eq!(cause as usize, i, "{cause:?}");
+        }
+        let stats = Stats::new();
+        stats.refused(Refusal::DataDeadline);
+        stats.refused(Refusal::DataDeadline);
+        let counts: Vec<_> = stats.refusals().filter(|(_, n)| *n > 0).collect();
+        assert_eq!(counts, vec![(Refusal::DataDeadline, 2)]);
+    }
+
+    #[test]
+    fn the_status_report_names_the_causes_as_the_log_does() {
+        let stats = Stats::new();
+        for (i, cause) in Refusal::ALL.into_iter().enumerate() {
+            for _ in 0..=i {
+                stats.refused(cause);
+            }
+        }
+        let report = stats.smtp_refused();
+        let ours: Vec<_> = stats.refusals().map(|(c, n)| (c.label(), n)).collect();
+        assert_eq!(report.by_cause().to_vec(), ours);
     }
 }
