@@ -231,14 +231,7 @@ fn with_a_token_the_api_checks_scheme_token_content_type_origin_and_host() {
     let prefix = format!("Bearer {}", &TOKEN[..TOKEN.len() - 1]);
     let longer = format!("Bearer {TOKEN}x");
     let basic = format!("Basic {TOKEN}");
-    for auth in [
-        same_length.as_str(),
-        &prefix,
-        &longer,
-        &basic,
-        "Bearer",
-        "",
-    ] {
+    for auth in [same_length.as_str(), &prefix, &longer, &basic, "Bearer", ""] {
         for path in ["/api/queue", "/status", "/metrics"] {
             let headers = if auth.is_empty() {
                 vec![]
@@ -314,13 +307,23 @@ fn with_a_token_the_api_checks_scheme_token_content_type_origin_and_host() {
         http,
         "POST",
         "/api/queue/hold",
-        &[auth, ("Content-Type", "application/json; charset=utf-8"), ("Origin", &own)],
+        &[
+            auth,
+            ("Content-Type", "application/json; charset=utf-8"),
+            ("Origin", &own),
+        ],
         hold,
     );
     assert_eq!(code, 200, "{body}");
     assert_eq!(status_json(&work).1["daemon"]["held"], 1);
     let (code, body) = raw(http, "POST", "/api/pause/injection", &[auth, json], None);
     assert_eq!(code, 200, "an empty JSON body is no body: {body}");
-    let (code, body) = raw(http, "POST", "/api/resume/injection", &[auth, json], Some(""));
+    let (code, body) = raw(
+        http,
+        "POST",
+        "/api/resume/injection",
+        &[auth, json],
+        Some(""),
+    );
     assert_eq!(code, 200, "{body}");
 }

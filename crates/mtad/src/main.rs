@@ -8,6 +8,7 @@ mod connection;
 mod control;
 mod generations;
 mod http;
+mod http_access;
 mod listener;
 mod logfile;
 mod notify;
