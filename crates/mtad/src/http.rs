@@ -82,24 +82,24 @@ async fn authorize(
         request.uri().path(),
         request.headers(),
     );
-    let refusal_of = match verdict {
+    let refused = match verdict {
         Ok(()) => return next.run(request).await,
         Err(r) => r,
     };
     tracing::info!(
         method = %request.method(),
         path = request.uri().path(),
-        why = ?refusal_of,
+        why = ?refused,
         "HTTP request refused"
     );
-    let status = match refusal_of {
+    let status = match refused {
         Refusal::ForeignHost(_) => StatusCode::MISDIRECTED_REQUEST,
         Refusal::ForeignOrigin(_) | Refusal::ApiDisabled => StatusCode::FORBIDDEN,
         Refusal::Unauthorized => StatusCode::UNAUTHORIZED,
         Refusal::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
     };
-    let mut response = refusal(status, refusal_of.message());
-    if refusal_of == Refusal::Unauthorized {
+    let mut response = refusal(status, refused.message());
+    if refused == Refusal::Unauthorized {
         response.headers_mut().insert(
             header::WWW_AUTHENTICATE,
             header::HeaderValue::from_static("Bearer"),
