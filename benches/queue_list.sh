@@ -158,6 +158,8 @@ avail=$(df -Pk "$WORK" | awk 'NR == 2 { print $4 }')
 need=$((N * (SIZE + 4096 + 1024) / 1024 + 512 * 1024)) # KiB
 [ "$avail" -gt "$need" ] || die "$N messages need about $((need / 1024)) MiB in /tmp; $((avail / 1024)) MiB free"
 
+# The queue API wants a token (any 16 printable characters will do here).
+HTTP_TOKEN=queue-list-bench-token-$$
 cat >"$DIR/mta.toml" <<EOF
 # benches/queue_list.sh: everything in this directory, loopback only,
 # nothing due during the run.
@@ -181,6 +183,8 @@ dns_timeout = "1s"
 
 [http]
 listen = ["127.0.0.1:0"]
+# The queue API is off without a token.
+token = "$HTTP_TOKEN"
 
 [queue]
 retry_base = "6h"
@@ -313,7 +317,7 @@ http_first() { # case name
     watch_start "$name"
     for i in $(seq "$REPEAT"); do
         t=$(timeout 60 curl -sS -o "$OUT/$name.out" -w '%{time_starttransfer} %{time_total}' \
-            "http://$HTTP_ADDR/api/queue?limit=100") || fail "$label: curl failed"
+            -H "Authorization: Bearer $HTTP_TOKEN" "http://$HTTP_ADDR/api/queue?limit=100") || fail "$label: curl failed"
         firsts+=("${t% *}")
         totals+=("${t#* }")
     done
@@ -331,7 +335,7 @@ http_walk() { # case name limit
     t0=$EPOCHREALTIME
     while :; do
         url="http://$HTTP_ADDR/api/queue?limit=$limit${after:+&after=$after}"
-        timeout 60 curl -sS -f -o "$OUT/$name.page" "$url" || { fail "$label: curl $url failed"; break; }
+        timeout 60 curl -sS -f -H "Authorization: Bearer $HTTP_TOKEN" -o "$OUT/$name.page" "$url" || { fail "$label: curl $url failed"; break; }
         [ -n "$first" ] || first=$(secs "$t0" "$EPOCHREALTIME")
         read -r page next < <(jq -r '"\(.messages | length) \(.next // "")"' "$OUT/$name.page")
         n=$((n + page))

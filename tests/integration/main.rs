@@ -7,6 +7,8 @@ mod delivery;
 mod durability;
 mod http;
 mod init;
+mod init_output;
+mod init_permissions;
 mod lifecycle;
 mod limits;
 mod operator;

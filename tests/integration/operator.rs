@@ -66,6 +66,9 @@ fn wait_event(s: &Setup, name: &str, id: &str, recipient: Option<&str>) -> Value
     })
 }
 
+/// `[http] token` where a test uses the queue API.
+const TOKEN: &str = "s3cret-token-for-tests";
+
 fn http(s: &Setup) -> SocketAddr {
     s.mtad.http.expect("an http address is announced")
 }
@@ -75,7 +78,12 @@ fn list_show_and_summary_with_filters_on_the_cli_and_over_http() {
     let (port, sinks) = sinks(&[ip(2), ip(3)], SinkConfig::default);
     sinks[0].set_default_rcpt_reply(451, "4.2.0 a is busy");
     sinks[1].set_default_rcpt_reply(451, "4.2.0 b is busy");
-    let s = Setup::start(two_domains(), port, SLOW_RETRIES);
+    // The queue API is off without a token.
+    let s = Setup::start(
+        two_domains(),
+        port,
+        &format!("{SLOW_RETRIES}[http]\nlisten = [\"127.0.0.1:0\"]\ntoken = \"{TOKEN}\"\n"),
+    );
     let first = s.send("alice@x.test", &["one@a.test"], "first");
     let second = s.send("bob@y.test", &["two@b.test", "three@a.test"], "second");
     wait_event(&s, "deferred", &first, None);
@@ -171,21 +179,39 @@ fn list_show_and_summary_with_filters_on_the_cli_and_over_http() {
     );
 
     // The same over HTTP.
-    let (code, body) = request(http(&s), "GET", "/api/queue?domain=b.test", None, None);
+    let (code, body) = request(
+        http(&s),
+        "GET",
+        "/api/queue?domain=b.test",
+        Some(TOKEN),
+        None,
+    );
     assert_eq!(code, 200, "{body}");
     let page: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
         ids(page["messages"].as_array().unwrap()),
         vec![second.clone()]
     );
-    let (code, body) = request(http(&s), "GET", &format!("/api/queue/{first}"), None, None);
+    let (code, body) = request(
+        http(&s),
+        "GET",
+        &format!("/api/queue/{first}"),
+        Some(TOKEN),
+        None,
+    );
     assert_eq!(code, 200, "{body}");
     let detail: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(detail["message"]["id"], first.as_str());
     assert_eq!(detail["history"][0]["event"], "deferred", "{detail}");
-    let (code, _) = request(http(&s), "GET", "/api/queue/0000000000000001", None, None);
+    let (code, _) = request(
+        http(&s),
+        "GET",
+        "/api/queue/0000000000000001",
+        Some(TOKEN),
+        None,
+    );
     assert_eq!(code, 404);
-    let (code, body) = request(http(&s), "GET", "/api/queue/summary", None, None);
+    let (code, body) = request(http(&s), "GET", "/api/queue/summary", Some(TOKEN), None);
     assert_eq!(code, 200, "{body}");
     assert_eq!(
         serde_json::from_str::<Value>(&body).unwrap()["total"]["messages"],
@@ -459,7 +485,6 @@ fn a_paused_domain_keeps_its_mail_until_resumed_even_across_a_restart() {
 
 #[test]
 fn the_http_api_wants_the_bearer_token_and_steers_the_queue() {
-    const TOKEN: &str = "s3cret-token-for-tests";
     let (port, sinks) = sinks(&[ip(2)], SinkConfig::default);
     sinks[0].set_default_rcpt_reply(451, "4.2.0 not now");
     let s = Setup::start(

@@ -73,8 +73,15 @@ pub struct HttpConfig {
     /// default; any other address needs a `token`.
     pub listen: Vec<SocketAddr>,
     /// When set, every request must carry `Authorization: Bearer <token>`
-    /// (`/metrics` included).
+    /// (`/metrics` included). Without it the queue API under `/api/` is
+    /// off: only `/status` and `/metrics` are served.
     pub token: Option<String>,
+    /// Names the server is reached by besides the addresses it listens on
+    /// (and `localhost` on loopback): a `Host` or `Origin` naming anything
+    /// else is refused (DNS rebinding, cross-site requests).
+    /// `"mta.example.net"` allows that name on any port,
+    /// `"mta.example.net:8443"` on that port only.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for HttpConfig {
@@ -82,6 +89,7 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 8025))],
             token: None,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -101,7 +109,40 @@ impl HttpConfig {
                 format!("{addr} is not a loopback address: set http.token to expose the admin API"),
             );
         }
+        for entry in &self.allowed_hosts {
+            if let Err(why) = check_host_entry(entry) {
+                problem("http.allowed_hosts", format!("{entry:?}: {why}"));
+            }
+        }
     }
+}
+
+/// An `allowed_hosts` entry is what a `Host` header holds: a name or an
+/// address, with an optional port (`[...]` around an IPv6 address).
+fn check_host_entry(entry: &str) -> Result<(), &'static str> {
+    let (host, port) = match entry.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((v6, port)) if v6.parse::<std::net::Ipv6Addr>().is_ok() => ("v6", port),
+            _ => return Err("an IPv6 address goes in brackets, as in [2001:db8::1]:8025"),
+        },
+        None => match entry.find(':') {
+            Some(colon) => entry.split_at(colon),
+            None => (entry, ""),
+        },
+    };
+    if !port.is_empty()
+        && port
+            .strip_prefix(':')
+            .and_then(|p| p.parse::<u16>().ok())
+            .is_none()
+    {
+        return Err("the port must be a number from 0 to 65535");
+    }
+    let name_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_');
+    if host.is_empty() || !host.chars().all(name_char) {
+        return Err("give a host name or address, with an optional :port (no scheme, no path)");
+    }
+    Ok(())
 }
 
 /// `[maildir]`: where mail for local domains is delivered.
@@ -636,6 +677,40 @@ mod tests {
         assert!(msg.contains("mta.toml: hostname"), "{msg}");
         assert!(msg.contains("smtp.listen"), "{msg}");
         assert!(msg.contains("smtp.max_recipients"), "{msg}");
+    }
+
+    #[test]
+    fn allowed_hosts_are_names_or_addresses_with_an_optional_port() {
+        for good in [
+            "mta.example.net",
+            "mta.example.net:8443",
+            "192.0.2.1:8025",
+            "[2001:db8::1]",
+            "[::1]:8025",
+        ] {
+            assert_eq!(check_host_entry(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "http://mta.example.net",
+            "mta.example.net/api",
+            "mta.example.net:port",
+            "mta.example.net:99999",
+            "::1",
+            "[::1",
+            "[mta]:80",
+            "a b",
+        ] {
+            assert!(check_host_entry(bad).is_err(), "{bad}");
+        }
+        let c =
+            parse("[http]\nallowed_hosts = [\"ok.example\", \"https://no.example\"]\n").unwrap();
+        let msg = c.check(None).unwrap_err().to_string();
+        assert!(msg.contains("http.allowed_hosts"), "{msg}");
+        assert!(
+            msg.contains("no.example") && !msg.contains("ok.example"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -1,6 +1,12 @@
 //! mta-init, the init controller: starts, stops and reports on mtad, in
 //! the tradition of GreenArrow's `hvmail_init` and Apache's `apachectl`.
+//!
+//! `println!` and `eprintln!` in this crate are `output.rs`'s: a reader
+//! that goes away (`mta-init status | head -1`) ends the output quietly
+//! instead of a panic.
 
+#[macro_use]
+mod output;
 mod process;
 mod queue;
 mod restart;
@@ -148,7 +154,11 @@ enum SvcVerb {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let code = run(Cli::parse());
+    output::finish(code)
+}
+
+fn run(cli: Cli) -> ExitCode {
     let config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -299,7 +309,7 @@ fn main() -> ExitCode {
 
 /// Sends one control request that answers Ok.
 fn control(config: &Config, request: Request, done: &str) -> ExitCode {
-    match mta_control::call(&config.control_socket(), &request, Duration::from_secs(5)) {
+    match process::call(config, &request, Duration::from_secs(5)) {
         Ok(Response::Ok) => {
             println!("{done}");
             ExitCode::SUCCESS
@@ -310,13 +320,27 @@ fn control(config: &Config, request: Request, done: &str) -> ExitCode {
         }
         Ok(Response::Error { message }) => fail(anyhow::anyhow!(message)),
         Ok(other) => fail(anyhow::anyhow!("unexpected answer: {other:?}")),
-        Err(e) => fail(anyhow::anyhow!("{e} (is mtad running?)")),
+        Err(process::Call::Failed(e)) => fail(anyhow::anyhow!("{e} (is mtad running?)")),
+        Err(e) => fail(e.into()),
     }
 }
 
+/// Prints the error; exits 4 when this user may not see or control the
+/// daemon, else 1.
 fn fail(e: anyhow::Error) -> ExitCode {
     eprintln!("mta-init: {e:#}");
-    ExitCode::FAILURE
+    let not_permitted = e.chain().any(|cause| {
+        cause.is::<process::NotPermitted>()
+            || matches!(
+                cause.downcast_ref::<process::Call>(),
+                Some(process::Call::NotPermitted(_))
+            )
+    });
+    if not_permitted {
+        ExitCode::from(process::EXIT_NOT_PERMITTED)
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 /// mtad beside this program (as installed, or in target/), else from PATH.

@@ -2,7 +2,8 @@
 //! daemon, through the control socket.
 //!
 //! Exit codes: 0 done; 1 the daemon is not reachable or refused; 2 bad
-//! usage; 3 no such message (`show`, or an action on one queue id).
+//! usage; 3 no such message (`show`, or an action on one queue id); 4
+//! this user may not use the control socket.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -172,20 +173,25 @@ pub fn run(config: &Config, verb: QueueVerb) -> ExitCode {
             eprintln!("mta-init: {message}");
             ExitCode::FAILURE
         }
+        Err(Failure::NotPermitted(e)) => crate::fail(e.into()),
     }
 }
 
 enum Failure {
     NotFound(String),
     Other(String),
+    NotPermitted(crate::process::NotPermitted),
 }
 
 fn call(config: &Config, request: &Request) -> Result<Response, Failure> {
-    match mta_control::call(&config.control_socket(), request, TIMEOUT) {
+    match crate::process::call(config, request, TIMEOUT) {
         Ok(Response::Error { message }) => Err(Failure::Other(message)),
         Ok(Response::NotFound { message }) => Err(Failure::NotFound(message)),
         Ok(response) => Ok(response),
-        Err(e) => Err(Failure::Other(format!("{e} (is mtad running?)"))),
+        Err(crate::process::Call::NotPermitted(e)) => Err(Failure::NotPermitted(e)),
+        Err(crate::process::Call::Failed(e)) => {
+            Err(Failure::Other(format!("{e} (is mtad running?)")))
+        }
     }
 }
 
@@ -204,13 +210,9 @@ fn list(
     let mut out = stdout.lock();
     let mut after = None;
     let (mut messages, mut bytes) = (0u64, 0u64);
-    if !json {
-        let _ = writeln!(
-            out,
-            "{:<16}  {:<6} {:>9}  {:<20}  SENDER",
-            "QUEUE ID", "QUEUE", "SIZE", "ARRIVED"
-        );
-    }
+    // The header once the daemon has answered, so that a refusal comes
+    // alone.
+    let mut header_due = !json;
     'pages: loop {
         let request = Request::QueueList {
             filter: filter.clone(),
@@ -221,6 +223,17 @@ fn list(
             Response::QueuePage(p) => p,
             other => return Err(unexpected(other)),
         };
+        if std::mem::take(&mut header_due) {
+            let header = writeln!(
+                out,
+                "{:<16}  {:<6} {:>9}  {:<20}  SENDER",
+                "QUEUE ID", "QUEUE", "SIZE", "ARRIVED"
+            );
+            if let Err(e) = header {
+                crate::output::failed(&e);
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
         for m in &p.messages {
             if max.is_some_and(|max| messages >= max) {
                 break 'pages;
@@ -232,23 +245,31 @@ fn list(
             } else {
                 write_row(&mut out, m)
             };
-            if written.is_err() {
-                // The reader went away (| head): stop quietly.
+            if let Err(e) = written {
+                // The reader went away (| head): stop quietly, without
+                // asking for more pages. Any other error is reported.
+                crate::output::failed(&e);
                 return Ok(ExitCode::SUCCESS);
             }
         }
-        let _ = out.flush();
+        if let Err(e) = out.flush() {
+            crate::output::failed(&e);
+            return Ok(ExitCode::SUCCESS);
+        }
         match p.next {
             Some(next) => after = Some(next),
             None => break,
         }
     }
     if !json {
-        let _ = writeln!(
+        let trailer = writeln!(
             out,
             "-- {} Kbytes in {messages} messages.",
             bytes.div_ceil(1024)
         );
+        if let Err(e) = trailer {
+            crate::output::failed(&e);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -302,8 +323,9 @@ fn show(config: &Config, id: String, body: bool, json: bool) -> Result<ExitCode,
 }
 
 fn print_detail(d: &MessageDetail) {
+    // Written to memory first (it cannot fail there), then printed.
     let m = &d.message;
-    let mut out = std::io::stdout().lock();
+    let mut out = Vec::new();
     let _ = write_row(&mut out, m);
     let _ = writeln!(out, "ENVELOPE");
     let _ = writeln!(
@@ -340,6 +362,7 @@ fn print_detail(d: &MessageDetail) {
     if let Some(body) = &d.body {
         let _ = writeln!(out, "\nBODY\n{body}");
     }
+    print!("{}", String::from_utf8_lossy(&out));
 }
 
 fn summary(

@@ -14,7 +14,7 @@ use anyhow::{anyhow, bail, Result};
 use mta_config::Config;
 use mta_control::{Request, Response, Status};
 
-use crate::process::{probe, Daemon};
+use crate::process::{liveness, probe, Daemon, Liveness};
 use crate::EXIT_CONFIG;
 
 /// Why a verb did not go ahead.
@@ -40,10 +40,7 @@ impl Refusal {
                 );
                 ExitCode::from(EXIT_CONFIG)
             }
-            Refusal::Other(e) => {
-                eprintln!("mta-init: {e:#}");
-                ExitCode::FAILURE
-            }
+            Refusal::Other(e) => crate::fail(e),
         }
     }
 }
@@ -55,22 +52,28 @@ fn check_daemon_config(status: &Status) -> Result<Config, Refusal> {
     Config::load(path.as_deref()).map_err(|e| Refusal::Config(e.to_string()))
 }
 
+/// The status of a running daemon that answers; None when mtad is not
+/// running (or only a stale PID file is left); an error when it runs but
+/// does not answer, or this user may not tell.
+fn answering(config: &Config) -> Result<Option<Box<Status>>> {
+    match probe(config) {
+        Daemon::Answering(status) => Ok(Some(status)),
+        Daemon::Silent { pid, why } => bail!("mtad (pid {pid}) does not answer: {why}"),
+        Daemon::NotPermitted(e) => Err(e.into()),
+        Daemon::Dead(_) | Daemon::NotRunning => Ok(None),
+    }
+}
+
 /// `mta-init restart [--now]`. Returns false when mtad was not running
 /// (the caller starts it).
 pub fn restart(config: &Config, now: bool, wait: Duration) -> Result<bool, Refusal> {
-    let pid = match probe(&config.pid_file()) {
-        Daemon::Running(pid) => pid,
-        _ => return Ok(false),
+    let Some(before) = answering(config)? else {
+        return Ok(false);
     };
-    let before = crate::status::query(config)
-        .map_err(|e| anyhow!("mtad (pid {pid}) does not answer: {e}"))?;
+    let pid = before.pid as i32;
     check_daemon_config(&before)?;
     let began = Instant::now();
-    match mta_control::call(
-        &config.control_socket(),
-        &Request::Restart { now },
-        Duration::from_secs(5),
-    ) {
+    match crate::process::call(config, &Request::Restart { now }, Duration::from_secs(5)) {
         Ok(Response::Ok) => println!(
             "restarting mtad (pid {pid}){}: the listening sockets stay open, new connections wait",
             if now { " now" } else { "" }
@@ -79,11 +82,11 @@ pub fn restart(config: &Config, now: bool, wait: Duration) -> Result<bool, Refus
             return Err(Refusal::Other(anyhow!("{message}")));
         }
         Ok(other) => return Err(Refusal::Other(anyhow!("unexpected answer: {other:?}"))),
-        Err(e) => return Err(Refusal::Other(anyhow!("{e}"))),
+        Err(e) => return Err(Refusal::Other(e.into())),
     }
     let mut last_report = Instant::now();
     loop {
-        if !crate::process::is_mtad(pid) {
+        if liveness(pid) == Liveness::Gone {
             return Err(Refusal::Other(anyhow!(
                 "mtad (pid {pid}) exited during the restart; see its log"
             )));
@@ -117,18 +120,12 @@ pub fn restart(config: &Config, now: bool, wait: Duration) -> Result<bool, Refus
 
 /// `mta-init graceful`: a reload in place.
 pub fn graceful(config: &Config) -> Result<(), Refusal> {
-    let pid = match probe(&config.pid_file()) {
-        Daemon::Running(pid) => pid,
-        _ => return Err(Refusal::Other(anyhow!("mtad is not running"))),
+    let Some(before) = answering(config)? else {
+        return Err(Refusal::Other(anyhow!("mtad is not running")));
     };
-    let before = crate::status::query(config)
-        .map_err(|e| anyhow!("mtad (pid {pid}) does not answer: {e}"))?;
+    let pid = before.pid;
     check_daemon_config(&before)?;
-    match mta_control::call(
-        &config.control_socket(),
-        &Request::Reload,
-        Duration::from_secs(30),
-    ) {
+    match crate::process::call(config, &Request::Reload, Duration::from_secs(30)) {
         Ok(Response::Ok) => {
             println!(
                 "graceful restart done (pid {pid}): new settings apply to new work, logs reopened"
@@ -146,43 +143,29 @@ pub fn graceful(config: &Config) -> Result<(), Refusal> {
         }
         Ok(Response::Error { message }) => Err(Refusal::Other(anyhow!("{message}"))),
         Ok(other) => Err(Refusal::Other(anyhow!("unexpected answer: {other:?}"))),
-        Err(e) => Err(Refusal::Other(anyhow!("{e}"))),
+        Err(e) => Err(Refusal::Other(e.into())),
     }
 }
 
 /// `mta-init graceful-stop`: as SIGWINCH.
 pub fn graceful_stop(config: &Config, wait: Duration) -> Result<()> {
-    match probe(&config.pid_file()) {
-        Daemon::Running(_) => {}
-        _ => {
-            println!("mtad is not running");
-            return Ok(());
-        }
-    }
     crate::stop::run_with(config, &Request::GracefulStop, wait)
 }
 
 /// `mta-init reopen-logs`: succeeds when mtad is not running (nothing
 /// to reopen), as logrotate's postrotate wants.
 pub fn reopen_logs(config: &Config) -> Result<()> {
-    match probe(&config.pid_file()) {
-        Daemon::Running(_) => {}
-        _ => {
-            println!("mtad is not running; nothing to reopen");
-            return Ok(());
-        }
+    if answering(config)?.is_none() {
+        println!("mtad is not running; nothing to reopen");
+        return Ok(());
     }
-    match mta_control::call(
-        &config.control_socket(),
-        &Request::ReopenLogs,
-        Duration::from_secs(5),
-    ) {
+    match crate::process::call(config, &Request::ReopenLogs, Duration::from_secs(5)) {
         Ok(Response::Ok) => {
             println!("logs reopened");
             Ok(())
         }
         Ok(Response::Error { message }) => bail!("{message}"),
         Ok(other) => bail!("unexpected answer: {other:?}"),
-        Err(e) => bail!("{e}"),
+        Err(e) => Err(e.into()),
     }
 }

@@ -21,11 +21,18 @@ pub fn run(
     wait: Duration,
 ) -> Result<i32> {
     let pid_file = config.pid_file();
-    match probe(&pid_file) {
-        Daemon::Running(pid) => bail!(
+    match probe(config) {
+        Daemon::Answering(status) => bail!(
+            "mtad is already running (pid {}, control socket {}); not starting a second one",
+            status.pid,
+            config.control_socket().display()
+        ),
+        Daemon::Silent { pid, .. } => bail!(
             "mtad is already running (pid {pid}, PID file {}); not starting a second one",
             pid_file.display()
         ),
+        // Never remove the PID file of a daemon we may not see.
+        Daemon::NotPermitted(e) => return Err(e.into()),
         Daemon::Dead(pid) => {
             println!(
                 "removing stale PID file {} (pid {pid} is gone)",

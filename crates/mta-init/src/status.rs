@@ -15,8 +15,8 @@ pub const RUNNING: u8 = 0;
 pub const DEAD_PID_FILE: u8 = 1;
 /// Not running.
 pub const NOT_RUNNING: u8 = 3;
-/// Running, but it did not answer.
-pub const UNKNOWN: u8 = 4;
+/// Running, but it did not answer; or this user may not tell.
+pub const UNKNOWN: u8 = crate::process::EXIT_NOT_PERMITTED;
 
 /// Overall state, as the last line shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -25,6 +25,8 @@ pub enum Overall {
     Up,
     Down,
     Degraded,
+    /// This user may not tell.
+    Unknown,
 }
 
 /// What `--json` prints.
@@ -53,41 +55,56 @@ pub fn query(config: &Config) -> Result<Status, String> {
     }
 }
 
-/// Runs `mta-init status`.
+/// Runs `mta-init status`: the control socket first, then the PID file.
 pub fn run(config: &Config, json: bool) -> ExitCode {
     let pid_file = config.pid_file().display().to_string();
-    let (overall, pid, status, problem, code) = match probe(&config.pid_file()) {
-        Daemon::NotRunning => (Overall::Down, None, None, None, NOT_RUNNING),
+    let (overall, pid, running, status, problem, code) = match probe(config) {
+        Daemon::Answering(status) => (
+            overall_of(&status),
+            Some(status.pid as i32),
+            true,
+            Some(status),
+            None,
+            RUNNING,
+        ),
+        Daemon::Silent { pid, why } => (
+            Overall::Degraded,
+            Some(pid),
+            true,
+            None,
+            Some(format!(
+                "mtad (pid {pid}) is running but does not answer: {why}"
+            )),
+            UNKNOWN,
+        ),
+        Daemon::NotPermitted(e) => (
+            Overall::Unknown,
+            e.pid(),
+            e.pid().is_some(),
+            None,
+            Some(e.to_string()),
+            UNKNOWN,
+        ),
         Daemon::Dead(pid) => (
             Overall::Down,
             Some(pid),
+            false,
             None,
             Some(format!(
                 "mtad is dead but PID file {pid_file} exists (pid {pid})"
             )),
             DEAD_PID_FILE,
         ),
-        Daemon::Running(pid) => match query(config) {
-            Ok(status) => (overall_of(&status), Some(pid), Some(status), None, RUNNING),
-            Err(e) => (
-                Overall::Degraded,
-                Some(pid),
-                None,
-                Some(format!(
-                    "mtad (pid {pid}) is running but does not answer: {e}"
-                )),
-                UNKNOWN,
-            ),
-        },
+        Daemon::NotRunning => (Overall::Down, None, false, None, None, NOT_RUNNING),
     };
     if json {
         let report = Report {
             overall,
-            running: pid.is_some() && code != DEAD_PID_FILE,
+            running,
             pid,
             pid_file,
             problem,
-            daemon: status.as_ref(),
+            daemon: status.as_deref(),
         };
         println!(
             "{}",
@@ -118,6 +135,7 @@ fn overall_word(o: Overall) -> &'static str {
         Overall::Up => "up",
         Overall::Down => "down",
         Overall::Degraded => "degraded",
+        Overall::Unknown => "unknown",
     }
 }
 

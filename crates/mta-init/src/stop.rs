@@ -5,10 +5,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use mta_config::Config;
 use mta_control::{Request, Response};
+use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::process::{is_mtad, probe, Daemon};
+use crate::process::{liveness, probe, Daemon, Liveness, NotPermitted};
 
 /// Stops the daemon and waits until its process is gone.
 pub fn run(config: &Config, wait: Duration) -> Result<()> {
@@ -19,7 +20,7 @@ pub fn run(config: &Config, wait: Duration) -> Result<()> {
 /// process is gone, printing what the stop waits for.
 pub fn run_with(config: &Config, request: &Request, wait: Duration) -> Result<()> {
     let pid_file = config.pid_file();
-    let pid = match probe(&pid_file) {
+    let pid = match probe(config) {
         Daemon::NotRunning => {
             println!("mtad is not running");
             return Ok(());
@@ -32,22 +33,34 @@ pub fn run_with(config: &Config, request: &Request, wait: Duration) -> Result<()
             std::fs::remove_file(&pid_file).ok();
             return Ok(());
         }
-        Daemon::Running(pid) => pid,
+        // Never guess: a live daemon's PID file stays where it is.
+        Daemon::NotPermitted(e) => return Err(e.into()),
+        Daemon::Answering(status) => status.pid as i32,
+        Daemon::Silent { pid, .. } => pid,
     };
     let began = Instant::now();
-    match mta_control::call(&config.control_socket(), request, Duration::from_secs(5)) {
+    match crate::process::call(config, request, Duration::from_secs(5)) {
         Ok(Response::Ok) => println!("stopping mtad (pid {pid}): new connections get 421"),
         other => {
             // The control socket is the clean way; SIGTERM is the fallback
             // every daemon understands.
             println!("control socket did not take the stop ({other:?}); sending SIGTERM to {pid}");
-            kill(Pid::from_raw(pid), Signal::SIGTERM).context("sending SIGTERM")?;
+            match kill(Pid::from_raw(pid), Signal::SIGTERM) {
+                Err(Errno::EPERM) => {
+                    return Err(NotPermitted::Running {
+                        pid,
+                        why: "kill: operation not permitted".into(),
+                    }
+                    .into())
+                }
+                result => result.context("sending SIGTERM")?,
+            }
         }
     }
 
     let mut last_report = Instant::now() - Duration::from_secs(1);
     let mut last_seen = None;
-    while is_mtad(pid) {
+    while liveness(pid) != Liveness::Gone {
         if began.elapsed() > wait {
             bail!(
                 "mtad (pid {pid}) is still running after {:.1} s; it may be stuck, see its log",
@@ -63,7 +76,7 @@ pub fn run_with(config: &Config, request: &Request, wait: Duration) -> Result<()
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    if pid_file.exists() {
+    if std::fs::read_to_string(&pid_file).is_ok_and(|p| p.trim() == pid.to_string()) {
         // mtad removes it on a clean exit; if it did not, it did not exit
         // cleanly, but it is gone, so the file is stale either way.
         std::fs::remove_file(&pid_file).ok();

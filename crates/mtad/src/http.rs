@@ -1,22 +1,26 @@
 //! The admin HTTP server: `GET /status` (the same JSON as `mta-init status
 //! --json` shows under `daemon`), `GET /metrics` (Prometheus text), and
 //! the queue API under `/api/` (the same operations as `mta-init queue`
-//! and `pause`/`resume`, JSON in and out; see docs/operations.md). With
-//! `http.token` set, every request needs `Authorization: Bearer <token>`.
+//! and `pause`/`resume`, JSON in and out; see docs/operations.md). Who
+//! may ask what (the token, `Host`, `Origin`, the content type) is
+//! `http_access.rs`: without `[http] token` the queue API is off.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, Request as HttpRequest, State};
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, Query, Request as HttpRequest, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use mta_control::{QueueAction, QueueFilter, Request, Response, Selection};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
+use crate::http_access::{self, Reached, Refusal};
 use crate::server::{Context, Shutdown};
 
 #[derive(Clone)]
@@ -44,8 +48,10 @@ pub async fn serve(
         .route("/api/queue/{key}", get(show).post(act))
         .route("/api/pause/{what}", post(pause))
         .route("/api/resume/{what}", post(resume))
+        .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state);
+    let app = app.into_make_service_with_connect_info::<Reached>();
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             tokio::select! {
@@ -59,35 +65,67 @@ pub async fn serve(
     }
 }
 
-/// Refuses a request without the configured bearer token (read per
-/// request, so a reload that sets or changes it applies at once).
-async fn authorize(State(app): State<App>, request: HttpRequest, next: Next) -> HttpResponse {
+/// Lets a request through only if `http_access::check` does (the
+/// configuration is read per request, so a reload that sets or changes
+/// the token or the allowed names applies at once).
+async fn authorize(
+    State(app): State<App>,
+    ConnectInfo(Reached(reached)): ConnectInfo<Reached>,
+    request: HttpRequest,
+    next: Next,
+) -> HttpResponse {
     let settings = app.ctx.settings();
-    let Some(token) = settings.config.http.token.as_deref() else {
-        return next.run(request).await;
+    let verdict = http_access::check(
+        &settings.config.http,
+        reached,
+        request.method(),
+        request.uri().path(),
+        request.headers(),
+    );
+    let refused = match verdict {
+        Ok(()) => return next.run(request).await,
+        Err(r) => r,
     };
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if given.is_some_and(|g| same(g.as_bytes(), token.as_bytes())) {
-        return next.run(request).await;
+    tracing::info!(
+        method = %request.method(),
+        path = request.uri().path(),
+        why = ?refused,
+        "HTTP request refused"
+    );
+    let status = match refused {
+        Refusal::ForeignHost(_) => StatusCode::MISDIRECTED_REQUEST,
+        Refusal::ForeignOrigin(_) | Refusal::ApiDisabled => StatusCode::FORBIDDEN,
+        Refusal::Unauthorized => StatusCode::UNAUTHORIZED,
+        Refusal::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+    };
+    let mut response = refusal(status, refused.message());
+    if refused == Refusal::Unauthorized {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
     }
-    let mut response = refusal(
-        StatusCode::UNAUTHORIZED,
-        "a bearer token is required (Authorization: Bearer <http.token>)".into(),
-    );
-    response.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        header::HeaderValue::from_static("Bearer"),
-    );
     response
 }
 
-/// Compares without stopping at the first difference.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+async fn not_found() -> HttpResponse {
+    refusal(StatusCode::NOT_FOUND, "no such path".into())
+}
+
+/// A POST body: empty means `{}`; 400 when it is not JSON, 422 when it is
+/// JSON of the wrong shape (an unknown field, a wrong type).
+fn json_body<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, (StatusCode, String)> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        let status = if e.is_data() {
+            StatusCode::UNPROCESSABLE_ENTITY
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        (status, format!("the body is not the JSON expected: {e}"))
+    })
 }
 
 /// `?queue=&domain=&sender=&older_than=&status=&after=&limit=`
@@ -180,11 +218,7 @@ struct ActBody {
     bounce: bool,
 }
 
-async fn act(
-    State(app): State<App>,
-    Path(action): Path<String>,
-    body: Option<Json<ActBody>>,
-) -> HttpResponse {
+async fn act(State(app): State<App>, Path(action): Path<String>, body: Bytes) -> HttpResponse {
     let action = match action.as_str() {
         "flush" => QueueAction::Flush,
         "hold" => QueueAction::Hold,
@@ -197,7 +231,10 @@ async fn act(
             )
         }
     };
-    let Json(body) = body.unwrap_or_default();
+    let body: ActBody = match json_body(&body) {
+        Ok(b) => b,
+        Err((status, message)) => return refusal(status, message),
+    };
     ask(
         &app,
         Request::QueueAct {
@@ -223,23 +260,19 @@ struct PauseBody {
     runner: Option<String>,
 }
 
-async fn pause(
-    State(app): State<App>,
-    Path(what): Path<String>,
-    body: Option<Json<PauseBody>>,
-) -> HttpResponse {
-    pause_or_resume(&app, &what, body.map(|b| b.0).unwrap_or_default(), true).await
+async fn pause(State(app): State<App>, Path(what): Path<String>, body: Bytes) -> HttpResponse {
+    pause_or_resume(&app, &what, &body, true).await
 }
 
-async fn resume(
-    State(app): State<App>,
-    Path(what): Path<String>,
-    body: Option<Json<PauseBody>>,
-) -> HttpResponse {
-    pause_or_resume(&app, &what, body.map(|b| b.0).unwrap_or_default(), false).await
+async fn resume(State(app): State<App>, Path(what): Path<String>, body: Bytes) -> HttpResponse {
+    pause_or_resume(&app, &what, &body, false).await
 }
 
-async fn pause_or_resume(app: &App, what: &str, body: PauseBody, pause: bool) -> HttpResponse {
+async fn pause_or_resume(app: &App, what: &str, body: &[u8], pause: bool) -> HttpResponse {
+    let body: PauseBody = match json_body(body) {
+        Ok(b) => b,
+        Err((status, message)) => return refusal(status, message),
+    };
     let request = match (what, body.domain, body.runner) {
         ("injection", None, None) if pause => Request::PauseInjection,
         ("injection", None, None) => Request::ResumeInjection,

@@ -10,6 +10,7 @@ mod control;
 mod deadlines;
 mod generations;
 mod http;
+mod http_access;
 mod listener;
 mod logfile;
 mod notify;
