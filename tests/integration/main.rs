@@ -12,6 +12,7 @@ mod limits;
 mod operator;
 mod postfix;
 mod restart;
+mod security;
 mod signals;
 mod smtp;
 mod smuggling;

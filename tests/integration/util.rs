@@ -112,15 +112,25 @@ impl Mtad {
     }
 
     pub fn try_start(work: &Workdir) -> Result<Mtad, String> {
-        let mut child = Command::new(bin("mtad"))
+        Mtad::try_start_with(work, |_| {})
+    }
+
+    /// [`try_start`](Self::try_start), with the command adjusted first
+    /// (a umask, another user).
+    pub fn try_start_with(
+        work: &Workdir,
+        adjust: impl FnOnce(&mut Command),
+    ) -> Result<Mtad, String> {
+        let mut command = Command::new(bin("mtad"));
+        command
             .arg("--config")
             .arg(work.config_path())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| e.to_string())?;
+            .stderr(Stdio::piped());
+        adjust(&mut command);
+        let mut child = command.spawn().map_err(|e| e.to_string())?;
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let mut addr = None;
         let mut http = None;
