@@ -19,6 +19,40 @@ use mta_control::{Request, Response, SvcAction};
 /// Exit code for a bad configuration (sysexits' EX_CONFIG).
 pub const EXIT_CONFIG: u8 = 78;
 
+/// Exit code when the caller may not do what it asked (LSB: "user had
+/// insufficient privilege").
+pub const EXIT_NOT_PERMITTED: u8 = 4;
+
+/// mtad, or the file system around its control socket, refused the
+/// caller: `fail` exits [`EXIT_NOT_PERMITTED`] on it.
+#[derive(Debug)]
+pub struct NotPermitted(pub String);
+
+impl std::fmt::Display for NotPermitted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotPermitted {}
+
+/// A failed exchange on the control socket, as an error: a socket the
+/// caller may not reach (EACCES) is [`NotPermitted`], not a daemon that
+/// is gone.
+pub fn control_failure(e: mta_control::ControlError) -> anyhow::Error {
+    match &e {
+        mta_control::ControlError::Connect { source, .. }
+            if source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            NotPermitted(format!(
+                "{e}: not permitted (only root, mtad's user and its group may use it)"
+            ))
+            .into()
+        }
+        _ => anyhow::anyhow!("{e} (is mtad running?)"),
+    }
+}
+
 /// Start, stop and inspect the MTA daemon.
 #[derive(Debug, Parser)]
 #[command(name = "mta-init", version)]
@@ -170,6 +204,9 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Verb::Configtest => {
+            for warning in config.warnings() {
+                eprintln!("mta-init: warning: {warning}");
+            }
             println!("Syntax OK");
             ExitCode::SUCCESS
         }
@@ -306,14 +343,20 @@ fn control(config: &Config, request: Request, done: &str) -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(Response::Error { message }) => fail(anyhow::anyhow!(message)),
+        Ok(Response::Forbidden { message }) => fail(NotPermitted(message).into()),
         Ok(other) => fail(anyhow::anyhow!("unexpected answer: {other:?}")),
-        Err(e) => fail(anyhow::anyhow!("{e} (is mtad running?)")),
+        Err(e) => fail(control_failure(e)),
     }
 }
 
+/// Prints the error; exits 4 when it is [`NotPermitted`], else 1.
 fn fail(e: anyhow::Error) -> ExitCode {
     eprintln!("mta-init: {e:#}");
-    ExitCode::FAILURE
+    if e.downcast_ref::<NotPermitted>().is_some() {
+        ExitCode::from(EXIT_NOT_PERMITTED)
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 /// mtad beside this program (as installed, or in target/), else from PATH.

@@ -30,9 +30,12 @@ pub fn probe(pid_file: &Path) -> Daemon {
 
 /// True while `pid` is a live (not zombie) process named mtad. Checking
 /// the name guards against a stale PID file whose number was reused.
+/// EPERM means the process lives but is another user's (mtad's own user,
+/// seen by an operator in its group): alive, not gone.
 pub fn is_mtad(pid: i32) -> bool {
-    if kill(Pid::from_raw(pid), None).is_err() {
-        return false;
+    match kill(Pid::from_raw(pid), None) {
+        Ok(()) | Err(nix::errno::Errno::EPERM) => {}
+        Err(_) => return false,
     }
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // Format: pid (comm) state ...; comm may hold spaces or parens.

@@ -2,7 +2,9 @@
 //! daemon, through the control socket.
 //!
 //! Exit codes: 0 done; 1 the daemon is not reachable or refused; 2 bad
-//! usage; 3 no such message (`show`, or an action on one queue id).
+//! usage; 3 no such message (`show`, or an action on one queue id); 4 not
+//! permitted (the caller may not reach the control socket, or may only
+//! read).
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -168,6 +170,10 @@ pub fn run(config: &Config, verb: QueueVerb) -> ExitCode {
             eprintln!("mta-init: {message}");
             ExitCode::from(EXIT_NOT_FOUND)
         }
+        Err(Failure::NotPermitted(message)) => {
+            eprintln!("mta-init: {message}");
+            ExitCode::from(crate::EXIT_NOT_PERMITTED)
+        }
         Err(Failure::Other(message)) => {
             eprintln!("mta-init: {message}");
             ExitCode::FAILURE
@@ -177,6 +183,7 @@ pub fn run(config: &Config, verb: QueueVerb) -> ExitCode {
 
 enum Failure {
     NotFound(String),
+    NotPermitted(String),
     Other(String),
 }
 
@@ -184,8 +191,15 @@ fn call(config: &Config, request: &Request) -> Result<Response, Failure> {
     match mta_control::call(&config.control_socket(), request, TIMEOUT) {
         Ok(Response::Error { message }) => Err(Failure::Other(message)),
         Ok(Response::NotFound { message }) => Err(Failure::NotFound(message)),
+        Ok(Response::Forbidden { message }) => Err(Failure::NotPermitted(message)),
         Ok(response) => Ok(response),
-        Err(e) => Err(Failure::Other(format!("{e} (is mtad running?)"))),
+        Err(e) => {
+            let e = crate::control_failure(e);
+            match e.downcast::<crate::NotPermitted>() {
+                Ok(crate::NotPermitted(message)) => Err(Failure::NotPermitted(message)),
+                Err(e) => Err(Failure::Other(format!("{e:#}"))),
+            }
+        }
     }
 }
 

@@ -42,7 +42,11 @@ impl Refusal {
             }
             Refusal::Other(e) => {
                 eprintln!("mta-init: {e:#}");
-                ExitCode::FAILURE
+                if e.downcast_ref::<crate::NotPermitted>().is_some() {
+                    ExitCode::from(crate::EXIT_NOT_PERMITTED)
+                } else {
+                    ExitCode::FAILURE
+                }
             }
         }
     }
@@ -77,6 +81,9 @@ pub fn restart(config: &Config, now: bool, wait: Duration) -> Result<bool, Refus
         ),
         Ok(Response::Error { message }) => {
             return Err(Refusal::Other(anyhow!("{message}")));
+        }
+        Ok(Response::Forbidden { message }) => {
+            return Err(Refusal::Other(crate::NotPermitted(message).into()));
         }
         Ok(other) => return Err(Refusal::Other(anyhow!("unexpected answer: {other:?}"))),
         Err(e) => return Err(Refusal::Other(anyhow!("{e}"))),
@@ -145,6 +152,9 @@ pub fn graceful(config: &Config) -> Result<(), Refusal> {
             Ok(())
         }
         Ok(Response::Error { message }) => Err(Refusal::Other(anyhow!("{message}"))),
+        Ok(Response::Forbidden { message }) => {
+            Err(Refusal::Other(crate::NotPermitted(message).into()))
+        }
         Ok(other) => Err(Refusal::Other(anyhow!("unexpected answer: {other:?}"))),
         Err(e) => Err(Refusal::Other(anyhow!("{e}"))),
     }
@@ -182,6 +192,7 @@ pub fn reopen_logs(config: &Config) -> Result<()> {
             Ok(())
         }
         Ok(Response::Error { message }) => bail!("{message}"),
+        Ok(Response::Forbidden { message }) => Err(crate::NotPermitted(message).into()),
         Ok(other) => bail!("unexpected answer: {other:?}"),
         Err(e) => bail!("{e}"),
     }

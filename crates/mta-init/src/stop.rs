@@ -9,6 +9,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::process::{is_mtad, probe, Daemon};
+use crate::NotPermitted;
 
 /// Stops the daemon and waits until its process is gone.
 pub fn run(config: &Config, wait: Duration) -> Result<()> {
@@ -37,11 +38,21 @@ pub fn run_with(config: &Config, request: &Request, wait: Duration) -> Result<()
     let began = Instant::now();
     match mta_control::call(&config.control_socket(), request, Duration::from_secs(5)) {
         Ok(Response::Ok) => println!("stopping mtad (pid {pid}): new connections get 421"),
+        Ok(Response::Forbidden { message }) => return Err(NotPermitted(message).into()),
         other => {
             // The control socket is the clean way; SIGTERM is the fallback
             // every daemon understands.
             println!("control socket did not take the stop ({other:?}); sending SIGTERM to {pid}");
-            kill(Pid::from_raw(pid), Signal::SIGTERM).context("sending SIGTERM")?;
+            match kill(Pid::from_raw(pid), Signal::SIGTERM) {
+                Ok(()) => {}
+                Err(nix::errno::Errno::EPERM) => {
+                    return Err(NotPermitted(format!(
+                        "mtad (pid {pid}) is running, and this user may not stop it"
+                    ))
+                    .into())
+                }
+                Err(e) => return Err(e).context("sending SIGTERM"),
+            }
         }
     }
 

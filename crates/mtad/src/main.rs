@@ -12,6 +12,7 @@ mod listener;
 mod logfile;
 mod notify;
 mod pidfile;
+mod privileges;
 mod queue_api;
 mod reload;
 mod server;
@@ -72,9 +73,14 @@ fn main() -> ExitCode {
         }
     };
     if cli.check_config {
+        for warning in config.warnings() {
+            eprintln!("mtad: warning: {warning}");
+        }
         println!("Syntax OK");
         return ExitCode::SUCCESS;
     }
+    // Before any file is created and any thread started.
+    privileges::set_umask(&config);
     let log_level = init_logging(&config.log.level);
     // An absolute path, so a restart reads the same file whatever the
     // working directory.
