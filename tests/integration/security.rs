@@ -332,7 +332,10 @@ fn other_users_cannot_reach_the_control_socket() {
     send(&mtad, "x@remote.test", "stays queued");
     assert_eq!(queued_and_held(&work), (1, 0));
 
-    for args in [&["queue", "delete", "--all"][..], &["queue", "hold", "--all"]] {
+    for args in [
+        &["queue", "delete", "--all"][..],
+        &["queue", "hold", "--all"],
+    ] {
         let o = init_as(&work, STRANGER, STRANGER, args);
         assert_eq!(o.status.code(), Some(4), "{args:?}: {}", text(&o));
     }
@@ -382,11 +385,7 @@ fn the_control_socket_lets_only_root_and_mtads_user_change_things() {
     ] {
         let o = init_as(&work, STRANGER, NOGROUP, args);
         assert_eq!(o.status.code(), Some(4), "{args:?}: {}", text(&o));
-        assert!(
-            text(&o).contains("not permitted"),
-            "{args:?}: {}",
-            text(&o)
-        );
+        assert!(text(&o).contains("not permitted"), "{args:?}: {}", text(&o));
     }
     assert_eq!(queued_and_held(&work), (1, 0), "the queue is intact");
 
@@ -401,4 +400,113 @@ fn the_control_socket_lets_only_root_and_mtads_user_change_things() {
     let o = init(&work, &["stop"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(mtad.wait_exit().success());
+}
+
+/// Stops a daemon started with `mta-init start`, even when the test fails
+/// half-way.
+struct StopOnDrop<'a>(&'a Workdir);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        let pid = std::fs::read_to_string(self.0.queue().join("mtad.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok());
+        if !init(self.0, &["stop", "--wait", "20"]).status.success() {
+            if let Some(pid) = pid {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
+/// `mta-init start` as root creates the daemon log as root; mtad hands
+/// it (and the queue directory) to its user, so that the unprivileged
+/// image a restart execs can open it again, and a reopen after rotation
+/// creates the new file as that user, 0640.
+#[test]
+fn the_daemon_log_of_a_root_start_stays_writable_for_mtads_user() {
+    let test = "the_daemon_log_of_a_root_start_stays_writable_for_mtads_user";
+    if !running_as_root(test) || !programs_reachable_by_others(test) {
+        return;
+    }
+    let work = Workdir::new();
+    chmod(work.path(), 0o755);
+    work.write_config("user = \"nobody\"\n", "");
+    chmod(&work.config_path(), 0o644);
+    let _guard = StopOnDrop(&work);
+    let o = init(&work, &["start"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let log = work.queue().join("mtad.log");
+    assert_eq!(owner(&work.queue()), (NOBODY, NOGROUP));
+    assert_eq!(owner(&log), (NOBODY, NOGROUP));
+    assert_eq!(mode(&log), 0o640);
+
+    let o = init(&work, &["restart"]);
+    assert!(o.status.success(), "{}", text(&o));
+    std::fs::rename(&log, work.queue().join("mtad.log.1")).unwrap();
+    let o = init(&work, &["reopen-logs"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(owner(&log), (NOBODY, NOGROUP));
+    assert_eq!(mode(&log), 0o640);
+    let o = init(&work, &["stop"]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    // The next start finds the queue directory nobody's already, and a
+    // daemon log that mta-init has just created as root.
+    std::fs::remove_file(&log).unwrap();
+    let o = init(&work, &["start"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(owner(&log), (NOBODY, NOGROUP));
+    let o = init(&work, &["restart"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = init(&work, &["stop"]);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+/// A restart re-executes mtad as the user it switched to: it keeps the
+/// sockets it has, but a new address below port 1024 needs root, and the
+/// error says so (and what to do) rather than just "permission denied".
+#[test]
+fn a_restart_as_mtads_user_cannot_bind_a_new_privileged_port_and_says_why() {
+    let test = "a_restart_as_mtads_user_cannot_bind_a_new_privileged_port_and_says_why";
+    if !running_as_root(test) || !programs_reachable_by_others(test) {
+        return;
+    }
+    let unprivileged_from: u16 =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(1024);
+    if unprivileged_from <= 1023 {
+        eprintln!("SKIPPED {test}: port 1023 needs no privilege here (ip_unprivileged_port_start = {unprivileged_from})");
+        return;
+    }
+    let work = Workdir::new();
+    chmod(work.path(), 0o755);
+    work.write_config("user = \"nobody\"\n", "");
+    chmod(&work.config_path(), 0o644);
+    let stderr_path = work.path().join("mtad.stderr");
+    let stderr = std::fs::File::create(&stderr_path).unwrap();
+    let mut mtad = Mtad::try_start_with(&work, |command| {
+        command.stderr(stderr);
+    })
+    .unwrap_or_else(|e| panic!("mtad did not start: {e}"));
+
+    work.write_config(
+        "user = \"nobody\"\n",
+        "[smtp]\nlisten = [\"127.0.0.1:0\", \"127.0.0.1:1023\"]\n",
+    );
+    let o = init(&work, &["restart"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(!mtad.wait_exit().success());
+    let said = std::fs::read_to_string(&stderr_path).unwrap();
+    assert!(
+        said.contains("cannot listen on 127.0.0.1:1023")
+            && said.contains("only root may bind a port below 1024")
+            && said.contains("mta-init stop"),
+        "{said}"
+    );
 }
