@@ -94,12 +94,15 @@ impl Identity {
         })
     }
 
-    /// The uid and gid mtad will run as, when it is about to switch:
-    /// what it creates before the switch is handed to them.
+    /// The uid and gid mtad will run as when, started as root, it is
+    /// about to change them (to `user`, or, without one, to root in
+    /// `group`): what it prepares before is handed to them.
     pub fn owner(&self) -> Option<(u32, u32)> {
-        self.switch_to
-            .as_ref()
-            .map(|a| (a.uid.as_raw(), a.gid.as_raw()))
+        match (&self.switch_to, self.group) {
+            (Some(a), _) => Some((a.uid.as_raw(), a.gid.as_raw())),
+            (None, Some(gid)) if nix::unistd::geteuid().is_root() => Some((0, gid.as_raw())),
+            (None, _) => None,
+        }
     }
 
     /// The configured group's id.
@@ -107,18 +110,19 @@ impl Identity {
         self.group
     }
 
-    /// Hands a file opened before the switch (a log) to the user mtad
-    /// switches to, so that it can still reopen it after a rotation or a
-    /// restart. Nothing to do when mtad does not switch or the file does
-    /// not exist.
+    /// Hands a file opened before the switch (a log) to the
+    /// [`owner`](Self::owner) to be, so that mtad can still reopen it
+    /// after a rotation or a restart. Nothing to do when mtad does not
+    /// switch or the file does not exist.
     pub fn hand_over(&self, path: &Path) -> Result<()> {
-        let Some(account) = &self.switch_to else {
+        use std::os::unix::fs::MetadataExt;
+        let Some((uid, gid)) = self.owner() else {
             return Ok(());
         };
         match std::fs::symlink_metadata(path) {
-            Ok(meta) if meta.is_file() => {
-                nix::unistd::chown(path, Some(account.uid), Some(account.gid))
-                    .with_context(|| format!("handing {} over to {}", path.display(), account.name))
+            Ok(meta) if meta.is_file() && (meta.uid(), meta.gid()) != (uid, gid) => {
+                nix::unistd::chown(path, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
+                    .with_context(|| format!("handing {} over to uid {uid}", path.display()))
             }
             _ => Ok(()),
         }
