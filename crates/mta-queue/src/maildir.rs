@@ -167,13 +167,18 @@ pub fn prepare_root(root: &Path, owner: Option<(u32, u32)>) -> Result<bool, Mail
     if (meta.uid(), meta.gid()) == (uid, gid) {
         return Ok(false);
     }
-    let mut todo = vec![root.to_owned()];
+    // The root may be a symbolic link; nothing below it is followed.
+    let list = |d: &Path| -> Result<Vec<PathBuf>, MaildirError> {
+        fs::read_dir(d)
+            .and_then(|entries| entries.map(|e| e.map(|e| e.path())).collect())
+            .map_err(io("list", d))
+    };
+    std::os::unix::fs::chown(root, Some(uid), Some(gid)).map_err(io("chown", root))?;
+    let mut todo = list(root)?;
     while let Some(path) = todo.pop() {
         std::os::unix::fs::lchown(&path, Some(uid), Some(gid)).map_err(io("chown", &path))?;
         if fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
-            for entry in fs::read_dir(&path).map_err(io("list", &path))? {
-                todo.push(entry.map_err(io("list", &path))?.path());
-            }
+            todo.extend(list(&path)?);
         }
     }
     Ok(true)

@@ -71,9 +71,10 @@ impl Modes {
 }
 
 /// Gives `path` exactly `mode` (permission bits only) unless it has it.
+/// A symbolic link is followed (a queue directory may be one).
 pub(crate) fn set_mode(path: &Path, mode: u32) -> Result<(), SpoolError> {
-    let meta = fs::symlink_metadata(path).map_err(|e| SpoolError::io("stat", path, e))?;
-    if meta.file_type().is_symlink() || meta.permissions().mode() & 0o7777 == mode {
+    let meta = fs::metadata(path).map_err(|e| SpoolError::io("stat", path, e))?;
+    if meta.permissions().mode() & 0o7777 == mode {
         return Ok(());
     }
     fs::set_permissions(path, fs::Permissions::from_mode(mode))

@@ -11,7 +11,7 @@
 use std::fs;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::SpoolError;
 use crate::layout::{set_mode, Modes};
@@ -71,17 +71,22 @@ fn create_parents(dir: &Path) -> Result<(), SpoolError> {
     }
 }
 
-/// `chown -R` without following symbolic links.
+/// `chown -R`, following no symbolic link below `dir` (`dir` itself may
+/// be one).
 fn chown_tree(dir: &Path, uid: u32, gid: u32) -> Result<(), SpoolError> {
-    let mut todo = vec![dir.to_owned()];
+    let list = |d: &Path| -> Result<Vec<PathBuf>, SpoolError> {
+        fs::read_dir(d)
+            .and_then(|entries| entries.map(|e| e.map(|e| e.path())).collect())
+            .map_err(|e| SpoolError::io("list", d, e))
+    };
+    std::os::unix::fs::chown(dir, Some(uid), Some(gid))
+        .map_err(|e| SpoolError::io("chown", dir, e))?;
+    let mut todo = list(dir)?;
     while let Some(path) = todo.pop() {
         std::os::unix::fs::lchown(&path, Some(uid), Some(gid))
             .map_err(|e| SpoolError::io("chown", &path, e))?;
-        let meta = fs::symlink_metadata(&path).map_err(|e| SpoolError::io("stat", &path, e))?;
-        if meta.is_dir() {
-            for entry in fs::read_dir(&path).map_err(|e| SpoolError::io("list", &path, e))? {
-                todo.push(entry.map_err(|e| SpoolError::io("list", &path, e))?.path());
-            }
+        if fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+            todo.extend(list(&path)?);
         }
     }
     Ok(())
