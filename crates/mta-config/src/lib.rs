@@ -817,9 +817,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("key.pem");
         std::fs::write(&key, "x").unwrap();
-        let mut c = Config::default();
-        c.user = Some("root".into());
-        c.tls.key = Some(key.clone());
+        let c = Config {
+            user: Some("root".into()),
+            tls: TlsConfig {
+                certificate: None,
+                key: Some(key.clone()),
+            },
+            ..Config::default()
+        };
         for (mode, warned) in [(0o644, true), (0o640, false), (0o600, false)] {
             std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
             let w = c.warnings();
