@@ -114,7 +114,7 @@ impl Identity {
     /// [`owner`](Self::owner) to be, so that mtad can still reopen it
     /// after a rotation or a restart. Nothing to do when mtad does not
     /// switch or the file does not exist.
-    pub fn hand_over(&self, path: &Path) -> Result<()> {
+    fn hand_over(&self, path: &Path) -> Result<()> {
         use std::os::unix::fs::MetadataExt;
         let Some((uid, gid)) = self.owner() else {
             return Ok(());
@@ -126,6 +126,31 @@ impl Identity {
             }
             _ => Ok(()),
         }
+    }
+
+    /// Prepares what mtad writes to before it switches: the queue
+    /// directory (created, its mode set, handed over), the Maildir root
+    /// (the same), the daemon log and the delivery log (handed over).
+    pub fn prepare_files(&self, config: &Config, daemon_log: Option<&Path>) -> Result<()> {
+        let access = mta_spool::Access {
+            owner: self.owner(),
+            group_readable: config.group.is_some(),
+        };
+        mta_spool::prepare(&config.queue_dir, &access)
+            .with_context(|| format!("preparing queue directory {}", config.queue_dir.display()))?;
+        let root = &config.maildir.root;
+        if mta_queue::maildir::prepare_root(root, self.owner())
+            .with_context(|| format!("preparing Maildir root {}", root.display()))?
+        {
+            info!(root = %root.display(), "Maildirs handed over to mtad's user");
+        }
+        for log in daemon_log
+            .into_iter()
+            .chain([config.delivery_log().as_path()])
+        {
+            self.hand_over(log)?;
+        }
+        Ok(())
     }
 
     /// Switches to the configured user (started as root with `user`), or

@@ -216,25 +216,7 @@ async fn serve(config: Config, startup: Startup) -> Result<Exit> {
     // the listening sockets are bound. Then mtad switches users for good,
     // and everything after is created as that user (`privileges.rs`).
     let identity = crate::privileges::Identity::resolve(&config)?;
-    let access = mta_spool::Access {
-        owner: identity.owner(),
-        group_readable: config.group.is_some(),
-    };
-    mta_spool::prepare(&config.queue_dir, &access)
-        .with_context(|| format!("preparing queue directory {}", config.queue_dir.display()))?;
-    for log in log_file
-        .as_ref()
-        .map(|l| l.path().to_owned())
-        .into_iter()
-        .chain([config.delivery_log()])
-    {
-        identity.hand_over(&log)?;
-    }
-    if mta_queue::maildir::prepare_root(&config.maildir.root, identity.owner())
-        .with_context(|| format!("preparing Maildir root {}", config.maildir.root.display()))?
-    {
-        info!(root = %config.maildir.root.display(), "Maildirs handed over to mtad's user");
-    }
+    identity.prepare_files(&config, log_file.as_ref().map(LogFile::path))?;
 
     let config = Arc::new(config);
     let settings = Settings::new(config.clone())?;
