@@ -21,36 +21,98 @@ const STRANGER: u32 = 12345;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// True when the test may go on; prints why not otherwise.
-fn running_as_root(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!("SKIPPED {test}: needs root (CI runs the suite as root)");
-    false
+/// A work directory other users can get through (0755), and mtad and
+/// mta-init where they can run them: a daemon that has switched to
+/// `nobody` re-executes itself on a restart, and the tests run mta-init
+/// as other uids. The programs are used where they were built when every
+/// directory above them lets others through, else copied into the work
+/// directory (a checkout under /root, say).
+struct Shared {
+    work: Workdir,
+    bin: PathBuf,
 }
 
-/// True when another user can run the programs under test (every
-/// directory above them searchable by others): a daemon that has
-/// switched to `nobody` re-executes itself on a restart, and the tests
-/// run mta-init as other uids.
-fn programs_reachable_by_others(test: &str) -> bool {
-    for program in [bin("mtad"), bin("mta-init")] {
-        let path = std::fs::canonicalize(&program).expect("program path");
-        for p in path.ancestors() {
-            let mode = std::fs::metadata(p).expect("stat").permissions().mode();
-            if mode & 0o001 == 0 {
-                eprintln!(
-                    "SKIPPED {test}: {} is not reachable by other users ({} is {:o})",
-                    program.display(),
-                    p.display(),
-                    mode & 0o7777
-                );
-                return false;
-            }
+impl Shared {
+    /// None, with a note on standard error, when the test cannot run
+    /// here: not root, or a temporary directory others cannot reach.
+    fn new(test: &str) -> Option<Shared> {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED {test}: needs root (CI runs the suite as root)");
+            return None;
         }
+        let work = Workdir::new();
+        chmod(work.path(), 0o755);
+        if let Some(closed) = closed_to_others(work.path()) {
+            eprintln!(
+                "SKIPPED {test}: other users cannot reach the temporary directory ({} is closed)",
+                closed.display()
+            );
+            return None;
+        }
+        let built = bin("mtad").parent().expect("bin dir").to_owned();
+        let bin = if closed_to_others(&built).is_none() {
+            built
+        } else {
+            let copy = work.path().join("bin");
+            std::fs::create_dir(&copy).unwrap();
+            chmod(&copy, 0o755);
+            for name in ["mtad", "mta-init"] {
+                std::fs::copy(bin(name), copy.join(name)).expect("copy a program");
+                chmod(&copy.join(name), 0o755);
+            }
+            copy
+        };
+        Some(Shared { work, bin })
     }
-    true
+
+    fn start(&self, adjust: impl FnOnce(&mut Command)) -> Mtad {
+        Mtad::try_start_from(&self.bin.join("mtad"), &self.work, adjust)
+            .unwrap_or_else(|e| panic!("mtad did not start: {e}"))
+    }
+
+    /// `mta-init --config <the workdir's config> ARGS` as root.
+    fn init(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run mta-init")
+    }
+
+    /// The same as another uid and gid (no supplementary groups).
+    fn init_as(&self, uid: u32, gid: u32, args: &[&str]) -> Output {
+        self.command(args)
+            .uid(uid)
+            .gid(gid)
+            .output()
+            .expect("run mta-init")
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(self.bin.join("mta-init"));
+        command
+            .arg("--config")
+            .arg(self.work.config_path())
+            .args(args)
+            .env_remove("MTA_CONFIG");
+        command
+    }
+}
+
+/// The first of `path` and the directories above it that others cannot
+/// search, if any.
+fn closed_to_others(path: &Path) -> Option<PathBuf> {
+    let path = std::fs::canonicalize(path).expect("canonical path");
+    path.ancestors()
+        .find(|p| std::fs::metadata(p).expect("stat").permissions().mode() & 0o001 == 0)
+        .map(Path::to_owned)
+}
+
+/// Sets a umask of 000 in the child, as from a careless shell or unit.
+fn umask_000(command: &mut Command) {
+    // SAFETY: umask is async-signal-safe and touches nothing else.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+            Ok(())
+        });
+    }
 }
 
 fn mode(path: &Path) -> u32 {
@@ -84,34 +146,6 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 
 fn chmod(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
-}
-
-/// mtad started with a umask of 000, as from a careless shell or unit.
-fn start_with_umask_000(work: &Workdir) -> Mtad {
-    Mtad::try_start_with(work, |command| {
-        // SAFETY: umask is async-signal-safe and touches nothing else.
-        unsafe {
-            command.pre_exec(|| {
-                nix::sys::stat::umask(nix::sys::stat::Mode::empty());
-                Ok(())
-            });
-        }
-    })
-    .unwrap_or_else(|e| panic!("mtad did not start: {e}"))
-}
-
-/// `mta-init --config <the workdir's config> ARGS` as another uid and gid
-/// (no supplementary groups).
-fn init_as(work: &Workdir, uid: u32, gid: u32, args: &[&str]) -> Output {
-    Command::new(bin("mta-init"))
-        .arg("--config")
-        .arg(work.config_path())
-        .args(args)
-        .env_remove("MTA_CONFIG")
-        .uid(uid)
-        .gid(gid)
-        .output()
-        .expect("run mta-init")
 }
 
 /// Sends one message; it must be accepted.
@@ -167,7 +201,8 @@ fn under_umask_000_queue_index_socket_logs_and_maildirs_stay_private() {
         "",
         "[smtp]\nlisten = [\"127.0.0.1:0\"]\nlocal_domains = [\"local.test\"]\n",
     );
-    let mtad = start_with_umask_000(&work);
+    let mtad = Mtad::try_start_with(&work, umask_000)
+        .unwrap_or_else(|e| panic!("mtad did not start: {e}"));
     send(&mtad, "x@remote.test", "stays queued");
     send(&mtad, "carol@local.test", "to a maildir");
     wait_until("the Maildir delivery", WAIT, || {
@@ -217,11 +252,10 @@ fn under_umask_000_queue_index_socket_logs_and_maildirs_stay_private() {
 #[test]
 fn started_as_root_mtad_runs_as_its_user_across_restart_and_reload() {
     let test = "started_as_root_mtad_runs_as_its_user_across_restart_and_reload";
-    if !running_as_root(test) || !programs_reachable_by_others(test) {
+    let Some(shared) = Shared::new(test) else {
         return;
-    }
-    let work = Workdir::new();
-    chmod(work.path(), 0o755);
+    };
+    let work = &shared.work;
     let (tls, cert) = tls_files(work.path());
     let key = work.path().join("key.pem");
     nix::unistd::chown(&key, Some(0.into()), Some(NOGROUP.into())).unwrap();
@@ -231,7 +265,7 @@ fn started_as_root_mtad_runs_as_its_user_across_restart_and_reload() {
         &format!("[smtp]\nlisten = [\"127.0.0.1:0\"]\nlocal_domains = [\"local.test\"]\n{tls}"),
     );
     chmod(&work.config_path(), 0o644);
-    let mut mtad = Mtad::start(&work);
+    let mut mtad = shared.start(|_| {});
     let pid = mtad.pid();
 
     let assert_dropped = |when: &str| {
@@ -266,7 +300,7 @@ fn started_as_root_mtad_runs_as_its_user_across_restart_and_reload() {
     c.cmd("QUIT", "221");
     send(&mtad, "x@remote.test", "stays queued");
     wait_until("the Maildir delivery", WAIT, || {
-        !maildir_files(&work, "carol").is_empty()
+        !maildir_files(work, "carol").is_empty()
     });
     let queue = work.queue();
     let mut created = vec![
@@ -275,21 +309,21 @@ fn started_as_root_mtad_runs_as_its_user_across_restart_and_reload() {
         queue.join("delivery.log"),
         queue.join("index"),
     ];
-    created.extend(spool_files(&work));
-    created.extend(maildir_files(&work, "carol"));
+    created.extend(spool_files(work));
+    created.extend(maildir_files(work, "carol"));
     for path in &created {
         assert_eq!(owner(path), (NOBODY, NOGROUP), "{}", path.display());
     }
     // With a group configured, the group may read the queue.
     assert_eq!(mode(&queue), 0o750, "queue directory");
-    for spool in spool_files(&work) {
+    for spool in spool_files(work) {
         assert_eq!(mode(&spool), 0o640, "{}", spool.display());
     }
     assert_eq!(mode(&queue.join("control.sock")), 0o660, "control socket");
 
     // A restart re-executes the unprivileged image with the socket it has.
     let before = mtad.addr;
-    let o = init(&work, &["restart"]);
+    let o = shared.init(&["restart"]);
     assert!(o.status.success(), "{}", text(&o));
     let again = mtad.await_ready_again();
     assert_eq!(again, before, "the same socket");
@@ -297,11 +331,11 @@ fn started_as_root_mtad_runs_as_its_user_across_restart_and_reload() {
     assert_dropped("after the restart");
     send(&mtad, "carol@local.test", "after the restart");
     wait_until("the second Maildir delivery", WAIT, || {
-        maildir_files(&work, "carol").len() >= 2
+        maildir_files(work, "carol").len() >= 2
     });
 
     // A graceful reload reads the key again, as nobody in group nogroup.
-    let o = init(&work, &["graceful"]);
+    let o = shared.init(&["graceful"]);
     assert!(o.status.success(), "{}", text(&o));
     let mut c = mtad.connect();
     c.cmd("EHLO client.test", "250");
@@ -310,7 +344,7 @@ fn started_as_root_mtad_runs_as_its_user_across_restart_and_reload() {
     c.cmd("QUIT", "221");
     assert_dropped("after the reload");
 
-    let o = init(&work, &["stop"]);
+    let o = shared.init(&["stop"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(mtad.wait_exit().success());
 }
@@ -321,36 +355,35 @@ fn started_as_root_mtad_runs_as_its_user_across_restart_and_reload() {
 #[test]
 fn other_users_cannot_reach_the_control_socket() {
     let test = "other_users_cannot_reach_the_control_socket";
-    if !running_as_root(test) || !programs_reachable_by_others(test) {
-        return;
-    }
-    let work = Workdir::new();
     // Only the queue directory's own mode keeps others out.
-    chmod(work.path(), 0o755);
+    let Some(shared) = Shared::new(test) else {
+        return;
+    };
+    let work = &shared.work;
     work.write_config("", "");
-    let mtad = start_with_umask_000(&work);
+    let mtad = shared.start(umask_000);
     send(&mtad, "x@remote.test", "stays queued");
-    assert_eq!(queued_and_held(&work), (1, 0));
+    assert_eq!(queued_and_held(work), (1, 0));
 
     for args in [
         &["queue", "delete", "--all"][..],
         &["queue", "hold", "--all"],
     ] {
-        let o = init_as(&work, STRANGER, STRANGER, args);
+        let o = shared.init_as(STRANGER, STRANGER, args);
         assert_eq!(o.status.code(), Some(4), "{args:?}: {}", text(&o));
     }
-    let o = init_as(&work, STRANGER, STRANGER, &["stop"]);
+    let o = shared.init_as(STRANGER, STRANGER, &["stop"]);
     assert!(
         !text(&o).contains("stopping mtad"),
         "the stop was taken: {}",
         text(&o)
     );
-    assert_eq!(queued_and_held(&work), (1, 0), "the queue is intact");
+    assert_eq!(queued_and_held(work), (1, 0), "the queue is intact");
 
     // Root can.
-    let o = init(&work, &["queue", "hold", "--all"]);
+    let o = shared.init(&["queue", "hold", "--all"]);
     assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(queued_and_held(&work), (1, 1));
+    assert_eq!(queued_and_held(work), (1, 1));
     assert!(mtad.terminate().success());
 }
 
@@ -361,20 +394,19 @@ fn other_users_cannot_reach_the_control_socket() {
 #[test]
 fn the_control_socket_lets_only_root_and_mtads_user_change_things() {
     let test = "the_control_socket_lets_only_root_and_mtads_user_change_things";
-    if !running_as_root(test) || !programs_reachable_by_others(test) {
+    let Some(shared) = Shared::new(test) else {
         return;
-    }
-    let work = Workdir::new();
-    chmod(work.path(), 0o755);
+    };
+    let work = &shared.work;
     work.write_config("user = \"nobody\"\ngroup = \"nogroup\"\n", "");
     chmod(&work.config_path(), 0o644);
-    let mut mtad = Mtad::start(&work);
+    let mut mtad = shared.start(|_| {});
     send(&mtad, "x@remote.test", "stays queued");
 
     // A member of the group, not mtad's user.
-    let o = init_as(&work, STRANGER, NOGROUP, &["status"]);
+    let o = shared.init_as(STRANGER, NOGROUP, &["status"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    let o = init_as(&work, STRANGER, NOGROUP, &["queue", "list"]);
+    let o = shared.init_as(STRANGER, NOGROUP, &["queue", "list"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(text(&o).contains("x@remote.test"), "{}", text(&o));
     for args in [
@@ -383,35 +415,35 @@ fn the_control_socket_lets_only_root_and_mtads_user_change_things() {
         &["pause", "delivery"],
         &["stop"],
     ] {
-        let o = init_as(&work, STRANGER, NOGROUP, args);
+        let o = shared.init_as(STRANGER, NOGROUP, args);
         assert_eq!(o.status.code(), Some(4), "{args:?}: {}", text(&o));
         assert!(text(&o).contains("not permitted"), "{args:?}: {}", text(&o));
     }
-    assert_eq!(queued_and_held(&work), (1, 0), "the queue is intact");
+    assert_eq!(queued_and_held(work), (1, 0), "the queue is intact");
 
     // mtad's own user may.
-    let o = init_as(&work, NOBODY, NOGROUP, &["queue", "hold", "--all"]);
+    let o = shared.init_as(NOBODY, NOGROUP, &["queue", "hold", "--all"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    assert_eq!(queued_and_held(&work), (1, 1));
+    assert_eq!(queued_and_held(work), (1, 1));
     // So may root.
-    let o = init(&work, &["queue", "delete", "--all"]);
+    let o = shared.init(&["queue", "delete", "--all"]);
     assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(queued_and_held(&work), (0, 0));
-    let o = init(&work, &["stop"]);
+    assert_eq!(queued_and_held(work), (0, 0));
+    let o = shared.init(&["stop"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(mtad.wait_exit().success());
 }
 
 /// Stops a daemon started with `mta-init start`, even when the test fails
 /// half-way.
-struct StopOnDrop<'a>(&'a Workdir);
+struct StopOnDrop<'a>(&'a Shared);
 
 impl Drop for StopOnDrop<'_> {
     fn drop(&mut self) {
-        let pid = std::fs::read_to_string(self.0.queue().join("mtad.pid"))
+        let pid = std::fs::read_to_string(self.0.work.queue().join("mtad.pid"))
             .ok()
             .and_then(|p| p.trim().parse::<i32>().ok());
-        if !init(self.0, &["stop", "--wait", "20"]).status.success() {
+        if !self.0.init(&["stop", "--wait", "20"]).status.success() {
             if let Some(pid) = pid {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
@@ -429,40 +461,39 @@ impl Drop for StopOnDrop<'_> {
 #[test]
 fn the_daemon_log_of_a_root_start_stays_writable_for_mtads_user() {
     let test = "the_daemon_log_of_a_root_start_stays_writable_for_mtads_user";
-    if !running_as_root(test) || !programs_reachable_by_others(test) {
+    let Some(shared) = Shared::new(test) else {
         return;
-    }
-    let work = Workdir::new();
-    chmod(work.path(), 0o755);
+    };
+    let work = &shared.work;
     work.write_config("user = \"nobody\"\n", "");
     chmod(&work.config_path(), 0o644);
-    let _guard = StopOnDrop(&work);
-    let o = init(&work, &["start"]);
+    let _guard = StopOnDrop(&shared);
+    let o = shared.init(&["start"]);
     assert!(o.status.success(), "{}", text(&o));
     let log = work.queue().join("mtad.log");
     assert_eq!(owner(&work.queue()), (NOBODY, NOGROUP));
     assert_eq!(owner(&log), (NOBODY, NOGROUP));
     assert_eq!(mode(&log), 0o640);
 
-    let o = init(&work, &["restart"]);
+    let o = shared.init(&["restart"]);
     assert!(o.status.success(), "{}", text(&o));
     std::fs::rename(&log, work.queue().join("mtad.log.1")).unwrap();
-    let o = init(&work, &["reopen-logs"]);
+    let o = shared.init(&["reopen-logs"]);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(owner(&log), (NOBODY, NOGROUP));
     assert_eq!(mode(&log), 0o640);
-    let o = init(&work, &["stop"]);
+    let o = shared.init(&["stop"]);
     assert!(o.status.success(), "{}", text(&o));
 
     // The next start finds the queue directory nobody's already, and a
     // daemon log that mta-init has just created as root.
     std::fs::remove_file(&log).unwrap();
-    let o = init(&work, &["start"]);
+    let o = shared.init(&["start"]);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(owner(&log), (NOBODY, NOGROUP));
-    let o = init(&work, &["restart"]);
+    let o = shared.init(&["restart"]);
     assert!(o.status.success(), "{}", text(&o));
-    let o = init(&work, &["stop"]);
+    let o = shared.init(&["stop"]);
     assert!(o.status.success(), "{}", text(&o));
 }
 
@@ -472,9 +503,6 @@ fn the_daemon_log_of_a_root_start_stays_writable_for_mtads_user() {
 #[test]
 fn a_restart_as_mtads_user_cannot_bind_a_new_privileged_port_and_says_why() {
     let test = "a_restart_as_mtads_user_cannot_bind_a_new_privileged_port_and_says_why";
-    if !running_as_root(test) || !programs_reachable_by_others(test) {
-        return;
-    }
     let unprivileged_from: u16 =
         std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
             .ok()
@@ -484,22 +512,23 @@ fn a_restart_as_mtads_user_cannot_bind_a_new_privileged_port_and_says_why() {
         eprintln!("SKIPPED {test}: port 1023 needs no privilege here (ip_unprivileged_port_start = {unprivileged_from})");
         return;
     }
-    let work = Workdir::new();
-    chmod(work.path(), 0o755);
+    let Some(shared) = Shared::new(test) else {
+        return;
+    };
+    let work = &shared.work;
     work.write_config("user = \"nobody\"\n", "");
     chmod(&work.config_path(), 0o644);
     let stderr_path = work.path().join("mtad.stderr");
     let stderr = std::fs::File::create(&stderr_path).unwrap();
-    let mut mtad = Mtad::try_start_with(&work, |command| {
+    let mut mtad = shared.start(|command| {
         command.stderr(stderr);
-    })
-    .unwrap_or_else(|e| panic!("mtad did not start: {e}"));
+    });
 
     work.write_config(
         "user = \"nobody\"\n",
         "[smtp]\nlisten = [\"127.0.0.1:0\", \"127.0.0.1:1023\"]\n",
     );
-    let o = init(&work, &["restart"]);
+    let o = shared.init(&["restart"]);
     assert!(!o.status.success(), "{}", text(&o));
     assert!(!mtad.wait_exit().success());
     let said = std::fs::read_to_string(&stderr_path).unwrap();

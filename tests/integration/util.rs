@@ -121,7 +121,17 @@ impl Mtad {
         work: &Workdir,
         adjust: impl FnOnce(&mut Command),
     ) -> Result<Mtad, String> {
-        let mut command = Command::new(bin("mtad"));
+        Mtad::try_start_from(&bin("mtad"), work, adjust)
+    }
+
+    /// [`try_start_with`](Self::try_start_with), running `program` (a
+    /// copy of mtad elsewhere).
+    pub fn try_start_from(
+        program: &Path,
+        work: &Workdir,
+        adjust: impl FnOnce(&mut Command),
+    ) -> Result<Mtad, String> {
+        let mut command = Command::new(program);
         command
             .arg("--config")
             .arg(work.config_path())
