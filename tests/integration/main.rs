@@ -14,6 +14,7 @@ mod limits;
 mod operator;
 mod postfix;
 mod restart;
+mod security;
 mod signals;
 mod slow_senders;
 mod smtp;

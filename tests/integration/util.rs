@@ -115,13 +115,23 @@ impl Mtad {
         Mtad::try_start_with(work, |_| {})
     }
 
-    /// [`try_start`](Self::try_start), with the command changed first
-    /// (a `pre_exec`, an environment variable).
+    /// [`try_start`](Self::try_start), with the command adjusted first
+    /// (a umask, another user).
     pub fn try_start_with(
         work: &Workdir,
-        customize: impl FnOnce(&mut Command),
+        adjust: impl FnOnce(&mut Command),
     ) -> Result<Mtad, String> {
-        let mut command = Command::new(bin("mtad"));
+        Mtad::try_start_from(&bin("mtad"), work, adjust)
+    }
+
+    /// [`try_start_with`](Self::try_start_with), running `program` (a
+    /// copy of mtad elsewhere).
+    pub fn try_start_from(
+        program: &Path,
+        work: &Workdir,
+        adjust: impl FnOnce(&mut Command),
+    ) -> Result<Mtad, String> {
+        let mut command = Command::new(program);
         command
             .arg("--config")
             .arg(work.config_path())
@@ -129,7 +139,7 @@ impl Mtad {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        customize(&mut command);
+        adjust(&mut command);
         let mut child = command.spawn().map_err(|e| e.to_string())?;
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let mut addr = None;

@@ -44,6 +44,17 @@ pub struct Config {
     /// Where `mta-init start` sends mtad's standard output and error.
     /// Default: `<queue_dir>/mtad.log`.
     pub daemon_log: Option<PathBuf>,
+    /// The account mtad switches to when started as root, once its
+    /// listening sockets are bound (as Postfix's `mail_owner`). Default:
+    /// none: mtad keeps the user it was started as (and warns when that
+    /// is root).
+    pub user: Option<String>,
+    /// mtad's group when it switches (default: the user's own group).
+    /// Setting it also opens the queue to the group's members for
+    /// reading: directories 0750, spool files 0640, the control socket
+    /// 0660, where members may ask for status and list and show the queue
+    /// but change nothing.
+    pub group: Option<String>,
     /// The SMTP listener.
     pub smtp: SmtpConfig,
     /// STARTTLS.
@@ -297,6 +308,8 @@ impl Default for Config {
             pid_file: None,
             control_socket: None,
             daemon_log: None,
+            user: None,
+            group: None,
             smtp: SmtpConfig::default(),
             tls: TlsConfig::default(),
             spool: SpoolConfig::default(),
@@ -516,6 +529,20 @@ impl Config {
             }
             _ => problem("tls", "certificate and key must be given together".into()),
         }
+        if let Some(user) = &self.user {
+            match nix::unistd::User::from_name(user) {
+                Ok(Some(_)) => {}
+                Ok(None) => problem("user", format!("no account named {user:?}")),
+                Err(e) => problem("user", format!("cannot look up {user:?}: {e}")),
+            }
+        }
+        if let Some(group) = &self.group {
+            match nix::unistd::Group::from_name(group) {
+                Ok(Some(_)) => {}
+                Ok(None) => problem("group", format!("no group named {group:?}")),
+                Err(e) => problem("group", format!("cannot look up {group:?}: {e}")),
+            }
+        }
         self.queue.check(&mut problem);
         self.delivery.check(&mut problem);
         self.http.check(&mut problem);
@@ -529,6 +556,35 @@ impl Config {
         } else {
             Err(ConfigError::Meaning { problems })
         }
+    }
+
+    /// Advice that does not stop mtad from starting, one line each
+    /// (`configtest` and `mtad --check-config` print them): secrets other
+    /// users can read, and, when the checker runs as root, a configuration
+    /// that would keep mtad running as root.
+    pub fn warnings(&self) -> Vec<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let mut warnings = Vec::new();
+        if let Some(key) = &self.tls.key {
+            if let Ok(meta) = std::fs::metadata(key) {
+                let mode = meta.permissions().mode() & 0o7777;
+                if mode & 0o007 != 0 {
+                    warnings.push(format!(
+                        "tls.key: {} is readable by every local user (mode {mode:04o}): make it 0600, \
+                         or 0640 with mtad's group",
+                        key.display()
+                    ));
+                }
+            }
+        }
+        if self.user.is_none() && nix::unistd::geteuid().is_root() {
+            warnings.push(
+                "user: not set, so mtad started as root keeps running as root; set user \
+                 (for example \"mtad\") to switch once the sockets are bound"
+                    .to_owned(),
+            );
+        }
+        warnings
     }
 
     /// The PID file, explicit or under the queue directory.
@@ -887,6 +943,42 @@ mod tests {
         let msg = bad.check(None).unwrap_err().to_string();
         assert!(msg.contains("smtp.min_data_rate"), "{msg}");
         assert!(msg.contains("smtp.max_session_time"), "{msg}");
+    }
+
+    #[test]
+    fn user_and_group_must_exist() {
+        let c = parse("user = \"no-such-user-here\"\ngroup = \"no-such-group-here\"\n").unwrap();
+        let msg = c.check(None).unwrap_err().to_string();
+        assert!(msg.contains("user: no account named"), "{msg}");
+        assert!(msg.contains("group: no group named"), "{msg}");
+        let c = parse("user = \"root\"\ngroup = \"root\"\n").unwrap();
+        c.check(None).unwrap();
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+    }
+
+    #[test]
+    fn a_world_readable_tls_key_is_a_warning() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key.pem");
+        std::fs::write(&key, "x").unwrap();
+        let c = Config {
+            user: Some("root".into()),
+            tls: TlsConfig {
+                certificate: None,
+                key: Some(key.clone()),
+            },
+            ..Config::default()
+        };
+        for (mode, warned) in [(0o644, true), (0o640, false), (0o600, false)] {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+            let w = c.warnings();
+            assert_eq!(
+                w.iter().any(|w| w.starts_with("tls.key:")),
+                warned,
+                "{mode:o}: {w:?}"
+            );
+        }
     }
 
     #[test]

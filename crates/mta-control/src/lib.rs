@@ -126,6 +126,22 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// True for the requests that only read (status, and listing, showing
+    /// and summing up the queue): the ones the daemon answers for members
+    /// of its group. Everything else changes something, and only root and
+    /// mtad's own user may ask for it.
+    pub fn is_read_only(&self) -> bool {
+        matches!(
+            self,
+            Request::Status
+                | Request::QueueList { .. }
+                | Request::QueueShow { .. }
+                | Request::QueueSummary { .. }
+        )
+    }
+}
+
 /// What `svc` does to a service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -154,6 +170,13 @@ pub enum Response {
     /// The request could not be carried out.
     Error {
         /// Why.
+        message: String,
+    },
+    /// The peer on the control socket may not ask this (its uid and
+    /// groups, SO_PEERCRED); `mta-init` exits 4, as LSB's "insufficient
+    /// privilege".
+    Forbidden {
+        /// Who asked, and who may.
         message: String,
     },
     /// No such message (`queue show`, or an action on one id).
@@ -481,5 +504,26 @@ mod tests {
         assert_eq!(r, Request::Status);
         let ok = serde_json::to_string(&Response::Ok).unwrap();
         assert_eq!(ok, r#"{"result":"ok"}"#);
+    }
+
+    #[test]
+    fn only_status_and_queue_reading_are_read_only() {
+        assert!(Request::Status.is_read_only());
+        assert!(Request::QueueShow {
+            id: "1".into(),
+            body: true
+        }
+        .is_read_only());
+        assert!(!Request::Stop.is_read_only());
+        assert!(!Request::ReopenLogs.is_read_only());
+        assert!(!Request::QueueAct {
+            action: QueueAction::Hold,
+            selection: Selection {
+                all: true,
+                ..Selection::default()
+            },
+            bounce: false
+        }
+        .is_read_only());
     }
 }

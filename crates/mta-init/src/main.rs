@@ -180,7 +180,7 @@ fn run(cli: Cli) -> ExitCode {
     };
     match cli.command {
         Verb::Configtest => {
-            if let Some(warning) = config.open_files_warning() {
+            for warning in config.warnings().into_iter().chain(config.open_files_warning()) {
                 eprintln!("mta-init: warning: {warning}");
             }
             println!("Syntax OK");

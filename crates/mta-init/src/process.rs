@@ -60,6 +60,10 @@ pub enum NotPermitted {
     /// The PID file or the control socket cannot be reached.
     #[error("cannot tell whether mtad is running: {0}; run mta-init as root or as mtad's user")]
     CannotTell(String),
+    /// mtad refused the request: this user may not do that (only root
+    /// and mtad's user may change anything; its group may read).
+    #[error("{0}")]
+    Refused(String),
     /// The control socket refuses this user.
     #[error("not permitted to use the control socket {path} ({why}); run mta-init as root or as mtad's user")]
     Socket {
@@ -203,6 +207,9 @@ pub enum Call {
 pub fn call(config: &Config, request: &Request, timeout: Duration) -> Result<Response, Call> {
     let path = config.control_socket();
     match mta_control::call(&path, request, timeout) {
+        Ok(Response::Forbidden { message }) => {
+            Err(Call::NotPermitted(NotPermitted::Refused(message)))
+        }
         Ok(response) => Ok(response),
         Err(ControlError::Connect { source, .. })
             if source.kind() == ErrorKind::PermissionDenied =>

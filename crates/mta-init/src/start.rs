@@ -3,6 +3,7 @@
 
 use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -43,14 +44,36 @@ pub fn run(
         }
         Daemon::NotRunning => {}
     }
-    std::fs::create_dir_all(&config.queue_dir)
-        .with_context(|| format!("creating queue directory {}", config.queue_dir.display()))?;
+    // Private from the start (mtad sets the queue directory's final mode
+    // and owner itself); its parents are the operator's.
+    if let Some(parent) = config
+        .queue_dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating directory {}", parent.display()))?;
+    }
+    if let Err(e) = std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&config.queue_dir)
+    {
+        if !config.queue_dir.is_dir() {
+            return Err(e).with_context(|| {
+                format!("creating queue directory {}", config.queue_dir.display())
+            });
+        }
+    }
     let log_path = config.daemon_log();
     let log = OpenOptions::new()
         .create(true)
         .append(true)
+        // mtad's output names senders and recipients (mtad makes it
+        // exactly 0640 when it opens it in turn).
+        .mode(0o640)
         .open(&log_path)
         .with_context(|| format!("opening daemon log {}", log_path.display()))?;
+
     let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
 
     let mut command = Command::new(mtad);

@@ -129,19 +129,15 @@ pub struct DeliveryLog {
 impl DeliveryLog {
     /// Opens (creating) the log for appending.
     pub fn open(path: &Path) -> std::io::Result<DeliveryLog> {
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
         Ok(DeliveryLog {
             path: path.to_owned(),
-            file: Mutex::new(file),
+            file: Mutex::new(open_private(path)?),
         })
     }
 
     /// Opens the path again, after a rotation renamed the file.
     pub fn reopen(&self) -> std::io::Result<()> {
-        let fresh = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
+        let fresh = open_private(&self.path)?;
         *self.file.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
         Ok(())
     }
@@ -156,6 +152,31 @@ impl DeliveryLog {
             tracing::warn!(path = %self.path.display(), error = %e, "cannot write the delivery log");
         }
     }
+}
+
+/// Opens the log for appending, 0640 whatever the umask: it names every
+/// sender and recipient, so it is for mtad's user and group only. A file
+/// with looser bits (an earlier version's 0644) loses them.
+fn open_private(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)?;
+    let mode = file.metadata()?.permissions().mode() & 0o7777;
+    // A new file has 0640 less the umask; give it 0640 itself.
+    let want = if file.metadata()?.len() == 0 {
+        0o640
+    } else {
+        mode & 0o640
+    };
+    if mode != want {
+        if let Err(e) = file.set_permissions(std::fs::Permissions::from_mode(want)) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot set the delivery log's mode to {want:o}");
+        }
+    }
+    Ok(file)
 }
 
 #[cfg(test)]
@@ -194,6 +215,21 @@ mod tests {
         assert_eq!(lines[0]["event"], "deferred");
         assert_eq!(lines[0]["recipient"], "a@b.test");
         assert_eq!(lines[1]["queue"], "disk");
+    }
+
+    #[test]
+    fn the_log_is_0640_new_and_loses_looser_bits_when_old() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let new = dir.path().join("new.log");
+        DeliveryLog::open(&new).unwrap();
+        assert_eq!(mode(&new), 0o640);
+        let old = dir.path().join("old.log");
+        std::fs::write(&old, "earlier\n").unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o666)).unwrap();
+        DeliveryLog::open(&old).unwrap();
+        assert_eq!(mode(&old), 0o640);
     }
 
     #[test]

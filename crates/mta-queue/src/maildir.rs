@@ -1,9 +1,14 @@
 //! Local delivery to Maildir (the qmail/Courier format): write into
 //! `tmp/`, fsync, rename into `new/`, fsync `new/`. A reader never sees a
 //! partial message, and a crash never loses one we called delivered.
+//!
+//! Mail is private whatever the umask: directories mtad creates here are
+//! 0700 and message files 0600, owned by mtad's user (the IMAP server
+//! reading them runs as that user, as with a virtual-mail account).
 
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -77,7 +82,11 @@ pub fn deliver(
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     for sub in ["tmp", "new", "cur"] {
         let dir = maildir.join(sub);
-        fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io("create", &dir))?;
     }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -108,6 +117,7 @@ pub fn deliver(
         let mut f = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&tmp)
             .map_err(io("create", &tmp))?;
         f.write_all(&data).map_err(io("write", &tmp))?;
@@ -122,6 +132,56 @@ pub fn deliver(
         let _ = fs::remove_file(&tmp);
     }
     result.map(|()| new)
+}
+
+/// Prepares the Maildir root at start: creates it if missing (0700;
+/// missing parents 0755, as the operator's directories are) and, for a
+/// daemon about to switch users, hands the Maildirs under it to that
+/// user's `owner` uid and gid (`chown -R`, symbolic links not followed)
+/// when the root is not theirs already: the first start that switches,
+/// after runs as root. Returns whether it handed them over.
+pub fn prepare_root(root: &Path, owner: Option<(u32, u32)>) -> Result<bool, MaildirError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut missing = Vec::new();
+    let mut dir = root;
+    while !dir.exists() {
+        missing.push(dir.to_owned());
+        match dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(parent) => dir = parent,
+            None => break,
+        }
+    }
+    for (i, dir) in missing.iter().rev().enumerate() {
+        let mode = if i + 1 == missing.len() { 0o700 } else { 0o755 };
+        match fs::DirBuilder::new().mode(mode).create(dir) {
+            Ok(()) => fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+                .map_err(io("chmod", dir))?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io("create", dir)(e)),
+        }
+    }
+    let Some((uid, gid)) = owner else {
+        return Ok(false);
+    };
+    let meta = fs::metadata(root).map_err(io("stat", root))?;
+    if (meta.uid(), meta.gid()) == (uid, gid) {
+        return Ok(false);
+    }
+    // The root may be a symbolic link; nothing below it is followed.
+    let list = |d: &Path| -> Result<Vec<PathBuf>, MaildirError> {
+        fs::read_dir(d)
+            .and_then(|entries| entries.map(|e| e.map(|e| e.path())).collect())
+            .map_err(io("list", d))
+    };
+    std::os::unix::fs::chown(root, Some(uid), Some(gid)).map_err(io("chown", root))?;
+    let mut todo = list(root)?;
+    while let Some(path) = todo.pop() {
+        std::os::unix::fs::lchown(&path, Some(uid), Some(gid)).map_err(io("chown", &path))?;
+        if fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+            todo.extend(list(&path)?);
+        }
+    }
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -150,12 +210,31 @@ mod tests {
         )
         .unwrap();
         assert!(path.starts_with(dir.join("new")));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        for d in [root.path().join("local.test"), dir.clone(), dir.join("new")] {
+            assert_eq!(mode(&d), 0o700, "{}", d.display());
+        }
         let text = fs::read_to_string(&path).unwrap();
         assert_eq!(
             text,
             "Return-Path: <>\nDelivered-To: User@Local.test\nSubject: x\n\nhi\n"
         );
         assert_eq!(fs::read_dir(dir.join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn the_root_is_created_private_below_searchable_parents() {
+        use std::os::unix::fs::PermissionsExt;
+        let top = tempfile::tempdir().unwrap();
+        let root = top.path().join("srv/mail");
+        assert!(!prepare_root(&root, None).unwrap());
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&root), 0o700);
+        assert_eq!(mode(&top.path().join("srv")), 0o755);
+        // Already there: nothing changes.
+        assert!(!prepare_root(&root, None).unwrap());
     }
 
     #[test]

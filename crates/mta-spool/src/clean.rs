@@ -34,9 +34,10 @@
 //! (`messages` and `last-id` only, checked by counting the index).
 
 use std::collections::hash_map::RandomState;
-use std::fs::{self, File};
+use std::fs;
 use std::hash::{BuildHasher, Hasher};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 
 use mta_envelope::QueueId;
 
@@ -136,7 +137,13 @@ pub(crate) fn read(layout: &Layout) -> Option<CleanMarker> {
 /// directory, or the marker's directory entry may not survive a crash.
 pub(crate) fn write(layout: &Layout, marker: CleanMarker) -> Result<(), SpoolError> {
     let path = &layout.clean;
-    let mut file = File::create(path).map_err(|e| SpoolError::io("create", path, e))?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(layout.modes.file)
+        .open(path)
+        .map_err(|e| SpoolError::io("create", path, e))?;
     file.write_all(marker.render().as_bytes())
         .map_err(|e| SpoolError::io("write", path, e))?;
     file.sync_all()

@@ -14,6 +14,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use mta_envelope::Envelope;
@@ -119,16 +120,22 @@ pub(crate) fn read_header_only(path: &Path) -> Result<(Header, u64), SpoolError>
     Ok((header, content))
 }
 
-/// Writes a new file (which must not exist) and makes its data durable
-/// with fdatasync. On any error the file is removed again, so a failed
-/// write never leaves a partial file behind; a file that already existed
-/// is never touched.
-pub(crate) fn write_new_durable(path: &Path, chunks: &[&[u8]]) -> Result<(), SpoolError> {
+/// Writes a new file (which must not exist) with `mode` (0600 or 0640;
+/// the umask can only take bits away) and makes its data durable with
+/// fdatasync. On any error the file is removed again, so a failed write
+/// never leaves a partial file behind; a file that already existed is
+/// never touched.
+pub(crate) fn write_new_durable(
+    path: &Path,
+    chunks: &[&[u8]],
+    mode: u32,
+) -> Result<(), SpoolError> {
     // create_new: a queue id is used once; never write over another
     // writer's file.
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(mode)
         .open(path)
         .map_err(|e| SpoolError::io("create", path, e))?;
     let written = (|| {

@@ -11,9 +11,17 @@
 //! <dir>/clean             clean-stop marker
 //! <dir>/corrupt/<id>      unreadable spool files set aside by a rescan
 //! ```
+//!
+//! Modes are explicit, whatever the umask: the queue holds other people's
+//! mail. Directories are 0700 and files 0600, or 0750 and 0640 when the
+//! queue directory itself grants its group read and search (mtad sets it
+//! so with a configured `group`, see `permissions.rs`). The directories
+//! are set to that mode at every open, so a queue an earlier version left
+//! 0755 is tightened.
 
 use std::fs::{self, File};
 use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use mta_envelope::QueueId;
@@ -25,6 +33,53 @@ use crate::error::SpoolError;
 pub(crate) const BUCKETS: [&str; 16] = [
     "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "a", "b", "c", "d", "e", "f",
 ];
+
+/// The modes of what the spool creates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Modes {
+    /// Directories.
+    pub dir: u32,
+    /// Spool files, the clean marker, the index's files.
+    pub file: u32,
+}
+
+impl Modes {
+    /// Only the owner.
+    pub const PRIVATE: Modes = Modes {
+        dir: 0o700,
+        file: 0o600,
+    };
+    /// The owner, and the group for reading.
+    pub const GROUP_READABLE: Modes = Modes {
+        dir: 0o750,
+        file: 0o640,
+    };
+
+    /// The modes a queue directory asks for: group-readable when the
+    /// directory grants its group read and search, private otherwise.
+    pub fn of(root: &Path) -> Result<Modes, SpoolError> {
+        let mode = fs::metadata(root)
+            .map_err(|e| SpoolError::io("stat", root, e))?
+            .permissions()
+            .mode();
+        Ok(if mode & 0o050 == 0o050 {
+            Modes::GROUP_READABLE
+        } else {
+            Modes::PRIVATE
+        })
+    }
+}
+
+/// Gives `path` exactly `mode` (permission bits only) unless it has it.
+/// A symbolic link is followed (a queue directory may be one).
+pub(crate) fn set_mode(path: &Path, mode: u32) -> Result<(), SpoolError> {
+    let meta = fs::metadata(path).map_err(|e| SpoolError::io("stat", path, e))?;
+    if meta.permissions().mode() & 0o7777 == mode {
+        return Ok(());
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(|e| SpoolError::io("chmod", path, e))
+}
 
 /// The paths of one queue directory.
 #[derive(Clone, Debug)]
@@ -41,6 +96,9 @@ pub(crate) struct Layout {
     pub clean: PathBuf,
     /// `corrupt/`: spool files a rescan could not read.
     pub corrupt: PathBuf,
+    /// The modes of what the spool creates ([`Modes::of`] the root, at
+    /// open).
+    pub modes: Modes,
 }
 
 impl Layout {
@@ -53,6 +111,7 @@ impl Layout {
             index: root.join("index"),
             clean: root.join("clean"),
             corrupt: root.join("corrupt"),
+            modes: Modes::PRIVATE,
         }
     }
 
@@ -78,22 +137,49 @@ impl Layout {
         self.tmp.join(id.to_string())
     }
 
-    /// Creates every directory that is missing. Each directory created is
-    /// made durable by an fsync of its parent, or a crash could leave a
-    /// spool file whose directory entry never reached the disk.
+    /// Creates every directory that is missing and gives each one
+    /// [`modes`](Self::modes)' mode (the root first, so nothing inside is
+    /// reachable while the rest is set). Each directory created is made
+    /// durable by an fsync of its parent, or a crash could leave a spool
+    /// file whose directory entry never reached the disk.
     pub fn create(&self) -> Result<(), SpoolError> {
-        create_dir_durable(&self.root)?;
-        create_dir_durable(&self.tmp)?;
-        create_dir_durable(&self.msg)?;
-        for bucket in BUCKETS {
-            create_dir_durable(&self.msg.join(bucket))?;
+        let buckets = BUCKETS.iter().map(|b| self.msg.join(b));
+        let dirs = [&self.root, &self.tmp, &self.msg, &self.corrupt]
+            .into_iter()
+            .cloned()
+            .chain(buckets);
+        for dir in dirs {
+            create_dir_durable(&dir)?;
+            set_mode(&dir, self.modes.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Gives everything under `index/` the spool's modes: the index
+    /// library creates its files with the umask's modes, and they hold
+    /// every sender and recipient address.
+    pub fn secure_index(&self) -> Result<(), SpoolError> {
+        let mut todo = vec![self.index.clone()];
+        while let Some(dir) = todo.pop() {
+            set_mode(&dir, self.modes.dir)?;
+            let entries = fs::read_dir(&dir).map_err(|e| SpoolError::io("list", &dir, e))?;
+            for entry in entries {
+                let entry = entry.map_err(|e| SpoolError::io("list", &dir, e))?;
+                let path = entry.path();
+                match entry.file_type() {
+                    Ok(t) if t.is_dir() => todo.push(path),
+                    Ok(t) if t.is_file() => set_mode(&path, self.modes.file)?,
+                    _ => {}
+                }
+            }
         }
         Ok(())
     }
 }
 
-/// Creates `dir` (and missing parents) if needed, then fsyncs its parent so
-/// the new entry survives a crash. An existing non-directory is an error.
+/// Creates `dir` (0700; missing parents with the umask's modes) if needed,
+/// then fsyncs its parent so the new entry survives a crash. An existing
+/// non-directory is an error.
 pub(crate) fn create_dir_durable(dir: &Path) -> Result<(), SpoolError> {
     match fs::symlink_metadata(dir) {
         Ok(meta) if meta.is_dir() => return Ok(()),
@@ -107,8 +193,16 @@ pub(crate) fn create_dir_durable(dir: &Path) -> Result<(), SpoolError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(SpoolError::io("stat", dir, e)),
     }
-    fs::create_dir_all(dir).map_err(|e| SpoolError::io("create directory", dir, e))?;
-    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(parent) = parent {
+        fs::create_dir_all(parent).map_err(|e| SpoolError::io("create directory", parent, e))?;
+    }
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+        Err(e) => return Err(SpoolError::io("create directory", dir, e)),
+    }
+    if let Some(parent) = parent {
         fsync_dir(parent)?;
     }
     Ok(())

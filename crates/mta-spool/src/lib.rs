@@ -35,7 +35,9 @@
 //! the first key of a small per-queue tree ([`Spool::queue_stats`]).
 //!
 //! The layout on disk is described in `queue/README.md` at the top of the
-//! workspace and in `layout.rs`.
+//! workspace and in `layout.rs`. Every directory and file gets an explicit
+//! mode, whatever the umask: private to the owner, or readable by the
+//! group when the queue directory is ([`prepare`], [`Access`]).
 #![deny(missing_docs)]
 
 mod clean;
@@ -47,6 +49,7 @@ mod flush;
 mod ids;
 mod index;
 mod layout;
+mod permissions;
 mod rescan;
 
 #[cfg(test)]
@@ -66,13 +69,14 @@ use crate::commit::{Committer, Counters, Request, Tuning};
 use crate::flush::Flusher;
 use crate::ids::IdGenerator;
 use crate::index::{Index, QUEUES};
-use crate::layout::{DirLock, Layout};
+use crate::layout::{DirLock, Layout, Modes};
 use crate::rescan::Rescan;
 
 pub use crate::error::SpoolError;
 pub use crate::index::{
     HistoryRecord, IndexEntry, QueueName, RecipientError, RecipientState, MAX_HISTORY,
 };
+pub use crate::permissions::{prepare, Access};
 
 /// Where the queue lives and how it behaves.
 #[derive(Clone, Debug)]
@@ -245,8 +249,9 @@ impl Spool {
         config: SpoolConfig,
         tuning: Tuning,
     ) -> Result<(Spool, OpenReport), SpoolError> {
-        let layout = Layout::new(&config.dir);
+        let mut layout = Layout::new(&config.dir);
         layout::create_dir_durable(&layout.root)?;
+        layout.modes = Modes::of(&layout.root)?;
         let lock = DirLock::acquire(&layout.root)?;
         layout.create()?;
 
@@ -257,6 +262,7 @@ impl Spool {
         // the next open and answered by a rescan.
         clean::remove(&layout)?;
         let (index, index_state) = Index::open(&layout, config.index_cache)?;
+        layout.secure_index()?;
 
         // Trust the index only after a clean stop, and only if it is the
         // index that stop flushed: one deleted, emptied, swapped or
@@ -432,6 +438,7 @@ impl Spool {
         let header = file::encode_header(envelope);
         let size = content.len();
         let tmp = self.inner.layout.tmp_path(id);
+        let mode = self.inner.layout.modes.file;
         let (reply, answer) = oneshot::channel();
         let request = Request {
             id,
@@ -444,7 +451,7 @@ impl Spool {
         };
 
         let handed_over = tokio::task::spawn_blocking(move || {
-            file::write_new_durable(&tmp, &[&header, &content])?;
+            file::write_new_durable(&tmp, &[&header, &content], mode)?;
             drop(content);
             sender.send(request).map_err(|unsent| {
                 // The committer is gone (it only stops after every sender

@@ -319,6 +319,7 @@ async fn ask(app: &App, request: Request) -> HttpResponse {
             Json(serde_json::json!({ "result": "ok", "message": message })).into_response()
         }
         Response::NotFound { message } => refusal(StatusCode::NOT_FOUND, message),
+        Response::Forbidden { message } => refusal(StatusCode::FORBIDDEN, message),
         Response::Error { message } => bad_request(message),
     }
 }

@@ -15,6 +15,7 @@ mod listener;
 mod logfile;
 mod notify;
 mod pidfile;
+mod privileges;
 mod queue_api;
 mod reload;
 mod server;
@@ -75,12 +76,14 @@ fn main() -> ExitCode {
         }
     };
     if cli.check_config {
-        if let Some(warning) = config.open_files_warning() {
+        for warning in config.warnings().into_iter().chain(config.open_files_warning()) {
             eprintln!("mtad: warning: {warning}");
         }
         println!("Syntax OK");
         return ExitCode::SUCCESS;
     }
+    // Before any file is created and any thread started.
+    privileges::set_umask(&config);
     let log_level = init_logging(&config.log.level);
     raise_open_files_limit(&config);
     // An absolute path, so a restart reads the same file whatever the

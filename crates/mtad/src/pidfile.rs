@@ -1,6 +1,12 @@
 //! The PID file: written once the daemon is ready, removed on a clean exit.
+//!
+//! Mode 0644, as PID files are: a number is no secret, and by default it
+//! sits in the queue directory, which only mtad's user (and its group)
+//! can enter. It is written after mtad has switched users, so that user
+//! must be able to write its directory (the queue directory is).
 
 use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -15,8 +21,15 @@ impl PidFile {
     /// reader never sees a half-written number.
     pub fn write(path: &Path) -> Result<PidFile> {
         let tmp = path.with_extension("pid.tmp");
-        let mut f =
-            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o644))
+            .context("setting the PID file's mode")?;
         writeln!(f, "{}", std::process::id()).context("writing the PID file")?;
         f.sync_all().context("syncing the PID file")?;
         std::fs::rename(&tmp, path).with_context(|| format!("creating {}", path.display()))?;

@@ -10,7 +10,9 @@
 //! (until `shutdown.drain_timeout`); the two share the set of messages in
 //! flight, so none is attempted twice. What only a restart can change
 //! (the queue directory, listening addresses, PID file, control socket)
-//! is reported and left as it is.
+//! is reported and left as it is; so is the user and group mtad runs as,
+//! which only a start as root can change. The TLS key is read again as
+//! that user: it must be readable by mtad's user or group.
 
 use std::sync::Arc;
 
@@ -99,5 +101,13 @@ fn restart_only(old: &Config, new: &Config) -> Vec<String> {
         old.spool.max_batch != new.spool.max_batch,
         "spool.max_batch",
     );
+    if old.user != new.user || old.group != new.group {
+        // A restart re-executes the process as the user it runs as now.
+        notes.push(
+            "user or group changed: it takes effect at the next stop and start (mta-init stop, \
+             then start, as root)"
+                .to_owned(),
+        );
+    }
     notes
 }

@@ -1,9 +1,12 @@
 //! Start-up and stop: the order in which the parts come up and go down.
 //!
-//! Up: spool (its rescan, when one is needed, goes on in the background),
-//! TLS, listening sockets (bound, or taken over from the image before a
-//! restart), control socket, PID file, queue runners, then the `ready`
-//! announcement (and systemd's READY=1).
+//! Up: what needs root first, when started as root: the queue directory
+//! (created, its mode set, handed to mtad's user), the logs and Maildirs
+//! handed over, TLS, listening sockets (bound, or taken over from the
+//! image before a restart); then the switch to the configured user
+//! (`privileges.rs`); then the spool (its rescan, when one is needed,
+//! goes on in the background), control socket, PID file, queue runners,
+//! and the `ready` announcement (and systemd's READY=1).
 //!
 //! Down, in the order: stop taking new work (new connections get
 //! 421, or, when the stop is a restart, wait in the backlog), let open
@@ -218,8 +221,32 @@ async fn serve(config: Config, startup: Startup) -> Result<Exit> {
         mut inherited,
         log_level,
     } = startup;
-    std::fs::create_dir_all(&config.queue_dir)
-        .with_context(|| format!("creating queue directory {}", config.queue_dir.display()))?;
+    for warning in config.warnings() {
+        warn!("{warning}");
+    }
+    // While still root (when started as root): the queue directory, the
+    // logs and the Maildirs become the user's to be, the TLS key is read,
+    // the listening sockets are bound. Then mtad switches users for good,
+    // and everything after is created as that user (`privileges.rs`).
+    let identity = crate::privileges::Identity::resolve(&config)?;
+    identity.prepare_files(&config, log_file.as_ref().map(LogFile::path))?;
+
+    let config = Arc::new(config);
+    let settings = Settings::new(config.clone())?;
+
+    let sockets = Sockets::default();
+    let listen = sockets.open(Kind::Smtp, &config.smtp.listen, &mut inherited)?;
+    let http_listen = sockets.open(Kind::Http, &config.http.listen, &mut inherited)?;
+    if inherited.len() > 0 {
+        warn!(
+            unclaimed = inherited.len(),
+            "inherited listening sockets match no configured address; closing them"
+        );
+    }
+    drop(inherited);
+
+    identity.switch()?;
+
     let spool_config = SpoolConfig {
         dir: config.queue_dir.clone(),
         min_free_space: config.spool.min_free_space.bytes(),
@@ -239,22 +266,8 @@ async fn serve(config: Config, startup: Startup) -> Result<Exit> {
         "spool open"
     );
 
-    let config = Arc::new(config);
-    let settings = Settings::new(config.clone())?;
-
-    let sockets = Sockets::default();
-    let listen = sockets.open(Kind::Smtp, &config.smtp.listen, &mut inherited)?;
-    let http_listen = sockets.open(Kind::Http, &config.http.listen, &mut inherited)?;
-    if inherited.len() > 0 {
-        warn!(
-            unclaimed = inherited.len(),
-            "inherited listening sockets match no configured address; closing them"
-        );
-    }
-    drop(inherited);
-
     let control_path = config.control_socket();
-    let control = ControlSocket::bind(&control_path)?;
+    let control = ControlSocket::bind(&control_path, identity.group())?;
     let pid_file = PidFile::write(&config.pid_file())?;
 
     let queue = Queue::start(&config, spool.clone()).context("starting the queue runners")?;

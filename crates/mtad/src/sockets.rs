@@ -129,8 +129,7 @@ impl Sockets {
                     tracing::info!(%addr, kind = kind.name(), "listening socket taken over");
                     l
                 }
-                None => bind(addr)
-                    .with_context(|| format!("cannot listen on {addr} ({})", kind.name()))?,
+                None => bind(addr).map_err(|e| cannot_listen(kind, addr, e))?,
             };
             bound.push(listener.local_addr().context("listening address")?);
             self.lock().entry(kind).or_default().push(listener);
@@ -179,6 +178,22 @@ impl Sockets {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Kind, Vec<TcpListener>>> {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Why a bind failed, with the way out when it is a privileged port and
+/// mtad no longer runs as root (a restart after switching users).
+fn cannot_listen(kind: Kind, addr: SocketAddr, e: std::io::Error) -> anyhow::Error {
+    let what = format!("cannot listen on {addr} ({}): {e}", kind.name());
+    let euid = nix::unistd::geteuid();
+    if e.kind() == std::io::ErrorKind::PermissionDenied && addr.port() < 1024 && !euid.is_root() {
+        anyhow::anyhow!(
+            "{what}: mtad runs as uid {euid} and only root may bind a port below 1024; a restart \
+             keeps the sockets mtad has, so a new privileged address takes `mta-init stop` and \
+             `mta-init start`"
+        )
+    } else {
+        anyhow::anyhow!(what)
     }
 }
 
