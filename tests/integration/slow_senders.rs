@@ -598,6 +598,11 @@ fn configtest_warns_when_max_connections_cannot_fit() {
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
     if hard >= 4096 {
         let o = under("mta-init", &["configtest"], 4096);
-        assert!(o.status.success() && o.stderr.is_empty(), "{}", text(&o));
+        // Other warnings (running as root without `user`) may remain.
+        assert!(
+            o.status.success() && !String::from_utf8_lossy(&o.stderr).contains("max_connections"),
+            "{}",
+            text(&o)
+        );
     }
 }
