@@ -378,6 +378,8 @@ fn other_users_cannot_reach_the_control_socket() {
         "the stop was taken: {}",
         text(&o)
     );
+    // Not "not running": this user cannot tell (LSB 4).
+    assert_eq!(o.status.code(), Some(4), "stop: {}", text(&o));
     assert_eq!(queued_and_held(work), (1, 0), "the queue is intact");
 
     // Root can.
