@@ -11,6 +11,7 @@ mod lifecycle;
 mod limits;
 mod operator;
 mod postfix;
+mod queue_defects;
 mod restart;
 mod signals;
 mod smtp;
