@@ -195,7 +195,12 @@ fn unix_now() -> u64 {
 /// does once per round (such as retrying an unreadable file) has then
 /// happened several times over.
 fn let_the_disk_runner_go_round(work: &Workdir, addr: SocketAddr) {
-    let other = send_all(addr, "bob@local.test", &["y@remote.test"], &["other".into()]);
+    let other = send_all(
+        addr,
+        "bob@local.test",
+        &["y@remote.test"],
+        &["other".into()],
+    );
     let other = &other[0];
     wait_events(work, "deferred", other, 1);
     for round in 2..=3 {
@@ -207,30 +212,33 @@ fn let_the_disk_runner_go_round(work: &Workdir, addr: SocketAddr) {
 /// Issue 10, point 3: after a clean stop, a spool file that went bad was
 /// logged once a second ("cannot read a queued message; it stays
 /// queued") for ever, never moved, never expired, and its sender never
-/// heard of it. Now the first failed read sets it aside in `corrupt/`,
-/// fails its recipients with 5.3.0 in a DSN built from the index (the
-/// content is gone), and counts it in status and metrics.
+/// heard of it; `queue show` failed on it. Now the first failed read
+/// sets it aside in `corrupt/`, fails its recipients with 5.3.0 in a DSN
+/// built from the index (the content is gone), and counts it in status
+/// and metrics.
 #[test]
 fn a_corrupt_spool_file_behind_a_clean_index_is_set_aside_once_and_bounced() {
     let work = Workdir::new();
     deferring_config(&work, "");
-    let id = {
+    let (id, shown) = {
         let daemon = Started::start(&work);
-        let id = send_all(
+        let ids = send_all(
             daemon.smtp(),
             "alice@local.test",
             &["x@remote.test", "y@remote.test"],
-            &["soon corrupt".into()],
-        )
-        .remove(0);
-        wait_events(&work, "deferred", &id, 2);
+            &["soon corrupt".into(), "shown corrupt".into()],
+        );
+        for id in &ids {
+            wait_events(&work, "deferred", id, 2);
+        }
         daemon.stop();
-        id
+        (ids[0].clone(), ids[1].clone())
     };
-    // Damage it behind the clean index: the envelope line is cut short.
+    // Damage both behind the clean index: the envelope line is cut short.
     let file = spool_file(&work, &id);
     let original = std::fs::read(&file).unwrap();
     std::fs::write(&file, &original[..20]).unwrap();
+    std::fs::write(spool_file(&work, &shown), &original[..20]).unwrap();
 
     let daemon = Started::start(&work);
     // Due now (the next retry was an hour away); the flush reads only
@@ -246,22 +254,41 @@ fn a_corrupt_spool_file_behind_a_clean_index_is_set_aside_once_and_bounced() {
     let show = init(&work, &["queue", "show", &id]);
     assert_eq!(show.status.code(), Some(3), "{}", text(&show));
     assert!(text(&show).contains("no message"), "{}", text(&show));
+
+    // `show` is a read too: it says what is wrong and sets the file aside
+    // without waiting for the schedule.
+    let show = init(&work, &["queue", "show", &shown]);
+    assert_eq!(show.status.code(), Some(1), "{}", text(&show));
+    assert!(
+        text(&show).contains("unreadable") && text(&show).contains("being set aside"),
+        "{}",
+        text(&show)
+    );
+    wait_until("the shown file in corrupt/", WAIT, || {
+        work.queue().join("corrupt").join(&shown).exists()
+    });
     let (_, status) = status_json(&work);
-    assert_eq!(status["daemon"]["corrupt_files"], 1, "{status}");
+    assert_eq!(status["daemon"]["corrupt_files"], 2, "{status}");
     let (code, metrics) = crate::http::request(daemon.http(), "GET", "/metrics", None, None);
     assert_eq!(code, 200, "{metrics}");
     assert!(
-        metrics.contains("\nmta_corrupt_spool_files_total 1\n"),
+        metrics.contains("\nmta_corrupt_spool_files_total 2\n"),
         "{metrics}"
     );
 
     // The sender hears of both recipients, without the lost content.
-    wait_until("the DSN in alice's Maildir", WAIT, || {
-        maildir_new(&work, "local.test", "alice").len() == 1
+    wait_until("the DSNs in alice's Maildir", WAIT, || {
+        maildir_new(&work, "local.test", "alice").len() == 2
     });
-    let dsn = std::fs::read_to_string(&maildir_new(&work, "local.test", "alice")[0]).unwrap();
+    let dsns: Vec<String> = maildir_new(&work, "local.test", "alice")
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    let dsn = dsns
+        .iter()
+        .find(|d| d.contains(&id))
+        .unwrap_or_else(|| panic!("no DSN for {id}: {dsns:#?}"));
     for want in [
-        id.as_str(),
         "Status: 5.3.0",
         "Final-Recipient: rfc822; x@remote.test",
         "Final-Recipient: rfc822; y@remote.test",
@@ -355,9 +382,18 @@ fn three_waiting(
     pause.extend(runner.iter().flat_map(|r| ["--runner", r]));
     run(&s.work, &pause);
     let subjects: Vec<String> = (1..=3).map(|n| format!("waiting {n}")).collect();
-    let ids = send_all(s.mtad.addr, "alice@local.test", &["bob@example.test"], &subjects);
+    let ids = send_all(
+        s.mtad.addr,
+        "alice@local.test",
+        &["bob@example.test"],
+        &subjects,
+    );
     let out = queue(&s.work, &[action, "--all"]);
-    let verb = if action == "delete" { "deleted" } else { "held" };
+    let verb = if action == "delete" {
+        "deleted"
+    } else {
+        "held"
+    };
     assert!(
         out.contains(&format!("3 of 3 messages {verb}")),
         "{runner:?}: {out}"
@@ -436,7 +472,12 @@ fn volatile_messages_are_counted_listed_steered_and_spilled_truthfully() {
         let daemon = Started::start(&work);
         run(&work, &["pause", "delivery"]);
         let subjects: Vec<String> = (0..50).map(|n| format!("volatile {n}")).collect();
-        let all = send_all(daemon.smtp(), "alice@local.test", &["x@remote.test"], &subjects);
+        let all = send_all(
+            daemon.smtp(),
+            "alice@local.test",
+            &["x@remote.test"],
+            &subjects,
+        );
 
         let (_, status) = status_json(&work);
         assert_eq!(status["daemon"]["queued"], 50, "{status}");

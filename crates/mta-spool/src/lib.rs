@@ -564,7 +564,11 @@ impl Spool {
     /// Spool files set aside in `corrupt/` since open: by open itself, by
     /// the rescan, and by [`set_aside_corrupt`](Self::set_aside_corrupt).
     pub fn corrupt_set_aside(&self) -> u64 {
-        let rescan = self.inner.rescan.as_ref().map_or(0, |p| p.snapshot().corrupt);
+        let rescan = self
+            .inner
+            .rescan
+            .as_ref()
+            .map_or(0, |p| p.snapshot().corrupt);
         self.inner.corrupt.load(Ordering::Relaxed) + rescan
     }
 
