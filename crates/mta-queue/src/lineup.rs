@@ -40,6 +40,8 @@ impl Lineup {
     }
 
     /// Puts a job in line; gives it back once the runner has stopped.
+    // By value, as it came (as mpsc's SendError does): the caller spills it.
+    #[allow(clippy::result_large_err)]
     pub fn push(&self, job: Job) -> Result<(), Job> {
         let mut state = self.lock();
         if state.closed {

@@ -806,6 +806,12 @@ async fn act_in_memory(
             entry.queue = QueueName::Held;
             entry.held_since = Some(now);
             if let Err(e) = crate::runner::store_on_disk(inner, job, &entry).await {
+                // Stored but not moved to the held queue: it is an
+                // ordinary message on disk now, and waits as one.
+                if let Ok(Some(stored)) = inner.spool.entry(id) {
+                    job.on_disk = true;
+                    job.entry = stored;
+                }
                 return (true, Err(e.into()));
             }
             if let Err(e) = note_history(inner, id, &pending_at(&entry, None), Event::Held, now) {
