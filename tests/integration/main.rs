@@ -13,6 +13,7 @@ mod lifecycle;
 mod limits;
 mod operator;
 mod postfix;
+mod queue_defects;
 mod restart;
 mod security;
 mod signals;

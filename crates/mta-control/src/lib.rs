@@ -27,7 +27,11 @@ pub use queue::{
 pub enum Request {
     /// The daemon's status.
     Status,
-    /// Begin a clean stop; the answer comes at once, the stop goes on.
+    /// Begin a clean stop; the answer ([`Response::Ok`]) comes at once,
+    /// the stop goes on. A client that keeps the connection open and reads
+    /// on gets a second line, [`Response::Stopped`], once the queue is
+    /// saved: the figures of the whole stop, which polling `status` can
+    /// miss when the stop is quick.
     Stop,
     /// Pause delivery: one runner (`ram`, `bounce`, `disk`) or all three.
     /// Attempts under way finish; no new one starts.
@@ -97,7 +101,8 @@ pub enum Request {
     /// Resume paused injection.
     ResumeInjection,
     /// A graceful stop (SIGWINCH): sessions are not cut short and
-    /// deliveries may finish, up to `shutdown.graceful_timeout`.
+    /// deliveries may finish, up to `shutdown.graceful_timeout`. Answered
+    /// as [`Request::Stop`], the second line included.
     GracefulStop,
     /// Stop and start again in the same process (a re-exec), handing the
     /// listening sockets over: no connection is refused. With `now`, as
@@ -192,6 +197,9 @@ pub enum Response {
     Summary(QueueSummary),
     /// What a queue action did.
     Acted(ActionReport),
+    /// The second answer to a stop: the queue is saved and the process
+    /// is about to exit.
+    Stopped(StopProgress),
 }
 
 fn default_page() -> usize {
@@ -250,7 +258,8 @@ pub struct StopProgress {
     /// Volatile messages written to the disk queue so far.
     #[serde(default)]
     pub messages_spilled: u64,
-    /// Messages in the queue, kept for the next start.
+    /// Messages in the queue, kept for the next start (those still in
+    /// memory included, until spilled).
     #[serde(default)]
     pub queued: u64,
 }
@@ -283,8 +292,17 @@ pub struct Status {
     pub sessions_open: u64,
     /// Messages accepted (answered 250) since start.
     pub accepted_total: u64,
-    /// Messages in the queue now.
+    /// Messages in the queue now, those held in memory only included.
     pub queued: u64,
+    /// Of those, volatile messages held in memory only, not yet written
+    /// to the spool (a crash loses them; a stop spills them to disk).
+    #[serde(default)]
+    pub in_memory: u64,
+    /// Spool files set aside in `corrupt/` since start because they
+    /// could not be parsed (each one's recipients were failed with a DSN,
+    /// except those a rescan after a crash set aside).
+    #[serde(default)]
+    pub corrupt_files: u64,
     /// What the spool found when it opened.
     pub spool_open: SpoolOpen,
     /// The services, in the order the table shows them.
@@ -468,6 +486,16 @@ pub enum ControlError {
 
 /// Sends one request and waits (at most `timeout`) for its answer.
 pub fn call(path: &Path, request: &Request, timeout: Duration) -> Result<Response, ControlError> {
+    call_open(path, request, timeout).map(|(response, _)| response)
+}
+
+/// [`call`], leaving the connection open for the answers that follow the
+/// first (a stop's [`Response::Stopped`]).
+pub fn call_open(
+    path: &Path,
+    request: &Request,
+    timeout: Duration,
+) -> Result<(Response, Answers), ControlError> {
     let name = path.display().to_string();
     let io = |source| ControlError::Io {
         path: name.clone(),
@@ -482,12 +510,53 @@ pub fn call(path: &Path, request: &Request, timeout: Duration) -> Result<Respons
     let mut line = serde_json::to_vec(request).expect("requests serialize");
     line.push(b'\n');
     stream.write_all(&line).map_err(io)?;
-    let mut answer = String::new();
-    BufReader::new(stream).read_line(&mut answer).map_err(io)?;
-    serde_json::from_str(&answer).map_err(|source| ControlError::Protocol {
-        path: name.clone(),
-        source,
-    })
+    let mut answers = Answers {
+        reader: BufReader::new(stream),
+        path: name,
+    };
+    let first = answers.read()?;
+    Ok((first, answers))
+}
+
+/// The rest of the answers on an open control connection.
+pub struct Answers {
+    reader: BufReader<UnixStream>,
+    path: String,
+}
+
+impl Answers {
+    /// Waits (at most `timeout`) for the next answer line.
+    pub fn next(&mut self, timeout: Duration) -> Result<Response, ControlError> {
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(timeout))
+            .map_err(|source| ControlError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        self.read()
+    }
+
+    fn read(&mut self) -> Result<Response, ControlError> {
+        let mut answer = String::new();
+        let n = self
+            .reader
+            .read_line(&mut answer)
+            .map_err(|source| ControlError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        if n == 0 {
+            return Err(ControlError::Io {
+                path: self.path.clone(),
+                source: std::io::ErrorKind::UnexpectedEof.into(),
+            });
+        }
+        serde_json::from_str(&answer).map_err(|source| ControlError::Protocol {
+            path: self.path.clone(),
+            source,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -68,7 +68,9 @@ pub struct ActionReport {
     /// Messages acted on now.
     pub done: u64,
     /// Messages being delivered at that moment: acted on when their
-    /// attempt ends (a flush has nothing to do for them).
+    /// attempt ends (a flush has nothing to do for them). A message
+    /// waiting for a paused or busy runner is not in flight: it is acted
+    /// on at once.
     pub in_flight: u64,
     /// Messages left as they were (a flush or hold of a held message, a
     /// release of one that is not held).
@@ -115,6 +117,10 @@ pub struct MessageRow {
     pub next_attempt: Option<u64>,
     /// Every recipient, in envelope order.
     pub recipients: Vec<RecipientRow>,
+    /// Held in memory only, with no spool file yet (volatile mode, until
+    /// its first attempt defers or a stop spills it): a crash loses it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub in_memory: bool,
 }
 
 /// One page of `queue list`.

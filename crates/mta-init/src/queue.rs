@@ -294,7 +294,12 @@ fn write_row(out: &mut impl Write, m: &MessageRow) -> std::io::Result<()> {
         Some(t) => format!("next attempt {}", time(t)),
         None => "held: no attempt until released".into(),
     };
-    writeln!(out, "    {} attempts; {next}", m.attempts)?;
+    let memory = if m.in_memory {
+        "; in memory only (volatile: not yet on disk)"
+    } else {
+        ""
+    };
+    writeln!(out, "    {} attempts; {next}{memory}", m.attempts)?;
     for r in &m.recipients {
         write!(
             out,

@@ -223,6 +223,18 @@ pub fn print_table(status: &Status) {
         println!();
     }
     println!("  messages queued:      {}", status.queued);
+    if status.in_memory > 0 {
+        println!(
+            "  in memory only:       {} (volatile: not yet on disk)",
+            status.in_memory
+        );
+    }
+    if status.corrupt_files > 0 {
+        println!(
+            "  corrupt files:        {} set aside in corrupt/ since start",
+            status.corrupt_files
+        );
+    }
     if status.held > 0 {
         println!("  messages held:        {}", status.held);
     }

@@ -39,11 +39,24 @@ pub fn run_with(config: &Config, request: &Request, wait: Duration) -> Result<()
         Daemon::Silent { pid, .. } => pid,
     };
     let began = Instant::now();
-    match crate::process::call(config, request, Duration::from_secs(5)) {
-        Ok(Response::Ok) => println!("stopping mtad (pid {pid}): new connections get 421"),
+    // The daemon's last word on the stop comes on the same connection,
+    // once the queue is saved: read it beside the progress reports.
+    let mut last_word = None;
+    match mta_control::call_open(&config.control_socket(), request, Duration::from_secs(5)) {
+        Ok((Response::Ok, mut answers)) => {
+            println!("stopping mtad (pid {pid}): new connections get 421");
+            last_word = Some(std::thread::spawn(move || match answers.next(wait) {
+                Ok(Response::Stopped(stop)) => Some(stop),
+                _ => None,
+            }));
+        }
+        Ok((Response::Forbidden { message }, _)) => {
+            return Err(NotPermitted::Refused(message).into())
+        }
         other => {
             // The control socket is the clean way; SIGTERM is the fallback
             // every daemon understands.
+            let other = other.map(|(response, _)| response);
             println!("control socket did not take the stop ({other:?}); sending SIGTERM to {pid}");
             match kill(Pid::from_raw(pid), Signal::SIGTERM) {
                 Err(Errno::EPERM) => {
@@ -75,6 +88,10 @@ pub fn run_with(config: &Config, request: &Request, wait: Duration) -> Result<()
             }
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+    // The process is gone, so is the connection: the reader has ended.
+    if let Some(stop) = last_word.and_then(|reader| reader.join().ok().flatten()) {
+        last_seen = Some(stop);
     }
     if std::fs::read_to_string(&pid_file).is_ok_and(|p| p.trim() == pid.to_string()) {
         // mtad removes it on a clean exit; if it did not, it did not exit

@@ -13,6 +13,7 @@ use tracing::{error, info, warn};
 use crate::attempt::RecipientResult;
 use crate::log::{Event, Record};
 use crate::schedule::{random_unit, Next};
+use crate::unreadable::Unreadable;
 use crate::{local_origin, unix_now, Inner, Job};
 
 /// Applies the results of one attempt of `job`, made by the `queue` runner.
@@ -225,15 +226,22 @@ pub(crate) async fn apply(
         .iter()
         .all(|s| *s != RecipientState::Pending);
     let saved = if done {
-        if job.on_disk {
-            inner.spool.remove(job.id)
-        } else {
-            Ok(())
+        match &job.unreadable {
+            // Its recipients are reported: the file goes aside, unread.
+            Some(Unreadable::Corrupt(reason)) => {
+                if let Err(e) = inner.spool.set_aside_corrupt(job.id, reason) {
+                    error!(queue_id = %job.id, error = %e, "cannot set a corrupt spool file aside in corrupt/; the next rescan does");
+                    return;
+                }
+                Ok(())
+            }
+            _ if job.on_disk => inner.spool.remove(job.id),
+            _ => Ok(()),
         }
     } else if job.on_disk {
         inner.spool.update(job.id, &entry)
     } else {
-        crate::runner::store_on_disk(&inner.spool, &job, &entry).await
+        crate::runner::store_on_disk(inner, &job, &entry).await
     };
     match saved {
         Ok(()) if done => info!(queue_id = %job.id, attempt, "message done"),
@@ -450,6 +458,7 @@ async fn send_dsn_for(
         content,
         entry,
         on_disk: true,
+        unreadable: None,
         _claim: claim,
     });
     true

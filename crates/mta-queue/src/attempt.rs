@@ -20,12 +20,17 @@ pub(crate) struct RecipientResult {
     pub tls: Option<String>,
 }
 
-/// Runs the attempt and records what came of it.
+/// Runs the attempt and records what came of it. A message whose spool
+/// file could not be read makes no connection: the read error is the
+/// outcome for every pending recipient.
 pub(crate) async fn run(inner: &Arc<Inner>, queue: QueueName, job: Job) {
     let job = Arc::new(job);
-    let results = tokio::select! {
-        results = deliver(inner, &job) => results,
-        () = inner.abort.cancelled() => aborted(&job),
+    let results = match &job.unreadable {
+        Some(unreadable) => unreadable.results(pending(&job)),
+        None => tokio::select! {
+            results = deliver(inner, &job) => results,
+            () = inner.abort.cancelled() => aborted(&job),
+        },
     };
     crate::apply::apply(inner, queue, job, results).await;
 }

@@ -8,6 +8,12 @@
 //! - **disk**: everything else, read back from the spool when the index
 //!   says it is due (`Spool::due`).
 //!
+//! The ram and bounce runners keep the jobs waiting for a slot (or for a
+//! resume) in a line (`lineup.rs`) where an operator's hold or delete
+//! reaches them: a waiting message is not in flight. In volatile mode
+//! the messages held only in memory are registered with the steering
+//! state (`steer.rs`) so that status, listings and actions see them.
+//!
 //! One attempt (`attempt.rs`) routes each pending recipient (`route.rs`:
 //! Maildir, a relay, or MX), delivers, and `apply.rs` records the outcome
 //! per recipient: delivered and failed recipients are done; deferred ones
@@ -25,12 +31,14 @@
 mod apply;
 mod attempt;
 mod backoffs;
+mod lineup;
 pub mod log;
 pub mod maildir;
 pub mod route;
 mod runner;
 pub mod schedule;
 mod steer;
+mod unreadable;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -41,7 +49,7 @@ use mta_config::{Config, QueueMode};
 use mta_deliver::{Client, ClientConfig, Resolver, ResolverConfig};
 use mta_envelope::{Envelope, Origin, QueueId};
 use mta_spool::{IndexEntry, QueueName, Spool};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -52,7 +60,8 @@ use crate::schedule::Schedule;
 
 pub use crate::runner::RunnerStatus;
 pub use crate::steer::SteerError;
-use crate::steer::Steering;
+use crate::steer::{InMemory, Steering};
+use crate::unreadable::Unreadable;
 
 /// The queue could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -93,10 +102,25 @@ pub(crate) struct Job {
     pub content: Arc<Vec<u8>>,
     pub entry: IndexEntry,
     /// The message has a spool file (false only in volatile mode, before
-    /// its first attempt defers).
+    /// its first attempt defers). While false, the message is registered
+    /// as in memory (`Steering::remember`) until the job is dropped or
+    /// written to disk.
     pub on_disk: bool,
+    /// Its spool file could not be read: the attempt reports this for
+    /// every pending recipient instead of delivering (`unreadable.rs`).
+    pub unreadable: Option<Unreadable>,
     /// Keeps other runners off this message until the job is dropped.
     pub _claim: Claim,
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        if !self.on_disk {
+            // Delivered, deleted, or written to disk: no longer (only) in
+            // memory. Before the claim goes, so no listing sees it twice.
+            self._claim.inner.steering.forget(self.id);
+        }
+    }
 }
 
 /// A message id held in the in-flight set; released when dropped.
@@ -145,8 +169,6 @@ pub(crate) struct Inner {
     pub ram: Runner,
     pub bounce: Runner,
     pub disk: Runner,
-    ram_tx: mpsc::UnboundedSender<Job>,
-    bounce_tx: mpsc::UnboundedSender<Job>,
     /// New work for the disk runner (a message was deferred).
     pub disk_wake: Notify,
     /// No new attempts start once cancelled.
@@ -187,7 +209,7 @@ impl Inner {
 
     /// Queues a job for the bounce runner.
     pub fn submit_bounce(&self, job: Job) {
-        if let Err(unsent) = self.bounce_tx.send(job) {
+        if let Err(unsent) = self.bounce.lineup.push(job) {
             // The runner has stopped: the DSN is on disk and the disk
             // runner will send it after the next start.
             drop(unsent);
@@ -274,8 +296,6 @@ impl Queue {
             mode: q.mode,
             poll_interval: q.poll_interval,
         };
-        let (ram_tx, ram_rx) = mpsc::unbounded_channel();
-        let (bounce_tx, bounce_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             spool,
             settings,
@@ -287,8 +307,6 @@ impl Queue {
             ram: Runner::new(QueueName::Ram, q.ram_concurrency),
             bounce: Runner::new(QueueName::Bounce, q.bounce_concurrency),
             disk: Runner::new(QueueName::Disk, q.disk_concurrency),
-            ram_tx,
-            bounce_tx,
             disk_wake: Notify::new(),
             stopping: CancellationToken::new(),
             abort: CancellationToken::new(),
@@ -298,12 +316,10 @@ impl Queue {
         });
         inner
             .tasks
-            .spawn(runner::memory_loop(inner.clone(), QueueName::Ram, ram_rx));
-        inner.tasks.spawn(runner::memory_loop(
-            inner.clone(),
-            QueueName::Bounce,
-            bounce_rx,
-        ));
+            .spawn(runner::memory_loop(inner.clone(), QueueName::Ram));
+        inner
+            .tasks
+            .spawn(runner::memory_loop(inner.clone(), QueueName::Bounce));
         inner.tasks.spawn(runner::disk_loop(inner.clone()));
         Ok(Queue { inner })
     }
@@ -332,21 +348,32 @@ impl Queue {
         record.size = Some(size);
         self.inner.log.write(&record);
         let entry = IndexEntry::arrived(&envelope, size);
+        if !on_disk {
+            self.inner.steering.remember(
+                claim.id,
+                InMemory {
+                    entry: entry.clone(),
+                    envelope: envelope.clone(),
+                    content: content.clone(),
+                },
+            );
+        }
         let job = Job {
             id: claim.id,
             envelope,
             content,
             entry,
             on_disk,
+            unreadable: None,
             _claim: claim,
         };
-        if let Err(unsent) = self.inner.ram_tx.send(job) {
+        if let Err(unsent) = self.inner.ram.lineup.push(job) {
             // Stopping: a durable message waits on disk for the next start;
             // a volatile one is spilled now.
             let inner = self.inner.clone();
             self.inner
                 .tasks
-                .spawn(async move { runner::spill(&inner, unsent.0).await });
+                .spawn(async move { runner::spill(&inner, unsent).await });
         }
     }
 
@@ -454,6 +481,12 @@ impl Queue {
     /// DSNs queued since start.
     pub fn dsns_queued(&self) -> u64 {
         self.inner.dsns.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Volatile messages held in memory only, not yet on disk (waiting
+    /// for their first attempt, or in it), every generation together.
+    pub fn in_memory(&self) -> u64 {
+        self.inner.steering.in_memory() as u64
     }
 
     /// Volatile messages spilled to the disk queue (at a stop).

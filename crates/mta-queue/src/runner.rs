@@ -1,19 +1,22 @@
 //! The three runner loops and their counters.
 //!
-//! ram and bounce take jobs from a channel (messages already in memory);
-//! disk asks the spool's index what is due. All three start each attempt
-//! as a task once a slot of their concurrency limit is free, and none
-//! starts an attempt while paused or once the stop has begun.
+//! ram and bounce take jobs from their line (`lineup.rs`: messages
+//! already in memory, waiting where an operator can reach them); disk
+//! asks the spool's index what is due. All three start each attempt as a
+//! task once a slot of their concurrency limit is free, and none starts
+//! an attempt while paused or once the stop has begun.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mta_spool::{QueueName, Spool};
+use mta_spool::QueueName;
 use serde::Serialize;
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, error, warn};
 
+use crate::lineup::Lineup;
+use crate::unreadable::{envelope_from_index, Unreadable};
 use crate::{unix_now, Inner, Job};
 
 /// Counters of one runner.
@@ -46,6 +49,8 @@ pub(crate) struct Runner {
     paused: watch::Sender<bool>,
     started: AtomicBool,
     stats: RunnerStats,
+    /// Jobs handed to a memory runner, waiting for a slot or a resume.
+    pub(crate) lineup: Lineup,
 }
 
 /// What `status` shows of a runner.
@@ -80,6 +85,7 @@ impl Runner {
             paused: watch::Sender::new(false),
             started: AtomicBool::new(false),
             stats: RunnerStats::default(),
+            lineup: Lineup::default(),
         }
     }
 
@@ -145,34 +151,31 @@ fn start_attempt(inner: &Arc<Inner>, queue: QueueName, job: Job, permit: OwnedSe
     });
 }
 
-/// The ram and bounce runners: first attempts from memory.
-pub(crate) async fn memory_loop(
-    inner: Arc<Inner>,
-    queue: QueueName,
-    mut jobs: mpsc::UnboundedReceiver<Job>,
-) {
+/// The ram and bounce runners: first attempts from memory. A job stays
+/// in line until a slot is free (and the runner is not paused), so an
+/// operator can still take it out.
+pub(crate) async fn memory_loop(inner: Arc<Inner>, queue: QueueName) {
     let runner = inner.runner(queue);
     runner.started.store(true, Ordering::Relaxed);
     loop {
-        let job = tokio::select! {
+        tokio::select! {
             biased;
             () = inner.stopping.cancelled() => break,
-            job = jobs.recv() => match job { Some(job) => job, None => break },
+            () = runner.lineup.wait() => {}
+        }
+        let Some(permit) = runner.slot(&inner).await else {
+            break;
         };
-        match runner.slot(&inner).await {
-            Some(permit) => start_attempt(&inner, queue, job, permit),
-            None => {
-                spill(&inner, job).await;
-                break;
-            }
+        // None: an operator took it meanwhile; the slot is free again.
+        if let Some(job) = runner.lineup.pop() {
+            start_attempt(&inner, queue, job, permit);
         }
     }
     runner.started.store(false, Ordering::Relaxed);
     // Whatever is still waiting: durable messages are on disk already and
     // the disk runner takes them after the next start; volatile ones are
     // written to the disk queue now.
-    jobs.close();
-    while let Some(job) = jobs.recv().await {
+    for job in runner.lineup.close() {
         spill(&inner, job).await;
     }
 }
@@ -184,7 +187,7 @@ pub(crate) async fn spill(inner: &Inner, job: Job) {
     }
     let mut entry = job.entry.clone();
     entry.queue = QueueName::Disk;
-    match store_on_disk(&inner.spool, &job, &entry).await {
+    match store_on_disk(inner, &job, &entry).await {
         Ok(()) => {
             inner.spilled.fetch_add(1, Ordering::Relaxed);
             debug!(queue_id = %job.id, "volatile message spilled to the disk queue")
@@ -195,16 +198,21 @@ pub(crate) async fn spill(inner: &Inner, job: Job) {
     }
 }
 
-/// Writes a volatile message to the disk queue with `entry` as its state.
+/// Writes a volatile message to the spool with `entry` as its state (the
+/// disk or the held queue); it is then no longer only in memory.
 pub(crate) async fn store_on_disk(
-    spool: &Spool,
+    inner: &Inner,
     job: &Job,
     entry: &mta_spool::IndexEntry,
 ) -> Result<(), mta_spool::SpoolError> {
-    spool
+    // Stored in the disk queue first, then moved (to the held queue, say)
+    // by the update; the claim keeps the disk runner off it meanwhile.
+    inner
+        .spool
         .store_in(QueueName::Disk, job.id, &job.envelope, job.content.clone())
         .await?;
-    spool.update(job.id, entry)
+    inner.steering.forget(job.id);
+    inner.spool.update(job.id, entry)
 }
 
 /// The disk runner: retries whatever the index says is due.
@@ -254,21 +262,34 @@ async fn take_due(inner: &Arc<Inner>) -> Result<usize, mta_spool::SpoolError> {
         };
         let spool = inner.spool.clone();
         let read = tokio::task::spawn_blocking(move || spool.read(id)).await;
-        let (envelope, content) = match read {
-            Ok(Ok(message)) => message,
+        let unreadable = match &read {
+            Ok(Ok(_)) => None,
             Ok(Err(mta_spool::SpoolError::NotFound { .. })) => {
                 // Removed meanwhile (its index entry is stale).
                 let _ = inner.spool.remove(id);
                 continue;
             }
+            // Logged once per attempt, not once per round of this loop:
+            // the attempt moves the message on (unreadable.rs).
+            Ok(Err(e @ mta_spool::SpoolError::Corrupt { .. })) => {
+                error!(queue_id = %id, error = %e, "the queued copy of a message is unreadable: its recipients fail (5.3.0), its sender gets a DSN, the file goes to corrupt/");
+                Some(Unreadable::of(e))
+            }
             Ok(Err(e)) => {
-                error!(queue_id = %id, error = %e, "cannot read a queued message; it stays queued");
-                continue;
+                warn!(queue_id = %id, error = %e, "cannot read a queued message: its recipients are deferred (4.3.0) until the next attempt");
+                Some(Unreadable::of(e))
             }
             Err(e) => {
-                error!(queue_id = %id, error = %e, "reading a queued message panicked");
-                continue;
+                error!(queue_id = %id, error = %e, "cannot read a queued message (the read panicked): its recipients are deferred (4.3.0) until the next attempt");
+                Some(Unreadable::Failed(e.to_string()))
             }
+        };
+        let (envelope, content) = match read {
+            Ok(Ok(message)) => message,
+            _ => (
+                envelope_from_index(&entry, &inner.settings.hostname),
+                Vec::new(),
+            ),
         };
         let job = Job {
             id,
@@ -276,6 +297,7 @@ async fn take_due(inner: &Arc<Inner>) -> Result<usize, mta_spool::SpoolError> {
             content: Arc::new(content),
             entry,
             on_disk: true,
+            unreadable,
             _claim: claim,
         };
         start_attempt(inner, QueueName::Disk, job, permit);
@@ -286,7 +308,7 @@ async fn take_due(inner: &Arc<Inner>) -> Result<usize, mta_spool::SpoolError> {
 
 /// How long the disk runner may sleep: until the next message is due, at
 /// most `poll`.
-fn next_wait(spool: &Spool, poll: Duration) -> Duration {
+fn next_wait(spool: &mta_spool::Spool, poll: Duration) -> Duration {
     match spool.first_due() {
         Ok(Some(due)) => {
             let now = unix_now();

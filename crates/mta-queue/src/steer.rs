@@ -7,7 +7,13 @@
 //! attempted right now waits: it is noted beside the claim and carried
 //! out when the attempt lets go of it (`Claim`'s drop), on the state the
 //! attempt left, so a message is never deleted half-way through an
-//! attempt.
+//! attempt. A message waiting in a runner's line (paused, or no slot
+//! free) is not being attempted: a hold or delete takes it out of the
+//! line and happens at once.
+//!
+//! Volatile messages held only in memory are registered here too
+//! ([`InMemory`]), so listings, counts, `show`, hold and delete reach them
+//! like the others; a hold writes one to the held queue on disk.
 //!
 //! Listings and bulk actions walk the index a page at a time (at most
 //! [`PAGE_SCAN`] entries per step): memory stays flat however large the
@@ -20,13 +26,13 @@ use mta_control::{
     ActionReport, HistoryRow, MessageDetail, MessageRow, QueueAction, QueueFilter, QueuePage,
     QueueSummary, RecipientRow, Selection, SummaryRow, SUMMARY_BUCKETS,
 };
-use mta_envelope::QueueId;
+use mta_envelope::{Envelope, QueueId};
 use mta_spool::{HistoryRecord, IndexEntry, QueueName, RecipientState, SpoolError};
 use tracing::{info, warn};
 
 use crate::apply::DeletedBounce;
 use crate::log::{Event, Record};
-use crate::{unix_now, Claim, Inner};
+use crate::{unix_now, Claim, Inner, Job};
 
 /// Entries one step of a listing or a bulk action looks at.
 pub(crate) const PAGE_SCAN: usize = 4096;
@@ -68,13 +74,24 @@ struct Claims {
     waiting: HashMap<QueueId, Vec<Waiting>>,
 }
 
+/// A volatile message held in memory only: what listings, counts and
+/// `show` need of it while it has no spool file.
+#[derive(Clone)]
+pub(crate) struct InMemory {
+    pub entry: IndexEntry,
+    pub envelope: Envelope,
+    pub content: Arc<Vec<u8>>,
+}
+
 /// State shared by every generation of runners (a graceful restart
 /// starts new ones beside the old): the messages in flight, the actions
-/// waiting for them, and the paused domains.
+/// waiting for them, the paused domains, and the volatile messages in
+/// memory.
 #[derive(Default)]
 pub(crate) struct Steering {
     claims: Mutex<Claims>,
     paused: RwLock<BTreeSet<String>>,
+    memory: Mutex<BTreeMap<QueueId, InMemory>>,
 }
 
 impl Steering {
@@ -132,6 +149,50 @@ impl Steering {
 
     fn set_paused(&self, domains: BTreeSet<String>) {
         *self.paused.write().unwrap_or_else(|p| p.into_inner()) = domains;
+    }
+
+    fn memory(&self) -> MutexGuard<'_, BTreeMap<QueueId, InMemory>> {
+        self.memory.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers (or updates) a volatile message held in memory only.
+    pub fn remember(&self, id: QueueId, message: InMemory) {
+        self.memory().insert(id, message);
+    }
+
+    /// The message is on disk now, or gone.
+    pub fn forget(&self, id: QueueId) {
+        self.memory().remove(&id);
+    }
+
+    /// Volatile messages in memory.
+    pub fn in_memory(&self) -> usize {
+        self.memory().len()
+    }
+
+    /// One volatile message in memory.
+    fn remembered(&self, id: QueueId) -> Option<InMemory> {
+        self.memory().get(&id).cloned()
+    }
+
+    /// The first `limit` volatile messages in memory with an id in
+    /// (`after`, `upto`] that `keep` says yes to, in id order.
+    fn remembered_in(
+        &self,
+        after: Option<QueueId>,
+        upto: Option<QueueId>,
+        limit: usize,
+        mut keep: impl FnMut(&IndexEntry) -> bool,
+    ) -> Vec<(QueueId, IndexEntry)> {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        let lower = after.map_or(Unbounded, Excluded);
+        let upper = upto.map_or(Unbounded, Included);
+        self.memory()
+            .range((lower, upper))
+            .filter(|(_, m)| keep(&m.entry))
+            .take(limit)
+            .map(|(id, m)| (*id, m.entry.clone()))
+            .collect()
     }
 }
 
@@ -338,6 +399,7 @@ fn row(id: QueueId, entry: &IndexEntry, history: &[HistoryRecord]) -> MessageRow
         attempts: entry.attempts,
         next_attempt: entry.scheduled(),
         recipients,
+        in_memory: false,
     }
 }
 
@@ -351,33 +413,71 @@ pub(crate) fn list(
 ) -> Result<QueuePage, SteerError> {
     let f = Filter::new(filter, unix_now())?;
     let after = after.map(parse_id).transpose()?;
+    let limit = limit.clamp(1, MAX_PAGE);
     let page = inner
         .spool
-        .list(after, limit.clamp(1, MAX_PAGE), PAGE_SCAN, |_, e| {
-            f.matches(e)
-        })?;
+        .list(after, limit, PAGE_SCAN, |_, e| f.matches(e))?;
+    // Volatile messages in memory, in the id range this page covered (up
+    // to where it stopped, or to the end), merged in id order.
+    let memory = inner
+        .steering
+        .remembered_in(after, page.next, limit, |e| f.matches(e));
+    let mut rows: Vec<(QueueId, IndexEntry, bool)> = page
+        .items
+        .into_iter()
+        .map(|(id, entry)| (id, entry, false))
+        .collect();
+    let on_disk: HashSet<QueueId> = rows.iter().map(|(id, ..)| *id).collect();
+    rows.extend(
+        memory
+            .into_iter()
+            .filter(|(id, _)| !on_disk.contains(id))
+            .map(|(id, entry)| (id, entry, true)),
+    );
+    rows.sort_by_key(|(id, ..)| *id);
+    let mut next = page.next;
+    if rows.len() > limit {
+        rows.truncate(limit);
+        next = rows.last().map(|(id, ..)| *id);
+    }
     Ok(QueuePage {
-        messages: page
-            .items
+        messages: rows
             .iter()
-            .map(|(id, entry)| {
-                let history = inner.spool.history(*id).unwrap_or_default();
-                row(*id, entry, &history)
+            .map(|(id, entry, in_memory)| {
+                let history = if *in_memory {
+                    Vec::new()
+                } else {
+                    inner.spool.history(*id).unwrap_or_default()
+                };
+                MessageRow {
+                    in_memory: *in_memory,
+                    ..row(*id, entry, &history)
+                }
             })
             .collect(),
-        next: page.next.map(|id| id.to_string()),
+        next: next.map(|id| id.to_string()),
     })
 }
 
 /// One message in full. Blocking.
-pub(crate) fn show(inner: &Inner, id: &str, body: bool) -> Result<MessageDetail, SteerError> {
+pub(crate) fn show(inner: &Arc<Inner>, id: &str, body: bool) -> Result<MessageDetail, SteerError> {
     let qid = parse_id(id)?;
     let not_found = || SteerError::NotFound(qid.to_string());
-    let mut entry = inner.spool.entry(qid)?.ok_or_else(not_found)?;
-    let (envelope, content) = match inner.spool.read(qid) {
-        Ok(message) => message,
-        Err(SpoolError::NotFound { .. }) => return Err(not_found()),
-        Err(e) => return Err(e.into()),
+    let (mut entry, envelope, content, records, in_memory) = match inner.spool.entry(qid)? {
+        Some(entry) => {
+            let (envelope, content) = match inner.spool.read(qid) {
+                Ok(message) => message,
+                Err(SpoolError::NotFound { .. }) => return Err(not_found()),
+                Err(e @ SpoolError::Corrupt { .. }) => return Err(unreadable(inner, qid, &e)),
+                Err(e) => return Err(e.into()),
+            };
+            let records = inner.spool.history(qid)?;
+            (entry, envelope, content, records, false)
+        }
+        None => {
+            let m = inner.steering.remembered(qid).ok_or_else(not_found)?;
+            (m.entry, m.envelope, m.content.to_vec(), Vec::new(), true)
+        }
     };
     if !entry.has_addresses() {
         entry.fill_addresses(&envelope);
@@ -386,8 +486,10 @@ pub(crate) fn show(inner: &Inner, id: &str, body: bool) -> Result<MessageDetail,
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .map_or(content.len(), |p| p + 2);
-    let records = inner.spool.history(qid)?;
-    let message = row(qid, &entry, &records);
+    let message = MessageRow {
+        in_memory,
+        ..row(qid, &entry, &records)
+    };
     let history = records
         .into_iter()
         .map(|h| HistoryRow {
@@ -410,6 +512,34 @@ pub(crate) fn show(inner: &Inner, id: &str, body: bool) -> Result<MessageDetail,
             String::from_utf8_lossy(&content[start..]).into_owned()
         }),
     })
+}
+
+/// `show` met a corrupt spool file: the message is made due now, so the
+/// disk runner sets it aside and bounces it (as its next attempt would),
+/// and the answer says so.
+fn unreadable(inner: &Arc<Inner>, id: QueueId, e: &SpoolError) -> SteerError {
+    let note = match inner.claim(id) {
+        None => "it is being attempted, which sets it aside in corrupt/",
+        Some(_claim) => match inner.spool.entry(id) {
+            Ok(Some(entry)) if entry.queue == QueueName::Held => {
+                "it is held; once released, it is set aside in corrupt/ and its recipients fail (5.3.0)"
+            }
+            Ok(Some(mut entry)) => {
+                entry.next_attempt = entry.next_attempt.min(unix_now());
+                match inner.spool.update(id, &entry) {
+                    Ok(()) => {
+                        inner.disk_wake.notify_one();
+                        "it is being set aside in corrupt/ now, and its recipients fail (5.3.0) with a DSN to the sender"
+                    }
+                    Err(_) => "its next attempt sets it aside in corrupt/",
+                }
+            }
+            _ => "its next attempt sets it aside in corrupt/",
+        },
+    };
+    SteerError::Invalid(format!(
+        "message {id}: the queued copy is unreadable ({e}); {note}"
+    ))
 }
 
 /// Messages per domain (of recipients still to be delivered) and age.
@@ -466,6 +596,29 @@ pub(crate) fn summary(inner: &Inner, filter: &QueueFilter) -> Result<QueueSummar
             None => break,
         }
     }
+    // Volatile messages in memory are in no index page.
+    for (_, e) in inner
+        .steering
+        .remembered_in(None, None, usize::MAX, |e| f.matches(e))
+    {
+        let b = bucket(e.arrival);
+        total.messages += 1;
+        total.buckets[b] += 1;
+        let mine: BTreeSet<String> = pending_at(&e, None)
+            .into_iter()
+            .filter_map(|i| e.rcpts.get(i))
+            .map(|r| domain_of(r).to_ascii_lowercase())
+            .collect();
+        for domain in mine {
+            let row = domains.entry(domain.clone()).or_insert_with(|| SummaryRow {
+                domain,
+                messages: 0,
+                buckets: vec![0; width],
+            });
+            row.messages += 1;
+            row.buckets[b] += 1;
+        }
+    }
     let mut domains: Vec<SummaryRow> = domains.into_values().collect();
     domains.sort_by(|a, b| b.messages.cmp(&a.messages).then(a.domain.cmp(&b.domain)));
     Ok(QueueSummary {
@@ -496,7 +649,7 @@ pub(crate) async fn act(
     let mut report = ActionReport::default();
     if let Some(id) = &selection.id {
         let id = parse_id(id)?;
-        if inner.spool.entry(id)?.is_none() {
+        if inner.spool.entry(id)?.is_none() && inner.steering.remembered(id).is_none() {
             return Err(SteerError::NotFound(id.to_string()));
         }
         act_on(inner, id, action, bounce, None, &mut report).await?;
@@ -534,6 +687,19 @@ pub(crate) async fn act(
             None => break,
         }
     }
+    // Volatile messages in memory are in no index page.
+    let in_memory = inner
+        .steering
+        .remembered_in(None, None, usize::MAX, |e| match &domain {
+            Some(d) => !pending_at(e, Some(d)).is_empty(),
+            None => true,
+        });
+    for (id, _) in in_memory {
+        // Met in the walk already if written to disk since.
+        if inner.spool.entry(id)?.is_none() {
+            act_on(inner, id, action, bounce, domain.as_deref(), &mut report).await?;
+        }
+    }
     Ok(report)
 }
 
@@ -556,14 +722,152 @@ async fn act_on(
         }),
         QueueAction::Flush | QueueAction::Release => None,
     };
+    if waiting.is_some() {
+        // Waiting in a runner's line is not in flight: take it out.
+        for queue in [QueueName::Ram, QueueName::Bounce] {
+            if let Some(job) = inner.runner(queue).lineup.take(id) {
+                return act_on_lined_up(inner, queue, job, action, bounce, domain, report).await;
+            }
+        }
+    }
+    let changes = waiting.is_some();
     if !inner.steering.claim_or_wait(id, waiting) {
-        report.in_flight += 1;
+        let lined_up = [QueueName::Ram, QueueName::Bounce]
+            .into_iter()
+            .any(|q| inner.runner(q).lineup.contains(id));
+        if !changes && lined_up {
+            // A flush or release of a message waiting for its first
+            // attempt: it is due as soon as its runner may go.
+            report.unchanged += 1;
+        } else {
+            report.in_flight += 1;
+        }
         return Ok(());
     }
     let claim = Claim::adopt(inner.clone(), id);
     let result = act_claimed(inner, &claim, action, bounce, domain, report).await;
     drop(claim);
     result
+}
+
+/// Holds or deletes a message taken out of a runner's line, now, under
+/// the job's claim; what is left of it (a partial delete, an action that
+/// failed) goes back in line.
+async fn act_on_lined_up(
+    inner: &Arc<Inner>,
+    queue: QueueName,
+    mut job: Job,
+    action: QueueAction,
+    bounce: bool,
+    domain: Option<&str>,
+    report: &mut ActionReport,
+) -> Result<(), SteerError> {
+    let (keep, result) = if job.on_disk {
+        let result = act_claimed(inner, &job._claim, action, bounce, domain, report).await;
+        // The index says what is left: nothing (deleted), a held message
+        // (the disk runner releases it), or recipients still to try.
+        let keep = match inner.spool.entry(job.id) {
+            Ok(Some(entry)) if entry.queue != QueueName::Held => {
+                job.entry = entry;
+                true
+            }
+            Ok(_) => false,
+            Err(_) => true,
+        };
+        (keep, result)
+    } else {
+        act_in_memory(inner, &mut job, action, bounce, domain, report).await
+    };
+    if keep {
+        if let Err(job) = inner.runner(queue).lineup.push(job) {
+            // The runner stopped meanwhile.
+            crate::runner::spill(inner, job).await;
+        }
+    }
+    result
+}
+
+/// Holds or deletes a volatile message that is in memory only. Returns
+/// whether the job is still wanted (for the recipients left).
+async fn act_in_memory(
+    inner: &Arc<Inner>,
+    job: &mut Job,
+    action: QueueAction,
+    bounce: bool,
+    domain: Option<&str>,
+    report: &mut ActionReport,
+) -> (bool, Result<(), SteerError>) {
+    let id = job.id;
+    let now = unix_now();
+    match action {
+        QueueAction::Hold => {
+            // Held on disk, like any held message: it survives a stop.
+            let mut entry = job.entry.clone();
+            entry.queue = QueueName::Held;
+            entry.held_since = Some(now);
+            if let Err(e) = crate::runner::store_on_disk(inner, job, &entry).await {
+                // Stored but not moved to the held queue: it is an
+                // ordinary message on disk now, and waits as one.
+                if let Ok(Some(stored)) = inner.spool.entry(id) {
+                    job.on_disk = true;
+                    job.entry = stored;
+                }
+                return (true, Err(e.into()));
+            }
+            if let Err(e) = note_history(inner, id, &pending_at(&entry, None), Event::Held, now) {
+                warn!(queue_id = %id, error = %e, "cannot record the hold in the history");
+            }
+            log_operator(inner, Event::Held, id, &entry, None);
+            report.done += 1;
+            (false, Ok(()))
+        }
+        QueueAction::Delete => {
+            let doomed = pending_at(&job.entry, domain);
+            if doomed.is_empty() {
+                report.unchanged += 1;
+                return (true, Ok(()));
+            }
+            if bounce {
+                let content = job.content.to_vec();
+                match crate::apply::bounce_deleted(inner, id, &job.envelope, content, &doomed).await
+                {
+                    DeletedBounce::Queued => report.dsns += 1,
+                    DeletedBounce::NotWanted => {}
+                    DeletedBounce::Failed => {
+                        return (
+                            true,
+                            Err(SteerError::Invalid(format!(
+                                "{id}: the DSN could not be queued, so nothing was deleted (is the disk full?)"
+                            ))),
+                        )
+                    }
+                }
+            }
+            for &i in &doomed {
+                job.entry.recipients[i] = RecipientState::Failed;
+                job.entry.last_errors.remove(&i);
+                log_operator(inner, Event::Deleted, id, &job.entry, Some(i));
+            }
+            report.recipients_deleted += doomed.len() as u64;
+            report.done += 1;
+            let left = !pending_at(&job.entry, None).is_empty();
+            if left {
+                inner.steering.remember(
+                    id,
+                    InMemory {
+                        entry: job.entry.clone(),
+                        envelope: job.envelope.clone(),
+                        content: job.content.clone(),
+                    },
+                );
+            }
+            (left, Ok(()))
+        }
+        QueueAction::Flush | QueueAction::Release => {
+            report.unchanged += 1;
+            (true, Ok(()))
+        }
+    }
 }
 
 /// Carries out the actions that waited for an attempt to end, in the

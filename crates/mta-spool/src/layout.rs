@@ -9,7 +9,7 @@
 //! <dir>/msg/<b>/<id>      committed; <b> = last hex digit of the id
 //! <dir>/index/            sled database (rebuildable)
 //! <dir>/clean             clean-stop marker
-//! <dir>/corrupt/<id>      unreadable spool files set aside by a rescan
+//! <dir>/corrupt/<id>      unparsable spool files set aside (rescan, or run time)
 //! ```
 //!
 //! Modes are explicit, whatever the umask: the queue holds other people's

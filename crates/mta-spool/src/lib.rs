@@ -57,7 +57,7 @@ mod tests;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -198,6 +198,9 @@ struct Inner {
     rescan: Option<Arc<rescan::Progress>>,
     /// Woken after each rescan batch and at its end.
     rescan_notify: Arc<Notify>,
+    /// Spool files set aside in `corrupt/` by open and by
+    /// [`Spool::set_aside_corrupt`] (the rescan counts its own).
+    corrupt: AtomicU64,
     /// `None` once closed.
     state: Mutex<Option<Open>>,
 }
@@ -372,6 +375,7 @@ impl Spool {
                 figures: Arc::clone(index.shared()),
                 rescan: rescan.as_ref().map(|r| Arc::clone(r.progress())),
                 rescan_notify,
+                corrupt: AtomicU64::new(corrupt as u64),
                 state: Mutex::new(Some(Open {
                     rescan,
                     committer,
@@ -532,6 +536,47 @@ impl Spool {
         }
         index.remove(id)?;
         Ok(())
+    }
+
+    /// Sets aside a queued message whose spool file is corrupt (a read
+    /// failed with [`SpoolError::Corrupt`]): the file goes to `corrupt/`
+    /// as a rescan would move it (never deleted: an operator may still
+    /// recover the mail), then the index entry is removed, so the message
+    /// is no longer queued. The caller has reported its recipients first.
+    ///
+    /// The entry goes even when the file cannot be moved (the error is
+    /// returned): a file left in `msg/` without an entry is set aside by
+    /// the next rescan, whereas an entry kept would be read, fail and be
+    /// reported again at every attempt.
+    pub fn set_aside_corrupt(&self, id: QueueId, reason: &str) -> Result<(), SpoolError> {
+        let index = self.index()?;
+        let path = self.inner.layout.msg_path(id);
+        let moved = match rescan::move_to_corrupt(&self.inner.layout, &path, reason) {
+            Ok(()) => {
+                self.inner.corrupt.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            // Gone meanwhile (a rescan set it aside first).
+            Err(SpoolError::Io {
+                op: "rename",
+                source,
+                ..
+            }) if source.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        };
+        index.remove(id)?;
+        moved
+    }
+
+    /// Spool files set aside in `corrupt/` since open: by open itself, by
+    /// the rescan, and by [`set_aside_corrupt`](Self::set_aside_corrupt).
+    pub fn corrupt_set_aside(&self) -> u64 {
+        let rescan = self
+            .inner
+            .rescan
+            .as_ref()
+            .map_or(0, |p| p.snapshot().corrupt);
+        self.inner.corrupt.load(Ordering::Relaxed) + rescan
     }
 
     /// A page of the queue in id (arrival) order, after `after`: entries

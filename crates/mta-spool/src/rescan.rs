@@ -587,7 +587,11 @@ impl Job {
 
 /// Moves an unreadable spool file to `corrupt/`, keeping its name (with a
 /// counter when that is taken), durably.
-fn move_to_corrupt(layout: &Layout, path: &Path, reason: &str) -> Result<(), SpoolError> {
+pub(crate) fn move_to_corrupt(
+    layout: &Layout,
+    path: &Path,
+    reason: &str,
+) -> Result<(), SpoolError> {
     create_dir_durable(&layout.corrupt)?;
     let name = path
         .file_name()

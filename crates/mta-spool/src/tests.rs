@@ -493,6 +493,7 @@ async fn corrupt_files_are_moved_aside_not_lost() {
     spool.wait_rescan();
     let progress = spool.rescan_progress().unwrap();
     assert_eq!(progress.corrupt, 2);
+    assert_eq!(spool.corrupt_set_aside(), 2);
     assert_eq!(progress.files_done, 4);
     assert!(!progress.running);
     assert_eq!(spool.len(), 2);
@@ -508,6 +509,39 @@ async fn corrupt_files_are_moved_aside_not_lost() {
     );
     // New ids stay above the corrupt files' ids too.
     assert!(spool.next_id() > bad_json);
+    spool.close().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_file_found_at_run_time_is_set_aside_and_unindexed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(config(tmp.path())).unwrap();
+    let ids = store_n(&spool, 2).await;
+    let queue = spool.dir().to_owned();
+    let bad = ids[0];
+    let path = queue.join(format!("msg/{:x}/{bad}", bad.value() & 0xf));
+    fs::write(&path, b"MTA-SPOOL 1\n{\"sen").unwrap();
+    assert!(matches!(spool.read(bad), Err(SpoolError::Corrupt { .. })));
+
+    spool.set_aside_corrupt(bad, "test").unwrap();
+    assert_eq!(spool.corrupt_set_aside(), 1);
+    assert_eq!(spool.entry(bad).unwrap(), None);
+    assert_eq!(spool.ids().unwrap(), vec![ids[1]]);
+    assert_eq!(spool.len(), 1);
+    assert!(!path.exists());
+    assert_eq!(
+        fs::read(queue.join("corrupt").join(bad.to_string())).unwrap(),
+        b"MTA-SPOOL 1\n{\"sen"
+    );
+    // A second time (say, a rescan got there first): nothing to move.
+    spool.set_aside_corrupt(bad, "test").unwrap();
+    assert_eq!(spool.corrupt_set_aside(), 1);
+    spool.close().unwrap();
+
+    // The clean index is trusted and no longer knows it.
+    let (spool, report) = Spool::open(config(tmp.path())).unwrap();
+    assert!(report.clean && !report.rescan);
+    assert_eq!(spool.ids().unwrap(), vec![ids[1]]);
     spool.close().unwrap();
 }
 

@@ -196,7 +196,16 @@ async fn answer(
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     BufReader::new(read).read_line(&mut line).await?;
-    let response = match serde_json::from_str::<Request>(&line) {
+    let request = serde_json::from_str::<Request>(&line);
+    // A stop's client hears the whole stop's figures on a second line;
+    // it is listening before the stop is ordered.
+    let mut listener = match &request {
+        Ok(request @ (Request::Stop | Request::GracefulStop)) if access.allows(request) => {
+            Some(ctx.stats.stop_listener())
+        }
+        _ => None,
+    };
+    let response = match request {
         Ok(request) if !access.allows(&request) => {
             warn!(uid = peer.uid(), gid = peer.gid(), pid = ?peer.pid(), ?request, "control request refused");
             Response::Forbidden {
@@ -208,7 +217,20 @@ async fn answer(
             message: format!("bad request: {e}"),
         },
     };
-    let mut out = serde_json::to_vec(&response).expect("responses serialize");
+    write_line(&mut write, &response).await?;
+    if let (Some(listener), Response::Ok) = (&mut listener, &response) {
+        if let Some(report) = listener.report().await {
+            write_line(&mut write, &Response::Stopped(report)).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn write_line(
+    write: &mut (impl AsyncWriteExt + Unpin),
+    response: &Response,
+) -> std::io::Result<()> {
+    let mut out = serde_json::to_vec(response).expect("responses serialize");
     out.push(b'\n');
     write.write_all(&out).await
 }
@@ -308,6 +330,20 @@ async fn pause(ctx: &Context, runner: Option<&str>, paused: bool) -> Response {
     Response::Ok
 }
 
+/// How far a stop has got; None before one begins.
+pub fn stop_progress(ctx: &Context) -> Option<StopProgress> {
+    let stats = &ctx.stats;
+    stats.stop_clock().map(|(elapsed, deadline)| StopProgress {
+        elapsed_ms: elapsed.as_millis() as u64,
+        deadline_ms: deadline.as_millis() as u64,
+        sessions_open: stats.sessions_open(),
+        sessions_in_transaction: stats.sessions_in_transaction(),
+        deliveries_in_flight: ctx.generations.in_flight(),
+        messages_spilled: ctx.generations.spilled(),
+        queued: ctx.spool.len() as u64 + ctx.queue().in_memory(),
+    })
+}
+
 /// The status report, as `mta-init status` shows it.
 pub fn status(ctx: &Context, shutdown: &Shutdown) -> Status {
     let stopping = shutdown.listen_end.is_cancelled();
@@ -317,6 +353,8 @@ pub fn status(ctx: &Context, shutdown: &Shutdown) -> Status {
     let http_listen: Vec<String> = ctx.http_listen.iter().map(ToString::to_string).collect();
     let now = crate::server::unix_now();
     let per_queue = ctx.spool.queue_stats();
+    // Volatile messages in memory wait for (or are in) the ram runner.
+    let in_memory = ctx.queue().in_memory();
     let saved = ctx.spool.schedule_saved();
     let now_ms = now.saturating_mul(1000);
     let runners: Vec<RunnerRow> = ctx
@@ -335,7 +373,8 @@ pub fn status(ctx: &Context, shutdown: &Shutdown) -> Status {
                 delivered: r.delivered,
                 deferred: r.deferred,
                 failed: r.failed,
-                messages: figures.map_or(0, |q| q.messages),
+                messages: figures.map_or(0, |q| q.messages)
+                    + if r.name == "ram" { in_memory } else { 0 },
                 oldest_age_secs: figures
                     .and_then(|q| q.oldest_arrival)
                     .map(|t| now.saturating_sub(t)),
@@ -371,11 +410,18 @@ pub fn status(ctx: &Context, shutdown: &Shutdown) -> Status {
         ServiceStatus {
             name: "spool".into(),
             state: state(services_state.spool_state()),
-            detail: format!(
-                "{} messages queued in {}",
-                ctx.spool.len(),
-                ctx.spool.dir().display()
-            ),
+            detail: match in_memory {
+                0 => format!(
+                    "{} messages queued in {}",
+                    ctx.spool.len(),
+                    ctx.spool.dir().display()
+                ),
+                n => format!(
+                    "{} messages queued in {}, {n} more in memory only",
+                    ctx.spool.len(),
+                    ctx.spool.dir().display()
+                ),
+            },
         },
         ServiceStatus {
             name: "http".into(),
@@ -430,7 +476,9 @@ pub fn status(ctx: &Context, shutdown: &Shutdown) -> Status {
         listen,
         sessions_open: stats.sessions_open(),
         accepted_total: stats.accepted_total(),
-        queued: ctx.spool.len() as u64,
+        queued: ctx.spool.len() as u64 + in_memory,
+        in_memory,
+        corrupt_files: ctx.spool.corrupt_set_aside(),
         spool_open: SpoolOpen {
             clean: ctx.spool_report.clean,
             rescanned: ctx.spool_report.rescanned as u64,
@@ -438,15 +486,7 @@ pub fn status(ctx: &Context, shutdown: &Shutdown) -> Status {
         },
         services,
         runners,
-        stop: stats.stop_clock().map(|(elapsed, deadline)| StopProgress {
-            elapsed_ms: elapsed.as_millis() as u64,
-            deadline_ms: deadline.as_millis() as u64,
-            sessions_open: stats.sessions_open(),
-            sessions_in_transaction: stats.sessions_in_transaction(),
-            deliveries_in_flight: ctx.generations.in_flight(),
-            messages_spilled: ctx.generations.spilled(),
-            queued: ctx.spool.len() as u64,
-        }),
+        stop: stop_progress(ctx),
         paused_domains: ctx.queue().paused_domains(),
         backoffs: ctx
             .queue()

@@ -314,6 +314,7 @@ async fn ask(app: &App, request: Request) -> HttpResponse {
         Response::Summary(s) => Json(s).into_response(),
         Response::Acted(r) => Json(r).into_response(),
         Response::Status(s) => Json(s).into_response(),
+        Response::Stopped(s) => Json(s).into_response(),
         Response::Ok => Json(serde_json::json!({ "result": "ok" })).into_response(),
         Response::Done { message } => {
             Json(serde_json::json!({ "result": "ok", "message": message })).into_response()
@@ -439,6 +440,18 @@ fn render(ctx: &Context) -> String {
         "gauge",
         "Messages in each queue (ram, bounce, disk, held).",
         &per_queue,
+    );
+    metric(
+        "mta_queued_in_memory",
+        "gauge",
+        "Volatile messages held in memory only, not yet in the spool.",
+        &plain(ctx.queue().in_memory()),
+    );
+    metric(
+        "mta_corrupt_spool_files_total",
+        "counter",
+        "Unparsable spool files set aside in corrupt/ since start.",
+        &plain(ctx.spool.corrupt_set_aside()),
     );
     let throttles = ctx.queue().throttles();
     metric(

@@ -451,6 +451,13 @@ async fn stop(
         ctx.generations.in_flight()
     ));
     ctx.generations.shutdown(drain).await;
+    // Nothing is attempted or spilled any more: the stop's figures are
+    // final, for the client that asked for it.
+    if let Some(report) = crate::control::stop_progress(ctx) {
+        ctx.stats
+            .publish_stop_report(report, Duration::from_secs(2))
+            .await;
+    }
     // 4. Schedules are in the index as they change; closing flushes what
     // changed since the last flush and marks the stop clean.
     let spool = ctx.spool.clone();
