@@ -7,6 +7,7 @@ mod delivery;
 mod durability;
 mod http;
 mod init;
+mod kill_loop;
 mod lifecycle;
 mod limits;
 mod operator;
