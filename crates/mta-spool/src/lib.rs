@@ -50,6 +50,8 @@ mod layout;
 mod rescan;
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;
 
 use std::fmt;
