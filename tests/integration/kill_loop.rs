@@ -234,7 +234,11 @@ fn missing(
 ) -> Vec<(String, String)> {
     acked
         .values()
-        .flat_map(|s| s.recipients.iter().map(|r| (s.token.clone(), r.to_string())))
+        .flat_map(|s| {
+            s.recipients
+                .iter()
+                .map(|r| (s.token.clone(), r.to_string()))
+        })
         .filter(|key| !counts.contains_key(key))
         .collect()
 }
@@ -378,7 +382,11 @@ fn kill_loop_loses_no_acknowledged_message() {
 
     let wanted: BTreeSet<(String, String)> = acked
         .values()
-        .flat_map(|s| s.recipients.iter().map(|r| (s.token.clone(), r.to_string())))
+        .flat_map(|s| {
+            s.recipients
+                .iter()
+                .map(|r| (s.token.clone(), r.to_string()))
+        })
         .collect();
     let delivered_acked: usize = counts
         .iter()
