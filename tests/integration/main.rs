@@ -9,6 +9,7 @@ mod http;
 mod init;
 mod init_output;
 mod init_permissions;
+mod kill_loop;
 mod lifecycle;
 mod limits;
 mod operator;

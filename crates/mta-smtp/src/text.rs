@@ -187,6 +187,9 @@ impl DataDecoder {
 }
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

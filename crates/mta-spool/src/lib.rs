@@ -53,6 +53,8 @@ mod permissions;
 mod rescan;
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;
 
 use std::fmt;
