@@ -206,6 +206,8 @@ struct Inner {
     rescan_notify: Arc<Notify>,
     /// One reopen of a failed index at a time.
     recovering: Mutex<()>,
+    /// Woken when a failed index is back in service.
+    recovered: Arc<Notify>,
     /// `None` once closed.
     state: Mutex<Option<Open>>,
 }
@@ -389,6 +391,7 @@ impl Spool {
                 rescan: Mutex::new(rescan.as_ref().map(|r| Arc::clone(r.progress()))),
                 rescan_notify,
                 recovering: Mutex::new(()),
+                recovered: Arc::new(Notify::new()),
                 state: Mutex::new(Some(Open {
                     rescan,
                     committer,
@@ -703,6 +706,14 @@ impl Spool {
         }
     }
 
+    /// Notified when a failed index is back in service
+    /// ([`recover_index`](Self::recover_index)): what could not be saved
+    /// while it was failed can be saved again. Wakes every task waiting at
+    /// that moment and leaves one permit for the next.
+    pub fn index_recovered(&self) -> Arc<Notify> {
+        Arc::clone(&self.inner.recovered)
+    }
+
     /// Reopens a failed index (see [`index_health`](Self::index_health)):
     /// opens its directory again, replays the changes the failed database
     /// held in memory, puts it back in service and rescans the spool
@@ -771,6 +782,8 @@ impl Spool {
             index.install(reopened.trees)?;
         }
         drop(state);
+        self.inner.recovered.notify_waiters();
+        self.inner.recovered.notify_one();
         tracing::info!(
             replayed = ?replayed,
             damaged,
