@@ -28,8 +28,9 @@ fn big_message(subject: &str) -> String {
     )
 }
 
-/// A sink on 127.0.0.2 that answers 451 for `later@...` (so those
-/// messages wait in the disk queue) and takes the rest.
+/// A sink on 127.0.0.2 that answers 451 for `later@...` and anything at
+/// `churn.test` (so those messages wait in the disk queue) and takes the
+/// rest.
 fn sink() -> Sink {
     let sink = Sink::start_in_background(SinkConfig {
         addr: SocketAddr::from(([127, 0, 0, 2], 0)),
@@ -37,20 +38,22 @@ fn sink() -> Sink {
     })
     .expect("sink");
     sink.set_rcpt_reply("later@", 451, "4.2.0 not now");
+    sink.set_rcpt_reply("@churn.test", 451, "4.2.0 not now");
     sink
 }
 
-/// The config: queue (and delivery log) on the tmpfs, `remote.test` and
-/// `paused.test` routed to the sink, a 1 MiB free-space floor checked
-/// often, deferred mail retried in an hour.
+/// The config: queue (and delivery log) on the tmpfs, `remote.test`,
+/// `paused.test` and `churn.test` routed to the sink (whose 451s must not
+/// back the others off), a 1 MiB free-space floor checked often, deferred
+/// mail retried in an hour.
 fn config(work: &Workdir, sink: &Sink, extra: &str) {
     work.write_config(
         "",
         &format!(
             "[smtp]\nlisten = [\"127.0.0.1:0\"]\nlocal_domains = [\"local.test\"]\n\
              [shutdown]\ntimeout = \"5s\"\ndrain_timeout = \"5s\"\n\
-             [delivery]\nname_servers = [\"127.0.0.1:9\"]\ndns_timeout = \"1s\"\n\
-             [delivery.routes]\n\"remote.test\" = \"{0}\"\n\"paused.test\" = \"{0}\"\n\
+             [delivery]\nname_servers = [\"127.0.0.1:9\"]\ndns_timeout = \"1s\"\nbackoff_after = 0\n\
+             [delivery.routes]\n\"remote.test\" = \"{0}\"\n\"paused.test\" = \"{0}\"\n\"churn.test\" = \"{0}\"\n\
              [queue]\nretry_base = \"1h\"\npoll_interval = \"100ms\"\n{extra}",
             sink.addr
         ),
@@ -179,14 +182,22 @@ fn fill_with_mail(addr: SocketAddr, n: usize) -> Vec<String> {
     accepted
 }
 
-/// Waits until the daemon says the spool is degraded, and checks the
-/// overall status and the metric say so too.
+/// Waits until the daemon says the spool is degraded because its index
+/// is out of service, and checks the overall status and the metric say
+/// so too.
 fn wait_degraded(work: &Workdir, mtad: &Mtad) -> Value {
     let mut spool = Value::Null;
-    wait_until("status to say the spool is degraded", WAIT, || {
-        spool = spool_service(&status_json(work).1);
-        spool["state"] == "degraded"
-    });
+    wait_until(
+        "status to say the queue index is out of service",
+        WAIT,
+        || {
+            spool = spool_service(&status_json(work).1);
+            spool["state"] == "degraded"
+                && spool["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("queue index"))
+        },
+    );
     let o = init(work, &["status"]);
     assert!(
         text(&o).contains("OVERALL STATUS: degraded"),
@@ -197,6 +208,62 @@ fn wait_degraded(work: &Workdir, mtad: &Mtad) -> Value {
         assert_eq!(metric(http, "mta_spool_degraded"), Some(1));
     }
     spool
+}
+
+/// Messages that wait in the disk queue for [`churn_until_degraded`]: 30
+/// to `churn.test`, each attempted once (deferred).
+fn churn_messages(work: &Workdir, addr: SocketAddr) {
+    let ids: Vec<String> = (0..30)
+        .map(|i| {
+            queue_id(&send(
+                addr,
+                "x@churn.test",
+                &crate::util::message(&format!("churn-{i}")),
+            ))
+        })
+        .collect();
+    wait_until("the churn messages attempted", WAIT, || {
+        let o = init(work, &["queue", "list", "--json", "--domain", "churn.test"]);
+        let attempted = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|m| m["attempts"].as_u64() >= Some(1))
+            .count();
+        attempted == ids.len()
+    });
+}
+
+/// Holds and releases the churn messages, each round rewriting their
+/// index entries and adding to their histories, until the full disk
+/// cannot take the index's next flush. (One small change may still fit in
+/// what the index's log file had allocated; dozens of kilobytes do not.)
+fn churn_until_degraded(work: &Workdir) {
+    let index_failed = || {
+        spool_service(&status_json(work).1)["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("queue index"))
+    };
+    for round in 0..400 {
+        let verb = if round % 2 == 0 { "hold" } else { "release" };
+        // Refused once the index has failed: that is the point.
+        let _ = init(work, &["queue", verb, "--domain", "churn.test"]);
+        if index_failed() {
+            return;
+        }
+    }
+    panic!("the queue index never failed on the full disk");
+}
+
+/// Waits until the index has no unsaved change (the flusher wrote it).
+fn wait_index_saved(work: &Workdir) {
+    wait_until("the queue index saved", WAIT, || {
+        let (_, v) = status_json(work);
+        v["daemon"]["runners"].as_array().is_some_and(|runners| {
+            runners
+                .iter()
+                .all(|r| r["schedule_unsaved_changes"] == 0 && r["schedule_saved_ms_ago"].is_u64())
+        })
+    });
 }
 
 /// Sends until a message is accepted again; its subject.
@@ -224,14 +291,23 @@ fn a_full_disk_heals_by_itself_and_keeps_holds_and_paused_domains() {
     // now (flushed to the index long before the disk fills) and one held
     // once the disk is full (the index change that cannot be flushed);
     // and a paused domain with a message waiting for it.
-    let held_early = queue_id(&send(mtad.addr, "later@remote.test", &big_message("held-early")));
-    let held_late = queue_id(&send(mtad.addr, "later@remote.test", &big_message("held-late")));
+    let held_early = queue_id(&send(
+        mtad.addr,
+        "later@remote.test",
+        &big_message("held-early"),
+    ));
+    let held_late = queue_id(&send(
+        mtad.addr,
+        "later@remote.test",
+        &big_message("held-late"),
+    ));
     ok(&work, &["pause", "delivery", "--domain", "paused.test"]);
     let paused = queue_id(&send(mtad.addr, "x@paused.test", &big_message("paused")));
     for id in [&held_early, &held_late, &paused] {
         wait_attempted(&work, id);
     }
     ok(&work, &["queue", "hold", &held_early]);
+    churn_messages(&work, mtad.addr);
 
     // Delivery paused: about half of 400 messages of 100 KB fit above the
     // floor, then 452 4.3.1.
@@ -239,13 +315,19 @@ fn a_full_disk_heals_by_itself_and_keeps_holds_and_paused_domains() {
     let mut accepted = fill_with_mail(mtad.addr, 400);
     assert!(accepted.len() > 50, "only {} accepted", accepted.len());
 
-    // The rest of the file system, to the byte; then an index change.
+    // The rest of the file system, to the byte; then an index change
+    // that the next flush cannot write.
+    wait_index_saved(&work);
     let filler = work.queue().join("filler");
     fill(&filler);
     ok(&work, &["queue", "hold", &held_late]);
+    churn_until_degraded(&work);
     let spool = wait_degraded(&work, &mtad);
     assert!(
-        spool["detail"].as_str().unwrap_or_default().contains("index"),
+        spool["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("No space left on device"),
         "the cause is named: {spool}"
     );
     let mut c = mtad.connect();
@@ -287,10 +369,16 @@ fn a_full_disk_heals_by_itself_and_keeps_holds_and_paused_domains() {
     // The holds and the paused domain survived the recovery: neither the
     // held messages nor the paused domain's went out.
     let held = listed(&work, &["--queue", "held"]);
-    assert!(held.contains(&held_early), "{held_early} not held: {held:?}");
+    assert!(
+        held.contains(&held_early),
+        "{held_early} not held: {held:?}"
+    );
     assert!(held.contains(&held_late), "{held_late} not held: {held:?}");
     let (_, status) = status_json(&work);
-    assert_eq!(status["daemon"]["paused_domains"][0], "paused.test", "{status}");
+    assert_eq!(
+        status["daemon"]["paused_domains"][0], "paused.test",
+        "{status}"
+    );
     assert!(listed(&work, &[]).contains(&paused));
     let got = subjects(&sink);
     assert!(!got.contains("paused"), "the paused domain's mail went out");
@@ -310,6 +398,7 @@ fn restart_while_the_index_cannot_be_written_comes_back_up() {
     wait_attempted(&work, &held);
     wait_attempted(&work, &other);
     ok(&work, &["queue", "hold", &held]);
+    churn_messages(&work, mtad.addr);
     ok(&work, &["pause", "delivery"]);
     let mut accepted: Vec<String> = (0..20)
         .map(|i| {
@@ -319,9 +408,15 @@ fn restart_while_the_index_cannot_be_written_comes_back_up() {
         })
         .collect();
 
+    // The hold is on disk; then the index fails on the next change. (A
+    // restart before space is back loses the index changes that were
+    // only in memory: they go with the process, and the log names the
+    // holds among them.)
+    wait_index_saved(&work);
     let filler = work.queue().join("filler");
     fill(&filler);
     ok(&work, &["queue", "hold", &other]);
+    churn_until_degraded(&work);
     wait_degraded(&work, &mtad);
 
     // The restart cannot save the index; the next image comes up anyway
@@ -386,13 +481,14 @@ fn maildir_and_log_on_a_full_disk_defer_and_count_while_delivery_goes_on() {
     fill(&filler);
 
     // Local delivery on the full disk: deferred with 4.3.1, kept queued.
-    let local = queue_id(&send(mtad.addr, "bob@local.test", &crate::util::message("local")));
+    let local = queue_id(&send(
+        mtad.addr,
+        "bob@local.test",
+        &crate::util::message("local"),
+    ));
     wait_attempted(&work, &local);
-    let shown: Value = serde_json::from_str(&ok(
-        &work,
-        &["queue", "show", "--json", &local],
-    ))
-    .unwrap();
+    let shown: Value =
+        serde_json::from_str(&ok(&work, &["queue", "show", "--json", &local])).unwrap();
     let rcpt = &shown["message"]["recipients"][0];
     assert_eq!(rcpt["status"], "deferred", "{shown}");
     assert!(
@@ -418,8 +514,7 @@ fn maildir_and_log_on_a_full_disk_defer_and_count_while_delivery_goes_on() {
     std::fs::remove_file(&filler).unwrap();
     ok(&work, &["queue", "flush", &local]);
     wait_until("the local message in its Maildir", WAIT, || {
-        std::fs::read_dir(root.join("local.test/bob/Maildir/new"))
-            .is_ok_and(|d| d.count() == 1)
+        std::fs::read_dir(root.join("local.test/bob/Maildir/new")).is_ok_and(|d| d.count() == 1)
     });
     wait_until("the delivery logged", WAIT, || {
         std::fs::read_to_string(&log).is_ok_and(|t| {

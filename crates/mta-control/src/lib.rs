@@ -197,6 +197,10 @@ pub enum ServiceState {
     Draining,
     /// Held by the operator: takes no new work.
     Paused,
+    /// Running, but short of what it needs (the spool: its index cannot
+    /// be written, or free space is below the floor); the detail says
+    /// what. New in this version: an older `mta-init` does not know it.
+    Degraded,
 }
 
 /// One row of the SERVICES table.
@@ -281,6 +285,10 @@ pub struct Status {
     /// Destinations backed off after 421 or a burst of 4xx replies.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backoffs: Vec<BackoffRow>,
+    /// Delivery-log lines that could not be written (a full disk) since
+    /// start.
+    #[serde(default)]
+    pub delivery_log_dropped: u64,
 }
 
 /// A destination backed off: no connection until `until`.

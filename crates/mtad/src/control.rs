@@ -219,6 +219,7 @@ pub fn status(ctx: &Context, shutdown: &Shutdown) -> Status {
         State::Up => ServiceState::Up,
         State::Down => ServiceState::Down,
         State::Paused => ServiceState::Paused,
+        State::Degraded => ServiceState::Degraded,
     };
     let smtp_state = if stopping {
         ServiceState::Draining
@@ -241,12 +242,15 @@ pub fn status(ctx: &Context, shutdown: &Shutdown) -> Status {
         },
         ServiceStatus {
             name: "spool".into(),
-            state: state(services_state.spool_state()),
-            detail: format!(
-                "{} messages queued in {}",
-                ctx.spool.len(),
-                ctx.spool.dir().display()
-            ),
+            state: state(services_state.spool_state(ctx)),
+            detail: match crate::services::spool_trouble(ctx) {
+                Some(trouble) => format!("{trouble}; {} messages queued", ctx.spool.len()),
+                None => format!(
+                    "{} messages queued in {}",
+                    ctx.spool.len(),
+                    ctx.spool.dir().display()
+                ),
+            },
         },
         ServiceStatus {
             name: "http".into(),
@@ -334,5 +338,6 @@ pub fn status(ctx: &Context, shutdown: &Shutdown) -> Status {
             .iter()
             .find(|q| q.queue == QueueName::Held)
             .map_or(0, |q| q.messages),
+        delivery_log_dropped: ctx.generations.delivery_log_dropped(),
     }
 }
