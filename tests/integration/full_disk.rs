@@ -527,3 +527,43 @@ fn maildir_and_log_on_a_full_disk_defer_and_count_while_delivery_goes_on() {
         .lines()
         .all(|l| serde_json::from_str::<Value>(l).is_ok()));
 }
+
+#[test]
+fn a_stop_that_cannot_save_the_index_exits_75_and_the_next_start_rescans() {
+    let work = Workdir::new();
+    let Some(_fs) = tmpfs(&work.queue(), "20m") else {
+        return;
+    };
+    let sink = sink();
+    config(&work, &sink, "");
+    let mtad = Mtad::start(&work);
+    churn_messages(&work, mtad.addr);
+    ok(&work, &["pause", "delivery"]);
+    let kept: Vec<String> = (0..5)
+        .map(|i| {
+            let subject = format!("kept-{i}");
+            queue_id(&send(mtad.addr, "x@remote.test", &big_message(&subject)));
+            subject
+        })
+        .collect();
+    wait_index_saved(&work);
+    let filler = work.queue().join("filler");
+    fill(&filler);
+    churn_until_degraded(&work);
+    wait_degraded(&work, &mtad);
+
+    // The stop cannot save the index: it stops anyway, and says so.
+    let status = mtad.terminate();
+    assert_eq!(status.code(), Some(75), "{status:?}");
+    assert!(!work.queue().join("clean").exists());
+
+    // The next start rescans the spool files and delivers what was kept.
+    std::fs::remove_file(&filler).unwrap();
+    let _mtad = Mtad::start(&work);
+    let (_, v) = status_json(&work);
+    assert_eq!(v["daemon"]["spool_open"]["clean"], false, "{v}");
+    wait_until("the kept messages delivered", WAIT, || {
+        let got = subjects(&sink);
+        kept.iter().all(|s| got.contains(s))
+    });
+}
