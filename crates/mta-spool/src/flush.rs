@@ -76,11 +76,13 @@ fn run(index: &Index, stop: &(Mutex<bool>, Condvar), every: Duration) {
             return;
         }
         drop(guard);
-        // An idle index costs nothing; the first round flushes anyway, so
-        // "last flush" is known soon after open. A failed flush fails the
-        // index (`reopen.rs`), which says so in the log once; a failed
-        // index is not flushed until it is reopened.
-        if index.needs_flush() {
+        // Every round, idle or not: a flush with nothing to write is a
+        // check of two counters, and it is also how a write sled made by
+        // itself (it reorganises pages on reads too) is found to have
+        // failed. A failed flush fails the index (`reopen.rs`), which says
+        // so in the log once; a failed index is not flushed until it is
+        // reopened.
+        if !index.is_failed() {
             let _ = index.flush();
         }
         guard = stopped.lock().unwrap_or_else(PoisonError::into_inner);

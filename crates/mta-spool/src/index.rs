@@ -1256,18 +1256,6 @@ impl Index {
         Ok(())
     }
 
-    /// Something to flush: changes since the last flush, no flush yet, or
-    /// a write that failed (the flush finds out whether sled still
-    /// writes). False while the index is failed or closed.
-    pub fn needs_flush(&self) -> bool {
-        let Ok(trees) = self.trees() else {
-            return false;
-        };
-        self.shared.changes_since_flush() > 0
-            || self.shared.last_flush_ms().is_none()
-            || trees.journal.write_failed()
-    }
-
     /// Keys in `schedule` (tests check it stays in step).
     #[cfg(test)]
     pub fn schedule_len(&self) -> usize {

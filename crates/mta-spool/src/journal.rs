@@ -24,7 +24,6 @@
 
 use std::collections::VecDeque;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use sled::IVec;
@@ -75,9 +74,6 @@ struct State {
 #[derive(Debug, Default)]
 pub(crate) struct Journal {
     state: Mutex<State>,
-    /// A write to the database failed: the flusher should flush (and
-    /// find out whether the database is still usable).
-    write_failed: AtomicBool,
 }
 
 impl Journal {
@@ -116,17 +112,6 @@ impl Journal {
             }
         }
         state.flushed_below = state.flushed_below.max(mark);
-        self.write_failed.store(false, Ordering::SeqCst);
-    }
-
-    /// A write to the database failed.
-    fn note_failure(&self) {
-        self.write_failed.store(true, Ordering::SeqCst);
-    }
-
-    /// A write failed since the last successful flush.
-    pub fn write_failed(&self) -> bool {
-        self.write_failed.load(Ordering::SeqCst)
     }
 
     /// The writes not known to be on disk, oldest first; `None` when some
@@ -178,9 +163,8 @@ impl JTree {
     }
 
     fn noted<T>(&self, result: sled::Result<T>, op: impl FnOnce() -> Op) -> sled::Result<T> {
-        match &result {
-            Ok(_) => self.journal.record(op()),
-            Err(_) => self.journal.note_failure(),
+        if result.is_ok() {
+            self.journal.record(op());
         }
         result
     }
@@ -232,8 +216,6 @@ impl JTree {
                 },
                 None => Op::Del { tree: self.id, key },
             });
-        } else if result.is_err() {
-            self.journal.note_failure();
         }
         result
     }
