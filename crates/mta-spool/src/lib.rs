@@ -774,7 +774,12 @@ impl Spool {
                 floor,
                 self.inner.rescan_rate,
                 Arc::clone(&self.inner.rescan_notify),
-            )?;
+            )
+            .inspect_err(|_| {
+                // No rescan to count the queue: count every change again
+                // (the counts start from zero; the next start rescans).
+                index.finish_counting();
+            })?;
             *self.inner.rescan.lock().unwrap_or_else(|p| p.into_inner()) =
                 Some(Arc::clone(started.progress()));
             open.rescan = Some(started);
