@@ -776,8 +776,8 @@ impl Spool {
                 Arc::clone(&self.inner.rescan_notify),
             )
             .inspect_err(|_| {
-                // No rescan to count the queue: count every change again
-                // (the counts start from zero; the next start rescans).
+                // No rescan to count the queue (no thread could be
+                // started): count every change again, from zero.
                 index.finish_counting();
             })?;
             *self.inner.rescan.lock().unwrap_or_else(|p| p.into_inner()) =
