@@ -289,8 +289,9 @@ fn a_full_disk_heals_by_itself_and_keeps_holds_and_paused_domains() {
 
     // Operator state: two messages waiting in the disk queue, one held
     // now (flushed to the index long before the disk fills) and one held
-    // once the disk is full (the index change that cannot be flushed);
-    // and a paused domain with a message waiting for it.
+    // once the disk is full (if the index fails before that change
+    // reaches the disk, only the reopen's replay keeps it); and a paused
+    // domain with a message waiting for it.
     let held_early = queue_id(&send(
         mtad.addr,
         "later@remote.test",
