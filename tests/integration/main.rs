@@ -5,6 +5,7 @@ mod util;
 
 mod delivery;
 mod durability;
+mod full_disk;
 mod http;
 mod init;
 mod init_output;

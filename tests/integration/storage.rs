@@ -1,7 +1,7 @@
 //! Storage failures: the free-space floor and a full disk, on a real
 //! (small) tmpfs. A full disk answers 452 4.3.1 and leaves nothing behind.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ fn below_the_free_space_floor_mail_gets_452() {
 }
 
 /// A tmpfs mounted for one test, unmounted when dropped.
-struct Tmpfs(PathBuf);
+pub(crate) struct Tmpfs(PathBuf);
 
 impl Tmpfs {
     fn mount(dir: PathBuf, size: &str) -> Option<Tmpfs> {
@@ -45,7 +45,13 @@ impl Drop for Tmpfs {
 
 /// Mounting needs root, as in CI; elsewhere the test says it skipped.
 fn tmpfs_queue(work: &Workdir, size: &str) -> Option<Tmpfs> {
-    let mounted = Tmpfs::mount(work.queue(), size);
+    tmpfs(&work.queue(), size)
+}
+
+/// A tmpfs of `size` mounted on `dir` (created), or None with a visible
+/// note when this user cannot mount one (CI runs as root and must).
+pub(crate) fn tmpfs(dir: &Path, size: &str) -> Option<Tmpfs> {
+    let mounted = Tmpfs::mount(dir.to_owned(), size);
     if mounted.is_none() {
         assert!(
             std::env::var_os("CI").is_none(),

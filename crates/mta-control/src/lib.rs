@@ -228,6 +228,10 @@ pub enum ServiceState {
     Draining,
     /// Held by the operator: takes no new work.
     Paused,
+    /// Running, but short of what it needs (the spool: its index cannot
+    /// be written, or free space is below the floor); the detail says
+    /// what. New in this version: an older `mta-init` does not know it.
+    Degraded,
 }
 
 /// One row of the SERVICES table.
@@ -326,6 +330,10 @@ pub struct Status {
     /// since start, by cause.
     #[serde(default)]
     pub smtp_refused: SmtpRefused,
+    /// Delivery-log lines that could not be written (a full disk) since
+    /// start.
+    #[serde(default)]
+    pub delivery_log_dropped: u64,
 }
 
 /// SMTP connections turned away, and sessions closed at a deadline, since

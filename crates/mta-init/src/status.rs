@@ -145,6 +145,7 @@ fn state_word(s: ServiceState) -> &'static str {
         ServiceState::Down => "down",
         ServiceState::Draining => "draining",
         ServiceState::Paused => "paused",
+        ServiceState::Degraded => "degraded",
     }
 }
 
@@ -255,6 +256,12 @@ pub fn print_table(status: &Status) {
             b.key,
             humanize(Duration::from_secs(left)),
             b.cause
+        );
+    }
+    if status.delivery_log_dropped > 0 {
+        println!(
+            "  delivery log:         {} lines could not be written",
+            status.delivery_log_dropped
         );
     }
     println!("  accepted since start: {}", status.accepted_total);

@@ -135,12 +135,12 @@ async fn deliver_local(
                     Ok(path) => Outcome::Delivered {
                         reply: format!("delivered to maildir {}", path.display()),
                     },
-                    Err(e @ crate::maildir::MaildirError::BadName(_)) => Outcome::Failed {
-                        status: "5.1.3".into(),
+                    Err(e) if e.is_permanent() => Outcome::Failed {
+                        status: e.status().into(),
                         reason: e.to_string(),
                     },
                     Err(e) => Outcome::Deferred {
-                        status: "4.3.0".into(),
+                        status: e.status().into(),
                         reason: e.to_string(),
                     },
                 };

@@ -30,12 +30,21 @@ pub(crate) fn restore_and_keep(spool: &Spool, throttles: &Throttles) {
     let mut changed = throttles.changed();
     let throttles = throttles.clone();
     let spool = spool.clone();
+    // Notified when a failed queue index is reopened: a save it refused
+    // is made then, or the back-off would be lost at the next restart.
+    let reopened = spool.index_recovered();
     tokio::spawn(async move {
-        while changed.changed().await.is_ok() {
+        let mut unsaved = false;
+        loop {
+            tokio::select! {
+                changes = changed.changed() => if changes.is_err() { break },
+                () = reopened.notified(), if unsaved => {}
+            }
             let now = throttles.backoffs();
             let bytes = serde_json::to_vec(&now).expect("back-offs serialize");
             let saving = spool.clone();
             let saved = tokio::task::spawn_blocking(move || saving.save_state(STATE, &bytes)).await;
+            unsaved = !matches!(saved, Ok(Ok(())));
             match saved {
                 Ok(Ok(())) => {}
                 Ok(Err(mta_spool::SpoolError::Closed)) => break,

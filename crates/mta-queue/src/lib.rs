@@ -478,6 +478,11 @@ impl Queue {
         self.inner.steering.paused_domains()
     }
 
+    /// Delivery-log lines this generation could not write (a full disk).
+    pub fn delivery_log_dropped(&self) -> u64 {
+        self.inner.log.dropped()
+    }
+
     /// DSNs queued since start.
     pub fn dsns_queued(&self) -> u64 {
         self.inner.dsns.load(std::sync::atomic::Ordering::Relaxed)

@@ -5,10 +5,17 @@
 //! bounce, disk), and when they apply `recipient`, `attempt`, `status`,
 //! `remote`, `reply`, `tls`, `sender`, `size`, `dsn_id`. Lines are appended
 //! with one write each (O_APPEND), so concurrent writers never interleave.
+//!
+//! The log never holds delivery up: a line that cannot be written (a full
+//! disk) is dropped and counted ([`DeliveryLog::dropped`], shown by status
+//! and `/metrics`), with one warning when lines start being dropped and
+//! one when writing works again. A line a full disk cut short is ended
+//! before the next one, so every complete line stays one JSON object.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -124,6 +131,19 @@ impl<'a> Record<'a> {
 pub struct DeliveryLog {
     path: PathBuf,
     file: Mutex<File>,
+    trouble: Trouble,
+}
+
+/// Lines that could not be written, and whether the last one was.
+#[derive(Debug, Default)]
+struct Trouble {
+    /// Lines dropped since the log was opened.
+    dropped: AtomicU64,
+    /// The last write failed (warned about once, until one succeeds).
+    failing: AtomicBool,
+    /// The last write stopped part-way: the file does not end with a
+    /// newline.
+    torn: AtomicBool,
 }
 
 impl DeliveryLog {
@@ -132,6 +152,7 @@ impl DeliveryLog {
         Ok(DeliveryLog {
             path: path.to_owned(),
             file: Mutex::new(open_private(path)?),
+            trouble: Trouble::default(),
         })
     }
 
@@ -139,18 +160,61 @@ impl DeliveryLog {
     pub fn reopen(&self) -> std::io::Result<()> {
         let fresh = open_private(&self.path)?;
         *self.file.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
+        self.trouble.torn.store(false, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Appends one record; a failure is reported on the diagnostic log and
-    /// never stops delivery.
+    /// Appends one record. A line that cannot be written is dropped and
+    /// counted, and never stops delivery.
     pub fn write(&self, record: &Record<'_>) {
-        let mut line = serde_json::to_vec(record).expect("records serialize");
-        line.push(b'\n');
+        let trouble = &self.trouble;
         let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = file.write_all(&line) {
-            tracing::warn!(path = %self.path.display(), error = %e, "cannot write the delivery log");
+        let was_torn = trouble.torn.load(Ordering::Relaxed);
+        let mut line = Vec::with_capacity(256);
+        if was_torn {
+            // End the line a full disk cut short: it stays unreadable
+            // alone, and this one stays whole.
+            line.push(b'\n');
         }
+        serde_json::to_writer(&mut line, record).expect("records serialize");
+        line.push(b'\n');
+        let mut written = 0;
+        let result = loop {
+            if written == line.len() {
+                break Ok(());
+            }
+            match file.write(&line[written..]) {
+                Ok(0) => break Err(std::io::Error::from(std::io::ErrorKind::WriteZero)),
+                Ok(n) => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        // Whether the file now ends a line: it ends with what was written.
+        let ends_line = match written {
+            0 => !was_torn,
+            n => line[n - 1] == b'\n',
+        };
+        trouble.torn.store(!ends_line, Ordering::Relaxed);
+        drop(file);
+        match result {
+            Ok(()) => {
+                if trouble.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(path = %self.path.display(), dropped = self.dropped(), "the delivery log is written again");
+                }
+            }
+            Err(e) => {
+                trouble.dropped.fetch_add(1, Ordering::Relaxed);
+                if !trouble.failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(path = %self.path.display(), error = %e, "cannot write the delivery log: lines are dropped (and counted) until it can be written again");
+                }
+            }
+        }
+    }
+
+    /// Lines that could not be written since the log was opened.
+    pub fn dropped(&self) -> u64 {
+        self.trouble.dropped.load(Ordering::Relaxed)
     }
 }
 
@@ -164,9 +228,14 @@ fn open_private(path: &Path) -> std::io::Result<File> {
         .append(true)
         .mode(0o640)
         .open(path)?;
-    let mode = file.metadata()?.permissions().mode() & 0o7777;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        // A device or a pipe (/dev/stdout): not ours to change.
+        return Ok(file);
+    }
+    let mode = meta.permissions().mode() & 0o7777;
     // A new file has 0640 less the umask; give it 0640 itself.
-    let want = if file.metadata()?.len() == 0 {
+    let want = if meta.len() == 0 {
         0o640
     } else {
         mode & 0o640
@@ -230,6 +299,40 @@ mod tests {
         std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o666)).unwrap();
         DeliveryLog::open(&old).unwrap();
         assert_eq!(mode(&old), 0o640);
+    }
+
+    #[test]
+    fn lines_on_a_full_disk_are_dropped_and_counted() {
+        // /dev/full: every write fails with ENOSPC.
+        let log = DeliveryLog::open(Path::new("/dev/full")).unwrap();
+        for _ in 0..3 {
+            log.write(&Record::new(Event::Delivered, "00000000000000aa", "ram"));
+        }
+        assert_eq!(log.dropped(), 3);
+    }
+
+    #[test]
+    fn a_line_cut_short_is_ended_before_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("delivery.log");
+        let log = DeliveryLog::open(&path).unwrap();
+        log.write(&Record::new(Event::Delivered, "00000000000000aa", "ram"));
+        // What a full disk leaves: part of a line.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{\"ts\":1")
+            .unwrap();
+        log.trouble.torn.store(true, Ordering::Relaxed);
+        log.write(&Record::new(Event::Delivered, "00000000000000bb", "ram"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(serde_json::from_str::<serde_json::Value>(lines[0]).is_ok());
+        assert_eq!(lines[1], "{\"ts\":1");
+        assert!(lines[2].contains("00000000000000bb"), "{text}");
+        assert!(!log.trouble.torn.load(Ordering::Relaxed));
     }
 
     #[test]

@@ -34,6 +34,33 @@ pub enum MaildirError {
     },
 }
 
+impl MaildirError {
+    /// The enhanced status code of the recipient's outcome (RFC 3463): a
+    /// bad name fails for good (5.1.3); a full disk or quota is "mail
+    /// system full" (4.3.1, deferred); any other write failure 4.3.0
+    /// (deferred). Deferred mail stays queued for the next attempt.
+    pub fn status(&self) -> &'static str {
+        match self {
+            MaildirError::BadName(_) => "5.1.3",
+            MaildirError::Io { source, .. } if is_no_space(source) => "4.3.1",
+            MaildirError::Io { .. } => "4.3.0",
+        }
+    }
+
+    /// A permanent failure (the others are deferrals).
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, MaildirError::BadName(_))
+    }
+}
+
+/// `ENOSPC` or `EDQUOT`.
+fn is_no_space(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
+}
+
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> MaildirError + 'a {
     move |source| MaildirError::Io {
         op,
@@ -235,6 +262,25 @@ mod tests {
         assert_eq!(mode(&top.path().join("srv")), 0o755);
         // Already there: nothing changes.
         assert!(!prepare_root(&root, None).unwrap());
+    }
+
+    #[test]
+    fn a_full_disk_defers_with_4_3_1() {
+        let full = MaildirError::Io {
+            op: "write",
+            path: PathBuf::from("x"),
+            source: std::io::Error::from_raw_os_error(28), // ENOSPC
+        };
+        assert_eq!(full.status(), "4.3.1");
+        assert!(!full.is_permanent());
+        let other = MaildirError::Io {
+            op: "write",
+            path: PathBuf::from("x"),
+            source: std::io::Error::from_raw_os_error(13), // EACCES
+        };
+        assert_eq!(other.status(), "4.3.0");
+        let bad = MaildirError::BadName("a/b".into());
+        assert_eq!((bad.status(), bad.is_permanent()), ("5.1.3", true));
     }
 
     #[test]

@@ -42,6 +42,15 @@ pub enum SpoolError {
     /// The sled index failed.
     #[error("queue index: {0}")]
     Index(#[from] sled::Error),
+    /// The index failed (a write to it did not reach the disk) and has
+    /// not been reopened yet; see [`Spool::index_health`](crate::Spool::index_health).
+    #[error("the queue index is out of service until it can be reopened: {cause}")]
+    IndexFailed {
+        /// The error that failed it.
+        cause: String,
+        /// That error was a full file system.
+        no_space: bool,
+    },
     /// The spool was closed; nothing more is written.
     #[error("the spool is closed")]
     Closed,
@@ -65,6 +74,7 @@ impl SpoolError {
     /// hear as such.
     pub fn is_no_space(&self) -> bool {
         let source = match self {
+            SpoolError::IndexFailed { no_space, .. } => return *no_space,
             SpoolError::Io { source, .. } => source,
             SpoolError::Index(sled::Error::Io(source)) => source,
             _ => return false,

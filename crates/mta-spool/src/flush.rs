@@ -9,6 +9,9 @@
 //! the spool runs the flush itself, it knows when the index last reached
 //! the disk and how many changes have happened since
 //! ([`ScheduleSaved`](crate::ScheduleSaved)).
+//!
+//! A flush that fails takes the index out of service (`reopen.rs`): sled
+//! will not write that database again.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -73,13 +76,14 @@ fn run(index: &Index, stop: &(Mutex<bool>, Condvar), every: Duration) {
             return;
         }
         drop(guard);
-        let shared = index.shared();
-        // An idle index costs nothing; the first round flushes anyway, so
-        // "last flush" is known soon after open.
-        if shared.changes_since_flush() > 0 || shared.last_flush_ms().is_none() {
-            if let Err(e) = index.flush() {
-                tracing::warn!(error = %e, "cannot flush the queue index; retrying");
-            }
+        // Every round, idle or not: a flush with nothing to write is a
+        // check of two counters, and it is also how a write sled made by
+        // itself (it reorganises pages on reads too) is found to have
+        // failed. A failed flush fails the index (`reopen.rs`), which says
+        // so in the log once; a failed index is not flushed until it is
+        // reopened.
+        if !index.is_failed() {
+            let _ = index.flush();
         }
         guard = stopped.lock().unwrap_or_else(PoisonError::into_inner);
     }

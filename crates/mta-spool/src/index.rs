@@ -40,6 +40,11 @@
 //! Per-queue message counts are kept in memory (see [`Shared`]), maintained
 //! by every change, seeded from the clean marker after a clean stop and
 //! rebuilt by the rescan otherwise: no walk of the index ever counts.
+//!
+//! [`Index`] is a handle on whichever database is in service ([`Trees`],
+//! every write of which is also recorded in a journal until flushed,
+//! `journal.rs`): a failed flush takes it out of service and a reopen
+//! puts a new one in (`reopen.rs`), while the counts and locks stay.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -56,7 +61,9 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::error::SpoolError;
+use crate::journal::{JTree, Journal, Op};
 use crate::layout::{fsync_dir, Layout};
+use crate::reopen::Slot;
 
 /// Which queue a message waits in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -294,6 +301,9 @@ pub(crate) struct IndexState {
     pub existed: bool,
     /// sled could not open it; it was moved aside and a fresh one made.
     pub damaged: bool,
+    /// It could not be opened for want of space: the index starts out
+    /// failed, and is opened once space is back (`reopen.rs`).
+    pub unavailable: bool,
 }
 
 /// Number of per-id lock stripes.
@@ -427,17 +437,102 @@ pub(crate) struct FileFacts {
     pub size: u64,
 }
 
-/// Handles on the open sled database and its trees (cheap to clone).
+/// Handles on one open sled database and its trees, every write
+/// recorded in its journal (`journal.rs`).
+pub(crate) struct Trees {
+    pub(crate) db: sled::Db,
+    pub(crate) journal: Arc<Journal>,
+    messages: JTree,
+    schedule: JTree,
+    /// Membership trees, in [`QUEUES`] order.
+    queues: [JTree; 4],
+    meta: JTree,
+    history: JTree,
+}
+
+/// The journal's number for a queue's membership tree (`journal.rs`).
+fn queue_tree_id(queue: QueueName) -> u8 {
+    2 + queue.slot() as u8
+}
+
+/// The ids that a journal's writes put in the held queue.
+pub(crate) fn held_ids(ops: &[Op]) -> Vec<QueueId> {
+    let held = queue_tree_id(QueueName::Held);
+    ops.iter()
+        .filter_map(|op| match op {
+            Op::Put { tree, key, .. } if *tree == held => id_from_key(key),
+            _ => None,
+        })
+        .collect()
+}
+
+impl Trees {
+    /// Opens (creating) the database at `path`.
+    pub(crate) fn open_at(path: &Path, cache: u64) -> Result<Trees, sled::Error> {
+        // sled's own periodic flush is off: the spool's flusher thread
+        // (`flush.rs`) flushes at the same pace and knows when it did.
+        let mut config = sled::Config::new().path(path).flush_every_ms(None);
+        if cache > 0 {
+            config = config.cache_capacity(cache);
+        }
+        let db = config.open()?;
+        let journal = Arc::new(Journal::default());
+        let tree = |name: &str, id: u8| -> Result<JTree, sled::Error> {
+            Ok(JTree::new(db.open_tree(name)?, id, Arc::clone(&journal)))
+        };
+        let queue = |q: QueueName| tree(q.tree_name(), queue_tree_id(q));
+        Ok(Trees {
+            messages: tree("messages", 0)?,
+            schedule: tree("schedule", 1)?,
+            queues: QUEUES
+                .map(queue)
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()?
+                .try_into()
+                .unwrap_or_else(|_| unreachable!("four queues")),
+            meta: tree("meta", 6)?,
+            history: tree("history", 7)?,
+            journal,
+            db,
+        })
+    }
+
+    /// Every tree, for a replay.
+    pub(crate) fn all(&self) -> Vec<&JTree> {
+        let mut all = vec![&self.messages, &self.schedule];
+        all.extend(self.queues.iter());
+        all.push(&self.meta);
+        all.push(&self.history);
+        all
+    }
+
+    /// The largest indexed id.
+    pub(crate) fn last_id(&self) -> Result<Option<QueueId>, SpoolError> {
+        Ok(self.messages.last()?.and_then(|(key, _)| id_from_key(&key)))
+    }
+
+    fn queue_tree(&self, queue: QueueName) -> &JTree {
+        &self.queues[queue.slot()]
+    }
+
+    /// The entry of a message; `None` when it is not indexed or the stored
+    /// value cannot be read.
+    fn entry(&self, id: QueueId) -> Result<Option<IndexEntry>, SpoolError> {
+        Ok(self
+            .messages
+            .get(id_key(id))?
+            .as_deref()
+            .and_then(parse_entry))
+    }
+}
+
+/// The index: a handle on the open database (which a failure replaces,
+/// see `reopen.rs`) and the figures and locks that outlive it. Cheap to
+/// clone; every clone sees the same database.
 #[derive(Clone)]
 pub(crate) struct Index {
-    db: sled::Db,
-    messages: sled::Tree,
-    schedule: sled::Tree,
-    /// Membership trees, in [`QUEUES`] order.
-    queues: [sled::Tree; 4],
-    meta: sled::Tree,
-    history: sled::Tree,
-    shared: Arc<Shared>,
+    pub(crate) slot: Arc<Slot>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 /// How long open waits for a sled lock still held by a database closed a
@@ -448,73 +543,49 @@ impl Index {
     /// Opens `index/`, creating it when missing. A database sled refuses
     /// is moved aside to `index.damaged-<unix seconds>` (kept for a look,
     /// never deleted) and a fresh one is made; the caller then rescans.
+    /// One that cannot be opened for want of space is left alone: the
+    /// index starts out failed (`IndexState::unavailable`), and is opened
+    /// by [`reopen`](Self::reopen) once space is back.
     ///
     /// The counts start at zero with every id counted: the caller seeds
     /// them ([`set_counts`](Self::set_counts)) or starts a rescan
     /// ([`begin_rescan`](Self::begin_rescan)).
     pub fn open(layout: &Layout, cache: u64) -> Result<(Index, IndexState), SpoolError> {
         let existed = layout.index.symlink_metadata().is_ok();
-        if existed {
-            wait_for_sled_lock(&layout.index)?;
-        }
-        match Self::open_at(&layout.index, cache) {
-            Ok(index) => Ok((
-                index,
-                IndexState {
-                    existed,
-                    damaged: false,
-                },
-            )),
-            Err(e) => {
-                let aside = damaged_path(&layout.root);
+        let mut state = IndexState {
+            existed,
+            damaged: false,
+            unavailable: false,
+        };
+        let shared = Arc::new(Shared::default());
+        match open_trees(layout, cache) {
+            Ok((trees, damaged)) => {
+                state.damaged = damaged;
+                Ok((Index::with(Slot::open(trees), shared), state))
+            }
+            Err(e) if e.is_no_space() => {
                 tracing::warn!(
                     index = %layout.index.display(),
-                    moved_to = %aside.display(),
                     error = %e,
-                    "queue index cannot be opened; moving it aside and rebuilding from the spool files"
+                    "queue index cannot be opened for want of space; mail gets 452 4.3.1 until it can be"
                 );
-                std::fs::rename(&layout.index, &aside)
-                    .map_err(|e| SpoolError::io("move damaged index", &layout.index, e))?;
-                fsync_dir(&layout.root)?;
-                let index = Self::open_at(&layout.index, cache)?;
-                Ok((
-                    index,
-                    IndexState {
-                        existed,
-                        damaged: true,
-                    },
-                ))
+                state.unavailable = true;
+                Ok((Index::with(Slot::failed(&e, Vec::new()), shared), state))
             }
+            Err(e) => Err(e),
         }
     }
 
-    fn open_at(path: &Path, cache: u64) -> Result<Index, sled::Error> {
-        // sled's own periodic flush is off: the spool's flusher thread
-        // (`flush.rs`) flushes at the same pace and knows when it did.
-        let mut config = sled::Config::new().path(path).flush_every_ms(None);
-        if cache > 0 {
-            config = config.cache_capacity(cache);
+    fn with(slot: Slot, shared: Arc<Shared>) -> Index {
+        Index {
+            slot: Arc::new(slot),
+            shared,
         }
-        let db = config.open()?;
-        let messages = db.open_tree("messages")?;
-        let schedule = db.open_tree("schedule")?;
-        let queues = [
-            db.open_tree(QUEUES[0].tree_name())?,
-            db.open_tree(QUEUES[1].tree_name())?,
-            db.open_tree(QUEUES[2].tree_name())?,
-            db.open_tree(QUEUES[3].tree_name())?,
-        ];
-        let meta = db.open_tree("meta")?;
-        let history = db.open_tree("history")?;
-        Ok(Index {
-            db,
-            messages,
-            schedule,
-            queues,
-            meta,
-            history,
-            shared: Arc::new(Shared::default()),
-        })
+    }
+
+    /// The open database; an error while it is failed or closed.
+    pub(crate) fn trees(&self) -> Result<Arc<Trees>, SpoolError> {
+        self.slot.trees()
     }
 
     /// The counts and flush figures, shared with every clone.
@@ -552,14 +623,11 @@ impl Index {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn queue_tree(&self, queue: QueueName) -> &sled::Tree {
-        &self.queues[queue.slot()]
-    }
-
     /// Brings `schedule` and the membership trees from `old` to `new`
     /// (either may be absent). Caller holds the id's stripe.
     fn move_keys(
         &self,
+        t: &Trees,
         id: QueueId,
         old: Option<&IndexEntry>,
         new: Option<&IndexEntry>,
@@ -567,17 +635,17 @@ impl Index {
         let new_time = new.and_then(IndexEntry::scheduled);
         if let Some(old) = old {
             if let Some(time) = old.scheduled().filter(|&t| new_time != Some(t)) {
-                self.schedule.remove(schedule_key(time, id))?;
+                t.schedule.remove(schedule_key(time, id))?;
             }
             if new.is_none_or(|n| n.queue != old.queue) {
-                self.queue_tree(old.queue).remove(id_key(id))?;
+                t.queue_tree(old.queue).remove(id_key(id))?;
             }
         }
         if let Some(new) = new {
             if let Some(time) = new_time {
-                self.schedule.insert(schedule_key(time, id), &[][..])?;
+                t.schedule.insert(schedule_key(time, id), &[][..])?;
             }
-            self.queue_tree(new.queue).insert(id_key(id), &[][..])?;
+            t.queue_tree(new.queue).insert(id_key(id), &[][..])?;
         }
         Ok(())
     }
@@ -589,11 +657,12 @@ impl Index {
     /// stripe.
     fn normalize_keys(
         &self,
+        t: &Trees,
         id: QueueId,
         old: Option<&IndexEntry>,
         new: Option<&IndexEntry>,
     ) -> Result<(), SpoolError> {
-        fn ensure(tree: &sled::Tree, key: &[u8], present: bool) -> Result<(), SpoolError> {
+        fn ensure(tree: &JTree, key: &[u8], present: bool) -> Result<(), SpoolError> {
             if tree.contains_key(key)? != present {
                 if present {
                     tree.insert(key, &[][..])?;
@@ -606,15 +675,15 @@ impl Index {
         let new_time = new.and_then(IndexEntry::scheduled);
         if let Some(old) = old {
             if new_time != Some(old.next_attempt) {
-                ensure(&self.schedule, &schedule_key(old.next_attempt, id), false)?;
+                ensure(&t.schedule, &schedule_key(old.next_attempt, id), false)?;
             }
         }
         if let Some(time) = new_time {
-            ensure(&self.schedule, &schedule_key(time, id), true)?;
+            ensure(&t.schedule, &schedule_key(time, id), true)?;
         }
         for queue in QUEUES {
             let member = new.is_some_and(|n| n.queue == queue);
-            ensure(self.queue_tree(queue), &id_key(id), member)?;
+            ensure(t.queue_tree(queue), &id_key(id), member)?;
         }
         Ok(())
     }
@@ -622,15 +691,16 @@ impl Index {
     /// Records a new message (or replaces its entry), keeping the other
     /// trees in step. Returns true when the id was not indexed before.
     pub fn insert(&self, id: QueueId, entry: &IndexEntry) -> Result<bool, SpoolError> {
+        let t = self.trees()?;
         let value = crate::codec::encode(entry);
         let _stripe = self.lock(id);
-        let previous = self.messages.insert(id_key(id), value)?;
+        let previous = t.messages.insert(id_key(id), value)?;
         let old = previous.as_deref().and_then(parse_entry);
-        if let Err(e) = self.move_keys(id, old.as_ref(), Some(entry)) {
+        if let Err(e) = self.move_keys(&t, id, old.as_ref(), Some(entry)) {
             // Keep the trees in step: no message without its keys.
             let _ = match &previous {
-                Some(p) => self.messages.insert(id_key(id), p.clone()).map(drop),
-                None => self.messages.remove(id_key(id)).map(drop),
+                Some(p) => t.messages.insert(id_key(id), p.clone()).map(drop),
+                None => t.messages.remove(id_key(id)).map(drop),
             };
             return Err(e);
         }
@@ -644,16 +714,17 @@ impl Index {
     /// Replaces the entry of a message that is indexed;
     /// [`SpoolError::NotFound`] (and nothing written) when it is not.
     pub fn update(&self, id: QueueId, entry: &IndexEntry) -> Result<(), SpoolError> {
+        let t = self.trees()?;
         let value = crate::codec::encode(entry);
         let _stripe = self.lock(id);
-        if !self.messages.contains_key(id_key(id))? {
+        if !t.messages.contains_key(id_key(id))? {
             return Err(SpoolError::NotFound { id });
         }
         // The value sled returns is the previous entry: it says which
         // queue (and schedule key) the message leaves.
-        let previous = self.messages.insert(id_key(id), value)?;
+        let previous = t.messages.insert(id_key(id), value)?;
         let old = previous.as_deref().and_then(parse_entry);
-        self.move_keys(id, old.as_ref(), Some(entry))?;
+        self.move_keys(&t, id, old.as_ref(), Some(entry))?;
         let counted = self.shared.counted(id);
         self.shared
             .account(counted, counted, old.as_ref(), Some(entry));
@@ -664,18 +735,19 @@ impl Index {
     /// Forgets a message: its entry and its keys. Returns true when it was
     /// indexed.
     pub fn remove(&self, id: QueueId) -> Result<bool, SpoolError> {
+        let t = self.trees()?;
         let _stripe = self.lock(id);
-        let Some(previous) = self.messages.remove(id_key(id))? else {
+        let Some(previous) = t.messages.remove(id_key(id))? else {
             return Ok(false);
         };
         let old = parse_entry(&previous);
         match &old {
-            Some(old) => self.move_keys(id, Some(old), None)?,
+            Some(old) => self.move_keys(&t, id, Some(old), None)?,
             // Unreadable: its schedule key is unknown (a reader drops it
             // when it meets it); its membership can be cleared.
-            None => self.normalize_keys(id, None, None)?,
+            None => self.normalize_keys(&t, id, None, None)?,
         }
-        self.clear_history(id)?;
+        self.clear_history(&t, id)?;
         let counted = self.shared.counted(id);
         self.shared.account(counted, counted, old.as_ref(), None);
         self.shared.changed();
@@ -686,21 +758,22 @@ impl Index {
     /// [`MAX_HISTORY`] records. Nothing is written for a message that is
     /// not indexed (removed meanwhile).
     pub fn append_history(&self, id: QueueId, records: &[HistoryRecord]) -> Result<(), SpoolError> {
+        let t = self.trees()?;
         if records.is_empty() {
             return Ok(());
         }
         let _stripe = self.lock(id);
-        if !self.messages.contains_key(id_key(id))? {
+        if !t.messages.contains_key(id_key(id))? {
             return Ok(());
         }
         let prefix = id_key(id);
-        let mut next = match self.history.scan_prefix(prefix).keys().next_back() {
+        let mut next = match t.history.scan_prefix(prefix).keys().next_back() {
             Some(key) => history_seq(&key?).map_or(0, |n| n.saturating_add(1)),
             None => 0,
         };
         for record in records {
             let value = serde_json::to_vec(record).expect("a history record always serializes");
-            self.history.insert(history_key(id, next), value)?;
+            t.history.insert(history_key(id, next), value)?;
             next = next.saturating_add(1);
         }
         // Sequence numbers only grow, so the newest MAX_HISTORY are those
@@ -708,12 +781,12 @@ impl Index {
         // counting what is kept.
         let cutoff = next.saturating_sub(MAX_HISTORY as u32);
         if cutoff > 0 {
-            for key in self
+            for key in t
                 .history
                 .range(history_key(id, 0)..history_key(id, cutoff))
                 .keys()
             {
-                self.history.remove(key?)?;
+                t.history.remove(key?)?;
             }
         }
         self.shared.changed();
@@ -722,8 +795,9 @@ impl Index {
 
     /// A message's history, oldest first.
     pub fn history(&self, id: QueueId) -> Result<Vec<HistoryRecord>, SpoolError> {
+        let t = self.trees()?;
         let mut out = Vec::new();
-        for value in self.history.scan_prefix(id_key(id)).values() {
+        for value in t.history.scan_prefix(id_key(id)).values() {
             if let Ok(record) = serde_json::from_slice(&value?) {
                 out.push(record);
             }
@@ -732,9 +806,9 @@ impl Index {
     }
 
     /// Forgets a message's history. Caller holds the id's stripe.
-    fn clear_history(&self, id: QueueId) -> Result<(), SpoolError> {
-        for key in self.history.scan_prefix(id_key(id)).keys() {
-            self.history.remove(key?)?;
+    fn clear_history(&self, t: &Trees, id: QueueId) -> Result<(), SpoolError> {
+        for key in t.history.scan_prefix(id_key(id)).keys() {
+            t.history.remove(key?)?;
         }
         Ok(())
     }
@@ -746,12 +820,13 @@ impl Index {
         after: Option<QueueId>,
         limit: usize,
     ) -> Result<Vec<(QueueId, Option<IndexEntry>)>, SpoolError> {
+        let t = self.trees()?;
         let start = match after {
             Some(after) => Bound::Excluded(id_key(after)),
             None => Bound::Unbounded,
         };
         let mut out = Vec::with_capacity(limit.min(4096));
-        for item in self
+        for item in t
             .messages
             .range::<[u8; 8], _>((start, Bound::Unbounded))
             .take(limit)
@@ -766,14 +841,31 @@ impl Index {
 
     /// A small named value kept beside the queue (operator state such as
     /// paused destinations), flushed to disk before it returns.
+    ///
+    /// If the flush fails the index has failed (see `reopen.rs`), and the
+    /// value is undone in the journal too: the caller hears that it was
+    /// not saved, so a reopened index must not have it either.
     pub fn save_state(&self, name: &str, value: &[u8]) -> Result<(), SpoolError> {
-        self.meta.insert(state_key(name), value)?;
-        self.flush()
+        let t = self.trees()?;
+        let key = state_key(name);
+        let previous = t.meta.get(&key)?;
+        t.meta.insert(&key, value)?;
+        if let Err(e) = self.flush() {
+            let key = sled::IVec::from(key);
+            let tree = t.meta.id();
+            t.journal.record_undo(match previous {
+                Some(value) => Op::Put { tree, key, value },
+                None => Op::Del { tree, key },
+            });
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// A value saved with [`save_state`](Self::save_state).
     pub fn load_state(&self, name: &str) -> Result<Option<Vec<u8>>, SpoolError> {
-        Ok(self.meta.get(state_key(name))?.map(|v| v.to_vec()))
+        let t = self.trees()?;
+        Ok(t.meta.get(state_key(name))?.map(|v| v.to_vec()))
     }
 
     /// A rescan's visit of a spool file it listed and read: brings the
@@ -794,6 +886,7 @@ impl Index {
         now: u64,
         file_exists: impl Fn() -> bool,
     ) -> Result<Visit, SpoolError> {
+        let t = self.trees()?;
         let key = id_key(id);
         let _stripe = self.lock(id);
         let counted_before = self.shared.counted(id);
@@ -814,7 +907,7 @@ impl Index {
         // Every writer holds the stripe, so the swap cannot miss; the loop
         // only keeps the rule "never over a value not read just now".
         let (old, new, visit) = loop {
-            let current = self.messages.get(key)?;
+            let current = t.messages.get(key)?;
             let old = current.as_deref().and_then(parse_entry);
             let (new, visit) = match &old {
                 None if current.is_none() => (fresh(), Visit::Added),
@@ -834,8 +927,7 @@ impl Index {
                 break (old, new, visit);
             }
             let value = crate::codec::encode(&new);
-            if self
-                .messages
+            if t.messages
                 .compare_and_swap(key, current, Some(value))?
                 .is_ok()
             {
@@ -843,13 +935,13 @@ impl Index {
                 break (old, new, visit);
             }
         };
-        self.normalize_keys(id, old.as_ref(), Some(&new))?;
+        self.normalize_keys(&t, id, old.as_ref(), Some(&new))?;
         if visit == Visit::Added && !file_exists() {
             let value = crate::codec::encode(&new);
-            let _ = self
+            let _ = t
                 .messages
                 .compare_and_swap(key, Some(value), None::<Vec<u8>>)?;
-            self.move_keys(id, Some(&new), None)?;
+            self.move_keys(&t, id, Some(&new), None)?;
             self.mark_visited(id);
             return Ok(Visit::Vanished);
         }
@@ -869,30 +961,31 @@ impl Index {
         id: QueueId,
         file_exists: impl Fn() -> bool,
     ) -> Result<bool, SpoolError> {
+        let t = self.trees()?;
         let key = id_key(id);
         let _stripe = self.lock(id);
         let counted_before = self.shared.counted(id);
-        let Some(current) = self.messages.get(key)? else {
+        let Some(current) = t.messages.get(key)? else {
             self.mark_visited(id);
             return Ok(false);
         };
         let old = parse_entry(&current);
         let removed = if file_exists() {
-            self.normalize_keys(id, old.as_ref(), old.as_ref())?;
+            self.normalize_keys(&t, id, old.as_ref(), old.as_ref())?;
             self.shared
                 .account(counted_before, true, old.as_ref(), old.as_ref());
             false
         } else {
-            let swapped = self
+            let swapped = t
                 .messages
                 .compare_and_swap(key, Some(current), None::<Vec<u8>>)?
                 .is_ok();
             if swapped {
                 match &old {
-                    Some(old) => self.move_keys(id, Some(old), None)?,
-                    None => self.normalize_keys(id, None, None)?,
+                    Some(old) => self.move_keys(&t, id, Some(old), None)?,
+                    None => self.normalize_keys(&t, id, None, None)?,
                 }
-                self.clear_history(id)?;
+                self.clear_history(&t, id)?;
                 self.shared
                     .account(counted_before, true, old.as_ref(), None);
                 self.shared.changed();
@@ -906,10 +999,11 @@ impl Index {
     /// A rescan's visit of a listed file it could not read (an I/O
     /// error): whatever entry there is stays as it is, and is counted.
     pub fn visit_unread(&self, id: QueueId) -> Result<(), SpoolError> {
+        let t = self.trees()?;
         let _stripe = self.lock(id);
         let counted_before = self.shared.counted(id);
-        if let Some(old) = self.get(id)? {
-            self.normalize_keys(id, Some(&old), Some(&old))?;
+        if let Some(old) = t.entry(id)? {
+            self.normalize_keys(&t, id, Some(&old), Some(&old))?;
             self.shared
                 .account(counted_before, true, Some(&old), Some(&old));
         }
@@ -927,8 +1021,9 @@ impl Index {
     /// Empties `schedule` and the membership trees: for an index without
     /// messages, before the spool is in use.
     pub fn clear_keys(&self) -> Result<(), SpoolError> {
-        self.schedule.clear()?;
-        for tree in &self.queues {
+        let t = self.trees()?;
+        t.schedule.clear()?;
+        for tree in &t.queues {
             tree.clear()?;
         }
         Ok(())
@@ -941,12 +1036,13 @@ impl Index {
         upto: QueueId,
         limit: usize,
     ) -> Result<Vec<QueueId>, SpoolError> {
+        let t = self.trees()?;
         let start = match after {
             Some(after) => Bound::Excluded(id_key(after)),
             None => Bound::Unbounded,
         };
         let mut ids = Vec::new();
-        for key in self
+        for key in t
             .messages
             .range::<[u8; 8], _>((start, Bound::Included(id_key(upto))))
             .keys()
@@ -967,20 +1063,21 @@ impl Index {
         floor: QueueId,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<u64, SpoolError> {
+        let t = self.trees()?;
         let mut removed = 0;
-        for key in self.schedule.iter().keys() {
+        for key in t.schedule.iter().keys() {
             if cancelled() {
                 return Ok(removed);
             }
             let Some((time, id)) = parse_schedule_key(&key?) else {
                 continue;
             };
-            if id <= floor && self.drop_stale_schedule_key(time, id)? {
+            if id <= floor && self.drop_stale_schedule_key(&t, time, id)? {
                 removed += 1;
             }
         }
         for queue in QUEUES {
-            let tree = self.queue_tree(queue);
+            let tree = t.queue_tree(queue);
             for key in tree.range(..=id_key(floor)).keys() {
                 if cancelled() {
                     return Ok(removed);
@@ -989,7 +1086,7 @@ impl Index {
                     continue;
                 };
                 let _stripe = self.lock(id);
-                if self.get(id)?.is_none_or(|e| e.queue != queue) {
+                if t.entry(id)?.is_none_or(|e| e.queue != queue) {
                     tree.remove(id_key(id))?;
                     removed += 1;
                 }
@@ -998,7 +1095,7 @@ impl Index {
         // History of messages that are gone (a crash between the removal
         // of an entry and of its history).
         let mut last: Option<QueueId> = None;
-        for key in self.history.range(..=history_key(floor, u32::MAX)).keys() {
+        for key in t.history.range(..=history_key(floor, u32::MAX)).keys() {
             if cancelled() {
                 return Ok(removed);
             }
@@ -1011,8 +1108,8 @@ impl Index {
             }
             last = Some(id);
             let _stripe = self.lock(id);
-            if !self.messages.contains_key(id_key(id))? {
-                self.clear_history(id)?;
+            if !t.messages.contains_key(id_key(id))? {
+                self.clear_history(&t, id)?;
                 removed += 1;
             }
         }
@@ -1021,35 +1118,41 @@ impl Index {
 
     /// Removes the schedule key (`time`, `id`) if, under the id's stripe,
     /// it does not match the entry. Returns true when it was removed.
-    fn drop_stale_schedule_key(&self, time: u64, id: QueueId) -> Result<bool, SpoolError> {
+    fn drop_stale_schedule_key(
+        &self,
+        t: &Trees,
+        time: u64,
+        id: QueueId,
+    ) -> Result<bool, SpoolError> {
         let _stripe = self.lock(id);
-        if self.get(id)?.is_some_and(|e| e.scheduled() == Some(time)) {
+        if t.entry(id)?.is_some_and(|e| e.scheduled() == Some(time)) {
             return Ok(false);
         }
-        Ok(self.schedule.remove(schedule_key(time, id))?.is_some())
+        Ok(t.schedule.remove(schedule_key(time, id))?.is_some())
     }
 
     /// Messages due at or before `now` (unix seconds), earliest first, at
     /// most `limit` of them: a range scan of `schedule`. Keys that do not
     /// match their entry (a crash's leftovers) are skipped and removed.
     pub fn due(&self, now: u64, limit: usize) -> Result<Vec<(QueueId, IndexEntry)>, SpoolError> {
+        let t = self.trees()?;
         let end = schedule_key(now, QueueId::new(u64::MAX));
         let mut out = Vec::new();
         let mut stale = Vec::new();
-        for key in self.schedule.range(..=end).keys() {
+        for key in t.schedule.range(..=end).keys() {
             if out.len() >= limit {
                 break;
             }
             let Some((time, id)) = parse_schedule_key(&key?) else {
                 continue;
             };
-            match self.get(id)? {
+            match t.entry(id)? {
                 Some(entry) if entry.scheduled() == Some(time) => out.push((id, entry)),
                 _ => stale.push((time, id)),
             }
         }
         for (time, id) in stale {
-            self.drop_stale_schedule_key(time, id)?;
+            self.drop_stale_schedule_key(&t, time, id)?;
         }
         Ok(out)
     }
@@ -1057,19 +1160,19 @@ impl Index {
     /// When the earliest message is due, if any is queued. Stale keys met
     /// on the way are removed.
     pub fn first_due(&self) -> Result<Option<u64>, SpoolError> {
+        let t = self.trees()?;
         for _ in 0..1000 {
-            let Some((key, _)) = self.schedule.first()? else {
+            let Some((key, _)) = t.schedule.first()? else {
                 return Ok(None);
             };
             let Some((time, id)) = parse_schedule_key(&key) else {
                 return Ok(None);
             };
-            if !self.drop_stale_schedule_key(time, id)? {
+            if !self.drop_stale_schedule_key(&t, time, id)? {
                 return Ok(Some(time));
             }
         }
-        Ok(self
-            .schedule
+        Ok(t.schedule
             .first()?
             .and_then(|(key, _)| parse_schedule_key(&key))
             .map(|(time, _)| time))
@@ -1079,11 +1182,12 @@ impl Index {
     /// entry of the first key of its membership tree, skipping a few keys
     /// that do not match their entry.
     pub fn oldest(&self, queue: QueueName) -> Result<Option<u64>, SpoolError> {
-        for key in self.queue_tree(queue).iter().keys().take(64) {
+        let t = self.trees()?;
+        for key in t.queue_tree(queue).iter().keys().take(64) {
             let Some(id) = id_from_key(&key?) else {
                 continue;
             };
-            if let Some(entry) = self.get(id)?.filter(|e| e.queue == queue) {
+            if let Some(entry) = t.entry(id)?.filter(|e| e.queue == queue) {
                 return Ok(Some(entry.arrival));
             }
         }
@@ -1093,17 +1197,14 @@ impl Index {
     /// The entry of a message; `None` when it is not indexed or the stored
     /// value cannot be read.
     pub fn get(&self, id: QueueId) -> Result<Option<IndexEntry>, SpoolError> {
-        Ok(self
-            .messages
-            .get(id_key(id))?
-            .as_deref()
-            .and_then(parse_entry))
+        self.trees()?.entry(id)
     }
 
     /// Every indexed id, in id order.
     pub fn ids(&self) -> Result<Vec<QueueId>, SpoolError> {
+        let t = self.trees()?;
         let mut ids = Vec::new();
-        for key in self.messages.iter().keys() {
+        for key in t.messages.iter().keys() {
             if let Some(id) = id_from_key(&key?) {
                 ids.push(id);
             }
@@ -1113,13 +1214,14 @@ impl Index {
 
     /// The largest indexed id.
     pub fn last_id(&self) -> Result<Option<QueueId>, SpoolError> {
-        Ok(self.messages.last()?.and_then(|(key, _)| id_from_key(&key)))
+        let t = self.trees()?;
+        Ok(t.messages.last()?.and_then(|(key, _)| id_from_key(&key)))
     }
 
     /// The token of the last clean close, if one was recorded.
     pub fn token(&self) -> Result<Option<u64>, SpoolError> {
-        Ok(self
-            .meta
+        let t = self.trees()?;
+        Ok(t.meta
             .get(TOKEN_KEY)?
             .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
             .map(u64::from_be_bytes))
@@ -1127,14 +1229,24 @@ impl Index {
 
     /// Records the token of this clean close (flushed with the rest).
     pub fn set_token(&self, token: u64) -> Result<(), SpoolError> {
-        self.meta.insert(TOKEN_KEY, &token.to_be_bytes()[..])?;
+        let t = self.trees()?;
+        t.meta.insert(TOKEN_KEY, &token.to_be_bytes()[..])?;
         Ok(())
     }
 
     /// Writes everything sled holds in memory to disk, and notes when.
+    /// A failed flush fails the index: sled will not write to this
+    /// database again (see `reopen.rs`).
     pub fn flush(&self) -> Result<(), SpoolError> {
+        let t = self.trees()?;
         let seen = self.shared.changes.load(Ordering::SeqCst);
-        self.db.flush()?;
+        let mark = t.journal.mark();
+        if let Err(e) = t.db.flush() {
+            let e = SpoolError::from(e);
+            self.fail(&t, &e);
+            return Err(e);
+        }
+        t.journal.flushed(mark);
         self.shared
             .flushed_changes
             .fetch_max(seen, Ordering::SeqCst);
@@ -1147,28 +1259,29 @@ impl Index {
     /// Keys in `schedule` (tests check it stays in step).
     #[cfg(test)]
     pub fn schedule_len(&self) -> usize {
-        self.schedule.len()
+        let t = self.trees().unwrap();
+        t.schedule.len()
     }
 
     /// Adds a bare schedule key, as a crash may leave one (tests).
     #[cfg(test)]
     pub fn insert_raw_schedule_key(&self, time: u64, id: QueueId) {
-        self.schedule
-            .insert(schedule_key(time, id), &[][..])
-            .unwrap();
+        let t = self.trees().unwrap();
+        t.schedule.insert(schedule_key(time, id), &[][..]).unwrap();
     }
 
     /// Panics unless every tree agrees with `messages` (tests).
     #[cfg(test)]
     pub fn assert_consistent(&self) {
+        let t = self.trees().unwrap();
         let mut entries = std::collections::HashMap::new();
-        for item in self.messages.iter() {
+        for item in t.messages.iter() {
             let (key, value) = item.unwrap();
             let id = id_from_key(&key).unwrap();
             entries.insert(id, parse_entry(&value).expect("readable entry"));
         }
         let mut scheduled = 0;
-        for key in self.schedule.iter().keys() {
+        for key in t.schedule.iter().keys() {
             let (time, id) = parse_schedule_key(&key.unwrap()).unwrap();
             let entry: &IndexEntry = entries.get(&id).expect("schedule key without entry");
             assert_eq!(entry.scheduled(), Some(time), "stale schedule key of {id}");
@@ -1185,7 +1298,7 @@ impl Index {
         );
         let mut members = 0;
         for queue in QUEUES {
-            for key in self.queue_tree(queue).iter().keys() {
+            for key in t.queue_tree(queue).iter().keys() {
                 let id = id_from_key(&key.unwrap()).unwrap();
                 let entry = entries.get(&id).expect("membership without entry");
                 assert_eq!(entry.queue, queue, "{id} in the wrong queue tree");
@@ -1215,6 +1328,38 @@ fn state_key(name: &str) -> Vec<u8> {
 
 fn parse_entry(bytes: &[u8]) -> Option<IndexEntry> {
     crate::codec::decode(bytes)
+}
+
+/// Opens `index/` (creating it): waits for a sled lock a database of
+/// this process just dropped may still hold, and moves a database sled
+/// refuses aside to `index.damaged-<unix seconds>` (never deleted), then
+/// makes a fresh one. Returns the trees and whether that happened. A
+/// failure for want of space is returned as it is, the index left where
+/// it is: it is not damaged, and opens once space is back.
+pub(crate) fn open_trees(layout: &Layout, cache: u64) -> Result<(Trees, bool), SpoolError> {
+    if layout.index.symlink_metadata().is_ok() {
+        wait_for_sled_lock(&layout.index)?;
+    }
+    match Trees::open_at(&layout.index, cache) {
+        Ok(trees) => Ok((trees, false)),
+        Err(e) => {
+            let e = SpoolError::from(e);
+            if e.is_no_space() {
+                return Err(e);
+            }
+            let aside = damaged_path(&layout.root);
+            tracing::warn!(
+                index = %layout.index.display(),
+                moved_to = %aside.display(),
+                error = %e,
+                "queue index cannot be opened; moving it aside and rebuilding from the spool files"
+            );
+            std::fs::rename(&layout.index, &aside)
+                .map_err(|e| SpoolError::io("move damaged index", &layout.index, e))?;
+            fsync_dir(&layout.root)?;
+            Ok((Trees::open_at(&layout.index, cache)?, true))
+        }
+    }
 }
 
 /// `index.damaged-<unix seconds>`, with a counter when that name is taken.

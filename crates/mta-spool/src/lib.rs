@@ -48,8 +48,10 @@ mod file;
 mod flush;
 mod ids;
 mod index;
+mod journal;
 mod layout;
 mod permissions;
+mod reopen;
 mod rescan;
 
 #[cfg(test)]
@@ -79,6 +81,7 @@ pub use crate::index::{
     HistoryRecord, IndexEntry, QueueName, RecipientError, RecipientState, MAX_HISTORY,
 };
 pub use crate::permissions::{prepare, Access};
+pub use crate::reopen::{IndexFailure, IndexHealth};
 
 /// Where the queue lives and how it behaves.
 #[derive(Clone, Debug)]
@@ -123,6 +126,10 @@ pub struct OpenReport {
     /// The index could not be opened and was moved aside to
     /// `index.damaged-<unix seconds>`.
     pub index_damaged: bool,
+    /// The index could not be opened for want of space: the spool opened
+    /// with its index failed ([`Spool::index_health`]) and refuses mail
+    /// until [`Spool::recover_index`] opens it and rescans.
+    pub index_unavailable: bool,
 }
 
 /// How far the background rescan has got ([`Spool::rescan_progress`]).
@@ -192,17 +199,24 @@ pub struct Spool {
 struct Inner {
     layout: Layout,
     min_free_space: u64,
+    rescan_rate: u64,
+    index_cache: u64,
     ids: IdGenerator,
     counters: Arc<Counters>,
     /// The index's counts and flush figures; outlive the index.
     figures: Arc<index::Shared>,
-    /// The rescan's figures, when one was started.
-    rescan: Option<Arc<rescan::Progress>>,
+    /// The figures of the last rescan started (at open, or after the
+    /// index was reopened).
+    rescan: Mutex<Option<Arc<rescan::Progress>>>,
     /// Woken after each rescan batch and at its end.
     rescan_notify: Arc<Notify>,
     /// Spool files set aside in `corrupt/` by open and by
     /// [`Spool::set_aside_corrupt`] (the rescan counts its own).
     corrupt: AtomicU64,
+    /// One reopen of a failed index at a time.
+    recovering: Mutex<()>,
+    /// Woken when a failed index is back in service.
+    recovered: Arc<Notify>,
     /// `None` once closed.
     state: Mutex<Option<Open>>,
 }
@@ -273,9 +287,10 @@ impl Spool {
         // index that stop flushed: one deleted, emptied, swapped or
         // restored while the spool was stopped lacks the marker's token.
         // O(1): no walk of the index.
+        let available = !index_state.unavailable;
         let mut trusted = None;
         if let Some(marker) = marker {
-            if index_state.existed && !index_state.damaged {
+            if available && index_state.existed && !index_state.damaged {
                 if index.token()? == Some(marker.token) {
                     trusted = Some(marker);
                 } else {
@@ -288,13 +303,18 @@ impl Spool {
         let clean = marker.is_some();
 
         let mut listing = None;
+        let mut listed_max = None;
         let mut corrupt = 0;
         match trusted {
             Some(marker) => index.set_counts(marker.counts),
             None => {
                 let listed = rescan::list(&layout)?;
                 corrupt = listed.corrupt;
-                if listed.ids.is_empty() && index.last_id()?.is_none() {
+                listed_max = listed.max_id;
+                if !available {
+                    // No index to rescan into yet: recover_index opens
+                    // it and rescans, once space is back.
+                } else if listed.ids.is_empty() && index.last_id()?.is_none() {
                     // No file and no entry (a new queue directory, or an
                     // empty one): nothing to rescan. Keys a crash may have
                     // left in the other trees go with a clear.
@@ -309,10 +329,10 @@ impl Spool {
         // clock says now. With a rescan this is also its floor: every id
         // above it is a message of this run, which the rescan leaves alone.
         let floor = [
-            index.last_id()?,
+            if available { index.last_id()? } else { None },
             marker.map(|m| m.last_id),
             tmp_max_id,
-            listing.as_ref().and_then(|l| l.max_id),
+            listed_max,
         ]
         .into_iter()
         .flatten()
@@ -357,6 +377,7 @@ impl Spool {
             messages,
             corrupt,
             index_damaged: index_state.damaged,
+            index_unavailable: index_state.unavailable,
         };
         tracing::info!(
             dir = %layout.root.display(),
@@ -366,18 +387,23 @@ impl Spool {
             removed_tmp,
             messages,
             corrupt,
+            index_unavailable = index_state.unavailable,
             "spool open"
         );
         let spool = Spool {
             inner: Arc::new(Inner {
                 layout,
                 min_free_space: config.min_free_space,
+                rescan_rate: config.rescan_rate,
+                index_cache: config.index_cache,
                 ids: IdGenerator::above(floor),
                 counters,
                 figures: Arc::clone(index.shared()),
-                rescan: rescan.as_ref().map(|r| Arc::clone(r.progress())),
+                rescan: Mutex::new(rescan.as_ref().map(|r| Arc::clone(r.progress()))),
                 rescan_notify,
                 corrupt: AtomicU64::new(corrupt as u64),
+                recovering: Mutex::new(()),
+                recovered: Arc::new(Notify::new()),
                 state: Mutex::new(Some(Open {
                     rescan,
                     committer,
@@ -434,11 +460,13 @@ impl Spool {
         // Taken here and moved into the blocking task with no await in
         // between: close() waits for every sender to be dropped, so a store
         // that got one is finished before close() returns.
-        let sender = self
-            .open_state()?
-            .committer
-            .sender()
-            .ok_or(SpoolError::Closed)?;
+        let sender = {
+            let open = self.open_state()?;
+            // A failed index cannot record the message: refuse it before
+            // writing anything.
+            drop(open.index.trees()?);
+            open.committer.sender().ok_or(SpoolError::Closed)?
+        };
         self.inner.ids.observe(id);
 
         let header = file::encode_header(envelope);
@@ -662,14 +690,22 @@ impl Spool {
     }
 
     /// Messages due at or before `now` (unix seconds), earliest first, at
-    /// most `limit`.
+    /// most `limit`. None while the index is failed: an attempt could not
+    /// record what it did, and would be made again and again.
     pub fn due(&self, now: u64, limit: usize) -> Result<Vec<(QueueId, IndexEntry)>, SpoolError> {
-        self.index()?.due(now, limit)
+        match self.index()?.due(now, limit) {
+            Err(SpoolError::IndexFailed { .. }) => Ok(Vec::new()),
+            other => other,
+        }
     }
 
-    /// When the earliest queued message is due.
+    /// When the earliest queued message is due (none while the index is
+    /// failed, as [`due`](Self::due)).
     pub fn first_due(&self) -> Result<Option<u64>, SpoolError> {
-        self.index()?.first_due()
+        match self.index()?.first_due() {
+            Err(SpoolError::IndexFailed { .. }) => Ok(None),
+            other => other,
+        }
     }
 
     /// Messages and the oldest arrival of each queue: ram, bounce, disk,
@@ -707,17 +743,129 @@ impl Spool {
         self.index()?.flush()
     }
 
+    fn rescan_figures(&self) -> Option<Arc<rescan::Progress>> {
+        self.inner
+            .rescan
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Whether the index is in service, and how often it failed and was
+    /// reopened. Cheap: status may poll it.
+    pub fn index_health(&self) -> IndexHealth {
+        match self.open_state() {
+            Ok(open) => open.index.health(),
+            Err(_) => IndexHealth::default(),
+        }
+    }
+
+    /// Notified when a failed index is back in service
+    /// ([`recover_index`](Self::recover_index)): what could not be saved
+    /// while it was failed can be saved again. Wakes every task waiting at
+    /// that moment and leaves one permit for the next.
+    pub fn index_recovered(&self) -> Arc<Notify> {
+        Arc::clone(&self.inner.recovered)
+    }
+
+    /// Reopens a failed index (see [`index_health`](Self::index_health)):
+    /// opens its directory again, replays the changes the failed database
+    /// held in memory, puts it back in service and rescans the spool
+    /// files in the background to settle what the failure left half-done.
+    /// Blocking. Returns Ok(false) when the index is not failed, and an
+    /// error (the index staying failed, ready for another try) when it
+    /// cannot be reopened yet, typically because space is still short.
+    /// The daemon calls it whenever its free-space check finds space.
+    pub fn recover_index(&self) -> Result<bool, SpoolError> {
+        self.reopen_index(true)
+    }
+
+    fn reopen_index(&self, rescan: bool) -> Result<bool, SpoolError> {
+        let _one_at_a_time = self
+            .inner
+            .recovering
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let index = self.index()?;
+        if !index.is_failed() {
+            return Ok(false);
+        }
+        let layout = &self.inner.layout;
+        // The rescan of the failed index, if one ran, ended on its errors.
+        let stale = self
+            .lock_state()
+            .as_mut()
+            .and_then(|open| open.rescan.take());
+        drop(stale);
+        let listing = if rescan {
+            Some(rescan::list(layout)?)
+        } else {
+            None
+        };
+        let reopened = index.reopen(layout, self.inner.index_cache)?;
+        let floor = [
+            reopened.trees.last_id()?,
+            Some(self.inner.ids.last()),
+            listing.as_ref().and_then(|l| l.max_id),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(QueueId::new(0));
+        let (replayed, damaged) = (reopened.replayed, reopened.damaged);
+
+        let mut state = self.lock_state();
+        let Some(open) = state.as_mut() else {
+            return Err(SpoolError::Closed);
+        };
+        if let Some(listing) = listing {
+            index.begin_rescan(floor);
+            index.install(reopened.trees)?;
+            let started = Rescan::start(
+                layout.clone(),
+                index.clone(),
+                listing.ids,
+                floor,
+                self.inner.rescan_rate,
+                Arc::clone(&self.inner.rescan_notify),
+            )
+            .inspect_err(|_| {
+                // No rescan to count the queue (no thread could be
+                // started): count every change again, from zero.
+                index.finish_counting();
+            })?;
+            *self.inner.rescan.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(Arc::clone(started.progress()));
+            open.rescan = Some(started);
+        } else {
+            index.install(reopened.trees)?;
+        }
+        drop(state);
+        self.inner.recovered.notify_waiters();
+        self.inner.recovered.notify_one();
+        tracing::info!(
+            replayed = ?replayed,
+            damaged,
+            rescan,
+            "queue index reopened: accepting and delivering mail again"
+        );
+        if replayed.is_none() {
+            tracing::warn!("some index changes made just before the failure were not kept; the rescan restores what the spool files hold");
+        }
+        Ok(true)
+    }
+
     /// How far the background rescan has got; `None` when this open
     /// needed none (a clean stop with its own index).
     pub fn rescan_progress(&self) -> Option<RescanProgress> {
-        self.inner.rescan.as_ref().map(|p| p.snapshot())
+        self.rescan_figures().map(|p| p.snapshot())
     }
 
     /// Blocks until the background rescan has ended (finished, failed or
     /// cancelled by [`close`](Self::close)); returns at once when there is
     /// none. For tests and tools: never call it from an async task.
     pub fn wait_rescan(&self) {
-        if let Some(progress) = &self.inner.rescan {
+        if let Some(progress) = self.rescan_figures() {
             progress.wait();
         }
     }
@@ -749,9 +897,13 @@ impl Spool {
     ///
     /// A rescan cut short (or one that could not read every file) means
     /// no clean marker: the index is flushed as far as it got and the next
-    /// open rescans. If flushing the index fails, no clean marker is
-    /// written either and the error is returned; the lock is released
-    /// either way.
+    /// open rescans. A failed index ([`index_health`](Self::index_health))
+    /// is reopened if it can be, and then flushed without a marker (the
+    /// next open rescans). If the index cannot be saved, no clean marker
+    /// is written and the error is returned ([`SpoolError::IndexFailed`]
+    /// or the flush's), after everything was let go of: the spool is
+    /// closed either way, and the next open rebuilds the index from the
+    /// spool files.
     pub fn close(&self) -> Result<(), SpoolError> {
         let open = match self.lock_state().take() {
             Some(open) => open,
@@ -770,17 +922,42 @@ impl Spool {
         };
         committer.stop();
         flusher.stop();
-        let token = clean::new_token();
-        if rescan_done {
-            index.set_token(token)?;
+        // A failed index gets one more chance (space may be back), with
+        // no rescan: the next open does that.
+        let mut reopened = false;
+        if index.is_failed() {
+            let _one_at_a_time = self
+                .inner
+                .recovering
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            match index
+                .reopen(&self.inner.layout, self.inner.index_cache)
+                .and_then(|r| index.install(r.trees))
+            {
+                Ok(()) => reopened = true,
+                Err(e) => tracing::warn!(error = %e, "the queue index still cannot be reopened"),
+            }
         }
-        index.flush()?;
-        // Drop sled before writing the marker and releasing the lock: the
-        // marker promises an index that is complete on disk.
+        let clean = rescan_done && !reopened;
+        let token = clean::new_token();
+        let saved = if clean {
+            index.set_token(token).and_then(|()| index.flush())
+        } else {
+            index.flush()
+        };
+        // Let go of sled before writing the marker and releasing the
+        // lock: the marker promises an index that is complete on disk.
+        index.shut();
         drop(index);
-        if !rescan_done {
+        if let Err(e) = saved {
             drop(lock);
-            tracing::info!(dir = %self.inner.layout.root.display(), "spool closed before the rescan ended; the next open rescans");
+            tracing::error!(dir = %self.inner.layout.root.display(), error = %e, "spool closed without saving the queue index; the next open rebuilds it from the spool files");
+            return Err(e);
+        }
+        if !clean {
+            drop(lock);
+            tracing::info!(dir = %self.inner.layout.root.display(), "spool closed before a rescan ended; the next open rescans");
             return Ok(());
         }
         let marker = CleanMarker {

@@ -387,6 +387,7 @@ pub fn status(ctx: &Context, shutdown: &Shutdown) -> Status {
         State::Up => ServiceState::Up,
         State::Down => ServiceState::Down,
         State::Paused => ServiceState::Paused,
+        State::Degraded => ServiceState::Degraded,
     };
     let smtp_state = if stopping {
         ServiceState::Draining
@@ -409,14 +410,19 @@ pub fn status(ctx: &Context, shutdown: &Shutdown) -> Status {
         },
         ServiceStatus {
             name: "spool".into(),
-            state: state(services_state.spool_state()),
-            detail: match in_memory {
-                0 => format!(
+            state: state(services_state.spool_state(ctx)),
+            detail: match (crate::services::spool_trouble(ctx), in_memory) {
+                (Some(trouble), 0) => format!("{trouble}; {} messages queued", ctx.spool.len()),
+                (Some(trouble), n) => format!(
+                    "{trouble}; {} messages queued, {n} more in memory only",
+                    ctx.spool.len()
+                ),
+                (None, 0) => format!(
                     "{} messages queued in {}",
                     ctx.spool.len(),
                     ctx.spool.dir().display()
                 ),
-                n => format!(
+                (None, n) => format!(
                     "{} messages queued in {}, {n} more in memory only",
                     ctx.spool.len(),
                     ctx.spool.dir().display()
@@ -504,5 +510,6 @@ pub fn status(ctx: &Context, shutdown: &Shutdown) -> Status {
             .find(|q| q.queue == QueueName::Held)
             .map_or(0, |q| q.messages),
         smtp_refused: stats.smtp_refused(),
+        delivery_log_dropped: ctx.generations.delivery_log_dropped(),
     }
 }

@@ -93,6 +93,17 @@ impl Generations {
         self.current().dsns_queued() + retired
     }
 
+    /// Delivery-log lines dropped (a full disk), every generation still
+    /// known.
+    pub fn delivery_log_dropped(&self) -> u64 {
+        let retired: u64 = self
+            .lock_retired()
+            .iter()
+            .map(Queue::delivery_log_dropped)
+            .sum();
+        self.current().delivery_log_dropped() + retired
+    }
+
     /// Volatile messages spilled to disk, every generation still known.
     pub fn spilled(&self) -> u64 {
         let retired: u64 = self.lock_retired().iter().map(Queue::spilled).sum();

@@ -466,6 +466,37 @@ fn render(ctx: &Context) -> String {
         "Destination domains whose delivery the operator paused.",
         &plain(ctx.queue().paused_domains().len() as u64),
     );
+    let index = ctx.spool.index_health();
+    metric(
+        "mta_spool_degraded",
+        "gauge",
+        "1 while the spool is degraded: its index out of service, or free space below spool.min_free_space (new mail gets 452 4.3.1).",
+        &plain(u64::from(crate::services::spool_trouble(ctx).is_some())),
+    );
+    metric(
+        "mta_spool_index_failed",
+        "gauge",
+        "1 while the queue index is out of service (a write to it failed); it is reopened once space is back.",
+        &plain(u64::from(index.failed.is_some())),
+    );
+    metric(
+        "mta_spool_index_failures_total",
+        "counter",
+        "Times the queue index failed (a write did not reach the disk) since start.",
+        &plain(index.failures),
+    );
+    metric(
+        "mta_spool_index_recoveries_total",
+        "counter",
+        "Times a failed queue index was reopened since start.",
+        &plain(index.recoveries),
+    );
+    metric(
+        "mta_delivery_log_dropped_total",
+        "counter",
+        "Delivery-log lines that could not be written (a full disk).",
+        &plain(ctx.generations.delivery_log_dropped()),
+    );
     let rescan = ctx.spool.rescan_progress();
     metric(
         "mta_rescan_running",

@@ -96,7 +96,17 @@ fn main() -> ExitCode {
         log_level,
     };
     match server::run(config, startup) {
-        Ok(Exit::Stopped) => ExitCode::SUCCESS,
+        Ok(Exit::Stopped {
+            index_not_saved: None,
+        }) => ExitCode::SUCCESS,
+        Ok(Exit::Stopped {
+            index_not_saved: Some(e),
+        }) => {
+            eprintln!(
+                "mtad: stopped, but the queue index was not saved ({e}); the spool files are kept and the next start rebuilds the index from them"
+            );
+            ExitCode::from(75) // EX_TEMPFAIL
+        }
         Ok(Exit::Restart(sockets)) => {
             let Some(exe) = exe else {
                 eprintln!("mtad: cannot restart: the path of this program is unknown");

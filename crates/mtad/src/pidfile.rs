@@ -19,7 +19,17 @@ pub struct PidFile {
 impl PidFile {
     /// Writes our PID atomically (a temporary file renamed into place), so a
     /// reader never sees a half-written number.
+    ///
+    /// After a restart (this same process, executed again) the file names
+    /// us already and is kept as it is: nothing to write, so a restart
+    /// comes back up even on a full disk.
     pub fn write(path: &Path) -> Result<PidFile> {
+        let ours = std::process::id().to_string();
+        if std::fs::read_to_string(path).is_ok_and(|text| text.trim() == ours) {
+            return Ok(PidFile {
+                path: path.to_owned(),
+            });
+        }
         let tmp = path.with_extension("pid.tmp");
         let mut f = std::fs::OpenOptions::new()
             .write(true)

@@ -16,6 +16,13 @@
 //! written), remove the control socket. A stop removes the PID file; a
 //! restart keeps it and its process, and re-executes mtad with the
 //! listening sockets inherited (`sockets.rs`).
+//!
+//! A spool that cannot save its index (a full disk) does not stop a stop
+//! or a restart: the spool is closed without a clean marker, so the next
+//! start rebuilds the index from the spool files; a stop then exits with
+//! `EX_TEMPFAIL` (75) saying so, a restart goes on with the next image.
+//! While running, the free-space check also reopens an index that failed
+//! (`Spool::recover_index`) as soon as there is space for it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -33,7 +40,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::client_limits::ClientLimits;
 use crate::control::ControlSocket;
@@ -195,8 +202,12 @@ pub struct Shutdown {
 
 /// How `run` ended.
 pub enum Exit {
-    /// Stopped for good.
-    Stopped,
+    /// Stopped for good; the spool is closed, cleanly or not.
+    Stopped {
+        /// The queue index could not be saved (why): the next start
+        /// rebuilds it from the spool files.
+        index_not_saved: Option<String>,
+    },
     /// Stopped for a restart: these sockets go to the next image.
     Restart(Vec<(Kind, std::net::TcpListener)>),
 }
@@ -263,6 +274,7 @@ async fn serve(config: Config, startup: Startup) -> Result<Exit> {
         rescan = report.rescan,
         removed_tmp = report.removed_tmp,
         messages = report.messages,
+        index_unavailable = report.index_unavailable,
         "spool open"
     );
 
@@ -272,7 +284,9 @@ async fn serve(config: Config, startup: Startup) -> Result<Exit> {
 
     let queue = Queue::start(&config, spool.clone()).context("starting the queue runners")?;
     let admission = Arc::new(Admission::default());
-    admission.set_storage_ok(spool.has_free_space().unwrap_or(true));
+    admission.set_storage_ok(
+        spool.has_free_space().unwrap_or(true) && spool.index_health().failed.is_none(),
+    );
     let (orders, mut order_rx) = mpsc::unbounded_channel();
     let ctx = Arc::new(Context {
         admission,
@@ -370,7 +384,7 @@ async fn serve(config: Config, startup: Startup) -> Result<Exit> {
     } else {
         let _ = crate::notify::stopping();
     }
-    stop(&ctx, &shutdown, &sessions, &config, kind).await?;
+    let index_not_saved = stop(&ctx, &shutdown, &sessions, &config, kind).await?;
     monitor.abort();
     control_task.abort();
     let _ = control_task.await;
@@ -384,19 +398,25 @@ async fn serve(config: Config, startup: Startup) -> Result<Exit> {
         Ok(Exit::Restart(ctx.sockets.take_all()))
     } else {
         drop(pid_file);
-        info!(accepted = ctx.stats.accepted_total(), "stopped cleanly");
-        Ok(Exit::Stopped)
+        match &index_not_saved {
+            None => info!(accepted = ctx.stats.accepted_total(), "stopped cleanly"),
+            Some(e) => {
+                warn!(accepted = ctx.stats.accepted_total(), error = %e, "stopped, but the queue index was not saved; the next start rebuilds it from the spool files")
+            }
+        }
+        Ok(Exit::Stopped { index_not_saved })
     }
 }
 
-/// The stop, step by step.
+/// The stop, step by step. Returns why the queue index could not be
+/// saved, if it could not.
 async fn stop(
     ctx: &Arc<Context>,
     shutdown: &Shutdown,
     sessions: &TaskTracker,
     config: &Config,
     kind: StopKind,
-) -> Result<()> {
+) -> Result<Option<String>> {
     let began = Instant::now();
     let (deadline, drain) = match kind {
         StopKind::Now => (Duration::ZERO, Duration::ZERO),
@@ -459,14 +479,24 @@ async fn stop(
             .await;
     }
     // 4. Schedules are in the index as they change; closing flushes what
-    // changed since the last flush and marks the stop clean.
+    // changed since the last flush and marks the stop clean. An index
+    // that cannot be saved (a full disk) leaves no clean marker: the spool
+    // files are the truth, and the next start rebuilds the index from
+    // them. The stop (or restart) goes on either way.
     let spool = ctx.spool.clone();
-    tokio::task::spawn_blocking(move || spool.close())
+    let closed = tokio::task::spawn_blocking(move || spool.close())
         .await
-        .context("closing the spool")?
         .context("closing the spool")?;
-    info!(elapsed_secs = began.elapsed().as_secs_f64(), "queue saved");
-    Ok(())
+    match closed {
+        Ok(()) => {
+            info!(elapsed_secs = began.elapsed().as_secs_f64(), "queue saved");
+            Ok(None)
+        }
+        Err(e) => {
+            error!(error = %e, "the queue index could not be saved; the spool files are kept, and the next start rebuilds the index from them");
+            Ok(Some(e.to_string()))
+        }
+    }
 }
 
 /// A name for this process image: the pid alone does not change across a
@@ -480,22 +510,30 @@ fn instance_name() -> String {
 }
 
 /// Keeps the free-space floor up to date: below it, MAIL gets `452 4.3.1`
-/// until space returns.
+/// until space returns. A queue index that failed (a write to it did not
+/// reach a full disk) refuses mail the same way, and is reopened here as
+/// soon as the free space is back above the floor.
 async fn watch_free_space(ctx: Arc<Context>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
         let spool = ctx.spool.clone();
-        let ok = tokio::task::spawn_blocking(move || spool.has_free_space())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or(true);
+        let ok = tokio::task::spawn_blocking(move || {
+            let space = spool.has_free_space().unwrap_or(true);
+            if space && spool.index_health().failed.is_some() {
+                if let Err(e) = spool.recover_index() {
+                    debug!(error = %e, "the queue index cannot be reopened yet");
+                }
+            }
+            space && spool.index_health().failed.is_none()
+        })
+        .await
+        .unwrap_or(true);
         if ok != ctx.admission.storage_ok() {
             if ok {
-                info!("free space is back above the floor: accepting mail again");
+                info!("free space is back above the floor and the queue index in service: accepting mail again");
             } else {
-                warn!("free space below spool.min_free_space: MAIL gets 452 4.3.1");
+                warn!("free space below spool.min_free_space, or the queue index out of service: MAIL gets 452 4.3.1");
             }
         }
         ctx.admission.set_storage_ok(ok);

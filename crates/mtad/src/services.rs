@@ -66,6 +66,31 @@ pub enum State {
     Up,
     Down,
     Paused,
+    /// Running, short of what it needs.
+    Degraded,
+}
+
+/// Why the spool is degraded, if it is: its index is out of service
+/// (a write to it failed; it is reopened once space is back), or free
+/// space is below `spool.min_free_space`. Either way new mail gets
+/// `452 4.3.1`.
+pub fn spool_trouble(ctx: &Context) -> Option<String> {
+    if let Some(failed) = ctx.spool.index_health().failed {
+        let secs = crate::server::unix_now().saturating_sub(failed.since_unix_ms / 1000);
+        return Some(format!(
+            "queue index out of service for {secs} s ({}): new mail gets 452 4.3.1 and the disk queue waits; it is reopened {}",
+            failed.cause,
+            if failed.no_space {
+                "once space is back"
+            } else {
+                "at the next free-space check"
+            }
+        ));
+    }
+    if !ctx.admission.storage_ok() {
+        return Some("free space below spool.min_free_space: new mail gets 452 4.3.1".into());
+    }
+    None
 }
 
 impl Services {
@@ -96,9 +121,11 @@ impl Services {
         }
     }
 
-    pub fn spool_state(&self) -> State {
+    pub fn spool_state(&self, ctx: &Context) -> State {
         if self.spool_down() {
             State::Down
+        } else if spool_trouble(ctx).is_some() {
+            State::Degraded
         } else {
             State::Up
         }
