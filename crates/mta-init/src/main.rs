@@ -180,7 +180,11 @@ fn run(cli: Cli) -> ExitCode {
     };
     match cli.command {
         Verb::Configtest => {
-            for warning in config.warnings().into_iter().chain(config.open_files_warning()) {
+            for warning in config
+                .warnings()
+                .into_iter()
+                .chain(config.open_files_warning())
+            {
                 eprintln!("mta-init: warning: {warning}");
             }
             println!("Syntax OK");

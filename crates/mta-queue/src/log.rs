@@ -235,11 +235,7 @@ fn open_private(path: &Path) -> std::io::Result<File> {
     }
     let mode = meta.permissions().mode() & 0o7777;
     // A new file has 0640 less the umask; give it 0640 itself.
-    let want = if meta.len() == 0 {
-        0o640
-    } else {
-        mode & 0o640
-    };
+    let want = if meta.len() == 0 { 0o640 } else { mode & 0o640 };
     if mode != want {
         if let Err(e) = file.set_permissions(std::fs::Permissions::from_mode(want)) {
             tracing::warn!(path = %path.display(), error = %e, "cannot set the delivery log's mode to {want:o}");

@@ -601,11 +601,7 @@ impl Spool {
     /// Spool files set aside in `corrupt/` since open: by open itself, by
     /// the rescan, and by [`set_aside_corrupt`](Self::set_aside_corrupt).
     pub fn corrupt_set_aside(&self) -> u64 {
-        let rescan = self
-            .inner
-            .rescan
-            .as_ref()
-            .map_or(0, |p| p.snapshot().corrupt);
+        let rescan = self.rescan_figures().map_or(0, |p| p.snapshot().corrupt);
         self.inner.corrupt.load(Ordering::Relaxed) + rescan
     }
 
@@ -834,8 +830,18 @@ impl Spool {
                 // started): count every change again, from zero.
                 index.finish_counting();
             })?;
-            *self.inner.rescan.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some(Arc::clone(started.progress()));
+            let earlier = self
+                .inner
+                .rescan
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .replace(Arc::clone(started.progress()));
+            // What the earlier rescan set aside stays counted.
+            if let Some(earlier) = earlier {
+                self.inner
+                    .corrupt
+                    .fetch_add(earlier.snapshot().corrupt, Ordering::Relaxed);
+            }
             open.rescan = Some(started);
         } else {
             index.install(reopened.trees)?;

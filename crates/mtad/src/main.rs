@@ -76,7 +76,11 @@ fn main() -> ExitCode {
         }
     };
     if cli.check_config {
-        for warning in config.warnings().into_iter().chain(config.open_files_warning()) {
+        for warning in config
+            .warnings()
+            .into_iter()
+            .chain(config.open_files_warning())
+        {
             eprintln!("mtad: warning: {warning}");
         }
         println!("Syntax OK");
