@@ -553,8 +553,17 @@ fn a_stop_that_cannot_save_the_index_exits_75_and_the_next_start_rescans() {
     churn_until_degraded(&work);
     wait_degraded(&work, &mtad);
 
-    // The stop cannot save the index: it stops anyway, and says so.
-    let status = mtad.terminate();
+    // The stop cannot save the index: it stops anyway, and says so, to
+    // the operator who asked and in its exit code.
+    let mut mtad = mtad;
+    let o = init(&work, &["stop"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("could not be saved") && !text(&o).contains("schedules on disk"),
+        "{}",
+        text(&o)
+    );
+    let status = mtad.wait_exit();
     assert_eq!(status.code(), Some(75), "{status:?}");
     assert!(!work.queue().join("clean").exists());
 

@@ -266,6 +266,11 @@ pub struct StopProgress {
     /// memory included, until spilled).
     #[serde(default)]
     pub queued: u64,
+    /// In the stop's last report only: why the queue index could not be
+    /// saved (a full disk). The spool files are kept, and the next start
+    /// rebuilds the index from them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_not_saved: Option<String>,
 }
 
 /// Everything `mta-init status` shows.

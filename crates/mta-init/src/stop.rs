@@ -99,6 +99,13 @@ pub fn run_with(config: &Config, request: &Request, wait: Duration) -> Result<()
         std::fs::remove_file(&pid_file).ok();
     }
     match last_seen {
+        Some(stop) if stop.index_not_saved.is_some() => println!(
+            "mtad stopped in {:.1} s, but its queue index could not be saved ({}): the {} queued messages are kept in their spool files and the next start rebuilds the index from them (a rescan); {} spilled from memory",
+            began.elapsed().as_secs_f64(),
+            stop.index_not_saved.as_deref().unwrap_or_default(),
+            stop.queued,
+            stop.messages_spilled
+        ),
         Some(stop) => println!(
             "mtad stopped in {:.1} s: {} messages queued with their retry schedules on disk, {} spilled from memory",
             began.elapsed().as_secs_f64(),

@@ -341,6 +341,7 @@ pub fn stop_progress(ctx: &Context) -> Option<StopProgress> {
         deliveries_in_flight: ctx.generations.in_flight(),
         messages_spilled: ctx.generations.spilled(),
         queued: ctx.spool.len() as u64 + ctx.queue().in_memory(),
+        index_not_saved: None,
     })
 }
 

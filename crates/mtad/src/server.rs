@@ -471,13 +471,6 @@ async fn stop(
         ctx.generations.in_flight()
     ));
     ctx.generations.shutdown(drain).await;
-    // Nothing is attempted or spilled any more: the stop's figures are
-    // final, for the client that asked for it.
-    if let Some(report) = crate::control::stop_progress(ctx) {
-        ctx.stats
-            .publish_stop_report(report, Duration::from_secs(2))
-            .await;
-    }
     // 4. Schedules are in the index as they change; closing flushes what
     // changed since the last flush and marks the stop clean. An index
     // that cannot be saved (a full disk) leaves no clean marker: the spool
@@ -487,16 +480,25 @@ async fn stop(
     let closed = tokio::task::spawn_blocking(move || spool.close())
         .await
         .context("closing the spool")?;
-    match closed {
+    let not_saved = match closed {
         Ok(()) => {
             info!(elapsed_secs = began.elapsed().as_secs_f64(), "queue saved");
-            Ok(None)
+            None
         }
         Err(e) => {
             error!(error = %e, "the queue index could not be saved; the spool files are kept, and the next start rebuilds the index from them");
-            Ok(Some(e.to_string()))
+            Some(e.to_string())
         }
+    };
+    // Nothing is attempted, spilled or saved any more: the stop's figures
+    // are final, for the client that asked for it.
+    if let Some(mut report) = crate::control::stop_progress(ctx) {
+        report.index_not_saved = not_saved.clone();
+        ctx.stats
+            .publish_stop_report(report, Duration::from_secs(2))
+            .await;
     }
+    Ok(not_saved)
 }
 
 /// A name for this process image: the pid alone does not change across a
