@@ -127,3 +127,34 @@ fn relay_is_refused_outside_relay_networks() {
     c.cmd("RCPT TO:<x@elsewhere.test>", "554 5.7.1");
     c.cmd("RCPT TO:<x@local.test>", "250 2.1.5");
 }
+
+/// A dual-stack listener sees an IPv4 client as `::ffff:a.b.c.d`: the
+/// relay check, the per-client limits and the Received header must judge
+/// it by its IPv4 address, or `relay_networks = ["127.0.0.1/32"]` would
+/// deny the very client it names.
+#[test]
+fn an_ipv4_client_of_a_dual_stack_listener_is_judged_by_its_ipv4_address() {
+    let work = Workdir::new();
+    work.write_config(
+        "",
+        "[smtp]\nlisten = [\"[::ffff:127.0.0.1]:0\"]\nrelay_networks = [\"127.0.0.1/32\"]\n",
+    );
+    let mtad = Mtad::start(&work);
+    let mut c = mtad.connect();
+    assert!(c.banner.head().starts_with("220"), "{:?}", c.banner);
+    c.cmd("EHLO client.test", "250");
+    c.cmd("MAIL FROM:<sender@b.test>", "250");
+    c.cmd("RCPT TO:<x@remote.test>", "250");
+    c.cmd("DATA", "354");
+    c.send(message("mapped").as_bytes());
+    c.cmd(".", "250");
+    c.cmd("QUIT", "221");
+    assert!(mtad.terminate().success());
+    let stored = spool_contents(&work.queue());
+    assert_eq!(stored.len(), 1);
+    let (_, envelope, content) = &stored[0];
+    assert_eq!(envelope.origin.client_ip.to_string(), "127.0.0.1");
+    let text = String::from_utf8_lossy(content);
+    assert!(text.contains("[127.0.0.1]"), "{text}");
+    assert!(!text.contains("::ffff:"), "{text}");
+}

@@ -77,6 +77,10 @@ pub async fn accept_loop(
                 }
             },
         };
+        // A dual-stack listener sees an IPv4 client as ::ffff:a.b.c.d; the
+        // relay check, the per-client limits and the Received header judge
+        // it by its IPv4 address.
+        let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let _ = stream.set_nodelay(true);
         let settings = ctx.settings();
         if ctx.services.injection_blocked() {
