@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::delivery::{event, ip, sinks, Setup, WAIT};
 use crate::http::request;
-use crate::util::{init, status_json, text, wait_until, Workdir};
+use crate::util::{init, list, queue, status_json, text, wait_until};
 
 /// Deferred mail stays put: the next retry is an hour away.
 const SLOW_RETRIES: &str = "[queue]\nretry_base = \"1h\"\npoll_interval = \"100ms\"\n";
@@ -24,25 +24,6 @@ fn two_domains() -> Zone {
         .a("mx.a.test", ip(2))
         .mx("b.test", 10, "mx.b.test")
         .a("mx.b.test", ip(3))
-}
-
-/// `mta-init queue ARGS`, which must succeed; its standard output.
-fn queue(work: &Workdir, args: &[&str]) -> String {
-    let mut all = vec!["queue"];
-    all.extend_from_slice(args);
-    let o = init(work, &all);
-    assert!(o.status.success(), "mta-init {all:?}: {}", text(&o));
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// `mta-init queue list --json ARGS`: one object per message.
-fn list(work: &Workdir, args: &[&str]) -> Vec<Value> {
-    let mut all = vec!["list", "--json"];
-    all.extend_from_slice(args);
-    queue(work, &all)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect()
 }
 
 fn ids(messages: &[Value]) -> Vec<String> {

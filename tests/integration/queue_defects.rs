@@ -12,26 +12,7 @@ use mta_testkit::sink::SinkConfig;
 use serde_json::Value;
 
 use crate::delivery::{example_zone, ip, sinks, Setup, WAIT};
-use crate::util::{init, status_json, text, wait_until, Client, Workdir};
-
-/// `mta-init queue ARGS`, which must succeed; its standard output.
-fn queue(work: &Workdir, args: &[&str]) -> String {
-    let mut all = vec!["queue"];
-    all.extend_from_slice(args);
-    let o = init(work, &all);
-    assert!(o.status.success(), "mta-init {all:?}: {}", text(&o));
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// `mta-init queue list --json ARGS`: one object per message.
-fn list(work: &Workdir, args: &[&str]) -> Vec<Value> {
-    let mut all = vec!["list", "--json"];
-    all.extend_from_slice(args);
-    queue(work, &all)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect()
-}
+use crate::util::{init, list, queue, status_json, text, wait_until, Client, Workdir};
 
 fn ids(messages: &[Value]) -> Vec<String> {
     let mut ids: Vec<String> = messages

@@ -260,6 +260,25 @@ pub fn init(work: &Workdir, args: &[&str]) -> std::process::Output {
         .expect("run mta-init")
 }
 
+/// `mta-init queue ARGS`, which must succeed; its standard output.
+pub fn queue(work: &Workdir, args: &[&str]) -> String {
+    let mut all = vec!["queue"];
+    all.extend_from_slice(args);
+    let o = init(work, &all);
+    assert!(o.status.success(), "mta-init {all:?}: {}", text(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// `mta-init queue list --json ARGS`: one object per message.
+pub fn list(work: &Workdir, args: &[&str]) -> Vec<serde_json::Value> {
+    let mut all = vec!["list", "--json"];
+    all.extend_from_slice(args);
+    queue(work, &all)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
 /// Standard output then standard error, as text.
 pub fn text(o: &std::process::Output) -> String {
     format!(

@@ -562,35 +562,39 @@ pub(crate) fn summary(inner: &Inner, filter: &QueueFilter) -> Result<QueueSummar
         buckets: vec![0; width],
     };
     let mut domains: BTreeMap<String, SummaryRow> = BTreeMap::new();
+    // One message: its age bucket, and the domains it still has
+    // recipients at.
+    let place = |e: &IndexEntry| -> (usize, BTreeSet<String>) {
+        let mine = pending_at(e, None)
+            .into_iter()
+            .filter_map(|i| e.rcpts.get(i))
+            .map(|r| domain_of(r).to_ascii_lowercase())
+            .collect();
+        (bucket(e.arrival), mine)
+    };
+    let mut count = |(b, mine): (usize, BTreeSet<String>)| {
+        total.messages += 1;
+        total.buckets[b] += 1;
+        for domain in mine {
+            let row = domains.entry(domain.clone()).or_insert_with(|| SummaryRow {
+                domain,
+                messages: 0,
+                buckets: vec![0; width],
+            });
+            row.messages += 1;
+            row.buckets[b] += 1;
+        }
+    };
     let mut after = None;
     loop {
         let mut seen = Vec::new();
         let page = inner.spool.list(after, PAGE_SCAN, PAGE_SCAN, |_, e| {
             if f.matches(e) {
-                let b = bucket(e.arrival);
-                let mut mine: BTreeSet<String> = BTreeSet::new();
-                for i in pending_at(e, None) {
-                    if let Some(r) = e.rcpts.get(i) {
-                        mine.insert(domain_of(r).to_ascii_lowercase());
-                    }
-                }
-                seen.push((b, mine));
+                seen.push(place(e));
             }
             false
         })?;
-        for (b, mine) in seen {
-            total.messages += 1;
-            total.buckets[b] += 1;
-            for domain in mine {
-                let row = domains.entry(domain.clone()).or_insert_with(|| SummaryRow {
-                    domain,
-                    messages: 0,
-                    buckets: vec![0; width],
-                });
-                row.messages += 1;
-                row.buckets[b] += 1;
-            }
-        }
+        seen.into_iter().for_each(&mut count);
         match page.next {
             Some(next) => after = Some(next),
             None => break,
@@ -601,23 +605,7 @@ pub(crate) fn summary(inner: &Inner, filter: &QueueFilter) -> Result<QueueSummar
         .steering
         .remembered_in(None, None, usize::MAX, |e| f.matches(e))
     {
-        let b = bucket(e.arrival);
-        total.messages += 1;
-        total.buckets[b] += 1;
-        let mine: BTreeSet<String> = pending_at(&e, None)
-            .into_iter()
-            .filter_map(|i| e.rcpts.get(i))
-            .map(|r| domain_of(r).to_ascii_lowercase())
-            .collect();
-        for domain in mine {
-            let row = domains.entry(domain.clone()).or_insert_with(|| SummaryRow {
-                domain,
-                messages: 0,
-                buckets: vec![0; width],
-            });
-            row.messages += 1;
-            row.buckets[b] += 1;
-        }
+        count(place(&e));
     }
     let mut domains: Vec<SummaryRow> = domains.into_values().collect();
     domains.sort_by(|a, b| b.messages.cmp(&a.messages).then(a.domain.cmp(&b.domain)));
