@@ -59,6 +59,8 @@ fn local(unix: u64) -> Option<Local> {
             tm.tm_min,
             tm.tm_sec
         ),
+        // c_long: 32 bits on 32-bit targets.
+        #[allow(clippy::useless_conversion)]
         offset: i64::from(tm.tm_gmtoff),
         zone,
     })
