@@ -10,6 +10,7 @@ mod http;
 mod init;
 mod init_output;
 mod init_permissions;
+mod init_text;
 mod kill_loop;
 mod lifecycle;
 mod limits;

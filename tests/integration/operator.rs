@@ -211,7 +211,7 @@ fn flush_makes_a_deferred_message_go_now() {
     sinks[0].set_default_rcpt_reply(250, "2.1.5 ok");
     // Without the flush it would wait an hour.
     let out = queue(&s.work, &["flush", &id]);
-    assert!(out.contains("1 of 1 messages flushed"), "{out}");
+    assert!(out.contains("1 of 1 message flushed"), "{out}");
     let got = sinks[0].wait_for_messages_blocking(1, WAIT);
     assert_eq!(got[0].rcpt_to, vec!["one@a.test".to_owned()]);
     wait_until("an empty queue", WAIT, || list(&s.work, &[]).is_empty());
@@ -236,7 +236,7 @@ fn hold_stops_attempts_and_release_resumes_them() {
     wait_event(&s, "deferred", &free, None);
 
     let out = queue(&s.work, &["hold", &held]);
-    assert!(out.contains("1 of 1 messages held"), "{out}");
+    assert!(out.contains("1 of 1 message held"), "{out}");
     let listed = list(&s.work, &["--queue", "held"]);
     assert_eq!(ids(&listed), vec![held.clone()]);
     assert!(listed[0].get("next_attempt").is_none(), "{}", listed[0]);
@@ -271,7 +271,7 @@ fn hold_stops_attempts_and_release_resumes_them() {
     assert_eq!(find(&list(&s.work, &[]), &held)["attempts"], attempts);
 
     let out = queue(&s.work, &["release", &held]);
-    assert!(out.contains("1 of 1 messages released"), "{out}");
+    assert!(out.contains("1 of 1 message released"), "{out}");
     wait_event(&s, "delivered", &held, None);
     wait_until("an empty queue", WAIT, || list(&s.work, &[]).is_empty());
     let events: Vec<String> = s
@@ -303,10 +303,10 @@ fn delete_with_and_without_a_bounce_and_by_domain() {
     wait_event(&s, "deferred", &split, Some("go@b.test"));
 
     let out = queue(&s.work, &["delete", &quiet]);
-    assert!(out.contains("1 of 1 messages deleted"), "{out}");
+    assert!(out.contains("1 of 1 message deleted"), "{out}");
     assert!(out.contains("0 DSNs"), "{out}");
     let out = queue(&s.work, &["delete", "--bounce", &loud]);
-    assert!(out.contains("1 DSNs"), "{out}");
+    assert!(out.contains("1 DSN sent"), "{out}");
     let dsn = s.wait_maildir("local.test", "alice", 1);
     let text = std::fs::read_to_string(&dsn[0]).unwrap();
     assert!(
@@ -318,8 +318,8 @@ fn delete_with_and_without_a_bounce_and_by_domain() {
 
     // By domain: only those recipients go; the message stays for the rest.
     let out = queue(&s.work, &["delete", "--domain", "b.test"]);
-    assert!(out.contains("1 of 1 messages deleted"), "{out}");
-    assert!(out.contains("1 recipients removed"), "{out}");
+    assert!(out.contains("1 of 1 message deleted"), "{out}");
+    assert!(out.contains("1 recipient removed"), "{out}");
     let left = list(&s.work, &[]);
     assert_eq!(ids(&left), vec![split.clone()]);
     let statuses: Vec<&str> = left[0]["recipients"]
@@ -356,7 +356,7 @@ fn a_delete_during_an_attempt_happens_when_the_attempt_ends() {
         sinks[0].commands().iter().any(|(_, line)| line == "DATA")
     });
     let out = queue(&s.work, &["delete", &id]);
-    assert!(out.contains("0 of 1 messages deleted"), "{out}");
+    assert!(out.contains("0 of 1 message deleted"), "{out}");
     assert!(out.contains("1 being delivered now"), "{out}");
     // A hold asked for after the delete waits too, and must not undo it.
     let out = queue(&s.work, &["hold", &id]);
@@ -458,7 +458,7 @@ fn a_paused_domain_keeps_its_mail_until_resumed_even_across_a_restart() {
     assert_eq!(ids(&list(&s.work, &[])), vec![id.clone()]);
 
     let o = init(&s.work, &["resume", "delivery", "--domain", "a.test"]);
-    assert!(text(&o).contains("1 messages due now"), "{}", text(&o));
+    assert!(text(&o).contains("1 message due now"), "{}", text(&o));
     let got = sinks[0].wait_for_messages_blocking(1, WAIT);
     assert_eq!(got[0].rcpt_to, vec!["kept@a.test".to_owned()]);
     wait_until("an empty queue", WAIT, || list(&s.work, &[]).is_empty());

@@ -225,7 +225,7 @@ fn a_corrupt_spool_file_behind_a_clean_index_is_set_aside_once_and_bounced() {
     // Due now (the next retry was an hour away); the flush reads only
     // the index.
     let out = queue(&work, &["flush", &id]);
-    assert!(out.contains("1 of 1 messages flushed"), "{out}");
+    assert!(out.contains("1 of 1 message flushed"), "{out}");
     let aside = work.queue().join("corrupt").join(&id);
     wait_until("the file in corrupt/", WAIT, || aside.exists());
     assert!(!file.exists(), "still in msg/");
@@ -478,11 +478,11 @@ fn volatile_messages_are_counted_listed_steered_and_spilled_truthfully() {
 
         for id in &all[..10] {
             let out = queue(&work, &["hold", id]);
-            assert!(out.contains("1 of 1 messages held"), "{out}");
+            assert!(out.contains("1 of 1 message held"), "{out}");
         }
         for id in &all[10..15] {
             let out = queue(&work, &["delete", id]);
-            assert!(out.contains("1 of 1 messages deleted"), "{out}");
+            assert!(out.contains("1 of 1 message deleted"), "{out}");
         }
         let listed = list(&work, &[]);
         assert_eq!(listed.len(), 45, "{listed:?}");

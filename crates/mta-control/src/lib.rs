@@ -443,14 +443,57 @@ pub struct RunnerRow {
 /// What opening the spool found.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct SpoolOpen {
-    /// The previous stop was clean.
+    /// The previous stop was clean (a clean marker was there). Whether
+    /// the index it saved was still there to trust is `index`.
     pub clean: bool,
+    /// What the last run left: `new` (nothing: a new queue), `clean` or
+    /// `not_clean`. Absent from a daemon older than this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_stop: Option<LastStop>,
+    /// Where the queue index comes from. Absent from a daemon older than
+    /// this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<IndexOrigin>,
     /// Spool files read by a full rescan (0 when the index was trusted).
     pub rescanned: u64,
     /// The rescan of this start, when one was needed; it runs while the
     /// daemon accepts and delivers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rescan: Option<RescanRow>,
+}
+
+/// What the last run left, as the spool found it at start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LastStop {
+    /// Nothing of an earlier run: a new queue directory.
+    New,
+    /// A clean stop.
+    Clean,
+    /// No clean stop: killed, crashed, or the index could not be saved.
+    NotClean,
+}
+
+/// Where the queue index comes from, as the spool found it at start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IndexOrigin {
+    /// The index the last clean stop saved, trusted as it is.
+    Trusted,
+    /// The index of an unclean stop, checked against the spool files.
+    Checked,
+    /// A new, empty index for a new queue.
+    Created,
+    /// None was there: rebuilt from the spool files.
+    Missing,
+    /// Not the one the last clean stop saved: rebuilt from the spool
+    /// files.
+    Replaced,
+    /// Could not be opened, set aside as `index.damaged-*`: rebuilt from
+    /// the spool files.
+    Damaged,
+    /// Could not be opened for want of space: rebuilt once space is back.
+    Unavailable,
 }
 
 /// Progress of the rescan of the spool files.

@@ -7,12 +7,14 @@
 
 #[macro_use]
 mod output;
+mod localtime;
 mod process;
 mod queue;
 mod restart;
 mod start;
 mod status;
 mod stop;
+mod wording;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

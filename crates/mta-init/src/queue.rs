@@ -7,14 +7,18 @@
 
 use std::io::Write;
 use std::process::ExitCode;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Subcommand};
 use mta_config::Config;
 use mta_control::{
-    ActionReport, MessageDetail, MessageRow, QueueAction, QueueFilter, QueueSummary, Request,
-    Response, Selection,
+    ActionReport, MessageDetail, MessageRow, QueueAction, QueueFilter, QueueSummary, RecipientRow,
+    Request, Response, Selection,
 };
+use mta_envelope::{BodyType, Envelope, Notify, Recipient, Ret};
+
+use crate::localtime;
+use crate::wording::{count, humanize};
 
 /// Exit code when the message asked for is not in the queue.
 pub const EXIT_NOT_FOUND: u8 = 3;
@@ -264,8 +268,9 @@ fn list(
     if !json {
         let trailer = writeln!(
             out,
-            "-- {} Kbytes in {messages} messages.",
-            bytes.div_ceil(1024)
+            "-- {} Kbytes in {}.",
+            bytes.div_ceil(1024),
+            count(messages, "message", "messages")
         );
         if let Err(e) = trailer {
             crate::output::failed(&e);
@@ -274,44 +279,62 @@ fn list(
     Ok(ExitCode::SUCCESS)
 }
 
-fn time(unix: u64) -> String {
-    let t = UNIX_EPOCH + Duration::from_secs(unix);
-    let s = humantime::format_rfc3339_seconds(t).to_string();
-    s.replace('T', " ").trim_end_matches('Z').to_owned()
-}
-
 fn write_row(out: &mut impl Write, m: &MessageRow) -> std::io::Result<()> {
-    let sender = if m.sender.is_empty() { "<>" } else { &m.sender };
     writeln!(
         out,
-        "{:<16}  {:<6} {:>9}  {:<20}  {sender}",
+        "{:<16}  {:<6} {:>9}  {:<20}  {}",
         m.id,
         m.queue,
         m.size,
-        time(m.arrival)
+        localtime::short(m.arrival),
+        sender(&m.sender)
     )?;
-    let next = match m.next_attempt {
-        Some(t) => format!("next attempt {}", time(t)),
-        None => "held: no attempt until released".into(),
-    };
-    let memory = if m.in_memory {
-        "; in memory only (volatile: not yet on disk)"
-    } else {
-        ""
-    };
-    writeln!(out, "    {} attempts; {next}{memory}", m.attempts)?;
-    for r in &m.recipients {
-        write!(
-            out,
-            "    {:<40} {:<9} {} attempts",
-            r.address, r.status, r.attempts
-        )?;
-        match &r.last_reply {
-            Some(reply) => writeln!(out, "  ({reply})")?,
-            None => writeln!(out)?,
+    writeln!(
+        out,
+        "    {}; {}{}",
+        count(m.attempts, "attempt", "attempts"),
+        next_attempt(m),
+        if m.in_memory {
+            "; in memory only (volatile: not yet on disk)"
+        } else {
+            ""
         }
+    )?;
+    for r in &m.recipients {
+        write_recipient(out, r)?;
     }
     writeln!(out)
+}
+
+/// The sender as MAIL FROM gave it: `<>` for the null sender.
+fn sender(s: &str) -> &str {
+    if s.is_empty() {
+        "<>"
+    } else {
+        s
+    }
+}
+
+fn next_attempt(m: &MessageRow) -> String {
+    match m.next_attempt {
+        Some(t) => format!("next attempt {}", localtime::short(t)),
+        None => "held: no attempt until released".into(),
+    }
+}
+
+/// One recipient line: address, status, attempts, the last reply.
+fn write_recipient(out: &mut impl Write, r: &RecipientRow) -> std::io::Result<()> {
+    write!(
+        out,
+        "    {:<40} {:<9} {:<11}",
+        r.address,
+        r.status,
+        count(r.attempts, "attempt", "attempts")
+    )?;
+    match &r.last_reply {
+        Some(reply) => writeln!(out, " ({reply})"),
+        None => writeln!(out),
+    }
 }
 
 fn show(config: &Config, id: String, body: bool, json: bool) -> Result<ExitCode, Failure> {
@@ -329,18 +352,91 @@ fn show(config: &Config, id: String, body: bool, json: bool) -> Result<ExitCode,
 
 fn print_detail(d: &MessageDetail) {
     // Written to memory first (it cannot fail there), then printed.
-    let m = &d.message;
     let mut out = Vec::new();
-    let _ = write_row(&mut out, m);
-    let _ = writeln!(out, "ENVELOPE");
-    let _ = writeln!(
+    let _ = write_detail(&mut out, d, SystemTime::now());
+    print!("{}", String::from_utf8_lossy(&out));
+}
+
+/// `queue show` for people, as Postfix's `postcat -q` shows a queue
+/// file: the envelope field by field in SMTP's own words, the recipients
+/// with their DSN parameters, the history, the headers. Times are local.
+fn write_detail(out: &mut impl Write, d: &MessageDetail, now: SystemTime) -> std::io::Result<()> {
+    let m = &d.message;
+    let now = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let label = |name: &str| format!("{:<12}", format!("{name}:"));
+    writeln!(out, "{}{}", label("queue id"), m.id)?;
+    let memory = if m.in_memory {
+        ", in memory only (volatile: not yet on disk)"
+    } else {
+        ""
+    };
+    writeln!(out, "{}{}{memory}", label("queue"), m.queue)?;
+    writeln!(
         out,
-        "{}",
-        serde_json::to_string_pretty(&d.envelope).unwrap_or_default()
-    );
-    let _ = writeln!(out, "\nHISTORY");
+        "{}{}; {}",
+        label("attempts"),
+        m.attempts,
+        next_attempt(m)
+    )?;
+    writeln!(out, "{}{}", label("sender"), sender(&m.sender))?;
+    writeln!(out, "{}{}", label("size"), count(m.size, "byte", "bytes"))?;
+    writeln!(
+        out,
+        "{}{}, {} ago",
+        label("arrival"),
+        localtime::full(m.arrival),
+        humanize(Duration::from_secs(now.saturating_sub(m.arrival)))
+    )?;
+    // The stored envelope, read back as the type mtad wrote it from.
+    let envelope = serde_json::from_value::<Envelope>(d.envelope.clone());
+    if let Ok(e) = &envelope {
+        let o = &e.origin;
+        writeln!(out, "{}{}, HELO {}", label("client"), o.client_ip, o.helo)?;
+        match &o.tls {
+            Some(tls) => writeln!(out, "{}{}, using {tls}", label("protocol"), o.protocol)?,
+            None => writeln!(out, "{}{}", label("protocol"), o.protocol)?,
+        }
+        writeln!(out, "{}{}", label("body type"), body_type(e.body))?;
+        writeln!(
+            out,
+            "{}{}",
+            label("SMTPUTF8"),
+            if e.smtputf8 { "yes" } else { "no" }
+        )?;
+        writeln!(out, "{}{}", label("DSN"), mail_dsn(e))?;
+    }
+
+    writeln!(out, "\nRECIPIENTS")?;
+    for (i, r) in m.recipients.iter().enumerate() {
+        write_recipient(out, r)?;
+        let given = envelope.as_ref().ok().and_then(|e| {
+            // In envelope order; by address should the two ever differ.
+            e.recipients
+                .get(i)
+                .filter(|g| g.address.to_string() == r.address)
+                .or_else(|| {
+                    e.recipients
+                        .iter()
+                        .find(|g| g.address.to_string() == r.address)
+                })
+        });
+        if let Some(params) = given.map(rcpt_dsn).filter(|p| !p.is_empty()) {
+            writeln!(out, "        {params}")?;
+        }
+    }
+    if let Err(e) = &envelope {
+        // A daemon of another version: show what it sent, as it is.
+        writeln!(out, "\nENVELOPE (as stored; not understood here: {e})")?;
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&d.envelope).unwrap_or_default()
+        )?;
+    }
+
+    writeln!(out, "\nHISTORY")?;
     if d.history.is_empty() {
-        let _ = writeln!(out, "    (no attempt yet)");
+        writeln!(out, "    (no attempt yet)")?;
     }
     for h in &d.history {
         let attempt = if h.attempt == 0 {
@@ -353,21 +449,73 @@ fn print_detail(d: &MessageDetail) {
             .as_deref()
             .map(|r| format!(" via {r}"))
             .unwrap_or_default();
-        let _ = writeln!(
+        writeln!(
             out,
             "    {}  {attempt:<10} {:<30} {:<9} {} {}{remote}",
-            time(h.time),
+            localtime::short(h.time),
             h.recipient,
             h.event,
             h.status,
             h.reply
-        );
+        )?;
     }
-    let _ = writeln!(out, "\nHEADERS\n{}", d.headers.trim_end());
+    writeln!(out, "\nHEADERS\n{}", d.headers.trim_end())?;
     if let Some(body) = &d.body {
-        let _ = writeln!(out, "\nBODY\n{body}");
+        writeln!(out, "\nBODY\n{body}")?;
     }
-    print!("{}", String::from_utf8_lossy(&out));
+    Ok(())
+}
+
+/// The BODY parameter's keyword (RFC 6152).
+fn body_type(b: BodyType) -> &'static str {
+    match b {
+        BodyType::SevenBit => "7BIT",
+        BodyType::EightBitMime => "8BITMIME",
+    }
+}
+
+/// RET and ENVID as MAIL FROM gave them (RFC 3461 section 4).
+fn mail_dsn(e: &Envelope) -> String {
+    let mut params = Vec::new();
+    if let Some(ret) = e.ret {
+        params.push(match ret {
+            Ret::Full => "RET=FULL".to_owned(),
+            Ret::Hdrs => "RET=HDRS".to_owned(),
+        });
+    }
+    if let Some(envid) = &e.envid {
+        params.push(format!("ENVID={envid}"));
+    }
+    if params.is_empty() {
+        "no RET or ENVID given".to_owned()
+    } else {
+        params.join(" ")
+    }
+}
+
+/// NOTIFY and ORCPT as RCPT TO gave them (RFC 3461 section 4); empty
+/// when neither was.
+fn rcpt_dsn(r: &Recipient) -> String {
+    let mut params = Vec::new();
+    match r.notify {
+        None => {}
+        Some(Notify::Never) => params.push("NOTIFY=NEVER".to_owned()),
+        Some(Notify::On {
+            success,
+            failure,
+            delay,
+        }) => {
+            let on: Vec<&str> = [(success, "SUCCESS"), (failure, "FAILURE"), (delay, "DELAY")]
+                .into_iter()
+                .filter_map(|(set, name)| set.then_some(name))
+                .collect();
+            params.push(format!("NOTIFY={}", on.join(",")));
+        }
+    }
+    if let Some(orcpt) = &r.orcpt {
+        params.push(format!("ORCPT={orcpt}"));
+    }
+    params.join(" ")
 }
 
 fn summary(
@@ -446,7 +594,11 @@ fn describe(action: QueueAction, r: &ActionReport) -> String {
         QueueAction::Release => "released",
         QueueAction::Delete => "deleted",
     };
-    let mut line = format!("{} of {} messages {verb}", r.done, r.matched);
+    let mut line = format!(
+        "{} of {} {verb}",
+        r.done,
+        count(r.matched, "message", "messages")
+    );
     if r.in_flight > 0 {
         let later = match action {
             QueueAction::Flush => "being delivered now",
@@ -459,8 +611,9 @@ fn describe(action: QueueAction, r: &ActionReport) -> String {
     }
     if action == QueueAction::Delete {
         line.push_str(&format!(
-            "; {} recipients removed, {} DSNs sent",
-            r.recipients_deleted, r.dsns
+            "; {} removed, {} sent",
+            count(r.recipients_deleted, "recipient", "recipients"),
+            count(r.dsns, "DSN", "DSNs")
         ));
     }
     line

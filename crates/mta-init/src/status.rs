@@ -4,10 +4,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use mta_config::Config;
-use mta_control::{DaemonState, Request, Response, ServiceState, Status};
+use mta_control::{
+    DaemonState, IndexOrigin, LastStop, Request, Response, ServiceState, SpoolOpen, Status,
+};
 use serde::Serialize;
 
 use crate::process::{probe, Daemon};
+use crate::wording::{count, humanize};
 
 /// LSB exit codes for status (LSB Core, "Init Script Actions").
 pub const RUNNING: u8 = 0;
@@ -163,9 +166,33 @@ pub fn print_table(status: &Status) {
     );
     println!();
     println!("SERVICES");
-    println!("  {:<10} {:<10} DETAIL", "SERVICE", "STATE");
+    // Each column as wide as its widest entry: `bounce-runner` and
+    // `draining` must not push the columns after them out of line.
+    let name_width = status
+        .services
+        .iter()
+        .map(|s| s.name.len())
+        .chain(["SERVICE".len()])
+        .max()
+        .unwrap_or_default();
+    let state_width = status
+        .services
+        .iter()
+        .map(|s| state_word(s.state).len())
+        .chain(["STATE".len()])
+        .max()
+        .unwrap_or_default();
+    println!(
+        "  {:<name_width$}  {:<state_width$}  DETAIL",
+        "SERVICE", "STATE"
+    );
     for s in &status.services {
-        println!("  {:<10} {:<10} {}", s.name, state_word(s.state), s.detail);
+        println!(
+            "  {:<name_width$}  {:<state_width$}  {}",
+            s.name,
+            state_word(s.state),
+            s.detail
+        );
     }
     println!();
     println!("QUEUE");
@@ -260,8 +287,8 @@ pub fn print_table(status: &Status) {
     }
     if status.delivery_log_dropped > 0 {
         println!(
-            "  delivery log:         {} lines could not be written",
-            status.delivery_log_dropped
+            "  delivery log:         {} could not be written",
+            count(status.delivery_log_dropped, "line", "lines")
         );
     }
     println!("  accepted since start: {}", status.accepted_total);
@@ -279,12 +306,7 @@ pub fn print_table(status: &Status) {
     if status.reloads > 0 {
         println!("  graceful restarts:    {}", status.reloads);
     }
-    let last_stop = if status.spool_open.clean {
-        "clean".to_owned()
-    } else {
-        "not clean".to_owned()
-    };
-    println!("  last stop:            {last_stop}");
+    println!("  last stop:            {}", last_stop(&status.spool_open));
     if let Some(rescan) = &status.spool_open.rescan {
         let percent = if rescan.files_total == 0 {
             100.0
@@ -292,23 +314,44 @@ pub fn print_table(status: &Status) {
             rescan.files_done as f64 * 100.0 / rescan.files_total as f64
         };
         println!(
-            "  rescan:               {} {}/{} spool files ({percent:.0}%), {} messages added, {:.1} s",
+            "  rescan:               {} {}/{} ({percent:.0}%), {} added, {:.1} s",
             if rescan.running { "running," } else { "done," },
             rescan.files_done,
-            rescan.files_total,
-            rescan.messages_added,
+            count(rescan.files_total, "spool file", "spool files"),
+            count(rescan.messages_added, "message", "messages"),
             rescan.elapsed_ms as f64 / 1000.0
         );
     }
 }
 
-fn humanize(d: Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        0 if d.as_millis() > 0 => format!("{:.1}s", d.as_secs_f64()),
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m{}s", s / 60, s % 60),
-        3600..86400 => format!("{}h{}m", s / 3600, s / 60 % 60),
-        _ => format!("{}d{}h", s / 86400, s / 3600 % 24),
-    }
+/// The `last stop` line: how the last run ended and, when the index was
+/// not the one a clean stop saved, what became of it. "clean" alone means
+/// the index (histories, holds, paused domains) is as that stop left it.
+fn last_stop(open: &SpoolOpen) -> String {
+    let stop = match open.last_stop {
+        Some(LastStop::New) => return "none: a new queue".to_owned(),
+        Some(LastStop::Clean) => "clean",
+        Some(LastStop::NotClean) => "not clean",
+        // A daemon older than these fields.
+        None if open.clean => "clean",
+        None => "not clean",
+    };
+    let index = match open.index {
+        None | Some(IndexOrigin::Trusted | IndexOrigin::Created) => return stop.to_owned(),
+        Some(IndexOrigin::Checked) => {
+            return format!("{stop}: the index is checked against the spool files");
+        }
+        Some(IndexOrigin::Missing) => "the index was missing: rebuilt from the spool files",
+        Some(IndexOrigin::Replaced) => {
+            "the index was not the one that stop saved: rebuilt from the spool files"
+        }
+        Some(IndexOrigin::Damaged) => {
+            "the index was damaged (set aside as index.damaged-*): rebuilt from the spool files"
+        }
+        Some(IndexOrigin::Unavailable) => {
+            "the index could not be opened for want of space: rebuilt once space is back"
+        }
+    };
+    let joint = if stop == "clean" { "but" } else { "and" };
+    format!("{stop}, {joint} {index}")
 }

@@ -10,6 +10,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::process::{liveness, probe, Daemon, Liveness, NotPermitted};
+use crate::wording::{count, noun};
 
 /// Stops the daemon and waits until its process is gone.
 pub fn run(config: &Config, wait: Duration) -> Result<()> {
@@ -100,16 +101,22 @@ pub fn run_with(config: &Config, request: &Request, wait: Duration) -> Result<()
     }
     match last_seen {
         Some(stop) if stop.index_not_saved.is_some() => println!(
-            "mtad stopped in {:.1} s, but its queue index could not be saved ({}): the {} queued messages are kept in their spool files and the next start rebuilds the index from them (a rescan); {} spilled from memory",
+            "mtad stopped in {:.1} s, but its queue index could not be saved ({}): the {} queued {} kept in their spool files and the next start rebuilds the index from them (a rescan); {} spilled from memory",
             began.elapsed().as_secs_f64(),
             stop.index_not_saved.as_deref().unwrap_or_default(),
             stop.queued,
+            noun(stop.queued, "message is", "messages are"),
             stop.messages_spilled
         ),
         Some(stop) => println!(
-            "mtad stopped in {:.1} s: {} messages queued with their retry schedules on disk, {} spilled from memory",
+            "mtad stopped in {:.1} s: {} {} on disk, {} spilled from memory",
             began.elapsed().as_secs_f64(),
             stop.queued,
+            noun(
+                stop.queued,
+                "message queued with its retry schedule",
+                "messages queued with their retry schedules"
+            ),
             stop.messages_spilled
         ),
         None => println!("mtad stopped in {:.1} s", began.elapsed().as_secs_f64()),
@@ -121,11 +128,11 @@ pub fn run_with(config: &Config, request: &Request, wait: Duration) -> Result<()
 pub fn report_progress(status: &mta_control::Status) {
     if let Some(stop) = &status.stop {
         println!(
-            "  waiting: {} sessions open ({} in a transaction), {} deliveries in flight, {} messages spilled, {:.1} s elapsed, session deadline {:.0} s",
-            stop.sessions_open,
+            "  waiting: {} open ({} in a transaction), {} in flight, {} spilled, {:.1} s elapsed, session deadline {:.0} s",
+            count(stop.sessions_open, "session", "sessions"),
             stop.sessions_in_transaction,
-            stop.deliveries_in_flight,
-            stop.messages_spilled,
+            count(stop.deliveries_in_flight, "delivery", "deliveries"),
+            count(stop.messages_spilled, "message", "messages"),
             stop.elapsed_ms as f64 / 1000.0,
             stop.deadline_ms as f64 / 1000.0
         );

@@ -106,8 +106,15 @@ pub struct SpoolConfig {
 pub struct OpenReport {
     /// The last stop was clean: a clean marker (of the current format)
     /// was there. (A rescan may still run, when the index was missing,
-    /// damaged or not the one the marker was written for.)
+    /// damaged or not the one the marker was written for: see
+    /// [`index`](Self::index).)
     pub clean: bool,
+    /// What the last run left: nothing (a new queue), a clean stop, or
+    /// an unclean one.
+    pub last_stop: LastStop,
+    /// Whether the index was trusted as the last clean stop saved it, and
+    /// if not, why it is checked or rebuilt from the spool files.
+    pub index: IndexOrigin,
     /// A rescan was started in the background
     /// ([`Spool::rescan_progress`] follows it).
     pub rescan: bool,
@@ -130,6 +137,51 @@ pub struct OpenReport {
     /// with its index failed ([`Spool::index_health`]) and refuses mail
     /// until [`Spool::recover_index`] opens it and rescans.
     pub index_unavailable: bool,
+}
+
+/// What [`Spool::open`] found of the previous run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LastStop {
+    /// Nothing of an earlier run: no clean marker, no index, no spool
+    /// file, nothing left in `tmp/`. A new queue directory.
+    New,
+    /// A clean marker: the last run closed the spool.
+    Clean,
+    /// No clean marker, but an earlier run's index or files: it was
+    /// killed, crashed, lost power, or stopped without saving its index
+    /// (a full disk, or a stop during a rescan).
+    NotClean,
+}
+
+/// Where the index this run starts from comes from.
+///
+/// Only [`Trusted`](Self::Trusted) keeps everything the index alone
+/// holds (message histories, holds, paused domains, back-offs) as the
+/// last stop left it; [`Checked`](Self::Checked) keeps them up to the
+/// last flush before the crash; the others start without them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IndexOrigin {
+    /// The index the last clean stop saved (its token matches the clean
+    /// marker's): trusted as it is, no rescan.
+    Trusted,
+    /// The index of an unclean stop, kept and brought in line with the
+    /// spool files by a rescan.
+    Checked,
+    /// A new queue: a new, empty index, and no spool file to read.
+    Created,
+    /// There was no index, though the queue had been used: rebuilt from
+    /// the spool files.
+    Missing,
+    /// There was an index, but not the one the last clean stop saved
+    /// (emptied, replaced or restored from elsewhere while stopped):
+    /// rebuilt from the spool files.
+    Replaced,
+    /// The index could not be opened; it was set aside as
+    /// `index.damaged-<unix seconds>` and rebuilt from the spool files.
+    Damaged,
+    /// The index could not be opened for want of space: the spool runs
+    /// degraded until [`Spool::recover_index`] opens it and rescans.
+    Unavailable,
 }
 
 /// How far the background rescan has got ([`Spool::rescan_progress`]).
@@ -369,8 +421,33 @@ impl Spool {
             )?),
             None => None,
         };
+        let earlier_run = index_state.existed || removed_tmp > 0 || listed_max.is_some();
+        let last_stop = match (clean, earlier_run) {
+            (true, _) => LastStop::Clean,
+            (false, true) => LastStop::NotClean,
+            (false, false) => LastStop::New,
+        };
+        let index_origin = if index_state.unavailable {
+            IndexOrigin::Unavailable
+        } else if index_state.damaged {
+            IndexOrigin::Damaged
+        } else if trusted.is_some() {
+            IndexOrigin::Trusted
+        } else if !index_state.existed {
+            if last_stop == LastStop::New {
+                IndexOrigin::Created
+            } else {
+                IndexOrigin::Missing
+            }
+        } else if clean {
+            IndexOrigin::Replaced
+        } else {
+            IndexOrigin::Checked
+        };
         let report = OpenReport {
             clean,
+            last_stop,
+            index: index_origin,
             rescan: rescan.is_some(),
             rescanned,
             removed_tmp,
@@ -382,6 +459,8 @@ impl Spool {
         tracing::info!(
             dir = %layout.root.display(),
             clean,
+            last_stop = ?last_stop,
+            index = ?index_origin,
             rescan = report.rescan,
             rescanned,
             removed_tmp,

@@ -1575,3 +1575,66 @@ async fn saved_state_survives_a_restart() {
     );
     spool.close().unwrap();
 }
+
+/// Issue 11, point 8: the report told a new queue from an unclean stop
+/// (both had no marker) no more than it told a trusted index from one
+/// rebuilt after it was deleted (both had a marker).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_tells_new_clean_unclean_and_rebuilt_apart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path());
+    let index_dir = tmp.path().join("queue/index");
+    let open = || {
+        let (spool, report) = Spool::open(cfg.clone()).unwrap();
+        spool.wait_rescan();
+        (spool, (report.last_stop, report.index))
+    };
+
+    let (spool, found) = open();
+    assert_eq!(found, (LastStop::New, IndexOrigin::Created));
+    store_n(&spool, 2).await;
+    drop(spool); // a crash
+
+    let (spool, found) = open();
+    assert_eq!(found, (LastStop::NotClean, IndexOrigin::Checked));
+    assert_eq!(spool.len(), 2);
+    spool.close().unwrap();
+
+    let (spool, found) = open();
+    assert_eq!(found, (LastStop::Clean, IndexOrigin::Trusted));
+    spool.close().unwrap();
+
+    // Deleted while stopped, after a clean stop.
+    fs::remove_dir_all(&index_dir).unwrap();
+    let (spool, found) = open();
+    assert_eq!(found, (LastStop::Clean, IndexOrigin::Missing));
+    assert_eq!(spool.len(), 2, "rebuilt from the spool files");
+    drop(spool);
+
+    // Deleted after a crash.
+    fs::remove_dir_all(&index_dir).unwrap();
+    let (spool, found) = open();
+    assert_eq!(found, (LastStop::NotClean, IndexOrigin::Missing));
+    spool.close().unwrap();
+
+    // Replaced by the index of another clean stop.
+    let other = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(config(other.path())).unwrap();
+    spool.close().unwrap();
+    fs::remove_dir_all(&index_dir).unwrap();
+    fs::rename(other.path().join("queue/index"), &index_dir).unwrap();
+    let (spool, found) = open();
+    assert_eq!(found, (LastStop::Clean, IndexOrigin::Replaced));
+    assert_eq!(spool.len(), 2);
+    spool.close().unwrap();
+
+    // Damaged: sled cannot open it.
+    fs::remove_dir_all(&index_dir).unwrap();
+    fs::create_dir(&index_dir).unwrap();
+    fs::write(index_dir.join("conf"), b"not sled's").unwrap();
+    fs::write(index_dir.join("db"), vec![0xffu8; 4096]).unwrap();
+    let (spool, found) = open();
+    assert_eq!(found.1, IndexOrigin::Damaged, "{found:?}");
+    assert_eq!(spool.len(), 2);
+    spool.close().unwrap();
+}

@@ -395,37 +395,32 @@ pub fn status(ctx: &Context, shutdown: &Shutdown) -> Status {
     } else {
         state(services_state.smtp_state())
     };
+    let queued = count(ctx.spool.len() as u64, "message", "messages");
     let mut services = vec![
         ServiceStatus {
             name: "smtp".into(),
             state: smtp_state,
             detail: format!(
-                "{}; {} sessions open",
+                "{}; {} open",
                 match smtp_state {
                     ServiceState::Up => listen.join(", "),
                     ServiceState::Paused => format!("{} (new mail gets 421)", listen.join(", ")),
                     _ => "not listening".to_owned(),
                 },
-                stats.sessions_open()
+                count(stats.sessions_open(), "session", "sessions")
             ),
         },
         ServiceStatus {
             name: "spool".into(),
             state: state(services_state.spool_state(ctx)),
             detail: match (crate::services::spool_trouble(ctx), in_memory) {
-                (Some(trouble), 0) => format!("{trouble}; {} messages queued", ctx.spool.len()),
-                (Some(trouble), n) => format!(
-                    "{trouble}; {} messages queued, {n} more in memory only",
-                    ctx.spool.len()
-                ),
-                (None, 0) => format!(
-                    "{} messages queued in {}",
-                    ctx.spool.len(),
-                    ctx.spool.dir().display()
-                ),
+                (Some(trouble), 0) => format!("{trouble}; {queued} queued"),
+                (Some(trouble), n) => {
+                    format!("{trouble}; {queued} queued, {n} more in memory only")
+                }
+                (None, 0) => format!("{queued} queued in {}", ctx.spool.dir().display()),
                 (None, n) => format!(
-                    "{} messages queued in {}, {n} more in memory only",
-                    ctx.spool.len(),
+                    "{queued} queued in {}, {n} more in memory only",
                     ctx.spool.dir().display()
                 ),
             },
@@ -458,7 +453,11 @@ pub fn status(ctx: &Context, shutdown: &Shutdown) -> Status {
             } else {
                 state(services_state.runner_state(q))
             },
-            detail: format!("{} of {} attempts in flight", r.in_flight, r.limit),
+            detail: format!(
+                "{} of {} in flight",
+                r.in_flight,
+                count(r.limit, "attempt", "attempts")
+            ),
         });
     }
     let rescan = ctx.spool.rescan_progress().map(|p| RescanRow {
@@ -488,6 +487,8 @@ pub fn status(ctx: &Context, shutdown: &Shutdown) -> Status {
         corrupt_files: ctx.spool.corrupt_set_aside(),
         spool_open: SpoolOpen {
             clean: ctx.spool_report.clean,
+            last_stop: Some(last_stop(ctx.spool_report.last_stop)),
+            index: Some(index_origin(ctx.spool_report.index)),
             rescanned: ctx.spool_report.rescanned as u64,
             rescan,
         },
@@ -512,5 +513,36 @@ pub fn status(ctx: &Context, shutdown: &Shutdown) -> Status {
             .map_or(0, |q| q.messages),
         smtp_refused: stats.smtp_refused(),
         delivery_log_dropped: ctx.generations.delivery_log_dropped(),
+    }
+}
+
+/// `n` and its noun, singular for exactly one ("1 session open").
+fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// The spool's [`mta_spool::LastStop`], as the control protocol says it.
+fn last_stop(l: mta_spool::LastStop) -> mta_control::LastStop {
+    use mta_spool::LastStop as L;
+    match l {
+        L::New => mta_control::LastStop::New,
+        L::Clean => mta_control::LastStop::Clean,
+        L::NotClean => mta_control::LastStop::NotClean,
+    }
+}
+
+/// The spool's [`mta_spool::IndexOrigin`], as the control protocol says
+/// it.
+fn index_origin(i: mta_spool::IndexOrigin) -> mta_control::IndexOrigin {
+    use mta_control::IndexOrigin as C;
+    use mta_spool::IndexOrigin as I;
+    match i {
+        I::Trusted => C::Trusted,
+        I::Checked => C::Checked,
+        I::Created => C::Created,
+        I::Missing => C::Missing,
+        I::Replaced => C::Replaced,
+        I::Damaged => C::Damaged,
+        I::Unavailable => C::Unavailable,
     }
 }

@@ -63,8 +63,13 @@ pub async fn handle(ctx: &Arc<Context>, request: Request) -> Option<Response> {
                 .map(|(was, report): (bool, ActionReport)| Response::Done {
                     message: if was {
                         format!(
-                            "delivery to {domain} resumed; {} messages due now",
-                            report.done
+                            "delivery to {domain} resumed; {} {} due now",
+                            report.done,
+                            if report.done == 1 {
+                                "message"
+                            } else {
+                                "messages"
+                            }
                         )
                     } else {
                         format!("delivery to {domain} was not paused")
