@@ -15,7 +15,8 @@ use crate::delivery::{event, example_zone, free_port, ip, sinks, Setup, SmtpSink
 use crate::util::wait_until;
 
 /// An all-ASCII message.
-const ASCII: &str = "From: alice@local.test\r\nTo: bob@example.test\r\nSubject: plain\r\n\r\nHello.\r\n";
+const ASCII: &str =
+    "From: alice@local.test\r\nTo: bob@example.test\r\nSubject: plain\r\n\r\nHello.\r\n";
 
 /// UTF-8 in the Subject, an ASCII body.
 const UTF8_SUBJECT: &str =
@@ -50,21 +51,20 @@ fn submit(s: &Setup, mail: &str, rcpts: &[&str], content: &str) -> String {
 /// is the first block and whose body holds the others.
 const DSN_READER: &str = r#"
 import email, json, re, sys
-def text(s):
-    return s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-msg = email.message_from_bytes(sys.stdin.buffer.read())
+# UTF-8 header fields (RFC 6532) read as text, not as 8-bit bytes.
+msg = email.message_from_string(sys.stdin.buffer.read().decode("utf-8"))
 blocks = []
 for part in msg.walk():
     if part.get_content_type() not in ("message/delivery-status", "message/global-delivery-status"):
         continue
     for block in part.get_payload():
-        blocks.append({text(k): text(v) for k, v in block.items()})
+        blocks.append({k: str(v) for k, v in block.items()})
         rest = block.get_payload()
         if isinstance(rest, str):
             for chunk in re.split(r"\r?\n\r?\n", rest.strip()):
                 if chunk.strip():
                     fields = email.message_from_string(chunk)
-                    blocks.append({text(k): text(v) for k, v in fields.items()})
+                    blocks.append({k: str(v) for k, v in fields.items()})
 print(json.dumps({
     "content_type": msg.get_content_type(),
     "report_type": msg.get_param("report-type"),
@@ -121,6 +121,7 @@ fn alice_dsn(s: &Setup) -> serde_json::Value {
 
 /// `(Final-Recipient, Action, Status)` of each recipient block.
 fn statuses(dsn: &serde_json::Value) -> Vec<(String, String, String)> {
+    assert_eq!(dsn["content_type"], "multipart/report", "{dsn}");
     dsn["recipients"]
         .as_array()
         .unwrap_or_else(|| panic!("no recipient blocks: {dsn}"))
@@ -169,7 +170,10 @@ fn an_ascii_message_flagged_smtputf8_goes_without_the_flag_to_a_hop_lacking_it()
         got[0].mail_params
     );
     assert!(String::from_utf8_lossy(&got[0].data).contains("Subject: plain"));
-    assert!(s.maildir_messages("local.test", "alice").is_empty(), "a DSN");
+    assert!(
+        s.maildir_messages("local.test", "alice").is_empty(),
+        "a DSN"
+    );
 }
 
 /// A UTF-8 recipient cannot be named to a hop without SMTPUTF8: it fails
@@ -219,10 +223,7 @@ fn a_utf8_sender_fails_5_6_7_for_every_recipient() {
     }
     let (port, sinks) = sinks(&[ip(2)], no_smtputf8);
     let (_, home) = crate::delivery::sinks(&[ip(3)], SinkConfig::default);
-    let routes = format!(
-        "[delivery.routes]\n\"utf8.test\" = \"{}\"\n",
-        home[0].addr
-    );
+    let routes = format!("[delivery.routes]\n\"utf8.test\" = \"{}\"\n", home[0].addr);
     let s = Setup::start(example_zone(), port, &routes);
     let id = submit(
         &s,
@@ -285,7 +286,12 @@ fn a_hop_offering_smtputf8_gets_every_flagged_message_with_the_parameter() {
         submit(&s, mail, &["bob@example.test"], ASCII),
         submit(&s, mail, &["j\u{f6}rg@example.test"], ASCII),
         submit(&s, mail, &["bob@example.test"], UTF8_SUBJECT),
-        submit(&s, "<\u{e5}sa@local.test> SMTPUTF8", &["bob@example.test"], ASCII),
+        submit(
+            &s,
+            "<\u{e5}sa@local.test> SMTPUTF8",
+            &["bob@example.test"],
+            ASCII,
+        ),
     ];
     for id in &ids {
         s.wait_log("delivered", |e| event(e, "delivered", id));
@@ -329,9 +335,7 @@ fn an_8bit_body_fails_5_6_3_at_a_hop_without_8bitmime_and_ascii_goes() {
         &["carol@example.test"],
         EIGHT_BIT_BODY,
     );
-    s.wait_log("the 8-bit message bounced", |e| {
-        event(e, "bounced", &eight)
-    });
+    s.wait_log("the 8-bit message bounced", |e| event(e, "bounced", &eight));
     let dsn = alice_dsn(&s);
     assert_eq!(
         statuses(&dsn),
@@ -448,9 +452,7 @@ fn postfix_smtp_sink_gets_flagged_ascii_mail_and_no_8bit_text_without_8bitmime()
         &["y@seven.test"],
         EIGHT_BIT_BODY,
     );
-    s.wait_log("the 8-bit message bounced", |e| {
-        event(e, "bounced", &eight)
-    });
+    s.wait_log("the 8-bit message bounced", |e| event(e, "bounced", &eight));
     let dsn = alice_dsn(&s);
     assert_eq!(
         statuses(&dsn),
