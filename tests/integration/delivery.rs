@@ -453,7 +453,7 @@ fn relays_to_postfix_smtp_sink() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dumps.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let port = free_port(ip(4));
-    let mut child = SmtpSink::start(smtp_sink, ip(4), port, dumps.path());
+    let mut child = SmtpSink::start(smtp_sink, ip(4), port, dumps.path(), &[]);
     let zone = Zone::new()
         .mx("postfix.test", 10, "sink.postfix.test")
         .a("sink.postfix.test", ip(4));
@@ -476,7 +476,7 @@ fn relays_to_postfix_smtp_sink() {
     child.stop();
 }
 
-fn free_port(ip: Ipv4Addr) -> u16 {
+pub(crate) fn free_port(ip: Ipv4Addr) -> u16 {
     std::net::TcpListener::bind((ip, 0))
         .unwrap()
         .local_addr()
@@ -484,11 +484,21 @@ fn free_port(ip: Ipv4Addr) -> u16 {
         .port()
 }
 
-struct SmtpSink(Child);
+/// Postfix's smtp-sink, killed when dropped.
+pub(crate) struct SmtpSink(Child);
 
 impl SmtpSink {
-    fn start(bin: &Path, ip: Ipv4Addr, port: u16, dumps: &Path) -> SmtpSink {
+    /// Listens on `ip:port` and dumps each message in `dumps`; `flags`
+    /// go first (`-8`: no 8BITMIME).
+    pub(crate) fn start(
+        bin: &Path,
+        ip: Ipv4Addr,
+        port: u16,
+        dumps: &Path,
+        flags: &[&str],
+    ) -> SmtpSink {
         let child = Command::new(bin)
+            .args(flags)
             .args(["-u", "nobody", "-d"])
             .arg(format!("{}/%Y%m%d%H%M%S.", dumps.display()))
             .arg(format!("{ip}:{port}"))

@@ -22,6 +22,7 @@ mod security;
 mod signals;
 mod slow_senders;
 mod smtp;
+mod smtputf8;
 mod smuggling;
 mod storage;
 mod tls;

@@ -112,6 +112,19 @@ pub enum TlsPolicy {
     Required,
 }
 
+/// What becomes of 8-bit text for a next hop that does not offer 8BITMIME.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EightBitPolicy {
+    /// It fails with 5.6.3 and a DSN (RFC 6152 section 3: the client must
+    /// not send it; converting it to 7 bits is the other choice).
+    #[default]
+    Fail,
+    /// It is sent anyway, as sendmail's pass8 and Exim do: for a next hop
+    /// that takes it without saying so.
+    Send,
+}
+
 /// `[delivery.timeouts]`: RFC 5321 section 4.5.3.2.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -246,6 +259,9 @@ pub struct DeliveryConfig {
     /// Fixed routes: recipient domain to `host:port` (a smarthost), used
     /// instead of MX lookup.
     pub routes: BTreeMap<String, String>,
+    /// 8-bit text for a next hop without 8BITMIME: fail (RFC 6152) or
+    /// send anyway.
+    pub eightbit_without_8bitmime: EightBitPolicy,
     /// Protocol timeouts.
     pub timeouts: DeliveryTimeouts,
 }
@@ -268,6 +284,7 @@ impl Default for DeliveryConfig {
             max_messages_per_connection: 100,
             idle_connection_timeout: Duration::from_secs(5),
             routes: BTreeMap::new(),
+            eightbit_without_8bitmime: EightBitPolicy::Fail,
             timeouts: DeliveryTimeouts::default(),
         }
     }

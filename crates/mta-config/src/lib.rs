@@ -22,7 +22,8 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 pub use delivery::{
-    DeliveryConfig, DeliveryTimeouts, QueueConfig, QueueMode, ThrottleRuleConfig, TlsPolicy,
+    DeliveryConfig, DeliveryTimeouts, EightBitPolicy, QueueConfig, QueueMode, ThrottleRuleConfig,
+    TlsPolicy,
 };
 pub use size::ByteSize;
 

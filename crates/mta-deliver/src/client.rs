@@ -264,7 +264,10 @@ impl Client {
             }
             Ok(mut conn) => {
                 reservation.commit();
-                let result = conn.session.send_message(msg).await;
+                let result = conn
+                    .session
+                    .send_message(msg, self.inner.config.eightbit_without_8bitmime)
+                    .await;
                 conn.session.messages += 1;
                 attempt.remote = Some(conn.session.remote.clone());
                 attempt.tls = conn.session.tls.clone();

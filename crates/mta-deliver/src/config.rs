@@ -21,6 +21,19 @@ pub enum TlsPolicy {
     Required,
 }
 
+/// What becomes of 8-bit text (any octet above 127) for a server that
+/// does not offer 8BITMIME.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum EightBitPolicy {
+    /// The recipients fail with 5.6.3 (RFC 6152 section 3: the client
+    /// must not send it; it may convert it to 7 bits or report a failure).
+    #[default]
+    Fail,
+    /// It is sent anyway, without the BODY parameter, as sendmail's pass8
+    /// and Exim do.
+    Send,
+}
+
 /// How long to wait at each step of a session.
 ///
 /// The defaults are the minimums of RFC 5321 section 4.5.3.2; `ehlo` and
@@ -111,6 +124,8 @@ pub struct ClientConfig {
     /// How long a connection waits in the pool for the next message to the
     /// same destination before it is closed with QUIT.
     pub idle_connection_timeout: Duration,
+    /// 8-bit text for a server without 8BITMIME.
+    pub eightbit_without_8bitmime: EightBitPolicy,
 }
 
 impl Default for ClientConfig {
@@ -132,6 +147,7 @@ impl Default for ClientConfig {
             throttle: BTreeMap::new(),
             max_messages_per_connection: 100,
             idle_connection_timeout: Duration::from_secs(2),
+            eightbit_without_8bitmime: EightBitPolicy::Fail,
         }
     }
 }

@@ -21,6 +21,9 @@
 //!   3207), reply reading with timeouts;
 //! - `transaction.rs`: MAIL, RCPT, DATA, pipelined when offered (RFC 2920),
 //!   with SIZE, BODY, SMTPUTF8 and DSN parameters;
+//! - `needs.rs`: which recipients of a message can go to a server that
+//!   lacks SMTPUTF8 or 8BITMIME (5.6.7, 5.6.9, 5.6.3 for those that
+//!   cannot), and whether BODY and SMTPUTF8 are sent;
 //! - `data.rs`: dot-stuffing; `reply.rs`: reply and enhanced status
 //!   parsing (RFC 2034);
 //! - `tls.rs`: the rustls configurations; `pool.rs`: idle connections kept
@@ -42,6 +45,7 @@ mod data;
 mod error;
 mod limits;
 pub mod mx;
+mod needs;
 mod outcome;
 mod pool;
 mod reply;
@@ -51,7 +55,7 @@ mod tls;
 mod transaction;
 
 pub use client::{Client, Destination, OutboundMessage};
-pub use config::{ClientConfig, ThrottleRule, Timeouts, TlsPolicy};
+pub use config::{ClientConfig, EightBitPolicy, ThrottleRule, Timeouts, TlsPolicy};
 pub use error::ClientError;
 pub use mx::{ResolveError, Resolver, ResolverConfig, Target};
 pub use outcome::{Attempt, Outcome, ServerSignal};

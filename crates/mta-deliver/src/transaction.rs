@@ -1,13 +1,16 @@
 //! One mail transaction on an open session: MAIL, RCPT, DATA (RFC 5321
 //! section 3.3), pipelined when the server allows (RFC 2920), with the
 //! SIZE (RFC 1870), BODY (RFC 6152), SMTPUTF8 (RFC 6531) and DSN (RFC
-//! 3461) parameters.
+//! 3461) parameters. Which recipients can go to this server at all, and
+//! with which of BODY and SMTPUTF8, is decided first (`needs.rs`).
 
 use std::fmt::Write as _;
 
-use mta_envelope::{BodyType, Envelope, Notify, Recipient, Ret, ReversePath};
+use mta_envelope::{Envelope, Notify, Recipient, Ret};
 
+use crate::config::EightBitPolicy;
 use crate::data;
+use crate::needs::{self, Fit};
 use crate::reply::Reply;
 use crate::session::{Session, SessionError, Stage};
 use crate::{OutboundMessage, Outcome, ServerSignal};
@@ -36,16 +39,8 @@ pub(crate) fn xtext(s: &str) -> String {
     out
 }
 
-/// True when the transaction needs SMTPUTF8 (RFC 6531 section 3.2): the
-/// envelope asked for it or an address is not ASCII.
-fn needs_smtputf8(envelope: &Envelope, recipients: &[&Recipient]) -> bool {
-    envelope.smtputf8
-        || matches!(&envelope.sender, ReversePath::Mailbox(m) if m.is_utf8())
-        || recipients.iter().any(|r| r.address.is_utf8())
-}
-
 /// `MAIL FROM:<sender> params` CRLF.
-fn mail_command(session: &Session, envelope: &Envelope, size: usize, utf8: bool) -> String {
+fn mail_command(session: &Session, envelope: &Envelope, size: usize, fit: &Fit) -> String {
     let ext = &session.ext;
     let mut line = format!("MAIL FROM:<{}>", envelope.sender);
     if ext.size {
@@ -53,14 +48,10 @@ fn mail_command(session: &Session, envelope: &Envelope, size: usize, utf8: bool)
         // dot-stuffing adds a little, which the estimate may ignore.
         let _ = write!(line, " SIZE={size}");
     }
-    if envelope.body == BodyType::EightBitMime && ext.eightbitmime {
+    if fit.body_8bitmime {
         line.push_str(" BODY=8BITMIME");
     }
-    // Without 8BITMIME advertised the message goes anyway, without the
-    // BODY parameter (which the server would refuse, RFC 1869): Postfix
-    // does the same when it does not down-convert, and nearly every server
-    // takes 8-bit text in practice.
-    if utf8 {
+    if fit.smtputf8 {
         line.push_str(" SMTPUTF8");
     }
     if ext.dsn {
@@ -133,52 +124,70 @@ fn from_reply(remote: &str, reply: &Reply, stage: Stage) -> Outcome {
 
 impl Session {
     /// Sends one message to the recipients `msg.recipients` (indexes that
-    /// exist in the envelope; the caller checks).
-    pub async fn send_message(&mut self, msg: &OutboundMessage<'_>) -> TxResult {
+    /// exist in the envelope; the caller checks). `eightbit` says what
+    /// becomes of 8-bit text when the server lacks 8BITMIME.
+    pub async fn send_message(
+        &mut self,
+        msg: &OutboundMessage<'_>,
+        eightbit: EightBitPolicy,
+    ) -> TxResult {
         let recipients: Vec<&Recipient> = msg
             .recipients
             .iter()
             .map(|&i| &msg.envelope.recipients[i])
             .collect();
-        let all = |outcome: Outcome| TxResult {
+        let result = |states: Vec<Option<Outcome>>, reusable, signal| TxResult {
             outcomes: msg
                 .recipients
                 .iter()
-                .map(|&i| (i, outcome.clone()))
+                .zip(states)
+                .map(|(&i, state)| {
+                    // Every path below fills every state.
+                    let outcome = state.unwrap_or_else(|| {
+                        Outcome::deferred("4.3.0", "internal error: no outcome recorded")
+                    });
+                    (i, outcome)
+                })
                 .collect(),
-            reusable: true,
-            signal: ServerSignal::Silent,
+            reusable,
+            signal,
         };
-        let utf8 = needs_smtputf8(msg.envelope, &recipients);
-        if utf8 && !self.ext.smtputf8 {
-            return all(Outcome::failed(
-                "5.6.7",
-                format!(
-                    "SMTPUTF8 is required, but was not offered by host {}",
-                    self.remote
-                ),
-            ));
-        }
+        // Recipients that cannot go to this server fail before MAIL; the
+        // others go in the transaction.
+        let fit = needs::fit(
+            msg.envelope,
+            &recipients,
+            msg.content,
+            &self.ext,
+            &self.remote,
+            eightbit,
+        );
+        let mut states = fit.refused.clone();
         if let Some(limit) = self.ext.size_limit {
             if msg.content.len() as u64 > limit {
-                return all(Outcome::failed(
+                let outcome = Outcome::failed(
                     "5.3.4",
                     format!(
                         "message size {} exceeds size limit {limit} of server {}",
                         msg.content.len(),
                         self.remote
                     ),
-                ));
+                );
+                for state in states.iter_mut().filter(|s| s.is_none()) {
+                    *state = Some(outcome.clone());
+                }
             }
         }
-        let mut states: Vec<Option<Outcome>> = vec![None; recipients.len()];
+        if states.iter().all(Option::is_some) {
+            return result(states, true, ServerSignal::Silent);
+        }
         // A transaction broken off (lost, timed out) says nothing of the
         // server's will, unless a reply before the break did.
         let mut signal = ServerSignal::Silent;
-        let result = self
-            .transact(msg, &recipients, utf8, &mut states, &mut signal)
+        let outcome = self
+            .transact(msg, &recipients, &fit, &mut states, &mut signal)
             .await;
-        let reusable = match result {
+        let reusable = match outcome {
             Ok(reusable) => reusable,
             Err(e) => {
                 let (status, reason) = e.describe(&self.remote);
@@ -189,38 +198,30 @@ impl Session {
                 false
             }
         };
-        TxResult {
-            outcomes: msg
-                .recipients
-                .iter()
-                .zip(states)
-                .map(|(&i, state)| {
-                    // Every path above fills every state.
-                    let outcome = state.unwrap_or_else(|| {
-                        Outcome::deferred("4.3.0", "internal error: no outcome recorded")
-                    });
-                    (i, outcome)
-                })
-                .collect(),
-            reusable,
-            signal,
-        }
+        result(states, reusable, signal)
     }
 
-    /// The transaction proper. Fills `states` for every recipient with an
-    /// answer, and `signal` as the replies decide it; on Err the caller
-    /// fills the rest. Ok(true) when the session may be reused.
+    /// The transaction proper, for the recipients whose state is still
+    /// None (at least one). Fills their `states` as the server answers,
+    /// and `signal` as the replies decide it; on Err the caller fills the
+    /// rest. Ok(true) when the session may be reused.
     async fn transact(
         &mut self,
         msg: &OutboundMessage<'_>,
         recipients: &[&Recipient],
-        utf8: bool,
+        fit: &Fit,
         states: &mut [Option<Outcome>],
         signal: &mut ServerSignal,
     ) -> Result<bool, SessionError> {
         let t = self.timeouts;
-        let mail = mail_command(self, msg.envelope, msg.content.len(), utf8);
-        let rcpts: Vec<String> = recipients.iter().map(|r| rcpt_command(self, r)).collect();
+        let mail = mail_command(self, msg.envelope, msg.content.len(), fit);
+        // (index into states, command) for each recipient that goes.
+        let rcpts: Vec<(usize, String)> = recipients
+            .iter()
+            .enumerate()
+            .filter(|(n, _)| states[*n].is_none())
+            .map(|(n, r)| (n, rcpt_command(self, r)))
+            .collect();
         let pipelining = self.ext.pipelining;
         tracing::debug!(remote = %self.remote, command = mail.trim_end(), pipelining, "send");
 
@@ -228,7 +229,7 @@ impl Session {
             // RFC 2920 section 3.1: MAIL, every RCPT and DATA in one
             // write; the replies come back in order.
             let mut batch = mail.clone();
-            for rcpt in &rcpts {
+            for (_, rcpt) in &rcpts {
                 batch.push_str(rcpt);
             }
             batch.push_str("DATA\r\n");
@@ -240,7 +241,9 @@ impl Session {
         let mail_reply = self.read_reply(Stage::Mail, t.mail).await?;
         if !mail_reply.is_success() {
             let outcome = from_reply(&self.remote, &mail_reply, Stage::Mail);
-            states.fill(Some(outcome));
+            for state in states.iter_mut().filter(|s| s.is_none()) {
+                *state = Some(outcome.clone());
+            }
             *signal = signal_of(&self.remote, &mail_reply, Stage::Mail);
             if mail_reply.code == 421 {
                 return Ok(false);
@@ -264,7 +267,7 @@ impl Session {
         // Every refusal a 4xx: the attempt ends in 4xx when none is taken.
         let mut transient: Option<ServerSignal> = None;
         let mut refused_for_good = false;
-        for (n, rcpt) in rcpts.iter().enumerate() {
+        for (n, rcpt) in rcpts.iter().map(|(n, r)| (*n, r)) {
             if !pipelining {
                 tracing::debug!(remote = %self.remote, command = rcpt.trim_end(), "send");
                 self.send(rcpt.as_bytes(), Stage::Rcpt, t.rcpt).await?;

@@ -345,27 +345,64 @@ async fn smtputf8_needed_but_not_offered_fails() {
     let client = Client::new(config()).unwrap();
     let dest = destination("dest.test", vec![target("mx1.test", sink.addr)]);
 
-    let mut flagged = envelope(&["a@dest.test"]);
-    flagged.smtputf8 = true;
+    // A UTF-8 address: 5.6.7. UTF-8 in the header section: 5.6.9.
+    let mut utf8_header = envelope(&["a@dest.test"]);
+    utf8_header.smtputf8 = true;
     let non_ascii = envelope(&["j\u{f6}rg@dest.test"]);
-    for env in [&flagged, &non_ascii] {
+    let header = "From: sender@origin.test\r\nSubject: Gr\u{fc}\u{df}e\r\n\r\nHello.\r\n";
+    for (env, content, status) in [
+        (&non_ascii, CONTENT, "5.6.7"),
+        (&utf8_header, header.as_bytes(), "5.6.9"),
+    ] {
         let attempt = client
             .deliver(
                 &dest,
                 OutboundMessage {
                     envelope: env,
                     recipients: &[0],
-                    content: CONTENT,
+                    content,
                 },
             )
             .await;
         let outcome = attempt.outcome(0).unwrap();
         assert!(
-            outcome.is_failed() && outcome.status() == "5.6.7",
+            outcome.is_failed() && outcome.status() == status,
             "{outcome:?}"
         );
     }
     assert!(sink.messages().is_empty());
+    assert!(!sink.commands().iter().any(|(_, c)| c.starts_with("MAIL")));
+}
+
+#[tokio::test]
+async fn a_flagged_ascii_message_goes_without_smtputf8_when_not_offered() {
+    let sink = sink_on(
+        [127, 0, 0, 9],
+        SinkConfig {
+            smtputf8: false,
+            ..SinkConfig::default()
+        },
+    )
+    .await;
+    let client = Client::new(config()).unwrap();
+    let dest = destination("dest.test", vec![target("mx1.test", sink.addr)]);
+    let mut flagged = envelope(&["a@dest.test", "j\u{f6}rg@dest.test"]);
+    flagged.smtputf8 = true;
+    let attempt = client
+        .deliver(
+            &dest,
+            OutboundMessage {
+                envelope: &flagged,
+                recipients: &[0, 1],
+                content: CONTENT,
+            },
+        )
+        .await;
+    assert!(attempt.outcome(0).unwrap().is_delivered(), "{attempt:?}");
+    assert_eq!(attempt.outcome(1).unwrap().status(), "5.6.7", "{attempt:?}");
+    let got = sink.wait_for_messages(1, WAIT).await;
+    assert_eq!(got[0].rcpt_to, ["a@dest.test"]);
+    assert!(!got[0].mail_params.contains("SMTPUTF8"), "{:?}", got[0]);
 }
 
 #[tokio::test]

@@ -559,6 +559,10 @@ fn client_config(config: &Config) -> ClientConfig {
             quit: t.quit,
         },
         tls: policy(d.tls),
+        eightbit_without_8bitmime: match d.eightbit_without_8bitmime {
+            mta_config::EightBitPolicy::Fail => mta_deliver::EightBitPolicy::Fail,
+            mta_config::EightBitPolicy::Send => mta_deliver::EightBitPolicy::Send,
+        },
         tls_per_domain: d
             .tls_policy
             .iter()

@@ -44,6 +44,9 @@ pub struct SinkConfig {
     pub pipelining: bool,
     /// Advertise SMTPUTF8 (RFC 6531).
     pub smtputf8: bool,
+    /// Advertise 8BITMIME (RFC 6152); without it, the BODY parameter is
+    /// refused.
+    pub eightbitmime: bool,
     /// Advertise `SIZE n` and refuse bigger messages; None advertises a
     /// bare `SIZE`.
     pub size_limit: Option<usize>,
@@ -63,6 +66,7 @@ impl Default for SinkConfig {
             tls_names: Vec::new(),
             pipelining: true,
             smtputf8: true,
+            eightbitmime: true,
             size_limit: None,
             dsn: true,
             greeting_delay: Duration::ZERO,
@@ -543,7 +547,9 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                     Some(n) => lines.push(format!("SIZE {n}")),
                     None => lines.push("SIZE".into()),
                 }
-                lines.push("8BITMIME".into());
+                if config.eightbitmime {
+                    lines.push("8BITMIME".into());
+                }
                 if config.smtputf8 {
                     lines.push("SMTPUTF8".into());
                 }
@@ -602,7 +608,8 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                     let mut bad = None;
                     for key in param_keys(&params) {
                         let known = match key.as_str() {
-                            "SIZE" | "BODY" => true,
+                            "SIZE" => true,
+                            "BODY" => config.eightbitmime,
                             "SMTPUTF8" => config.smtputf8,
                             "RET" | "ENVID" => config.dsn,
                             _ => false,
