@@ -239,11 +239,7 @@ fn a_recipient_list_refuses_unknown_local_users() {
     ] {
         c.cmd(&format!("RCPT TO:<{known}>"), "250 2.1.5");
     }
-    for unknown in [
-        "carol@localhost",
-        "bob@example.test",
-        "alice+tag@localhost",
-    ] {
+    for unknown in ["carol@localhost", "bob@example.test", "alice+tag@localhost"] {
         let r = c.cmd(&format!("RCPT TO:<{unknown}>"), "550 5.1.1");
         assert!(r.text().contains(unknown), "{}", r.text());
     }
