@@ -434,7 +434,13 @@ fn piece() -> impl Strategy<Value = Vec<u8>> {
     // A transaction that is likely to get as far as the text.
     let transaction = (
         prop::collection::vec(mail_param(), 0..2),
-        prop::sample::select(vec!["u@local.test", "x@far.test", "postmaster"]),
+        prop::sample::select(vec![
+            "u@local.test",
+            "x@far.test",
+            "postmaster",
+            "\"../x\"@local.test",
+            "v@local.test",
+        ]),
         prop_oneof![data.clone(), bdat.clone(), chunks()],
     )
         .prop_map(|(params, rcpt, text)| {
