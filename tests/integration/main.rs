@@ -17,6 +17,7 @@ mod limits;
 mod operator;
 mod postfix;
 mod queue_defects;
+mod recipients;
 mod restart;
 mod security;
 mod signals;

@@ -12,6 +12,7 @@
 
 mod delivery;
 mod descriptors;
+mod recipients;
 mod size;
 
 use std::net::SocketAddr;
@@ -25,6 +26,7 @@ pub use delivery::{
     DeliveryConfig, DeliveryTimeouts, EightBitPolicy, QueueConfig, QueueMode, ThrottleRuleConfig,
     TlsPolicy,
 };
+pub use recipients::{LocalRecipient, RecipientProblem};
 pub use size::ByteSize;
 
 /// The whole configuration.
@@ -184,8 +186,15 @@ pub struct SmtpConfig {
     pub max_connections: usize,
     /// The SIZE limit in octets (RFC 1870).
     pub max_message_size: ByteSize,
-    /// Recipients per transaction; one more gets `452 4.5.3`.
+    /// Recipients per transaction; one more gets `452 4.5.3`, which is
+    /// not an error (RFC 5321 section 4.5.3.1.10): the client sends the
+    /// rest in another transaction.
     pub max_recipients: usize,
+    /// Recipients over `max_recipients` one transaction may send, each
+    /// answered `452 4.5.3`, before the next one gets `421 4.7.0` and the
+    /// session is closed (as Postfix's `smtpd_recipient_overshoot_limit`,
+    /// counted per transaction as there).
+    pub recipient_overshoot_limit: usize,
     /// Longest command line, CRLF included (RFC 5321 section 4.5.3.1.4).
     pub max_command_line: usize,
     /// Longest text line in DATA, CRLF included (RFC 5321 section 4.5.3.1.6).
@@ -221,6 +230,14 @@ pub struct SmtpConfig {
     pub client_limit_exemptions: Option<Vec<IpNet>>,
     /// Domains whose mail is ours to keep: anyone may send to them.
     pub local_domains: Vec<String>,
+    /// The mailboxes of the local domains, `user` (at every local domain)
+    /// or `user@domain`; a local recipient not listed here or in
+    /// `local_recipients_file` gets `550 5.1.1` at RCPT. Neither set: any
+    /// local part that can name a mailbox is taken.
+    pub local_recipients: Option<Vec<String>>,
+    /// A file of more such mailboxes, one a line (`#` comments), read at
+    /// start and by each graceful restart.
+    pub local_recipients_file: Option<PathBuf>,
     /// Clients that may relay to any domain.
     pub relay_networks: Vec<IpNet>,
 }
@@ -331,6 +348,7 @@ impl Default for SmtpConfig {
             max_connections: 1000,
             max_message_size: ByteSize(25 * 1024 * 1024),
             max_recipients: 100,
+            recipient_overshoot_limit: 1000,
             max_command_line: 512,
             max_line_length: 1000,
             max_errors: 20,
@@ -341,6 +359,8 @@ impl Default for SmtpConfig {
             max_connection_rate_per_client: 600,
             client_limit_exemptions: None,
             local_domains: vec!["localhost".to_owned()],
+            local_recipients: None,
+            local_recipients_file: None,
             relay_networks: vec![
                 "127.0.0.0/8".parse().expect("valid network"),
                 "::1/128".parse().expect("valid network"),
@@ -509,6 +529,11 @@ impl Config {
         }
         if self.smtp.max_session_time.is_zero() {
             problem("smtp.max_session_time", "must be longer than zero".into());
+        }
+        if let Err(found) = self.smtp.local_recipient_list() {
+            for p in found {
+                problem(p.key, p.what);
+            }
         }
         if self.spool.free_space_check_interval.is_zero() {
             problem(
@@ -980,6 +1005,36 @@ mod tests {
                 "{mode:o}: {w:?}"
             );
         }
+    }
+
+    #[test]
+    fn recipient_keys_are_read_and_a_bad_list_is_a_meaning_error() {
+        let c = Config::default();
+        assert_eq!(c.smtp.recipient_overshoot_limit, 1000);
+        assert!(c.smtp.local_recipients.is_none() && c.smtp.local_recipients_file.is_none());
+        let c = parse("[smtp]\nrecipient_overshoot_limit = 0\nlocal_recipients = [\"alice\"]\n")
+            .unwrap();
+        c.check(None).unwrap();
+        assert_eq!(c.smtp.recipient_overshoot_limit, 0);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mta.toml");
+        std::fs::write(
+            &path,
+            "[smtp]\nlocal_recipients = [\"a/b\"]\nlocal_recipients_file = \"/nonexistent\"\n",
+        )
+        .unwrap();
+        let msg = Config::load(Some(&path)).unwrap_err().to_string();
+        let file = path.display().to_string();
+        assert!(
+            msg.contains(&format!("{file}:2:1: smtp.local_recipients: \"a/b\"")),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(&format!(
+                "{file}:3:1: smtp.local_recipients_file: cannot read /nonexistent"
+            )),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -8,13 +8,21 @@
 //!
 //! Invariant: no string held here contains CR, LF or any other control
 //! character; the protocol crate rejects such input before building one.
+//!
+//! [`mailbox_name`] is the one rule for what a local part of a local
+//! domain may name: the SMTP server checks it at RCPT and local delivery
+//! builds the Maildir path with it.
 #![deny(missing_docs)]
+
+mod local_part;
 
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+
+pub use local_part::mailbox_name;
 
 /// A queue id: a monotonic 64-bit number shown as 16 lowercase hex digits.
 ///

@@ -13,13 +13,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use mta_envelope::{Mailbox, ReversePath};
+use mta_envelope::{mailbox_name, Mailbox, ReversePath};
 
 /// Why a local delivery did not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum MaildirError {
-    /// The mailbox name cannot be a directory name (`/`, a leading dot,
-    /// control characters): a permanent failure.
+    /// The local part cannot name a mailbox ([`mailbox_name`]: `/`, a
+    /// leading dot, `..`, control characters...): a permanent failure. The
+    /// SMTP server refuses such recipients at RCPT, so only mail queued
+    /// before that check meets it.
     #[error("mailbox name {0:?} cannot be delivered to a Maildir")]
     BadName(String),
     /// Writing failed (disk full, permissions): a temporary failure.
@@ -69,19 +71,22 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Ma
     }
 }
 
-/// A path component made from an address part, or None when it could
-/// escape its directory.
-fn component(s: &str) -> Option<String> {
-    let s = s.trim_matches('"').to_lowercase();
-    let ok = !s.is_empty()
-        && !s.starts_with('.')
-        && !s.contains(['/', '\\'])
-        && !s.chars().any(char::is_control);
-    ok.then_some(s)
+/// The directory of a local domain (or of the default domain for the bare
+/// `postmaster`), or None when it could escape `root`. Domains come from
+/// RFC 5321 syntax and `smtp.local_domains`, so this only guards.
+fn domain_component(domain: &str) -> Option<String> {
+    let d = domain.to_lowercase();
+    let ok = !d.is_empty()
+        && !d.starts_with('.')
+        && !d.contains(['/', '\\'])
+        && !d.chars().any(char::is_control);
+    ok.then_some(d)
 }
 
 /// The Maildir of a recipient: `<root>/<domain>/<user>/Maildir`; the bare
-/// `postmaster` goes under `default_domain`.
+/// `postmaster` goes under `default_domain`. The user's directory is
+/// [`mailbox_name`], the rule the SMTP server applies at RCPT, so what was
+/// accepted there has a Maildir here.
 pub fn maildir_of(
     root: &Path,
     recipient: &Mailbox,
@@ -93,8 +98,8 @@ pub fn maildir_of(
         &recipient.domain
     };
     let bad = || MaildirError::BadName(recipient.to_string());
-    let domain = component(domain).ok_or_else(bad)?;
-    let user = component(&recipient.local).ok_or_else(bad)?;
+    let domain = domain_component(domain).ok_or_else(bad)?;
+    let user = mailbox_name(&recipient.local).ok_or_else(bad)?;
     Ok(root.join(domain).join(user).join("Maildir"))
 }
 
@@ -286,7 +291,14 @@ mod tests {
     #[test]
     fn names_that_escape_are_refused() {
         let root = Path::new("/nonexistent");
-        for local in ["../etc", ".hidden", "a/b"] {
+        for local in [
+            "../etc",
+            ".hidden",
+            "a/b",
+            "\"../../x\"",
+            "\"..\"",
+            "\"/abs\"",
+        ] {
             assert!(matches!(
                 maildir_of(root, &mailbox(local, "x.test"), "mx"),
                 Err(MaildirError::BadName(_))
@@ -294,5 +306,8 @@ mod tests {
         }
         let pm = maildir_of(root, &mailbox("postmaster", ""), "mx.test").unwrap();
         assert_eq!(pm, root.join("mx.test/postmaster/Maildir"));
+        // Needless quotes name the same mailbox.
+        let quoted = maildir_of(root, &mailbox("\"Alice\"", "x.test"), "mx").unwrap();
+        assert_eq!(quoted, root.join("x.test/alice/Maildir"));
     }
 }

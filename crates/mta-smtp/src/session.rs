@@ -18,6 +18,7 @@ use mta_envelope::{Envelope, Mailbox, Origin, QueueId, Recipient, ReversePath};
 use crate::address::{parse_mailbox, AddressError};
 use crate::command::{Command, CommandError};
 use crate::params::{mail_params, rcpt_params, MailParams};
+use crate::recipients::{check_local, LocalCheck, LocalRecipients};
 use crate::reply::Reply;
 use crate::text::{DataDecoder, LineChecker, TextError};
 
@@ -28,8 +29,12 @@ pub struct SessionConfig {
     pub hostname: String,
     /// The SIZE limit in octets.
     pub max_message_size: usize,
-    /// Recipients per transaction.
+    /// Recipients per transaction; more get `452 4.5.3`, which is not
+    /// counted as an error.
     pub max_recipients: usize,
+    /// Recipients over `max_recipients` one transaction may send before
+    /// the session is closed with `421 4.7.0`.
+    pub recipient_overshoot_limit: usize,
     /// Longest command line, CRLF included.
     pub max_command_line: usize,
     /// Longest text line, CRLF included.
@@ -40,6 +45,9 @@ pub struct SessionConfig {
     pub tls_available: bool,
     /// Domains anyone may send to.
     pub local_domains: Vec<String>,
+    /// The mailboxes of the local domains; None: any local part that can
+    /// name a mailbox.
+    pub local_recipients: Option<LocalRecipients>,
     /// Clients that may send to any domain.
     pub relay_networks: Vec<IpNet>,
 }
@@ -139,6 +147,8 @@ struct Transaction {
     sender: ReversePath,
     params: MailParams,
     recipients: Vec<Recipient>,
+    /// RCPTs refused for being over `max_recipients`.
+    overshoot: usize,
     chunks: Option<Chunks>,
 }
 
@@ -449,6 +459,9 @@ impl Session {
                 self.reply(reply)
             }
             Command::Rcpt { path, params } => {
+                if let Some(step) = self.over_recipient_limit() {
+                    return step;
+                }
                 let reply = self.rcpt(&path, params);
                 self.reply(reply)
             }
@@ -587,18 +600,49 @@ impl Session {
             sender,
             params,
             recipients: Vec::new(),
+            overshoot: 0,
             chunks: None,
         });
         reply
+    }
+
+    /// The answer to a RCPT over `max_recipients`, or None when there is
+    /// room (or no transaction).
+    ///
+    /// RFC 5321 section 4.5.3.1.10: `452 4.5.3` is the expected reply, and
+    /// the client sends the rest in another transaction; so it is not an
+    /// error and never closes the session through `max_errors`, which used
+    /// to lose the transaction of a client pipelining many recipients.
+    /// Past `recipient_overshoot_limit` of them in one transaction (as
+    /// Postfix's `smtpd_recipient_overshoot_limit`, which is reset with the
+    /// transaction too) the client is not listening: `421 4.7.0` and close.
+    fn over_recipient_limit(&mut self) -> Option<Step> {
+        let tx = self.transaction.as_mut()?;
+        if tx.recipients.len() < self.config.max_recipients {
+            return None;
+        }
+        tx.overshoot += 1;
+        if tx.overshoot > self.config.recipient_overshoot_limit {
+            return Some(Step::Close(Reply::new(
+                421,
+                "4.7.0",
+                format!(
+                    "{} Error: too many recipients, closing connection",
+                    self.config.hostname
+                ),
+            )));
+        }
+        Some(Step::Reply(Reply::new(
+            452,
+            "4.5.3",
+            "Error: too many recipients",
+        )))
     }
 
     fn rcpt(&mut self, path: &str, params: Vec<(String, Option<String>)>) -> Reply {
         let Some(tx) = &self.transaction else {
             return need_mail();
         };
-        if tx.recipients.len() >= self.config.max_recipients {
-            return Reply::new(452, "4.5.3", "Error: too many recipients");
-        }
         // RFC 5321 section 4.5.1: postmaster without a domain is always
         // accepted.
         let address = if path.eq_ignore_ascii_case("postmaster") {
@@ -629,6 +673,29 @@ impl Session {
             .any(|n| n.contains(&self.peer));
         if !local && !trusted {
             return Reply::new(554, "5.7.1", format!("<{address}>: Relay access denied"));
+        }
+        // Decided now, not at delivery: a local recipient that cannot be
+        // delivered would otherwise bounce to an unverified sender.
+        if local {
+            match check_local(&address, self.config.local_recipients.as_ref()) {
+                LocalCheck::Known => {}
+                LocalCheck::BadName => {
+                    return Reply::new(
+                        550,
+                        "5.1.3",
+                        format!("<{address}>: Recipient address rejected: not a valid mailbox name"),
+                    )
+                }
+                LocalCheck::Unknown => {
+                    return Reply::new(
+                        550,
+                        "5.1.1",
+                        format!(
+                            "<{address}>: Recipient address rejected: User unknown in local recipient table"
+                        ),
+                    )
+                }
+            }
         }
         let reply = Reply::new(250, "2.1.5", format!("Recipient <{address}> ok"));
         if let Some(tx) = &mut self.transaction {

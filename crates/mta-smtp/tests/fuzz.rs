@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use mta_envelope::{Envelope, QueueId, ReversePath};
-use mta_smtp::{Admission, Reply, Session, SessionConfig, Step, StoreError};
+use mta_smtp::{Admission, LocalRecipients, Reply, Session, SessionConfig, Step, StoreError};
 use mta_testkit::{fuzz, regressions};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseResult;
@@ -45,6 +45,10 @@ struct Setup {
     peer: IpAddr,
     /// Every n-th store fails (0: none).
     fail_every: u64,
+    /// `recipient_overshoot_limit`.
+    overshoot: usize,
+    /// A local recipient list holding only `u` (else none).
+    listed: bool,
 }
 
 fn setup() -> impl Strategy<Value = Setup> {
@@ -55,15 +59,29 @@ fn setup() -> impl Strategy<Value = Setup> {
         prop::bool::weighted(0.9),
         prop::sample::select(vec!["127.0.0.1", "192.0.2.7", "::1", "2001:db8::1"]),
         prop_oneof![Just(0u64), 1..4u64],
+        (
+            prop_oneof![Just(0usize), 1..3usize, Just(1000)],
+            any::<bool>(),
+        ),
     )
         .prop_map(
-            |(max_message_size, max_errors, tls_available, storage_ok, peer, fail_every)| Setup {
+            |(
+                max_message_size,
+                max_errors,
+                tls_available,
+                storage_ok,
+                peer,
+                fail_every,
+                (overshoot, listed),
+            )| Setup {
                 max_message_size,
                 max_errors,
                 tls_available,
                 storage_ok,
                 peer: peer.parse().unwrap(),
                 fail_every,
+                overshoot,
+                listed,
             },
         )
 }
@@ -73,11 +91,17 @@ fn session(s: &Setup) -> Session {
         hostname: "mx.test".into(),
         max_message_size: s.max_message_size,
         max_recipients: 3,
+        recipient_overshoot_limit: s.overshoot,
         max_command_line: 512,
         max_line_length: 1000,
         max_errors: s.max_errors,
         tls_available: s.tls_available,
         local_domains: vec!["local.test".into()],
+        local_recipients: s.listed.then(|| {
+            let mut list = LocalRecipients::new();
+            list.insert("u".into(), None);
+            list
+        }),
         relay_networks: vec!["127.0.0.0/8".parse().unwrap()],
     };
     let admission = Arc::new(Admission::default());
@@ -136,7 +160,22 @@ fn check_message(s: &Setup, envelope: &Envelope, content: &[u8]) -> TestCaseResu
         prop_assert!(!has_control(&m.local) && !has_control(&m.domain), "{:?}", m);
     }
     prop_assert!(!envelope.recipients.is_empty());
+    prop_assert!(envelope.recipients.len() <= 3, "over max_recipients");
     for r in &envelope.recipients {
+        // A local recipient names a mailbox (and a listed one, with a
+        // list): nothing taken can fail at delivery for its name.
+        let a = &r.address;
+        if a.domain.is_empty() || a.domain.eq_ignore_ascii_case("local.test") {
+            let name = mta_envelope::mailbox_name(&a.local);
+            prop_assert!(name.is_some(), "{:?}", a);
+            if s.listed {
+                prop_assert!(
+                    matches!(name.as_deref(), Some("u" | "postmaster")),
+                    "{:?}",
+                    a
+                );
+            }
+        }
         prop_assert!(
             !has_control(&r.address.local) && !has_control(&r.address.domain),
             "{:?}",
@@ -257,6 +296,11 @@ fn address() -> impl Strategy<Value = String> {
             "a b@c.test",
             "a@-b.test",
             "a..b@c.test",
+            "\"../x\"@local.test",
+            "\"u\"@local.test",
+            "a/b@local.test",
+            "PostMaster@local.test",
+            "v@local.test",
         ]),
         "[a-z.\"@\\[\\]:<> ü\\\\-]{0,40}",
     ]
@@ -390,7 +434,13 @@ fn piece() -> impl Strategy<Value = Vec<u8>> {
     // A transaction that is likely to get as far as the text.
     let transaction = (
         prop::collection::vec(mail_param(), 0..2),
-        prop::sample::select(vec!["u@local.test", "x@far.test", "postmaster"]),
+        prop::sample::select(vec![
+            "u@local.test",
+            "x@far.test",
+            "postmaster",
+            "\"../x\"@local.test",
+            "v@local.test",
+        ]),
         prop_oneof![data.clone(), bdat.clone(), chunks()],
     )
         .prop_map(|(params, rcpt, text)| {

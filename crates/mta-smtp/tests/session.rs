@@ -4,18 +4,20 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use mta_envelope::QueueId;
-use mta_smtp::{Admission, Message, Session, SessionConfig, Step, StoreError};
+use mta_smtp::{Admission, LocalRecipients, Message, Session, SessionConfig, Step, StoreError};
 
 fn config() -> SessionConfig {
     SessionConfig {
         hostname: "mx.test".into(),
         max_message_size: 10_000,
         max_recipients: 3,
+        recipient_overshoot_limit: 4,
         max_command_line: 512,
         max_line_length: 1000,
         max_errors: 5,
         tls_available: true,
         local_domains: vec!["local.test".into()],
+        local_recipients: None,
         relay_networks: vec!["127.0.0.0/8".parse().unwrap()],
     }
 }
@@ -130,6 +132,165 @@ fn recipient_limit() {
         b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<a@x.test>\r\nRCPT TO:<b@x.test>\r\nRCPT TO:<c@x.test>\r\nRCPT TO:<d@x.test>\r\n",
     );
     assert_eq!(codes[5], "452 4.5.3");
+}
+
+/// RFC 5321 section 4.5.3.1.10: 452 for too many recipients is what a
+/// client expects, not an error. Counted as one, 20 of them (here 5) closed
+/// the session with "too many errors" and lost the transaction.
+#[test]
+fn recipients_over_the_limit_are_not_errors_and_the_transaction_completes() {
+    let mut d = Driver::local();
+    let mut wire = b"EHLO c\r\nMAIL FROM:<a@b.test>\r\n".to_vec();
+    for i in 0..7 {
+        wire.extend_from_slice(format!("RCPT TO:<r{i}@far.test>\r\n").as_bytes());
+    }
+    wire.extend_from_slice(b"DATA\r\n");
+    wire.extend_from_slice(MSG);
+    wire.extend_from_slice(b"QUIT\r\n");
+    let codes = d.codes(&wire);
+    assert_eq!(
+        codes[2..],
+        [
+            "250 2.1.5",
+            "250 2.1.5",
+            "250 2.1.5",
+            "452 4.5.3",
+            "452 4.5.3",
+            "452 4.5.3",
+            "452 4.5.3",
+            "354 End d",
+            "250 2.0.0",
+            "221 2.0.0"
+        ]
+    );
+    assert_eq!(d.stored[0].envelope.recipients.len(), 3);
+    // Real errors still count (max_errors is 5): after the four 452s, it
+    // takes five of them to close the session.
+    let mut d = Driver::local();
+    let mut wire = b"EHLO c\r\nMAIL FROM:<a@b.test>\r\n".to_vec();
+    for i in 0..7 {
+        wire.extend_from_slice(format!("RCPT TO:<r{i}@far.test>\r\n").as_bytes());
+    }
+    wire.extend_from_slice(b"A\r\nB\r\nC\r\nD\r\nE\r\nNOOP\r\n");
+    let codes = d.codes(&wire);
+    assert_eq!(
+        codes[9..],
+        [
+            "500 5.5.1",
+            "500 5.5.1",
+            "500 5.5.1",
+            "500 5.5.1",
+            "500 5.5.1",
+            "421 4.7.0"
+        ]
+    );
+    assert!(d.closed);
+}
+
+/// Past `recipient_overshoot_limit` recipients over the limit in one
+/// transaction, the session is closed (421 4.7.0), with nothing after it
+/// run; the count starts again with each transaction, as Postfix's does.
+#[test]
+fn recipients_past_the_overshoot_limit_close_the_session() {
+    let rcpts = |n: usize| -> Vec<u8> {
+        (0..n)
+            .flat_map(|i| format!("RCPT TO:<r{i}@far.test>\r\n").into_bytes())
+            .collect()
+    };
+    let mut d = Driver::local();
+    d.send(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\n");
+    // 3 taken, 4 over: all 452, within the limit of 4.
+    let codes = d.codes(&rcpts(7));
+    assert_eq!(codes[3..], ["452 4.5.3"; 4]);
+    // A new transaction counts from zero.
+    let mut wire = b"RSET\r\nMAIL FROM:<a@b.test>\r\n".to_vec();
+    wire.extend(rcpts(7));
+    let codes = d.codes(&wire);
+    assert_eq!(codes[5..], ["452 4.5.3"; 4]);
+    assert!(!d.closed);
+    // The fifth over the limit: 421, closed, DATA never runs.
+    let mut wire = rcpts(1);
+    wire.extend_from_slice(b"DATA\r\n");
+    let replies = d.send(&wire);
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert!(
+        replies[0].starts_with("421 4.7.0") && replies[0].contains("too many recipients"),
+        "{replies:?}"
+    );
+    assert!(d.closed);
+    assert!(d.stored.is_empty());
+}
+
+/// A local part that cannot name a Maildir is refused at RCPT, not bounced
+/// at delivery to a sender nobody verified.
+#[test]
+fn local_parts_that_cannot_name_a_mailbox_get_550_5_1_3() {
+    let mut d = Driver::new(config(), "192.0.2.7");
+    d.send(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\n");
+    for bad in [
+        "\"../../x\"@local.test",
+        "\"..\"@local.test",
+        "\"/abs\"@local.test",
+        "\".x\"@local.test",
+        "a/b@LOCAL.test",
+    ] {
+        let replies = d.send(format!("RCPT TO:<{bad}>\r\n").as_bytes());
+        assert!(replies[0].starts_with("550 5.1.3"), "{bad}: {replies:?}");
+        assert!(replies[0].contains(bad), "{replies:?}");
+    }
+    // Only at local domains: elsewhere the name is the next hop's business
+    // (here relayed for a trusted client).
+    let mut d = Driver::local();
+    let codes = d.codes(
+        b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<\"../x\"@far.test>\r\nRCPT TO:<\"U\"@local.test>\r\n",
+    );
+    assert_eq!(codes[2..], ["250 2.1.5", "250 2.1.5"]);
+}
+
+fn listed() -> SessionConfig {
+    let mut list = LocalRecipients::new();
+    list.insert("alice".into(), None);
+    list.insert("bob".into(), Some("local.test".into()));
+    SessionConfig {
+        local_domains: vec!["local.test".into(), "other.test".into()],
+        local_recipients: Some(list),
+        max_recipients: 100,
+        max_errors: 20,
+        ..config()
+    }
+}
+
+/// With a recipient list, unknown local users get 550 5.1.1 at RCPT;
+/// postmaster is always taken (RFC 5321 section 4.5.1).
+#[test]
+fn a_recipient_list_refuses_unknown_local_users_but_never_postmaster() {
+    let mut d = Driver::new(listed(), "192.0.2.7");
+    d.send(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\n");
+    let rcpt =
+        |d: &mut Driver, a: &str| d.codes(format!("RCPT TO:<{a}>\r\n").as_bytes())[0].clone();
+    for known in [
+        "alice@local.test",
+        "Alice@OTHER.test",
+        "\"alice\"@local.test",
+        "bob@Local.Test",
+        "postmaster",
+        "Postmaster",
+        "postmaster@local.test",
+        "POSTMASTER@other.test",
+    ] {
+        assert_eq!(rcpt(&mut d, known), "250 2.1.5", "{known}");
+    }
+    for unknown in ["carol@local.test", "bob@other.test", "alice+tag@local.test"] {
+        assert_eq!(rcpt(&mut d, unknown), "550 5.1.1", "{unknown}");
+    }
+    // A bad name is a bad name, listed or not.
+    assert_eq!(rcpt(&mut d, "\"../alice\"@local.test"), "550 5.1.3");
+    // Not a local domain: not ours to judge, and here not ours to relay.
+    assert_eq!(rcpt(&mut d, "carol@far.test"), "554 5.7.1");
+    let mut wire = b"DATA\r\n".to_vec();
+    wire.extend_from_slice(MSG);
+    assert_eq!(d.codes(&wire), ["354 End d", "250 2.0.0"]);
+    assert_eq!(d.stored[0].envelope.recipients.len(), 8);
 }
 
 #[test]

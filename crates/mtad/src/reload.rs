@@ -3,7 +3,8 @@
 //! delivery in progress.
 //!
 //! New sessions get the new settings (limits, TLS certificate, local
-//! domains, relay networks, timeouts); sessions already open finish with
+//! domains, the local recipient list with its file read again, relay
+//! networks, timeouts); sessions already open finish with
 //! the ones they started with. New queue runners start with the new
 //! delivery settings (routes, retry schedule, concurrency, TLS policy)
 //! beside the old ones, which finish the attempts they have under way

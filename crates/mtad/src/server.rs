@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use mta_config::Config;
 use mta_queue::Queue;
-use mta_smtp::{Admission, SessionConfig};
+use mta_smtp::{Admission, LocalRecipients, SessionConfig};
 use mta_spool::{OpenReport, Spool, SpoolConfig};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, Semaphore};
@@ -79,7 +79,8 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Builds them from a configuration (reading the TLS files).
+    /// Builds them from a configuration (reading the TLS files and the
+    /// local recipient file).
     pub fn new(config: Arc<Config>) -> Result<Settings> {
         let tls = match (&config.tls.certificate, &config.tls.key) {
             (Some(cert), Some(key)) => {
@@ -87,17 +88,20 @@ impl Settings {
             }
             _ => None,
         };
+        let local_recipients = local_recipients(&config)?;
         Ok(Settings {
             hostname: config.hostname.clone(),
             session_config: Arc::new(SessionConfig {
                 hostname: config.hostname.clone(),
                 max_message_size: config.smtp.max_message_size.bytes() as usize,
                 max_recipients: config.smtp.max_recipients,
+                recipient_overshoot_limit: config.smtp.recipient_overshoot_limit,
                 max_command_line: config.smtp.max_command_line,
                 max_line_length: config.smtp.max_line_length,
                 max_errors: config.smtp.max_errors,
                 tls_available: tls.is_some(),
                 local_domains: config.smtp.local_domains.clone(),
+                local_recipients,
                 relay_networks: config.smtp.relay_networks.clone(),
             }),
             idle_timeout: config.smtp.idle_timeout,
@@ -113,6 +117,24 @@ impl Settings {
             config,
         })
     }
+}
+
+/// The local recipient list of `[smtp] local_recipients` and
+/// `local_recipients_file` (read now: at start, and by each graceful
+/// restart), or None when neither is set.
+fn local_recipients(config: &Config) -> Result<Option<LocalRecipients>> {
+    let entries = config.smtp.local_recipient_list().map_err(|problems| {
+        let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!("the local recipient list:\n{}", lines.join("\n"))
+    })?;
+    Ok(entries.map(|entries| {
+        let mut list = LocalRecipients::new();
+        for entry in entries {
+            list.insert(entry.name, entry.domain);
+        }
+        info!(entries = list.len(), "local recipient list loaded");
+        list
+    }))
 }
 
 /// What every session, the control socket and the HTTP server share.
