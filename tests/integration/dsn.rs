@@ -32,7 +32,9 @@ fn parse_dsn(file: &Path) -> Option<Value> {
                 std::env::var_os("CI").is_none(),
                 "python3 is missing in CI ({e}): tests/install-peers.sh installs it"
             );
-            eprintln!("skipped: python3 is not installed ({e}); tests/install-peers.sh installs it");
+            eprintln!(
+                "skipped: python3 is not installed ({e}); tests/install-peers.sh installs it"
+            );
             return None;
         }
     };
@@ -197,10 +199,7 @@ fn local_delivery_success_notice_says_delivered_and_shows_no_path() {
     assert_eq!(rcpt_field(&dsn, "Action"), "delivered", "{dsn}");
     assert_eq!(rcpt_field(&dsn, "Status"), "2.0.0", "{dsn}");
     assert_eq!(rcpt_field(&dsn, "Remote-MTA"), "", "{dsn}");
-    assert!(
-        !rcpt_field(&dsn, "Diagnostic-Code").contains('/'),
-        "{dsn}"
-    );
+    assert!(!rcpt_field(&dsn, "Diagnostic-Code").contains('/'), "{dsn}");
     assert!(!dsn["text"].as_str().unwrap().contains('/'), "{dsn}");
     // The operator's delivery log keeps where it went.
     let log = s.log();
@@ -276,7 +275,10 @@ fn a_dns_failure_is_not_written_as_an_smtp_reply() {
         diagnostic.is_empty() || diagnostic.starts_with("X-Local; "),
         "{dsn}"
     );
-    assert!(diagnostic.contains("nomail.test"), "the cause is named: {dsn}");
+    assert!(
+        diagnostic.contains("nomail.test"),
+        "the cause is named: {dsn}"
+    );
 }
 
 /// Issue 11, point 4: `[queue] postmaster` defaulted to
@@ -328,7 +330,9 @@ fn dropped_notices_are_counted_in_status_and_metrics() {
     let id = send_with(&s, "", &[("bob@example.test", "")], "lost for good");
     s.wait_log("failed", |e| event(e, "failed", &id));
     let dropped = || status_json(&s.work).1["daemon"]["dsns_dropped"].as_u64();
-    wait_until("one dropped notice in status", WAIT, || dropped() == Some(1));
+    wait_until("one dropped notice in status", WAIT, || {
+        dropped() == Some(1)
+    });
     let o = init(&s.work, &["status"]);
     let shown = text(&o);
     assert!(

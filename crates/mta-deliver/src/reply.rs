@@ -200,7 +200,10 @@ mod tests {
             "joined as Postfix quotes a reply"
         );
         assert_eq!(parse(&["250"]).to_string(), "250");
-        assert_eq!(parse(&["550-", "550 5.1.1 no"]).to_string(), "550- 550 5.1.1 no");
+        assert_eq!(
+            parse(&["550-", "550 5.1.1 no"]).to_string(),
+            "550- 550 5.1.1 no"
+        );
         assert_eq!(
             r.extension_lines().collect::<Vec<_>>(),
             ["PIPELINING", "SIZE 1000"]

@@ -61,7 +61,9 @@ fn failed() -> RecipientReport {
         action: Action::Failed,
         status: "5.1.1".into(),
         remote_mta: Some("mx.gone.test".into()),
-        diagnostic: Some(Diagnostic::Smtp("550 5.1.1 <bob@gone.test>: user unknown".into())),
+        diagnostic: Some(Diagnostic::Smtp(
+            "550 5.1.1 <bob@gone.test>: user unknown".into(),
+        )),
         note: None,
         last_attempt: Some(1_795_320_000),
         will_retry_until: None,
