@@ -378,3 +378,55 @@ fn configtest_refuses_a_postmaster_that_routes_nowhere() {
         }
     }
 }
+
+/// Issue 11, point 3, for notices made from what the queue kept of the
+/// last attempt: a delay notice and the final 4.4.7 failure quote the
+/// server's last reply itself (it was `smtp; host ... said: ...`).
+#[test]
+fn delay_and_expiry_notices_quote_the_last_reply_itself() {
+    let (port, sinks) = sinks(&[ip(2)], SinkConfig::default);
+    sinks[0].set_default_rcpt_reply(451, "4.2.1 mailbox busy");
+    // A delay notice after a second; the lifetime is the default's.
+    let s = Setup::start(
+        example_zone(),
+        port,
+        "[queue]\nretry_base = \"1s\"\npoll_interval = \"100ms\"\ndelay_notice_after = \"1s\"\n",
+    );
+    send_with(&s, "alice@local.test", &[("bob@example.test", "")], "slow");
+    let file = only_file(s.wait_maildir("local.test", "alice", 1));
+    if let Some(dsn) = parse_dsn(&file) {
+        assert_eq!(rcpt_field(&dsn, "Action"), "delayed", "{dsn}");
+        assert_eq!(rcpt_field(&dsn, "Status"), "4.2.1", "{dsn}");
+        assert_eq!(
+            rcpt_field(&dsn, "Diagnostic-Code"),
+            "smtp; 451 4.2.1 mailbox busy"
+        );
+        assert_eq!(rcpt_field(&dsn, "Remote-MTA"), "dns; mx1.example.test");
+        assert!(!rcpt_field(&dsn, "Will-Retry-Until").is_empty(), "{dsn}");
+    }
+    drop(s);
+
+    // Expiry after three seconds.
+    let s = Setup::start(
+        example_zone(),
+        port,
+        "[queue]\nretry_base = \"1s\"\nlifetime = \"3s\"\npoll_interval = \"100ms\"\n",
+    );
+    send_with(&s, "alice@local.test", &[("bob@example.test", "")], "too late");
+    let file = only_file(s.wait_maildir("local.test", "alice", 1));
+    let Some(dsn) = parse_dsn(&file) else { return };
+    assert_eq!(rcpt_field(&dsn, "Action"), "failed", "{dsn}");
+    assert_eq!(rcpt_field(&dsn, "Status"), "4.4.7", "{dsn}");
+    assert_eq!(
+        rcpt_field(&dsn, "Diagnostic-Code"),
+        "smtp; 451 4.2.1 mailbox busy"
+    );
+    assert_eq!(rcpt_field(&dsn, "Remote-MTA"), "dns; mx1.example.test");
+    assert!(
+        dsn["text"]
+            .as_str()
+            .unwrap()
+            .contains("Delivery time expired."),
+        "{dsn}"
+    );
+}
