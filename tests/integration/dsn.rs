@@ -412,7 +412,12 @@ fn delay_and_expiry_notices_quote_the_last_reply_itself() {
         port,
         "[queue]\nretry_base = \"1s\"\nlifetime = \"3s\"\npoll_interval = \"100ms\"\n",
     );
-    send_with(&s, "alice@local.test", &[("bob@example.test", "")], "too late");
+    send_with(
+        &s,
+        "alice@local.test",
+        &[("bob@example.test", "")],
+        "too late",
+    );
     let file = only_file(s.wait_maildir("local.test", "alice", 1));
     let Some(dsn) = parse_dsn(&file) else { return };
     assert_eq!(rcpt_field(&dsn, "Action"), "failed", "{dsn}");

@@ -805,8 +805,10 @@ mod tests {
 
     #[test]
     fn the_default_postmaster_is_the_local_mailbox() {
-        let mut c = Config::default();
-        c.hostname = "mx.test".into();
+        let mut c = Config {
+            hostname: "mx.test".into(),
+            ..Config::default()
+        };
         assert_eq!(c.postmaster(), "postmaster");
         assert_eq!(c.dsn_from(), "postmaster@mx.test");
         c.queue.postmaster = Some("ops@example.org".into());
