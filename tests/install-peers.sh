@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the real SMTP peers the tests and benchmarks use: swaks, and
 # Debian's postfix package (smtp-source, smtp-sink, and Postfix itself for
-# private instances on loopback). Idempotent and quick when all is there.
+# private instances on loopback); and python3, whose email package reads
+# back the DSNs mtad writes (tests/integration/parse_dsn.py). Idempotent
+# and quick when all is there.
 #
 # No system-wide Postfix is configured or started: debconf is preseeded to
 # "No configuration", and the machine's policy-rc.d refuses service starts.
@@ -10,6 +12,7 @@ set -euo pipefail
 missing=()
 command -v swaks >/dev/null 2>&1 || missing+=(swaks libnet-ssleay-perl libio-socket-ssl-perl)
 [ -x /usr/sbin/smtp-sink ] || missing+=(postfix)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi

@@ -576,9 +576,15 @@ fn delay_notice_is_sent_once_after_the_configured_age() {
     assert_eq!(s.maildir_messages("local.test", "alice").len(), 1);
 }
 
+/// To a next hop without DSN the success notice is ours, and says
+/// `relayed` (RFC 3461 section 5.2.2; to a next hop with DSN there is none
+/// from us: tests/integration/dsn.rs).
 #[test]
-fn notify_success_reports_delivery_and_never_reports_nothing() {
-    let (port, sinks) = sinks(&[ip(2)], SinkConfig::default);
+fn notify_success_reports_relaying_and_never_reports_nothing() {
+    let (port, sinks) = sinks(&[ip(2)], || SinkConfig {
+        dsn: false,
+        ..SinkConfig::default()
+    });
     sinks[0].set_rcpt_reply("gone@", 550, "5.1.1 gone");
     let zone = example_zone();
     let s = Setup::start(zone, port, "");
@@ -594,7 +600,7 @@ fn notify_success_reports_delivery_and_never_reports_nothing() {
     wait_until("the message to be done", WAIT, || status_queued(&s) == 0);
     let files = s.wait_maildir("local.test", "alice", 1);
     let text = std::fs::read_to_string(&files[0]).unwrap();
-    assert!(text.contains("Action: delivered"), "{text}");
+    assert!(text.contains("Action: relayed"), "{text}");
     assert!(
         text.contains("Final-Recipient: rfc822; bob@example.test"),
         "{text}"

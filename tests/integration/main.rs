@@ -4,6 +4,7 @@
 mod util;
 
 mod delivery;
+mod dsn;
 mod durability;
 mod full_disk;
 mod http;

@@ -50,8 +50,11 @@ pub struct QueueConfig {
     /// this long; unset, none are sent.
     #[serde(with = "humantime_serde")]
     pub delay_notice_after: Option<Duration>,
-    /// Where DSNs that cannot be returned go, and the From of our DSNs.
-    /// Default: `postmaster@<hostname>`.
+    /// Where DSNs that cannot be returned go (reports on failed `<>`
+    /// mail), and the From of our DSNs when it has a domain. Default: the
+    /// local `postmaster` mailbox (delivered as `RCPT TO:<postmaster>`
+    /// is), DSNs from `postmaster@<hostname>`. An address that routes
+    /// nowhere is a configuration error.
     pub postmaster: Option<String>,
 }
 

@@ -577,6 +577,11 @@ impl Config {
                 problem("smtp.local_domains", format!("{domain:?} is not a domain"));
             }
         }
+        if let Some(address) = &self.queue.postmaster {
+            if let Err(why) = self.postmaster_route(address) {
+                problem("queue.postmaster", why);
+            }
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -635,13 +640,80 @@ impl Config {
             .unwrap_or_else(|| self.queue_dir.join("delivery.log"))
     }
 
-    /// The postmaster address: where DSNs that cannot be returned go, and
-    /// the From of the DSNs we make.
+    /// Where DSNs that cannot be returned go (reports on failed `<>`
+    /// mail): `queue.postmaster`, or by default the bare local
+    /// `postmaster` mailbox, which every SMTP server must have (RFC 5321
+    /// section 4.5.1) and which is delivered like `RCPT TO:<postmaster>`:
+    /// to `<maildir root>/<hostname>/postmaster/Maildir`.
     pub fn postmaster(&self) -> String {
         self.queue
             .postmaster
             .clone()
-            .unwrap_or_else(|| format!("postmaster@{}", self.hostname))
+            .unwrap_or_else(|| "postmaster".to_owned())
+    }
+
+    /// The address our DSNs come from (their `From:`): `queue.postmaster`
+    /// when it has a domain, else `postmaster@<hostname>`.
+    pub fn dsn_from(&self) -> String {
+        match &self.queue.postmaster {
+            Some(address) if address.contains('@') => address.clone(),
+            _ => format!("postmaster@{}", self.hostname),
+        }
+    }
+
+    /// Whether a configured postmaster can be delivered: the bare
+    /// `postmaster`, an address of a local domain or of a routed one, or
+    /// any other domain (delivered by MX). Err says why not: it is not an
+    /// address, or its domain routes nowhere (this host's own name when it
+    /// is not a local domain: the MX lookup would bring it back here;
+    /// `localhost` or `.invalid` names that are not local). Reports on
+    /// failed `<>` mail sent there would be lost.
+    fn postmaster_route(&self, address: &str) -> Result<(), String> {
+        if address.eq_ignore_ascii_case("postmaster") {
+            return Ok(());
+        }
+        let well_formed = |part: &str| {
+            !part.is_empty()
+                && !part
+                    .chars()
+                    .any(|c| c.is_control() || c.is_whitespace() || "<>,;\"()[]\\".contains(c))
+        };
+        let Some((local, domain)) = address.rsplit_once('@') else {
+            return Err(format!(
+                "{address:?} is not an address (local-part@domain, or the bare postmaster)"
+            ));
+        };
+        if !well_formed(local) || !well_formed(domain) || domain.contains('@') {
+            return Err(format!(
+                "{address:?} is not an address (local-part@domain, or the bare postmaster)"
+            ));
+        }
+        let routed = self
+            .delivery
+            .routes
+            .keys()
+            .any(|d| d.eq_ignore_ascii_case(domain));
+        if self.is_local_domain(domain) || routed {
+            return Ok(());
+        }
+        let lower = domain.to_ascii_lowercase();
+        let nowhere = if lower == self.hostname.to_ascii_lowercase() {
+            Some("is this host's name but not in smtp.local_domains: the MX lookup would send the mail back here")
+        } else if lower == "localhost" || lower.ends_with(".localhost") {
+            Some("is a loopback name not in smtp.local_domains")
+        } else if lower == "invalid" || lower.ends_with(".invalid") {
+            Some("cannot exist (RFC 2606)")
+        } else {
+            None
+        };
+        match nowhere {
+            Some(why) => Err(format!(
+                "{address}: {domain} {why}, so reports on failed mail from <> would be lost; \
+                 add {domain} to smtp.local_domains, or leave queue.postmaster unset for the \
+                 local postmaster mailbox"
+            )),
+            None => Ok(()),
+        }
     }
 
     /// The daemon's output file when started by `mta-init`.
@@ -713,6 +785,61 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("mta.toml"))
+    }
+
+    #[test]
+    fn the_postmaster_must_route_somewhere() {
+        let with = |postmaster: &str, extra: &str| {
+            let text =
+                format!("hostname = \"mx.test\"\n[queue]\npostmaster = {postmaster:?}\n{extra}");
+            parse(&text).unwrap().check(None)
+        };
+        for ok in [
+            "postmaster",
+            "Postmaster",
+            "postmaster@localhost",
+            "ops@example.org",
+        ] {
+            with(ok, "").unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        with(
+            "postmaster@mx.test",
+            "[smtp]\nlocal_domains = [\"mx.test\"]\n",
+        )
+        .unwrap();
+        with(
+            "pm@mx.test",
+            "[delivery.routes]\n\"mx.test\" = \"127.0.0.1:2526\"\n",
+        )
+        .unwrap();
+        for bad in [
+            "postmaster@mx.test",
+            "postmaster@MX.test",
+            "pm@box.localhost",
+            "pm@nowhere.invalid",
+            "not an address",
+            "@mx.test",
+            "pm@",
+            "<pm@example.org>",
+        ] {
+            let e = with(bad, "").expect_err(bad).to_string();
+            assert!(e.contains("queue.postmaster"), "{bad}: {e}");
+        }
+        let e = with("postmaster@mx.test", "").unwrap_err().to_string();
+        assert!(e.contains("smtp.local_domains"), "{e}");
+    }
+
+    #[test]
+    fn the_default_postmaster_is_the_local_mailbox() {
+        let mut c = Config {
+            hostname: "mx.test".into(),
+            ..Config::default()
+        };
+        assert_eq!(c.postmaster(), "postmaster");
+        assert_eq!(c.dsn_from(), "postmaster@mx.test");
+        c.queue.postmaster = Some("ops@example.org".into());
+        assert_eq!(c.postmaster(), "ops@example.org");
+        assert_eq!(c.dsn_from(), "ops@example.org");
     }
 
     #[test]

@@ -339,6 +339,10 @@ pub struct Status {
     /// start.
     #[serde(default)]
     pub delivery_log_dropped: u64,
+    /// DSNs dropped since start: reports on failed mail from `<>` whose
+    /// copy to the postmaster failed too (each also an ERROR line).
+    #[serde(default)]
+    pub dsns_dropped: u64,
 }
 
 /// SMTP connections turned away, and sessions closed at a deadline, since

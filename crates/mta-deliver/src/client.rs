@@ -14,7 +14,8 @@ use crate::session::{remote_name, Session, SessionError, TlsStep};
 use crate::throttle::{normalize, Reservation};
 use crate::tls::TlsConfigs;
 use crate::{
-    Attempt, ClientConfig, ClientError, Outcome, ServerSignal, Target, Throttles, TlsPolicy,
+    Attempt, ClientConfig, ClientError, Outcome, ServerReply, ServerSignal, Target, Throttles,
+    TlsPolicy,
 };
 
 /// Where one message goes: the hosts to try in order, and the key that
@@ -49,11 +50,13 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
-/// Why no connection: the status and reason every recipient gets, and what
-/// the servers said on the way.
+/// Why no connection: the status and reason every recipient gets, the
+/// server reply that refused the session (a 5xx or 4xx greeting or EHLO)
+/// if that was the last failure, and what the servers said on the way.
 struct NoConnection {
     status: String,
     reason: String,
+    reply: Option<ServerReply>,
     signal: ServerSignal,
 }
 
@@ -62,7 +65,18 @@ impl NoConnection {
         NoConnection {
             status: status.to_owned(),
             reason,
+            reply: None,
             signal: ServerSignal::Silent,
+        }
+    }
+
+    /// Every recipient's outcome: deferred, another server or a later
+    /// attempt may do better.
+    fn outcome(self) -> Outcome {
+        Outcome::Deferred {
+            status: self.status,
+            reason: self.reason,
+            reply: self.reply,
         }
     }
 }
@@ -257,10 +271,8 @@ impl Client {
                 tracing::debug!(key = %dest.key, status = %failure.status, reason = %failure.reason, "no connection");
                 // No transaction: the messages counted are taken back.
                 drop(reservation);
-                (
-                    every(Outcome::deferred(failure.status, failure.reason)),
-                    failure.signal,
-                )
+                let signal = failure.signal.clone();
+                (every(failure.outcome()), signal)
             }
             Ok(mut conn) => {
                 reservation.commit();
@@ -378,7 +390,7 @@ impl Client {
         if let Some(reason) = throttles.backed_off(&dest.key, SystemTime::now()) {
             return Err(NoConnection::local("4.4.5", reason));
         }
-        let mut last: Option<(String, String)> = None;
+        let mut last: Option<(String, String, Option<ServerReply>)> = None;
         let mut signal = ServerSignal::Silent;
         for target in &dest.targets {
             let host = normalize(&target.host);
@@ -386,7 +398,7 @@ impl Client {
                 Ok(held) => held,
                 Err(reason) => {
                     tracing::debug!(key = %dest.key, %reason, "target skipped");
-                    last = Some(("4.4.5".to_owned(), reason));
+                    last = Some(("4.4.5".to_owned(), reason, None));
                     continue;
                 }
             };
@@ -425,7 +437,14 @@ impl Client {
                     if seen.weight() > signal.weight() {
                         signal = seen;
                     }
-                    last = Some((status, reason));
+                    let reply = match &e {
+                        SessionError::Rejected { reply, .. } => Some(ServerReply {
+                            remote: remote.clone(),
+                            text: reply.to_string(),
+                        }),
+                        _ => None,
+                    };
+                    last = Some((status, reason, reply));
                     let retry = matches!(
                         e,
                         SessionError::Tls {
@@ -442,15 +461,17 @@ impl Client {
                 }
             }
         }
-        let (status, reason) = last.unwrap_or_else(|| {
+        let (status, reason, reply) = last.unwrap_or_else(|| {
             (
                 "4.4.4".to_owned(),
                 format!("no address to try for {}", dest.key),
+                None,
             )
         });
         Err(NoConnection {
             status,
             reason,
+            reply,
             signal,
         })
     }

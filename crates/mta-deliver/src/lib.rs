@@ -4,8 +4,10 @@
 //! recipient indexes for this transaction, the stored content) to one
 //! [`Destination`] (a key, the recipient domain, and the [`Target`] hosts
 //! to try in order) and returns an [`Attempt`]: one [`Outcome`] per
-//! recipient — Delivered, Deferred or Failed, with an enhanced status code
-//! and a reason in Postfix's words. It is configured by a [`ClientConfig`]:
+//! recipient — Delivered (saying whether the next hop took over the DSN
+//! duty: [`Delivery`]), Deferred or Failed, with an enhanced status code,
+//! a reason in Postfix's words and the server's own reply
+//! ([`ServerReply`]) when one decided it. It is configured by a [`ClientConfig`]:
 //! the EHLO name, the [`Timeouts`] of RFC 5321 section 4.5.3.2, the
 //! [`TlsPolicy`] (none, opportunistic per RFC 7435, or required and
 //! verified) by domain, the connection limits, and the throttles: rules
@@ -58,5 +60,5 @@ pub use client::{Client, Destination, OutboundMessage};
 pub use config::{ClientConfig, EightBitPolicy, ThrottleRule, Timeouts, TlsPolicy};
 pub use error::ClientError;
 pub use mx::{ResolveError, Resolver, ResolverConfig, Target};
-pub use outcome::{Attempt, Outcome, ServerSignal};
+pub use outcome::{Attempt, Delivery, Outcome, ServerReply, ServerSignal};
 pub use throttle::{Backoff, RateWindow, ThrottleSnapshot, Throttles};

@@ -136,14 +136,25 @@ impl Reply {
 }
 
 impl fmt::Display for Reply {
-    /// `550 5.1.1 no such user`, lines joined by spaces, as it goes in a
-    /// reason or a DSN's diagnostic code.
+    /// The reply on one line, as it goes in a reason or after a DSN's
+    /// `Diagnostic-Code: smtp;`: `550 5.1.1 no such user`; the lines of a
+    /// multi-line reply joined by spaces, each with its code and
+    /// separator, as Postfix quotes them: `550-5.1.1 first 550 5.1.1 last`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.code)?;
-        for line in &self.lines {
-            if !line.is_empty() {
-                write!(f, " {line}")?;
+        let last = self.lines.len().saturating_sub(1);
+        for (i, line) in self.lines.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
             }
+            let separator = if i == last { ' ' } else { '-' };
+            if line.is_empty() && i == last {
+                write!(f, "{}", self.code)?;
+            } else {
+                write!(f, "{}{separator}{line}", self.code)?;
+            }
+        }
+        if self.lines.is_empty() {
+            write!(f, "{}", self.code)?;
         }
         Ok(())
     }
@@ -183,6 +194,16 @@ mod tests {
     fn multi_line_reply() {
         let r = parse(&["250-mx.test hello", "250-PIPELINING", "250 SIZE 1000"]);
         assert_eq!(r.code, 250);
+        assert_eq!(
+            r.to_string(),
+            "250-mx.test hello 250-PIPELINING 250 SIZE 1000",
+            "joined as Postfix quotes a reply"
+        );
+        assert_eq!(parse(&["250"]).to_string(), "250");
+        assert_eq!(
+            parse(&["550-", "550 5.1.1 no"]).to_string(),
+            "550- 550 5.1.1 no"
+        );
         assert_eq!(
             r.extension_lines().collect::<Vec<_>>(),
             ["PIPELINING", "SIZE 1000"]

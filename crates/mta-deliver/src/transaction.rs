@@ -13,7 +13,7 @@ use crate::data;
 use crate::needs::{self, Fit};
 use crate::reply::Reply;
 use crate::session::{Session, SessionError, Stage};
-use crate::{OutboundMessage, Outcome, ServerSignal};
+use crate::{Delivery, OutboundMessage, Outcome, ServerSignal};
 
 /// The result of one transaction.
 pub(crate) struct TxResult {
@@ -114,12 +114,7 @@ fn signal_of(remote: &str, reply: &Reply, stage: Stage) -> ServerSignal {
 
 /// The outcome a non-2xx reply gives: 4xx defers, 5xx fails.
 fn from_reply(remote: &str, reply: &Reply, stage: Stage) -> Outcome {
-    let reason = reply_reason(remote, reply, stage);
-    if reply.is_transient() {
-        Outcome::deferred(reply.status(), reason)
-    } else {
-        Outcome::failed(reply.status(), reason)
-    }
+    Outcome::of_reply(reply, remote, reply_reason(remote, reply, stage))
 }
 
 impl Session {
@@ -340,6 +335,13 @@ impl Session {
             *signal = ServerSignal::Answered;
             Outcome::Delivered {
                 reply: end.to_string(),
+                // RFC 3461 section 5.2: NOTIFY went with each RCPT (and the
+                // next hop reports) exactly when the server offered DSN.
+                delivery: if self.ext.dsn {
+                    Delivery::RelayedWithDsn
+                } else {
+                    Delivery::Relayed
+                },
             }
         } else {
             *signal = signal_of(&self.remote, &end, Stage::EndOfData);

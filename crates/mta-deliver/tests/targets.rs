@@ -108,7 +108,7 @@ async fn every_target_down_defers_with_the_last_error() {
     assert_eq!(attempt.remote, None);
     for (_, outcome) in &attempt.outcomes {
         match outcome {
-            Outcome::Deferred { status, reason } => {
+            Outcome::Deferred { status, reason, .. } => {
                 assert_eq!(status, "4.4.1");
                 assert!(reason.contains("down2.test[127.0.0.27]"), "{reason}");
                 assert!(reason.to_lowercase().contains("refused"), "{reason}");
@@ -137,12 +137,20 @@ async fn a_5xx_greeting_everywhere_defers_with_class_4() {
         )
         .await;
     match attempt.outcome(0).unwrap() {
-        Outcome::Deferred { status, reason } => {
+        Outcome::Deferred {
+            status,
+            reason,
+            reply,
+        } => {
             assert_eq!(status, "4.7.1");
             assert!(
                 reason.contains("refused to talk to me: 554 5.7.1"),
                 "{reason}"
             );
+            // The server's own words, for a DSN's Diagnostic-Code.
+            let reply = reply.as_ref().expect("the greeting is kept");
+            assert_eq!(reply.text, "554 5.7.1 no service for you");
+            assert_eq!(reply.host(), "mx.test");
         }
         other => panic!("{other:?}"),
     }

@@ -156,7 +156,7 @@ async fn required_tls_without_starttls_defers_and_tries_the_next_host() {
         )
         .await;
     match attempt.outcome(0).unwrap() {
-        Outcome::Deferred { status, reason } => {
+        Outcome::Deferred { status, reason, .. } => {
             assert_eq!(status, "4.7.5");
             assert!(reason.contains("STARTTLS"), "{reason}");
             assert!(reason.contains("plain.test[127.0.0.44]"), "{reason}");
@@ -208,7 +208,7 @@ async fn required_tls_with_an_untrusted_certificate_defers_without_plaintext() {
         )
         .await;
     match attempt.outcome(0).unwrap() {
-        Outcome::Deferred { status, reason } => {
+        Outcome::Deferred { status, reason, .. } => {
             assert_eq!(status, "4.7.5");
             assert!(reason.contains("TLS handshake"), "{reason}");
         }
@@ -237,7 +237,7 @@ async fn required_tls_without_a_ca_file_defers_without_connecting() {
         )
         .await;
     match attempt.outcome(0).unwrap() {
-        Outcome::Deferred { status, reason } => {
+        Outcome::Deferred { status, reason, .. } => {
             assert_eq!(status, "4.7.5");
             assert!(reason.contains("ca_file"), "{reason}");
         }

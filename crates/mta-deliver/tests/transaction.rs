@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use mta_deliver::{Client, OutboundMessage, Outcome};
+use mta_deliver::{Client, Delivery, OutboundMessage, Outcome};
 use mta_envelope::{BodyType, Notify, Ret};
 use mta_testkit::sink::SinkConfig;
 
@@ -30,8 +30,8 @@ async fn a_message_is_delivered() {
     let (index, outcome) = &attempt.outcomes[0];
     assert_eq!(*index, 0);
     assert!(
-        matches!(outcome, Outcome::Delivered { reply } if reply.starts_with("250 2.0.0")),
-        "{outcome:?}"
+        matches!(outcome, Outcome::Delivered { reply, delivery: Delivery::RelayedWithDsn } if reply.starts_with("250 2.0.0")),
+        "the sink offers DSN, so it reports from now on: {outcome:?}"
     );
     assert_eq!(
         attempt.remote.as_deref(),
@@ -73,20 +73,72 @@ async fn each_recipient_gets_its_own_outcome() {
         .await;
     assert!(attempt.outcome(0).unwrap().is_delivered(), "{attempt:?}");
     match attempt.outcome(1).unwrap() {
-        Outcome::Failed { status, reason } => {
+        Outcome::Failed {
+            status,
+            reason,
+            reply,
+        } => {
             assert_eq!(status, "5.1.1");
             assert!(reason.contains("550 5.1.1 no such user"), "{reason}");
             assert!(reason.contains("in reply to RCPT TO command"), "{reason}");
             assert!(reason.contains("mx1.test[127.0.0.3]"), "{reason}");
+            // The DSN quotes the reply alone, and the host apart.
+            let reply = reply.as_ref().expect("the server's reply is kept");
+            assert_eq!(reply.text, "550 5.1.1 no such user");
+            assert_eq!(reply.host(), "mx1.test");
         }
         other => panic!("{other:?}"),
     }
     match attempt.outcome(2).unwrap() {
-        Outcome::Deferred { status, .. } => assert_eq!(status, "4.3.0"),
+        Outcome::Deferred { status, reply, .. } => {
+            assert_eq!(status, "4.3.0");
+            assert_eq!(
+                reply.as_ref().map(|r| r.text.as_str()),
+                Some("451 4.3.0 try again later")
+            );
+        }
         other => panic!("{other:?}"),
     }
     let got = sink.wait_for_messages(1, WAIT).await;
     assert_eq!(got[0].rcpt_to, ["ok@dest.test"]);
+}
+
+/// RFC 3461 section 5.2.2: to a server without DSN nothing of NOTIFY goes
+/// along, and the outcome says the success notice is still ours.
+#[tokio::test]
+async fn a_server_without_dsn_leaves_the_success_notice_to_us() {
+    let sink = sink_on(
+        [127, 0, 0, 3],
+        SinkConfig {
+            dsn: false,
+            ..SinkConfig::default()
+        },
+    )
+    .await;
+    let client = Client::new(config()).unwrap();
+    let env = envelope(&["ok@dest.test"]);
+    let dest = destination("dest.test", vec![target("mx1.test", sink.addr)]);
+    let attempt = client
+        .deliver(
+            &dest,
+            OutboundMessage {
+                envelope: &env,
+                recipients: &[0],
+                content: CONTENT,
+            },
+        )
+        .await;
+    assert!(
+        matches!(
+            attempt.outcome(0),
+            Some(Outcome::Delivered {
+                delivery: Delivery::Relayed,
+                ..
+            })
+        ),
+        "{attempt:?}"
+    );
+    assert!(!attempt.dsn);
 }
 
 #[tokio::test]
@@ -197,7 +249,7 @@ async fn end_of_data_4xx_defers_and_5xx_fails() {
     let attempt = client.deliver(&dest, msg).await;
     for (_, outcome) in &attempt.outcomes {
         match outcome {
-            Outcome::Deferred { status, reason } => {
+            Outcome::Deferred { status, reason, .. } => {
                 assert_eq!(status, "4.3.0");
                 assert!(
                     reason.contains("in reply to end of DATA command"),
@@ -322,7 +374,7 @@ async fn a_message_over_the_size_limit_fails_without_being_sent() {
         .await;
     for (_, outcome) in &attempt.outcomes {
         match outcome {
-            Outcome::Failed { status, reason } => {
+            Outcome::Failed { status, reason, .. } => {
                 assert_eq!(status, "5.3.4");
                 assert!(reason.contains("size limit 20"), "{reason}");
             }
@@ -560,7 +612,7 @@ async fn a_slow_end_of_data_reply_defers() {
     .await
     .expect("bounded by the data_end timeout");
     match attempt.outcome(0).unwrap() {
-        Outcome::Deferred { status, reason } => {
+        Outcome::Deferred { status, reason, .. } => {
             assert_eq!(status, "4.4.2");
             assert!(reason.contains("timed out"), "{reason}");
             assert!(reason.contains("may be sent more than once"), "{reason}");

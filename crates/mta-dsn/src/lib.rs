@@ -10,8 +10,9 @@
 //!   section 4.1). A message from the null sender `<>` never gets a DSN
 //!   (RFC 5321 section 4.5.5), so no bounce can loop.
 //! - [`RecipientReport`] holds one recipient's outcome: its status code, the
-//!   remote MTA and its reply, the dates of the last attempt and of the end
-//!   of retrying.
+//!   remote MTA, the [`Diagnostic`] (the remote server's reply, or our own
+//!   words when no server replied), the dates of the last attempt and of
+//!   the end of retrying.
 //! - [`DsnInput`] gathers everything about the original message and the
 //!   reports; [`build`] turns it into the whole DSN message, ready to be
 //!   spooled and sent to the original sender with `MAIL FROM:<>`.
@@ -103,6 +104,32 @@ impl fmt::Display for Action {
     }
 }
 
+/// Why a recipient's report says what it says: the `Diagnostic-Code`
+/// field (RFC 3464 section 2.3.6).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Diagnostic {
+    /// A remote SMTP server's reply, as sent (a multi-line one joined as
+    /// Postfix joins it): `Diagnostic-Code: smtp; 550 5.1.1 ...`. The
+    /// server goes in [`RecipientReport::remote_mta`].
+    Smtp(String),
+    /// What this MTA found, where no server replied: a DNS answer, a
+    /// connection that failed, a local mailbox. Written `Diagnostic-Code:
+    /// X-Local; ...` (RFC 3464 section 2.4: an extension type starts with
+    /// "X-"; Postfix writes `X-Postfix;`). Never a file path: the sender
+    /// reads it.
+    Local(String),
+}
+
+impl Diagnostic {
+    /// The `Diagnostic-Code` value: the type, `; `, the text.
+    pub fn field_value(&self) -> String {
+        match self {
+            Diagnostic::Smtp(reply) => format!("smtp; {reply}"),
+            Diagnostic::Local(text) => format!("X-Local; {text}"),
+        }
+    }
+}
+
 /// One recipient's report: the per-recipient fields of RFC 3464 section
 /// 2.3.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,8 +146,12 @@ pub struct RecipientReport {
     pub status: String,
     /// The host name of the remote MTA, written `Remote-MTA: dns; <host>`.
     pub remote_mta: Option<String>,
-    /// The remote server's reply, written `Diagnostic-Code: smtp; <text>`.
-    pub diagnostic: Option<String>,
+    /// The server's reply or our own cause, written `Diagnostic-Code:`;
+    /// None leaves the field out (the status says it all).
+    pub diagnostic: Option<Diagnostic>,
+    /// A sentence for the human-readable part only, before the diagnostic
+    /// (e.g. `Delivery time expired.`).
+    pub note: Option<String>,
     /// When delivery was last tried, in seconds since the Unix epoch
     /// (`Last-Attempt-Date:`).
     pub last_attempt: Option<u64>,
@@ -350,9 +381,18 @@ fn explanation(input: &DsnInput, utf8: bool) -> String {
             }
             // fold() adds a space after the indent it is given.
             fold(&mut out, " ", &summary, "   ", utf8);
-            if let Some(diagnostic) = &report.diagnostic {
-                let said = format!("It said: {diagnostic}");
-                fold(&mut out, "   ", &said, "   ", utf8);
+            if let Some(note) = &report.note {
+                fold(&mut out, "   ", note, "   ", utf8);
+            }
+            match &report.diagnostic {
+                Some(Diagnostic::Smtp(reply)) => {
+                    let said = format!("The server said: {reply}");
+                    fold(&mut out, "   ", &said, "   ", utf8);
+                }
+                Some(Diagnostic::Local(text)) => {
+                    fold(&mut out, "   ", text, "   ", utf8);
+                }
+                None => {}
             }
             if let Some(until) = report.will_retry_until {
                 fold(
@@ -410,7 +450,7 @@ fn delivery_status(input: &DsnInput, utf8: bool) -> String {
             put(&mut out, "Remote-MTA", &format!("dns; {host}"));
         }
         if let Some(diagnostic) = &report.diagnostic {
-            put(&mut out, "Diagnostic-Code", &format!("smtp; {diagnostic}"));
+            put(&mut out, "Diagnostic-Code", &diagnostic.field_value());
         }
         if let Some(when) = report.last_attempt {
             put(&mut out, "Last-Attempt-Date", &rfc5322_date(when));

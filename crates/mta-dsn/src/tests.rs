@@ -61,7 +61,10 @@ fn failed() -> RecipientReport {
         action: Action::Failed,
         status: "5.1.1".into(),
         remote_mta: Some("mx.gone.test".into()),
-        diagnostic: Some("550 5.1.1 <bob@gone.test>: user unknown".into()),
+        diagnostic: Some(Diagnostic::Smtp(
+            "550 5.1.1 <bob@gone.test>: user unknown".into(),
+        )),
+        note: None,
         last_attempt: Some(1_795_320_000),
         will_retry_until: None,
     }
@@ -74,7 +77,8 @@ fn delayed() -> RecipientReport {
         action: Action::Delayed,
         status: "4.4.7".into(),
         remote_mta: Some("mx.slow.test".into()),
-        diagnostic: Some("421 4.7.0 try again later".into()),
+        diagnostic: Some(Diagnostic::Smtp("421 4.7.0 try again later".into())),
+        note: None,
         last_attempt: Some(1_795_320_100),
         will_retry_until: Some(1_795_751_280),
     }
@@ -87,7 +91,8 @@ fn delivered() -> RecipientReport {
         action: Action::Delivered,
         status: "2.0.0".into(),
         remote_mta: Some("mx.fine.test".into()),
-        diagnostic: Some("250 2.0.0 queued as 1234".into()),
+        diagnostic: Some(Diagnostic::Smtp("250 2.0.0 queued as 1234".into())),
+        note: None,
         last_attempt: Some(1_795_320_200),
         will_retry_until: None,
     }
@@ -406,10 +411,10 @@ fn wants_dsn_honours_notify_and_the_null_sender() {
 #[test]
 fn crlf_in_a_diagnostic_never_starts_a_line() {
     let mut report = failed();
-    report.diagnostic = Some(
+    report.diagnostic = Some(Diagnostic::Smtp(
         "550 no\r\nX-Injected: yes\r\n\r\nBcc: victim@evil.test\nSubject: spoofed\rX-Bare: cr"
             .into(),
-    );
+    ));
     report.remote_mta = Some("mx.evil.test\r\nX-Host-Injected: yes".into());
     let dsn = build_checked(&envelope(None), &content(), &[report]);
     for line in dsn.split(|&b| b == b'\n') {
@@ -456,7 +461,7 @@ fn long_diagnostics_are_folded_under_998_octets() {
 
     for (diagnostic, utf8) in [(&words, false), (&word, false), (&utf8_word, true)] {
         let mut report = failed();
-        report.diagnostic = Some(diagnostic.clone());
+        report.diagnostic = Some(Diagnostic::Smtp(diagnostic.clone()));
         let mut env = envelope(None);
         env.smtputf8 = utf8;
         let dsn = build_checked(&env, &content(), &[report]);
@@ -493,7 +498,9 @@ fn fold_keeps_short_lines_and_round_trips() {
 #[test]
 fn non_ascii_reply_is_kept_out_of_an_ascii_report() {
     let mut report = failed();
-    report.diagnostic = Some("550 Benutzer unbekannt \u{2013} gr\u{fc}\u{df}e".into());
+    report.diagnostic = Some(Diagnostic::Smtp(
+        "550 Benutzer unbekannt \u{2013} gr\u{fc}\u{df}e".into(),
+    ));
     let dsn = build_checked(&envelope(None), &content(), &[report]);
     assert!(dsn.is_ascii());
     let message = parse(&dsn);
@@ -513,7 +520,7 @@ fn smtputf8_original_uses_the_global_types() {
     let mut report = failed();
     report.recipient = mailbox("\u{7528}\u{6237}@gone.test");
     report.orcpt = Some("utf-8;\u{7528}\u{6237}@gone.test".into());
-    report.diagnostic = Some("553 5.6.7 \u{dc}nicode".into());
+    report.diagnostic = Some(Diagnostic::Smtp("553 5.6.7 \u{dc}nicode".into()));
     let dsn = build_checked(&env, original.as_bytes(), &[report]);
     let message = parse(&dsn);
 
@@ -580,7 +587,7 @@ fn boundary_changes_when_the_content_holds_it() {
 
     // A diagnostic is checked too: it lands in two of the parts.
     let mut report = failed();
-    report.diagnostic = Some(format!("550 --{seeded}"));
+    report.diagnostic = Some(Diagnostic::Smtp(format!("550 --{seeded}")));
     let dsn = build_checked(&envelope(None), &content(), &[report]);
     let message = parse(&dsn);
     let boundary = message
@@ -601,4 +608,48 @@ fn header_section_stops_at_the_blank_line() {
     assert_eq!(header_section(b"A: 1\r\n"), b"A: 1\r\n");
     assert_eq!(header_section(b"\r\nbody only\r\n"), b"");
     assert_eq!(header_section(b""), b"");
+}
+
+/// Issue 11, point 3: what no server said is not written as an SMTP reply
+/// (`X-Local;`), a report may leave the field out, and a note reaches the
+/// human-readable part only.
+#[test]
+fn local_causes_are_x_local_and_a_diagnostic_may_be_left_out() {
+    let mut dns = failed();
+    dns.recipient = mailbox("bob@nomail.test");
+    dns.status = "5.1.10".into();
+    dns.remote_mta = None;
+    dns.diagnostic = Some(Diagnostic::Local(
+        "nomail.test: domain does not accept mail (null MX)".into(),
+    ));
+    let mut expired = delayed();
+    expired.action = Action::Failed;
+    expired.will_retry_until = None;
+    expired.note = Some("Delivery time expired.".into());
+    let mut local = delivered();
+    local.remote_mta = None;
+    local.diagnostic = None;
+    let dsn = build_checked(&envelope(None), &content(), &[dns, expired, local]);
+    let message = parse(&dsn);
+    let parts = parts(&message);
+    let groups = status_groups(parts[1].contents());
+    assert_eq!(
+        get(&groups[1], "Diagnostic-Code"),
+        Some("X-Local; nomail.test: domain does not accept mail (null MX)")
+    );
+    assert_eq!(get(&groups[1], "Remote-MTA"), None);
+    assert_eq!(
+        get(&groups[2], "Diagnostic-Code"),
+        Some("smtp; 421 4.7.0 try again later")
+    );
+    assert_eq!(get(&groups[3], "Diagnostic-Code"), None);
+    assert_eq!(get(&groups[3], "Action"), Some("delivered"));
+    let text = parts[0].text_contents().unwrap();
+    assert!(text.contains("Delivery time expired."), "{text}");
+    assert!(
+        text.contains("The server said: 421 4.7.0 try again later"),
+        "{text}"
+    );
+    assert!(text.contains("domain does not accept mail"), "{text}");
+    assert!(!groups[2].iter().any(|(_, v)| v.contains("expired")));
 }

@@ -285,6 +285,12 @@ pub fn print_table(status: &Status) {
             b.cause
         );
     }
+    if status.dsns_dropped > 0 {
+        println!(
+            "  notices dropped:      {} (reports on failed mail from <> that the postmaster did not get either; see the daemon log)",
+            status.dsns_dropped
+        );
+    }
     if status.delivery_log_dropped > 0 {
         println!(
             "  delivery log:         {} could not be written",

@@ -1,10 +1,11 @@
 //! Recording what an attempt achieved: per-recipient state, the next
 //! attempt or expiry, DSNs, and the delivery log.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use mta_deliver::Outcome;
-use mta_dsn::{Action, DsnInput, RecipientReport};
+use mta_deliver::{Delivery, Outcome};
+use mta_dsn::{Action, Diagnostic, DsnInput, RecipientReport};
 use mta_envelope::QueueId;
 use mta_envelope::{Envelope, Mailbox, Recipient, ReversePath};
 use mta_spool::{HistoryRecord, QueueName, RecipientError, RecipientState};
@@ -38,28 +39,40 @@ pub(crate) async fn apply(
 
     for r in &results {
         let recipient = &job.envelope.recipients[r.index];
+        // The server whose reply decided it (a refused greeting has no
+        // transaction's remote), else the one the attempt talked to.
+        let remote = r
+            .outcome
+            .server_reply()
+            .map(|said| said.remote.clone())
+            .or_else(|| r.remote.clone());
         let (event, status, reply) = match &r.outcome {
-            Outcome::Delivered { reply } => {
+            Outcome::Delivered { reply, .. } => {
                 delivered += 1;
                 entry.recipients[r.index] = RecipientState::Delivered;
                 entry.last_errors.remove(&r.index);
                 (Event::Delivered, "2.0.0", reply.as_str())
             }
-            Outcome::Failed { status, reason } => {
+            Outcome::Failed { status, reason, .. } => {
                 failed += 1;
                 failed_now.push(r.index);
                 entry.recipients[r.index] = RecipientState::Failed;
                 entry.last_errors.remove(&r.index);
                 (Event::Failed, status.as_str(), reason.as_str())
             }
-            Outcome::Deferred { status, reason } => {
+            Outcome::Deferred {
+                status,
+                reason,
+                reply,
+            } => {
                 deferred += 1;
                 entry.last_errors.insert(
                     r.index,
                     RecipientError {
                         status: status.clone(),
                         reason: reason.clone(),
-                        remote: r.remote.clone(),
+                        remote: remote.clone(),
+                        reply: reply.as_ref().map(|said| said.text.clone()),
                     },
                 );
                 (Event::Deferred, status.as_str(), reason.as_str())
@@ -69,7 +82,7 @@ pub(crate) async fn apply(
         record.recipient = Some(recipient.address.to_string());
         record.attempt = Some(attempt);
         record.status = Some(status);
-        record.remote = r.remote.as_deref();
+        record.remote = remote.as_deref();
         record.reply = Some(reply);
         record.tls = r.tls.as_deref();
         inner.log.write(&record);
@@ -80,22 +93,37 @@ pub(crate) async fn apply(
             event: event.as_str().to_owned(),
             status: status.to_owned(),
             reply: reply.to_owned(),
-            remote: r.remote.clone(),
+            remote: remote.clone(),
         });
 
-        let action = match event {
-            Event::Delivered => Action::Delivered,
-            Event::Failed => Action::Failed,
-            _ => continue,
+        // What a DSN says of it (RFC 3464 section 2.3). The reply of a
+        // local delivery says where the file went: never shown to the
+        // sender.
+        let (action, diagnostic) = match &r.outcome {
+            Outcome::Delivered { delivery, reply } => match delivery {
+                Delivery::Mailbox => (Action::Delivered, None),
+                Delivery::Relayed => (Action::Relayed, Some(Diagnostic::Smtp(reply.clone()))),
+                // RFC 3461 section 5.2.1: the next hop has the NOTIFY
+                // request and reports; a notice from us would be a second
+                // one, and "delivered" would not be true.
+                Delivery::RelayedWithDsn => continue,
+            },
+            Outcome::Failed { reason, reply, .. } => (
+                Action::Failed,
+                Some(diagnostic_of(
+                    reason,
+                    reply.as_ref().map(|said| said.text.as_str()),
+                )),
+            ),
+            Outcome::Deferred { .. } => continue,
         };
         let report = report(
             recipient,
             action,
             status,
-            r.remote.as_deref(),
-            reply,
+            remote.as_deref(),
+            diagnostic,
             now,
-            None,
         );
         if action == Action::Failed {
             failures.push(report.clone());
@@ -144,16 +172,21 @@ pub(crate) async fn apply(
                         reply: reason.clone(),
                         remote: None,
                     });
-                    // RFC 3463 X.4.7: delivery time expired.
-                    let report = report(
-                        recipient,
-                        Action::Failed,
-                        "4.4.7",
-                        remote,
-                        &reason,
-                        now,
-                        None,
-                    );
+                    // RFC 3463 X.4.7: delivery time expired. The last
+                    // error is the diagnostic: the server's reply, if one
+                    // was the cause.
+                    let report = RecipientReport {
+                        note: Some("Delivery time expired.".to_owned()),
+                        ..report(
+                            recipient,
+                            Action::Failed,
+                            "4.4.7",
+                            remote,
+                            last.as_ref()
+                                .map(|e| diagnostic_of(&e.reason, e.reply.as_deref())),
+                            now,
+                        )
+                    };
                     failures.push(report.clone());
                     if mta_dsn::wants_dsn(&job.envelope, recipient, Action::Failed) {
                         reports.push(report);
@@ -176,19 +209,22 @@ pub(crate) async fn apply(
                         }
                         let last = entry.last_errors.get(&i);
                         let status = last.map(|e| e.status.as_str()).unwrap_or("4.0.0");
-                        let reason = last
-                            .map(|e| e.reason.as_str())
-                            .unwrap_or("not yet delivered");
+                        let diagnostic = match last {
+                            Some(e) => diagnostic_of(&e.reason, e.reply.as_deref()),
+                            None => Diagnostic::Local("not yet delivered".to_owned()),
+                        };
                         let remote = last.and_then(|e| e.remote.as_deref());
-                        reports.push(report(
-                            recipient,
-                            Action::Delayed,
-                            status,
-                            remote,
-                            reason,
-                            now,
-                            Some(until),
-                        ));
+                        reports.push(RecipientReport {
+                            will_retry_until: Some(until),
+                            ..report(
+                                recipient,
+                                Action::Delayed,
+                                status,
+                                remote,
+                                Some(diagnostic),
+                                now,
+                            )
+                        });
                     }
                 }
             }
@@ -296,9 +332,10 @@ pub(crate) async fn bounce_deleted(
                 Action::Failed,
                 "5.0.0",
                 None,
-                "deleted from the queue by the operator",
+                Some(Diagnostic::Local(
+                    "deleted from the queue by the operator".to_owned(),
+                )),
                 now,
-                None,
             )
         })
         .collect();
@@ -324,18 +361,20 @@ struct DsnSource<'a> {
     content: &'a [u8],
 }
 
+/// One recipient's report. `remote` is the server as outcomes name it
+/// (`mx1.test[127.0.0.2]:2525`, or `maildir`).
 fn report(
     recipient: &Recipient,
     action: Action,
     status: &str,
     remote: Option<&str>,
-    diagnostic: &str,
+    diagnostic: Option<Diagnostic>,
     now: u64,
-    will_retry_until: Option<u64>,
 ) -> RecipientReport {
-    // "mx1.test[127.0.0.2]:2525" -> "mx1.test" for Remote-MTA.
+    // "mx1.test[127.0.0.2]:2525" -> "mx1.test" for Remote-MTA (RFC 3464
+    // section 2.3.5: the host's name; the address is not needed).
     let remote_mta = remote
-        .filter(|r| *r != "maildir")
+        .filter(|r| *r != crate::attempt::LOCAL_REMOTE)
         .map(|r| r.split('[').next().unwrap_or(r).to_owned());
     RecipientReport {
         recipient: recipient.address.clone(),
@@ -343,15 +382,26 @@ fn report(
         action,
         status: status.to_owned(),
         remote_mta,
-        diagnostic: Some(diagnostic.to_owned()),
+        diagnostic,
+        note: None,
         last_attempt: Some(now),
-        will_retry_until,
+        will_retry_until: None,
+    }
+}
+
+/// The Diagnostic-Code of a failure or deferral: the server's reply when
+/// one was the cause (`smtp;`), else our own words (`X-Local;`), which
+/// outcomes keep free of file paths.
+fn diagnostic_of(reason: &str, reply: Option<&str>) -> Diagnostic {
+    match reply {
+        Some(reply) => Diagnostic::Smtp(reply.to_owned()),
+        None => Diagnostic::Local(reason.to_owned()),
     }
 }
 
 /// A DSN about a message from `<>` goes to the postmaster, unless it is
-/// the postmaster's copy that failed: then it is dropped and logged, as a
-/// bounce loop would never end.
+/// the postmaster's copy that failed: then it is dropped, logged and
+/// counted (`Queue::dsns_dropped`), as a bounce loop would never end.
 async fn double_bounce(inner: &Arc<Inner>, job: &Job, failures: Vec<RecipientReport>) -> bool {
     let postmaster = &inner.settings.postmaster;
     let to_postmaster = job
@@ -360,24 +410,35 @@ async fn double_bounce(inner: &Arc<Inner>, job: &Job, failures: Vec<RecipientRep
         .iter()
         .any(|r| r.address.to_string().eq_ignore_ascii_case(postmaster));
     if to_postmaster {
-        error!(queue_id = %job.id, "undeliverable DSN to the postmaster dropped");
+        inner.dsns_dropped.fetch_add(1, Ordering::Relaxed);
+        error!(queue_id = %job.id, postmaster, "undeliverable DSN to the postmaster dropped");
         return true;
     }
     match mailbox(postmaster) {
         Some(pm) => send_dsn(inner, job, failures, pm).await,
         None => {
+            inner.dsns_dropped.fetch_add(1, Ordering::Relaxed);
             error!(queue_id = %job.id, postmaster, "undeliverable DSN dropped: bad postmaster address");
             true
         }
     }
 }
 
+/// The postmaster address as a mailbox: `local@domain`, or the bare
+/// `postmaster` (RFC 5321 section 4.5.1: every server takes it; it is
+/// local, delivered under the host name like `RCPT TO:<postmaster>`).
 fn mailbox(address: &str) -> Option<Mailbox> {
-    let (local, domain) = address.rsplit_once('@')?;
-    Some(Mailbox {
-        local: local.to_owned(),
-        domain: domain.to_owned(),
-    })
+    match address.rsplit_once('@') {
+        Some((local, domain)) if !local.is_empty() && !domain.is_empty() => Some(Mailbox {
+            local: local.to_owned(),
+            domain: domain.to_owned(),
+        }),
+        None if address.eq_ignore_ascii_case("postmaster") => Some(Mailbox {
+            local: address.to_owned(),
+            domain: String::new(),
+        }),
+        _ => None,
+    }
 }
 
 /// Builds a DSN, makes it durable in the bounce queue, and hands it to the
@@ -412,7 +473,7 @@ async fn send_dsn_for(
         original_content: job.content,
         recipients: &reports,
         now,
-        postmaster: &s.postmaster,
+        postmaster: &s.dsn_from,
         boundary_seed: id.value(),
     }));
     let envelope = Envelope {
@@ -440,9 +501,7 @@ async fn send_dsn_for(
         error!(queue_id = %job.id, error = %e, "cannot queue a DSN");
         return false;
     }
-    inner
-        .dsns
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    inner.dsns.fetch_add(1, Ordering::Relaxed);
     let mut record = Record::new(Event::Bounced, job.id, QueueName::Bounce.as_str());
     record.recipient = Some(envelope.recipients[0].address.to_string());
     record.dsn_id = Some(id.to_string());

@@ -4,12 +4,17 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use mta_deliver::{Destination, OutboundMessage, Outcome, ResolveError};
+use mta_deliver::{Delivery, Destination, OutboundMessage, Outcome, ResolveError};
 use mta_spool::{QueueName, RecipientState};
 use tokio::task::JoinSet;
 
+use crate::maildir::MaildirError;
 use crate::route::Route;
 use crate::{Inner, Job};
+
+/// The `remote` of a local (Maildir) delivery: no server, and no
+/// Remote-MTA in a DSN.
+pub(crate) const LOCAL_REMOTE: &str = "maildir";
 
 /// The result for one recipient.
 #[derive(Debug, Clone)]
@@ -42,10 +47,7 @@ fn aborted(job: &Job) -> Vec<RecipientResult> {
     pending(job)
         .map(|index| RecipientResult {
             index,
-            outcome: Outcome::Deferred {
-                status: "4.3.2".into(),
-                reason: "attempt cut short by a stop of the MTA".into(),
-            },
+            outcome: Outcome::deferred("4.3.2", "attempt cut short by a stop of the MTA"),
             remote: None,
             tls: None,
         })
@@ -70,13 +72,13 @@ async fn deliver(inner: &Arc<Inner>, job: &Arc<Job>) -> Vec<RecipientResult> {
             // Kept queued without a connection; the lifetime still runs.
             results.push(RecipientResult {
                 index,
-                outcome: Outcome::Deferred {
-                    status: "4.3.2".into(),
-                    reason: format!(
+                outcome: Outcome::deferred(
+                    "4.3.2",
+                    format!(
                         "delivery to {} is paused by the operator",
                         domain.to_ascii_lowercase()
                     ),
-                },
+                ),
                 remote: None,
                 tls: None,
             });
@@ -132,28 +134,45 @@ async fn deliver_local(
                         )
                     });
                 let outcome = match outcome {
+                    // The path is for the operator's log; a DSN never
+                    // shows it (apply.rs).
                     Ok(path) => Outcome::Delivered {
                         reply: format!("delivered to maildir {}", path.display()),
+                        delivery: Delivery::Mailbox,
                     },
-                    Err(e) if e.is_permanent() => Outcome::Failed {
-                        status: e.status().into(),
-                        reason: e.to_string(),
-                    },
-                    Err(e) => Outcome::Deferred {
-                        status: e.status().into(),
-                        reason: e.to_string(),
-                    },
+                    Err(e) => {
+                        // The reason may reach the sender in a DSN: the
+                        // path only goes to the daemon's log.
+                        tracing::warn!(queue_id = %job.id, recipient = %rcpt, error = %e, "local delivery failed");
+                        let reason = public_reason(&e);
+                        if e.is_permanent() {
+                            Outcome::failed(e.status(), reason)
+                        } else {
+                            Outcome::deferred(e.status(), reason)
+                        }
+                    }
                 };
                 RecipientResult {
                     index,
                     outcome,
-                    remote: Some("maildir".into()),
+                    remote: Some(LOCAL_REMOTE.into()),
                     tls: None,
                 }
             })
             .collect::<Vec<_>>()
     });
     run.await.unwrap_or_default()
+}
+
+/// A local delivery failure in words the sender may read in a DSN: the
+/// system's error, never the path (the daemon's log has it).
+fn public_reason(e: &MaildirError) -> String {
+    match e {
+        MaildirError::BadName(_) => e.to_string(),
+        MaildirError::Io { op, source, .. } => {
+            format!("cannot write to the recipient's mailbox ({op}): {source}")
+        }
+    }
 }
 
 async fn deliver_remote(
@@ -232,15 +251,9 @@ fn resolve_failed(indexes: &[usize], domain: &str, e: &ResolveError) -> Vec<Reci
         .map(|&index| RecipientResult {
             index,
             outcome: if e.is_permanent() {
-                Outcome::Failed {
-                    status: e.status().into(),
-                    reason: reason.clone(),
-                }
+                Outcome::failed(e.status(), reason.clone())
             } else {
-                Outcome::Deferred {
-                    status: e.status().into(),
-                    reason: reason.clone(),
-                }
+                Outcome::deferred(e.status(), reason.clone())
             },
             remote: None,
             tls: None,

@@ -86,7 +86,11 @@ pub enum QueueError {
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
     pub hostname: String,
+    /// Where reports about failed `<>` mail go: an address, or the bare
+    /// local `postmaster`.
     pub postmaster: String,
+    /// The address our DSNs come from (`From:`).
+    pub dsn_from: String,
     pub port: u16,
     pub maildir_root: PathBuf,
     pub schedule: Schedule,
@@ -179,6 +183,9 @@ pub(crate) struct Inner {
     pub tasks: TaskTracker,
     /// DSNs queued since start.
     pub dsns: std::sync::atomic::AtomicU64,
+    /// DSNs dropped since start: the postmaster's own copy failed, so no
+    /// one is left to tell.
+    pub dsns_dropped: std::sync::atomic::AtomicU64,
     /// Volatile messages written to the disk queue because they could not
     /// be attempted (a stop).
     pub spilled: std::sync::atomic::AtomicU64,
@@ -285,6 +292,7 @@ impl Queue {
         let settings = Settings {
             hostname: config.hostname.clone(),
             postmaster: config.postmaster(),
+            dsn_from: config.dsn_from(),
             port: d.port,
             maildir_root: config.maildir.root.clone(),
             schedule: Schedule {
@@ -312,6 +320,7 @@ impl Queue {
             abort: CancellationToken::new(),
             tasks: TaskTracker::new(),
             dsns: std::sync::atomic::AtomicU64::new(0),
+            dsns_dropped: std::sync::atomic::AtomicU64::new(0),
             spilled: std::sync::atomic::AtomicU64::new(0),
         });
         inner
@@ -486,6 +495,14 @@ impl Queue {
     /// DSNs queued since start.
     pub fn dsns_queued(&self) -> u64 {
         self.inner.dsns.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// DSNs this generation dropped: reports on failed `<>` mail that
+    /// could not reach the postmaster either.
+    pub fn dsns_dropped(&self) -> u64 {
+        self.inner
+            .dsns_dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Volatile messages held in memory only, not yet on disk (waiting

@@ -41,10 +41,14 @@ pub(crate) const CORRUPT_STATUS: &str = "5.3.0";
 const FAILED_STATUS: &str = "4.3.0";
 
 impl Unreadable {
-    /// Sorts a read error: corrupt, or a failure that may pass.
+    /// Sorts a read error: corrupt, or a failure that may pass. The
+    /// words kept may reach the sender in a DSN, so they name no path
+    /// (the disk runner logged the whole error).
     pub fn of(e: &SpoolError) -> Unreadable {
         match e {
             SpoolError::Corrupt { reason, .. } => Unreadable::Corrupt(reason.clone()),
+            SpoolError::Io { op, source, .. } => Unreadable::Failed(format!("{op}: {source}")),
+            SpoolError::Locked { .. } => Unreadable::Failed("the queue is locked".to_owned()),
             e => Unreadable::Failed(e.to_string()),
         }
     }
@@ -52,17 +56,17 @@ impl Unreadable {
     /// The outcome of the attempt for each of `pending`.
     pub fn results(&self, pending: impl Iterator<Item = usize>) -> Vec<RecipientResult> {
         let outcome = match self {
-            Unreadable::Corrupt(reason) => Outcome::Failed {
-                status: CORRUPT_STATUS.into(),
-                reason: format!(
+            Unreadable::Corrupt(reason) => Outcome::failed(
+                CORRUPT_STATUS,
+                format!(
                     "the queued copy of the message is unreadable (corrupt spool file: \
                      {reason}); it was set aside and cannot be delivered"
                 ),
-            },
-            Unreadable::Failed(error) => Outcome::Deferred {
-                status: FAILED_STATUS.into(),
-                reason: format!("cannot read the queued copy of the message: {error}"),
-            },
+            ),
+            Unreadable::Failed(error) => Outcome::deferred(
+                FAILED_STATUS,
+                format!("cannot read the queued copy of the message: {error}"),
+            ),
         };
         pending
             .map(|index| RecipientResult {
@@ -193,8 +197,23 @@ mod tests {
         let r = corrupt.results([0, 2].into_iter());
         assert_eq!(r.iter().map(|r| r.index).collect::<Vec<_>>(), [0, 2]);
         assert!(
-            matches!(&r[0].outcome, Outcome::Failed { status, reason } if status == "5.3.0" && reason.contains("unreadable"))
+            matches!(&r[0].outcome, Outcome::Failed { status, reason, reply: None } if status == "5.3.0" && reason.contains("unreadable"))
         );
+        let io = Unreadable::of(&SpoolError::Io {
+            op: "open",
+            path: "/var/spool/mta/queue/msg/00/0001".into(),
+            source: std::io::Error::from_raw_os_error(5),
+        });
+        match &io.results([0].into_iter())[0].outcome {
+            Outcome::Deferred { reason, .. } => {
+                assert!(reason.contains("open: "), "{reason}");
+                assert!(
+                    !reason.contains("/var/spool"),
+                    "a path for the sender: {reason}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
         let io = Unreadable::of(&SpoolError::Closed);
         assert!(matches!(
             &io.results([1].into_iter())[0].outcome,

@@ -9,9 +9,14 @@
 //!
 //! postcard is not self-describing: fields are stored in order, enum
 //! variants by position. So the stored shape is a struct of its own
-//! ([`StoredV1`]), never changed: a new field means a new format byte and
+//! ([`Stored`]), never changed: a new field means a new format byte and
 //! a new struct, and new variants of [`QueueName`] or [`RecipientState`]
 //! go at the end.
+//!
+//! Format 2 added the server's reply to each recipient's last error
+//! ([`ErrorV2`]), which a delay notice or the final DSN quotes after
+//! `smtp;`. Format 1 entries are still read (no reply: the DSN then quotes
+//! nothing after `smtp;`) and written as format 2 at their next change.
 
 use std::collections::BTreeMap;
 
@@ -19,18 +24,22 @@ use serde::{Deserialize, Serialize};
 
 use crate::index::{IndexEntry, QueueName, RecipientError, RecipientState};
 
-/// The first byte of a postcard entry (JSON starts with `{`).
+/// The first byte of a format 1 postcard entry (JSON starts with `{`).
 const FORMAT_V1: u8 = 1;
 
+/// The first byte of a format 2 postcard entry: what is written now.
+const FORMAT_V2: u8 = 2;
+
+/// An entry as stored; the formats differ only in their last errors.
 #[derive(Serialize, Deserialize)]
-struct StoredV1 {
+struct Stored<E> {
     queue: QueueName,
     arrival: u64,
     next_attempt: u64,
     size: u64,
     recipients: Vec<RecipientState>,
     attempts: u32,
-    last_errors: Vec<(u64, ErrorV1)>,
+    last_errors: Vec<(u64, E)>,
     delay_notified: bool,
     sender: String,
     rcpts: Vec<String>,
@@ -38,6 +47,7 @@ struct StoredV1 {
     held_secs: u64,
 }
 
+/// A last error in format 1.
 #[derive(Serialize, Deserialize)]
 struct ErrorV1 {
     status: String,
@@ -45,9 +55,41 @@ struct ErrorV1 {
     remote: Option<String>,
 }
 
+/// A last error in format 2: format 1's and the server's reply.
+#[derive(Serialize, Deserialize)]
+struct ErrorV2 {
+    status: String,
+    reason: String,
+    remote: Option<String>,
+    reply: Option<String>,
+}
+
+impl<E> Stored<E> {
+    fn into_entry(self, error: impl Fn(E) -> RecipientError) -> IndexEntry {
+        IndexEntry {
+            queue: self.queue,
+            arrival: self.arrival,
+            next_attempt: self.next_attempt,
+            size: self.size,
+            recipients: self.recipients,
+            attempts: self.attempts,
+            last_errors: self
+                .last_errors
+                .into_iter()
+                .map(|(i, e)| (i as usize, error(e)))
+                .collect::<BTreeMap<_, _>>(),
+            delay_notified: self.delay_notified,
+            sender: self.sender,
+            rcpts: self.rcpts,
+            held_since: self.held_since,
+            held_secs: self.held_secs,
+        }
+    }
+}
+
 /// The stored form of an entry.
 pub(crate) fn encode(entry: &IndexEntry) -> Vec<u8> {
-    let stored = StoredV1 {
+    let stored = Stored {
         queue: entry.queue,
         arrival: entry.arrival,
         next_attempt: entry.next_attempt,
@@ -60,10 +102,11 @@ pub(crate) fn encode(entry: &IndexEntry) -> Vec<u8> {
             .map(|(&i, e)| {
                 (
                     i as u64,
-                    ErrorV1 {
+                    ErrorV2 {
                         status: e.status.clone(),
                         reason: e.reason.clone(),
                         remote: e.remote.clone(),
+                        reply: e.reply.clone(),
                     },
                 )
             })
@@ -74,7 +117,7 @@ pub(crate) fn encode(entry: &IndexEntry) -> Vec<u8> {
         held_since: entry.held_since,
         held_secs: entry.held_secs,
     };
-    let mut out = vec![FORMAT_V1];
+    let mut out = vec![FORMAT_V2];
     postcard::to_io(&stored, &mut out).expect("an index entry always serializes");
     out
 }
@@ -84,34 +127,22 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<IndexEntry> {
     match bytes.first()? {
         b'{' => serde_json::from_slice(bytes).ok(),
         &FORMAT_V1 => {
-            let s: StoredV1 = postcard::from_bytes(&bytes[1..]).ok()?;
-            Some(IndexEntry {
-                queue: s.queue,
-                arrival: s.arrival,
-                next_attempt: s.next_attempt,
-                size: s.size,
-                recipients: s.recipients,
-                attempts: s.attempts,
-                last_errors: s
-                    .last_errors
-                    .into_iter()
-                    .map(|(i, e)| {
-                        (
-                            i as usize,
-                            RecipientError {
-                                status: e.status,
-                                reason: e.reason,
-                                remote: e.remote,
-                            },
-                        )
-                    })
-                    .collect::<BTreeMap<_, _>>(),
-                delay_notified: s.delay_notified,
-                sender: s.sender,
-                rcpts: s.rcpts,
-                held_since: s.held_since,
-                held_secs: s.held_secs,
-            })
+            let s: Stored<ErrorV1> = postcard::from_bytes(&bytes[1..]).ok()?;
+            Some(s.into_entry(|e| RecipientError {
+                status: e.status,
+                reason: e.reason,
+                remote: e.remote,
+                reply: None,
+            }))
+        }
+        &FORMAT_V2 => {
+            let s: Stored<ErrorV2> = postcard::from_bytes(&bytes[1..]).ok()?;
+            Some(s.into_entry(|e| RecipientError {
+                status: e.status,
+                reason: e.reason,
+                remote: e.remote,
+                reply: e.reply,
+            }))
         }
         _ => None,
     }
@@ -135,6 +166,7 @@ mod tests {
                     status: "4.2.0".into(),
                     reason: "host mx.example said: 451 busy".into(),
                     remote: Some("mx.example[127.0.0.2]:25".into()),
+                    reply: Some("451 busy".into()),
                 },
             )]),
             delay_notified: true,
@@ -182,9 +214,48 @@ mod tests {
     }
 
     #[test]
+    fn format_1_entries_are_still_read_without_a_reply() {
+        let e = entry();
+        let v1 = Stored {
+            queue: e.queue,
+            arrival: e.arrival,
+            next_attempt: e.next_attempt,
+            size: e.size,
+            recipients: e.recipients.clone(),
+            attempts: e.attempts,
+            last_errors: e
+                .last_errors
+                .iter()
+                .map(|(&i, r)| {
+                    (
+                        i as u64,
+                        ErrorV1 {
+                            status: r.status.clone(),
+                            reason: r.reason.clone(),
+                            remote: r.remote.clone(),
+                        },
+                    )
+                })
+                .collect(),
+            delay_notified: e.delay_notified,
+            sender: e.sender.clone(),
+            rcpts: e.rcpts.clone(),
+            held_since: e.held_since,
+            held_secs: e.held_secs,
+        };
+        let mut bytes = vec![FORMAT_V1];
+        postcard::to_io(&v1, &mut bytes).unwrap();
+        let mut want = e.clone();
+        want.last_errors.get_mut(&0).unwrap().reply = None;
+        assert_eq!(decode(&bytes), Some(want));
+        assert_eq!(encode(&e)[0], FORMAT_V2);
+    }
+
+    #[test]
     fn garbage_is_none() {
         assert_eq!(decode(b""), None);
         assert_eq!(decode(b"\x07nonsense"), None);
         assert_eq!(decode(&[FORMAT_V1, 0xff, 0xff]), None);
+        assert_eq!(decode(&[FORMAT_V2, 0xff, 0xff]), None);
     }
 }

@@ -112,13 +112,18 @@ fn entry() -> impl Strategy<Value = IndexEntry> {
         RecipientState::Delivered,
         RecipientState::Failed,
     ]);
-    let error = (any::<String>(), any::<String>(), any::<Option<String>>()).prop_map(
-        |(status, reason, remote)| RecipientError {
+    let error = (
+        any::<String>(),
+        any::<String>(),
+        any::<Option<String>>(),
+        any::<Option<String>>(),
+    )
+        .prop_map(|(status, reason, remote, reply)| RecipientError {
             status,
             reason,
             remote,
-        },
-    );
+            reply,
+        });
     (
         (queue, any::<u64>(), any::<u64>(), any::<u64>()),
         prop::collection::vec(state, 0..6),

@@ -185,6 +185,11 @@ pub struct RecipientError {
     /// The remote host that said it, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote: Option<String>,
+    /// The remote server's reply itself (`451 4.2.0 busy`), when a reply
+    /// was the cause: what a delay notice or the final DSN quotes after
+    /// `Diagnostic-Code: smtp;`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<String>,
 }
 
 impl IndexEntry {

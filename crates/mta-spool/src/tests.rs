@@ -831,6 +831,7 @@ async fn update_due_and_remove() {
             status: "4.4.1".into(),
             reason: "connection refused".into(),
             remote: None,
+            reply: None,
         },
     );
     spool.update(a, &entry).unwrap();

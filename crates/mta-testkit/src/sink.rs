@@ -112,8 +112,19 @@ impl Scripted {
         }
     }
 
+    /// The reply as sent: a text with `\n` in it becomes a multi-line
+    /// reply (RFC 5321 section 4.2.1), `code-line` for all but the last.
     fn line(&self) -> String {
-        format!("{} {}\r\n", self.code, self.text)
+        let lines: Vec<&str> = self.text.split('\n').collect();
+        let last = lines.len() - 1;
+        lines
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let sep = if i == last { ' ' } else { '-' };
+                format!("{}{sep}{text}\r\n", self.code)
+            })
+            .collect()
     }
 
     fn is_success(&self) -> bool {
@@ -254,7 +265,8 @@ impl Sink {
     }
 
     /// RCPT to an address containing `recipient_substring` gets this reply
-    /// (e.g. `451`, `4.3.0 try later`). The first rule set that matches
+    /// (e.g. `451`, `4.3.0 try later`; a `\n` in `text` makes it a
+    /// multi-line reply, as in every scripted reply). The first rule set that matches
     /// wins; setting the same substring again replaces its reply.
     pub fn set_rcpt_reply(&self, recipient_substring: &str, code: u16, text: &str) {
         let mut rules = lock(&self.shared.rules);
@@ -753,6 +765,15 @@ mod tests {
     #[test]
     fn unstuffing_removes_one_leading_dot() {
         assert_eq!(unstuff(b"..a\r\nb.\r\n...\r\n"), b".a\r\nb.\r\n..\r\n");
+    }
+
+    #[test]
+    fn a_scripted_text_with_newlines_is_a_multi_line_reply() {
+        assert_eq!(Scripted::new(250, "2.0.0 Ok").line(), "250 2.0.0 Ok\r\n");
+        assert_eq!(
+            Scripted::new(550, "5.1.1 one\n5.1.1 two").line(),
+            "550-5.1.1 one\r\n550 5.1.1 two\r\n"
+        );
     }
 
     #[test]

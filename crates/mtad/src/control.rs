@@ -513,6 +513,7 @@ pub fn status(ctx: &Context, shutdown: &Shutdown) -> Status {
             .map_or(0, |q| q.messages),
         smtp_refused: stats.smtp_refused(),
         delivery_log_dropped: ctx.generations.delivery_log_dropped(),
+        dsns_dropped: ctx.generations.dsns_dropped(),
     }
 }
 

@@ -93,6 +93,13 @@ impl Generations {
         self.current().dsns_queued() + retired
     }
 
+    /// DSNs dropped (the postmaster's own copy failed), every generation
+    /// still known.
+    pub fn dsns_dropped(&self) -> u64 {
+        let retired: u64 = self.lock_retired().iter().map(Queue::dsns_dropped).sum();
+        self.current().dsns_dropped() + retired
+    }
+
     /// Delivery-log lines dropped (a full disk), every generation still
     /// known.
     pub fn delivery_log_dropped(&self) -> u64 {

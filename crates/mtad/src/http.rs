@@ -378,6 +378,12 @@ fn render(ctx: &Context) -> String {
         "DSNs queued since start.",
         &plain(ctx.generations.dsns_queued()),
     );
+    metric(
+        "mta_dsns_dropped_total",
+        "counter",
+        "DSNs dropped since start: reports on failed mail from <> that the postmaster could not be sent either.",
+        &plain(ctx.generations.dsns_dropped()),
+    );
     let attempts: Vec<_> = runners
         .iter()
         .map(|r| (format!("{{runner=\"{}\"}}", r.name), r.attempts))
