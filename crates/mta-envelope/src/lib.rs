@@ -24,6 +24,15 @@ use serde::{Deserialize, Serialize};
 
 pub use local_part::mailbox_name;
 
+/// Seconds since the Unix epoch: the clock of arrival times, schedules and
+/// histories (0 if the system clock is before 1970).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// A queue id: a monotonic 64-bit number shown as 16 lowercase hex digits.
 ///
 /// Ids sort in order of acceptance, so a directory listing or an index scan
