@@ -281,6 +281,9 @@ pub(crate) fn id_key(id: QueueId) -> [u8; 8] {
     id.value().to_be_bytes()
 }
 
+/// An entry before and after a change (`None`: not indexed).
+type Change<'a> = (Option<&'a IndexEntry>, Option<&'a IndexEntry>);
+
 /// The `schedule` key of a message due at `next_attempt`.
 pub(crate) fn schedule_key(next_attempt: u64, id: QueueId) -> [u8; 16] {
     let mut key = [0u8; 16];
@@ -630,13 +633,7 @@ impl Index {
 
     /// Brings `schedule` and the membership trees from `old` to `new`
     /// (either may be absent). Caller holds the id's stripe.
-    fn move_keys(
-        &self,
-        t: &Trees,
-        id: QueueId,
-        old: Option<&IndexEntry>,
-        new: Option<&IndexEntry>,
-    ) -> Result<(), SpoolError> {
+    fn move_keys(&self, t: &Trees, id: QueueId, (old, new): Change<'_>) -> Result<(), SpoolError> {
         let new_time = new.and_then(IndexEntry::scheduled);
         if let Some(old) = old {
             if let Some(time) = old.scheduled().filter(|&t| new_time != Some(t)) {
@@ -664,8 +661,7 @@ impl Index {
         &self,
         t: &Trees,
         id: QueueId,
-        old: Option<&IndexEntry>,
-        new: Option<&IndexEntry>,
+        (old, new): Change<'_>,
     ) -> Result<(), SpoolError> {
         fn ensure(tree: &JTree, key: &[u8], present: bool) -> Result<(), SpoolError> {
             if tree.contains_key(key)? != present {
@@ -701,7 +697,7 @@ impl Index {
         let _stripe = self.lock(id);
         let previous = t.messages.insert(id_key(id), value)?;
         let old = previous.as_deref().and_then(parse_entry);
-        if let Err(e) = self.move_keys(&t, id, old.as_ref(), Some(entry)) {
+        if let Err(e) = self.move_keys(&t, id, (old.as_ref(), Some(entry))) {
             // Keep the trees in step: no message without its keys.
             let _ = match &previous {
                 Some(p) => t.messages.insert(id_key(id), p.clone()).map(drop),
@@ -729,7 +725,7 @@ impl Index {
         // queue (and schedule key) the message leaves.
         let previous = t.messages.insert(id_key(id), value)?;
         let old = previous.as_deref().and_then(parse_entry);
-        self.move_keys(&t, id, old.as_ref(), Some(entry))?;
+        self.move_keys(&t, id, (old.as_ref(), Some(entry)))?;
         let counted = self.shared.counted(id);
         self.shared
             .account(counted, counted, old.as_ref(), Some(entry));
@@ -747,10 +743,10 @@ impl Index {
         };
         let old = parse_entry(&previous);
         match &old {
-            Some(old) => self.move_keys(&t, id, Some(old), None)?,
+            Some(old) => self.move_keys(&t, id, (Some(old), None))?,
             // Unreadable: its schedule key is unknown (a reader drops it
             // when it meets it); its membership can be cleared.
-            None => self.normalize_keys(&t, id, None, None)?,
+            None => self.normalize_keys(&t, id, (None, None))?,
         }
         self.clear_history(&t, id)?;
         let counted = self.shared.counted(id);
@@ -940,13 +936,13 @@ impl Index {
                 break (old, new, visit);
             }
         };
-        self.normalize_keys(&t, id, old.as_ref(), Some(&new))?;
+        self.normalize_keys(&t, id, (old.as_ref(), Some(&new)))?;
         if visit == Visit::Added && !file_exists() {
             let value = crate::codec::encode(&new);
             let _ = t
                 .messages
                 .compare_and_swap(key, Some(value), None::<Vec<u8>>)?;
-            self.move_keys(&t, id, Some(&new), None)?;
+            self.move_keys(&t, id, (Some(&new), None))?;
             self.mark_visited(id);
             return Ok(Visit::Vanished);
         }
@@ -976,7 +972,7 @@ impl Index {
         };
         let old = parse_entry(&current);
         let removed = if file_exists() {
-            self.normalize_keys(&t, id, old.as_ref(), old.as_ref())?;
+            self.normalize_keys(&t, id, (old.as_ref(), old.as_ref()))?;
             self.shared
                 .account(counted_before, true, old.as_ref(), old.as_ref());
             false
@@ -987,8 +983,8 @@ impl Index {
                 .is_ok();
             if swapped {
                 match &old {
-                    Some(old) => self.move_keys(&t, id, Some(old), None)?,
-                    None => self.normalize_keys(&t, id, None, None)?,
+                    Some(old) => self.move_keys(&t, id, (Some(old), None))?,
+                    None => self.normalize_keys(&t, id, (None, None))?,
                 }
                 self.clear_history(&t, id)?;
                 self.shared
@@ -1008,7 +1004,7 @@ impl Index {
         let _stripe = self.lock(id);
         let counted_before = self.shared.counted(id);
         if let Some(old) = t.entry(id)? {
-            self.normalize_keys(&t, id, Some(&old), Some(&old))?;
+            self.normalize_keys(&t, id, (Some(&old), Some(&old)))?;
             self.shared
                 .account(counted_before, true, Some(&old), Some(&old));
         }

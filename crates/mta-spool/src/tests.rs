@@ -88,6 +88,38 @@ async fn store_n(spool: &Spool, n: usize) -> Vec<QueueId> {
     ids
 }
 
+/// A spool in `dir`'s queue directory holding `n` messages, closed
+/// cleanly; their ids.
+async fn queue_with(dir: &Path, n: usize) -> Vec<QueueId> {
+    let (spool, _) = Spool::open(config(dir)).unwrap();
+    let ids = store_n(&spool, n).await;
+    spool.close().unwrap();
+    ids
+}
+
+/// Opens a spool that must rebuild its index from the spool files, and
+/// finds exactly `ids` there once the rescan is done.
+fn open_rebuilt(config: SpoolConfig, ids: &[QueueId]) -> (Spool, OpenReport) {
+    let (spool, report) = Spool::open(config).unwrap();
+    assert!(report.rescan, "{report:?}");
+    assert_eq!(report.rescanned, ids.len());
+    spool.wait_rescan();
+    assert_eq!(spool.len(), ids.len());
+    assert_eq!(spool.ids().unwrap(), ids);
+    (spool, report)
+}
+
+/// Opens a spool that a crash (or a marker it cannot trust) left to
+/// rescan, waits for the rescan, and checks it found `n` messages.
+fn reopen_unclean(config: &SpoolConfig, n: usize) {
+    let (spool, report) = Spool::open(config.clone()).unwrap();
+    assert!(!report.clean);
+    assert!(report.rescan);
+    spool.wait_rescan();
+    assert_eq!(spool.len(), n);
+    spool.close().unwrap();
+}
+
 fn spool_bytes(envelope: &Envelope, content: &[u8]) -> Vec<u8> {
     let mut bytes = crate::file::encode_header(envelope);
     bytes.extend_from_slice(content);
@@ -313,26 +345,18 @@ async fn rescan_drops_stale_entries_and_keeps_recipient_progress() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleted_index_is_rebuilt() {
     let tmp = tempfile::tempdir().unwrap();
-    let (spool, _) = Spool::open(config(tmp.path())).unwrap();
-    let ids = store_n(&spool, 4).await;
-    spool.close().unwrap();
+    let ids = queue_with(tmp.path(), 4).await;
     fs::remove_dir_all(tmp.path().join("queue/index")).unwrap();
 
-    let (spool, report) = Spool::open(config(tmp.path())).unwrap();
+    let (spool, report) = open_rebuilt(config(tmp.path()), &ids);
     assert!(report.clean);
-    assert_eq!(report.rescanned, 4);
-    spool.wait_rescan();
-    assert_eq!(spool.len(), 4);
-    assert_eq!(spool.ids().unwrap(), ids);
     spool.close().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_index_is_rebuilt() {
     let tmp = tempfile::tempdir().unwrap();
-    let (spool, _) = Spool::open(config(tmp.path())).unwrap();
-    let ids = store_n(&spool, 4).await;
-    spool.close().unwrap();
+    let ids = queue_with(tmp.path(), 4).await;
     let index_dir = tmp.path().join("queue/index");
     for entry in fs::read_dir(&index_dir).unwrap() {
         let path = entry.unwrap().path();
@@ -341,29 +365,20 @@ async fn garbage_index_is_rebuilt() {
         }
     }
 
-    let (spool, report) = Spool::open(config(tmp.path())).unwrap();
-    assert_eq!(report.rescanned, 4);
-    spool.wait_rescan();
-    assert_eq!(spool.len(), 4);
-    assert_eq!(spool.ids().unwrap(), ids);
+    let (spool, _) = open_rebuilt(config(tmp.path()), &ids);
     spool.close().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unopenable_index_is_moved_aside() {
     let tmp = tempfile::tempdir().unwrap();
-    let (spool, _) = Spool::open(config(tmp.path())).unwrap();
-    let ids = store_n(&spool, 3).await;
-    spool.close().unwrap();
+    let ids = queue_with(tmp.path(), 3).await;
     let queue = tmp.path().join("queue");
     fs::remove_dir_all(queue.join("index")).unwrap();
     fs::write(queue.join("index"), b"not a database").unwrap();
 
-    let (spool, report) = Spool::open(config(tmp.path())).unwrap();
+    let (spool, report) = open_rebuilt(config(tmp.path()), &ids);
     assert!(report.index_damaged);
-    assert_eq!(report.rescanned, 3);
-    spool.wait_rescan();
-    assert_eq!(spool.ids().unwrap(), ids);
     let aside: Vec<_> = dir_entries(&queue)
         .into_iter()
         .filter(|n| n.starts_with("index.damaged-"))
@@ -1182,12 +1197,7 @@ async fn clean_open_trusts_the_marker_without_a_walk() {
     assert_eq!(spool.ids().unwrap(), ids);
     drop(spool); // crash: no marker, the next open rescans and recounts
 
-    let (spool, report) = Spool::open(cfg.clone()).unwrap();
-    assert!(!report.clean);
-    assert!(report.rescan);
-    spool.wait_rescan();
-    assert_eq!(spool.len(), 5);
-    spool.close().unwrap();
+    reopen_unclean(&cfg, 5);
 
     // A marker of the old format counts as none.
     let marker = fs::read_to_string(&marker_path).unwrap();
@@ -1197,12 +1207,7 @@ async fn clean_open_trusts_the_marker_without_a_walk() {
         format!("MTA-SPOOL-CLEAN 1\nmessages 5\n{last_id}\n"),
     )
     .unwrap();
-    let (spool, report) = Spool::open(cfg.clone()).unwrap();
-    assert!(!report.clean);
-    assert!(report.rescan);
-    spool.wait_rescan();
-    assert_eq!(spool.len(), 5);
-    spool.close().unwrap();
+    reopen_unclean(&cfg, 5);
 
     // A marker whose token the index does not hold: clean, but rescanned.
     let marker = fs::read_to_string(&marker_path).unwrap();
