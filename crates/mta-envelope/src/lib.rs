@@ -182,6 +182,26 @@ pub enum Notify {
     },
 }
 
+impl Notify {
+    /// The parameter's value as RCPT carries it (RFC 3461 section 4.1):
+    /// `NEVER`, or the conditions listed, comma-separated, in the order
+    /// SUCCESS, FAILURE, DELAY (empty when none is).
+    pub fn value(&self) -> String {
+        match *self {
+            Notify::Never => "NEVER".to_owned(),
+            Notify::On {
+                success,
+                failure,
+                delay,
+            } => [(success, "SUCCESS"), (failure, "FAILURE"), (delay, "DELAY")]
+                .into_iter()
+                .filter_map(|(listed, word)| listed.then_some(word))
+                .collect::<Vec<_>>()
+                .join(","),
+        }
+    }
+}
+
 /// One recipient of a transaction, with its DSN requests.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Recipient {
@@ -240,6 +260,20 @@ pub struct Envelope {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn notify_values_as_rcpt_carries_them() {
+        let on = |success, failure, delay| Notify::On {
+            success,
+            failure,
+            delay,
+        };
+        assert_eq!(Notify::Never.value(), "NEVER");
+        assert_eq!(on(true, true, true).value(), "SUCCESS,FAILURE,DELAY");
+        assert_eq!(on(false, true, true).value(), "FAILURE,DELAY");
+        assert_eq!(on(true, false, false).value(), "SUCCESS");
+        assert_eq!(on(false, false, false).value(), "");
+    }
 
     #[test]
     fn queue_id_round_trips_as_sixteen_hex_digits() {
