@@ -23,7 +23,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 pub use delivery::{
-    DeliveryConfig, DeliveryTimeouts, EightBitPolicy, QueueConfig, QueueMode, ThrottleRuleConfig,
+    DeliveryConfig, DeliveryTimeouts, EightBitPolicy, QueueConfig, QueueMode, ThrottleRule,
     TlsPolicy,
 };
 pub use recipients::{LocalRecipient, RecipientProblem};
@@ -975,7 +975,7 @@ mod tests {
         assert_eq!(d.throttle.len(), 3);
         assert_eq!(
             d.throttle["example.com"],
-            ThrottleRuleConfig {
+            ThrottleRule {
                 max_connections: Some(2),
                 max_messages_per_hour: None,
             }
