@@ -64,6 +64,9 @@ getent group postdrop >/dev/null 2>&1 || die "no 'postdrop' group (run tests/ins
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
+# The private Postfix instance: its configuration, start and stop.
+# shellcheck source=tests/postfix-instance.sh
+. "$ROOT/tests/postfix-instance.sh"
 
 if [ -z "${RELAY_NO_BUILD:-}" ]; then
     log "building release binaries"
@@ -139,56 +142,11 @@ stop_sink() {
     WATCH_PID=
 }
 
-# The master's pid, if a private master is running on our queue directory.
-pf_master_pid() {
-    local pid
-    [ -r "$PFQUEUE/pid/master.pid" ] || return 1
-    pid=$(tr -d ' \n' <"$PFQUEUE/pid/master.pid")
-    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
-    echo "$pid"
-}
-
-# Processes of this private instance (MAIL_CONFIG=$PFCONF in their environment).
-pf_instance_pids() {
-    local f pid
-    for f in /proc/[0-9]*/environ; do
-        pid=${f#/proc/}
-        pid=${pid%/environ}
-        if { tr '\0' '\n' <"$f"; } 2>/dev/null | grep -qxF "MAIL_CONFIG=$PFCONF"; then
-            printf '%s ' "$pid"
-        fi
-    done
-}
-
 stop_postfix() {
     [ -n "$PF_STARTED" ] || return 0
     stop_pid "$PF_STRACE_PID" 50 # detaches from the instance
     PF_STRACE_PID=
-    local pid left=
-    pid=$(pf_master_pid) || pid=
-    timeout 60 postfix -c "$PFCONF" stop >/dev/null 2>&1 || true
-    if [ -n "$pid" ]; then
-        for _ in $(seq 100); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            log "Postfix master $pid still running after 'postfix stop'; killing it"
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-    fi
-    # Workers exit on their own once the master is gone; make sure of it.
-    # Only processes of this instance: their environment names our config.
-    for _ in $(seq 50); do
-        left=$(pf_instance_pids)
-        [ -n "$left" ] || break
-        sleep 0.1
-    done
-    if [ -n "$left" ]; then
-        log "killing leftover Postfix processes of this instance: $left"
-        # shellcheck disable=SC2086
-        kill -KILL $left 2>/dev/null || true
-    fi
+    pf_stop "$PFCONF" "$PFQUEUE"
     PF_STARTED=
 }
 
@@ -354,83 +312,26 @@ mtad_last_delivery() {
 # --- Postfix ----------------------------------------------------------------
 
 write_postfix_config() {
-    mkdir -p "$PFCONF"
-    cat >"$PFCONF/main.cf" <<EOF
-# Private instance for benches/relay.sh: accept from loopback, make durable
-# (cleanup fsyncs the queue file before smtpd answers 250), relay everything
-# to the smtp-sink of the run, and skip work mtad does not do either.
-compatibility_level = 3.6
-config_directory = $PFCONF
+    # Accept from loopback, make durable (cleanup fsyncs the queue file
+    # before smtpd answers 250), relay everything to the smtp-sink of the
+    # run, and skip work mtad does not do either. The rest is the shared
+    # private instance (tests/postfix-instance.sh).
+    pf_write_config "$PFCONF" "$PF_PORT" <<EOF
+# benches/relay.sh
 # queue_directory, data_directory, maillog_file, relayhost: set per run
-mail_owner = postfix
-setgid_group = postdrop
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
 myhostname = pf.test
-mydomain = test
-myorigin = \$myhostname
-mydestination =
-relay_domains =
-local_recipient_maps =
-relay_recipient_maps =
-alias_maps =
-alias_database =
-mynetworks = 127.0.0.0/8
-smtpd_relay_restrictions = permit_mynetworks, reject
 smtpd_recipient_restrictions = permit_mynetworks, reject
-smtpd_client_restrictions =
-smtpd_helo_restrictions =
-smtpd_sender_restrictions =
-smtpd_data_restrictions =
 smtpd_delay_reject = no
-smtpd_peername_lookup = no
-smtpd_milters =
-non_smtpd_milters =
-header_checks =
-body_checks =
-smtpd_tls_security_level =
 # Outbound: every message to the sink, by address, no DNS, no TLS, 20
 # connections at most (as mtad's max_per_destination), cached for reuse.
 default_transport = smtp
 disable_dns_lookups = yes
-smtp_dns_support_level = disabled
 smtp_tls_security_level = none
 default_destination_concurrency_limit = 20
 smtp_connection_cache_on_demand = yes
 default_process_limit = 200
-smtpd_client_connection_count_limit = 0
-smtpd_client_connection_rate_limit = 0
-smtpd_client_message_rate_limit = 0
-smtpd_client_recipient_rate_limit = 0
-# Otherwise smtpd sleeps up to 1 s per message when the queue manager
-# falls behind (as mtad, accept as fast as the disk allows).
-in_flow_delay = 0
 message_size_limit = 67108864
-biff = no
 maillog_file_prefixes = $WORK
-EOF
-    cat >"$PFCONF/master.cf" <<EOF
-# service type  private unpriv  chroot  wakeup  maxproc command
-127.0.0.1:$PF_PORT inet n - n - - smtpd
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
 EOF
 }
 
@@ -440,23 +341,14 @@ start_postfix() { # [netcheck]: attach strace to the master before any mail
     PFLOG=$RUNDIR/maillog
     postconf -c "$PFCONF" -e "queue_directory = $PFQUEUE" "data_directory = $PFDATA" \
         "maillog_file = $PFLOG" "relayhost = [127.0.0.1]:$SINK_PORT"
-    mkdir -p "$PFQUEUE" "$PFDATA"
-    chown postfix "$PFDATA"
-    chmod 700 "$PFDATA"
-    if ! timeout 60 postfix -c "$PFCONF" check >"$RUNDIR/check.log" 2>&1; then
-        cat "$RUNDIR/check.log" >&2
-        die "postfix -c $PFCONF check failed"
-    fi
+    pf_prepare_dirs "$PFQUEUE" "$PFDATA" || die "cannot prepare $PFQUEUE and $PFDATA"
+    # From here on there may be processes to stop.
     PF_STARTED=1
-    # postfix prints its start errors only on a terminal: give it one.
-    if ! timeout 60 script -qec "postfix -c '$PFCONF' start" /dev/null >"$RUNDIR/start.log" 2>&1; then
-        cat "$RUNDIR/start.log" >&2
-        die "postfix -c $PFCONF start failed"
-    fi
+    pf_start "$PFCONF" "$RUNDIR" || die "Postfix did not start"
     wait_listening "$PF_PORT" 15 || die "Postfix is not listening on 127.0.0.1:$PF_PORT"
     if [ "${1:-}" = netcheck ]; then
         local master
-        master=$(pf_master_pid) || die "no Postfix master pid"
+        master=$(pf_master_pid "$PFQUEUE") || die "no Postfix master pid"
         # Follows every process the master forks from now on (smtpd, cleanup,
         # trivial-rewrite, smtp...); qmgr and pickup do no networking.
         strace -f -qq -o "$RUNDIR/strace.out" -e trace=connect,sendto,sendmsg,sendmmsg -p "$master" 2>"$RUNDIR/strace.err" &
@@ -517,8 +409,8 @@ mtad_ticks() { proc_ticks "$MTAD_PID"; }
 # the other workers exit after max_use requests or when idle).
 pf_ticks() {
     local pid master total=0
-    master=$(pf_master_pid) || master=
-    for pid in $(pf_instance_pids); do
+    master=$(pf_master_pid "$PFQUEUE") || master=
+    for pid in $(pf_instance_pids "$PFCONF"); do
         if [ "$pid" = "$master" ]; then
             total=$((total + $(proc_ticks "$pid" children)))
         else

@@ -18,6 +18,7 @@ mod limits;
 mod operator;
 mod postfix;
 mod queue_defects;
+mod queue_fixture;
 mod recipients;
 mod restart;
 mod security;

@@ -1,7 +1,9 @@
 //! A private Postfix instance on loopback, for tests that need Debian's
 //! Postfix as a real upstream (or relay) MTA.
 //!
-//! [`PrivatePostfix::start`] writes its own `main.cf` and `master.cf` in a
+//! [`PrivatePostfix::start`] has `tests/postfix-instance.sh` (the private
+//! instance the benchmarks use too) write its `main.cf` and `master.cf`,
+//! with this instance's settings added, in a
 //! folder of the test (config, queue and data directories all inside it),
 //! listens on `127.0.0.1:PORT` only, accepts mail from loopback and relays
 //! everything to one fixed next hop (`relayhost = [127.0.0.1]:PORT`, in
@@ -234,37 +236,15 @@ impl PrivatePostfix {
         std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| io("chmod", e))?;
 
-        let main_cf = format!(
+        // The shared configuration (tests/postfix-instance.sh, which the
+        // benchmarks use too), then this instance's own settings.
+        let extra = format!(
             "# A private instance for mtad's integration tests (tests/integration/postfix.rs).
-compatibility_level = 3.6
-config_directory = {config}
 queue_directory = {queue}
 data_directory = {data}
-mail_owner = postfix
-setgid_group = postdrop
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
 myhostname = upstream.test
-mydomain = test
-myorigin = $myhostname
-mydestination =
-relay_domains =
-local_recipient_maps =
-relay_recipient_maps =
-alias_maps =
-alias_database =
-mynetworks = 127.0.0.0/8
-smtpd_relay_restrictions = permit_mynetworks, reject
 smtpd_recipient_restrictions = permit_mynetworks, reject
-smtpd_client_restrictions =
-smtpd_helo_restrictions =
-smtpd_sender_restrictions =
-smtpd_data_restrictions =
-# No DNS anywhere: clients are not looked up, the next hop is an address.
-smtpd_peername_lookup = no
-smtp_dns_support_level = disabled
 relayhost = {relayhost}
-smtpd_tls_security_level =
 smtp_tls_security_level =
 # Every delivery opens a connection of its own: nothing cached across a
 # restart of the next hop.
@@ -274,52 +254,35 @@ minimal_backoff_time = 1s
 maximal_backoff_time = 2s
 queue_run_delay = 1s
 smtp_connect_timeout = 5s
-# smtpd must not slow down when the queue manager is busy.
-in_flow_delay = 0
-smtpd_client_connection_count_limit = 0
-smtpd_client_connection_rate_limit = 0
-smtpd_client_message_rate_limit = 0
-smtpd_client_recipient_rate_limit = 0
-smtpd_milters =
-non_smtpd_milters =
-header_checks =
-body_checks =
-biff = no
 maillog_file_prefixes = {dir}
 maillog_file = {dir}/maillog
 {main_cf_extra}
 ",
-            config = config_dir.display(),
             queue = queue_dir.display(),
             data = data_dir.display(),
             dir = dir.display(),
         );
-        let master_cf = format!(
-            "# service type  private unpriv  chroot  wakeup  maxproc command
-127.0.0.1:{port} inet n - n - - smtpd
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-"
-        );
-        std::fs::write(config_dir.join("main.cf"), main_cf).map_err(|e| io("main.cf", e))?;
-        std::fs::write(config_dir.join("master.cf"), master_cf).map_err(|e| io("master.cf", e))?;
+        let extra_path = dir.join("main.cf.extra");
+        std::fs::write(&extra_path, extra).map_err(|e| io("main.cf.extra", e))?;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/postfix-instance.sh");
+        let config = run_bounded(
+            Command::new("bash")
+                .arg(&script)
+                .arg("config")
+                .arg(&config_dir)
+                .arg(port.to_string())
+                .arg(&extra_path),
+            dir,
+            "config",
+            COMMAND_LIMIT,
+        )?;
+        if !config.status.success() {
+            return Err(format!(
+                "{} config failed: {}",
+                script.display(),
+                config.text()
+            ));
+        }
 
         let mut pf = PrivatePostfix {
             dir: dir.to_owned(),

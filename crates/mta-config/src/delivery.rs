@@ -101,30 +101,39 @@ impl QueueConfig {
     }
 }
 
-/// STARTTLS to other servers.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+// The policies and the throttle rule below are what the file says and
+// also what the SMTP client (mta-deliver) is given: defined here once,
+// since the configuration is the lower of the two crates (it depends on
+// no delivery code), and mta-deliver re-exports them.
+
+/// Whether and how to use STARTTLS (RFC 3207) with other servers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TlsPolicy {
-    /// Never.
+    /// Never, even when offered.
     None,
-    /// When offered, without checking the certificate (RFC 7435); falls
-    /// back to plaintext if the handshake fails.
+    /// When offered, without checking the certificate (RFC 7435
+    /// opportunistic security); falls back to plaintext if the handshake
+    /// fails.
     #[default]
     Opportunistic,
-    /// Always, with a certificate that verifies; else the message waits.
+    /// Always: STARTTLS must be offered and the certificate must verify
+    /// against the configured roots; otherwise the address counts as
+    /// failed and the message waits.
     Required,
 }
 
-/// What becomes of 8-bit text for a next hop that does not offer 8BITMIME.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+/// What becomes of 8-bit text (any octet above 127) for a next hop that
+/// does not offer 8BITMIME.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EightBitPolicy {
     /// It fails with 5.6.3 and a DSN (RFC 6152 section 3: the client must
     /// not send it; converting it to 7 bits is the other choice).
     #[default]
     Fail,
-    /// It is sent anyway, as sendmail's pass8 and Exim do: for a next hop
-    /// that takes it without saying so.
+    /// It is sent anyway, without the BODY parameter, as sendmail's pass8
+    /// and Exim do: for a next hop that takes it without saying so.
     Send,
 }
 
@@ -171,11 +180,11 @@ impl Default for DeliveryTimeouts {
 }
 
 /// `[delivery.throttle."PATTERN"]`: limits for the domains or the host
-/// the pattern names. What is unset falls back to the `[delivery]`
-/// default.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+/// the pattern names. What is unset (None) falls back to the `[delivery]`
+/// default (`max_per_destination`, `max_messages_per_hour`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct ThrottleRuleConfig {
+pub struct ThrottleRule {
     /// Connections at once: to each destination of a domain pattern, or
     /// to the host of an `mx:` pattern, busy and idle.
     pub max_connections: Option<usize>,
@@ -253,7 +262,7 @@ pub struct DeliveryConfig {
     /// Limits by pattern: `example.com` (that domain), `*.example.com`
     /// (its subdomains), `mx:mx1.example.com` (that MX or relay host,
     /// whatever the domain).
-    pub throttle: BTreeMap<String, ThrottleRuleConfig>,
+    pub throttle: BTreeMap<String, ThrottleRule>,
     /// Messages sent over one connection before it is closed.
     pub max_messages_per_connection: usize,
     /// How long a connection waits for the next message to its destination.

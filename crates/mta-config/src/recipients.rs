@@ -11,7 +11,7 @@
 use std::fmt;
 use std::path::Path;
 
-use crate::SmtpConfig;
+use crate::smtp::SmtpConfig;
 
 /// One mailbox of the local recipient list, in the form lookups use.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -140,20 +140,19 @@ impl SmtpConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Config;
 
     fn smtp(list: Option<&[&str]>, file: Option<&Path>) -> SmtpConfig {
         SmtpConfig {
             local_domains: vec!["localhost".into(), "Example.Test".into()],
             local_recipients: list.map(|l| l.iter().map(|s| s.to_string()).collect()),
             local_recipients_file: file.map(Path::to_owned),
-            ..Config::default().smtp
+            ..SmtpConfig::default()
         }
     }
 
     #[test]
     fn no_list_by_default() {
-        assert_eq!(Config::default().smtp.local_recipient_list(), Ok(None));
+        assert_eq!(SmtpConfig::default().local_recipient_list(), Ok(None));
         assert_eq!(
             smtp(Some(&[]), None).local_recipient_list(),
             Ok(Some(vec![]))

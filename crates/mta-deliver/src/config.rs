@@ -6,33 +6,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Whether and how to use STARTTLS (RFC 3207) with a destination.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum TlsPolicy {
-    /// Never use STARTTLS, even when offered.
-    None,
-    /// Use STARTTLS when offered, without checking the certificate
-    /// (RFC 7435 opportunistic security); fall back to plaintext when the
-    /// handshake fails.
-    #[default]
-    Opportunistic,
-    /// STARTTLS must be offered and the certificate must verify against the
-    /// configured roots; otherwise the address counts as failed.
-    Required,
-}
-
-/// What becomes of 8-bit text (any octet above 127) for a server that
-/// does not offer 8BITMIME.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum EightBitPolicy {
-    /// The recipients fail with 5.6.3 (RFC 6152 section 3: the client
-    /// must not send it; it may convert it to 7 bits or report a failure).
-    #[default]
-    Fail,
-    /// It is sent anyway, without the BODY parameter, as sendmail's pass8
-    /// and Exim do.
-    Send,
-}
+// The STARTTLS and 8-bit policies and the throttle rule are the
+// configuration's own types: what the file says is what the client is
+// given, with no copy to keep in step. mta-config is the lower crate (it
+// knows nothing of delivery), so the client uses its definitions.
+pub use mta_config::{EightBitPolicy, ThrottleRule, TlsPolicy};
 
 /// How long to wait at each step of a session.
 ///
@@ -75,18 +53,6 @@ impl Default for Timeouts {
             quit: Duration::from_secs(30),
         }
     }
-}
-
-/// Limits for what one `throttle` pattern matches; what is None comes
-/// from the defaults in [`ClientConfig`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ThrottleRule {
-    /// Connections at once: to each destination key of a matching domain,
-    /// or to the host of an `mx:` rule.
-    pub max_connections: Option<usize>,
-    /// Messages per sliding hour, shared by everything the pattern matches;
-    /// 0: no limit.
-    pub max_messages_per_hour: Option<u64>,
 }
 
 /// Everything [`Client::new`](crate::Client::new) needs.

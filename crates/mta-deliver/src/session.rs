@@ -475,7 +475,7 @@ impl Session {
                 return Err((None, failed(reason)));
             }
         };
-        let description = tls::describe(stream.get_ref().1);
+        let description = tls::describe_session(stream.get_ref().1);
         tracing::debug!(remote = %self.remote, tls = %description, verified = required, "TLS established");
         Ok(Session {
             stream: Stream::Tls(Box::new(stream)),

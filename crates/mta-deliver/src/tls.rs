@@ -83,8 +83,11 @@ pub(crate) fn server_name(host: &str, ip: IpAddr) -> ServerName<'static> {
     ServerName::IpAddress(ip.into())
 }
 
-/// `TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384`, as `mtad` writes it.
-pub(crate) fn describe(conn: &rustls::ClientConnection) -> String {
+/// A TLS session in words: `TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384`.
+/// The one wording, for either side (a `ClientConnection` or a
+/// `ServerConnection` is a [`rustls::CommonState`] underneath): the
+/// client's delivery log and the server's `Received:` header and logs.
+pub fn describe_session(conn: &rustls::CommonState) -> String {
     let version = match conn.protocol_version() {
         Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_owned(),
         Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_owned(),

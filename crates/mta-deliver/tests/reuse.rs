@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use mta_deliver::{Client, OutboundMessage, TlsPolicy};
+use mta_deliver::{Client, TlsPolicy};
 use mta_testkit::sink::SinkConfig;
 
 #[tokio::test]
@@ -17,16 +17,7 @@ async fn messages_in_sequence_share_one_connection() {
     let env = envelope(&["a@dest.test"]);
     let dest = destination("dest.test", vec![target("mx.test", sink.addr)]);
     for _ in 0..5 {
-        let attempt = client
-            .deliver(
-                &dest,
-                OutboundMessage {
-                    envelope: &env,
-                    recipients: &[0],
-                    content: CONTENT,
-                },
-            )
-            .await;
+        let attempt = client.deliver(&dest, message(&env, &[0], CONTENT)).await;
         assert!(attempt.all_delivered(), "{attempt:?}");
     }
     let got = sink.wait_for_messages(5, WAIT).await;
@@ -59,16 +50,7 @@ async fn reuse_over_tls_keeps_tls() {
     let env = envelope(&["a@dest.test"]);
     let dest = destination("dest.test", vec![target("localhost", sink.addr)]);
     for _ in 0..3 {
-        let attempt = client
-            .deliver(
-                &dest,
-                OutboundMessage {
-                    envelope: &env,
-                    recipients: &[0],
-                    content: CONTENT,
-                },
-            )
-            .await;
+        let attempt = client.deliver(&dest, message(&env, &[0], CONTENT)).await;
         assert!(attempt.all_delivered(), "{attempt:?}");
         assert!(attempt.tls.is_some());
     }
@@ -85,16 +67,7 @@ async fn a_connection_carries_at_most_max_messages() {
     let env = envelope(&["a@dest.test"]);
     let dest = destination("dest.test", vec![target("mx.test", sink.addr)]);
     for _ in 0..5 {
-        let attempt = client
-            .deliver(
-                &dest,
-                OutboundMessage {
-                    envelope: &env,
-                    recipients: &[0],
-                    content: CONTENT,
-                },
-            )
-            .await;
+        let attempt = client.deliver(&dest, message(&env, &[0], CONTENT)).await;
         assert!(attempt.all_delivered(), "{attempt:?}");
     }
     let got = sink.wait_for_messages(5, WAIT).await;
@@ -110,16 +83,7 @@ async fn connections_are_not_shared_between_keys() {
     let one = destination("one.test", vec![target("mx.test", sink.addr)]);
     let two = destination("two.test", vec![target("mx.test", sink.addr)]);
     for dest in [&one, &two, &one, &two] {
-        let attempt = client
-            .deliver(
-                dest,
-                OutboundMessage {
-                    envelope: &env,
-                    recipients: &[0],
-                    content: CONTENT,
-                },
-            )
-            .await;
+        let attempt = client.deliver(dest, message(&env, &[0], CONTENT)).await;
         assert!(attempt.all_delivered(), "{attempt:?}");
     }
     assert_eq!(sink.connections(), 2);
@@ -136,16 +100,7 @@ async fn idle_connections_are_closed_with_quit_when_they_expire() {
     let client = Client::new(config).unwrap();
     let env = envelope(&["a@dest.test"]);
     let dest = destination("dest.test", vec![target("mx.test", sink.addr)]);
-    let attempt = client
-        .deliver(
-            &dest,
-            OutboundMessage {
-                envelope: &env,
-                recipients: &[0],
-                content: CONTENT,
-            },
-        )
-        .await;
+    let attempt = client.deliver(&dest, message(&env, &[0], CONTENT)).await;
     assert!(attempt.all_delivered(), "{attempt:?}");
     let deadline = tokio::time::Instant::now() + WAIT;
     while client.connections_open() > 0 && tokio::time::Instant::now() < deadline {
@@ -155,16 +110,7 @@ async fn idle_connections_are_closed_with_quit_when_they_expire() {
     assert_eq!(sink.commands().last().unwrap().1, "QUIT");
 
     // The next message opens a new connection.
-    let attempt = client
-        .deliver(
-            &dest,
-            OutboundMessage {
-                envelope: &env,
-                recipients: &[0],
-                content: CONTENT,
-            },
-        )
-        .await;
+    let attempt = client.deliver(&dest, message(&env, &[0], CONTENT)).await;
     assert!(attempt.all_delivered(), "{attempt:?}");
     assert_eq!(sink.connections(), 2);
 }
@@ -175,11 +121,7 @@ async fn a_server_that_closed_an_idle_connection_gets_a_new_one() {
     let client = Client::new(config()).unwrap();
     let env = envelope(&["a@dest.test"]);
     let dest = destination("dest.test", vec![target("mx.test", sink.addr)]);
-    let msg = OutboundMessage {
-        envelope: &env,
-        recipients: &[0],
-        content: CONTENT,
-    };
+    let msg = message(&env, &[0], CONTENT);
     assert!(client.deliver(&dest, msg).await.all_delivered());
     // The sink goes away and another takes its address.
     let addr = sink.addr;
@@ -227,18 +169,7 @@ async fn concurrency_per_destination_is_limited() {
         let client = client.clone();
         let env = env.clone();
         let dest = dest.clone();
-        tasks.spawn(async move {
-            client
-                .deliver(
-                    &dest,
-                    OutboundMessage {
-                        envelope: &env,
-                        recipients: &[0],
-                        content: CONTENT,
-                    },
-                )
-                .await
-        });
+        tasks.spawn(async move { client.deliver(&dest, message(&env, &[0], CONTENT)).await });
     }
     let all = tokio::time::timeout(WAIT, async {
         let mut attempts = Vec::new();
@@ -267,14 +198,7 @@ fn deliver_is_send() {
     let client = Client::new(config()).unwrap();
     let env = envelope(&["a@dest.test"]);
     let dest = destination("dest.test", vec![]);
-    assert_send(client.deliver(
-        &dest,
-        OutboundMessage {
-            envelope: &env,
-            recipients: &[0],
-            content: CONTENT,
-        },
-    ));
+    assert_send(client.deliver(&dest, message(&env, &[0], CONTENT)));
 }
 
 /// The sink in its own runtime, for tests that are not async.
@@ -289,14 +213,7 @@ fn a_background_sink_serves_a_plain_test() {
     let client = Client::new(config()).unwrap();
     let env = envelope(&["a@dest.test"]);
     let dest = destination("dest.test", vec![target("mx.test", sink.addr)]);
-    let attempt = rt.block_on(client.deliver(
-        &dest,
-        OutboundMessage {
-            envelope: &env,
-            recipients: &[0],
-            content: CONTENT,
-        },
-    ));
+    let attempt = rt.block_on(client.deliver(&dest, message(&env, &[0], CONTENT)));
     assert!(attempt.all_delivered(), "{attempt:?}");
     assert_eq!(sink.wait_for_messages_blocking(1, WAIT).len(), 1);
 }

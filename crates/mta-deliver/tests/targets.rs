@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use mta_deliver::{Client, Destination, OutboundMessage, Outcome, Target};
+use mta_deliver::{Client, Destination, Outcome, Target};
 use mta_testkit::sink::SinkConfig;
 
 #[tokio::test]
@@ -16,16 +16,7 @@ async fn a_refused_connection_moves_on_to_the_next_target() {
         "dest.test",
         vec![target("down.test", down), target("up.test", sink.addr)],
     );
-    let attempt = client
-        .deliver(
-            &dest,
-            OutboundMessage {
-                envelope: &env,
-                recipients: &[0],
-                content: CONTENT,
-            },
-        )
-        .await;
+    let attempt = client.deliver(&dest, message(&env, &[0], CONTENT)).await;
     assert!(attempt.all_delivered(), "{attempt:?}");
     assert!(attempt.remote.unwrap().starts_with("up.test[127.0.0.21]"));
 }
@@ -43,16 +34,7 @@ async fn the_addresses_of_one_target_are_tried_in_order() {
             addrs: vec![down, sink.addr],
         }],
     );
-    let attempt = client
-        .deliver(
-            &dest,
-            OutboundMessage {
-                envelope: &env,
-                recipients: &[0],
-                content: CONTENT,
-            },
-        )
-        .await;
+    let attempt = client.deliver(&dest, message(&env, &[0], CONTENT)).await;
     assert!(attempt.all_delivered(), "{attempt:?}");
     assert!(attempt.remote.unwrap().starts_with("mx.test[127.0.0.23]"));
 }
@@ -68,16 +50,7 @@ async fn a_421_greeting_moves_on_to_the_next_target() {
         "dest.test",
         vec![target("busy.test", busy.addr), target("up.test", sink.addr)],
     );
-    let attempt = client
-        .deliver(
-            &dest,
-            OutboundMessage {
-                envelope: &env,
-                recipients: &[0],
-                content: CONTENT,
-            },
-        )
-        .await;
+    let attempt = client.deliver(&dest, message(&env, &[0], CONTENT)).await;
     assert!(attempt.all_delivered(), "{attempt:?}");
     assert_eq!(busy.connections(), 1);
     assert!(busy.messages().is_empty());
@@ -94,16 +67,7 @@ async fn every_target_down_defers_with_the_last_error() {
         "dest.test",
         vec![target("down1.test", first), target("down2.test", second)],
     );
-    let attempt = client
-        .deliver(
-            &dest,
-            OutboundMessage {
-                envelope: &env,
-                recipients: &[0, 1],
-                content: CONTENT,
-            },
-        )
-        .await;
+    let attempt = client.deliver(&dest, message(&env, &[0, 1], CONTENT)).await;
     assert_eq!(attempt.outcomes.len(), 2);
     assert_eq!(attempt.remote, None);
     for (_, outcome) in &attempt.outcomes {
@@ -126,16 +90,7 @@ async fn a_5xx_greeting_everywhere_defers_with_class_4() {
     let client = Client::new(config()).unwrap();
     let env = envelope(&["a@dest.test"]);
     let dest = destination("dest.test", vec![target("mx.test", sink.addr)]);
-    let attempt = client
-        .deliver(
-            &dest,
-            OutboundMessage {
-                envelope: &env,
-                recipients: &[0],
-                content: CONTENT,
-            },
-        )
-        .await;
+    let attempt = client.deliver(&dest, message(&env, &[0], CONTENT)).await;
     match attempt.outcome(0).unwrap() {
         Outcome::Deferred {
             status,
@@ -165,16 +120,7 @@ async fn no_targets_defers() {
         domain: "dest.test".into(),
         targets: vec![],
     };
-    let attempt = client
-        .deliver(
-            &dest,
-            OutboundMessage {
-                envelope: &env,
-                recipients: &[0],
-                content: CONTENT,
-            },
-        )
-        .await;
+    let attempt = client.deliver(&dest, message(&env, &[0], CONTENT)).await;
     assert!(attempt.outcome(0).unwrap().is_deferred());
 }
 
@@ -184,16 +130,7 @@ async fn a_recipient_index_out_of_range_is_deferred_not_a_panic() {
     let client = Client::new(config()).unwrap();
     let env = envelope(&["a@dest.test"]);
     let dest = destination("dest.test", vec![target("mx.test", sink.addr)]);
-    let attempt = client
-        .deliver(
-            &dest,
-            OutboundMessage {
-                envelope: &env,
-                recipients: &[7, 0],
-                content: CONTENT,
-            },
-        )
-        .await;
+    let attempt = client.deliver(&dest, message(&env, &[7, 0], CONTENT)).await;
     assert!(attempt.outcome(0).unwrap().is_delivered());
     assert_eq!(attempt.outcome(7).unwrap().status(), "4.3.0");
     let order: Vec<usize> = attempt.outcomes.iter().map(|(i, _)| *i).collect();

@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use mta_deliver::{
-    Attempt, Client, ClientConfig, Destination, OutboundMessage, Outcome, ServerSignal,
-    ThrottleRule,
+    Attempt, Client, ClientConfig, Destination, Outcome, ServerSignal, ThrottleRule,
 };
 use mta_envelope::Envelope;
 use mta_testkit::sink::SinkConfig;
@@ -31,16 +30,7 @@ fn with_rule(
 }
 
 async fn send(client: &Client, dest: &Destination, env: &Envelope) -> Attempt {
-    client
-        .deliver(
-            dest,
-            OutboundMessage {
-                envelope: env,
-                recipients: &[0],
-                content: CONTENT,
-            },
-        )
-        .await
+    client.deliver(dest, message(env, &[0], CONTENT)).await
 }
 
 /// Every recipient deferred with 4.4.5 by a local throttle, the reason

@@ -6,7 +6,7 @@ mod common;
 use std::io::Write;
 
 use common::*;
-use mta_deliver::{Client, ClientError, OutboundMessage, Outcome, TlsPolicy};
+use mta_deliver::{Client, ClientError, Outcome, TlsPolicy};
 use mta_testkit::sink::SinkConfig;
 
 fn tls_sink() -> SinkConfig {
@@ -31,16 +31,7 @@ async fn opportunistic_tls_is_used_when_offered() {
     let client = Client::new(config).unwrap();
     let env = envelope(&["a@dest.test"]);
     let dest = destination("dest.test", vec![target("localhost", sink.addr)]);
-    let attempt = client
-        .deliver(
-            &dest,
-            OutboundMessage {
-                envelope: &env,
-                recipients: &[0],
-                content: CONTENT,
-            },
-        )
-        .await;
+    let attempt = client.deliver(&dest, message(&env, &[0], CONTENT)).await;
     assert!(attempt.all_delivered(), "{attempt:?}");
     let tls = attempt.tls.expect("TLS used");
     assert!(tls.starts_with("TLSv1."), "{tls}");
@@ -66,16 +57,7 @@ async fn opportunistic_tls_accepts_any_certificate() {
     let client = Client::new(config).unwrap();
     let env = envelope(&["a@dest.test"]);
     let dest = destination("dest.test", vec![target("wrong-name.test", sink.addr)]);
-    let attempt = client
-        .deliver(
-            &dest,
-            OutboundMessage {
-                envelope: &env,
-                recipients: &[0],
-                content: CONTENT,
-            },
-        )
-        .await;
+    let attempt = client.deliver(&dest, message(&env, &[0], CONTENT)).await;
     assert!(attempt.all_delivered(), "{attempt:?}");
     assert!(attempt.tls.is_some());
 }
@@ -89,16 +71,7 @@ async fn a_failed_opportunistic_handshake_retries_in_plaintext() {
     let client = Client::new(config).unwrap();
     let env = envelope(&["a@dest.test"]);
     let dest = destination("dest.test", vec![target("localhost", sink.addr)]);
-    let attempt = client
-        .deliver(
-            &dest,
-            OutboundMessage {
-                envelope: &env,
-                recipients: &[0],
-                content: CONTENT,
-            },
-        )
-        .await;
+    let attempt = client.deliver(&dest, message(&env, &[0], CONTENT)).await;
     assert!(attempt.all_delivered(), "{attempt:?}");
     assert_eq!(attempt.tls, None);
     assert_eq!(sink.connections(), 2);
@@ -118,16 +91,7 @@ async fn required_tls_verifies_against_the_ca_file() {
     let client = Client::new(config).unwrap();
     let env = envelope(&["a@secure.test"]);
     let dest = destination("Secure.Test", vec![target("mx.secure.test", sink.addr)]);
-    let attempt = client
-        .deliver(
-            &dest,
-            OutboundMessage {
-                envelope: &env,
-                recipients: &[0],
-                content: CONTENT,
-            },
-        )
-        .await;
+    let attempt = client.deliver(&dest, message(&env, &[0], CONTENT)).await;
     assert!(attempt.all_delivered(), "{attempt:?}");
     assert!(attempt.tls.is_some());
     assert!(sink.wait_for_messages(1, WAIT).await[0].tls);
@@ -146,14 +110,7 @@ async fn required_tls_without_starttls_defers_and_tries_the_next_host() {
 
     let only_plain = destination("secure.test", vec![target("plain.test", plain.addr)]);
     let attempt = client
-        .deliver(
-            &only_plain,
-            OutboundMessage {
-                envelope: &env,
-                recipients: &[0],
-                content: CONTENT,
-            },
-        )
+        .deliver(&only_plain, message(&env, &[0], CONTENT))
         .await;
     match attempt.outcome(0).unwrap() {
         Outcome::Deferred { status, reason, .. } => {
@@ -172,16 +129,7 @@ async fn required_tls_without_starttls_defers_and_tries_the_next_host() {
             target("localhost", secure.addr),
         ],
     );
-    let attempt = client
-        .deliver(
-            &both,
-            OutboundMessage {
-                envelope: &env,
-                recipients: &[0],
-                content: CONTENT,
-            },
-        )
-        .await;
+    let attempt = client.deliver(&both, message(&env, &[0], CONTENT)).await;
     assert!(attempt.all_delivered(), "{attempt:?}");
     assert!(plain.messages().is_empty());
 }
@@ -197,16 +145,7 @@ async fn required_tls_with_an_untrusted_certificate_defers_without_plaintext() {
     let client = Client::new(config).unwrap();
     let env = envelope(&["a@secure.test"]);
     let dest = destination("secure.test", vec![target("localhost", sink.addr)]);
-    let attempt = client
-        .deliver(
-            &dest,
-            OutboundMessage {
-                envelope: &env,
-                recipients: &[0],
-                content: CONTENT,
-            },
-        )
-        .await;
+    let attempt = client.deliver(&dest, message(&env, &[0], CONTENT)).await;
     match attempt.outcome(0).unwrap() {
         Outcome::Deferred { status, reason, .. } => {
             assert_eq!(status, "4.7.5");
@@ -226,16 +165,7 @@ async fn required_tls_without_a_ca_file_defers_without_connecting() {
     let client = Client::new(config).unwrap();
     let env = envelope(&["a@secure.test"]);
     let dest = destination("secure.test", vec![target("localhost", sink.addr)]);
-    let attempt = client
-        .deliver(
-            &dest,
-            OutboundMessage {
-                envelope: &env,
-                recipients: &[0],
-                content: CONTENT,
-            },
-        )
-        .await;
+    let attempt = client.deliver(&dest, message(&env, &[0], CONTENT)).await;
     match attempt.outcome(0).unwrap() {
         Outcome::Deferred { status, reason, .. } => {
             assert_eq!(status, "4.7.5");
@@ -252,16 +182,7 @@ async fn tls_policy_none_stays_in_plaintext() {
     let client = Client::new(config()).unwrap();
     let env = envelope(&["a@dest.test"]);
     let dest = destination("dest.test", vec![target("localhost", sink.addr)]);
-    let attempt = client
-        .deliver(
-            &dest,
-            OutboundMessage {
-                envelope: &env,
-                recipients: &[0],
-                content: CONTENT,
-            },
-        )
-        .await;
+    let attempt = client.deliver(&dest, message(&env, &[0], CONTENT)).await;
     assert!(attempt.all_delivered(), "{attempt:?}");
     assert_eq!(attempt.tls, None);
     assert!(!sink.commands().iter().any(|(_, c)| c == "STARTTLS"));
@@ -296,16 +217,7 @@ async fn plaintext_after_the_starttls_reply_is_discarded() {
     let client = Client::new(config).unwrap();
     let env = envelope(&["a@dest.test"]);
     let dest = destination("dest.test", vec![target("localhost", sink.addr)]);
-    let attempt = client
-        .deliver(
-            &dest,
-            OutboundMessage {
-                envelope: &env,
-                recipients: &[0],
-                content: CONTENT,
-            },
-        )
-        .await;
+    let attempt = client.deliver(&dest, message(&env, &[0], CONTENT)).await;
     assert!(attempt.all_delivered(), "{attempt:?}");
     assert!(attempt.tls.is_some());
     assert_eq!(sink.connections(), 1);

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use mta_deliver::{Client, Delivery, OutboundMessage, Outcome};
+use mta_deliver::{Client, Delivery, Outcome};
 use mta_envelope::{BodyType, Notify, Ret};
 use mta_testkit::sink::SinkConfig;
 
@@ -16,16 +16,7 @@ async fn a_message_is_delivered() {
     let client = Client::new(config()).unwrap();
     let env = envelope(&["rcpt@dest.test"]);
     let dest = destination("dest.test", vec![target("mx1.test", sink.addr)]);
-    let attempt = client
-        .deliver(
-            &dest,
-            OutboundMessage {
-                envelope: &env,
-                recipients: &[0],
-                content: CONTENT,
-            },
-        )
-        .await;
+    let attempt = client.deliver(&dest, message(&env, &[0], CONTENT)).await;
     assert_eq!(attempt.outcomes.len(), 1);
     let (index, outcome) = &attempt.outcomes[0];
     assert_eq!(*index, 0);
@@ -62,14 +53,7 @@ async fn each_recipient_gets_its_own_outcome() {
     let env = envelope(&["ok@dest.test", "unknown@dest.test", "later@dest.test"]);
     let dest = destination("dest.test", vec![target("mx1.test", sink.addr)]);
     let attempt = client
-        .deliver(
-            &dest,
-            OutboundMessage {
-                envelope: &env,
-                recipients: &[0, 1, 2],
-                content: CONTENT,
-            },
-        )
+        .deliver(&dest, message(&env, &[0, 1, 2], CONTENT))
         .await;
     assert!(attempt.outcome(0).unwrap().is_delivered(), "{attempt:?}");
     match attempt.outcome(1).unwrap() {
@@ -118,16 +102,7 @@ async fn a_server_without_dsn_leaves_the_success_notice_to_us() {
     let client = Client::new(config()).unwrap();
     let env = envelope(&["ok@dest.test"]);
     let dest = destination("dest.test", vec![target("mx1.test", sink.addr)]);
-    let attempt = client
-        .deliver(
-            &dest,
-            OutboundMessage {
-                envelope: &env,
-                recipients: &[0],
-                content: CONTENT,
-            },
-        )
-        .await;
+    let attempt = client.deliver(&dest, message(&env, &[0], CONTENT)).await;
     assert!(
         matches!(
             attempt.outcome(0),
@@ -147,16 +122,7 @@ async fn only_the_listed_recipients_are_sent() {
     let client = Client::new(config()).unwrap();
     let env = envelope(&["a@dest.test", "b@dest.test", "c@dest.test"]);
     let dest = destination("dest.test", vec![target("mx1.test", sink.addr)]);
-    let attempt = client
-        .deliver(
-            &dest,
-            OutboundMessage {
-                envelope: &env,
-                recipients: &[2, 0],
-                content: CONTENT,
-            },
-        )
-        .await;
+    let attempt = client.deliver(&dest, message(&env, &[2, 0], CONTENT)).await;
     let indexes: Vec<usize> = attempt.outcomes.iter().map(|(i, _)| *i).collect();
     assert_eq!(indexes, [2, 0]);
     assert!(attempt.all_delivered());
@@ -179,16 +145,7 @@ async fn no_accepted_recipient_means_rset_not_data() {
     let client = Client::new(config()).unwrap();
     let env = envelope(&["a@dest.test", "b@dest.test"]);
     let dest = destination("dest.test", vec![target("mx1.test", sink.addr)]);
-    let attempt = client
-        .deliver(
-            &dest,
-            OutboundMessage {
-                envelope: &env,
-                recipients: &[0, 1],
-                content: CONTENT,
-            },
-        )
-        .await;
+    let attempt = client.deliver(&dest, message(&env, &[0, 1], CONTENT)).await;
     assert!(
         attempt.outcomes.iter().all(|(_, o)| o.is_failed()),
         "{attempt:?}"
@@ -212,16 +169,7 @@ async fn no_accepted_recipient_when_pipelining_resets_too() {
     let client = Client::new(config()).unwrap();
     let env = envelope(&["a@dest.test"]);
     let dest = destination("dest.test", vec![target("mx1.test", sink.addr)]);
-    let attempt = client
-        .deliver(
-            &dest,
-            OutboundMessage {
-                envelope: &env,
-                recipients: &[0],
-                content: CONTENT,
-            },
-        )
-        .await;
+    let attempt = client.deliver(&dest, message(&env, &[0], CONTENT)).await;
     assert_eq!(attempt.outcome(0).unwrap().status(), "4.2.0");
     assert!(attempt.outcome(0).unwrap().is_deferred());
     let commands: Vec<String> = sink.commands().into_iter().map(|(_, c)| c).collect();
@@ -239,11 +187,7 @@ async fn end_of_data_4xx_defers_and_5xx_fails() {
     let client = Client::new(config()).unwrap();
     let env = envelope(&["a@dest.test", "b@dest.test"]);
     let dest = destination("dest.test", vec![target("mx1.test", sink.addr)]);
-    let msg = OutboundMessage {
-        envelope: &env,
-        recipients: &[0, 1],
-        content: CONTENT,
-    };
+    let msg = message(&env, &[0, 1], CONTENT);
 
     sink.set_data_reply(451, "4.3.0 queue full");
     let attempt = client.deliver(&dest, msg).await;
@@ -277,16 +221,7 @@ async fn pipelining_is_used_when_offered() {
     let client = Client::new(config()).unwrap();
     let env = envelope(&["a@dest.test", "b@dest.test"]);
     let dest = destination("dest.test", vec![target("mx1.test", sink.addr)]);
-    let attempt = client
-        .deliver(
-            &dest,
-            OutboundMessage {
-                envelope: &env,
-                recipients: &[0, 1],
-                content: CONTENT,
-            },
-        )
-        .await;
+    let attempt = client.deliver(&dest, message(&env, &[0, 1], CONTENT)).await;
     assert!(attempt.all_delivered(), "{attempt:?}");
     let got = sink.wait_for_messages(1, WAIT).await;
     assert!(got[0].pipelined);
@@ -305,16 +240,7 @@ async fn lockstep_without_pipelining() {
     let client = Client::new(config()).unwrap();
     let env = envelope(&["a@dest.test", "b@dest.test"]);
     let dest = destination("dest.test", vec![target("mx1.test", sink.addr)]);
-    let attempt = client
-        .deliver(
-            &dest,
-            OutboundMessage {
-                envelope: &env,
-                recipients: &[0, 1],
-                content: CONTENT,
-            },
-        )
-        .await;
+    let attempt = client.deliver(&dest, message(&env, &[0, 1], CONTENT)).await;
     assert!(attempt.all_delivered(), "{attempt:?}");
     let got = sink.wait_for_messages(1, WAIT).await;
     assert!(!got[0].pipelined);
@@ -328,16 +254,7 @@ async fn dot_stuffing_round_trips() {
     let env = envelope(&["a@dest.test"]);
     let dest = destination("dest.test", vec![target("mx1.test", sink.addr)]);
     let content = b"Subject: dots\r\n\r\n.leading dot\r\n..two dots\r\n.\r\nmiddle . dot\r\n.";
-    let attempt = client
-        .deliver(
-            &dest,
-            OutboundMessage {
-                envelope: &env,
-                recipients: &[0],
-                content,
-            },
-        )
-        .await;
+    let attempt = client.deliver(&dest, message(&env, &[0], content)).await;
     assert!(attempt.all_delivered(), "{attempt:?}");
     let got = sink.wait_for_messages(1, WAIT).await;
     // The missing final CRLF is added; every dot arrives as it was.
@@ -362,16 +279,7 @@ async fn a_message_over_the_size_limit_fails_without_being_sent() {
     let client = Client::new(config()).unwrap();
     let env = envelope(&["a@dest.test", "b@dest.test"]);
     let dest = destination("dest.test", vec![target("mx1.test", sink.addr)]);
-    let attempt = client
-        .deliver(
-            &dest,
-            OutboundMessage {
-                envelope: &env,
-                recipients: &[0, 1],
-                content: CONTENT,
-            },
-        )
-        .await;
+    let attempt = client.deliver(&dest, message(&env, &[0, 1], CONTENT)).await;
     for (_, outcome) in &attempt.outcomes {
         match outcome {
             Outcome::Failed { status, reason, .. } => {
@@ -406,16 +314,7 @@ async fn smtputf8_needed_but_not_offered_fails() {
         (&non_ascii, CONTENT, "5.6.7"),
         (&utf8_header, header.as_bytes(), "5.6.9"),
     ] {
-        let attempt = client
-            .deliver(
-                &dest,
-                OutboundMessage {
-                    envelope: env,
-                    recipients: &[0],
-                    content,
-                },
-            )
-            .await;
+        let attempt = client.deliver(&dest, message(env, &[0], content)).await;
         let outcome = attempt.outcome(0).unwrap();
         assert!(
             outcome.is_failed() && outcome.status() == status,
@@ -441,14 +340,7 @@ async fn a_flagged_ascii_message_goes_without_smtputf8_when_not_offered() {
     let mut flagged = envelope(&["a@dest.test", "j\u{f6}rg@dest.test"]);
     flagged.smtputf8 = true;
     let attempt = client
-        .deliver(
-            &dest,
-            OutboundMessage {
-                envelope: &flagged,
-                recipients: &[0, 1],
-                content: CONTENT,
-            },
-        )
+        .deliver(&dest, message(&flagged, &[0, 1], CONTENT))
         .await;
     assert!(attempt.outcome(0).unwrap().is_delivered(), "{attempt:?}");
     assert_eq!(attempt.outcome(1).unwrap().status(), "5.6.7", "{attempt:?}");
@@ -463,16 +355,7 @@ async fn smtputf8_is_sent_when_offered() {
     let client = Client::new(config()).unwrap();
     let dest = destination("dest.test", vec![target("mx1.test", sink.addr)]);
     let env = envelope(&["j\u{f6}rg@dest.test"]);
-    let attempt = client
-        .deliver(
-            &dest,
-            OutboundMessage {
-                envelope: &env,
-                recipients: &[0],
-                content: CONTENT,
-            },
-        )
-        .await;
+    let attempt = client.deliver(&dest, message(&env, &[0], CONTENT)).await;
     assert!(attempt.all_delivered(), "{attempt:?}");
     let got = sink.wait_for_messages(1, WAIT).await;
     assert!(got[0].mail_params.contains("SMTPUTF8"));
@@ -495,16 +378,7 @@ async fn dsn_parameters_are_passed_when_advertised() {
     });
     env.recipients[0].orcpt = Some("rfc822;a+x@orig.test".into());
     env.recipients[1].notify = Some(Notify::Never);
-    let attempt = client
-        .deliver(
-            &dest,
-            OutboundMessage {
-                envelope: &env,
-                recipients: &[0, 1],
-                content: CONTENT,
-            },
-        )
-        .await;
+    let attempt = client.deliver(&dest, message(&env, &[0, 1], CONTENT)).await;
     assert!(attempt.all_delivered(), "{attempt:?}");
     assert!(attempt.dsn);
     let got = sink.wait_for_messages(1, WAIT).await;
@@ -540,16 +414,7 @@ async fn dsn_parameters_are_left_out_when_not_advertised() {
     env.envid = Some("id".into());
     env.recipients[0].notify = Some(Notify::Never);
     env.recipients[0].orcpt = Some("rfc822;a@dest.test".into());
-    let attempt = client
-        .deliver(
-            &dest,
-            OutboundMessage {
-                envelope: &env,
-                recipients: &[0],
-                content: CONTENT,
-            },
-        )
-        .await;
+    let attempt = client.deliver(&dest, message(&env, &[0], CONTENT)).await;
     assert!(attempt.all_delivered(), "{attempt:?}");
     assert!(!attempt.dsn);
     let got = sink.wait_for_messages(1, WAIT).await;
@@ -565,16 +430,7 @@ async fn helo_when_ehlo_is_refused() {
     let dest = destination("dest.test", vec![target("mx1.test", sink.addr)]);
     let mut env = envelope(&["a@dest.test"]);
     env.ret = Some(Ret::Full);
-    let attempt = client
-        .deliver(
-            &dest,
-            OutboundMessage {
-                envelope: &env,
-                recipients: &[0],
-                content: CONTENT,
-            },
-        )
-        .await;
+    let attempt = client.deliver(&dest, message(&env, &[0], CONTENT)).await;
     assert!(attempt.all_delivered(), "{attempt:?}");
     let got = sink.wait_for_messages(1, WAIT).await;
     // No extensions after HELO: no SIZE, no RET, lockstep.
@@ -598,19 +454,9 @@ async fn a_slow_end_of_data_reply_defers() {
     let client = Client::new(config).unwrap();
     let dest = destination("dest.test", vec![target("mx1.test", sink.addr)]);
     let env = envelope(&["a@dest.test"]);
-    let attempt = tokio::time::timeout(
-        WAIT,
-        client.deliver(
-            &dest,
-            OutboundMessage {
-                envelope: &env,
-                recipients: &[0],
-                content: CONTENT,
-            },
-        ),
-    )
-    .await
-    .expect("bounded by the data_end timeout");
+    let attempt = tokio::time::timeout(WAIT, client.deliver(&dest, message(&env, &[0], CONTENT)))
+        .await
+        .expect("bounded by the data_end timeout");
     match attempt.outcome(0).unwrap() {
         Outcome::Deferred { status, reason, .. } => {
             assert_eq!(status, "4.4.2");
@@ -639,16 +485,7 @@ async fn a_large_message_arrives_intact() {
         content.extend(std::iter::repeat_n(b'x', n % 37));
         content.extend_from_slice(b"\r\n");
     }
-    let attempt = client
-        .deliver(
-            &dest,
-            OutboundMessage {
-                envelope: &env,
-                recipients: &[0],
-                content: &content,
-            },
-        )
-        .await;
+    let attempt = client.deliver(&dest, message(&env, &[0], &content)).await;
     assert!(attempt.all_delivered(), "{attempt:?}");
     let got = sink.wait_for_messages(1, WAIT).await;
     assert_eq!(got[0].data.len(), content.len());

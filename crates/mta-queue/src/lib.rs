@@ -554,11 +554,6 @@ impl Queue {
 fn client_config(config: &Config) -> ClientConfig {
     let d = &config.delivery;
     let t = &d.timeouts;
-    let policy = |p: mta_config::TlsPolicy| match p {
-        mta_config::TlsPolicy::None => mta_deliver::TlsPolicy::None,
-        mta_config::TlsPolicy::Opportunistic => mta_deliver::TlsPolicy::Opportunistic,
-        mta_config::TlsPolicy::Required => mta_deliver::TlsPolicy::Required,
-    };
     ClientConfig {
         helo_name: d
             .helo_name
@@ -575,32 +570,19 @@ fn client_config(config: &Config) -> ClientConfig {
             data_end: t.data_end,
             quit: t.quit,
         },
-        tls: policy(d.tls),
-        eightbit_without_8bitmime: match d.eightbit_without_8bitmime {
-            mta_config::EightBitPolicy::Fail => mta_deliver::EightBitPolicy::Fail,
-            mta_config::EightBitPolicy::Send => mta_deliver::EightBitPolicy::Send,
-        },
+        tls: d.tls,
+        eightbit_without_8bitmime: d.eightbit_without_8bitmime,
         tls_per_domain: d
             .tls_policy
             .iter()
-            .map(|(domain, p)| (domain.to_ascii_lowercase(), policy(*p)))
+            .map(|(domain, p)| (domain.to_ascii_lowercase(), *p))
             .collect(),
         ca_file: d.ca_file.clone(),
         max_per_destination: d.max_per_destination,
         max_messages_per_hour: d.max_messages_per_hour,
         backoff_after: d.backoff_after,
         backoff_for: d.backoff_for,
-        throttle: d
-            .throttle
-            .iter()
-            .map(|(pattern, rule)| {
-                let rule = mta_deliver::ThrottleRule {
-                    max_connections: rule.max_connections,
-                    max_messages_per_hour: rule.max_messages_per_hour,
-                };
-                (pattern.clone(), rule)
-            })
-            .collect(),
+        throttle: d.throttle.clone(),
         max_messages_per_connection: d.max_messages_per_connection,
         idle_connection_timeout: d.idle_connection_timeout,
     }

@@ -148,6 +148,42 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<IndexEntry> {
     }
 }
 
+/// An entry in format 1, as versions before the server's reply wrote it
+/// (tests, and the generator of the queue fixture: `fixture.rs`).
+#[cfg(test)]
+pub(crate) fn encode_v1(entry: &IndexEntry) -> Vec<u8> {
+    let stored = Stored {
+        queue: entry.queue,
+        arrival: entry.arrival,
+        next_attempt: entry.next_attempt,
+        size: entry.size,
+        recipients: entry.recipients.clone(),
+        attempts: entry.attempts,
+        last_errors: entry
+            .last_errors
+            .iter()
+            .map(|(&i, e)| {
+                (
+                    i as u64,
+                    ErrorV1 {
+                        status: e.status.clone(),
+                        reason: e.reason.clone(),
+                        remote: e.remote.clone(),
+                    },
+                )
+            })
+            .collect(),
+        delay_notified: entry.delay_notified,
+        sender: entry.sender.clone(),
+        rcpts: entry.rcpts.clone(),
+        held_since: entry.held_since,
+        held_secs: entry.held_secs,
+    };
+    let mut out = vec![FORMAT_V1];
+    postcard::to_io(&stored, &mut out).expect("an index entry always serializes");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,35 +252,8 @@ mod tests {
     #[test]
     fn format_1_entries_are_still_read_without_a_reply() {
         let e = entry();
-        let v1 = Stored {
-            queue: e.queue,
-            arrival: e.arrival,
-            next_attempt: e.next_attempt,
-            size: e.size,
-            recipients: e.recipients.clone(),
-            attempts: e.attempts,
-            last_errors: e
-                .last_errors
-                .iter()
-                .map(|(&i, r)| {
-                    (
-                        i as u64,
-                        ErrorV1 {
-                            status: r.status.clone(),
-                            reason: r.reason.clone(),
-                            remote: r.remote.clone(),
-                        },
-                    )
-                })
-                .collect(),
-            delay_notified: e.delay_notified,
-            sender: e.sender.clone(),
-            rcpts: e.rcpts.clone(),
-            held_since: e.held_since,
-            held_secs: e.held_secs,
-        };
-        let mut bytes = vec![FORMAT_V1];
-        postcard::to_io(&v1, &mut bytes).unwrap();
+        let bytes = encode_v1(&e);
+        assert_eq!(bytes[0], FORMAT_V1);
         let mut want = e.clone();
         want.last_errors.get_mut(&0).unwrap().reply = None;
         assert_eq!(decode(&bytes), Some(want));

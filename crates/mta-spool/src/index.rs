@@ -1271,6 +1271,15 @@ impl Index {
         t.schedule.insert(schedule_key(time, id), &[][..]).unwrap();
     }
 
+    /// Stores `value` as the entry of `id`, byte for byte, leaving the
+    /// other trees alone: an entry in an older format, as an earlier
+    /// version left it (tests, and the queue fixture's generator).
+    #[cfg(test)]
+    pub fn insert_raw_entry(&self, id: QueueId, value: &[u8]) {
+        let t = self.trees().unwrap();
+        t.messages.insert(id_key(id), value).unwrap();
+    }
+
     /// Panics unless every tree agrees with `messages` (tests).
     #[cfg(test)]
     pub fn assert_consistent(&self) {

@@ -55,6 +55,8 @@ mod reopen;
 mod rescan;
 
 #[cfg(test)]
+mod fixture;
+#[cfg(test)]
 mod fuzz;
 #[cfg(test)]
 mod tests;

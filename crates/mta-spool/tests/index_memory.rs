@@ -2,7 +2,7 @@
 //! summary` do) must not leave the index resident: sled's page cache has to
 //! stay near `index_cache`. Upstream sled 0.34.7 keeps every page a walk
 //! reads until 16,384 accesses have piled up in its LRU queues, whatever
-//! the capacity; `crates/sled` is patched for that (see its PATCHES.md), and
+//! the capacity; `crates/third-party/sled` is patched for that (see its PATCHES.md), and
 //! this test fails without the patch.
 //!
 //! It is its own test binary, so nothing else runs in the process while it

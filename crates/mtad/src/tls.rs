@@ -8,6 +8,11 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
 
+/// `TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384`, for `Received:` and
+/// logs: the SMTP client's wording, shared, so that the two sides of a
+/// relay describe TLS alike.
+pub use mta_deliver::describe_session as describe;
+
 /// Loads the certificate chain and key named in the configuration.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>> {
     let chain = CertificateDer::pem_file_iter(cert)
@@ -29,18 +34,4 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>> {
         .with_single_cert(chain, key)
         .context("certificate and key do not match")?;
     Ok(Arc::new(config))
-}
-
-/// `TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384`, for `Received:` and logs.
-pub fn describe(conn: &rustls::ServerConnection) -> String {
-    let version = match conn.protocol_version() {
-        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_owned(),
-        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_owned(),
-        Some(v) => format!("{v:?}"),
-        None => "TLS".to_owned(),
-    };
-    match conn.negotiated_cipher_suite() {
-        Some(suite) => format!("{version} with cipher {:?}", suite.suite()),
-        None => version,
-    }
 }

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use mta_deliver::{ClientConfig, Destination, Target, Timeouts, TlsPolicy};
+use mta_deliver::{ClientConfig, Destination, OutboundMessage, Target, Timeouts, TlsPolicy};
 use mta_envelope::{BodyType, Envelope, Mailbox, Origin, Recipient, ReversePath};
 use mta_testkit::sink::{Sink, SinkConfig};
 
@@ -46,6 +46,20 @@ pub fn envelope(recipients: &[&str]) -> Envelope {
 }
 
 pub const CONTENT: &[u8] = b"From: sender@origin.test\r\nSubject: hello\r\n\r\nHello.\r\n";
+
+/// What one transaction sends: `envelope`'s recipients at `recipients`
+/// (indexes into its list) and `content`.
+pub fn message<'a>(
+    envelope: &'a Envelope,
+    recipients: &'a [usize],
+    content: &'a [u8],
+) -> OutboundMessage<'a> {
+    OutboundMessage {
+        envelope,
+        recipients,
+        content,
+    }
+}
 
 /// Short timeouts so that a broken test fails fast.
 pub fn config() -> ClientConfig {
