@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::index::{IndexEntry, QueueName, RecipientError, RecipientState};
+use crate::entry::{IndexEntry, QueueName, RecipientError, RecipientState};
 
 /// The first byte of a format 1 postcard entry (JSON starts with `{`).
 const FORMAT_V1: u8 = 1;

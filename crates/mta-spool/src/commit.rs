@@ -26,8 +26,9 @@ use std::time::Duration;
 use mta_envelope::QueueId;
 use tokio::sync::oneshot;
 
+use crate::entry::IndexEntry;
 use crate::error::{copy_io_error, SpoolError};
-use crate::index::{Index, IndexEntry};
+use crate::index::Index;
 use crate::layout::{fsync_dir, Layout, BUCKETS};
 
 /// Counters shared by the spool handles and the committer thread. (The

@@ -46,7 +46,7 @@ use std::sync::Arc;
 
 use mta_envelope::{Envelope, Mailbox, Notify, Origin, QueueId, Recipient, Ret, ReversePath};
 
-use crate::index::{HistoryRecord, IndexEntry, QueueName, RecipientError, RecipientState};
+use crate::entry::{HistoryRecord, IndexEntry, QueueName, RecipientError, RecipientState};
 use crate::{Spool, SpoolConfig};
 
 /// Where the fixture lives in the workspace.

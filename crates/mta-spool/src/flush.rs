@@ -10,13 +10,15 @@
 //! the disk and how many changes have happened since
 //! ([`ScheduleSaved`](crate::ScheduleSaved)).
 //!
-//! A flush that fails takes the index out of service (`reopen.rs`): sled
+//! A flush that fails takes the index out of service (`slot.rs`): sled
 //! will not write that database again.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
 
 use crate::error::SpoolError;
 use crate::index::Index;
@@ -48,7 +50,7 @@ impl Flusher {
     /// Stops the thread and waits for it (a flush under way finishes).
     pub fn stop(&mut self) {
         let (stopped, wake) = &*self.stop;
-        *stopped.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        *stopped.lock() = true;
         wake.notify_all();
         if let Some(thread) = self.thread.take() {
             if thread.join().is_err() {
@@ -66,12 +68,9 @@ impl Drop for Flusher {
 
 fn run(index: &Index, stop: &(Mutex<bool>, Condvar), every: Duration) {
     let (stopped, wake) = stop;
-    let mut guard = stopped.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut guard = stopped.lock();
     loop {
-        guard = wake
-            .wait_timeout_while(guard, every, |stopped| !*stopped)
-            .unwrap_or_else(PoisonError::into_inner)
-            .0;
+        wake.wait_while_for(&mut guard, |stopped| !*stopped, every);
         if *guard {
             return;
         }
@@ -79,12 +78,12 @@ fn run(index: &Index, stop: &(Mutex<bool>, Condvar), every: Duration) {
         // Every round, idle or not: a flush with nothing to write is a
         // check of two counters, and it is also how a write sled made by
         // itself (it reorganises pages on reads too) is found to have
-        // failed. A failed flush fails the index (`reopen.rs`), which says
+        // failed. A failed flush fails the index (`slot.rs`), which says
         // so in the log once; a failed index is not flushed until it is
         // reopened.
         if !index.is_failed() {
             let _ = index.flush();
         }
-        guard = stopped.lock().unwrap_or_else(PoisonError::into_inner);
+        guard = stopped.lock();
     }
 }

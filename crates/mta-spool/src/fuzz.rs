@@ -19,9 +19,9 @@ use mta_testkit::{fuzz, regressions};
 use proptest::prelude::*;
 
 use crate::codec;
+use crate::entry::{IndexEntry, QueueName, RecipientError, RecipientState};
 use crate::error::SpoolError;
 use crate::file::{encode_header, read_file, read_header, MAGIC};
-use crate::index::{IndexEntry, QueueName, RecipientError, RecipientState};
 
 fn mailbox() -> impl Strategy<Value = Mailbox> {
     (any::<String>(), any::<String>()).prop_map(|(local, domain)| Mailbox { local, domain })

@@ -8,25 +8,9 @@
 //! sled before acknowledging a message, and why an index that sled cannot
 //! open is moved aside rather than repaired.
 //!
-//! Trees:
-//! - `messages`: key = queue id (8 bytes big-endian), value = the
-//!   [`IndexEntry`] in its stored form (`codec.rs`: a format byte and
-//!   postcard; JSON from earlier versions is still read). Big-endian
-//!   keys make sled's order the id order.
-//! - `schedule`: key = next attempt (8 bytes big-endian, unix seconds) ++
-//!   queue id (8 bytes big-endian), empty value; kept in step with
-//!   `messages` so "what is due now" is a range scan.
-//! - `queue:ram`, `queue:bounce`, `queue:disk`: key = queue id, empty
-//!   value; one key per message, in the tree of its queue. Ids grow with
-//!   the acceptance time, so a tree's first key is its oldest message.
-//! - `queue:held`: the same for messages held by the operator; they have
-//!   no `schedule` key, so they are never due.
-//! - `meta`: `clean-token`, the token of the last clean close (see
-//!   `clean.rs`), which lets a clean open trust the index in O(1); and
-//!   `state:<name>`, small operator state (paused destinations, back-offs).
-//! - `history`: key = queue id ++ sequence number (4 bytes big-endian),
-//!   value = JSON of [`HistoryRecord`]: what each attempt did to each
-//!   recipient. Informational: a rescan cannot rebuild it.
+//! The trees it keeps (entries, the schedule, a membership tree per
+//! queue, operator state, histories) and the form of their keys are
+//! described in `trees.rs`; an entry itself is in `entry.rs`.
 //!
 //! The trees are kept in step under a per-id lock (one of 256 stripes):
 //! every change of one message (a store, an update, a removal, a rescan's
@@ -43,264 +27,30 @@
 //!
 //! [`Index`] is a handle on whichever database is in service ([`Trees`],
 //! every write of which is also recorded in a journal until flushed,
-//! `journal.rs`): a failed flush takes it out of service and a reopen
-//! puts a new one in (`reopen.rs`), while the counts and locks stay.
+//! `journal.rs`), held in a [`Slot`]: a failed flush takes it out of
+//! service (`slot.rs`) and a reopen puts a new one in (`reopen.rs`),
+//! while the counts and locks stay.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io;
 use std::ops::Bound;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::thread;
-use std::time::Duration;
+use std::sync::Arc;
 
-use mta_envelope::{Envelope, QueueId};
-use nix::fcntl::{Flock, FlockArg};
-use serde::{Deserialize, Serialize};
+use mta_envelope::QueueId;
+use parking_lot::{Mutex, MutexGuard};
 
+use crate::entry::{HistoryRecord, IndexEntry, QueueName, RecipientState, MAX_HISTORY, QUEUES};
 use crate::error::SpoolError;
-use crate::journal::{JTree, Journal, Op};
-use crate::layout::{fsync_dir, Layout};
-use crate::reopen::Slot;
-
-/// Which queue a message waits in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum QueueName {
-    /// Just accepted; the first delivery attempt works from memory.
-    Ram,
-    /// A delivery status notification waiting to be sent.
-    Bounce,
-    /// Waiting for a retry, read back from the spool file when due.
-    Disk,
-    /// Held by the operator: never attempted, never expires, until
-    /// released (it then goes to the disk queue, due at once).
-    Held,
-}
-
-/// The queues, in the order status shows them.
-pub(crate) const QUEUES: [QueueName; 4] = [
-    QueueName::Ram,
-    QueueName::Bounce,
-    QueueName::Disk,
-    QueueName::Held,
-];
-
-impl QueueName {
-    /// Its position in [`QUEUES`].
-    pub(crate) fn slot(self) -> usize {
-        match self {
-            QueueName::Ram => 0,
-            QueueName::Bounce => 1,
-            QueueName::Disk => 2,
-            QueueName::Held => 3,
-        }
-    }
-
-    /// Its name in status, lists and logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            QueueName::Ram => "ram",
-            QueueName::Bounce => "bounce",
-            QueueName::Disk => "disk",
-            QueueName::Held => "held",
-        }
-    }
-
-    /// The name of its membership tree.
-    fn tree_name(self) -> &'static str {
-        match self {
-            QueueName::Ram => "queue:ram",
-            QueueName::Bounce => "queue:bounce",
-            QueueName::Disk => "queue:disk",
-            QueueName::Held => "queue:held",
-        }
-    }
-}
-
-/// How far delivery to one recipient has got.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RecipientState {
-    /// Not delivered yet; will be tried (again).
-    Pending,
-    /// Delivered; never tried again.
-    Delivered,
-    /// Failed permanently; never tried again.
-    Failed,
-}
-
-/// What the index knows about one queued message.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IndexEntry {
-    /// The queue it waits in.
-    pub queue: QueueName,
-    /// When it was accepted, in seconds since the Unix epoch.
-    pub arrival: u64,
-    /// When it is next due, in seconds since the Unix epoch.
-    pub next_attempt: u64,
-    /// Bytes of message content (the spool file without its header).
-    pub size: u64,
-    /// One state per recipient, in envelope order.
-    pub recipients: Vec<RecipientState>,
-    /// Delivery attempts made so far.
-    #[serde(default)]
-    pub attempts: u32,
-    /// The last temporary error of each recipient still pending, by
-    /// envelope index: what a delay notice or the final 4.4.7 DSN reports.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub last_errors: BTreeMap<usize, RecipientError>,
-    /// A delay notice has been sent; one is enough.
-    #[serde(default)]
-    pub delay_notified: bool,
-    /// The envelope sender (empty for `<>`), so that lists and filters
-    /// need not read spool files. Known only when `rcpts` is not empty
-    /// (entries written before these fields existed have neither).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub sender: String,
-    /// The envelope recipients' addresses, in envelope order.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub rcpts: Vec<String>,
-    /// Held since this time (unix seconds), while in the held queue.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub held_since: Option<u64>,
-    /// Seconds spent held before: they do not count against the lifetime.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub held_secs: u64,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
-}
-
-/// The last error seen for one recipient.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RecipientError {
-    /// The enhanced status code, e.g. `4.4.1`.
-    pub status: String,
-    /// The remote reply or the local cause.
-    pub reason: String,
-    /// The remote host that said it, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub remote: Option<String>,
-    /// The remote server's reply itself (`451 4.2.0 busy`), when a reply
-    /// was the cause: what a delay notice or the final DSN quotes after
-    /// `Diagnostic-Code: smtp;`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reply: Option<String>,
-}
-
-impl IndexEntry {
-    /// The entry of a message just accepted: in the RAM queue, due at once,
-    /// every recipient pending.
-    pub fn arrived(envelope: &Envelope, size: u64) -> Self {
-        let mut entry = IndexEntry {
-            queue: QueueName::Ram,
-            arrival: envelope.arrival,
-            next_attempt: envelope.arrival,
-            size,
-            recipients: vec![RecipientState::Pending; envelope.recipients.len()],
-            attempts: 0,
-            last_errors: BTreeMap::new(),
-            delay_notified: false,
-            sender: String::new(),
-            rcpts: Vec::new(),
-            held_since: None,
-            held_secs: 0,
-        };
-        entry.fill_addresses(envelope);
-        entry
-    }
-
-    /// The arrival time the retry schedule and the lifetime count from:
-    /// the real one, moved on by the time spent held.
-    pub fn effective_arrival(&self) -> u64 {
-        self.arrival.saturating_add(self.held_secs)
-    }
-
-    /// The sender and recipient addresses are recorded here.
-    pub fn has_addresses(&self) -> bool {
-        !self.rcpts.is_empty()
-    }
-
-    /// Fills the addresses from the envelope (for an entry that lacks
-    /// them).
-    pub fn fill_addresses(&mut self, envelope: &Envelope) {
-        (self.sender, self.rcpts) = addresses(envelope);
-    }
-
-    /// When the disk runner should take it up: its next attempt, or never
-    /// while it is held.
-    pub fn scheduled(&self) -> Option<u64> {
-        (self.queue != QueueName::Held).then_some(self.next_attempt)
-    }
-}
-
-/// The sender (empty for `<>`) and the recipients' addresses of an
-/// envelope, as entries keep them.
-pub(crate) fn addresses(envelope: &Envelope) -> (String, Vec<String>) {
-    (
-        envelope.sender.to_string(),
-        envelope
-            .recipients
-            .iter()
-            .map(|r| r.address.to_string())
-            .collect(),
-    )
-}
-
-/// One line of a message's delivery history: what one attempt (or an
-/// operator's action) did to one recipient.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HistoryRecord {
-    /// When, in seconds since the Unix epoch.
-    pub time: u64,
-    /// The attempt number (0 for an operator's action).
-    pub attempt: u32,
-    /// The recipient's index in the envelope.
-    pub recipient: usize,
-    /// `delivered`, `deferred`, `failed`, `expired`, `deleted`, `held`,
-    /// `released`...
-    pub event: String,
-    /// The enhanced status code.
-    pub status: String,
-    /// The remote reply or the local cause.
-    pub reply: String,
-    /// The remote host, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub remote: Option<String>,
-}
-
-/// Most history records kept per message; the oldest go first.
-pub const MAX_HISTORY: usize = 1000;
-
-/// The `messages` key of a queue id.
-pub(crate) fn id_key(id: QueueId) -> [u8; 8] {
-    id.value().to_be_bytes()
-}
+use crate::journal::{JTree, Op};
+use crate::layout::Layout;
+use crate::slot::{IndexHealth, Slot};
+use crate::trees::{
+    history_key, history_seq, id_from_key, id_key, open_trees, parse_entry, parse_schedule_key,
+    schedule_key, state_key, Trees, TOKEN_KEY,
+};
 
 /// An entry before and after a change (`None`: not indexed).
 type Change<'a> = (Option<&'a IndexEntry>, Option<&'a IndexEntry>);
-
-/// The `schedule` key of a message due at `next_attempt`.
-pub(crate) fn schedule_key(next_attempt: u64, id: QueueId) -> [u8; 16] {
-    let mut key = [0u8; 16];
-    key[..8].copy_from_slice(&next_attempt.to_be_bytes());
-    key[8..].copy_from_slice(&id.value().to_be_bytes());
-    key
-}
-
-fn id_from_key(key: &[u8]) -> Option<QueueId> {
-    Some(QueueId::new(u64::from_be_bytes(key.try_into().ok()?)))
-}
-
-/// (next attempt, id) of a `schedule` key.
-fn parse_schedule_key(key: &[u8]) -> Option<(u64, QueueId)> {
-    let time = u64::from_be_bytes(key.get(..8)?.try_into().ok()?);
-    Some((time, id_from_key(key.get(8..)?)?))
-}
 
 /// How the index was found at open.
 #[derive(Debug, Clone, Copy)]
@@ -316,9 +66,6 @@ pub(crate) struct IndexState {
 
 /// Number of per-id lock stripes.
 const STRIPES: usize = 256;
-
-/// The `meta` key holding the token of the last clean close.
-const TOKEN_KEY: &[u8] = b"clean-token";
 
 /// State shared by every handle on one open index, and kept by the spool
 /// after close for the figures it reports.
@@ -445,107 +192,14 @@ pub(crate) struct FileFacts {
     pub size: u64,
 }
 
-/// Handles on one open sled database and its trees, every write
-/// recorded in its journal (`journal.rs`).
-pub(crate) struct Trees {
-    pub(crate) db: sled::Db,
-    pub(crate) journal: Arc<Journal>,
-    messages: JTree,
-    schedule: JTree,
-    /// Membership trees, in [`QUEUES`] order.
-    queues: [JTree; 4],
-    meta: JTree,
-    history: JTree,
-}
-
-/// The journal's number for a queue's membership tree (`journal.rs`).
-fn queue_tree_id(queue: QueueName) -> u8 {
-    2 + queue.slot() as u8
-}
-
-/// The ids that a journal's writes put in the held queue.
-pub(crate) fn held_ids(ops: &[Op]) -> Vec<QueueId> {
-    let held = queue_tree_id(QueueName::Held);
-    ops.iter()
-        .filter_map(|op| match op {
-            Op::Put { tree, key, .. } if *tree == held => id_from_key(key),
-            _ => None,
-        })
-        .collect()
-}
-
-impl Trees {
-    /// Opens (creating) the database at `path`.
-    pub(crate) fn open_at(path: &Path, cache: u64) -> Result<Trees, sled::Error> {
-        // sled's own periodic flush is off: the spool's flusher thread
-        // (`flush.rs`) flushes at the same pace and knows when it did.
-        let mut config = sled::Config::new().path(path).flush_every_ms(None);
-        if cache > 0 {
-            config = config.cache_capacity(cache);
-        }
-        let db = config.open()?;
-        let journal = Arc::new(Journal::default());
-        let tree = |name: &str, id: u8| -> Result<JTree, sled::Error> {
-            Ok(JTree::new(db.open_tree(name)?, id, Arc::clone(&journal)))
-        };
-        let queue = |q: QueueName| tree(q.tree_name(), queue_tree_id(q));
-        Ok(Trees {
-            messages: tree("messages", 0)?,
-            schedule: tree("schedule", 1)?,
-            queues: QUEUES
-                .map(queue)
-                .into_iter()
-                .collect::<Result<Vec<_>, _>>()?
-                .try_into()
-                .unwrap_or_else(|_| unreachable!("four queues")),
-            meta: tree("meta", 6)?,
-            history: tree("history", 7)?,
-            journal,
-            db,
-        })
-    }
-
-    /// Every tree, for a replay.
-    pub(crate) fn all(&self) -> Vec<&JTree> {
-        let mut all = vec![&self.messages, &self.schedule];
-        all.extend(self.queues.iter());
-        all.push(&self.meta);
-        all.push(&self.history);
-        all
-    }
-
-    /// The largest indexed id.
-    pub(crate) fn last_id(&self) -> Result<Option<QueueId>, SpoolError> {
-        Ok(self.messages.last()?.and_then(|(key, _)| id_from_key(&key)))
-    }
-
-    fn queue_tree(&self, queue: QueueName) -> &JTree {
-        &self.queues[queue.slot()]
-    }
-
-    /// The entry of a message; `None` when it is not indexed or the stored
-    /// value cannot be read.
-    fn entry(&self, id: QueueId) -> Result<Option<IndexEntry>, SpoolError> {
-        Ok(self
-            .messages
-            .get(id_key(id))?
-            .as_deref()
-            .and_then(parse_entry))
-    }
-}
-
 /// The index: a handle on the open database (which a failure replaces,
-/// see `reopen.rs`) and the figures and locks that outlive it. Cheap to
+/// see `slot.rs`) and the figures and locks that outlive it. Cheap to
 /// clone; every clone sees the same database.
 #[derive(Clone)]
 pub(crate) struct Index {
     pub(crate) slot: Arc<Slot>,
     pub(crate) shared: Arc<Shared>,
 }
-
-/// How long open waits for a sled lock still held by a database closed a
-/// moment ago in this process (sled releases it from its own threads).
-const SLED_LOCK_WAIT: Duration = Duration::from_secs(5);
 
 impl Index {
     /// Opens `index/`, creating it when missing. A database sled refuses
@@ -601,6 +255,29 @@ impl Index {
         &self.shared
     }
 
+    /// The index's state, for status.
+    pub(crate) fn health(&self) -> IndexHealth {
+        self.slot.health()
+    }
+
+    /// True while the index is failed (`slot.rs`).
+    pub(crate) fn is_failed(&self) -> bool {
+        self.slot.is_failed()
+    }
+
+    /// Puts a reopened database in service ([`reopen`](Self::reopen)).
+    pub(crate) fn install(&self, trees: Trees) -> Result<(), SpoolError> {
+        self.slot.install(trees)
+    }
+
+    /// Closes the index for good (every later operation gets
+    /// [`SpoolError::Closed`]) and lets go of the database. If it was
+    /// failed, what it could not save is logged: the next open rebuilds
+    /// the index from the spool files, without those changes.
+    pub(crate) fn shut(&self) {
+        self.slot.shut();
+    }
+
     /// Seeds the per-queue counts (from the clean marker).
     pub fn set_counts(&self, counts: [u64; 4]) {
         for (slot, n) in counts.into_iter().enumerate() {
@@ -626,9 +303,7 @@ impl Index {
         // Fibonacci hashing: the top byte of the product spreads even ids
         // that differ only in their high bits.
         let stripe = (id.value().wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as usize;
-        self.shared.stripes[stripe % STRIPES]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.shared.stripes[stripe % STRIPES].lock()
     }
 
     /// Brings `schedule` and the membership trees from `old` to `new`
@@ -843,7 +518,7 @@ impl Index {
     /// A small named value kept beside the queue (operator state such as
     /// paused destinations), flushed to disk before it returns.
     ///
-    /// If the flush fails the index has failed (see `reopen.rs`), and the
+    /// If the flush fails the index has failed (see `slot.rs`), and the
     /// value is undone in the journal too: the caller hears that it was
     /// not saved, so a reopened index must not have it either.
     pub fn save_state(&self, name: &str, value: &[u8]) -> Result<(), SpoolError> {
@@ -1237,14 +912,14 @@ impl Index {
 
     /// Writes everything sled holds in memory to disk, and notes when.
     /// A failed flush fails the index: sled will not write to this
-    /// database again (see `reopen.rs`).
+    /// database again (see `slot.rs`).
     pub fn flush(&self) -> Result<(), SpoolError> {
         let t = self.trees()?;
         let seen = self.shared.changes.load(Ordering::SeqCst);
         let mark = t.journal.mark();
         if let Err(e) = t.db.flush() {
             let e = SpoolError::from(e);
-            self.fail(&t, &e);
+            self.slot.fail(&t, &e);
             return Err(e);
         }
         t.journal.flushed(mark);
@@ -1316,104 +991,5 @@ impl Index {
             }
         }
         assert_eq!(members, entries.len(), "one membership per entry");
-    }
-}
-
-/// The `history` key of record `seq` of a message.
-fn history_key(id: QueueId, seq: u32) -> [u8; 12] {
-    let mut key = [0u8; 12];
-    key[..8].copy_from_slice(&id_key(id));
-    key[8..].copy_from_slice(&seq.to_be_bytes());
-    key
-}
-
-fn history_seq(key: &[u8]) -> Option<u32> {
-    Some(u32::from_be_bytes(key.get(8..12)?.try_into().ok()?))
-}
-
-/// The `meta` key of a saved state value.
-fn state_key(name: &str) -> Vec<u8> {
-    format!("state:{name}").into_bytes()
-}
-
-fn parse_entry(bytes: &[u8]) -> Option<IndexEntry> {
-    crate::codec::decode(bytes)
-}
-
-/// Opens `index/` (creating it): waits for a sled lock a database of
-/// this process just dropped may still hold, and moves a database sled
-/// refuses aside to `index.damaged-<unix seconds>` (never deleted), then
-/// makes a fresh one. Returns the trees and whether that happened. A
-/// failure for want of space is returned as it is, the index left where
-/// it is: it is not damaged, and opens once space is back.
-pub(crate) fn open_trees(layout: &Layout, cache: u64) -> Result<(Trees, bool), SpoolError> {
-    if layout.index.symlink_metadata().is_ok() {
-        wait_for_sled_lock(&layout.index)?;
-    }
-    match Trees::open_at(&layout.index, cache) {
-        Ok(trees) => Ok((trees, false)),
-        Err(e) => {
-            let e = SpoolError::from(e);
-            if e.is_no_space() {
-                return Err(e);
-            }
-            let aside = damaged_path(&layout.root);
-            tracing::warn!(
-                index = %layout.index.display(),
-                moved_to = %aside.display(),
-                error = %e,
-                "queue index cannot be opened; moving it aside and rebuilding from the spool files"
-            );
-            std::fs::rename(&layout.index, &aside)
-                .map_err(|e| SpoolError::io("move damaged index", &layout.index, e))?;
-            fsync_dir(&layout.root)?;
-            Ok((Trees::open_at(&layout.index, cache)?, true))
-        }
-    }
-}
-
-/// `index.damaged-<unix seconds>`, with a counter when that name is taken.
-fn damaged_path(root: &Path) -> PathBuf {
-    let secs = crate::ids::unix_seconds();
-    let mut path = root.join(format!("index.damaged-{secs}"));
-    let mut n = 1;
-    while path.symlink_metadata().is_ok() {
-        path = root.join(format!("index.damaged-{secs}-{n}"));
-        n += 1;
-    }
-    path
-}
-
-/// Waits until nobody holds sled's lock on `index/db`.
-///
-/// We hold the queue directory lock, so no other spool can be using the
-/// index; a lock still held is a database of this process that was just
-/// dropped and whose sled threads have not let go yet. Without the wait,
-/// sled's refusal would look like damage and the index would be moved
-/// aside for nothing.
-fn wait_for_sled_lock(index: &Path) -> Result<(), SpoolError> {
-    let db = index.join("db");
-    let step = Duration::from_millis(10);
-    let mut waited = Duration::ZERO;
-    loop {
-        let file = match File::open(&db) {
-            Ok(f) => f,
-            // No db file (or index/ is not a directory): nothing to wait
-            // for; sled::open will judge it.
-            Err(_) => return Ok(()),
-        };
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(_unlocked_on_drop) => return Ok(()),
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) if waited < SLED_LOCK_WAIT => {
-                thread::sleep(step);
-                waited += step;
-            }
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
-                return Err(SpoolError::Locked {
-                    dir: index.to_owned(),
-                })
-            }
-            Err((_, errno)) => return Err(SpoolError::io("lock", &db, io::Error::from(errno))),
-        }
     }
 }

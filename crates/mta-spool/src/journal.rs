@@ -24,8 +24,9 @@
 
 use std::collections::VecDeque;
 use std::ops::Deref;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
+use parking_lot::Mutex;
 use sled::IVec;
 
 /// Most bytes of keys and values kept; in normal running the record holds
@@ -77,15 +78,11 @@ pub(crate) struct Journal {
 }
 
 impl Journal {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Records a write the database has just made (in memory). Numbered
     /// after the write, so a flush that starts after its number was taken
     /// finds the write done.
     fn record(&self, op: Op) {
-        let mut state = self.lock();
+        let mut state = self.state.lock();
         let seq = state.next;
         state.next += 1;
         let bytes = op.bytes();
@@ -100,12 +97,12 @@ impl Journal {
     /// Taken before a flush starts: every write numbered below it is done,
     /// so the flush makes it durable.
     pub fn mark(&self) -> u64 {
-        self.lock().next
+        self.state.lock().next
     }
 
     /// A flush that began at `mark` succeeded: forget what it covered.
     pub fn flushed(&self, mark: u64) {
-        let mut state = self.lock();
+        let mut state = self.state.lock();
         while state.ops.front().is_some_and(|(seq, _)| *seq < mark) {
             if let Some((_, op)) = state.ops.pop_front() {
                 state.bytes -= op.bytes();
@@ -117,7 +114,7 @@ impl Journal {
     /// The writes not known to be on disk, oldest first; `None` when some
     /// of them were not recorded.
     pub fn take(&self) -> Option<Vec<Op>> {
-        let mut state = self.lock();
+        let mut state = self.state.lock();
         let complete = state
             .last_unrecorded
             .is_none_or(|seq| seq < state.flushed_below);

@@ -43,6 +43,7 @@
 mod clean;
 mod codec;
 mod commit;
+mod entry;
 mod error;
 mod file;
 mod flush;
@@ -53,6 +54,8 @@ mod layout;
 mod permissions;
 mod reopen;
 mod rescan;
+mod slot;
+mod trees;
 
 #[cfg(test)]
 mod fixture;
@@ -64,26 +67,28 @@ mod tests;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::Arc;
 
 use mta_envelope::{Envelope, QueueId};
+use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::{oneshot, Notify};
 
 use crate::clean::CleanMarker;
 use crate::commit::{Committer, Counters, Request, Tuning};
+use crate::entry::QUEUES;
 use crate::flush::Flusher;
 use crate::ids::IdGenerator;
-use crate::index::{Index, QUEUES};
+use crate::index::Index;
 use crate::layout::{DirLock, Layout, Modes};
 use crate::rescan::Rescan;
 
-pub use crate::error::SpoolError;
-pub use crate::index::{
+pub use crate::entry::{
     HistoryRecord, IndexEntry, QueueName, RecipientError, RecipientState, MAX_HISTORY,
 };
+pub use crate::error::SpoolError;
 pub use crate::permissions::{prepare, Access};
-pub use crate::reopen::{IndexFailure, IndexHealth};
+pub use crate::rescan::RescanProgress;
+pub use crate::slot::{IndexFailure, IndexHealth};
 
 /// Where the queue lives and how it behaves.
 #[derive(Clone, Debug)]
@@ -184,28 +189,6 @@ pub enum IndexOrigin {
     /// The index could not be opened for want of space: the spool runs
     /// degraded until [`Spool::recover_index`] opens it and rescans.
     Unavailable,
-}
-
-/// How far the background rescan has got ([`Spool::rescan_progress`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RescanProgress {
-    /// Still running.
-    pub running: bool,
-    /// Spool files listed at open.
-    pub files_total: u64,
-    /// Spool files read so far.
-    pub files_done: u64,
-    /// Index entries added for files the index did not know.
-    pub messages_added: u64,
-    /// Index entries removed because their file was gone.
-    pub stale_removed: u64,
-    /// Unparsable spool files moved to `corrupt/`.
-    pub corrupt: u64,
-    /// Spool files that could not be read (an I/O error): left where they
-    /// are, and the next open rescans again.
-    pub failed: u64,
-    /// Time since the rescan started, or its whole run once it ended.
-    pub elapsed: Duration,
 }
 
 /// One queue's figures ([`Spool::queue_stats`]).
@@ -821,11 +804,7 @@ impl Spool {
     }
 
     fn rescan_figures(&self) -> Option<Arc<rescan::Progress>> {
-        self.inner
-            .rescan
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.inner.rescan.lock().clone()
     }
 
     /// Whether the index is in service, and how often it failed and was
@@ -858,11 +837,7 @@ impl Spool {
     }
 
     fn reopen_index(&self, rescan: bool) -> Result<bool, SpoolError> {
-        let _one_at_a_time = self
-            .inner
-            .recovering
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let _one_at_a_time = self.inner.recovering.lock();
         let index = self.index()?;
         if !index.is_failed() {
             return Ok(false);
@@ -915,7 +890,6 @@ impl Spool {
                 .inner
                 .rescan
                 .lock()
-                .unwrap_or_else(|p| p.into_inner())
                 .replace(Arc::clone(started.progress()));
             // What the earlier rescan set aside stays counted.
             if let Some(earlier) = earlier {
@@ -1013,11 +987,7 @@ impl Spool {
         // no rescan: the next open does that.
         let mut reopened = false;
         if index.is_failed() {
-            let _one_at_a_time = self
-                .inner
-                .recovering
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let _one_at_a_time = self.inner.recovering.lock();
             match index
                 .reopen(&self.inner.layout, self.inner.index_cache)
                 .and_then(|r| index.install(r.trees))
@@ -1070,12 +1040,10 @@ impl Spool {
     }
 
     fn lock_state(&self) -> MutexGuard<'_, Option<Open>> {
-        // A panic while holding this lock cannot leave `Open` half-changed
-        // (it is only taken whole or read), so poisoning is ignored.
-        self.inner
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        // parking_lot's locks do not poison: a panic while holding this
+        // one cannot leave `Open` half-changed anyway (it is only taken
+        // whole or read).
+        self.inner.state.lock()
     }
 
     fn open_state(&self) -> Result<OpenGuard<'_>, SpoolError> {

@@ -47,18 +47,18 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use mta_envelope::QueueId;
+use parking_lot::{Condvar, Mutex};
 use tokio::sync::Notify;
 
 use crate::error::SpoolError;
 use crate::file;
 use crate::index::{FileFacts, Index, Visit};
 use crate::layout::{create_dir_durable, fsync_dir, Layout, BUCKETS};
-use crate::RescanProgress;
 
 /// Files per batch when no rate limit applies.
 const MAX_BATCH: usize = 1024;
@@ -155,6 +155,28 @@ fn list_bucket(layout: &Layout, bucket: &str) -> Result<BucketList, SpoolError> 
     Ok(list)
 }
 
+/// How far the background rescan has got ([`Spool::rescan_progress`](crate::Spool::rescan_progress)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RescanProgress {
+    /// Still running.
+    pub running: bool,
+    /// Spool files listed at open.
+    pub files_total: u64,
+    /// Spool files read so far.
+    pub files_done: u64,
+    /// Index entries added for files the index did not know.
+    pub messages_added: u64,
+    /// Index entries removed because their file was gone.
+    pub stale_removed: u64,
+    /// Unparsable spool files moved to `corrupt/`.
+    pub corrupt: u64,
+    /// Spool files that could not be read (an I/O error): left where they
+    /// are, and the next open rescans again.
+    pub failed: u64,
+    /// Time since the rescan started, or its whole run once it ended.
+    pub elapsed: Duration,
+}
+
 /// The rescan's state, shared by its thread and the spool handles.
 #[derive(Debug)]
 pub(crate) struct Progress {
@@ -194,7 +216,7 @@ impl Progress {
 
     /// A copy of the figures.
     pub fn snapshot(&self) -> RescanProgress {
-        let ended = *self.ended.lock().unwrap_or_else(PoisonError::into_inner);
+        let ended = *self.ended.lock();
         RescanProgress {
             running: ended.is_none(),
             files_total: self.files_total,
@@ -209,35 +231,31 @@ impl Progress {
 
     /// Blocks until the thread has ended.
     pub fn wait(&self) {
-        let ended = self.ended.lock().unwrap_or_else(PoisonError::into_inner);
-        let _ended = self
-            .ended_signal
-            .wait_while(ended, |ended| ended.is_none())
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut ended = self.ended.lock();
+        self.ended_signal
+            .wait_while(&mut ended, |ended| ended.is_none());
     }
 
     fn cancelled(&self) -> bool {
-        *self.cancel.lock().unwrap_or_else(PoisonError::into_inner)
+        *self.cancel.lock()
     }
 
     fn cancel(&self) {
-        *self.cancel.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        *self.cancel.lock() = true;
         self.cancel_signal.notify_all();
     }
 
     /// Sleeps for `pause` unless cancelled first; returns true when
     /// cancelled.
     fn sleep(&self, pause: Duration) -> bool {
-        let cancel = self.cancel.lock().unwrap_or_else(PoisonError::into_inner);
-        let (cancel, _) = self
-            .cancel_signal
-            .wait_timeout_while(cancel, pause, |cancelled| !*cancelled)
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut cancel = self.cancel.lock();
+        self.cancel_signal
+            .wait_while_for(&mut cancel, |cancelled| !*cancelled, pause);
         *cancel
     }
 
     fn end(&self) {
-        let mut ended = self.ended.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut ended = self.ended.lock();
         *ended = Some(self.started.elapsed());
         self.ended_signal.notify_all();
     }
@@ -479,7 +497,7 @@ impl Job {
         let path = self.layout.msg_path(id);
         let read = match file::read_header_only(&path) {
             Ok((header, size)) => {
-                let (sender, rcpts) = crate::index::addresses(&header.envelope);
+                let (sender, rcpts) = crate::entry::addresses(&header.envelope);
                 Read::Found(FileFacts {
                     arrival: header.envelope.arrival,
                     recipients: header.envelope.recipients.len(),

@@ -9,7 +9,7 @@ use mta_envelope::{Envelope, Mailbox, Origin, QueueId, Recipient, ReversePath};
 
 use super::*;
 use crate::commit::Tuning;
-use crate::index::{IndexEntry, QueueName, RecipientState};
+use crate::entry::{IndexEntry, QueueName, RecipientState};
 
 fn config(dir: &Path) -> SpoolConfig {
     SpoolConfig {
