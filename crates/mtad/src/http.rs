@@ -20,8 +20,10 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
+use crate::context::Context;
 use crate::http_access::{self, Reached, Refusal};
-use crate::server::{Context, Shutdown};
+use crate::pausing;
+use crate::shutdown::Shutdown;
 
 #[derive(Clone)]
 struct App {
@@ -303,11 +305,27 @@ fn refusal(status: StatusCode, message: String) -> HttpResponse {
     (status, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
-/// Runs a request as the control socket would, and turns the answer
-/// into HTTP: the payload itself with 200, 404 for an unknown message, 400
-/// with `{"error": ...}` for a refusal.
+/// Runs a request as the control socket would (the HTTP API asks only
+/// for the queue and pausing), and turns the answer into HTTP.
 async fn ask(app: &App, request: Request) -> HttpResponse {
-    let response = crate::control::handle(request, &app.ctx, &app.shutdown).await;
+    let ctx = &app.ctx;
+    let response = match request {
+        Request::Pause { runner } => pausing::pause_delivery(ctx, runner.as_deref(), true).await,
+        Request::Resume { runner } => pausing::pause_delivery(ctx, runner.as_deref(), false).await,
+        Request::PauseInjection => pausing::pause_injection(ctx, true),
+        Request::ResumeInjection => pausing::pause_injection(ctx, false),
+        request => crate::queue_api::handle(ctx, request)
+            .await
+            .unwrap_or_else(|| Response::Error {
+                message: "not a queue request".into(),
+            }),
+    };
+    reply(response)
+}
+
+/// The answer as HTTP: the payload itself with 200, 404 for an unknown
+/// message, 400 with `{"error": ...}` for a refusal.
+fn reply(response: Response) -> HttpResponse {
     match response {
         Response::QueuePage(page) => Json(page).into_response(),
         Response::Message(m) => Json(m).into_response(),
@@ -326,7 +344,7 @@ async fn ask(app: &App, request: Request) -> HttpResponse {
 }
 
 async fn status(State(app): State<App>) -> Json<mta_control::Status> {
-    Json(crate::control::status(&app.ctx, &app.shutdown))
+    Json(crate::status::status(&app.ctx, &app.shutdown))
 }
 
 async fn metrics(State(app): State<App>) -> impl IntoResponse {
@@ -477,7 +495,7 @@ fn render(ctx: &Context) -> String {
         "mta_spool_degraded",
         "gauge",
         "1 while the spool is degraded: its index out of service, or free space below spool.min_free_space (new mail gets 452 4.3.1).",
-        &plain(u64::from(crate::services::spool_trouble(ctx).is_some())),
+        &plain(u64::from(ctx.spool_trouble().is_some())),
     );
     metric(
         "mta_spool_index_failed",

@@ -9,7 +9,7 @@ use mta_control::{ActionReport, Request, Response};
 use mta_queue::SteerError;
 use tracing::info;
 
-use crate::server::Context;
+use crate::context::Context;
 
 /// Answers a queue request; `None` when `request` is not one.
 pub async fn handle(ctx: &Arc<Context>, request: Request) -> Option<Response> {
