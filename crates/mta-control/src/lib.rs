@@ -14,16 +14,21 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod names;
 mod queue;
+mod wire;
 
+pub use names::{parse_name, Name, Queue, Runner, Service, UnknownName};
 pub use queue::{
-    ActionReport, HistoryRow, MessageDetail, MessageRow, QueueAction, QueueFilter, QueuePage,
-    QueueSummary, RecipientRow, Selection, SummaryRow, SUMMARY_BUCKETS,
+    ActionReport, HistoryRow, MessageDetail, MessageRow, NoSelection, QueueAction, QueueFilter,
+    QueuePage, QueueSummary, RecipientRow, Selection, SummaryRow, SUMMARY_BUCKETS,
 };
 
-/// What the client asks.
+/// What the client asks. On the wire a JSON object whose `cmd` names the
+/// request (`{"cmd":"queue_list",...}`), the queue requests included:
+/// nesting them as [`Request::Queue`] changes nothing there (`wire.rs`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "cmd", rename_all = "snake_case")]
+#[serde(from = "wire::Request", into = "wire::Request")]
 pub enum Request {
     /// The daemon's status.
     Status,
@@ -33,68 +38,19 @@ pub enum Request {
     /// saved: the figures of the whole stop, which polling `status` can
     /// miss when the stop is quick.
     Stop,
-    /// Pause delivery: one runner (`ram`, `bounce`, `disk`) or all three.
-    /// Attempts under way finish; no new one starts.
+    /// Pause delivery: one runner or all three. Attempts under way
+    /// finish; no new one starts.
     Pause {
         /// The runner; all when absent.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        runner: Option<String>,
+        runner: Option<Runner>,
     },
     /// Resume paused delivery.
     Resume {
         /// The runner; all when absent.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        runner: Option<String>,
+        runner: Option<Runner>,
     },
-    /// Pause delivery to one destination domain: its mail stays queued
-    /// (deferred without a connection), its lifetime still counts. Kept
-    /// across restarts.
-    PauseDomain {
-        /// The recipient domain.
-        domain: String,
-    },
-    /// Resume delivery to a paused domain; its messages are due at once.
-    ResumeDomain {
-        /// The recipient domain.
-        domain: String,
-    },
-    /// One page of the queue listing.
-    QueueList {
-        /// Which messages.
-        #[serde(default)]
-        filter: QueueFilter,
-        /// Start after this queue id (the `next` of the previous page).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        after: Option<String>,
-        /// Messages per page (at most 1000).
-        #[serde(default = "default_page")]
-        limit: usize,
-    },
-    /// One message in full.
-    QueueShow {
-        /// Its queue id.
-        id: String,
-        /// Include the body.
-        #[serde(default)]
-        body: bool,
-    },
-    /// Messages per domain and age.
-    QueueSummary {
-        /// Which messages.
-        #[serde(default)]
-        filter: QueueFilter,
-    },
-    /// Flush, hold, release or delete.
-    QueueAct {
-        /// What to do.
-        action: QueueAction,
-        /// To which messages.
-        selection: Selection,
-        /// With a delete: send the sender a DSN for each recipient
-        /// deleted.
-        #[serde(default)]
-        bounce: bool,
-    },
+    /// Look into the queue or steer it.
+    Queue(QueueRequest),
     /// Pause injection: new connections get `421 4.3.2`; sessions already
     /// open may finish.
     PauseInjection,
@@ -111,7 +67,6 @@ pub enum Request {
     /// configuration does not load.
     Restart {
         /// Stop now rather than with the usual deadlines.
-        #[serde(default)]
         now: bool,
     },
     /// Graceful restart (SIGUSR1): re-read the configuration and reopen
@@ -126,9 +81,68 @@ pub enum Request {
     Svc {
         /// What to do.
         action: SvcAction,
-        /// `smtp`, `http`, `spool`, `ram`, `bounce` or `disk`.
-        service: String,
+        /// To which service.
+        service: Service,
     },
+}
+
+/// The queue requests: the same for the control socket and the HTTP API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum QueueRequest {
+    /// One page of the queue listing.
+    List {
+        /// Which messages.
+        filter: QueueFilter,
+        /// Start after this queue id (the `next` of the previous page).
+        after: Option<String>,
+        /// Messages per page (at most 1000).
+        limit: usize,
+    },
+    /// One message in full.
+    Show {
+        /// Its queue id.
+        id: String,
+        /// Include the body.
+        body: bool,
+    },
+    /// Messages per domain and age.
+    Summary {
+        /// Which messages.
+        filter: QueueFilter,
+    },
+    /// Flush, hold, release or delete.
+    Act {
+        /// What to do.
+        action: QueueAction,
+        /// To which messages.
+        selection: Selection,
+        /// With a delete: send the sender a DSN for each recipient
+        /// deleted.
+        bounce: bool,
+    },
+    /// Pause delivery to one destination domain: its mail stays queued
+    /// (deferred without a connection), its lifetime still counts. Kept
+    /// across restarts.
+    PauseDomain {
+        /// The recipient domain.
+        domain: String,
+    },
+    /// Resume delivery to a paused domain; its messages are due at once.
+    ResumeDomain {
+        /// The recipient domain.
+        domain: String,
+    },
+}
+
+impl QueueRequest {
+    /// True for listing, showing and summing up: the requests that only
+    /// read.
+    pub fn is_read_only(&self) -> bool {
+        matches!(
+            self,
+            QueueRequest::List { .. } | QueueRequest::Show { .. } | QueueRequest::Summary { .. }
+        )
+    }
 }
 
 impl Request {
@@ -137,13 +151,11 @@ impl Request {
     /// of its group. Everything else changes something, and only root and
     /// mtad's own user may ask for it.
     pub fn is_read_only(&self) -> bool {
-        matches!(
-            self,
-            Request::Status
-                | Request::QueueList { .. }
-                | Request::QueueShow { .. }
-                | Request::QueueSummary { .. }
-        )
+        match self {
+            Request::Status => true,
+            Request::Queue(q) => q.is_read_only(),
+            _ => false,
+        }
     }
 }
 
@@ -200,10 +212,6 @@ pub enum Response {
     /// The second answer to a stop: the queue is saved and the process
     /// is about to exit.
     Stopped(StopProgress),
-}
-
-fn default_page() -> usize {
-    100
 }
 
 /// The daemon as a whole.
@@ -638,21 +646,28 @@ mod tests {
     #[test]
     fn only_status_and_queue_reading_are_read_only() {
         assert!(Request::Status.is_read_only());
-        assert!(Request::QueueShow {
+        assert!(Request::Queue(QueueRequest::Show {
             id: "1".into(),
             body: true
-        }
+        })
+        .is_read_only());
+        assert!(Request::Queue(QueueRequest::List {
+            filter: QueueFilter::default(),
+            after: None,
+            limit: 1
+        })
         .is_read_only());
         assert!(!Request::Stop.is_read_only());
         assert!(!Request::ReopenLogs.is_read_only());
-        assert!(!Request::QueueAct {
+        assert!(!Request::Queue(QueueRequest::Act {
             action: QueueAction::Hold,
-            selection: Selection {
-                all: true,
-                ..Selection::default()
-            },
+            selection: Selection::All,
             bounce: false
-        }
+        })
+        .is_read_only());
+        assert!(!Request::Queue(QueueRequest::PauseDomain {
+            domain: "example.com".into()
+        })
         .is_read_only());
     }
 }

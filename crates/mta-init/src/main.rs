@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use mta_config::Config;
-use mta_control::{Request, Response, SvcAction};
+use mta_control::{QueueRequest, Request, Response, Runner, Service, SvcAction};
 
 /// Exit code for a bad configuration (sysexits' EX_CONFIG).
 pub const EXIT_CONFIG: u8 = 78;
@@ -250,33 +250,46 @@ fn run(cli: Cli) -> ExitCode {
                 SvcVerb::Up => SvcAction::Up,
                 SvcVerb::Restart => SvcAction::Restart,
             };
-            control(&config, Request::Svc { action, service }, "done")
+            match Service::parse(&service) {
+                Ok(service) => control(&config, Request::Svc { action, service }, "done"),
+                Err(e) => fail(e.into()),
+            }
         }
         Verb::Queue { verb } => queue::run(&config, verb),
         Verb::Pause {
             what: Pausable::Delivery,
             domain: Some(domain),
             ..
-        } => control(&config, Request::PauseDomain { domain }, "delivery paused"),
+        } => control(
+            &config,
+            Request::Queue(QueueRequest::PauseDomain { domain }),
+            "delivery paused",
+        ),
         Verb::Resume {
             what: Pausable::Delivery,
             domain: Some(domain),
             ..
         } => control(
             &config,
-            Request::ResumeDomain { domain },
+            Request::Queue(QueueRequest::ResumeDomain { domain }),
             "delivery resumed",
         ),
         Verb::Pause {
             what: Pausable::Delivery,
             runner,
             ..
-        } => control(&config, Request::Pause { runner }, "delivery paused"),
+        } => match runner.as_deref().map(str::parse::<Runner>).transpose() {
+            Ok(runner) => control(&config, Request::Pause { runner }, "delivery paused"),
+            Err(e) => fail(e.into()),
+        },
         Verb::Resume {
             what: Pausable::Delivery,
             runner,
             ..
-        } => control(&config, Request::Resume { runner }, "delivery resumed"),
+        } => match runner.as_deref().map(str::parse::<Runner>).transpose() {
+            Ok(runner) => control(&config, Request::Resume { runner }, "delivery resumed"),
+            Err(e) => fail(e.into()),
+        },
         Verb::Pause {
             what: Pausable::Injection,
             runner,

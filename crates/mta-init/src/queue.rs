@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::{Args, Subcommand};
 use mta_config::Config;
 use mta_control::{
-    ActionReport, MessageDetail, MessageRow, QueueAction, QueueFilter, QueueSummary, RecipientRow,
-    Request, Response, Selection,
+    ActionReport, MessageDetail, MessageRow, QueueAction, QueueFilter, QueueRequest, QueueSummary,
+    RecipientRow, Request, Response, Selection,
 };
 use mta_envelope::{BodyType, Envelope, Notify, Recipient, Ret};
 
@@ -111,14 +111,20 @@ pub struct FilterArgs {
 }
 
 impl FilterArgs {
-    fn filter(&self) -> QueueFilter {
-        QueueFilter {
-            queue: self.queue.clone(),
+    fn filter(&self) -> Result<QueueFilter, Failure> {
+        let queue = self
+            .queue
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e: mta_control::UnknownName| Failure::Other(e.to_string()))?;
+        Ok(QueueFilter {
+            queue,
             domain: self.domain.clone(),
             sender: self.sender.clone(),
             older_than_secs: self.older_than.map(|d| d.as_secs()),
             status: self.status.clone(),
-        }
+        })
     }
 }
 
@@ -137,12 +143,10 @@ pub struct SelectionArgs {
 }
 
 impl SelectionArgs {
-    fn selection(&self) -> Selection {
-        Selection {
-            id: self.id.clone(),
-            domain: self.domain.clone(),
-            all: self.all,
-        }
+    fn selection(&self) -> Result<Selection, Failure> {
+        // clap's group lets exactly one through.
+        Selection::from_fields(self.id.clone(), self.domain.clone(), self.all)
+            .map_err(|e| Failure::Other(e.to_string()))
     }
 }
 
@@ -157,9 +161,13 @@ pub fn run(config: &Config, verb: QueueVerb) -> ExitCode {
             json,
             page,
             max,
-        } => list(config, filter.filter(), json, page, max),
+        } => filter
+            .filter()
+            .and_then(|filter| list(config, filter, json, page, max)),
         QueueVerb::Show { id, body, json } => show(config, id, body, json),
-        QueueVerb::Summary { filter, json, top } => summary(config, filter.filter(), json, top),
+        QueueVerb::Summary { filter, json, top } => filter
+            .filter()
+            .and_then(|filter| summary(config, filter, json, top)),
         QueueVerb::Flush { selection } => act(config, QueueAction::Flush, selection, false),
         QueueVerb::Hold { selection } => act(config, QueueAction::Hold, selection, false),
         QueueVerb::Release { selection } => act(config, QueueAction::Release, selection, false),
@@ -218,11 +226,11 @@ fn list(
     // alone.
     let mut header_due = !json;
     'pages: loop {
-        let request = Request::QueueList {
+        let request = Request::Queue(QueueRequest::List {
             filter: filter.clone(),
             after: after.clone(),
             limit: page,
-        };
+        });
         let p = match call(config, &request)? {
             Response::QueuePage(p) => p,
             other => return Err(unexpected(other)),
@@ -338,7 +346,7 @@ fn write_recipient(out: &mut impl Write, r: &RecipientRow) -> std::io::Result<()
 }
 
 fn show(config: &Config, id: String, body: bool, json: bool) -> Result<ExitCode, Failure> {
-    let response = call(config, &Request::QueueShow { id, body })?;
+    let response = call(config, &Request::Queue(QueueRequest::Show { id, body }))?;
     let Response::Message(m) = response else {
         return Err(unexpected(response));
     };
@@ -524,7 +532,7 @@ fn summary(
     json: bool,
     top: usize,
 ) -> Result<ExitCode, Failure> {
-    let response = call(config, &Request::QueueSummary { filter })?;
+    let response = call(config, &Request::Queue(QueueRequest::Summary { filter }))?;
     let Response::Summary(s) = response else {
         return Err(unexpected(response));
     };
@@ -573,11 +581,11 @@ fn act(
     selection: SelectionArgs,
     bounce: bool,
 ) -> Result<ExitCode, Failure> {
-    let request = Request::QueueAct {
+    let request = Request::Queue(QueueRequest::Act {
         action,
-        selection: selection.selection(),
+        selection: selection.selection()?,
         bounce,
-    };
+    });
     let response = call(config, &request)?;
     let Response::Acted(report) = response else {
         return Err(unexpected(response));

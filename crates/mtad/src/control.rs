@@ -269,23 +269,16 @@ pub(crate) async fn handle(request: Request, ctx: &Arc<Context>, shutdown: &Shut
             Ok(()) => Response::Ok,
             Err(e) => error(format!("{e:#}")),
         },
-        Request::Pause { runner } => pausing::pause_delivery(ctx, runner.as_deref(), true).await,
-        Request::Resume { runner } => pausing::pause_delivery(ctx, runner.as_deref(), false).await,
+        Request::Pause { runner } => pausing::pause_delivery(ctx, runner, true).await,
+        Request::Resume { runner } => pausing::pause_delivery(ctx, runner, false).await,
         Request::PauseInjection => pausing::pause_injection(ctx, true),
         Request::ResumeInjection => pausing::pause_injection(ctx, false),
         Request::Svc { .. } if stopping => error("stopping: services are going down anyway"),
-        Request::Svc { action, service } => match services::svc(ctx, action, &service).await {
+        Request::Svc { action, service } => match services::svc(ctx, action, service).await {
             Ok(message) => Response::Done { message },
             Err(e) => error(format!("{e:#}")),
         },
-        request @ (Request::QueueList { .. }
-        | Request::QueueShow { .. }
-        | Request::QueueSummary { .. }
-        | Request::QueueAct { .. }
-        | Request::PauseDomain { .. }
-        | Request::ResumeDomain { .. }) => crate::queue_api::handle(ctx, request)
-            .await
-            .unwrap_or_else(|| error("not a queue request")),
+        Request::Queue(request) => crate::queue_api::handle(ctx, request).await,
     }
 }
 

@@ -15,7 +15,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use mta_control::{QueueAction, QueueFilter, Request, Response, Selection};
+use mta_control::{QueueAction, QueueFilter, QueueRequest, Response, Runner, Selection};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -155,8 +155,14 @@ impl ListQuery {
                     .as_secs(),
             }),
         };
+        let queue = self
+            .queue
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e: mta_control::UnknownName| e.to_string())?;
         Ok(QueueFilter {
-            queue: self.queue.clone(),
+            queue,
             domain: self.domain.clone(),
             sender: self.sender.clone(),
             older_than_secs,
@@ -172,7 +178,7 @@ async fn list(State(app): State<App>, query: Query<ListQuery>) -> HttpResponse {
     };
     ask(
         &app,
-        Request::QueueList {
+        QueueRequest::List {
             filter,
             after: query.after.clone(),
             limit: query.limit.unwrap_or(100),
@@ -186,7 +192,7 @@ async fn summary(State(app): State<App>, query: Query<ListQuery>) -> HttpRespons
         Ok(f) => f,
         Err(e) => return bad_request(e),
     };
-    ask(&app, Request::QueueSummary { filter }).await
+    ask(&app, QueueRequest::Summary { filter }).await
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -202,7 +208,7 @@ async fn show(
 ) -> HttpResponse {
     ask(
         &app,
-        Request::QueueShow {
+        QueueRequest::Show {
             id,
             body: query.body,
         },
@@ -237,15 +243,15 @@ async fn act(State(app): State<App>, Path(action): Path<String>, body: Bytes) ->
         Ok(b) => b,
         Err((status, message)) => return refusal(status, message),
     };
+    let selection = match Selection::from_fields(body.id, body.domain, body.all) {
+        Ok(s) => s,
+        Err(e) => return bad_request(e.to_string()),
+    };
     ask(
         &app,
-        Request::QueueAct {
+        QueueRequest::Act {
             action,
-            selection: Selection {
-                id: body.id,
-                domain: body.domain,
-                all: body.all,
-            },
+            selection,
             bounce: body.bounce,
         },
     )
@@ -275,16 +281,25 @@ async fn pause_or_resume(app: &App, what: &str, body: &[u8], pause: bool) -> Htt
         Ok(b) => b,
         Err((status, message)) => return refusal(status, message),
     };
-    let request = match (what, body.domain, body.runner) {
-        ("injection", None, None) if pause => Request::PauseInjection,
-        ("injection", None, None) => Request::ResumeInjection,
+    let ctx = &app.ctx;
+    let response = match (what, body.domain, body.runner) {
+        ("injection", None, None) => pausing::pause_injection(ctx, pause),
         ("delivery", Some(_), Some(_)) => {
             return bad_request("give a domain or a runner, not both".into())
         }
-        ("delivery", Some(domain), None) if pause => Request::PauseDomain { domain },
-        ("delivery", Some(domain), None) => Request::ResumeDomain { domain },
-        ("delivery", None, runner) if pause => Request::Pause { runner },
-        ("delivery", None, runner) => Request::Resume { runner },
+        ("delivery", Some(domain), None) if pause => {
+            crate::queue_api::handle(ctx, QueueRequest::PauseDomain { domain }).await
+        }
+        ("delivery", Some(domain), None) => {
+            crate::queue_api::handle(ctx, QueueRequest::ResumeDomain { domain }).await
+        }
+        ("delivery", None, runner) => {
+            let runner = match runner.as_deref().map(str::parse::<Runner>).transpose() {
+                Ok(r) => r,
+                Err(e) => return bad_request(e.to_string()),
+            };
+            pausing::pause_delivery(ctx, runner, pause).await
+        }
         ("injection", _, _) => return bad_request("injection takes no domain or runner".into()),
         (other, _, _) => {
             return refusal(
@@ -293,7 +308,7 @@ async fn pause_or_resume(app: &App, what: &str, body: &[u8], pause: bool) -> Htt
             )
         }
     };
-    ask(app, request).await
+    reply(response)
 }
 
 fn bad_request(message: String) -> HttpResponse {
@@ -305,22 +320,10 @@ fn refusal(status: StatusCode, message: String) -> HttpResponse {
     (status, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
-/// Runs a request as the control socket would (the HTTP API asks only
-/// for the queue and pausing), and turns the answer into HTTP.
-async fn ask(app: &App, request: Request) -> HttpResponse {
-    let ctx = &app.ctx;
-    let response = match request {
-        Request::Pause { runner } => pausing::pause_delivery(ctx, runner.as_deref(), true).await,
-        Request::Resume { runner } => pausing::pause_delivery(ctx, runner.as_deref(), false).await,
-        Request::PauseInjection => pausing::pause_injection(ctx, true),
-        Request::ResumeInjection => pausing::pause_injection(ctx, false),
-        request => crate::queue_api::handle(ctx, request)
-            .await
-            .unwrap_or_else(|| Response::Error {
-                message: "not a queue request".into(),
-            }),
-    };
-    reply(response)
+/// Runs a queue request as the control socket would, and turns the
+/// answer into HTTP.
+async fn ask(app: &App, request: QueueRequest) -> HttpResponse {
+    reply(crate::queue_api::handle(&app.ctx, request).await)
 }
 
 /// The answer as HTTP: the payload itself with 200, 404 for an unknown

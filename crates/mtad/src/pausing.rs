@@ -4,25 +4,17 @@
 
 use std::sync::atomic::Ordering;
 
-use mta_control::Response;
-use mta_spool::QueueName;
+use mta_control::{Response, Runner};
 use tracing::info;
 
 use crate::context::Context;
-use crate::service_table::{index, State, RUNNERS};
+use crate::service_table::{index, queue_of, State, RUNNERS};
 
 /// Pauses or resumes one runner, or all three.
-pub async fn pause_delivery(ctx: &Context, runner: Option<&str>, paused: bool) -> Response {
+pub async fn pause_delivery(ctx: &Context, runner: Option<Runner>, paused: bool) -> Response {
     let queues = match runner {
-        None => vec![QueueName::Ram, QueueName::Bounce, QueueName::Disk],
-        Some("ram") => vec![QueueName::Ram],
-        Some("bounce") => vec![QueueName::Bounce],
-        Some("disk") => vec![QueueName::Disk],
-        Some(other) => {
-            return Response::Error {
-                message: format!("no runner {other:?}: the runners are ram, bounce and disk"),
-            }
-        }
+        None => RUNNERS.to_vec(),
+        Some(r) => vec![queue_of(r)],
     };
     {
         let _one_at_a_time = ctx.services.changing.lock().await;
@@ -32,7 +24,7 @@ pub async fn pause_delivery(ctx: &Context, runner: Option<&str>, paused: bool) -
         apply_runners(ctx);
     }
     info!(
-        runner = runner.unwrap_or("all"),
+        runner = runner.map_or("all", Runner::as_str),
         paused,
         "delivery {}",
         if paused { "paused" } else { "resumed" }

@@ -5,30 +5,30 @@
 
 use std::sync::Arc;
 
-use mta_control::{ActionReport, Request, Response};
+use mta_control::{ActionReport, QueueRequest, Response};
 use mta_queue::SteerError;
 use tracing::info;
 
 use crate::context::Context;
 
-/// Answers a queue request; `None` when `request` is not one.
-pub async fn handle(ctx: &Arc<Context>, request: Request) -> Option<Response> {
+/// Answers a queue request.
+pub async fn handle(ctx: &Arc<Context>, request: QueueRequest) -> Response {
     let queue = ctx.queue();
     let response = match request {
-        Request::QueueList {
+        QueueRequest::List {
             filter,
             after,
             limit,
         } => blocking(move || queue.list(&filter, after.as_deref(), limit))
             .await
             .map(Response::QueuePage),
-        Request::QueueShow { id, body } => blocking(move || queue.show(&id, body))
+        QueueRequest::Show { id, body } => blocking(move || queue.show(&id, body))
             .await
             .map(|m| Response::Message(Box::new(m))),
-        Request::QueueSummary { filter } => blocking(move || queue.summary(&filter))
+        QueueRequest::Summary { filter } => blocking(move || queue.summary(&filter))
             .await
             .map(Response::Summary),
-        Request::QueueAct {
+        QueueRequest::Act {
             action,
             selection,
             bounce,
@@ -47,7 +47,7 @@ pub async fn handle(ctx: &Arc<Context>, request: Request) -> Option<Response> {
             }
             report.map(Response::Acted)
         }
-        Request::PauseDomain { domain } => {
+        QueueRequest::PauseDomain { domain } => {
             queue.pause_domain(&domain).map(|added| Response::Done {
                 message: if added {
                     format!("delivery to {domain} paused")
@@ -56,7 +56,7 @@ pub async fn handle(ctx: &Arc<Context>, request: Request) -> Option<Response> {
                 },
             })
         }
-        Request::ResumeDomain { domain } => {
+        QueueRequest::ResumeDomain { domain } => {
             queue
                 .resume_domain(&domain)
                 .await
@@ -76,16 +76,15 @@ pub async fn handle(ctx: &Arc<Context>, request: Request) -> Option<Response> {
                     },
                 })
         }
-        _ => return None,
     };
-    Some(response.unwrap_or_else(|e| match e {
+    response.unwrap_or_else(|e| match e {
         SteerError::NotFound(_) => Response::NotFound {
             message: e.to_string(),
         },
         e => Response::Error {
             message: e.to_string(),
         },
-    }))
+    })
 }
 
 async fn blocking<T: Send + 'static>(

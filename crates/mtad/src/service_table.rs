@@ -6,6 +6,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
+use mta_control::Runner;
 use mta_spool::QueueName;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -121,6 +122,15 @@ impl Services {
             "injection {}",
             if paused { "paused" } else { "resumed" }
         );
+    }
+}
+
+/// The queue a runner delivers from.
+pub fn queue_of(runner: Runner) -> QueueName {
+    match runner {
+        Runner::Ram => QueueName::Ram,
+        Runner::Bounce => QueueName::Bounce,
+        Runner::Disk => QueueName::Disk,
     }
 }
 

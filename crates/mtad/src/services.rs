@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
+use mta_control::{Runner, Service};
 use mta_spool::QueueName;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -22,7 +23,7 @@ use tracing::info;
 
 use crate::context::Context;
 use crate::pausing::apply_runners;
-use crate::service_table::{index, lock, Loops, RUNNERS};
+use crate::service_table::{index, lock, queue_of, Loops, RUNNERS};
 use crate::shutdown::Shutdown;
 use crate::sockets::Kind;
 
@@ -102,7 +103,7 @@ pub async fn stop_listeners(ctx: &Context) {
 pub async fn svc(
     ctx: &Arc<Context>,
     action: mta_control::SvcAction,
-    service: &str,
+    service: Service,
 ) -> Result<String> {
     use mta_control::SvcAction::*;
     let _one_at_a_time = ctx.services.changing.lock().await;
@@ -117,9 +118,9 @@ pub async fn svc(
     }
 }
 
-async fn down(ctx: &Arc<Context>, service: &str) -> Result<String> {
+async fn down(ctx: &Arc<Context>, service: Service) -> Result<String> {
     match service {
-        "smtp" => {
+        Service::Smtp => {
             let loops = lock(&ctx.services.smtp).take();
             if let Some(loops) = loops {
                 loops.stop().await;
@@ -129,7 +130,7 @@ async fn down(ctx: &Arc<Context>, service: &str) -> Result<String> {
             info!("svc: smtp down (not listening; open sessions go on)");
             Ok("smtp down: not listening; open sessions go on".into())
         }
-        "http" => {
+        Service::Http => {
             let loops = lock(&ctx.services.http).take();
             if let Some(loops) = loops {
                 loops.stop().await;
@@ -139,7 +140,7 @@ async fn down(ctx: &Arc<Context>, service: &str) -> Result<String> {
             info!("svc: http down");
             Ok("http down".into())
         }
-        "spool" => {
+        Service::Spool => {
             ctx.services.spool_down.store(true, Ordering::Relaxed);
             apply_runners(ctx);
             let drained = wait_idle(ctx, &RUNNERS).await;
@@ -161,28 +162,15 @@ async fn down(ctx: &Arc<Context>, service: &str) -> Result<String> {
                 }
             ))
         }
-        name => {
-            let q = runner(name)?;
-            let name = q.as_str();
-            ctx.services.runner_down[index(q)].store(true, Ordering::Relaxed);
-            apply_runners(ctx);
-            let drained = wait_idle(ctx, &[q]).await;
-            info!(runner = name, drained, "svc: runner down");
-            Ok(format!(
-                "{name} runner down{}",
-                if drained {
-                    ""
-                } else {
-                    " (attempts still finishing)"
-                }
-            ))
-        }
+        Service::Ram => Ok(runner_down(ctx, Runner::Ram).await),
+        Service::Bounce => Ok(runner_down(ctx, Runner::Bounce).await),
+        Service::Disk => Ok(runner_down(ctx, Runner::Disk).await),
     }
 }
 
-fn up(ctx: &Arc<Context>, service: &str) -> Result<String> {
+fn up(ctx: &Arc<Context>, service: Service) -> Result<String> {
     match service {
-        "smtp" => {
+        Service::Smtp => {
             if lock(&ctx.services.smtp).is_some() {
                 return Ok("smtp already up".into());
             }
@@ -192,7 +180,7 @@ fn up(ctx: &Arc<Context>, service: &str) -> Result<String> {
             info!("svc: smtp up");
             Ok(format!("smtp up: listening on {}", join(&ctx.listen)))
         }
-        "http" => {
+        Service::Http => {
             if lock(&ctx.services.http).is_some() {
                 return Ok("http already up".into());
             }
@@ -202,24 +190,48 @@ fn up(ctx: &Arc<Context>, service: &str) -> Result<String> {
             info!("svc: http up");
             Ok(format!("http up: listening on {}", join(&ctx.http_listen)))
         }
-        "spool" => {
+        Service::Spool => {
             ctx.services.spool_down.store(false, Ordering::Relaxed);
             apply_runners(ctx);
             info!("svc: spool up");
             Ok("spool up: injection and delivery resumed".into())
         }
-        name => {
-            let q = runner(name)?;
-            let name = q.as_str();
-            ctx.services.runner_down[index(q)].store(false, Ordering::Relaxed);
-            apply_runners(ctx);
-            info!(runner = name, "svc: runner up");
-            Ok(if ctx.services.spool_down() {
-                format!("{name} runner up; it starts once the spool is up")
-            } else {
-                format!("{name} runner up")
-            })
+        Service::Ram => Ok(runner_up(ctx, Runner::Ram)),
+        Service::Bounce => Ok(runner_up(ctx, Runner::Bounce)),
+        Service::Disk => Ok(runner_up(ctx, Runner::Disk)),
+    }
+}
+
+/// `svc down` of one runner: it finishes the attempts under way (until
+/// `shutdown.drain_timeout`) and starts none.
+async fn runner_down(ctx: &Context, runner: Runner) -> String {
+    let q = queue_of(runner);
+    let name = runner.as_str();
+    ctx.services.runner_down[index(q)].store(true, Ordering::Relaxed);
+    apply_runners(ctx);
+    let drained = wait_idle(ctx, &[q]).await;
+    info!(runner = name, drained, "svc: runner down");
+    format!(
+        "{name} runner down{}",
+        if drained {
+            ""
+        } else {
+            " (attempts still finishing)"
         }
+    )
+}
+
+/// `svc up` of one runner.
+fn runner_up(ctx: &Context, runner: Runner) -> String {
+    let q = queue_of(runner);
+    let name = runner.as_str();
+    ctx.services.runner_down[index(q)].store(false, Ordering::Relaxed);
+    apply_runners(ctx);
+    info!(runner = name, "svc: runner up");
+    if ctx.services.spool_down() {
+        format!("{name} runner up; it starts once the spool is up")
+    } else {
+        format!("{name} runner up")
     }
 }
 
@@ -244,18 +256,6 @@ async fn wait_idle(ctx: &Context, runners: &[QueueName]) -> bool {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// The runner a service name means.
-pub fn runner(name: &str) -> Result<QueueName> {
-    Ok(match name.strip_suffix("-runner").unwrap_or(name) {
-        "ram" => QueueName::Ram,
-        "bounce" => QueueName::Bounce,
-        "disk" => QueueName::Disk,
-        other => {
-            bail!("no service {other:?}: the services are smtp, http, spool, ram, bounce and disk")
-        }
-    })
 }
 
 fn join(addrs: &[std::net::SocketAddr]) -> String {
