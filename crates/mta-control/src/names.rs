@@ -117,7 +117,7 @@ pub enum Service {
     Smtp,
     /// The admin HTTP server.
     Http,
-    /// The spool (its dependants, injection and the runners, pause).
+    /// The spool; taken down, it pauses injection and the runners.
     Spool,
     /// The ram runner.
     #[serde(alias = "ram-runner")]

@@ -1,8 +1,8 @@
 //! `mta-init queue ...`: look into the queue and steer it, on the live
 //! daemon, through the control socket.
 //!
-//! Exit codes: 0 done; 1 the daemon is not reachable or refused; 2 bad
-//! usage; 3 no such message (`show`, or an action on one queue id); 4
+//! Exit codes: 0 done; 1 the daemon is not reachable or refused, or an
+//! unknown queue name; 2 bad usage; 3 no such message (`show`, or an action on one queue id); 4
 //! this user may not use the control socket.
 
 use std::io::Write;
@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::{Args, Subcommand};
 use mta_config::Config;
 use mta_control::{
-    ActionReport, MessageDetail, MessageRow, QueueAction, QueueFilter, QueueRequest, QueueSummary,
-    RecipientRow, Request, Response, Selection,
+    ActionReport, MessageDetail, MessageRow, Queue, QueueAction, QueueFilter, QueueRequest,
+    QueueSummary, RecipientRow, Request, Response, Selection,
 };
 use mta_envelope::{BodyType, Envelope, Notify, Recipient, Ret};
 
@@ -93,9 +93,9 @@ pub enum QueueVerb {
 /// The filters of `list` and `summary`.
 #[derive(Debug, Args)]
 pub struct FilterArgs {
-    /// ram, bounce, disk or held.
-    #[arg(long)]
-    queue: Option<String>,
+    /// One queue.
+    #[arg(long, value_enum, value_name = "QUEUE")]
+    queue: Option<Queue>,
     /// A recipient domain.
     #[arg(long)]
     domain: Option<String>,
@@ -111,20 +111,14 @@ pub struct FilterArgs {
 }
 
 impl FilterArgs {
-    fn filter(&self) -> Result<QueueFilter, Failure> {
-        let queue = self
-            .queue
-            .as_deref()
-            .map(str::parse)
-            .transpose()
-            .map_err(|e: mta_control::UnknownName| Failure::Other(e.to_string()))?;
-        Ok(QueueFilter {
-            queue,
+    fn filter(&self) -> QueueFilter {
+        QueueFilter {
+            queue: self.queue,
             domain: self.domain.clone(),
             sender: self.sender.clone(),
             older_than_secs: self.older_than.map(|d| d.as_secs()),
             status: self.status.clone(),
-        })
+        }
     }
 }
 
@@ -161,13 +155,9 @@ pub fn run(config: &Config, verb: QueueVerb) -> ExitCode {
             json,
             page,
             max,
-        } => filter
-            .filter()
-            .and_then(|filter| list(config, filter, json, page, max)),
+        } => list(config, filter.filter(), json, page, max),
         QueueVerb::Show { id, body, json } => show(config, id, body, json),
-        QueueVerb::Summary { filter, json, top } => filter
-            .filter()
-            .and_then(|filter| summary(config, filter, json, top)),
+        QueueVerb::Summary { filter, json, top } => summary(config, filter.filter(), json, top),
         QueueVerb::Flush { selection } => act(config, QueueAction::Flush, selection, false),
         QueueVerb::Hold { selection } => act(config, QueueAction::Hold, selection, false),
         QueueVerb::Release { selection } => act(config, QueueAction::Release, selection, false),
