@@ -188,6 +188,12 @@ pub enum Response {
     Error {
         /// Why.
         message: String,
+        /// What kind of failure: the HTTP API's status and `mta-init`'s
+        /// exit code follow it. New in this version; absent from an
+        /// older daemon, where it reads as [`ErrorKind::Invalid`] (the 400
+        /// such a daemon's HTTP API gave every error).
+        #[serde(default)]
+        kind: ErrorKind,
     },
     /// The peer on the control socket may not ask this (its uid and
     /// groups, SO_PEERCRED); `mta-init` exits 4, as LSB's "insufficient
@@ -212,6 +218,36 @@ pub enum Response {
     /// The second answer to a stop: the queue is saved and the process
     /// is about to exit.
     Stopped(StopProgress),
+}
+
+/// Why a request failed, as far as its asker can act on it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The request itself is wrong (a bad id, filter, name or
+    /// configuration): asking again the same way fails again. HTTP 400.
+    #[default]
+    Invalid,
+    /// What it names is not there. HTTP 404.
+    NotFound,
+    /// The daemon is in a state that excludes it (already stopping).
+    /// HTTP 409.
+    Conflict,
+    /// A resource failed (the spool's disk, a socket): asking later may
+    /// work. HTTP 503.
+    Unavailable,
+    /// A fault in the daemon (a task that panicked). HTTP 500.
+    Internal,
+}
+
+impl Response {
+    /// An [`Response::Error`] of this kind.
+    pub fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
+        Response::Error {
+            message: message.into(),
+            kind,
+        }
+    }
 }
 
 /// The daemon as a whole.

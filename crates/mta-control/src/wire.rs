@@ -380,3 +380,74 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod response_tests {
+    //! Responses as they travel; the literals are what the earlier
+    //! `Response` wrote, and the error's `kind` is the one new field.
+
+    use crate::{ErrorKind, Response};
+
+    #[test]
+    fn error_carries_its_kind_and_an_old_error_reads_as_invalid() {
+        for (kind, word) in [
+            (ErrorKind::Invalid, "invalid"),
+            (ErrorKind::NotFound, "not_found"),
+            (ErrorKind::Conflict, "conflict"),
+            (ErrorKind::Unavailable, "unavailable"),
+            (ErrorKind::Internal, "internal"),
+        ] {
+            let json = serde_json::to_string(&Response::error(kind, "why")).unwrap();
+            assert_eq!(
+                json,
+                format!(r#"{{"result":"error","message":"why","kind":"{word}"}}"#)
+            );
+            let Response::Error {
+                message,
+                kind: read,
+            } = serde_json::from_str(&json).unwrap()
+            else {
+                panic!("{json}")
+            };
+            assert_eq!((message.as_str(), read), ("why", kind));
+        }
+        // From a daemon before the kind.
+        let old: Response = serde_json::from_str(r#"{"result":"error","message":"why"}"#).unwrap();
+        assert!(matches!(
+            old,
+            Response::Error {
+                kind: ErrorKind::Invalid,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn the_other_plain_answers_keep_their_wire_form() {
+        for (response, json) in [
+            (Response::Ok, r#"{"result":"ok"}"#),
+            (
+                Response::Done {
+                    message: "done".into(),
+                },
+                r#"{"result":"done","message":"done"}"#,
+            ),
+            (
+                Response::NotFound {
+                    message: "no message 1".into(),
+                },
+                r#"{"result":"not_found","message":"no message 1"}"#,
+            ),
+            (
+                Response::Forbidden {
+                    message: "no".into(),
+                },
+                r#"{"result":"forbidden","message":"no"}"#,
+            ),
+        ] {
+            assert_eq!(serde_json::to_string(&response).unwrap(), json);
+            let read: Response = serde_json::from_str(json).unwrap();
+            assert_eq!(serde_json::to_string(&read).unwrap(), json);
+        }
+    }
+}

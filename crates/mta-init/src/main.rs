@@ -366,7 +366,7 @@ fn control(config: &Config, request: Request, done: &str) -> ExitCode {
             println!("{message}");
             ExitCode::SUCCESS
         }
-        Ok(Response::Error { message }) => fail(anyhow::anyhow!(message)),
+        Ok(Response::Error { message, .. }) => fail(anyhow::anyhow!(message)),
         Ok(other) => fail(anyhow::anyhow!("unexpected answer: {other:?}")),
         Err(process::Call::Failed(e)) => fail(anyhow::anyhow!("{e} (is mtad running?)")),
         Err(e) => fail(e.into()),

@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::{Args, Subcommand};
 use mta_config::Config;
 use mta_control::{
-    ActionReport, MessageDetail, MessageRow, Queue, QueueAction, QueueFilter, QueueRequest,
-    QueueSummary, RecipientRow, Request, Response, Selection,
+    ActionReport, ErrorKind, MessageDetail, MessageRow, Queue, QueueAction, QueueFilter,
+    QueueRequest, QueueSummary, RecipientRow, Request, Response, Selection,
 };
 use mta_envelope::{BodyType, Envelope, Notify, Recipient, Ret};
 
@@ -187,8 +187,14 @@ enum Failure {
 
 fn call(config: &Config, request: &Request) -> Result<Response, Failure> {
     match crate::process::call(config, request, TIMEOUT) {
-        Ok(Response::Error { message }) => Err(Failure::Other(message)),
-        Ok(Response::NotFound { message }) => Err(Failure::NotFound(message)),
+        // A missing message exits 3 whichever way the daemon says so;
+        // every other refusal 1, whatever its kind.
+        Ok(Response::Error {
+            message,
+            kind: ErrorKind::NotFound,
+        })
+        | Ok(Response::NotFound { message }) => Err(Failure::NotFound(message)),
+        Ok(Response::Error { message, .. }) => Err(Failure::Other(message)),
         Ok(response) => Ok(response),
         Err(crate::process::Call::NotPermitted(e)) => Err(Failure::NotPermitted(e)),
         Err(crate::process::Call::Failed(e)) => {

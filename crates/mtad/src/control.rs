@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
-use mta_control::{Request, Response};
+use mta_control::{ErrorKind, Request, Response};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::task::TaskTracker;
@@ -210,9 +210,7 @@ async fn answer(
             }
         }
         Ok(request) => handle(request, ctx, shutdown).await,
-        Err(e) => Response::Error {
-            message: format!("bad request: {e}"),
-        },
+        Err(e) => Response::error(ErrorKind::Invalid, format!("bad request: {e}")),
     };
     write_line(&mut write, &response).await?;
     if let (Some(listener), Response::Ok) = (&mut listener, &response) {
@@ -233,57 +231,62 @@ async fn write_line(
 }
 
 pub(crate) async fn handle(request: Request, ctx: &Arc<Context>, shutdown: &Shutdown) -> Response {
+    use ErrorKind::{Conflict, Invalid, Unavailable};
     let stopping = shutdown.listen_end.is_cancelled();
     let order = |order: Order, what: &str| {
         info!("{what} requested on the control socket");
         match ctx.orders.send(order) {
             Ok(()) => Response::Ok,
-            Err(_) => error("already stopping"),
+            Err(_) => Response::error(Conflict, "already stopping"),
         }
     };
     match request {
         Request::Status => Response::Status(Box::new(crate::status::status(ctx, shutdown))),
         Request::Stop => order(Order::Stop(StopKind::Normal), "stop"),
         Request::GracefulStop => order(Order::Stop(StopKind::Graceful), "graceful stop"),
-        Request::Restart { .. } if stopping => error("already stopping"),
+        Request::Restart { .. } if stopping => Response::error(Conflict, "already stopping"),
         Request::Restart { now } => match crate::reload::check_config(ctx) {
             Ok(_) => {
                 let kind = if now { StopKind::Now } else { StopKind::Normal };
                 order(Order::Restart(kind), "restart")
             }
-            Err(e) => error(format!(
+            Err(e) => Response::error(
+                Invalid,
+                format!(
                 "restart refused, the server is untouched: the configuration does not load:\n{e:#}"
-            )),
+            ),
+            ),
         },
-        Request::Reload if stopping => error("stopping: no reload"),
+        Request::Reload if stopping => Response::error(Conflict, "stopping: no reload"),
         Request::Reload => match crate::reload::reload(ctx).await {
             Ok(notes) if notes.is_empty() => Response::Ok,
             Ok(notes) => Response::Done {
                 message: notes.join("\n"),
             },
-            Err(e) => error(format!(
-                "graceful restart refused, the server is untouched:\n{e:#}"
-            )),
+            // The configuration, or what it names (TLS files, the local
+            // recipient list), does not load.
+            Err(e) => Response::error(
+                Invalid,
+                format!("graceful restart refused, the server is untouched:\n{e:#}"),
+            ),
         },
         Request::ReopenLogs => match crate::reload::reopen_logs(ctx) {
             Ok(()) => Response::Ok,
-            Err(e) => error(format!("{e:#}")),
+            Err(e) => Response::error(Unavailable, format!("{e:#}")),
         },
         Request::Pause { runner } => pausing::pause_delivery(ctx, runner, true).await,
         Request::Resume { runner } => pausing::pause_delivery(ctx, runner, false).await,
         Request::PauseInjection => pausing::pause_injection(ctx, true),
         Request::ResumeInjection => pausing::pause_injection(ctx, false),
-        Request::Svc { .. } if stopping => error("stopping: services are going down anyway"),
+        Request::Svc { .. } if stopping => {
+            Response::error(Conflict, "stopping: services are going down anyway")
+        }
+        // What fails here is a socket that cannot be bound again or an
+        // index that cannot be flushed.
         Request::Svc { action, service } => match services::svc(ctx, action, service).await {
             Ok(message) => Response::Done { message },
-            Err(e) => error(format!("{e:#}")),
+            Err(e) => Response::error(Unavailable, format!("{e:#}")),
         },
         Request::Queue(request) => crate::queue_api::handle(ctx, request).await,
-    }
-}
-
-fn error(message: impl Into<String>) -> Response {
-    Response::Error {
-        message: message.into(),
     }
 }

@@ -15,7 +15,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use mta_control::{QueueAction, QueueFilter, QueueRequest, Response, Runner, Selection};
+use mta_control::{ErrorKind, QueueAction, QueueFilter, QueueRequest, Response, Runner, Selection};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -326,8 +326,9 @@ async fn ask(app: &App, request: QueueRequest) -> HttpResponse {
     reply(crate::queue_api::handle(&app.ctx, request).await)
 }
 
-/// The answer as HTTP: the payload itself with 200, 404 for an unknown
-/// message, 400 with `{"error": ...}` for a refusal.
+/// The answer as HTTP: the payload itself with 200; a failure as
+/// `{"error": ...}` with the status of its kind (400, 404, 409, 503, 500),
+/// 404 for an unknown message.
 fn reply(response: Response) -> HttpResponse {
     match response {
         Response::QueuePage(page) => Json(page).into_response(),
@@ -342,7 +343,18 @@ fn reply(response: Response) -> HttpResponse {
         }
         Response::NotFound { message } => refusal(StatusCode::NOT_FOUND, message),
         Response::Forbidden { message } => refusal(StatusCode::FORBIDDEN, message),
-        Response::Error { message } => bad_request(message),
+        Response::Error { message, kind } => refusal(status_of(kind), message),
+    }
+}
+
+/// The HTTP status of a failed request's kind.
+fn status_of(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::Invalid => StatusCode::BAD_REQUEST,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -544,4 +556,28 @@ fn render(ctx: &Context) -> String {
         &plain(rescan.as_ref().map_or(0, |p| p.files_done)),
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_of_failure_has_its_status() {
+        for (kind, status) in [
+            (ErrorKind::Invalid, 400),
+            (ErrorKind::NotFound, 404),
+            (ErrorKind::Conflict, 409),
+            (ErrorKind::Unavailable, 503),
+            (ErrorKind::Internal, 500),
+        ] {
+            assert_eq!(status_of(kind).as_u16(), status, "{kind:?}");
+            let answer = reply(Response::error(kind, "why"));
+            assert_eq!(answer.status().as_u16(), status, "{kind:?}");
+        }
+        let gone = reply(Response::NotFound {
+            message: "no message 1".into(),
+        });
+        assert_eq!(gone.status(), StatusCode::NOT_FOUND);
+    }
 }
