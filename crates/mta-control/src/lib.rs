@@ -16,160 +16,14 @@ use serde::{Deserialize, Serialize};
 
 mod names;
 mod queue;
-mod wire;
+mod request;
 
 pub use names::{parse_name, Name, Queue, Runner, Service, UnknownName};
 pub use queue::{
     ActionReport, HistoryRow, MessageDetail, MessageRow, NoSelection, QueueAction, QueueFilter,
     QueuePage, QueueSummary, RecipientRow, Selection, SummaryRow, SUMMARY_BUCKETS,
 };
-
-/// What the client asks. On the wire a JSON object whose `cmd` names the
-/// request (`{"cmd":"queue_list",...}`), the queue requests included:
-/// nesting them as [`Request::Queue`] changes nothing there (`wire.rs`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "wire::Request", into = "wire::Request")]
-pub enum Request {
-    /// The daemon's status.
-    Status,
-    /// Begin a clean stop; the answer ([`Response::Ok`]) comes at once,
-    /// the stop goes on. A client that keeps the connection open and reads
-    /// on gets a second line, [`Response::Stopped`], once the queue is
-    /// saved: the figures of the whole stop, which polling `status` can
-    /// miss when the stop is quick.
-    Stop,
-    /// Pause delivery: one runner or all three. Attempts under way
-    /// finish; no new one starts.
-    Pause {
-        /// The runner; all when absent.
-        runner: Option<Runner>,
-    },
-    /// Resume paused delivery.
-    Resume {
-        /// The runner; all when absent.
-        runner: Option<Runner>,
-    },
-    /// Look into the queue or steer it.
-    Queue(QueueRequest),
-    /// Pause injection: new connections get `421 4.3.2`; sessions already
-    /// open may finish.
-    PauseInjection,
-    /// Resume paused injection.
-    ResumeInjection,
-    /// A graceful stop (SIGWINCH): sessions are not cut short and
-    /// deliveries may finish, up to `shutdown.graceful_timeout`. Answered
-    /// as [`Request::Stop`], the second line included.
-    GracefulStop,
-    /// Stop and start again in the same process (a re-exec), handing the
-    /// listening sockets over: no connection is refused. With `now`, as
-    /// SIGHUP: sessions get 421 at once and attempts are cut short.
-    /// Refused (with an error, the server untouched) when the
-    /// configuration does not load.
-    Restart {
-        /// Stop now rather than with the usual deadlines.
-        now: bool,
-    },
-    /// Graceful restart (SIGUSR1): re-read the configuration and reopen
-    /// the logs; sessions and deliveries in progress go on, new work uses
-    /// the new settings. Answered once done; refused on a bad
-    /// configuration.
-    Reload,
-    /// Reopen the log files (after rotation).
-    ReopenLogs,
-    /// daemontools' `svc`: take one service down, bring it up, or restart
-    /// it.
-    Svc {
-        /// What to do.
-        action: SvcAction,
-        /// To which service.
-        service: Service,
-    },
-}
-
-/// The queue requests: the same for the control socket and the HTTP API.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum QueueRequest {
-    /// One page of the queue listing.
-    List {
-        /// Which messages.
-        filter: QueueFilter,
-        /// Start after this queue id (the `next` of the previous page).
-        after: Option<String>,
-        /// Messages per page (at most 1000).
-        limit: usize,
-    },
-    /// One message in full.
-    Show {
-        /// Its queue id.
-        id: String,
-        /// Include the body.
-        body: bool,
-    },
-    /// Messages per domain and age.
-    Summary {
-        /// Which messages.
-        filter: QueueFilter,
-    },
-    /// Flush, hold, release or delete.
-    Act {
-        /// What to do.
-        action: QueueAction,
-        /// To which messages.
-        selection: Selection,
-        /// With a delete: send the sender a DSN for each recipient
-        /// deleted.
-        bounce: bool,
-    },
-    /// Pause delivery to one destination domain: its mail stays queued
-    /// (deferred without a connection), its lifetime still counts. Kept
-    /// across restarts.
-    PauseDomain {
-        /// The recipient domain.
-        domain: String,
-    },
-    /// Resume delivery to a paused domain; its messages are due at once.
-    ResumeDomain {
-        /// The recipient domain.
-        domain: String,
-    },
-}
-
-impl QueueRequest {
-    /// True for listing, showing and summing up: the requests that only
-    /// read.
-    pub fn is_read_only(&self) -> bool {
-        matches!(
-            self,
-            QueueRequest::List { .. } | QueueRequest::Show { .. } | QueueRequest::Summary { .. }
-        )
-    }
-}
-
-impl Request {
-    /// True for the requests that only read (status, and listing, showing
-    /// and summing up the queue): the ones the daemon answers for members
-    /// of its group. Everything else changes something, and only root and
-    /// mtad's own user may ask for it.
-    pub fn is_read_only(&self) -> bool {
-        match self {
-            Request::Status => true,
-            Request::Queue(q) => q.is_read_only(),
-            _ => false,
-        }
-    }
-}
-
-/// What `svc` does to a service.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SvcAction {
-    /// Stop it; its dependants are paused.
-    Down,
-    /// Start it; its dependants resume.
-    Up,
-    /// Down, then up.
-    Restart,
-}
+pub use request::{QueueRequest, Request, SvcAction};
 
 /// What the daemon answers.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -705,5 +559,76 @@ mod tests {
             domain: "example.com".into()
         })
         .is_read_only());
+    }
+}
+
+#[cfg(test)]
+mod response_tests {
+    //! Responses as they travel; the literals are what the earlier
+    //! `Response` wrote, and the error's `kind` is the one new field.
+
+    use super::{ErrorKind, Response};
+
+    #[test]
+    fn error_carries_its_kind_and_an_old_error_reads_as_invalid() {
+        for (kind, word) in [
+            (ErrorKind::Invalid, "invalid"),
+            (ErrorKind::NotFound, "not_found"),
+            (ErrorKind::Conflict, "conflict"),
+            (ErrorKind::Unavailable, "unavailable"),
+            (ErrorKind::Internal, "internal"),
+        ] {
+            let json = serde_json::to_string(&Response::error(kind, "why")).unwrap();
+            assert_eq!(
+                json,
+                format!(r#"{{"result":"error","message":"why","kind":"{word}"}}"#)
+            );
+            let Response::Error {
+                message,
+                kind: read,
+            } = serde_json::from_str(&json).unwrap()
+            else {
+                panic!("{json}")
+            };
+            assert_eq!((message.as_str(), read), ("why", kind));
+        }
+        // From a daemon before the kind.
+        let old: Response = serde_json::from_str(r#"{"result":"error","message":"why"}"#).unwrap();
+        assert!(matches!(
+            old,
+            Response::Error {
+                kind: ErrorKind::Invalid,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn the_other_plain_answers_keep_their_wire_form() {
+        for (response, json) in [
+            (Response::Ok, r#"{"result":"ok"}"#),
+            (
+                Response::Done {
+                    message: "done".into(),
+                },
+                r#"{"result":"done","message":"done"}"#,
+            ),
+            (
+                Response::NotFound {
+                    message: "no message 1".into(),
+                },
+                r#"{"result":"not_found","message":"no message 1"}"#,
+            ),
+            (
+                Response::Forbidden {
+                    message: "no".into(),
+                },
+                r#"{"result":"forbidden","message":"no"}"#,
+            ),
+        ] {
+            assert_eq!(serde_json::to_string(&response).unwrap(), json);
+            let read: Response = serde_json::from_str(json).unwrap();
+            assert_eq!(serde_json::to_string(&read).unwrap(), json);
+        }
     }
 }

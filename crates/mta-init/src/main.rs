@@ -7,6 +7,7 @@
 
 #[macro_use]
 mod output;
+mod exit;
 mod localtime;
 mod process;
 mod queue;
@@ -26,8 +27,7 @@ use mta_control::{
     parse_name, Queue, QueueRequest, Request, Response, Runner, Service, SvcAction, UnknownName,
 };
 
-/// Exit code for a bad configuration (sysexits' EX_CONFIG).
-pub const EXIT_CONFIG: u8 = 78;
+use crate::exit::{fail, EXIT_CONFIG};
 
 /// Start, stop and inspect the MTA daemon.
 #[derive(Debug, Parser)]
@@ -370,24 +370,6 @@ fn control(config: &Config, request: Request, done: &str) -> ExitCode {
         Ok(other) => fail(anyhow::anyhow!("unexpected answer: {other:?}")),
         Err(process::Call::Failed(e)) => fail(anyhow::anyhow!("{e} (is mtad running?)")),
         Err(e) => fail(e.into()),
-    }
-}
-
-/// Prints the error; exits 4 when this user may not see or control the
-/// daemon, else 1.
-fn fail(e: anyhow::Error) -> ExitCode {
-    eprintln!("mta-init: {e:#}");
-    let not_permitted = e.chain().any(|cause| {
-        cause.is::<process::NotPermitted>()
-            || matches!(
-                cause.downcast_ref::<process::Call>(),
-                Some(process::Call::NotPermitted(_))
-            )
-    });
-    if not_permitted {
-        ExitCode::from(process::EXIT_NOT_PERMITTED)
-    } else {
-        ExitCode::FAILURE
     }
 }
 

@@ -175,7 +175,7 @@ pub fn run(config: &Config, verb: QueueVerb) -> ExitCode {
             eprintln!("mta-init: {message}");
             ExitCode::FAILURE
         }
-        Err(Failure::NotPermitted(e)) => crate::fail(e.into()),
+        Err(Failure::NotPermitted(e)) => crate::exit::fail(e.into()),
     }
 }
 

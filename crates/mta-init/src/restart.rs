@@ -14,8 +14,8 @@ use anyhow::{anyhow, bail, Result};
 use mta_config::Config;
 use mta_control::{Request, Response, Status};
 
+use crate::exit::EXIT_CONFIG;
 use crate::process::{liveness, probe, Daemon, Liveness};
-use crate::EXIT_CONFIG;
 
 /// Why a verb did not go ahead.
 pub enum Refusal {
@@ -40,7 +40,7 @@ impl Refusal {
                 );
                 ExitCode::from(EXIT_CONFIG)
             }
-            Refusal::Other(e) => crate::fail(e),
+            Refusal::Other(e) => crate::exit::fail(e),
         }
     }
 }

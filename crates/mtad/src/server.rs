@@ -33,7 +33,7 @@ use anyhow::{Context as _, Result};
 use mta_config::Config;
 use mta_queue::Queue;
 use mta_smtp::Admission;
-use mta_spool::{Spool, SpoolConfig};
+use mta_spool::Spool;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
@@ -46,7 +46,7 @@ use crate::logfile::LogFile;
 use crate::logging::LogLevel;
 use crate::pidfile::PidFile;
 use crate::service_table::Services;
-use crate::settings::Settings;
+use crate::settings::{Fixed, Settings, StopDeadlines};
 use crate::shutdown::{Order, Shutdown, StopKind};
 use crate::sockets::{Inherited, Kind, Sockets};
 use crate::stats::Stats;
@@ -108,10 +108,11 @@ async fn serve(config: Config, startup: Startup) -> Result<Exit> {
 
     let config = Arc::new(config);
     let settings = Settings::new(config.clone())?;
+    let fixed = Fixed::new(&config);
 
     let sockets = Sockets::default();
-    let listen = sockets.open(Kind::Smtp, &config.smtp.listen, &mut inherited)?;
-    let http_listen = sockets.open(Kind::Http, &config.http.listen, &mut inherited)?;
+    let listen = sockets.open(Kind::Smtp, &fixed.smtp_listen, &mut inherited)?;
+    let http_listen = sockets.open(Kind::Http, &fixed.http_listen, &mut inherited)?;
     if inherited.len() > 0 {
         warn!(
             unclaimed = inherited.len(),
@@ -122,17 +123,11 @@ async fn serve(config: Config, startup: Startup) -> Result<Exit> {
 
     identity.switch()?;
 
-    let spool_config = SpoolConfig {
-        dir: config.queue_dir.clone(),
-        min_free_space: config.spool.min_free_space.bytes(),
-        max_batch: config.spool.max_batch,
-        rescan_rate: config.spool.rescan_rate,
-        index_cache: config.spool.index_cache.0,
-    };
+    let spool_config = fixed.spool.clone();
     let (spool, report) = tokio::task::spawn_blocking(move || Spool::open(spool_config))
         .await
         .context("opening the spool")?
-        .with_context(|| format!("opening the spool in {}", config.queue_dir.display()))?;
+        .with_context(|| format!("opening the spool in {}", fixed.spool.dir.display()))?;
     info!(
         clean = report.clean,
         rescan = report.rescan,
@@ -142,10 +137,12 @@ async fn serve(config: Config, startup: Startup) -> Result<Exit> {
         "spool open"
     );
 
-    let control_path = config.control_socket();
+    let control_path = fixed.control_socket.clone();
     let control = ControlSocket::bind(&control_path, identity.group())?;
-    let pid_file = PidFile::write(&config.pid_file())?;
+    let pid_file = PidFile::write(&fixed.pid_file)?;
 
+    // The queue runners build their settings from the configuration
+    // themselves for now; see `settings.rs`.
     let queue = Queue::start(&config, spool.clone()).context("starting the queue runners")?;
     let admission = Arc::new(Admission::default());
     admission.set_storage_ok(
@@ -186,7 +183,7 @@ async fn serve(config: Config, startup: Startup) -> Result<Exit> {
     };
     let monitor = tokio::spawn(watch_free_space(
         ctx.clone(),
-        config.spool.free_space_check_interval,
+        fixed.free_space_check_interval,
     ));
 
     // Signal handlers go in before the announcement: a TERM sent the
@@ -245,7 +242,7 @@ async fn serve(config: Config, startup: Startup) -> Result<Exit> {
     } else {
         let _ = crate::notify::stopping();
     }
-    let index_not_saved = stop(&ctx, &shutdown, &sessions, &config, kind).await?;
+    let index_not_saved = stop(&ctx, &shutdown, &sessions, fixed.stop, kind).await?;
     monitor.abort();
     control_task.abort();
     let _ = control_task.await;
@@ -275,15 +272,11 @@ async fn stop(
     ctx: &Arc<Context>,
     shutdown: &Shutdown,
     sessions: &TaskTracker,
-    config: &Config,
+    deadlines: StopDeadlines,
     kind: StopKind,
 ) -> Result<Option<String>> {
     let began = Instant::now();
-    let (deadline, drain) = match kind {
-        StopKind::Now => (Duration::ZERO, Duration::ZERO),
-        StopKind::Normal => (config.shutdown.timeout, config.shutdown.drain_timeout),
-        StopKind::Graceful => (config.shutdown.graceful_timeout, Duration::ZERO),
-    };
+    let (deadline, drain) = deadlines.for_kind(kind);
     ctx.stats.begin_stop(deadline);
     info!(
         sessions = ctx.stats.sessions_open(),

@@ -92,7 +92,7 @@ impl Services {
     }
 
     /// The spool's state, given whether it is short of what it needs
-    /// ([`crate::context::Context::spool_trouble`]).
+    /// (`Context::spool_trouble`).
     pub fn spool_state(&self, troubled: bool) -> State {
         if self.spool_down() {
             State::Down
