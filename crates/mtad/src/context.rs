@@ -6,11 +6,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use mta_queue::Queue;
 use mta_smtp::Admission;
 use mta_spool::{OpenReport, Spool};
+use parking_lot::RwLock;
 use tokio::sync::mpsc;
 
 use crate::client_limits::ClientLimits;
@@ -55,15 +56,12 @@ pub struct Context {
 impl Context {
     /// The settings new work uses.
     pub fn settings(&self) -> Arc<Settings> {
-        self.settings
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.settings.read().clone()
     }
 
     /// Installs the settings of a graceful restart.
     pub fn replace_settings(&self, settings: Settings) {
-        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(settings);
+        *self.settings.write() = Arc::new(settings);
     }
 
     /// The queue runners new work goes to.

@@ -26,7 +26,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
@@ -34,6 +34,7 @@ use mta_config::Config;
 use mta_queue::Queue;
 use mta_smtp::Admission;
 use mta_spool::Spool;
+use parking_lot::RwLock;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;

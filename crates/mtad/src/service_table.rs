@@ -4,10 +4,10 @@
 //! delivery `pausing.rs`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 
 use mta_control::Runner;
 use mta_spool::QueueName;
+use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -143,8 +143,4 @@ pub fn index(q: QueueName) -> usize {
         // them.
         QueueName::Disk | QueueName::Held => 2,
     }
-}
-
-pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

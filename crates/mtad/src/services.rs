@@ -23,18 +23,18 @@ use tracing::info;
 
 use crate::context::Context;
 use crate::pausing::apply_runners;
-use crate::service_table::{index, lock, queue_of, Loops, RUNNERS};
+use crate::service_table::{index, queue_of, Loops, RUNNERS};
 use crate::shutdown::Shutdown;
 use crate::sockets::Kind;
 
 /// Starts the SMTP accept loops on the registered sockets.
 pub fn start_smtp(ctx: &Arc<Context>, shutdown: &Shutdown, sessions: &TaskTracker) -> Result<()> {
-    *lock(&ctx.services.smtp_with) = Some((shutdown.clone(), sessions.clone()));
+    *ctx.services.smtp_with.lock() = Some((shutdown.clone(), sessions.clone()));
     spawn_smtp(ctx)
 }
 
 fn spawn_smtp(ctx: &Arc<Context>) -> Result<()> {
-    let Some((shutdown, sessions)) = lock(&ctx.services.smtp_with).clone() else {
+    let Some((shutdown, sessions)) = ctx.services.smtp_with.lock().clone() else {
         bail!("the listener was never started");
     };
     let down = CancellationToken::new();
@@ -52,18 +52,18 @@ fn spawn_smtp(ctx: &Arc<Context>) -> Result<()> {
             ))
         })
         .collect();
-    *lock(&ctx.services.smtp) = Some(Loops { down, tasks });
+    *ctx.services.smtp.lock() = Some(Loops { down, tasks });
     Ok(())
 }
 
 /// Starts the HTTP server on the registered sockets.
 pub fn start_http(ctx: &Arc<Context>, shutdown: &Shutdown) -> Result<()> {
-    *lock(&ctx.services.http_with) = Some(shutdown.clone());
+    *ctx.services.http_with.lock() = Some(shutdown.clone());
     spawn_http(ctx)
 }
 
 fn spawn_http(ctx: &Arc<Context>) -> Result<()> {
-    let Some(shutdown) = lock(&ctx.services.http_with).clone() else {
+    let Some(shutdown) = ctx.services.http_with.lock().clone() else {
         bail!("the HTTP server was never started");
     };
     let down = CancellationToken::new();
@@ -80,20 +80,20 @@ fn spawn_http(ctx: &Arc<Context>) -> Result<()> {
             ))
         })
         .collect();
-    *lock(&ctx.services.http) = Some(Loops { down, tasks });
+    *ctx.services.http.lock() = Some(Loops { down, tasks });
     Ok(())
 }
 
 /// At the end of a stop: waits for the accept loops (they end with
 /// the stop) and stops the HTTP server.
 pub async fn stop_listeners(ctx: &Context) {
-    let smtp = lock(&ctx.services.smtp).take();
+    let smtp = ctx.services.smtp.lock().take();
     if let Some(loops) = smtp {
         for task in loops.tasks {
             let _ = task.await;
         }
     }
-    let http = lock(&ctx.services.http).take();
+    let http = ctx.services.http.lock().take();
     if let Some(loops) = http {
         loops.stop().await;
     }
@@ -121,7 +121,7 @@ pub async fn svc(
 async fn down(ctx: &Arc<Context>, service: Service) -> Result<String> {
     match service {
         Service::Smtp => {
-            let loops = lock(&ctx.services.smtp).take();
+            let loops = ctx.services.smtp.lock().take();
             if let Some(loops) = loops {
                 loops.stop().await;
             }
@@ -131,7 +131,7 @@ async fn down(ctx: &Arc<Context>, service: Service) -> Result<String> {
             Ok("smtp down: not listening; open sessions go on".into())
         }
         Service::Http => {
-            let loops = lock(&ctx.services.http).take();
+            let loops = ctx.services.http.lock().take();
             if let Some(loops) = loops {
                 loops.stop().await;
             }
@@ -171,7 +171,7 @@ async fn down(ctx: &Arc<Context>, service: Service) -> Result<String> {
 fn up(ctx: &Arc<Context>, service: Service) -> Result<String> {
     match service {
         Service::Smtp => {
-            if lock(&ctx.services.smtp).is_some() {
+            if ctx.services.smtp.lock().is_some() {
                 return Ok("smtp already up".into());
             }
             ctx.sockets.reopen(Kind::Smtp, &ctx.listen)?;
@@ -181,7 +181,7 @@ fn up(ctx: &Arc<Context>, service: Service) -> Result<String> {
             Ok(format!("smtp up: listening on {}", join(&ctx.listen)))
         }
         Service::Http => {
-            if lock(&ctx.services.http).is_some() {
+            if ctx.services.http.lock().is_some() {
                 return Ok("http already up".into());
             }
             ctx.sockets.reopen(Kind::Http, &ctx.http_listen)?;
