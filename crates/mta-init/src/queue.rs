@@ -187,19 +187,26 @@ enum Failure {
 
 fn call(config: &Config, request: &Request) -> Result<Response, Failure> {
     match crate::process::call(config, request, TIMEOUT) {
-        // A missing message exits 3 whichever way the daemon says so;
-        // every other refusal 1, whatever its kind.
-        Ok(Response::Error {
-            message,
-            kind: ErrorKind::NotFound,
-        })
-        | Ok(Response::NotFound { message }) => Err(Failure::NotFound(message)),
-        Ok(Response::Error { message, .. }) => Err(Failure::Other(message)),
-        Ok(response) => Ok(response),
+        Ok(response) => refused(response),
         Err(crate::process::Call::NotPermitted(e)) => Err(Failure::NotPermitted(e)),
         Err(crate::process::Call::Failed(e)) => {
             Err(Failure::Other(format!("{e} (is mtad running?)")))
         }
+    }
+}
+
+/// The daemon's answer, or why it is a failure. A missing message exits
+/// 3 whichever way the daemon says so; every other refusal 1, whatever
+/// its kind.
+fn refused(response: Response) -> Result<Response, Failure> {
+    match response {
+        Response::Error {
+            message,
+            kind: ErrorKind::NotFound,
+        }
+        | Response::NotFound { message } => Err(Failure::NotFound(message)),
+        Response::Error { message, .. } => Err(Failure::Other(message)),
+        response => Ok(response),
     }
 }
 
@@ -621,4 +628,32 @@ fn describe(action: QueueAction, r: &ActionReport) -> String {
         ));
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_message_is_exit_3_whichever_way_it_is_said() {
+        let gone = refused(Response::NotFound {
+            message: "no message 1 in the queue".into(),
+        });
+        assert!(matches!(gone, Err(Failure::NotFound(_))));
+        let gone = refused(Response::error(ErrorKind::NotFound, "no message 1"));
+        assert!(matches!(gone, Err(Failure::NotFound(_))));
+        for kind in [
+            ErrorKind::Invalid,
+            ErrorKind::Conflict,
+            ErrorKind::Unavailable,
+            ErrorKind::Internal,
+        ] {
+            let other = refused(Response::error(kind, "why"));
+            assert!(
+                matches!(other, Err(Failure::Other(m)) if m == "why"),
+                "{kind:?}"
+            );
+        }
+        assert!(matches!(refused(Response::Ok), Ok(Response::Ok)));
+    }
 }
