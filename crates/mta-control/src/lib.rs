@@ -14,150 +14,16 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod names;
 mod queue;
+mod request;
 
+pub use names::{parse_name, Name, Queue, Runner, Service, UnknownName};
 pub use queue::{
-    ActionReport, HistoryRow, MessageDetail, MessageRow, QueueAction, QueueFilter, QueuePage,
-    QueueSummary, RecipientRow, Selection, SummaryRow, SUMMARY_BUCKETS,
+    ActionReport, HistoryRow, MessageDetail, MessageRow, NoSelection, QueueAction, QueueFilter,
+    QueuePage, QueueSummary, RecipientRow, Selection, SummaryRow, SUMMARY_BUCKETS,
 };
-
-/// What the client asks.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "cmd", rename_all = "snake_case")]
-pub enum Request {
-    /// The daemon's status.
-    Status,
-    /// Begin a clean stop; the answer ([`Response::Ok`]) comes at once,
-    /// the stop goes on. A client that keeps the connection open and reads
-    /// on gets a second line, [`Response::Stopped`], once the queue is
-    /// saved: the figures of the whole stop, which polling `status` can
-    /// miss when the stop is quick.
-    Stop,
-    /// Pause delivery: one runner (`ram`, `bounce`, `disk`) or all three.
-    /// Attempts under way finish; no new one starts.
-    Pause {
-        /// The runner; all when absent.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        runner: Option<String>,
-    },
-    /// Resume paused delivery.
-    Resume {
-        /// The runner; all when absent.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        runner: Option<String>,
-    },
-    /// Pause delivery to one destination domain: its mail stays queued
-    /// (deferred without a connection), its lifetime still counts. Kept
-    /// across restarts.
-    PauseDomain {
-        /// The recipient domain.
-        domain: String,
-    },
-    /// Resume delivery to a paused domain; its messages are due at once.
-    ResumeDomain {
-        /// The recipient domain.
-        domain: String,
-    },
-    /// One page of the queue listing.
-    QueueList {
-        /// Which messages.
-        #[serde(default)]
-        filter: QueueFilter,
-        /// Start after this queue id (the `next` of the previous page).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        after: Option<String>,
-        /// Messages per page (at most 1000).
-        #[serde(default = "default_page")]
-        limit: usize,
-    },
-    /// One message in full.
-    QueueShow {
-        /// Its queue id.
-        id: String,
-        /// Include the body.
-        #[serde(default)]
-        body: bool,
-    },
-    /// Messages per domain and age.
-    QueueSummary {
-        /// Which messages.
-        #[serde(default)]
-        filter: QueueFilter,
-    },
-    /// Flush, hold, release or delete.
-    QueueAct {
-        /// What to do.
-        action: QueueAction,
-        /// To which messages.
-        selection: Selection,
-        /// With a delete: send the sender a DSN for each recipient
-        /// deleted.
-        #[serde(default)]
-        bounce: bool,
-    },
-    /// Pause injection: new connections get `421 4.3.2`; sessions already
-    /// open may finish.
-    PauseInjection,
-    /// Resume paused injection.
-    ResumeInjection,
-    /// A graceful stop (SIGWINCH): sessions are not cut short and
-    /// deliveries may finish, up to `shutdown.graceful_timeout`. Answered
-    /// as [`Request::Stop`], the second line included.
-    GracefulStop,
-    /// Stop and start again in the same process (a re-exec), handing the
-    /// listening sockets over: no connection is refused. With `now`, as
-    /// SIGHUP: sessions get 421 at once and attempts are cut short.
-    /// Refused (with an error, the server untouched) when the
-    /// configuration does not load.
-    Restart {
-        /// Stop now rather than with the usual deadlines.
-        #[serde(default)]
-        now: bool,
-    },
-    /// Graceful restart (SIGUSR1): re-read the configuration and reopen
-    /// the logs; sessions and deliveries in progress go on, new work uses
-    /// the new settings. Answered once done; refused on a bad
-    /// configuration.
-    Reload,
-    /// Reopen the log files (after rotation).
-    ReopenLogs,
-    /// daemontools' `svc`: take one service down, bring it up, or restart
-    /// it.
-    Svc {
-        /// What to do.
-        action: SvcAction,
-        /// `smtp`, `http`, `spool`, `ram`, `bounce` or `disk`.
-        service: String,
-    },
-}
-
-impl Request {
-    /// True for the requests that only read (status, and listing, showing
-    /// and summing up the queue): the ones the daemon answers for members
-    /// of its group. Everything else changes something, and only root and
-    /// mtad's own user may ask for it.
-    pub fn is_read_only(&self) -> bool {
-        matches!(
-            self,
-            Request::Status
-                | Request::QueueList { .. }
-                | Request::QueueShow { .. }
-                | Request::QueueSummary { .. }
-        )
-    }
-}
-
-/// What `svc` does to a service.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SvcAction {
-    /// Stop it; its dependants are paused.
-    Down,
-    /// Start it; its dependants resume.
-    Up,
-    /// Down, then up.
-    Restart,
-}
+pub use request::{QueueRequest, Request, SvcAction};
 
 /// What the daemon answers.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -176,6 +42,12 @@ pub enum Response {
     Error {
         /// Why.
         message: String,
+        /// What kind of failure: the HTTP API's status and `mta-init`'s
+        /// exit code follow it. New in this version; absent from an
+        /// older daemon, where it reads as [`ErrorKind::Invalid`] (the 400
+        /// such a daemon's HTTP API gave every error).
+        #[serde(default)]
+        kind: ErrorKind,
     },
     /// The peer on the control socket may not ask this (its uid and
     /// groups, SO_PEERCRED); `mta-init` exits 4, as LSB's "insufficient
@@ -202,8 +74,34 @@ pub enum Response {
     Stopped(StopProgress),
 }
 
-fn default_page() -> usize {
-    100
+/// Why a request failed, as far as its asker can act on it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The request itself is wrong (a bad id, filter, name or
+    /// configuration): asking again the same way fails again. HTTP 400.
+    #[default]
+    Invalid,
+    /// What it names is not there. HTTP 404.
+    NotFound,
+    /// The daemon is in a state that excludes it (already stopping).
+    /// HTTP 409.
+    Conflict,
+    /// A resource failed (the spool's disk, a socket): asking later may
+    /// work. HTTP 503.
+    Unavailable,
+    /// A fault in the daemon (a task that panicked). HTTP 500.
+    Internal,
+}
+
+impl Response {
+    /// An [`Response::Error`] of this kind.
+    pub fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
+        Response::Error {
+            message: message.into(),
+            kind,
+        }
+    }
 }
 
 /// The daemon as a whole.
@@ -638,21 +536,99 @@ mod tests {
     #[test]
     fn only_status_and_queue_reading_are_read_only() {
         assert!(Request::Status.is_read_only());
-        assert!(Request::QueueShow {
+        assert!(Request::Queue(QueueRequest::Show {
             id: "1".into(),
             body: true
-        }
+        })
+        .is_read_only());
+        assert!(Request::Queue(QueueRequest::List {
+            filter: QueueFilter::default(),
+            after: None,
+            limit: 1
+        })
         .is_read_only());
         assert!(!Request::Stop.is_read_only());
         assert!(!Request::ReopenLogs.is_read_only());
-        assert!(!Request::QueueAct {
+        assert!(!Request::Queue(QueueRequest::Act {
             action: QueueAction::Hold,
-            selection: Selection {
-                all: true,
-                ..Selection::default()
-            },
+            selection: Selection::All,
             bounce: false
-        }
+        })
         .is_read_only());
+        assert!(!Request::Queue(QueueRequest::PauseDomain {
+            domain: "example.com".into()
+        })
+        .is_read_only());
+    }
+}
+
+#[cfg(test)]
+mod response_tests {
+    //! Responses as they travel; the literals are what the earlier
+    //! `Response` wrote, and the error's `kind` is the one new field.
+
+    use super::{ErrorKind, Response};
+
+    #[test]
+    fn error_carries_its_kind_and_an_old_error_reads_as_invalid() {
+        for (kind, word) in [
+            (ErrorKind::Invalid, "invalid"),
+            (ErrorKind::NotFound, "not_found"),
+            (ErrorKind::Conflict, "conflict"),
+            (ErrorKind::Unavailable, "unavailable"),
+            (ErrorKind::Internal, "internal"),
+        ] {
+            let json = serde_json::to_string(&Response::error(kind, "why")).unwrap();
+            assert_eq!(
+                json,
+                format!(r#"{{"result":"error","message":"why","kind":"{word}"}}"#)
+            );
+            let Response::Error {
+                message,
+                kind: read,
+            } = serde_json::from_str(&json).unwrap()
+            else {
+                panic!("{json}")
+            };
+            assert_eq!((message.as_str(), read), ("why", kind));
+        }
+        // From a daemon before the kind.
+        let old: Response = serde_json::from_str(r#"{"result":"error","message":"why"}"#).unwrap();
+        assert!(matches!(
+            old,
+            Response::Error {
+                kind: ErrorKind::Invalid,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn the_other_plain_answers_keep_their_wire_form() {
+        for (response, json) in [
+            (Response::Ok, r#"{"result":"ok"}"#),
+            (
+                Response::Done {
+                    message: "done".into(),
+                },
+                r#"{"result":"done","message":"done"}"#,
+            ),
+            (
+                Response::NotFound {
+                    message: "no message 1".into(),
+                },
+                r#"{"result":"not_found","message":"no message 1"}"#,
+            ),
+            (
+                Response::Forbidden {
+                    message: "no".into(),
+                },
+                r#"{"result":"forbidden","message":"no"}"#,
+            ),
+        ] {
+            assert_eq!(serde_json::to_string(&response).unwrap(), json);
+            let read: Response = serde_json::from_str(json).unwrap();
+            assert_eq!(serde_json::to_string(&read).unwrap(), json);
+        }
     }
 }

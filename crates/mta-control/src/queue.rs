@@ -4,14 +4,16 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::names::Queue;
+
 /// Which messages a listing or a summary looks at. Every field narrows
 /// it; none set means the whole queue.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct QueueFilter {
-    /// `ram`, `bounce`, `disk` or `held`.
+    /// One queue.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub queue: Option<String>,
+    pub queue: Option<Queue>,
     /// A recipient domain (any recipient), without regard to case.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
@@ -29,20 +31,94 @@ pub struct QueueFilter {
 }
 
 /// Which messages a flush, hold, release or delete acts on: exactly one
-/// of the three.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Selection {
+/// of the three. On the wire, an object with one of `id`, `domain` or
+/// `"all": true`, as the HTTP API's bodies are.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "SelectionFields", into = "SelectionFields")]
+pub enum Selection {
     /// One message, by queue id.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
+    Id(String),
     /// Every message with a recipient still to be delivered at this
     /// domain.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub domain: Option<String>,
+    Domain(String),
     /// Every message.
+    All,
+}
+
+/// A selection that names no message, or more than one way.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("say which messages: one queue id, --domain D, or --all")]
+pub struct NoSelection;
+
+impl Selection {
+    /// The selection the three optional fields of a request make:
+    /// exactly one must be given.
+    pub fn from_fields(
+        id: Option<String>,
+        domain: Option<String>,
+        all: bool,
+    ) -> Result<Selection, NoSelection> {
+        match (id, domain, all) {
+            (Some(id), None, false) => Ok(Selection::Id(id)),
+            (None, Some(domain), false) => Ok(Selection::Domain(domain)),
+            (None, None, true) => Ok(Selection::All),
+            _ => Err(NoSelection),
+        }
+    }
+
+    /// The queue id, when one message is selected.
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            Selection::Id(id) => Some(id),
+            _ => None,
+        }
+    }
+
+    /// The domain, when messages are selected by domain.
+    pub fn domain(&self) -> Option<&str> {
+        match self {
+            Selection::Domain(d) => Some(d),
+            _ => None,
+        }
+    }
+}
+
+/// [`Selection`] as it travels: three optional fields.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct SelectionFields {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    domain: Option<String>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub all: bool,
+    all: bool,
+}
+
+impl TryFrom<SelectionFields> for Selection {
+    type Error = NoSelection;
+    fn try_from(f: SelectionFields) -> Result<Selection, NoSelection> {
+        Selection::from_fields(f.id, f.domain, f.all)
+    }
+}
+
+impl From<Selection> for SelectionFields {
+    fn from(s: Selection) -> SelectionFields {
+        match s {
+            Selection::Id(id) => SelectionFields {
+                id: Some(id),
+                ..SelectionFields::default()
+            },
+            Selection::Domain(domain) => SelectionFields {
+                domain: Some(domain),
+                ..SelectionFields::default()
+            },
+            Selection::All => SelectionFields {
+                all: true,
+                ..SelectionFields::default()
+            },
+        }
+    }
 }
 
 /// A queue command that changes the queue.

@@ -7,6 +7,7 @@
 
 #[macro_use]
 mod output;
+mod exit;
 mod localtime;
 mod process;
 mod queue;
@@ -22,10 +23,11 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use mta_config::Config;
-use mta_control::{Request, Response, SvcAction};
+use mta_control::{
+    parse_name, Queue, QueueRequest, Request, Response, Runner, Service, SvcAction, UnknownName,
+};
 
-/// Exit code for a bad configuration (sysexits' EX_CONFIG).
-pub const EXIT_CONFIG: u8 = 78;
+use crate::exit::{fail, EXIT_CONFIG};
 
 /// Start, stop and inspect the MTA daemon.
 #[derive(Debug, Parser)]
@@ -92,17 +94,18 @@ enum Verb {
     Svc {
         /// down, up or restart.
         action: SvcVerb,
-        /// smtp, http, spool, ram, bounce or disk.
-        service: String,
+        /// The service.
+        #[arg(value_enum, value_name = "SERVICE")]
+        service: Service,
     },
     /// Pause injection (new connections get 421 4.3.2) or delivery
     /// (attempts under way finish, no new one starts; mail waits queued).
     Pause {
         /// What to pause.
         what: Pausable,
-        /// Delivery only: just this runner (ram, bounce or disk).
-        #[arg(long, conflicts_with = "domain")]
-        runner: Option<String>,
+        /// Delivery only: just this runner.
+        #[arg(long, value_enum, value_name = "RUNNER", conflicts_with = "domain")]
+        runner: Option<Runner>,
         /// Delivery only: just this destination domain (its mail stays
         /// queued, its lifetime still counts; kept across restarts).
         #[arg(long)]
@@ -112,9 +115,9 @@ enum Verb {
     Resume {
         /// What to resume.
         what: Pausable,
-        /// Delivery only: just this runner (ram, bounce or disk).
-        #[arg(long, conflicts_with = "domain")]
-        runner: Option<String>,
+        /// Delivery only: just this runner.
+        #[arg(long, value_enum, value_name = "RUNNER", conflicts_with = "domain")]
+        runner: Option<Runner>,
         /// Delivery only: just this destination domain; its mail is due at
         /// once.
         #[arg(long)]
@@ -156,8 +159,43 @@ enum SvcVerb {
 }
 
 fn main() -> ExitCode {
-    let code = run(Cli::parse());
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => match unknown_name(&e) {
+            Some(unknown) => {
+                eprintln!("mta-init: {unknown}");
+                return output::finish(ExitCode::FAILURE);
+            }
+            None => e.exit(),
+        },
+    };
+    let code = run(cli);
     output::finish(code)
+}
+
+/// A runner, service or queue name that is none of the known ones. It
+/// exits 1 with the daemon's own words, not clap's usage error (2): the
+/// daemon used to be the one to refuse it, and scripts may count on that.
+fn unknown_name(e: &clap::Error) -> Option<UnknownName> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() != ErrorKind::InvalidValue {
+        return None;
+    }
+    let (Some(ContextValue::String(arg)), Some(ContextValue::String(given))) = (
+        e.get(ContextKind::InvalidArg),
+        e.get(ContextKind::InvalidValue),
+    ) else {
+        return None;
+    };
+    if arg.ends_with("<SERVICE>") {
+        Service::parse(given).err()
+    } else if arg.ends_with("<RUNNER>") {
+        parse_name::<Runner>(given).err()
+    } else if arg.ends_with("<QUEUE>") {
+        parse_name::<Queue>(given).err()
+    } else {
+        None
+    }
 }
 
 fn run(cli: Cli) -> ExitCode {
@@ -257,14 +295,18 @@ fn run(cli: Cli) -> ExitCode {
             what: Pausable::Delivery,
             domain: Some(domain),
             ..
-        } => control(&config, Request::PauseDomain { domain }, "delivery paused"),
+        } => control(
+            &config,
+            Request::Queue(QueueRequest::PauseDomain { domain }),
+            "delivery paused",
+        ),
         Verb::Resume {
             what: Pausable::Delivery,
             domain: Some(domain),
             ..
         } => control(
             &config,
-            Request::ResumeDomain { domain },
+            Request::Queue(QueueRequest::ResumeDomain { domain }),
             "delivery resumed",
         ),
         Verb::Pause {
@@ -324,28 +366,10 @@ fn control(config: &Config, request: Request, done: &str) -> ExitCode {
             println!("{message}");
             ExitCode::SUCCESS
         }
-        Ok(Response::Error { message }) => fail(anyhow::anyhow!(message)),
+        Ok(Response::Error { message, .. }) => fail(anyhow::anyhow!(message)),
         Ok(other) => fail(anyhow::anyhow!("unexpected answer: {other:?}")),
         Err(process::Call::Failed(e)) => fail(anyhow::anyhow!("{e} (is mtad running?)")),
         Err(e) => fail(e.into()),
-    }
-}
-
-/// Prints the error; exits 4 when this user may not see or control the
-/// daemon, else 1.
-fn fail(e: anyhow::Error) -> ExitCode {
-    eprintln!("mta-init: {e:#}");
-    let not_permitted = e.chain().any(|cause| {
-        cause.is::<process::NotPermitted>()
-            || matches!(
-                cause.downcast_ref::<process::Call>(),
-                Some(process::Call::NotPermitted(_))
-            )
-    });
-    if not_permitted {
-        ExitCode::from(process::EXIT_NOT_PERMITTED)
-    } else {
-        ExitCode::FAILURE
     }
 }
 
@@ -360,9 +384,66 @@ fn default_mtad() -> PathBuf {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
+    use super::*;
+
     #[test]
     fn cli_is_well_formed() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+    }
+
+    fn refusal(args: &[&str]) -> Option<String> {
+        let mut argv = vec!["mta-init"];
+        argv.extend(args);
+        let e = Cli::try_parse_from(argv).expect_err("refused");
+        unknown_name(&e).map(|u| u.to_string())
+    }
+
+    #[test]
+    fn names_are_typed_on_the_command_line() {
+        let cli = Cli::try_parse_from(["mta-init", "svc", "down", "disk-runner"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Verb::Svc {
+                service: Service::Disk,
+                ..
+            }
+        ));
+        let cli =
+            Cli::try_parse_from(["mta-init", "pause", "delivery", "--runner", "bounce"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Verb::Pause {
+                runner: Some(Runner::Bounce),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn an_unknown_name_gets_the_daemons_words() {
+        assert_eq!(
+            refusal(&["svc", "down", "nonesuch"]).as_deref(),
+            Some(
+                r#"no service "nonesuch": the services are smtp, http, spool, ram, bounce and disk"#
+            )
+        );
+        assert_eq!(
+            refusal(&["pause", "delivery", "--runner", "nope"]).as_deref(),
+            Some(r#"no runner "nope": the runners are ram, bounce and disk"#)
+        );
+        assert_eq!(
+            refusal(&["queue", "list", "--queue", "nowhere"]).as_deref(),
+            Some(r#"no queue "nowhere": the queues are ram, bounce, disk and held"#)
+        );
+        assert_eq!(
+            refusal(&["queue", "summary", "--queue=nowhere"]).as_deref(),
+            Some(r#"no queue "nowhere": the queues are ram, bounce, disk and held"#)
+        );
+        // Other bad values stay clap's usage errors.
+        assert_eq!(refusal(&["svc", "sideways", "smtp"]), None);
+        assert_eq!(refusal(&["queue", "list", "--older-than", "soon"]), None);
     }
 }

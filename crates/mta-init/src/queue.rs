@@ -1,8 +1,8 @@
 //! `mta-init queue ...`: look into the queue and steer it, on the live
 //! daemon, through the control socket.
 //!
-//! Exit codes: 0 done; 1 the daemon is not reachable or refused; 2 bad
-//! usage; 3 no such message (`show`, or an action on one queue id); 4
+//! Exit codes: 0 done; 1 the daemon is not reachable or refused, or an
+//! unknown queue name; 2 bad usage; 3 no such message (`show`, or an action on one queue id); 4
 //! this user may not use the control socket.
 
 use std::io::Write;
@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::{Args, Subcommand};
 use mta_config::Config;
 use mta_control::{
-    ActionReport, MessageDetail, MessageRow, QueueAction, QueueFilter, QueueSummary, RecipientRow,
-    Request, Response, Selection,
+    ActionReport, ErrorKind, MessageDetail, MessageRow, Queue, QueueAction, QueueFilter,
+    QueueRequest, QueueSummary, RecipientRow, Request, Response, Selection,
 };
 use mta_envelope::{BodyType, Envelope, Notify, Recipient, Ret};
 
@@ -93,9 +93,9 @@ pub enum QueueVerb {
 /// The filters of `list` and `summary`.
 #[derive(Debug, Args)]
 pub struct FilterArgs {
-    /// ram, bounce, disk or held.
-    #[arg(long)]
-    queue: Option<String>,
+    /// One queue.
+    #[arg(long, value_enum, value_name = "QUEUE")]
+    queue: Option<Queue>,
     /// A recipient domain.
     #[arg(long)]
     domain: Option<String>,
@@ -113,7 +113,7 @@ pub struct FilterArgs {
 impl FilterArgs {
     fn filter(&self) -> QueueFilter {
         QueueFilter {
-            queue: self.queue.clone(),
+            queue: self.queue,
             domain: self.domain.clone(),
             sender: self.sender.clone(),
             older_than_secs: self.older_than.map(|d| d.as_secs()),
@@ -137,12 +137,10 @@ pub struct SelectionArgs {
 }
 
 impl SelectionArgs {
-    fn selection(&self) -> Selection {
-        Selection {
-            id: self.id.clone(),
-            domain: self.domain.clone(),
-            all: self.all,
-        }
+    fn selection(&self) -> Result<Selection, Failure> {
+        // clap's group lets exactly one through.
+        Selection::from_fields(self.id.clone(), self.domain.clone(), self.all)
+            .map_err(|e| Failure::Other(e.to_string()))
     }
 }
 
@@ -177,7 +175,7 @@ pub fn run(config: &Config, verb: QueueVerb) -> ExitCode {
             eprintln!("mta-init: {message}");
             ExitCode::FAILURE
         }
-        Err(Failure::NotPermitted(e)) => crate::fail(e.into()),
+        Err(Failure::NotPermitted(e)) => crate::exit::fail(e.into()),
     }
 }
 
@@ -189,13 +187,26 @@ enum Failure {
 
 fn call(config: &Config, request: &Request) -> Result<Response, Failure> {
     match crate::process::call(config, request, TIMEOUT) {
-        Ok(Response::Error { message }) => Err(Failure::Other(message)),
-        Ok(Response::NotFound { message }) => Err(Failure::NotFound(message)),
-        Ok(response) => Ok(response),
+        Ok(response) => refused(response),
         Err(crate::process::Call::NotPermitted(e)) => Err(Failure::NotPermitted(e)),
         Err(crate::process::Call::Failed(e)) => {
             Err(Failure::Other(format!("{e} (is mtad running?)")))
         }
+    }
+}
+
+/// The daemon's answer, or why it is a failure. A missing message exits
+/// 3 whichever way the daemon says so; every other refusal 1, whatever
+/// its kind.
+fn refused(response: Response) -> Result<Response, Failure> {
+    match response {
+        Response::Error {
+            message,
+            kind: ErrorKind::NotFound,
+        }
+        | Response::NotFound { message } => Err(Failure::NotFound(message)),
+        Response::Error { message, .. } => Err(Failure::Other(message)),
+        response => Ok(response),
     }
 }
 
@@ -218,11 +229,11 @@ fn list(
     // alone.
     let mut header_due = !json;
     'pages: loop {
-        let request = Request::QueueList {
+        let request = Request::Queue(QueueRequest::List {
             filter: filter.clone(),
             after: after.clone(),
             limit: page,
-        };
+        });
         let p = match call(config, &request)? {
             Response::QueuePage(p) => p,
             other => return Err(unexpected(other)),
@@ -338,7 +349,7 @@ fn write_recipient(out: &mut impl Write, r: &RecipientRow) -> std::io::Result<()
 }
 
 fn show(config: &Config, id: String, body: bool, json: bool) -> Result<ExitCode, Failure> {
-    let response = call(config, &Request::QueueShow { id, body })?;
+    let response = call(config, &Request::Queue(QueueRequest::Show { id, body }))?;
     let Response::Message(m) = response else {
         return Err(unexpected(response));
     };
@@ -524,7 +535,7 @@ fn summary(
     json: bool,
     top: usize,
 ) -> Result<ExitCode, Failure> {
-    let response = call(config, &Request::QueueSummary { filter })?;
+    let response = call(config, &Request::Queue(QueueRequest::Summary { filter }))?;
     let Response::Summary(s) = response else {
         return Err(unexpected(response));
     };
@@ -573,11 +584,11 @@ fn act(
     selection: SelectionArgs,
     bounce: bool,
 ) -> Result<ExitCode, Failure> {
-    let request = Request::QueueAct {
+    let request = Request::Queue(QueueRequest::Act {
         action,
-        selection: selection.selection(),
+        selection: selection.selection()?,
         bounce,
-    };
+    });
     let response = call(config, &request)?;
     let Response::Acted(report) = response else {
         return Err(unexpected(response));
@@ -617,4 +628,32 @@ fn describe(action: QueueAction, r: &ActionReport) -> String {
         ));
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_message_is_exit_3_whichever_way_it_is_said() {
+        let gone = refused(Response::NotFound {
+            message: "no message 1 in the queue".into(),
+        });
+        assert!(matches!(gone, Err(Failure::NotFound(_))));
+        let gone = refused(Response::error(ErrorKind::NotFound, "no message 1"));
+        assert!(matches!(gone, Err(Failure::NotFound(_))));
+        for kind in [
+            ErrorKind::Invalid,
+            ErrorKind::Conflict,
+            ErrorKind::Unavailable,
+            ErrorKind::Internal,
+        ] {
+            let other = refused(Response::error(kind, "why"));
+            assert!(
+                matches!(other, Err(Failure::Other(m)) if m == "why"),
+                "{kind:?}"
+            );
+        }
+        assert!(matches!(refused(Response::Ok), Ok(Response::Ok)));
+    }
 }

@@ -14,8 +14,8 @@ use anyhow::{anyhow, bail, Result};
 use mta_config::Config;
 use mta_control::{Request, Response, Status};
 
+use crate::exit::EXIT_CONFIG;
 use crate::process::{liveness, probe, Daemon, Liveness};
-use crate::EXIT_CONFIG;
 
 /// Why a verb did not go ahead.
 pub enum Refusal {
@@ -40,7 +40,7 @@ impl Refusal {
                 );
                 ExitCode::from(EXIT_CONFIG)
             }
-            Refusal::Other(e) => crate::fail(e),
+            Refusal::Other(e) => crate::exit::fail(e),
         }
     }
 }
@@ -78,7 +78,7 @@ pub fn restart(config: &Config, now: bool, wait: Duration) -> Result<bool, Refus
             "restarting mtad (pid {pid}){}: the listening sockets stay open, new connections wait",
             if now { " now" } else { "" }
         ),
-        Ok(Response::Error { message }) => {
+        Ok(Response::Error { message, .. }) => {
             return Err(Refusal::Other(anyhow!("{message}")));
         }
         Ok(other) => return Err(Refusal::Other(anyhow!("unexpected answer: {other:?}"))),
@@ -141,7 +141,7 @@ pub fn graceful(config: &Config) -> Result<(), Refusal> {
             }
             Ok(())
         }
-        Ok(Response::Error { message }) => Err(Refusal::Other(anyhow!("{message}"))),
+        Ok(Response::Error { message, .. }) => Err(Refusal::Other(anyhow!("{message}"))),
         Ok(other) => Err(Refusal::Other(anyhow!("unexpected answer: {other:?}"))),
         Err(e) => Err(Refusal::Other(e.into())),
     }
@@ -164,7 +164,7 @@ pub fn reopen_logs(config: &Config) -> Result<()> {
             println!("logs reopened");
             Ok(())
         }
-        Ok(Response::Error { message }) => bail!("{message}"),
+        Ok(Response::Error { message, .. }) => bail!("{message}"),
         Ok(other) => bail!("unexpected answer: {other:?}"),
         Err(e) => Err(e.into()),
     }

@@ -244,10 +244,7 @@ pub(crate) async fn resume_domain(
     save_paused(inner, &domains)?;
     inner.steering.set_paused(domains);
     info!(domain, "delivery resumed by the operator");
-    let selection = Selection {
-        domain: Some(domain),
-        ..Selection::default()
-    };
+    let selection = Selection::Domain(domain);
     let report = act(inner, QueueAction::Flush, &selection, false).await?;
     Ok((removed, report))
 }
@@ -281,27 +278,14 @@ struct Filter {
     status: Option<&'static str>,
 }
 
-fn queue_by_name(name: &str) -> Option<QueueName> {
-    [
-        QueueName::Ram,
-        QueueName::Bounce,
-        QueueName::Disk,
-        QueueName::Held,
-    ]
-    .into_iter()
-    .find(|q| q.as_str() == name)
-}
-
 impl Filter {
     fn new(f: &QueueFilter, now: u64) -> Result<Filter, SteerError> {
-        let queue = match f.queue.as_deref() {
-            None => None,
-            Some(name) => Some(queue_by_name(name).ok_or_else(|| {
-                SteerError::Invalid(format!(
-                    "no queue {name:?}: the queues are ram, bounce, disk and held"
-                ))
-            })?),
-        };
+        let queue = f.queue.map(|q| match q {
+            mta_control::Queue::Ram => QueueName::Ram,
+            mta_control::Queue::Bounce => QueueName::Bounce,
+            mta_control::Queue::Disk => QueueName::Disk,
+            mta_control::Queue::Held => QueueName::Held,
+        });
         let status = match f.status.as_deref() {
             None => None,
             Some(s) => Some(
@@ -623,19 +607,11 @@ pub(crate) async fn act(
     selection: &Selection,
     bounce: bool,
 ) -> Result<ActionReport, SteerError> {
-    let chosen = usize::from(selection.id.is_some())
-        + usize::from(selection.domain.is_some())
-        + usize::from(selection.all);
-    if chosen != 1 {
-        return Err(SteerError::Invalid(
-            "say which messages: one queue id, --domain D, or --all".into(),
-        ));
-    }
     if bounce && action != QueueAction::Delete {
         return Err(SteerError::Invalid("--bounce goes with delete only".into()));
     }
     let mut report = ActionReport::default();
-    if let Some(id) = &selection.id {
+    if let Some(id) = selection.id() {
         let id = parse_id(id)?;
         if inner.spool.entry(id)?.is_none() && inner.steering.remembered(id).is_none() {
             return Err(SteerError::NotFound(id.to_string()));
@@ -643,11 +619,7 @@ pub(crate) async fn act(
         act_on(inner, id, action, bounce, None, &mut report).await?;
         return Ok(report);
     }
-    let domain = selection
-        .domain
-        .as_deref()
-        .map(normalize_domain)
-        .transpose()?;
+    let domain = selection.domain().map(normalize_domain).transpose()?;
     let mut after = None;
     loop {
         let spool = inner.spool.clone();

@@ -19,7 +19,9 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
@@ -166,7 +168,7 @@ impl ClientLimits {
             return Ok(ClientPermit { owner: None });
         }
         let key = ClientKey::of(ip);
-        let mut clients = self.lock();
+        let mut clients = self.clients.lock();
         if now.saturating_duration_since(clients.last_sweep) >= RATE_WINDOW {
             clients.map.retain(|_, c| !c.idle(now));
             clients.last_sweep = now;
@@ -207,21 +209,17 @@ impl ClientLimits {
 
     /// Clients remembered now.
     pub fn tracked(&self) -> usize {
-        self.lock().map.len()
+        self.clients.lock().map.len()
     }
 
     fn release(&self, key: ClientKey, now: Instant) {
-        let mut clients = self.lock();
+        let mut clients = self.clients.lock();
         if let Some(client) = clients.map.get_mut(&key) {
             client.open = client.open.saturating_sub(1);
             if client.idle(now) {
                 clients.map.remove(&key);
             }
         }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Clients> {
-        self.clients.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

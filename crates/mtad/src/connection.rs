@@ -15,8 +15,10 @@ use tokio::net::TcpStream;
 use tokio::time::timeout_at;
 use tracing::{debug, error, info, warn};
 
+use crate::context::Context;
 use crate::deadlines::{Deadlines, Expired};
-use crate::server::{Context, Settings, Shutdown};
+use crate::settings::Settings;
+use crate::shutdown::Shutdown;
 use crate::stats::{Refusal, SessionGuard};
 
 /// How a stretch of the session over one stream ended.

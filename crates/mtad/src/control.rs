@@ -15,18 +15,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
-use mta_control::{
-    DaemonState, Request, RescanRow, Response, RunnerRow, ServiceState, ServiceStatus, SpoolOpen,
-    Status, StopProgress,
-};
-use mta_spool::QueueName;
+use mta_control::{ErrorKind, Request, Response};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::server::{Context, Order, Shutdown, StopKind};
-use crate::services::State;
+use crate::context::Context;
+use crate::shutdown::{Order, Shutdown, StopKind};
+use crate::{pausing, services};
 
 /// The bound socket; its file is removed when dropped.
 pub struct ControlSocket {
@@ -213,9 +210,7 @@ async fn answer(
             }
         }
         Ok(request) => handle(request, ctx, shutdown).await,
-        Err(e) => Response::Error {
-            message: format!("bad request: {e}"),
-        },
+        Err(e) => Response::error(ErrorKind::Invalid, format!("bad request: {e}")),
     };
     write_line(&mut write, &response).await?;
     if let (Some(listener), Response::Ok) = (&mut listener, &response) {
@@ -236,314 +231,62 @@ async fn write_line(
 }
 
 pub(crate) async fn handle(request: Request, ctx: &Arc<Context>, shutdown: &Shutdown) -> Response {
+    use ErrorKind::{Conflict, Invalid, Unavailable};
     let stopping = shutdown.listen_end.is_cancelled();
     let order = |order: Order, what: &str| {
         info!("{what} requested on the control socket");
         match ctx.orders.send(order) {
             Ok(()) => Response::Ok,
-            Err(_) => error("already stopping"),
+            Err(_) => Response::error(Conflict, "already stopping"),
         }
     };
     match request {
-        Request::Status => Response::Status(Box::new(status(ctx, shutdown))),
+        Request::Status => Response::Status(Box::new(crate::status::status(ctx, shutdown))),
         Request::Stop => order(Order::Stop(StopKind::Normal), "stop"),
         Request::GracefulStop => order(Order::Stop(StopKind::Graceful), "graceful stop"),
-        Request::Restart { .. } if stopping => error("already stopping"),
+        Request::Restart { .. } if stopping => Response::error(Conflict, "already stopping"),
         Request::Restart { now } => match crate::reload::check_config(ctx) {
             Ok(_) => {
                 let kind = if now { StopKind::Now } else { StopKind::Normal };
                 order(Order::Restart(kind), "restart")
             }
-            Err(e) => error(format!(
+            Err(e) => Response::error(
+                Invalid,
+                format!(
                 "restart refused, the server is untouched: the configuration does not load:\n{e:#}"
-            )),
+            ),
+            ),
         },
-        Request::Reload if stopping => error("stopping: no reload"),
+        Request::Reload if stopping => Response::error(Conflict, "stopping: no reload"),
         Request::Reload => match crate::reload::reload(ctx).await {
             Ok(notes) if notes.is_empty() => Response::Ok,
             Ok(notes) => Response::Done {
                 message: notes.join("\n"),
             },
-            Err(e) => error(format!(
-                "graceful restart refused, the server is untouched:\n{e:#}"
-            )),
+            // The configuration, or what it names (TLS files, the local
+            // recipient list), does not load.
+            Err(e) => Response::error(
+                Invalid,
+                format!("graceful restart refused, the server is untouched:\n{e:#}"),
+            ),
         },
         Request::ReopenLogs => match crate::reload::reopen_logs(ctx) {
             Ok(()) => Response::Ok,
-            Err(e) => error(format!("{e:#}")),
+            Err(e) => Response::error(Unavailable, format!("{e:#}")),
         },
-        Request::Pause { runner } => pause(ctx, runner.as_deref(), true).await,
-        Request::Resume { runner } => pause(ctx, runner.as_deref(), false).await,
-        Request::PauseInjection => {
-            ctx.services.set_injection_paused(true);
-            Response::Ok
+        Request::Pause { runner } => pausing::pause_delivery(ctx, runner, true).await,
+        Request::Resume { runner } => pausing::pause_delivery(ctx, runner, false).await,
+        Request::PauseInjection => pausing::pause_injection(ctx, true),
+        Request::ResumeInjection => pausing::pause_injection(ctx, false),
+        Request::Svc { .. } if stopping => {
+            Response::error(Conflict, "stopping: services are going down anyway")
         }
-        Request::ResumeInjection => {
-            ctx.services.set_injection_paused(false);
-            Response::Ok
-        }
-        Request::Svc { .. } if stopping => error("stopping: services are going down anyway"),
-        Request::Svc { action, service } => match ctx.services.svc(ctx, action, &service).await {
+        // What fails here is a socket that cannot be bound again or an
+        // index that cannot be flushed.
+        Request::Svc { action, service } => match services::svc(ctx, action, service).await {
             Ok(message) => Response::Done { message },
-            Err(e) => error(format!("{e:#}")),
+            Err(e) => Response::error(Unavailable, format!("{e:#}")),
         },
-        request @ (Request::QueueList { .. }
-        | Request::QueueShow { .. }
-        | Request::QueueSummary { .. }
-        | Request::QueueAct { .. }
-        | Request::PauseDomain { .. }
-        | Request::ResumeDomain { .. }) => crate::queue_api::handle(ctx, request)
-            .await
-            .unwrap_or_else(|| error("not a queue request")),
-    }
-}
-
-fn error(message: impl Into<String>) -> Response {
-    Response::Error {
-        message: message.into(),
-    }
-}
-
-/// Pauses or resumes one runner, or all three.
-async fn pause(ctx: &Context, runner: Option<&str>, paused: bool) -> Response {
-    let queues = match runner {
-        None => vec![QueueName::Ram, QueueName::Bounce, QueueName::Disk],
-        Some("ram") => vec![QueueName::Ram],
-        Some("bounce") => vec![QueueName::Bounce],
-        Some("disk") => vec![QueueName::Disk],
-        Some(other) => {
-            return Response::Error {
-                message: format!("no runner {other:?}: the runners are ram, bounce and disk"),
-            }
-        }
-    };
-    {
-        let _one_at_a_time = ctx.services.changing.lock().await;
-        ctx.services.set_delivery_paused(ctx, &queues, paused);
-    }
-    info!(
-        runner = runner.unwrap_or("all"),
-        paused,
-        "delivery {}",
-        if paused { "paused" } else { "resumed" }
-    );
-    Response::Ok
-}
-
-/// How far a stop has got; None before one begins.
-pub fn stop_progress(ctx: &Context) -> Option<StopProgress> {
-    let stats = &ctx.stats;
-    stats.stop_clock().map(|(elapsed, deadline)| StopProgress {
-        elapsed_ms: elapsed.as_millis() as u64,
-        deadline_ms: deadline.as_millis() as u64,
-        sessions_open: stats.sessions_open(),
-        sessions_in_transaction: stats.sessions_in_transaction(),
-        deliveries_in_flight: ctx.generations.in_flight(),
-        messages_spilled: ctx.generations.spilled(),
-        queued: ctx.spool.len() as u64 + ctx.queue().in_memory(),
-        index_not_saved: None,
-    })
-}
-
-/// The status report, as `mta-init status` shows it.
-pub fn status(ctx: &Context, shutdown: &Shutdown) -> Status {
-    let stopping = shutdown.listen_end.is_cancelled();
-    let stats = &ctx.stats;
-    let services_state = &ctx.services;
-    let listen: Vec<String> = ctx.listen.iter().map(ToString::to_string).collect();
-    let http_listen: Vec<String> = ctx.http_listen.iter().map(ToString::to_string).collect();
-    let now = crate::server::unix_now();
-    let per_queue = ctx.spool.queue_stats();
-    // Volatile messages in memory wait for (or are in) the ram runner.
-    let in_memory = ctx.queue().in_memory();
-    let saved = ctx.spool.schedule_saved();
-    let now_ms = now.saturating_mul(1000);
-    let runners: Vec<RunnerRow> = ctx
-        .generations
-        .status()
-        .into_iter()
-        .map(|r| {
-            let figures = per_queue.iter().find(|q| q.queue.as_str() == r.name);
-            RunnerRow {
-                name: r.name.to_owned(),
-                started: r.started,
-                paused: r.paused,
-                in_flight: r.in_flight,
-                limit: r.limit as u64,
-                attempts: r.attempts,
-                delivered: r.delivered,
-                deferred: r.deferred,
-                failed: r.failed,
-                messages: figures.map_or(0, |q| q.messages)
-                    + if r.name == "ram" { in_memory } else { 0 },
-                oldest_age_secs: figures
-                    .and_then(|q| q.oldest_arrival)
-                    .map(|t| now.saturating_sub(t)),
-                schedule_saved_ms_ago: saved.last_flush_unix_ms.map(|t| now_ms.saturating_sub(t)),
-                schedule_unsaved_changes: saved.changes_since_flush,
-            }
-        })
-        .collect();
-    let state = |s: State| match s {
-        State::Up => ServiceState::Up,
-        State::Down => ServiceState::Down,
-        State::Paused => ServiceState::Paused,
-        State::Degraded => ServiceState::Degraded,
-    };
-    let smtp_state = if stopping {
-        ServiceState::Draining
-    } else {
-        state(services_state.smtp_state())
-    };
-    let queued = count(ctx.spool.len() as u64, "message", "messages");
-    let mut services = vec![
-        ServiceStatus {
-            name: "smtp".into(),
-            state: smtp_state,
-            detail: format!(
-                "{}; {} open",
-                match smtp_state {
-                    ServiceState::Up => listen.join(", "),
-                    ServiceState::Paused => format!("{} (new mail gets 421)", listen.join(", ")),
-                    _ => "not listening".to_owned(),
-                },
-                count(stats.sessions_open(), "session", "sessions")
-            ),
-        },
-        ServiceStatus {
-            name: "spool".into(),
-            state: state(services_state.spool_state(ctx)),
-            detail: match (crate::services::spool_trouble(ctx), in_memory) {
-                (Some(trouble), 0) => format!("{trouble}; {queued} queued"),
-                (Some(trouble), n) => {
-                    format!("{trouble}; {queued} queued, {n} more in memory only")
-                }
-                (None, 0) => format!("{queued} queued in {}", ctx.spool.dir().display()),
-                (None, n) => format!(
-                    "{queued} queued in {}, {n} more in memory only",
-                    ctx.spool.dir().display()
-                ),
-            },
-        },
-        ServiceStatus {
-            name: "http".into(),
-            state: if stopping {
-                ServiceState::Draining
-            } else {
-                state(services_state.http_state())
-            },
-            detail: if http_listen.is_empty() {
-                "no address configured".to_owned()
-            } else {
-                http_listen.join(", ")
-            },
-        },
-        ServiceStatus {
-            name: "control".into(),
-            state: ServiceState::Up,
-            detail: ctx.control_path.display().to_string(),
-        },
-    ];
-    for r in &runners {
-        let q = crate::services::runner(&r.name).expect("a runner name");
-        services.push(ServiceStatus {
-            name: format!("{}-runner", r.name),
-            state: if !r.started {
-                ServiceState::Draining
-            } else {
-                state(services_state.runner_state(q))
-            },
-            detail: format!(
-                "{} of {} in flight",
-                r.in_flight,
-                count(r.limit, "attempt", "attempts")
-            ),
-        });
-    }
-    let rescan = ctx.spool.rescan_progress().map(|p| RescanRow {
-        running: p.running,
-        files_total: p.files_total,
-        files_done: p.files_done,
-        messages_added: p.messages_added,
-        elapsed_ms: p.elapsed.as_millis() as u64,
-    });
-    Status {
-        pid: std::process::id(),
-        instance: ctx.instance.clone(),
-        config: ctx.config_path.as_ref().map(|p| p.display().to_string()),
-        reloads: ctx.reloads.load(std::sync::atomic::Ordering::Relaxed),
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-        uptime_secs: stats.uptime().as_secs(),
-        state: if stopping {
-            DaemonState::Stopping
-        } else {
-            DaemonState::Running
-        },
-        listen,
-        sessions_open: stats.sessions_open(),
-        accepted_total: stats.accepted_total(),
-        queued: ctx.spool.len() as u64 + in_memory,
-        in_memory,
-        corrupt_files: ctx.spool.corrupt_set_aside(),
-        spool_open: SpoolOpen {
-            clean: ctx.spool_report.clean,
-            last_stop: Some(last_stop(ctx.spool_report.last_stop)),
-            index: Some(index_origin(ctx.spool_report.index)),
-            rescanned: ctx.spool_report.rescanned as u64,
-            rescan,
-        },
-        services,
-        runners,
-        stop: stop_progress(ctx),
-        paused_domains: ctx.queue().paused_domains(),
-        backoffs: ctx
-            .queue()
-            .throttles()
-            .backoffs
-            .into_iter()
-            .map(|b| mta_control::BackoffRow {
-                key: b.key,
-                until: b.until,
-                cause: b.cause,
-            })
-            .collect(),
-        held: per_queue
-            .iter()
-            .find(|q| q.queue == QueueName::Held)
-            .map_or(0, |q| q.messages),
-        smtp_refused: stats.smtp_refused(),
-        delivery_log_dropped: ctx.generations.delivery_log_dropped(),
-        dsns_dropped: ctx.generations.dsns_dropped(),
-    }
-}
-
-/// `n` and its noun, singular for exactly one ("1 session open").
-fn count(n: u64, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
-}
-
-/// The spool's [`mta_spool::LastStop`], as the control protocol says it.
-fn last_stop(l: mta_spool::LastStop) -> mta_control::LastStop {
-    use mta_spool::LastStop as L;
-    match l {
-        L::New => mta_control::LastStop::New,
-        L::Clean => mta_control::LastStop::Clean,
-        L::NotClean => mta_control::LastStop::NotClean,
-    }
-}
-
-/// The spool's [`mta_spool::IndexOrigin`], as the control protocol says
-/// it.
-fn index_origin(i: mta_spool::IndexOrigin) -> mta_control::IndexOrigin {
-    use mta_control::IndexOrigin as C;
-    use mta_spool::IndexOrigin as I;
-    match i {
-        I::Trusted => C::Trusted,
-        I::Checked => C::Checked,
-        I::Created => C::Created,
-        I::Missing => C::Missing,
-        I::Replaced => C::Replaced,
-        I::Damaged => C::Damaged,
-        I::Unavailable => C::Unavailable,
+        Request::Queue(request) => crate::queue_api::handle(ctx, request).await,
     }
 }

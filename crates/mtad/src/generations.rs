@@ -3,7 +3,7 @@
 //! under way. The two share the set of messages in flight, so nothing is
 //! attempted twice; status adds their counters up so they never go back.
 
-use std::sync::{Mutex, RwLock};
+use parking_lot::{Mutex, RwLock};
 use std::time::Duration;
 
 use mta_queue::{Queue, RunnerStatus};
@@ -27,20 +27,14 @@ impl Generations {
 
     /// The runners new work goes to.
     pub fn current(&self) -> Queue {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.current.read().clone()
     }
 
     /// Makes `next` current and lets the old generation finish its
     /// attempts (until `drain`) in the background.
     pub fn replace(self: &std::sync::Arc<Self>, next: Queue, drain: Duration) {
-        let old = std::mem::replace(
-            &mut *self.current.write().unwrap_or_else(|p| p.into_inner()),
-            next,
-        );
-        self.lock_retired().push(old.clone());
+        let old = std::mem::replace(&mut *self.current.write(), next);
+        self.retired.lock().push(old.clone());
         let this = self.clone();
         tokio::spawn(async move {
             old.shutdown(drain).await;
@@ -50,12 +44,12 @@ impl Generations {
 
     /// Folds a drained generation's counters into the carried ones.
     fn retire(&self, old: &Queue) {
-        let mut retired = self.lock_retired();
+        let mut retired = self.retired.lock();
         let Some(position) = retired.iter().position(|q| q.same(old)) else {
             return;
         };
         retired.remove(position);
-        let mut carried = self.carried.lock().unwrap_or_else(|p| p.into_inner());
+        let mut carried = self.carried.lock();
         add_counts(&mut carried, &old.status());
     }
 
@@ -63,7 +57,7 @@ impl Generations {
     /// limits are the current generation's.
     pub fn status(&self) -> Vec<RunnerStatus> {
         let mut rows = self.current().status();
-        for old in self.lock_retired().iter() {
+        for old in self.retired.lock().iter() {
             for (row, o) in rows.iter_mut().zip(old.status()) {
                 row.in_flight += o.in_flight;
                 row.attempts += o.attempts;
@@ -72,7 +66,7 @@ impl Generations {
                 row.failed += o.failed;
             }
         }
-        let carried = self.carried.lock().unwrap_or_else(|p| p.into_inner());
+        let carried = self.carried.lock();
         for (row, c) in rows.iter_mut().zip(carried.iter()) {
             row.attempts += c.attempts;
             row.delivered += c.delivered;
@@ -89,14 +83,14 @@ impl Generations {
 
     /// DSNs queued, every generation.
     pub fn dsns_queued(&self) -> u64 {
-        let retired: u64 = self.lock_retired().iter().map(Queue::dsns_queued).sum();
+        let retired: u64 = self.retired.lock().iter().map(Queue::dsns_queued).sum();
         self.current().dsns_queued() + retired
     }
 
     /// DSNs dropped (the postmaster's own copy failed), every generation
     /// still known.
     pub fn dsns_dropped(&self) -> u64 {
-        let retired: u64 = self.lock_retired().iter().map(Queue::dsns_dropped).sum();
+        let retired: u64 = self.retired.lock().iter().map(Queue::dsns_dropped).sum();
         self.current().dsns_dropped() + retired
     }
 
@@ -104,7 +98,8 @@ impl Generations {
     /// known.
     pub fn delivery_log_dropped(&self) -> u64 {
         let retired: u64 = self
-            .lock_retired()
+            .retired
+            .lock()
             .iter()
             .map(Queue::delivery_log_dropped)
             .sum();
@@ -113,7 +108,7 @@ impl Generations {
 
     /// Volatile messages spilled to disk, every generation still known.
     pub fn spilled(&self) -> u64 {
-        let retired: u64 = self.lock_retired().iter().map(Queue::spilled).sum();
+        let retired: u64 = self.retired.lock().iter().map(Queue::spilled).sum();
         self.current().spilled() + retired
     }
 
@@ -121,7 +116,7 @@ impl Generations {
     /// until `drain`, then are cut short.
     pub async fn shutdown(&self, drain: Duration) {
         let mut all = vec![self.current()];
-        all.extend(self.lock_retired().iter().cloned());
+        all.extend(self.retired.lock().iter().cloned());
         let stops: Vec<_> = all
             .into_iter()
             .map(|q| tokio::spawn(async move { q.shutdown(drain).await }))
@@ -129,10 +124,6 @@ impl Generations {
         for stop in stops {
             let _ = stop.await;
         }
-    }
-
-    fn lock_retired(&self) -> std::sync::MutexGuard<'_, Vec<Queue>> {
-        self.retired.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

@@ -15,13 +15,15 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use mta_control::{QueueAction, QueueFilter, Request, Response, Selection};
+use mta_control::{ErrorKind, QueueAction, QueueFilter, QueueRequest, Response, Runner, Selection};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
+use crate::context::Context;
 use crate::http_access::{self, Reached, Refusal};
-use crate::server::{Context, Shutdown};
+use crate::pausing;
+use crate::shutdown::Shutdown;
 
 #[derive(Clone)]
 struct App {
@@ -153,8 +155,14 @@ impl ListQuery {
                     .as_secs(),
             }),
         };
+        let queue = self
+            .queue
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e: mta_control::UnknownName| e.to_string())?;
         Ok(QueueFilter {
-            queue: self.queue.clone(),
+            queue,
             domain: self.domain.clone(),
             sender: self.sender.clone(),
             older_than_secs,
@@ -170,7 +178,7 @@ async fn list(State(app): State<App>, query: Query<ListQuery>) -> HttpResponse {
     };
     ask(
         &app,
-        Request::QueueList {
+        QueueRequest::List {
             filter,
             after: query.after.clone(),
             limit: query.limit.unwrap_or(100),
@@ -184,7 +192,7 @@ async fn summary(State(app): State<App>, query: Query<ListQuery>) -> HttpRespons
         Ok(f) => f,
         Err(e) => return bad_request(e),
     };
-    ask(&app, Request::QueueSummary { filter }).await
+    ask(&app, QueueRequest::Summary { filter }).await
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -200,7 +208,7 @@ async fn show(
 ) -> HttpResponse {
     ask(
         &app,
-        Request::QueueShow {
+        QueueRequest::Show {
             id,
             body: query.body,
         },
@@ -235,15 +243,15 @@ async fn act(State(app): State<App>, Path(action): Path<String>, body: Bytes) ->
         Ok(b) => b,
         Err((status, message)) => return refusal(status, message),
     };
+    let selection = match Selection::from_fields(body.id, body.domain, body.all) {
+        Ok(s) => s,
+        Err(e) => return bad_request(e.to_string()),
+    };
     ask(
         &app,
-        Request::QueueAct {
+        QueueRequest::Act {
             action,
-            selection: Selection {
-                id: body.id,
-                domain: body.domain,
-                all: body.all,
-            },
+            selection,
             bounce: body.bounce,
         },
     )
@@ -273,16 +281,25 @@ async fn pause_or_resume(app: &App, what: &str, body: &[u8], pause: bool) -> Htt
         Ok(b) => b,
         Err((status, message)) => return refusal(status, message),
     };
-    let request = match (what, body.domain, body.runner) {
-        ("injection", None, None) if pause => Request::PauseInjection,
-        ("injection", None, None) => Request::ResumeInjection,
+    let ctx = &app.ctx;
+    let response = match (what, body.domain, body.runner) {
+        ("injection", None, None) => pausing::pause_injection(ctx, pause),
         ("delivery", Some(_), Some(_)) => {
             return bad_request("give a domain or a runner, not both".into())
         }
-        ("delivery", Some(domain), None) if pause => Request::PauseDomain { domain },
-        ("delivery", Some(domain), None) => Request::ResumeDomain { domain },
-        ("delivery", None, runner) if pause => Request::Pause { runner },
-        ("delivery", None, runner) => Request::Resume { runner },
+        ("delivery", Some(domain), None) if pause => {
+            crate::queue_api::handle(ctx, QueueRequest::PauseDomain { domain }).await
+        }
+        ("delivery", Some(domain), None) => {
+            crate::queue_api::handle(ctx, QueueRequest::ResumeDomain { domain }).await
+        }
+        ("delivery", None, runner) => {
+            let runner = match runner.as_deref().map(str::parse::<Runner>).transpose() {
+                Ok(r) => r,
+                Err(e) => return bad_request(e.to_string()),
+            };
+            pausing::pause_delivery(ctx, runner, pause).await
+        }
         ("injection", _, _) => return bad_request("injection takes no domain or runner".into()),
         (other, _, _) => {
             return refusal(
@@ -291,7 +308,7 @@ async fn pause_or_resume(app: &App, what: &str, body: &[u8], pause: bool) -> Htt
             )
         }
     };
-    ask(app, request).await
+    reply(response)
 }
 
 fn bad_request(message: String) -> HttpResponse {
@@ -303,11 +320,16 @@ fn refusal(status: StatusCode, message: String) -> HttpResponse {
     (status, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
-/// Runs a request as the control socket would, and turns the answer
-/// into HTTP: the payload itself with 200, 404 for an unknown message, 400
-/// with `{"error": ...}` for a refusal.
-async fn ask(app: &App, request: Request) -> HttpResponse {
-    let response = crate::control::handle(request, &app.ctx, &app.shutdown).await;
+/// Runs a queue request as the control socket would, and turns the
+/// answer into HTTP.
+async fn ask(app: &App, request: QueueRequest) -> HttpResponse {
+    reply(crate::queue_api::handle(&app.ctx, request).await)
+}
+
+/// The answer as HTTP: the payload itself with 200; a failure as
+/// `{"error": ...}` with the status of its kind (400, 404, 409, 503, 500),
+/// 404 for an unknown message.
+fn reply(response: Response) -> HttpResponse {
     match response {
         Response::QueuePage(page) => Json(page).into_response(),
         Response::Message(m) => Json(m).into_response(),
@@ -321,12 +343,23 @@ async fn ask(app: &App, request: Request) -> HttpResponse {
         }
         Response::NotFound { message } => refusal(StatusCode::NOT_FOUND, message),
         Response::Forbidden { message } => refusal(StatusCode::FORBIDDEN, message),
-        Response::Error { message } => bad_request(message),
+        Response::Error { message, kind } => refusal(status_of(kind), message),
+    }
+}
+
+/// The HTTP status of a failed request's kind.
+fn status_of(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::Invalid => StatusCode::BAD_REQUEST,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
 async fn status(State(app): State<App>) -> Json<mta_control::Status> {
-    Json(crate::control::status(&app.ctx, &app.shutdown))
+    Json(crate::status::status(&app.ctx, &app.shutdown))
 }
 
 async fn metrics(State(app): State<App>) -> impl IntoResponse {
@@ -477,7 +510,7 @@ fn render(ctx: &Context) -> String {
         "mta_spool_degraded",
         "gauge",
         "1 while the spool is degraded: its index out of service, or free space below spool.min_free_space (new mail gets 452 4.3.1).",
-        &plain(u64::from(crate::services::spool_trouble(ctx).is_some())),
+        &plain(u64::from(ctx.spool_trouble().is_some())),
     );
     metric(
         "mta_spool_index_failed",
@@ -523,4 +556,28 @@ fn render(ctx: &Context) -> String {
         &plain(rescan.as_ref().map_or(0, |p| p.files_done)),
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_of_failure_has_its_status() {
+        for (kind, status) in [
+            (ErrorKind::Invalid, 400),
+            (ErrorKind::NotFound, 404),
+            (ErrorKind::Conflict, 409),
+            (ErrorKind::Unavailable, 503),
+            (ErrorKind::Internal, 500),
+        ] {
+            assert_eq!(status_of(kind).as_u16(), status, "{kind:?}");
+            let answer = reply(Response::error(kind, "why"));
+            assert_eq!(answer.status().as_u16(), status, "{kind:?}");
+        }
+        let gone = reply(Response::NotFound {
+            message: "no message 1".into(),
+        });
+        assert_eq!(gone.status(), StatusCode::NOT_FOUND);
+    }
 }

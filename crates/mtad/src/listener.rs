@@ -16,7 +16,8 @@ use tracing::{debug, info, warn};
 
 use crate::client_limits::Over;
 use crate::connection;
-use crate::server::{Context, Shutdown};
+use crate::context::Context;
+use crate::shutdown::Shutdown;
 use crate::stats::Refusal;
 
 /// After a failed `accept` (EMFILE: out of descriptors), wait before

@@ -6,6 +6,7 @@
 
 mod client_limits;
 mod connection;
+mod context;
 mod control;
 mod deadlines;
 mod generations;
@@ -13,15 +14,21 @@ mod http;
 mod http_access;
 mod listener;
 mod logfile;
+mod logging;
 mod notify;
+mod pausing;
 mod pidfile;
 mod privileges;
 mod queue_api;
 mod reload;
 mod server;
+mod service_table;
 mod services;
+mod settings;
+mod shutdown;
 mod sockets;
 mod stats;
+mod status;
 mod tls;
 
 use std::ffi::OsString;
@@ -31,7 +38,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use mta_config::Config;
-use tracing_subscriber::{reload as filter_reload, EnvFilter, Registry};
 
 use crate::logfile::LogFile;
 use crate::server::{Exit, Startup};
@@ -88,7 +94,7 @@ fn main() -> ExitCode {
     }
     // Before any file is created and any thread started.
     privileges::set_umask(&config);
-    let log_level = init_logging(&config.log.level);
+    let log_level = logging::init(&config.log.level);
     raise_open_files_limit(&config);
     // An absolute path, so a restart reads the same file whatever the
     // working directory.
@@ -167,46 +173,6 @@ fn raise_open_files_limit(config: &Config) {
     };
     if let Some(warning) = config.open_files_warning_for(limit) {
         tracing::warn!("{warning}");
-    }
-}
-
-/// Changes the log level of the running daemon (a graceful restart).
-#[derive(Clone)]
-pub struct LogLevel(Option<filter_reload::Handle<EnvFilter, Registry>>);
-
-impl LogLevel {
-    /// Applies `level` unless `RUST_LOG` decides.
-    pub fn set(&self, level: &str) {
-        if std::env::var_os("RUST_LOG").is_some() {
-            return;
-        }
-        let Some(handle) = &self.0 else { return };
-        match EnvFilter::try_new(level) {
-            Ok(filter) => {
-                let _ = handle.reload(filter);
-            }
-            Err(e) => tracing::warn!(level, error = %e, "log level not changed"),
-        }
-    }
-}
-
-fn init_logging(level: &str) -> LogLevel {
-    use std::io::IsTerminal;
-    use tracing_subscriber::prelude::*;
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let (filter, handle) = filter_reload::Layer::new(filter);
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    match tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
-        .try_init()
-    {
-        Ok(()) => LogLevel(Some(handle)),
-        Err(_) => LogLevel(None),
     }
 }
 

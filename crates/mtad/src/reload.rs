@@ -21,7 +21,8 @@ use anyhow::{Context as _, Result};
 use mta_config::Config;
 use tracing::{info, warn};
 
-use crate::server::{Context, Settings};
+use crate::context::Context;
+use crate::settings::Settings;
 
 /// Loads the configuration the daemon was started with, as a restart
 /// would: an error means the restart must be refused.
@@ -58,7 +59,7 @@ pub async fn reload(ctx: &Arc<Context>) -> Result<Vec<String>> {
             warn!(path = %log.path().display(), error = %e, "cannot reopen the daemon log");
         }
     }
-    crate::server::count_reload(ctx);
+    ctx.count_reload();
     info!(
         config = ?ctx.config_path,
         "graceful restart done: new settings for new work, logs reopened"

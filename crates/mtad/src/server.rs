@@ -24,30 +24,31 @@
 //! While running, the free-space check also reopens an index that failed
 //! (`Spool::recover_index`) as soon as there is space for it.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use mta_config::Config;
 use mta_queue::Queue;
-use mta_smtp::{Admission, LocalRecipients, SessionConfig};
-use mta_spool::{OpenReport, Spool, SpoolConfig};
+use mta_smtp::Admission;
+use mta_spool::Spool;
+use parking_lot::RwLock;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{mpsc, Semaphore};
-use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
-use crate::client_limits::ClientLimits;
+use crate::context::Context;
 use crate::control::ControlSocket;
 use crate::generations::Generations;
 use crate::logfile::LogFile;
+use crate::logging::LogLevel;
 use crate::pidfile::PidFile;
-use crate::services::Services;
+use crate::service_table::Services;
+use crate::settings::{Fixed, Settings, StopDeadlines};
+use crate::shutdown::{Order, Shutdown, StopKind};
 use crate::sockets::{Inherited, Kind, Sockets};
 use crate::stats::Stats;
 
@@ -61,165 +62,7 @@ pub struct Startup {
     /// from systemd.
     pub inherited: Inherited,
     /// Changes the log level on a reload.
-    pub log_level: crate::LogLevel,
-}
-
-/// The settings a graceful restart replaces. A session keeps the ones it
-/// started with; new sessions take the current ones.
-pub struct Settings {
-    pub config: Arc<Config>,
-    pub hostname: String,
-    pub session_config: Arc<SessionConfig>,
-    pub idle_timeout: Duration,
-    pub min_data_rate: u64,
-    pub max_session_time: Duration,
-    pub tls: Option<TlsAcceptor>,
-    pub connection_slots: Arc<Semaphore>,
-    pub client_limits: crate::client_limits::Limits,
-}
-
-impl Settings {
-    /// Builds them from a configuration (reading the TLS files and the
-    /// local recipient file).
-    pub fn new(config: Arc<Config>) -> Result<Settings> {
-        let tls = match (&config.tls.certificate, &config.tls.key) {
-            (Some(cert), Some(key)) => {
-                Some(TlsAcceptor::from(crate::tls::server_config(cert, key)?))
-            }
-            _ => None,
-        };
-        let local_recipients = local_recipients(&config)?;
-        Ok(Settings {
-            hostname: config.hostname.clone(),
-            session_config: Arc::new(SessionConfig {
-                hostname: config.hostname.clone(),
-                max_message_size: config.smtp.max_message_size.bytes() as usize,
-                max_recipients: config.smtp.max_recipients,
-                recipient_overshoot_limit: config.smtp.recipient_overshoot_limit,
-                max_command_line: config.smtp.max_command_line,
-                max_line_length: config.smtp.max_line_length,
-                max_errors: config.smtp.max_errors,
-                tls_available: tls.is_some(),
-                local_domains: config.smtp.local_domains.clone(),
-                local_recipients,
-                relay_networks: config.smtp.relay_networks.clone(),
-            }),
-            idle_timeout: config.smtp.idle_timeout,
-            min_data_rate: config.smtp.min_data_rate,
-            max_session_time: config.smtp.max_session_time,
-            connection_slots: Arc::new(Semaphore::new(config.smtp.max_connections)),
-            client_limits: crate::client_limits::Limits {
-                max_connections: config.smtp.max_connections_per_client,
-                max_rate: config.smtp.max_connection_rate_per_client,
-                exemptions: config.smtp.client_limit_exemptions().to_vec(),
-            },
-            tls,
-            config,
-        })
-    }
-}
-
-/// The local recipient list of `[smtp] local_recipients` and
-/// `local_recipients_file` (read now: at start, and by each graceful
-/// restart), or None when neither is set.
-fn local_recipients(config: &Config) -> Result<Option<LocalRecipients>> {
-    let entries = config.smtp.local_recipient_list().map_err(|problems| {
-        let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
-        anyhow::anyhow!("the local recipient list:\n{}", lines.join("\n"))
-    })?;
-    Ok(entries.map(|entries| {
-        let mut list = LocalRecipients::new();
-        for entry in entries {
-            list.insert(entry.name, entry.domain);
-        }
-        info!(entries = list.len(), "local recipient list loaded");
-        list
-    }))
-}
-
-/// What every session, the control socket and the HTTP server share.
-pub struct Context {
-    pub admission: Arc<Admission>,
-    pub spool: Spool,
-    pub spool_report: OpenReport,
-    pub stats: Stats,
-    /// Sessions per client, shared by the settings of a graceful restart.
-    pub client_limits: Arc<ClientLimits>,
-    pub listen: Vec<SocketAddr>,
-    pub http_listen: Vec<SocketAddr>,
-    pub control_path: PathBuf,
-    pub config_path: Option<PathBuf>,
-    pub log_file: Option<LogFile>,
-    pub log_level: crate::LogLevel,
-    /// Names this process image (a restart keeps the pid).
-    pub instance: String,
-    pub sockets: Sockets,
-    pub services: Services,
-    /// The current queue runners and the ones still draining after a
-    /// graceful restart.
-    pub generations: Arc<Generations>,
-    pub reloads: AtomicU64,
-    /// Stops and restarts asked for by the control socket.
-    pub orders: mpsc::UnboundedSender<Order>,
-    settings: RwLock<Arc<Settings>>,
-}
-
-impl Context {
-    /// The settings new work uses.
-    pub fn settings(&self) -> Arc<Settings> {
-        self.settings
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// Installs the settings of a graceful restart.
-    pub fn replace_settings(&self, settings: Settings) {
-        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(settings);
-    }
-
-    /// The queue runners new work goes to.
-    pub fn queue(&self) -> Queue {
-        self.generations.current()
-    }
-}
-
-/// How a stop treats sessions and deliveries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StopKind {
-    /// SIGTERM: sessions get 421 at once, attempts are cut short.
-    Now,
-    /// `mta-init stop`: sessions may finish their transaction, attempts
-    /// may finish, each until its deadline.
-    Normal,
-    /// SIGWINCH: sessions go on until they quit, attempts run, all until
-    /// `shutdown.graceful_timeout`.
-    Graceful,
-}
-
-/// A stop or restart asked for while running.
-#[derive(Clone, Copy, Debug)]
-pub enum Order {
-    Stop(StopKind),
-    /// Stop (now, or with the usual deadlines), then start again with
-    /// the sockets handed over.
-    Restart(StopKind),
-}
-
-/// The stop, passed to every task rather than kept in a global.
-#[derive(Clone, Default)]
-pub struct Shutdown {
-    /// The listeners take no new session: they turn connections away
-    /// with 421, or, in a restart, leave them in the backlog.
-    pub listen_end: CancellationToken,
-    /// Set (before `listen_end`) when the stop is a restart.
-    pub handover: CancellationToken,
-    /// Idle sessions get 421; sessions in a transaction may finish it.
-    pub stopping: CancellationToken,
-    /// The deadline passed: every session gets 421 now.
-    pub deadline: CancellationToken,
-    /// The sessions are done: the listening sockets close.
-    pub listeners_closed: CancellationToken,
+    pub log_level: LogLevel,
 }
 
 /// How `run` ended.
@@ -266,10 +109,11 @@ async fn serve(config: Config, startup: Startup) -> Result<Exit> {
 
     let config = Arc::new(config);
     let settings = Settings::new(config.clone())?;
+    let fixed = Fixed::new(&config);
 
     let sockets = Sockets::default();
-    let listen = sockets.open(Kind::Smtp, &config.smtp.listen, &mut inherited)?;
-    let http_listen = sockets.open(Kind::Http, &config.http.listen, &mut inherited)?;
+    let listen = sockets.open(Kind::Smtp, &fixed.smtp_listen, &mut inherited)?;
+    let http_listen = sockets.open(Kind::Http, &fixed.http_listen, &mut inherited)?;
     if inherited.len() > 0 {
         warn!(
             unclaimed = inherited.len(),
@@ -280,17 +124,11 @@ async fn serve(config: Config, startup: Startup) -> Result<Exit> {
 
     identity.switch()?;
 
-    let spool_config = SpoolConfig {
-        dir: config.queue_dir.clone(),
-        min_free_space: config.spool.min_free_space.bytes(),
-        max_batch: config.spool.max_batch,
-        rescan_rate: config.spool.rescan_rate,
-        index_cache: config.spool.index_cache.0,
-    };
+    let spool_config = fixed.spool.clone();
     let (spool, report) = tokio::task::spawn_blocking(move || Spool::open(spool_config))
         .await
         .context("opening the spool")?
-        .with_context(|| format!("opening the spool in {}", config.queue_dir.display()))?;
+        .with_context(|| format!("opening the spool in {}", fixed.spool.dir.display()))?;
     info!(
         clean = report.clean,
         rescan = report.rescan,
@@ -300,10 +138,12 @@ async fn serve(config: Config, startup: Startup) -> Result<Exit> {
         "spool open"
     );
 
-    let control_path = config.control_socket();
+    let control_path = fixed.control_socket.clone();
     let control = ControlSocket::bind(&control_path, identity.group())?;
-    let pid_file = PidFile::write(&config.pid_file())?;
+    let pid_file = PidFile::write(&fixed.pid_file)?;
 
+    // The queue runners build their settings from the configuration
+    // themselves for now; see `settings.rs`.
     let queue = Queue::start(&config, spool.clone()).context("starting the queue runners")?;
     let admission = Arc::new(Admission::default());
     admission.set_storage_ok(
@@ -333,12 +173,9 @@ async fn serve(config: Config, startup: Startup) -> Result<Exit> {
 
     let shutdown = Shutdown::default();
     let sessions = TaskTracker::new();
-    ctx.services
-        .start_smtp(&ctx, &shutdown, &sessions)
+    crate::services::start_smtp(&ctx, &shutdown, &sessions)
         .context("starting the SMTP listener")?;
-    ctx.services
-        .start_http(&ctx, &shutdown)
-        .context("starting the HTTP server")?;
+    crate::services::start_http(&ctx, &shutdown).context("starting the HTTP server")?;
     let control_task = {
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
@@ -347,7 +184,7 @@ async fn serve(config: Config, startup: Startup) -> Result<Exit> {
     };
     let monitor = tokio::spawn(watch_free_space(
         ctx.clone(),
-        config.spool.free_space_check_interval,
+        fixed.free_space_check_interval,
     ));
 
     // Signal handlers go in before the announcement: a TERM sent the
@@ -406,7 +243,7 @@ async fn serve(config: Config, startup: Startup) -> Result<Exit> {
     } else {
         let _ = crate::notify::stopping();
     }
-    let index_not_saved = stop(&ctx, &shutdown, &sessions, &config, kind).await?;
+    let index_not_saved = stop(&ctx, &shutdown, &sessions, fixed.stop, kind).await?;
     monitor.abort();
     control_task.abort();
     let _ = control_task.await;
@@ -436,15 +273,11 @@ async fn stop(
     ctx: &Arc<Context>,
     shutdown: &Shutdown,
     sessions: &TaskTracker,
-    config: &Config,
+    deadlines: StopDeadlines,
     kind: StopKind,
 ) -> Result<Option<String>> {
     let began = Instant::now();
-    let (deadline, drain) = match kind {
-        StopKind::Now => (Duration::ZERO, Duration::ZERO),
-        StopKind::Normal => (config.shutdown.timeout, config.shutdown.drain_timeout),
-        StopKind::Graceful => (config.shutdown.graceful_timeout, Duration::ZERO),
-    };
+    let (deadline, drain) = deadlines.for_kind(kind);
     ctx.stats.begin_stop(deadline);
     info!(
         sessions = ctx.stats.sessions_open(),
@@ -474,7 +307,7 @@ async fn stop(
     // The sessions are done: stop turning new connections away with 421
     // (a restart keeps the sockets for the next image).
     shutdown.listeners_closed.cancel();
-    ctx.services.stop_listeners().await;
+    crate::services::stop_listeners(ctx).await;
     if !shutdown.handover.is_cancelled() {
         ctx.sockets.take_all();
     }
@@ -514,7 +347,7 @@ async fn stop(
     };
     // Nothing is attempted, spilled or saved any more: the stop's figures
     // are final, for the client that asked for it.
-    if let Some(mut report) = crate::control::stop_progress(ctx) {
+    if let Some(mut report) = crate::status::stop_progress(ctx) {
         report.index_not_saved = not_saved.clone();
         ctx.stats
             .publish_stop_report(report, Duration::from_secs(2))
@@ -562,17 +395,4 @@ async fn watch_free_space(ctx: Arc<Context>, every: Duration) {
         }
         ctx.admission.set_storage_ok(ok);
     }
-}
-
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// Reloads counted, for status.
-pub fn count_reload(ctx: &Context) {
-    ctx.reloads.fetch_add(1, Ordering::Relaxed);
 }

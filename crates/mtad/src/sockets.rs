@@ -13,10 +13,10 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
-use std::sync::Mutex;
 
 use anyhow::{Context as _, Result};
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+use parking_lot::Mutex;
 
 /// The first inherited descriptor (`SD_LISTEN_FDS_START`).
 const FIRST_FD: RawFd = 3;
@@ -132,7 +132,7 @@ impl Sockets {
                 None => bind(addr).map_err(|e| cannot_listen(kind, addr, e))?,
             };
             bound.push(listener.local_addr().context("listening address")?);
-            self.lock().entry(kind).or_default().push(listener);
+            self.open.lock().entry(kind).or_default().push(listener);
         }
         Ok(bound)
     }
@@ -145,12 +145,12 @@ impl Sockets {
     /// Closes a kind's sockets (`svc down`): once the accept loops have
     /// dropped their duplicates, new connections are refused.
     pub fn close(&self, kind: Kind) {
-        self.lock().remove(&kind);
+        self.open.lock().remove(&kind);
     }
 
     /// Tokio duplicates of a kind's sockets, for accept loops.
     pub fn duplicates(&self, kind: Kind) -> Result<Vec<tokio::net::TcpListener>> {
-        let open = self.lock();
+        let open = self.open.lock();
         let Some(list) = open.get(&kind) else {
             return Ok(Vec::new());
         };
@@ -166,7 +166,7 @@ impl Sockets {
 
     /// Takes every socket out for a hand-over.
     pub fn take_all(&self) -> Vec<(Kind, TcpListener)> {
-        let mut open = self.lock();
+        let mut open = self.open.lock();
         let mut all = Vec::new();
         for kind in [Kind::Smtp, Kind::Http] {
             for l in open.remove(&kind).unwrap_or_default() {
@@ -174,10 +174,6 @@ impl Sockets {
             }
         }
         all
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Kind, Vec<TcpListener>>> {
-        self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

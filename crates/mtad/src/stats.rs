@@ -1,10 +1,10 @@
 //! Counters and state that the status report reads while the daemon runs.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use mta_control::StopProgress;
+use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
@@ -154,13 +154,13 @@ impl Stats {
 
     /// Starts the stop clock with the session deadline.
     pub fn begin_stop(&self, deadline: Duration) {
-        let mut stop = self.stop.lock().expect("stop clock lock");
+        let mut stop = self.stop.lock();
         stop.get_or_insert((Instant::now(), deadline));
     }
 
     /// Time since the stop began and its deadline, while stopping.
     pub fn stop_clock(&self) -> Option<(Duration, Duration)> {
-        let stop = self.stop.lock().expect("stop clock lock");
+        let stop = self.stop.lock();
         stop.map(|(began, deadline)| (began.elapsed(), deadline))
     }
 

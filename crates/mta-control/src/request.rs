@@ -1,0 +1,538 @@
+//! What `mta-init` (or the HTTP API) asks of mtad: [`Request`], with the
+//! queue requests nested as [`QueueRequest`] and the names typed. On the
+//! wire it stays the one flat object tagged by `cmd` that the control
+//! socket has always spoken (`WireRequest` below, converted to and from).
+
+use serde::{Deserialize, Serialize};
+
+use crate::names::{Runner, Service};
+use crate::queue::{QueueAction, QueueFilter, Selection};
+
+/// What the client asks. On the wire a JSON object whose `cmd` names the
+/// request (`{"cmd":"queue_list",...}`), the queue requests included:
+/// nesting them as [`Request::Queue`] changes nothing there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "WireRequest", into = "WireRequest")]
+pub enum Request {
+    /// The daemon's status.
+    Status,
+    /// Begin a clean stop; the answer ([`Response::Ok`]) comes at once,
+    /// the stop goes on. A client that keeps the connection open and reads
+    /// on gets a second line, [`Response::Stopped`], once the queue is
+    /// saved: the figures of the whole stop, which polling `status` can
+    /// miss when the stop is quick.
+    Stop,
+    /// Pause delivery: one runner or all three. Attempts under way
+    /// finish; no new one starts.
+    Pause {
+        /// The runner; all when absent.
+        runner: Option<Runner>,
+    },
+    /// Resume paused delivery.
+    Resume {
+        /// The runner; all when absent.
+        runner: Option<Runner>,
+    },
+    /// Look into the queue or steer it.
+    Queue(QueueRequest),
+    /// Pause injection: new connections get `421 4.3.2`; sessions already
+    /// open may finish.
+    PauseInjection,
+    /// Resume paused injection.
+    ResumeInjection,
+    /// A graceful stop (SIGWINCH): sessions are not cut short and
+    /// deliveries may finish, up to `shutdown.graceful_timeout`. Answered
+    /// as [`Request::Stop`], the second line included.
+    GracefulStop,
+    /// Stop and start again in the same process (a re-exec), handing the
+    /// listening sockets over: no connection is refused. With `now`, as
+    /// SIGHUP: sessions get 421 at once and attempts are cut short.
+    /// Refused (with an error, the server untouched) when the
+    /// configuration does not load.
+    Restart {
+        /// Stop now rather than with the usual deadlines.
+        now: bool,
+    },
+    /// Graceful restart (SIGUSR1): re-read the configuration and reopen
+    /// the logs; sessions and deliveries in progress go on, new work uses
+    /// the new settings. Answered once done; refused on a bad
+    /// configuration.
+    Reload,
+    /// Reopen the log files (after rotation).
+    ReopenLogs,
+    /// daemontools' `svc`: take one service down, bring it up, or restart
+    /// it.
+    Svc {
+        /// What to do.
+        action: SvcAction,
+        /// To which service.
+        service: Service,
+    },
+}
+
+/// The queue requests: the same for the control socket and the HTTP API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum QueueRequest {
+    /// One page of the queue listing.
+    List {
+        /// Which messages.
+        filter: QueueFilter,
+        /// Start after this queue id (the `next` of the previous page).
+        after: Option<String>,
+        /// Messages per page (at most 1000).
+        limit: usize,
+    },
+    /// One message in full.
+    Show {
+        /// Its queue id.
+        id: String,
+        /// Include the body.
+        body: bool,
+    },
+    /// Messages per domain and age.
+    Summary {
+        /// Which messages.
+        filter: QueueFilter,
+    },
+    /// Flush, hold, release or delete.
+    Act {
+        /// What to do.
+        action: QueueAction,
+        /// To which messages.
+        selection: Selection,
+        /// With a delete: send the sender a DSN for each recipient
+        /// deleted.
+        bounce: bool,
+    },
+    /// Pause delivery to one destination domain: its mail stays queued
+    /// (deferred without a connection), its lifetime still counts. Kept
+    /// across restarts.
+    PauseDomain {
+        /// The recipient domain.
+        domain: String,
+    },
+    /// Resume delivery to a paused domain; its messages are due at once.
+    ResumeDomain {
+        /// The recipient domain.
+        domain: String,
+    },
+}
+
+impl QueueRequest {
+    /// True for listing, showing and summing up: the requests that only
+    /// read.
+    pub fn is_read_only(&self) -> bool {
+        matches!(
+            self,
+            QueueRequest::List { .. } | QueueRequest::Show { .. } | QueueRequest::Summary { .. }
+        )
+    }
+}
+
+impl Request {
+    /// True for the requests that only read (status, and listing, showing
+    /// and summing up the queue): the ones the daemon answers for members
+    /// of its group. Everything else changes something, and only root and
+    /// mtad's own user may ask for it.
+    pub fn is_read_only(&self) -> bool {
+        match self {
+            Request::Status => true,
+            Request::Queue(q) => q.is_read_only(),
+            _ => false,
+        }
+    }
+}
+
+/// What `svc` does to a service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SvcAction {
+    /// Stop it; its dependants are paused.
+    Down,
+    /// Start it; its dependants resume.
+    Up,
+    /// Down, then up.
+    Restart,
+}
+
+/// [`Request`] as it travels: one flat JSON object tagged by `cmd`, as
+/// the control socket has always spoken it. Converting to and from this
+/// form keeps the bytes on the wire as they were.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+enum WireRequest {
+    Status,
+    Stop,
+    Pause {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        runner: Option<Runner>,
+    },
+    Resume {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        runner: Option<Runner>,
+    },
+    PauseDomain {
+        domain: String,
+    },
+    ResumeDomain {
+        domain: String,
+    },
+    QueueList {
+        #[serde(default)]
+        filter: QueueFilter,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
+        #[serde(default = "default_page")]
+        limit: usize,
+    },
+    QueueShow {
+        id: String,
+        #[serde(default)]
+        body: bool,
+    },
+    QueueSummary {
+        #[serde(default)]
+        filter: QueueFilter,
+    },
+    QueueAct {
+        action: QueueAction,
+        selection: Selection,
+        #[serde(default)]
+        bounce: bool,
+    },
+    PauseInjection,
+    ResumeInjection,
+    GracefulStop,
+    Restart {
+        #[serde(default)]
+        now: bool,
+    },
+    Reload,
+    ReopenLogs,
+    Svc {
+        action: SvcAction,
+        service: Service,
+    },
+}
+
+fn default_page() -> usize {
+    100
+}
+
+impl From<WireRequest> for Request {
+    fn from(r: WireRequest) -> Request {
+        match r {
+            WireRequest::Status => Request::Status,
+            WireRequest::Stop => Request::Stop,
+            WireRequest::Pause { runner } => Request::Pause { runner },
+            WireRequest::Resume { runner } => Request::Resume { runner },
+            WireRequest::PauseDomain { domain } => {
+                Request::Queue(QueueRequest::PauseDomain { domain })
+            }
+            WireRequest::ResumeDomain { domain } => {
+                Request::Queue(QueueRequest::ResumeDomain { domain })
+            }
+            WireRequest::QueueList {
+                filter,
+                after,
+                limit,
+            } => Request::Queue(QueueRequest::List {
+                filter,
+                after,
+                limit,
+            }),
+            WireRequest::QueueShow { id, body } => Request::Queue(QueueRequest::Show { id, body }),
+            WireRequest::QueueSummary { filter } => {
+                Request::Queue(QueueRequest::Summary { filter })
+            }
+            WireRequest::QueueAct {
+                action,
+                selection,
+                bounce,
+            } => Request::Queue(QueueRequest::Act {
+                action,
+                selection,
+                bounce,
+            }),
+            WireRequest::PauseInjection => Request::PauseInjection,
+            WireRequest::ResumeInjection => Request::ResumeInjection,
+            WireRequest::GracefulStop => Request::GracefulStop,
+            WireRequest::Restart { now } => Request::Restart { now },
+            WireRequest::Reload => Request::Reload,
+            WireRequest::ReopenLogs => Request::ReopenLogs,
+            WireRequest::Svc { action, service } => Request::Svc { action, service },
+        }
+    }
+}
+
+impl From<Request> for WireRequest {
+    fn from(r: Request) -> WireRequest {
+        match r {
+            Request::Status => WireRequest::Status,
+            Request::Stop => WireRequest::Stop,
+            Request::Pause { runner } => WireRequest::Pause { runner },
+            Request::Resume { runner } => WireRequest::Resume { runner },
+            Request::Queue(q) => match q {
+                QueueRequest::List {
+                    filter,
+                    after,
+                    limit,
+                } => WireRequest::QueueList {
+                    filter,
+                    after,
+                    limit,
+                },
+                QueueRequest::Show { id, body } => WireRequest::QueueShow { id, body },
+                QueueRequest::Summary { filter } => WireRequest::QueueSummary { filter },
+                QueueRequest::Act {
+                    action,
+                    selection,
+                    bounce,
+                } => WireRequest::QueueAct {
+                    action,
+                    selection,
+                    bounce,
+                },
+                QueueRequest::PauseDomain { domain } => WireRequest::PauseDomain { domain },
+                QueueRequest::ResumeDomain { domain } => WireRequest::ResumeDomain { domain },
+            },
+            Request::PauseInjection => WireRequest::PauseInjection,
+            Request::ResumeInjection => WireRequest::ResumeInjection,
+            Request::GracefulStop => WireRequest::GracefulStop,
+            Request::Restart { now } => WireRequest::Restart { now },
+            Request::Reload => WireRequest::Reload,
+            Request::ReopenLogs => WireRequest::ReopenLogs,
+            Request::Svc { action, service } => WireRequest::Svc { action, service },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Every request as the control socket spoke it before the names were
+    //! typed and the queue requests nested: the JSON literals are the
+    //! encoding of the earlier, flat `Request` with string names, copied
+    //! from its output.
+
+    use super::*;
+    use crate::names::Queue;
+
+    fn both_ways(request: Request, json: &str) {
+        assert_eq!(
+            serde_json::to_string(&request).unwrap(),
+            json,
+            "{request:?}"
+        );
+        let read: Request = serde_json::from_str(json).unwrap();
+        assert_eq!(read, request, "{json}");
+    }
+
+    fn q(request: QueueRequest) -> Request {
+        Request::Queue(request)
+    }
+
+    #[test]
+    fn every_request_keeps_its_wire_form() {
+        let id = || "0000000000000001".to_owned();
+        let domain = || "example.com".to_owned();
+        let cases = [
+            (Request::Status, r#"{"cmd":"status"}"#),
+            (Request::Stop, r#"{"cmd":"stop"}"#),
+            (Request::Pause { runner: None }, r#"{"cmd":"pause"}"#),
+            (
+                Request::Pause {
+                    runner: Some(Runner::Ram),
+                },
+                r#"{"cmd":"pause","runner":"ram"}"#,
+            ),
+            (Request::Resume { runner: None }, r#"{"cmd":"resume"}"#),
+            (
+                Request::Resume {
+                    runner: Some(Runner::Disk),
+                },
+                r#"{"cmd":"resume","runner":"disk"}"#,
+            ),
+            (
+                q(QueueRequest::PauseDomain { domain: domain() }),
+                r#"{"cmd":"pause_domain","domain":"example.com"}"#,
+            ),
+            (
+                q(QueueRequest::ResumeDomain { domain: domain() }),
+                r#"{"cmd":"resume_domain","domain":"example.com"}"#,
+            ),
+            (
+                q(QueueRequest::List {
+                    filter: QueueFilter::default(),
+                    after: None,
+                    limit: 100,
+                }),
+                r#"{"cmd":"queue_list","filter":{},"limit":100}"#,
+            ),
+            (
+                q(QueueRequest::List {
+                    filter: QueueFilter {
+                        queue: Some(Queue::Held),
+                        domain: Some(domain()),
+                        sender: Some("<>".into()),
+                        older_than_secs: Some(3600),
+                        status: Some("deferred".into()),
+                    },
+                    after: Some(id()),
+                    limit: 5,
+                }),
+                r#"{"cmd":"queue_list","filter":{"queue":"held","domain":"example.com","sender":"<>","older_than_secs":3600,"status":"deferred"},"after":"0000000000000001","limit":5}"#,
+            ),
+            (
+                q(QueueRequest::Show {
+                    id: id(),
+                    body: true,
+                }),
+                r#"{"cmd":"queue_show","id":"0000000000000001","body":true}"#,
+            ),
+            (
+                q(QueueRequest::Summary {
+                    filter: QueueFilter {
+                        queue: Some(Queue::Disk),
+                        ..QueueFilter::default()
+                    },
+                }),
+                r#"{"cmd":"queue_summary","filter":{"queue":"disk"}}"#,
+            ),
+            (
+                q(QueueRequest::Act {
+                    action: QueueAction::Flush,
+                    selection: Selection::All,
+                    bounce: false,
+                }),
+                r#"{"cmd":"queue_act","action":"flush","selection":{"all":true},"bounce":false}"#,
+            ),
+            (
+                q(QueueRequest::Act {
+                    action: QueueAction::Delete,
+                    selection: Selection::Id(id()),
+                    bounce: true,
+                }),
+                r#"{"cmd":"queue_act","action":"delete","selection":{"id":"0000000000000001"},"bounce":true}"#,
+            ),
+            (
+                q(QueueRequest::Act {
+                    action: QueueAction::Hold,
+                    selection: Selection::Domain(domain()),
+                    bounce: false,
+                }),
+                r#"{"cmd":"queue_act","action":"hold","selection":{"domain":"example.com"},"bounce":false}"#,
+            ),
+            (Request::PauseInjection, r#"{"cmd":"pause_injection"}"#),
+            (Request::ResumeInjection, r#"{"cmd":"resume_injection"}"#),
+            (Request::GracefulStop, r#"{"cmd":"graceful_stop"}"#),
+            (
+                Request::Restart { now: true },
+                r#"{"cmd":"restart","now":true}"#,
+            ),
+            (
+                Request::Restart { now: false },
+                r#"{"cmd":"restart","now":false}"#,
+            ),
+            (Request::Reload, r#"{"cmd":"reload"}"#),
+            (Request::ReopenLogs, r#"{"cmd":"reopen_logs"}"#),
+            (
+                Request::Svc {
+                    action: SvcAction::Restart,
+                    service: Service::Spool,
+                },
+                r#"{"cmd":"svc","action":"restart","service":"spool"}"#,
+            ),
+            (
+                Request::Svc {
+                    action: SvcAction::Down,
+                    service: Service::Bounce,
+                },
+                r#"{"cmd":"svc","action":"down","service":"bounce"}"#,
+            ),
+        ];
+        for (request, json) in cases {
+            both_ways(request, json);
+        }
+    }
+
+    #[test]
+    fn defaults_fill_what_an_older_client_leaves_out() {
+        let read: Request = serde_json::from_str(r#"{"cmd":"queue_list"}"#).unwrap();
+        assert_eq!(
+            read,
+            q(QueueRequest::List {
+                filter: QueueFilter::default(),
+                after: None,
+                limit: 100
+            })
+        );
+        let read: Request =
+            serde_json::from_str(r#"{"cmd":"queue_act","action":"delete","selection":{"id":"1"}}"#)
+                .unwrap();
+        assert_eq!(
+            read,
+            q(QueueRequest::Act {
+                action: QueueAction::Delete,
+                selection: Selection::Id("1".into()),
+                bounce: false
+            })
+        );
+        let read: Request = serde_json::from_str(r#"{"cmd":"restart"}"#).unwrap();
+        assert_eq!(read, Request::Restart { now: false });
+        let read: Request =
+            serde_json::from_str(r#"{"cmd":"svc","action":"up","service":"ram-runner"}"#).unwrap();
+        assert_eq!(
+            read,
+            Request::Svc {
+                action: SvcAction::Up,
+                service: Service::Ram
+            }
+        );
+    }
+
+    #[test]
+    fn a_selection_is_exactly_one_of_three() {
+        for (json, want) in [
+            (r#"{"all":true}"#, Some(Selection::All)),
+            (r#"{"id":"x"}"#, Some(Selection::Id("x".into()))),
+            (r#"{"domain":"d"}"#, Some(Selection::Domain("d".into()))),
+            (r#"{"id":"x","all":false}"#, Some(Selection::Id("x".into()))),
+            (r#"{}"#, None),
+            (r#"{"all":false}"#, None),
+            (r#"{"id":"x","all":true}"#, None),
+            (r#"{"id":"x","domain":"d"}"#, None),
+            (r#"{"ids":"x"}"#, None),
+        ] {
+            let read = serde_json::from_str::<Selection>(json);
+            match want {
+                Some(s) => assert_eq!(read.unwrap(), s, "{json}"),
+                None => assert!(read.is_err(), "{json}: {read:?}"),
+            }
+        }
+        let e = serde_json::from_str::<Selection>("{}").unwrap_err();
+        assert!(e.to_string().starts_with("say which messages"), "{e}");
+    }
+
+    #[test]
+    fn unknown_names_are_refused_with_the_known_ones() {
+        for (json, expected) in [
+            (
+                r#"{"cmd":"pause","runner":"nope"}"#,
+                "`ram`, `bounce`, `disk`",
+            ),
+            (
+                r#"{"cmd":"svc","action":"down","service":"nonesuch"}"#,
+                "`smtp`, `http`, `spool`, `ram`, `ram-runner`, `bounce`",
+            ),
+            (
+                r#"{"cmd":"queue_list","filter":{"queue":"nowhere"}}"#,
+                "`ram`, `bounce`, `disk`, `held`",
+            ),
+        ] {
+            let e = serde_json::from_str::<Request>(json)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(expected), "{json}: {e}");
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! mtad's own settings, built from a [`Config`] in one place (as
+//! ripgrep's `HiArgs` is built from its flags), so that the rest of the
+//! daemon reads settings, not the configuration file's layout:
+//!
+//! - [`Settings`]: what the SMTP sessions, the listener and the HTTP
+//!   server use; a graceful restart builds a new one and swaps it in, and
+//!   work under way keeps the one it started with;
+//! - [`Fixed`]: what only a restart changes (the listening addresses, the
+//!   spool, the control socket, the PID file, the free-space check, the stop's deadlines).
+//!
+//! The queue runners' settings are built from the same `Config` by
+//! `Queue::start` and `Queue::successor` today; they belong here too, next
+//! to [`Fixed::new`] (the one place every part's settings come from).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use mta_config::Config;
+use mta_smtp::{LocalRecipients, SessionConfig};
+use mta_spool::SpoolConfig;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tracing::info;
+
+use crate::shutdown::StopKind;
+
+/// The settings a graceful restart replaces. A session keeps the ones it
+/// started with; new sessions take the current ones.
+pub struct Settings {
+    pub config: Arc<Config>,
+    pub hostname: String,
+    pub session_config: Arc<SessionConfig>,
+    pub idle_timeout: Duration,
+    pub min_data_rate: u64,
+    pub max_session_time: Duration,
+    pub tls: Option<TlsAcceptor>,
+    pub connection_slots: Arc<Semaphore>,
+    pub client_limits: crate::client_limits::Limits,
+}
+
+impl Settings {
+    /// Builds them from a configuration (reading the TLS files and the
+    /// local recipient file).
+    pub fn new(config: Arc<Config>) -> Result<Settings> {
+        let tls = match (&config.tls.certificate, &config.tls.key) {
+            (Some(cert), Some(key)) => {
+                Some(TlsAcceptor::from(crate::tls::server_config(cert, key)?))
+            }
+            _ => None,
+        };
+        let local_recipients = local_recipients(&config)?;
+        Ok(Settings {
+            hostname: config.hostname.clone(),
+            session_config: Arc::new(SessionConfig {
+                hostname: config.hostname.clone(),
+                max_message_size: config.smtp.max_message_size.bytes() as usize,
+                max_recipients: config.smtp.max_recipients,
+                recipient_overshoot_limit: config.smtp.recipient_overshoot_limit,
+                max_command_line: config.smtp.max_command_line,
+                max_line_length: config.smtp.max_line_length,
+                max_errors: config.smtp.max_errors,
+                tls_available: tls.is_some(),
+                local_domains: config.smtp.local_domains.clone(),
+                local_recipients,
+                relay_networks: config.smtp.relay_networks.clone(),
+            }),
+            idle_timeout: config.smtp.idle_timeout,
+            min_data_rate: config.smtp.min_data_rate,
+            max_session_time: config.smtp.max_session_time,
+            connection_slots: Arc::new(Semaphore::new(config.smtp.max_connections)),
+            client_limits: crate::client_limits::Limits {
+                max_connections: config.smtp.max_connections_per_client,
+                max_rate: config.smtp.max_connection_rate_per_client,
+                exemptions: config.smtp.client_limit_exemptions().to_vec(),
+            },
+            tls,
+            config,
+        })
+    }
+}
+
+/// The local recipient list of `[smtp] local_recipients` and
+/// `local_recipients_file` (read now: at start, and by each graceful
+/// restart), or None when neither is set.
+fn local_recipients(config: &Config) -> Result<Option<LocalRecipients>> {
+    let entries = config.smtp.local_recipient_list().map_err(|problems| {
+        let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!("the local recipient list:\n{}", lines.join("\n"))
+    })?;
+    Ok(entries.map(|entries| {
+        let mut list = LocalRecipients::new();
+        for entry in entries {
+            list.insert(entry.name, entry.domain);
+        }
+        info!(entries = list.len(), "local recipient list loaded");
+        list
+    }))
+}
+
+/// What only a restart changes, read once at start. (A graceful restart
+/// reports a change to these and leaves them as they are: `reload.rs`.)
+pub struct Fixed {
+    /// The SMTP listening addresses.
+    pub smtp_listen: Vec<SocketAddr>,
+    /// The admin HTTP server's addresses.
+    pub http_listen: Vec<SocketAddr>,
+    /// Where the queue lives and how the spool behaves.
+    pub spool: SpoolConfig,
+    /// The control socket `mta-init` talks to.
+    pub control_socket: PathBuf,
+    /// The PID file.
+    pub pid_file: PathBuf,
+    /// How often free space (and a failed index) is checked.
+    pub free_space_check_interval: Duration,
+    /// The deadlines of a stop.
+    pub stop: StopDeadlines,
+}
+
+impl Fixed {
+    /// Reads them from the configuration the daemon starts with.
+    pub fn new(config: &Config) -> Fixed {
+        Fixed {
+            smtp_listen: config.smtp.listen.clone(),
+            http_listen: config.http.listen.clone(),
+            spool: SpoolConfig {
+                dir: config.queue_dir.clone(),
+                min_free_space: config.spool.min_free_space.bytes(),
+                max_batch: config.spool.max_batch,
+                rescan_rate: config.spool.rescan_rate,
+                index_cache: config.spool.index_cache.0,
+            },
+            control_socket: config.control_socket(),
+            pid_file: config.pid_file(),
+            free_space_check_interval: config.spool.free_space_check_interval,
+            stop: StopDeadlines {
+                timeout: config.shutdown.timeout,
+                drain_timeout: config.shutdown.drain_timeout,
+                graceful_timeout: config.shutdown.graceful_timeout,
+            },
+        }
+    }
+}
+
+/// `[shutdown]`: how long a stop waits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StopDeadlines {
+    /// Open sessions may finish their transaction this long.
+    pub timeout: Duration,
+    /// Then deliveries in flight may finish this long.
+    pub drain_timeout: Duration,
+    /// A graceful stop: sessions and deliveries together.
+    pub graceful_timeout: Duration,
+}
+
+impl StopDeadlines {
+    /// For a stop of this kind: how long open sessions may go on, and how
+    /// long deliveries in flight may then finish (a graceful stop's
+    /// deliveries share its one deadline with the sessions).
+    pub fn for_kind(&self, kind: StopKind) -> (Duration, Duration) {
+        match kind {
+            StopKind::Now => (Duration::ZERO, Duration::ZERO),
+            StopKind::Normal => (self.timeout, self.drain_timeout),
+            StopKind::Graceful => (self.graceful_timeout, Duration::ZERO),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_stop_takes_its_own_deadlines() {
+        let d = StopDeadlines {
+            timeout: Duration::from_secs(1),
+            drain_timeout: Duration::from_secs(2),
+            graceful_timeout: Duration::from_secs(3),
+        };
+        assert_eq!(d.for_kind(StopKind::Now), (Duration::ZERO, Duration::ZERO));
+        assert_eq!(
+            d.for_kind(StopKind::Normal),
+            (Duration::from_secs(1), Duration::from_secs(2))
+        );
+        assert_eq!(
+            d.for_kind(StopKind::Graceful),
+            (Duration::from_secs(3), Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn fixed_settings_come_from_the_configuration() {
+        let config = Config::default();
+        let fixed = Fixed::new(&config);
+        assert_eq!(fixed.spool.dir, config.queue_dir);
+        assert_eq!(fixed.control_socket, config.control_socket());
+        assert_eq!(fixed.pid_file, config.pid_file());
+        assert_eq!(fixed.stop.drain_timeout, config.shutdown.drain_timeout);
+        assert_eq!(
+            fixed.free_space_check_interval,
+            config.spool.free_space_check_interval
+        );
+    }
+}
