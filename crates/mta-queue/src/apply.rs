@@ -11,11 +11,14 @@ use mta_envelope::{Envelope, Mailbox, Recipient, ReversePath};
 use mta_spool::{HistoryRecord, QueueName, RecipientError, RecipientState};
 use tracing::{error, info, warn};
 
-use crate::attempt::RecipientResult;
+use crate::inner::Inner;
+use crate::job::Job;
 use crate::log::{Event, Record};
+use crate::origin::local_origin;
+use crate::outcome::{RecipientResult, LOCAL_REMOTE};
 use crate::schedule::{random_unit, Next};
 use crate::unreadable::Unreadable;
-use crate::{local_origin, unix_now, Inner, Job};
+use mta_envelope::unix_now;
 
 /// Applies the results of one attempt of `job`, made by the `queue` runner.
 pub(crate) async fn apply(
@@ -277,7 +280,7 @@ pub(crate) async fn apply(
     } else if job.on_disk {
         inner.spool.update(job.id, &entry)
     } else {
-        crate::runner::store_on_disk(inner, &job, &entry).await
+        inner.store_on_disk(&job, &entry).await
     };
     match saved {
         Ok(()) if done => info!(queue_id = %job.id, attempt, "message done"),
@@ -374,7 +377,7 @@ fn report(
     // "mx1.test[127.0.0.2]:2525" -> "mx1.test" for Remote-MTA (RFC 3464
     // section 2.3.5: the host's name; the address is not needed).
     let remote_mta = remote
-        .filter(|r| *r != crate::attempt::LOCAL_REMOTE)
+        .filter(|r| *r != LOCAL_REMOTE)
         .map(|r| r.split('[').next().unwrap_or(r).to_owned());
     RecipientReport {
         recipient: recipient.address.clone(),
@@ -518,7 +521,7 @@ async fn send_dsn_for(
         entry,
         on_disk: true,
         unreadable: None,
-        _claim: claim,
+        claim,
     });
     true
 }

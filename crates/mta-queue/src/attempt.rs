@@ -8,22 +8,11 @@ use mta_deliver::{Delivery, Destination, OutboundMessage, Outcome, ResolveError}
 use mta_spool::{QueueName, RecipientState};
 use tokio::task::JoinSet;
 
+use crate::inner::Inner;
+use crate::job::Job;
 use crate::maildir::MaildirError;
+use crate::outcome::{RecipientResult, LOCAL_REMOTE};
 use crate::route::Route;
-use crate::{Inner, Job};
-
-/// The `remote` of a local (Maildir) delivery: no server, and no
-/// Remote-MTA in a DSN.
-pub(crate) const LOCAL_REMOTE: &str = "maildir";
-
-/// The result for one recipient.
-#[derive(Debug, Clone)]
-pub(crate) struct RecipientResult {
-    pub index: usize,
-    pub outcome: Outcome,
-    pub remote: Option<String>,
-    pub tls: Option<String>,
-}
 
 /// Runs the attempt and records what came of it. A message whose spool
 /// file could not be read makes no connection: the read error is the

@@ -31,37 +31,48 @@
 mod apply;
 mod attempt;
 mod backoffs;
+mod claims;
+mod dispatch;
+mod inner;
+mod job;
 mod lineup;
 pub mod log;
 pub mod maildir;
+mod origin;
+mod outcome;
 pub mod route;
 mod runner;
 pub mod schedule;
+mod settings;
 mod steer;
+mod steering;
 mod unreadable;
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
 use mta_config::{Config, QueueMode};
 use mta_deliver::{Client, ClientConfig, Resolver, ResolverConfig};
-use mta_envelope::{Envelope, Origin, QueueId};
+use mta_envelope::{Envelope, QueueId};
 use mta_spool::{IndexEntry, QueueName, Spool};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::inner::Inner;
+use crate::job::Job;
 use crate::log::{DeliveryLog, Event, Record};
 use crate::route::Router;
 use crate::runner::Runner;
 use crate::schedule::Schedule;
+use crate::settings::Settings;
+use crate::steering::{InMemory, Steering};
 
+pub use crate::job::Claim;
 pub use crate::runner::RunnerStatus;
 pub use crate::steer::SteerError;
-use crate::steer::{InMemory, Steering};
-use crate::unreadable::Unreadable;
 
 /// The queue could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -80,148 +91,6 @@ pub enum QueueError {
     /// The DNS resolver cannot be set up.
     #[error("DNS resolver: {0}")]
     Resolver(String),
-}
-
-/// What the attempts need from the configuration.
-#[derive(Debug, Clone)]
-pub(crate) struct Settings {
-    pub hostname: String,
-    /// Where reports about failed `<>` mail go: an address, or the bare
-    /// local `postmaster`.
-    pub postmaster: String,
-    /// The address our DSNs come from (`From:`).
-    pub dsn_from: String,
-    pub port: u16,
-    pub maildir_root: PathBuf,
-    pub schedule: Schedule,
-    pub delay_notice_after: Option<Duration>,
-    pub mode: QueueMode,
-    pub poll_interval: Duration,
-}
-
-/// A message being worked on by one attempt.
-pub(crate) struct Job {
-    pub id: QueueId,
-    pub envelope: Envelope,
-    pub content: Arc<Vec<u8>>,
-    pub entry: IndexEntry,
-    /// The message has a spool file (false only in volatile mode, before
-    /// its first attempt defers). While false, the message is registered
-    /// as in memory (`Steering::remember`) until the job is dropped or
-    /// written to disk.
-    pub on_disk: bool,
-    /// Its spool file could not be read: the attempt reports this for
-    /// every pending recipient instead of delivering (`unreadable.rs`).
-    pub unreadable: Option<Unreadable>,
-    /// Keeps other runners off this message until the job is dropped.
-    pub _claim: Claim,
-}
-
-impl Drop for Job {
-    fn drop(&mut self) {
-        if !self.on_disk {
-            // Delivered, deleted, or written to disk: no longer (only) in
-            // memory. Before the claim goes, so no listing sees it twice.
-            self._claim.inner.steering.forget(self.id);
-        }
-    }
-}
-
-/// A message id held in the in-flight set; released when dropped.
-pub struct Claim {
-    inner: Arc<Inner>,
-    id: QueueId,
-}
-
-impl Claim {
-    /// A claim already taken in the in-flight set.
-    pub(crate) fn adopt(inner: Arc<Inner>, id: QueueId) -> Claim {
-        Claim { inner, id }
-    }
-}
-
-impl Drop for Claim {
-    fn drop(&mut self) {
-        // An operator's hold or delete may wait for this attempt to end:
-        // it keeps the claim and is carried out now.
-        let Some(waiting) = self.inner.steering.release(self.id) else {
-            return;
-        };
-        let claim = Claim::adopt(self.inner.clone(), self.id);
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn(steer::perform_waiting(claim, waiting));
-            }
-            Err(_) => {
-                tracing::warn!(queue_id = %self.id, ?waiting, "no runtime: operator action dropped");
-            }
-        }
-    }
-}
-
-pub(crate) struct Inner {
-    pub spool: Spool,
-    pub settings: Settings,
-    pub router: Router,
-    pub client: Client,
-    pub resolver: Resolver,
-    pub log: DeliveryLog,
-    /// Shared with the successor a graceful restart starts, so neither
-    /// takes a message the other is attempting: claims, operator actions
-    /// waiting for an attempt, paused domains.
-    pub(crate) steering: Arc<Steering>,
-    pub ram: Runner,
-    pub bounce: Runner,
-    pub disk: Runner,
-    /// New work for the disk runner (a message was deferred).
-    pub disk_wake: Notify,
-    /// No new attempts start once cancelled.
-    pub stopping: CancellationToken,
-    /// Attempts still running are cut short once cancelled.
-    pub abort: CancellationToken,
-    /// Every attempt and runner loop.
-    pub tasks: TaskTracker,
-    /// DSNs queued since start.
-    pub dsns: std::sync::atomic::AtomicU64,
-    /// DSNs dropped since start: the postmaster's own copy failed, so no
-    /// one is left to tell.
-    pub dsns_dropped: std::sync::atomic::AtomicU64,
-    /// Volatile messages written to the disk queue because they could not
-    /// be attempted (a stop).
-    pub spilled: std::sync::atomic::AtomicU64,
-}
-
-impl Inner {
-    pub fn runner(&self, queue: QueueName) -> &Runner {
-        match queue {
-            QueueName::Ram => &self.ram,
-            QueueName::Bounce => &self.bounce,
-            // Held messages have no runner; the disk runner takes them
-            // once released.
-            QueueName::Disk | QueueName::Held => &self.disk,
-        }
-    }
-
-    /// Claims `id` for one attempt; None when another attempt has it.
-    pub fn claim(self: &Arc<Self>, id: QueueId) -> Option<Claim> {
-        self.steering.claim(id).then(|| Claim {
-            inner: self.clone(),
-            id,
-        })
-    }
-
-    pub fn claimed(&self) -> usize {
-        self.steering.claimed()
-    }
-
-    /// Queues a job for the bounce runner.
-    pub fn submit_bounce(&self, job: Job) {
-        if let Err(unsent) = self.bounce.lineup.push(job) {
-            // The runner has stopped: the DSN is on disk and the disk
-            // runner will send it after the next start.
-            drop(unsent);
-        }
-    }
 }
 
 /// The queue runners; cheap to clone.
@@ -319,17 +188,17 @@ impl Queue {
             stopping: CancellationToken::new(),
             abort: CancellationToken::new(),
             tasks: TaskTracker::new(),
-            dsns: std::sync::atomic::AtomicU64::new(0),
-            dsns_dropped: std::sync::atomic::AtomicU64::new(0),
-            spilled: std::sync::atomic::AtomicU64::new(0),
+            dsns: AtomicU64::new(0),
+            dsns_dropped: AtomicU64::new(0),
+            spilled: AtomicU64::new(0),
         });
         inner
             .tasks
-            .spawn(runner::memory_loop(inner.clone(), QueueName::Ram));
+            .spawn(dispatch::memory_loop(inner.clone(), QueueName::Ram));
         inner
             .tasks
-            .spawn(runner::memory_loop(inner.clone(), QueueName::Bounce));
-        inner.tasks.spawn(runner::disk_loop(inner.clone()));
+            .spawn(dispatch::memory_loop(inner.clone(), QueueName::Bounce));
+        inner.tasks.spawn(dispatch::disk_loop(inner.clone()));
         Ok(Queue { inner })
     }
 
@@ -352,14 +221,14 @@ impl Queue {
     /// `content` is what was (or, in volatile mode, would be) stored.
     pub fn accepted(&self, claim: Claim, envelope: Envelope, content: Arc<Vec<u8>>, on_disk: bool) {
         let size = content.len() as u64;
-        let mut record = Record::new(Event::Received, claim.id, "ram");
+        let mut record = Record::new(Event::Received, claim.id(), "ram");
         record.sender = Some(envelope.sender.to_string());
         record.size = Some(size);
         self.inner.log.write(&record);
         let entry = IndexEntry::arrived(&envelope, size);
         if !on_disk {
             self.inner.steering.remember(
-                claim.id,
+                claim.id(),
                 InMemory {
                     entry: entry.clone(),
                     envelope: envelope.clone(),
@@ -368,13 +237,13 @@ impl Queue {
             );
         }
         let job = Job {
-            id: claim.id,
+            id: claim.id(),
             envelope,
             content,
             entry,
             on_disk,
             unreadable: None,
-            _claim: claim,
+            claim,
         };
         if let Err(unsent) = self.inner.ram.lineup.push(job) {
             // Stopping: a durable message waits on disk for the next start;
@@ -382,7 +251,7 @@ impl Queue {
             let inner = self.inner.clone();
             self.inner
                 .tasks
-                .spawn(async move { runner::spill(&inner, unsent).await });
+                .spawn(async move { dispatch::spill(&inner, unsent).await });
         }
     }
 
@@ -604,22 +473,4 @@ fn client_config(config: &Config) -> ClientConfig {
         max_messages_per_connection: d.max_messages_per_connection,
         idle_connection_timeout: d.idle_connection_timeout,
     }
-}
-
-/// The origin recorded on the DSNs we make ourselves.
-pub(crate) fn local_origin(hostname: &str) -> Origin {
-    Origin {
-        client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        helo: hostname.to_owned(),
-        protocol: "local".to_owned(),
-        tls: None,
-    }
-}
-
-/// Seconds since the Unix epoch.
-pub(crate) fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }

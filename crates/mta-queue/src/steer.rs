@@ -19,20 +19,42 @@
 //! [`PAGE_SCAN`] entries per step): memory stays flat however large the
 //! queue is, and delivery goes on meanwhile.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
 
 use mta_control::{
     ActionReport, HistoryRow, MessageDetail, MessageRow, QueueAction, QueueFilter, QueuePage,
     QueueSummary, RecipientRow, Selection, SummaryRow, SUMMARY_BUCKETS,
 };
-use mta_envelope::{Envelope, QueueId};
+use mta_envelope::QueueId;
 use mta_spool::{HistoryRecord, IndexEntry, QueueName, RecipientState, SpoolError};
 use tracing::{info, warn};
 
 use crate::apply::DeletedBounce;
+use crate::claims::Waiting;
+use crate::inner::Inner;
+use crate::job::{Claim, ClaimOwner, Job};
 use crate::log::{Event, Record};
-use crate::{unix_now, Claim, Inner, Job};
+use crate::steering::{InMemory, Steering};
+use mta_envelope::unix_now;
+
+/// The actions that waited for an attempt are carried out here.
+impl ClaimOwner for Inner {
+    fn steering(&self) -> &Steering {
+        &self.steering
+    }
+
+    fn carry_out(self: Arc<Self>, claim: Claim, waiting: Vec<Waiting>) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(perform_waiting(self, claim, waiting));
+            }
+            Err(_) => {
+                tracing::warn!(queue_id = %claim.id(), ?waiting, "no runtime: operator action dropped");
+            }
+        }
+    }
+}
 
 /// Entries one step of a listing or a bulk action looks at.
 pub(crate) const PAGE_SCAN: usize = 4096;
@@ -55,145 +77,6 @@ pub enum SteerError {
     /// The queue could not be read or written.
     #[error("queue: {0}")]
     Spool(#[from] SpoolError),
-}
-
-/// What waits for an attempt under way to end.
-#[derive(Debug, Clone)]
-pub(crate) enum Waiting {
-    Hold,
-    Delete {
-        bounce: bool,
-        domain: Option<String>,
-    },
-}
-
-#[derive(Default)]
-struct Claims {
-    inflight: HashSet<QueueId>,
-    /// In the order given: a later hold must not undo an earlier delete.
-    waiting: HashMap<QueueId, Vec<Waiting>>,
-}
-
-/// A volatile message held in memory only: what listings, counts and
-/// `show` need of it while it has no spool file.
-#[derive(Clone)]
-pub(crate) struct InMemory {
-    pub entry: IndexEntry,
-    pub envelope: Envelope,
-    pub content: Arc<Vec<u8>>,
-}
-
-/// State shared by every generation of runners (a graceful restart
-/// starts new ones beside the old): the messages in flight, the actions
-/// waiting for them, the paused domains, and the volatile messages in
-/// memory.
-#[derive(Default)]
-pub(crate) struct Steering {
-    claims: Mutex<Claims>,
-    paused: RwLock<BTreeSet<String>>,
-    memory: Mutex<BTreeMap<QueueId, InMemory>>,
-}
-
-impl Steering {
-    fn lock(&self) -> MutexGuard<'_, Claims> {
-        self.claims.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Claims `id`; false when an attempt (or an operator) has it.
-    pub fn claim(&self, id: QueueId) -> bool {
-        self.claim_or_wait(id, None)
-    }
-
-    /// Claims `id`, or, when it is in flight, leaves `waiting` to be done
-    /// when it is let go. True when claimed.
-    fn claim_or_wait(&self, id: QueueId, waiting: Option<Waiting>) -> bool {
-        let mut claims = self.lock();
-        if claims.inflight.insert(id) {
-            return true;
-        }
-        if let Some(waiting) = waiting {
-            claims.waiting.entry(id).or_default().push(waiting);
-        }
-        false
-    }
-
-    /// Lets go of `id`, unless actions wait for it: then the claim is
-    /// kept and the actions returned, for the caller to carry out in order.
-    pub fn release(&self, id: QueueId) -> Option<Vec<Waiting>> {
-        let mut claims = self.lock();
-        match claims.waiting.remove(&id) {
-            Some(waiting) => Some(waiting),
-            None => {
-                claims.inflight.remove(&id);
-                None
-            }
-        }
-    }
-
-    /// Messages claimed now.
-    pub fn claimed(&self) -> usize {
-        self.lock().inflight.len()
-    }
-
-    /// Delivery to `domain` is paused.
-    pub fn is_paused(&self, domain: &str) -> bool {
-        let paused = self.paused.read().unwrap_or_else(|p| p.into_inner());
-        !paused.is_empty() && paused.contains(&domain.trim_end_matches('.').to_ascii_lowercase())
-    }
-
-    /// The paused domains, sorted.
-    pub fn paused_domains(&self) -> Vec<String> {
-        let paused = self.paused.read().unwrap_or_else(|p| p.into_inner());
-        paused.iter().cloned().collect()
-    }
-
-    fn set_paused(&self, domains: BTreeSet<String>) {
-        *self.paused.write().unwrap_or_else(|p| p.into_inner()) = domains;
-    }
-
-    fn memory(&self) -> MutexGuard<'_, BTreeMap<QueueId, InMemory>> {
-        self.memory.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Registers (or updates) a volatile message held in memory only.
-    pub fn remember(&self, id: QueueId, message: InMemory) {
-        self.memory().insert(id, message);
-    }
-
-    /// The message is on disk now, or gone.
-    pub fn forget(&self, id: QueueId) {
-        self.memory().remove(&id);
-    }
-
-    /// Volatile messages in memory.
-    pub fn in_memory(&self) -> usize {
-        self.memory().len()
-    }
-
-    /// One volatile message in memory.
-    fn remembered(&self, id: QueueId) -> Option<InMemory> {
-        self.memory().get(&id).cloned()
-    }
-
-    /// The first `limit` volatile messages in memory with an id in
-    /// (`after`, `upto`] that `keep` says yes to, in id order.
-    fn remembered_in(
-        &self,
-        after: Option<QueueId>,
-        upto: Option<QueueId>,
-        limit: usize,
-        mut keep: impl FnMut(&IndexEntry) -> bool,
-    ) -> Vec<(QueueId, IndexEntry)> {
-        use std::ops::Bound::{Excluded, Included, Unbounded};
-        let lower = after.map_or(Unbounded, Excluded);
-        let upper = upto.map_or(Unbounded, Included);
-        self.memory()
-            .range((lower, upper))
-            .filter(|(_, m)| keep(&m.entry))
-            .take(limit)
-            .map(|(id, m)| (*id, m.entry.clone()))
-            .collect()
-    }
 }
 
 /// Loads the paused domains saved by an earlier run.
@@ -719,7 +602,7 @@ async fn act_on(
         }
     }
     let changes = waiting.is_some();
-    if !inner.steering.claim_or_wait(id, waiting) {
+    if !inner.steering.claims.claim_or_wait(id, waiting) {
         let lined_up = [QueueName::Ram, QueueName::Bounce]
             .into_iter()
             .any(|q| inner.runner(q).lineup.contains(id));
@@ -751,7 +634,7 @@ async fn act_on_lined_up(
     report: &mut ActionReport,
 ) -> Result<(), SteerError> {
     let (keep, result) = if job.on_disk {
-        let result = act_claimed(inner, &job._claim, action, bounce, domain, report).await;
+        let result = act_claimed(inner, &job.claim, action, bounce, domain, report).await;
         // The index says what is left: nothing (deleted), a held message
         // (the disk runner releases it), or recipients still to try.
         let keep = match inner.spool.entry(job.id) {
@@ -769,7 +652,7 @@ async fn act_on_lined_up(
     if keep {
         if let Err(job) = inner.runner(queue).lineup.push(job) {
             // The runner stopped meanwhile.
-            crate::runner::spill(inner, job).await;
+            crate::dispatch::spill(inner, job).await;
         }
     }
     result
@@ -793,7 +676,7 @@ async fn act_in_memory(
             let mut entry = job.entry.clone();
             entry.queue = QueueName::Held;
             entry.held_since = Some(now);
-            if let Err(e) = crate::runner::store_on_disk(inner, job, &entry).await {
+            if let Err(e) = inner.store_on_disk(job, &entry).await {
                 // Stored but not moved to the held queue: it is an
                 // ordinary message on disk now, and waits as one.
                 if let Ok(Some(stored)) = inner.spool.entry(id) {
@@ -860,8 +743,7 @@ async fn act_in_memory(
 
 /// Carries out the actions that waited for an attempt to end, in the
 /// order they were asked for; `claim` is the attempt's, handed over.
-pub(crate) async fn perform_waiting(claim: Claim, waiting: Vec<Waiting>) {
-    let inner = claim.inner.clone();
+async fn perform_waiting(inner: Arc<Inner>, claim: Claim, waiting: Vec<Waiting>) {
     for waiting in waiting {
         let mut report = ActionReport::default();
         let (action, bounce, domain) = match waiting {
@@ -879,10 +761,10 @@ pub(crate) async fn perform_waiting(claim: Claim, waiting: Vec<Waiting>) {
         .await
         {
             Ok(()) => {
-                info!(queue_id = %claim.id, ?action, done = report.done, "operator action carried out after the attempt")
+                info!(queue_id = %claim.id(), ?action, done = report.done, "operator action carried out after the attempt")
             }
             Err(e) => {
-                warn!(queue_id = %claim.id, ?action, error = %e, "operator action after the attempt failed")
+                warn!(queue_id = %claim.id(), ?action, error = %e, "operator action after the attempt failed")
             }
         }
     }
@@ -936,7 +818,7 @@ async fn act_claimed(
     domain: Option<&str>,
     report: &mut ActionReport,
 ) -> Result<(), SteerError> {
-    let id = claim.id;
+    let id = claim.id();
     let now = unix_now();
     let Some(mut entry) = inner.spool.entry(id)? else {
         // Delivered and gone meanwhile.

@@ -21,8 +21,8 @@ use mta_deliver::Outcome;
 use mta_envelope::{BodyType, Envelope, Mailbox, Recipient, ReversePath};
 use mta_spool::{IndexEntry, SpoolError};
 
-use crate::attempt::RecipientResult;
-use crate::local_origin;
+use crate::origin::local_origin;
+use crate::outcome::RecipientResult;
 
 /// Why a due message's spool file could not be read.
 #[derive(Debug, Clone)]

@@ -1,0 +1,94 @@
+//! A message being worked on, and the claim that keeps every other
+//! attempt and operator action off it.
+//!
+//! A [`Claim`] is an id held in the claim set (`claims.rs`); dropping it
+//! lets go, unless an operator's hold or delete waits for it: then the
+//! claim is handed, still held, to its owner, who carries the actions out
+//! (`ClaimOwner::carry_out`). The owner is the runners' shared state,
+//! seen here only through that trait, so this module needs nothing from
+//! the modules that act on messages.
+
+use std::sync::Arc;
+
+use mta_envelope::{Envelope, QueueId};
+use mta_spool::IndexEntry;
+
+use crate::claims::Waiting;
+use crate::steering::Steering;
+use crate::unreadable::Unreadable;
+
+/// Who claims are taken from and handed back to.
+pub(crate) trait ClaimOwner: Send + Sync + 'static {
+    /// The shared state holding the claim set.
+    fn steering(&self) -> &Steering;
+    /// Carries out, in order, the actions that waited for `claim`'s
+    /// attempt to end; `claim` is still held.
+    fn carry_out(self: Arc<Self>, claim: Claim, waiting: Vec<Waiting>);
+}
+
+/// A message id held in the in-flight set; released when dropped.
+pub struct Claim {
+    owner: Arc<dyn ClaimOwner>,
+    id: QueueId,
+}
+
+impl Claim {
+    /// Claims `id`; None when another attempt (or operator) has it.
+    pub(crate) fn take(owner: Arc<dyn ClaimOwner>, id: QueueId) -> Option<Claim> {
+        owner
+            .steering()
+            .claims
+            .claim(id)
+            .then_some(Claim { owner, id })
+    }
+
+    /// A claim already taken in the in-flight set.
+    pub(crate) fn adopt(owner: Arc<dyn ClaimOwner>, id: QueueId) -> Claim {
+        Claim { owner, id }
+    }
+
+    /// The message claimed.
+    pub fn id(&self) -> QueueId {
+        self.id
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        // An operator's hold or delete may wait for this attempt to end:
+        // it keeps the claim and is carried out now.
+        let Some(waiting) = self.owner.steering().claims.release(self.id) else {
+            return;
+        };
+        let claim = Claim::adopt(self.owner.clone(), self.id);
+        self.owner.clone().carry_out(claim, waiting);
+    }
+}
+
+/// A message being worked on by one attempt.
+pub(crate) struct Job {
+    pub id: QueueId,
+    pub envelope: Envelope,
+    pub content: Arc<Vec<u8>>,
+    pub entry: IndexEntry,
+    /// The message has a spool file (false only in volatile mode, before
+    /// its first attempt defers). While false, the message is registered
+    /// as in memory (`Steering::remember`) until the job is dropped or
+    /// written to disk.
+    pub on_disk: bool,
+    /// Its spool file could not be read: the attempt reports this for
+    /// every pending recipient instead of delivering (`unreadable.rs`).
+    pub unreadable: Option<Unreadable>,
+    /// Keeps other runners off this message until the job is dropped.
+    pub claim: Claim,
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        if !self.on_disk {
+            // Delivered, deleted, or written to disk: no longer (only) in
+            // memory. Before the claim goes, so no listing sees it twice.
+            self.claim.owner.steering().forget(self.id);
+        }
+    }
+}
