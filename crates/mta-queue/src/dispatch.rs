@@ -5,6 +5,10 @@
 //! asks the spool's index what is due. All three start each attempt as a
 //! task once a slot of their concurrency limit is free, and none starts
 //! an attempt while paused or once the stop has begun.
+//!
+//! An attempt's walk: `attempt::deliver` (the outcomes), then
+//! `settle::settle` (the decision, pure), then `commit::commit` (the
+//! effects, DSNs first).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -15,8 +19,12 @@ use mta_spool::QueueName;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, error, warn};
 
+use crate::attempt;
+use crate::commit::commit;
 use crate::inner::Inner;
 use crate::job::Job;
+use crate::schedule::random_unit;
+use crate::settle::{settle, Attempted};
 use crate::unreadable::{envelope_from_index, Unreadable};
 
 /// Runs one attempt as a task holding `permit`.
@@ -24,7 +32,28 @@ fn start_attempt(inner: &Arc<Inner>, queue: QueueName, job: Job, permit: OwnedSe
     let in_flight = inner.runner(queue).stats().start();
     let task_inner = inner.clone();
     inner.tasks.spawn(async move {
-        crate::attempt::run(&task_inner, queue, job).await;
+        let inner = task_inner;
+        let job = Arc::new(job);
+        let results = attempt::deliver(&inner, &job).await;
+        let message = Attempted {
+            entry: &job.entry,
+            envelope: &job.envelope,
+            corrupt: match &job.unreadable {
+                Some(Unreadable::Corrupt(reason)) => Some(reason),
+                _ => None,
+            },
+        };
+        let settlement = settle(
+            message,
+            &results,
+            &inner.settings,
+            unix_now(),
+            random_unit(),
+        );
+        commit(&inner, queue, &job, settlement).await;
+        // The claim goes (and the actions waiting for it run) before the
+        // attempt is counted out.
+        drop(job);
         drop(in_flight);
         drop(permit);
     });

@@ -11,16 +11,19 @@
 //! The ram and bounce runners keep the jobs waiting for a slot (or for a
 //! resume) in a line (`lineup.rs`) where an operator's hold or delete
 //! reaches them: a waiting message is not in flight. In volatile mode
-//! the messages held only in memory are registered with the steering
-//! state (`steer.rs`) so that status, listings and actions see them.
+//! the messages held only in memory are registered with the state the
+//! generations share (`steering.rs`) so that status, listings and
+//! actions see them.
 //!
-//! One attempt (`attempt.rs`) routes each pending recipient (`route.rs`:
-//! Maildir, a relay, or MX), delivers, and `apply.rs` records the outcome
-//! per recipient: delivered and failed recipients are done; deferred ones
-//! wait for the next attempt on the quadratic schedule (`schedule.rs`)
-//! until the lifetime runs out. Failures (and, when asked, delays and
-//! successes) produce RFC 3464 DSNs, which enter the bounce runner. Every
-//! event goes to the delivery log (`log.rs`).
+//! A message's walk (`dispatch.rs`): one attempt (`attempt.rs`) routes
+//! each pending recipient (`route.rs`: Maildir, a relay, or MX) and
+//! delivers; `settle.rs` decides, without I/O, what the outcomes mean:
+//! delivered and failed recipients are done; deferred ones wait for the
+//! next attempt on the quadratic schedule (`schedule.rs`) until the
+//! lifetime runs out; failures (and, when asked, delays and successes)
+//! owe RFC 3464 DSNs (`dsn.rs`). `commit.rs` carries the decision out:
+//! the delivery log (`log.rs`), the DSNs into the bounce runner, then the
+//! message's new state in the spool.
 //!
 //! Invariant: a message is claimed (in the in-flight set) by at most one
 //! attempt at a time; the disk runner never takes a claimed message.
@@ -28,11 +31,12 @@
 //! on is updated or removed, so a crash may duplicate a DSN, never lose one.
 #![deny(missing_docs)]
 
-mod apply;
 mod attempt;
 mod backoffs;
 mod claims;
+mod commit;
 mod dispatch;
+mod dsn;
 mod inner;
 mod job;
 mod lineup;
@@ -44,6 +48,7 @@ pub mod route;
 mod runner;
 pub mod schedule;
 mod settings;
+mod settle;
 mod steer;
 mod steering;
 mod unreadable;

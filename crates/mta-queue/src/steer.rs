@@ -30,8 +30,8 @@ use mta_envelope::QueueId;
 use mta_spool::{HistoryRecord, IndexEntry, QueueName, RecipientState, SpoolError};
 use tracing::{info, warn};
 
-use crate::apply::DeletedBounce;
 use crate::claims::Waiting;
+use crate::dsn::DeletedBounce;
 use crate::inner::Inner;
 use crate::job::{Claim, ClaimOwner, Job};
 use crate::log::{Event, Record};
@@ -699,8 +699,8 @@ async fn act_in_memory(
                 return (true, Ok(()));
             }
             if bounce {
-                let content = job.content.to_vec();
-                match crate::apply::bounce_deleted(inner, id, &job.envelope, content, &doomed).await
+                match crate::dsn::bounce_deleted(inner, id, &job.envelope, &job.content, &doomed)
+                    .await
                 {
                     DeletedBounce::Queued => report.dsns += 1,
                     DeletedBounce::NotWanted => {}
@@ -881,7 +881,7 @@ async fn act_claimed(
                 // The DSN is durable before anything is deleted; if it
                 // cannot be made, nothing is.
                 let (envelope, content) = spool.read(id)?;
-                match crate::apply::bounce_deleted(inner, id, &envelope, content, &doomed).await {
+                match crate::dsn::bounce_deleted(inner, id, &envelope, &content, &doomed).await {
                     DeletedBounce::Queued => report.dsns += 1,
                     DeletedBounce::NotWanted => {}
                     DeletedBounce::Failed => {
