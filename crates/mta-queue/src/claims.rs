@@ -73,3 +73,79 @@ impl ClaimSet {
         self.state.lock().inflight.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u64) -> QueueId {
+        QueueId::new(n)
+    }
+
+    fn delete() -> Waiting {
+        Waiting::Delete {
+            bounce: false,
+            domain: None,
+        }
+    }
+
+    #[test]
+    fn a_message_is_claimed_once() {
+        let set = ClaimSet::default();
+        assert!(set.claim(id(1)));
+        assert!(!set.claim(id(1)), "held by the first");
+        assert!(set.claim(id(2)), "another message is free");
+        assert_eq!(set.claimed(), 2);
+        assert_eq!(set.release(id(1)), None);
+        assert_eq!(set.claimed(), 1);
+        assert!(set.claim(id(1)), "free again once let go");
+    }
+
+    #[test]
+    fn release_without_waiting_lets_go() {
+        let set = ClaimSet::default();
+        assert!(set.claim(id(1)));
+        assert_eq!(set.release(id(1)), None);
+        assert_eq!(set.claimed(), 0);
+        // A flush or release waits for nothing: nothing is noted.
+        assert!(set.claim(id(1)));
+        assert!(!set.claim_or_wait(id(1), None));
+        assert_eq!(set.release(id(1)), None);
+        assert_eq!(set.claimed(), 0);
+    }
+
+    #[test]
+    fn a_free_message_is_claimed_not_noted() {
+        let set = ClaimSet::default();
+        assert!(set.claim_or_wait(id(1), Some(Waiting::Hold)));
+        assert_eq!(set.release(id(1)), None, "the action ran at once");
+    }
+
+    #[test]
+    fn waiting_actions_keep_the_claim_and_come_back_in_order() {
+        let set = ClaimSet::default();
+        assert!(set.claim(id(1)));
+        assert!(!set.claim_or_wait(id(1), Some(delete())));
+        // A hold after a waiting delete must not undo it: it comes after.
+        assert!(!set.claim_or_wait(id(1), Some(Waiting::Hold)));
+        assert_eq!(set.release(id(1)), Some(vec![delete(), Waiting::Hold]));
+        // The claim is kept for the one who carries them out ...
+        assert!(!set.claim(id(1)), "still claimed while they run");
+        assert_eq!(set.claimed(), 1);
+        // ... and nothing is carried out twice.
+        assert_eq!(set.release(id(1)), None);
+        assert_eq!(set.claimed(), 0);
+    }
+
+    #[test]
+    fn actions_noted_while_the_waiting_ones_run_come_next() {
+        let set = ClaimSet::default();
+        assert!(set.claim(id(1)));
+        assert!(!set.claim_or_wait(id(1), Some(Waiting::Hold)));
+        assert_eq!(set.release(id(1)), Some(vec![Waiting::Hold]));
+        assert!(!set.claim_or_wait(id(1), Some(delete())));
+        assert_eq!(set.release(id(1)), Some(vec![delete()]));
+        assert_eq!(set.release(id(1)), None);
+        assert_eq!(set.claimed(), 0);
+    }
+}

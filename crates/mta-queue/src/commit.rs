@@ -17,6 +17,7 @@ use crate::inner::Inner;
 use crate::job::Job;
 use crate::log::Record;
 use crate::settle::{Fate, Settlement};
+use crate::store::StoreError;
 
 /// Records what `settlement` decided about the attempt of `job` by the
 /// `queue` runner.
@@ -69,21 +70,30 @@ pub(crate) async fn commit(
     let (saved, kept) = match fate {
         // Its recipients are reported: the file goes aside, unread.
         Fate::SetAside(reason) => {
-            if let Err(e) = inner.spool.set_aside_corrupt(job.id, &reason) {
+            if let Err(e) = inner.store.set_aside_corrupt(job.id, reason).await {
                 error!(queue_id = %job.id, error = %e, "cannot set a corrupt spool file aside in corrupt/; the next rescan does");
                 return;
             }
             (Ok(()), None)
         }
-        Fate::Remove if job.on_disk => (inner.spool.remove(job.id), None),
+        Fate::Remove if job.on_disk => (inner.store.remove(job.id).await, None),
         Fate::Remove => (Ok(()), None),
-        Fate::Keep(entry) if job.on_disk => (inner.spool.update(job.id, &entry), Some(entry)),
-        Fate::Keep(entry) => (inner.store_on_disk(job, &entry).await, Some(entry)),
+        Fate::Keep(entry) if job.on_disk => (
+            inner.store.update(job.id, &entry).map_err(StoreError::from),
+            Some(entry),
+        ),
+        Fate::Keep(entry) => (
+            inner
+                .store_on_disk(job, &entry)
+                .await
+                .map_err(StoreError::from),
+            Some(entry),
+        ),
     };
     match (saved, kept) {
         (Ok(()), None) => info!(queue_id = %job.id, attempt, "message done"),
         (Ok(()), Some(entry)) => {
-            if let Err(e) = inner.spool.append_history(job.id, &settlement.history) {
+            if let Err(e) = inner.store.append_history(job.id, &settlement.history) {
                 warn!(queue_id = %job.id, error = %e, "cannot record the attempt in the history");
             }
             info!(queue_id = %job.id, attempt, next_attempt = entry.next_attempt, pending = settlement.pending, "message deferred");

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mta_envelope::unix_now;
-use mta_spool::QueueName;
+use mta_spool::{QueueName, SpoolError};
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, error, warn};
 
@@ -25,6 +25,7 @@ use crate::inner::Inner;
 use crate::job::Job;
 use crate::schedule::random_unit;
 use crate::settle::{settle, Attempted};
+use crate::store::{Store, StoreError};
 use crate::unreadable::{envelope_from_index, Unreadable};
 
 /// Runs one attempt as a task holding `permit`.
@@ -112,7 +113,7 @@ pub(crate) async fn disk_loop(inner: Arc<Inner>) {
     runner.started.store(true, Ordering::Relaxed);
     // Woken after each batch of a background rescan: what it indexed is
     // due now.
-    let rescanned = inner.spool.rescan_notify();
+    let rescanned = inner.store.blocking().rescan_notify();
     while !inner.stopping.is_cancelled() {
         let started = match take_due(&inner).await {
             Ok(n) => n,
@@ -124,7 +125,7 @@ pub(crate) async fn disk_loop(inner: Arc<Inner>) {
         if started > 0 {
             continue;
         }
-        let wait = next_wait(&inner.spool, inner.settings.poll_interval);
+        let wait = next_wait(&inner.store, inner.settings.poll_interval);
         tokio::select! {
             () = inner.stopping.cancelled() => break,
             () = inner.disk_wake.notified() => {}
@@ -137,12 +138,12 @@ pub(crate) async fn disk_loop(inner: Arc<Inner>) {
 
 /// Starts attempts for due messages not claimed elsewhere; returns how
 /// many it started.
-async fn take_due(inner: &Arc<Inner>) -> Result<usize, mta_spool::SpoolError> {
+async fn take_due(inner: &Arc<Inner>) -> Result<usize, StoreError> {
     let now = unix_now();
     // Claimed messages (ram attempts, attempts under way) may fill the
     // front of the schedule; look past them.
     let limit = inner.disk.limit + inner.claimed();
-    let due = inner.spool.due(now, limit)?;
+    let due = inner.store.due(now, limit).await?;
     let mut started = 0;
     for (id, entry) in due {
         let Some(claim) = inner.claim(id) else {
@@ -151,32 +152,31 @@ async fn take_due(inner: &Arc<Inner>) -> Result<usize, mta_spool::SpoolError> {
         let Some(permit) = inner.disk.slot(&inner.stopping).await else {
             break;
         };
-        let spool = inner.spool.clone();
-        let read = tokio::task::spawn_blocking(move || spool.read(id)).await;
+        let read = inner.store.read(id).await;
         let unreadable = match &read {
-            Ok(Ok(_)) => None,
-            Ok(Err(mta_spool::SpoolError::NotFound { .. })) => {
+            Ok(_) => None,
+            Err(StoreError::Spool(SpoolError::NotFound { .. })) => {
                 // Removed meanwhile (its index entry is stale).
-                let _ = inner.spool.remove(id);
+                let _ = inner.store.remove(id).await;
                 continue;
             }
             // Logged once per attempt, not once per round of this loop:
             // the attempt moves the message on (unreadable.rs).
-            Ok(Err(e @ mta_spool::SpoolError::Corrupt { .. })) => {
+            Err(StoreError::Spool(e @ SpoolError::Corrupt { .. })) => {
                 error!(queue_id = %id, error = %e, "the queued copy of a message is unreadable: its recipients fail (5.3.0), its sender gets a DSN, the file goes to corrupt/");
                 Some(Unreadable::of(e))
             }
-            Ok(Err(e)) => {
+            Err(StoreError::Spool(e)) => {
                 warn!(queue_id = %id, error = %e, "cannot read a queued message: its recipients are deferred (4.3.0) until the next attempt");
                 Some(Unreadable::of(e))
             }
-            Err(e) => {
+            Err(e @ StoreError::Panicked(_)) => {
                 error!(queue_id = %id, error = %e, "cannot read a queued message (the read panicked): its recipients are deferred (4.3.0) until the next attempt");
                 Some(Unreadable::Failed(e.to_string()))
             }
         };
         let (envelope, content) = match read {
-            Ok(Ok(message)) => message,
+            Ok(message) => message,
             _ => (
                 envelope_from_index(&entry, &inner.settings.hostname),
                 Vec::new(),
@@ -199,8 +199,8 @@ async fn take_due(inner: &Arc<Inner>) -> Result<usize, mta_spool::SpoolError> {
 
 /// How long the disk runner may sleep: until the next message is due, at
 /// most `poll`.
-fn next_wait(spool: &mta_spool::Spool, poll: Duration) -> Duration {
-    match spool.first_due() {
+fn next_wait(store: &Store, poll: Duration) -> Duration {
+    match store.first_due() {
         Ok(Some(due)) => {
             let now = unix_now();
             if due > now {

@@ -197,7 +197,7 @@ pub(crate) async fn send(
 ) -> bool {
     let s = &inner.settings;
     let now = unix_now();
-    let id = inner.spool.next_id();
+    let id = inner.store.next_id();
     let content = Arc::new(mta_dsn::build(&DsnInput {
         reporting_mta: &s.hostname,
         original_id: source.id,
@@ -226,7 +226,7 @@ pub(crate) async fn send(
         return false;
     };
     if let Err(e) = inner
-        .spool
+        .store
         .store_in(QueueName::Bounce, id, &envelope, content.clone())
         .await
     {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use mta_deliver::{Client, Resolver};
 use mta_envelope::QueueId;
-use mta_spool::{IndexEntry, QueueName, Spool, SpoolError};
+use mta_spool::{IndexEntry, QueueName, SpoolError};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -17,9 +17,11 @@ use crate::route::Router;
 use crate::runner::Runner;
 use crate::settings::Settings;
 use crate::steering::Steering;
+use crate::store::Store;
 
 pub(crate) struct Inner {
-    pub spool: Spool,
+    /// The spool, blocking calls on the blocking pool.
+    pub store: Store,
     pub settings: Settings,
     pub router: Router,
     pub client: Client,
@@ -84,10 +86,10 @@ impl Inner {
     pub async fn store_on_disk(&self, job: &Job, entry: &IndexEntry) -> Result<(), SpoolError> {
         // Stored in the disk queue first, then moved (to the held queue, say)
         // by the update; the claim keeps the disk runner off it meanwhile.
-        self.spool
+        self.store
             .store_in(QueueName::Disk, job.id, &job.envelope, job.content.clone())
             .await?;
         self.steering.forget(job.id);
-        self.spool.update(job.id, entry)
+        self.store.update(job.id, entry)
     }
 }

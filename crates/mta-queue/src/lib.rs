@@ -31,26 +31,31 @@
 //! on is updated or removed, so a crash may duplicate a DSN, never lose one.
 #![deny(missing_docs)]
 
+mod actions;
 mod attempt;
 mod backoffs;
 mod claims;
 mod commit;
 mod dispatch;
 mod dsn;
+mod error;
 mod inner;
 mod job;
 mod lineup;
+mod listing;
 pub mod log;
 pub mod maildir;
+mod operator;
 mod origin;
 mod outcome;
+mod paused;
 pub mod route;
 mod runner;
 pub mod schedule;
 mod settings;
 mod settle;
-mod steer;
 mod steering;
+mod store;
 mod unreadable;
 
 use std::path::PathBuf;
@@ -75,9 +80,16 @@ use crate::schedule::Schedule;
 use crate::settings::Settings;
 use crate::steering::{InMemory, Steering};
 
+pub use crate::actions::{Action, ActionReport, Selection};
+pub use crate::error::{ErrorKind, SteerError};
 pub use crate::job::Claim;
+pub use crate::listing::{
+    domain, parse_id, queue_named, Detail, Filter, HistoryRow, MessageRow, Page, RecipientRow,
+    RecipientStatus, Summary, SummaryRow, MAX_PAGE, SUMMARY_BUCKETS,
+};
+pub use crate::operator::Operator;
 pub use crate::runner::RunnerStatus;
-pub use crate::steer::SteerError;
+use crate::store::Store;
 
 /// The queue could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -109,8 +121,8 @@ impl Queue {
     /// three runners on the current tokio runtime.
     pub fn start(config: &Config, spool: Spool) -> Result<Queue, QueueError> {
         let queue = Self::start_with(config, spool, Arc::default(), None)?;
-        steer::load_paused(&queue.inner);
-        backoffs::restore_and_keep(&queue.inner.spool, queue.inner.client.throttles());
+        paused::load_paused(&queue.inner);
+        backoffs::restore_and_keep(queue.inner.store.blocking(), queue.inner.client.throttles());
         Ok(queue)
     }
 
@@ -123,7 +135,7 @@ impl Queue {
     pub fn successor(&self, config: &Config) -> Result<Queue, QueueError> {
         let next = Self::start_with(
             config,
-            self.inner.spool.clone(),
+            self.inner.store.blocking().clone(),
             self.inner.steering.clone(),
             // Connection counts, hourly windows and back-offs carry over:
             // a reload never forgets a back-off.
@@ -179,7 +191,7 @@ impl Queue {
             poll_interval: q.poll_interval,
         };
         let inner = Arc::new(Inner {
-            spool,
+            store: Store::new(spool),
             settings,
             router: Router::new(&config.smtp.local_domains, &d.routes),
             client,
@@ -299,66 +311,18 @@ impl Queue {
         self.inner.disk_wake.notify_one();
     }
 
-    /// One page of the queue listing. Blocking (it reads the index): call
-    /// it off the async threads.
-    pub fn list(
-        &self,
-        filter: &mta_control::QueueFilter,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<mta_control::QueuePage, SteerError> {
-        steer::list(&self.inner, filter, after, limit)
-    }
-
-    /// One message in full: envelope, history, headers, and the body when
-    /// asked. Blocking.
-    pub fn show(&self, id: &str, body: bool) -> Result<mta_control::MessageDetail, SteerError> {
-        steer::show(&self.inner, id, body)
-    }
-
-    /// Messages per destination domain and age bucket (qshape). Blocking;
-    /// walks the queue a page at a time.
-    pub fn summary(
-        &self,
-        filter: &mta_control::QueueFilter,
-    ) -> Result<mta_control::QueueSummary, SteerError> {
-        steer::summary(&self.inner, filter)
-    }
-
-    /// Flush, hold, release or delete (with `bounce`, a DSN to the sender
-    /// for each recipient deleted). A message being attempted is held or
-    /// deleted when its attempt ends.
-    pub async fn act(
-        &self,
-        action: mta_control::QueueAction,
-        selection: &mta_control::Selection,
-        bounce: bool,
-    ) -> Result<mta_control::ActionReport, SteerError> {
-        steer::act(&self.inner, action, selection, bounce).await
-    }
-
-    /// Pauses delivery to a domain (kept across restarts). True when it
-    /// was not paused already.
-    pub fn pause_domain(&self, domain: &str) -> Result<bool, SteerError> {
-        steer::pause_domain(&self.inner, domain)
-    }
-
-    /// Resumes delivery to a domain; its messages are due at once.
-    pub async fn resume_domain(
-        &self,
-        domain: &str,
-    ) -> Result<(bool, mta_control::ActionReport), SteerError> {
-        steer::resume_domain(&self.inner, domain).await
+    /// The operator's hands on the queue: listing, show, summary, the
+    /// actions, and paused domains (`listing.rs`, `actions.rs`,
+    /// `paused.rs` each add their methods to [`Operator`]).
+    pub fn operator(&self) -> Operator {
+        Operator {
+            inner: self.inner.clone(),
+        }
     }
 
     /// Back-offs in force and hourly message counts per destination.
     pub fn throttles(&self) -> mta_deliver::ThrottleSnapshot {
         self.inner.client.throttles().snapshot()
-    }
-
-    /// The domains whose delivery is paused.
-    pub fn paused_domains(&self) -> Vec<String> {
-        self.inner.steering.paused_domains()
     }
 
     /// Delivery-log lines this generation could not write (a full disk).

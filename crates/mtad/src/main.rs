@@ -17,6 +17,7 @@ mod notify;
 mod pidfile;
 mod privileges;
 mod queue_api;
+mod queue_rows;
 mod reload;
 mod server;
 mod services;
