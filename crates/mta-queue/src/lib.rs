@@ -63,8 +63,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mta_config::{Config, QueueMode};
-use mta_deliver::{Client, ClientConfig, Resolver, ResolverConfig};
+use mta_deliver::{Client, Resolver};
 use mta_envelope::{Envelope, QueueId};
 use mta_spool::{IndexEntry, QueueName, Spool};
 use tokio::sync::Notify;
@@ -76,8 +75,6 @@ use crate::job::Job;
 use crate::log::{DeliveryLog, Event, Record};
 use crate::route::Router;
 use crate::runner::Runner;
-use crate::schedule::Schedule;
-use crate::settings::Settings;
 use crate::steering::{InMemory, Steering};
 
 pub use crate::actions::{Action, ActionReport, Selection};
@@ -89,6 +86,7 @@ pub use crate::listing::{
 };
 pub use crate::operator::Operator;
 pub use crate::runner::RunnerStatus;
+pub use crate::settings::{QueueSettings, Settings};
 use crate::store::Store;
 
 /// The queue could not be started.
@@ -117,10 +115,10 @@ pub struct Queue {
 }
 
 impl Queue {
-    /// Builds the delivery machinery from the configuration and starts the
+    /// Builds the delivery machinery from `settings` and starts the
     /// three runners on the current tokio runtime.
-    pub fn start(config: &Config, spool: Spool) -> Result<Queue, QueueError> {
-        let queue = Self::start_with(config, spool, Arc::default(), None)?;
+    pub fn start(settings: QueueSettings, spool: Spool) -> Result<Queue, QueueError> {
+        let queue = Self::start_with(settings, spool, Arc::default(), None)?;
         paused::load_paused(&queue.inner);
         backoffs::restore_and_keep(queue.inner.store.blocking(), queue.inner.client.throttles());
         Ok(queue)
@@ -132,9 +130,9 @@ impl Queue {
     /// attempt still running here is never started twice, and a paused
     /// runner stays paused. The delivery log is opened anew (after a
     /// rotation, a new file).
-    pub fn successor(&self, config: &Config) -> Result<Queue, QueueError> {
+    pub fn successor(&self, settings: QueueSettings) -> Result<Queue, QueueError> {
         let next = Self::start_with(
-            config,
+            settings,
             self.inner.store.blocking().clone(),
             self.inner.steering.clone(),
             // Connection counts, hourly windows and back-offs carry over:
@@ -150,57 +148,44 @@ impl Queue {
     }
 
     fn start_with(
-        config: &Config,
+        settings: QueueSettings,
         spool: Spool,
         steering: Arc<Steering>,
         throttles: Option<mta_deliver::Throttles>,
     ) -> Result<Queue, QueueError> {
-        let log_path = config.delivery_log();
-        let log = DeliveryLog::open(&log_path).map_err(|source| QueueError::Log {
-            path: log_path.clone(),
+        let QueueSettings {
+            attempts,
+            delivery_log,
+            client,
+            resolver,
+            local_domains,
+            routes,
+            ram_concurrency,
+            bounce_concurrency,
+            disk_concurrency,
+        } = settings;
+        let log = DeliveryLog::open(&delivery_log).map_err(|source| QueueError::Log {
+            path: delivery_log.clone(),
             source,
         })?;
-        let d = &config.delivery;
-        let resolver = Resolver::new(&ResolverConfig {
-            name_servers: d.name_servers.clone(),
-            timeout: d.dns_timeout,
-            attempts: 2,
-        })
-        .map_err(|e| QueueError::Resolver(e.to_string()))?;
-        let client_settings = client_config(config);
+        let resolver = Resolver::new(&resolver).map_err(|e| QueueError::Resolver(e.to_string()))?;
         let client = match throttles {
             // Sets the shared rules last, only once the client is built.
-            Some(throttles) => Client::with_throttles(client_settings, throttles),
-            None => Client::new(client_settings),
+            Some(throttles) => Client::with_throttles(client, throttles),
+            None => Client::new(client),
         }
         .map_err(|e| QueueError::Client(e.to_string()))?;
-        let q = &config.queue;
-        let settings = Settings {
-            hostname: config.hostname.clone(),
-            postmaster: config.postmaster(),
-            dsn_from: config.dsn_from(),
-            port: d.port,
-            maildir_root: config.maildir.root.clone(),
-            schedule: Schedule {
-                base: q.retry_base,
-                jitter: q.retry_jitter,
-                lifetime: q.lifetime,
-            },
-            delay_notice_after: q.delay_notice_after,
-            mode: q.mode,
-            poll_interval: q.poll_interval,
-        };
         let inner = Arc::new(Inner {
             store: Store::new(spool),
-            settings,
-            router: Router::new(&config.smtp.local_domains, &d.routes),
+            settings: attempts,
+            router: Router::new(&local_domains, &routes),
             client,
             resolver,
             log,
             steering,
-            ram: Runner::new(QueueName::Ram, q.ram_concurrency),
-            bounce: Runner::new(QueueName::Bounce, q.bounce_concurrency),
-            disk: Runner::new(QueueName::Disk, q.disk_concurrency),
+            ram: Runner::new(QueueName::Ram, ram_concurrency),
+            bounce: Runner::new(QueueName::Bounce, bounce_concurrency),
+            disk: Runner::new(QueueName::Disk, disk_concurrency),
             disk_wake: Notify::new(),
             stopping: CancellationToken::new(),
             abort: CancellationToken::new(),
@@ -222,7 +207,7 @@ impl Queue {
     /// True in volatile mode: the listener answers 250 without storing and
     /// hands the message over with [`Queue::accepted`] and `on_disk` false.
     pub fn is_volatile(&self) -> bool {
-        self.inner.settings.mode == QueueMode::Volatile
+        self.inner.settings.volatile
     }
 
     /// Claims a new message's id before it is stored, so the disk runner
@@ -385,61 +370,5 @@ impl Queue {
         }
         // Connections kept for reuse get a QUIT rather than a reset.
         inner.client.close_idle().await;
-    }
-}
-
-/// The SMTP client settings from the configuration.
-fn client_config(config: &Config) -> ClientConfig {
-    let d = &config.delivery;
-    let t = &d.timeouts;
-    let policy = |p: mta_config::TlsPolicy| match p {
-        mta_config::TlsPolicy::None => mta_deliver::TlsPolicy::None,
-        mta_config::TlsPolicy::Opportunistic => mta_deliver::TlsPolicy::Opportunistic,
-        mta_config::TlsPolicy::Required => mta_deliver::TlsPolicy::Required,
-    };
-    ClientConfig {
-        helo_name: d
-            .helo_name
-            .clone()
-            .unwrap_or_else(|| config.hostname.clone()),
-        timeouts: mta_deliver::Timeouts {
-            connect: t.connect,
-            greeting: t.greeting,
-            ehlo: t.ehlo,
-            mail: t.mail,
-            rcpt: t.rcpt,
-            data_init: t.data_init,
-            data_block: t.data_block,
-            data_end: t.data_end,
-            quit: t.quit,
-        },
-        tls: policy(d.tls),
-        eightbit_without_8bitmime: match d.eightbit_without_8bitmime {
-            mta_config::EightBitPolicy::Fail => mta_deliver::EightBitPolicy::Fail,
-            mta_config::EightBitPolicy::Send => mta_deliver::EightBitPolicy::Send,
-        },
-        tls_per_domain: d
-            .tls_policy
-            .iter()
-            .map(|(domain, p)| (domain.to_ascii_lowercase(), policy(*p)))
-            .collect(),
-        ca_file: d.ca_file.clone(),
-        max_per_destination: d.max_per_destination,
-        max_messages_per_hour: d.max_messages_per_hour,
-        backoff_after: d.backoff_after,
-        backoff_for: d.backoff_for,
-        throttle: d
-            .throttle
-            .iter()
-            .map(|(pattern, rule)| {
-                let rule = mta_deliver::ThrottleRule {
-                    max_connections: rule.max_connections,
-                    max_messages_per_hour: rule.max_messages_per_hour,
-                };
-                (pattern.clone(), rule)
-            })
-            .collect(),
-        max_messages_per_connection: d.max_messages_per_connection,
-        idle_connection_timeout: d.idle_connection_timeout,
     }
 }

@@ -381,7 +381,6 @@ mod tests {
     use std::path::PathBuf;
     use std::time::Duration;
 
-    use mta_config::QueueMode;
     use mta_deliver::ServerReply;
     use mta_envelope::{BodyType, Notify, Recipient, Ret};
 
@@ -409,7 +408,7 @@ mod tests {
                 lifetime: Duration::from_secs(DAY),
             },
             delay_notice_after: Some(Duration::from_secs(NOTICE)),
-            mode: QueueMode::Durable,
+            volatile: false,
             poll_interval: Duration::from_secs(1),
         }
     }

@@ -18,6 +18,7 @@ mod pidfile;
 mod privileges;
 mod queue_api;
 mod queue_rows;
+mod queue_settings;
 mod reload;
 mod server;
 mod services;

@@ -44,7 +44,7 @@ pub async fn reload(ctx: &Arc<Context>) -> Result<Vec<String>> {
     let settings = Settings::new(config.clone()).context("new settings")?;
     let next = ctx
         .queue()
-        .successor(&config)
+        .successor(crate::queue_settings::of(&config))
         .context("starting the new queue runners")?;
 
     // From here on nothing can fail: switch over.
