@@ -393,6 +393,65 @@ fn note_history(
     inner.store.append_history(id, &records)
 }
 
+/// What an action does to a message's index entry: decided without I/O.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// Nothing to do (a flush or hold of a held message, a release of
+    /// one that is not held, a delete with no recipient left to delete).
+    Unchanged,
+    /// Due now; the entry to store if it was due later (None: due already).
+    Flushed(Option<IndexEntry>),
+    /// Into the held queue.
+    Held(IndexEntry),
+    /// Out of the held queue, due now, the time held added up.
+    Released(IndexEntry),
+    /// These recipients deleted; the entry left, None when none is.
+    Deleted {
+        doomed: Vec<usize>,
+        left: Option<IndexEntry>,
+    },
+}
+
+/// Decides what `action` does to a message whose entry is `entry` at
+/// `now` (a delete only of the recipients at `domain`, when given).
+pub(crate) fn change(entry: &IndexEntry, action: Action, domain: Option<&str>, now: u64) -> Change {
+    let held = entry.queue == QueueName::Held;
+    let mut entry = entry.clone();
+    match action {
+        Action::Flush if held => Change::Unchanged,
+        Action::Flush => Change::Flushed((entry.next_attempt > now).then(|| {
+            entry.next_attempt = now;
+            entry
+        })),
+        Action::Hold if held => Change::Unchanged,
+        Action::Hold => {
+            entry.queue = QueueName::Held;
+            entry.held_since = Some(now);
+            Change::Held(entry)
+        }
+        Action::Release if !held => Change::Unchanged,
+        Action::Release => {
+            let since = entry.held_since.take().unwrap_or(now);
+            entry.held_secs = entry.held_secs.saturating_add(now.saturating_sub(since));
+            entry.queue = QueueName::Disk;
+            entry.next_attempt = now;
+            Change::Released(entry)
+        }
+        Action::Delete => {
+            let doomed = pending_at(&entry, domain);
+            if doomed.is_empty() {
+                return Change::Unchanged;
+            }
+            for &i in &doomed {
+                entry.recipients[i] = RecipientState::Failed;
+                entry.last_errors.remove(&i);
+            }
+            let left = (!pending_at(&entry, None).is_empty()).then_some(entry);
+            Change::Deleted { doomed, left }
+        }
+    }
+}
+
 async fn act_claimed(
     inner: &Arc<Inner>,
     claim: &Claim,
@@ -403,63 +462,40 @@ async fn act_claimed(
 ) -> Result<(), SteerError> {
     let id = claim.id();
     let now = unix_now();
-    let Some(mut entry) = inner.store.entry(id)? else {
+    let store = &inner.store;
+    let Some(mut entry) = store.entry(id)? else {
         // Delivered and gone meanwhile.
         report.unchanged += 1;
         return Ok(());
     };
-    let store = &inner.store;
-    match action {
-        Action::Flush => {
-            if entry.queue == QueueName::Held {
-                report.unchanged += 1;
-                return Ok(());
-            }
-            if entry.next_attempt > now {
-                entry.next_attempt = now;
+    if action == Action::Delete && !entry.has_addresses() {
+        if let Ok(envelope) = store.envelope(id).await {
+            entry.fill_addresses(&envelope);
+        }
+    }
+    match change(&entry, action, domain, now) {
+        Change::Unchanged => report.unchanged += 1,
+        Change::Flushed(due_later) => {
+            if let Some(entry) = due_later {
                 store.update(id, &entry)?;
             }
             report.done += 1;
             inner.disk_wake.notify_one();
         }
-        Action::Hold => {
-            if entry.queue == QueueName::Held {
-                report.unchanged += 1;
-                return Ok(());
-            }
-            entry.queue = QueueName::Held;
-            entry.held_since = Some(now);
+        Change::Held(entry) => {
             store.update(id, &entry)?;
             note_history(inner, id, &pending_at(&entry, None), Event::Held, now)?;
             log_operator(inner, Event::Held, id, &entry, None);
             report.done += 1;
         }
-        Action::Release => {
-            if entry.queue != QueueName::Held {
-                report.unchanged += 1;
-                return Ok(());
-            }
-            let since = entry.held_since.take().unwrap_or(now);
-            entry.held_secs = entry.held_secs.saturating_add(now.saturating_sub(since));
-            entry.queue = QueueName::Disk;
-            entry.next_attempt = now;
+        Change::Released(entry) => {
             store.update(id, &entry)?;
             note_history(inner, id, &pending_at(&entry, None), Event::Released, now)?;
             log_operator(inner, Event::Released, id, &entry, None);
             report.done += 1;
             inner.disk_wake.notify_one();
         }
-        Action::Delete => {
-            if !entry.has_addresses() {
-                if let Ok(envelope) = store.envelope(id).await {
-                    entry.fill_addresses(&envelope);
-                }
-            }
-            let doomed = pending_at(&entry, domain);
-            if doomed.is_empty() {
-                report.unchanged += 1;
-                return Ok(());
-            }
+        Change::Deleted { doomed, left } => {
             if bounce {
                 // The DSN is durable before anything is deleted; if it
                 // cannot be made, nothing is.
@@ -475,16 +511,15 @@ async fn act_claimed(
                 }
             }
             for &i in &doomed {
-                entry.recipients[i] = RecipientState::Failed;
-                entry.last_errors.remove(&i);
                 log_operator(inner, Event::Deleted, id, &entry, Some(i));
             }
             report.recipients_deleted += doomed.len() as u64;
-            if pending_at(&entry, None).is_empty() {
-                store.remove(id).await?;
-            } else {
-                store.update(id, &entry)?;
-                note_history(inner, id, &doomed, Event::Deleted, now)?;
+            match left {
+                None => store.remove(id).await?,
+                Some(left) => {
+                    store.update(id, &left)?;
+                    note_history(inner, id, &doomed, Event::Deleted, now)?;
+                }
             }
             report.done += 1;
         }
@@ -503,4 +538,169 @@ fn log_operator(
     record.recipient = recipient.and_then(|i| entry.rcpts.get(i).cloned());
     record.reply = Some("by the operator");
     inner.log.write(&record);
+}
+
+#[cfg(test)]
+mod tests {
+    use mta_envelope::{BodyType, Envelope, Mailbox, Recipient, ReversePath};
+
+    use super::*;
+    use crate::claims::{ClaimSet, Waiting};
+    use crate::origin::local_origin;
+
+    const NOW: u64 = 1_700_000_000;
+
+    fn entry(rcpts: &[&str]) -> IndexEntry {
+        let envelope = Envelope {
+            sender: ReversePath::Null,
+            recipients: rcpts
+                .iter()
+                .map(|r| {
+                    let (local, domain) = r.split_once('@').expect("an address");
+                    Recipient {
+                        address: Mailbox {
+                            local: local.into(),
+                            domain: domain.into(),
+                        },
+                        notify: None,
+                        orcpt: None,
+                    }
+                })
+                .collect(),
+            body: BodyType::SevenBit,
+            smtputf8: false,
+            ret: None,
+            envid: None,
+            origin: local_origin("mx.test"),
+            arrival: NOW - 600,
+        };
+        let mut entry = IndexEntry::arrived(&envelope, 10);
+        entry.next_attempt = NOW + 400;
+        entry
+    }
+
+    /// Carries out waiting actions as the claim's owner does: in order,
+    /// each on the state the previous one left (None: removed).
+    fn carry_out(
+        mut entry: Option<IndexEntry>,
+        waiting: &[Waiting],
+        now: u64,
+    ) -> Option<IndexEntry> {
+        for w in waiting {
+            let Some(current) = &entry else {
+                continue; // gone: unchanged
+            };
+            let (action, domain) = match w {
+                Waiting::Hold => (Action::Hold, None),
+                Waiting::Delete { domain, .. } => (Action::Delete, domain.as_deref()),
+            };
+            entry = match change(current, action, domain, now) {
+                Change::Unchanged | Change::Flushed(None) => entry,
+                Change::Flushed(Some(e)) | Change::Held(e) | Change::Released(e) => Some(e),
+                Change::Deleted { left, .. } => left,
+            };
+        }
+        entry
+    }
+
+    fn delete(domain: Option<&str>) -> Waiting {
+        Waiting::Delete {
+            bounce: false,
+            domain: domain.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_hold_after_a_waiting_delete_does_not_undo_it() {
+        let set = ClaimSet::default();
+        let id = mta_envelope::QueueId::new(7);
+        assert!(set.claim(id), "the attempt");
+        assert!(!set.claim_or_wait(id, Some(delete(None))));
+        assert!(!set.claim_or_wait(id, Some(Waiting::Hold)));
+        let waiting = set.release(id).expect("actions waited");
+        let e = entry(&["x@b.test", "y@c.test"]);
+        assert_eq!(
+            carry_out(Some(e.clone()), &waiting, NOW),
+            None,
+            "deleted, not held"
+        );
+        // Deleting one domain, then holding: the rest is held, the
+        // deleted recipients stay deleted.
+        let left = carry_out(
+            Some(e.clone()),
+            &[delete(Some("b.test")), Waiting::Hold],
+            NOW,
+        )
+        .expect("y is left");
+        assert_eq!(left.queue, QueueName::Held);
+        assert_eq!(
+            left.recipients,
+            [RecipientState::Failed, RecipientState::Pending]
+        );
+        // The other order comes to the same.
+        assert_eq!(
+            carry_out(Some(e), &[Waiting::Hold, delete(Some("b.test"))], NOW),
+            Some(left)
+        );
+    }
+
+    #[test]
+    fn each_action_and_when_it_changes_nothing() {
+        let e = entry(&["x@b.test", "y@c.test"]);
+        // Flush: due now, unless due already; a held message stays held.
+        assert_eq!(
+            change(&e, Action::Flush, None, NOW),
+            Change::Flushed(Some(IndexEntry {
+                next_attempt: NOW,
+                ..e.clone()
+            }))
+        );
+        let due = IndexEntry {
+            next_attempt: NOW,
+            ..e.clone()
+        };
+        assert_eq!(
+            change(&due, Action::Flush, None, NOW),
+            Change::Flushed(None)
+        );
+        let Change::Held(held) = change(&e, Action::Hold, None, NOW) else {
+            panic!("held")
+        };
+        assert_eq!((held.queue, held.held_since), (QueueName::Held, Some(NOW)));
+        assert_eq!(change(&held, Action::Flush, None, NOW), Change::Unchanged);
+        assert_eq!(change(&held, Action::Hold, None, NOW), Change::Unchanged);
+        assert_eq!(change(&e, Action::Release, None, NOW), Change::Unchanged);
+        // Release: the time held is added, due now, in the disk queue.
+        let Change::Released(released) = change(&held, Action::Release, None, NOW + 50) else {
+            panic!("released")
+        };
+        assert_eq!(released.queue, QueueName::Disk);
+        assert_eq!(released.held_secs, 50);
+        assert_eq!(released.held_since, None);
+        assert_eq!(released.next_attempt, NOW + 50);
+        // Delete: only pending recipients, at the domain when given.
+        match change(&e, Action::Delete, Some("C.test"), NOW) {
+            Change::Deleted { doomed, left } => {
+                assert_eq!(doomed, [1]);
+                let left = left.expect("x is left");
+                assert_eq!(left.recipients[1], RecipientState::Failed);
+                assert_eq!(left.recipients[0], RecipientState::Pending);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            change(&e, Action::Delete, Some("d.test"), NOW),
+            Change::Unchanged
+        );
+        let mut done = e.clone();
+        done.recipients = vec![RecipientState::Delivered, RecipientState::Failed];
+        assert_eq!(change(&done, Action::Delete, None, NOW), Change::Unchanged);
+        match change(&e, Action::Delete, None, NOW) {
+            Change::Deleted { doomed, left } => {
+                assert_eq!(doomed, [0, 1]);
+                assert_eq!(left, None, "nothing left: removed");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }

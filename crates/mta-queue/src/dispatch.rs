@@ -145,9 +145,21 @@ async fn take_due(inner: &Arc<Inner>) -> Result<usize, StoreError> {
     let limit = inner.disk.limit + inner.claimed();
     let due = inner.store.due(now, limit).await?;
     let mut started = 0;
-    for (id, entry) in due {
+    for (id, _) in due {
         let Some(claim) = inner.claim(id) else {
             continue;
+        };
+        // The walk's copy of the entry may be stale: an attempt that ended
+        // between the walk and the claim has moved the message on (its
+        // next attempt, a delay notice sent). Only the entry as it is now,
+        // under the claim, counts, and only if the message is still due.
+        let entry = match inner.store.entry(id) {
+            Ok(Some(entry)) if entry.scheduled().is_some_and(|at| at <= now) => entry,
+            Ok(_) => continue,
+            Err(e) => {
+                warn!(queue_id = %id, error = %e, "disk runner cannot read an index entry");
+                continue;
+            }
         };
         let Some(permit) = inner.disk.slot(&inner.stopping).await else {
             break;

@@ -35,11 +35,12 @@ pub struct Claim {
 impl Claim {
     /// Claims `id`; None when another attempt (or operator) has it.
     pub(crate) fn take(owner: Arc<dyn ClaimOwner>, id: QueueId) -> Option<Claim> {
-        owner
-            .steering()
-            .claims
-            .claim(id)
-            .then_some(Claim { owner, id })
+        // Built only once claimed: a Claim dropped releases its id.
+        if owner.steering().claims.claim(id) {
+            Some(Claim { owner, id })
+        } else {
+            None
+        }
     }
 
     /// A claim already taken in the in-flight set.
@@ -90,5 +91,70 @@ impl Drop for Job {
             // memory. Before the claim goes, so no listing sees it twice.
             self.claim.owner.steering().forget(self.id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use parking_lot::Mutex;
+
+    use super::*;
+
+    /// An owner that records what it is asked to carry out.
+    #[derive(Default)]
+    struct Owner {
+        steering: Steering,
+        carried: Mutex<Vec<(QueueId, Vec<Waiting>)>>,
+    }
+
+    impl ClaimOwner for Owner {
+        fn steering(&self) -> &Steering {
+            &self.steering
+        }
+
+        fn carry_out(self: Arc<Self>, claim: Claim, waiting: Vec<Waiting>) {
+            self.carried.lock().push((claim.id(), waiting));
+            // The claim is let go once they are done.
+        }
+    }
+
+    /// Regression: a refused claim used to be built anyway and dropped,
+    /// and its drop released the holder's claim, so a second attempt
+    /// could start on a message in flight.
+    #[test]
+    fn a_refused_claim_leaves_the_holders_claim_alone() {
+        let owner = Arc::new(Owner::default());
+        let id = QueueId::new(1);
+        let held = Claim::take(owner.clone(), id).expect("free");
+        assert!(Claim::take(owner.clone(), id).is_none());
+        assert!(Claim::take(owner.clone(), id).is_none(), "still held");
+        assert_eq!(owner.steering.claims.claimed(), 1);
+        drop(held);
+        assert_eq!(owner.steering.claims.claimed(), 0);
+        assert!(Claim::take(owner.clone(), id).is_some());
+    }
+
+    #[test]
+    fn dropping_a_claim_hands_waiting_actions_over_in_order() {
+        let owner = Arc::new(Owner::default());
+        let id = QueueId::new(2);
+        let held = Claim::take(owner.clone(), id).expect("free");
+        let delete = Waiting::Delete {
+            bounce: true,
+            domain: None,
+        };
+        assert!(!owner
+            .steering
+            .claims
+            .claim_or_wait(id, Some(delete.clone())));
+        assert!(!owner.steering.claims.claim_or_wait(id, Some(Waiting::Hold)));
+        drop(held);
+        assert_eq!(
+            *owner.carried.lock(),
+            [(id, vec![delete, Waiting::Hold])],
+            "in the order asked"
+        );
+        // The handed-over claim was dropped in carry_out: free again.
+        assert_eq!(owner.steering.claims.claimed(), 0);
     }
 }
