@@ -515,7 +515,7 @@ async fn act_claimed(
             }
             report.recipients_deleted += doomed.len() as u64;
             match left {
-                None => store.remove(id).await?,
+                None => store.remove(id)?,
                 Some(left) => {
                     store.update(id, &left)?;
                     note_history(inner, id, &doomed, Event::Deleted, now)?;

@@ -76,7 +76,7 @@ pub(crate) async fn commit(
             }
             (Ok(()), None)
         }
-        Fate::Remove if job.on_disk => (inner.store.remove(job.id).await, None),
+        Fate::Remove if job.on_disk => (inner.store.remove(job.id).map_err(StoreError::from), None),
         Fate::Remove => (Ok(()), None),
         Fate::Keep(entry) if job.on_disk => (
             inner.store.update(job.id, &entry).map_err(StoreError::from),

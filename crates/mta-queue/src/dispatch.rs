@@ -169,7 +169,7 @@ async fn take_due(inner: &Arc<Inner>) -> Result<usize, StoreError> {
             Ok(_) => None,
             Err(StoreError::Spool(SpoolError::NotFound { .. })) => {
                 // Removed meanwhile (its index entry is stale).
-                let _ = inner.store.remove(id).await;
+                let _ = inner.store.remove(id);
                 continue;
             }
             // Logged once per attempt, not once per round of this loop:

