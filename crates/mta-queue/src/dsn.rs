@@ -254,3 +254,74 @@ pub(crate) async fn send(
     });
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use mta_envelope::{BodyType, Notify};
+
+    use super::*;
+
+    fn envelope(sender: Option<&str>, rcpts: &[(&str, Option<Notify>)]) -> Envelope {
+        Envelope {
+            sender: match sender {
+                Some(s) => ReversePath::Mailbox(mailbox(s).expect("an address")),
+                None => ReversePath::Null,
+            },
+            recipients: rcpts
+                .iter()
+                .map(|&(a, notify)| Recipient {
+                    address: mailbox(a).expect("an address"),
+                    notify,
+                    orcpt: None,
+                })
+                .collect(),
+            body: BodyType::SevenBit,
+            smtputf8: false,
+            ret: None,
+            envid: None,
+            origin: local_origin("mx.test"),
+            arrival: 1_700_000_000,
+        }
+    }
+
+    #[test]
+    fn the_postmaster_is_an_address_or_the_bare_local_name() {
+        let pm = mailbox("pm@mx.test").expect("an address");
+        assert_eq!((pm.local.as_str(), pm.domain.as_str()), ("pm", "mx.test"));
+        let bare = mailbox("Postmaster").expect("RFC 5321 4.5.1");
+        assert_eq!(
+            (bare.local.as_str(), bare.domain.as_str()),
+            ("Postmaster", "")
+        );
+        for bad in ["@mx.test", "pm@", "@", "someone", ""] {
+            assert_eq!(mailbox(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_delete_reports_to_the_sender_as_notify_allows() {
+        let never = Some(Notify::Never);
+        let e = envelope(
+            Some("alice@a.test"),
+            &[("x@b.test", None), ("y@b.test", never), ("z@b.test", None)],
+        );
+        let (to, reports) = deleted_reports(&e, &[0, 1, 2], 5).expect("owed");
+        assert_eq!(to.to_string(), "alice@a.test");
+        let who: Vec<String> = reports.iter().map(|r| r.recipient.to_string()).collect();
+        assert_eq!(who, ["x@b.test", "z@b.test"], "NOTIFY=NEVER is not told");
+        assert!(reports.iter().all(|r| r.action == Action::Failed
+            && r.status == "5.0.0"
+            && r.last_attempt == Some(5)
+            && r.diagnostic
+                == Some(Diagnostic::Local(
+                    "deleted from the queue by the operator".into()
+                ))));
+        // Only the recipients deleted.
+        let (_, one) = deleted_reports(&e, &[2], 5).expect("owed");
+        assert_eq!(one.len(), 1);
+        // None owed: everyone said never, or the sender is <>.
+        assert_eq!(deleted_reports(&e, &[1], 5), None);
+        let null = envelope(None, &[("x@b.test", None)]);
+        assert_eq!(deleted_reports(&null, &[0], 5), None);
+    }
+}

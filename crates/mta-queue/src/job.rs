@@ -134,6 +134,50 @@ mod tests {
         assert!(Claim::take(owner.clone(), id).is_some());
     }
 
+    fn job(owner: &Arc<Owner>, id: QueueId, on_disk: bool) -> Job {
+        let envelope = Envelope {
+            sender: mta_envelope::ReversePath::Null,
+            recipients: Vec::new(),
+            body: mta_envelope::BodyType::SevenBit,
+            smtputf8: false,
+            ret: None,
+            envid: None,
+            origin: crate::origin::local_origin("mx.test"),
+            arrival: 1_700_000_000,
+        };
+        let entry = IndexEntry::arrived(&envelope, 1);
+        owner.steering.remember(
+            id,
+            crate::steering::InMemory {
+                entry: entry.clone(),
+                envelope: envelope.clone(),
+                content: Arc::default(),
+            },
+        );
+        Job {
+            id,
+            envelope,
+            content: Arc::default(),
+            entry,
+            on_disk,
+            unreadable: None,
+            claim: Claim::take(owner.clone(), id).expect("free"),
+        }
+    }
+
+    /// A volatile message is no longer listed as in memory once its job
+    /// is gone (delivered, deleted, or written to disk); one with a spool
+    /// file is not the job's to forget.
+    #[test]
+    fn a_volatile_job_is_forgotten_when_dropped() {
+        let owner = Arc::new(Owner::default());
+        drop(job(&owner, QueueId::new(3), false));
+        assert_eq!(owner.steering.in_memory(), 0);
+        assert_eq!(owner.steering.claims.claimed(), 0, "and let go");
+        drop(job(&owner, QueueId::new(4), true));
+        assert_eq!(owner.steering.in_memory(), 1);
+    }
+
     #[test]
     fn dropping_a_claim_hands_waiting_actions_over_in_order() {
         let owner = Arc::new(Owner::default());
