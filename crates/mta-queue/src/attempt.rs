@@ -1,43 +1,31 @@
 //! One delivery attempt of one message: every pending recipient, grouped
-//! by route, delivered at once, then the outcomes recorded.
+//! by route, delivered at once; the outcomes go to `settle.rs`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use mta_deliver::{Delivery, Destination, OutboundMessage, Outcome, ResolveError};
-use mta_spool::{QueueName, RecipientState};
+use mta_spool::RecipientState;
 use tokio::task::JoinSet;
 
+use crate::inner::Inner;
+use crate::job::Job;
 use crate::maildir::MaildirError;
+use crate::outcome::{RecipientResult, LOCAL_REMOTE};
 use crate::route::Route;
-use crate::{Inner, Job};
 
-/// The `remote` of a local (Maildir) delivery: no server, and no
-/// Remote-MTA in a DSN.
-pub(crate) const LOCAL_REMOTE: &str = "maildir";
-
-/// The result for one recipient.
-#[derive(Debug, Clone)]
-pub(crate) struct RecipientResult {
-    pub index: usize,
-    pub outcome: Outcome,
-    pub remote: Option<String>,
-    pub tls: Option<String>,
-}
-
-/// Runs the attempt and records what came of it. A message whose spool
-/// file could not be read makes no connection: the read error is the
-/// outcome for every pending recipient.
-pub(crate) async fn run(inner: &Arc<Inner>, queue: QueueName, job: Job) {
-    let job = Arc::new(job);
-    let results = match &job.unreadable {
-        Some(unreadable) => unreadable.results(pending(&job)),
+/// Delivers `job` to every pending recipient, and returns one result
+/// per recipient attempted. A message whose spool file could not be read
+/// makes no connection: the read error is the outcome for every pending
+/// recipient. A stop's abort cuts the attempt short.
+pub(crate) async fn deliver(inner: &Arc<Inner>, job: &Arc<Job>) -> Vec<RecipientResult> {
+    match &job.unreadable {
+        Some(unreadable) => unreadable.results(pending(job)),
         None => tokio::select! {
-            results = deliver(inner, &job) => results,
-            () = inner.abort.cancelled() => aborted(&job),
+            results = deliver_routes(inner, job) => results,
+            () = inner.abort.cancelled() => aborted(job),
         },
-    };
-    crate::apply::apply(inner, queue, job, results).await;
+    }
 }
 
 /// Every pending recipient deferred: the stop cut the attempt short. The
@@ -63,7 +51,7 @@ fn pending(job: &Job) -> impl Iterator<Item = usize> + '_ {
         .map(|(i, _)| i)
 }
 
-async fn deliver(inner: &Arc<Inner>, job: &Arc<Job>) -> Vec<RecipientResult> {
+async fn deliver_routes(inner: &Arc<Inner>, job: &Arc<Job>) -> Vec<RecipientResult> {
     let mut routes: BTreeMap<Route, Vec<usize>> = BTreeMap::new();
     let mut results = Vec::new();
     for index in pending(job) {
@@ -135,7 +123,7 @@ async fn deliver_local(
                     });
                 let outcome = match outcome {
                     // The path is for the operator's log; a DSN never
-                    // shows it (apply.rs).
+                    // shows it (settle.rs).
                     Ok(path) => Outcome::Delivered {
                         reply: format!("delivered to maildir {}", path.display()),
                         delivery: Delivery::Mailbox,

@@ -11,16 +11,19 @@
 //! The ram and bounce runners keep the jobs waiting for a slot (or for a
 //! resume) in a line (`lineup.rs`) where an operator's hold or delete
 //! reaches them: a waiting message is not in flight. In volatile mode
-//! the messages held only in memory are registered with the steering
-//! state (`steer.rs`) so that status, listings and actions see them.
+//! the messages held only in memory are registered with the state the
+//! generations share (`steering.rs`) so that status, listings and
+//! actions see them.
 //!
-//! One attempt (`attempt.rs`) routes each pending recipient (`route.rs`:
-//! Maildir, a relay, or MX), delivers, and `apply.rs` records the outcome
-//! per recipient: delivered and failed recipients are done; deferred ones
-//! wait for the next attempt on the quadratic schedule (`schedule.rs`)
-//! until the lifetime runs out. Failures (and, when asked, delays and
-//! successes) produce RFC 3464 DSNs, which enter the bounce runner. Every
-//! event goes to the delivery log (`log.rs`).
+//! A message's walk (`dispatch.rs`): one attempt (`attempt.rs`) routes
+//! each pending recipient (`route.rs`: Maildir, a relay, or MX) and
+//! delivers; `settle.rs` decides, without I/O, what the outcomes mean:
+//! delivered and failed recipients are done; deferred ones wait for the
+//! next attempt on the quadratic schedule (`schedule.rs`) until the
+//! lifetime runs out; failures (and, when asked, delays and successes)
+//! owe RFC 3464 DSNs (`dsn.rs`). `commit.rs` carries the decision out:
+//! the delivery log (`log.rs`), the DSNs into the bounce runner, then the
+//! message's new state in the spool.
 //!
 //! Invariant: a message is claimed (in the in-flight set) by at most one
 //! attempt at a time; the disk runner never takes a claimed message.
@@ -28,40 +31,63 @@
 //! on is updated or removed, so a crash may duplicate a DSN, never lose one.
 #![deny(missing_docs)]
 
-mod apply;
+mod actions;
 mod attempt;
 mod backoffs;
+mod claims;
+mod commit;
+mod dispatch;
+mod dsn;
+mod error;
+mod inner;
+mod job;
 mod lineup;
+mod listing;
 pub mod log;
 pub mod maildir;
+mod operator;
+mod origin;
+mod outcome;
+mod paused;
 pub mod route;
 mod runner;
 pub mod schedule;
-mod steer;
+mod settings;
+mod settle;
+mod steering;
+mod store;
 mod unreadable;
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mta_config::{Config, QueueMode};
-use mta_deliver::{Client, ClientConfig, Resolver, ResolverConfig};
-use mta_envelope::{Envelope, Origin, QueueId};
+use mta_deliver::{Client, Resolver};
+use mta_envelope::{Envelope, QueueId};
 use mta_spool::{IndexEntry, QueueName, Spool};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::inner::Inner;
+use crate::job::Job;
 use crate::log::{DeliveryLog, Event, Record};
 use crate::route::Router;
 use crate::runner::Runner;
-use crate::schedule::Schedule;
+use crate::steering::{InMemory, Steering};
 
+pub use crate::actions::{Action, ActionReport, Selection};
+pub use crate::error::{ErrorKind, SteerError};
+pub use crate::job::Claim;
+pub use crate::listing::{
+    domain, parse_id, queue_named, Detail, Filter, HistoryRow, MessageRow, Page, RecipientRow,
+    RecipientStatus, Summary, SummaryRow, MAX_PAGE, SUMMARY_BUCKETS,
+};
+pub use crate::operator::Operator;
 pub use crate::runner::RunnerStatus;
-pub use crate::steer::SteerError;
-use crate::steer::{InMemory, Steering};
-use crate::unreadable::Unreadable;
+pub use crate::settings::{QueueSettings, Settings};
+use crate::store::Store;
 
 /// The queue could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -82,148 +108,6 @@ pub enum QueueError {
     Resolver(String),
 }
 
-/// What the attempts need from the configuration.
-#[derive(Debug, Clone)]
-pub(crate) struct Settings {
-    pub hostname: String,
-    /// Where reports about failed `<>` mail go: an address, or the bare
-    /// local `postmaster`.
-    pub postmaster: String,
-    /// The address our DSNs come from (`From:`).
-    pub dsn_from: String,
-    pub port: u16,
-    pub maildir_root: PathBuf,
-    pub schedule: Schedule,
-    pub delay_notice_after: Option<Duration>,
-    pub mode: QueueMode,
-    pub poll_interval: Duration,
-}
-
-/// A message being worked on by one attempt.
-pub(crate) struct Job {
-    pub id: QueueId,
-    pub envelope: Envelope,
-    pub content: Arc<Vec<u8>>,
-    pub entry: IndexEntry,
-    /// The message has a spool file (false only in volatile mode, before
-    /// its first attempt defers). While false, the message is registered
-    /// as in memory (`Steering::remember`) until the job is dropped or
-    /// written to disk.
-    pub on_disk: bool,
-    /// Its spool file could not be read: the attempt reports this for
-    /// every pending recipient instead of delivering (`unreadable.rs`).
-    pub unreadable: Option<Unreadable>,
-    /// Keeps other runners off this message until the job is dropped.
-    pub _claim: Claim,
-}
-
-impl Drop for Job {
-    fn drop(&mut self) {
-        if !self.on_disk {
-            // Delivered, deleted, or written to disk: no longer (only) in
-            // memory. Before the claim goes, so no listing sees it twice.
-            self._claim.inner.steering.forget(self.id);
-        }
-    }
-}
-
-/// A message id held in the in-flight set; released when dropped.
-pub struct Claim {
-    inner: Arc<Inner>,
-    id: QueueId,
-}
-
-impl Claim {
-    /// A claim already taken in the in-flight set.
-    pub(crate) fn adopt(inner: Arc<Inner>, id: QueueId) -> Claim {
-        Claim { inner, id }
-    }
-}
-
-impl Drop for Claim {
-    fn drop(&mut self) {
-        // An operator's hold or delete may wait for this attempt to end:
-        // it keeps the claim and is carried out now.
-        let Some(waiting) = self.inner.steering.release(self.id) else {
-            return;
-        };
-        let claim = Claim::adopt(self.inner.clone(), self.id);
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn(steer::perform_waiting(claim, waiting));
-            }
-            Err(_) => {
-                tracing::warn!(queue_id = %self.id, ?waiting, "no runtime: operator action dropped");
-            }
-        }
-    }
-}
-
-pub(crate) struct Inner {
-    pub spool: Spool,
-    pub settings: Settings,
-    pub router: Router,
-    pub client: Client,
-    pub resolver: Resolver,
-    pub log: DeliveryLog,
-    /// Shared with the successor a graceful restart starts, so neither
-    /// takes a message the other is attempting: claims, operator actions
-    /// waiting for an attempt, paused domains.
-    pub(crate) steering: Arc<Steering>,
-    pub ram: Runner,
-    pub bounce: Runner,
-    pub disk: Runner,
-    /// New work for the disk runner (a message was deferred).
-    pub disk_wake: Notify,
-    /// No new attempts start once cancelled.
-    pub stopping: CancellationToken,
-    /// Attempts still running are cut short once cancelled.
-    pub abort: CancellationToken,
-    /// Every attempt and runner loop.
-    pub tasks: TaskTracker,
-    /// DSNs queued since start.
-    pub dsns: std::sync::atomic::AtomicU64,
-    /// DSNs dropped since start: the postmaster's own copy failed, so no
-    /// one is left to tell.
-    pub dsns_dropped: std::sync::atomic::AtomicU64,
-    /// Volatile messages written to the disk queue because they could not
-    /// be attempted (a stop).
-    pub spilled: std::sync::atomic::AtomicU64,
-}
-
-impl Inner {
-    pub fn runner(&self, queue: QueueName) -> &Runner {
-        match queue {
-            QueueName::Ram => &self.ram,
-            QueueName::Bounce => &self.bounce,
-            // Held messages have no runner; the disk runner takes them
-            // once released.
-            QueueName::Disk | QueueName::Held => &self.disk,
-        }
-    }
-
-    /// Claims `id` for one attempt; None when another attempt has it.
-    pub fn claim(self: &Arc<Self>, id: QueueId) -> Option<Claim> {
-        self.steering.claim(id).then(|| Claim {
-            inner: self.clone(),
-            id,
-        })
-    }
-
-    pub fn claimed(&self) -> usize {
-        self.steering.claimed()
-    }
-
-    /// Queues a job for the bounce runner.
-    pub fn submit_bounce(&self, job: Job) {
-        if let Err(unsent) = self.bounce.lineup.push(job) {
-            // The runner has stopped: the DSN is on disk and the disk
-            // runner will send it after the next start.
-            drop(unsent);
-        }
-    }
-}
-
 /// The queue runners; cheap to clone.
 #[derive(Clone)]
 pub struct Queue {
@@ -231,12 +115,12 @@ pub struct Queue {
 }
 
 impl Queue {
-    /// Builds the delivery machinery from the configuration and starts the
+    /// Builds the delivery machinery from `settings` and starts the
     /// three runners on the current tokio runtime.
-    pub fn start(config: &Config, spool: Spool) -> Result<Queue, QueueError> {
-        let queue = Self::start_with(config, spool, Arc::default(), None)?;
-        steer::load_paused(&queue.inner);
-        backoffs::restore_and_keep(&queue.inner.spool, queue.inner.client.throttles());
+    pub fn start(settings: QueueSettings, spool: Spool) -> Result<Queue, QueueError> {
+        let queue = Self::start_with(settings, spool, Arc::default(), None)?;
+        paused::load_paused(&queue.inner);
+        backoffs::restore_and_keep(queue.inner.store.blocking(), queue.inner.client.throttles());
         Ok(queue)
     }
 
@@ -246,10 +130,10 @@ impl Queue {
     /// attempt still running here is never started twice, and a paused
     /// runner stays paused. The delivery log is opened anew (after a
     /// rotation, a new file).
-    pub fn successor(&self, config: &Config) -> Result<Queue, QueueError> {
+    pub fn successor(&self, settings: QueueSettings) -> Result<Queue, QueueError> {
         let next = Self::start_with(
-            config,
-            self.inner.spool.clone(),
+            settings,
+            self.inner.store.blocking().clone(),
             self.inner.steering.clone(),
             // Connection counts, hourly windows and back-offs carry over:
             // a reload never forgets a back-off.
@@ -264,79 +148,66 @@ impl Queue {
     }
 
     fn start_with(
-        config: &Config,
+        settings: QueueSettings,
         spool: Spool,
         steering: Arc<Steering>,
         throttles: Option<mta_deliver::Throttles>,
     ) -> Result<Queue, QueueError> {
-        let log_path = config.delivery_log();
-        let log = DeliveryLog::open(&log_path).map_err(|source| QueueError::Log {
-            path: log_path.clone(),
+        let QueueSettings {
+            attempts,
+            delivery_log,
+            client,
+            resolver,
+            local_domains,
+            routes,
+            ram_concurrency,
+            bounce_concurrency,
+            disk_concurrency,
+        } = settings;
+        let log = DeliveryLog::open(&delivery_log).map_err(|source| QueueError::Log {
+            path: delivery_log.clone(),
             source,
         })?;
-        let d = &config.delivery;
-        let resolver = Resolver::new(&ResolverConfig {
-            name_servers: d.name_servers.clone(),
-            timeout: d.dns_timeout,
-            attempts: 2,
-        })
-        .map_err(|e| QueueError::Resolver(e.to_string()))?;
-        let client_settings = client_config(config);
+        let resolver = Resolver::new(&resolver).map_err(|e| QueueError::Resolver(e.to_string()))?;
         let client = match throttles {
             // Sets the shared rules last, only once the client is built.
-            Some(throttles) => Client::with_throttles(client_settings, throttles),
-            None => Client::new(client_settings),
+            Some(throttles) => Client::with_throttles(client, throttles),
+            None => Client::new(client),
         }
         .map_err(|e| QueueError::Client(e.to_string()))?;
-        let q = &config.queue;
-        let settings = Settings {
-            hostname: config.hostname.clone(),
-            postmaster: config.postmaster(),
-            dsn_from: config.dsn_from(),
-            port: d.port,
-            maildir_root: config.maildir.root.clone(),
-            schedule: Schedule {
-                base: q.retry_base,
-                jitter: q.retry_jitter,
-                lifetime: q.lifetime,
-            },
-            delay_notice_after: q.delay_notice_after,
-            mode: q.mode,
-            poll_interval: q.poll_interval,
-        };
         let inner = Arc::new(Inner {
-            spool,
-            settings,
-            router: Router::new(&config.smtp.local_domains, &d.routes),
+            store: Store::new(spool),
+            settings: attempts,
+            router: Router::new(&local_domains, &routes),
             client,
             resolver,
             log,
             steering,
-            ram: Runner::new(QueueName::Ram, q.ram_concurrency),
-            bounce: Runner::new(QueueName::Bounce, q.bounce_concurrency),
-            disk: Runner::new(QueueName::Disk, q.disk_concurrency),
+            ram: Runner::new(QueueName::Ram, ram_concurrency),
+            bounce: Runner::new(QueueName::Bounce, bounce_concurrency),
+            disk: Runner::new(QueueName::Disk, disk_concurrency),
             disk_wake: Notify::new(),
             stopping: CancellationToken::new(),
             abort: CancellationToken::new(),
             tasks: TaskTracker::new(),
-            dsns: std::sync::atomic::AtomicU64::new(0),
-            dsns_dropped: std::sync::atomic::AtomicU64::new(0),
-            spilled: std::sync::atomic::AtomicU64::new(0),
+            dsns: AtomicU64::new(0),
+            dsns_dropped: AtomicU64::new(0),
+            spilled: AtomicU64::new(0),
         });
         inner
             .tasks
-            .spawn(runner::memory_loop(inner.clone(), QueueName::Ram));
+            .spawn(dispatch::memory_loop(inner.clone(), QueueName::Ram));
         inner
             .tasks
-            .spawn(runner::memory_loop(inner.clone(), QueueName::Bounce));
-        inner.tasks.spawn(runner::disk_loop(inner.clone()));
+            .spawn(dispatch::memory_loop(inner.clone(), QueueName::Bounce));
+        inner.tasks.spawn(dispatch::disk_loop(inner.clone()));
         Ok(Queue { inner })
     }
 
     /// True in volatile mode: the listener answers 250 without storing and
     /// hands the message over with [`Queue::accepted`] and `on_disk` false.
     pub fn is_volatile(&self) -> bool {
-        self.inner.settings.mode == QueueMode::Volatile
+        self.inner.settings.volatile
     }
 
     /// Claims a new message's id before it is stored, so the disk runner
@@ -352,14 +223,14 @@ impl Queue {
     /// `content` is what was (or, in volatile mode, would be) stored.
     pub fn accepted(&self, claim: Claim, envelope: Envelope, content: Arc<Vec<u8>>, on_disk: bool) {
         let size = content.len() as u64;
-        let mut record = Record::new(Event::Received, claim.id, "ram");
+        let mut record = Record::new(Event::Received, claim.id(), "ram");
         record.sender = Some(envelope.sender.to_string());
         record.size = Some(size);
         self.inner.log.write(&record);
         let entry = IndexEntry::arrived(&envelope, size);
         if !on_disk {
             self.inner.steering.remember(
-                claim.id,
+                claim.id(),
                 InMemory {
                     entry: entry.clone(),
                     envelope: envelope.clone(),
@@ -368,13 +239,13 @@ impl Queue {
             );
         }
         let job = Job {
-            id: claim.id,
+            id: claim.id(),
             envelope,
             content,
             entry,
             on_disk,
             unreadable: None,
-            _claim: claim,
+            claim,
         };
         if let Err(unsent) = self.inner.ram.lineup.push(job) {
             // Stopping: a durable message waits on disk for the next start;
@@ -382,7 +253,7 @@ impl Queue {
             let inner = self.inner.clone();
             self.inner
                 .tasks
-                .spawn(async move { runner::spill(&inner, unsent).await });
+                .spawn(async move { dispatch::spill(&inner, unsent).await });
         }
     }
 
@@ -425,66 +296,18 @@ impl Queue {
         self.inner.disk_wake.notify_one();
     }
 
-    /// One page of the queue listing. Blocking (it reads the index): call
-    /// it off the async threads.
-    pub fn list(
-        &self,
-        filter: &mta_control::QueueFilter,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<mta_control::QueuePage, SteerError> {
-        steer::list(&self.inner, filter, after, limit)
-    }
-
-    /// One message in full: envelope, history, headers, and the body when
-    /// asked. Blocking.
-    pub fn show(&self, id: &str, body: bool) -> Result<mta_control::MessageDetail, SteerError> {
-        steer::show(&self.inner, id, body)
-    }
-
-    /// Messages per destination domain and age bucket (qshape). Blocking;
-    /// walks the queue a page at a time.
-    pub fn summary(
-        &self,
-        filter: &mta_control::QueueFilter,
-    ) -> Result<mta_control::QueueSummary, SteerError> {
-        steer::summary(&self.inner, filter)
-    }
-
-    /// Flush, hold, release or delete (with `bounce`, a DSN to the sender
-    /// for each recipient deleted). A message being attempted is held or
-    /// deleted when its attempt ends.
-    pub async fn act(
-        &self,
-        action: mta_control::QueueAction,
-        selection: &mta_control::Selection,
-        bounce: bool,
-    ) -> Result<mta_control::ActionReport, SteerError> {
-        steer::act(&self.inner, action, selection, bounce).await
-    }
-
-    /// Pauses delivery to a domain (kept across restarts). True when it
-    /// was not paused already.
-    pub fn pause_domain(&self, domain: &str) -> Result<bool, SteerError> {
-        steer::pause_domain(&self.inner, domain)
-    }
-
-    /// Resumes delivery to a domain; its messages are due at once.
-    pub async fn resume_domain(
-        &self,
-        domain: &str,
-    ) -> Result<(bool, mta_control::ActionReport), SteerError> {
-        steer::resume_domain(&self.inner, domain).await
+    /// The operator's hands on the queue: listing, show, summary, the
+    /// actions, and paused domains (`listing.rs`, `actions.rs`,
+    /// `paused.rs` each add their methods to [`Operator`]).
+    pub fn operator(&self) -> Operator {
+        Operator {
+            inner: self.inner.clone(),
+        }
     }
 
     /// Back-offs in force and hourly message counts per destination.
     pub fn throttles(&self) -> mta_deliver::ThrottleSnapshot {
         self.inner.client.throttles().snapshot()
-    }
-
-    /// The domains whose delivery is paused.
-    pub fn paused_domains(&self) -> Vec<String> {
-        self.inner.steering.paused_domains()
     }
 
     /// Delivery-log lines this generation could not write (a full disk).
@@ -548,60 +371,4 @@ impl Queue {
         // Connections kept for reuse get a QUIT rather than a reset.
         inner.client.close_idle().await;
     }
-}
-
-/// The SMTP client settings from the configuration.
-fn client_config(config: &Config) -> ClientConfig {
-    let d = &config.delivery;
-    let t = &d.timeouts;
-    ClientConfig {
-        helo_name: d
-            .helo_name
-            .clone()
-            .unwrap_or_else(|| config.hostname.clone()),
-        timeouts: mta_deliver::Timeouts {
-            connect: t.connect,
-            greeting: t.greeting,
-            ehlo: t.ehlo,
-            mail: t.mail,
-            rcpt: t.rcpt,
-            data_init: t.data_init,
-            data_block: t.data_block,
-            data_end: t.data_end,
-            quit: t.quit,
-        },
-        tls: d.tls,
-        eightbit_without_8bitmime: d.eightbit_without_8bitmime,
-        tls_per_domain: d
-            .tls_policy
-            .iter()
-            .map(|(domain, p)| (domain.to_ascii_lowercase(), *p))
-            .collect(),
-        ca_file: d.ca_file.clone(),
-        max_per_destination: d.max_per_destination,
-        max_messages_per_hour: d.max_messages_per_hour,
-        backoff_after: d.backoff_after,
-        backoff_for: d.backoff_for,
-        throttle: d.throttle.clone(),
-        max_messages_per_connection: d.max_messages_per_connection,
-        idle_connection_timeout: d.idle_connection_timeout,
-    }
-}
-
-/// The origin recorded on the DSNs we make ourselves.
-pub(crate) fn local_origin(hostname: &str) -> Origin {
-    Origin {
-        client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        helo: hostname.to_owned(),
-        protocol: "local".to_owned(),
-        tls: None,
-    }
-}
-
-/// Seconds since the Unix epoch.
-pub(crate) fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }

@@ -11,13 +11,13 @@
 //! line (the runner, to attempt it; an operator, to act on it) owns the
 //! message; the two can never both have it.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::BTreeMap;
-use std::sync::{Mutex, MutexGuard};
 
 use mta_envelope::QueueId;
 use tokio::sync::Notify;
 
-use crate::Job;
+use crate::job::Job;
 
 /// The line of one memory runner.
 #[derive(Default)]
@@ -35,8 +35,7 @@ struct State {
 
 impl Lineup {
     fn lock(&self) -> MutexGuard<'_, State> {
-        // Plain inserts and removals: a panic cannot leave it half-changed.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock()
     }
 
     /// Puts a job in line; gives it back once the runner has stopped.

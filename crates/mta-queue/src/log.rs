@@ -16,9 +16,9 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use parking_lot::Mutex;
 use serde::Serialize;
 
 /// What happened.
@@ -159,7 +159,7 @@ impl DeliveryLog {
     /// Opens the path again, after a rotation renamed the file.
     pub fn reopen(&self) -> std::io::Result<()> {
         let fresh = open_private(&self.path)?;
-        *self.file.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
+        *self.file.lock() = fresh;
         self.trouble.torn.store(false, Ordering::Relaxed);
         Ok(())
     }
@@ -168,7 +168,7 @@ impl DeliveryLog {
     /// counted, and never stops delivery.
     pub fn write(&self, record: &Record<'_>) {
         let trouble = &self.trouble;
-        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let mut file = self.file.lock();
         let was_torn = trouble.torn.load(Ordering::Relaxed);
         let mut line = Vec::with_capacity(256);
         if was_torn {

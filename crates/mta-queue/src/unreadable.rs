@@ -14,15 +14,16 @@
 //!   recipient is deferred with 4.3.0, and the schedule sets the next
 //!   attempt, the lifetime and the delay notice as for a remote 4xx.
 //!
-//! Both go through `apply.rs`, so the DSN is durable before the message is
-//! set aside, and a DSN that cannot be queued leaves it queued.
+//! Both go through `settle.rs` and `commit.rs`, so the DSN is durable
+//! before the message is set aside, and a DSN that cannot be queued
+//! leaves it queued.
 
 use mta_deliver::Outcome;
 use mta_envelope::{BodyType, Envelope, Mailbox, Recipient, ReversePath};
 use mta_spool::{IndexEntry, SpoolError};
 
-use crate::attempt::RecipientResult;
-use crate::local_origin;
+use crate::origin::local_origin;
+use crate::outcome::RecipientResult;
 
 /// Why a due message's spool file could not be read.
 #[derive(Debug, Clone)]

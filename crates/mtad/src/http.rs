@@ -503,7 +503,7 @@ fn render(ctx: &Context) -> String {
         "mta_paused_domains",
         "gauge",
         "Destination domains whose delivery the operator paused.",
-        &plain(ctx.queue().paused_domains().len() as u64),
+        &plain(ctx.queue().operator().paused_domains().len() as u64),
     );
     let index = ctx.spool.index_health();
     metric(

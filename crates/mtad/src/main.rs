@@ -20,6 +20,7 @@ mod pausing;
 mod pidfile;
 mod privileges;
 mod queue_api;
+mod queue_rows;
 mod reload;
 mod server;
 mod service_table;

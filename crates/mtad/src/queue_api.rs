@@ -5,36 +5,51 @@
 
 use std::sync::Arc;
 
-use mta_control::{ActionReport, ErrorKind, QueueRequest, Response};
+use mta_control::{ActionReport, QueueRequest, Response};
+use mta_queue::Operator;
 use mta_queue::SteerError;
-use tokio::task::JoinError;
 use tracing::info;
 
 use crate::context::Context;
+use crate::queue_rows as rows;
 
 /// Answers a queue request.
 pub async fn handle(ctx: &Arc<Context>, request: QueueRequest) -> Response {
-    let queue = ctx.queue();
+    let queue: Operator = ctx.queue().operator();
     let response = match request {
         QueueRequest::List {
             filter,
             after,
             limit,
-        } => blocking(move || queue.list(&filter, after.as_deref(), limit))
-            .await
-            .map(Response::QueuePage),
-        QueueRequest::Show { id, body } => blocking(move || queue.show(&id, body))
-            .await
-            .map(|m| Response::Message(Box::new(m))),
-        QueueRequest::Summary { filter } => blocking(move || queue.summary(&filter))
-            .await
-            .map(Response::Summary),
+        } => blocking(move || {
+            let filter = rows::filter(&filter)?;
+            let after = after.as_deref().map(mta_queue::parse_id).transpose()?;
+            queue.list(&filter, after, limit)
+        })
+        .await
+        .map(|p| Response::QueuePage(rows::page(p))),
+        QueueRequest::Show { id, body } => {
+            blocking(move || queue.show(mta_queue::parse_id(&id)?, body))
+                .await
+                .map(|m| Response::Message(Box::new(rows::detail(m))))
+        }
+        QueueRequest::Summary { filter } => {
+            blocking(move || queue.summary(&rows::filter(&filter)?))
+                .await
+                .map(|s| Response::Summary(rows::summary(s)))
+        }
         QueueRequest::Act {
             action,
             selection,
             bounce,
         } => {
-            let report = queue.act(action, &selection, bounce).await;
+            let report = match rows::selection(&selection) {
+                Ok(chosen) => queue
+                    .act(rows::action(action), &chosen, bounce)
+                    .await
+                    .map(rows::report),
+                Err(e) => Err(e),
+            };
             if let Ok(r) = &report {
                 info!(
                     ?action,
@@ -46,21 +61,24 @@ pub async fn handle(ctx: &Arc<Context>, request: QueueRequest) -> Response {
                     "queue action"
                 );
             }
-            report.map(Response::Acted).map_err(Failure::Steer)
+            report.map(Response::Acted)
         }
-        QueueRequest::PauseDomain { domain } => queue
-            .pause_domain(&domain)
-            .map(|added| Response::Done {
-                message: if added {
-                    format!("delivery to {domain} paused")
-                } else {
-                    format!("delivery to {domain} was paused already")
-                },
-            })
-            .map_err(Failure::Steer),
+        QueueRequest::PauseDomain { domain } => {
+            queue
+                .pause_domain(&domain)
+                .await
+                .map(|added| Response::Done {
+                    message: if added {
+                        format!("delivery to {domain} paused")
+                    } else {
+                        format!("delivery to {domain} was paused already")
+                    },
+                })
+        }
         QueueRequest::ResumeDomain { domain } => queue
             .resume_domain(&domain)
             .await
+            .map(|(was, report)| (was, rows::report(report)))
             .map(|(was, report): (bool, ActionReport)| Response::Done {
                 message: if was {
                     format!(
@@ -75,58 +93,24 @@ pub async fn handle(ctx: &Arc<Context>, request: QueueRequest) -> Response {
                 } else {
                     format!("delivery to {domain} was not paused")
                 },
-            })
-            .map_err(Failure::Steer),
+            }),
     };
-    response.unwrap_or_else(failed)
-}
-
-/// Why a queue request failed: the queue refused it, or the blocking task
-/// that ran it did not finish (it panicked).
-#[derive(Debug)]
-enum Failure {
-    Steer(SteerError),
-    Task(JoinError),
-}
-
-impl From<SteerError> for Failure {
-    fn from(e: SteerError) -> Failure {
-        Failure::Steer(e)
-    }
-}
-
-/// The one place a failed queue request gets its kind: what the control
-/// socket carries and the HTTP API's status follows.
-fn failed(failure: Failure) -> Response {
-    match failure {
-        Failure::Steer(e @ SteerError::NotFound(_)) => Response::NotFound {
-            message: e.to_string(),
-        },
-        Failure::Steer(e @ SteerError::Invalid(_)) => {
-            Response::error(ErrorKind::Invalid, e.to_string())
-        }
-        Failure::Steer(e @ SteerError::Spool(_)) => {
-            Response::error(ErrorKind::Unavailable, e.to_string())
-        }
-        Failure::Task(e) => {
-            Response::error(ErrorKind::Internal, format!("the request failed: {e}"))
-        }
-    }
+    response.unwrap_or_else(rows::error)
 }
 
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, SteerError> + Send + 'static,
-) -> Result<T, Failure> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(result) => Ok(result?),
-        Err(e) => Err(Failure::Task(e)),
-    }
+) -> Result<T, SteerError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(SteerError::Internal(format!("the request failed: {e}"))))
 }
 
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
 
+    use mta_control::ErrorKind;
     use mta_spool::SpoolError;
 
     use super::*;
@@ -140,24 +124,26 @@ mod tests {
 
     #[tokio::test]
     async fn each_failure_keeps_its_kind() {
-        let not_found = failed(Failure::Steer(SteerError::NotFound("1".into())));
+        let not_found = rows::error(SteerError::NotFound("1".into()));
         assert!(
             matches!(not_found, Response::NotFound { .. }),
             "{not_found:?}"
         );
-        let invalid = failed(Failure::Steer(SteerError::Invalid("bad id".into())));
+        let invalid = rows::error(SteerError::Invalid("bad id".into()));
         assert_eq!(kind(&invalid), Some(ErrorKind::Invalid));
+        let conflict = rows::error(SteerError::Conflict("unreadable".into()));
+        assert_eq!(kind(&conflict), Some(ErrorKind::Conflict));
         let io = SpoolError::Io {
             op: "fdatasync",
             path: PathBuf::from("/q/msg/1"),
             source: std::io::ErrorKind::StorageFull.into(),
         };
-        let spool = failed(Failure::Steer(SteerError::Spool(io)));
+        let spool = rows::error(SteerError::Spool(io));
         assert_eq!(kind(&spool), Some(ErrorKind::Unavailable));
         let panicked = blocking(|| -> Result<(), SteerError> { panic!("a bug") })
             .await
             .unwrap_err();
-        let internal = failed(panicked);
+        let internal = rows::error(panicked);
         assert_eq!(kind(&internal), Some(ErrorKind::Internal), "{internal:?}");
     }
 }

@@ -45,7 +45,7 @@ pub async fn reload(ctx: &Arc<Context>) -> Result<Vec<String>> {
     let settings = Settings::new(config.clone()).context("new settings")?;
     let next = ctx
         .queue()
-        .successor(&config)
+        .successor(crate::settings::queue(&config))
         .context("starting the new queue runners")?;
 
     // From here on nothing can fail: switch over.

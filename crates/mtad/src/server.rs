@@ -142,9 +142,8 @@ async fn serve(config: Config, startup: Startup) -> Result<Exit> {
     let control = ControlSocket::bind(&control_path, identity.group())?;
     let pid_file = PidFile::write(&fixed.pid_file)?;
 
-    // The queue runners build their settings from the configuration
-    // themselves for now; see `settings.rs`.
-    let queue = Queue::start(&config, spool.clone()).context("starting the queue runners")?;
+    let queue = Queue::start(crate::settings::queue(&config), spool.clone())
+        .context("starting the queue runners")?;
     let admission = Arc::new(Admission::default());
     admission.set_storage_ok(
         spool.has_free_space().unwrap_or(true) && spool.index_health().failed.is_none(),

@@ -8,9 +8,9 @@
 //! - [`Fixed`]: what only a restart changes (the listening addresses, the
 //!   spool, the control socket, the PID file, the free-space check, the stop's deadlines).
 //!
-//! The queue runners' settings are built from the same `Config` by
-//! `Queue::start` and `Queue::successor` today; they belong here too, next
-//! to [`Fixed::new`] (the one place every part's settings come from).
+//! - [`queue`]: the queue runners' settings ([`mta_queue::QueueSettings`],
+//!   with the SMTP client's and the resolver's): mta-queue reads no
+//!   configuration, it is told.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,6 +19,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use mta_config::Config;
+use mta_deliver::{ClientConfig, ResolverConfig};
+use mta_queue::schedule::Schedule;
+use mta_queue::QueueSettings;
 use mta_smtp::{LocalRecipients, SessionConfig};
 use mta_spool::SpoolConfig;
 use tokio::sync::Semaphore;
@@ -202,5 +205,78 @@ mod tests {
             fixed.free_space_check_interval,
             config.spool.free_space_check_interval
         );
+    }
+}
+
+/// Everything the queue runners are started with: mta-queue reads no
+/// configuration, it is told.
+pub fn queue(config: &Config) -> QueueSettings {
+    let d = &config.delivery;
+    let q = &config.queue;
+    QueueSettings {
+        attempts: mta_queue::Settings {
+            hostname: config.hostname.clone(),
+            postmaster: config.postmaster(),
+            dsn_from: config.dsn_from(),
+            port: d.port,
+            maildir_root: config.maildir.root.clone(),
+            schedule: Schedule {
+                base: q.retry_base,
+                jitter: q.retry_jitter,
+                lifetime: q.lifetime,
+            },
+            delay_notice_after: q.delay_notice_after,
+            volatile: q.mode == mta_config::QueueMode::Volatile,
+            poll_interval: q.poll_interval,
+        },
+        delivery_log: config.delivery_log(),
+        client: client_config(config),
+        resolver: ResolverConfig {
+            name_servers: d.name_servers.clone(),
+            timeout: d.dns_timeout,
+            attempts: 2,
+        },
+        local_domains: config.smtp.local_domains.clone(),
+        routes: d.routes.clone(),
+        ram_concurrency: q.ram_concurrency,
+        bounce_concurrency: q.bounce_concurrency,
+        disk_concurrency: q.disk_concurrency,
+    }
+}
+
+fn client_config(config: &Config) -> ClientConfig {
+    let d = &config.delivery;
+    let t = &d.timeouts;
+    ClientConfig {
+        helo_name: d
+            .helo_name
+            .clone()
+            .unwrap_or_else(|| config.hostname.clone()),
+        timeouts: mta_deliver::Timeouts {
+            connect: t.connect,
+            greeting: t.greeting,
+            ehlo: t.ehlo,
+            mail: t.mail,
+            rcpt: t.rcpt,
+            data_init: t.data_init,
+            data_block: t.data_block,
+            data_end: t.data_end,
+            quit: t.quit,
+        },
+        tls: d.tls,
+        eightbit_without_8bitmime: d.eightbit_without_8bitmime,
+        tls_per_domain: d
+            .tls_policy
+            .iter()
+            .map(|(domain, p)| (domain.to_ascii_lowercase(), *p))
+            .collect(),
+        ca_file: d.ca_file.clone(),
+        max_per_destination: d.max_per_destination,
+        max_messages_per_hour: d.max_messages_per_hour,
+        backoff_after: d.backoff_after,
+        backoff_for: d.backoff_for,
+        throttle: d.throttle.clone(),
+        max_messages_per_connection: d.max_messages_per_connection,
+        idle_connection_timeout: d.idle_connection_timeout,
     }
 }

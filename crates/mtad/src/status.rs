@@ -179,7 +179,7 @@ pub fn status(ctx: &Context, shutdown: &Shutdown) -> Status {
         services,
         runners,
         stop: stop_progress(ctx),
-        paused_domains: ctx.queue().paused_domains(),
+        paused_domains: ctx.queue().operator().paused_domains(),
         backoffs: ctx
             .queue()
             .throttles()
