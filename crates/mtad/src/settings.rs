@@ -171,43 +171,6 @@ impl StopDeadlines {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn each_stop_takes_its_own_deadlines() {
-        let d = StopDeadlines {
-            timeout: Duration::from_secs(1),
-            drain_timeout: Duration::from_secs(2),
-            graceful_timeout: Duration::from_secs(3),
-        };
-        assert_eq!(d.for_kind(StopKind::Now), (Duration::ZERO, Duration::ZERO));
-        assert_eq!(
-            d.for_kind(StopKind::Normal),
-            (Duration::from_secs(1), Duration::from_secs(2))
-        );
-        assert_eq!(
-            d.for_kind(StopKind::Graceful),
-            (Duration::from_secs(3), Duration::ZERO)
-        );
-    }
-
-    #[test]
-    fn fixed_settings_come_from_the_configuration() {
-        let config = Config::default();
-        let fixed = Fixed::new(&config);
-        assert_eq!(fixed.spool.dir, config.queue_dir);
-        assert_eq!(fixed.control_socket, config.control_socket());
-        assert_eq!(fixed.pid_file, config.pid_file());
-        assert_eq!(fixed.stop.drain_timeout, config.shutdown.drain_timeout);
-        assert_eq!(
-            fixed.free_space_check_interval,
-            config.spool.free_space_check_interval
-        );
-    }
-}
-
 /// Everything the queue runners are started with: mta-queue reads no
 /// configuration, it is told.
 pub fn queue(config: &Config) -> QueueSettings {
@@ -278,5 +241,42 @@ fn client_config(config: &Config) -> ClientConfig {
         throttle: d.throttle.clone(),
         max_messages_per_connection: d.max_messages_per_connection,
         idle_connection_timeout: d.idle_connection_timeout,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_stop_takes_its_own_deadlines() {
+        let d = StopDeadlines {
+            timeout: Duration::from_secs(1),
+            drain_timeout: Duration::from_secs(2),
+            graceful_timeout: Duration::from_secs(3),
+        };
+        assert_eq!(d.for_kind(StopKind::Now), (Duration::ZERO, Duration::ZERO));
+        assert_eq!(
+            d.for_kind(StopKind::Normal),
+            (Duration::from_secs(1), Duration::from_secs(2))
+        );
+        assert_eq!(
+            d.for_kind(StopKind::Graceful),
+            (Duration::from_secs(3), Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn fixed_settings_come_from_the_configuration() {
+        let config = Config::default();
+        let fixed = Fixed::new(&config);
+        assert_eq!(fixed.spool.dir, config.queue_dir);
+        assert_eq!(fixed.control_socket, config.control_socket());
+        assert_eq!(fixed.pid_file, config.pid_file());
+        assert_eq!(fixed.stop.drain_timeout, config.shutdown.drain_timeout);
+        assert_eq!(
+            fixed.free_space_check_interval,
+            config.spool.free_space_check_interval
+        );
     }
 }
