@@ -645,19 +645,18 @@ impl Spool {
     pub fn set_aside_corrupt(&self, id: QueueId, reason: &str) -> Result<(), SpoolError> {
         let index = self.index()?;
         let path = self.inner.layout.msg_path(id);
-        let moved = match rescan::move_to_corrupt(&self.inner.layout, &path, reason) {
-            Ok(()) => {
-                self.inner.corrupt.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
-            // Gone meanwhile (a rescan set it aside first).
-            Err(SpoolError::Io {
-                op: "rename",
-                source,
-                ..
-            }) if source.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e),
-        };
+        // Counted before the move, and uncounted if it does not happen:
+        // whoever sees the file in corrupt/ (the move's directory fsyncs
+        // come after the rename) sees it counted.
+        self.inner.corrupt.fetch_add(1, Ordering::Relaxed);
+        let moved = rescan::move_to_corrupt(&self.inner.layout, &path, reason);
+        // Gone meanwhile: a rescan set it aside first, and counted it.
+        let gone = matches!(&moved, Err(SpoolError::Io { op: "rename", source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound);
+        if gone || (moved.is_err() && path.symlink_metadata().is_ok()) {
+            self.inner.corrupt.fetch_sub(1, Ordering::Relaxed);
+        }
+        let moved = if gone { Ok(()) } else { moved };
         index.remove(id)?;
         moved
     }
