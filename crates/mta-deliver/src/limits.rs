@@ -10,7 +10,9 @@
 //! `Throttles` that client generations share.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use tokio::sync::Notify;
 
@@ -30,11 +32,7 @@ pub(crate) struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut in_use = self
-            .gate
-            .in_use
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut in_use = self.gate.in_use.lock();
         *in_use = in_use.saturating_sub(1);
         drop(in_use);
         self.gate.freed.notify_waiters();
@@ -44,7 +42,7 @@ impl Drop for Slot {
 impl Gate {
     /// A slot when fewer than `limit` are taken (0 is taken as 1).
     pub fn try_acquire(self: &Arc<Self>, limit: usize) -> Option<Slot> {
-        let mut in_use = self.in_use.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut in_use = self.in_use.lock();
         if *in_use >= limit.max(1) {
             return None;
         }
@@ -75,7 +73,7 @@ impl Gate {
     /// Slots taken now, for tests.
     #[cfg(test)]
     pub fn in_use(&self) -> usize {
-        *self.in_use.lock().unwrap_or_else(PoisonError::into_inner)
+        *self.in_use.lock()
     }
 }
 
@@ -88,7 +86,7 @@ pub(crate) struct Gates {
 impl Gates {
     /// The gate of `name`.
     pub fn get(&self, name: &str) -> Arc<Gate> {
-        let mut gates = self.gates.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut gates = self.gates.lock();
         if let Some(gate) = gates.get(name) {
             return gate.clone();
         }
@@ -101,13 +99,13 @@ impl Gates {
     /// keeps its gate alive, so a name with a connection open is never
     /// forgotten (which would let a second gate exceed the limit).
     pub fn prune(&self) {
-        let mut gates = self.gates.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut gates = self.gates.lock();
         gates.retain(|_, gate| Arc::strong_count(gate) > 1);
     }
 
     /// Wakes every waiter to look at its limit again.
     pub fn wake_all(&self) {
-        let gates = self.gates.lock().unwrap_or_else(PoisonError::into_inner);
+        let gates = self.gates.lock();
         for gate in gates.values() {
             gate.freed.notify_waiters();
         }
@@ -116,10 +114,7 @@ impl Gates {
     /// Names with a gate, for tests.
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.gates
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.gates.lock().len()
     }
 }
 

@@ -3,8 +3,8 @@
 //! Postfix's connection cache does). Connections are never shared between
 //! keys.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::futures::Notified;
@@ -68,7 +68,7 @@ impl Pool {
 
     /// Parks a connection for `key`.
     pub fn put(&self, key: &str, conn: Conn) {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut idle = self.idle.lock();
         idle.entry(key.to_owned()).or_default().push(Idle {
             conn,
             since: Instant::now(),
@@ -86,7 +86,7 @@ impl Pool {
     /// The most recently parked connection for `key` that has not expired,
     /// and the expired ones found on the way (for the caller to close).
     pub fn take(&self, key: &str) -> (Option<Conn>, Vec<Conn>) {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut idle = self.idle.lock();
         let Some(list) = idle.get_mut(key) else {
             return (None, Vec::new());
         };
@@ -106,7 +106,7 @@ impl Pool {
     /// close it when another destination needs its place under an `mx:`
     /// rule. The one idle longest.
     pub fn take_to_host(&self, host: &str) -> Option<Conn> {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut idle = self.idle.lock();
         let (key, index) = idle
             .iter()
             .flat_map(|(key, list)| {
@@ -127,7 +127,7 @@ impl Pool {
 
     /// Every connection idle for longer than the timeout, taken out.
     pub fn expired(&self) -> Vec<Conn> {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut idle = self.idle.lock();
         let now = Instant::now();
         let mut out = Vec::new();
         idle.retain(|_, list| {
@@ -143,7 +143,7 @@ impl Pool {
 
     /// Every idle connection, taken out.
     pub fn drain(&self) -> Vec<Conn> {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut idle = self.idle.lock();
         idle.drain()
             .flat_map(|(_, list)| list.into_iter().map(|i| i.conn))
             .collect()
@@ -151,7 +151,7 @@ impl Pool {
 
     /// How many connections are idle.
     pub fn len(&self) -> usize {
-        let idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let idle = self.idle.lock();
         idle.values().map(Vec::len).sum()
     }
 }

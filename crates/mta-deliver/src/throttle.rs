@@ -27,7 +27,9 @@
 //! Time is a parameter inside (`now`), so the unit tests do not sleep.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -276,7 +278,7 @@ impl Drop for Reservation {
         if self.entries.is_empty() {
             return;
         }
-        let mut state = lock(&self.inner.state);
+        let mut state = self.inner.state.lock();
         for (bucket, at) in self.entries.drain(..) {
             if let Some(window) = state.windows.get_mut(&bucket) {
                 if let Some(i) = window.iter().rposition(|&t| t == at) {
@@ -285,10 +287,6 @@ impl Drop for Reservation {
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Unix seconds, rounded up.
@@ -322,22 +320,14 @@ impl Throttles {
     /// apply to the next connection (and to those already waiting).
     pub fn set_rules(&self, config: &ClientConfig) -> Result<(), ClientError> {
         let rules = Rules::new(config)?;
-        *self
-            .inner
-            .rules
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = Arc::new(rules);
+        *self.inner.rules.write() = Arc::new(rules);
         self.inner.keys.wake_all();
         self.inner.hosts.wake_all();
         Ok(())
     }
 
     fn rules(&self) -> Arc<Rules> {
-        self.inner
-            .rules
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.inner.rules.read().clone()
     }
 
     /// The back-offs in force, to save them (e.g. in the spool).
@@ -346,7 +336,7 @@ impl Throttles {
     }
 
     fn backoffs_at(&self, now: SystemTime) -> Vec<Backoff> {
-        let state = lock(&self.inner.state);
+        let state = self.inner.state.lock();
         let mut out: Vec<Backoff> = state
             .keys
             .iter()
@@ -371,7 +361,7 @@ impl Throttles {
 
     fn restore_at(&self, backoffs: Vec<Backoff>, now: SystemTime) {
         let mut changed = false;
-        let mut state = lock(&self.inner.state);
+        let mut state = self.inner.state.lock();
         for b in backoffs {
             let until = UNIX_EPOCH + Duration::from_secs(b.until);
             if until <= now {
@@ -412,7 +402,7 @@ impl Throttles {
     fn snapshot_at(&self, now: SystemTime) -> ThrottleSnapshot {
         let rules = self.rules();
         let backoffs = self.backoffs_at(now);
-        let mut state = lock(&self.inner.state);
+        let mut state = self.inner.state.lock();
         let buckets: Vec<String> = state.windows.keys().cloned().collect();
         let mut rates: Vec<RateWindow> = buckets
             .into_iter()
@@ -431,7 +421,7 @@ impl Throttles {
 
     /// Why `key` gets no connection now, if it is backed off.
     pub(crate) fn backed_off(&self, key: &str, now: SystemTime) -> Option<String> {
-        let mut state = lock(&self.inner.state);
+        let mut state = self.inner.state.lock();
         let s = state.keys.get_mut(key)?;
         let active = s.backoff.as_ref()?;
         if active.until <= now {
@@ -453,7 +443,7 @@ impl Throttles {
     /// the back-off, a 421 backs off at once, an answer resets the count.
     pub(crate) fn record(&self, key: &str, signal: &ServerSignal, now: SystemTime) {
         let rules = self.rules();
-        let mut state = lock(&self.inner.state);
+        let mut state = self.inner.state.lock();
         let cause = match signal {
             ServerSignal::Silent => return,
             ServerSignal::Answered => {
@@ -527,7 +517,7 @@ impl Throttles {
         let Some((bucket, limit)) = rate else {
             return Ok(reservation);
         };
-        let mut state = lock(&self.inner.state);
+        let mut state = self.inner.state.lock();
         let window = state.window(&bucket, now);
         if window.len() as u64 >= limit {
             let next = window
@@ -571,7 +561,7 @@ impl Throttles {
     pub(crate) fn prune(&self, now: SystemTime) {
         self.inner.keys.prune();
         self.inner.hosts.prune();
-        let mut state = lock(&self.inner.state);
+        let mut state = self.inner.state.lock();
         let buckets: Vec<String> = state.windows.keys().cloned().collect();
         for bucket in buckets {
             if state.window(&bucket, now).is_empty() {

@@ -13,7 +13,9 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -157,10 +159,6 @@ struct Shared {
     cert_pem: Option<String>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// A running sink. Dropping it stops the listener and every connection.
 pub struct Sink {
     /// The address it listens on.
@@ -269,7 +267,7 @@ impl Sink {
     /// multi-line reply, as in every scripted reply). The first rule set that matches
     /// wins; setting the same substring again replaces its reply.
     pub fn set_rcpt_reply(&self, recipient_substring: &str, code: u16, text: &str) {
-        let mut rules = lock(&self.shared.rules);
+        let mut rules = self.shared.rules.lock();
         let reply = Scripted::new(code, text);
         match rules
             .rcpt
@@ -283,44 +281,44 @@ impl Sink {
 
     /// RCPT to any other address gets this reply (default `250 2.1.5 Ok`).
     pub fn set_default_rcpt_reply(&self, code: u16, text: &str) {
-        lock(&self.shared.rules).default_rcpt = Scripted::new(code, text);
+        self.shared.rules.lock().default_rcpt = Scripted::new(code, text);
     }
 
     /// The reply to the end of data (default `250 2.0.0 Ok: queued`). Only
     /// a 2xx records the message.
     pub fn set_data_reply(&self, code: u16, text: &str) {
-        lock(&self.shared.rules).data = Scripted::new(code, text);
+        self.shared.rules.lock().data = Scripted::new(code, text);
     }
 
     /// A well-formed MAIL gets this reply instead of `250 2.1.0 Ok`; a
     /// reply that is not 2xx opens no transaction.
     pub fn set_mail_reply(&self, code: u16, text: &str) {
-        lock(&self.shared.rules).mail = Some(Scripted::new(code, text));
+        self.shared.rules.lock().mail = Some(Scripted::new(code, text));
     }
 
     /// The greeting (default 220). Any other code is sent and the
     /// connection closed.
     pub fn set_greeting(&self, code: u16, text: &str) {
-        lock(&self.shared.rules).greeting = Scripted::new(code, text);
+        self.shared.rules.lock().greeting = Scripted::new(code, text);
     }
 
     /// EHLO gets this reply instead of the list of extensions (e.g. 502,
     /// to make the client fall back to HELO).
     pub fn set_ehlo_reply(&self, code: u16, text: &str) {
-        lock(&self.shared.rules).ehlo = Some(Scripted::new(code, text));
+        self.shared.rules.lock().ehlo = Some(Scripted::new(code, text));
     }
 
     /// When true, STARTTLS is answered with 220 and then the connection
     /// gets garbage instead of a TLS handshake: a handshake failure.
     pub fn set_break_tls(&self, broken: bool) {
-        lock(&self.shared.rules).break_tls = broken;
+        self.shared.rules.lock().break_tls = broken;
     }
 
     /// Sends `text` right after the 220 to STARTTLS, in the same write and
     /// before the handshake: a STARTTLS response injection (the client
     /// side of CVE-2011-0411) that the client must discard.
     pub fn set_starttls_extra(&self, text: &str) {
-        lock(&self.shared.rules).starttls_extra = text.to_owned();
+        self.shared.rules.lock().starttls_extra = text.to_owned();
     }
 
     /// Connections accepted so far.
@@ -335,13 +333,13 @@ impl Sink {
 
     /// Messages accepted so far.
     pub fn messages(&self) -> Vec<Received> {
-        lock(&self.shared.messages).clone()
+        self.shared.messages.lock().clone()
     }
 
     /// Every command line received, with its connection number, in order
     /// of arrival.
     pub fn commands(&self) -> Vec<(usize, String)> {
-        lock(&self.shared.commands).clone()
+        self.shared.commands.lock().clone()
     }
 
     /// Waits until at least `n` messages arrived or `timeout` passed, and
@@ -438,7 +436,7 @@ async fn serve(shared: &Shared, mut tcp: TcpStream, number: usize) -> io::Result
     if !shared.config.greeting_delay.is_zero() {
         tokio::time::sleep(shared.config.greeting_delay).await;
     }
-    let greeting = lock(&shared.rules).greeting.clone();
+    let greeting = shared.rules.lock().greeting.clone();
     tcp.write_all(greeting.line().as_bytes()).await?;
     if !greeting.is_success() {
         let _ = tcp.shutdown().await;
@@ -536,7 +534,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             continue;
         };
         let line = String::from_utf8_lossy(&line).into_owned();
-        lock(&shared.commands).push((conn.number, line.clone()));
+        shared.commands.lock().push((conn.number, line.clone()));
         let (verb, arg) = match line.split_once(' ') {
             Some((v, a)) => (v.to_ascii_uppercase(), a.to_owned()),
             None => (line.to_ascii_uppercase(), String::new()),
@@ -544,7 +542,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         match verb.as_str() {
             "EHLO" => {
                 tx = Transaction::default();
-                let scripted = lock(&shared.rules).ehlo.clone();
+                let scripted = shared.rules.lock().ehlo.clone();
                 if let Some(reply) = scripted {
                     hello = reply.is_success();
                     send(&mut stream, &reply.line()).await?;
@@ -587,7 +585,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             }
             "STARTTLS" if shared.acceptor.is_some() && !conn.tls => {
                 let (broken, extra) = {
-                    let rules = lock(&shared.rules);
+                    let rules = shared.rules.lock();
                     (rules.break_tls, rules.starttls_extra.clone())
                 };
                 send(
@@ -607,7 +605,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             "MAIL" => {
                 // Read once: the rules' lock must not be held across the
                 // branches below.
-                let scripted_mail = lock(&shared.rules).mail.clone();
+                let scripted_mail = shared.rules.lock().mail.clone();
                 let parsed = arg
                     .get(..5)
                     .filter(|p| p.eq_ignore_ascii_case("FROM:"))
@@ -670,7 +668,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                     if let Some(key) = bad {
                         format!("555 5.5.4 unsupported parameter {key}\r\n")
                     } else {
-                        let rules = lock(&shared.rules);
+                        let rules = shared.rules.lock();
                         let rule = rules
                             .rcpt
                             .iter()
@@ -724,13 +722,13 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 let reply = if matches!(config.size_limit, Some(l) if data.len() > l) {
                     Scripted::new(552, "5.3.4 message size exceeds fixed limit")
                 } else {
-                    lock(&shared.rules).data.clone()
+                    shared.rules.lock().data.clone()
                 };
                 let tx = std::mem::take(&mut tx);
                 if reply.is_success() {
                     let (mail_from, mail_params, pipelined) = tx.mail.unwrap_or_default();
                     let (rcpt_to, rcpt_params) = tx.rcpts.into_iter().unzip();
-                    lock(&shared.messages).push(Received {
+                    shared.messages.lock().push(Received {
                         mail_from,
                         rcpt_to,
                         mail_params,
