@@ -26,6 +26,7 @@
 //! SMTPUTF8, the whole text for 8BITMIME.
 
 use mta_envelope::{BodyType, Envelope, Recipient, ReversePath};
+use mta_smtp::header_section;
 
 use crate::config::EightBitPolicy;
 use crate::session::Extensions;
@@ -105,18 +106,6 @@ pub(crate) fn fit(
 fn fill_open(refused: &mut [Option<Outcome>], outcome: Outcome) {
     for slot in refused.iter_mut().filter(|s| s.is_none()) {
         *slot = Some(outcome.clone());
-    }
-}
-
-/// The header section: up to and including the CRLF before the first
-/// empty line (RFC 5322 section 2.1), or everything when there is none.
-fn header_section(content: &[u8]) -> &[u8] {
-    if content.starts_with(b"\r\n") {
-        return &[];
-    }
-    match content.windows(4).position(|w| w == b"\r\n\r\n") {
-        Some(end) => &content[..end + 2],
-        None => content,
     }
 }
 
@@ -296,13 +285,7 @@ mod tests {
     }
 
     #[test]
-    fn the_header_section_ends_at_the_first_empty_line() {
-        assert_eq!(
-            header_section(b"A: b\r\nC: d\r\n\r\nbody\r\n"),
-            b"A: b\r\nC: d\r\n"
-        );
-        assert_eq!(header_section(b"A: b\r\n"), b"A: b\r\n");
-        assert_eq!(header_section(b"\r\nbody"), b"");
+    fn utf8_in_the_body_is_not_in_the_header_section() {
         // UTF-8 in the body does not count as a header.
         assert!(header_section(UTF8_BODY.as_bytes()).is_ascii());
         assert!(!header_section(UTF8_HEADER.as_bytes()).is_ascii());

@@ -59,7 +59,7 @@
 use std::fmt;
 
 use mta_envelope::{Envelope, Mailbox, Notify, QueueId, Recipient, Ret, ReversePath};
-use mta_smtp::rfc5322_date;
+use mta_smtp::{header_section, rfc5322_date};
 
 /// Length a folded line is kept under when spaces allow it (RFC 5322
 /// section 2.1.1: "SHOULD be no more than 78 characters").
@@ -460,18 +460,6 @@ fn delivery_status(input: &DsnInput, utf8: bool) -> String {
         }
     }
     out
-}
-
-/// The header section of a message, up to and including the CRLF that ends
-/// its last field (RFC 5322 section 2.1); all of it when there is no body.
-fn header_section(content: &[u8]) -> &[u8] {
-    if content.starts_with(b"\r\n") {
-        return &[];
-    }
-    match content.windows(4).position(|w| w == b"\r\n\r\n") {
-        Some(end) => &content[..end + 2],
-        None => content,
-    }
 }
 
 /// A MIME boundary made from `seed` that occurs in none of `parts` (RFC

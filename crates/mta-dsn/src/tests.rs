@@ -599,17 +599,6 @@ fn boundary_changes_when_the_content_holds_it() {
     assert_eq!(parts(&message).len(), 3);
 }
 
-#[test]
-fn header_section_stops_at_the_blank_line() {
-    assert_eq!(
-        header_section(b"A: 1\r\nB: 2\r\n\r\nbody\r\n"),
-        b"A: 1\r\nB: 2\r\n"
-    );
-    assert_eq!(header_section(b"A: 1\r\n"), b"A: 1\r\n");
-    assert_eq!(header_section(b"\r\nbody only\r\n"), b"");
-    assert_eq!(header_section(b""), b"");
-}
-
 /// Issue 11, point 3: what no server said is not written as an SMTP reply
 /// (`X-Local;`), a report may leave the field out, and a note reaches the
 /// human-readable part only.

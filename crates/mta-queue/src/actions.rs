@@ -542,38 +542,17 @@ fn log_operator(
 
 #[cfg(test)]
 mod tests {
-    use mta_envelope::{BodyType, Envelope, Mailbox, Recipient, ReversePath};
+    use mta_envelope::ReversePath;
 
     use super::*;
     use crate::claims::{ClaimSet, Waiting};
-    use crate::origin::local_origin;
+    use crate::fixtures::{envelope, recipient};
 
     const NOW: u64 = 1_700_000_000;
 
     fn entry(rcpts: &[&str]) -> IndexEntry {
-        let envelope = Envelope {
-            sender: ReversePath::Null,
-            recipients: rcpts
-                .iter()
-                .map(|r| {
-                    let (local, domain) = r.split_once('@').expect("an address");
-                    Recipient {
-                        address: Mailbox {
-                            local: local.into(),
-                            domain: domain.into(),
-                        },
-                        notify: None,
-                        orcpt: None,
-                    }
-                })
-                .collect(),
-            body: BodyType::SevenBit,
-            smtputf8: false,
-            ret: None,
-            envid: None,
-            origin: local_origin("mx.test"),
-            arrival: NOW - 600,
-        };
+        let recipients = rcpts.iter().map(|r| recipient(r, None)).collect();
+        let envelope = envelope(ReversePath::Null, recipients, NOW - 600);
         let mut entry = IndexEntry::arrived(&envelope, 10);
         entry.next_attempt = NOW + 400;
         entry

@@ -257,31 +257,21 @@ pub(crate) async fn send(
 
 #[cfg(test)]
 mod tests {
-    use mta_envelope::{BodyType, Notify};
+    use mta_envelope::Notify;
 
     use super::*;
+    use crate::fixtures::{self, recipient};
 
     fn envelope(sender: Option<&str>, rcpts: &[(&str, Option<Notify>)]) -> Envelope {
-        Envelope {
-            sender: match sender {
-                Some(s) => ReversePath::Mailbox(mailbox(s).expect("an address")),
-                None => ReversePath::Null,
-            },
-            recipients: rcpts
-                .iter()
-                .map(|&(a, notify)| Recipient {
-                    address: mailbox(a).expect("an address"),
-                    notify,
-                    orcpt: None,
-                })
-                .collect(),
-            body: BodyType::SevenBit,
-            smtputf8: false,
-            ret: None,
-            envid: None,
-            origin: local_origin("mx.test"),
-            arrival: 1_700_000_000,
-        }
+        let sender = match sender {
+            Some(s) => ReversePath::Mailbox(mailbox(s).expect("an address")),
+            None => ReversePath::Null,
+        };
+        let recipients = rcpts
+            .iter()
+            .map(|&(a, notify)| recipient(a, notify))
+            .collect();
+        fixtures::envelope(sender, recipients, 1_700_000_000)
     }
 
     #[test]

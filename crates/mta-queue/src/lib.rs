@@ -39,6 +39,8 @@ mod commit;
 mod dispatch;
 mod dsn;
 mod error;
+#[cfg(test)]
+mod fixtures;
 mod inner;
 mod job;
 mod lineup;

@@ -139,22 +139,12 @@ fn mailbox(address: &str) -> Mailbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::envelope;
     use mta_spool::RecipientState;
 
     fn entry(sender: &str, rcpts: &[&str]) -> IndexEntry {
-        let mut entry = IndexEntry::arrived(
-            &Envelope {
-                sender: ReversePath::Null,
-                recipients: Vec::new(),
-                body: BodyType::SevenBit,
-                smtputf8: false,
-                ret: None,
-                envid: None,
-                origin: local_origin("mx.test"),
-                arrival: 1_700_000_000,
-            },
-            10,
-        );
+        let envelope = envelope(ReversePath::Null, Vec::new(), 1_700_000_000);
+        let mut entry = IndexEntry::arrived(&envelope, 10);
         entry.sender = sender.to_owned();
         entry.rcpts = rcpts.iter().map(|r| (*r).to_owned()).collect();
         entry.recipients = vec![RecipientState::Pending; rcpts.len().max(2)];

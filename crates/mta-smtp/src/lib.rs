@@ -25,4 +25,4 @@ pub use date::rfc5322_date;
 pub use recipients::LocalRecipients;
 pub use reply::Reply;
 pub use session::{received_header, Admission, Message, Session, SessionConfig, Step, StoreError};
-pub use text::TextError;
+pub use text::{header_section, TextError};

@@ -186,6 +186,20 @@ impl DataDecoder {
     }
 }
 
+/// The header section of a message, up to and including the CRLF that
+/// ends its last field (RFC 5322 section 2.1); all of it when there is no
+/// empty line, none of it when the message starts with one. Delivery
+/// looks for UTF-8 there (RFC 6531); a DSN returns it for `RET=HDRS` (RFC 3461).
+pub fn header_section(content: &[u8]) -> &[u8] {
+    if content.starts_with(b"\r\n") {
+        return &[];
+    }
+    match content.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(end) => &content[..end + 2],
+        None => content,
+    }
+}
+
 #[cfg(test)]
 mod fuzz;
 
@@ -197,6 +211,19 @@ mod tests {
         let mut d = DataDecoder::new(1000, 1 << 20);
         let (used, done) = d.feed(wire);
         (d.finish(), used, done)
+    }
+
+    #[test]
+    fn the_header_section_ends_at_the_first_empty_line() {
+        assert_eq!(
+            header_section(b"A: b\r\nC: d\r\n\r\nbody\r\n"),
+            b"A: b\r\nC: d\r\n"
+        );
+        assert_eq!(header_section(b"A: b\r\n"), b"A: b\r\n");
+        assert_eq!(header_section(b"\r\nbody only\r\n"), b"");
+        assert_eq!(header_section(b""), b"");
+        // Only CRLF CRLF ends it: bare LFs do not.
+        assert_eq!(header_section(b"A: b\n\nbody"), b"A: b\n\nbody");
     }
 
     #[test]
