@@ -21,7 +21,7 @@ mod request;
 pub use names::{parse_name, Name, Queue, Runner, Service, UnknownName};
 pub use queue::{
     ActionReport, HistoryRow, MessageDetail, MessageRow, NoSelection, QueueAction, QueueFilter,
-    QueuePage, QueueSummary, RecipientRow, Selection, SummaryRow, SUMMARY_BUCKETS,
+    QueuePage, QueueSummary, RecipientRow, Selection, SummaryRow,
 };
 pub use request::{QueueRequest, Request, SvcAction};
 

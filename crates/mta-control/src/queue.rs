@@ -251,7 +251,8 @@ pub struct MessageDetail {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueSummary {
     /// The age buckets' upper bounds in minutes; the last bucket is
-    /// everything older than the last bound.
+    /// everything older than the last bound. The daemon chooses them
+    /// (qshape's, in mta-queue) and sends them, so a client keeps no copy.
     pub bucket_minutes: Vec<u64>,
     /// Every message counted once.
     pub total: SummaryRow,
@@ -271,6 +272,3 @@ pub struct SummaryRow {
     /// oldest).
     pub buckets: Vec<u64>,
 }
-
-/// qshape's age buckets, in minutes.
-pub const SUMMARY_BUCKETS: [u64; 9] = [5, 10, 20, 40, 80, 160, 320, 640, 1280];

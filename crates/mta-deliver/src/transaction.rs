@@ -72,22 +72,11 @@ fn mail_command(session: &Session, envelope: &Envelope, size: usize, fit: &Fit) 
 fn rcpt_command(session: &Session, rcpt: &Recipient) -> String {
     let mut line = format!("RCPT TO:<{}>", rcpt.address);
     if session.ext.dsn {
-        match rcpt.notify {
-            Some(Notify::Never) => line.push_str(" NOTIFY=NEVER"),
-            Some(Notify::On {
-                success,
-                failure,
-                delay,
-            }) => {
-                let on: Vec<&str> = [(success, "SUCCESS"), (failure, "FAILURE"), (delay, "DELAY")]
-                    .into_iter()
-                    .filter_map(|(set, word)| set.then_some(word))
-                    .collect();
-                if !on.is_empty() {
-                    let _ = write!(line, " NOTIFY={}", on.join(","));
-                }
-            }
-            None => {}
+        // NOTIFY with no condition set is not a valid parameter (RFC 3461
+        // section 4.1): leave it out, as if none was given.
+        let notify = rcpt.notify.as_ref().map(Notify::value);
+        if let Some(value) = notify.filter(|v| !v.is_empty()) {
+            let _ = write!(line, " NOTIFY={value}");
         }
         if let Some(orcpt) = &rcpt.orcpt {
             // Stored decoded as `addr-type;address`; the `;` is a plain

@@ -15,7 +15,7 @@ use mta_control::{
     ActionReport, ErrorKind, MessageDetail, MessageRow, Queue, QueueAction, QueueFilter,
     QueueRequest, QueueSummary, RecipientRow, Request, Response, Selection,
 };
-use mta_envelope::{BodyType, Envelope, Notify, Recipient, Ret};
+use mta_envelope::{BodyType, Envelope, Recipient, Ret};
 
 use crate::localtime;
 use crate::wording::{count, humanize};
@@ -508,20 +508,8 @@ fn mail_dsn(e: &Envelope) -> String {
 /// when neither was.
 fn rcpt_dsn(r: &Recipient) -> String {
     let mut params = Vec::new();
-    match r.notify {
-        None => {}
-        Some(Notify::Never) => params.push("NOTIFY=NEVER".to_owned()),
-        Some(Notify::On {
-            success,
-            failure,
-            delay,
-        }) => {
-            let on: Vec<&str> = [(success, "SUCCESS"), (failure, "FAILURE"), (delay, "DELAY")]
-                .into_iter()
-                .filter_map(|(set, name)| set.then_some(name))
-                .collect();
-            params.push(format!("NOTIFY={}", on.join(",")));
-        }
+    if let Some(notify) = &r.notify {
+        params.push(format!("NOTIFY={}", notify.value()));
     }
     if let Some(orcpt) = &r.orcpt {
         params.push(format!("ORCPT={orcpt}"));

@@ -273,11 +273,7 @@ pub fn print_table(status: &Status) {
         );
     }
     for b in &status.backoffs {
-        let left = b.until.saturating_sub(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-        );
+        let left = b.until.saturating_sub(mta_envelope::unix_now());
         println!(
             "  backed off:           {} for {} more ({})",
             b.key,

@@ -64,8 +64,82 @@ struct ErrorV2 {
     reply: Option<String>,
 }
 
-impl<E> Stored<E> {
-    fn into_entry(self, error: impl Fn(E) -> RecipientError) -> IndexEntry {
+impl From<&RecipientError> for ErrorV1 {
+    fn from(e: &RecipientError) -> Self {
+        ErrorV1 {
+            status: e.status.clone(),
+            reason: e.reason.clone(),
+            remote: e.remote.clone(),
+        }
+    }
+}
+
+/// Format 1 kept no reply: the DSN then quotes nothing after `smtp;`.
+impl From<ErrorV1> for RecipientError {
+    fn from(e: ErrorV1) -> Self {
+        RecipientError {
+            status: e.status,
+            reason: e.reason,
+            remote: e.remote,
+            reply: None,
+        }
+    }
+}
+
+impl From<&RecipientError> for ErrorV2 {
+    fn from(e: &RecipientError) -> Self {
+        ErrorV2 {
+            status: e.status.clone(),
+            reason: e.reason.clone(),
+            remote: e.remote.clone(),
+            reply: e.reply.clone(),
+        }
+    }
+}
+
+impl From<ErrorV2> for RecipientError {
+    fn from(e: ErrorV2) -> Self {
+        RecipientError {
+            status: e.status,
+            reason: e.reason,
+            remote: e.remote,
+            reply: e.reply,
+        }
+    }
+}
+
+impl<E: Serialize + for<'a> From<&'a RecipientError>> Stored<E> {
+    fn from_entry(entry: &IndexEntry) -> Self {
+        Stored {
+            queue: entry.queue,
+            arrival: entry.arrival,
+            next_attempt: entry.next_attempt,
+            size: entry.size,
+            recipients: entry.recipients.clone(),
+            attempts: entry.attempts,
+            last_errors: entry
+                .last_errors
+                .iter()
+                .map(|(&i, e)| (i as u64, E::from(e)))
+                .collect(),
+            delay_notified: entry.delay_notified,
+            sender: entry.sender.clone(),
+            rcpts: entry.rcpts.clone(),
+            held_since: entry.held_since,
+            held_secs: entry.held_secs,
+        }
+    }
+
+    /// The format byte, then the entry in postcard.
+    fn to_bytes(&self, format: u8) -> Vec<u8> {
+        let mut out = vec![format];
+        postcard::to_io(self, &mut out).expect("an index entry always serializes");
+        out
+    }
+}
+
+impl<E: Into<RecipientError>> Stored<E> {
+    fn into_entry(self) -> IndexEntry {
         IndexEntry {
             queue: self.queue,
             arrival: self.arrival,
@@ -76,7 +150,7 @@ impl<E> Stored<E> {
             last_errors: self
                 .last_errors
                 .into_iter()
-                .map(|(i, e)| (i as usize, error(e)))
+                .map(|(i, e)| (i as usize, e.into()))
                 .collect::<BTreeMap<_, _>>(),
             delay_notified: self.delay_notified,
             sender: self.sender,
@@ -89,61 +163,23 @@ impl<E> Stored<E> {
 
 /// The stored form of an entry.
 pub(crate) fn encode(entry: &IndexEntry) -> Vec<u8> {
-    let stored = Stored {
-        queue: entry.queue,
-        arrival: entry.arrival,
-        next_attempt: entry.next_attempt,
-        size: entry.size,
-        recipients: entry.recipients.clone(),
-        attempts: entry.attempts,
-        last_errors: entry
-            .last_errors
-            .iter()
-            .map(|(&i, e)| {
-                (
-                    i as u64,
-                    ErrorV2 {
-                        status: e.status.clone(),
-                        reason: e.reason.clone(),
-                        remote: e.remote.clone(),
-                        reply: e.reply.clone(),
-                    },
-                )
-            })
-            .collect(),
-        delay_notified: entry.delay_notified,
-        sender: entry.sender.clone(),
-        rcpts: entry.rcpts.clone(),
-        held_since: entry.held_since,
-        held_secs: entry.held_secs,
-    };
-    let mut out = vec![FORMAT_V2];
-    postcard::to_io(&stored, &mut out).expect("an index entry always serializes");
-    out
+    Stored::<ErrorV2>::from_entry(entry).to_bytes(FORMAT_V2)
 }
 
 /// An entry read back; `None` when the bytes are neither format.
 pub(crate) fn decode(bytes: &[u8]) -> Option<IndexEntry> {
     match bytes.first()? {
         b'{' => serde_json::from_slice(bytes).ok(),
-        &FORMAT_V1 => {
-            let s: Stored<ErrorV1> = postcard::from_bytes(&bytes[1..]).ok()?;
-            Some(s.into_entry(|e| RecipientError {
-                status: e.status,
-                reason: e.reason,
-                remote: e.remote,
-                reply: None,
-            }))
-        }
-        &FORMAT_V2 => {
-            let s: Stored<ErrorV2> = postcard::from_bytes(&bytes[1..]).ok()?;
-            Some(s.into_entry(|e| RecipientError {
-                status: e.status,
-                reason: e.reason,
-                remote: e.remote,
-                reply: e.reply,
-            }))
-        }
+        &FORMAT_V1 => Some(
+            postcard::from_bytes::<Stored<ErrorV1>>(&bytes[1..])
+                .ok()?
+                .into_entry(),
+        ),
+        &FORMAT_V2 => Some(
+            postcard::from_bytes::<Stored<ErrorV2>>(&bytes[1..])
+                .ok()?
+                .into_entry(),
+        ),
         _ => None,
     }
 }
@@ -152,36 +188,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<IndexEntry> {
 /// (tests, and the generator of the queue fixture: `fixture.rs`).
 #[cfg(test)]
 pub(crate) fn encode_v1(entry: &IndexEntry) -> Vec<u8> {
-    let stored = Stored {
-        queue: entry.queue,
-        arrival: entry.arrival,
-        next_attempt: entry.next_attempt,
-        size: entry.size,
-        recipients: entry.recipients.clone(),
-        attempts: entry.attempts,
-        last_errors: entry
-            .last_errors
-            .iter()
-            .map(|(&i, e)| {
-                (
-                    i as u64,
-                    ErrorV1 {
-                        status: e.status.clone(),
-                        reason: e.reason.clone(),
-                        remote: e.remote.clone(),
-                    },
-                )
-            })
-            .collect(),
-        delay_notified: entry.delay_notified,
-        sender: entry.sender.clone(),
-        rcpts: entry.rcpts.clone(),
-        held_since: entry.held_since,
-        held_secs: entry.held_secs,
-    };
-    let mut out = vec![FORMAT_V1];
-    postcard::to_io(&stored, &mut out).expect("an index entry always serializes");
-    out
+    Stored::<ErrorV1>::from_entry(entry).to_bytes(FORMAT_V1)
 }
 
 #[cfg(test)]
