@@ -107,6 +107,15 @@ pub struct Mailbox {
 }
 
 impl Mailbox {
+    /// `local@domain`, the parts as given (no check: the protocol crate
+    /// parses addresses from the wire).
+    pub fn new(local: impl Into<String>, domain: impl Into<String>) -> Mailbox {
+        Mailbox {
+            local: local.into(),
+            domain: domain.into(),
+        }
+    }
+
     /// True when the local part or the domain holds non-ASCII characters,
     /// which needs SMTPUTF8 (RFC 6531) to be carried.
     pub fn is_utf8(&self) -> bool {

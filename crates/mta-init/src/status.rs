@@ -251,21 +251,19 @@ pub fn print_table(status: &Status) {
         println!();
     }
     println!("  messages queued:      {}", status.queued);
-    if status.in_memory > 0 {
-        println!(
-            "  in memory only:       {} (volatile: not yet on disk)",
-            status.in_memory
-        );
-    }
-    if status.corrupt_files > 0 {
-        println!(
-            "  corrupt files:        {} set aside in corrupt/ since start",
-            status.corrupt_files
-        );
-    }
-    if status.held > 0 {
-        println!("  messages held:        {}", status.held);
-    }
+    print_nonzero(&[
+        (
+            "in memory only:",
+            status.in_memory,
+            format!("{} (volatile: not yet on disk)", status.in_memory),
+        ),
+        (
+            "corrupt files:",
+            status.corrupt_files,
+            format!("{} set aside in corrupt/ since start", status.corrupt_files),
+        ),
+        ("messages held:", status.held, status.held.to_string()),
+    ]);
     if !status.paused_domains.is_empty() {
         println!(
             "  paused domains:       {}",
@@ -281,18 +279,24 @@ pub fn print_table(status: &Status) {
             b.cause
         );
     }
-    if status.dsns_dropped > 0 {
-        println!(
-            "  notices dropped:      {} (reports on failed mail from <> that the postmaster did not get either; see the daemon log)",
-            status.dsns_dropped
-        );
-    }
-    if status.delivery_log_dropped > 0 {
-        println!(
-            "  delivery log:         {} could not be written",
-            count(status.delivery_log_dropped, "line", "lines")
-        );
-    }
+    print_nonzero(&[
+        (
+            "notices dropped:",
+            status.dsns_dropped,
+            format!(
+                "{} (reports on failed mail from <> that the postmaster did not get either; see the daemon log)",
+                status.dsns_dropped
+            ),
+        ),
+        (
+            "delivery log:",
+            status.delivery_log_dropped,
+            format!(
+                "{} could not be written",
+                count(status.delivery_log_dropped, "line", "lines")
+            ),
+        ),
+    ]);
     println!("  accepted since start: {}", status.accepted_total);
     println!("  sessions open:        {}", status.sessions_open);
     if status.smtp_refused.total() > 0 {
@@ -356,4 +360,14 @@ fn last_stop(open: &SpoolOpen) -> String {
     };
     let joint = if stop == "clean" { "but" } else { "and" };
     format!("{stop}, {joint} {index}")
+}
+
+/// Lines of the daemon's figures shown only when their figure is not
+/// zero: (label, figure, the line's text).
+fn print_nonzero(lines: &[(&str, u64, String)]) {
+    for (label, figure, text) in lines {
+        if *figure > 0 {
+            println!("  {label:<22}{text}");
+        }
+    }
 }

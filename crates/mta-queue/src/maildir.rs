@@ -220,17 +220,10 @@ pub fn prepare_root(root: &Path, owner: Option<(u32, u32)>) -> Result<bool, Mail
 mod tests {
     use super::*;
 
-    fn mailbox(local: &str, domain: &str) -> Mailbox {
-        Mailbox {
-            local: local.into(),
-            domain: domain.into(),
-        }
-    }
-
     #[test]
     fn delivers_into_new_with_lf_line_endings() {
         let root = tempfile::tempdir().unwrap();
-        let rcpt = mailbox("User", "Local.test");
+        let rcpt = Mailbox::new("User", "Local.test");
         let dir = maildir_of(root.path(), &rcpt, "mx.test").unwrap();
         assert_eq!(dir, root.path().join("local.test/user/Maildir"));
         let path = deliver(
@@ -300,14 +293,14 @@ mod tests {
             "\"/abs\"",
         ] {
             assert!(matches!(
-                maildir_of(root, &mailbox(local, "x.test"), "mx"),
+                maildir_of(root, &Mailbox::new(local, "x.test"), "mx"),
                 Err(MaildirError::BadName(_))
             ));
         }
-        let pm = maildir_of(root, &mailbox("postmaster", ""), "mx.test").unwrap();
+        let pm = maildir_of(root, &Mailbox::new("postmaster", ""), "mx.test").unwrap();
         assert_eq!(pm, root.join("mx.test/postmaster/Maildir"));
         // Needless quotes name the same mailbox.
-        let quoted = maildir_of(root, &mailbox("\"Alice\"", "x.test"), "mx").unwrap();
+        let quoted = maildir_of(root, &Mailbox::new("\"Alice\"", "x.test"), "mx").unwrap();
         assert_eq!(quoted, root.join("x.test/alice/Maildir"));
     }
 }

@@ -96,13 +96,6 @@ pub(crate) fn check_local(address: &Mailbox, list: Option<&LocalRecipients>) -> 
 mod tests {
     use super::*;
 
-    fn mailbox(local: &str, domain: &str) -> Mailbox {
-        Mailbox {
-            local: local.into(),
-            domain: domain.into(),
-        }
-    }
-
     #[test]
     fn names_match_at_every_domain_or_at_theirs() {
         let mut list = LocalRecipients::new();
@@ -121,21 +114,21 @@ mod tests {
         for list in [None, Some(&empty)] {
             for pm in ["postmaster", "PostMaster", "\"postmaster\""] {
                 assert!(matches!(
-                    check_local(&mailbox(pm, "local.test"), list),
+                    check_local(&Mailbox::new(pm, "local.test"), list),
                     LocalCheck::Known
                 ));
             }
             assert!(matches!(
-                check_local(&mailbox("\"../x\"", "local.test"), list),
+                check_local(&Mailbox::new("\"../x\"", "local.test"), list),
                 LocalCheck::BadName
             ));
         }
         assert!(matches!(
-            check_local(&mailbox("Alice", "local.test"), None),
+            check_local(&Mailbox::new("Alice", "local.test"), None),
             LocalCheck::Known
         ));
         assert!(matches!(
-            check_local(&mailbox("Alice", "local.test"), Some(&empty)),
+            check_local(&Mailbox::new("Alice", "local.test"), Some(&empty)),
             LocalCheck::Unknown
         ));
     }

@@ -47,41 +47,34 @@ pub async fn serve(
         peer,
         began: Instant::now(),
     };
-    let mut deadlines = Deadlines::new(
-        settings.idle_timeout,
-        settings.min_data_rate,
-        settings.max_session_time,
-        with.began,
-    );
-    let mut guard = ctx.stats.session_opened();
-    let mut session = Session::new(
-        settings.session_config.clone(),
-        ctx.admission.clone(),
-        peer.ip(),
-    );
-    let mut input = BytesMut::with_capacity(16 * 1024);
+    let mut live = Live {
+        deadlines: Deadlines::new(
+            settings.idle_timeout,
+            settings.min_data_rate,
+            settings.max_session_time,
+            with.began,
+        ),
+        guard: ctx.stats.session_opened(),
+        session: Session::new(
+            settings.session_config.clone(),
+            ctx.admission.clone(),
+            peer.ip(),
+        ),
+        input: BytesMut::with_capacity(16 * 1024),
+        out: Vec::with_capacity(1024),
+    };
     let mut stream = stream;
-    let mut out = Vec::with_capacity(1024);
-    session.banner().write_to(&mut out);
+    live.session.banner().write_to(&mut live.out);
     debug!(%peer, "session opened");
 
-    let outcome = drive(
-        &mut stream,
-        &mut session,
-        &mut input,
-        &mut out,
-        with,
-        &mut guard,
-        &mut deadlines,
-    )
-    .await;
+    let outcome = drive(&mut stream, &mut live, with).await;
     match outcome {
         Ok(Outcome::Closed) => {}
         Ok(Outcome::StartTls) => {
             let Some(acceptor) = &settings.tls else {
                 return;
             };
-            let (until, expired) = deadlines.handshake(Instant::now());
+            let (until, expired) = live.deadlines.handshake(Instant::now());
             let handshake = timeout_at(until.into(), acceptor.accept(stream)).await;
             let mut tls = match handshake {
                 Ok(Ok(tls)) => tls,
@@ -97,25 +90,26 @@ pub async fn serve(
             };
             let description = crate::tls::describe(tls.get_ref().1);
             debug!(%peer, tls = %description, "TLS started");
-            session.tls_started(description);
-            deadlines.await_command(Instant::now());
-            if let Err(e) = drive(
-                &mut tls,
-                &mut session,
-                &mut input,
-                &mut out,
-                with,
-                &mut guard,
-                &mut deadlines,
-            )
-            .await
-            {
+            live.session.tls_started(description);
+            live.deadlines.await_command(Instant::now());
+            if let Err(e) = drive(&mut tls, &mut live, with).await {
                 debug!(%peer, error = %e, "session ended with an error");
             }
         }
         Err(e) => debug!(%peer, error = %e, "session ended with an error"),
     }
     debug!(%peer, "session closed");
+}
+
+/// What a session carries across the switch to TLS: the protocol
+/// state, the input not yet read by it, the replies not yet sent, its
+/// place in the counters and its deadlines.
+struct Live<'a> {
+    session: Session,
+    input: BytesMut,
+    out: Vec<u8>,
+    guard: SessionGuard<'a>,
+    deadlines: Deadlines,
 }
 
 /// What a session runs with.
@@ -150,13 +144,16 @@ fn timed_out(with: With<'_>, expired: Expired, during: &str) {
 /// Runs the session over `stream` until it closes or asks for TLS.
 async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
-    session: &mut Session,
-    input: &mut BytesMut,
-    out: &mut Vec<u8>,
+    live: &mut Live<'_>,
     with: With<'_>,
-    guard: &mut SessionGuard<'_>,
-    deadlines: &mut Deadlines,
 ) -> std::io::Result<Outcome> {
+    let Live {
+        session,
+        input,
+        out,
+        guard,
+        deadlines,
+    } = live;
     let With {
         ctx,
         settings,
