@@ -2,7 +2,7 @@
 //! locally, 7-bit, without SMTPUTF8, RET or ENVID, unless a test changes
 //! a field itself.
 
-use mta_envelope::{BodyType, Envelope, Notify, Recipient, ReversePath};
+use mta_envelope::{BodyType, Envelope, Mailbox, Notify, Recipient, ReversePath};
 
 use crate::origin::local_origin;
 
@@ -20,10 +20,15 @@ pub(crate) fn envelope(sender: ReversePath, recipients: Vec<Recipient>, arrival:
     }
 }
 
-/// A recipient `local@domain` with its NOTIFY and no ORCPT.
+/// A recipient `local@domain` (or the bare `postmaster`) with its NOTIFY
+/// and no ORCPT.
 pub(crate) fn recipient(address: &str, notify: Option<Notify>) -> Recipient {
     Recipient {
-        address: crate::dsn::mailbox(address).expect("a test address"),
+        address: match address.rsplit_once('@') {
+            Some((local, domain)) => Mailbox::new(local, domain),
+            // The bare `postmaster` (RFC 5321 section 4.5.1).
+            None => Mailbox::new(address, ""),
+        },
         notify,
         orcpt: None,
     }
