@@ -25,19 +25,6 @@ fn fixture() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/queue-v1")
 }
 
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read_dir") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("file type").is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy");
-        }
-    }
-}
-
 /// One spool file of the fixture, read as the format says (`queue/README.md`):
 /// the magic line, the envelope as JSON, the content.
 struct Stored {
@@ -93,6 +80,34 @@ fn stored_messages() -> BTreeMap<String, Stored> {
     }
     out
 }
+/// `name` reached the sink once, for `rcpts` (its own recipients), from
+/// its sender, with the text as stored.
+fn delivered_once(
+    by_name: &BTreeMap<String, Vec<&Received>>,
+    stored: &BTreeMap<String, Stored>,
+    name: &str,
+    rcpts: &[&str],
+) {
+    let copies = by_name
+        .get(name)
+        .unwrap_or_else(|| panic!("{name} not delivered: {by_name:?}"));
+    assert_eq!(copies.len(), 1, "{name} delivered more than once");
+    let r = copies[0];
+    assert_eq!(r.rcpt_to, rcpts, "{name}");
+    assert!(
+        rcpts
+            .iter()
+            .all(|a| stored[name].recipients.contains(&a.to_string())),
+        "{name}: not its recipients"
+    );
+    assert_eq!(r.mail_from, stored[name].sender, "{name}");
+    assert_eq!(
+        String::from_utf8_lossy(&r.data),
+        String::from_utf8_lossy(&stored[name].content),
+        "{name}: the text as stored"
+    );
+    assert_eq!(r.data, stored[name].content, "{name}");
+}
 
 /// What the sink received, by fixture name.
 fn received_by_name(got: &[Received]) -> BTreeMap<String, Vec<&Received>> {
@@ -122,7 +137,7 @@ fn a_queue_of_the_first_release_opens_and_delivers() {
         .a("mx.backoff.test", ip(2));
     let dns = TestDns::start_in_background(zone).expect("test DNS server");
     let work = Workdir::new();
-    copy_tree(&fixture(), &work.queue());
+    mta_testkit::copy_tree(&fixture(), &work.queue());
     let maildir = work.path().join("maildir");
     work.write_config(
         "",
@@ -161,26 +176,7 @@ fn a_queue_of_the_first_release_opens_and_delivers() {
         std::fs::read_dir(&local).is_ok_and(|d| d.count() == 1)
     });
     let by_name = received_by_name(&got);
-    let expect = |name: &str, rcpts: &[&str]| {
-        let copies = by_name
-            .get(name)
-            .unwrap_or_else(|| panic!("{name} not delivered: {got:?}"));
-        assert_eq!(copies.len(), 1, "{name} delivered more than once");
-        let r = copies[0];
-        assert_eq!(r.rcpt_to, rcpts, "{name}");
-        assert!(
-            rcpts
-                .iter()
-                .all(|a| stored[name].recipients.contains(&a.to_string())),
-            "{name}: not its recipients"
-        );
-        assert_eq!(r.mail_from, stored[name].sender, "{name}");
-        assert_eq!(
-            String::from_utf8_lossy(&r.data),
-            String::from_utf8_lossy(&stored[name].content),
-            "{name}: the text as stored"
-        );
-    };
+    let expect = |name: &str, rcpts: &[&str]| delivered_once(&by_name, &stored, name, rcpts);
     expect("ram", &["ram1@example.test", "ram2@example.test"]);
     expect("partly", &["later@example.test"]);
     expect("v1", &["v1@example.test"]);
@@ -235,14 +231,7 @@ fn a_queue_of_the_first_release_opens_and_delivers() {
     assert!(o.status.success(), "{}", text(&o));
     let got = sink.wait_for_messages_blocking(7, WAIT);
     let by_name = received_by_name(&got);
-    let expect = |name: &str, rcpts: &[&str]| {
-        let copies = by_name
-            .get(name)
-            .unwrap_or_else(|| panic!("{name} not delivered: {got:?}"));
-        assert_eq!(copies.len(), 1, "{name} delivered more than once");
-        assert_eq!(copies[0].rcpt_to, rcpts, "{name}");
-        assert_eq!(copies[0].data, stored[name].content, "{name}");
-    };
+    let expect = |name: &str, rcpts: &[&str]| delivered_once(&by_name, &stored, name, rcpts);
     expect("held", &["held@example.test"]);
     expect("paused", &["someone@paused.test"]);
     wait_until("only the backed-off message left", WAIT, || {

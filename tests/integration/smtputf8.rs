@@ -5,7 +5,6 @@
 //! `-8` not 8BITMIME either). DSNs are read with Python's `email` package,
 //! a parser that owes nothing to ours.
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 
 use mta_testkit::dns::Zone;
@@ -385,15 +384,9 @@ fn eightbit_without_8bitmime_send_delivers_8bit_text_anyway() {
 /// it offers no 8BITMIME either: an 8-bit body fails 5.6.3 there.
 #[test]
 fn postfix_smtp_sink_gets_flagged_ascii_mail_and_no_8bit_text_without_8bitmime() {
-    let smtp_sink = Path::new("/usr/sbin/smtp-sink");
-    if !smtp_sink.exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "smtp-sink is missing in CI: tests/run installs it"
-        );
-        eprintln!("skipped: smtp-sink is not installed (tests/run installs it)");
+    let Some(smtp_sink) = SmtpSink::program() else {
         return;
-    }
+    };
     if !have_python("postfix_smtp_sink_smtputf8") {
         return;
     }

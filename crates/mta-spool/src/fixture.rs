@@ -309,7 +309,7 @@ async fn write_queue_v1_fixture() {
 fn the_fixture_holds_every_entry_format_and_a_clean_stop() {
     let copy = tempfile::tempdir().expect("tempdir");
     let queue = copy.path().join("queue");
-    copy_tree(&fixture_dir(), &queue);
+    mta_testkit::copy_tree(&fixture_dir(), &queue);
     assert!(queue.join("clean").is_file(), "no clean marker");
     let db = sled::open(queue.join("index")).expect("the fixture's index opens");
     let messages = db.open_tree("messages").expect("messages");
@@ -325,19 +325,5 @@ fn the_fixture_holds_every_entry_format_and_a_clean_stop() {
     assert!(meta.get("clean-token").expect("read").is_some());
     for state in ["state:paused-domains", "state:backoffs"] {
         assert!(meta.get(state).expect("read").is_some(), "{state}");
-    }
-}
-
-/// Copies a directory tree (files and directories only).
-pub(crate) fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read_dir") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("file type").is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy");
-        }
     }
 }
