@@ -137,27 +137,39 @@ pub enum EightBitPolicy {
     Send,
 }
 
-/// `[delivery.timeouts]`: RFC 5321 section 4.5.3.2.
-#[derive(Clone, Debug, Deserialize)]
+/// `[delivery.timeouts]`: how long the client waits at each step of a
+/// session.
+///
+/// The defaults are the minimums of RFC 5321 section 4.5.3.2; `ehlo` and
+/// `quit` are not named there and take 5 minutes and 30 seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-#[allow(missing_docs)]
 pub struct DeliveryTimeouts {
+    /// TCP connect, per address.
     #[serde(with = "humantime_serde")]
     pub connect: Duration,
+    /// The 220 greeting (RFC 5321 section 4.5.3.2.1: 5 minutes).
     #[serde(with = "humantime_serde")]
     pub greeting: Duration,
+    /// The reply to EHLO or HELO; also STARTTLS and its handshake.
     #[serde(with = "humantime_serde")]
     pub ehlo: Duration,
+    /// The reply to MAIL (section 4.5.3.2.2: 5 minutes); also RSET.
     #[serde(with = "humantime_serde")]
     pub mail: Duration,
+    /// The reply to each RCPT (section 4.5.3.2.3: 5 minutes).
     #[serde(with = "humantime_serde")]
     pub rcpt: Duration,
+    /// The 354 reply to DATA (section 4.5.3.2.4: 2 minutes).
     #[serde(with = "humantime_serde")]
     pub data_init: Duration,
+    /// Each write of message text (section 4.5.3.2.5: 3 minutes).
     #[serde(with = "humantime_serde")]
     pub data_block: Duration,
+    /// The reply to the final `.` (section 4.5.3.2.6: 10 minutes).
     #[serde(with = "humantime_serde")]
     pub data_end: Duration,
+    /// The reply to QUIT.
     #[serde(with = "humantime_serde")]
     pub quit: Duration,
 }

@@ -1,7 +1,8 @@
 //! What `mta-init` (or the HTTP API) asks of mtad: [`Request`], with the
 //! queue requests nested as [`QueueRequest`] and the names typed. On the
 //! wire it stays the one flat object tagged by `cmd` that the control
-//! socket has always spoken (`WireRequest` below, converted to and from).
+//! socket has always spoken: a queue request is written untagged, with
+//! its own `cmd`, and read by that name.
 
 use serde::{Deserialize, Serialize};
 
@@ -11,8 +12,12 @@ use crate::queue::{QueueAction, QueueFilter, Selection};
 /// What the client asks. On the wire a JSON object whose `cmd` names the
 /// request (`{"cmd":"queue_list",...}`), the queue requests included:
 /// nesting them as [`Request::Queue`] changes nothing there.
+///
+/// The derived (de)serializer (`remote = "Self"`: inherent functions, not
+/// the traits) covers every request but [`Request::Queue`]; the trait
+/// impls below send that one to [`QueueRequest`], whose names are its own.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "WireRequest", into = "WireRequest")]
+#[serde(remote = "Self", tag = "cmd", rename_all = "snake_case")]
 pub enum Request {
     /// The daemon's status.
     Status,
@@ -26,14 +31,17 @@ pub enum Request {
     /// finish; no new one starts.
     Pause {
         /// The runner; all when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         runner: Option<Runner>,
     },
     /// Resume paused delivery.
     Resume {
         /// The runner; all when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         runner: Option<Runner>,
     },
     /// Look into the queue or steer it.
+    #[serde(skip)]
     Queue(QueueRequest),
     /// Pause injection: new connections get `421 4.3.2`; sessions already
     /// open may finish.
@@ -51,6 +59,7 @@ pub enum Request {
     /// configuration does not load.
     Restart {
         /// Stop now rather than with the usual deadlines.
+        #[serde(default)]
         now: bool,
     },
     /// Graceful restart (SIGUSR1): re-read the configuration and reopen
@@ -71,30 +80,42 @@ pub enum Request {
 }
 
 /// The queue requests: the same for the control socket and the HTTP API.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// On the wire each is tagged by its own `cmd` (`queue_list`, ...,
+/// `pause_domain`), as the control socket has always spoken them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum QueueRequest {
     /// One page of the queue listing.
+    #[serde(rename = "queue_list")]
     List {
         /// Which messages.
+        #[serde(default)]
         filter: QueueFilter,
         /// Start after this queue id (the `next` of the previous page).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         after: Option<String>,
         /// Messages per page (at most 1000).
+        #[serde(default = "default_page")]
         limit: usize,
     },
     /// One message in full.
+    #[serde(rename = "queue_show")]
     Show {
         /// Its queue id.
         id: String,
         /// Include the body.
+        #[serde(default)]
         body: bool,
     },
     /// Messages per domain and age.
+    #[serde(rename = "queue_summary")]
     Summary {
         /// Which messages.
+        #[serde(default)]
         filter: QueueFilter,
     },
     /// Flush, hold, release or delete.
+    #[serde(rename = "queue_act")]
     Act {
         /// What to do.
         action: QueueAction,
@@ -102,6 +123,7 @@ pub enum QueueRequest {
         selection: Selection,
         /// With a delete: send the sender a DSN for each recipient
         /// deleted.
+        #[serde(default)]
         bounce: bool,
     },
     /// Pause delivery to one destination domain: its mail stays queued
@@ -119,6 +141,16 @@ pub enum QueueRequest {
 }
 
 impl QueueRequest {
+    /// The `cmd` of each queue request on the wire.
+    const NAMES: [&'static str; 6] = [
+        "queue_list",
+        "queue_show",
+        "queue_summary",
+        "queue_act",
+        "pause_domain",
+        "resume_domain",
+    ];
+
     /// True for listing, showing and summing up: the requests that only
     /// read.
     pub fn is_read_only(&self) -> bool {
@@ -155,156 +187,35 @@ pub enum SvcAction {
     Restart,
 }
 
-/// [`Request`] as it travels: one flat JSON object tagged by `cmd`, as
-/// the control socket has always spoken it. Converting to and from this
-/// form keeps the bytes on the wire as they were.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "cmd", rename_all = "snake_case")]
-enum WireRequest {
-    Status,
-    Stop,
-    Pause {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        runner: Option<Runner>,
-    },
-    Resume {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        runner: Option<Runner>,
-    },
-    PauseDomain {
-        domain: String,
-    },
-    ResumeDomain {
-        domain: String,
-    },
-    QueueList {
-        #[serde(default)]
-        filter: QueueFilter,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        after: Option<String>,
-        #[serde(default = "default_page")]
-        limit: usize,
-    },
-    QueueShow {
-        id: String,
-        #[serde(default)]
-        body: bool,
-    },
-    QueueSummary {
-        #[serde(default)]
-        filter: QueueFilter,
-    },
-    QueueAct {
-        action: QueueAction,
-        selection: Selection,
-        #[serde(default)]
-        bounce: bool,
-    },
-    PauseInjection,
-    ResumeInjection,
-    GracefulStop,
-    Restart {
-        #[serde(default)]
-        now: bool,
-    },
-    Reload,
-    ReopenLogs,
-    Svc {
-        action: SvcAction,
-        service: Service,
-    },
+impl Serialize for Request {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            // Untagged: the queue request writes its own `cmd`.
+            Request::Queue(q) => q.serialize(s),
+            other => Request::serialize(other, s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Request {
+    /// Read as one object, then by its `cmd`: a queue request's name
+    /// reads a [`QueueRequest`], any other a request of the daemon. Each
+    /// side keeps serde's own errors (the known names listed).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let value = serde_json::Value::deserialize(d)?;
+        let cmd = value.get("cmd").and_then(serde_json::Value::as_str);
+        let read = if cmd.is_some_and(|c| QueueRequest::NAMES.contains(&c)) {
+            QueueRequest::deserialize(value).map(Request::Queue)
+        } else {
+            Request::deserialize(value)
+        };
+        read.map_err(D::Error::custom)
+    }
 }
 
 fn default_page() -> usize {
     100
-}
-
-impl From<WireRequest> for Request {
-    fn from(r: WireRequest) -> Request {
-        match r {
-            WireRequest::Status => Request::Status,
-            WireRequest::Stop => Request::Stop,
-            WireRequest::Pause { runner } => Request::Pause { runner },
-            WireRequest::Resume { runner } => Request::Resume { runner },
-            WireRequest::PauseDomain { domain } => {
-                Request::Queue(QueueRequest::PauseDomain { domain })
-            }
-            WireRequest::ResumeDomain { domain } => {
-                Request::Queue(QueueRequest::ResumeDomain { domain })
-            }
-            WireRequest::QueueList {
-                filter,
-                after,
-                limit,
-            } => Request::Queue(QueueRequest::List {
-                filter,
-                after,
-                limit,
-            }),
-            WireRequest::QueueShow { id, body } => Request::Queue(QueueRequest::Show { id, body }),
-            WireRequest::QueueSummary { filter } => {
-                Request::Queue(QueueRequest::Summary { filter })
-            }
-            WireRequest::QueueAct {
-                action,
-                selection,
-                bounce,
-            } => Request::Queue(QueueRequest::Act {
-                action,
-                selection,
-                bounce,
-            }),
-            WireRequest::PauseInjection => Request::PauseInjection,
-            WireRequest::ResumeInjection => Request::ResumeInjection,
-            WireRequest::GracefulStop => Request::GracefulStop,
-            WireRequest::Restart { now } => Request::Restart { now },
-            WireRequest::Reload => Request::Reload,
-            WireRequest::ReopenLogs => Request::ReopenLogs,
-            WireRequest::Svc { action, service } => Request::Svc { action, service },
-        }
-    }
-}
-
-impl From<Request> for WireRequest {
-    fn from(r: Request) -> WireRequest {
-        match r {
-            Request::Status => WireRequest::Status,
-            Request::Stop => WireRequest::Stop,
-            Request::Pause { runner } => WireRequest::Pause { runner },
-            Request::Resume { runner } => WireRequest::Resume { runner },
-            Request::Queue(q) => match q {
-                QueueRequest::List {
-                    filter,
-                    after,
-                    limit,
-                } => WireRequest::QueueList {
-                    filter,
-                    after,
-                    limit,
-                },
-                QueueRequest::Show { id, body } => WireRequest::QueueShow { id, body },
-                QueueRequest::Summary { filter } => WireRequest::QueueSummary { filter },
-                QueueRequest::Act {
-                    action,
-                    selection,
-                    bounce,
-                } => WireRequest::QueueAct {
-                    action,
-                    selection,
-                    bounce,
-                },
-                QueueRequest::PauseDomain { domain } => WireRequest::PauseDomain { domain },
-                QueueRequest::ResumeDomain { domain } => WireRequest::ResumeDomain { domain },
-            },
-            Request::PauseInjection => WireRequest::PauseInjection,
-            Request::ResumeInjection => WireRequest::ResumeInjection,
-            Request::GracefulStop => WireRequest::GracefulStop,
-            Request::Restart { now } => WireRequest::Restart { now },
-            Request::Reload => WireRequest::Reload,
-            Request::ReopenLogs => WireRequest::ReopenLogs,
-            Request::Svc { action, service } => WireRequest::Svc { action, service },
-        }
-    }
 }
 
 #[cfg(test)]

@@ -106,7 +106,7 @@ impl Client {
     /// Fails when `ca_file` cannot be read or holds no certificate, or a
     /// throttle pattern is not one.
     pub fn new(config: ClientConfig) -> Result<Client, ClientError> {
-        let throttles = Throttles::new(&config)?;
+        let throttles = Throttles::new(&config.delivery)?;
         Client::build(config, throttles)
     }
 
@@ -122,15 +122,18 @@ impl Client {
         let client = Client::build(config, throttles)?;
         // Last, as it changes what the other generations see; it changes
         // nothing when it fails.
-        client.inner.throttles.set_rules(&client.inner.config)?;
+        client
+            .inner
+            .throttles
+            .set_rules(&client.inner.config.delivery)?;
         Ok(client)
     }
 
     fn build(config: ClientConfig, throttles: Throttles) -> Result<Client, ClientError> {
-        let tls = TlsConfigs::new(config.ca_file.as_deref())?;
+        let tls = TlsConfigs::new(config.delivery.ca_file.as_deref())?;
         Ok(Client {
             inner: Arc::new(Inner {
-                pool: Pool::new(config.idle_connection_timeout),
+                pool: Pool::new(config.delivery.idle_connection_timeout),
                 throttles,
                 config,
                 tls,
@@ -278,7 +281,7 @@ impl Client {
                 reservation.commit();
                 let result = conn
                     .session
-                    .send_message(msg, self.inner.config.eightbit_without_8bitmime)
+                    .send_message(msg, self.inner.config.delivery.eightbit_without_8bitmime)
                     .await;
                 conn.session.messages += 1;
                 attempt.remote = Some(conn.session.remote.clone());
@@ -411,7 +414,7 @@ impl Client {
                         &target.host,
                         addr,
                         &config.helo_name,
-                        config.timeouts,
+                        config.delivery.timeouts,
                         &step,
                         self.inner.open.clone(),
                     )
@@ -498,7 +501,7 @@ impl Client {
                 .and_then(|rule| rule.max_connections)
                 .unwrap_or(usize::MAX)
         };
-        let wait = self.inner.config.timeouts.connect;
+        let wait = self.inner.config.delivery.timeouts.connect;
         let gate = throttles.host_gate(host);
         let deadline = tokio::time::sleep(wait);
         tokio::pin!(deadline);
@@ -540,8 +543,8 @@ impl Client {
             // Broken or closing: nothing more to say on it.
             return;
         }
-        if conn.session.messages >= config.max_messages_per_connection
-            || config.idle_connection_timeout.is_zero()
+        if conn.session.messages >= config.delivery.max_messages_per_connection
+            || config.delivery.idle_connection_timeout.is_zero()
         {
             conn.close_later();
             return;
@@ -557,7 +560,7 @@ impl Client {
             return;
         }
         let weak = Arc::downgrade(&self.inner);
-        let period = (self.inner.config.idle_connection_timeout / 2)
+        let period = (self.inner.config.delivery.idle_connection_timeout / 2)
             .clamp(Duration::from_millis(10), Duration::from_secs(1));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);

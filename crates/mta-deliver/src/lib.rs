@@ -57,7 +57,7 @@ mod tls;
 mod transaction;
 
 pub use client::{Client, Destination, OutboundMessage};
-pub use config::{ClientConfig, EightBitPolicy, ThrottleRule, Timeouts, TlsPolicy};
+pub use config::{ClientConfig, DeliveryConfig, EightBitPolicy, ThrottleRule, Timeouts, TlsPolicy};
 pub use error::ClientError;
 pub use mx::{ResolveError, Resolver, ResolverConfig, Target};
 pub use outcome::{Attempt, Delivery, Outcome, ServerReply, ServerSignal};

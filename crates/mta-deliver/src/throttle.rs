@@ -2,7 +2,7 @@
 //! stop sending, to one destination.
 //!
 //! Three limits, by rule ([`ThrottleRule`]) or by the defaults in
-//! [`ClientConfig`]:
+//! `[delivery]` ([`DeliveryConfig`]):
 //!
 //! - connections at once to one destination key (busy and idle), and, for
 //!   an `mx:HOST` rule, to that host whatever the domain;
@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::limits::{Gate, Gates};
-use crate::{ClientConfig, ClientError, ServerSignal, ThrottleRule};
+use crate::{ClientError, DeliveryConfig, ServerSignal, ThrottleRule};
 
 /// The length of the sliding window of `max_messages_per_hour`.
 const HOUR: Duration = Duration::from_secs(3600);
@@ -98,7 +98,7 @@ struct Rules {
 }
 
 impl Rules {
-    fn new(config: &ClientConfig) -> Result<Rules, ClientError> {
+    fn new(config: &DeliveryConfig) -> Result<Rules, ClientError> {
         let mut rules = Rules {
             max_connections: config.max_per_destination,
             max_messages_per_hour: config.max_messages_per_hour,
@@ -303,7 +303,7 @@ fn rounded(d: Duration) -> humantime::FormattedDuration {
 impl Throttles {
     /// Empty throttles with the rules of `config`. Fails on a pattern that
     /// is not one (the configuration's check reports those first).
-    pub fn new(config: &ClientConfig) -> Result<Throttles, ClientError> {
+    pub fn new(config: &DeliveryConfig) -> Result<Throttles, ClientError> {
         Ok(Throttles {
             inner: Arc::new(Inner {
                 rules: RwLock::new(Arc::new(Rules::new(config)?)),
@@ -318,7 +318,7 @@ impl Throttles {
     /// Replaces the rules with those of a new configuration, keeping every
     /// count and back-off. Connections already open stay open; new limits
     /// apply to the next connection (and to those already waiting).
-    pub fn set_rules(&self, config: &ClientConfig) -> Result<(), ClientError> {
+    pub fn set_rules(&self, config: &DeliveryConfig) -> Result<(), ClientError> {
         let rules = Rules::new(config)?;
         *self.inner.rules.write() = Arc::new(rules);
         self.inner.keys.wake_all();
@@ -587,8 +587,8 @@ impl Throttles {
 mod tests {
     use super::*;
 
-    fn config(rules: &[(&str, Option<usize>, Option<u64>)]) -> ClientConfig {
-        ClientConfig {
+    fn config(rules: &[(&str, Option<usize>, Option<u64>)]) -> DeliveryConfig {
+        DeliveryConfig {
             max_per_destination: 20,
             max_messages_per_hour: 0,
             backoff_after: 3,
@@ -605,7 +605,7 @@ mod tests {
                     )
                 })
                 .collect(),
-            ..ClientConfig::default()
+            ..DeliveryConfig::default()
         }
     }
 
@@ -688,7 +688,7 @@ mod tests {
 
     #[test]
     fn a_reservation_not_committed_is_taken_back() {
-        let t = Throttles::new(&ClientConfig {
+        let t = Throttles::new(&DeliveryConfig {
             max_messages_per_hour: 1,
             ..config(&[])
         })
@@ -755,7 +755,7 @@ mod tests {
 
     #[test]
     fn a_421_backs_off_at_once_even_with_backoff_after_0() {
-        let t = Throttles::new(&ClientConfig {
+        let t = Throttles::new(&DeliveryConfig {
             backoff_after: 0,
             ..config(&[])
         })
@@ -788,7 +788,7 @@ mod tests {
 
     #[test]
     fn backoff_for_zero_never_backs_off() {
-        let t = Throttles::new(&ClientConfig {
+        let t = Throttles::new(&DeliveryConfig {
             backoff_for: Duration::ZERO,
             ..config(&[])
         })
@@ -842,7 +842,7 @@ mod tests {
 
     #[test]
     fn new_rules_keep_the_state() {
-        let t = Throttles::new(&ClientConfig {
+        let t = Throttles::new(&DeliveryConfig {
             max_messages_per_hour: 2,
             ..config(&[])
         })
@@ -858,7 +858,7 @@ mod tests {
         let slot = t.key_gate("mx:a.test").try_acquire(1).unwrap();
         let clone = t.clone();
         clone
-            .set_rules(&ClientConfig {
+            .set_rules(&DeliveryConfig {
                 max_messages_per_hour: 1,
                 ..config(&[("a.test", Some(1), None)])
             })

@@ -12,7 +12,7 @@ use mta_testkit::sink::SinkConfig;
 async fn messages_in_sequence_share_one_connection() {
     let sink = sink_on([127, 0, 0, 60], SinkConfig::default()).await;
     let mut config = config();
-    config.idle_connection_timeout = Duration::from_secs(5);
+    config.delivery.idle_connection_timeout = Duration::from_secs(5);
     let client = Client::new(config).unwrap();
     let env = envelope(&["a@dest.test"]);
     let dest = destination("dest.test", vec![target("mx.test", sink.addr)]);
@@ -45,7 +45,7 @@ async fn reuse_over_tls_keeps_tls() {
     )
     .await;
     let mut config = config();
-    config.tls = TlsPolicy::Opportunistic;
+    config.delivery.tls = TlsPolicy::Opportunistic;
     let client = Client::new(config).unwrap();
     let env = envelope(&["a@dest.test"]);
     let dest = destination("dest.test", vec![target("localhost", sink.addr)]);
@@ -62,7 +62,7 @@ async fn reuse_over_tls_keeps_tls() {
 async fn a_connection_carries_at_most_max_messages() {
     let sink = sink_on([127, 0, 0, 62], SinkConfig::default()).await;
     let mut config = config();
-    config.max_messages_per_connection = 2;
+    config.delivery.max_messages_per_connection = 2;
     let client = Client::new(config).unwrap();
     let env = envelope(&["a@dest.test"]);
     let dest = destination("dest.test", vec![target("mx.test", sink.addr)]);
@@ -96,7 +96,7 @@ async fn connections_are_not_shared_between_keys() {
 async fn idle_connections_are_closed_with_quit_when_they_expire() {
     let sink = sink_on([127, 0, 0, 64], SinkConfig::default()).await;
     let mut config = config();
-    config.idle_connection_timeout = Duration::from_millis(100);
+    config.delivery.idle_connection_timeout = Duration::from_millis(100);
     let client = Client::new(config).unwrap();
     let env = envelope(&["a@dest.test"]);
     let dest = destination("dest.test", vec![target("mx.test", sink.addr)]);
@@ -160,7 +160,7 @@ async fn concurrency_per_destination_is_limited() {
     )
     .await;
     let mut config = config();
-    config.max_per_destination = 2;
+    config.delivery.max_per_destination = 2;
     let client = Client::new(config).unwrap();
     let env = envelope(&["a@dest.test"]);
     let dest = destination("dest.test", vec![target("mx.test", sink.addr)]);

@@ -19,7 +19,7 @@ fn with_rule(
     max_connections: Option<usize>,
     max_messages_per_hour: Option<u64>,
 ) -> ClientConfig {
-    config.throttle.insert(
+    config.delivery.throttle.insert(
         pattern.into(),
         ThrottleRule {
             max_connections,
@@ -85,7 +85,7 @@ async fn a_domain_rule_limits_connections_at_once() {
     .await;
     // The default allows 20; the rule for the domain, 2.
     let config = with_rule(config(), "Dest.Test", Some(2), None);
-    assert_eq!(config.max_per_destination, 20);
+    assert_eq!(config.delivery.max_per_destination, 20);
     let client = Client::new(config).unwrap();
     let dest = destination("dest.test", vec![target("mx.test", sink.addr)]);
     let all = at_once(&[&client], &[dest], 10).await;
@@ -107,7 +107,7 @@ async fn an_mx_rule_limits_connections_to_the_host_whatever_the_domain() {
     )
     .await;
     let mut config = with_rule(config(), "mx:MX.shared.test", Some(1), None);
-    config.timeouts.connect = WAIT;
+    config.delivery.timeouts.connect = WAIT;
     let client = Client::new(config).unwrap();
     // Two destination keys, one host (named with a trailing dot, as MX
     // records give it).
@@ -159,7 +159,7 @@ async fn a_421_backs_the_destination_off_for_backoff_for() {
     let sink = sink_on([127, 0, 0, 82], SinkConfig::default()).await;
     sink.set_greeting(421, "4.7.0 too busy, come back later");
     let mut config = config();
-    config.backoff_for = Duration::from_millis(300);
+    config.delivery.backoff_for = Duration::from_millis(300);
     let client = Client::new(config).unwrap();
     let env = envelope(&["a@dest.test"]);
     let dest = destination("dest.test", vec![target("mx.test", sink.addr)]);
@@ -207,8 +207,8 @@ async fn a_421_backs_the_destination_off_for_backoff_for() {
 async fn attempts_ending_in_4xx_back_off_after_backoff_after_in_a_row() {
     let sink = sink_on([127, 0, 0, 83], SinkConfig::default()).await;
     let mut config = config();
-    config.backoff_after = 3;
-    config.backoff_for = Duration::from_secs(3600);
+    config.delivery.backoff_after = 3;
+    config.delivery.backoff_for = Duration::from_secs(3600);
     let client = Client::new(config).unwrap();
     let env = envelope(&["a@dest.test"]);
     let dest = destination("dest.test", vec![target("mx.test", sink.addr)]);
@@ -293,10 +293,10 @@ async fn two_client_generations_together_stay_within_the_connection_limit() {
     )
     .await;
     let mut config = config();
-    config.max_per_destination = 1;
+    config.delivery.max_per_destination = 1;
     // Closed after each message, so that neither generation keeps the one
     // slot idle in its own pool.
-    config.idle_connection_timeout = Duration::ZERO;
+    config.delivery.idle_connection_timeout = Duration::ZERO;
     let old = Client::new(config.clone()).unwrap();
     let new = Client::with_throttles(config, old.throttles().clone()).unwrap();
     let dest = destination("dest.test", vec![target("mx.test", sink.addr)]);
@@ -310,7 +310,7 @@ async fn two_client_generations_together_stay_within_the_connection_limit() {
 async fn the_hourly_limit_defers_without_connecting() {
     let sink = sink_on([127, 0, 0, 86], SinkConfig::default()).await;
     let mut config = config();
-    config.max_messages_per_hour = 3;
+    config.delivery.max_messages_per_hour = 3;
     let client = Client::new(config).unwrap();
     let env = envelope(&["a@dest.test"]);
     let dest = destination("dest.test", vec![target("mx.test", sink.addr)]);
@@ -356,8 +356,8 @@ async fn the_hourly_limit_defers_without_connecting() {
 async fn mail_refused_with_4xx_backs_off_after_backoff_after_in_a_row() {
     let sink = sink_on([127, 0, 0, 90], SinkConfig::default()).await;
     let mut config = config();
-    config.backoff_after = 2;
-    config.backoff_for = Duration::from_secs(3600);
+    config.delivery.backoff_after = 2;
+    config.delivery.backoff_for = Duration::from_secs(3600);
     let client = Client::new(config).unwrap();
     let env = envelope(&["a@dest.test"]);
     let dest = destination("dest.test", vec![target("mx.test", sink.addr)]);

@@ -27,7 +27,7 @@ fn ca_file(pem: &str) -> tempfile::NamedTempFile {
 async fn opportunistic_tls_is_used_when_offered() {
     let sink = sink_on([127, 0, 0, 40], tls_sink()).await;
     let mut config = config();
-    config.tls = TlsPolicy::Opportunistic;
+    config.delivery.tls = TlsPolicy::Opportunistic;
     let client = Client::new(config).unwrap();
     let env = envelope(&["a@dest.test"]);
     let dest = destination("dest.test", vec![target("localhost", sink.addr)]);
@@ -53,7 +53,7 @@ async fn opportunistic_tls_is_used_when_offered() {
 async fn opportunistic_tls_accepts_any_certificate() {
     let sink = sink_on([127, 0, 0, 41], tls_sink()).await;
     let mut config = config();
-    config.tls = TlsPolicy::Opportunistic;
+    config.delivery.tls = TlsPolicy::Opportunistic;
     let client = Client::new(config).unwrap();
     let env = envelope(&["a@dest.test"]);
     let dest = destination("dest.test", vec![target("wrong-name.test", sink.addr)]);
@@ -67,7 +67,7 @@ async fn a_failed_opportunistic_handshake_retries_in_plaintext() {
     let sink = sink_on([127, 0, 0, 42], tls_sink()).await;
     sink.set_break_tls(true);
     let mut config = config();
-    config.tls = TlsPolicy::Opportunistic;
+    config.delivery.tls = TlsPolicy::Opportunistic;
     let client = Client::new(config).unwrap();
     let env = envelope(&["a@dest.test"]);
     let dest = destination("dest.test", vec![target("localhost", sink.addr)]);
@@ -85,9 +85,10 @@ async fn required_tls_verifies_against_the_ca_file() {
     let ca = ca_file(&sink.cert_pem().unwrap());
     let mut config = config();
     config
-        .tls_per_domain
+        .delivery
+        .tls_policy
         .insert("secure.test".into(), TlsPolicy::Required);
-    config.ca_file = Some(ca.path().to_owned());
+    config.delivery.ca_file = Some(ca.path().to_owned());
     let client = Client::new(config).unwrap();
     let env = envelope(&["a@secure.test"]);
     let dest = destination("Secure.Test", vec![target("mx.secure.test", sink.addr)]);
@@ -103,8 +104,8 @@ async fn required_tls_without_starttls_defers_and_tries_the_next_host() {
     let secure = sink_on([127, 0, 0, 45], tls_sink()).await;
     let ca = ca_file(&secure.cert_pem().unwrap());
     let mut config = config();
-    config.tls = TlsPolicy::Required;
-    config.ca_file = Some(ca.path().to_owned());
+    config.delivery.tls = TlsPolicy::Required;
+    config.delivery.ca_file = Some(ca.path().to_owned());
     let client = Client::new(config).unwrap();
     let env = envelope(&["a@secure.test"]);
 
@@ -140,8 +141,8 @@ async fn required_tls_with_an_untrusted_certificate_defers_without_plaintext() {
     let other = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     let ca = ca_file(&other.cert.pem());
     let mut config = config();
-    config.tls = TlsPolicy::Required;
-    config.ca_file = Some(ca.path().to_owned());
+    config.delivery.tls = TlsPolicy::Required;
+    config.delivery.ca_file = Some(ca.path().to_owned());
     let client = Client::new(config).unwrap();
     let env = envelope(&["a@secure.test"]);
     let dest = destination("secure.test", vec![target("localhost", sink.addr)]);
@@ -161,7 +162,7 @@ async fn required_tls_with_an_untrusted_certificate_defers_without_plaintext() {
 async fn required_tls_without_a_ca_file_defers_without_connecting() {
     let sink = sink_on([127, 0, 0, 47], tls_sink()).await;
     let mut config = config();
-    config.tls = TlsPolicy::Required;
+    config.delivery.tls = TlsPolicy::Required;
     let client = Client::new(config).unwrap();
     let env = envelope(&["a@secure.test"]);
     let dest = destination("secure.test", vec![target("localhost", sink.addr)]);
@@ -191,14 +192,14 @@ async fn tls_policy_none_stays_in_plaintext() {
 #[test]
 fn a_bad_ca_file_is_a_configuration_error() {
     let mut config = config();
-    config.ca_file = Some("/nonexistent/ca.pem".into());
+    config.delivery.ca_file = Some("/nonexistent/ca.pem".into());
     assert!(matches!(
         Client::new(config),
         Err(ClientError::CaFile { .. })
     ));
     let empty = ca_file("not a certificate\n");
     let mut config = common::config();
-    config.ca_file = Some(empty.path().to_owned());
+    config.delivery.ca_file = Some(empty.path().to_owned());
     assert!(matches!(
         Client::new(config),
         Err(ClientError::CaFile { .. })
@@ -213,7 +214,7 @@ async fn plaintext_after_the_starttls_reply_is_discarded() {
     let sink = sink_on([127, 0, 0, 49], tls_sink()).await;
     sink.set_starttls_extra("554 5.7.0 injected before TLS\r\n");
     let mut config = config();
-    config.tls = TlsPolicy::Opportunistic;
+    config.delivery.tls = TlsPolicy::Opportunistic;
     let client = Client::new(config).unwrap();
     let env = envelope(&["a@dest.test"]);
     let dest = destination("dest.test", vec![target("localhost", sink.addr)]);

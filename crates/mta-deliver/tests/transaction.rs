@@ -450,7 +450,7 @@ async fn a_slow_end_of_data_reply_defers() {
     )
     .await;
     let mut config = config();
-    config.timeouts.data_end = Duration::from_millis(300);
+    config.delivery.timeouts.data_end = Duration::from_millis(300);
     let client = Client::new(config).unwrap();
     let dest = destination("dest.test", vec![target("mx1.test", sink.addr)]);
     let env = envelope(&["a@dest.test"]);

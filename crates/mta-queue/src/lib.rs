@@ -83,8 +83,8 @@ pub use crate::actions::{Action, ActionReport, Selection};
 pub use crate::error::{ErrorKind, SteerError};
 pub use crate::job::Claim;
 pub use crate::listing::{
-    domain, parse_id, queue_named, Detail, Filter, HistoryRow, MessageRow, Page, RecipientRow,
-    RecipientStatus, Summary, SummaryRow, MAX_PAGE, SUMMARY_BUCKETS,
+    domain, parse_id, queue_named, Detail, Filter, MessageRow, Page, RecipientRow, RecipientStatus,
+    Summary, SummaryRow, MAX_PAGE, SUMMARY_BUCKETS,
 };
 pub use crate::operator::Operator;
 pub use crate::runner::RunnerStatus;

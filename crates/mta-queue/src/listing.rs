@@ -251,26 +251,6 @@ pub struct Page {
     pub next: Option<QueueId>,
 }
 
-/// One line of a message's history.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HistoryRow {
-    /// When (unix seconds).
-    pub time: u64,
-    /// The attempt (0: an operator's action).
-    pub attempt: u32,
-    /// The recipient.
-    pub recipient: String,
-    /// `delivered`, `deferred`, `failed`, `expired`, `deleted`, `held`,
-    /// `released`.
-    pub event: String,
-    /// The enhanced status code.
-    pub status: String,
-    /// The reply or local cause.
-    pub reply: String,
-    /// The remote host.
-    pub remote: Option<String>,
-}
-
 /// One message in full.
 #[derive(Debug, Clone)]
 pub struct Detail {
@@ -278,12 +258,25 @@ pub struct Detail {
     pub message: MessageRow,
     /// The envelope as stored.
     pub envelope: Envelope,
-    /// Every attempt's result for every recipient, oldest first.
-    pub history: Vec<HistoryRow>,
+    /// Every attempt's result for every recipient, oldest first, as the
+    /// spool keeps it ([`Detail::recipient`] names its recipient).
+    pub history: Vec<HistoryRecord>,
     /// The header section, as received.
     pub headers: String,
     /// The body, when asked for (lossy UTF-8).
     pub body: Option<String>,
+}
+
+impl Detail {
+    /// The address of the recipient a history record is about (empty if
+    /// the record names none of the envelope's).
+    pub fn recipient(&self, record: &HistoryRecord) -> String {
+        self.envelope
+            .recipients
+            .get(record.recipient)
+            .map(|r| r.address.to_string())
+            .unwrap_or_default()
+    }
 }
 
 /// Messages per destination domain and age, as Postfix's qshape shows
@@ -433,22 +426,10 @@ impl Operator {
             .position(|w| w == b"\r\n\r\n")
             .map_or(content.len(), |p| p + 2);
         let message = row(id, &entry, &records, in_memory);
-        let history = records
-            .into_iter()
-            .map(|h| HistoryRow {
-                time: h.time,
-                attempt: h.attempt,
-                recipient: entry.rcpts.get(h.recipient).cloned().unwrap_or_default(),
-                event: h.event,
-                status: h.status,
-                reply: h.reply,
-                remote: h.remote,
-            })
-            .collect();
         Ok(Detail {
             message,
             envelope,
-            history,
+            history: records,
             headers: String::from_utf8_lossy(&content[..split]).into_owned(),
             body: body.then(|| {
                 let start = (split + 2).min(content.len());

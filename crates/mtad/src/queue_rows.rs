@@ -92,22 +92,23 @@ pub fn page(p: queue::Page) -> wire::QueuePage {
 
 /// One message in full.
 pub fn detail(d: queue::Detail) -> wire::MessageDetail {
+    let history = d
+        .history
+        .iter()
+        .map(|h| wire::HistoryRow {
+            time: h.time,
+            attempt: h.attempt,
+            recipient: d.recipient(h),
+            event: h.event.clone(),
+            status: h.status.clone(),
+            reply: h.reply.clone(),
+            remote: h.remote.clone(),
+        })
+        .collect();
     wire::MessageDetail {
         message: message(d.message),
         envelope: serde_json::to_value(&d.envelope).unwrap_or_default(),
-        history: d
-            .history
-            .into_iter()
-            .map(|h| wire::HistoryRow {
-                time: h.time,
-                attempt: h.attempt,
-                recipient: h.recipient,
-                event: h.event,
-                status: h.status,
-                reply: h.reply,
-                remote: h.remote,
-            })
-            .collect(),
+        history,
         headers: d.headers,
         body: d.body,
     }

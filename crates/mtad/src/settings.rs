@@ -208,39 +208,13 @@ pub fn queue(config: &Config) -> QueueSettings {
 }
 
 fn client_config(config: &Config) -> ClientConfig {
-    let d = &config.delivery;
-    let t = &d.timeouts;
+    let delivery = config.delivery.clone();
     ClientConfig {
-        helo_name: d
+        helo_name: delivery
             .helo_name
             .clone()
             .unwrap_or_else(|| config.hostname.clone()),
-        timeouts: mta_deliver::Timeouts {
-            connect: t.connect,
-            greeting: t.greeting,
-            ehlo: t.ehlo,
-            mail: t.mail,
-            rcpt: t.rcpt,
-            data_init: t.data_init,
-            data_block: t.data_block,
-            data_end: t.data_end,
-            quit: t.quit,
-        },
-        tls: d.tls,
-        eightbit_without_8bitmime: d.eightbit_without_8bitmime,
-        tls_per_domain: d
-            .tls_policy
-            .iter()
-            .map(|(domain, p)| (domain.to_ascii_lowercase(), *p))
-            .collect(),
-        ca_file: d.ca_file.clone(),
-        max_per_destination: d.max_per_destination,
-        max_messages_per_hour: d.max_messages_per_hour,
-        backoff_after: d.backoff_after,
-        backoff_for: d.backoff_for,
-        throttle: d.throttle.clone(),
-        max_messages_per_connection: d.max_messages_per_connection,
-        idle_connection_timeout: d.idle_connection_timeout,
+        delivery,
     }
 }
 

@@ -5,7 +5,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use mta_deliver::{ClientConfig, Destination, OutboundMessage, Target, Timeouts, TlsPolicy};
+use mta_deliver::{
+    ClientConfig, DeliveryConfig, Destination, OutboundMessage, Target, Timeouts, TlsPolicy,
+};
 use mta_envelope::{BodyType, Envelope, Mailbox, Origin, Recipient, ReversePath};
 use mta_testkit::sink::{Sink, SinkConfig};
 
@@ -66,19 +68,24 @@ pub fn config() -> ClientConfig {
     let t = Duration::from_secs(5);
     ClientConfig {
         helo_name: "client.test".into(),
-        timeouts: Timeouts {
-            connect: Duration::from_secs(2),
-            greeting: t,
-            ehlo: t,
-            mail: t,
-            rcpt: t,
-            data_init: t,
-            data_block: t,
-            data_end: t,
-            quit: t,
+        delivery: DeliveryConfig {
+            timeouts: Timeouts {
+                connect: Duration::from_secs(2),
+                greeting: t,
+                ehlo: t,
+                mail: t,
+                rcpt: t,
+                data_init: t,
+                data_block: t,
+                data_end: t,
+                quit: t,
+            },
+            tls: TlsPolicy::None,
+            // What the client's tests were written against: Postfix's
+            // `smtp_connection_cache_time_limit`.
+            idle_connection_timeout: Duration::from_secs(2),
+            ..DeliveryConfig::default()
         },
-        tls: TlsPolicy::None,
-        ..ClientConfig::default()
     }
 }
 
