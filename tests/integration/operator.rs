@@ -315,6 +315,11 @@ fn delete_with_and_without_a_bounce_and_by_domain() {
     );
     assert!(text.contains("loud@a.test"), "{text}");
     assert!(!text.contains("quiet@a.test"), "{text}");
+    // The DSN's Maildir file is written before its queue entry goes:
+    // wait for that, so that the listing below sees only `split`.
+    wait_until("the DSN to leave the queue", WAIT, || {
+        ids(&list(&s.work, &[])) == vec![split.clone()]
+    });
 
     // By domain: only those recipients go; the message stays for the rest.
     let out = queue(&s.work, &["delete", "--domain", "b.test"]);

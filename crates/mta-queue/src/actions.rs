@@ -269,12 +269,12 @@ async fn act_in_memory(
 ) -> (bool, Result<(), SteerError>) {
     let id = job.id;
     let now = unix_now();
-    match action {
-        Action::Hold => {
+    // The same decision as for a message on disk; only the effects
+    // differ. Flush and release change nothing in memory: the message is
+    // due and not held.
+    let (doomed, left) = match change(&job.entry, action, domain, now) {
+        Change::Held(entry) => {
             // Held on disk, like any held message: it survives a stop.
-            let mut entry = job.entry.clone();
-            entry.queue = QueueName::Held;
-            entry.held_since = Some(now);
             if let Err(e) = inner.store_on_disk(job, &entry).await {
                 // Stored but not moved to the held queue: it is an
                 // ordinary message on disk now, and waits as one.
@@ -289,55 +289,44 @@ async fn act_in_memory(
             }
             log_operator(inner, Event::Held, id, &entry, None);
             report.done += 1;
-            (false, Ok(()))
+            return (false, Ok(()));
         }
-        Action::Delete => {
-            let doomed = pending_at(&job.entry, domain);
-            if doomed.is_empty() {
-                report.unchanged += 1;
-                return (true, Ok(()));
-            }
-            if bounce {
-                match crate::dsn::bounce_deleted(inner, id, &job.envelope, &job.content, &doomed)
-                    .await
-                {
-                    DeletedBounce::Queued => report.dsns += 1,
-                    DeletedBounce::NotWanted => {}
-                    DeletedBounce::Failed => {
-                        return (
-                            true,
-                            Err(SteerError::Unavailable(format!(
-                                "{id}: the DSN could not be queued, so nothing was deleted (is the disk full?)"
-                            ))),
-                        )
-                    }
-                }
-            }
-            for &i in &doomed {
-                job.entry.recipients[i] = RecipientState::Failed;
-                job.entry.last_errors.remove(&i);
-                log_operator(inner, Event::Deleted, id, &job.entry, Some(i));
-            }
-            report.recipients_deleted += doomed.len() as u64;
-            report.done += 1;
-            let left = !pending_at(&job.entry, None).is_empty();
-            if left {
-                inner.steering.remember(
-                    id,
-                    InMemory {
-                        entry: job.entry.clone(),
-                        envelope: job.envelope.clone(),
-                        content: job.content.clone(),
-                    },
-                );
-            }
-            (left, Ok(()))
-        }
-        Action::Flush | Action::Release => {
+        Change::Deleted { doomed, left } => (doomed, left),
+        Change::Unchanged | Change::Flushed(_) | Change::Released(_) => {
             report.unchanged += 1;
-            (true, Ok(()))
+            return (true, Ok(()));
+        }
+    };
+    if bounce {
+        match crate::dsn::bounce_deleted(inner, id, &job.envelope, &job.content, &doomed).await {
+            DeletedBounce::Queued => report.dsns += 1,
+            DeletedBounce::NotWanted => {}
+            DeletedBounce::Failed => return (
+                true,
+                Err(SteerError::Unavailable(format!(
+                    "{id}: the DSN could not be queued, so nothing was deleted (is the disk full?)"
+                ))),
+            ),
         }
     }
+    for &i in &doomed {
+        log_operator(inner, Event::Deleted, id, &job.entry, Some(i));
+    }
+    report.recipients_deleted += doomed.len() as u64;
+    report.done += 1;
+    let Some(left) = left else {
+        return (false, Ok(()));
+    };
+    job.entry = left;
+    inner.steering.remember(
+        id,
+        InMemory {
+            entry: job.entry.clone(),
+            envelope: job.envelope.clone(),
+            content: job.content.clone(),
+        },
+    );
+    (true, Ok(()))
 }
 
 /// Carries out the actions that waited for an attempt to end, in the
