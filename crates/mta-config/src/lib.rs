@@ -15,6 +15,7 @@ mod descriptors;
 mod recipients;
 mod size;
 mod smtp;
+mod submission;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -29,6 +30,7 @@ pub use delivery::{
 pub use recipients::{LocalRecipient, RecipientProblem};
 pub use size::ByteSize;
 pub use smtp::SmtpConfig;
+pub use submission::{Role, RoleLimits, SubmissionConfig};
 
 /// The whole configuration.
 #[derive(Clone, Debug, Deserialize)]
@@ -59,8 +61,14 @@ pub struct Config {
     /// 0660, where members may ask for status and list and show the queue
     /// but change nothing.
     pub group: Option<String>,
-    /// The SMTP listener.
+    /// The SMTP listener: the MX and relay role (port 25).
     pub smtp: SmtpConfig,
+    /// The submission role (RFC 6409, port 587): off unless it has
+    /// addresses to listen on.
+    pub submission: SubmissionConfig,
+    /// The implicit-TLS submission role (RFC 8314, port 465): off unless
+    /// it has addresses to listen on.
+    pub submissions: SubmissionConfig,
     /// STARTTLS.
     pub tls: TlsConfig,
     /// The spool.
@@ -253,6 +261,8 @@ impl Default for Config {
             user: None,
             group: None,
             smtp: SmtpConfig::default(),
+            submission: SubmissionConfig::default(),
+            submissions: SubmissionConfig::default(),
             tls: TlsConfig::default(),
             spool: SpoolConfig::default(),
             shutdown: ShutdownConfig::default(),
@@ -325,6 +335,24 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The addresses a role listens on (none: the role is off).
+    pub fn role_listen(&self, role: Role) -> &[SocketAddr] {
+        match role {
+            Role::Mx => &self.smtp.listen,
+            Role::Submission => &self.submission.listen,
+            Role::Submissions => &self.submissions.listen,
+        }
+    }
+
+    /// A role's limits, `[smtp]`'s where its own section is silent.
+    pub fn role_limits(&self, role: Role) -> RoleLimits {
+        match role {
+            Role::Mx => self.smtp.limits(),
+            Role::Submission => self.submission.limits(&self.smtp),
+            Role::Submissions => self.submissions.limits(&self.smtp),
+        }
+    }
+
     /// Reads `path`, or returns the built-in defaults when `path` is `None`,
     /// and checks the result.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
@@ -425,6 +453,14 @@ impl Config {
         }
         if self.smtp.max_session_time.is_zero() {
             problem("smtp.max_session_time", "must be longer than zero".into());
+        }
+        self.submission.check("submission", &mut problem);
+        self.submissions.check("submissions", &mut problem);
+        if !self.submissions.listen.is_empty() && self.tls.certificate.is_none() {
+            problem(
+                "submissions.listen",
+                "implicit TLS (RFC 8314) needs [tls] certificate and key".into(),
+            );
         }
         if let Err(found) = self.smtp.local_recipient_list() {
             for p in found {

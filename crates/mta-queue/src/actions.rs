@@ -301,12 +301,14 @@ async fn act_in_memory(
         match crate::dsn::bounce_deleted(inner, id, &job.envelope, &job.content, &doomed).await {
             DeletedBounce::Queued => report.dsns += 1,
             DeletedBounce::NotWanted => {}
-            DeletedBounce::Failed => return (
-                true,
-                Err(SteerError::Unavailable(format!(
+            DeletedBounce::Failed => {
+                return (
+                    true,
+                    Err(SteerError::Unavailable(format!(
                     "{id}: the DSN could not be queued, so nothing was deleted (is the disk full?)"
                 ))),
-            ),
+                )
+            }
         }
     }
     for &i in &doomed {
