@@ -1,10 +1,14 @@
 //! mta-init against the real binaries: start, status, stop, stale PID
 //! files, refusals, and a stop that lets open transactions finish.
 
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
 
-use crate::util::{bin, init, message, spool_contents, status_json, text, Client, Workdir};
+use crate::util::{
+    bin, init, message, spool_contents, status_json, text, Client, Workdir, IO_TIMEOUT,
+};
 
 fn smtp_addr(work: &Workdir) -> SocketAddr {
     let (_, v) = status_json(work);
@@ -157,17 +161,21 @@ fn stop_lets_an_open_transaction_finish_then_says_421() {
     let mut idle = Client::connect(addr);
     idle.cmd("EHLO client.test", "250");
 
-    let stopper = {
-        let config = work.config_path();
-        std::thread::spawn(move || {
-            Command::new(bin("mta-init"))
-                .arg("--config")
-                .arg(config)
-                .arg("stop")
-                .output()
-                .unwrap()
-        })
-    };
+    // mta-init stop, its output read line by line as it comes.
+    let mut stopper = Command::new(bin("mta-init"))
+        .arg("--config")
+        .arg(work.config_path())
+        .arg("stop")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines) = mpsc::channel();
+    let stdout = BufReader::new(stopper.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
     // The idle session is told at once.
     let r = idle.reply();
     assert_eq!(r.head(), "421 4.3.2", "{}", r.text());
@@ -175,6 +183,16 @@ fn stop_lets_an_open_transaction_finish_then_says_421() {
     let mut late = Client::connect(addr);
     assert_eq!(late.banner.head(), "421 4.3.2", "{}", late.banner.text());
     assert!(late.is_closed());
+    // mta-init says what the stop waits for: the open transaction.
+    let mut said = Vec::new();
+    while !said.iter().any(|l: &String| l.contains("waiting:")) {
+        let line = lines
+            .recv_timeout(IO_TIMEOUT)
+            .unwrap_or_else(|e| panic!("no progress line ({e}); said so far: {said:?}"));
+        said.push(line);
+    }
+    let waiting = said.last().unwrap();
+    assert!(waiting.contains("1 in a transaction"), "{waiting}");
     // The transaction in progress still completes and gets its 250.
     busy.cmd("DATA", "354");
     busy.send(message("finished during stop").as_bytes());
@@ -183,12 +201,12 @@ fn stop_lets_an_open_transaction_finish_then_says_421() {
     assert_eq!(busy.reply().head(), "421 4.3.2");
     assert!(busy.is_closed());
 
-    let o = stopper.join().unwrap();
-    assert!(o.status.success(), "{}", text(&o));
+    let status = stopper.wait().unwrap();
+    said.extend(lines.iter());
+    assert!(status.success(), "{said:?}");
     assert!(
-        text(&o).contains("waiting:"),
-        "no progress printed:\n{}",
-        text(&o)
+        said.iter().any(|l| l.starts_with("mtad stopped in")),
+        "{said:?}"
     );
     let stored = spool_contents(&work.queue());
     assert_eq!(stored.len(), 1);

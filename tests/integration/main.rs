@@ -15,6 +15,7 @@ mod init_text;
 mod kill_loop;
 mod lifecycle;
 mod limits;
+mod listeners;
 mod operator;
 mod postfix;
 mod queue_defects;

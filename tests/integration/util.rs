@@ -102,6 +102,10 @@ pub struct Mtad {
     pub addr: SocketAddr,
     /// The admin HTTP server, when one is configured.
     pub http: Option<SocketAddr>,
+    /// The submission role's first address (port 587's), when it listens.
+    pub submission: Option<SocketAddr>,
+    /// The implicit-TLS submission role's first address (port 465's).
+    pub submissions: Option<SocketAddr>,
     stdout: BufReader<std::process::ChildStdout>,
 }
 
@@ -144,6 +148,8 @@ impl Mtad {
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let mut addr = None;
         let mut http = None;
+        let mut submission = None;
+        let mut submissions = None;
         let mut line = String::new();
         loop {
             line.clear();
@@ -161,6 +167,12 @@ impl Mtad {
             }
             if let Some(a) = line.trim().strip_prefix("mtad: http listening on ") {
                 http = Some(a.parse().expect("announced address"));
+            }
+            if let Some(a) = line.trim().strip_prefix("mtad: submission listening on ") {
+                submission.get_or_insert(a.parse().expect("announced address"));
+            }
+            if let Some(a) = line.trim().strip_prefix("mtad: submissions listening on ") {
+                submissions.get_or_insert(a.parse().expect("announced address"));
             }
             if line.starts_with("mtad: ready") {
                 break;
@@ -180,6 +192,8 @@ impl Mtad {
             child,
             addr: addr.ok_or("no address announced")?,
             http,
+            submission,
+            submissions,
             stdout,
         })
     }
@@ -451,24 +465,43 @@ impl Client {
             self.stream.buffer().is_empty(),
             "data after 220 to STARTTLS"
         );
-        let tcp = self.stream.into_inner();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(cert.clone()).expect("trust the test certificate");
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let conn = rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap())
-            .expect("TLS client");
-        let tls = rustls::StreamOwned::new(conn, tcp);
         Client {
-            stream: BufReader::new(Box::new(tls) as Box<dyn Stream>),
+            stream: BufReader::new(tls_over(self.stream.into_inner(), cert)),
             banner: self.banner,
         }
     }
+
+    /// Implicit TLS (RFC 8314, port 465): the handshake first, trusting
+    /// `cert`, then the banner over TLS.
+    pub fn connect_tls(
+        addr: SocketAddr,
+        cert: &rustls::pki_types::CertificateDer<'static>,
+    ) -> Client {
+        let tcp = TcpStream::connect(addr).expect("connect");
+        tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let mut stream = BufReader::new(tls_over(Box::new(tcp), cert));
+        let banner = read_reply(&mut stream).expect("banner over TLS");
+        Client { stream, banner }
+    }
+}
+
+/// A TLS client stream over `tcp` for `localhost`, trusting `cert` only.
+fn tls_over(
+    tcp: Box<dyn Stream>,
+    cert: &rustls::pki_types::CertificateDer<'static>,
+) -> Box<dyn Stream> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.clone()).expect("trust the test certificate");
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let conn = rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap())
+        .expect("TLS client");
+    Box::new(rustls::StreamOwned::new(conn, tcp))
 }
 
 fn read_reply<R: BufRead>(r: &mut R) -> Option<Reply> {

@@ -61,6 +61,11 @@ impl Role {
     /// All three, in the order status shows them.
     pub const ALL: [Role; 3] = [Role::Mx, Role::Submission, Role::Submissions];
 
+    /// Its place in [`Role::ALL`], for tables kept per role.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// The role's name in status, metrics and logs, which is also its
     /// configuration section.
     pub fn name(self) -> &'static str {

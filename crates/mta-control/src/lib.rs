@@ -193,8 +193,15 @@ pub struct Status {
     pub uptime_secs: u64,
     /// Running or stopping.
     pub state: DaemonState,
-    /// The SMTP listening addresses.
+    /// The SMTP listening addresses of port 25's role (`[smtp]`).
     pub listen: Vec<String>,
+    /// The submission role's addresses (`[submission]`, port 587).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub submission_listen: Vec<String>,
+    /// The implicit-TLS submission role's addresses (`[submissions]`,
+    /// port 465).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub submissions_listen: Vec<String>,
     /// SMTP sessions open now.
     pub sessions_open: u64,
     /// Messages accepted (answered 250) since start.

@@ -113,8 +113,12 @@ name_impls!(Runner, "runner", [Ram => "ram", Bounce => "bounce", Disk => "disk"]
 #[serde(rename_all = "snake_case")]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Service {
-    /// The SMTP listener.
+    /// The SMTP listener of port 25 (`[smtp]`).
     Smtp,
+    /// The submission listener (`[submission]`, port 587).
+    Submission,
+    /// The implicit-TLS submission listener (`[submissions]`, port 465).
+    Submissions,
     /// The admin HTTP server.
     Http,
     /// The spool; taken down, it pauses injection and the runners.
@@ -134,7 +138,8 @@ pub enum Service {
 }
 
 name_impls!(Service, "service", [
-    Smtp => "smtp", Http => "http", Spool => "spool",
+    Smtp => "smtp", Submission => "submission", Submissions => "submissions",
+    Http => "http", Spool => "spool",
     Ram => "ram", Bounce => "bounce", Disk => "disk",
 ]);
 
@@ -145,7 +150,11 @@ impl Service {
             Service::Ram => Some(Runner::Ram),
             Service::Bounce => Some(Runner::Bounce),
             Service::Disk => Some(Runner::Disk),
-            Service::Smtp | Service::Http | Service::Spool => None,
+            Service::Smtp
+            | Service::Submission
+            | Service::Submissions
+            | Service::Http
+            | Service::Spool => None,
         }
     }
 
@@ -212,7 +221,7 @@ mod tests {
         );
         assert_eq!(
             Service::parse("nonesuch").unwrap_err().to_string(),
-            r#"no service "nonesuch": the services are smtp, http, spool, ram, bounce and disk"#
+            r#"no service "nonesuch": the services are smtp, submission, submissions, http, spool, ram, bounce and disk"#
         );
         // serde names the allowed values too.
         let e = serde_json::from_str::<Runner>(r#""nope""#).unwrap_err();

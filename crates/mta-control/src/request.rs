@@ -433,7 +433,7 @@ mod tests {
             ),
             (
                 r#"{"cmd":"svc","action":"down","service":"nonesuch"}"#,
-                "`smtp`, `http`, `spool`, `ram`, `ram-runner`, `bounce`",
+                "`smtp`, `submission`, `submissions`, `http`, `spool`, `ram`, `ram-runner`, `bounce`",
             ),
             (
                 r#"{"cmd":"queue_list","filter":{"queue":"nowhere"}}"#,

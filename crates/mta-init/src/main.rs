@@ -89,7 +89,7 @@ enum Verb {
     /// 0 when mtad is not running.
     ReopenLogs,
     /// Take one service down, bring it up, or restart it, as daemontools'
-    /// svc: smtp, http, spool, ram, bounce, disk. Taking the spool down
+    /// svc: smtp, submission, submissions, http, spool, ram, bounce, disk. Taking the spool down
     /// pauses injection and the runners.
     Svc {
         /// down, up or restart.
@@ -427,7 +427,7 @@ mod tests {
         assert_eq!(
             refusal(&["svc", "down", "nonesuch"]).as_deref(),
             Some(
-                r#"no service "nonesuch": the services are smtp, http, spool, ram, bounce and disk"#
+                r#"no service "nonesuch": the services are smtp, submission, submissions, http, spool, ram, bounce and disk"#
             )
         );
         assert_eq!(

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
+use mta_config::Role;
 use mta_smtp::{received_header, Message, Reply, Session, Step, StoreError};
 use mta_spool::QueueName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -32,10 +33,13 @@ enum Outcome {
 /// Serves one connection to its end.
 ///
 /// The session keeps the `settings` it started with, whatever a graceful
-/// restart installs meanwhile.
+/// restart installs meanwhile. On the implicit-TLS role (port 465, RFC
+/// 8314) the TLS handshake comes first and the banner is its first
+/// record; on the others TLS starts when the client asks (STARTTLS).
 pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
+    role: Role,
     ctx: &Context,
     settings: &Settings,
     shutdown: &Shutdown,
@@ -47,58 +51,80 @@ pub async fn serve(
         peer,
         began: Instant::now(),
     };
+    let limits = settings.role(role);
     let mut live = Live {
         deadlines: Deadlines::new(
-            settings.idle_timeout,
+            limits.idle_timeout,
             settings.min_data_rate,
-            settings.max_session_time,
+            limits.max_session_time,
             with.began,
         ),
-        guard: ctx.stats.session_opened(),
+        guard: ctx.stats.session_opened(role),
         session: Session::new(
-            settings.session_config.clone(),
+            limits.session_config.clone(),
             ctx.admission.clone(),
             peer.ip(),
         ),
         input: BytesMut::with_capacity(16 * 1024),
         out: Vec::with_capacity(1024),
     };
-    let mut stream = stream;
-    live.session.banner().write_to(&mut live.out);
-    debug!(%peer, "session opened");
-
-    let outcome = drive(&mut stream, &mut live, with).await;
-    match outcome {
-        Ok(Outcome::Closed) => {}
-        Ok(Outcome::StartTls) => {
-            let Some(acceptor) = &settings.tls else {
-                return;
-            };
-            let (until, expired) = live.deadlines.handshake(Instant::now());
-            let handshake = timeout_at(until.into(), acceptor.accept(stream)).await;
-            let mut tls = match handshake {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    // No reply can be sent in the middle of a handshake.
-                    timed_out(with, expired, "TLS handshake");
-                    return;
-                }
-            };
-            let description = crate::tls::describe(tls.get_ref().1);
-            debug!(%peer, tls = %description, "TLS started");
-            live.session.tls_started(description);
-            live.deadlines.await_command(Instant::now());
-            if let Err(e) = drive(&mut tls, &mut live, with).await {
-                debug!(%peer, error = %e, "session ended with an error");
-            }
+    debug!(%peer, role = role.name(), "session opened");
+    if role == Role::Submissions {
+        tls_session(stream, &mut live, with, true).await;
+    } else {
+        live.session.banner().write_to(&mut live.out);
+        let mut stream = stream;
+        match drive(&mut stream, &mut live, with).await {
+            Ok(Outcome::Closed) => {}
+            Ok(Outcome::StartTls) => tls_session(stream, &mut live, with, false).await,
+            Err(e) => debug!(%peer, error = %e, "session ended with an error"),
         }
-        Err(e) => debug!(%peer, error = %e, "session ended with an error"),
     }
     debug!(%peer, "session closed");
+}
+
+/// Runs the TLS handshake on `stream`, within the handshake deadline,
+/// then the rest of the session over TLS. With `banner` (port 465), the
+/// banner is the first thing the session sends, over TLS.
+async fn tls_session(stream: TcpStream, live: &mut Live<'_>, with: With<'_>, banner: bool) {
+    let peer = with.peer;
+    let Some(acceptor) = &with.settings.tls else {
+        return;
+    };
+    let (until, expired) = live.deadlines.handshake(Instant::now());
+    // A stop does not wait for a handshake: no 421 can be sent before
+    // TLS is up, so the client is closed and tries again (the next image,
+    // on a restart).
+    let handshake = tokio::select! {
+        biased;
+        () = with.shutdown.stopping.cancelled() => {
+            debug!(%peer, "stopping: TLS handshake abandoned");
+            return;
+        }
+        handshake = timeout_at(until.into(), acceptor.accept(stream)) => handshake,
+    };
+    let mut tls = match handshake {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            // No reply can be sent in the middle of a handshake.
+            timed_out(with, expired, "TLS handshake");
+            return;
+        }
+    };
+    let description = crate::tls::describe(tls.get_ref().1);
+    debug!(%peer, tls = %description, "TLS started");
+    live.session.tls_started(description);
+    if banner {
+        live.session.banner().write_to(&mut live.out);
+    }
+    live.deadlines.await_command(Instant::now());
+    if let Err(e) = drive(&mut tls, live, with).await {
+        debug!(%peer, error = %e, "session ended with an error");
+    }
 }
 
 /// What a session carries across the switch to TLS: the protocol

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use mta_config::Role;
 use mta_queue::Queue;
 use mta_smtp::Admission;
 use mta_spool::{OpenReport, Spool};
@@ -30,9 +31,11 @@ pub struct Context {
     pub spool: Spool,
     pub spool_report: OpenReport,
     pub stats: Stats,
-    /// Sessions per client, shared by the settings of a graceful restart.
-    pub client_limits: Arc<ClientLimits>,
-    pub listen: Vec<SocketAddr>,
+    /// Sessions per client, per SMTP role in [`Role::ALL`] order, kept
+    /// across a graceful restart.
+    pub client_limits: [Arc<ClientLimits>; 3],
+    /// The SMTP listening addresses, per role in [`Role::ALL`] order.
+    pub listen: [Vec<SocketAddr>; 3],
     pub http_listen: Vec<SocketAddr>,
     pub control_path: PathBuf,
     pub config_path: Option<PathBuf>,
@@ -54,6 +57,16 @@ pub struct Context {
 }
 
 impl Context {
+    /// A role's listening addresses (none: the role is off).
+    pub fn listen(&self, role: Role) -> &[SocketAddr] {
+        &self.listen[role.index()]
+    }
+
+    /// A role's per-client counts.
+    pub fn client_limits(&self, role: Role) -> &Arc<ClientLimits> {
+        &self.client_limits[role.index()]
+    }
+
     /// The settings new work uses.
     pub fn settings(&self) -> Arc<Settings> {
         self.settings.read().clone()

@@ -15,6 +15,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use mta_config::Role;
 use mta_control::{ErrorKind, QueueAction, QueueFilter, QueueRequest, Response, Runner, Selection};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -449,6 +450,31 @@ fn render(ctx: &Context) -> String {
         "SMTP sessions open now.",
         &plain(ctx.stats.sessions_open()),
     );
+    // One series per SMTP role that listens (port 25's always).
+    let roles: Vec<Role> = Role::ALL
+        .into_iter()
+        .filter(|&role| role == Role::Mx || !ctx.listen(role).is_empty())
+        .collect();
+    let by_role = |value: &dyn Fn(Role) -> u64| -> Vec<(String, u64)> {
+        roles
+            .iter()
+            .map(|&role| (format!("{{role=\"{}\"}}", role.name()), value(role)))
+            .collect()
+    };
+    metric(
+        "mta_listener_sessions_open",
+        "gauge",
+        "SMTP sessions open now, by role (smtp, submission, submissions).",
+        &by_role(&|role| ctx.stats.sessions_open_on(role)),
+    );
+    metric(
+        "mta_listener_up",
+        "gauge",
+        "1 when the role's listener accepts connections (not taken down with svc).",
+        &by_role(&|role| {
+            u64::from(ctx.services.smtp_state(role) != crate::service_table::State::Down)
+        }),
+    );
     let refused: Vec<_> = ctx
         .stats
         .smtp_refused()
@@ -466,7 +492,7 @@ fn render(ctx: &Context) -> String {
         "mta_smtp_clients_tracked",
         "gauge",
         "Clients the per-client connection limits remember now.",
-        &plain(ctx.client_limits.tracked() as u64),
+        &plain(ctx.client_limits.iter().map(|c| c.tracked() as u64).sum()),
     );
     let per_queue: Vec<_> = ctx
         .spool

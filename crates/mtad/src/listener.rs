@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mta_config::Role;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -35,6 +36,7 @@ const ACCEPT_RETRY_MAX: Duration = Duration::from_secs(1);
 /// on `sessions`, which the stop waits for.
 pub async fn accept_loop(
     listener: TcpListener,
+    role: Role,
     ctx: Arc<Context>,
     shutdown: Shutdown,
     sessions: TaskTracker,
@@ -84,6 +86,7 @@ pub async fn accept_loop(
         let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let _ = stream.set_nodelay(true);
         let settings = ctx.settings();
+        let limits = settings.role(role);
         if ctx.services.injection_blocked() {
             ctx.stats.refused(Refusal::InjectionPaused);
             debug!(%peer, "injection paused: turned away with 421");
@@ -98,14 +101,15 @@ pub async fn accept_loop(
             sessions.spawn(say_and_close(stream, reply));
             continue;
         }
-        let Ok(slot) = settings.connection_slots.clone().try_acquire_owned() else {
+        let Ok(slot) = limits.connection_slots.clone().try_acquire_owned() else {
             ctx.stats.refused(Refusal::MaxConnections);
             if !at_limit {
                 at_limit = true;
                 warn!(
                     client = %peer.ip(),
                     cause = Refusal::MaxConnections.label(),
-                    max_connections = settings.config.smtp.max_connections,
+                    role = role.name(),
+                    max_connections = settings.config.role_limits(role).max_connections,
                     "connection limit reached: new connections get 421 4.7.0"
                 );
             } else {
@@ -116,9 +120,9 @@ pub async fn accept_loop(
             continue;
         };
         at_limit = false;
-        let client = match ctx.client_limits.admit(
+        let client = match ctx.client_limits(role).admit(
             peer.ip(),
-            &settings.client_limits,
+            &limits.client_limits,
             Instant::now(),
         ) {
             Ok(permit) => permit,
@@ -150,7 +154,7 @@ pub async fn accept_loop(
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
         sessions.spawn(async move {
-            connection::serve(stream, peer, &ctx, &settings, &shutdown).await;
+            connection::serve(stream, peer, role, &ctx, &settings, &shutdown).await;
             drop(client);
             drop(slot);
         });

@@ -93,6 +93,14 @@ fn restart_only(old: &Config, new: &Config) -> Vec<String> {
     };
     check(old.queue_dir != new.queue_dir, "queue_dir");
     check(old.smtp.listen != new.smtp.listen, "smtp.listen");
+    check(
+        old.submission.listen != new.submission.listen,
+        "submission.listen",
+    );
+    check(
+        old.submissions.listen != new.submissions.listen,
+        "submissions.listen",
+    );
     check(old.http.listen != new.http.listen, "http.listen");
     check(old.pid_file() != new.pid_file(), "pid_file");
     check(

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use mta_config::Config;
+use mta_config::{Config, Role};
 use mta_queue::Queue;
 use mta_smtp::Admission;
 use mta_spool::Spool;
@@ -112,7 +112,14 @@ async fn serve(config: Config, startup: Startup) -> Result<Exit> {
     let fixed = Fixed::new(&config);
 
     let sockets = Sockets::default();
-    let listen = sockets.open(Kind::Smtp, &fixed.smtp_listen, &mut inherited)?;
+    let mut listen: [Vec<std::net::SocketAddr>; 3] = Default::default();
+    for role in Role::ALL {
+        listen[role.index()] = sockets.open(
+            Kind::Smtp(role),
+            &fixed.smtp_listen[role.index()],
+            &mut inherited,
+        )?;
+    }
     let http_listen = sockets.open(Kind::Http, &fixed.http_listen, &mut inherited)?;
     if inherited.len() > 0 {
         warn!(
@@ -154,7 +161,7 @@ async fn serve(config: Config, startup: Startup) -> Result<Exit> {
         spool,
         spool_report: report,
         stats: Stats::new(),
-        client_limits: Arc::default(),
+        client_limits: Default::default(),
         listen: listen.clone(),
         http_listen: http_listen.clone(),
         control_path,
@@ -193,8 +200,10 @@ async fn serve(config: Config, startup: Startup) -> Result<Exit> {
     let mut winch = signal(SignalKind::window_change()).context("SIGWINCH handler")?;
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let mut usr1 = signal(SignalKind::user_defined1()).context("SIGUSR1 handler")?;
-    for addr in &listen {
-        println!("mtad: smtp listening on {addr}");
+    for role in Role::ALL {
+        for addr in &listen[role.index()] {
+            println!("mtad: {} listening on {addr}", role.name());
+        }
     }
     for addr in &http_listen {
         println!("mtad: http listening on {addr}");

@@ -5,6 +5,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use mta_config::Role;
 use mta_control::Runner;
 use mta_spool::QueueName;
 use parking_lot::Mutex;
@@ -37,14 +38,16 @@ impl Loops {
 #[derive(Default)]
 pub struct Services {
     injection_paused: AtomicBool,
-    pub smtp_down: AtomicBool,
+    /// `svc down` per SMTP role, in `Role::ALL` order.
+    pub smtp_down: [AtomicBool; 3],
     pub http_down: AtomicBool,
     pub spool_down: AtomicBool,
     /// `svc down` per runner, ram, bounce, disk.
     pub runner_down: [AtomicBool; 3],
     /// `pause delivery` per runner.
     pub runner_paused: [AtomicBool; 3],
-    pub smtp: Mutex<Option<Loops>>,
+    /// The accept loops per SMTP role, in `Role::ALL` order.
+    pub smtp: [Mutex<Option<Loops>>; 3],
     pub http: Mutex<Option<Loops>>,
     /// What restarting the listener needs.
     pub smtp_with: Mutex<Option<(Shutdown, TaskTracker)>>,
@@ -73,8 +76,8 @@ impl Services {
         self.spool_down.load(Ordering::Relaxed)
     }
 
-    pub fn smtp_state(&self) -> State {
-        if self.smtp_down.load(Ordering::Relaxed) {
+    pub fn smtp_state(&self, role: Role) -> State {
+        if self.smtp_down[role.index()].load(Ordering::Relaxed) {
             State::Down
         } else if self.injection_blocked() {
             State::Paused

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
+use mta_config::Role;
 use mta_control::{Runner, Service};
 use mta_spool::QueueName;
 use tokio_util::sync::CancellationToken;
@@ -27,24 +28,28 @@ use crate::service_table::{index, queue_of, Loops, RUNNERS};
 use crate::shutdown::Shutdown;
 use crate::sockets::Kind;
 
-/// Starts the SMTP accept loops on the registered sockets.
+/// Starts the SMTP accept loops of every role on the registered sockets.
 pub fn start_smtp(ctx: &Arc<Context>, shutdown: &Shutdown, sessions: &TaskTracker) -> Result<()> {
     *ctx.services.smtp_with.lock() = Some((shutdown.clone(), sessions.clone()));
-    spawn_smtp(ctx)
+    for role in Role::ALL {
+        spawn_smtp(ctx, role)?;
+    }
+    Ok(())
 }
 
-fn spawn_smtp(ctx: &Arc<Context>) -> Result<()> {
+fn spawn_smtp(ctx: &Arc<Context>, role: Role) -> Result<()> {
     let Some((shutdown, sessions)) = ctx.services.smtp_with.lock().clone() else {
         bail!("the listener was never started");
     };
     let down = CancellationToken::new();
     let tasks = ctx
         .sockets
-        .duplicates(Kind::Smtp)?
+        .duplicates(Kind::Smtp(role))?
         .into_iter()
         .map(|l| {
             tokio::spawn(crate::listener::accept_loop(
                 l,
+                role,
                 ctx.clone(),
                 shutdown.clone(),
                 sessions.clone(),
@@ -52,7 +57,7 @@ fn spawn_smtp(ctx: &Arc<Context>) -> Result<()> {
             ))
         })
         .collect();
-    *ctx.services.smtp.lock() = Some(Loops { down, tasks });
+    *ctx.services.smtp[role.index()].lock() = Some(Loops { down, tasks });
     Ok(())
 }
 
@@ -87,10 +92,12 @@ fn spawn_http(ctx: &Arc<Context>) -> Result<()> {
 /// At the end of a stop: waits for the accept loops (they end with
 /// the stop) and stops the HTTP server.
 pub async fn stop_listeners(ctx: &Context) {
-    let smtp = ctx.services.smtp.lock().take();
-    if let Some(loops) = smtp {
-        for task in loops.tasks {
-            let _ = task.await;
+    for role in Role::ALL {
+        let smtp = ctx.services.smtp[role.index()].lock().take();
+        if let Some(loops) = smtp {
+            for task in loops.tasks {
+                let _ = task.await;
+            }
         }
     }
     let http = ctx.services.http.lock().take();
@@ -120,16 +127,9 @@ pub async fn svc(
 
 async fn down(ctx: &Arc<Context>, service: Service) -> Result<String> {
     match service {
-        Service::Smtp => {
-            let loops = ctx.services.smtp.lock().take();
-            if let Some(loops) = loops {
-                loops.stop().await;
-            }
-            ctx.sockets.close(Kind::Smtp);
-            ctx.services.smtp_down.store(true, Ordering::Relaxed);
-            info!("svc: smtp down (not listening; open sessions go on)");
-            Ok("smtp down: not listening; open sessions go on".into())
-        }
+        Service::Smtp => Ok(listener_down(ctx, Role::Mx).await),
+        Service::Submission => Ok(listener_down(ctx, Role::Submission).await),
+        Service::Submissions => Ok(listener_down(ctx, Role::Submissions).await),
         Service::Http => {
             let loops = ctx.services.http.lock().take();
             if let Some(loops) = loops {
@@ -170,16 +170,9 @@ async fn down(ctx: &Arc<Context>, service: Service) -> Result<String> {
 
 fn up(ctx: &Arc<Context>, service: Service) -> Result<String> {
     match service {
-        Service::Smtp => {
-            if ctx.services.smtp.lock().is_some() {
-                return Ok("smtp already up".into());
-            }
-            ctx.sockets.reopen(Kind::Smtp, &ctx.listen)?;
-            spawn_smtp(ctx)?;
-            ctx.services.smtp_down.store(false, Ordering::Relaxed);
-            info!("svc: smtp up");
-            Ok(format!("smtp up: listening on {}", join(&ctx.listen)))
-        }
+        Service::Smtp => listener_up(ctx, Role::Mx),
+        Service::Submission => listener_up(ctx, Role::Submission),
+        Service::Submissions => listener_up(ctx, Role::Submissions),
         Service::Http => {
             if ctx.services.http.lock().is_some() {
                 return Ok("http already up".into());
@@ -200,6 +193,37 @@ fn up(ctx: &Arc<Context>, service: Service) -> Result<String> {
         Service::Bounce => Ok(runner_up(ctx, Runner::Bounce)),
         Service::Disk => Ok(runner_up(ctx, Runner::Disk)),
     }
+}
+
+/// `svc down` of one SMTP role's listener: it stops accepting and
+/// closes its sockets; open sessions go on.
+async fn listener_down(ctx: &Context, role: Role) -> String {
+    let name = role.name();
+    let loops = ctx.services.smtp[role.index()].lock().take();
+    if let Some(loops) = loops {
+        loops.stop().await;
+    }
+    ctx.sockets.close(Kind::Smtp(role));
+    ctx.services.smtp_down[role.index()].store(true, Ordering::Relaxed);
+    info!("svc: {name} down (not listening; open sessions go on)");
+    format!("{name} down: not listening; open sessions go on")
+}
+
+/// `svc up` of one SMTP role's listener: its addresses bound again.
+fn listener_up(ctx: &Arc<Context>, role: Role) -> Result<String> {
+    let name = role.name();
+    if ctx.services.smtp[role.index()].lock().is_some() {
+        return Ok(format!("{name} already up"));
+    }
+    let listen = ctx.listen(role);
+    if listen.is_empty() {
+        bail!("{name} has no address to listen on (`[{name}] listen` is empty)");
+    }
+    ctx.sockets.reopen(Kind::Smtp(role), listen)?;
+    spawn_smtp(ctx, role)?;
+    ctx.services.smtp_down[role.index()].store(false, Ordering::Relaxed);
+    info!("svc: {name} up");
+    Ok(format!("{name} up: listening on {}", join(listen)))
 }
 
 /// `svc down` of one runner: it finishes the attempts under way (until

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use mta_config::Config;
+use mta_config::{Config, Role};
 use mta_deliver::{ClientConfig, ResolverConfig};
 use mta_queue::schedule::Schedule;
 use mta_queue::QueueSettings;
@@ -35,11 +35,19 @@ use crate::shutdown::StopKind;
 pub struct Settings {
     pub config: Arc<Config>,
     pub hostname: String,
+    pub min_data_rate: u64,
+    pub tls: Option<TlsAcceptor>,
+    /// Per SMTP role, in [`Role::ALL`] order.
+    roles: [RoleSettings; 3],
+}
+
+/// What one SMTP role (port 25, submission, implicit-TLS submission)
+/// gives its sessions: each has its own limits, connection pool and
+/// per-client limits.
+pub struct RoleSettings {
     pub session_config: Arc<SessionConfig>,
     pub idle_timeout: Duration,
-    pub min_data_rate: u64,
     pub max_session_time: Duration,
-    pub tls: Option<TlsAcceptor>,
     pub connection_slots: Arc<Semaphore>,
     pub client_limits: crate::client_limits::Limits,
 }
@@ -55,33 +63,56 @@ impl Settings {
             _ => None,
         };
         let local_recipients = local_recipients(&config)?;
+        let roles = Role::ALL
+            .map(|role| RoleSettings::new(&config, role, tls.is_some(), local_recipients.clone()));
         Ok(Settings {
             hostname: config.hostname.clone(),
-            session_config: Arc::new(SessionConfig {
-                hostname: config.hostname.clone(),
-                max_message_size: config.smtp.max_message_size.bytes() as usize,
-                max_recipients: config.smtp.max_recipients,
-                recipient_overshoot_limit: config.smtp.recipient_overshoot_limit,
-                max_command_line: config.smtp.max_command_line,
-                max_line_length: config.smtp.max_line_length,
-                max_errors: config.smtp.max_errors,
-                tls_available: tls.is_some(),
-                local_domains: config.smtp.local_domains.clone(),
-                local_recipients,
-                relay_networks: config.smtp.relay_networks.clone(),
-            }),
-            idle_timeout: config.smtp.idle_timeout,
             min_data_rate: config.smtp.min_data_rate,
-            max_session_time: config.smtp.max_session_time,
-            connection_slots: Arc::new(Semaphore::new(config.smtp.max_connections)),
-            client_limits: crate::client_limits::Limits {
-                max_connections: config.smtp.max_connections_per_client,
-                max_rate: config.smtp.max_connection_rate_per_client,
-                exemptions: config.smtp.client_limit_exemptions().to_vec(),
-            },
+            roles,
             tls,
             config,
         })
+    }
+
+    /// One role's settings.
+    pub fn role(&self, role: Role) -> &RoleSettings {
+        &self.roles[role.index()]
+    }
+}
+
+impl RoleSettings {
+    fn new(
+        config: &Config,
+        role: Role,
+        tls_available: bool,
+        local_recipients: Option<LocalRecipients>,
+    ) -> RoleSettings {
+        let limits = config.role_limits(role);
+        let smtp = &config.smtp;
+        RoleSettings {
+            session_config: Arc::new(SessionConfig {
+                hostname: config.hostname.clone(),
+                max_message_size: limits.max_message_size as usize,
+                max_recipients: limits.max_recipients,
+                recipient_overshoot_limit: smtp.recipient_overshoot_limit,
+                max_command_line: smtp.max_command_line,
+                max_line_length: smtp.max_line_length,
+                max_errors: limits.max_errors,
+                // Port 465 speaks TLS from the first byte: no STARTTLS.
+                tls_available: tls_available && role != Role::Submissions,
+                local_domains: smtp.local_domains.clone(),
+                local_recipients,
+                relay_networks: smtp.relay_networks.clone(),
+            }),
+            idle_timeout: limits.idle_timeout,
+            max_session_time: limits.max_session_time,
+            connection_slots: Arc::new(Semaphore::new(limits.max_connections)),
+            client_limits: crate::client_limits::Limits {
+                max_connections: limits.max_connections_per_client,
+                max_rate: limits.max_connection_rate_per_client,
+                exemptions: smtp.client_limit_exemptions().to_vec(),
+            },
+        }
     }
 }
 
@@ -106,8 +137,8 @@ fn local_recipients(config: &Config) -> Result<Option<LocalRecipients>> {
 /// What only a restart changes, read once at start. (A graceful restart
 /// reports a change to these and leaves them as they are: `reload.rs`.)
 pub struct Fixed {
-    /// The SMTP listening addresses.
-    pub smtp_listen: Vec<SocketAddr>,
+    /// The SMTP listening addresses, per role in [`Role::ALL`] order.
+    pub smtp_listen: [Vec<SocketAddr>; 3],
     /// The admin HTTP server's addresses.
     pub http_listen: Vec<SocketAddr>,
     /// Where the queue lives and how the spool behaves.
@@ -126,7 +157,7 @@ impl Fixed {
     /// Reads them from the configuration the daemon starts with.
     pub fn new(config: &Config) -> Fixed {
         Fixed {
-            smtp_listen: config.smtp.listen.clone(),
+            smtp_listen: Role::ALL.map(|role| config.role_listen(role).to_vec()),
             http_listen: config.http.listen.clone(),
             spool: SpoolConfig {
                 dir: config.queue_dir.clone(),

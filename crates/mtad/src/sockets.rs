@@ -15,25 +15,46 @@ use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
 use anyhow::{Context as _, Result};
+use mta_config::Role;
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use parking_lot::Mutex;
 
 /// The first inherited descriptor (`SD_LISTEN_FDS_START`).
 const FIRST_FD: RawFd = 3;
 
-/// What a listening socket serves.
+/// What a listening socket serves: SMTP in one of its roles (port 25,
+/// submission, implicit-TLS submission), or the admin HTTP server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
-    Smtp,
+    Smtp(Role),
     Http,
 }
 
 impl Kind {
-    fn name(self) -> &'static str {
+    /// Every kind, in the order a hand-over passes them.
+    pub const ALL: [Kind; 4] = [
+        Kind::Smtp(Role::Mx),
+        Kind::Smtp(Role::Submission),
+        Kind::Smtp(Role::Submissions),
+        Kind::Http,
+    ];
+
+    /// The name in `LISTEN_FDNAMES` and the log: the configuration
+    /// section (`smtp`, `submission`, `submissions`, `http`).
+    pub fn name(self) -> &'static str {
         match self {
-            Kind::Smtp => "smtp",
+            Kind::Smtp(role) => role.name(),
             Kind::Http => "http",
         }
+    }
+
+    /// The kind a `LISTEN_FDNAMES` entry names; an unknown or missing
+    /// name is port 25's (systemd's default name is `unknown`).
+    fn named(name: Option<&str>) -> Kind {
+        Kind::ALL
+            .into_iter()
+            .find(|k| Some(k.name()) == name)
+            .unwrap_or(Kind::Smtp(Role::Mx))
     }
 }
 
@@ -79,10 +100,7 @@ impl Inherited {
                 // Not a socket of ours (a datagram socket, a file): close.
                 continue;
             }
-            let kind = match names.get(i as usize) {
-                Some(&"http") => Kind::Http,
-                _ => Kind::Smtp,
-            };
+            let kind = Kind::named(names.get(i as usize).copied());
             sockets.push((kind, listener));
         }
         Inherited { sockets }
@@ -168,7 +186,7 @@ impl Sockets {
     pub fn take_all(&self) -> Vec<(Kind, TcpListener)> {
         let mut open = self.open.lock();
         let mut all = Vec::new();
-        for kind in [Kind::Smtp, Kind::Http] {
+        for kind in Kind::ALL {
             for l in open.remove(&kind).unwrap_or_default() {
                 all.push((kind, l));
             }

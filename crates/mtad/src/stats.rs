@@ -3,6 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use mta_config::Role;
 use mta_control::StopProgress;
 use parking_lot::Mutex;
 use tokio::sync::watch;
@@ -68,6 +69,8 @@ impl Refusal {
 pub struct Stats {
     started: Instant,
     sessions_open: AtomicU64,
+    /// Sessions open per SMTP role, in `Role::ALL` order.
+    sessions_open_by_role: [AtomicU64; 3],
     sessions_in_transaction: AtomicU64,
     accepted_total: AtomicU64,
     refused: [AtomicU64; Refusal::ALL.len()],
@@ -83,6 +86,7 @@ impl Stats {
         Stats {
             started: Instant::now(),
             sessions_open: AtomicU64::new(0),
+            sessions_open_by_role: Default::default(),
             sessions_in_transaction: AtomicU64::new(0),
             accepted_total: AtomicU64::new(0),
             refused: Default::default(),
@@ -143,11 +147,18 @@ impl Stats {
         self.accepted_total.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts a session as open until the guard is dropped.
-    pub fn session_opened(&self) -> SessionGuard<'_> {
+    /// Sessions open now on one SMTP role.
+    pub fn sessions_open_on(&self, role: Role) -> u64 {
+        self.sessions_open_by_role[role.index()].load(Ordering::Relaxed)
+    }
+
+    /// Counts a session on `role` as open until the guard is dropped.
+    pub fn session_opened(&self, role: Role) -> SessionGuard<'_> {
         self.sessions_open.fetch_add(1, Ordering::Relaxed);
+        self.sessions_open_by_role[role.index()].fetch_add(1, Ordering::Relaxed);
         SessionGuard {
             stats: self,
+            role,
             in_transaction: false,
         }
     }
@@ -206,6 +217,7 @@ impl StopListener {
 /// One open session, and whether it is in a transaction.
 pub struct SessionGuard<'a> {
     stats: &'a Stats,
+    role: Role,
     in_transaction: bool,
 }
 
@@ -228,6 +240,7 @@ impl Drop for SessionGuard<'_> {
     fn drop(&mut self) {
         self.set_in_transaction(false);
         self.stats.sessions_open.fetch_sub(1, Ordering::Relaxed);
+        self.stats.sessions_open_by_role[self.role.index()].fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -1,6 +1,7 @@
 //! The status report, as `mta-init status` and `GET /status` show it,
 //! and a stop's progress: read from the parts, never changing them.
 
+use mta_config::Role;
 use mta_control::{
     DaemonState, RescanRow, RunnerRow, ServiceState, ServiceStatus, SpoolOpen, Status, StopProgress,
 };
@@ -30,7 +31,6 @@ pub fn status(ctx: &Context, shutdown: &Shutdown) -> Status {
     let stopping = shutdown.listen_end.is_cancelled();
     let stats = &ctx.stats;
     let services_state = &ctx.services;
-    let listen: Vec<String> = ctx.listen.iter().map(ToString::to_string).collect();
     let http_listen: Vec<String> = ctx.http_listen.iter().map(ToString::to_string).collect();
     let now = mta_envelope::unix_now();
     let per_queue = ctx.spool.queue_stats();
@@ -70,27 +70,38 @@ pub fn status(ctx: &Context, shutdown: &Shutdown) -> Status {
         State::Paused => ServiceState::Paused,
         State::Degraded => ServiceState::Degraded,
     };
-    let smtp_state = if stopping {
-        ServiceState::Draining
-    } else {
-        state(services_state.smtp_state())
-    };
     let queued = count(ctx.spool.len() as u64, "message", "messages");
     let spool_trouble = ctx.spool_trouble();
-    let mut services = vec![
-        ServiceStatus {
-            name: "smtp".into(),
-            state: smtp_state,
-            detail: format!(
-                "{}; {} open",
-                match smtp_state {
-                    ServiceState::Up => listen.join(", "),
-                    ServiceState::Paused => format!("{} (new mail gets 421)", listen.join(", ")),
-                    _ => "not listening".to_owned(),
-                },
-                count(stats.sessions_open(), "session", "sessions")
-            ),
-        },
+    // One row per SMTP role: port 25's always, the submission roles when
+    // they have addresses to listen on.
+    let mut services: Vec<ServiceStatus> = Role::ALL
+        .into_iter()
+        .filter(|&role| role == Role::Mx || !ctx.listen(role).is_empty())
+        .map(|role| {
+            let smtp_state = if stopping {
+                ServiceState::Draining
+            } else {
+                state(services_state.smtp_state(role))
+            };
+            let listen = addresses(ctx.listen(role));
+            ServiceStatus {
+                name: role.name().into(),
+                state: smtp_state,
+                detail: format!(
+                    "{}; {} open",
+                    match smtp_state {
+                        ServiceState::Up => listen.join(", "),
+                        ServiceState::Paused => {
+                            format!("{} (new mail gets 421)", listen.join(", "))
+                        }
+                        _ => "not listening".to_owned(),
+                    },
+                    count(stats.sessions_open_on(role), "session", "sessions")
+                ),
+            }
+        })
+        .collect();
+    services.extend([
         ServiceStatus {
             name: "spool".into(),
             state: state(services_state.spool_state(spool_trouble.is_some())),
@@ -124,7 +135,7 @@ pub fn status(ctx: &Context, shutdown: &Shutdown) -> Status {
             state: ServiceState::Up,
             detail: ctx.control_path.display().to_string(),
         },
-    ];
+    ]);
     for r in &runners {
         // The runners' rows come from the same three queues.
         let q = RUNNERS.into_iter().find(|q| q.as_str() == r.name);
@@ -163,7 +174,9 @@ pub fn status(ctx: &Context, shutdown: &Shutdown) -> Status {
         } else {
             DaemonState::Running
         },
-        listen,
+        listen: addresses(ctx.listen(Role::Mx)),
+        submission_listen: addresses(ctx.listen(Role::Submission)),
+        submissions_listen: addresses(ctx.listen(Role::Submissions)),
         sessions_open: stats.sessions_open(),
         accepted_total: stats.accepted_total(),
         queued: ctx.spool.len() as u64 + in_memory,
@@ -230,4 +243,8 @@ fn index_origin(i: mta_spool::IndexOrigin) -> mta_control::IndexOrigin {
         I::Damaged => C::Damaged,
         I::Unavailable => C::Unavailable,
     }
+}
+
+fn addresses(addrs: &[std::net::SocketAddr]) -> Vec<String> {
+    addrs.iter().map(ToString::to_string).collect()
 }
