@@ -69,6 +69,7 @@ impl Settings {
                 local_domains: config.smtp.local_domains.clone(),
                 local_recipients,
                 relay_networks: config.smtp.relay_networks.clone(),
+                auth: None,
             }),
             idle_timeout: config.smtp.idle_timeout,
             min_data_rate: config.smtp.min_data_rate,
