@@ -639,14 +639,17 @@ fn chunks() -> impl Strategy<Value = Vec<u8>> {
         })
 }
 
-/// A session's worth of input: usually a greeting and a transaction,
-/// then anything.
+/// A session's worth of input: usually a greeting (and, where AUTH is
+/// offered, often a successful one: PLAIN, or LOGIN pipelined) and a
+/// transaction, then anything.
 fn stream() -> impl Strategy<Value = Vec<u8>> {
     (
         prop_oneof![
             Just(&b"EHLO c.test\r\n"[..]),
             Just(&b"HELO c\r\n"[..]),
-            Just(&b""[..])
+            Just(&b""[..]),
+            Just(&b"EHLO c.test\r\nAUTH PLAIN AGFsaWNlAHMzY3JldA==\r\n"[..]),
+            Just(&b"EHLO c.test\r\nAUTH LOGIN\r\nYWxpY2U=\r\nczNjcmV0\r\n"[..]),
         ],
         prop::collection::vec(piece(), 0..16),
     )
@@ -678,12 +681,16 @@ fn session_on_arbitrary_bytes_never_panics_and_replies_well() {
 #[test]
 fn session_on_arbitrary_bytes_after_a_transaction_opens() {
     // Garbage that starts where a parser is most stateful: inside a
-    // transaction, after DATA, after a BDAT command.
+    // transaction, after DATA, after a BDAT command, inside AUTH.
     let prefix = prop::sample::select(vec![
         &b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\n"[..],
         b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\n",
         b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nBDAT 40\r\n",
         b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nBDAT 10 LAST\r\n",
+        // Inside an AUTH exchange, where AUTH is offered.
+        b"EHLO c\r\nAUTH PLAIN\r\n",
+        b"EHLO c\r\nAUTH LOGIN\r\n",
+        b"EHLO c\r\nAUTH LOGIN YWxpY2U=\r\n",
     ]);
     fuzz::check(
         regressions!("session_arbitrary_in_transaction"),
