@@ -111,6 +111,7 @@ async fn seed(cli: &Cli, spool: &Spool) -> Result<(), String> {
             helo: "mta-seed.test".into(),
             protocol: "ESMTP".into(),
             tls: None,
+            auth: None,
         },
         arrival: start,
     });

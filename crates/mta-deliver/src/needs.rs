@@ -142,6 +142,7 @@ mod tests {
                 helo: "client.test".into(),
                 protocol: "UTF8SMTP".into(),
                 tls: None,
+                auth: None,
             },
             arrival: 0,
         }

@@ -41,6 +41,7 @@ fn envelope(ret: Option<Ret>) -> Envelope {
             helo: "client.sender.test".into(),
             protocol: "ESMTP".into(),
             tls: None,
+            auth: None,
         },
         arrival: 1_795_319_280,
     }

@@ -12,5 +12,6 @@ pub(crate) fn local_origin(hostname: &str) -> Origin {
         helo: hostname.to_owned(),
         protocol: "local".to_owned(),
         tls: None,
+        auth: None,
     }
 }

@@ -3,6 +3,8 @@
 //! The line given here has already passed the framing checks in
 //! `session.rs`: it is UTF-8, holds no CR or LF, and its CRLF is removed.
 
+use zeroize::Zeroizing;
+
 use crate::address::{split_path, AddressError};
 
 /// A parsed command.
@@ -49,6 +51,15 @@ pub enum Command {
     Help,
     /// `STARTTLS` (RFC 3207).
     StartTls,
+    /// `AUTH mechanism [initial-response]` (RFC 4954).
+    Auth {
+        /// The SASL mechanism's name, upper-cased (not checked against the
+        /// ones we know: that is the session's 504).
+        mechanism: String,
+        /// The initial response, still base64 (`=` for an empty one). It
+        /// may hold a password: wiped when dropped, hidden from `Debug`.
+        initial_response: Option<Zeroizing<String>>,
+    },
 }
 
 /// Why a line is not a command we can run.
@@ -110,6 +121,7 @@ impl Command {
             "EXPN" => Ok(Command::Expn),
             "HELP" => Ok(Command::Help),
             "STARTTLS" => no_arg(Command::StartTls, "STARTTLS"),
+            "AUTH" => parse_auth(arg),
             _ => Err(CommandError::Unknown),
         }
     }
@@ -166,6 +178,30 @@ fn parse_bdat(arg: &str) -> Result<Command, CommandError> {
         return Err(CommandError::Syntax(USAGE));
     }
     Ok(Command::Bdat { size, last })
+}
+
+/// `AUTH mechanism [initial-response]`: the mechanism is a SASL name
+/// (RFC 4422 section 3.1: 1 to 20 of A-Z, 0-9, `-`, `_`), the response
+/// one word of base64 or `=` (decoded by the session).
+fn parse_auth(arg: &str) -> Result<Command, CommandError> {
+    const USAGE: &str = "AUTH mechanism [initial-response]";
+    let mut words = arg.split(' ').filter(|w| !w.is_empty());
+    let mechanism = words
+        .next()
+        .filter(|m| {
+            m.len() <= 20
+                && m.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        .ok_or(CommandError::Syntax(USAGE))?;
+    let initial_response = words.next().map(|w| Zeroizing::new(w.to_owned()));
+    if words.next().is_some() {
+        return Err(CommandError::Syntax(USAGE));
+    }
+    Ok(Command::Auth {
+        mechanism: mechanism.to_ascii_uppercase(),
+        initial_response,
+    })
 }
 
 #[cfg(test)]
@@ -250,5 +286,44 @@ mod tests {
         assert!(Command::parse("BDAT -1").is_err());
         assert!(Command::parse("BDAT 1 LAST x").is_err());
         assert!(Command::parse("BDAT 99999999999999999999").is_err());
+    }
+
+    #[test]
+    fn auth() {
+        assert_eq!(
+            Command::parse("auth plain"),
+            Ok(Command::Auth {
+                mechanism: "PLAIN".into(),
+                initial_response: None
+            })
+        );
+        let Ok(Command::Auth {
+            mechanism,
+            initial_response: Some(initial),
+        }) = Command::parse("AUTH LOGIN dXNlcg==")
+        else {
+            panic!("expected AUTH with an initial response");
+        };
+        assert_eq!(
+            (mechanism.as_str(), initial.as_str()),
+            ("LOGIN", "dXNlcg==")
+        );
+        // Unknown mechanisms parse (504 is the session's); bad names do not.
+        assert!(Command::parse("AUTH X-NEW_1").is_ok());
+        for bad in [
+            "AUTH",
+            "AUTH  ",
+            "AUTH P+AIN",
+            "AUTH PLAIN a b",
+            "AUTH ABCDEFGHIJKLMNOPQRSTU",
+        ] {
+            assert!(
+                matches!(Command::parse(bad), Err(CommandError::Syntax(_))),
+                "{bad}"
+            );
+        }
+        // The initial response never shows in Debug output.
+        let debug = format!("{:?}", Command::parse("AUTH PLAIN AGEAc2VjcmV0").unwrap());
+        assert!(!debug.contains("AGEAc2VjcmV0"), "{debug}");
     }
 }

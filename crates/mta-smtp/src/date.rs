@@ -1,4 +1,5 @@
-//! RFC 5322 section 3.3 dates, in UTC, for `Received:` headers.
+//! RFC 5322 section 3.3 dates, in UTC, for `Received:` and `Date:`
+//! headers, and the compact form a `Message-ID:` starts with.
 
 /// Formats seconds since the Unix epoch as `Sun, 22 Nov 2026 03:48:00 +0000`.
 pub fn rfc5322_date(unix: u64) -> String {
@@ -13,6 +14,19 @@ pub fn rfc5322_date(unix: u64) -> String {
         "{}, {day} {} {year} {:02}:{:02}:{:02} +0000",
         DAYS[(days % 7) as usize],
         MONTHS[(month - 1) as usize],
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// Formats seconds since the Unix epoch as `YYYYMMDDhhmmss` (UTC), as
+/// Postfix starts the Message-IDs it makes.
+pub(crate) fn compact_utc(unix: u64) -> String {
+    let secs = unix % 86_400;
+    let (year, month, day) = civil_from_days((unix / 86_400) as i64);
+    format!(
+        "{year:04}{month:02}{day:02}{:02}{:02}{:02}",
         secs / 3600,
         secs / 60 % 60,
         secs % 60
@@ -35,7 +49,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 #[cfg(test)]
 mod tests {
-    use super::rfc5322_date;
+    use super::{compact_utc, rfc5322_date};
 
     #[test]
     fn known_dates() {
@@ -45,5 +59,7 @@ mod tests {
             rfc5322_date(1_795_319_280),
             "Sun, 22 Nov 2026 03:48:00 +0000"
         );
+        assert_eq!(compact_utc(0), "19700101000000");
+        assert_eq!(compact_utc(1_795_319_281), "20261122034801");
     }
 }

@@ -1,6 +1,6 @@
 //! ESMTP parameters of MAIL and RCPT: SIZE (RFC 1870), BODY (RFC 6152),
 //! SMTPUTF8 (RFC 6531), and the DSN parameters RET, ENVID, NOTIFY and ORCPT
-//! (RFC 3461).
+//! (RFC 3461), and AUTH (RFC 4954 section 5) where AUTH is offered.
 
 use mta_envelope::{BodyType, Notify, Ret};
 
@@ -38,12 +38,27 @@ fn once<T>(slot: &mut Option<T>, key: &str, value: T) -> Result<(), Reply> {
     Ok(())
 }
 
-pub(crate) fn mail_params(params: Params) -> Result<MailParams, Reply> {
+/// The parameters of MAIL; `auth_offered` when this session offers AUTH,
+/// which is when the AUTH parameter may be sent.
+pub(crate) fn mail_params(params: Params, auth_offered: bool) -> Result<MailParams, Reply> {
     let mut p = MailParams::default();
     let mut body = None;
     let mut smtputf8 = None;
+    let mut auth = None;
     for (key, value) in params {
         match (key.as_str(), value) {
+            // RFC 4954 section 5: the identity that submitted the message
+            // at an earlier hop, `<>` when unknown. It proves nothing (it
+            // does not authenticate this client), so it is checked as
+            // xtext and dropped, which section 5 allows ("parse and
+            // discard").
+            ("AUTH", Some(v)) if auth_offered => {
+                let identity = xtext_decode(&v)
+                    .filter(|i| !i.is_empty() && i.len() <= 500)
+                    .ok_or_else(|| bad_value(&key))?;
+                once(&mut auth, &key, identity)?;
+            }
+            ("AUTH", None) if auth_offered => return Err(bad_value(&key)),
             ("SIZE", Some(v)) => {
                 let size = v
                     .parse::<u64>()
@@ -192,30 +207,65 @@ mod tests {
 
     #[test]
     fn mail_dsn_params() {
-        let m = mail_params(p(&[
-            ("RET", Some("hdrs")),
-            ("ENVID", Some("QQ+2B1")),
-            ("BODY", Some("8BITMIME")),
-            ("SIZE", Some("42")),
-        ]))
+        let m = mail_params(
+            p(&[
+                ("RET", Some("hdrs")),
+                ("ENVID", Some("QQ+2B1")),
+                ("BODY", Some("8BITMIME")),
+                ("SIZE", Some("42")),
+            ]),
+            false,
+        )
         .unwrap();
         assert_eq!(m.ret, Some(Ret::Hdrs));
         assert_eq!(m.envid.as_deref(), Some("QQ+1"));
         assert_eq!(m.body, BodyType::EightBitMime);
         assert_eq!(m.size, Some(42));
-        assert_eq!(mail_params(p(&[("FOO", None)])).unwrap_err().code, 555);
-        assert_eq!(mail_params(p(&[("RET", Some("X"))])).unwrap_err().code, 501);
         assert_eq!(
-            mail_params(p(&[("SIZE", Some("1")), ("SIZE", Some("2"))]))
+            mail_params(p(&[("FOO", None)]), false).unwrap_err().code,
+            555
+        );
+        assert_eq!(
+            mail_params(p(&[("RET", Some("X"))]), false)
                 .unwrap_err()
                 .code,
             501
         );
         assert_eq!(
-            mail_params(p(&[("BODY", Some("BINARYMIME"))]))
+            mail_params(p(&[("SIZE", Some("1")), ("SIZE", Some("2"))]), false)
                 .unwrap_err()
                 .code,
             501
+        );
+        assert_eq!(
+            mail_params(p(&[("BODY", Some("BINARYMIME"))]), false)
+                .unwrap_err()
+                .code,
+            501
+        );
+    }
+
+    /// RFC 4954 section 5: AUTH= is taken as xtext and dropped where AUTH
+    /// is offered, and unknown (555) where it is not.
+    #[test]
+    fn mail_auth_param() {
+        for ok in ["<>", "alice+40example.test", "e+3Dmc2"] {
+            assert!(mail_params(p(&[("AUTH", Some(ok))]), true).is_ok(), "{ok}");
+        }
+        for bad in [Some("a+0Db"), Some("a=b"), Some(""), None] {
+            assert_eq!(
+                mail_params(p(&[("AUTH", bad)]), true).unwrap_err().code,
+                501,
+                "{bad:?}"
+            );
+        }
+        let twice = p(&[("AUTH", Some("<>")), ("AUTH", Some("<>"))]);
+        assert_eq!(mail_params(twice, true).unwrap_err().code, 501);
+        assert_eq!(
+            mail_params(p(&[("AUTH", Some("<>"))]), false)
+                .unwrap_err()
+                .code,
+            555
         );
     }
 

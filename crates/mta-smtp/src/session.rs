@@ -5,6 +5,12 @@
 //! reply it gets. The session does its own framing (command lines, DATA text,
 //! BDAT chunks), so every rule about where one command ends and the next
 //! begins lives here, where the tests can reach it byte by byte.
+//!
+//! AUTH (RFC 4954) follows the same pattern as storing a message: the
+//! session decodes the exchange and answers [`Step::Authenticate`]; the
+//! caller checks the credentials and reports back with
+//! [`Session::authenticated`]. Nothing else is read until it does, so a
+//! command pipelined behind AUTH runs with the verdict already known.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,8 +20,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::{Buf, BytesMut};
 use ipnet::IpNet;
 use mta_envelope::{Envelope, Mailbox, Origin, QueueId, Recipient, ReversePath};
+use zeroize::Zeroize;
 
 use crate::address::{parse_mailbox, AddressError};
+use crate::auth::{self, AuthPolicy, AuthVerdict, Credentials, Exchange, Mechanism, Progress};
 use crate::command::{Command, CommandError};
 use crate::params::{mail_params, rcpt_params, MailParams};
 use crate::recipients::{check_local, LocalCheck, LocalRecipients};
@@ -48,8 +56,12 @@ pub struct SessionConfig {
     /// The mailboxes of the local domains; None: any local part that can
     /// name a mailbox.
     pub local_recipients: Option<LocalRecipients>,
-    /// Clients that may send to any domain.
+    /// Clients that may send to any domain (so may any client once it
+    /// has authenticated).
     pub relay_networks: Vec<IpNet>,
+    /// AUTH (RFC 4954) and the submission role; None: AUTH is not offered
+    /// (the MX role).
+    pub auth: Option<AuthPolicy>,
 }
 
 /// Server-wide conditions that decide whether new mail is taken, updated by
@@ -114,6 +126,10 @@ pub enum Step {
     StartTls(Reply),
     /// Store this message, then call [`Session::stored`] and send its reply.
     Store(Box<Message>),
+    /// Check these credentials, then call [`Session::authenticated`] with
+    /// the verdict and act on the step it returns; poll only after that.
+    /// Drop the credentials once checked (that wipes the password).
+    Authenticate(Credentials),
 }
 
 /// Where the input stands.
@@ -121,8 +137,12 @@ pub enum Step {
 enum Phase {
     /// Reading command lines.
     Command,
-    /// Skipping the rest of a command line that was too long.
-    SkipLine,
+    /// Skipping the rest of a line that was too long.
+    SkipLine(Overlong),
+    /// Reading the client's response to a `334` challenge.
+    Auth(Exchange),
+    /// [`Step::Authenticate`] was returned; waiting for the verdict.
+    AwaitVerdict,
     /// Reading the text after DATA.
     Data(Box<DataDecoder>),
     /// Reading the octets of a BDAT chunk.
@@ -132,6 +152,17 @@ enum Phase {
         /// The chunk belongs to no transaction and is only read and dropped.
         refused: Option<Reply>,
     },
+}
+
+/// What kind of line was too long, which decides the reply.
+#[derive(Debug, Clone, Copy)]
+enum Overlong {
+    /// A command line: `500 5.5.2`.
+    Command,
+    /// An AUTH command line (its initial response) or a response line of an
+    /// AUTH exchange: `500 5.5.6` (RFC 4954 sections 4 and 6), and the
+    /// exchange fails.
+    Auth,
 }
 
 /// Content gathered from BDAT chunks so far.
@@ -171,6 +202,8 @@ pub struct Session {
     phase: Phase,
     errors: u32,
     close_pending: bool,
+    /// The user the caller accepted after AUTH.
+    user: Option<String>,
 }
 
 impl Session {
@@ -186,6 +219,7 @@ impl Session {
             phase: Phase::Command,
             errors: 0,
             close_pending: false,
+            user: None,
         }
     }
 
@@ -244,7 +278,7 @@ impl Session {
     /// True while a transaction is open or message text is being read: a
     /// stop lets such a session finish before it closes it.
     pub fn in_transaction(&self) -> bool {
-        self.transaction.is_some() || !matches!(self.phase, Phase::Command | Phase::SkipLine)
+        self.transaction.is_some() || matches!(self.phase, Phase::Data(_) | Phase::Chunk { .. })
     }
 
     /// True once the TLS handshake is done.
@@ -252,13 +286,68 @@ impl Session {
         self.tls.is_some()
     }
 
+    /// The user the session authenticated as (AUTH), if any.
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
     /// Records a finished TLS handshake: RFC 3207 section 4.2, the session
-    /// starts over and the client must send EHLO again.
+    /// starts over and the client must send EHLO again (and AUTH again:
+    /// nothing learnt before TLS is kept).
+    ///
+    /// Implicit TLS (port 465, RFC 8314) is a session whose caller runs the
+    /// handshake first and calls this before it sends the banner.
     pub fn tls_started(&mut self, description: String) {
         self.tls = Some(description);
         self.greeting = None;
         self.transaction = None;
+        self.user = None;
         self.phase = Phase::Command;
+    }
+
+    /// The step once the caller checked the credentials of a
+    /// [`Step::Authenticate`]: a reply, or a reply and close for
+    /// [`AuthVerdict::LockedOut`]. Without an exchange waiting for it (a
+    /// caller's mistake) the verdict is ignored: [`Step::NeedInput`].
+    ///
+    /// A failure (535, 454) is an error reply and counts toward
+    /// `max_errors`, as Postfix counts it toward its error limits: a
+    /// client guessing passwords is cut off by the session too, whatever
+    /// the caller's own limits.
+    pub fn authenticated(&mut self, verdict: AuthVerdict) -> Step {
+        if !matches!(self.phase, Phase::AwaitVerdict) {
+            return Step::NeedInput;
+        }
+        self.phase = Phase::Command;
+        match verdict {
+            // The name goes into envelopes, where no string may hold a
+            // control character.
+            AuthVerdict::Accepted { user }
+                if !user.is_empty() && !user.chars().any(char::is_control) =>
+            {
+                self.user = Some(user);
+                Step::Reply(Reply::new(235, "2.7.0", "Authentication successful"))
+            }
+            AuthVerdict::Rejected => self.reply(Reply::new(
+                535,
+                "5.7.8",
+                "Authentication credentials invalid",
+            )),
+            AuthVerdict::Accepted { .. } | AuthVerdict::Unavailable => {
+                self.reply(Reply::new(454, "4.7.0", "Temporary authentication failure"))
+            }
+            AuthVerdict::LockedOut => {
+                self.errors += 1;
+                Step::Close(Reply::new(
+                    421,
+                    "4.7.0",
+                    format!(
+                        "{} Error: too many failed authentications, closing connection",
+                        self.config.hostname
+                    ),
+                ))
+            }
+        }
     }
 
     /// The reply once the caller tried to store the message of a
@@ -290,8 +379,12 @@ impl Session {
                     let window = &input[..input.len().min(max)];
                     match window.iter().position(|&b| b == b'\n') {
                         Some(end) => {
-                            let line = input.split_to(end + 1);
+                            let mut line = input.split_to(end + 1);
                             let step = self.command_line(&line);
+                            if is_auth_line(&line) {
+                                // It may hold an initial response.
+                                line[..].zeroize();
+                            }
                             if matches!(step, Step::NeedInput) {
                                 // BDAT: its chunk may already be buffered.
                                 continue;
@@ -299,30 +392,62 @@ impl Session {
                             return step;
                         }
                         None if input.len() >= max => {
+                            // RFC 4954 section 4: the AUTH command is held
+                            // to the command line limit like any other; a
+                            // long initial response belongs after a `334`.
+                            let kind = if self.auth_policy().is_some() && is_auth_line(window) {
+                                input[..max].zeroize();
+                                Overlong::Auth
+                            } else {
+                                Overlong::Command
+                            };
                             // Only what was looked at goes; the rest of the
                             // line is skipped as it arrives.
                             input.advance(max);
-                            self.phase = Phase::SkipLine;
+                            self.phase = Phase::SkipLine(kind);
                         }
                         None => return Step::NeedInput,
                     }
                 }
-                Phase::SkipLine => match input.iter().position(|&b| b == b'\n') {
-                    Some(end) => {
-                        input.advance(end + 1);
-                        self.phase = Phase::Command;
-                        let max = self.config.max_command_line;
-                        return self.reply(Reply::new(
-                            500,
-                            "5.5.2",
-                            format!("Line too long (limit {max} octets)"),
-                        ));
+                Phase::SkipLine(kind) => {
+                    let kind = *kind;
+                    let found = input.iter().position(|&b| b == b'\n');
+                    let used = found.map_or(input.len(), |end| end + 1);
+                    if matches!(kind, Overlong::Auth) {
+                        input[..used].zeroize();
                     }
-                    None => {
-                        input.clear();
+                    input.advance(used);
+                    if found.is_none() {
                         return Step::NeedInput;
                     }
-                },
+                    self.phase = Phase::Command;
+                    return self.reply(self.overlong(kind));
+                }
+                Phase::Auth(_) => {
+                    // RFC 4954 section 4: responses may be far longer than
+                    // commands; the limit is RESPONSE_LIMIT plus CRLF.
+                    let max = auth::RESPONSE_LIMIT + 2;
+                    let window = &input[..input.len().min(max)];
+                    match window.iter().position(|&b| b == b'\n') {
+                        Some(end) => {
+                            let mut line = input.split_to(end + 1);
+                            let step = self.auth_line(&line);
+                            line[..].zeroize();
+                            return step;
+                        }
+                        None if input.len() >= max => {
+                            input[..max].zeroize();
+                            input.advance(max);
+                            self.phase = Phase::SkipLine(Overlong::Auth);
+                        }
+                        None => return Step::NeedInput,
+                    }
+                }
+                Phase::AwaitVerdict => {
+                    // The caller polled without a verdict: as if the check
+                    // could not be made, never as a success.
+                    return self.authenticated(AuthVerdict::Unavailable);
+                }
                 Phase::Data(decoder) => {
                     let (used, done) = decoder.feed(input);
                     input.advance(used);
@@ -371,6 +496,121 @@ impl Session {
             self.close_pending = true;
         }
         reply
+    }
+
+    /// The reply to a line that was too long.
+    fn overlong(&self, kind: Overlong) -> Reply {
+        match kind {
+            Overlong::Command => {
+                let max = self.config.max_command_line;
+                Reply::new(500, "5.5.2", format!("Line too long (limit {max} octets)"))
+            }
+            Overlong::Auth => Reply::new(
+                500,
+                "5.5.6",
+                format!(
+                    "Authentication exchange line is too long (limit {} octets for AUTH, {} for a response after 334)",
+                    self.config.max_command_line,
+                    auth::RESPONSE_LIMIT
+                ),
+            ),
+        }
+    }
+
+    /// The AUTH policy, when it offers a mechanism.
+    fn auth_policy(&self) -> Option<&AuthPolicy> {
+        self.config
+            .auth
+            .as_ref()
+            .filter(|p| !p.mechanisms.is_empty())
+    }
+
+    /// AUTH may run now: offered, and under TLS when the policy wants it
+    /// (a loopback client is exempt).
+    fn auth_allowed_now(&self, policy: &AuthPolicy) -> bool {
+        !policy.require_tls || self.tls.is_some() || self.peer.to_canonical().is_loopback()
+    }
+
+    /// The AUTH command (RFC 4954 section 4).
+    fn auth(&mut self, mechanism: &str, initial: Option<&str>) -> Step {
+        let Some(policy) = self.auth_policy() else {
+            return self.reply(Reply::new(
+                502,
+                "5.5.1",
+                "Error: authentication not enabled",
+            ));
+        };
+        let mechanism = mechanism
+            .parse::<Mechanism>()
+            .ok()
+            .filter(|m| policy.mechanisms.contains(m));
+        let refusal = if !self.greeting.as_ref().is_some_and(|g| g.extended) {
+            // AUTH is an ESMTP extension: a client that did not say EHLO
+            // was never offered it.
+            Some(Reply::new(503, "5.5.1", "Error: send EHLO first"))
+        } else if self.user.is_some() {
+            // RFC 4954 section 4: after a successful AUTH, no more AUTH.
+            Some(Reply::new(503, "5.5.1", "Error: already authenticated"))
+        } else if self.transaction.is_some() {
+            // RFC 4954 section 4: not during a mail transaction.
+            Some(Reply::new(
+                503,
+                "5.5.1",
+                "Error: MAIL transaction in progress",
+            ))
+        } else if !self.auth_allowed_now(policy) {
+            // RFC 4954 section 6.
+            Some(Reply::new(
+                538,
+                "5.7.11",
+                "Encryption required for requested authentication mechanism",
+            ))
+        } else if mechanism.is_none() {
+            Some(Reply::new(504, "5.5.4", "Unrecognized authentication type"))
+        } else {
+            None
+        };
+        if let Some(reply) = refusal {
+            return self.reply(reply);
+        }
+        let mechanism = mechanism.expect("checked above");
+        let progress = auth::start(mechanism, initial);
+        self.auth_progress(progress)
+    }
+
+    /// One response line of an AUTH exchange (LF included).
+    fn auth_line(&mut self, line: &[u8]) -> Step {
+        let Phase::Auth(exchange) = std::mem::replace(&mut self.phase, Phase::Command) else {
+            unreachable!("called in the Auth phase only");
+        };
+        // The same framing as a command line: a bare LF ends the session.
+        let Some(body) = line.strip_suffix(b"\r\n") else {
+            self.errors += 1;
+            return Step::Close(Reply::new(
+                500,
+                "5.5.2",
+                "Syntax error: bare LF in command, lines must end with CRLF; closing connection",
+            ));
+        };
+        let progress = auth::respond(exchange, body);
+        self.auth_progress(progress)
+    }
+
+    fn auth_progress(&mut self, progress: Progress) -> Step {
+        match progress {
+            Progress::Challenge(reply, exchange) => {
+                self.phase = Phase::Auth(exchange);
+                Step::Reply(reply)
+            }
+            Progress::Done(credentials) => {
+                self.phase = Phase::AwaitVerdict;
+                Step::Authenticate(credentials)
+            }
+            Progress::Failed(reply) => {
+                self.phase = Phase::Command;
+                self.reply(reply)
+            }
+        }
     }
 
     fn reply(&mut self, reply: Reply) -> Step {
@@ -525,8 +765,15 @@ impl Session {
             Command::Help => Step::Reply(Reply::new(
                 214,
                 "2.0.0",
-                "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS; see RFC 5321",
+                format!(
+                    "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS{}; see RFC 5321",
+                    if self.auth_policy().is_some() { " AUTH" } else { "" }
+                ),
             )),
+            Command::Auth {
+                mechanism,
+                initial_response,
+            } => self.auth(&mechanism, initial_response.as_deref().map(String::as_str)),
             Command::StartTls => {
                 if !self.config.tls_available {
                     self.reply(Reply::new(502, "5.5.1", "Error: STARTTLS not available"))
@@ -559,6 +806,14 @@ impl Session {
         if self.config.tls_available && self.tls.is_none() {
             lines.push("STARTTLS".to_owned());
         }
+        // Not before TLS when the policy wants TLS (Postfix's
+        // smtpd_tls_auth_only), nor once authenticated.
+        if let Some(policy) = self.auth_policy() {
+            if self.auth_allowed_now(policy) && self.user.is_none() {
+                let names: Vec<&str> = policy.mechanisms.iter().map(|m| m.name()).collect();
+                lines.push(format!("AUTH {}", names.join(" ")));
+            }
+        }
         lines.push("HELP".to_owned());
         Reply::multiline(250, None, lines)
     }
@@ -570,10 +825,15 @@ impl Session {
         if self.transaction.is_some() {
             return Reply::new(503, "5.5.1", "Error: nested MAIL command");
         }
+        if self.user.is_none() && self.auth_policy().is_some_and(|p| p.required_for_mail) {
+            // RFC 6409 section 4.3 (submission needs authentication), with
+            // RFC 4954 section 6's reply.
+            return Reply::new(530, "5.7.0", "Authentication required");
+        }
         if !self.admission.storage_ok() {
             return Reply::new(452, "4.3.1", "Insufficient system storage, try again later");
         }
-        let params = match mail_params(params) {
+        let params = match mail_params(params, self.auth_policy().is_some()) {
             Ok(p) => p,
             Err(reply) => return reply,
         };
@@ -666,11 +926,12 @@ impl Session {
                 .local_domains
                 .iter()
                 .any(|d| d.eq_ignore_ascii_case(&address.domain));
-        let trusted = self
-            .config
-            .relay_networks
-            .iter()
-            .any(|n| n.contains(&self.peer));
+        let trusted = self.user.is_some()
+            || self
+                .config
+                .relay_networks
+                .iter()
+                .any(|n| n.contains(&self.peer));
         if !local && !trusted {
             return Reply::new(554, "5.7.1", format!("<{address}>: Relay access denied"));
         }
@@ -768,14 +1029,12 @@ impl Session {
             name: String::new(),
             extended: false,
         });
-        let protocol = match (greeting.extended, tx.params.smtputf8, self.tls.is_some()) {
-            (false, _, false) => "SMTP",
-            (false, _, true) => "SMTPS",
-            (true, false, false) => "ESMTP",
-            (true, false, true) => "ESMTPS",
-            (true, true, false) => "UTF8SMTP",
-            (true, true, true) => "UTF8SMTPS",
-        };
+        let protocol = protocol_name(
+            greeting.extended,
+            tx.params.smtputf8,
+            self.tls.is_some(),
+            self.user.is_some(),
+        );
         let envelope = Envelope {
             sender: tx.sender,
             recipients: tx.recipients,
@@ -786,8 +1045,9 @@ impl Session {
             origin: Origin {
                 client_ip: self.peer,
                 helo: greeting.name,
-                protocol: protocol.to_owned(),
+                protocol,
                 tls: self.tls.clone(),
+                auth: self.user.clone(),
             },
             arrival: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -796,6 +1056,27 @@ impl Session {
         };
         Step::Store(Box::new(Message { envelope, content }))
     }
+}
+
+/// The `with` word of `Received:` (RFC 3848, RFC 6531): `S` for TLS, `A`
+/// for AUTH. AUTH needs EHLO here, so a HELO session never has the `A`
+/// (no `SMTPA` is registered); a client that authenticated and then sent
+/// HELO is named by its greeting.
+fn protocol_name(extended: bool, smtputf8: bool, tls: bool, auth: bool) -> String {
+    let base = match (extended, smtputf8) {
+        (false, _) => "SMTP",
+        (true, false) => "ESMTP",
+        (true, true) => "UTF8SMTP",
+    };
+    let tls = if tls { "S" } else { "" };
+    let auth = if auth && extended { "A" } else { "" };
+    format!("{base}{tls}{auth}")
+}
+
+/// The line (or its start) is an AUTH command, which may carry a password.
+fn is_auth_line(line: &[u8]) -> bool {
+    line.get(..5)
+        .is_some_and(|verb| verb.eq_ignore_ascii_case(b"AUTH "))
 }
 
 fn need_mail() -> Reply {
@@ -871,6 +1152,10 @@ fn check_header_section(content: &[u8]) -> Result<(), &'static str> {
 }
 
 /// The `Received:` header for a message (RFC 5321 section 4.4), CRLF ended.
+///
+/// It never names the authenticated user (the `A` of `ESMTPSA` says there
+/// was one), as Postfix's default `smtpd_sasl_authenticated_header = no`:
+/// the header travels with the message to every recipient.
 pub fn received_header(hostname: &str, envelope: &Envelope, id: QueueId) -> String {
     let origin = &envelope.origin;
     let ip = match origin.client_ip {

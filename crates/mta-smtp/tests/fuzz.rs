@@ -9,6 +9,10 @@
 //! depend on how the bytes were split into reads: the same bytes, whole,
 //! byte by byte or in random pieces, give the same replies and messages.
 //! That last one is what SMTP smuggling and pipelining bugs break.
+//! With AUTH offered (the submission role, or AUTH as an option), also:
+//! the credentials' `Debug` never shows the password; a message relayed
+//! for an outside client, or taken by the submission role, comes from an
+//! authenticated session; and the envelope's user is the verdict's.
 //!
 //! Each target runs for `MTA_FUZZ_SECS` seconds (3 by default; see
 //! `mta_testkit::fuzz`); `tests/fuzz.sh` runs them longer.
@@ -18,7 +22,10 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use mta_envelope::{Envelope, QueueId, ReversePath};
-use mta_smtp::{Admission, LocalRecipients, Reply, Session, SessionConfig, Step, StoreError};
+use mta_smtp::{
+    Admission, AuthPolicy, AuthVerdict, Credentials, LocalRecipients, Reply, Session,
+    SessionConfig, Step, StoreError,
+};
 use mta_testkit::{fuzz, regressions};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseResult;
@@ -31,6 +38,8 @@ enum Event {
     Reply(String),
     Close(String),
     StartTls(String),
+    /// The session asked to check these: mechanism and user name.
+    Authenticate(String),
     /// The envelope (as JSON, without the arrival time) and the content.
     Stored(String, Vec<u8>),
 }
@@ -49,6 +58,19 @@ struct Setup {
     overshoot: usize,
     /// A local recipient list holding only `u` (else none).
     listed: bool,
+    /// AUTH: not offered, the submission role, or offered without TLS
+    /// and not required.
+    auth: Role,
+    /// TLS before the banner (port 465).
+    implicit_tls: bool,
+}
+
+/// Which AUTH policy a case runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Mx,
+    Submission,
+    Optional,
 }
 
 fn setup() -> impl Strategy<Value = Setup> {
@@ -63,6 +85,10 @@ fn setup() -> impl Strategy<Value = Setup> {
             prop_oneof![Just(0usize), 1..3usize, Just(1000)],
             any::<bool>(),
         ),
+        (
+            prop::sample::select(vec![Role::Mx, Role::Submission, Role::Optional]),
+            prop::bool::weighted(0.2),
+        ),
     )
         .prop_map(
             |(
@@ -73,6 +99,7 @@ fn setup() -> impl Strategy<Value = Setup> {
                 peer,
                 fail_every,
                 (overshoot, listed),
+                (auth, implicit_tls),
             )| Setup {
                 max_message_size,
                 max_errors,
@@ -82,6 +109,8 @@ fn setup() -> impl Strategy<Value = Setup> {
                 fail_every,
                 overshoot,
                 listed,
+                auth,
+                implicit_tls,
             },
         )
 }
@@ -103,10 +132,52 @@ fn session(s: &Setup) -> Session {
             list
         }),
         relay_networks: vec!["127.0.0.0/8".parse().unwrap()],
+        auth: match s.auth {
+            Role::Mx => None,
+            Role::Submission => Some(AuthPolicy::submission()),
+            Role::Optional => Some(AuthPolicy {
+                require_tls: false,
+                required_for_mail: false,
+                ..AuthPolicy::submission()
+            }),
+        },
     };
     let admission = Arc::new(Admission::default());
     admission.set_storage_ok(s.storage_ok);
-    Session::new(Arc::new(config), admission, s.peer)
+    let mut session = Session::new(Arc::new(config), admission, s.peer);
+    if s.implicit_tls {
+        session.tls_started("TLSv1.3".into());
+    }
+    session
+}
+
+/// The verdict on some credentials: a pure function of them, so that
+/// every chunking gets the same.
+fn verdict(c: &Credentials) -> AuthVerdict {
+    match c.password.expose() {
+        "s3cret" => AuthVerdict::Accepted {
+            user: c.authcid.clone(),
+        },
+        "ctl" => AuthVerdict::Accepted {
+            user: "a\nb".into(),
+        },
+        "down" => AuthVerdict::Unavailable,
+        "lock" => AuthVerdict::LockedOut,
+        _ => AuthVerdict::Rejected,
+    }
+}
+
+/// The credentials' Debug form names the mechanism and the user only.
+fn check_credentials(c: &Credentials) -> TestCaseResult {
+    let shown = format!("{c:?}");
+    let expected = format!(
+        "Credentials {{ mechanism: {:?}, authcid: {:?}, password: \"<redacted>\" }}",
+        c.mechanism, c.authcid
+    );
+    prop_assert_eq!(shown, expected);
+    prop_assert!(!c.authcid.is_empty() && !has_control(&c.authcid));
+    prop_assert!(!c.password.expose().is_empty());
+    Ok(())
 }
 
 /// Checks one reply: the code, the enhanced code, the wire form.
@@ -185,6 +256,36 @@ fn check_message(s: &Setup, envelope: &Envelope, content: &[u8]) -> TestCaseResu
     }
     prop_assert!(!envelope.envid.as_deref().is_some_and(has_control));
     prop_assert!(!has_control(&envelope.origin.helo), "{:?}", envelope.origin);
+    // The user is one a verdict accepted, and the protocol says so.
+    let origin = &envelope.origin;
+    prop_assert!(
+        !origin.auth.as_deref().is_some_and(has_control),
+        "{:?}",
+        origin
+    );
+    if origin.auth.is_some() && origin.protocol.starts_with("E") {
+        prop_assert!(origin.protocol.ends_with('A'), "{:?}", origin);
+    }
+    if origin.auth.is_none() {
+        prop_assert!(!origin.protocol.ends_with('A'), "{:?}", origin);
+    }
+    // The submission role takes mail from authenticated clients only, and
+    // no role relays for an outside client that did not authenticate.
+    if s.auth == Role::Submission {
+        prop_assert!(origin.auth.is_some(), "{:?}", origin);
+    }
+    let trusted = s.peer.is_ipv4() && s.peer.is_loopback();
+    if !trusted && origin.auth.is_none() {
+        for r in &envelope.recipients {
+            let d = &r.address.domain;
+            prop_assert!(
+                d.is_empty() || d.eq_ignore_ascii_case("local.test"),
+                "relayed to {:?} for {:?}",
+                r.address,
+                origin
+            );
+        }
+    }
     // The text: CRLF lines only, no NUL, within the limit, ending with a
     // line end.
     prop_assert!(content.len() <= s.max_message_size + 2);
@@ -251,6 +352,27 @@ fn drive(s: &Setup, wire: &[u8], cuts: &[usize]) -> Result<Vec<Event>, TestCaseE
                     let r = session.stored(result);
                     check_reply(&r)?;
                     events.push(Event::Reply(r.to_string()));
+                }
+                Step::Authenticate(c) => {
+                    check_credentials(&c)?;
+                    events.push(Event::Authenticate(format!(
+                        "{} {}",
+                        c.mechanism, c.authcid
+                    )));
+                    let verdict = verdict(&c);
+                    drop(c);
+                    match session.authenticated(verdict) {
+                        Step::Reply(r) => {
+                            check_reply(&r)?;
+                            events.push(Event::Reply(r.to_string()));
+                        }
+                        Step::Close(r) => {
+                            check_reply(&r)?;
+                            events.push(Event::Close(r.to_string()));
+                            return Ok(events);
+                        }
+                        other => prop_assert!(false, "a verdict gave {:?}", other),
+                    }
                 }
             }
         }
@@ -326,6 +448,9 @@ fn mail_param() -> impl Strategy<Value = String> {
             "ENVID=+00",
             "ENVID=+ZZ",
             "AUTH=<>",
+            "AUTH=a+40b.test",
+            "AUTH=+0D",
+            "AUTH",
             "X-UNKNOWN",
         ]),
         "[A-Z]{1,6}(=[a-zA-Z0-9+]{0,12})?",
@@ -399,6 +524,7 @@ fn piece() -> impl Strategy<Value = Vec<u8>> {
         1 => pick(&["RSET", "NOOP", "NOOP x", "VRFY u", "EXPN list", "HELP", "HELP DATA", "QUIT", "STARTTLS", "STARTTLS x", "data", "BDAT", "BDAT x", "BDAT -1", "BDAT 99999999999999999999999", "XYZZY", ""]),
         1 => "[ -~]{0,30}",
         1 => Just("NOOP ".to_owned() + &"y".repeat(600)),
+        4 => auth_line(),
     ];
     let line = (command, end).prop_map(|(c, e)| format!("{c}{e}").into_bytes());
     let data = (
@@ -461,6 +587,33 @@ fn piece() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
+/// An AUTH command or a response line of an exchange: PLAIN and LOGIN
+/// with right, wrong and malformed data, cancellation, long lines.
+fn auth_line() -> impl Strategy<Value = String> {
+    use base64::Engine;
+    let b64 = |data: &[u8]| base64::engine::general_purpose::STANDARD.encode(data);
+    let user = prop::sample::select(vec!["alice", "bob", "", "a\rb", "ü"]);
+    let password = prop::sample::select(vec!["s3cret", "wrong", "down", "lock", "ctl", ""]);
+    let authzid = prop::sample::select(vec!["", "alice", "someone"]);
+    prop_oneof![
+        2 => (authzid, user.clone(), password.clone()).prop_map(move |(z, u, p)| {
+            format!("AUTH PLAIN {}", b64(format!("{z}\0{u}\0{p}").as_bytes()))
+        }),
+        1 => (user.clone(), password.clone()).prop_map(move |(u, p)| {
+            b64(format!("\0{u}\0{p}").as_bytes())
+        }),
+        2 => user.prop_map(move |u| b64(u.as_bytes())),
+        2 => password.prop_map(move |p| b64(p.as_bytes())),
+        2 => pick(&[
+            "AUTH PLAIN", "AUTH LOGIN", "auth login", "AUTH PLAIN =", "AUTH LOGIN =",
+            "AUTH CRAM-MD5", "AUTH", "AUTH PLAIN a b", "AUTH PLAIN !!!", "*", "=", "",
+            "AHU=AHU=", "AGFsaWNlAP/+", "YWxpY2U=", "czNjcmV0",
+        ]),
+        1 => (prop_oneof![Just(""), Just("AUTH PLAIN ")], 500..13_000usize)
+            .prop_map(|(head, n)| format!("{head}{}", "A".repeat(n))),
+    ]
+}
+
 /// Text sent in several BDAT chunks, the last one LAST (or not).
 fn chunks() -> impl Strategy<Value = Vec<u8>> {
     (
@@ -486,14 +639,17 @@ fn chunks() -> impl Strategy<Value = Vec<u8>> {
         })
 }
 
-/// A session's worth of input: usually a greeting and a transaction,
-/// then anything.
+/// A session's worth of input: usually a greeting (and, where AUTH is
+/// offered, often a successful one: PLAIN, or LOGIN pipelined) and a
+/// transaction, then anything.
 fn stream() -> impl Strategy<Value = Vec<u8>> {
     (
         prop_oneof![
             Just(&b"EHLO c.test\r\n"[..]),
             Just(&b"HELO c\r\n"[..]),
-            Just(&b""[..])
+            Just(&b""[..]),
+            Just(&b"EHLO c.test\r\nAUTH PLAIN AGFsaWNlAHMzY3JldA==\r\n"[..]),
+            Just(&b"EHLO c.test\r\nAUTH LOGIN\r\nYWxpY2U=\r\nczNjcmV0\r\n"[..]),
         ],
         prop::collection::vec(piece(), 0..16),
     )
@@ -525,12 +681,16 @@ fn session_on_arbitrary_bytes_never_panics_and_replies_well() {
 #[test]
 fn session_on_arbitrary_bytes_after_a_transaction_opens() {
     // Garbage that starts where a parser is most stateful: inside a
-    // transaction, after DATA, after a BDAT command.
+    // transaction, after DATA, after a BDAT command, inside AUTH.
     let prefix = prop::sample::select(vec![
         &b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\n"[..],
         b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\n",
         b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nBDAT 40\r\n",
         b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@local.test>\r\nBDAT 10 LAST\r\n",
+        // Inside an AUTH exchange, where AUTH is offered.
+        b"EHLO c\r\nAUTH PLAIN\r\n",
+        b"EHLO c\r\nAUTH LOGIN\r\n",
+        b"EHLO c\r\nAUTH LOGIN YWxpY2U=\r\n",
     ]);
     fuzz::check(
         regressions!("session_arbitrary_in_transaction"),

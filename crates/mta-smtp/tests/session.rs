@@ -4,7 +4,10 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use mta_envelope::QueueId;
-use mta_smtp::{Admission, LocalRecipients, Message, Session, SessionConfig, Step, StoreError};
+use mta_smtp::{
+    received_header, Admission, AuthPolicy, AuthVerdict, Credentials, LocalRecipients, Message,
+    Reply, Session, SessionConfig, Step, StoreError, RESPONSE_LIMIT,
+};
 
 fn config() -> SessionConfig {
     SessionConfig {
@@ -19,6 +22,21 @@ fn config() -> SessionConfig {
         local_domains: vec!["local.test".into()],
         local_recipients: None,
         relay_networks: vec!["127.0.0.0/8".parse().unwrap()],
+        auth: None,
+    }
+}
+
+/// The users the tests' "database" knows: alice's password is `s3cret`;
+/// the passwords `down` and `lock` stand for an unreachable database and
+/// a client over its failure limit.
+fn verdict(c: &Credentials) -> AuthVerdict {
+    match (c.authcid.as_str(), c.password.expose()) {
+        (_, "down") => AuthVerdict::Unavailable,
+        (_, "lock") => AuthVerdict::LockedOut,
+        ("alice" | "Alice", "s3cret") => AuthVerdict::Accepted {
+            user: "alice".into(),
+        },
+        _ => AuthVerdict::Rejected,
     }
 }
 
@@ -29,6 +47,12 @@ struct Driver {
     admission: Arc<Admission>,
     stored: Vec<Message>,
     closed: bool,
+    /// Every reply, as sent on the wire.
+    wire: Vec<u8>,
+    /// The credentials the session asked to check: `MECH authcid password`.
+    auths: Vec<String>,
+    /// Input the session has not consumed yet, kept for the next `send`.
+    input: BytesMut,
 }
 
 impl Driver {
@@ -39,7 +63,23 @@ impl Driver {
             admission,
             stored: Vec::new(),
             closed: false,
+            wire: Vec::new(),
+            auths: Vec::new(),
+            input: BytesMut::new(),
         }
+    }
+
+    /// A session on a listener with implicit TLS (port 465): the handshake
+    /// comes before the banner.
+    fn implicit_tls(config: SessionConfig, peer: &str) -> Driver {
+        let mut d = Driver::new(config, peer);
+        d.session.tls_started("TLSv1.3".into());
+        d
+    }
+
+    fn push(&mut self, replies: &mut Vec<String>, r: Reply) {
+        r.write_to(&mut self.wire);
+        replies.push(r.to_string());
     }
 
     fn local() -> Driver {
@@ -47,28 +87,49 @@ impl Driver {
     }
 
     fn send(&mut self, bytes: &[u8]) -> Vec<String> {
-        let mut input = BytesMut::from(bytes);
+        let mut input = std::mem::take(&mut self.input);
+        input.extend_from_slice(bytes);
         let mut replies = Vec::new();
         while !self.closed {
             match self.session.poll(&mut input) {
                 Step::NeedInput => break,
-                Step::Reply(r) => replies.push(r.to_string()),
+                Step::Reply(r) => self.push(&mut replies, r),
                 Step::Close(r) => {
-                    replies.push(r.to_string());
+                    self.push(&mut replies, r);
                     self.closed = true;
                 }
                 Step::StartTls(r) => {
-                    replies.push(r.to_string());
+                    self.push(&mut replies, r);
                     input.clear();
                     self.session.tls_started("TLSv1.3".into());
                 }
                 Step::Store(m) => {
                     self.stored.push(*m);
                     let id = QueueId::new(self.stored.len() as u64);
-                    replies.push(self.session.stored(Ok(id)).to_string());
+                    let r = self.session.stored(Ok(id));
+                    self.push(&mut replies, r);
+                }
+                Step::Authenticate(c) => {
+                    self.auths.push(format!(
+                        "{} {} {}",
+                        c.mechanism,
+                        c.authcid,
+                        c.password.expose()
+                    ));
+                    let verdict = verdict(&c);
+                    drop(c);
+                    match self.session.authenticated(verdict) {
+                        Step::Reply(r) => self.push(&mut replies, r),
+                        Step::Close(r) => {
+                            self.push(&mut replies, r);
+                            self.closed = true;
+                        }
+                        other => panic!("a verdict gave {other:?}"),
+                    }
                 }
             }
         }
+        self.input = input;
         replies
     }
 
@@ -496,4 +557,563 @@ fn reading_text_is_known_during_data_and_bdat_chunks_only() {
     // Half a command line is not text.
     d.send(b"BDAT 5 LA");
     assert!(!d.session.is_reading_text());
+}
+
+// ---- AUTH (RFC 4954) and the submission role (RFC 6409) ---------------
+
+fn b64(data: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+/// `AUTH PLAIN` with the initial response for `user` and `password`.
+fn auth_plain(user: &str, password: &str) -> Vec<u8> {
+    format!(
+        "AUTH PLAIN {}\r\n",
+        b64(format!("\0{user}\0{password}").as_bytes())
+    )
+    .into_bytes()
+}
+
+/// The submission role (587): AUTH required for MAIL, under TLS only.
+fn submission() -> SessionConfig {
+    SessionConfig {
+        auth: Some(AuthPolicy::submission()),
+        ..config()
+    }
+}
+
+/// AUTH offered without TLS and without being required: relaying after
+/// AUTH on an MX-like listener.
+fn auth_optional() -> SessionConfig {
+    SessionConfig {
+        auth: Some(AuthPolicy {
+            require_tls: false,
+            required_for_mail: false,
+            ..AuthPolicy::submission()
+        }),
+        ..config()
+    }
+}
+
+const OUTSIDE: &str = "192.0.2.7";
+
+#[test]
+fn ehlo_offers_auth_only_where_and_when_it_may_run() {
+    let ehlo = |d: &mut Driver| d.send(b"EHLO c\r\n").remove(0);
+    // The MX role: no AUTH at all.
+    let mut d = Driver::new(config(), OUTSIDE);
+    assert!(!ehlo(&mut d).contains("AUTH"));
+    // Submission before TLS, from outside: STARTTLS but no mechanisms.
+    let mut d = Driver::new(submission(), OUTSIDE);
+    let before = ehlo(&mut d);
+    assert!(
+        before.contains("STARTTLS") && !before.contains("AUTH"),
+        "{before}"
+    );
+    // After STARTTLS: the mechanisms, and no STARTTLS; byte for byte.
+    d.send(b"STARTTLS\r\n");
+    d.wire.clear();
+    d.send(b"EHLO c\r\n");
+    assert_eq!(
+        String::from_utf8(d.wire.clone()).unwrap(),
+        "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 10000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n\
+         250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n250-DSN\r\n250-AUTH PLAIN LOGIN\r\n250 HELP\r\n"
+    );
+    // A loopback client is exempt from the TLS rule.
+    for peer in ["127.0.0.1", "::1", "::ffff:127.0.0.1"] {
+        let mut d = Driver::new(submission(), peer);
+        assert!(ehlo(&mut d).contains("AUTH PLAIN LOGIN"), "{peer}");
+    }
+    // Without require_tls, offered before TLS too; in the order configured.
+    let mut config = auth_optional();
+    config.auth.as_mut().unwrap().mechanisms.reverse();
+    let mut d = Driver::new(config, OUTSIDE);
+    assert!(ehlo(&mut d).contains("AUTH LOGIN PLAIN"));
+    // Once authenticated, not offered again.
+    d.send(&auth_plain("alice", "s3cret"));
+    assert!(!ehlo(&mut d).contains("AUTH"));
+    // HELP names the command where it is offered.
+    assert!(d.send(b"HELP\r\n")[0].contains(" AUTH;"));
+    assert!(!Driver::local().send(b"HELP\r\n")[0].contains("AUTH"));
+}
+
+/// RFC 4954 section 4: PLAIN in the initial response, then relaying is
+/// allowed to a client that was refused it before.
+#[test]
+fn auth_plain_allows_relaying_and_reaches_the_envelope() {
+    let mut d = Driver::new(auth_optional(), OUTSIDE);
+    let replies = d.send(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@far.test>\r\nRSET\r\n");
+    assert_eq!(replies[2], "554 5.7.1 <x@far.test>: Relay access denied");
+    let mut wire = auth_plain("alice", "s3cret");
+    wire.extend_from_slice(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<x@far.test>\r\nDATA\r\n");
+    wire.extend_from_slice(MSG);
+    let replies = d.send(&wire);
+    assert_eq!(replies[0], "235 2.7.0 Authentication successful");
+    assert_eq!(
+        replies[1..].iter().map(|r| &r[..9]).collect::<Vec<_>>(),
+        ["250 2.1.0", "250 2.1.5", "354 End d", "250 2.0.0"]
+    );
+    assert_eq!(d.auths, ["PLAIN alice s3cret"]);
+    assert_eq!(d.session.user(), Some("alice"));
+    let env = &d.stored[0].envelope;
+    assert_eq!(env.origin.auth.as_deref(), Some("alice"));
+    assert_eq!(env.origin.protocol, "ESMTPA");
+    // The trace header says there was an AUTH, never who, nor a password.
+    let header = received_header("mx.test", env, QueueId::new(1));
+    assert!(header.contains("with ESMTPA id"), "{header}");
+    assert!(
+        !header.contains("alice") && !header.contains("s3cret"),
+        "{header}"
+    );
+}
+
+#[test]
+fn auth_login_in_two_steps_and_plain_after_an_empty_challenge() {
+    let mut d = Driver::new(submission(), "127.0.0.1");
+    d.send(b"EHLO c\r\n");
+    d.wire.clear();
+    let user = format!("{}\r\n", b64(b"alice"));
+    let password = format!("{}\r\n", b64(b"s3cret"));
+    d.send(b"AUTH LOGIN\r\n");
+    d.send(user.as_bytes());
+    d.send(password.as_bytes());
+    assert_eq!(
+        String::from_utf8(d.wire.clone()).unwrap(),
+        "334 VXNlcm5hbWU6\r\n334 UGFzc3dvcmQ6\r\n235 2.7.0 Authentication successful\r\n"
+    );
+    assert_eq!(d.auths, ["LOGIN alice s3cret"]);
+    // PLAIN without an initial response: `334 ` and an empty challenge.
+    let mut d = Driver::new(submission(), "127.0.0.1");
+    d.send(b"EHLO c\r\n");
+    d.wire.clear();
+    d.send(b"AUTH plain\r\n");
+    assert_eq!(d.wire, b"334 \r\n");
+    let response = format!("{}\r\n", b64(b"\0alice\0s3cret"));
+    assert_eq!(
+        d.send(response.as_bytes()),
+        ["235 2.7.0 Authentication successful"]
+    );
+    // LOGIN with the user name as the initial response.
+    let mut d = Driver::new(submission(), "127.0.0.1");
+    let wire = format!("EHLO c\r\nAUTH LOGIN {}\r\n{password}", b64(b"alice"));
+    assert_eq!(d.codes(wire.as_bytes())[1..], ["334 UGFzc", "235 2.7.0"]);
+}
+
+/// Every refusal of the exchange, with its exact reply.
+#[test]
+fn auth_refusals_and_their_replies() {
+    let cases: &[(&[u8], &str)] = &[
+        (b"AUTH LOGIN\r\n*\r\n", "501 5.0.0 Authentication cancelled"),
+        (b"AUTH PLAIN\r\n*\r\n", "501 5.0.0 Authentication cancelled"),
+        (b"AUTH CRAM-MD5\r\n", "504 5.5.4 Unrecognized authentication type"),
+        (b"AUTH PLAIN !!!\r\n", "501 5.5.2 Cannot decode response: not base64 (RFC 4954 section 4)"),
+        (b"AUTH PLAIN\r\nAHU=AHU=\r\n", "501 5.5.2 Cannot decode response: not base64 (RFC 4954 section 4)"),
+        (b"AUTH PLAIN\r\nAGFsaWNlAP/+\r\n", "501 5.5.2 Invalid authentication data: not UTF-8 (RFC 4616)"),
+        (b"AUTH PLAIN =\r\n", "501 5.5.2 Invalid authentication data: PLAIN needs three NUL-separated fields (RFC 4616)"),
+        (b"AUTH\r\n", "501 5.5.4 Syntax: AUTH mechanism [initial-response]"),
+        (b"AUTH PLAIN a b\r\n", "501 5.5.4 Syntax: AUTH mechanism [initial-response]"),
+    ];
+    for (wire, want) in cases {
+        let mut d = Driver::new(submission(), "127.0.0.1");
+        d.send(b"EHLO c\r\n");
+        let replies = d.send(wire);
+        assert_eq!(replies.last().map(String::as_str), Some(*want), "{wire:?}");
+        assert!(d.auths.is_empty(), "{wire:?}");
+        // The session goes on: the next line is a command again.
+        assert_eq!(d.codes(b"NOOP\r\n"), ["250 2.0.0"], "{wire:?}");
+    }
+    // An authorization identity of someone else: 535 before any check.
+    let mut d = Driver::new(submission(), "127.0.0.1");
+    let wire = format!("EHLO c\r\nAUTH PLAIN {}\r\n", b64(b"bob\0alice\0s3cret"));
+    let replies = d.send(wire.as_bytes());
+    assert!(
+        replies[1].starts_with("535 5.7.8 Authentication credentials invalid"),
+        "{replies:?}"
+    );
+    assert!(d.auths.is_empty() && d.session.user().is_none());
+    // The verdicts.
+    let verdicts: &[(&str, &str)] = &[
+        ("wrong", "535 5.7.8 Authentication credentials invalid"),
+        ("down", "454 4.7.0 Temporary authentication failure"),
+        (
+            "lock",
+            "421 4.7.0 mx.test Error: too many failed authentications, closing connection",
+        ),
+    ];
+    for (password, want) in verdicts {
+        let mut d = Driver::new(submission(), "127.0.0.1");
+        d.send(b"EHLO c\r\n");
+        assert_eq!(d.send(&auth_plain("alice", password)), [*want]);
+        assert_eq!(d.closed, *password == "lock");
+        assert!(d.session.user().is_none());
+    }
+}
+
+/// RFC 4954 section 4: no AUTH before EHLO, twice, or in a transaction;
+/// and none at all where it is not offered.
+#[test]
+fn auth_out_of_sequence() {
+    let mut d = Driver::new(auth_optional(), "127.0.0.1");
+    let good = auth_plain("alice", "s3cret");
+    assert_eq!(d.send(&good), ["503 5.5.1 Error: send EHLO first"]);
+    d.send(b"HELO c\r\n");
+    assert_eq!(d.send(&good), ["503 5.5.1 Error: send EHLO first"]);
+    d.send(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\n");
+    assert_eq!(
+        d.send(&good),
+        ["503 5.5.1 Error: MAIL transaction in progress"]
+    );
+    d.send(b"RSET\r\n");
+    assert_eq!(d.codes(&good), ["235 2.7.0"]);
+    assert_eq!(d.send(&good), ["503 5.5.1 Error: already authenticated"]);
+    // EHLO and RSET keep the authentication (as Postfix does).
+    d.send(b"EHLO c\r\nRSET\r\n");
+    assert_eq!(d.session.user(), Some("alice"));
+    assert_eq!(d.auths.len(), 1);
+    let mut mx = Driver::local();
+    mx.send(b"EHLO c\r\n");
+    assert_eq!(
+        mx.send(&good),
+        ["502 5.5.1 Error: authentication not enabled"]
+    );
+}
+
+/// The submission role: no MAIL before AUTH (530), and AUTH only under
+/// TLS (538) except from loopback.
+#[test]
+fn submission_needs_auth_for_mail_and_tls_for_auth() {
+    let mut d = Driver::new(submission(), OUTSIDE);
+    let codes = d.codes(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\n");
+    assert_eq!(codes[1], "530 5.7.0");
+    assert_eq!(
+        d.send(&auth_plain("alice", "s3cret")),
+        ["538 5.7.11 Encryption required for requested authentication mechanism"]
+    );
+    assert!(d.auths.is_empty(), "a password sent in clear was checked");
+    // After STARTTLS (which drops what was pipelined behind it): AUTH,
+    // then mail to anywhere.
+    assert_eq!(d.codes(b"STARTTLS\r\n"), ["220 2.0.0"]);
+    let mut wire = b"EHLO c\r\n".to_vec();
+    wire.extend(auth_plain("alice", "s3cret"));
+    wire.extend_from_slice(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<x@far.test>\r\nBDAT 22 LAST\r\n");
+    wire.extend_from_slice(b"Subject: hi\r\n\r\nhello\r\n");
+    let codes = d.codes(&wire);
+    assert_eq!(
+        codes,
+        [
+            "250 HELP",
+            "235 2.7.0",
+            "250 2.1.0",
+            "250 2.1.5",
+            "250 2.0.0"
+        ]
+    );
+    let origin = &d.stored[0].envelope.origin;
+    assert_eq!(
+        (origin.protocol.as_str(), origin.auth.as_deref()),
+        ("ESMTPSA", Some("alice"))
+    );
+    // Loopback: AUTH before TLS is taken.
+    let mut d = Driver::new(submission(), "127.0.0.1");
+    let mut wire = b"EHLO c\r\n".to_vec();
+    wire.extend(auth_plain("alice", "s3cret"));
+    wire.extend_from_slice(b"MAIL FROM:<a@b.test> SMTPUTF8\r\nRCPT TO:<x@far.test>\r\nDATA\r\n");
+    wire.extend_from_slice(MSG);
+    assert_eq!(d.codes(&wire)[1], "235 2.7.0");
+    assert_eq!(d.stored[0].envelope.origin.protocol, "UTF8SMTPA");
+}
+
+/// RFC 3207 section 4.2: what was learnt before TLS is forgotten, the
+/// authentication too.
+#[test]
+fn starttls_forgets_the_authentication() {
+    let mut d = Driver::new(submission(), "127.0.0.1");
+    let mut wire = b"EHLO c\r\n".to_vec();
+    wire.extend(auth_plain("alice", "s3cret"));
+    wire.extend_from_slice(b"STARTTLS\r\n");
+    assert_eq!(d.codes(&wire)[1..], ["235 2.7.0", "220 2.0.0"]);
+    assert_eq!(d.session.user(), None);
+    let replies = d.send(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\n");
+    assert!(replies[0].contains("AUTH PLAIN LOGIN"));
+    assert!(replies[1].starts_with("530 5.7.0"));
+}
+
+/// Port 465 (RFC 8314): TLS from the first byte. No STARTTLS is offered
+/// or taken, AUTH is, and the envelope says ESMTPSA.
+#[test]
+fn implicit_tls_session() {
+    let mut d = Driver::implicit_tls(submission(), OUTSIDE);
+    assert!(d.session.is_tls());
+    let ehlo = d.send(b"EHLO c\r\n").remove(0);
+    assert!(
+        ehlo.contains("AUTH PLAIN LOGIN") && !ehlo.contains("STARTTLS"),
+        "{ehlo}"
+    );
+    assert_eq!(
+        d.send(b"STARTTLS\r\n"),
+        ["503 5.5.1 Error: TLS already active"]
+    );
+    let mut wire = auth_plain("alice", "s3cret");
+    wire.extend_from_slice(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<x@far.test>\r\nDATA\r\n");
+    wire.extend_from_slice(MSG);
+    assert_eq!(
+        d.codes(&wire),
+        [
+            "235 2.7.0",
+            "250 2.1.0",
+            "250 2.1.5",
+            "354 End d",
+            "250 2.0.0"
+        ]
+    );
+    let origin = &d.stored[0].envelope.origin;
+    assert_eq!(origin.protocol, "ESMTPSA");
+    assert_eq!(origin.tls.as_deref(), Some("TLSv1.3"));
+}
+
+/// RFC 4954 section 4: the AUTH command line is held to the command line
+/// limit (512 here); a longer initial response gets `500 5.5.6`, and the
+/// rest of the line is read and dropped, never run.
+#[test]
+fn an_initial_response_over_the_command_line_limit() {
+    let mut d = Driver::new(submission(), "127.0.0.1");
+    d.send(b"EHLO c\r\n");
+    let mut wire = b"AUTH PLAIN ".to_vec();
+    wire.extend(std::iter::repeat_n(b'A', 20 * 1024));
+    wire.extend_from_slice(b"\r\nNOOP\r\n");
+    let replies = d.send(&wire);
+    assert_eq!(
+        replies,
+        [
+            "500 5.5.6 Authentication exchange line is too long (limit 512 octets for AUTH, 12288 for a response after 334)",
+            "250 2.0.0 Ok"
+        ]
+    );
+    assert!(d.auths.is_empty());
+    // In pieces, the same: nothing of the line is kept waiting for its end.
+    let mut d = Driver::new(submission(), "127.0.0.1");
+    d.send(b"EHLO c\r\nAUTH PLAIN ");
+    for _ in 0..20 {
+        assert!(d.send(&[b'A'; 1024]).is_empty());
+    }
+    assert_eq!(d.codes(b"\r\nNOOP\r\n"), ["500 5.5.6", "250 2.0.0"]);
+    // Where AUTH is not offered, a long AUTH line is any long line.
+    let mut d = Driver::local();
+    assert_eq!(d.codes(&wire), ["500 5.5.2", "250 2.0.0"]);
+}
+
+/// RFC 4954 section 4: a response line after 334 may be 12288 octets
+/// (CRLF not counted); a longer one fails the exchange with 500 5.5.6.
+#[test]
+fn response_lines_up_to_12288_octets() {
+    assert_eq!(RESPONSE_LIMIT, 12_288);
+    // 9216 octets encode to exactly 12288.
+    let password = "p".repeat(9216 - "\0alice\0".len());
+    let longest = b64(format!("\0alice\0{password}").as_bytes());
+    assert_eq!(longest.len(), RESPONSE_LIMIT);
+    let mut d = Driver::new(submission(), "127.0.0.1");
+    d.send(b"EHLO c\r\nAUTH PLAIN\r\n");
+    assert_eq!(d.codes(format!("{longest}\r\n").as_bytes()), ["535 5.7.8"]);
+    assert_eq!(d.auths, [format!("PLAIN alice {password}")]);
+    // One octet more.
+    let mut d = Driver::new(submission(), "127.0.0.1");
+    let wire = format!("EHLO c\r\nAUTH LOGIN\r\n{longest}A\r\nNOOP\r\n");
+    let replies = d.send(wire.as_bytes());
+    assert!(replies[2].starts_with("500 5.5.6 Authentication exchange line is too long"));
+    assert_eq!(replies[3], "250 2.0.0 Ok", "{replies:?}");
+    assert!(d.auths.is_empty());
+    // A bare LF ends the session here as in a command.
+    let mut d = Driver::new(submission(), "127.0.0.1");
+    let codes = d.codes(b"EHLO c\r\nAUTH LOGIN\r\nYWxpY2U=\nNOOP\r\n");
+    assert_eq!(codes[1..], ["334 VXNlc", "500 5.5.2"]);
+    assert!(d.closed);
+}
+
+/// AUTH is not a pipelinable command (RFC 2920 section 3.1: an extension
+/// command ends a group; RFC 4954 section 4: the client waits for 334).
+/// The session reads a client that did not wait in order, as Postfix
+/// does, never dropping input (RFC 2920 section 3.2): the lines after
+/// AUTH are its responses, and the commands after the exchange run only
+/// once the verdict is in, so they run as exactly what it decided.
+#[test]
+fn input_pipelined_after_auth_runs_in_order_after_the_verdict() {
+    let mut d = Driver::new(submission(), "127.0.0.1");
+    let mut wire = b"EHLO c\r\n".to_vec();
+    wire.extend(auth_plain("alice", "wrong"));
+    wire.extend_from_slice(b"MAIL FROM:<a@b.test>\r\n");
+    wire.extend(auth_plain("alice", "s3cret"));
+    wire.extend_from_slice(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<x@far.test>\r\n");
+    assert_eq!(
+        d.codes(&wire)[1..],
+        [
+            "535 5.7.8",
+            "530 5.7.0",
+            "235 2.7.0",
+            "250 2.1.0",
+            "250 2.1.5"
+        ]
+    );
+    // LOGIN's two responses sent at once with the command.
+    let mut d = Driver::new(submission(), "127.0.0.1");
+    let wire = format!(
+        "EHLO c\r\nAUTH LOGIN\r\n{}\r\n{}\r\nNOOP\r\n",
+        b64(b"alice"),
+        b64(b"s3cret")
+    );
+    let whole = d.codes(wire.as_bytes());
+    assert_eq!(
+        whole[1..],
+        ["334 VXNlc", "334 UGFzc", "235 2.7.0", "250 2.0.0"]
+    );
+    // Byte by byte, the same.
+    let mut d = Driver::new(submission(), "127.0.0.1");
+    let bytewise: Vec<String> = wire
+        .as_bytes()
+        .iter()
+        .flat_map(|b| d.codes(&[*b]))
+        .collect();
+    assert_eq!(bytewise, whole);
+}
+
+/// Failed AUTHs are errors: `max_errors` (5) of them close the session,
+/// as Postfix counts them toward its error limit.
+#[test]
+fn failed_auths_count_toward_max_errors() {
+    let mut d = Driver::new(submission(), "127.0.0.1");
+    d.send(b"EHLO c\r\n");
+    let mut wire = Vec::new();
+    for _ in 0..6 {
+        wire.extend(auth_plain("alice", "guess"));
+    }
+    let codes = d.codes(&wire);
+    assert_eq!(
+        codes,
+        [
+            "535 5.7.8",
+            "535 5.7.8",
+            "535 5.7.8",
+            "535 5.7.8",
+            "535 5.7.8",
+            "421 4.7.0"
+        ]
+    );
+    assert!(d.closed);
+    assert_eq!(d.auths.len(), 5);
+}
+
+/// RFC 4954 section 5: AUTH= on MAIL is taken as xtext and dropped; it
+/// authenticates nothing and never names the envelope's user.
+#[test]
+fn the_auth_parameter_of_mail_is_checked_and_ignored() {
+    let mut d = Driver::new(submission(), "127.0.0.1");
+    let codes = d.codes(b"EHLO c\r\nMAIL FROM:<a@b.test> AUTH=alice+40b.test\r\n");
+    assert_eq!(codes[1], "530 5.7.0");
+    let mut wire = auth_plain("Alice", "s3cret");
+    wire.extend_from_slice(
+        b"MAIL FROM:<a@b.test> AUTH=bob+40b.test\r\nRCPT TO:<x@local.test>\r\nDATA\r\n",
+    );
+    wire.extend_from_slice(MSG);
+    wire.extend_from_slice(
+        b"MAIL FROM:<a@b.test> AUTH=<>\r\nRSET\r\nMAIL FROM:<a@b.test> AUTH=a+0Db\r\n",
+    );
+    let codes = d.codes(&wire);
+    assert_eq!(
+        codes,
+        [
+            "235 2.7.0",
+            "250 2.1.0",
+            "250 2.1.5",
+            "354 End d",
+            "250 2.0.0",
+            "250 2.1.0",
+            "250 2.0.0",
+            "501 5.5.4"
+        ]
+    );
+    // The user is the one the verdict named, not the one typed or the
+    // parameter's.
+    assert_eq!(d.stored[0].envelope.origin.auth.as_deref(), Some("alice"));
+    // Where AUTH is not offered, the parameter is unknown.
+    let mut mx = Driver::local();
+    assert_eq!(
+        mx.codes(b"EHLO c\r\nMAIL FROM:<a@b.test> AUTH=<>\r\n")[1],
+        "555 5.5.4"
+    );
+}
+
+/// The password never shows in Debug output of the session or its steps.
+#[test]
+fn debug_output_never_shows_a_password() {
+    let config = Arc::new(submission());
+    let mut session = Session::new(
+        config,
+        Arc::new(Admission::default()),
+        "127.0.0.1".parse().unwrap(),
+    );
+    let encoded = b64(b"hunter2");
+    let mut input =
+        BytesMut::from(format!("EHLO c\r\nAUTH LOGIN {}\r\n{encoded}\r\n", b64(b"alice")).as_str());
+    let mut seen = String::new();
+    loop {
+        let step = session.poll(&mut input);
+        seen.push_str(&format!("{step:?} {step:#?} {session:?}\n"));
+        match step {
+            Step::Authenticate(c) => {
+                assert_eq!(c.password.expose(), "hunter2");
+                seen.push_str(&format!("{c:?} {:?}", c.password));
+                break;
+            }
+            Step::Reply(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    seen.push_str(&format!("{session:?}"));
+    assert!(
+        seen.contains("alice") && seen.contains("redacted"),
+        "{seen}"
+    );
+    assert!(
+        !seen.contains("hunter2") && !seen.contains(&encoded),
+        "{seen}"
+    );
+    // A session polled without the verdict answers as if the check failed
+    // for want of a database: never as a success.
+    let step = session.poll(&mut input);
+    assert!(
+        matches!(step, Step::Reply(ref r) if r.code == 454),
+        "{step:?}"
+    );
+    assert_eq!(session.user(), None);
+    // A verdict nobody asked for is ignored.
+    assert!(matches!(
+        session.authenticated(AuthVerdict::Accepted {
+            user: "alice".into()
+        }),
+        Step::NeedInput
+    ));
+    assert_eq!(session.user(), None);
+}
+
+/// The user name goes into envelopes: a verdict naming a user with a
+/// control character is not taken.
+#[test]
+fn a_user_name_with_a_control_character_is_not_taken() {
+    let config = Arc::new(submission());
+    let mut session = Session::new(
+        config,
+        Arc::new(Admission::default()),
+        "127.0.0.1".parse().unwrap(),
+    );
+    let mut input = BytesMut::from(format!("EHLO c\r\nAUTH PLAIN {}\r\n", b64(b"\0a\0b")).as_str());
+    assert!(matches!(session.poll(&mut input), Step::Reply(_)));
+    assert!(matches!(session.poll(&mut input), Step::Authenticate(_)));
+    let step = session.authenticated(AuthVerdict::Accepted {
+        user: "a\r\nb".into(),
+    });
+    assert!(
+        matches!(step, Step::Reply(ref r) if r.code == 454),
+        "{step:?}"
+    );
+    assert_eq!(session.user(), None);
 }

@@ -86,6 +86,7 @@ fn envelope(sender: Option<&str>, recipients: &[&str], arrival: u64) -> Envelope
             helo: "client.test".into(),
             protocol: "ESMTP".into(),
             tls: None,
+            auth: None,
         },
         arrival,
     }

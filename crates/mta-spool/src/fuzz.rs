@@ -93,6 +93,7 @@ fn envelope() -> impl Strategy<Value = Envelope> {
                         helo,
                         protocol,
                         tls,
+                        auth: None,
                     },
                     arrival,
                 }

@@ -46,6 +46,7 @@ fn envelope(recipients: usize) -> Envelope {
             helo: "client.example.test".into(),
             protocol: "ESMTP".into(),
             tls: None,
+            auth: None,
         },
         arrival: 1_700_000_000,
     }

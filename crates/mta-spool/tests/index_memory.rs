@@ -58,6 +58,7 @@ fn envelope() -> Envelope {
             helo: "client.example.test".into(),
             protocol: "ESMTP".into(),
             tls: None,
+            auth: None,
         },
         arrival: 1_700_000_000,
     }

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use mta_config::Role;
-use mta_smtp::{received_header, Message, Reply, Session, Step, StoreError};
+use mta_smtp::{received_header, AuthVerdict, Message, Reply, Session, Step, StoreError};
 use mta_spool::QueueName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -219,6 +219,16 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                     let reply = store(ctx, settings, session, *message).await;
                     reply.write_to(out);
                     guard.set_in_transaction(session.in_transaction());
+                }
+                Step::Authenticate(credentials) => {
+                    // No listener offers AUTH yet (`auth: None` in
+                    // settings.rs), so the session never asks.
+                    drop(credentials);
+                    match session.authenticated(AuthVerdict::Unavailable) {
+                        Step::Close(reply) => return finish(stream, out, reply, deadlines).await,
+                        Step::Reply(reply) => reply.write_to(out),
+                        _ => {}
+                    }
                 }
             }
             if shutdown.stopping.is_cancelled() && !session.in_transaction() {

@@ -103,6 +103,7 @@ impl RoleSettings {
                 local_domains: smtp.local_domains.clone(),
                 local_recipients,
                 relay_networks: smtp.relay_networks.clone(),
+                auth: None,
             }),
             idle_timeout: limits.idle_timeout,
             max_session_time: limits.max_session_time,

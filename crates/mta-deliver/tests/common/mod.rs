@@ -42,6 +42,7 @@ pub fn envelope(recipients: &[&str]) -> Envelope {
             helo: "origin.test".into(),
             protocol: "ESMTP".into(),
             tls: None,
+            auth: None,
         },
         arrival: 0,
     }
