@@ -21,6 +21,51 @@
 //! - [`SenderRules`]: which MAIL FROM and From: addresses a user may use.
 //! - [`MessageRate`]: messages per sliding hour per user.
 //!
+//! # Use
+//!
+//! What an SMTP session does with an AUTH PLAIN or LOGIN it has decoded
+//! (the replies are RFC 4954's):
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! use std::sync::Arc;
+//! use std::time::Instant;
+//! use mta_auth::*;
+//!
+//! # let dir = tempfile::tempdir().unwrap();
+//! # let path = dir.path().join("users");
+//! # let small = HashParams { m_kib: 64, t: 1, p: 1 };
+//! # UsersEditor::new(&path).with_hash_params(small).add("joe@example.com", b"secret").unwrap();
+//! let (file, warnings) = UsersFile::load(&path).unwrap();
+//! for w in &warnings {
+//!     eprintln!("{w}"); // e.g. "/etc/mta/users:3: user \"bob\" refused: weak password scheme {PLAIN}; ..."
+//! }
+//! let verifier = Verifier::new(Backend::UsersFile(Arc::new(file)), VerifierSettings::default());
+//! let limiter = FailureLimiter::new(&LimiterSettings::default());
+//! let senders = SenderRules::default();
+//!
+//! let (client, secured) = ("192.0.2.1".parse().unwrap(), true);
+//! let (authcid, password) = ("joe@example.com", b"secret");
+//! if limiter.check(client, authcid, Instant::now()).is_some() {
+//!     return; // 421 4.7.0, close
+//! }
+//! match verifier.verify(authcid, password, client, secured).await {
+//!     Verdict::Accepted { user } => {
+//!         limiter.record_success(client, authcid, Instant::now());
+//!         assert!(senders.may_send_as(&user, "joe@example.com")); // 235 2.7.0
+//!     }
+//!     Verdict::Rejected => {
+//!         let penalty = limiter.record_failure(client, authcid, Instant::now());
+//!         // Sleep penalty.delay, then 535 5.7.8; or 421 4.7.0 and close
+//!         // when penalty.lockout is Some.
+//!         let _ = (penalty.delay, penalty.lockout);
+//!     }
+//!     Verdict::Unavailable(_why) => {} // 454 4.7.0
+//! }
+//! # }
+//! ```
+//!
 //! # Hash schemes
 //!
 //! Accepted in the users file, bare or with Dovecot's `{SCHEME}` prefix as

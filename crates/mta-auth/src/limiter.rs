@@ -35,7 +35,19 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::name::name_key;
+use crate::name::{name_key, MAX_NAME_LEN};
+
+/// The key of a user name: as [`name_key`] compares it, cut at
+/// [`MAX_NAME_LEN`] bytes so that a flood of long made-up names cannot
+/// make the entries large (no user has a longer name).
+fn user_key(user: &str) -> String {
+    let key = name_key(user);
+    let mut end = key.len().min(MAX_NAME_LEN);
+    while !key.is_char_boundary(end) {
+        end -= 1;
+    }
+    key[..end].to_owned()
+}
 
 /// Who a client limit counts: an IPv4 address or an IPv6 /64 (the same
 /// grouping as mtad's per-client connection limits).
@@ -330,7 +342,7 @@ impl FailureLimiter {
     pub fn check(&self, client: IpAddr, user: &str, now: Instant) -> Option<Lockout> {
         let mut state = self.state.lock();
         let client = ClientKey::of(client);
-        let user = name_key(user).into_owned();
+        let user = user_key(user);
         let lockout = if let Some(remaining) = state.clients.locked(&client, now) {
             Some(Lockout {
                 on: Locked::Client(client),
@@ -354,7 +366,7 @@ impl FailureLimiter {
     pub fn record_failure(&self, client: IpAddr, user: &str, now: Instant) -> Penalty {
         let mut state = self.state.lock();
         let client = ClientKey::of(client);
-        let user = name_key(user).into_owned();
+        let user = user_key(user);
         state.counts.failures += 1;
         let (client_delay, client_lockout) = state.clients.fail(&client, now);
         let (user_delay, user_lockout) = state.users.fail(&user, now);
@@ -382,7 +394,7 @@ impl FailureLimiter {
     pub fn record_success(&self, _client: IpAddr, user: &str, _now: Instant) {
         let mut state = self.state.lock();
         state.counts.successes += 1;
-        let user = name_key(user).into_owned();
+        let user = user_key(user);
         state.users.forgive(&user);
     }
 
@@ -408,6 +420,15 @@ mod tests {
 
     fn secs(n: u64) -> Duration {
         Duration::from_secs(n)
+    }
+
+    #[test]
+    fn user_keys_are_bounded() {
+        assert_eq!(user_key("Joe@Example.COM"), "Joe@example.com");
+        let long = "é".repeat(1000);
+        let key = user_key(&long);
+        assert!(key.len() <= MAX_NAME_LEN && key.len() >= MAX_NAME_LEN - 1);
+        assert!(long.starts_with(&key));
     }
 
     #[test]

@@ -380,6 +380,57 @@ mod tests {
         }
     }
 
+    /// A socket that takes the connection and never answers: the
+    /// caller's timeout ends the check as unavailable.
+    #[tokio::test]
+    async fn a_silent_socket_times_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("auth-client");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let held = tokio::spawn(async move {
+            let (conn, _) = listener.accept().await.unwrap();
+            std::future::pending::<()>().await;
+            drop(conn);
+        });
+        let settings = VerifierSettings {
+            max_checks: 1,
+            timeout: Duration::from_millis(200),
+        };
+        let verifier = Verifier::new(Backend::Dovecot { socket }, settings);
+        assert_eq!(
+            verifier.verify("joe", b"pw", LOCAL, true).await,
+            Verdict::Unavailable("the check timed out".into())
+        );
+        held.abort();
+    }
+
+    /// A socket that hangs up after the handshake starts: unavailable.
+    #[tokio::test]
+    async fn a_socket_that_hangs_up_is_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("auth-client");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let (mut conn, _) = listener.accept().await.unwrap();
+            // Reads the whole hello first, so the close is a clean end of
+            // stream rather than a reset over unread data.
+            let mut hello = Vec::new();
+            let mut buf = [0u8; 256];
+            while !hello.ends_with(b"\n") || !hello.windows(4).any(|w| w == b"CPID") {
+                let n = conn.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the client hung up first");
+                hello.extend_from_slice(&buf[..n]);
+            }
+            drop(conn);
+        });
+        let verifier = Verifier::new(Backend::Dovecot { socket }, VerifierSettings::default());
+        assert_eq!(
+            verifier.verify("joe", b"pw", LOCAL, true).await,
+            Verdict::Unavailable("Dovecot closed the connection".into())
+        );
+    }
+
     #[test]
     fn default_settings() {
         let s = VerifierSettings::default();
