@@ -2,7 +2,10 @@
 # Installs the real SMTP peers the tests and benchmarks use: swaks, and
 # Debian's postfix package (smtp-source, smtp-sink, and Postfix itself for
 # private instances on loopback); and python3, whose email package reads
-# back the DSNs mtad writes (tests/integration/parse_dsn.py). Idempotent
+# back the DSNs mtad writes (tests/integration/parse_dsn.py); for
+# mta-auth, Dovecot (dovecot-core: a private instance's auth-client socket,
+# and `doveadm pw` to make and check password hashes) and mkpasswd
+# (Debian's whois package: yescrypt and bcrypt crypt strings). Idempotent
 # and quick when all is there.
 #
 # No system-wide Postfix is configured or started: debconf is preseeded to
@@ -13,6 +16,9 @@ missing=()
 command -v swaks >/dev/null 2>&1 || missing+=(swaks libnet-ssleay-perl libio-socket-ssl-perl)
 [ -x /usr/sbin/smtp-sink ] || missing+=(postfix)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+[ -x /usr/sbin/dovecot ] && [ -x /usr/bin/doveadm ] || missing+=(dovecot-core)
+command -v mkpasswd >/dev/null 2>&1 || missing+=(whois)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi
@@ -26,8 +32,13 @@ echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-se
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-# A package's post-install must not have left a Postfix listening.
+# A package's post-install must not have left a Postfix listening, nor a
+# system Dovecot running (the tests start private instances only).
 if ss -ltn 2>/dev/null | grep -q ':25 '; then
     echo "install-peers: something listens on port 25 after install; stop it" >&2
+    exit 1
+fi
+if [ -e /run/dovecot/master.pid ] && kill -0 "$(cat /run/dovecot/master.pid)" 2>/dev/null; then
+    echo "install-peers: a system Dovecot runs after install; stop it" >&2
     exit 1
 fi
