@@ -11,11 +11,15 @@ use crate::util::{init, status_json, text, tls_files, Client, Mtad, Workdir, IO_
 
 fn roles_config(work: &Workdir) -> rustls::pki_types::CertificateDer<'static> {
     let (tls, cert) = tls_files(work.path());
+    let users = work.path().join("users");
+    std::fs::write(&users, "").unwrap();
     work.write_config(
         "",
         &format!(
             "{tls}\n[submission]\nlisten = [\"127.0.0.1:0\"]\nmax_recipients = 7\n\
-             [submissions]\nlisten = [\"127.0.0.1:0\"]\n"
+             [submissions]\nlisten = [\"127.0.0.1:0\"]\n\
+             [auth]\nusers_file = {:?}\n",
+            users.display().to_string()
         ),
     );
     cert
@@ -171,7 +175,10 @@ fn each_role_goes_down_and_up_alone_and_survives_restart_and_graceful() {
 #[test]
 fn implicit_tls_without_a_certificate_is_a_configuration_error() {
     let work = Workdir::new();
-    work.write_config("", "[submissions]\nlisten = [\"127.0.0.1:0\"]\n");
+    work.write_config(
+        "",
+        "[submissions]\nlisten = [\"127.0.0.1:0\"]\n[auth]\nusers_file = \"/dev/null\"\n",
+    );
     let out = init(&work, &["configtest"]);
     assert!(!out.status.success());
     let said = text(&out);

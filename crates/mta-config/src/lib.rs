@@ -10,6 +10,7 @@
 //! shrink them; see `docs/configuration.md` for every key.
 #![deny(missing_docs)]
 
+mod auth;
 mod delivery;
 mod descriptors;
 mod recipients;
@@ -23,6 +24,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use auth::{AuthConfig, FailureKeys, FailureLimits};
 pub use delivery::{
     DeliveryConfig, DeliveryTimeouts, EightBitPolicy, QueueConfig, QueueMode, ThrottleRule,
     TlsPolicy,
@@ -69,6 +71,8 @@ pub struct Config {
     /// The implicit-TLS submission role (RFC 8314, port 465): off unless
     /// it has addresses to listen on.
     pub submissions: SubmissionConfig,
+    /// SMTP AUTH: users, sender rules, rate and failure limits.
+    pub auth: AuthConfig,
     /// STARTTLS.
     pub tls: TlsConfig,
     /// The spool.
@@ -263,6 +267,7 @@ impl Default for Config {
             smtp: SmtpConfig::default(),
             submission: SubmissionConfig::default(),
             submissions: SubmissionConfig::default(),
+            auth: AuthConfig::default(),
             tls: TlsConfig::default(),
             spool: SpoolConfig::default(),
             shutdown: ShutdownConfig::default(),
@@ -455,6 +460,17 @@ impl Config {
             problem("smtp.max_session_time", "must be longer than zero".into());
         }
         self.submission.check("submission", &mut problem);
+        self.auth.check(&mut problem);
+        let authenticating = !self.submission.listen.is_empty()
+            || !self.submissions.listen.is_empty()
+            || self.smtp.auth;
+        if authenticating && !self.auth.has_backend() {
+            problem(
+                "auth",
+                "[submission], [submissions] and [smtp] auth need [auth] users_file or dovecot_socket"
+                    .into(),
+            );
+        }
         self.submissions.check("submissions", &mut problem);
         if !self.submissions.listen.is_empty() && self.tls.certificate.is_none() {
             problem(

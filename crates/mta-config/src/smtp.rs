@@ -75,6 +75,9 @@ pub struct SmtpConfig {
     pub local_recipients_file: Option<PathBuf>,
     /// Clients that may relay to any domain.
     pub relay_networks: Vec<IpNet>,
+    /// Offer AUTH on port 25 too, after STARTTLS (for clients that cannot
+    /// use 587 or 465); off by default, as an MX has no users.
+    pub auth: bool,
 }
 
 impl SmtpConfig {
@@ -111,6 +114,7 @@ impl Default for SmtpConfig {
                 "127.0.0.0/8".parse().expect("valid network"),
                 "::1/128".parse().expect("valid network"),
             ],
+            auth: false,
         }
     }
 }
