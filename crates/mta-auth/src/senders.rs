@@ -93,9 +93,58 @@ impl SenderRules {
     }
 }
 
+impl SenderRules {
+    /// Whether the domain of `address` (a From: or Sender: header
+    /// address) is one `user` owns: the domain of one of the addresses
+    /// or `@domain`s it may send as (with no entry, of its own name when
+    /// that is an address). The header may name another mailbox of the
+    /// user's own domain (a shared `team@` alias); only the envelope
+    /// sender must be one of its own addresses.
+    pub fn may_use_domain_of(&self, user: &str, address: &str) -> bool {
+        let Some((_, domain)) = address.rsplit_once('@') else {
+            return false;
+        };
+        let same = |d: &str| d.eq_ignore_ascii_case(domain);
+        match self.rules.get(&*name_key(user)) {
+            Some(patterns) => patterns.iter().any(|p| match p {
+                Pattern::Address(a) => a.rsplit_once('@').is_some_and(|(_, d)| same(d)),
+                Pattern::Domain(d) => same(d),
+            }),
+            None => user.rsplit_once('@').is_some_and(|(_, d)| same(d)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_domains_a_user_owns() {
+        let rules = SenderRules::new([
+            ("joe@example.com", vec!["joe@example.com"]),
+            ("admin", vec!["@example.org"]),
+        ])
+        .unwrap();
+        for (user, address, owned) in [
+            ("joe@example.com", "team@example.com", true),
+            ("joe@example.com", "team@EXAMPLE.COM", true),
+            ("joe@example.com", "joe@example.net", false),
+            ("admin", "x@example.org", true),
+            ("admin", "x@sub.example.org", false),
+            // No entry: the domain of its own address.
+            ("bob@example.net", "sales@example.net", true),
+            ("bob@example.net", "sales@example.com", false),
+            ("bob", "bob@example.com", false),
+            ("joe@example.com", "not-an-address", false),
+        ] {
+            assert_eq!(
+                rules.may_use_domain_of(user, address),
+                owned,
+                "{user} as {address}"
+            );
+        }
+    }
 
     #[test]
     fn may_send_as_table() {

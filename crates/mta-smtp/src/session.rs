@@ -28,6 +28,7 @@ use crate::command::{Command, CommandError};
 use crate::params::{mail_params, rcpt_params, MailParams};
 use crate::recipients::{check_local, LocalCheck, LocalRecipients};
 use crate::reply::Reply;
+use crate::submission::SenderPolicy;
 use crate::text::{DataDecoder, LineChecker, TextError};
 
 /// What a session needs to know about the server; shared by all sessions.
@@ -62,6 +63,9 @@ pub struct SessionConfig {
     /// AUTH (RFC 4954) and the submission role; None: AUTH is not offered
     /// (the MX role).
     pub auth: Option<AuthPolicy>,
+    /// Sender rules and message rates for authenticated users; None:
+    /// any sender, no rate.
+    pub sender_policy: Option<Arc<dyn SenderPolicy>>,
 }
 
 /// Server-wide conditions that decide whether new mail is taken, updated by
@@ -855,6 +859,26 @@ impl Session {
                 "Message size exceeds fixed maximum message size",
             );
         }
+        if let (Some(user), Some(policy)) = (&self.user, &self.config.sender_policy) {
+            if let ReversePath::Mailbox(m) = &sender {
+                if !policy.may_send_as(user, &m.to_string()) {
+                    return Reply::new(
+                        553,
+                        "5.7.1",
+                        format!("<{m}>: Sender address rejected: not owned by user {user}"),
+                    );
+                }
+            }
+            if let Err(limit) = policy.admit_message(user) {
+                return Reply::new(
+                    450,
+                    "4.7.1",
+                    format!(
+                        "Error: {user} has sent {limit} messages in the last hour, try again later"
+                    ),
+                );
+            }
+        }
         let reply = Reply::new(250, "2.1.0", format!("Sender <{sender}> ok"));
         self.transaction = Some(Transaction {
             sender,
@@ -1025,6 +1049,22 @@ impl Session {
         let Some(tx) = tx else {
             return self.reply(need_mail());
         };
+        if let (Some(user), Some(policy)) = (&self.user, &self.config.sender_policy) {
+            let authors = crate::submission::author_addresses(&content);
+            if let Some(other) = authors
+                .from
+                .iter()
+                .chain(&authors.sender)
+                .find(|a| !policy.may_write_as(user, a))
+            {
+                let reply = Reply::new(
+                    553,
+                    "5.7.1",
+                    format!("<{other}>: From/Sender address rejected: not owned by user {user}"),
+                );
+                return self.reply(reply);
+            }
+        }
         let greeting = self.greeting.clone().unwrap_or(Greeting {
             name: String::new(),
             extended: false,

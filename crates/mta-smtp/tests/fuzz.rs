@@ -141,6 +141,7 @@ fn session(s: &Setup) -> Session {
                 ..AuthPolicy::submission()
             }),
         },
+        sender_policy: None,
     };
     let admission = Arc::new(Admission::default());
     admission.set_storage_ok(s.storage_ok);

@@ -23,6 +23,7 @@ fn config() -> SessionConfig {
         local_recipients: None,
         relay_networks: vec!["127.0.0.0/8".parse().unwrap()],
         auth: None,
+        sender_policy: None,
     }
 }
 
@@ -1116,4 +1117,95 @@ fn a_user_name_with_a_control_character_is_not_taken() {
         "{step:?}"
     );
     assert_eq!(session.user(), None);
+}
+
+/// alice may send as alice@a.test, write From: anyone at a.test, and
+/// send one message an hour.
+#[derive(Debug, Default)]
+struct OneAddressOneMessage {
+    sent: std::sync::atomic::AtomicU32,
+}
+
+impl mta_smtp::SenderPolicy for OneAddressOneMessage {
+    fn may_send_as(&self, user: &str, address: &str) -> bool {
+        user == "alice" && address == "alice@a.test"
+    }
+    fn may_write_as(&self, user: &str, address: &str) -> bool {
+        user == "alice" && address.to_ascii_lowercase().ends_with("@a.test")
+    }
+    fn admit_message(&self, _user: &str) -> Result<(), u32> {
+        let before = self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if before < 1 {
+            Ok(())
+        } else {
+            Err(1)
+        }
+    }
+}
+
+/// RFC 6409 section 6.1: the envelope sender must be the user's own,
+/// the From: header in its domain; over its hourly rate a user gets
+/// 450 4.7.1. A client that did not authenticate is not asked about.
+#[test]
+fn an_authenticated_user_sends_only_as_itself_and_within_its_rate() {
+    let config = SessionConfig {
+        sender_policy: Some(Arc::new(OneAddressOneMessage::default())),
+        ..auth_optional()
+    };
+    let mut d = Driver::new(config, OUTSIDE);
+    d.send(b"EHLO c\r\n");
+    let mut wire = auth_plain("alice", "s3cret");
+    wire.extend_from_slice(b"MAIL FROM:<bob@a.test>\r\n");
+    let replies = d.send(&wire);
+    assert_eq!(
+        replies[1],
+        "553 5.7.1 <bob@a.test>: Sender address rejected: not owned by user alice"
+    );
+    // Her own address; a From: outside her domain is refused at the end
+    // of the text, and nothing is stored.
+    let replies = d.send(
+        b"MAIL FROM:<alice@a.test>\r\nRCPT TO:<x@far.test>\r\nDATA\r\n\
+          From: Boss <boss@b.test>\r\nSubject: hi\r\n\r\nhello\r\n.\r\n",
+    );
+    assert_eq!(replies[0], "250 2.1.0 Sender <alice@a.test> ok");
+    assert_eq!(
+        replies[3],
+        "553 5.7.1 <boss@b.test>: From/Sender address rejected: not owned by user alice"
+    );
+    assert!(d.stored.is_empty());
+    // The one message of her hour was counted at MAIL: the next is over.
+    let replies = d.send(b"MAIL FROM:<alice@a.test>\r\n");
+    assert_eq!(
+        replies[0],
+        "450 4.7.1 Error: alice has sent 1 messages in the last hour, try again later"
+    );
+    // Without AUTH the policy is not asked (relaying is refused anyway).
+    let config = SessionConfig {
+        sender_policy: Some(Arc::new(OneAddressOneMessage::default())),
+        ..auth_optional()
+    };
+    let mut d = Driver::new(config, "127.0.0.1");
+    let replies = d.send(b"EHLO c\r\nMAIL FROM:<bob@b.test>\r\n");
+    assert_eq!(replies[1], "250 2.1.0 Sender <bob@b.test> ok");
+}
+
+#[test]
+fn a_from_in_the_users_domain_is_stored() {
+    let config = SessionConfig {
+        sender_policy: Some(Arc::new(OneAddressOneMessage::default())),
+        ..auth_optional()
+    };
+    let mut d = Driver::new(config, OUTSIDE);
+    let mut wire = b"EHLO c\r\n".to_vec();
+    wire.extend_from_slice(&auth_plain("alice", "s3cret"));
+    wire.extend_from_slice(
+        b"MAIL FROM:<alice@a.test>\r\nRCPT TO:<x@far.test>\r\nDATA\r\n\
+          From: Team <team@A.TEST>\r\nSender: alice@a.test\r\nSubject: hi\r\n\r\nhello\r\n.\r\n",
+    );
+    let replies = d.send(&wire);
+    assert!(
+        replies.last().unwrap().starts_with("250 2.0.0"),
+        "{replies:?}"
+    );
+    assert_eq!(d.stored.len(), 1);
 }

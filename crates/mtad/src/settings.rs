@@ -104,6 +104,7 @@ impl RoleSettings {
                 local_recipients,
                 relay_networks: smtp.relay_networks.clone(),
                 auth: None,
+                sender_policy: None,
             }),
             idle_timeout: limits.idle_timeout,
             max_session_time: limits.max_session_time,
