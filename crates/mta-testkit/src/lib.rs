@@ -8,6 +8,7 @@
 //! and by the integration tests; never by the programs themselves.
 
 pub mod dns;
+pub mod dovecot;
 pub mod fuzz;
 pub mod sink;
 

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use mta_config::Role;
-use mta_smtp::{received_header, AuthVerdict, Message, Reply, Session, Step, StoreError};
+use mta_smtp::{received_header, Message, Reply, Session, Step, StoreError};
 use mta_spool::QueueName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -49,6 +49,7 @@ pub async fn serve(
         settings,
         shutdown,
         peer,
+        role,
         began: Instant::now(),
     };
     let limits = settings.role(role);
@@ -145,6 +146,7 @@ struct With<'a> {
     settings: &'a Settings,
     shutdown: &'a Shutdown,
     peer: SocketAddr,
+    role: Role,
     began: Instant,
 }
 
@@ -216,15 +218,17 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                     return Ok(Outcome::StartTls);
                 }
                 Step::Store(message) => {
-                    let reply = store(ctx, settings, session, *message).await;
+                    let reply = store(ctx, settings, with.role, session, *message).await;
                     reply.write_to(out);
                     guard.set_in_transaction(session.in_transaction());
                 }
                 Step::Authenticate(credentials) => {
-                    // No listener offers AUTH yet (`auth: None` in
-                    // settings.rs), so the session never asks.
+                    let verdict = ctx
+                        .auth
+                        .check(&credentials, with.peer.ip(), session.is_tls(), with.role)
+                        .await;
                     drop(credentials);
-                    match session.authenticated(AuthVerdict::Unavailable) {
+                    match session.authenticated(verdict) {
                         Step::Close(reply) => return finish(stream, out, reply, deadlines).await,
                         Step::Reply(reply) => reply.write_to(out),
                         _ => {}
@@ -312,6 +316,7 @@ async fn bounded<T>(
 async fn store(
     ctx: &Context,
     settings: &Settings,
+    role: Role,
     session: &mut Session,
     message: Message,
 ) -> Reply {
@@ -321,8 +326,25 @@ async fn store(
     }
     let id = ctx.spool.next_id();
     let header = received_header(&settings.hostname, &message.envelope, id);
-    let mut content = Vec::with_capacity(header.len() + message.content.len());
+    // RFC 6409 section 8: a submission server adds the Date: and
+    // Message-ID: a submitted message lacks, and nothing else; an MX
+    // never does (RFC 5321 section 6.1 leaves the message alone).
+    let fixes = if role == Role::Mx {
+        Vec::new()
+    } else {
+        mta_smtp::submission_fixes(
+            &message.content,
+            &settings.hostname,
+            message.envelope.arrival,
+            id,
+        )
+    };
+    let fixes_len: usize = fixes.iter().map(String::len).sum();
+    let mut content = Vec::with_capacity(header.len() + fixes_len + message.content.len());
     content.extend_from_slice(header.as_bytes());
+    for field in &fixes {
+        content.extend_from_slice(field.as_bytes());
+    }
     content.extend_from_slice(&message.content);
     drop(message.content);
     let content = Arc::new(content);

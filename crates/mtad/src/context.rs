@@ -15,6 +15,7 @@ use mta_spool::{OpenReport, Spool};
 use parking_lot::RwLock;
 use tokio::sync::mpsc;
 
+use crate::auth::Auth;
 use crate::client_limits::ClientLimits;
 use crate::generations::Generations;
 use crate::logfile::LogFile;
@@ -34,6 +35,8 @@ pub struct Context {
     /// Sessions per client, per SMTP role in [`Role::ALL`] order, kept
     /// across a graceful restart.
     pub client_limits: [Arc<ClientLimits>; 3],
+    /// SMTP AUTH: password checks, failure limits, message rates.
+    pub auth: Arc<Auth>,
     /// The SMTP listening addresses, per role in [`Role::ALL`] order.
     pub listen: [Vec<SocketAddr>; 3],
     pub http_listen: Vec<SocketAddr>,

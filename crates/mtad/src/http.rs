@@ -488,6 +488,29 @@ fn render(ctx: &Context) -> String {
         "SMTP connections turned away at the banner, and sessions closed at a deadline, since start, by cause.",
         &refused,
     );
+    let auth = ctx.auth.counts();
+    metric(
+        "mta_auth_checks_total",
+        "counter",
+        "SMTP AUTH password checks since start, by result (unavailable: 454 4.7.0).",
+        &[
+            ("{result=\"accepted\"}".to_owned(), auth.accepted),
+            ("{result=\"rejected\"}".to_owned(), auth.rejected),
+            ("{result=\"unavailable\"}".to_owned(), auth.unavailable),
+        ],
+    );
+    metric(
+        "mta_auth_lockouts_total",
+        "counter",
+        "Clients and user names locked out after too many failed AUTHs, since start.",
+        &plain(auth.lockouts),
+    );
+    metric(
+        "mta_auth_refused_locked_total",
+        "counter",
+        "AUTH attempts refused (421 4.7.0) because the client or user was locked out.",
+        &plain(auth.refused_locked),
+    );
     metric(
         "mta_smtp_clients_tracked",
         "gauge",

@@ -4,6 +4,7 @@
 //! standard output when ready. A restart re-executes this program in the
 //! same process with the listening sockets inherited.
 
+mod auth;
 mod client_limits;
 mod connection;
 mod context;

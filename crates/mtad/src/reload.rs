@@ -42,13 +42,15 @@ pub async fn reload(ctx: &Arc<Context>) -> Result<Vec<String>> {
         warn!("{note}");
     }
     let config = Arc::new(config);
-    let settings = Settings::new(config.clone()).context("new settings")?;
+    let auth = ctx.auth.plan(&config).context("the users of SMTP AUTH")?;
+    let settings = Settings::new(config.clone(), auth).context("new settings")?;
     let next = ctx
         .queue()
         .successor(crate::settings::queue(&config))
         .context("starting the new queue runners")?;
 
     // From here on nothing can fail: switch over.
+    ctx.auth.install(&settings.auth);
     ctx.replace_settings(settings);
     ctx.generations
         .clone()

@@ -108,7 +108,8 @@ async fn serve(config: Config, startup: Startup) -> Result<Exit> {
     identity.prepare_files(&config, log_file.as_ref().map(LogFile::path))?;
 
     let config = Arc::new(config);
-    let settings = Settings::new(config.clone())?;
+    let (auth, auth_plan) = crate::auth::Auth::start(&config)?;
+    let settings = Settings::new(config.clone(), auth_plan)?;
     let fixed = Fixed::new(&config);
 
     let sockets = Sockets::default();
@@ -162,6 +163,7 @@ async fn serve(config: Config, startup: Startup) -> Result<Exit> {
         spool_report: report,
         stats: Stats::new(),
         client_limits: Default::default(),
+        auth,
         listen: listen.clone(),
         http_listen: http_listen.clone(),
         control_path,

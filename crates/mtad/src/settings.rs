@@ -22,12 +22,13 @@ use mta_config::{Config, Role};
 use mta_deliver::{ClientConfig, ResolverConfig};
 use mta_queue::schedule::Schedule;
 use mta_queue::QueueSettings;
-use mta_smtp::{LocalRecipients, SessionConfig};
+use mta_smtp::{AuthPolicy, LocalRecipients, SessionConfig};
 use mta_spool::SpoolConfig;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tracing::info;
 
+use crate::auth::AuthPlan;
 use crate::shutdown::StopKind;
 
 /// The settings a graceful restart replaces. A session keeps the ones it
@@ -39,6 +40,8 @@ pub struct Settings {
     pub tls: Option<TlsAcceptor>,
     /// Per SMTP role, in [`Role::ALL`] order.
     roles: [RoleSettings; 3],
+    /// The users, limits and sender rules of SMTP AUTH.
+    pub auth: AuthPlan,
 }
 
 /// What one SMTP role (port 25, submission, implicit-TLS submission)
@@ -54,8 +57,8 @@ pub struct RoleSettings {
 
 impl Settings {
     /// Builds them from a configuration (reading the TLS files and the
-    /// local recipient file).
-    pub fn new(config: Arc<Config>) -> Result<Settings> {
+    /// local recipient file) and the AUTH plan read from it.
+    pub fn new(config: Arc<Config>, auth: AuthPlan) -> Result<Settings> {
         let tls = match (&config.tls.certificate, &config.tls.key) {
             (Some(cert), Some(key)) => {
                 Some(TlsAcceptor::from(crate::tls::server_config(cert, key)?))
@@ -63,14 +66,22 @@ impl Settings {
             _ => None,
         };
         let local_recipients = local_recipients(&config)?;
-        let roles = Role::ALL
-            .map(|role| RoleSettings::new(&config, role, tls.is_some(), local_recipients.clone()));
+        let roles = Role::ALL.map(|role| {
+            RoleSettings::new(
+                &config,
+                role,
+                tls.is_some(),
+                local_recipients.clone(),
+                &auth.policy,
+            )
+        });
         Ok(Settings {
             hostname: config.hostname.clone(),
             min_data_rate: config.smtp.min_data_rate,
             roles,
             tls,
             config,
+            auth,
         })
     }
 
@@ -86,6 +97,7 @@ impl RoleSettings {
         role: Role,
         tls_available: bool,
         local_recipients: Option<LocalRecipients>,
+        policy: &Arc<crate::auth::Policy>,
     ) -> RoleSettings {
         let limits = config.role_limits(role);
         let smtp = &config.smtp;
@@ -103,8 +115,8 @@ impl RoleSettings {
                 local_domains: smtp.local_domains.clone(),
                 local_recipients,
                 relay_networks: smtp.relay_networks.clone(),
-                auth: None,
-                sender_policy: None,
+                auth: auth_policy(config, role),
+                sender_policy: Some(policy.clone()),
             }),
             idle_timeout: limits.idle_timeout,
             max_session_time: limits.max_session_time,
@@ -115,6 +127,21 @@ impl RoleSettings {
                 exemptions: smtp.client_limit_exemptions().to_vec(),
             },
         }
+    }
+}
+
+/// AUTH as each role offers it: the submission roles always, and AUTH
+/// before MAIL (RFC 6409 section 4.3), under TLS except from loopback
+/// (the session exempts it); port 25 only with `[smtp] auth`, after
+/// STARTTLS, never required.
+fn auth_policy(config: &Config, role: Role) -> Option<AuthPolicy> {
+    match role {
+        Role::Mx if config.smtp.auth => Some(AuthPolicy {
+            required_for_mail: false,
+            ..AuthPolicy::submission()
+        }),
+        Role::Mx => None,
+        Role::Submission | Role::Submissions => Some(AuthPolicy::submission()),
     }
 }
 
