@@ -16,7 +16,7 @@ fn roles_config(work: &Workdir) -> rustls::pki_types::CertificateDer<'static> {
     work.write_config(
         "",
         &format!(
-            "{tls}\n[submission]\nlisten = [\"127.0.0.1:0\"]\nmax_recipients = 7\n\
+            "{tls}\n[submission]\nlisten = [\"127.0.0.1:0\"]\nmax_message_size = \"1MiB\"\n\
              [submissions]\nlisten = [\"127.0.0.1:0\"]\n\
              [auth]\nusers_file = {:?}\n",
             users.display().to_string()
@@ -77,16 +77,20 @@ fn each_role_listens_on_its_own_addresses_and_shows_in_status_and_metrics() {
         "a plain-text banner on the implicit-TLS port: {got:?}"
     );
 
-    // Each role has its own limits: 587 takes 7 recipients, 25 100.
+    // Each role has its own limits: 587 takes 1 MiB, 25 the default.
     let mut c = Client::connect(submission);
-    c.cmd("EHLO client.test", "250");
-    c.cmd("MAIL FROM:<a@localhost>", "250");
-    for i in 0..7 {
-        c.cmd(&format!("RCPT TO:<u{i}@localhost>"), "250");
-    }
-    c.cmd("RCPT TO:<u8@localhost>", "452 4.5.3");
+    let ehlo = c.cmd("EHLO client.test", "250");
+    assert!(ehlo.text().contains("SIZE 1048576"), "{}", ehlo.text());
+    // Submission wants AUTH before MAIL (RFC 6409 section 4.3).
+    c.cmd("MAIL FROM:<a@localhost>", "530 5.7.0");
     let ehlo_25 = mtad.connect().cmd("EHLO client.test", "250");
     assert!(ehlo_25.text().contains("STARTTLS"));
+    assert!(
+        ehlo_25.text().contains("SIZE 26214400"),
+        "{}",
+        ehlo_25.text()
+    );
+    assert!(!ehlo_25.text().contains("AUTH"), "{}", ehlo_25.text());
 
     // Status: one row per role, with its addresses and its sessions.
     for (name, addr) in [

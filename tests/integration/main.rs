@@ -29,5 +29,6 @@ mod smtp;
 mod smtputf8;
 mod smuggling;
 mod storage;
+mod submission;
 mod tls;
 mod upstream;

@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long any single read in a test may block.
@@ -106,6 +106,8 @@ pub struct Mtad {
     pub submission: Option<SocketAddr>,
     /// The implicit-TLS submission role's first address (port 465's).
     pub submissions: Option<SocketAddr>,
+    /// What mtad wrote to its standard error so far (its log).
+    stderr: Arc<Mutex<Vec<u8>>>,
     stdout: BufReader<std::process::ChildStdout>,
 }
 
@@ -178,13 +180,22 @@ impl Mtad {
                 break;
             }
         }
-        // Keep stderr drained so the daemon never blocks on a full pipe.
+        // Keep stderr drained so the daemon never blocks on a full pipe,
+        // and kept for `log()`.
+        let stderr = Arc::new(Mutex::new(Vec::new()));
         if let Some(mut err) = child.stderr.take() {
+            let kept = stderr.clone();
             std::thread::spawn(move || {
-                let mut sink = Vec::new();
-                let _ = err.read_to_end(&mut sink);
-                if !sink.is_empty() {
-                    eprintln!("--- mtad stderr ---\n{}", String::from_utf8_lossy(&sink));
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = err.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    kept.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+                let all = kept.lock().unwrap();
+                if !all.is_empty() {
+                    eprintln!("--- mtad stderr ---\n{}", String::from_utf8_lossy(&all));
                 }
             });
         }
@@ -195,7 +206,13 @@ impl Mtad {
             submission,
             submissions,
             stdout,
+            stderr,
         })
+    }
+
+    /// mtad's log (its standard error) so far.
+    pub fn log(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
     }
 
     pub fn pid(&self) -> i32 {
@@ -364,6 +381,25 @@ impl Client {
         Client { stream, banner }
     }
 
+    /// A client connecting from `from` (another loopback address, so as
+    /// to be outside `relay_networks`).
+    pub fn connect_from(addr: SocketAddr, from: std::net::IpAddr) -> Client {
+        Client::from_stream(tcp_from(addr, from)).expect("banner")
+    }
+
+    /// [`connect_tls`](Self::connect_tls) from `from`.
+    pub fn connect_tls_from(
+        addr: SocketAddr,
+        from: std::net::IpAddr,
+        cert: &rustls::pki_types::CertificateDer<'static>,
+    ) -> Client {
+        let tcp = tcp_from(addr, from);
+        tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let mut stream = BufReader::new(tls_over(Box::new(tcp), cert));
+        let banner = read_reply(&mut stream).expect("banner over TLS");
+        Client { stream, banner }
+    }
+
     /// A client over a connection already made; None when no banner
     /// comes (the server closed or reset it).
     pub fn from_stream(tcp: TcpStream) -> Option<Client> {
@@ -483,6 +519,21 @@ impl Client {
         let banner = read_reply(&mut stream).expect("banner over TLS");
         Client { stream, banner }
     }
+}
+
+/// A TCP connection to `addr` from the address `from`.
+pub fn tcp_from(addr: SocketAddr, from: std::net::IpAddr) -> TcpStream {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .expect("socket");
+    socket
+        .bind(&SocketAddr::new(from, 0).into())
+        .expect("bind the client address");
+    socket.connect(&addr.into()).expect("connect");
+    socket.into()
 }
 
 /// A TLS client stream over `tcp` for `localhost`, trusting `cert` only.
