@@ -240,6 +240,8 @@ pub struct MessageRow {
     /// Held in memory only, with no spool file yet (volatile mode): a
     /// crash loses it.
     pub in_memory: bool,
+    /// The user the client authenticated as (SMTP AUTH), if it did.
+    pub auth: Option<String>,
 }
 
 /// One page of the listing.
@@ -338,6 +340,7 @@ fn row(id: QueueId, entry: &IndexEntry, history: &[HistoryRecord], in_memory: bo
         next_attempt: entry.scheduled(),
         recipients,
         in_memory,
+        auth: entry.auth.clone(),
     }
 }
 
@@ -425,7 +428,10 @@ impl Operator {
             .windows(4)
             .position(|w| w == b"\r\n\r\n")
             .map_or(content.len(), |p| p + 2);
-        let message = row(id, &entry, &records, in_memory);
+        let mut message = row(id, &entry, &records, in_memory);
+        // The envelope is the truth (an entry of an earlier format has no
+        // user).
+        message.auth.clone_from(&envelope.origin.auth);
         Ok(Detail {
             message,
             envelope,
@@ -543,5 +549,180 @@ impl Operator {
             total,
             domains,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use mta_envelope::ReversePath;
+    use mta_spool::{Spool, SpoolConfig};
+
+    use super::*;
+    use crate::actions::{Action, Selection};
+    use crate::fixtures::{envelope, recipient};
+    use crate::schedule::Schedule;
+    use crate::settings::{QueueSettings, Settings};
+    use crate::Queue;
+
+    /// Runners on `spool`: `local.test` is ours (Maildir under `dir`),
+    /// `remote.test` goes to a loopback port nothing listens on, so its
+    /// recipients defer at once.
+    fn settings(dir: &Path) -> QueueSettings {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        QueueSettings {
+            attempts: Settings {
+                hostname: "mx.test".into(),
+                postmaster: "postmaster".into(),
+                dsn_from: "MAILER-DAEMON@mx.test".into(),
+                port: 25,
+                maildir_root: dir.join("maildirs"),
+                schedule: Schedule {
+                    base: Duration::from_secs(3600),
+                    jitter: 0.0,
+                    lifetime: Duration::from_secs(86_400),
+                },
+                delay_notice_after: None,
+                volatile: false,
+                poll_interval: Duration::from_secs(3600),
+            },
+            delivery_log: dir.join("delivery.log"),
+            client: Default::default(),
+            resolver: Default::default(),
+            local_domains: vec!["local.test".into()],
+            routes: BTreeMap::from([("remote.test".into(), closed.to_string())]),
+            ram_concurrency: 4,
+            bounce_concurrency: 1,
+            disk_concurrency: 1,
+        }
+    }
+
+    /// The authenticated user (the envelope's `origin.auth`) reaches the
+    /// listing, `show` and every delivery-log line of its message; a
+    /// message without one shows and logs none.
+    #[test]
+    fn the_authenticated_user_is_listed_shown_and_logged() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let _enter = rt.enter();
+        let (spool, _) = Spool::open(SpoolConfig {
+            dir: dir.path().join("queue"),
+            min_free_space: 0,
+            max_batch: 8,
+            rescan_rate: 0,
+            index_cache: 0,
+        })
+        .unwrap();
+        let queue = Queue::start(settings(dir.path()), spool.clone()).unwrap();
+        let now = unix_now();
+        let mut authed = envelope(
+            ReversePath::Mailbox(mta_envelope::Mailbox::new("alice", "example.test")),
+            vec![
+                recipient("bob@local.test", None),
+                recipient("x@remote.test", None),
+            ],
+            now,
+        );
+        authed.origin.auth = Some("alice@example.test".into());
+        let anonymous = envelope(
+            ReversePath::Null,
+            vec![recipient("y@remote.test", None)],
+            now,
+        );
+        let mut ids = Vec::new();
+        for env in [authed, anonymous] {
+            let id = spool.next_id();
+            let claim = queue.claim(id);
+            let content = Arc::new(b"Subject: t\r\n\r\nhi\r\n".to_vec());
+            rt.block_on(spool.store(id, &env, &[&content])).unwrap();
+            queue.accepted(claim, env, content, true);
+            ids.push(id);
+        }
+        let operator = queue.operator();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let rows = loop {
+            let page = operator.list(&Filter::default(), None, 10).unwrap();
+            if page.messages.len() == 2 && page.messages.iter().all(|m| m.attempts == 1) {
+                break page.messages;
+            }
+            assert!(Instant::now() < deadline, "no first attempts: {page:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let users: Vec<_> = rows.iter().map(|m| m.auth.as_deref()).collect();
+        assert_eq!(users, [Some("alice@example.test"), None]);
+        let shown = operator.show(ids[0], false).unwrap();
+        assert_eq!(shown.message.auth.as_deref(), Some("alice@example.test"));
+        assert_eq!(operator.show(ids[1], false).unwrap().message.auth, None);
+        // The operator's lines too.
+        let held = rt
+            .block_on(operator.act(Action::Hold, &Selection::All, false))
+            .unwrap();
+        assert_eq!(held.done, 2);
+
+        // `show` takes the user from the spool file, the truth, even when
+        // the entry has none (as one of format 2 has not).
+        let mut entry = spool.entry(ids[0]).unwrap().unwrap();
+        entry.auth = None;
+        spool.update(ids[0], &entry).unwrap();
+        let listed = operator.list(&Filter::default(), None, 10).unwrap();
+        assert_eq!(listed.messages[0].auth, None);
+        let shown = operator.show(ids[0], false).unwrap();
+        assert_eq!(shown.message.auth.as_deref(), Some("alice@example.test"));
+
+        rt.block_on(queue.shutdown(Duration::from_secs(5)));
+        let log = std::fs::read_to_string(dir.path().join("delivery.log")).unwrap();
+        let lines: Vec<serde_json::Value> = log
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let of = |id: QueueId| {
+            let id = id.to_string();
+            lines
+                .iter()
+                .filter(|l| l["queue_id"] == id.as_str())
+                .map(|l| {
+                    (
+                        l["event"].as_str().unwrap().to_owned(),
+                        l.get("auth").and_then(|a| a.as_str()).map(str::to_owned),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let alice = Some("alice@example.test".to_owned());
+        let mut first = of(ids[0]);
+        first.sort();
+        assert_eq!(
+            first,
+            [
+                ("deferred".to_owned(), alice.clone()),
+                ("delivered".to_owned(), alice.clone()),
+                ("held".to_owned(), alice.clone()),
+                ("received".to_owned(), alice),
+            ],
+            "{log}"
+        );
+        let mut second = of(ids[1]);
+        second.sort();
+        assert_eq!(
+            second,
+            [
+                ("deferred".to_owned(), None),
+                ("held".to_owned(), None),
+                ("received".to_owned(), None)
+            ],
+            "{log}"
+        );
+        spool.close().unwrap();
     }
 }
