@@ -31,3 +31,4 @@ mod smuggling;
 mod storage;
 mod tls;
 mod upstream;
+mod users;
