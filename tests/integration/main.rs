@@ -32,3 +32,4 @@ mod storage;
 mod submission;
 mod tls;
 mod upstream;
+mod users;

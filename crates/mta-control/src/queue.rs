@@ -197,6 +197,10 @@ pub struct MessageRow {
     /// its first attempt defers or a stop spills it): a crash loses it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub in_memory: bool,
+    /// The user the client authenticated as (SMTP AUTH, RFC 4954); absent
+    /// when it did not, and from a daemon before AUTH.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
 }
 
 /// One page of `queue list`.
@@ -271,4 +275,30 @@ pub struct SummaryRow {
     /// Messages per age bucket, as `bucket_minutes` (one more: the
     /// oldest).
     pub buckets: Vec<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A listing row as a daemon before SMTP AUTH wrote it.
+    const OLD_ROW: &str = r#"{"id":"00000000000000aa","queue":"disk","size":10,"arrival":1,"sender":"a@b.test","attempts":1,"next_attempt":2,"recipients":[{"address":"x@y.test","status":"deferred","attempts":1,"last_reply":"4.4.1 refused"}]}"#;
+
+    #[test]
+    fn the_user_is_on_the_wire_only_when_there_is_one() {
+        let row: MessageRow = serde_json::from_str(OLD_ROW).unwrap();
+        assert_eq!(row.auth, None);
+        // Without a user, the bytes are the old ones: old clients read them.
+        assert_eq!(serde_json::to_string(&row).unwrap(), OLD_ROW);
+        let authed = MessageRow {
+            auth: Some("alice@example.test".into()),
+            ..row
+        };
+        let json = serde_json::to_string(&authed).unwrap();
+        assert!(
+            json.ends_with(r#""last_reply":"4.4.1 refused"}],"auth":"alice@example.test"}"#),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<MessageRow>(&json).unwrap(), authed);
+    }
 }

@@ -15,6 +15,7 @@ mod restart;
 mod start;
 mod status;
 mod stop;
+mod user;
 mod wording;
 
 use std::path::PathBuf;
@@ -128,6 +129,14 @@ enum Verb {
     Queue {
         #[command(subcommand)]
         verb: queue::QueueVerb,
+    },
+    /// The users of SMTP AUTH in [auth] users_file: add, passwd, del,
+    /// list. Passwords are asked on the terminal or read with
+    /// --password-stdin, never taken from the command line. mtad reads
+    /// the file at start and at each graceful restart.
+    User {
+        #[command(subcommand)]
+        verb: user::UserVerb,
     },
     /// Check the configuration's syntax and meaning: prints "Syntax OK", or
     /// every error with its file, line and column, and exits 78.
@@ -291,6 +300,7 @@ fn run(cli: Cli) -> ExitCode {
             control(&config, Request::Svc { action, service }, "done")
         }
         Verb::Queue { verb } => queue::run(&config, verb),
+        Verb::User { verb } => user::run(&config, verb),
         Verb::Pause {
             what: Pausable::Delivery,
             domain: Some(domain),

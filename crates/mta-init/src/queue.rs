@@ -374,7 +374,7 @@ fn print_detail(d: &MessageDetail) {
 fn write_detail(out: &mut impl Write, d: &MessageDetail, now: SystemTime) -> std::io::Result<()> {
     let m = &d.message;
     let now = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let label = |name: &str| format!("{:<12}", format!("{name}:"));
+    let label = |name: &str| format!("{:<15}", format!("{name}:"));
     writeln!(out, "{}{}", label("queue id"), m.id)?;
     let memory = if m.in_memory {
         ", in memory only (volatile: not yet on disk)"
@@ -407,6 +407,11 @@ fn write_detail(out: &mut impl Write, d: &MessageDetail, now: SystemTime) -> std
             Some(tls) => writeln!(out, "{}{}, using {tls}", label("protocol"), o.protocol)?,
             None => writeln!(out, "{}{}", label("protocol"), o.protocol)?,
         }
+        // SMTP AUTH (RFC 4954): who the client logged in as, as postcat
+        // shows Postfix's sasl_username.
+        if let Some(user) = o.auth.as_ref().or(m.auth.as_ref()) {
+            writeln!(out, "{}{user}", label("authenticated"))?;
+        }
         writeln!(out, "{}{}", label("body type"), body_type(e.body))?;
         writeln!(
             out,
@@ -415,6 +420,8 @@ fn write_detail(out: &mut impl Write, d: &MessageDetail, now: SystemTime) -> std
             if e.smtputf8 { "yes" } else { "no" }
         )?;
         writeln!(out, "{}{}", label("DSN"), mail_dsn(e))?;
+    } else if let Some(user) = &m.auth {
+        writeln!(out, "{}{user}", label("authenticated"))?;
     }
 
     writeln!(out, "\nRECIPIENTS")?;
@@ -643,5 +650,83 @@ mod tests {
             );
         }
         assert!(matches!(refused(Response::Ok), Ok(Response::Ok)));
+    }
+
+    /// A message as `queue show --json` gives it, its envelope's origin
+    /// with `auth` when given.
+    fn detail(auth: Option<&str>) -> MessageDetail {
+        let envelope = Envelope {
+            sender: mta_envelope::ReversePath::Mailbox(mta_envelope::Mailbox::new(
+                "alice",
+                "example.test",
+            )),
+            recipients: Vec::new(),
+            body: BodyType::SevenBit,
+            smtputf8: false,
+            ret: None,
+            envid: None,
+            origin: mta_envelope::Origin {
+                client_ip: "192.0.2.7".parse().unwrap(),
+                helo: "client.test".into(),
+                protocol: "ESMTPSA".into(),
+                tls: None,
+                auth: auth.map(str::to_owned),
+            },
+            arrival: 1_700_000_000,
+        };
+        MessageDetail {
+            message: mta_control::MessageRow {
+                id: "00000000000000aa".into(),
+                queue: "disk".into(),
+                size: 10,
+                arrival: 1_700_000_000,
+                sender: "alice@example.test".into(),
+                attempts: 1,
+                next_attempt: Some(1_700_000_400),
+                recipients: Vec::new(),
+                in_memory: false,
+                auth: auth.map(str::to_owned),
+            },
+            envelope: serde_json::to_value(&envelope).unwrap(),
+            history: Vec::new(),
+            headers: "Subject: x\r\n".into(),
+            body: None,
+        }
+    }
+
+    fn shown(d: &MessageDetail) -> String {
+        let mut out = Vec::new();
+        write_detail(&mut out, d, UNIX_EPOCH + Duration::from_secs(1_700_000_060)).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn show_names_the_authenticated_user_after_the_client() {
+        let out = shown(&detail(Some("alice@example.test")));
+        let lines: Vec<&str> = out.lines().collect();
+        let at = |label: &str| {
+            lines
+                .iter()
+                .position(|l| l.starts_with(label))
+                .unwrap_or_else(|| panic!("no {label}:\n{out}"))
+        };
+        assert_eq!(
+            lines[at("authenticated:")],
+            "authenticated: alice@example.test"
+        );
+        assert_eq!(at("authenticated:"), at("protocol:") + 1, "{out}");
+        assert_eq!(at("protocol:"), at("client:") + 1, "{out}");
+        // Labels stay aligned.
+        assert_eq!(
+            lines[at("client:")],
+            "client:        192.0.2.7, HELO client.test"
+        );
+        // Without a user, no line.
+        assert!(!shown(&detail(None)).contains("authenticated"));
+        // An envelope this version cannot read: the row's user still shows.
+        let mut odd = detail(Some("bob"));
+        odd.envelope = serde_json::json!({"unknown": true});
+        let out = shown(&odd);
+        assert!(out.contains("\nauthenticated: bob\n"), "{out}");
     }
 }

@@ -528,6 +528,7 @@ fn log_operator(
     let mut record = Record::new(event, id, entry.queue.as_str());
     record.recipient = recipient.and_then(|i| entry.rcpts.get(i).cloned());
     record.reply = Some("by the operator");
+    record.auth = entry.auth.as_deref();
     inner.log.write(&record);
 }
 

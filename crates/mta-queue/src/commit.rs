@@ -37,6 +37,13 @@ pub(crate) async fn commit(
         record.remote = line.remote.as_deref();
         record.reply = Some(&line.reply);
         record.tls = line.tls.as_deref();
+        // The file's envelope; the index's when the file is unreadable.
+        record.auth = job
+            .envelope
+            .origin
+            .auth
+            .as_deref()
+            .or(job.entry.auth.as_deref());
         inner.log.write(&record);
     }
     let c = settlement.counts;

@@ -237,6 +237,7 @@ pub(crate) async fn send(
     let mut record = Record::new(Event::Bounced, source.id, QueueName::Bounce.as_str());
     record.recipient = Some(envelope.recipients[0].address.to_string());
     record.dsn_id = Some(id.to_string());
+    record.auth = source.envelope.origin.auth.as_deref();
     inner.log.write(&record);
     let size = content.len() as u64;
     let entry = mta_spool::IndexEntry {

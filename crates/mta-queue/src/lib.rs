@@ -228,6 +228,7 @@ impl Queue {
         let mut record = Record::new(Event::Received, claim.id(), "ram");
         record.sender = Some(envelope.sender.to_string());
         record.size = Some(size);
+        record.auth = envelope.origin.auth.as_deref();
         self.inner.log.write(&record);
         let entry = IndexEntry::arrived(&envelope, size);
         if !on_disk {

@@ -240,6 +240,8 @@ pub struct MessageRow {
     /// Held in memory only, with no spool file yet (volatile mode): a
     /// crash loses it.
     pub in_memory: bool,
+    /// The user the client authenticated as (SMTP AUTH), if it did.
+    pub auth: Option<String>,
 }
 
 /// One page of the listing.
@@ -338,6 +340,7 @@ fn row(id: QueueId, entry: &IndexEntry, history: &[HistoryRecord], in_memory: bo
         next_attempt: entry.scheduled(),
         recipients,
         in_memory,
+        auth: entry.auth.clone(),
     }
 }
 
@@ -425,7 +428,10 @@ impl Operator {
             .windows(4)
             .position(|w| w == b"\r\n\r\n")
             .map_or(content.len(), |p| p + 2);
-        let message = row(id, &entry, &records, in_memory);
+        let mut message = row(id, &entry, &records, in_memory);
+        // The envelope is the truth (an entry of an earlier format has no
+        // user).
+        message.auth.clone_from(&envelope.origin.auth);
         Ok(Detail {
             message,
             envelope,

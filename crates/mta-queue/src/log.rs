@@ -3,7 +3,9 @@
 //! Fields: `ts` (unix seconds, with milliseconds), `event` (received,
 //! delivered, deferred, failed, bounced, expired, deleted, held, released), `queue_id`, `queue` (ram,
 //! bounce, disk), and when they apply `recipient`, `attempt`, `status`,
-//! `remote`, `reply`, `tls`, `sender`, `size`, `dsn_id`. Lines are appended
+//! `remote`, `reply`, `tls`, `sender`, `size`, `dsn_id`, and `auth` (the
+//! user the client authenticated as, SMTP AUTH) on every line about a
+//! message that has one. Lines are appended
 //! with one write each (O_APPEND), so concurrent writers never interleave.
 //!
 //! The log never holds delivery up: a line that cannot be written (a full
@@ -100,6 +102,10 @@ pub struct Record<'a> {
     /// The queue id of the DSN, for `bounced`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dsn_id: Option<String>,
+    /// The user the client authenticated as (SMTP AUTH, RFC 4954), on
+    /// every line about a message that has one; absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<&'a str>,
 }
 
 impl<'a> Record<'a> {
@@ -122,6 +128,7 @@ impl<'a> Record<'a> {
             sender: None,
             size: None,
             dsn_id: None,
+            auth: None,
         }
     }
 }
@@ -280,6 +287,20 @@ mod tests {
         assert_eq!(lines[0]["event"], "deferred");
         assert_eq!(lines[0]["recipient"], "a@b.test");
         assert_eq!(lines[1]["queue"], "disk");
+        assert!(lines[0].get("auth").is_none() && lines[1].get("auth").is_none());
+    }
+
+    #[test]
+    fn the_authenticated_user_is_logged_when_there_is_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("delivery.log");
+        let log = DeliveryLog::open(&path).unwrap();
+        let mut r = Record::new(Event::Delivered, "00000000000000aa", "ram");
+        r.auth = Some("alice@example.test");
+        log.write(&r);
+        let line: serde_json::Value =
+            serde_json::from_str(std::fs::read_to_string(&path).unwrap().trim_end()).unwrap();
+        assert_eq!(line["auth"], "alice@example.test");
     }
 
     #[test]

@@ -16,7 +16,13 @@
 //! Format 2 added the server's reply to each recipient's last error
 //! ([`ErrorV2`]), which a delay notice or the final DSN quotes after
 //! `smtp;`. Format 1 entries are still read (no reply: the DSN then quotes
-//! nothing after `smtp;`) and written as format 2 at their next change.
+//! nothing after `smtp;`).
+//!
+//! Format 3 ([`StoredV3`]) added the user the client authenticated as
+//! (SMTP AUTH, RFC 4954), for listings: format 2's fields, then an
+//! `Option<String>`. Entries of formats 1 and 2 were written before AUTH
+//! existed, so they read with no user; each older entry is written as
+//! format 3 at its next change.
 
 use std::collections::BTreeMap;
 
@@ -27,10 +33,14 @@ use crate::entry::{IndexEntry, QueueName, RecipientError, RecipientState};
 /// The first byte of a format 1 postcard entry (JSON starts with `{`).
 const FORMAT_V1: u8 = 1;
 
-/// The first byte of a format 2 postcard entry: what is written now.
+/// The first byte of a format 2 postcard entry.
 const FORMAT_V2: u8 = 2;
 
-/// An entry as stored; the formats differ only in their last errors.
+/// The first byte of a format 3 postcard entry: what is written now.
+const FORMAT_V3: u8 = 3;
+
+/// An entry as formats 1 and 2 store it (they differ only in their last
+/// errors), and the first part of a format 3 entry.
 #[derive(Serialize, Deserialize)]
 struct Stored<E> {
     queue: QueueName,
@@ -45,6 +55,16 @@ struct Stored<E> {
     rcpts: Vec<String>,
     held_since: Option<u64>,
     held_secs: u64,
+}
+
+/// A format 3 entry. postcard writes a struct's fields one after the
+/// other with no framing, so this is a format 2 entry's bytes followed by
+/// the user.
+#[derive(Serialize, Deserialize)]
+struct StoredV3 {
+    entry: Stored<ErrorV2>,
+    /// The authenticated user (`IndexEntry::auth`).
+    auth: Option<String>,
 }
 
 /// A last error in format 1.
@@ -129,13 +149,13 @@ impl<E: Serialize + for<'a> From<&'a RecipientError>> Stored<E> {
             held_secs: entry.held_secs,
         }
     }
+}
 
-    /// The format byte, then the entry in postcard.
-    fn to_bytes(&self, format: u8) -> Vec<u8> {
-        let mut out = vec![format];
-        postcard::to_io(self, &mut out).expect("an index entry always serializes");
-        out
-    }
+/// The format byte, then the entry in postcard.
+fn to_bytes(format: u8, stored: &impl Serialize) -> Vec<u8> {
+    let mut out = vec![format];
+    postcard::to_io(stored, &mut out).expect("an index entry always serializes");
+    out
 }
 
 impl<E: Into<RecipientError>> Stored<E> {
@@ -157,16 +177,22 @@ impl<E: Into<RecipientError>> Stored<E> {
             rcpts: self.rcpts,
             held_since: self.held_since,
             held_secs: self.held_secs,
+            // Formats 1 and 2 predate SMTP AUTH.
+            auth: None,
         }
     }
 }
 
 /// The stored form of an entry.
 pub(crate) fn encode(entry: &IndexEntry) -> Vec<u8> {
-    Stored::<ErrorV2>::from_entry(entry).to_bytes(FORMAT_V2)
+    let stored = StoredV3 {
+        entry: Stored::from_entry(entry),
+        auth: entry.auth.clone(),
+    };
+    to_bytes(FORMAT_V3, &stored)
 }
 
-/// An entry read back; `None` when the bytes are neither format.
+/// An entry read back; `None` when the bytes are none of the formats.
 pub(crate) fn decode(bytes: &[u8]) -> Option<IndexEntry> {
     match bytes.first()? {
         b'{' => serde_json::from_slice(bytes).ok(),
@@ -180,6 +206,13 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<IndexEntry> {
                 .ok()?
                 .into_entry(),
         ),
+        &FORMAT_V3 => {
+            let stored = postcard::from_bytes::<StoredV3>(&bytes[1..]).ok()?;
+            Some(IndexEntry {
+                auth: stored.auth,
+                ..stored.entry.into_entry()
+            })
+        }
         _ => None,
     }
 }
@@ -188,7 +221,13 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<IndexEntry> {
 /// (tests, and the generator of the queue fixture: `fixture.rs`).
 #[cfg(test)]
 pub(crate) fn encode_v1(entry: &IndexEntry) -> Vec<u8> {
-    Stored::<ErrorV1>::from_entry(entry).to_bytes(FORMAT_V1)
+    to_bytes(FORMAT_V1, &Stored::<ErrorV1>::from_entry(entry))
+}
+
+/// An entry in format 2, as versions before SMTP AUTH wrote it (tests).
+#[cfg(test)]
+pub(crate) fn encode_v2(entry: &IndexEntry) -> Vec<u8> {
+    to_bytes(FORMAT_V2, &Stored::<ErrorV2>::from_entry(entry))
 }
 
 #[cfg(test)]
@@ -217,6 +256,7 @@ mod tests {
             rcpts: vec!["a@example.org".into(), "b@example.org".into()],
             held_since: Some(1_796_000_500),
             held_secs: 60,
+            auth: Some("alice@example.test".into()),
         }
     }
 
@@ -239,6 +279,7 @@ mod tests {
             recipients: vec![RecipientState::Pending],
             held_since: None,
             held_secs: 0,
+            auth: None,
             ..e
         };
         assert!(encode(&small).len() < 64, "{}", encode(&small).len());
@@ -263,8 +304,66 @@ mod tests {
         assert_eq!(bytes[0], FORMAT_V1);
         let mut want = e.clone();
         want.last_errors.get_mut(&0).unwrap().reply = None;
+        want.auth = None;
         assert_eq!(decode(&bytes), Some(want));
-        assert_eq!(encode(&e)[0], FORMAT_V2);
+        assert_eq!(encode(&e)[0], FORMAT_V3);
+    }
+
+    #[test]
+    fn format_2_entries_are_still_read_without_a_user() {
+        let e = entry();
+        let bytes = encode_v2(&e);
+        assert_eq!(bytes[0], FORMAT_V2);
+        let want = IndexEntry {
+            auth: None,
+            ..e.clone()
+        };
+        assert_eq!(decode(&bytes), Some(want));
+    }
+
+    /// Format 3 is format 2's fields and then the user, so the two share
+    /// every byte up to it.
+    #[test]
+    fn format_3_is_format_2_then_the_user() {
+        let e = entry();
+        let v2 = encode_v2(&e);
+        let v3 = encode(&e);
+        assert_eq!(v3[0], FORMAT_V3);
+        assert_eq!(v3[1..v2.len()], v2[1..]);
+        // postcard: Some, the length, the bytes.
+        let user = b"alice@example.test";
+        assert_eq!(v3[v2.len()..], [&[1, user.len() as u8][..], user].concat());
+        let anonymous = IndexEntry { auth: None, ..e };
+        assert_eq!(encode(&anonymous)[v2.len()..], [0]);
+        assert_eq!(decode(&encode(&anonymous)), Some(anonymous));
+    }
+
+    /// Bytes this version wrote, pinned: a later version must still read
+    /// them as they were (a new field is a new format, never a change to
+    /// this one).
+    #[test]
+    fn a_stored_format_3_entry_still_reads() {
+        let stored: &[u8] = &[
+            3, 2, 1, 2, 100, 1, 0, 1, 0, 0, 3, 98, 64, 97, 1, 3, 97, 64, 98, 0, 0, 1, 5, 98, 111,
+            98, 64, 120,
+        ];
+        let want = IndexEntry {
+            queue: QueueName::Disk,
+            arrival: 1,
+            next_attempt: 2,
+            size: 100,
+            recipients: vec![RecipientState::Pending],
+            attempts: 1,
+            last_errors: BTreeMap::new(),
+            delay_notified: false,
+            sender: "b@a".into(),
+            rcpts: vec!["a@b".into()],
+            held_since: None,
+            held_secs: 0,
+            auth: Some("bob@x".into()),
+        };
+        assert_eq!(encode(&want), stored);
+        assert_eq!(decode(stored), Some(want));
     }
 
     #[test]
@@ -273,5 +372,7 @@ mod tests {
         assert_eq!(decode(b"\x07nonsense"), None);
         assert_eq!(decode(&[FORMAT_V1, 0xff, 0xff]), None);
         assert_eq!(decode(&[FORMAT_V2, 0xff, 0xff]), None);
+        assert_eq!(decode(&[FORMAT_V3, 0xff, 0xff]), None);
+        assert_eq!(decode(&[4, 0, 0]), None);
     }
 }

@@ -105,6 +105,12 @@ pub struct IndexEntry {
     /// Seconds spent held before: they do not count against the lifetime.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub held_secs: u64,
+    /// The user the client authenticated as (SMTP AUTH, RFC 4954): the
+    /// envelope's `origin.auth`, which stays the truth; kept here so that
+    /// listings need not read spool files. `None` for a session that did
+    /// not authenticate, and in entries of formats before 3 (`codec.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -145,6 +151,7 @@ impl IndexEntry {
             rcpts: Vec::new(),
             held_since: None,
             held_secs: 0,
+            auth: None,
         };
         entry.fill_addresses(envelope);
         entry
@@ -161,10 +168,11 @@ impl IndexEntry {
         !self.rcpts.is_empty()
     }
 
-    /// Fills the addresses from the envelope (for an entry that lacks
-    /// them).
+    /// Fills the addresses, and the authenticated user, from the envelope
+    /// (for an entry that lacks them: one of an earlier version).
     pub fn fill_addresses(&mut self, envelope: &Envelope) {
         (self.sender, self.rcpts) = addresses(envelope);
+        self.auth = envelope.origin.auth.clone();
     }
 
     /// When the disk runner should take it up: its next attempt, or never

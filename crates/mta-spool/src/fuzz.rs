@@ -63,6 +63,7 @@ fn envelope() -> impl Strategy<Value = Envelope> {
             any::<String>(),
             any::<String>(),
             any::<Option<String>>(),
+            any::<Option<String>>(),
         ),
         any::<u64>(),
     )
@@ -74,7 +75,7 @@ fn envelope() -> impl Strategy<Value = Envelope> {
                 smtputf8,
                 ret,
                 envid,
-                (ip, helo, protocol, tls),
+                (ip, helo, protocol, tls, auth),
                 arrival,
             )| {
                 Envelope {
@@ -93,7 +94,7 @@ fn envelope() -> impl Strategy<Value = Envelope> {
                         helo,
                         protocol,
                         tls,
-                        auth: None,
+                        auth,
                     },
                     arrival,
                 }
@@ -135,7 +136,7 @@ fn entry() -> impl Strategy<Value = IndexEntry> {
             any::<String>(),
             prop::collection::vec(any::<String>(), 0..4),
         ),
-        (any::<Option<u64>>(), any::<u64>()),
+        (any::<Option<u64>>(), any::<u64>(), any::<Option<String>>()),
     )
         .prop_map(
             |(
@@ -145,7 +146,7 @@ fn entry() -> impl Strategy<Value = IndexEntry> {
                 last_errors,
                 delay_notified,
                 (sender, rcpts),
-                (held_since, held_secs),
+                (held_since, held_secs, auth),
             )| IndexEntry {
                 queue,
                 arrival,
@@ -159,6 +160,7 @@ fn entry() -> impl Strategy<Value = IndexEntry> {
                 rcpts,
                 held_since,
                 held_secs,
+                auth,
             },
         )
 }
@@ -277,7 +279,11 @@ fn spool_file_round_trips_and_survives_damage() {
 fn index_entry_decoder_on_arbitrary_bytes_never_panics() {
     let bytes = prop_oneof![
         prop::collection::vec(any::<u8>(), 0..200),
-        prop::collection::vec(any::<u8>(), 0..200).prop_map(|b| [&[1u8][..], &b].concat()),
+        (1..=3u8, prop::collection::vec(any::<u8>(), 0..200)).prop_map(|(format, b)| [
+            &[format][..],
+            &b
+        ]
+        .concat()),
         "\\{[\"a-z_:,0-9\\[\\]{} ]{0,200}".prop_map(String::into_bytes),
     ];
     fuzz::check(regressions!("index_entry_arbitrary"), bytes, |bytes| {

@@ -188,6 +188,8 @@ pub(crate) struct FileFacts {
     pub sender: String,
     /// The envelope recipients' addresses.
     pub rcpts: Vec<String>,
+    /// The user the client authenticated as, if it did.
+    pub auth: Option<String>,
     /// Content bytes.
     pub size: u64,
 }
@@ -579,6 +581,7 @@ impl Index {
             rcpts: file.rcpts.clone(),
             held_since: None,
             held_secs: 0,
+            auth: file.auth.clone(),
         };
         // Every writer holds the stripe, so the swap cannot miss; the loop
         // only keeps the rule "never over a value not read just now".
@@ -589,15 +592,22 @@ impl Index {
                 None if current.is_none() => (fresh(), Visit::Added),
                 None => (fresh(), Visit::Changed),
                 Some(o) if o.recipients.len() != file.recipients => (fresh(), Visit::Changed),
-                Some(o) if o.queue == QueueName::Ram => (
-                    IndexEntry {
-                        queue: QueueName::Disk,
-                        next_attempt: now,
-                        ..o.clone()
-                    },
-                    Visit::Changed,
-                ),
-                Some(o) => (o.clone(), Visit::Kept),
+                Some(o) => {
+                    let mut new = o.clone();
+                    if o.queue == QueueName::Ram {
+                        new.queue = QueueName::Disk;
+                        new.next_attempt = now;
+                    }
+                    // The file is the truth: an entry of an earlier format
+                    // has no user.
+                    new.auth.clone_from(&file.auth);
+                    let visit = if new == *o {
+                        Visit::Kept
+                    } else {
+                        Visit::Changed
+                    };
+                    (new, visit)
+                }
             };
             if visit == Visit::Kept {
                 break (old, new, visit);

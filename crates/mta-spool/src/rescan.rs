@@ -503,6 +503,7 @@ impl Job {
                     recipients: header.envelope.recipients.len(),
                     sender,
                     rcpts,
+                    auth: header.envelope.origin.auth,
                     size,
                 })
             }

@@ -179,6 +179,7 @@ async fn store_then_read_back() {
             ],
             held_since: None,
             held_secs: 0,
+            auth: None,
         }
     );
     assert!(matches!(
@@ -1516,6 +1517,58 @@ async fn entries_without_addresses_get_them_from_the_spool_file() {
         vec!["rcpt0@example.org", "rcpt1@example.org"]
     );
     assert_eq!(page.items[0].1.sender, "alice@example.test");
+    spool.close().unwrap();
+}
+
+/// The authenticated user is in the entry of a message stored, of one
+/// the rescan finds after a crash, and of one whose entry an earlier
+/// version wrote (format 2, which has no user: the file is the truth).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_authenticated_user_is_indexed_when_stored_and_on_rescan() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(config(tmp.path())).unwrap();
+    let mut authed = envelope(1);
+    authed.origin.auth = Some("alice@example.test".into());
+    let mut ids = Vec::new();
+    for env in [&authed, &envelope(1), &authed] {
+        let id = spool.next_id();
+        spool
+            .store(id, env, &[b"Subject: a\r\n\r\n"])
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    let user = |spool: &Spool, id| spool.entry(id).unwrap().unwrap().auth;
+    assert_eq!(user(&spool, ids[0]).as_deref(), Some("alice@example.test"));
+    assert_eq!(user(&spool, ids[1]), None);
+    // As a version before format 3 left it: no user.
+    let index = spool.index().unwrap();
+    let old = spool.entry(ids[2]).unwrap().unwrap();
+    index.insert_raw_entry(ids[2], &crate::codec::encode_v2(&old));
+    drop(index);
+    assert_eq!(user(&spool, ids[2]), None);
+    let page = spool.list(None, 10, 10, |_, _| true).unwrap();
+    let users: Vec<_> = page.items.iter().map(|(_, e)| e.auth.as_deref()).collect();
+    assert_eq!(users, [Some("alice@example.test"), None, None]);
+    let clone = spool.clone();
+    drop(spool);
+    drop(clone); // no close(): as if the process died
+
+    // The rescan reads every file's envelope: the old entry gets its user.
+    let (spool, report) = Spool::open(config(tmp.path())).unwrap();
+    assert!(report.rescan);
+    spool.wait_rescan();
+    assert_eq!(user(&spool, ids[0]).as_deref(), Some("alice@example.test"));
+    assert_eq!(user(&spool, ids[1]), None);
+    assert_eq!(user(&spool, ids[2]).as_deref(), Some("alice@example.test"));
+    spool.close().unwrap();
+
+    // And a rebuilt index (none left) has them too.
+    fs::remove_dir_all(tmp.path().join("queue/index")).unwrap();
+    let (spool, _) = open_rebuilt(config(tmp.path()), &ids);
+    let users: Vec<_> = ids.iter().map(|&id| user(&spool, id)).collect();
+    let alice = Some("alice@example.test".to_owned());
+    assert_eq!(users, [alice.clone(), None, alice]);
     spool.close().unwrap();
 }
 

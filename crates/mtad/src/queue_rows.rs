@@ -79,6 +79,7 @@ fn message(m: queue::MessageRow) -> wire::MessageRow {
             })
             .collect(),
         in_memory: m.in_memory,
+        auth: m.auth,
     }
 }
 
