@@ -11,7 +11,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::header::{extract_recipients, has_field, header_end, parse_address_list, remove_fields};
+use crate::header::{
+    extract_recipients, has_field, header_end, parse_address_list, qualify_addresses, remove_fields,
+};
 use crate::options::{Options, UsageError};
 
 /// What a user asked to send, before the server's host name is known.
@@ -120,8 +122,9 @@ impl Submission {
     }
 
     /// Finishes the submission of local user `login` for a server named
-    /// `host`: addresses qualified with `@host`, the user's own address
-    /// (`login@host`) as the sender unless `-f` gave one, and `From:`
+    /// `host`: addresses qualified with `@host` (in the envelope, and
+    /// the plain ones of the header's address fields), the user's own
+    /// address (`login@host`) as the sender unless `-f` gave one, and `From:`
     /// (with the full name), `Date:` and `Message-ID:` added at the end
     /// of the header when missing. A message without a header gets one.
     pub fn complete(&self, host: &str, login: &str) -> Result<Prepared, BadAddress> {
@@ -161,16 +164,17 @@ impl Submission {
                 self.time, self.token
             ));
         }
-        let end = header_end(&self.content);
-        let mut content = Vec::with_capacity(self.content.len() + added.len() + 2);
-        content.extend_from_slice(&self.content[..end.end]);
+        let original = qualify_addresses(&self.content, host);
+        let end = header_end(&original);
+        let mut content = Vec::with_capacity(original.len() + added.len() + 2);
+        content.extend_from_slice(&original[..end.end]);
         content.extend_from_slice(added.as_bytes());
-        if !end.separated && end.end < self.content.len() {
+        if !end.separated && end.end < original.len() {
             // The body ran into the header (or there was no header): the
             // empty line that separates them (RFC 5322 section 2.1).
             content.extend_from_slice(b"\r\n");
         }
-        content.extend_from_slice(&self.content[end.end..]);
+        content.extend_from_slice(&original[end.end..]);
         let smtputf8 = !sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii());
         Ok(Prepared {
             eight_bit: self.eight_bit || !content.is_ascii(),

@@ -106,6 +106,78 @@ pub fn remove_fields(content: &[u8], names: &[&str]) -> (Vec<u8>, usize) {
     (out, removed)
 }
 
+/// The message with bare login names in its address fields (`From:`,
+/// `Sender:`, `Reply-To:`, `To:`, `Cc:`) qualified with `@host`, as
+/// Postfix's cleanup rewrites the header of local mail: cron writes
+/// `From: root (Cron Daemon)` and `To: root`, which no one elsewhere can
+/// answer. Only the plain forms are touched (`name`, `name (comment)`,
+/// `Display <name>`), in fields of one line without quotes or groups;
+/// anything else is left as written.
+pub fn qualify_addresses(content: &[u8], host: &str) -> Vec<u8> {
+    const FIELDS: [&str; 5] = ["From", "Sender", "Reply-To", "To", "Cc"];
+    let end = header_end(content).end;
+    let mut out = Vec::with_capacity(content.len() + 64);
+    for (name, text) in fields(content) {
+        let wanted = FIELDS
+            .iter()
+            .any(|f| name.eq_ignore_ascii_case(f.as_bytes()));
+        match std::str::from_utf8(text) {
+            Ok(line) if wanted => out.extend_from_slice(qualify_field(line, host).as_bytes()),
+            _ => out.extend_from_slice(text),
+        }
+    }
+    out.extend_from_slice(&content[end..]);
+    out
+}
+
+/// One field, `Name: value\r\n`, with its bare names qualified.
+fn qualify_field(line: &str, host: &str) -> String {
+    let Some((name, value)) = line.split_once(':') else {
+        return line.to_owned();
+    };
+    let value = value.strip_suffix("\r\n").unwrap_or(value);
+    if value.contains(['\r', '\n', '"', ':', ';', '\\']) {
+        return line.to_owned();
+    }
+    let items: Vec<String> = value
+        .split(',')
+        .map(|item| qualify_item(item, host))
+        .collect();
+    format!("{name}:{}\r\n", items.join(","))
+}
+
+/// One comma-separated item of an address field, its spacing kept.
+fn qualify_item(item: &str, host: &str) -> String {
+    let bare = |word: &str| {
+        !word.is_empty()
+            && word
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._%+-=!#$&'*/?^`{|}~".contains(c))
+    };
+    // `Display <name>`.
+    if let Some((before, rest)) = item.split_once('<') {
+        if let Some((inside, after)) = rest.split_once('>') {
+            if bare(inside) && !after.contains(['<', '>']) {
+                return format!("{before}<{inside}@{host}>{after}");
+            }
+        }
+        return item.to_owned();
+    }
+    // `name` or `name (comment)`.
+    let lead = item.len() - item.trim_start().len();
+    let word_end = item[lead..]
+        .find(|c: char| c.is_whitespace() || c == '(')
+        .map_or(item.len(), |i| lead + i);
+    let (word, rest) = (&item[lead..word_end], &item[word_end..]);
+    let rest_ok = rest.trim().is_empty()
+        || (rest.trim_start().starts_with('(') && rest.trim_end().ends_with(')'));
+    if bare(word) && rest_ok {
+        format!("{}{word}@{host}{rest}", &item[..lead])
+    } else {
+        item.to_owned()
+    }
+}
+
 /// The recipients `-t` takes from the header: the addresses of the
 /// `Resent-To:`, `Resent-Cc:` and `Resent-Bcc:` fields when there is one
 /// of them (a message being resent, RFC 5322 section 3.6.6), else those
@@ -284,6 +356,29 @@ mod tests {
         assert_eq!(extract_recipients(resent), ["new@x.test", "hidden@x.test"]);
         assert!(extract_recipients(b"Subject: none\r\n\r\n").is_empty());
         assert!(extract_recipients(b"no header\r\n").is_empty());
+    }
+
+    #[test]
+    fn bare_names_in_address_fields_are_qualified() {
+        let q =
+            |text: &str| String::from_utf8(qualify_addresses(text.as_bytes(), "mx.test")).unwrap();
+        assert_eq!(
+            q("From: root (Cron Daemon)\r\nTo: root\r\nSubject: root\r\n\r\nTo: root\r\n"),
+            "From: root@mx.test (Cron Daemon)\r\nTo: root@mx.test\r\nSubject: root\r\n\r\nTo: root\r\n"
+        );
+        assert_eq!(
+            q("To: alice, Bob <bob>, c@x.test, <d>\r\n\r\n"),
+            "To: alice@mx.test, Bob <bob@mx.test>, c@x.test, <d@mx.test>\r\n\r\n"
+        );
+        for kept in [
+            "From: \"Root, the\" <root>\r\n\r\n",
+            "To: team: a, b;\r\n\r\n",
+            "To: a,\r\n b\r\n\r\n",
+            "To: John Smith\r\n\r\n",
+            "Cc: a@x.test\r\n\r\n",
+        ] {
+            assert_eq!(q(kept), kept);
+        }
     }
 
     #[test]

@@ -57,25 +57,31 @@ pub fn prepare(config: &Config, identity: &Identity) -> Prepared {
     let root = nix::unistd::geteuid().is_root();
     let owner = identity.owner();
     let mut problems = Vec::new();
+    let mut socket = Some(s.socket.clone());
     if let Some(dir) = s.socket.parent() {
         if let Err(e) = socket_dir(dir, root, owner) {
-            problems.push(format!("socket directory {}: {e}", dir.display()));
+            problems.push(format!("no socket: cannot create {} ({e})", dir.display()));
+            socket = None;
         }
     }
     let drop_dir = match drop_dir(&s.drop_dir, &s.drop_group, root, owner) {
         Ok(note) => {
             if let Some(note) = note {
-                problems.push(note);
+                // It works, but not for everyone.
+                warn!("local submission (mta-sendmail): {note}");
             }
             Some(s.drop_dir.clone())
         }
         Err(e) => {
-            problems.push(format!("drop directory {}: {e}", s.drop_dir.display()));
+            problems.push(format!(
+                "no drop directory: cannot make {} ({e})",
+                s.drop_dir.display()
+            ));
             None
         }
     };
     Prepared {
-        socket: Some(s.socket.clone()),
+        socket,
         drop_dir,
         problems,
     }
@@ -209,7 +215,7 @@ pub fn start(ctx: &Arc<Context>, shutdown: &Shutdown, sessions: &TaskTracker, pr
                     local.clone(),
                 ));
             }
-            Err(e) => problems.push(format!("socket {}: {e:#}", path.display())),
+            Err(e) => problems.push(format!("no socket {}: {e:#}", path.display())),
         }
     }
     if let Some(dir) = drop_dir {
@@ -224,7 +230,8 @@ pub fn start(ctx: &Arc<Context>, shutdown: &Shutdown, sessions: &TaskTracker, pr
     }
     if !problems.is_empty() {
         warn!(
-            "local submission (mta-sendmail) is not fully available: {}",
+            "local submission (mta-sendmail): {}; running on without it (start mtad as root \
+             once, or set [sendmail] paths it can create: docs/sendmail.md)",
             problems.join("; ")
         );
     }
