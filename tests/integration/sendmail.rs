@@ -615,3 +615,29 @@ fn usage_errors_exit_64() {
     // Only that one: the refused command lines sent nothing.
     assert_eq!(s.wait_maildir("local.test", "mia", 1).len(), 1);
 }
+
+/// A restart (SIGHUP) re-creates the socket in the new image, a
+/// graceful restart (SIGUSR1) keeps it: mail goes through the socket
+/// after each, never to the drop directory.
+#[test]
+fn the_socket_survives_restart_and_graceful() {
+    let s = Setup::new("mail");
+    let mut mtad = Mtad::start(&s.work);
+    let send = |to: &str| {
+        let o = s.sendmail(&["-i", to], "Subject: s\n\nx\n");
+        assert_eq!(code(&o), 0, "{}", text(&o));
+        assert!(s.drops().is_empty(), "{to} was dropped, not handed over");
+    };
+    send("nina@local.test");
+    signal(mtad.pid(), nix::sys::signal::Signal::SIGHUP);
+    mtad.await_ready_again();
+    assert!(s.socket().exists(), "the new image binds the socket again");
+    send("omar@local.test");
+    signal(mtad.pid(), nix::sys::signal::Signal::SIGUSR1);
+    send("pia@local.test");
+    for user in ["nina", "omar", "pia"] {
+        let copy = &s.wait_maildir("local.test", user, 1)[0];
+        assert!(copy.contains("\nReceived: from local user "), "{copy}");
+    }
+    mtad.terminate();
+}

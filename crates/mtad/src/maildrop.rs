@@ -89,6 +89,9 @@ struct Importer {
 /// What became of one drop file.
 #[derive(Debug, PartialEq, Eq)]
 enum Fate {
+    /// It went away meanwhile (another mtad had it, or its writer's
+    /// crash left nothing whole).
+    Gone,
     /// Queued (and perhaps some recipients refused): the file goes.
     Imported,
     /// Not now: the file stays for the next scan.
@@ -117,12 +120,14 @@ impl Importer {
                 return;
             }
         };
+        self.warned.retain(|n| names.contains(n));
         for name in names {
             if self.shutdown.listen_end.is_cancelled() {
                 return;
             }
             let path = self.dir.join(&name);
             match self.import(&path).await {
+                Fate::Gone => {}
                 Fate::Imported => {
                     self.warned.remove(&name);
                     if let Err(e) = std::fs::remove_file(&path) {
@@ -158,7 +163,7 @@ impl Importer {
         };
         let (uid, submission) = match read {
             Ok(Ok(Some(found))) => found,
-            Ok(Ok(None)) => return Fate::Later("gone or not whole yet".into()),
+            Ok(Ok(None)) => return Fate::Gone,
             Ok(Err(why)) => return Fate::Bad(why),
             Err(e) => return Fate::Later(e.to_string()),
         };
