@@ -21,9 +21,9 @@ const NOBODY: u32 = 65534;
 
 /// A work directory with mtad's configuration: local domains
 /// `local.test` and `mx.test` (the host name, so that bare names are
-/// delivered here), the socket in `run/`, the drop directory
-/// `maildrop/`, scanned every 100 ms. The directory is 0755 so that
-/// another user reaches the socket.
+/// delivered here), the socket `run/mta/submit.sock`, the drop directory
+/// `spool/maildrop/`, scanned every 100 ms; mtad makes the directories.
+/// The work directory is 0755 so that another user gets through.
 struct Setup {
     work: Workdir,
 }
@@ -32,12 +32,13 @@ impl Setup {
     fn new(drop_group: &str) -> Setup {
         let work = Workdir::new();
         std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let extra = format!(
+        let extra =
+            format!(
             "[smtp]\nlisten = [\"127.0.0.1:0\"]\nlocal_domains = [\"local.test\", \"mx.test\"]\n\
              [sendmail]\nsocket = {:?}\ndrop_dir = {:?}\ndrop_group = {drop_group:?}\n\
              drop_scan_interval = \"100ms\"\n",
-            work.path().join("run/submit.sock").display().to_string(),
-            work.path().join("maildrop").display().to_string(),
+            work.path().join("run/mta/submit.sock").display().to_string(),
+            work.path().join("spool/maildrop").display().to_string(),
         );
         work.write_config("", &extra);
         std::fs::set_permissions(work.config_path(), std::fs::Permissions::from_mode(0o644))
@@ -46,11 +47,11 @@ impl Setup {
     }
 
     fn socket(&self) -> PathBuf {
-        self.work.path().join("run/submit.sock")
+        self.work.path().join("run/mta/submit.sock")
     }
 
     fn drop_dir(&self) -> PathBuf {
-        self.work.path().join("maildrop")
+        self.work.path().join("spool/maildrop")
     }
 
     /// `mta-sendmail -C <config> ARGS` as this process's user, `input` on
@@ -331,7 +332,10 @@ fn another_user_is_recorded_as_the_kernel_names_them() {
     let mtad = Mtad::start(&s.work);
     let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
     assert_eq!(mode(&s.socket()), 0o666, "any user may connect");
-    assert_eq!(mode(&s.work.path().join("run")), 0o755);
+    // Made by mtad, whose umask is 077: opened to all explicitly.
+    for dir in ["run", "run/mta", "spool"] {
+        assert_eq!(mode(&s.work.path().join(dir)), 0o755, "{dir}");
+    }
     assert_eq!(mode(&s.drop_dir()), 0o1730);
     assert_eq!(std::fs::metadata(s.drop_dir()).unwrap().gid(), gid);
 

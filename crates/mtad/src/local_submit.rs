@@ -94,13 +94,25 @@ fn socket_dir(dir: &Path, root: bool, owner: Option<(u32, u32)>) -> std::io::Res
     if dir.is_dir() {
         return Ok(());
     }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    create_dirs(dir)?;
     if let (true, Some((uid, gid))) = (root, owner) {
         chown(dir, uid, Some(gid))?;
+    }
+    Ok(())
+}
+
+/// Creates `dir` and the directories above it that are missing, each
+/// 0755 whatever mtad's umask (0077): every user must get through them
+/// to the socket or the drop directory.
+fn create_dirs(dir: &Path) -> std::io::Result<()> {
+    let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
+    for d in missing.into_iter().rev() {
+        match std::fs::DirBuilder::new().mode(0o755).create(d) {
+            Ok(()) => std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))?,
+            // Made meanwhile by someone else: theirs to set.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
     }
     Ok(())
 }
@@ -122,10 +134,7 @@ fn drop_dir(
         false
     } else {
         if let Some(parent) = dir.parent() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(parent)?;
+            create_dirs(parent)?;
         }
         std::fs::DirBuilder::new().mode(0o700).create(dir)?;
         true
