@@ -107,8 +107,17 @@ impl Submission {
             }));
         }
         let (content, _) = remove_fields(&content, &["Bcc", "Resent-Bcc"]);
+        // `-f "Name <a@b>"`: the address, as Postfix takes the first
+        // one it finds (`<>` and nothing stay the null sender).
+        let sender = options.sender.as_deref().map(|given| match given.trim() {
+            "" | "<>" => given.trim().to_owned(),
+            trimmed => parse_address_list(trimmed)
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| trimmed.to_owned()),
+        });
         Ok(Submission {
-            sender: options.sender.clone(),
+            sender,
             full_name: options.full_name.clone().or(full_name),
             recipients: dedup(recipients),
             notify: options.notify.as_ref().map(|n| n.value()),
@@ -356,6 +365,8 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&p.content)
         );
+        let s = submission("-i -f Daemon<daemon@x.test> u", text).unwrap();
+        assert_eq!(s.sender.as_deref(), Some("daemon@x.test"));
         let s = submission("-i -f <> -F Zoë u", text).unwrap();
         let p = s.complete("mx.test", "root").unwrap();
         assert_eq!(p.sender, "");
