@@ -23,6 +23,7 @@ mod queue_fixture;
 mod recipients;
 mod restart;
 mod security;
+mod sendmail;
 mod signals;
 mod slow_senders;
 mod smtp;

@@ -14,6 +14,7 @@ mod auth;
 mod delivery;
 mod descriptors;
 mod recipients;
+pub mod sendmail;
 mod size;
 mod smtp;
 mod submission;
@@ -89,6 +90,8 @@ pub struct Config {
     pub maildir: MaildirConfig,
     /// The admin HTTP server.
     pub http: HttpConfig,
+    /// Local submission: `mta-sendmail`'s socket and drop directory.
+    pub sendmail: sendmail::SendmailConfig,
 }
 
 /// `[http]`: the admin HTTP server (`GET /status`, `GET /metrics`, and
@@ -276,6 +279,7 @@ impl Default for Config {
             delivery: DeliveryConfig::default(),
             maildir: MaildirConfig::default(),
             http: HttpConfig::default(),
+            sendmail: Default::default(),
         }
     }
 }
@@ -520,6 +524,7 @@ impl Config {
         self.queue.check(&mut problem);
         self.delivery.check(&mut problem);
         self.http.check(&mut problem);
+        self.sendmail.check(&mut problem);
         for domain in &self.smtp.local_domains {
             if domain.is_empty() || domain.contains(['@', ' ', '\r', '\n']) {
                 problem("smtp.local_domains", format!("{domain:?} is not a domain"));

@@ -42,6 +42,8 @@ pub use command::{Command, CommandError};
 pub use date::rfc5322_date;
 pub use recipients::LocalRecipients;
 pub use reply::Reply;
-pub use session::{received_header, Admission, Message, Session, SessionConfig, Step, StoreError};
+pub use session::{
+    received_header, Admission, LocalUser, Message, Session, SessionConfig, Step, StoreError,
+};
 pub use submission::{author_addresses, submission_fixes, Authors, SenderPolicy};
 pub use text::{header_section, TextError};

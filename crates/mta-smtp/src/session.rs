@@ -194,6 +194,68 @@ struct Greeting {
     extended: bool,
 }
 
+/// A local user handing a message over through mtad's local socket (the
+/// `sendmail` command), as the kernel named them (SO_PEERCRED) or, for a
+/// message left in the drop directory, as the file's owner says: never as
+/// the client claims.
+///
+/// The envelope records them in [`Origin::auth`] as `local:UID:NAME`
+/// (a form no SMTP AUTH user can take: a session refuses AUTH names
+/// that start with `local:`), with the protocol `local-esmtp` (or
+/// `local-smtp` after HELO), Exim's words for the same thing; and
+/// [`received_header`] names them, as Postfix's `from userid N` does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalUser {
+    /// The real user id.
+    pub uid: u32,
+    /// The login name, or the uid in digits when it has none that can
+    /// go into an envelope.
+    pub name: String,
+}
+
+impl LocalUser {
+    /// A user by uid and, when the user database has one, login name.
+    /// A name that could not be carried (a control or white space
+    /// character, a colon, empty) is replaced by the uid.
+    pub fn new(uid: u32, name: Option<&str>) -> LocalUser {
+        let usable = |n: &&str| {
+            !n.is_empty()
+                && n.len() <= 256
+                && !n
+                    .chars()
+                    .any(|c| c.is_control() || c.is_whitespace() || c == ':')
+        };
+        LocalUser {
+            uid,
+            name: name
+                .filter(usable)
+                .map_or_else(|| uid.to_string(), str::to_owned),
+        }
+    }
+
+    /// The form `Origin::auth` records: `local:UID:NAME`.
+    pub fn auth_name(&self) -> String {
+        format!("{LOCAL_PREFIX}{}:{}", self.uid, self.name)
+    }
+
+    /// The local user an origin records, when the message was handed
+    /// over locally (the protocol and the `auth` form both say so).
+    pub fn of(origin: &Origin) -> Option<LocalUser> {
+        if !origin.protocol.starts_with("local-") {
+            return None;
+        }
+        let rest = origin.auth.as_deref()?.strip_prefix(LOCAL_PREFIX)?;
+        let (uid, name) = rest.split_once(':')?;
+        Some(LocalUser {
+            uid: uid.parse().ok()?,
+            name: name.to_owned(),
+        })
+    }
+}
+
+/// What starts the `auth` of a local submission.
+const LOCAL_PREFIX: &str = "local:";
+
 /// One SMTP session.
 #[derive(Debug)]
 pub struct Session {
@@ -206,8 +268,11 @@ pub struct Session {
     phase: Phase,
     errors: u32,
     close_pending: bool,
-    /// The user the caller accepted after AUTH.
+    /// The user the caller accepted after AUTH, or the local user of a
+    /// [`Session::local`] (in [`LocalUser::auth_name`]'s form).
     user: Option<String>,
+    /// A local submission ([`Session::local`]).
+    local: bool,
 }
 
 impl Session {
@@ -224,7 +289,25 @@ impl Session {
             errors: 0,
             close_pending: false,
             user: None,
+            local: false,
         }
+    }
+
+    /// A session with a local user, who was identified before it started
+    /// (mtad's local socket, for the `sendmail` command): like an
+    /// authenticated session it may relay, and the user goes into the
+    /// envelope ([`LocalUser`]); AUTH and STARTTLS are not offered
+    /// (`config.auth` and `config.tls_available` are the caller's, and
+    /// should be off), and `tls_started` is never called.
+    pub fn local(
+        config: Arc<SessionConfig>,
+        admission: Arc<Admission>,
+        user: &LocalUser,
+    ) -> Session {
+        let mut session = Session::new(config, admission, IpAddr::from([127, 0, 0, 1]));
+        session.user = Some(user.auth_name());
+        session.local = true;
+        session
     }
 
     /// The 220 banner.
@@ -327,7 +410,9 @@ impl Session {
             // The name goes into envelopes, where no string may hold a
             // control character.
             AuthVerdict::Accepted { user }
-                if !user.is_empty() && !user.chars().any(char::is_control) =>
+                if !user.is_empty()
+                    && !user.chars().any(char::is_control)
+                    && !user.starts_with(LOCAL_PREFIX) =>
             {
                 self.user = Some(user);
                 Step::Reply(Reply::new(235, "2.7.0", "Authentication successful"))
@@ -1069,12 +1154,22 @@ impl Session {
             name: String::new(),
             extended: false,
         });
-        let protocol = protocol_name(
-            greeting.extended,
-            tx.params.smtputf8,
-            self.tls.is_some(),
-            self.user.is_some(),
-        );
+        let protocol = if self.local {
+            // Exim's words for mail from a local program.
+            if greeting.extended {
+                "local-esmtp"
+            } else {
+                "local-smtp"
+            }
+            .to_owned()
+        } else {
+            protocol_name(
+                greeting.extended,
+                tx.params.smtputf8,
+                self.tls.is_some(),
+                self.user.is_some(),
+            )
+        };
         let envelope = Envelope {
             sender: tx.sender,
             recipients: tx.recipients,
@@ -1196,15 +1291,25 @@ fn check_header_section(content: &[u8]) -> Result<(), &'static str> {
 /// It never names the authenticated user (the `A` of `ESMTPSA` says there
 /// was one), as Postfix's default `smtpd_sasl_authenticated_header = no`:
 /// the header travels with the message to every recipient.
+///
+/// A local submission ([`LocalUser`]) names its user instead of a client:
+/// `from local user NAME (uid N)`, as the kernel gave them, whatever the
+/// client said in EHLO.
 pub fn received_header(hostname: &str, envelope: &Envelope, id: QueueId) -> String {
     let origin = &envelope.origin;
-    let ip = match origin.client_ip {
-        IpAddr::V4(v4) => format!("[{v4}]"),
-        IpAddr::V6(v6) => format!("[IPv6:{v6}]"),
+    let from = match LocalUser::of(origin) {
+        Some(user) => format!("local user {} (uid {})", user.name, user.uid),
+        None => {
+            let ip = match origin.client_ip {
+                IpAddr::V4(v4) => format!("[{v4}]"),
+                IpAddr::V6(v6) => format!("[IPv6:{v6}]"),
+            };
+            format!("{} ({ip})", origin.helo)
+        }
     };
     let mut h = format!(
-        "Received: from {} ({ip})\r\n\tby {hostname} (mtad) with {} id {id}",
-        origin.helo, origin.protocol
+        "Received: from {from}\r\n\tby {hostname} (mtad) with {} id {id}",
+        origin.protocol
     );
     if let Some(tls) = &origin.tls {
         h.push_str(&format!("\r\n\t(using {tls})"));
@@ -1219,4 +1324,138 @@ pub fn received_header(hostname: &str, envelope: &Envelope, id: QueueId) -> Stri
         crate::date::rfc5322_date(envelope.arrival)
     ));
     h
+}
+
+#[cfg(test)]
+mod local_tests {
+    use super::*;
+
+    fn config() -> Arc<SessionConfig> {
+        Arc::new(SessionConfig {
+            hostname: "mx.test".into(),
+            max_message_size: 10_000,
+            max_recipients: 10,
+            recipient_overshoot_limit: 10,
+            max_command_line: 512,
+            max_line_length: 1000,
+            max_errors: 5,
+            tls_available: false,
+            local_domains: vec!["local.test".into()],
+            local_recipients: None,
+            relay_networks: Vec::new(),
+            auth: None,
+        })
+    }
+
+    /// Feeds `input` and returns the replies as sent and what was stored.
+    fn run(session: &mut Session, input: &str) -> (Vec<String>, Vec<Message>) {
+        let mut buf = BytesMut::from(input.as_bytes());
+        let (mut replies, mut stored) = (Vec::new(), Vec::new());
+        loop {
+            match session.poll(&mut buf) {
+                Step::NeedInput => return (replies, stored),
+                Step::Reply(r) | Step::Close(r) | Step::StartTls(r) => {
+                    let mut wire = Vec::new();
+                    r.write_to(&mut wire);
+                    replies.push(String::from_utf8(wire).unwrap());
+                }
+                Step::Store(m) => {
+                    stored.push(*m);
+                    let r = session.stored(Ok(QueueId::new(7)));
+                    replies.push(r.code.to_string());
+                }
+                Step::Authenticate(_) => panic!("no AUTH in a local session"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_local_session_relays_records_its_user_and_offers_no_auth() {
+        let user = LocalUser::new(1000, Some("alice"));
+        let mut s = Session::local(config(), Arc::new(Admission::default()), &user);
+        let (replies, stored) = run(
+            &mut s,
+            "EHLO whoever-i-say\r\nAUTH PLAIN AGFsaWNlAHgK\r\nMAIL FROM:<root@elsewhere.test>\r\n\
+             RCPT TO:<x@remote.test>\r\nDATA\r\nSubject: s\r\n\r\nhi\r\n.\r\n",
+        );
+        assert!(replies[0].starts_with("250-mx.test"), "{replies:?}");
+        assert!(
+            !replies[0].contains("AUTH") && !replies[0].contains("STARTTLS"),
+            "{replies:?}"
+        );
+        assert!(replies[1].starts_with("502"), "{replies:?}");
+        assert!(
+            replies[3].starts_with("250 2.1.5"),
+            "relay allowed: {replies:?}"
+        );
+        assert_eq!(stored.len(), 1);
+        let origin = &stored[0].envelope.origin;
+        assert_eq!(origin.auth.as_deref(), Some("local:1000:alice"));
+        assert_eq!(origin.protocol, "local-esmtp");
+        assert_eq!(LocalUser::of(origin), Some(user));
+        let header = received_header("mx.test", &stored[0].envelope, QueueId::new(7));
+        assert!(
+            header.starts_with("Received: from local user alice (uid 1000)\r\n\tby mx.test (mtad) with local-esmtp id 0000000000000007\r\n\tfor <x@remote.test>; "),
+            "{header}"
+        );
+        assert!(!header.contains("whoever"), "{header}");
+    }
+
+    #[test]
+    fn a_network_session_is_never_taken_for_a_local_one() {
+        // Not local: the protocol is not local-..., even if an AUTH name
+        // looked like a local user's (the session refuses such names).
+        let mut s = Session::new(
+            config(),
+            Arc::new(Admission::default()),
+            "192.0.2.1".parse().unwrap(),
+        );
+        let (_, stored) = run(
+            &mut s,
+            "EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@local.test>\r\nDATA\r\nSubject: s\r\n\r\nhi\r\n.\r\n",
+        );
+        let mut origin = stored[0].envelope.origin.clone();
+        assert_eq!(LocalUser::of(&origin), None);
+        origin.auth = Some("local:0:root".into());
+        assert_eq!(LocalUser::of(&origin), None, "the protocol is ESMTP");
+        let header = received_header("mx.test", &stored[0].envelope, QueueId::new(7));
+        assert!(
+            header.starts_with("Received: from c ([192.0.2.1])"),
+            "{header}"
+        );
+    }
+
+    #[test]
+    fn an_auth_user_named_like_a_local_one_is_refused() {
+        let mut config = (*config()).clone();
+        config.auth = Some(AuthPolicy {
+            mechanisms: vec![Mechanism::Plain],
+            require_tls: false,
+            required_for_mail: false,
+        });
+        let mut s = Session::new(
+            Arc::new(config),
+            Arc::new(Admission::default()),
+            "192.0.2.1".parse().unwrap(),
+        );
+        let mut buf = BytesMut::from(&b"EHLO c\r\nAUTH PLAIN AGEAYgo=\r\n"[..]);
+        assert!(matches!(s.poll(&mut buf), Step::Reply(_)));
+        assert!(matches!(s.poll(&mut buf), Step::Authenticate(_)));
+        let Step::Reply(reply) = s.authenticated(AuthVerdict::Accepted {
+            user: "local:0:root".into(),
+        }) else {
+            panic!("a reply");
+        };
+        assert_eq!(reply.code, 454);
+        assert_eq!(s.user(), None);
+    }
+
+    #[test]
+    fn local_user_names_that_cannot_be_carried_become_the_uid() {
+        assert_eq!(LocalUser::new(5, Some("bob")).name, "bob");
+        for bad in [None, Some(""), Some("a b"), Some("a:b"), Some("a\nb")] {
+            assert_eq!(LocalUser::new(5, bad).name, "5", "{bad:?}");
+        }
+        assert_eq!(LocalUser::new(0, Some("root")).auth_name(), "local:0:root");
+    }
 }

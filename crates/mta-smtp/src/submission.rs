@@ -101,6 +101,22 @@ fn addresses(address: &Address<'_>) -> Vec<String> {
         .collect()
 }
 
+/// What the daemon decides about an authenticated user's mail (RFC 6409
+/// section 6.1 lets a submission server check the sender): the session
+/// asks it at MAIL and at the end of the message text. Cheap and
+/// non-blocking by contract: it runs inside the session's poll.
+pub trait SenderPolicy: Send + Sync + std::fmt::Debug {
+    /// May `user` use `address` as the envelope sender (never asked for
+    /// `<>`)?
+    fn may_send_as(&self, user: &str, address: &str) -> bool;
+    /// May `user` write `address` in From: or Sender: (its domain must
+    /// be one the user owns)?
+    fn may_write_as(&self, user: &str, address: &str) -> bool;
+    /// Counts one more message for `user`; `Err(limit)` (messages per
+    /// hour) when it is over its rate and the message is refused.
+    fn admit_message(&self, user: &str) -> Result<(), u32>;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,20 +220,4 @@ mod tests {
             assert_eq!(authors(message), (s(from), s(sender)), "{message:?}");
         }
     }
-}
-
-/// What the daemon decides about an authenticated user's mail (RFC 6409
-/// section 6.1 lets a submission server check the sender): the session
-/// asks it at MAIL and at the end of the message text. Cheap and
-/// non-blocking by contract: it runs inside the session's poll.
-pub trait SenderPolicy: Send + Sync + std::fmt::Debug {
-    /// May `user` use `address` as the envelope sender (never asked for
-    /// `<>`)?
-    fn may_send_as(&self, user: &str, address: &str) -> bool;
-    /// May `user` write `address` in From: or Sender: (its domain must
-    /// be one the user owns)?
-    fn may_write_as(&self, user: &str, address: &str) -> bool;
-    /// Counts one more message for `user`; `Err(limit)` (messages per
-    /// hour) when it is over its rate and the message is refused.
-    fn admit_message(&self, user: &str) -> Result<(), u32>;
 }

@@ -414,3 +414,47 @@ async fn finish<S: AsyncWrite + Unpin>(
         other => other.map(|()| Outcome::Closed),
     }
 }
+
+/// Serves one local submission: a client of the local socket
+/// (`mta-sendmail`), or a drop file being imported (`maildrop.rs`), for
+/// `user`, whom the kernel named (the socket's peer, the file's owner).
+///
+/// The session is `Session::local` under `config` (port 25's, without
+/// AUTH or STARTTLS), with port 25's deadlines, counted among port 25's
+/// sessions, and its messages take the same way to the spool as any
+/// other.
+pub async fn serve_local(
+    stream: tokio::net::UnixStream,
+    user: mta_smtp::LocalUser,
+    config: Arc<mta_smtp::SessionConfig>,
+    ctx: &Context,
+    settings: &Settings,
+    shutdown: &Shutdown,
+) {
+    let with = With {
+        ctx,
+        settings,
+        shutdown,
+        // No address: the session records the user, not a client.
+        peer: SocketAddr::from(([127, 0, 0, 1], 0)),
+        began: Instant::now(),
+    };
+    let limits = settings.role(Role::Mx);
+    let mut live = Live {
+        deadlines: Deadlines::new(
+            limits.idle_timeout,
+            settings.min_data_rate,
+            limits.max_session_time,
+            with.began,
+        ),
+        guard: ctx.stats.session_opened(Role::Mx),
+        session: Session::local(config, ctx.admission.clone(), &user),
+        input: BytesMut::with_capacity(16 * 1024),
+        out: Vec::with_capacity(1024),
+    };
+    live.session.banner().write_to(&mut live.out);
+    let mut stream = stream;
+    if let Err(e) = drive(&mut stream, &mut live, with).await {
+        debug!(user = %user.name, uid = user.uid, error = %e, "local session ended with an error");
+    }
+}

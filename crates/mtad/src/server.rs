@@ -106,6 +106,7 @@ async fn serve(config: Config, startup: Startup) -> Result<Exit> {
     // and everything after is created as that user (`privileges.rs`).
     let identity = crate::privileges::Identity::resolve(&config)?;
     identity.prepare_files(&config, log_file.as_ref().map(LogFile::path))?;
+    let local_submission = crate::local_submit::prepare(&config, &identity);
 
     let config = Arc::new(config);
     let (auth, auth_plan) = crate::auth::Auth::start(&config)?;
@@ -184,6 +185,7 @@ async fn serve(config: Config, startup: Startup) -> Result<Exit> {
     crate::services::start_smtp(&ctx, &shutdown, &sessions)
         .context("starting the SMTP listener")?;
     crate::services::start_http(&ctx, &shutdown).context("starting the HTTP server")?;
+    crate::local_submit::start(&ctx, &shutdown, &sessions, local_submission);
     let control_task = {
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();

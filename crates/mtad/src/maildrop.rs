@@ -1,0 +1,362 @@
+//! Imports the drop directory: messages `mta-sendmail` left while mtad
+//! was down, restarting or out of space (Postfix's pickup).
+//!
+//! At start and then every `[sendmail] drop_scan_interval`, each
+//! `drop-` file is checked (a regular file with one link, not too big,
+//! the drop format: `mta_sendmail::dropfile::decode`) and handed to a
+//! local session over a socket pair, by the same client `mta-sendmail`
+//! uses, as its owner: the uid of the file is the user who wrote it,
+//! which the set-group-id command cannot fake. Once the session said
+//! 250 the file is removed; a temporary refusal leaves it for the next
+//! scan; a file that can never be used is renamed `bad-...` and logged.
+//! A crash between the 250 and the removal imports it again (a
+//! duplicate, never a loss).
+//!
+//! One mtad imports a directory at a time: the scan holds a `flock` on
+//! it, as the spool does on the queue directory.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use mta_sendmail::client::{self, Report};
+use mta_sendmail::dropfile::{self, BAD_PREFIX, DROP_PREFIX, TMP_PREFIX};
+use mta_sendmail::Submission;
+use mta_smtp::LocalUser;
+use nix::fcntl::{Flock, FlockArg};
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
+
+use crate::context::Context;
+use crate::local_session::{local_user, Local};
+use crate::shutdown::Shutdown;
+
+/// A `tmp-` file this old was left by a crash: the command writes one
+/// within a moment of creating it.
+const STALE_TMP: Duration = Duration::from_secs(3600);
+
+/// How long the local session may take to answer the importing client.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Scans the drop directory now and then every `every`, until the stop.
+pub async fn import_loop(
+    dir: PathBuf,
+    every: Duration,
+    ctx: Arc<Context>,
+    shutdown: Shutdown,
+    sessions: TaskTracker,
+    local: Arc<Local>,
+) {
+    let mut importer = Importer {
+        dir,
+        lock: None,
+        warned: HashSet::new(),
+        lock_warned: false,
+        ctx,
+        shutdown,
+        sessions,
+        local,
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = importer.shutdown.listen_end.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        importer.scan(SystemTime::now()).await;
+    }
+}
+
+/// The import's state.
+struct Importer {
+    dir: PathBuf,
+    /// The directory's lock, once held.
+    lock: Option<Flock<File>>,
+    /// Files whose temporary failure was already logged.
+    warned: HashSet<String>,
+    /// The lock's failure was logged.
+    lock_warned: bool,
+    ctx: Arc<Context>,
+    shutdown: Shutdown,
+    sessions: TaskTracker,
+    local: Arc<Local>,
+}
+
+/// What became of one drop file.
+#[derive(Debug, PartialEq, Eq)]
+enum Fate {
+    /// It went away meanwhile (another mtad had it, or its writer's
+    /// crash left nothing whole).
+    Gone,
+    /// Queued (and perhaps some recipients refused): the file goes.
+    Imported,
+    /// Not now: the file stays for the next scan.
+    Later(String),
+    /// Never: the file is set aside.
+    Bad(String),
+}
+
+impl Importer {
+    async fn scan(&mut self, now: SystemTime) {
+        if self.lock.is_none() {
+            match lock(&self.dir) {
+                Ok(l) => self.lock = Some(l),
+                Err(e) => {
+                    if !std::mem::replace(&mut self.lock_warned, true) {
+                        warn!(dir = %self.dir.display(), error = %e, "cannot lock the drop directory (another mtad imports it?); trying again at each scan");
+                    }
+                    return;
+                }
+            }
+        }
+        let names = match names(&self.dir, now) {
+            Ok(n) => n,
+            Err(e) => {
+                debug!(dir = %self.dir.display(), error = %e, "cannot list the drop directory");
+                return;
+            }
+        };
+        self.warned.retain(|n| names.contains(n));
+        for name in names {
+            if self.shutdown.listen_end.is_cancelled() {
+                return;
+            }
+            let path = self.dir.join(&name);
+            match self.import(&path).await {
+                Fate::Gone => {}
+                Fate::Imported => {
+                    self.warned.remove(&name);
+                    if let Err(e) = std::fs::remove_file(&path) {
+                        // It would be imported again: say so loudly.
+                        error!(file = %path.display(), error = %e, "imported, but the drop file cannot be removed");
+                    }
+                }
+                Fate::Later(why) => {
+                    if self.warned.insert(name) {
+                        warn!(file = %path.display(), why, "drop file not imported yet; trying again at each scan");
+                    }
+                }
+                Fate::Bad(why) => {
+                    let aside = self.dir.join(format!("{BAD_PREFIX}{name}"));
+                    error!(file = %path.display(), why, set_aside = %aside.display(), "drop file cannot be imported; set aside");
+                    if let Err(e) = std::fs::rename(&path, &aside) {
+                        error!(file = %path.display(), error = %e, "cannot set the drop file aside");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads one drop file and hands it to a local session as its owner.
+    async fn import(&self, path: &Path) -> Fate {
+        let settings = self.ctx.settings();
+        let config = self.local.session_config(&settings);
+        // The envelope line and some slack beyond the largest message.
+        let limit = config.max_message_size as u64 + (2 << 20);
+        let read = {
+            let path = path.to_owned();
+            tokio::task::spawn_blocking(move || read(&path, limit)).await
+        };
+        let (uid, submission) = match read {
+            Ok(Ok(Some(found))) => found,
+            Ok(Ok(None)) => return Fate::Gone,
+            Ok(Err(why)) => return Fate::Bad(why),
+            Err(e) => return Fate::Later(e.to_string()),
+        };
+        let user = local_user(uid).await;
+        let Some(_slot) = self.local.slot().await else {
+            return Fate::Later("stopping".into());
+        };
+        let report = match self.hand_over(&user, submission, config, settings).await {
+            Ok(r) => r,
+            Err(e) => return Fate::Later(e),
+        };
+        judge(path, &user, &report)
+    }
+
+    /// Runs a local session for `user` over a socket pair, and the
+    /// client on the other end.
+    async fn hand_over(
+        &self,
+        user: &LocalUser,
+        submission: Submission,
+        config: Arc<mta_smtp::SessionConfig>,
+        settings: Arc<crate::settings::Settings>,
+    ) -> Result<Report, String> {
+        let (ours, theirs) =
+            std::os::unix::net::UnixStream::pair().map_err(|e| format!("socket pair: {e}"))?;
+        theirs
+            .set_nonblocking(true)
+            .map_err(|e| format!("socket pair: {e}"))?;
+        let theirs =
+            tokio::net::UnixStream::from_std(theirs).map_err(|e| format!("socket pair: {e}"))?;
+        {
+            let ctx = self.ctx.clone();
+            let shutdown = self.shutdown.clone();
+            let user = user.clone();
+            self.sessions.spawn(async move {
+                crate::connection::serve_local(theirs, user, config, &ctx, &settings, &shutdown)
+                    .await;
+            });
+        }
+        let login = user.name.clone();
+        tokio::task::spawn_blocking(move || {
+            let _ = ours.set_read_timeout(Some(REPLY_TIMEOUT));
+            let _ = ours.set_write_timeout(Some(REPLY_TIMEOUT));
+            client::submit(ours, &submission, &login)
+        })
+        .await
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// What the report of an import means for its file, logged.
+fn judge(path: &Path, user: &LocalUser, report: &Report) -> Fate {
+    let file = path.display();
+    for (id, recipients) in &report.queued {
+        info!(%file, user = %user.name, uid = user.uid, queue_id = %id, recipients = recipients.len(), "drop file imported");
+    }
+    for (rcpt, reply) in &report.refused {
+        // No DSN yet: the log is where this is told.
+        error!(%file, user = %user.name, uid = user.uid, recipient = %rcpt, reply = %reply.text(), "recipient of a drop file refused: not delivered");
+    }
+    if let Some((_, why)) = &report.failed {
+        if report.queued.is_empty() {
+            return Fate::Bad(why.clone());
+        }
+    }
+    if !report.pending.is_empty() {
+        let why = report.pending_why.clone().unwrap_or_default();
+        if report.queued.is_empty() {
+            return Fate::Later(why);
+        }
+        // Some went: the rest would come again with them. Rare (a stop
+        // between two transactions); a duplicate beats a loss.
+        warn!(%file, pending = report.pending.len(), why, "drop file partly imported; the rest is tried again with it");
+        return Fate::Later(why);
+    }
+    Fate::Imported
+}
+
+/// Takes the directory's lock (exclusive, without waiting).
+fn lock(dir: &Path) -> std::io::Result<Flock<File>> {
+    let f = File::open(dir)?;
+    Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| e.into())
+}
+
+/// The drop files to import, oldest name first; `tmp-` files left by a
+/// crash long ago are removed on the way.
+fn names(dir: &Path, now: SystemTime) -> std::io::Result<Vec<String>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        if name.starts_with(DROP_PREFIX) {
+            found.push(name);
+        } else if name.starts_with(TMP_PREFIX) {
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| now.duration_since(t).is_ok_and(|age| age > STALE_TMP));
+            if old {
+                let _ = std::fs::remove_file(entry.path());
+                info!(file = %entry.path().display(), "removed a drop file a crash left half written");
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Reads a drop file and its owner: Ok(None) when it is gone; Err when
+/// it can never be used. Opened without following a link and checked
+/// on the open file: a regular file with one link (not a link to some
+/// other file), no bigger than `limit`.
+fn read(path: &Path, limit: u64) -> Result<Option<(u32, Submission)>, String> {
+    use std::io::Read;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path);
+    let file = match file {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot open: {e}")),
+    };
+    let meta = file.metadata().map_err(|e| format!("cannot stat: {e}"))?;
+    if !meta.is_file() || meta.nlink() != 1 {
+        return Err("not a regular file with one link".into());
+    }
+    if meta.len() > limit {
+        return Err(format!("{} octets, more than a message may be", meta.len()));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    let submission = dropfile::decode(&bytes).map_err(|e| e.to_string())?;
+    Ok(Some((meta.uid(), submission)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Submission {
+        Submission {
+            sender: None,
+            full_name: None,
+            recipients: vec!["a@local.test".into()],
+            notify: None,
+            ret: None,
+            envid: None,
+            eight_bit: false,
+            time: 1,
+            token: "t".into(),
+            content: b"Subject: s\r\n\r\nx\r\n".to_vec(),
+        }
+    }
+
+    #[test]
+    fn only_whole_drop_files_are_listed_and_old_temporaries_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let written = dropfile::write(dir.path(), &sample()).unwrap();
+        std::fs::write(dir.path().join("tmp-fresh"), "x").unwrap();
+        std::fs::write(dir.path().join("tmp-old"), "x").unwrap();
+        std::fs::write(dir.path().join("bad-drop-1"), "x").unwrap();
+        let later = SystemTime::now() + Duration::from_secs(2 * 3600);
+        // Both temporaries are "old" two hours from now.
+        let listed = names(dir.path(), SystemTime::now()).unwrap();
+        assert_eq!(listed, [written.file_name().unwrap().to_str().unwrap()]);
+        assert!(dir.path().join("tmp-old").exists(), "not old yet");
+        names(dir.path(), later).unwrap();
+        assert!(!dir.path().join("tmp-old").exists() && !dir.path().join("tmp-fresh").exists());
+        assert!(dir.path().join("bad-drop-1").exists());
+    }
+
+    #[test]
+    fn read_checks_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dropfile::write(dir.path(), &sample()).unwrap();
+        let (uid, s) = read(&path, 1 << 20).unwrap().unwrap();
+        assert_eq!(uid, nix::unistd::getuid().as_raw());
+        assert_eq!(s, sample());
+        assert!(read(&path, 10).is_err(), "too big");
+        assert_eq!(read(&dir.path().join("drop-gone"), 1 << 20), Ok(None));
+        let link = dir.path().join("drop-link");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert!(read(&link, 1 << 20).is_err(), "a symbolic link");
+        let hard = dir.path().join("drop-hard");
+        std::fs::hard_link(&path, &hard).unwrap();
+        assert!(read(&hard, 1 << 20).is_err(), "two links");
+        let junk = dir.path().join("drop-junk");
+        std::fs::write(&junk, "hello").unwrap();
+        assert!(read(&junk, 1 << 20).is_err());
+    }
+}
