@@ -88,6 +88,11 @@ impl Workdir {
         if !extra.contains("[http]") {
             text.push_str("\n[http]\nlisten = [\"127.0.0.1:0\"]\n");
         }
+        if !extra.contains("[sendmail]") {
+            // Tests run as root in CI: the default local socket and drop
+            // directory are system paths shared by every mtad.
+            text.push_str("\n[sendmail]\nenabled = false\n");
+        }
         if !extra.contains("[queue]") {
             text.push_str("\n[queue]\nretry_base = \"1h\"\n");
         }

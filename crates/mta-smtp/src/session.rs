@@ -1344,6 +1344,7 @@ mod local_tests {
             local_recipients: None,
             relay_networks: Vec::new(),
             auth: None,
+            sender_policy: None,
         })
     }
 

@@ -437,6 +437,9 @@ pub async fn serve_local(
         shutdown,
         // No address: the session records the user, not a client.
         peer: SocketAddr::from(([127, 0, 0, 1], 0)),
+        // Port 25's limits; mta-sendmail adds the Date: and Message-ID:
+        // itself, so the submission fixes are not applied again.
+        role: Role::Mx,
         began: Instant::now(),
     };
     let limits = settings.role(Role::Mx);

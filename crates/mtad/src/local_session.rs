@@ -47,6 +47,10 @@ impl Local {
         let mut config = (*settings.role(mta_config::Role::Mx).session_config).clone();
         config.auth = None;
         config.tls_available = false;
+        // A local user is who the kernel says it is, and may use any
+        // sender (`-f`), as with Postfix's sendmail: the sender rules and
+        // rates of `[auth]` are for SMTP AUTH users.
+        config.sender_policy = None;
         let config = Arc::new(config);
         *cached = Some((settings.clone(), config.clone()));
         config
