@@ -19,6 +19,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::error::ConfigError;
+
 /// The socket `mta-sendmail` connects to when no configuration says
 /// otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/mta/submit.sock";
@@ -64,33 +66,12 @@ impl Default for SendmailConfig {
     }
 }
 
-/// Why [`SendmailConfig::read`] fell back to the built-in defaults.
-#[derive(Debug, thiserror::Error)]
-pub enum SectionError {
-    /// The file cannot be read (missing, or not readable by this user).
-    #[error("{path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The file is not TOML, or its `[sendmail]` section is wrong.
-    #[error("{path}: {message}")]
-    Syntax {
-        /// The file.
-        path: PathBuf,
-        /// The parser's message.
-        message: String,
-    },
-}
-
-impl SectionError {
-    /// True when the file exists but this user may not read it: the
-    /// expected case for a configuration that holds secrets, which is
-    /// no reason to complain on every message.
+impl ConfigError {
+    /// True when the file exists but this user may not read it: for
+    /// mta-sendmail, the expected case for a configuration that holds
+    /// secrets, which is no reason to complain on every message.
     pub fn is_permission_denied(&self) -> bool {
-        matches!(self, SectionError::Read { source, .. }
+        matches!(self, ConfigError::Read { source, .. }
             if source.kind() == std::io::ErrorKind::PermissionDenied)
     }
 }
@@ -99,12 +80,12 @@ impl SendmailConfig {
     /// The `[sendmail]` section of the file at `path`, ignoring every
     /// other table (it is mtad's business, and may not even be valid for
     /// this version); the defaults when the file has no such section.
-    pub fn read(path: &Path) -> Result<SendmailConfig, SectionError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SectionError::Read {
+    pub fn read(path: &Path) -> Result<SendmailConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        SendmailConfig::parse(&text).map_err(|message| SectionError::Syntax {
+        SendmailConfig::parse(&text).map_err(|message| ConfigError::Syntax {
             path: path.to_owned(),
             message,
         })

@@ -25,62 +25,32 @@ pub enum Mode {
     Unsupported(String),
 }
 
-/// Delivery status notifications asked for with `-N` (RFC 3461 NOTIFY).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Notify {
-    /// `never`.
-    Never,
-    /// Some of `success`, `delay`, `failure`.
-    On {
-        /// `success`.
-        success: bool,
-        /// `failure`.
-        failure: bool,
-        /// `delay`.
-        delay: bool,
-    },
-}
+/// Delivery status notifications asked for with `-N` (RFC 3461 NOTIFY):
+/// the envelope's own type.
+pub use mta_envelope::Notify;
 
-impl Notify {
-    /// The NOTIFY parameter's value.
-    pub fn value(&self) -> String {
-        match self {
-            Notify::Never => "NEVER".to_owned(),
-            Notify::On {
-                success,
-                failure,
-                delay,
-            } => [(success, "SUCCESS"), (failure, "FAILURE"), (delay, "DELAY")]
-                .into_iter()
-                .filter_map(|(on, word)| on.then_some(word))
-                .collect::<Vec<_>>()
-                .join(","),
+/// `-N`'s argument: `never`, or a comma-separated list of `success`,
+/// `delay` and `failure` (case ignored, as Postfix's
+/// `dsn_notify_mask`). None when it is neither.
+pub fn parse_notify(text: &str) -> Option<Notify> {
+    let (mut success, mut failure, mut delay, mut never) = (false, false, false, false);
+    for word in text.split(',').map(str::trim) {
+        match word.to_ascii_lowercase().as_str() {
+            "success" => success = true,
+            "failure" => failure = true,
+            "delay" => delay = true,
+            "never" => never = true,
+            _ => return None,
         }
     }
-
-    /// `-N`'s argument: `never`, or a comma-separated list of `success`,
-    /// `delay` and `failure` (case ignored, as Postfix's
-    /// `dsn_notify_mask`). None when it is neither.
-    pub fn parse(text: &str) -> Option<Notify> {
-        let (mut success, mut failure, mut delay, mut never) = (false, false, false, false);
-        for word in text.split(',').map(str::trim) {
-            match word.to_ascii_lowercase().as_str() {
-                "success" => success = true,
-                "failure" => failure = true,
-                "delay" => delay = true,
-                "never" => never = true,
-                _ => return None,
-            }
-        }
-        match (never, success || failure || delay) {
-            (true, false) => Some(Notify::Never),
-            (false, true) => Some(Notify::On {
-                success,
-                failure,
-                delay,
-            }),
-            _ => None,
-        }
+    match (never, success || failure || delay) {
+        (true, false) => Some(Notify::Never),
+        (false, true) => Some(Notify::On {
+            success,
+            failure,
+            delay,
+        }),
+        _ => None,
     }
 }
 
@@ -253,7 +223,7 @@ fn with_arg(o: &mut Options, letter: char, value: String) -> Result<(), UsageErr
         'f' | 'r' => o.sender = Some(value),
         'F' => o.full_name = Some(value),
         'C' => o.config = Some(PathBuf::from(value)),
-        'N' => match Notify::parse(&value) {
+        'N' => match parse_notify(&value) {
             Some(n) => o.notify = Some(n),
             // As Postfix: warned about and ignored.
             None => o
@@ -360,7 +330,7 @@ mod tests {
         assert_eq!(o.sender.as_deref(), Some("root@x.test"));
         assert_eq!(o.full_name.as_deref(), Some("Cron"));
         assert_eq!(
-            o.notify.as_ref().map(Notify::value).as_deref(),
+            o.notify.map(|n| n.value()).as_deref(),
             Some("SUCCESS,DELAY")
         );
         assert_eq!(o.envid.as_deref(), Some("id-1"));

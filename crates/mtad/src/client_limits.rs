@@ -17,8 +17,7 @@
 //! about the last two minutes and no more.
 
 use std::collections::HashMap;
-use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -29,32 +28,9 @@ use ipnet::IpNet;
 /// The unit of `max_connection_rate_per_client`.
 const RATE_WINDOW: Duration = Duration::from_secs(60);
 
-/// Who a limit counts: an IPv4 address or an IPv6 /64.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ClientKey {
-    V4(Ipv4Addr),
-    /// The upper 64 bits of the address.
-    V6Net(u64),
-}
-
-impl ClientKey {
-    /// The client a peer address belongs to.
-    pub fn of(ip: IpAddr) -> ClientKey {
-        match canonical(ip) {
-            IpAddr::V4(v4) => ClientKey::V4(v4),
-            IpAddr::V6(v6) => ClientKey::V6Net((u128::from(v6) >> 64) as u64),
-        }
-    }
-}
-
-impl fmt::Display for ClientKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ClientKey::V4(v4) => write!(f, "{v4}"),
-            ClientKey::V6Net(net) => write!(f, "{}/64", Ipv6Addr::from(u128::from(*net) << 64)),
-        }
-    }
-}
+/// Who a limit counts: an IPv4 address or an IPv6 /64, as the AUTH
+/// failure limits count them too.
+pub use mta_auth::ClientKey;
 
 /// An IPv4-mapped IPv6 address (a dual-stack listener) as IPv4.
 pub fn canonical(ip: IpAddr) -> IpAddr {
@@ -233,6 +209,8 @@ impl Drop for ClientPermit {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
 
     fn limits(max_connections: usize, max_rate: u32) -> Limits {

@@ -52,23 +52,12 @@ pub async fn serve(
         role,
         began: Instant::now(),
     };
-    let limits = settings.role(role);
-    let mut live = Live {
-        deadlines: Deadlines::new(
-            limits.idle_timeout,
-            settings.min_data_rate,
-            limits.max_session_time,
-            with.began,
-        ),
-        guard: ctx.stats.session_opened(role),
-        session: Session::new(
-            limits.session_config.clone(),
-            ctx.admission.clone(),
-            peer.ip(),
-        ),
-        input: BytesMut::with_capacity(16 * 1024),
-        out: Vec::with_capacity(1024),
-    };
+    let session = Session::new(
+        settings.role(role).session_config.clone(),
+        ctx.admission.clone(),
+        peer.ip(),
+    );
+    let mut live = Live::new(with, session);
     debug!(%peer, role = role.name(), "session opened");
     if role == Role::Submissions {
         tls_session(stream, &mut live, with, true).await;
@@ -137,6 +126,26 @@ struct Live<'a> {
     out: Vec<u8>,
     guard: SessionGuard<'a>,
     deadlines: Deadlines,
+}
+
+impl<'a> Live<'a> {
+    /// A session starting now on `with`'s role: its deadlines, its place
+    /// in the counters, empty buffers.
+    fn new(with: With<'a>, session: Session) -> Live<'a> {
+        let limits = with.settings.role(with.role);
+        Live {
+            deadlines: Deadlines::new(
+                limits.idle_timeout,
+                with.settings.min_data_rate,
+                limits.max_session_time,
+                with.began,
+            ),
+            guard: with.ctx.stats.session_opened(with.role),
+            session,
+            input: BytesMut::with_capacity(16 * 1024),
+            out: Vec::with_capacity(1024),
+        }
+    }
 }
 
 /// What a session runs with.
@@ -442,19 +451,7 @@ pub async fn serve_local(
         role: Role::Mx,
         began: Instant::now(),
     };
-    let limits = settings.role(Role::Mx);
-    let mut live = Live {
-        deadlines: Deadlines::new(
-            limits.idle_timeout,
-            settings.min_data_rate,
-            limits.max_session_time,
-            with.began,
-        ),
-        guard: ctx.stats.session_opened(Role::Mx),
-        session: Session::local(config, ctx.admission.clone(), &user),
-        input: BytesMut::with_capacity(16 * 1024),
-        out: Vec::with_capacity(1024),
-    };
+    let mut live = Live::new(with, Session::local(config, ctx.admission.clone(), &user));
     live.session.banner().write_to(&mut live.out);
     let mut stream = stream;
     if let Err(e) = drive(&mut stream, &mut live, with).await {
