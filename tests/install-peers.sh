@@ -5,8 +5,11 @@
 # back the DSNs mtad writes (tests/integration/parse_dsn.py); for
 # mta-auth, Dovecot (dovecot-core: a private instance's auth-client socket,
 # and `doveadm pw` to make and check password hashes) and mkpasswd
-# (Debian's whois package: yescrypt and bcrypt crypt strings). Idempotent
-# and quick when all is there.
+# (Debian's whois package: yescrypt and bcrypt crypt strings); and Cyrus
+# SASL's client modules (libsasl2-modules: PLAIN and LOGIN), without which
+# a private Postfix cannot authenticate to mtad's submission port as a
+# client (tests/integration/submission_peers.rs). Idempotent and quick
+# when all is there.
 #
 # No system-wide Postfix is configured or started: debconf is preseeded to
 # "No configuration", and the machine's policy-rc.d refuses service starts.
@@ -19,6 +22,9 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 [ -x /usr/sbin/dovecot ] && [ -x /usr/bin/doveadm ] || missing+=(dovecot-core)
 command -v mkpasswd >/dev/null 2>&1 || missing+=(whois)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# Only recommended by libsasl2-2, so --no-install-recommends leaves it out.
+dpkg-query -W -f='${Status}' libsasl2-modules 2>/dev/null | grep -q 'ok installed' ||
+    missing+=(libsasl2-modules)
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi

@@ -99,6 +99,11 @@ discard   unix  -       -       n       -       -       discard
 anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
+# TLS's random seed and session cache: without it an SMTP client that
+# must use TLS (smtp_tls_security_level = encrypt) defers everything
+# ("TLS is required, but our TLS engine is unavailable"). Started only
+# when a TLS user asks.
+tlsmgr    unix  -       -       n       1000?   1       tlsmgr
 EOF
 }
 

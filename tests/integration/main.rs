@@ -31,6 +31,7 @@ mod smtputf8;
 mod smuggling;
 mod storage;
 mod submission;
+mod submission_peers;
 mod tls;
 mod upstream;
 mod users;

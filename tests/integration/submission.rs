@@ -4,133 +4,11 @@
 //! file holds hashes made by `openssl passwd` (an independent
 //! implementation), never by our own code.
 
-use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::Path;
 use std::process::Command;
 
-use crate::util::{spool_contents, tls_files, Client, Mtad, Workdir};
-
-const PASSWORD: &str = "correct horse 7";
-const OUTSIDE: &str = "127.0.0.2";
-
-fn outside() -> IpAddr {
-    OUTSIDE.parse().unwrap()
-}
-
-/// Whether a real peer is installed; outside CI a missing one skips the
-/// test with a note, in CI it fails (tests/install-peers.sh installs it).
-fn have(program: &str, arg: &str) -> bool {
-    if Command::new(program).arg(arg).output().is_ok() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{program} is missing in CI: tests/install-peers.sh installs it"
-    );
-    eprintln!("skipped: {program} is not installed (tests/install-peers.sh installs it)");
-    false
-}
-
-/// `openssl passwd -6`: a SHA-512 crypt hash of `password`.
-fn sha512_crypt(password: &str) -> String {
-    let out = Command::new("openssl")
-        .args(["passwd", "-6", password])
-        .output()
-        .expect("openssl");
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-struct Submission {
-    work: Workdir,
-    mtad: Mtad,
-    cert: rustls::pki_types::CertificateDer<'static>,
-    cert_path: PathBuf,
-}
-
-impl Submission {
-    /// mtad with 587 and 465, two users (alice@local.test and
-    /// bob@local.test, both with PASSWORD), relaying for 127.0.0.1 only,
-    /// and `extra` in `[auth]`.
-    fn start(auth_extra: &str) -> Submission {
-        let work = Workdir::new();
-        let (tls, cert) = tls_files(work.path());
-        let hash = sha512_crypt(PASSWORD);
-        let users = work.path().join("users");
-        std::fs::write(
-            &users,
-            format!("alice@local.test:{hash}\nbob@local.test:{{SHA512-CRYPT}}{hash}\n"),
-        )
-        .unwrap();
-        work.write_config(
-            "",
-            &format!(
-                "{tls}\n[smtp]\nlisten = [\"127.0.0.1:0\"]\nrelay_networks = [\"127.0.0.1/32\"]\n\
-                 local_domains = [\"local.test\"]\n\
-                 [submission]\nlisten = [\"127.0.0.1:0\"]\n\
-                 [submissions]\nlisten = [\"127.0.0.1:0\"]\n\
-                 [auth]\nusers_file = {:?}\n{auth_extra}\n",
-                users.display().to_string()
-            ),
-        );
-        let mtad = Mtad::try_start_with(&work, |c| {
-            c.env("RUST_LOG", "info");
-        })
-        .expect("mtad starts");
-        let cert_path = work.path().join("cert.pem");
-        Submission {
-            work,
-            mtad,
-            cert,
-            cert_path,
-        }
-    }
-
-    fn submission(&self) -> SocketAddr {
-        self.mtad.submission.expect("587 announced")
-    }
-
-    fn submissions(&self) -> SocketAddr {
-        self.mtad.submissions.expect("465 announced")
-    }
-
-    fn log(&self) -> String {
-        self.mtad.log()
-    }
-
-    /// Stops mtad; every stored message's envelope and content.
-    fn stored(self) -> Vec<(mta_envelope::Envelope, String)> {
-        let status = self.mtad.terminate();
-        assert!(status.success(), "{status}");
-        spool_contents(&self.work.queue())
-            .into_iter()
-            .map(|(_, env, content)| (env, String::from_utf8_lossy(&content).into_owned()))
-            .collect()
-    }
-}
-
-fn swaks(addr: SocketAddr, args: &[&str]) -> (bool, String) {
-    let out = Command::new("swaks")
-        .args([
-            "--server",
-            &addr.ip().to_string(),
-            "--port",
-            &addr.port().to_string(),
-            "--local-interface",
-            OUTSIDE,
-            "--timeout",
-            "20",
-        ])
-        .args(args)
-        .output()
-        .expect("run swaks");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
+use crate::util::{have, outside, plain, swaks, Client, Mtad, Submission, OUTSIDE, PASSWORD};
 
 #[test]
 fn swaks_submits_with_plain_and_login_on_587_and_465() {
@@ -331,18 +209,6 @@ fn metrics(mtad: &Mtad) -> String {
         crate::http::request(mtad.http.expect("http"), "GET", "/metrics", None, None);
     assert_eq!(code, 200);
     body
-}
-
-/// `AUTH PLAIN` initial response: NUL user NUL password, base64.
-fn plain(user: &str, password: &str) -> String {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(format!(
-            "import base64,sys; sys.stdout.write(base64.b64encode(b'\\0{user}\\0{password}').decode())"
-        ))
-        .output()
-        .expect("python3");
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// The fail2ban filter in contrib/ finds the client of every failed

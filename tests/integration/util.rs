@@ -296,6 +296,30 @@ pub fn init(work: &Workdir, args: &[&str]) -> std::process::Output {
         .expect("run mta-init")
 }
 
+/// [`init`], with `input` on its standard input (`mta-init user add
+/// --password-stdin`).
+pub fn init_with_input(work: &Workdir, args: &[&str], input: &str) -> std::process::Output {
+    let mut child = Command::new(bin("mta-init"))
+        .arg("--config")
+        .arg(work.config_path())
+        .args(args)
+        .env_remove("MTA_CONFIG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run mta-init");
+    let mut stdin = child.stdin.take().expect("stdin");
+    // A command refused before it reads its input may be gone already:
+    // a broken pipe is its answer, not the test's failure.
+    match stdin.write_all(input.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        result => result.expect("write mta-init's input"),
+    }
+    drop(stdin);
+    child.wait_with_output().expect("mta-init ends")
+}
+
 /// `mta-init queue ARGS`, which must succeed; its standard output.
 pub fn queue(work: &Workdir, args: &[&str]) -> String {
     let mut all = vec!["queue"];
@@ -646,4 +670,173 @@ pub fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
         assert!(began.elapsed() < limit, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+// Authenticated submission (RFC 6409 on 587, RFC 8314 on 465, SMTP AUTH
+// RFC 4954): the set-up tests/integration/submission.rs and
+// submission_peers.rs share.
+
+/// The password of every user [`Submission::start`] writes.
+pub const PASSWORD: &str = "correct horse 7";
+
+/// A loopback address outside the `relay_networks` of a [`Submission`]
+/// (127.0.0.1/32), so that only AUTH lets its clients relay.
+pub const OUTSIDE: &str = "127.0.0.2";
+
+/// [`OUTSIDE`] as an address.
+pub fn outside() -> std::net::IpAddr {
+    OUTSIDE.parse().unwrap()
+}
+
+/// Whether a real peer is installed; outside CI a missing one skips the
+/// test with a note, in CI it fails (tests/install-peers.sh installs it).
+pub fn have(program: &str, arg: &str) -> bool {
+    if Command::new(program).arg(arg).output().is_ok() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{program} is missing in CI: tests/install-peers.sh installs it"
+    );
+    eprintln!("skipped: {program} is not installed (tests/install-peers.sh installs it)");
+    false
+}
+
+/// `openssl passwd -6`: a SHA-512 crypt hash of `password`, made by an
+/// independent implementation, never by our own code.
+pub fn sha512_crypt(password: &str) -> String {
+    let out = Command::new("openssl")
+        .args(["passwd", "-6", password])
+        .output()
+        .expect("openssl");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// mtad with the submission roles (587 and 465, a self-signed
+/// certificate for `localhost`), relaying for 127.0.0.1 only, the local
+/// domain `local.test`, logging at `info`.
+pub struct Submission {
+    pub work: Workdir,
+    pub mtad: Mtad,
+    /// The certificate to trust.
+    pub cert: rustls::pki_types::CertificateDer<'static>,
+    /// The same, as a PEM file (for clients that read one).
+    pub cert_path: PathBuf,
+}
+
+impl Submission {
+    /// Two users (alice@local.test and bob@local.test, both with
+    /// [`PASSWORD`]) in a users file, and `auth_extra` in `[auth]`.
+    pub fn start(auth_extra: &str) -> Submission {
+        let work = Workdir::new();
+        let hash = sha512_crypt(PASSWORD);
+        let users = work.path().join("users");
+        std::fs::write(
+            &users,
+            format!("alice@local.test:{hash}\nbob@local.test:{{SHA512-CRYPT}}{hash}\n"),
+        )
+        .unwrap();
+        Submission::start_in(
+            work,
+            &format!(
+                "users_file = {:?}\n{auth_extra}",
+                users.display().to_string()
+            ),
+        )
+    }
+
+    /// In `work` (where the caller may have written a users file), with
+    /// `auth` as the whole of `[auth]`.
+    pub fn start_in(work: Workdir, auth: &str) -> Submission {
+        let (tls, cert) = tls_files(work.path());
+        work.write_config(
+            "",
+            &format!(
+                "{tls}\n[smtp]\nlisten = [\"127.0.0.1:0\"]\nrelay_networks = [\"127.0.0.1/32\"]\n\
+                 local_domains = [\"local.test\"]\n\
+                 [submission]\nlisten = [\"127.0.0.1:0\"]\n\
+                 [submissions]\nlisten = [\"127.0.0.1:0\"]\n\
+                 [auth]\n{auth}\n"
+            ),
+        );
+        let mtad = Mtad::try_start_with(&work, |c| {
+            c.env("RUST_LOG", "info");
+        })
+        .expect("mtad starts");
+        let cert_path = work.path().join("cert.pem");
+        Submission {
+            work,
+            mtad,
+            cert,
+            cert_path,
+        }
+    }
+
+    /// Port 587's address.
+    pub fn submission(&self) -> SocketAddr {
+        self.mtad.submission.expect("587 announced")
+    }
+
+    /// Port 465's address.
+    pub fn submissions(&self) -> SocketAddr {
+        self.mtad.submissions.expect("465 announced")
+    }
+
+    /// mtad's log so far.
+    pub fn log(&self) -> String {
+        self.mtad.log()
+    }
+
+    /// Stops mtad; every stored message's envelope and content.
+    pub fn stored(self) -> Vec<(mta_envelope::Envelope, String)> {
+        let status = self.mtad.terminate();
+        assert!(status.success(), "{status}");
+        spool_contents(&self.work.queue())
+            .into_iter()
+            .map(|(_, env, content)| (env, String::from_utf8_lossy(&content).into_owned()))
+            .collect()
+    }
+}
+
+/// Runs swaks against `addr` from [`OUTSIDE`] with `args` added; whether
+/// it succeeded, and all it printed.
+pub fn swaks(addr: SocketAddr, args: &[&str]) -> (bool, String) {
+    let out = Command::new("swaks")
+        .args([
+            "--server",
+            &addr.ip().to_string(),
+            "--port",
+            &addr.port().to_string(),
+            "--local-interface",
+            OUTSIDE,
+            "--timeout",
+            "20",
+        ])
+        .args(args)
+        .output()
+        .expect("run swaks");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// `AUTH PLAIN` initial response: NUL user NUL password, base64 (RFC
+/// 4616). Both go in as arguments, so any quote in them is theirs.
+pub fn plain(user: &str, password: &str) -> String {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import base64,sys; a = sys.argv; \
+             sys.stdout.write(base64.b64encode(('\\0' + a[1] + '\\0' + a[2]).encode()).decode())",
+        )
+        .arg(user)
+        .arg(password)
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "python3: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
 }
