@@ -674,12 +674,7 @@ impl Session {
         };
         // The same framing as a command line: a bare LF ends the session.
         let Some(body) = line.strip_suffix(b"\r\n") else {
-            self.errors += 1;
-            return Step::Close(Reply::new(
-                500,
-                "5.5.2",
-                "Syntax error: bare LF in command, lines must end with CRLF; closing connection",
-            ));
+            return self.bare_lf();
         };
         let progress = auth::respond(exchange, body);
         self.auth_progress(progress)
@@ -702,6 +697,16 @@ impl Session {
         }
     }
 
+    /// A line ended by a bare LF: the session ends (see `command_line`).
+    fn bare_lf(&mut self) -> Step {
+        self.errors += 1;
+        Step::Close(Reply::new(
+            500,
+            "5.5.2",
+            "Syntax error: bare LF in command, lines must end with CRLF; closing connection",
+        ))
+    }
+
     fn reply(&mut self, reply: Reply) -> Step {
         let reply = if reply.is_error() {
             self.error(reply)
@@ -719,12 +724,7 @@ impl Session {
         // smtpd_forbid_bare_newline does. A bare CR cannot end a line at
         // all, so the line holding it is refused whole.
         let Some(body) = line.strip_suffix(b"\r\n") else {
-            self.errors += 1;
-            return Step::Close(Reply::new(
-                500,
-                "5.5.2",
-                "Syntax error: bare LF in command, lines must end with CRLF; closing connection",
-            ));
+            return self.bare_lf();
         };
         if body.contains(&b'\r') {
             return self.reply(Reply::new(500, "5.5.2", "Syntax error: bare CR in command"));
