@@ -100,6 +100,10 @@ pub struct Cli {
     #[arg(long = "source", value_name = "ADDR", value_parser = parse_source)]
     pub sources: Vec<IpAddr>,
 
+    /// Send no mail: each connection sets up (greeting, EHLO, TLS, AUTH) and QUITs, and counts as one of --messages
+    #[arg(long, conflicts_with_all = ["pipelining", "bdat"])]
+    pub setup_only: bool,
+
     /// Print the result as one JSON object instead of text
     #[arg(long)]
     pub json: bool,
@@ -134,6 +138,7 @@ impl Cli {
             }),
             rate: self.rate,
             sources: self.sources.clone(),
+            setup_only: self.setup_only,
         }
     }
 }
@@ -318,6 +323,7 @@ mod tests {
             &["mta-loadgen", "--rate", "fast"],
             &["mta-loadgen", "--source", "10.0.0.1"],
             &["mta-loadgen", "--source", "example.test"],
+            &["mta-loadgen", "--setup-only", "--bdat"],
         ] {
             let err = Cli::try_parse_from(bad).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{bad:?}");

@@ -65,6 +65,9 @@ pub struct Options {
     /// Local addresses to connect from, taken in turn (loopback only);
     /// empty: the kernel chooses.
     pub sources: Vec<IpAddr>,
+    /// Each connection only sets up (greeting, EHLO, TLS, AUTH) and
+    /// QUITs; a successful set-up counts as one message accepted.
+    pub setup_only: bool,
 }
 
 impl Default for Options {
@@ -87,6 +90,7 @@ impl Default for Options {
             auth: None,
             rate: None,
             sources: Vec::new(),
+            setup_only: false,
         }
     }
 }
@@ -144,10 +148,10 @@ impl Options {
         Ok(())
     }
 
-    /// Messages per connection: 1 in the open loop, else `per_connection`
-    /// (0: no limit).
+    /// Messages per connection: 1 in the open loop or set-up only, else
+    /// `per_connection` (0: no limit).
     pub fn messages_per_connection(&self) -> u64 {
-        if self.rate.is_some() {
+        if self.rate.is_some() || self.setup_only {
             1
         } else {
             self.per_connection
@@ -181,6 +185,9 @@ impl Options {
         }
         if let Some(rate) = self.rate {
             s.push_str(&format!(", open loop at {rate} sessions/s"));
+        }
+        if self.setup_only {
+            s.push_str(", set-up only");
         }
         if !self.sources.is_empty() {
             let list: Vec<String> = self.sources.iter().map(IpAddr::to_string).collect();

@@ -162,7 +162,7 @@ impl Report {
             self.connections, self.connect_failures
         );
         let o = &self.options;
-        if o.tls.is_tls() || o.auth.is_some() {
+        if o.tls.is_tls() || o.auth.is_some() || o.setup_only {
             let _ = writeln!(
                 s,
                 "session set-up (connect to ready for MAIL): {}",
@@ -260,6 +260,7 @@ impl Report {
             "auth_user": o.auth.as_ref().map(|l| l.user.clone()),
             "rate_s": o.rate,
             "sources": o.sources.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "setup_only": o.setup_only,
             "setup_ms": spread_json(&self.setup_latencies),
             "auth": {
                 "attempts": self.auth_replies.values().sum::<u64>(),

@@ -264,6 +264,28 @@ pub(crate) async fn session(shared: Arc<Shared>, first_seq: u64, count: u64) -> 
         let setup = set_up(&mut conn, &shared, &mut st).await;
         st.note_reply(&conn);
         match setup {
+            Ok(Setup::Ready) if opts.setup_only => {
+                // The session's whole point was its set-up: it counts as
+                // one "message" taken, and ends.
+                st.setup_latencies.push(connecting.elapsed());
+                st.accepted += 1;
+                done += 1;
+                consecutive_failures = 0;
+                backoff = FIRST_BACKOFF;
+                match conn.quit().await {
+                    Ok(reply) if reply.code == 221 => {}
+                    Ok(reply) => st.failures.record(format!("QUIT: {reply}")),
+                    Err(ConnError::Timeout) => {
+                        st.timed_out = true;
+                        break 'connections;
+                    }
+                    Err(ConnError::Broken(text) | ConnError::Fatal(text)) => {
+                        st.failures.record(format!("QUIT: {text}"))
+                    }
+                }
+                st.note_reply(&conn);
+                continue 'connections;
+            }
             Ok(Setup::Ready) => st.setup_latencies.push(connecting.elapsed()),
             Ok(Setup::AuthRefused { closing }) => {
                 // An answer, not a broken connection: the message in hand

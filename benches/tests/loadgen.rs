@@ -934,3 +934,28 @@ async fn binary_auth_from_the_environment_and_open_loop_json() {
     );
     assert!(stdout.contains("2x AUTH: 535 5.7.8 no"), "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn setup_only_sessions_send_no_mail() {
+    let sink = Sink::start(SinkConfig {
+        auth: Some(("bench@example.test", "right-pw-1")),
+        ..SinkConfig::default()
+    })
+    .await;
+    let o = Options {
+        messages: 7,
+        sessions: 3,
+        setup_only: true,
+        auth: login("bench@example.test", "right-pw-1"),
+        ..options(&sink)
+    };
+    let r = run(&o).await.unwrap();
+    assert_eq!((r.accepted, r.failed, r.unsent), (7, 0, 0), "{}", r.text());
+    assert_eq!(r.exit_code(), 0, "{}", r.text());
+    assert_eq!(r.connections, 7);
+    assert_eq!(r.setup_latencies.len(), 7);
+    assert!(r.latencies.is_empty());
+    let st = sink.stats();
+    assert_eq!((st.auths_ok, st.quits), (7, 7));
+    assert!(st.messages.is_empty());
+}
