@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::load::{check_loopback, Options};
+use crate::options::{check_loopback, parse_domain, parse_mailbox, Login, Options, MAX_RATE};
+use crate::tls::TlsMode;
 
 /// Largest accepted `--size`: every session holds one message in memory.
 pub const MAX_SIZE: u64 = 64 * 1024 * 1024;
@@ -70,6 +71,39 @@ pub struct Cli {
     #[arg(long, value_name = "SECS", default_value = "300", value_parser = parse_timeout)]
     pub timeout: Duration,
 
+    /// Secure each connection with STARTTLS (RFC 3207) after the first EHLO, then send EHLO again
+    #[arg(long, conflicts_with = "tls")]
+    pub starttls: bool,
+
+    /// Use TLS from the first byte (implicit TLS, RFC 8314; port 465)
+    #[arg(long)]
+    pub tls: bool,
+
+    /// Authenticate with AUTH PLAIN (RFC 4954, RFC 4616) as this user before the first MAIL of each connection
+    #[arg(long, value_name = "USER", requires = "auth_password")]
+    pub auth_user: Option<String>,
+
+    /// The password for --auth-user; better given in the environment variable, which ps does not show
+    #[arg(
+        long,
+        value_name = "PASSWORD",
+        env = "MTA_LOADGEN_AUTH_PASSWORD",
+        hide_env_values = true
+    )]
+    pub auth_password: Option<String>,
+
+    /// Open loop: start R sessions per second, one message each, whatever the server's pace; --sessions caps how many are open at once
+    #[arg(long, value_name = "R", value_parser = parse_rate)]
+    pub rate: Option<f64>,
+
+    /// Connect from this loopback address; repeat it to take several in turn (e.g. 127.0.0.2, 127.0.0.3)
+    #[arg(long = "source", value_name = "ADDR", value_parser = parse_source)]
+    pub sources: Vec<IpAddr>,
+
+    /// Send no mail: each connection sets up (greeting, EHLO, TLS, AUTH) and QUITs, and counts as one of --messages
+    #[arg(long, conflicts_with_all = ["pipelining", "bdat"])]
+    pub setup_only: bool,
+
     /// Print the result as one JSON object instead of text
     #[arg(long)]
     pub json: bool,
@@ -91,8 +125,42 @@ impl Cli {
             to_domain: self.to_domain.clone(),
             ehlo: self.ehlo.clone(),
             timeout: self.timeout,
+            tls: if self.tls {
+                TlsMode::Implicit
+            } else if self.starttls {
+                TlsMode::StartTls
+            } else {
+                TlsMode::None
+            },
+            auth: self.auth_user.as_ref().map(|user| Login {
+                user: user.clone(),
+                password: self.auth_password.clone().unwrap_or_default(),
+            }),
+            rate: self.rate,
+            sources: self.sources.clone(),
+            setup_only: self.setup_only,
         }
     }
+}
+
+/// Parses `--rate`: sessions per second, more than 0.
+pub fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 && r <= MAX_RATE => Ok(r),
+        _ => Err(format!(
+            "{s:?} is not a rate: sessions per second, more than 0 and at most {MAX_RATE}"
+        )),
+    }
+}
+
+/// Parses `--source`: a loopback IP address.
+pub fn parse_source(s: &str) -> Result<IpAddr, String> {
+    let ip: IpAddr = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not an IP address"))?;
+    check_loopback(&SocketAddr::new(ip, 0))?;
+    Ok(ip)
 }
 
 /// Parses `--server`: an `IP:PORT` (IPv6 as `[::1]:PORT`) or `localhost:PORT`,
@@ -178,38 +246,6 @@ pub fn parse_timeout(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// Parses an address for `MAIL FROM:<...>`: `local@domain`, no spaces,
-/// angle brackets or control characters.
-pub fn parse_mailbox(s: &str) -> Result<String, String> {
-    let ok = !s.is_empty()
-        && s.len() <= 254
-        && s.bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'<' && b != b'>')
-        && matches!(s.rsplit_once('@'), Some((l, d)) if !l.is_empty() && !d.is_empty());
-    if ok {
-        Ok(s.to_string())
-    } else {
-        Err(format!(
-            "{s:?} is not a plain address like sender@example.test"
-        ))
-    }
-}
-
-/// Parses a domain name (for `--to-domain` and `--ehlo`).
-pub fn parse_domain(s: &str) -> Result<String, String> {
-    let ok = !s.is_empty()
-        && s.len() <= 253
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-        && !s.starts_with('.')
-        && !s.ends_with('.');
-    if ok {
-        Ok(s.to_string())
-    } else {
-        Err(format!("{s:?} is not a domain name like example.test"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,6 +271,82 @@ mod tests {
         assert_eq!(o.to_domain, "example.test");
         assert_eq!(o.ehlo, "loadgen.test");
         assert_eq!(o.timeout, Duration::from_secs(300));
+        assert_eq!(o.tls, TlsMode::None);
+        assert!(o.auth.is_none() && o.rate.is_none() && o.sources.is_empty());
+    }
+
+    #[test]
+    fn tls_auth_rate_and_sources() {
+        let cli = Cli::try_parse_from([
+            "mta-loadgen",
+            "--starttls",
+            "--auth-user",
+            "bench@example.test",
+            "--auth-password",
+            "pw-123456",
+            "--rate",
+            "12.5",
+            "--source",
+            "127.0.0.2",
+            "--source",
+            "127.0.0.3",
+        ])
+        .unwrap();
+        let o = cli.options();
+        assert_eq!(o.tls, TlsMode::StartTls);
+        let login = o.auth.clone().unwrap();
+        assert_eq!(
+            (login.user.as_str(), login.password.as_str()),
+            ("bench@example.test", "pw-123456")
+        );
+        assert_eq!(o.rate, Some(12.5));
+        assert_eq!(
+            o.sources,
+            [
+                "127.0.0.2".parse::<IpAddr>().unwrap(),
+                "127.0.0.3".parse().unwrap()
+            ]
+        );
+        assert!(o.validate().is_ok());
+        assert_eq!(o.messages_per_connection(), 1);
+        let o = Cli::try_parse_from(["mta-loadgen", "--tls"])
+            .unwrap()
+            .options();
+        assert_eq!(o.tls, TlsMode::Implicit);
+
+        // Usage errors (status 2).
+        for bad in [
+            &["mta-loadgen", "--tls", "--starttls"][..],
+            &["mta-loadgen", "--auth-user", "u"],
+            &["mta-loadgen", "--rate", "0"],
+            &["mta-loadgen", "--rate", "-1"],
+            &["mta-loadgen", "--rate", "fast"],
+            &["mta-loadgen", "--source", "10.0.0.1"],
+            &["mta-loadgen", "--source", "example.test"],
+            &["mta-loadgen", "--setup-only", "--bdat"],
+        ] {
+            let err = Cli::try_parse_from(bad).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad:?}");
+        }
+        // What only the options' check can see.
+        let o = Cli::try_parse_from(["mta-loadgen", "--rate", "5", "--per-connection", "3"])
+            .unwrap()
+            .options();
+        assert!(o.validate().unwrap_err().contains("--per-connection"));
+        let o = Cli::try_parse_from([
+            "mta-loadgen",
+            "--server",
+            "[::1]:25",
+            "--source",
+            "127.0.0.2",
+        ])
+        .unwrap()
+        .options();
+        assert!(o.validate().unwrap_err().contains("address family"));
+        let o = Cli::try_parse_from(["mta-loadgen", "--auth-user", "u", "--auth-password", ""])
+            .unwrap()
+            .options();
+        assert!(o.validate().unwrap_err().contains("password"));
     }
 
     #[test]

@@ -11,8 +11,14 @@
 pub mod cli;
 pub mod load;
 pub mod message;
+pub mod open_loop;
+pub mod options;
 pub mod report;
+mod session;
 pub mod smtp;
+pub mod tls;
 
-pub use load::{check_loopback, run, Options};
+pub use load::run;
+pub use options::{check_loopback, Login, Options};
 pub use report::Report;
+pub use tls::TlsMode;

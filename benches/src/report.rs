@@ -1,11 +1,12 @@
 //! The result of a run and its text and JSON forms.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::load::Options;
+use crate::options::Options;
 
 /// Distinct failure texts kept (later ones are only counted).
 const MAX_DISTINCT: usize = 32;
@@ -83,6 +84,18 @@ pub struct Report {
     /// Latencies of the replies to the end of the message data (after the
     /// final `.` CRLF, or after the BDAT chunk), sorted.
     pub latencies: Vec<Duration>,
+    /// Per connection that got that far, from starting to connect to
+    /// being ready for MAIL (greeting, EHLO, TLS handshake, AUTH), sorted.
+    pub setup_latencies: Vec<Duration>,
+    /// From sending AUTH to reading its reply, sorted.
+    pub auth_latencies: Vec<Duration>,
+    /// AUTH replies by code (235, 535, 454, ...).
+    pub auth_replies: BTreeMap<u16, u64>,
+    /// Open loop: session starts that had to wait for a free session
+    /// (the cap `--sessions` was reached), so the offered rate fell short.
+    pub late_starts: u64,
+    /// Open loop: the latest any session started after its due time.
+    pub max_start_delay: Duration,
 }
 
 impl Report {
@@ -148,6 +161,40 @@ impl Report {
             "connections {}  connect failures {}",
             self.connections, self.connect_failures
         );
+        let o = &self.options;
+        if o.tls.is_tls() || o.auth.is_some() || o.setup_only {
+            let _ = writeln!(
+                s,
+                "session set-up (connect to ready for MAIL): {}",
+                spread(&self.setup_latencies)
+            );
+        }
+        if o.auth.is_some() {
+            let codes: Vec<String> = self
+                .auth_replies
+                .iter()
+                .map(|(code, n)| format!("{n}x {code}"))
+                .collect();
+            let _ = writeln!(
+                s,
+                "AUTH replies: {}; latency {}",
+                if codes.is_empty() {
+                    "none".to_string()
+                } else {
+                    codes.join(", ")
+                },
+                spread(&self.auth_latencies)
+            );
+        }
+        if let Some(rate) = o.rate {
+            let _ = writeln!(
+                s,
+                "open loop at {rate} sessions/s: {} starts waited for a free session (at most {} open); latest start {:.2} ms after its time",
+                self.late_starts,
+                o.sessions,
+                ms(self.max_start_delay)
+            );
+        }
         if self.timed_out {
             let _ = writeln!(
                 s,
@@ -175,6 +222,16 @@ impl Report {
     pub fn json(&self) -> Value {
         let o = &self.options;
         let lat = |p| self.percentile(p).map(|d| round(ms(d), 2));
+        let tls = match o.tls {
+            crate::tls::TlsMode::None => "none",
+            crate::tls::TlsMode::StartTls => "starttls",
+            crate::tls::TlsMode::Implicit => "implicit",
+        };
+        let auth_replies: serde_json::Map<String, Value> = self
+            .auth_replies
+            .iter()
+            .map(|(code, n)| (code.to_string(), json!(n)))
+            .collect();
         json!({
             "server": o.server.to_string(),
             "messages": o.messages,
@@ -199,6 +256,19 @@ impl Report {
                 "p99": lat(99),
                 "max": lat(100),
             },
+            "tls": tls,
+            "auth_user": o.auth.as_ref().map(|l| l.user.clone()),
+            "rate_s": o.rate,
+            "sources": o.sources.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "setup_only": o.setup_only,
+            "setup_ms": spread_json(&self.setup_latencies),
+            "auth": {
+                "attempts": self.auth_replies.values().sum::<u64>(),
+                "replies": auth_replies,
+                "latency_ms": spread_json(&self.auth_latencies),
+            },
+            "late_starts": self.late_starts,
+            "max_start_delay_ms": round(ms(self.max_start_delay), 2),
             "failure_events": self.failures.events(),
             "failures": self.failures.distinct().iter()
                 .map(|(text, n)| json!({"count": n, "text": text}))
@@ -219,6 +289,36 @@ pub fn percentile(sorted: &[Duration], p: u32) -> Option<Duration> {
     Some(sorted[(rank - 1) as usize])
 }
 
+/// `p50 1.00 ms  p99 2.00 ms  max 3.00 ms` of sorted samples, or `no
+/// samples`.
+fn spread(sorted: &[Duration]) -> String {
+    match (
+        percentile(sorted, 50),
+        percentile(sorted, 99),
+        percentile(sorted, 100),
+    ) {
+        (Some(p50), Some(p99), Some(max)) => format!(
+            "p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+            ms(p50),
+            ms(p99),
+            ms(max)
+        ),
+        _ => "no samples".to_string(),
+    }
+}
+
+/// `{"samples": n, "p50": .., "p99": .., "max": ..}` in milliseconds
+/// (null when there are no samples).
+fn spread_json(sorted: &[Duration]) -> Value {
+    let at = |p| percentile(sorted, p).map(|d| round(ms(d), 2));
+    json!({
+        "samples": sorted.len(),
+        "p50": at(50),
+        "p99": at(99),
+        "max": at(100),
+    })
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -231,6 +331,8 @@ fn round(x: f64, decimals: i32) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::options::Login;
+    use crate::tls::TlsMode;
 
     fn ms_vec(v: &[u64]) -> Vec<Duration> {
         v.iter().map(|&m| Duration::from_millis(m)).collect()
@@ -273,6 +375,11 @@ mod tests {
                 Duration::from_micros(12_300),
                 Duration::from_millis(20),
             ],
+            setup_latencies: vec![],
+            auth_latencies: vec![],
+            auth_replies: BTreeMap::new(),
+            late_starts: 0,
+            max_start_delay: Duration::ZERO,
         }
     }
 
@@ -324,6 +431,59 @@ mod tests {
         assert!(r.text().contains("latency: no samples"));
         assert!(r.text().contains("4 messages unsent"));
         assert!(r.json()["latency_ms"]["p50"].is_null());
+    }
+
+    #[test]
+    fn tls_auth_and_open_loop_lines() {
+        let ms_ = Duration::from_millis;
+        let r = Report {
+            options: Options {
+                tls: TlsMode::StartTls,
+                auth: Some(Login {
+                    user: "u@x.test".into(),
+                    password: "secret-pw".into(),
+                }),
+                rate: Some(50.0),
+                sessions: 20,
+                ..Options::default()
+            },
+            setup_latencies: vec![ms_(3), ms_(5)],
+            auth_latencies: vec![ms_(1), ms_(2)],
+            auth_replies: [(235, 3), (535, 1)].into(),
+            late_starts: 2,
+            max_start_delay: Duration::from_micros(1500),
+            ..report()
+        };
+        let text = r.text();
+        assert!(
+            text.contains(
+                "\nsession set-up (connect to ready for MAIL): p50 3.00 ms  p99 5.00 ms  max 5.00 ms\n\
+                 AUTH replies: 3x 235, 1x 535; latency p50 1.00 ms  p99 2.00 ms  max 2.00 ms\n\
+                 open loop at 50 sessions/s: 2 starts waited for a free session (at most 20 open); \
+                 latest start 1.50 ms after its time\n"
+            ),
+            "{text}"
+        );
+        let j = r.json();
+        assert_eq!(j["tls"], "starttls");
+        assert_eq!(j["auth_user"], "u@x.test");
+        assert_eq!(j["auth"]["attempts"], 4);
+        assert_eq!(j["auth"]["replies"]["535"], 1);
+        assert_eq!(j["auth"]["latency_ms"]["p99"], 2.0);
+        assert_eq!(j["setup_ms"]["p50"], 3.0);
+        assert_eq!(j["rate_s"], 50.0);
+        assert_eq!(j["late_starts"], 2);
+        assert_eq!(j["max_start_delay_ms"], 1.5);
+        // The password is never shown.
+        assert!(!text.contains("secret-pw") && !j.to_string().contains("secret-pw"));
+        assert!(!format!("{:?}", r.options).contains("secret-pw"));
+        // Without TLS, AUTH or a rate, none of those lines.
+        let plain = report().text();
+        assert!(
+            !plain.contains("set-up") && !plain.contains("AUTH") && !plain.contains("open loop")
+        );
+        assert_eq!(report().json()["tls"], "none");
+        assert!(report().json()["auth_user"].is_null());
     }
 
     #[test]

@@ -17,8 +17,9 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
-use mta_bench::cli::{parse_mailbox, parse_size};
+use mta_bench::cli::parse_size;
 use mta_bench::message::rfc5322_date;
+use mta_bench::options::parse_mailbox;
 use mta_envelope::{BodyType, Envelope, Mailbox, Origin, Recipient, ReversePath};
 use mta_spool::{QueueName, Spool, SpoolConfig};
 

@@ -1,14 +1,24 @@
-//! The client side of one SMTP connection: replies, commands, deadlines.
+//! The client side of one SMTP connection: replies, commands, deadlines,
+//! STARTTLS (RFC 3207) or implicit TLS (RFC 8314), and AUTH PLAIN (RFC
+//! 4954, RFC 4616).
 
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use base64::Engine as _;
+use tokio::io::ReadBuf;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::{timeout_at, Instant};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use crate::tls::server_name;
 
 /// Longest reply line accepted (RFC 5321 says 512 octets; be generous).
 const MAX_LINE: u64 = 4096;
@@ -95,64 +105,199 @@ async fn io<T>(
     }
 }
 
+/// The byte stream under a connection: plain TCP, or TLS over it.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    /// Only while STARTTLS swaps one for the other.
+    Upgrading,
+}
+
+fn upgrading() -> io::Error {
+    io::Error::other("the connection is being upgraded to TLS")
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Upgrading => Poll::Ready(Err(upgrading())),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Upgrading => Poll::Ready(Err(upgrading())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Upgrading => Poll::Ready(Err(upgrading())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Upgrading => Poll::Ready(Err(upgrading())),
+        }
+    }
+}
+
 /// One client connection.
 pub struct Conn {
-    reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    stream: BufReader<Stream>,
+    server: SocketAddr,
     deadline: Instant,
     line: Vec<u8>,
     /// When the last reply was completely read.
     pub last_reply: Option<Instant>,
-    /// The server advertised PIPELINING.
+    /// The server advertised PIPELINING (in its last EHLO reply).
     pub pipelining: bool,
     /// The server advertised CHUNKING.
     pub chunking: bool,
+    /// The server advertised STARTTLS.
+    pub starttls: bool,
+    /// The server advertised AUTH with the PLAIN mechanism.
+    pub auth_plain: bool,
 }
 
 impl Conn {
     /// Opens a TCP connection (the caller has checked the address is
-    /// loopback).
-    pub async fn connect(addr: SocketAddr, deadline: Instant) -> Result<Conn, ConnError> {
-        let stream = io(deadline, "connect", TcpStream::connect(addr)).await?;
+    /// loopback), from `source` when given (any port).
+    pub async fn connect(
+        addr: SocketAddr,
+        source: Option<IpAddr>,
+        deadline: Instant,
+    ) -> Result<Conn, ConnError> {
+        let stream = io(deadline, "connect", tcp_connect(addr, source)).await?;
         stream
             .set_nodelay(true)
             .map_err(|e| ConnError::Broken(format!("connect: set TCP_NODELAY: {e}")))?;
-        let (r, w) = stream.into_split();
         Ok(Conn {
-            reader: BufReader::with_capacity(16 * 1024, r),
-            writer: w,
+            stream: BufReader::with_capacity(16 * 1024, Stream::Plain(stream)),
+            server: addr,
             deadline,
             line: Vec::with_capacity(512),
             last_reply: None,
             pipelining: false,
             chunking: false,
+            starttls: false,
+            auth_plain: false,
         })
     }
 
-    /// Reads the greeting and sends EHLO, noting PIPELINING and CHUNKING.
+    /// Whether the connection is under TLS now.
+    pub fn is_tls(&self) -> bool {
+        matches!(self.stream.get_ref(), Stream::Tls(_))
+    }
+
+    /// Makes the TLS handshake on the connection as it is: right after
+    /// connecting for implicit TLS, after the 220 to STARTTLS otherwise.
+    pub async fn start_tls(&mut self, connector: &TlsConnector) -> Result<(), ConnError> {
+        // RFC 3207 section 4.2 (and the STARTTLS injection bugs of 2011
+        // and 2021): nothing the server sent before the handshake may be
+        // read as if it came over TLS.
+        if !self.stream.buffer().is_empty() {
+            return Err(ConnError::Broken(
+                "STARTTLS: the server sent more after its 220".into(),
+            ));
+        }
+        let Stream::Plain(tcp) = std::mem::replace(self.stream.get_mut(), Stream::Upgrading) else {
+            return Err(ConnError::Fatal("TLS started twice".into()));
+        };
+        let tls = io(
+            self.deadline,
+            "TLS handshake",
+            connector.connect(server_name(self.server), tcp),
+        )
+        .await?;
+        *self.stream.get_mut() = Stream::Tls(Box::new(tls));
+        Ok(())
+    }
+
+    /// Reads the greeting and sends EHLO, noting the extensions.
     pub async fn handshake(&mut self, ehlo: &str) -> Result<(), ConnError> {
         let greeting = self.read_reply().await?;
         if greeting.code != 220 {
             return Err(ConnError::Broken(format!("greeting: {greeting}")));
         }
+        self.ehlo(ehlo).await
+    }
+
+    /// Sends EHLO and notes what the reply advertises (RFC 3207 section
+    /// 4.2: after STARTTLS, only what the second EHLO says counts).
+    pub async fn ehlo(&mut self, ehlo: &str) -> Result<(), ConnError> {
         let reply = self.command(format!("EHLO {ehlo}\r\n").as_bytes()).await?;
         if reply.code != 250 {
             return Err(ConnError::Broken(format!("EHLO: {reply}")));
         }
+        (
+            self.pipelining,
+            self.chunking,
+            self.starttls,
+            self.auth_plain,
+        ) = (false, false, false, false);
         for line in reply.lines.iter().skip(1) {
-            let keyword = line.split_ascii_whitespace().next().unwrap_or("");
+            let mut words = line.split_ascii_whitespace();
+            let keyword = words.next().unwrap_or("");
             if keyword.eq_ignore_ascii_case("PIPELINING") {
                 self.pipelining = true;
             } else if keyword.eq_ignore_ascii_case("CHUNKING") {
                 self.chunking = true;
+            } else if keyword.eq_ignore_ascii_case("STARTTLS") {
+                self.starttls = true;
+            } else if keyword.eq_ignore_ascii_case("AUTH") {
+                self.auth_plain = words.any(|m| m.eq_ignore_ascii_case("PLAIN"));
             }
         }
         Ok(())
     }
 
-    /// Writes bytes (one `write_all`).
+    /// Sends STARTTLS, expects 220, and makes the handshake; the caller
+    /// sends EHLO again.
+    pub async fn starttls(&mut self, connector: &TlsConnector) -> Result<(), ConnError> {
+        let reply = self.command(b"STARTTLS\r\n").await?;
+        if reply.code != 220 {
+            return Err(ConnError::Broken(format!("STARTTLS: {reply}")));
+        }
+        self.start_tls(connector).await
+    }
+
+    /// `AUTH PLAIN` with the initial response (RFC 4954 section 4, RFC
+    /// 4616: no authorization identity, the user, the password) and its
+    /// reply, whatever it is.
+    pub async fn auth_plain(&mut self, user: &str, password: &str) -> Result<Reply, ConnError> {
+        let command = format!("AUTH PLAIN {}\r\n", plain_response(user, password));
+        self.command(command.as_bytes()).await
+    }
+
+    /// Writes bytes (one `write_all`, then a flush so that TLS sends its
+    /// records now).
     pub async fn send(&mut self, bytes: &[u8]) -> Result<(), ConnError> {
-        io(self.deadline, "write", self.writer.write_all(bytes)).await
+        let stream = &mut self.stream;
+        io(self.deadline, "write", async move {
+            stream.write_all(bytes).await?;
+            stream.flush().await
+        })
+        .await
     }
 
     /// Writes a command and reads its reply.
@@ -167,7 +312,7 @@ impl Conn {
         let mut lines = Vec::new();
         loop {
             self.line.clear();
-            let mut limited = (&mut self.reader).take(MAX_LINE);
+            let mut limited = (&mut self.stream).take(MAX_LINE);
             let n = io(
                 self.deadline,
                 "read",
@@ -214,6 +359,37 @@ impl Conn {
     }
 }
 
+/// A TCP connection to `addr`, from `source` (port chosen by the kernel)
+/// when given.
+async fn tcp_connect(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect(addr).await;
+    };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(addr).await
+}
+
+/// The initial response of AUTH PLAIN: base64 of an empty authorization
+/// identity, NUL, the user, NUL, the password (RFC 4616 section 2).
+pub fn plain_response(user: &str, password: &str) -> String {
+    let mut raw = Vec::with_capacity(user.len() + password.len() + 2);
+    raw.push(0);
+    raw.extend_from_slice(user.as_bytes());
+    raw.push(0);
+    raw.extend_from_slice(password.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(raw)
+}
+
+/// A shared connector for a run's TLS connections.
+pub fn connector(config: Arc<rustls::ClientConfig>) -> TlsConnector {
+    TlsConnector::from(config)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,6 +423,15 @@ mod tests {
         assert!(!long.is_positive() && !r.is_positive());
     }
 
+    #[test]
+    fn plain_initial_response() {
+        // RFC 4616 section 4's example, without the authorization identity.
+        assert_eq!(
+            plain_response("tim", "tanstaaftanstaaf"),
+            "AHRpbQB0YW5zdGFhZnRhbnN0YWFm"
+        );
+    }
+
     /// A fake server writing canned bytes; the client must assemble
     /// multi-line replies and spot the EHLO keywords.
     #[tokio::test]
@@ -261,15 +446,19 @@ mod tests {
             let mut buf = [0u8; 64];
             let n = s.read(&mut buf).await.unwrap();
             assert_eq!(&buf[..n], b"EHLO me.test\r\n");
-            s.write_all(b"250-hello\r\n250-SIZE 100\r\n250-pipelining\r\n250 CHUNKING\r\n")
-                .await
-                .unwrap();
+            s.write_all(
+                b"250-hello\r\n250-SIZE 100\r\n250-pipelining\r\n250-STARTTLS\r\n\
+                  250-AUTH LOGIN plain\r\n250 CHUNKING\r\n",
+            )
+            .await
+            .unwrap();
             s.write_all(b"250-a\r\n251 b\r\n").await.unwrap();
         });
         let deadline = Instant::now() + std::time::Duration::from_secs(10);
-        let mut c = Conn::connect(addr, deadline).await.unwrap();
+        let mut c = Conn::connect(addr, None, deadline).await.unwrap();
         c.handshake("me.test").await.unwrap();
-        assert!(c.pipelining && c.chunking);
+        assert!(c.pipelining && c.chunking && c.starttls && c.auth_plain);
+        assert!(!c.is_tls());
         let err = c.read_reply().await.unwrap_err();
         assert!(matches!(err, ConnError::Broken(ref t) if t.contains("different codes")));
         server.await.unwrap();

@@ -1,11 +1,11 @@
 //! Runs the load generator against a tiny SMTP sink on 127.0.0.1:0.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mta_bench::{run, Options, Report};
+use mta_bench::{run, Login, Options, Report};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -24,6 +24,11 @@ struct SinkConfig {
     /// After this many messages on a connection, answer the next MAIL
     /// with 421 and close.
     close_after: Option<usize>,
+    /// Advertise `AUTH PLAIN LOGIN` and take this user and password
+    /// (235; anything else 535), and refuse MAIL before AUTH (530).
+    auth: Option<(&'static str, &'static str)>,
+    /// Wait this long before the greeting.
+    greeting_delay: Option<Duration>,
 }
 
 /// What the sink saw.
@@ -41,6 +46,11 @@ struct SinkStats {
     /// MAIL/RCPT commands read while more input was already buffered, i.e.
     /// sent without waiting for the reply.
     pipelined: usize,
+    /// AUTH commands, and those with the right user and password.
+    auths: usize,
+    auths_ok: usize,
+    /// The client address of each connection.
+    peers: Vec<IpAddr>,
 }
 
 struct Sink {
@@ -56,10 +66,14 @@ impl Sink {
         let st = stats.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
+                let Ok((stream, peer)) = listener.accept().await else {
                     return;
                 };
-                st.lock().unwrap().connections += 1;
+                {
+                    let mut s = st.lock().unwrap();
+                    s.connections += 1;
+                    s.peers.push(peer.ip());
+                }
                 let (cfg, st) = (cfg.clone(), st.clone());
                 tokio::spawn(async move {
                     let _ = serve(stream, cfg, st).await;
@@ -86,11 +100,15 @@ async fn serve(
         return Ok(());
     }
     stream.set_nodelay(true)?;
+    if let Some(delay) = cfg.greeting_delay {
+        tokio::time::sleep(delay).await;
+    }
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r);
     w.write_all(b"220 sink.test ESMTP\r\n").await?;
     let mut pending = String::new();
     let (mut mail, mut rcpts, mut taken) = (false, 0usize, 0usize);
+    let mut authenticated = false;
     let mut line = String::new();
     loop {
         line.clear();
@@ -104,16 +122,39 @@ async fn serve(
             "EHLO" => {
                 if cfg.no_extensions {
                     "250-sink.test\r\n250 SIZE 100000000\r\n".into()
+                } else if cfg.auth.is_some() {
+                    "250-sink.test\r\n250-PIPELINING\r\n250-AUTH LOGIN PLAIN\r\n250 CHUNKING\r\n"
+                        .into()
                 } else {
                     "250-sink.test\r\n250-PIPELINING\r\n250-SIZE 100000000\r\n250 CHUNKING\r\n"
                         .into()
+                }
+            }
+            "AUTH" => {
+                // AUTH PLAIN <base64 of "\0user\0password"> (RFC 4616).
+                let given = line.trim_end().split(' ').nth(2).unwrap_or("");
+                let right = cfg.auth.map(|(user, password)| {
+                    use base64::Engine as _;
+                    base64::engine::general_purpose::STANDARD
+                        .encode(format!("\0{user}\0{password}"))
+                });
+                let mut s = st.lock().unwrap();
+                s.auths += 1;
+                if upper.starts_with("AUTH PLAIN ") && right.as_deref() == Some(given) {
+                    s.auths_ok += 1;
+                    authenticated = true;
+                    "235 2.7.0 ok\r\n".into()
+                } else {
+                    "535 5.7.8 no\r\n".into()
                 }
             }
             "MAIL" | "RCPT" => {
                 if more_buffered {
                     st.lock().unwrap().pipelined += 1;
                 }
-                let reply = if verb == "MAIL" {
+                let reply = if verb == "MAIL" && cfg.auth.is_some() && !authenticated {
+                    "530 5.7.0 authentication required\r\n"
+                } else if verb == "MAIL" {
                     if cfg.close_after == Some(taken) {
                         pending.push_str("421 4.3.2 closing\r\n");
                         w.write_all(pending.as_bytes()).await?;
@@ -683,4 +724,238 @@ async fn binary_exit_1_on_failures() {
         stdout.contains("4x RCPT: 550 5.1.1 no such user"),
         "{stdout}"
     );
+}
+
+fn login(user: &str, password: &str) -> Option<Login> {
+    Some(Login {
+        user: user.into(),
+        password: password.into(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn auth_plain_before_the_first_mail() {
+    let sink = Sink::start(SinkConfig {
+        auth: Some(("bench@example.test", "right-pw-1")),
+        ..SinkConfig::default()
+    })
+    .await;
+    let o = Options {
+        per_connection: 5,
+        auth: login("bench@example.test", "right-pw-1"),
+        ..options(&sink)
+    };
+    let r = run(&o).await.unwrap();
+    assert_clean(&r, &o);
+    // 40 messages, 5 per connection: 8 connections, one AUTH each.
+    assert_eq!(r.connections, 8);
+    assert_eq!(r.auth_replies.get(&235), Some(&8), "{}", r.text());
+    assert_eq!(r.auth_replies.len(), 1);
+    assert_eq!(r.auth_latencies.len(), 8);
+    assert_eq!(r.setup_latencies.len(), 8);
+    assert!(r.setup_latencies[0] >= r.auth_latencies[0]);
+    let st = sink.stats();
+    assert_eq!((st.auths, st.auths_ok), (8, 8));
+    check_messages(&st.messages, &o);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_auth_fails_the_message_and_the_next_one_reconnects() {
+    let sink = Sink::start(SinkConfig {
+        auth: Some(("bench@example.test", "right-pw-1")),
+        ..SinkConfig::default()
+    })
+    .await;
+    let o = Options {
+        sessions: 2,
+        messages: 10,
+        auth: login("bench@example.test", "wrong-pw-1"),
+        ..options(&sink)
+    };
+    let r = run(&o).await.unwrap();
+    // Each message's connection is refused at AUTH: an answer, not a
+    // broken connection, so no back-off and no giving up.
+    assert_eq!((r.accepted, r.failed, r.unsent), (0, 10, 0), "{}", r.text());
+    assert_eq!((r.connections, r.connect_failures), (10, 0));
+    assert_eq!(r.auth_replies.get(&535), Some(&10));
+    assert!(r.setup_latencies.is_empty() && r.latencies.is_empty());
+    assert_eq!(
+        r.failures.distinct(),
+        [("AUTH: 535 5.7.8 no".to_string(), 10)]
+    );
+    assert_eq!(r.exit_code(), 1);
+    let st = sink.stats();
+    assert_eq!((st.auths, st.auths_ok, st.quits), (10, 0, 10));
+    assert!(st.messages.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn auth_needs_the_server_to_offer_it() {
+    let sink = Sink::start(SinkConfig::default()).await;
+    let o = Options {
+        auth: login("bench@example.test", "right-pw-1"),
+        ..options(&sink)
+    };
+    let r = run(&o).await.unwrap();
+    assert_eq!(r.accepted, 0);
+    assert_eq!(r.failed, o.messages);
+    assert!(
+        r.failures.distinct()[0]
+            .0
+            .contains("does not advertise AUTH PLAIN"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(sink.stats().auths, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn open_loop_starts_keep_to_the_clock() {
+    let sink = Sink::start(SinkConfig::default()).await;
+    let o = Options {
+        sessions: 20,
+        messages: 20,
+        rate: Some(50.0),
+        ..options(&sink)
+    };
+    let r = run(&o).await.unwrap();
+    assert_clean(&r, &o);
+    // One connection per message, the last due 19/50 s after the first.
+    assert_eq!(r.connections, 20);
+    assert!(r.wall >= Duration::from_millis(380), "{:?}", r.wall);
+    assert!(r.wall < Duration::from_secs(20), "{:?}", r.wall);
+    assert_eq!(r.late_starts, 0, "{}", r.text());
+    let st = sink.stats();
+    assert_eq!((st.connections, st.quits), (20, 20));
+    check_messages(&st.messages, &o);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn open_loop_counts_the_starts_the_cap_held_back() {
+    // Each session takes at least 100 ms (the greeting's delay); one may
+    // be open at a time; they are due 1 ms apart. So every start after
+    // the first waits for the one before to end.
+    let sink = Sink::start(SinkConfig {
+        greeting_delay: Some(Duration::from_millis(100)),
+        ..SinkConfig::default()
+    })
+    .await;
+    let o = Options {
+        sessions: 1,
+        messages: 4,
+        rate: Some(1000.0),
+        ..options(&sink)
+    };
+    let r = run(&o).await.unwrap();
+    assert_clean(&r, &o);
+    assert_eq!(r.late_starts, 3, "{}", r.text());
+    assert!(
+        r.max_start_delay >= Duration::from_millis(290),
+        "{:?}",
+        r.max_start_delay
+    );
+    assert!(r
+        .text()
+        .contains("3 starts waited for a free session (at most 1 open)"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sources_are_taken_in_turn() {
+    let sink = Sink::start(SinkConfig::default()).await;
+    let a: IpAddr = "127.0.0.2".parse().unwrap();
+    let b: IpAddr = "127.0.0.3".parse().unwrap();
+    let o = Options {
+        sessions: 2,
+        messages: 6,
+        per_connection: 1,
+        sources: vec![a, b],
+        ..options(&sink)
+    };
+    let r = run(&o).await.unwrap();
+    assert_clean(&r, &o);
+    let peers = sink.stats().peers.clone();
+    assert_eq!(peers.len(), 6);
+    assert_eq!(peers.iter().filter(|p| **p == a).count(), 3, "{peers:?}");
+    assert_eq!(peers.iter().filter(|p| **p == b).count(), 3, "{peers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn binary_auth_from_the_environment_and_open_loop_json() {
+    let sink = Sink::start(SinkConfig {
+        auth: Some(("bench@example.test", "env-pw-123")),
+        ..SinkConfig::default()
+    })
+    .await;
+    let server = sink.addr.to_string();
+    let out = tokio::process::Command::new(BIN)
+        .args(["--server", &server, "--messages", "6", "--rate", "100"])
+        .args(["--auth-user", "bench@example.test", "--json"])
+        .env("MTA_LOADGEN_AUTH_PASSWORD", "env-pw-123")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let j: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(j["accepted"], 6);
+    assert_eq!(j["connections"], 6);
+    assert_eq!(j["rate_s"], 100.0);
+    assert_eq!(j["auth_user"], "bench@example.test");
+    assert_eq!(j["auth"]["replies"]["235"], 6);
+    assert_eq!(j["setup_ms"]["samples"], 6);
+    assert_eq!(j["tls"], "none");
+    assert!(!stdout.contains("env-pw-123"));
+    assert_eq!(sink.stats().auths_ok, 6);
+
+    // The text form names the mode on its first line.
+    let out = tokio::process::Command::new(BIN)
+        .args(["--server", &server, "--messages", "2", "--rate", "40"])
+        .args([
+            "--auth-user",
+            "bench@example.test",
+            "--auth-password",
+            "bad-pw-123",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.starts_with(&format!(
+            "mta-loadgen: 2 messages of 4096 bytes, 1 rcpt, 10 sessions, pipelining off, \
+             AUTH PLAIN as bench@example.test, open loop at 40 sessions/s -> {server}\n"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("AUTH replies: 2x 535; latency p50 "),
+        "{stdout}"
+    );
+    assert!(stdout.contains("2x AUTH: 535 5.7.8 no"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn setup_only_sessions_send_no_mail() {
+    let sink = Sink::start(SinkConfig {
+        auth: Some(("bench@example.test", "right-pw-1")),
+        ..SinkConfig::default()
+    })
+    .await;
+    let o = Options {
+        messages: 7,
+        sessions: 3,
+        setup_only: true,
+        auth: login("bench@example.test", "right-pw-1"),
+        ..options(&sink)
+    };
+    let r = run(&o).await.unwrap();
+    assert_eq!((r.accepted, r.failed, r.unsent), (7, 0, 0), "{}", r.text());
+    assert_eq!(r.exit_code(), 0, "{}", r.text());
+    assert_eq!(r.connections, 7);
+    assert_eq!(r.setup_latencies.len(), 7);
+    assert!(r.latencies.is_empty());
+    let st = sink.stats();
+    assert_eq!((st.auths_ok, st.quits), (7, 7));
+    assert!(st.messages.is_empty());
 }
