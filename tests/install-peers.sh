@@ -22,6 +22,8 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 [ -x /usr/sbin/dovecot ] && [ -x /usr/bin/doveadm ] || missing+=(dovecot-core)
 command -v mkpasswd >/dev/null 2>&1 || missing+=(whois)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# benches/submission.sh reads the load generator's JSON with it.
+command -v jq >/dev/null 2>&1 || missing+=(jq)
 # Only recommended by libsasl2-2, so --no-install-recommends leaves it out.
 dpkg-query -W -f='${Status}' libsasl2-modules 2>/dev/null | grep -q 'ok installed' ||
     missing+=(libsasl2-modules)
