@@ -46,6 +46,8 @@ cd "$ROOT"
 # The private Postfix instance: its configuration, start and stop.
 # shellcheck source=tests/postfix-instance.sh
 . "$ROOT/tests/postfix-instance.sh"
+# shellcheck source=benches/compare.sh
+. "$ROOT/benches/compare.sh"
 
 if [ -z "${ACCEPTANCE_NO_BUILD:-}" ]; then
     log "building release binaries"
@@ -121,28 +123,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-# A free TCP port on 127.0.0.1 (high range; checked against ss).
-free_port() {
-    local port
-    for _ in $(seq 200); do
-        port=$((20000 + RANDOM % 40000))
-        if ! ss -Htln "sport = :$port" 2>/dev/null | grep -q .; then
-            echo "$port"
-            return 0
-        fi
-    done
-    die "no free port found"
-}
-
-wait_listening() { # port seconds
-    local port=$1 tries=$(($2 * 10))
-    for _ in $(seq "$tries"); do
-        ss -Htln "sport = :$port" 2>/dev/null | grep -q '127.0.0.1' && return 0
-        sleep 0.1
-    done
-    return 1
-}
 
 # --- mtad -------------------------------------------------------------------
 
@@ -234,10 +214,6 @@ start_postfix() { # on a new, empty queue every time
     [ "$(pf_count hold)" = "$PF_WARMUP" ] || die "Postfix did not put the $PF_WARMUP warm-up messages on hold"
 }
 
-pf_count() { # queue name
-    find "$PFQUEUE/$1" -type f 2>/dev/null | wc -l
-}
-
 # --- runs -------------------------------------------------------------------
 
 json_num() { # key json
@@ -245,9 +221,6 @@ json_num() { # key json
 }
 json_p() { # p50|p99 json
     printf '%s' "$2" | sed -n "s/.*\"latency_ms\":{[^}]*\"$1\":\([0-9.]*\).*/\1/p" | head -n1
-}
-ratio() { # a b -> a/b with 2 decimals, or - if unknown
-    awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'
 }
 
 FAILED=0
@@ -316,9 +289,6 @@ run_postfix() { # name messages args...
     fi
     log "$name: Postfix ${RATE:-?} msg/s, p50 ${P50:-?} ms, p99 ${P99:-?} ms, on hold $QUEUED"
 }
-
-# is $1 > $2 (numbers, empty counts as -1)?
-greater() { awk -v a="${1:--1}" -v b="${2:--1}" 'BEGIN { exit !(a + 0 > b + 0) }'; }
 
 run_case() { # label sessions messages size rcpts [extra loadgen args]
     local label=$1 sessions=$2 messages=$3 size=$4 rcpts=$5

@@ -67,6 +67,8 @@ cd "$ROOT"
 # The private Postfix instance: its configuration, start and stop.
 # shellcheck source=tests/postfix-instance.sh
 . "$ROOT/tests/postfix-instance.sh"
+# shellcheck source=benches/compare.sh
+. "$ROOT/benches/compare.sh"
 
 if [ -z "${RELAY_NO_BUILD:-}" ]; then
     log "building release binaries"
@@ -106,24 +108,6 @@ PF_PORT=
 PF_STARTED=
 
 # --- process handling ---------------------------------------------------------
-
-# Stop one process we started: TERM, up to $2 tenths of a second, then KILL.
-stop_pid() { # pid tenths
-    local pid=$1 tenths=${2:-100}
-    [ -n "$pid" ] || return 0
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq "$tenths"); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            log "process $pid ignored SIGTERM; killing it"
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-    fi
-    wait "$pid" 2>/dev/null || true
-}
 
 stop_mtad() {
     [ -n "$MTAD_PID" ] || return 0
@@ -170,35 +154,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-# A free TCP port on 127.0.0.1 (high range; checked against ss).
-free_port() {
-    local port
-    for _ in $(seq 200); do
-        port=$((20000 + RANDOM % 40000))
-        if ! ss -Htan "sport = :$port" 2>/dev/null | grep -q .; then
-            echo "$port"
-            return 0
-        fi
-    done
-    die "no free port found"
-}
-
-wait_listening() { # port seconds
-    local port=$1 tries=$(($2 * 10))
-    for _ in $(seq "$tries"); do
-        ss -Htln "sport = :$port" 2>/dev/null | grep -q '127.0.0.1' && return 0
-        sleep 0.1
-    done
-    return 1
-}
-
-new_rundir() { # mta
-    RUN=$((RUN + 1))
-    RUNDIR=$WORK/run-$RUN-$1
-    mkdir -p "$RUNDIR"
-    chmod 755 "$RUNDIR"
-}
 
 # --- smtp-sink ------------------------------------------------------------------
 
@@ -358,10 +313,6 @@ start_postfix() { # [netcheck]: attach strace to the master before any mail
     fi
 }
 
-pf_count() { # queue name
-    find "$PFQUEUE/$1" -type f 2>/dev/null | wc -l
-}
-
 pf_queued() {
     echo $(($(pf_count incoming) + $(pf_count active) + $(pf_count deferred) + $(pf_count hold) + $(pf_count maildrop)))
 }
@@ -385,40 +336,8 @@ pf_last_delivery() {
 
 # --- CPU time -------------------------------------------------------------------
 
-# CPU time (user + system, clock ticks) a process has used, all its threads
-# included; with "children", also what its reaped children used.
-proc_ticks() { # pid [children]
-    local stat rest
-    stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
-    rest=${stat##*) } # the command name may contain spaces
-    # shellcheck disable=SC2086
-    set -- $rest "${2:-}"
-    # after the name: state ppid ... utime is field 12, stime 13, cutime 14, cstime 15
-    if [ "${!#}" = children ]; then
-        echo $((${12} + ${13} + ${14} + ${15}))
-    else
-        echo $((${12} + ${13}))
-    fi
-}
-
 # mtad's CPU time so far, in ticks.
 mtad_ticks() { proc_ticks "$MTAD_PID"; }
-
-# The whole Postfix instance's CPU time so far, in ticks: every live process
-# of the instance, plus what the master's reaped children used (smtpd and
-# the other workers exit after max_use requests or when idle).
-pf_ticks() {
-    local pid master total=0
-    master=$(pf_master_pid "$PFQUEUE") || master=
-    for pid in $(pf_instance_pids "$PFCONF"); do
-        if [ "$pid" = "$master" ]; then
-            total=$((total + $(proc_ticks "$pid" children)))
-        else
-            total=$((total + $(proc_ticks "$pid")))
-        fi
-    done
-    echo "$total"
-}
 
 # milliseconds of CPU per message
 cpu_ms_per_msg() { # ticks messages
@@ -432,9 +351,6 @@ json_num() { # key json
 }
 json_p() { # p50|p99 json
     printf '%s' "$2" | sed -n "s/.*\"latency_ms\":{[^}]*\"$1\":\([0-9.]*\).*/\1/p" | head -n1
-}
-ratio() { # a b -> a/b with 2 decimals, or - if unknown
-    awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'
 }
 # messages / (end - start) with 2 decimals
 per_sec() { # messages start end
@@ -573,9 +489,6 @@ measure() { # mta messages rcpts size args...
         E2E=
     fi
 }
-
-# is $1 > $2 (numbers, empty counts as -1)?
-greater() { awk -v a="${1:--1}" -v b="${2:--1}" 'BEGIN { exit !(a + 0 > b + 0) }'; }
 
 run_case() { # label sessions messages size rcpts [extra loadgen args]
     local label=$1 sessions=$2 messages=$3 size=$4 rcpts=$5

@@ -83,6 +83,8 @@ cd "$ROOT"
 # The private Postfix instance: its configuration, start and stop.
 # shellcheck source=tests/postfix-instance.sh
 . "$ROOT/tests/postfix-instance.sh"
+# shellcheck source=benches/compare.sh
+. "$ROOT/benches/compare.sh"
 
 if [ -z "${SUBMISSION_NO_BUILD:-}" ]; then
     log "building release binaries"
@@ -117,24 +119,6 @@ DOVECOT_DIR=$WORK/dovecot
 DOVECOT_PID=
 
 # --- process handling -------------------------------------------------------
-
-# Stop one process we started: TERM, up to $2 tenths of a second, then KILL.
-stop_pid() { # pid tenths
-    local pid=$1 tenths=${2:-100}
-    [ -n "$pid" ] || return 0
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq "$tenths"); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            log "process $pid ignored SIGTERM; killing it"
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-    fi
-    wait "$pid" 2>/dev/null || true
-}
 
 stop_mtad() {
     [ -n "$MTAD_PID" ] || return 0
@@ -189,35 +173,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-# A free TCP port on 127.0.0.1 (high range; checked against ss).
-free_port() {
-    local port
-    for _ in $(seq 200); do
-        port=$((20000 + RANDOM % 40000))
-        if ! ss -Htan "sport = :$port" 2>/dev/null | grep -q .; then
-            echo "$port"
-            return 0
-        fi
-    done
-    die "no free port found"
-}
-
-wait_listening() { # port seconds
-    local port=$1 tries=$(($2 * 10))
-    for _ in $(seq "$tries"); do
-        ss -Htln "sport = :$port" 2>/dev/null | grep -q '127.0.0.1' && return 0
-        sleep 0.1
-    done
-    return 1
-}
-
-new_rundir() { # name
-    RUN=$((RUN + 1))
-    RUNDIR=$WORK/run-$RUN-$1
-    mkdir -p "$RUNDIR"
-    chmod 755 "$RUNDIR"
-}
 
 # --- credentials ------------------------------------------------------------
 
@@ -410,40 +365,7 @@ start_postfix() { # on a new, empty queue every time
     wait_listening "$PF_SUB_PORT" 15 || die "Postfix is not listening on 127.0.0.1:$PF_SUB_PORT"
 }
 
-pf_count() { # queue name
-    find "$PFQUEUE/$1" -type f 2>/dev/null | wc -l
-}
-
 # --- CPU time -------------------------------------------------------------------
-
-# CPU time (user + system, clock ticks) a process has used, all its threads
-# included; with "children", also what its reaped children used.
-proc_ticks() { # pid [children]
-    local stat rest
-    stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
-    rest=${stat##*) }
-    # shellcheck disable=SC2086
-    set -- $rest "${2:-}"
-    if [ "${!#}" = children ]; then
-        echo $((${12} + ${13} + ${14} + ${15}))
-    else
-        echo $((${12} + ${13}))
-    fi
-}
-
-# Every process of the Postfix instance, plus what the master reaped.
-pf_ticks() {
-    local pid master total=0
-    master=$(pf_master_pid "$PFQUEUE") || master=
-    for pid in $(pf_instance_pids "$PFCONF"); do
-        if [ "$pid" = "$master" ]; then
-            total=$((total + $(proc_ticks "$pid" children)))
-        else
-            total=$((total + $(proc_ticks "$pid")))
-        fi
-    done
-    echo "$total"
-}
 
 # The Dovecot master (with what it reaped) and its live children (auth,
 # config, log, anvil).
@@ -465,10 +387,6 @@ cpu_ms_per() { # ticks count
 jget() { # jq-filter file
     jq -r "$1 // empty" "$2" 2>/dev/null || true
 }
-ratio() { # a b -> a/b with 2 decimals, or - if unknown
-    awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'
-}
-greater() { awk -v a="${1:--1}" -v b="${2:--1}" 'BEGIN { exit !(a + 0 > b + 0) }'; }
 median() { # numbers...
     printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print ""; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
