@@ -62,4 +62,4 @@ pub use error::ClientError;
 pub use mx::{ResolveError, Resolver, ResolverConfig, Target};
 pub use outcome::{Attempt, Delivery, Outcome, ServerReply, ServerSignal};
 pub use throttle::{Backoff, RateWindow, ThrottleSnapshot, Throttles};
-pub use tls::describe_session;
+pub use tls::{describe_session, AcceptAnyCertificate};
