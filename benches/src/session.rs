@@ -272,18 +272,9 @@ pub(crate) async fn session(shared: Arc<Shared>, first_seq: u64, count: u64) -> 
                 done += 1;
                 consecutive_failures = 0;
                 backoff = FIRST_BACKOFF;
-                match conn.quit().await {
-                    Ok(reply) if reply.code == 221 => {}
-                    Ok(reply) => st.failures.record(format!("QUIT: {reply}")),
-                    Err(ConnError::Timeout) => {
-                        st.timed_out = true;
-                        break 'connections;
-                    }
-                    Err(ConnError::Broken(text) | ConnError::Fatal(text)) => {
-                        st.failures.record(format!("QUIT: {text}"))
-                    }
+                if !quit(&mut conn, &mut st).await {
+                    break 'connections;
                 }
-                st.note_reply(&conn);
                 continue 'connections;
             }
             Ok(Setup::Ready) => st.setup_latencies.push(connecting.elapsed()),
@@ -347,18 +338,9 @@ pub(crate) async fn session(shared: Arc<Shared>, first_seq: u64, count: u64) -> 
             }
         }
 
-        match conn.quit().await {
-            Ok(reply) if reply.code == 221 => {}
-            Ok(reply) => st.failures.record(format!("QUIT: {reply}")),
-            Err(ConnError::Timeout) => {
-                st.timed_out = true;
-                break 'connections;
-            }
-            Err(ConnError::Broken(text) | ConnError::Fatal(text)) => {
-                st.failures.record(format!("QUIT: {text}"))
-            }
+        if !quit(&mut conn, &mut st).await {
+            break 'connections;
         }
-        st.note_reply(&conn);
     }
     st.unsent = count - done;
     st
@@ -410,6 +392,24 @@ fn connection_failed(
     } else {
         Next::Stop
     }
+}
+
+/// Ends a session with QUIT; anything but 221 is a failure. False when
+/// the run's deadline passed (the run ends).
+async fn quit(conn: &mut Conn, st: &mut SessionStats) -> bool {
+    match conn.quit().await {
+        Ok(reply) if reply.code == 221 => {}
+        Ok(reply) => st.failures.record(format!("QUIT: {reply}")),
+        Err(ConnError::Timeout) => {
+            st.timed_out = true;
+            return false;
+        }
+        Err(ConnError::Broken(text) | ConnError::Fatal(text)) => {
+            st.failures.record(format!("QUIT: {text}"))
+        }
+    }
+    st.note_reply(conn);
+    true
 }
 
 async fn pause(backoff: &mut Duration, deadline: Instant) {
