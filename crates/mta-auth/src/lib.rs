@@ -121,6 +121,7 @@
 mod dovecot;
 mod edit;
 mod error;
+mod hashers;
 mod limiter;
 mod name;
 mod new_hash;

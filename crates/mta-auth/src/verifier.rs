@@ -2,7 +2,7 @@
 //! user name (authcid) and a password: [`Verifier::verify`].
 //!
 //! Two backends ([`Backend`]): our own users file, where the check is a
-//! password hash run on tokio's blocking pool, at most
+//! password hash run on low-priority threads of its own (`hashers.rs`), at most
 //! [`VerifierSettings::max_checks`] at once; or a Dovecot, asked over its
 //! `auth-client` socket (see `dovecot.rs`), where the hashing is
 //! Dovecot's. A graceful restart hands in a new backend with
@@ -13,12 +13,18 @@
 //! milliseconds of a core and, for argon2, its memory. An AUTH flood from
 //! many connections must not take every core (the relaying, the queue
 //! runners and the TLS handshakes of honest clients need them), nor
-//! stall the runtime's threads (the hashes run on the blocking pool, not
-//! on a worker). Checks beyond the limit wait for their turn, within the
-//! same timeout as the check; one that cannot start in time is
-//! "unavailable" (the SMTP layer says 454 4.7.0, try later). The permit
-//! goes with the hash onto the blocking thread, so a client that hangs up
-//! mid-check does not free its slot before its hash is done.
+//! stall the runtime's threads (the hashes run on threads of their own
+//! at idle priority, not on a worker). Checks beyond the limit wait for their turn, first come
+//! first served, for at most [`VerifierSettings::max_wait`] (1 s by
+//! default); one that cannot start by then is "unavailable" (the SMTP
+//! layer says 454 4.7.0, try later). The wait is short on purpose: under
+//! a flood the line would otherwise grow until each waiter spent the
+//! whole `timeout` in it, holding its connection, and a check that got
+//! its turn near the end would be hashed for a session that had already
+//! answered 454. With the wait well inside the timeout, every check that
+//! starts is one its session still waits for. The permit goes with the
+//! hash onto its thread, so a client that hangs up mid-check
+//! does not free its slot before its hash is done.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -30,6 +36,7 @@ use parking_lot::RwLock;
 use tokio::sync::Semaphore;
 
 use crate::dovecot::{authenticate, Answer};
+use crate::hashers::{Closed, Hashers};
 use crate::new_hash::MAX_PASSWORD_LEN;
 use crate::users_file::UsersFile;
 
@@ -73,6 +80,14 @@ pub struct VerifierSettings {
     /// patience of a mail client (RFC 5321 section 4.5.3.2's shortest
     /// client timeout is 2 minutes, but users are less patient).
     pub timeout: Duration,
+    /// The longest a users-file check waits for its turn (capped by
+    /// `timeout`); past it the verdict is [`Verdict::Unavailable`] at
+    /// once. Default 1 s: dozens of checks' time even with argon2id,
+    /// which an honest burst of logins does not exceed.
+    pub max_wait: Duration,
+    /// Users-file hashes run under `SCHED_IDLE` (see `hashers.rs`);
+    /// false: at the priority of the rest of the process. Default true.
+    pub idle_priority: bool,
 }
 
 impl Default for VerifierSettings {
@@ -81,6 +96,8 @@ impl Default for VerifierSettings {
         VerifierSettings {
             max_checks: (cores / 2).max(1),
             timeout: Duration::from_secs(10),
+            max_wait: Duration::from_secs(1),
+            idle_priority: true,
         }
     }
 }
@@ -102,6 +119,8 @@ struct Generation {
     backend: Backend,
     settings: VerifierSettings,
     permits: Arc<Semaphore>,
+    /// Where users-file hashes run (none for Dovecot).
+    hashers: Option<Hashers>,
     /// Hashes running now, and the most seen at once (for the tests).
     #[cfg(test)]
     running: AtomicU64,
@@ -194,31 +213,46 @@ impl Verifier {
         }
         match &generation.backend {
             Backend::UsersFile(file) => {
-                let Ok(permit) = generation.permits.clone().acquire_owned().await else {
-                    return Verdict::Unavailable("the verifier is closed".into());
+                let wait = generation.settings.max_wait;
+                let permit =
+                    match tokio::time::timeout(wait, generation.permits.clone().acquire_owned())
+                        .await
+                    {
+                        Ok(Ok(permit)) => permit,
+                        Ok(Err(_)) => return Verdict::Unavailable("the verifier is closed".into()),
+                        Err(_) => {
+                            return Verdict::Unavailable(format!(
+                                "no turn to check within {} ms (busy)",
+                                wait.as_millis()
+                            ))
+                        }
+                    };
+                let Some(hashers) = &generation.hashers else {
+                    return Verdict::Unavailable("no hashing threads".into());
                 };
                 let file = Arc::clone(file);
                 let authcid = authcid.to_owned();
                 let password = password.to_vec();
                 #[cfg(test)]
                 let generation = Arc::clone(generation);
-                let checked = tokio::task::spawn_blocking(move || {
-                    let _permit = permit;
-                    #[cfg(test)]
-                    {
-                        let now = generation.running.fetch_add(1, Ordering::SeqCst) + 1;
-                        generation.peak.fetch_max(now, Ordering::SeqCst);
-                    }
-                    let user = file.verify(&authcid, &password).map(str::to_owned);
-                    #[cfg(test)]
-                    generation.running.fetch_sub(1, Ordering::SeqCst);
-                    user
-                })
-                .await;
+                let checked = hashers
+                    .run(move || {
+                        let _permit = permit;
+                        #[cfg(test)]
+                        {
+                            let now = generation.running.fetch_add(1, Ordering::SeqCst) + 1;
+                            generation.peak.fetch_max(now, Ordering::SeqCst);
+                        }
+                        let user = file.verify(&authcid, &password).map(str::to_owned);
+                        #[cfg(test)]
+                        generation.running.fetch_sub(1, Ordering::SeqCst);
+                        user
+                    })
+                    .await;
                 match checked {
                     Ok(Some(user)) => Verdict::Accepted { user },
                     Ok(None) => Verdict::Rejected,
-                    Err(e) => Verdict::Unavailable(format!("the check failed: {e}")),
+                    Err(Closed) => Verdict::Unavailable("the hashing threads are gone".into()),
                 }
             }
             Backend::Dovecot { socket } => {
@@ -236,8 +270,15 @@ impl Verifier {
 impl Generation {
     fn new(backend: Backend, settings: VerifierSettings) -> Self {
         let permits = Arc::new(Semaphore::new(settings.max_checks.max(1)));
+        let hashers = match backend {
+            Backend::UsersFile(_) => {
+                Some(Hashers::start(settings.max_checks, settings.idle_priority))
+            }
+            Backend::Dovecot { .. } => None,
+        };
         Generation {
             backend,
+            hashers,
             settings,
             permits,
             #[cfg(test)]
@@ -323,6 +364,8 @@ mod tests {
         let settings = VerifierSettings {
             max_checks: 1,
             timeout: Duration::from_millis(50),
+            max_wait: Duration::from_secs(60),
+            ..VerifierSettings::default()
         };
         let verifier = Verifier::new(file(&format!("joe:{joe}\n")), settings);
         let generation = verifier.current.read().clone();
@@ -334,8 +377,41 @@ mod tests {
         assert_eq!(generation.permits.available_permits(), 1);
     }
 
+    /// A check that cannot get its turn within `max_wait` is
+    /// unavailable then, long before the timeout, and the check behind a
+    /// held permit never runs: once the permit is free, the next check
+    /// starts at once.
+    #[tokio::test]
+    async fn a_check_waits_for_its_turn_at_most_max_wait() {
+        let joe = hash_password(b"secret", FAST).unwrap();
+        let settings = VerifierSettings {
+            max_checks: 1,
+            timeout: Duration::from_secs(60),
+            max_wait: Duration::from_millis(100),
+            ..VerifierSettings::default()
+        };
+        let verifier = Verifier::new(file(&format!("joe:{joe}\n")), settings);
+        let generation = verifier.current.read().clone();
+        let held = generation.permits.clone().acquire_owned().await.unwrap();
+        let started = std::time::Instant::now();
+        let verdict = verifier.verify("joe", b"secret", LOCAL, true).await;
+        let waited = started.elapsed();
+        assert_eq!(
+            verdict,
+            Verdict::Unavailable("no turn to check within 100 ms (busy)".into())
+        );
+        assert!(waited >= Duration::from_millis(100), "{waited:?}");
+        assert!(waited < Duration::from_secs(30), "{waited:?}");
+        assert_eq!(generation.peak.load(Ordering::SeqCst), 0, "no hash ran");
+        drop(held);
+        assert!(matches!(
+            verifier.verify("joe", b"secret", LOCAL, true).await,
+            Verdict::Accepted { .. }
+        ));
+    }
+
     /// 8 checks race with a limit of 2: never more than 2 hashes run at
-    /// once (without the semaphore the blocking pool would run all 8).
+    /// once (the semaphore lets no more than that many jobs in).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn at_most_max_checks_hash_at_once() {
         // Slow enough (a few ms) that checks overlap when allowed to.
@@ -348,6 +424,8 @@ mod tests {
         let settings = VerifierSettings {
             max_checks: 2,
             timeout: Duration::from_secs(60),
+            max_wait: Duration::from_secs(60),
+            ..VerifierSettings::default()
         };
         let verifier = Arc::new(Verifier::new(file(&format!("joe:{joe}\n")), settings));
         let generation = verifier.current.read().clone();
@@ -395,6 +473,8 @@ mod tests {
         let settings = VerifierSettings {
             max_checks: 1,
             timeout: Duration::from_millis(200),
+            max_wait: Duration::from_millis(200),
+            ..VerifierSettings::default()
         };
         let verifier = Verifier::new(Backend::Dovecot { socket }, settings);
         assert_eq!(
@@ -436,5 +516,6 @@ mod tests {
         let s = VerifierSettings::default();
         assert!(s.max_checks >= 1);
         assert_eq!(s.timeout, Duration::from_secs(10));
+        assert_eq!(s.max_wait, Duration::from_secs(1));
     }
 }

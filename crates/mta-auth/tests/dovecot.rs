@@ -91,6 +91,8 @@ async fn dovecot_backend_against_a_real_dovecot() {
         max_checks: 1,
         // Dovecot delays failures, more for a client that failed before.
         timeout: Duration::from_secs(30),
+        max_wait: Duration::from_secs(30),
+        ..VerifierSettings::default()
     };
     let verifier = Arc::new(Verifier::new(
         Backend::Dovecot {

@@ -25,6 +25,14 @@ pub struct AuthConfig {
     /// Password hashes computed at once; absent: half the cores, at
     /// least one, so an AUTH flood cannot take every core.
     pub max_checks: Option<usize>,
+    /// The longest a check waits for its turn behind others (at most
+    /// `timeout`); then `454 4.7.0` at once, so that a flood neither
+    /// holds connections for `timeout` nor gets checks started for
+    /// sessions that have given up.
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
+    /// The CPU priority of the threads that compute hashes.
+    pub hash_priority: HashPriority,
     /// What each user may send as (MAIL FROM and the From: header):
     /// addresses and `@domain`s. A user not listed may use its own name
     /// when that is an address; `<>` is allowed to all.
@@ -38,6 +46,21 @@ pub struct AuthConfig {
     pub client_failures: FailureKeys,
     /// Failed attempts for one user name, whatever the client.
     pub user_failures: FailureKeys,
+}
+
+/// `[auth] hash_priority`: how the threads computing users-file
+/// password hashes share the CPUs with the rest of the machine.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HashPriority {
+    /// Linux's `SCHED_IDLE`: anything else that is ready to run takes
+    /// the CPU from a hash at once, so an AUTH flood costs mail no
+    /// latency; on CPUs busy with other work, checks wait (and may end
+    /// in `454 4.7.0`).
+    #[default]
+    Idle,
+    /// The same priority as the rest of mtad.
+    Normal,
 }
 
 /// `[auth.client_failures]` and `[auth.user_failures]`, as written: a
@@ -132,6 +155,8 @@ impl Default for AuthConfig {
             dovecot_socket: None,
             timeout: Duration::from_secs(10),
             max_checks: None,
+            max_wait: Duration::from_secs(1),
+            hash_priority: HashPriority::Idle,
             senders: BTreeMap::new(),
             max_messages_per_hour: 200,
             user_messages_per_hour: BTreeMap::new(),
@@ -167,6 +192,9 @@ impl AuthConfig {
         }
         if self.timeout.is_zero() {
             problem("auth.timeout", "must be longer than zero".into());
+        }
+        if self.max_wait.is_zero() {
+            problem("auth.max_wait", "must be longer than zero".into());
         }
         if self.max_checks == Some(0) {
             problem("auth.max_checks", "must be at least 1".into());
@@ -205,6 +233,13 @@ mod tests {
         );
         assert!(auth.has_backend());
         assert!(!AuthConfig::default().has_backend());
+        assert_eq!(auth.max_wait, Duration::from_secs(1));
+        assert_eq!(auth.hash_priority, HashPriority::Idle);
+        let other: AuthConfig =
+            toml::from_str("max_wait = \"250ms\"\nhash_priority = \"normal\"\n").unwrap();
+        assert_eq!(other.max_wait, Duration::from_millis(250));
+        assert_eq!(other.hash_priority, HashPriority::Normal);
+        assert!(toml::from_str::<AuthConfig>("hash_priority = \"high\"\n").is_err());
     }
 
     #[test]

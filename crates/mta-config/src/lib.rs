@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use auth::{AuthConfig, FailureKeys, FailureLimits};
+pub use auth::{AuthConfig, FailureKeys, FailureLimits, HashPriority};
 pub use delivery::{
     DeliveryConfig, DeliveryTimeouts, EightBitPolicy, QueueConfig, QueueMode, ThrottleRule,
     TlsPolicy,

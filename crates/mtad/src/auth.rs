@@ -23,7 +23,7 @@ use mta_auth::{
     Backend, FailureLimiter, LimiterSettings, MessageRate, RateSettings, SenderRules, Thresholds,
     UsersFile, Verdict, Verifier, VerifierSettings,
 };
-use mta_config::{Config, FailureLimits, Role};
+use mta_config::{Config, FailureLimits, HashPriority, Role};
 use mta_smtp::{AuthVerdict, Credentials, SenderPolicy};
 use tracing::{info, warn};
 
@@ -200,6 +200,8 @@ fn plan(config: &Config, rate: &Arc<MessageRate>) -> Result<AuthPlan> {
     };
     let mut verifier = VerifierSettings {
         timeout: auth.timeout,
+        max_wait: auth.max_wait,
+        idle_priority: auth.hash_priority == HashPriority::Idle,
         ..VerifierSettings::default()
     };
     if let Some(n) = auth.max_checks {
