@@ -10,7 +10,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use crate::util::{bin, init, text, Workdir};
+use crate::util::{bin, init, init_with_input, text, SpawnDetached, Workdir};
 
 const DOVEADM: &str = "/usr/bin/doveadm";
 
@@ -28,49 +28,12 @@ fn workdir(top: &str) -> (Workdir, PathBuf) {
 }
 
 /// `mta-init user ARGS`, with `stdin` as its standard input (none: an
-/// empty one) and no controlling terminal (its own session), so a prompt
-/// can never wait for a person.
+/// empty one); without a controlling terminal, so a prompt can never
+/// wait for a person.
 fn user(work: &Workdir, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(bin("mta-init"))
-        .arg("--config")
-        .arg(work.config_path())
-        .arg("user")
-        .args(args)
-        .env_remove("MTA_CONFIG")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn_detached()
-        .expect("run mta-init user");
-    let mut input = child.stdin.take().unwrap();
-    // A command refused before it reads its input (a missing user, a bad
-    // name) may be gone already: a broken pipe is not a failure.
-    match input.write_all(stdin.unwrap_or("").as_bytes()) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-        result => result.expect("write the password"),
-    }
-    drop(input);
-    child.wait_with_output().expect("mta-init user ends")
-}
-
-/// Starting a command in a session of its own (setsid), away from the
-/// test's terminal, if it has one.
-trait SpawnDetached {
-    fn spawn_detached(&mut self) -> std::io::Result<std::process::Child>;
-}
-
-impl SpawnDetached for Command {
-    fn spawn_detached(&mut self) -> std::io::Result<std::process::Child> {
-        // SAFETY: setsid is async-signal-safe; nothing else runs between
-        // fork and exec.
-        unsafe {
-            self.pre_exec(|| {
-                nix::unistd::setsid().map_err(std::io::Error::from)?;
-                Ok(())
-            })
-        }
-        .spawn()
-    }
+    let mut all = vec!["user"];
+    all.extend_from_slice(args);
+    init_with_input(work, &all, stdin.unwrap_or(""))
 }
 
 /// The hash field of `name`'s line.

@@ -296,8 +296,30 @@ pub fn init(work: &Workdir, args: &[&str]) -> std::process::Output {
         .expect("run mta-init")
 }
 
+/// Starting a command in a session of its own (setsid), away from the
+/// test's terminal if it has one: a password prompt can never wait for a
+/// person.
+pub trait SpawnDetached {
+    fn spawn_detached(&mut self) -> std::io::Result<std::process::Child>;
+}
+
+impl SpawnDetached for Command {
+    fn spawn_detached(&mut self) -> std::io::Result<std::process::Child> {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setsid is async-signal-safe; nothing else runs between
+        // fork and exec.
+        unsafe {
+            self.pre_exec(|| {
+                nix::unistd::setsid().map_err(std::io::Error::from)?;
+                Ok(())
+            })
+        }
+        .spawn()
+    }
+}
+
 /// [`init`], with `input` on its standard input (`mta-init user add
-/// --password-stdin`).
+/// --password-stdin`), detached from any terminal.
 pub fn init_with_input(work: &Workdir, args: &[&str], input: &str) -> std::process::Output {
     let mut child = Command::new(bin("mta-init"))
         .arg("--config")
@@ -307,7 +329,7 @@ pub fn init_with_input(work: &Workdir, args: &[&str], input: &str) -> std::proce
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
+        .spawn_detached()
         .expect("run mta-init");
     let mut stdin = child.stdin.take().expect("stdin");
     // A command refused before it reads its input may be gone already:

@@ -364,10 +364,16 @@ impl Queue {
             .await
             .is_err()
         {
-            tracing::warn!(
-                in_flight = self.in_flight(),
-                "drain deadline passed: cutting the remaining attempts short (deferred)"
-            );
+            // The runners' own loops are tasks too: with a deadline of
+            // zero they may not have seen the stop yet, and nothing is cut
+            // short when no attempt is running.
+            let in_flight = self.in_flight();
+            if in_flight > 0 {
+                tracing::warn!(
+                    in_flight,
+                    "drain deadline passed: cutting the remaining attempts short (deferred)"
+                );
+            }
             inner.abort.cancel();
             inner.tasks.wait().await;
         }
