@@ -34,6 +34,7 @@
 #   SUBMISSION_P25_RATE=R   port-25 sessions per second in (b) (default 50)
 #   SUBMISSION_P25_SECS=S   length of each port-25 run in (b) (default 40)
 #   SUBMISSION_FLOOD_RATE=R AUTH attempts per second in (b) (default 100)
+#   SUBMISSION_ONLY=a|b     run (and report) only (a) or only (b)
 #   SUBMISSION_NO_BUILD=1   skip `cargo build --release`
 #   SUBMISSION_KEEP=1       keep the temporary directory (queues, logs, JSON)
 #
@@ -49,6 +50,11 @@ set -euo pipefail
 SCALE=${SUBMISSION_SCALE:-1}
 REPEAT=${SUBMISSION_REPEAT:-3}
 PAIRS=${SUBMISSION_PAIRS:-3}
+ONLY=${SUBMISSION_ONLY:-}
+case "$ONLY" in
+"" | a | b) ;;
+*) echo "submission: SUBMISSION_ONLY must be a or b" >&2; exit 2 ;;
+esac
 TIMEOUT=${SUBMISSION_TIMEOUT:-240}
 P25_RATE=${SUBMISSION_P25_RATE:-50}
 P25_SECS=${SUBMISSION_P25_SECS:-40}
@@ -709,9 +715,9 @@ write_postfix_config
 log "work dir $WORK; Postfix on 127.0.0.1:$PF_PORT (25's role) and 127.0.0.1:$PF_SUB_PORT (submission); Dovecot at $DOVECOT_DIR/auth-client; mtad on ephemeral ports"
 log "load average before: $LOAD_BEFORE"
 T_A=$EPOCHREALTIME
-run_a
+[ "$ONLY" = b ] || run_a
 T_B=$EPOCHREALTIME
-run_b
+[ "$ONLY" = a ] || run_b
 T_END=$EPOCHREALTIME
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 log "load average after: $LOAD_AFTER"
@@ -736,6 +742,9 @@ cat <<EOF
 - TLS: one ECDSA P-256 certificate for both; the client (rustls) makes a full handshake every session (no resumption) and does not verify the certificate
 - users: \`$USER_NAME\`, one hash line \`{SHA512-CRYPT}\$6\$...\` (\`openssl passwd -6\`, 5000 rounds) read by Dovecot's passwd-file and by mtad's users file alike; mtad's argon2id line made by \`mta-init user add\` (m = 19456 KiB, t = 2, p = 1)
 - every run of (a) on a fresh empty queue (a new mtad or Postfix), after $WARMUP warm-up sessions through the same path (not counted); $REPEAT rounds, the rows rotating; the table shows each row's best round by sessions/s, with that round's latencies$([ "$SCALE" = 1 ] || echo "; counts divided by $SCALE")
+EOF
+if [ "$ONLY" != b ]; then
+cat <<EOF
 
 ### (a) Authenticated submission: STARTTLS, AUTH PLAIN, one 4 KiB message per session, $SESSIONS sessions at once
 
@@ -765,6 +774,8 @@ Commands (PORT is the submission port; the password in the environment):
 
 EOF
 for c in "${A_CMDS[@]}"; do echo "- $c"; done
+fi
+if [ "$ONLY" != a ]; then
 cat <<EOF
 
 ### (b) Port 25 under an AUTH flood (mtad)
@@ -791,6 +802,7 @@ mtad's log over (b), the first mtad: $B_FAILED_AUTH "authentication failed", $B_
 
 Commands: \`mta-loadgen --server 127.0.0.1:PORT25 --rate $P25_RATE --sessions 500 --messages $((P25_RATE * secs)) --size $SIZE --json\`; the flood \`MTA_LOADGEN_AUTH_PASSWORD=wrong mta-loadgen --server 127.0.0.1:PORT587 --starttls --setup-only --auth-user $USER_NAME --source 127.0.0.2 ... --source 127.0.0.9 --rate $FLOOD_RATE --sessions 2000 --messages $((FLOOD_RATE * (FLOOD_LEAD + secs + FLOOD_TAIL))) --json\`; the TLS-only sessions the same without \`--auth-user\`.
 EOF
+fi
 if [ "$FAILED" != 0 ]; then
     echo
     echo "**Some runs failed their checks; see the log on standard error.**"
