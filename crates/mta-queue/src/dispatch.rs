@@ -115,6 +115,12 @@ pub(crate) async fn disk_loop(inner: Arc<Inner>) {
     // due now.
     let rescanned = inner.store.blocking().rescan_notify();
     while !inner.stopping.is_cancelled() {
+        // Paused, it starts nothing, so it does not walk the schedule
+        // either (with the ram runner paused too, every message would be
+        // walked past, claimed by it, once a poll).
+        if !runner.unpaused(&inner.stopping).await {
+            break;
+        }
         let started = match take_due(&inner).await {
             Ok(n) => n,
             Err(e) => {

@@ -125,14 +125,22 @@ impl Runner {
         }
     }
 
-    /// Waits until the runner is not paused and has a free slot; None once
-    /// the stop has begun.
-    pub async fn slot(&self, stopping: &CancellationToken) -> Option<OwnedSemaphorePermit> {
+    /// Waits until the runner is not paused; false once the stop has
+    /// begun.
+    pub async fn unpaused(&self, stopping: &CancellationToken) -> bool {
         let mut paused = self.paused.subscribe();
         tokio::select! {
             biased;
-            () = stopping.cancelled() => return None,
-            r = paused.wait_for(|p| !*p) => { r.ok()?; }
+            () = stopping.cancelled() => false,
+            r = paused.wait_for(|p| !*p) => r.is_ok(),
+        }
+    }
+
+    /// Waits until the runner is not paused and has a free slot; None once
+    /// the stop has begun.
+    pub async fn slot(&self, stopping: &CancellationToken) -> Option<OwnedSemaphorePermit> {
+        if !self.unpaused(stopping).await {
+            return None;
         }
         tokio::select! {
             biased;
