@@ -623,82 +623,105 @@ b_row() { # pair label ratio
     B_ROWS+=("| $1 | $2 | $P25_N | ${P25_50:--} | ${P25_99:--} | ${P25_MAX:--} | ${P25_S99:--} | ${P25_LATE:--} | ${BUSY:--} | ${MTAD_PCT:--} | $3 |")
 }
 
-# mtad for (b): the users file with mtad's default argon2id hash (what a
-# flood of wrong passwords costs a default installation), the failure
-# limits out of reach so that every attempt is a real hash check (with the
-# defaults each client would be slowed after 3 failures and locked out
-# after 10, and the user after 30, and the flood would cost nothing); $1:
-# more [auth] lines.
-start_b_mtad() { # auth-lines
-    start_mtad "users_file = \"$USERS_ARGON\"${1:+
-$1}" "$(printf '%s\n' \
+# mtad for (b), with the users file holding mtad's default argon2id hash
+# (what a flood of wrong passwords costs a default installation); $1:
+# more [auth] lines; $2: the failure limits, "defaults" (each flooding
+# address slowed after 3 failures and locked out after 10, the user after
+# 30) or "off" (out of reach, so every attempt is a real hash check).
+start_b_mtad() { # auth-lines defaults|off
+    local limits=
+    [ "$2" = defaults ] || limits=$(printf '%s\n' \
         '[auth.client_failures]' 'delay_after = 1000000000' 'lockout_after = 1000000000' \
-        '[auth.user_failures]' 'delay_after = 1000000000' 'lockout_after = 1000000000')"
+        '[auth.user_failures]' 'delay_after = 1000000000' 'lockout_after = 1000000000')
+    start_mtad "users_file = \"$USERS_ARGON\"${1:+
+$1}" "$limits"
     loadgen warmup --server "127.0.0.1:$MTAD_PORT" --sessions 20 --messages "$WARMUP" \
         --per-connection 1 --timeout 60
     [ "$LOADGEN_RC" = 0 ] || die "(b) warm-up failed"
 }
 
-run_b() {
-    local pair quiet99 flood99 c0 c1
-    new_rundir "mtad-flood"
-    start_b_mtad ""
+# $PAIRS pairs of port-25 runs on the running mtad, without and with the
+# AUTH flood, as rows of the (b) table labelled $2; the p99s go to the
+# arrays QUIET99 and FLOOD99, the flood's figures to B_FLOOD.
+b_pairs() { # name label
+    local name=$1 label=$2 pair quiet99 flood99 c0 c1
     QUIET99=()
     FLOOD99=()
-    B_EXPECT=$WARMUP
     for pair in $(seq "$PAIRS"); do
-        measure_b "quiet-$pair" none
+        measure_b "$name-quiet-$pair" none
         quiet99=$P25_99
         QUIET99+=("$quiet99")
         B_EXPECT=$((B_EXPECT + P25_N))
-        b_row "$pair" without ""
+        b_row "$pair" "without ($label)" ""
         sleep 2
         c0=$(proc_ticks "$MTAD_PID")
-        measure_b "flood-$pair" auth
+        measure_b "$name-flood-$pair" auth
         c1=$(proc_ticks "$MTAD_PID")
         flood99=$P25_99
         FLOOD99+=("$flood99")
         B_EXPECT=$((B_EXPECT + P25_N))
-        b_row "$pair" "AUTH flood" "**$(ratio "$flood99" "$quiet99")**"
-        B_FLOOD+=("| $pair | $FLOOD_N | ${FLOOD_WALL:--} | ${FLOOD_REPLIES:--} | ${FLOOD_A50:--} | ${FLOOD_A99:--} | ${FLOOD_LATE:--} | ${FLOOD_CONNFAIL:--} | $(cpu_ms_per $((c1 - c0)) "${FLOOD_ATTEMPTS:-0}") |")
+        b_row "$pair" "AUTH flood ($label)" "**$(ratio "$flood99" "$quiet99")**"
+        B_FLOOD+=("| $label | $pair | $FLOOD_N | ${FLOOD_WALL:--} | ${FLOOD_REPLIES:--} | ${FLOOD_A50:--} | ${FLOOD_A99:--} | ${FLOOD_LATE:--} | ${FLOOD_CONNFAIL:--} | $(cpu_ms_per $((c1 - c0)) "${FLOOD_ATTEMPTS:-0}") |")
         sleep 2
     done
+}
+
+# Stops the (b) mtad after checking it queued what it was sent.
+b_stop() { # what
+    local queued
+    queued=$(mtad_count)
+    stop_mtad
+    if [ "$queued" != "$B_EXPECT" ]; then
+        log "(b): $1 queued $queued messages, expected $B_EXPECT"
+        FAILED=1
+    fi
+}
+
+run_b() {
+    local quiet
+    # 1. mtad as installed: its default failure limits.
+    new_rundir "mtad-flood-defaults"
+    start_b_mtad "" defaults
+    B_EXPECT=$WARMUP
+    b_pairs defaults "default limits"
+    B_DEF_QUIET=$(median "${QUIET99[@]}")
+    B_DEF_FLOOD=$(median "${FLOOD99[@]}")
+    B_DEF_FAILED=$(grep -c 'authentication failed' "$MTADIR/mtad.log" || true)
+    B_DEF_LOCKOUTS=$(grep -c 'authentication locked out' "$MTADIR/mtad.log" || true)
+    B_DEF_REFUSED=$(grep -c 'authentication refused: locked out' "$MTADIR/mtad.log" || true)
+    b_stop "the first mtad"
+    # 2. The worst case: the limits out of reach, every attempt a hash.
+    new_rundir "mtad-flood"
+    start_b_mtad "" off
+    B_EXPECT=$WARMUP
+    b_pairs off "limits off"
+    B_OFF_QUIET=$(median "${QUIET99[@]}")
+    B_OFF_FLOOD=$(median "${FLOOD99[@]}")
     # For comparison: as many TLS sessions a second, without AUTH.
     measure_b "tls-only" tls
     B_EXPECT=$((B_EXPECT + P25_N))
-    b_row "-" "TLS-only sessions" "$(ratio "$P25_99" "$(median "${QUIET99[@]}")")"
+    b_row "-" "TLS-only sessions" "$(ratio "$P25_99" "$B_OFF_QUIET")"
     B_TLS_S99=$FLOOD_S99
     B_FAILED_AUTH=$(grep -c 'authentication failed' "$MTADIR/mtad.log" || true)
     B_UNAVAILABLE=$(grep -c 'authentication unavailable' "$MTADIR/mtad.log" || true)
     B_LOCKOUTS=$(grep -c 'locked out' "$MTADIR/mtad.log" || true)
     B_WARNINGS=$(grep -E ' (WARN|ERROR) ' "$MTADIR/mtad.log" | grep -vc 'mtad::auth' || true)
-    B_QUEUED=$(mtad_count)
-    stop_mtad
-    if [ "$B_QUEUED" != "$B_EXPECT" ]; then
-        log "(b): mtad queued $B_QUEUED messages, expected $B_EXPECT"
-        FAILED=1
-    fi
-    # For comparison: the hashes at mtad's own CPU priority instead of
-    # SCHED_IDLE, one pair, on a new mtad.
-    new_rundir "mtad-flood-normal"
-    start_b_mtad 'hash_priority = "normal"'
-    local expect=$WARMUP
-    measure_b "normal-quiet" none
-    quiet99=$P25_99
-    expect=$((expect + P25_N))
-    b_row "-" "without (\`hash_priority = \"normal\"\`)" ""
+    b_stop "the second mtad"
+    # 3. For comparison, one pair more with the limits off and the hashing
+    # threads under SCHED_IDLE.
+    new_rundir "mtad-flood-idle"
+    start_b_mtad 'hash_priority = "idle"' off
+    B_EXPECT=$WARMUP
+    measure_b "idle-quiet" none
+    quiet=$P25_99
+    B_EXPECT=$((B_EXPECT + P25_N))
+    b_row "-" "without (limits off, \`hash_priority = \"idle\"\`)" ""
     sleep 2
-    measure_b "normal-flood" auth
-    expect=$((expect + P25_N))
-    b_row "-" "AUTH flood (\`hash_priority = \"normal\"\`)" "$(ratio "$P25_99" "$quiet99")"
-    B_NORMAL_REPLIES=${FLOOD_REPLIES:-}
-    local queued
-    queued=$(mtad_count)
-    stop_mtad
-    if [ "$queued" != "$expect" ]; then
-        log "(b): the second mtad queued $queued messages, expected $expect"
-        FAILED=1
-    fi
+    measure_b "idle-flood" auth
+    B_EXPECT=$((B_EXPECT + P25_N))
+    b_row "-" "AUTH flood (limits off, \`hash_priority = \"idle\"\`)" "$(ratio "$P25_99" "$quiet")"
+    B_IDLE_REPLIES=${FLOOD_REPLIES:-}
+    b_stop "the third mtad"
 }
 
 # --- the run ------------------------------------------------------------------
@@ -738,7 +761,7 @@ cat <<EOF
 ## Submission run $START
 
 - machine: $(nproc) CPUs ($cpu), $(free -g 2>/dev/null | awk '/^Mem:/ { print $2 " GiB RAM" }'); kernel $(uname -r); load average (1, 5, 15 min) $LOAD_BEFORE before, $LOAD_AFTER after; (a) took $(awk -v a="$T_A" -v b="$T_B" 'BEGIN { printf "%.0f", b - a }') s, (b) $(awk -v a="$T_B" -v b="$T_END" 'BEGIN { printf "%.0f", b - a }') s
-- mtad: release build of $rev, \`[auth] max_checks\` default (half the cores: $(( $(nproc) / 2 > 0 ? $(nproc) / 2 : 1 ))), \`max_wait\` and \`hash_priority\` default (1 s, \`idle\`), \`max_messages_per_hour = 0\`, delivery paused; Postfix $pfver (Debian package, $tlsver), private instance, submission service with \`smtpd_tls_security_level = encrypt\`, \`smtpd_sasl_type = dovecot\`, \`smtpd_tls_auth_only = yes\`, \`smtpd_relay_restrictions = permit_sasl_authenticated, reject\`, every message put on HOLD; Dovecot $DOVECOT_VERSION, private, passwd-file, no auth cache
+- mtad: release build of $rev, \`[auth] max_checks\` default (half the cores: $(( $(nproc) / 2 > 0 ? $(nproc) / 2 : 1 ))), \`max_wait\` and \`hash_priority\` default (1 s, \`normal\`), \`max_messages_per_hour = 0\`, delivery paused; Postfix $pfver (Debian package, $tlsver), private instance, submission service with \`smtpd_tls_security_level = encrypt\`, \`smtpd_sasl_type = dovecot\`, \`smtpd_tls_auth_only = yes\`, \`smtpd_relay_restrictions = permit_sasl_authenticated, reject\`, every message put on HOLD; Dovecot $DOVECOT_VERSION, private, passwd-file, no auth cache
 - TLS: one ECDSA P-256 certificate for both; the client (rustls) makes a full handshake every session (no resumption) and does not verify the certificate
 - users: \`$USER_NAME\`, one hash line \`{SHA512-CRYPT}\$6\$...\` (\`openssl passwd -6\`, 5000 rounds) read by Dovecot's passwd-file and by mtad's users file alike; mtad's argon2id line made by \`mta-init user add\` (m = 19456 KiB, t = 2, p = 1)
 - every run of (a) on a fresh empty queue (a new mtad or Postfix), after $WARMUP warm-up sessions through the same path (not counted); $REPEAT rounds, the rows rotating; the table shows each row's best round by sessions/s, with that round's latencies$([ "$SCALE" = 1 ] || echo "; counts divided by $SCALE")
@@ -780,7 +803,7 @@ cat <<EOF
 
 ### (b) Port 25 under an AUTH flood (mtad)
 
-Plain port-25 sessions, one 4 KiB message each, started at $P25_RATE a second for $secs s (open loop), without and then with $FLOOD_RATE AUTH PLAIN attempts a second with a wrong password on the submission port (over STARTTLS, from ${#FLOOD_SOURCES[@]} addresses, ${FLOOD_SOURCES[0]} to ${FLOOD_SOURCES[-1]}, in turn; the flood starts $FLOOD_LEAD s before the port-25 run and ends about $FLOOD_TAIL s after it); last, for comparison, beside as many TLS sessions a second that do not authenticate (EHLO, STARTTLS, EHLO, QUIT). The user's hash is mtad's default argon2id. The failure limits were set out of reach for this run (\`delay_after\` and \`lockout_after\` = 10^9 for clients and users), so every attempt is a full hash check, at most \`max_checks\` at once, each waiting at most \`max_wait\` (1 s) for its turn, on hashing threads under \`SCHED_IDLE\` (\`hash_priority = "idle"\`, the default). The last two rows are one more pair on a second mtad with \`hash_priority = "normal"\` (the hashes at mtad's own priority), for comparison.
+Plain port-25 sessions, one 4 KiB message each, started at $P25_RATE a second for $secs s (open loop), without and then with $FLOOD_RATE AUTH PLAIN attempts a second with a wrong password on the submission port (over STARTTLS, from ${#FLOOD_SOURCES[@]} addresses, ${FLOOD_SOURCES[0]} to ${FLOOD_SOURCES[-1]}, in turn; the flood starts $FLOOD_LEAD s before the port-25 run and ends about $FLOOD_TAIL s after it). The user's hash is mtad's default argon2id; at most \`max_checks\` checks at once, each waiting at most \`max_wait\` (1 s) for its turn. Three mtads, one after the other, each with a new queue: **default limits**, mtad as installed (\`[auth.client_failures]\` and \`[auth.user_failures]\` at their defaults: each flooding address slowed after 3 failures and locked out after 10, the user after 30); **limits off**, the worst case (\`delay_after\` and \`lockout_after\` = 10^9 for clients and users, so every attempt is a full hash check), followed by one run beside as many TLS sessions a second that do not authenticate (EHLO, STARTTLS, EHLO, QUIT); and one pair with the limits off and the hashing threads under \`SCHED_IDLE\` (\`hash_priority = "idle"\`), for comparison.
 
 | pair | beside | sessions | p50 ms | p99 ms | max ms | set-up p99 ms | late starts | machine busy % | mtad % of a CPU | p99 / without |
 | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
@@ -788,17 +811,17 @@ EOF
 printf '%s\n' "${B_ROWS[@]}"
 cat <<EOF
 
-Median p99 without the flood $(median "${QUIET99[@]}") ms, with it $(median "${FLOOD99[@]}") ms: **$(ratio "$(median "${FLOOD99[@]}")" "$(median "${QUIET99[@]}")")** (the issue's bound: 1.25). The TLS-only row is against the median without; the \`normal\` flood row against the run just before it. "machine busy" is the whole machine's CPU use over the port-25 run (all CPUs, from /proc/stat, the load generators included); "mtad" its process's.
+Default limits: median p99 without the flood $B_DEF_QUIET ms, with it $B_DEF_FLOOD ms: **$(ratio "$B_DEF_FLOOD" "$B_DEF_QUIET")** (the issue's bound: 1.25). Limits off: $B_OFF_QUIET ms and $B_OFF_FLOOD ms: **$(ratio "$B_OFF_FLOOD" "$B_OFF_QUIET")**. The TLS-only row is against the limits-off median without; the \`idle\` flood row against the run just before it. "machine busy" is the whole machine's CPU use over the port-25 run (all CPUs, from /proc/stat, the load generators included); "mtad" its process's.
 
-The AUTH flood, per run (AUTH replies by code; "AUTH" latency from AUTH to its reply; mtad's CPU over the flood run, port-25 load included, per attempt). The TLS-only sessions' set-up p99 was ${B_TLS_S99:--} ms; the \`normal\` flood's AUTH replies: ${B_NORMAL_REPLIES:--}.
+The AUTH flood, per run (AUTH replies by code; "AUTH" latency from AUTH to its reply; mtad's CPU over the flood run, port-25 load included, per attempt). The TLS-only sessions' set-up p99 was ${B_TLS_S99:--} ms; the \`idle\` flood's AUTH replies: ${B_IDLE_REPLIES:--}.
 
-| pair | sessions | wall s | AUTH replies | AUTH p50 ms | AUTH p99 ms | late starts | connection failures | mtad CPU ms/attempt |
-| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |
+| limits | pair | sessions | wall s | AUTH replies | AUTH p50 ms | AUTH p99 ms | late starts | connection failures | mtad CPU ms/attempt |
+| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |
 EOF
 printf '%s\n' "${B_FLOOD[@]}"
 cat <<EOF
 
-mtad's log over (b), the first mtad: $B_FAILED_AUTH "authentication failed", $B_UNAVAILABLE "authentication unavailable" (a check that did not get its turn within \`[auth] max_wait\`: 454 4.7.0), $B_LOCKOUTS lock-outs; $B_WARNINGS other warnings or errors; $B_QUEUED messages queued (port 25 and warm-up; expected $B_EXPECT).
+mtad's log, default limits: $B_DEF_FAILED "authentication failed" (a hash checked and wrong), $B_DEF_LOCKOUTS lock-outs started, $B_DEF_REFUSED attempts refused while locked out (\`421 4.7.0\`, no hash). Limits off: $B_FAILED_AUTH "authentication failed", $B_UNAVAILABLE "authentication unavailable" (a check that did not get its turn within \`[auth] max_wait\`: 454 4.7.0), $B_LOCKOUTS lock-outs; $B_WARNINGS other warnings or errors. Every mtad queued every port-25 and warm-up message, once (checked).
 
 Commands: \`mta-loadgen --server 127.0.0.1:PORT25 --rate $P25_RATE --sessions 500 --messages $((P25_RATE * secs)) --size $SIZE --json\`; the flood \`MTA_LOADGEN_AUTH_PASSWORD=wrong mta-loadgen --server 127.0.0.1:PORT587 --starttls --setup-only --auth-user $USER_NAME --source 127.0.0.2 ... --source 127.0.0.9 --rate $FLOOD_RATE --sessions 2000 --messages $((FLOOD_RATE * (FLOOD_LEAD + secs + FLOOD_TAIL))) --json\`; the TLS-only sessions the same without \`--auth-user\`.
 EOF

@@ -1,22 +1,20 @@
 //! The threads that compute users-file password hashes: [`Hashers`].
 //!
-//! Not tokio's blocking pool, for two reasons. A hash is tens of
-//! milliseconds of pure CPU (argon2id, on purpose), and these threads
-//! run under Linux's `SCHED_IDLE` policy: when any other thread of the
-//! machine is ready to run (an SMTP session, the spool's flush, the
+//! Not tokio's blocking pool: that pool does the spool's file work,
+//! which must not wait behind a hash, and a hash is tens of milliseconds
+//! of pure CPU (argon2id, on purpose), on a thread that can be given a
+//! priority of its own.
+//!
+//! By default the threads run at mtad's own priority, as Dovecot's auth
+//! processes do beside Postfix. With `[auth] hash_priority = "idle"`
+//! they run under Linux's `SCHED_IDLE` policy: when any other thread of
+//! the machine is ready to run (an SMTP session, the spool's flush, the
 //! queue runners), it takes the CPU from a hash at once instead of
-//! waiting out the hash's time slice. A flood of wrong passwords then
-//! costs the rest of mtad what is left of the CPU, not latency. And the
-//! blocking pool also does the spool's file work, which must not be
-//! made to wait behind, or share a priority with, a hash.
-//!
-//! The price: on a machine whose CPUs are busy with other work, a
-//! hash only gets the scraps (Linux still gives an idle-policy thread a
-//! little time, so it never starves), and a check may not get its turn
-//! in `[auth] timeout` (454 4.7.0, try again). Authentication yields to
-//! mail, not the other way round.
-//!
-//! `[auth] hash_priority = "normal"` keeps them at mtad's own priority.
+//! waiting out the hash's time slice. The price: on a machine whose
+//! CPUs are busy with other work, a hash only gets the scraps (Linux
+//! still gives an idle-policy thread a little time, so it never
+//! starves), and a check may not get its turn in time (454 4.7.0, try
+//! again): authentication yields to mail.
 //!
 //! There is one thread per check allowed at once (`[auth] max_checks`);
 //! the verifier's semaphore decides who may hand a job in, so jobs never

@@ -2,7 +2,7 @@
 //! user name (authcid) and a password: [`Verifier::verify`].
 //!
 //! Two backends ([`Backend`]): our own users file, where the check is a
-//! password hash run on low-priority threads of its own (`hashers.rs`), at most
+//! password hash run on threads of its own (`hashers.rs`), at most
 //! [`VerifierSettings::max_checks`] at once; or a Dovecot, asked over its
 //! `auth-client` socket (see `dovecot.rs`), where the hashing is
 //! Dovecot's. A graceful restart hands in a new backend with
@@ -13,8 +13,8 @@
 //! milliseconds of a core and, for argon2, its memory. An AUTH flood from
 //! many connections must not take every core (the relaying, the queue
 //! runners and the TLS handshakes of honest clients need them), nor
-//! stall the runtime's threads (the hashes run on threads of their own
-//! at idle priority, not on a worker). Checks beyond the limit wait for their turn, first come
+//! stall the runtime's threads (the hashes run on threads of their own,
+//! not on a worker). Checks beyond the limit wait for their turn, first come
 //! first served, for at most [`VerifierSettings::max_wait`] (1 s by
 //! default); one that cannot start by then is "unavailable" (the SMTP
 //! layer says 454 4.7.0, try later). The wait is short on purpose: under
@@ -86,7 +86,7 @@ pub struct VerifierSettings {
     /// which an honest burst of logins does not exceed.
     pub max_wait: Duration,
     /// Users-file hashes run under `SCHED_IDLE` (see `hashers.rs`);
-    /// false: at the priority of the rest of the process. Default true.
+    /// false (the default): at the priority of the rest of the process.
     pub idle_priority: bool,
 }
 
@@ -97,7 +97,7 @@ impl Default for VerifierSettings {
             max_checks: (cores / 2).max(1),
             timeout: Duration::from_secs(10),
             max_wait: Duration::from_secs(1),
-            idle_priority: true,
+            idle_priority: false,
         }
     }
 }

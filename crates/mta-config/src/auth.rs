@@ -53,14 +53,14 @@ pub struct AuthConfig {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HashPriority {
-    /// Linux's `SCHED_IDLE`: anything else that is ready to run takes
-    /// the CPU from a hash at once, so an AUTH flood costs mail no
-    /// latency; on CPUs busy with other work, checks wait (and may end
-    /// in `454 4.7.0`).
+    /// The same priority as the rest of mtad (as Dovecot's auth
+    /// processes have beside Postfix).
     #[default]
-    Idle,
-    /// The same priority as the rest of mtad.
     Normal,
+    /// Linux's `SCHED_IDLE`: anything else that is ready to run takes
+    /// the CPU from a hash at once; on CPUs kept busy by other work,
+    /// checks get only spare time (and may end in `454 4.7.0`).
+    Idle,
 }
 
 /// `[auth.client_failures]` and `[auth.user_failures]`, as written: a
@@ -156,7 +156,7 @@ impl Default for AuthConfig {
             timeout: Duration::from_secs(10),
             max_checks: None,
             max_wait: Duration::from_secs(1),
-            hash_priority: HashPriority::Idle,
+            hash_priority: HashPriority::Normal,
             senders: BTreeMap::new(),
             max_messages_per_hour: 200,
             user_messages_per_hour: BTreeMap::new(),
@@ -234,11 +234,11 @@ mod tests {
         assert!(auth.has_backend());
         assert!(!AuthConfig::default().has_backend());
         assert_eq!(auth.max_wait, Duration::from_secs(1));
-        assert_eq!(auth.hash_priority, HashPriority::Idle);
+        assert_eq!(auth.hash_priority, HashPriority::Normal);
         let other: AuthConfig =
-            toml::from_str("max_wait = \"250ms\"\nhash_priority = \"normal\"\n").unwrap();
+            toml::from_str("max_wait = \"250ms\"\nhash_priority = \"idle\"\n").unwrap();
         assert_eq!(other.max_wait, Duration::from_millis(250));
-        assert_eq!(other.hash_priority, HashPriority::Normal);
+        assert_eq!(other.hash_priority, HashPriority::Idle);
         assert!(toml::from_str::<AuthConfig>("hash_priority = \"high\"\n").is_err());
     }
 
