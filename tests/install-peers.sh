@@ -8,7 +8,8 @@
 # (Debian's whois package: yescrypt and bcrypt crypt strings); and Cyrus
 # SASL's client modules (libsasl2-modules: PLAIN and LOGIN), without which
 # a private Postfix cannot authenticate to mtad's submission port as a
-# client (tests/integration/submission_peers.rs). Idempotent and quick
+# client (tests/integration/submission_peers.rs); and ca-certificates, the
+# system trust store of verified outbound TLS. Idempotent and quick
 # when all is there.
 #
 # No system-wide Postfix is configured or started: debconf is preseeded to
@@ -24,6 +25,10 @@ command -v mkpasswd >/dev/null 2>&1 || missing+=(whois)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # benches/submission.sh reads the load generator's JSON with it.
 command -v jq >/dev/null 2>&1 || missing+=(jq)
+# The system trust store that `required` TLS verifies against (mtad reads
+# /etc/ssl/certs/ca-certificates.crt); only recommended by Postfix's and
+# OpenSSL's packages, so --no-install-recommends leaves it out.
+[ -f /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
 # Only recommended by libsasl2-2, so --no-install-recommends leaves it out.
 dpkg-query -W -f='${Status}' libsasl2-modules 2>/dev/null | grep -q 'ok installed' ||
     missing+=(libsasl2-modules)

@@ -70,6 +70,18 @@ impl Setup {
 
     /// As [`start`](Self::start), with more `[delivery]` keys.
     pub fn start_with(zone: Zone, port: u16, delivery: &str, extra: &str) -> Setup {
+        Setup::start_adjusted(zone, port, delivery, extra, |_| {})
+    }
+
+    /// As [`start_with`](Self::start_with), with `adjust` given mtad's
+    /// command (its environment) before it runs.
+    pub fn start_adjusted(
+        zone: Zone,
+        port: u16,
+        delivery: &str,
+        extra: &str,
+        adjust: impl FnOnce(&mut std::process::Command),
+    ) -> Setup {
         let work = Workdir::new();
         let dns = TestDns::start_in_background(zone).expect("test DNS server");
         work.write_config(
@@ -84,7 +96,8 @@ impl Setup {
                 dns.addr,
             ),
         );
-        let mtad = Mtad::start(&work);
+        let mtad = Mtad::try_start_with(&work, adjust)
+            .unwrap_or_else(|e| panic!("mtad did not start: {e}"));
         Setup {
             work,
             _dns: dns,
@@ -710,4 +723,54 @@ fn volatile_messages_not_yet_attempted_are_spilled_on_a_clean_stop() {
     stored.sort();
     assert_eq!(stored, ids);
     assert!(sinks[0].messages().is_empty());
+}
+
+/// `required` TLS without `ca_file` verifies against the system's trust
+/// store, which `SSL_CERT_FILE` replaces (as for OpenSSL): with the
+/// sink's certificate as the store, the message goes over verified TLS;
+/// with another certificate, it waits (4.7.5) and nothing is sent.
+#[test]
+fn required_tls_trusts_the_system_store_that_ssl_cert_file_names() {
+    for trusted in [true, false] {
+        let last = if trusted { 3 } else { 4 };
+        let (port, sinks) = sinks(&[ip(last)], || SinkConfig {
+            tls: true,
+            tls_names: vec!["mx1.example.test".into()],
+            ..SinkConfig::default()
+        });
+        let zone = Zone::new()
+            .mx("example.test", 10, "mx1.example.test")
+            .a("mx1.example.test", ip(last));
+        let store = tempfile::NamedTempFile::new().unwrap();
+        let pem = if trusted {
+            sinks[0].cert_pem().unwrap()
+        } else {
+            rcgen::generate_simple_self_signed(vec!["mx1.example.test".into()])
+                .unwrap()
+                .cert
+                .pem()
+        };
+        std::fs::write(store.path(), pem).unwrap();
+        let s = Setup::start_adjusted(zone, port, "tls = \"required\"", "", |c| {
+            c.env("SSL_CERT_FILE", store.path());
+            c.env_remove("SSL_CERT_DIR");
+        });
+        let id = s.send("alice@local.test", &["bob@example.test"], "verified");
+        if trusted {
+            let e = s.wait_log("delivered or deferred", |e| {
+                event(e, "delivered", &id) || event(e, "deferred", &id)
+            });
+            assert_eq!(e["event"], "delivered", "{e}");
+            let got = sinks[0].wait_for_messages_blocking(1, WAIT);
+            assert!(got[0].tls);
+            assert!(
+                e["tls"].as_str().unwrap_or_default().starts_with("TLS"),
+                "{e}"
+            );
+        } else {
+            let e = s.wait_log("deferred", |e| event(e, "deferred", &id));
+            assert_eq!(e["status"], "4.7.5", "{e}");
+            assert!(sinks[0].messages().is_empty());
+        }
+    }
 }

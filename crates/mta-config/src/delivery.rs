@@ -256,8 +256,12 @@ pub struct DeliveryConfig {
     pub tls: TlsPolicy,
     /// STARTTLS policy by recipient domain.
     pub tls_policy: BTreeMap<String, TlsPolicy>,
-    /// PEM file of the certificate authorities that `required` trusts.
+    /// PEM file of certificate authorities that `required` trusts, beside
+    /// the system's (`system_roots`).
     pub ca_file: Option<PathBuf>,
+    /// `required` trusts the system's trust store (Debian's
+    /// ca-certificates, or `SSL_CERT_FILE`/`SSL_CERT_DIR` when set).
+    pub system_roots: bool,
     /// Connections at once to one destination, unless a `throttle` rule
     /// says otherwise.
     pub max_per_destination: usize,
@@ -300,6 +304,7 @@ impl Default for DeliveryConfig {
             tls: TlsPolicy::Opportunistic,
             tls_policy: BTreeMap::new(),
             ca_file: None,
+            system_roots: true,
             max_per_destination: 20,
             max_messages_per_hour: 0,
             backoff_after: 5,

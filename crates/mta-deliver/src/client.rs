@@ -130,7 +130,10 @@ impl Client {
     }
 
     fn build(config: ClientConfig, throttles: Throttles) -> Result<Client, ClientError> {
-        let tls = TlsConfigs::new(config.delivery.ca_file.as_deref())?;
+        let tls = TlsConfigs::new(
+            config.delivery.ca_file.as_deref(),
+            config.delivery.system_roots,
+        )?;
         Ok(Client {
             inner: Arc::new(Inner {
                 pool: Pool::new(config.delivery.idle_connection_timeout),
@@ -257,8 +260,8 @@ impl Client {
                 Some(config) => TlsStep::Required(config),
                 None => {
                     let reason = format!(
-                        "TLS is required for {}, but no trust anchors are configured \
-                         (ca_file is unset)",
+                        "TLS is required for {}, but there is no trust anchor \
+                         (no system trust store, and ca_file is unset)",
                         dest.domain
                     );
                     return (

@@ -19,35 +19,76 @@ use crate::ClientError;
 pub(crate) struct TlsConfigs {
     /// For opportunistic TLS: any certificate is accepted.
     pub opportunistic: Arc<ClientConfig>,
-    /// For required TLS: the certificate must chain to `ca_file`. None when
-    /// no `ca_file` is configured: required TLS then always fails.
+    /// For required TLS: the certificate must chain to a trust anchor,
+    /// the system's or `ca_file`'s. None when there is none: required TLS
+    /// then always fails.
     pub verified: Option<Arc<ClientConfig>>,
 }
 
 impl TlsConfigs {
-    pub fn new(ca_file: Option<&Path>) -> Result<TlsConfigs, ClientError> {
+    /// The configurations, with the trust anchors of `ca_file` and, when
+    /// `system_roots`, of the system's store (read once, here).
+    pub fn new(ca_file: Option<&Path>, system_roots: bool) -> Result<TlsConfigs, ClientError> {
+        let system = if system_roots {
+            system_anchors()
+        } else {
+            Vec::new()
+        };
+        let roots = trust_anchors(system, ca_file)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let opportunistic = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider.clone())))
             .with_no_client_auth();
-        let verified = match ca_file {
-            None => None,
-            Some(path) => {
-                let roots = load_roots(path)?;
-                let config = ClientConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()?
-                    .with_root_certificates(roots)
-                    .with_no_client_auth();
-                Some(Arc::new(config))
-            }
+        let verified = if roots.is_empty() {
+            None
+        } else {
+            let config = ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            Some(Arc::new(config))
         };
         Ok(TlsConfigs {
             opportunistic: Arc::new(opportunistic),
             verified,
         })
     }
+}
+
+/// The system's trust anchors (rustls-native-certs: the bundle openssl-probe
+/// finds, e.g. Debian's /etc/ssl/certs/ca-certificates.crt, or
+/// `SSL_CERT_FILE` and `SSL_CERT_DIR` when set). What cannot be read is
+/// logged, not fatal: `ca_file` may be all an operator wants.
+fn system_anchors() -> Vec<CertificateDer<'static>> {
+    let found = rustls_native_certs::load_native_certs();
+    for e in &found.errors {
+        tracing::warn!(error = %e, "cannot read part of the system's trust store");
+    }
+    found.certs
+}
+
+/// `system` and `ca_file`'s certificates in one root store; a `ca_file`
+/// that cannot be read or holds no certificate is an error. Logs how
+/// many of each.
+fn trust_anchors(
+    system: Vec<CertificateDer<'static>>,
+    ca_file: Option<&Path>,
+) -> Result<RootCertStore, ClientError> {
+    let mut roots = match ca_file {
+        Some(path) => load_roots(path)?,
+        None => RootCertStore::empty(),
+    };
+    let from_file = roots.len();
+    let (from_system, unusable) = roots.add_parsable_certificates(system);
+    tracing::info!(
+        from_system,
+        unusable,
+        from_file,
+        "trust anchors for verified TLS"
+    );
+    Ok(roots)
 }
 
 /// Reads the PEM certificates of `path` into a root store.
@@ -190,7 +231,38 @@ mod tests {
 
     #[test]
     fn a_missing_ca_file_is_an_error() {
-        let err = TlsConfigs::new(Some(Path::new("/nonexistent/ca.pem"))).unwrap_err();
+        let err = TlsConfigs::new(Some(Path::new("/nonexistent/ca.pem")), false).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+    }
+
+    fn self_signed(name: &str) -> rcgen::CertifiedKey {
+        rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap()
+    }
+
+    /// `ca_file` adds to the system's anchors; neither: no anchor, and
+    /// no verified configuration.
+    #[test]
+    fn ca_file_adds_to_the_system_anchors() {
+        let system = [self_signed("a.test"), self_signed("b.test")];
+        let file = self_signed("c.test");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, file.cert.pem()).unwrap();
+        let ders = || {
+            system
+                .iter()
+                .map(|c| c.cert.der().clone())
+                .collect::<Vec<_>>()
+        };
+
+        assert_eq!(trust_anchors(ders(), Some(&path)).unwrap().len(), 3);
+        assert_eq!(trust_anchors(ders(), None).unwrap().len(), 2);
+        assert_eq!(trust_anchors(Vec::new(), Some(&path)).unwrap().len(), 1);
+        assert!(trust_anchors(Vec::new(), None).unwrap().is_empty());
+        assert!(TlsConfigs::new(None, false).unwrap().verified.is_none());
+        assert!(TlsConfigs::new(Some(&path), false)
+            .unwrap()
+            .verified
+            .is_some());
     }
 }
