@@ -4,6 +4,10 @@
 # Sourced, after tests/postfix-instance.sh; `log` and `die` are the
 # caller's, and so are WORK, RUN, PFCONF and PFQUEUE.
 
+# release_binaries: the one definition, shared with mtad-bench.sh.
+# shellcheck source=benches/binaries.sh
+. "$(dirname "${BASH_SOURCE[0]}")/binaries.sh"
+
 # Stop one process we started: TERM, up to $2 tenths of a second, then KILL.
 stop_pid() { # pid tenths
     local pid=$1 tenths=${2:-100}

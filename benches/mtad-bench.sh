@@ -3,8 +3,10 @@
 # prefix) first. It defines:
 #
 #   log, die            progress and errors on standard error
+#   ROOT                the checkout (and the working directory)
 #   release_binaries    build (unless its argument is set) and find mtad,
-#                       mta-init and mta-seed: sets ROOT, MTAD, MTA_INIT, SEED
+#                       mta-init and the load tools: sets MTAD, MTA_INIT,
+#                       LOADGEN, SEED (benches/binaries.sh)
 #   alive, mtad_pid     is a process there (not a zombie); mtad's pid from
 #                       $DIR/queue/mtad.pid
 #   stop_helper VAR     kill and reap the background pid held in VAR
@@ -20,25 +22,11 @@
 log() { printf '%s: %s\n' "$BENCH_NAME" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-release_binaries() { # no-build
-    ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-    cd "$ROOT"
-    if [ -z "$1" ]; then
-        log "building release binaries"
-        cargo build --release -p mtad -p mta-init -p mta-bench >&2
-    fi
-    local target
-    target=$(cargo metadata --format-version 1 --no-deps 2>/dev/null \
-        | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-    target=${target:-$ROOT/target}
-    MTAD=$target/release/mtad
-    MTA_INIT=$target/release/mta-init
-    SEED=$target/release/mta-seed
-    local b
-    for b in "$MTAD" "$MTA_INIT" "$SEED"; do
-        [ -x "$b" ] || die "$b missing"
-    done
-}
+# The checkout's top, where the scripts run from.
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+# shellcheck source=benches/binaries.sh
+. "$ROOT/benches/binaries.sh"
 
 # Is the process there and not a zombie? (mtad is detached by mta-init, so
 # it is reaped by whatever PID 1 is, maybe a moment after it exits.)

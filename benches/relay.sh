@@ -70,17 +70,7 @@ cd "$ROOT"
 # shellcheck source=benches/compare.sh
 . "$ROOT/benches/compare.sh"
 
-if [ -z "${RELAY_NO_BUILD:-}" ]; then
-    log "building release binaries"
-    cargo build --release -p mtad -p mta-init -p mta-bench >&2
-fi
-TARGET_DIR=$(cargo metadata --format-version 1 --no-deps 2>/dev/null \
-    | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-TARGET_DIR=${TARGET_DIR:-$ROOT/target}
-MTAD=$TARGET_DIR/release/mtad
-LOADGEN=$TARGET_DIR/release/mta-loadgen
-[ -x "$MTAD" ] || die "$MTAD missing"
-[ -x "$LOADGEN" ] || die "$LOADGEN missing"
+release_binaries "${RELAY_NO_BUILD:-}"
 
 WORK=$(mktemp -d /tmp/mta-relay.XXXXXX)
 chmod 755 "$WORK" # the postfix user must reach its queue and data dirs

@@ -92,19 +92,7 @@ cd "$ROOT"
 # shellcheck source=benches/compare.sh
 . "$ROOT/benches/compare.sh"
 
-if [ -z "${SUBMISSION_NO_BUILD:-}" ]; then
-    log "building release binaries"
-    cargo build --release -p mtad -p mta-init -p mta-bench >&2
-fi
-TARGET_DIR=$(cargo metadata --format-version 1 --no-deps 2>/dev/null \
-    | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-TARGET_DIR=${TARGET_DIR:-$ROOT/target}
-MTAD=$TARGET_DIR/release/mtad
-MTA_INIT=$TARGET_DIR/release/mta-init
-LOADGEN=$TARGET_DIR/release/mta-loadgen
-for b in "$MTAD" "$MTA_INIT" "$LOADGEN"; do
-    [ -x "$b" ] || die "$b missing"
-done
+release_binaries "${SUBMISSION_NO_BUILD:-}"
 
 WORK=$(mktemp -d /tmp/mta-submission.XXXXXX)
 chmod 755 "$WORK" # the postfix user must reach its queue, data and the Dovecot socket

@@ -6,11 +6,11 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use crate::util::{bin, eventually, init, status_json, text, Mtad, Workdir};
+use crate::util::{eventually, init, init_for_nobody, status_json, text, Mtad, Workdir};
 
 /// nobody, as on most systems.
 const NOBODY: u32 = 65534;
@@ -32,22 +32,6 @@ fn shared_workdir(extra: &str) -> Option<Workdir> {
     chmod(work.path(), 0o755);
     chmod(&work.config_path(), 0o644);
     Some(work)
-}
-
-/// mta-init as a program nobody may run: the build's own when every
-/// directory above it lets others through, else a copy in the workdir.
-fn init_for_nobody(work: &Workdir) -> PathBuf {
-    let built = bin("mta-init");
-    let open = built
-        .ancestors()
-        .all(|p| std::fs::metadata(p).is_ok_and(|m| m.mode() & 0o001 != 0));
-    if open {
-        return built;
-    }
-    let copy = work.path().join("mta-init");
-    std::fs::copy(&built, &copy).expect("copy mta-init");
-    chmod(&copy, 0o755);
-    copy
 }
 
 /// `mta-init ARGS` as nobody (uid and gid 65534, no supplementary groups).

@@ -10,7 +10,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use crate::util::{bin, init, init_with_input, text, SpawnDetached, Workdir};
+use crate::util::{bin, init, init_for_nobody, init_with_input, text, SpawnDetached, Workdir};
 
 const DOVEADM: &str = "/usr/bin/doveadm";
 
@@ -412,7 +412,7 @@ fn owner_group_and_permission_denied() {
     // directory is root's.
     std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(work.config_path(), std::fs::Permissions::from_mode(0o644)).unwrap();
-    let program = program_for_nobody(&work);
+    let program = init_for_nobody(&work);
     let file = std::fs::read(&users).unwrap();
     let as_nobody = |args: &[&str], gid: u32| {
         let mut child = Command::new(&program)
@@ -454,20 +454,4 @@ fn owner_group_and_permission_denied() {
     let o = as_nobody(&["list"], NOBODY);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(std::fs::read(&users).unwrap(), file);
-}
-
-/// mta-init as a program nobody may run: the build's own when every
-/// directory above it lets others through, else a copy in the workdir.
-fn program_for_nobody(work: &Workdir) -> PathBuf {
-    let built = bin("mta-init");
-    let open = built
-        .ancestors()
-        .all(|p| std::fs::metadata(p).is_ok_and(|m| m.mode() & 0o001 != 0));
-    if open {
-        return built;
-    }
-    let copy = work.path().join("mta-init");
-    std::fs::copy(&built, &copy).expect("copy mta-init");
-    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
-    copy
 }

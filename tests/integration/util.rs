@@ -296,6 +296,23 @@ pub fn init(work: &Workdir, args: &[&str]) -> std::process::Output {
         .expect("run mta-init")
 }
 
+/// mta-init as a program nobody may run: the build's own when every
+/// directory above it lets others through, else a copy in the workdir.
+pub fn init_for_nobody(work: &Workdir) -> PathBuf {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let built = bin("mta-init");
+    let open = built
+        .ancestors()
+        .all(|p| std::fs::metadata(p).is_ok_and(|m| m.mode() & 0o001 != 0));
+    if open {
+        return built;
+    }
+    let copy = work.path().join("mta-init");
+    std::fs::copy(&built, &copy).expect("copy mta-init");
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    copy
+}
+
 /// Starting a command in a session of its own (setsid), away from the
 /// test's terminal if it has one: a password prompt can never wait for a
 /// person.

@@ -32,7 +32,7 @@ type Job = Box<dyn FnOnce() + Send>;
 /// A fixed set of low-priority threads computing password hashes.
 #[derive(Debug)]
 pub(crate) struct Hashers {
-    jobs: Mutex<mpsc::Sender<Job>>,
+    jobs: mpsc::Sender<Job>,
 }
 
 /// The job could not be handed in: the threads are gone.
@@ -70,9 +70,7 @@ impl Hashers {
                 warn!(error = %e, "could not start a password hashing thread");
             }
         }
-        Hashers {
-            jobs: Mutex::new(jobs),
-        }
+        Hashers { jobs }
     }
 
     /// Runs `hash` on one of the threads and returns its result.
@@ -85,11 +83,7 @@ impl Hashers {
             // The session may have given up; the hash is done anyway.
             let _ = done.send(hash());
         });
-        self.jobs
-            .lock()
-            .map_err(|_| Closed)?
-            .send(job)
-            .map_err(|_| Closed)?;
+        self.jobs.send(job).map_err(|_| Closed)?;
         result.await.map_err(|_| Closed)
     }
 }

@@ -6,8 +6,8 @@ mod common;
 use std::io::Write;
 
 use common::*;
-use mta_deliver::{Client, ClientError, Outcome, TlsPolicy};
-use mta_testkit::sink::SinkConfig;
+use mta_deliver::{Attempt, Client, ClientError, Outcome, TlsPolicy};
+use mta_testkit::sink::{Sink, SinkConfig};
 
 fn tls_sink() -> SinkConfig {
     SinkConfig {
@@ -21,6 +21,20 @@ fn ca_file(pem: &str) -> tempfile::NamedTempFile {
     let mut file = tempfile::NamedTempFile::new().unwrap();
     file.write_all(pem.as_bytes()).unwrap();
     file
+}
+
+/// The certificate was not trusted: the message waits (4.7.5), after one
+/// connection, and nothing was sent in plaintext.
+fn assert_refused_at_the_handshake(attempt: &Attempt, sink: &Sink) {
+    match attempt.outcome(0).unwrap() {
+        Outcome::Deferred { status, reason, .. } => {
+            assert_eq!(status, "4.7.5");
+            assert!(reason.contains("TLS handshake"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(sink.connections(), 1);
+    assert!(sink.messages().is_empty());
 }
 
 #[tokio::test]
@@ -147,15 +161,7 @@ async fn required_tls_with_an_untrusted_certificate_defers_without_plaintext() {
     let env = envelope(&["a@secure.test"]);
     let dest = destination("secure.test", vec![target("localhost", sink.addr)]);
     let attempt = client.deliver(&dest, message(&env, &[0], CONTENT)).await;
-    match attempt.outcome(0).unwrap() {
-        Outcome::Deferred { status, reason, .. } => {
-            assert_eq!(status, "4.7.5");
-            assert!(reason.contains("TLS handshake"), "{reason}");
-        }
-        other => panic!("{other:?}"),
-    }
-    assert_eq!(sink.connections(), 1);
-    assert!(sink.messages().is_empty());
+    assert_refused_at_the_handshake(&attempt, &sink);
 }
 
 /// Without `ca_file` the system's trust store is used: it does not know
@@ -171,15 +177,7 @@ async fn required_tls_without_a_ca_file_verifies_against_the_system_store() {
     let env = envelope(&["a@secure.test"]);
     let dest = destination("secure.test", vec![target("mx.secure.test", sink.addr)]);
     let attempt = client.deliver(&dest, message(&env, &[0], CONTENT)).await;
-    match attempt.outcome(0).unwrap() {
-        Outcome::Deferred { status, reason, .. } => {
-            assert_eq!(status, "4.7.5");
-            assert!(reason.contains("TLS handshake"), "{reason}");
-        }
-        other => panic!("{other:?}"),
-    }
-    assert_eq!(sink.connections(), 1);
-    assert!(sink.messages().is_empty());
+    assert_refused_at_the_handshake(&attempt, &sink);
 }
 
 #[tokio::test]
