@@ -1,0 +1,1 @@
+//! DKIM signing (work in progress).
