@@ -8,9 +8,10 @@
 # (Debian's whois package: yescrypt and bcrypt crypt strings); and Cyrus
 # SASL's client modules (libsasl2-modules: PLAIN and LOGIN), without which
 # a private Postfix cannot authenticate to mtad's submission port as a
-# client (tests/integration/submission_peers.rs); and ca-certificates, the
-# system trust store of verified outbound TLS. Idempotent and quick
-# when all is there.
+# client (tests/integration/submission_peers.rs); ca-certificates, the
+# system trust store of verified outbound TLS; and dkimpy (python3-dkim),
+# which verifies the DKIM signatures mtad makes independently of any Rust
+# crate. Idempotent and quick when all is there.
 #
 # No system-wide Postfix is configured or started: debconf is preseeded to
 # "No configuration", and the machine's policy-rc.d refuses service starts.
@@ -29,6 +30,8 @@ command -v jq >/dev/null 2>&1 || missing+=(jq)
 # /etc/ssl/certs/ca-certificates.crt); only recommended by Postfix's and
 # OpenSSL's packages, so --no-install-recommends leaves it out.
 [ -f /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
+# dkimpy, for the system interpreter (tests/integration/dkim_verify.py).
+/usr/bin/python3 -c 'import dkim' >/dev/null 2>&1 || missing+=(python3-dkim)
 # Only recommended by libsasl2-2, so --no-install-recommends leaves it out.
 dpkg-query -W -f='${Status}' libsasl2-modules 2>/dev/null | grep -q 'ok installed' ||
     missing+=(libsasl2-modules)

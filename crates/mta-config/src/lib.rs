@@ -13,6 +13,7 @@
 mod auth;
 mod delivery;
 mod descriptors;
+mod dkim;
 mod error;
 mod recipients;
 pub mod sendmail;
@@ -31,6 +32,7 @@ pub use delivery::{
     DeliveryConfig, DeliveryTimeouts, EightBitPolicy, QueueConfig, QueueMode, ThrottleRule,
     TlsPolicy,
 };
+pub use dkim::{DkimAlgorithm, DkimConfig, DkimSign, DEFAULT_SIGNED_HEADERS};
 pub use error::ConfigError;
 pub use recipients::{LocalRecipient, RecipientProblem};
 pub use size::ByteSize;
@@ -94,6 +96,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// Local submission: `mta-sendmail`'s socket and drop directory.
     pub sendmail: sendmail::SendmailConfig,
+    /// DKIM signing of outbound mail.
+    pub dkim: DkimConfig,
 }
 
 /// `[http]`: the admin HTTP server (`GET /status`, `GET /metrics`, and
@@ -282,6 +286,7 @@ impl Default for Config {
             maildir: MaildirConfig::default(),
             http: HttpConfig::default(),
             sendmail: Default::default(),
+            dkim: DkimConfig::default(),
         }
     }
 }
@@ -499,6 +504,7 @@ impl Config {
         self.delivery.check(&mut problem);
         self.http.check(&mut problem);
         self.sendmail.check(&mut problem);
+        self.dkim.check(&mut problem);
         for domain in &self.smtp.local_domains {
             if domain.is_empty() || domain.contains(['@', ' ', '\r', '\n']) {
                 problem("smtp.local_domains", format!("{domain:?} is not a domain"));
