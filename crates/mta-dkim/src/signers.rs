@@ -66,6 +66,12 @@ impl std::fmt::Display for SignedBy {
     }
 }
 
+impl std::fmt::Debug for Signers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.describe()).finish()
+    }
+}
+
 impl Signers {
     /// Loads every table's key; the first key that cannot be used is the
     /// error (never a silent unsigned send).

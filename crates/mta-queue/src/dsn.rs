@@ -198,7 +198,7 @@ pub(crate) async fn send(
     let s = &inner.settings;
     let now = unix_now();
     let id = inner.store.next_id();
-    let content = Arc::new(mta_dsn::build(&DsnInput {
+    let content = mta_dsn::build(&DsnInput {
         reporting_mta: &s.hostname,
         original_id: source.id,
         original: source.envelope,
@@ -207,7 +207,12 @@ pub(crate) async fn send(
         now,
         postmaster: &s.dsn_from,
         boundary_seed: id.value(),
-    }));
+    });
+    let Some(content) = signed(&s.dkim, content).await else {
+        error!(queue_id = %source.id, "cannot sign a DSN: not queued");
+        return false;
+    };
+    let content = Arc::new(content);
     let envelope = Envelope {
         sender: ReversePath::Null,
         recipients: vec![Recipient {
@@ -254,6 +259,34 @@ pub(crate) async fn send(
         claim,
     });
     true
+}
+
+/// A DSN with the DKIM signatures of its From: domain on top, when a key
+/// is for it (signed on the blocking pool, as accepted mail is); `None`
+/// when signing failed: never an unsigned DSN where a key exists.
+async fn signed(signers: &Arc<mta_dkim::Signers>, content: Vec<u8>) -> Option<Vec<u8>> {
+    let Some(domain) = mta_dkim::from_domain(&content) else {
+        return Some(content);
+    };
+    if !signers.signs_for(&domain) {
+        return Some(content);
+    }
+    let signers = signers.clone();
+    tokio::task::spawn_blocking(move || match signers.sign(&domain, &[&content]) {
+        Ok(Some(s)) => {
+            let mut out = s.fields.into_bytes();
+            out.extend_from_slice(&content);
+            Some(out)
+        }
+        Ok(None) => Some(content),
+        Err(e) => {
+            error!(error = %e, "DKIM signing of a DSN failed");
+            None
+        }
+    })
+    .await
+    .ok()
+    .flatten()
 }
 
 #[cfg(test)]

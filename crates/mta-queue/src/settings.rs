@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use mta_deliver::{ClientConfig, ResolverConfig};
@@ -56,4 +57,6 @@ pub struct Settings {
     pub volatile: bool,
     /// How often the disk runner looks at the index at most.
     pub poll_interval: Duration,
+    /// DKIM keys: our DSNs are signed when one is for `dsn_from`'s domain.
+    pub dkim: Arc<mta_dkim::Signers>,
 }

@@ -410,6 +410,7 @@ mod tests {
             delay_notice_after: Some(Duration::from_secs(NOTICE)),
             volatile: false,
             poll_interval: Duration::from_secs(1),
+            dkim: Default::default(),
         }
     }
 

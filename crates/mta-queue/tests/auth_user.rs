@@ -36,6 +36,7 @@ fn settings(dir: &Path) -> QueueSettings {
             delay_notice_after: None,
             volatile: false,
             poll_interval: Duration::from_secs(3600),
+            dkim: Default::default(),
         },
         delivery_log: dir.join("delivery.log"),
         client: Default::default(),

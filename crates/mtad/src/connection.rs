@@ -20,6 +20,7 @@ use crate::context::Context;
 use crate::deadlines::{Deadlines, Expired};
 use crate::settings::Settings;
 use crate::shutdown::Shutdown;
+use crate::signing::{self, Parts};
 use crate::stats::{Refusal, SessionGuard};
 
 /// How a stretch of the session over one stream ended.
@@ -334,7 +335,7 @@ async fn store(
         return session.stored(Err(StoreError::Io));
     }
     let id = ctx.spool.next_id();
-    let header = received_header(&settings.hostname, &message.envelope, id);
+    let received = received_header(&settings.hostname, &message.envelope, id);
     // RFC 6409 section 8: a submission server adds the Date: and
     // Message-ID: a submitted message lacks, and nothing else; an MX
     // never does (RFC 5321 section 6.1 leaves the message alone).
@@ -348,15 +349,36 @@ async fn store(
             id,
         )
     };
-    let fixes_len: usize = fixes.iter().map(String::len).sum();
-    let mut content = Vec::with_capacity(header.len() + fixes_len + message.content.len());
-    content.extend_from_slice(header.as_bytes());
-    for field in &fixes {
-        content.extend_from_slice(field.as_bytes());
-    }
-    content.extend_from_slice(&message.content);
-    drop(message.content);
-    let content = Arc::new(content);
+    let parts = Parts {
+        received,
+        fixes,
+        content: message.content,
+    };
+    // DKIM: signed once, here, after the fixes and before the message is
+    // durable; never sent unsigned when a key is for it.
+    let (parts, signed) = if !settings.dkim.is_empty()
+        && signing::is_ours(
+            &message.envelope.origin,
+            &settings.config.smtp.relay_networks,
+        ) {
+        signing::sign(&settings.dkim, parts).await
+    } else {
+        (parts, Ok(None))
+    };
+    let signed = match signed {
+        Ok(signed) => signed,
+        Err(e) => {
+            error!(queue_id = %id, error = %e, "could not sign the message: not taken");
+            return session.stored(Err(StoreError::Io));
+        }
+    };
+    let dkim = signed.as_ref().map(|s| {
+        s.by.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    });
+    let content = Arc::new(parts.assemble(signed.as_ref()));
     // Claimed before the commit so the disk runner leaves it to the ram
     // runner.
     let queue = ctx.queue();
@@ -378,6 +400,7 @@ async fn store(
                 recipients = message.envelope.recipients.len(),
                 size = content.len(),
                 client = %message.envelope.origin.client_ip,
+                dkim = dkim.as_deref().unwrap_or("none"),
                 volatile,
                 "accepted"
             );

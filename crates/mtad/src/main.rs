@@ -31,6 +31,7 @@ mod service_table;
 mod services;
 mod settings;
 mod shutdown;
+mod signing;
 mod sockets;
 mod stats;
 mod status;

@@ -46,7 +46,7 @@ pub async fn reload(ctx: &Arc<Context>) -> Result<Vec<String>> {
     let settings = Settings::new(config.clone(), auth).context("new settings")?;
     let next = ctx
         .queue()
-        .successor(crate::settings::queue(&config))
+        .successor(crate::settings::queue(&config, settings.dkim.clone()))
         .context("starting the new queue runners")?;
 
     // From here on nothing can fail: switch over.

@@ -151,8 +151,11 @@ async fn serve(config: Config, startup: Startup) -> Result<Exit> {
     let control = ControlSocket::bind(&control_path, identity.group())?;
     let pid_file = PidFile::write(&fixed.pid_file)?;
 
-    let queue = Queue::start(crate::settings::queue(&config), spool.clone())
-        .context("starting the queue runners")?;
+    let queue = Queue::start(
+        crate::settings::queue(&config, settings.dkim.clone()),
+        spool.clone(),
+    )
+    .context("starting the queue runners")?;
     let admission = Arc::new(Admission::default());
     admission.set_storage_ok(
         spool.has_free_space().unwrap_or(true) && spool.index_health().failed.is_none(),

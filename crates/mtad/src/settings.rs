@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use mta_config::{Config, Role};
 use mta_deliver::{ClientConfig, ResolverConfig};
 use mta_queue::schedule::Schedule;
@@ -42,6 +42,9 @@ pub struct Settings {
     roles: [RoleSettings; 3],
     /// The users, limits and sender rules of SMTP AUTH.
     pub auth: AuthPlan,
+    /// The DKIM keys, loaded at start and at each graceful restart (also
+    /// given to the queue, for DSNs).
+    pub dkim: Arc<mta_dkim::Signers>,
 }
 
 /// What one SMTP role (port 25, submission, implicit-TLS submission)
@@ -75,7 +78,15 @@ impl Settings {
                 &auth.policy,
             )
         });
+        let dkim = mta_dkim::Signers::load(&config.dkim.sign).context("[[dkim.sign]]")?;
+        for warning in &dkim.warnings {
+            tracing::warn!("{warning}");
+        }
+        for key in dkim.signers.describe() {
+            tracing::info!(key = %key, "DKIM key loaded");
+        }
         Ok(Settings {
+            dkim: Arc::new(dkim.signers),
             hostname: config.hostname.clone(),
             min_data_rate: config.smtp.min_data_rate,
             roles,
@@ -233,7 +244,7 @@ impl StopDeadlines {
 
 /// Everything the queue runners are started with: mta-queue reads no
 /// configuration, it is told.
-pub fn queue(config: &Config) -> QueueSettings {
+pub fn queue(config: &Config, dkim: Arc<mta_dkim::Signers>) -> QueueSettings {
     let d = &config.delivery;
     let q = &config.queue;
     QueueSettings {
@@ -251,6 +262,7 @@ pub fn queue(config: &Config) -> QueueSettings {
             delay_notice_after: q.delay_notice_after,
             volatile: q.mode == mta_config::QueueMode::Volatile,
             poll_interval: q.poll_interval,
+            dkim,
         },
         delivery_log: config.delivery_log(),
         client: client_config(config),
