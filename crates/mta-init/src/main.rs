@@ -7,6 +7,7 @@
 
 #[macro_use]
 mod output;
+mod dkim;
 mod exit;
 mod localtime;
 mod process;
@@ -138,6 +139,11 @@ enum Verb {
         #[command(subcommand)]
         verb: user::UserVerb,
     },
+    /// DKIM keys: `keygen` makes one and prints the DNS record to publish.
+    Dkim {
+        #[command(subcommand)]
+        verb: dkim::DkimVerb,
+    },
     /// Check the configuration's syntax and meaning: prints "Syntax OK", or
     /// every error with its file, line and column, and exits 78.
     Configtest,
@@ -229,10 +235,18 @@ fn run(cli: Cli) -> ExitCode {
     };
     match cli.command {
         Verb::Configtest => {
+            let dkim_warnings = match dkim::check_keys(&config) {
+                Ok(warnings) => warnings,
+                Err(e) => {
+                    eprintln!("mta-init: configuration error:\n{e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
             for warning in config
                 .warnings()
                 .into_iter()
                 .chain(config.open_files_warning())
+                .chain(dkim_warnings)
             {
                 eprintln!("mta-init: warning: {warning}");
             }
@@ -301,6 +315,7 @@ fn run(cli: Cli) -> ExitCode {
         }
         Verb::Queue { verb } => queue::run(&config, verb),
         Verb::User { verb } => user::run(&config, verb),
+        Verb::Dkim { verb } => dkim::run(&config, cli.config.as_deref(), verb),
         Verb::Pause {
             what: Pausable::Delivery,
             domain: Some(domain),

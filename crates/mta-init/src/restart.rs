@@ -49,7 +49,9 @@ impl Refusal {
 /// restart.
 fn check_daemon_config(status: &Status) -> Result<Config, Refusal> {
     let path = status.config.as_ref().map(PathBuf::from);
-    Config::load(path.as_deref()).map_err(|e| Refusal::Config(e.to_string()))
+    let config = Config::load(path.as_deref()).map_err(|e| Refusal::Config(e.to_string()))?;
+    crate::dkim::check_keys(&config).map_err(Refusal::Config)?;
+    Ok(config)
 }
 
 /// The status of a running daemon that answers; None when mtad is not

@@ -86,13 +86,13 @@ pub struct PasswordSource {
 
 /// Why a `user` command failed: what to print and the exit code.
 #[derive(Debug)]
-struct Failure {
-    code: u8,
-    message: String,
+pub(crate) struct Failure {
+    pub code: u8,
+    pub message: String,
 }
 
 impl Failure {
-    fn new(code: u8, message: impl Into<String>) -> Failure {
+    pub(crate) fn new(code: u8, message: impl Into<String>) -> Failure {
         Failure {
             code,
             message: message.into(),
@@ -198,7 +198,7 @@ fn users_file(config: &Config) -> Result<PathBuf, Failure> {
 
 /// Root gives the file to root and mtad's group; anyone else keeps its
 /// owner (and could not give it away anyway).
-fn owner(config: &Config, path: &Path) -> Result<Option<(u32, u32)>, Failure> {
+pub(crate) fn owner(config: &Config, path: &Path) -> Result<Option<(u32, u32)>, Failure> {
     if !nix::unistd::geteuid().is_root() {
         return Ok(None);
     }
