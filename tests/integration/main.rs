@@ -4,6 +4,7 @@
 mod util;
 
 mod delivery;
+mod dkim;
 mod dsn;
 mod durability;
 mod full_disk;
