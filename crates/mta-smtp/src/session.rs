@@ -113,6 +113,9 @@ pub enum StoreError {
     NoSpace,
     /// Any other storage failure.
     Io,
+    /// The message could not be prepared for storage (a DKIM signature
+    /// could not be made): a temporary local error, not storage.
+    Local,
 }
 
 /// What the caller must do next.
@@ -444,7 +447,12 @@ impl Session {
     pub fn stored(&mut self, result: Result<QueueId, StoreError>) -> Reply {
         match result {
             Ok(id) => Reply::new(250, "2.0.0", format!("Ok: queued as {id}")),
-            Err(_) => self.error(Reply::new(
+            Err(StoreError::Local) => self.error(Reply::new(
+                451,
+                "4.3.0",
+                "Local error in processing, try again later",
+            )),
+            Err(StoreError::NoSpace | StoreError::Io) => self.error(Reply::new(
                 452,
                 "4.3.1",
                 "Insufficient system storage, try again later",

@@ -526,6 +526,20 @@ fn store_failure_is_452() {
 }
 
 #[test]
+fn a_local_failure_before_storing_is_451() {
+    let mut d = Driver::local();
+    d.send(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@local.test>\r\nDATA\r\n");
+    let mut input = BytesMut::from(MSG);
+    let Step::Store(_) = d.session.poll(&mut input) else {
+        panic!("expected a message")
+    };
+    let reply = d.session.stored(Err(StoreError::Local));
+    assert_eq!((reply.code, reply.status), (451, Some("4.3.0")));
+    // The transaction is over: a new one may start.
+    assert_eq!(d.codes(b"MAIL FROM:<a@b.test>\r\n"), ["250 2.1.0"]);
+}
+
+#[test]
 fn dsn_parameters_reach_the_envelope() {
     let mut d = Driver::local();
     let mut wire = b"EHLO c\r\nMAIL FROM:<a@b.test> RET=HDRS ENVID=abc+2B1\r\nRCPT TO:<x@local.test> NOTIFY=FAILURE,DELAY ORCPT=rfc822;x+40local.test\r\nDATA\r\n".to_vec();

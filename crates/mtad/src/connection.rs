@@ -369,7 +369,7 @@ async fn store(
         Ok(signed) => signed,
         Err(e) => {
             error!(queue_id = %id, error = %e, "could not sign the message: not taken");
-            return session.stored(Err(StoreError::Io));
+            return session.stored(Err(StoreError::Local));
         }
     };
     let dkim = signed.as_ref().map(|s| {
