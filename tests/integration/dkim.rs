@@ -429,3 +429,45 @@ fn a_key_that_cannot_be_used_stops_configtest_start_and_graceful() {
     let got = wait_for(&sink, 1);
     assert_eq!(dkim_fields(&got[0].data).len(), 1);
 }
+
+#[test]
+fn submitted_mail_is_signed_after_the_submission_fixes() {
+    let Some(script) = verifier() else { return };
+    let work = Workdir::new();
+    let key = keygen(&work, "local.test", "sub", "rsa-sha256");
+    let users = work.path().join("users");
+    std::fs::write(
+        &users,
+        format!("alice@local.test:{}\n", crate::util::sha512_crypt(crate::util::PASSWORD)),
+    )
+    .unwrap();
+    let s = crate::util::Submission::start_in(
+        work,
+        &format!("users_file = {:?}\n{}", users.display().to_string(), key.table),
+    );
+    // Loopback may authenticate on 587 without TLS.
+    let mut c = Client::connect(s.submission());
+    c.cmd("EHLO client.test", "250");
+    c.cmd(
+        &format!("AUTH PLAIN {}", crate::util::plain("alice@local.test", crate::util::PASSWORD)),
+        "235",
+    );
+    // No Date: and no Message-ID: the submission role adds both, before
+    // signing, so the signature covers them.
+    let r = c.send_message(
+        "alice@local.test",
+        &["x@remote.test"],
+        "From: alice@local.test\r\nTo: x@remote.test\r\nSubject: fixed\r\n\r\nhi\r\n",
+    );
+    assert_eq!(r.code, 250, "{}", r.text());
+    c.cmd("QUIT", "221");
+    let dir = tempfile::tempdir().unwrap();
+    let stored = s.stored();
+    assert_eq!(stored.len(), 1);
+    let content = stored[0].1.as_bytes();
+    let text = &stored[0].1;
+    assert!(text.contains("\r\nDate: "), "{text}");
+    assert!(text.contains("\r\nMessage-ID: "), "{text}");
+    let found = verify(&script, dir.path(), content, &[&key]);
+    all_verify(&found, &[("local.test", "sub")]);
+}
