@@ -135,16 +135,7 @@ name_servers = ["127.0.0.1:9"]
 EOF
     "$MTAD" --config "$MTADIR/mtad.toml" >"$MTADIR/stdout" 2>"$MTADIR/mtad.log" &
     MTAD_PID=$!
-    for _ in $(seq 100); do
-        grep -q '^mtad: ready' "$MTADIR/stdout" 2>/dev/null && break
-        kill -0 "$MTAD_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    if ! grep -q '^mtad: ready' "$MTADIR/stdout" 2>/dev/null; then
-        cat "$MTADIR/stdout" "$MTADIR/mtad.log" >&2 || true
-        die "mtad did not become ready"
-    fi
-    MTAD_PORT=$(sed -n 's/^mtad: smtp listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$MTADIR/stdout" | head -n1)
+    wait_mtad_ready "$MTADIR"
     [ -n "$MTAD_PORT" ] || die "could not read mtad's port from its stdout"
     # The counterpart of Postfix's HOLD: no delivery attempt, mail waits.
     "$MTA_INIT" --config "$MTADIR/mtad.toml" pause delivery >"$MTADIR/pause.log" 2>&1 \

@@ -26,6 +26,23 @@ stop_pid() { # pid tenths
     wait "$pid" 2>/dev/null || true
 }
 
+# Waits (10 s at most) until the mtad of $MTAD_PID, started with its
+# standard output in $1/stdout and its log in $1/mtad.log, says it is
+# ready; dies otherwise. Sets MTAD_PORT to its SMTP port (empty if it
+# announced none).
+wait_mtad_ready() { # dir
+    for _ in $(seq 100); do
+        grep -q '^mtad: ready' "$1/stdout" 2>/dev/null && break
+        kill -0 "$MTAD_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    if ! grep -q '^mtad: ready' "$1/stdout" 2>/dev/null; then
+        cat "$1/stdout" "$1/mtad.log" >&2 || true
+        die "mtad did not become ready"
+    fi
+    MTAD_PORT=$(sed -n 's/^mtad: smtp listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$1/stdout" | head -n1)
+}
+
 # A free TCP port on 127.0.0.1 (high range; checked against ss).
 free_port() {
     local port

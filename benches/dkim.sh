@@ -113,13 +113,8 @@ $table
 CONF
     "$MTAD" --config "$RUNDIR/mtad.toml" >"$RUNDIR/stdout" 2>"$RUNDIR/mtad.log" &
     MTAD_PID=$!
-    for _ in $(seq 100); do
-        grep -q '^mtad: ready' "$RUNDIR/stdout" 2>/dev/null && break
-        kill -0 "$MTAD_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    grep -q '^mtad: ready' "$RUNDIR/stdout" || { cat "$RUNDIR/mtad.log" >&2; die "mtad did not start"; }
-    MTAD_PORT=$(sed -n 's/^mtad: smtp listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$RUNDIR/stdout" | head -n1)
+    wait_mtad_ready "$RUNDIR"
+    [ -n "$MTAD_PORT" ] || die "could not read mtad's port from its stdout"
 }
 
 json_num() { printf '%s' "$2" | sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p" | head -n1; }
