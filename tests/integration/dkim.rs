@@ -239,7 +239,21 @@ fn relayed_mail_is_signed_and_dkimpy_verifies_every_form() {
     tampered[at] ^= 0x01;
     let found = verify(&script, dir, &tampered, &[&rsa, &ed]);
     assert!(found.iter().all(|(_, _, ok)| !ok), "{found:?}");
-    assert!(mtad.log().is_empty() || !mtad.log().contains("could not sign"));
+    assert!(!mtad.log().contains("could not sign"));
+    // The delivery log says who signed, on the received and the
+    // delivered lines.
+    let log = delivery_log(&work);
+    for event in ["received", "delivered"] {
+        let lines: Vec<_> = log.iter().filter(|e| e["event"] == event).collect();
+        assert_eq!(lines.len(), 5, "{event}");
+        for e in lines {
+            assert_eq!(e["dkim"], "example.com:r2026,example.com:e2026", "{e}");
+        }
+    }
+}
+
+fn delivery_log(work: &Workdir) -> Vec<serde_json::Value> {
+    crate::delivery::delivery_log(&work.queue().join("delivery.log"))
 }
 
 #[test]
@@ -365,6 +379,18 @@ fn only_our_mail_is_signed_and_dsns_are() {
     assert_eq!(dsn.rcpt_to, ["joe@example.com"]);
     let found = verify(&script, work.path(), &dsn.data, &[&key]);
     all_verify(&found, &[("example.com", "s1")]);
+    let log = delivery_log(&work);
+    let bounced = log
+        .iter()
+        .find(|e| e["event"] == "bounced")
+        .expect("a bounced line");
+    assert_eq!(bounced["dkim"], "example.com:s1", "{bounced}");
+    // Inbound and unsigned mail has no dkim field.
+    let local = log
+        .iter()
+        .find(|e| e["event"] == "delivered" && e["recipient"] == "user@local.test")
+        .expect("the local delivery's line");
+    assert!(local.get("dkim").is_none(), "{local}");
 }
 
 #[test]
@@ -438,18 +464,28 @@ fn submitted_mail_is_signed_after_the_submission_fixes() {
     let users = work.path().join("users");
     std::fs::write(
         &users,
-        format!("alice@local.test:{}\n", crate::util::sha512_crypt(crate::util::PASSWORD)),
+        format!(
+            "alice@local.test:{}\n",
+            crate::util::sha512_crypt(crate::util::PASSWORD)
+        ),
     )
     .unwrap();
     let s = crate::util::Submission::start_in(
         work,
-        &format!("users_file = {:?}\n{}", users.display().to_string(), key.table),
+        &format!(
+            "users_file = {:?}\n{}",
+            users.display().to_string(),
+            key.table
+        ),
     );
     // Loopback may authenticate on 587 without TLS.
     let mut c = Client::connect(s.submission());
     c.cmd("EHLO client.test", "250");
     c.cmd(
-        &format!("AUTH PLAIN {}", crate::util::plain("alice@local.test", crate::util::PASSWORD)),
+        &format!(
+            "AUTH PLAIN {}",
+            crate::util::plain("alice@local.test", crate::util::PASSWORD)
+        ),
         "235",
     );
     // No Date: and no Message-ID: the submission role adds both, before

@@ -40,12 +40,14 @@
 
 mod author;
 mod error;
+mod found;
 mod key;
 mod keygen;
 mod signers;
 
 pub use author::from_domain;
 pub use error::DkimError;
+pub use found::signatures_on_top;
 pub use key::{GOOD_RSA_BITS, MIN_RSA_BITS};
 pub use keygen::{generate, zone_line, NewKey};
 pub use signers::{Loaded, Signed, SignedBy, Signers};

@@ -29,6 +29,7 @@ pub(crate) async fn commit(
 ) {
     let qname = queue.as_str();
     let attempt = settlement.attempt;
+    let dkim = crate::log::dkim_of(&job.content);
     for line in &settlement.log {
         let mut record = Record::new(line.event, job.id, qname);
         record.recipient = Some(line.recipient.clone());
@@ -44,6 +45,7 @@ pub(crate) async fn commit(
             .auth
             .as_deref()
             .or(job.entry.auth.as_deref());
+        record.dkim = dkim.as_deref();
         inner.log.write(&record);
     }
     let c = settlement.counts;

@@ -243,6 +243,9 @@ pub(crate) async fn send(
     record.recipient = Some(envelope.recipients[0].address.to_string());
     record.dsn_id = Some(id.to_string());
     record.auth = source.envelope.origin.auth.as_deref();
+    // The DSN's own signatures.
+    let dkim = crate::log::dkim_of(&content);
+    record.dkim = dkim.as_deref();
     inner.log.write(&record);
     let size = content.len() as u64;
     let entry = mta_spool::IndexEntry {

@@ -229,6 +229,8 @@ impl Queue {
         record.sender = Some(envelope.sender.to_string());
         record.size = Some(size);
         record.auth = envelope.origin.auth.as_deref();
+        let dkim = crate::log::dkim_of(&content);
+        record.dkim = dkim.as_deref();
         self.inner.log.write(&record);
         let entry = IndexEntry::arrived(&envelope, size);
         if !on_disk {

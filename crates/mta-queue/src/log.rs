@@ -106,6 +106,22 @@ pub struct Record<'a> {
     /// every line about a message that has one; absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth: Option<&'a str>,
+    /// The DKIM signatures mtad put on the message, `domain:selector`
+    /// separated by commas; absent when it carries none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dkim: Option<&'a str>,
+}
+
+/// The `dkim` field of a message's lines: the signatures on top of it.
+pub(crate) fn dkim_of(content: &[u8]) -> Option<String> {
+    let found = mta_dkim::signatures_on_top(content);
+    (!found.is_empty()).then(|| {
+        found
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    })
 }
 
 impl<'a> Record<'a> {
@@ -129,6 +145,7 @@ impl<'a> Record<'a> {
             size: None,
             dsn_id: None,
             auth: None,
+            dkim: None,
         }
     }
 }
