@@ -47,19 +47,10 @@ impl Default for ClientConfig {
 impl ClientConfig {
     /// The policy for a recipient domain: `tls_policy` first (without
     /// regard to case or a trailing dot), else the default.
+    /// A published policy (MTA-STS) may ask for more: see
+    /// [`Client::requirement`](crate::Client::requirement).
     pub fn policy_for(&self, domain: &str) -> TlsPolicy {
-        let delivery = &self.delivery;
-        if delivery.tls_policy.is_empty() {
-            return delivery.tls;
-        }
-        let domain = domain.trim_end_matches('.');
-        // A handful of entries at most: a scan without regard to case
-        // costs less than lowering the domain into a new string.
-        delivery
-            .tls_policy
-            .iter()
-            .find(|(d, _)| d.trim_end_matches('.').eq_ignore_ascii_case(domain))
-            .map_or(delivery.tls, |(_, p)| *p)
+        self.explicit_policy(domain).unwrap_or(self.delivery.tls)
     }
 }
 
