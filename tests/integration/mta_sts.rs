@@ -5,20 +5,11 @@
 //! policy host's port and the test CA (`[delivery.mta_sts] port`,
 //! `ca_file`), and trusts the sink's certificate (`[delivery] ca_file`).
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use mta_testkit::dns::{TestDns, Zone};
+use mta_testkit::https::{Answer, PolicyHost};
 use mta_testkit::sink::{Sink, SinkConfig};
-
-use tokio::sync::oneshot;
 
 use crate::delivery::{delivery_log, event, ip, sinks, WAIT};
 use crate::util::{message, wait_until, Mtad, Workdir};
@@ -28,129 +19,27 @@ fn policy(mode: &str, mx: &str) -> String {
     format!("version: STSv1\r\nmode: {mode}\r\nmx: {mx}\r\nmax_age: 86400\r\n")
 }
 
-/// An HTTPS server for `mta-sts.example.test` on 127.0.0.1, in a thread of
-/// its own; it counts the requests for the policy. Stops when dropped.
-struct PolicyHost {
-    port: u16,
-    /// The CA that signed its certificate, PEM, for mtad to trust.
+/// The policy host of `example.test` serving `body`, and its CA as a file
+/// for `[delivery.mta_sts] ca_file`.
+struct Host {
+    server: PolicyHost,
     ca: tempfile::NamedTempFile,
-    body: Arc<Mutex<String>>,
-    requests: Arc<AtomicUsize>,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<thread::JoinHandle<()>>,
 }
 
-impl PolicyHost {
-    fn start(body: &str) -> PolicyHost {
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "MTA-STS test CA");
-        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["mta-sts.example.test".to_owned()])
-            .unwrap()
-            .signed_by(&key, &ca_cert, &ca_key)
-            .unwrap();
+impl Host {
+    fn start(body: &str) -> Host {
+        let server = PolicyHost::start("mta-sts.example.test", Answer::ok(body)).unwrap();
         let ca = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(ca.path(), ca_cert.pem()).unwrap();
-        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
-        .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let body = Arc::new(Mutex::new(body.to_owned()));
-        let requests = Arc::new(AtomicUsize::new(0));
-        let (stop, stopped) = oneshot::channel::<()>();
-        let (served_body, served_requests) = (body.clone(), requests.clone());
-        let thread = thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let serve = async {
-                    loop {
-                        let Ok((tcp, _)) = listener.accept().await else {
-                            continue;
-                        };
-                        let acceptor = acceptor.clone();
-                        let body = served_body.clone();
-                        let requests = served_requests.clone();
-                        tokio::spawn(async move {
-                            let Ok(tls) = acceptor.accept(tcp).await else {
-                                return;
-                            };
-                            let service = hyper::service::service_fn(move |req: Request<_>| {
-                                let body = body.clone();
-                                let requests = requests.clone();
-                                async move {
-                                    let answer = if req.uri().path() == "/.well-known/mta-sts.txt" {
-                                        requests.fetch_add(1, Ordering::SeqCst);
-                                        Response::builder()
-                                            .header("content-type", "text/plain")
-                                            .body(Full::new(Bytes::from(
-                                                body.lock().unwrap().clone(),
-                                            )))
-                                    } else {
-                                        Response::builder()
-                                            .status(404)
-                                            .body(Full::new(Bytes::new()))
-                                    };
-                                    Ok::<_, Infallible>(answer.unwrap())
-                                }
-                            });
-                            let _ = hyper::server::conn::http1::Builder::new()
-                                .serve_connection(TokioIo::new(tls), service)
-                                .await;
-                        });
-                    }
-                };
-                tokio::select! {
-                    () = serve => {}
-                    _ = stopped => {}
-                }
-            });
-        });
-        PolicyHost {
-            port,
-            ca,
-            body,
-            requests,
-            stop: Some(stop),
-            thread: Some(thread),
-        }
+        std::fs::write(ca.path(), &server.ca_pem).unwrap();
+        Host { server, ca }
+    }
+
+    fn port(&self) -> u16 {
+        self.server.addr.port()
     }
 
     fn requests(&self) -> usize {
-        self.requests.load(Ordering::SeqCst)
-    }
-
-    /// Stops serving (its CA file stays for mtad's configuration).
-    fn stop(&mut self) {
-        drop(self.stop.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Drop for PolicyHost {
-    fn drop(&mut self) {
-        self.stop();
+        self.server.requests()
     }
 }
 
@@ -191,7 +80,7 @@ fn configure(
     dns: SocketAddr,
     port: u16,
     sinks_ca: &std::path::Path,
-    host: &PolicyHost,
+    host: &Host,
     delivery: &str,
 ) {
     work.write_config(
@@ -204,7 +93,7 @@ fn configure(
              [delivery.mta_sts]\nport = {}\nca_file = {:?}\nfetch_timeout = \"5s\"\n\
              [queue]\nretry_base = \"1h\"\n",
             sinks_ca.display().to_string(),
-            host.port,
+            host.port(),
             host.ca.path().display().to_string(),
         ),
     );
@@ -240,7 +129,7 @@ struct Run {
     mtad: Mtad,
 }
 
-fn start(zone: Zone, port: u16, sinks_ca: &std::path::Path, host: &PolicyHost) -> Run {
+fn start(zone: Zone, port: u16, sinks_ca: &std::path::Path, host: &Host) -> Run {
     let work = Workdir::new();
     let dns = TestDns::start_in_background(zone).unwrap();
     configure(&work, dns.addr, port, sinks_ca, host, "");
@@ -254,7 +143,7 @@ fn start(zone: Zone, port: u16, sinks_ca: &std::path::Path, host: &PolicyHost) -
 
 #[test]
 fn enforce_with_a_matching_mx_and_a_valid_certificate_is_verified_by_mta_sts() {
-    let host = PolicyHost::start(&policy("enforce", "*.example.test"));
+    let host = Host::start(&policy("enforce", "*.example.test"));
     let (port, sink) = tls_sink(21, &["mx1.example.test"]);
     let ca = trust(&[&sink]);
     let run = start(
@@ -290,7 +179,7 @@ fn enforce_with_a_matching_mx_and_a_valid_certificate_is_verified_by_mta_sts() {
 
 #[test]
 fn enforce_defers_when_no_mx_host_matches_and_sends_nothing() {
-    let host = PolicyHost::start(&policy("enforce", "mx.elsewhere.test"));
+    let host = Host::start(&policy("enforce", "mx.elsewhere.test"));
     let (port, sink) = tls_sink(22, &["mx1.example.test"]);
     let ca = trust(&[&sink]);
     let run = start(
@@ -325,7 +214,7 @@ fn enforce_defers_when_no_mx_host_matches_and_sends_nothing() {
 
 #[test]
 fn enforce_defers_when_the_certificate_is_not_valid_for_the_mx_name() {
-    let host = PolicyHost::start(&policy("enforce", "mx1.example.test"));
+    let host = Host::start(&policy("enforce", "mx1.example.test"));
     // The sink's certificate names localhost only.
     let (port, sink) = tls_sink(23, &[]);
     let ca = trust(&[&sink]);
@@ -353,7 +242,7 @@ fn enforce_defers_when_the_certificate_is_not_valid_for_the_mx_name() {
 
 #[test]
 fn testing_mode_delivers_and_logs_what_would_have_failed() {
-    let host = PolicyHost::start(&policy("testing", "mx.elsewhere.test"));
+    let host = Host::start(&policy("testing", "mx.elsewhere.test"));
     let (port, sink) = tls_sink(24, &[]);
     let ca = trust(&[&sink]);
     let run = start(
@@ -387,7 +276,7 @@ fn testing_mode_delivers_and_logs_what_would_have_failed() {
 /// so the message waits rather than going there.
 #[test]
 fn a_cached_policy_holds_across_a_restart_while_the_policy_host_is_down() {
-    let mut host = PolicyHost::start(&policy("enforce", "mx1.example.test"));
+    let mut host = Host::start(&policy("enforce", "mx1.example.test"));
     let (port, sinks) = sinks(&[ip(25), ip(26)], || SinkConfig {
         tls: true,
         tls_names: vec!["mx1.example.test".into(), "mx2.example.test".into()],
@@ -405,9 +294,9 @@ fn a_cached_policy_holds_across_a_restart_while_the_policy_host_is_down() {
     assert_eq!(host.requests(), 1);
     let Run { work, _dns, mtad } = first;
     assert!(mtad.terminate().success());
-    host.stop();
+    host.server.stop();
     // Nothing listens there any more: a fetch would fail.
-    assert!(std::net::TcpStream::connect(("127.0.0.1", host.port)).is_err());
+    assert!(std::net::TcpStream::connect(host.server.addr).is_err());
 
     // Same policy id, but the MX is now mx2, outside the policy.
     let dns = TestDns::start_in_background(zone("1", "mx2.example.test", ip(26))).unwrap();
@@ -430,7 +319,7 @@ fn a_cached_policy_holds_across_a_restart_while_the_policy_host_is_down() {
 /// the cached one is still fresh; the same id does not.
 #[test]
 fn a_new_txt_id_fetches_the_policy_again() {
-    let host = PolicyHost::start(&policy("enforce", "mx1.example.test"));
+    let host = Host::start(&policy("enforce", "mx1.example.test"));
     let (port, sinks) = sinks(&[ip(27), ip(28)], || SinkConfig {
         tls: true,
         tls_names: vec!["mx1.example.test".into(), "mx2.example.test".into()],
@@ -452,7 +341,8 @@ fn a_new_txt_id_fetches_the_policy_again() {
     assert!(mtad.terminate().success());
 
     // The domain moves its mail to mx2 and says so with a new id.
-    *host.body.lock().unwrap() = policy("enforce", "mx2.example.test");
+    host.server
+        .set_answer(Answer::ok(&policy("enforce", "mx2.example.test")));
     let dns = TestDns::start_in_background(zone("2", "mx2.example.test", ip(28))).unwrap();
     use_dns(&work, _dns.addr, dns.addr);
     let mtad = Mtad::start(&work);
