@@ -363,3 +363,32 @@ fn use_dns(work: &Workdir, old: SocketAddr, new: SocketAddr) {
     let to = format!("name_servers = [\"{new}\"]");
     std::fs::write(&path, text.replace(&from, &to)).unwrap();
 }
+
+/// An explicit `[delivery.tls_policy]` entry wins over the domain's
+/// policy in enforce mode, and a warning says so.
+#[test]
+fn an_explicit_tls_policy_overrides_mta_sts_with_a_warning() {
+    let host = Host::start(&policy("enforce", "mx.elsewhere.test"));
+    let (port, sink) = tls_sink(29, &[]);
+    let ca = trust(&[&sink]);
+    let work = Workdir::new();
+    let dns = TestDns::start_in_background(zone("1", "mx1.example.test", ip(29))).unwrap();
+    configure(
+        &work,
+        dns.addr,
+        port,
+        ca.path(),
+        &host,
+        "tls_policy = { \"example.test\" = \"opportunistic\" }",
+    );
+    let mtad = Mtad::start(&work);
+    let id = send(&mtad, "overridden");
+    let e = outcome(&work, &id);
+    assert_eq!(e["event"], "delivered", "{e}");
+    assert_eq!(e["verified"], "none", "{e}");
+    assert_eq!(sink.wait_for_messages_blocking(1, WAIT).len(), 1);
+    wait_until("the override warning", WAIT, || {
+        mtad.log()
+            .contains("overrides the MTA-STS policy in enforce mode")
+    });
+}

@@ -276,6 +276,9 @@ impl Client {
         let step = match self.tls_step(&dest.domain, &requirement) {
             Ok(step) => step,
             Err(reason) => {
+                if matches!(requirement, TlsRequirement::Enforced(_)) {
+                    self.inner.counters.policy_failure(false);
+                }
                 return (
                     every(Outcome::deferred("4.7.5", reason)),
                     ServerSignal::Silent,
