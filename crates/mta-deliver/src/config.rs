@@ -18,8 +18,9 @@ pub use mta_config::{
 /// `ca_file`, the limits (`max_per_destination`, `max_messages_per_hour`,
 /// `backoff_after`, `backoff_for`, `throttle`), the connection cache
 /// (`max_messages_per_connection`, `idle_connection_timeout`) and
-/// `eightbit_without_8bitmime`; the rest (port, name servers, routes)
-/// is the resolver's. `ca_file` holds the PEM trust anchors for
+/// `eightbit_without_8bitmime`; `mta_sts` is [`MtaSts`](crate::MtaSts)'s
+/// (with `ca_file` and `system_roots` for its fetch); the rest (port,
+/// name servers, routes) is the resolver's. `ca_file` holds the PEM trust anchors for
 /// [`TlsPolicy::Required`]; opportunistic TLS never verifies (RFC 7435),
 /// and without one `Required` cannot succeed: no system roots are
 /// loaded.
