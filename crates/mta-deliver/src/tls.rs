@@ -277,6 +277,14 @@ mod tests {
     }
 
     #[test]
+    fn the_policy_fetch_without_any_anchor_is_built_and_trusts_nothing() {
+        let config = fetch_config(false, [None, None]).unwrap();
+        assert_eq!(config.alpn_protocols, [b"http/1.1".to_vec()]);
+        let err = fetch_config(false, [None, Some(Path::new("/nonexistent/ca.pem"))]).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+    }
+
+    #[test]
     fn a_missing_ca_file_is_an_error() {
         let err = TlsConfigs::new(Some(Path::new("/nonexistent/ca.pem")), false).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");

@@ -80,6 +80,7 @@ async fn a_policy_is_fetched_once_and_cached() {
 async fn a_domain_without_a_record_has_no_policy_and_nothing_is_fetched() {
     let s = setup("mta-sts.example.test", Answer::ok(POLICY)).await;
     assert_eq!(s.sts.policy("other.test").await, None);
+    assert_eq!(s.sts.policy("[127.0.0.1]").await, None);
     assert_eq!(s.host.requests(), 0);
 }
 

@@ -74,6 +74,10 @@ impl MtaSts {
     /// (none published, `mode: none`, or none could be had and none is
     /// cached). Never fails: a failure is logged and means no new policy.
     pub async fn policy(&self, domain: &str) -> Option<CachedPolicy> {
+        if domain.starts_with('[') {
+            // An address literal has no DNS name to publish a policy under.
+            return None;
+        }
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
         let lookup = match self.resolver.txt(&format!("_mta-sts.{domain}")).await {
             Ok(records) => Lookup::Answered(parse_records(&records)),
