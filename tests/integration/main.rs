@@ -17,6 +17,7 @@ mod kill_loop;
 mod lifecycle;
 mod limits;
 mod listeners;
+mod mta_sts;
 mod operator;
 mod postfix;
 mod queue_defects;

@@ -292,6 +292,72 @@ pub struct DeliveryConfig {
     pub eightbit_without_8bitmime: EightBitPolicy,
     /// Protocol timeouts.
     pub timeouts: DeliveryTimeouts,
+    /// MTA-STS (RFC 8461): whether published policies are honoured, and
+    /// how they are fetched.
+    pub mta_sts: MtaStsConfig,
+}
+
+/// `[delivery.mta_sts]`: MTA-STS (RFC 8461) for outbound delivery to MX
+/// hosts. The port and `ca_file` exist for private deployments and tests;
+/// on the Internet the policy is fetched from port 443 and verified
+/// against the system's trust store.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MtaStsConfig {
+    /// Look up, fetch and apply the policies that domains publish.
+    pub enabled: bool,
+    /// The HTTPS port of `mta-sts.<domain>` (RFC 8461 section 3.3: 443).
+    pub port: u16,
+    /// PEM trust anchors for the policy fetch, beside the system's
+    /// (`[delivery] system_roots`) and `[delivery] ca_file`.
+    pub ca_file: Option<PathBuf>,
+    /// How long one policy fetch may take, connection to last byte
+    /// (RFC 8461 section 3.3 suggests a minute at most).
+    #[serde(with = "humantime_serde")]
+    pub fetch_timeout: Duration,
+    /// The largest policy body accepted, in bytes (RFC 8461 section 3.3:
+    /// 64 KB).
+    pub max_policy_size: usize,
+}
+
+impl Default for MtaStsConfig {
+    fn default() -> Self {
+        MtaStsConfig {
+            enabled: true,
+            port: 443,
+            ca_file: None,
+            fetch_timeout: Duration::from_secs(60),
+            max_policy_size: 64 * 1024,
+        }
+    }
+}
+
+impl MtaStsConfig {
+    fn check(&self, problem: &mut impl FnMut(&str, String)) {
+        if self.port == 0 {
+            problem("delivery.mta_sts.port", "must not be 0".into());
+        }
+        if self.fetch_timeout.is_zero() {
+            problem(
+                "delivery.mta_sts.fetch_timeout",
+                "must be longer than zero".into(),
+            );
+        }
+        if self.max_policy_size == 0 {
+            problem(
+                "delivery.mta_sts.max_policy_size",
+                "must be at least 1".into(),
+            );
+        }
+        if let Some(ca) = &self.ca_file {
+            if !ca.is_file() {
+                problem(
+                    "delivery.mta_sts.ca_file",
+                    format!("{} is not a readable file", ca.display()),
+                );
+            }
+        }
+    }
 }
 
 impl Default for DeliveryConfig {
@@ -315,6 +381,7 @@ impl Default for DeliveryConfig {
             routes: BTreeMap::new(),
             eightbit_without_8bitmime: EightBitPolicy::Fail,
             timeouts: DeliveryTimeouts::default(),
+            mta_sts: MtaStsConfig::default(),
         }
     }
 }
@@ -370,5 +437,6 @@ impl DeliveryConfig {
                 );
             }
         }
+        self.mta_sts.check(problem);
     }
 }

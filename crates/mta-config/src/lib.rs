@@ -29,8 +29,8 @@ use serde::Deserialize;
 
 pub use auth::{AuthConfig, FailureKeys, FailureLimits, HashPriority};
 pub use delivery::{
-    DeliveryConfig, DeliveryTimeouts, EightBitPolicy, QueueConfig, QueueMode, ThrottleRule,
-    TlsPolicy,
+    DeliveryConfig, DeliveryTimeouts, EightBitPolicy, MtaStsConfig, QueueConfig, QueueMode,
+    ThrottleRule, TlsPolicy,
 };
 pub use dkim::{DkimAlgorithm, DkimConfig, DkimSign, DEFAULT_SIGNED_HEADERS};
 pub use error::ConfigError;
@@ -921,6 +921,37 @@ mod tests {
         assert_eq!(defaults.backoff_after, 5);
         assert_eq!(defaults.backoff_for, Duration::from_secs(300));
         assert_eq!(defaults.max_messages_per_hour, 0);
+    }
+
+    #[test]
+    fn mta_sts_is_on_by_default_and_its_fetch_is_configurable() {
+        let defaults = Config::default().delivery.mta_sts;
+        assert!(defaults.enabled);
+        assert_eq!(defaults.port, 443);
+        assert_eq!(defaults.fetch_timeout, Duration::from_secs(60));
+        assert_eq!(defaults.max_policy_size, 65536);
+        let c = parse(
+            "[delivery.mta_sts]\nenabled = false\nport = 8443\nfetch_timeout = \"5s\"\nmax_policy_size = 1000\n",
+        )
+        .unwrap();
+        c.check(None).unwrap();
+        let m = &c.delivery.mta_sts;
+        assert!(!m.enabled);
+        assert_eq!((m.port, m.max_policy_size), (8443, 1000));
+        assert_eq!(m.fetch_timeout, Duration::from_secs(5));
+        let err = parse("[delivery.mta_sts]\nport = 0\nfetch_timeout = \"0s\"\nca_file = \"/nonexistent/ca.pem\"\n")
+            .unwrap()
+            .check(None)
+            .unwrap_err()
+            .to_string();
+        for key in [
+            "delivery.mta_sts.port",
+            "delivery.mta_sts.fetch_timeout",
+            "delivery.mta_sts.ca_file",
+        ] {
+            assert!(err.contains(key), "{key}: {err}");
+        }
+        assert!(parse("[delivery.mta_sts]\nenable = true\n").is_err());
     }
 
     #[test]

@@ -8,14 +8,16 @@ use std::time::{Duration, SystemTime};
 
 use mta_envelope::Envelope;
 
+use crate::counters::{TlsCounters, TlsCounts};
 use crate::limits::Slot;
 use crate::pool::{Conn, Pool};
+use crate::requirement::{requirement, HostPolicy, OverrideWarnings, Published, TlsRequirement};
 use crate::session::{remote_name, Session, SessionError, TlsStep};
 use crate::throttle::{normalize, Reservation};
 use crate::tls::TlsConfigs;
 use crate::{
     Attempt, ClientConfig, ClientError, Outcome, ServerReply, ServerSignal, Target, Throttles,
-    TlsPolicy,
+    TlsPolicy, Verification,
 };
 
 /// Where one message goes: the hosts to try in order, and the key that
@@ -30,6 +32,9 @@ pub struct Destination {
     pub domain: String,
     /// The hosts to try, in order, each with its addresses in order.
     pub targets: Vec<Target>,
+    /// What the domain publishes about TLS (an MTA-STS policy), for
+    /// delivery to its MX hosts; nothing for a fixed route.
+    pub published: Published,
 }
 
 /// One transaction's worth of a stored message.
@@ -89,6 +94,8 @@ struct Inner {
     /// Connections open, busy or idle.
     open: Arc<AtomicUsize>,
     reaper_started: AtomicBool,
+    counters: TlsCounters,
+    warned: OverrideWarnings,
 }
 
 impl std::fmt::Debug for Client {
@@ -142,6 +149,8 @@ impl Client {
                 tls,
                 open: Arc::new(AtomicUsize::new(0)),
                 reaper_started: AtomicBool::new(false),
+                counters: TlsCounters::default(),
+                warned: OverrideWarnings::default(),
             }),
         })
     }
@@ -150,6 +159,19 @@ impl Client {
     /// restore back-offs, and for the status.
     pub fn throttles(&self) -> &Throttles {
         &self.inner.throttles
+    }
+
+    /// Deliveries by TLS version and verification, and deliveries a
+    /// published policy held back, since this client was built.
+    pub fn tls_counts(&self) -> TlsCounts {
+        self.inner.counters.counts()
+    }
+
+    /// The TLS requirement for `domain`, given what it publishes:
+    /// explicit `tls_policy`, then the published policy, then `[delivery]
+    /// tls`.
+    pub fn requirement(&self, domain: &str, published: &Published) -> TlsRequirement {
+        requirement(&self.inner.config, domain, published, &self.inner.warned)
     }
 
     /// Connections open now, busy or idle.
@@ -250,30 +272,52 @@ impl Client {
             }
         };
 
-        let policy = self.inner.config.policy_for(&dest.domain);
-        let step = match policy {
-            TlsPolicy::None => TlsStep::Skip,
-            TlsPolicy::Opportunistic => {
-                TlsStep::Opportunistic(self.inner.tls.opportunistic.clone())
+        let requirement = self.requirement(&dest.domain, &dest.published);
+        let step = match self.tls_step(&dest.domain, &requirement) {
+            Ok(step) => step,
+            Err(reason) => {
+                if matches!(requirement, TlsRequirement::Enforced(_)) {
+                    self.inner.counters.policy_failure(false);
+                }
+                return (
+                    every(Outcome::deferred("4.7.5", reason)),
+                    ServerSignal::Silent,
+                );
             }
-            TlsPolicy::Required => match self.inner.tls.verified.clone() {
-                Some(config) => TlsStep::Required(config),
-                None => {
-                    let reason = format!(
-                        "TLS is required for {}, but there is no trust anchor \
-                         (no system trust store, and ca_file is unset)",
-                        dest.domain
-                    );
+        };
+        let targets = match &requirement {
+            TlsRequirement::Enforced(policy) => {
+                let allowed: Vec<Target> = dest
+                    .targets
+                    .iter()
+                    .filter(|t| policy.allows(&t.host))
+                    .cloned()
+                    .collect();
+                if allowed.is_empty() {
+                    self.inner.counters.policy_failure(false);
+                    let reason = no_host_matches(policy, &dest.targets);
+                    tracing::warn!(key = %dest.key, %reason, "delivery deferred by policy");
                     return (
                         every(Outcome::deferred("4.7.5", reason)),
                         ServerSignal::Silent,
                     );
                 }
-            },
+                allowed
+            }
+            _ => dest.targets.clone(),
         };
-        let (outcomes, signal) = match self.connection(dest, policy, &step, &mut reservation).await
+        let (outcomes, signal) = match self
+            .connection(dest, &targets, &requirement, &step, &mut reservation)
+            .await
         {
-            Err(failure) => {
+            Err(mut failure) => {
+                if let TlsRequirement::Enforced(policy) = &requirement {
+                    if failure.status.starts_with("4.7.") {
+                        self.inner.counters.policy_failure(false);
+                        failure.reason = format!("{}: {}", policy.name(), failure.reason);
+                        tracing::warn!(key = %dest.key, reason = %failure.reason, "delivery deferred by policy");
+                    }
+                }
                 tracing::debug!(key = %dest.key, status = %failure.status, reason = %failure.reason, "no connection");
                 // No transaction: the messages counted are taken back.
                 drop(reservation);
@@ -282,6 +326,9 @@ impl Client {
             }
             Ok(mut conn) => {
                 reservation.commit();
+                if let TlsRequirement::Testing { policy, .. } = &requirement {
+                    self.audit(policy, &conn);
+                }
                 let result = conn
                     .session
                     .send_message(msg, self.inner.config.delivery.eightbit_without_8bitmime)
@@ -290,6 +337,17 @@ impl Client {
                 attempt.remote = Some(conn.session.remote.clone());
                 attempt.tls = conn.session.tls.clone();
                 attempt.dsn = conn.session.ext.dsn;
+                let delivered = result
+                    .outcomes
+                    .iter()
+                    .filter(|(_, o)| o.is_delivered())
+                    .count() as u64;
+                let tls = conn.session.tls.as_ref();
+                self.inner.counters.delivered(
+                    tls.map_or(Verification::None, |t| t.verified),
+                    tls.map(|t| t.version.as_str()),
+                    delivered,
+                );
                 self.release(&dest.key, conn, result.reusable);
                 (result.outcomes, result.signal)
             }
@@ -298,14 +356,74 @@ impl Client {
         (outcomes, signal)
     }
 
-    /// A connection for `dest`: an idle one if there is one that still
-    /// works, else a new one when a slot is free, waiting for whichever
-    /// comes first. The hourly count of an `mx:` host goes in
-    /// `reservation`.
+    /// The STARTTLS step `requirement` asks for; Err is the reason to
+    /// defer when it cannot be met (no trust anchor).
+    fn tls_step(&self, domain: &str, requirement: &TlsRequirement) -> Result<TlsStep, String> {
+        let tls = &self.inner.tls;
+        let verified = |label: Verification, who: String| match tls.verified.clone() {
+            Some(config) => Ok(TlsStep::Required(config, label)),
+            None => Err(format!(
+                "{who}, but there is no trust anchor \
+                 (no system trust store, and ca_file is unset)"
+            )),
+        };
+        match requirement {
+            TlsRequirement::Configured(TlsPolicy::None) => Ok(TlsStep::Skip),
+            TlsRequirement::Configured(TlsPolicy::Opportunistic) => {
+                Ok(TlsStep::Opportunistic(tls.opportunistic.clone()))
+            }
+            TlsRequirement::Configured(TlsPolicy::Required) => {
+                verified(Verification::Ca, format!("TLS is required for {domain}"))
+            }
+            TlsRequirement::Enforced(policy) => verified(
+                policy.source,
+                format!(
+                    "{}: TLS with a verified certificate is required",
+                    policy.name()
+                ),
+            ),
+            TlsRequirement::Testing { configured, .. } => match (configured, &tls.verifier) {
+                (TlsPolicy::Opportunistic, Some(verifier)) => Ok(TlsStep::Audited(
+                    tls.opportunistic.clone(),
+                    verifier.clone(),
+                )),
+                (configured, _) => self.tls_step(domain, &TlsRequirement::Configured(*configured)),
+            },
+        }
+    }
+
+    /// Logs what a policy in testing mode would have refused of `conn`.
+    fn audit(&self, policy: &HostPolicy, conn: &Conn) {
+        let session = &conn.session;
+        let mut problems = Vec::new();
+        if !policy.allows(&conn.host) {
+            problems.push(format!("MX host {} does not match the policy", conn.host));
+        }
+        if session.tls.is_none() {
+            problems.push(format!("no TLS with {}", session.remote));
+        }
+        problems.extend(session.audit.clone());
+        if problems.is_empty() {
+            return;
+        }
+        self.inner.counters.policy_failure(true);
+        tracing::warn!(
+            remote = %session.remote,
+            "{} (testing mode) would have deferred this delivery: {}; delivered anyway",
+            policy.name(),
+            problems.join("; ")
+        );
+    }
+
+    /// A connection for `dest` to one of `targets`: an idle one if there
+    /// is one that still works and meets `requirement`, else a new one
+    /// when a slot is free, waiting for whichever comes first. The hourly
+    /// count of an `mx:` host goes in `reservation`.
     async fn connection(
         &self,
         dest: &Destination,
-        policy: TlsPolicy,
+        targets: &[Target],
+        requirement: &TlsRequirement,
         step: &TlsStep,
         reservation: &mut Reservation,
     ) -> Result<Conn, NoConnection> {
@@ -320,7 +438,7 @@ impl Client {
             let returned = self.inner.pool.returned();
             tokio::pin!(returned);
             returned.as_mut().enable();
-            if let Some(conn) = self.idle_connection(&dest.key, policy).await {
+            if let Some(conn) = self.idle_connection(&dest.key, requirement).await {
                 if throttles.host_rule(&conn.host).is_none() {
                     return Ok(conn);
                 }
@@ -340,7 +458,7 @@ impl Client {
             }
             tokio::select! {
                 permit = &mut acquire => {
-                    return self.connect(dest, step, permit, reservation).await;
+                    return self.connect(dest, targets, step, permit, reservation).await;
                 }
                 () = &mut returned => continue,
             }
@@ -349,16 +467,26 @@ impl Client {
 
     /// An idle connection for `key` that passes RSET (as Postfix checks a
     /// cached connection before reuse), if any.
-    async fn idle_connection(&self, key: &str, policy: TlsPolicy) -> Option<Conn> {
+    async fn idle_connection(&self, key: &str, requirement: &TlsRequirement) -> Option<Conn> {
         loop {
             let (found, expired) = self.inner.pool.take(key);
             for conn in expired {
                 conn.close_later();
             }
             let mut conn = found?;
-            if policy == TlsPolicy::Required && !conn.session.tls_verified {
-                // Another domain sharing this key put it there without
-                // verified TLS; this domain needs it.
+            let verified = conn.session.tls.as_ref().map(|t| t.verified);
+            let unfit = match requirement {
+                TlsRequirement::Enforced(policy) => {
+                    verified != Some(policy.source) || !policy.allows(&conn.host)
+                }
+                _ => requirement
+                    .verification()
+                    .is_some_and(|needed| verified != Some(needed)),
+            };
+            if unfit {
+                // Opened without the verified TLS (or to a host) this
+                // delivery needs: by another domain sharing the key, or
+                // before the domain's policy was known.
                 conn.close_later();
                 continue;
             }
@@ -386,6 +514,7 @@ impl Client {
     async fn connect(
         &self,
         dest: &Destination,
+        targets: &[Target],
         step: &TlsStep,
         permit: Slot,
         reservation: &mut Reservation,
@@ -398,7 +527,7 @@ impl Client {
         }
         let mut last: Option<(String, String, Option<ServerReply>)> = None;
         let mut signal = ServerSignal::Silent;
-        for target in &dest.targets {
+        for target in targets {
             let host = normalize(&target.host);
             let (counted, host_permit) = match self.host_throttle(&host).await {
                 Ok(held) => held,
@@ -457,7 +586,7 @@ impl Client {
                             retry_plaintext: true,
                             ..
                         }
-                    ) && matches!(step, TlsStep::Opportunistic(_));
+                    ) && step.is_opportunistic();
                     if !retry {
                         break;
                     }
@@ -581,6 +710,18 @@ impl Client {
             }
         });
     }
+}
+
+/// Why no host may be tried: `MTA-STS policy of example.com: no MX host
+/// matches the policy (MX: mx.example.com; policy: *.example.net)`.
+fn no_host_matches(policy: &HostPolicy, targets: &[Target]) -> String {
+    let hosts: Vec<&str> = targets.iter().map(|t| t.host.as_str()).collect();
+    format!(
+        "{}: no MX host matches the policy (MX: {}; policy: {})",
+        policy.name(),
+        hosts.join(", "),
+        policy.mx.join(", ")
+    )
 }
 
 fn out_of_range(i: usize) -> Outcome {

@@ -18,8 +18,9 @@ pub use mta_config::{
 /// `ca_file`, the limits (`max_per_destination`, `max_messages_per_hour`,
 /// `backoff_after`, `backoff_for`, `throttle`), the connection cache
 /// (`max_messages_per_connection`, `idle_connection_timeout`) and
-/// `eightbit_without_8bitmime`; the rest (port, name servers, routes)
-/// is the resolver's. `ca_file` holds the PEM trust anchors for
+/// `eightbit_without_8bitmime`; `mta_sts` is [`MtaSts`](crate::MtaSts)'s
+/// (with `ca_file` and `system_roots` for its fetch); the rest (port,
+/// name servers, routes) is the resolver's. `ca_file` holds the PEM trust anchors for
 /// [`TlsPolicy::Required`]; opportunistic TLS never verifies (RFC 7435),
 /// and without one `Required` cannot succeed: no system roots are
 /// loaded.
@@ -47,19 +48,10 @@ impl Default for ClientConfig {
 impl ClientConfig {
     /// The policy for a recipient domain: `tls_policy` first (without
     /// regard to case or a trailing dot), else the default.
+    /// A published policy (MTA-STS) may ask for more: see
+    /// [`Client::requirement`](crate::Client::requirement).
     pub fn policy_for(&self, domain: &str) -> TlsPolicy {
-        let delivery = &self.delivery;
-        if delivery.tls_policy.is_empty() {
-            return delivery.tls;
-        }
-        let domain = domain.trim_end_matches('.');
-        // A handful of entries at most: a scan without regard to case
-        // costs less than lowering the domain into a new string.
-        delivery
-            .tls_policy
-            .iter()
-            .find(|(d, _)| d.trim_end_matches('.').eq_ignore_ascii_case(domain))
-            .map_or(delivery.tls, |(_, p)| *p)
+        self.explicit_policy(domain).unwrap_or(self.delivery.tls)
     }
 }
 

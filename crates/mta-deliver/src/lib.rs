@@ -43,6 +43,7 @@
 
 mod client;
 mod config;
+mod counters;
 mod data;
 mod error;
 mod limits;
@@ -51,15 +52,23 @@ mod needs;
 mod outcome;
 mod pool;
 mod reply;
+mod requirement;
 mod session;
+pub mod sts;
 mod throttle;
 mod tls;
+mod tls_info;
 mod transaction;
 
 pub use client::{Client, Destination, OutboundMessage};
 pub use config::{ClientConfig, DeliveryConfig, EightBitPolicy, ThrottleRule, Timeouts, TlsPolicy};
+pub use counters::TlsCounts;
 pub use error::ClientError;
 pub use mx::{ResolveError, Resolver, ResolverConfig, Target};
 pub use outcome::{Attempt, Delivery, Outcome, ServerReply, ServerSignal};
+pub use requirement::{HostPolicy, Published, TlsRequirement};
+pub use sts::cache::{CachedPolicy, PolicyCache};
+pub use sts::MtaSts;
 pub use throttle::{Backoff, RateWindow, ThrottleSnapshot, Throttles};
 pub use tls::{describe_session, AcceptAnyCertificate};
+pub use tls_info::{TlsInfo, Verification};

@@ -343,6 +343,29 @@ impl Resolver {
         }
     }
 
+    /// The TXT records of `name`, each record's strings joined (RFC 7208
+    /// section 3.3 joins them so, and MTA-STS records are read alike).
+    /// A name without TXT records, or that does not exist: none.
+    pub async fn txt(&self, name: &str) -> Result<Vec<String>, ResolveError> {
+        let name = domain_name(name)?;
+        match self.query(&name, RecordType::TXT).await {
+            Answer::Records(records) => Ok(records
+                .into_iter()
+                .filter_map(|rdata| match rdata {
+                    RData::TXT(txt) => Some(
+                        txt.txt_data
+                            .iter()
+                            .map(|part| String::from_utf8_lossy(part))
+                            .collect::<String>(),
+                    ),
+                    _ => None,
+                })
+                .collect()),
+            Answer::NoData | Answer::NxDomain => Ok(Vec::new()),
+            Answer::Failed(reason) => Err(ResolveError::Temporary(reason)),
+        }
+    }
+
     /// A host's AAAA then A addresses (both asked at once).
     async fn addresses(&self, name: &Name) -> Result<Vec<IpAddr>, HostFailure> {
         let (v6, v4) = tokio::join!(
@@ -824,6 +847,22 @@ mod tests {
             resolver.host_target("missing.example.test", 587).await,
             Err(ResolveError::NoSuchDomain)
         );
+    }
+
+    #[tokio::test]
+    async fn txt_records() {
+        let (_dns, resolver) = serve(
+            Zone::new()
+                .txt("_mta-sts.example.test", "v=STSv1; id=1")
+                .txt("_mta-sts.example.test", "v=spf1 -all")
+                .a("example.test", Ipv4Addr::new(127, 0, 0, 2)),
+        )
+        .await;
+        let mut found = resolver.txt("_mta-sts.example.test").await.unwrap();
+        found.sort();
+        assert_eq!(found, ["v=STSv1; id=1", "v=spf1 -all"]);
+        assert!(resolver.txt("example.test").await.unwrap().is_empty());
+        assert!(resolver.txt("nowhere.test").await.unwrap().is_empty());
     }
 
     #[test]

@@ -217,9 +217,9 @@ pub struct Attempt {
     /// `mx1.test[127.0.0.2]:2525`: the server that answered the
     /// transaction; None when no server got that far.
     pub remote: Option<String>,
-    /// `TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384` when the transaction
+    /// The TLS version, cipher and verification when the transaction
     /// went over TLS.
-    pub tls: Option<String>,
+    pub tls: Option<crate::TlsInfo>,
     /// The server advertised DSN (RFC 3461). When false, NOTIFY and ORCPT
     /// were not passed on, and a recipient that asked for NOTIFY=SUCCESS is
     /// owed a "relayed" DSN by the caller (RFC 3461 section 5.2.2): each

@@ -15,9 +15,13 @@ use tokio::time::timeout;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+use rustls::client::danger::ServerCertVerifier;
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::UnixTime;
+
 use crate::reply::{MalformedReply, Reply, ReplyParser, MAX_LINE};
 use crate::tls;
-use crate::{ServerSignal, Timeouts};
+use crate::{ServerSignal, Timeouts, TlsInfo, Verification};
 
 /// Where in the session something went wrong, for reasons.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -209,8 +213,20 @@ pub(crate) enum TlsStep {
     Skip,
     /// STARTTLS if offered, any certificate accepted.
     Opportunistic(Arc<rustls::ClientConfig>),
-    /// STARTTLS must be offered and the certificate must verify.
-    Required(Arc<rustls::ClientConfig>),
+    /// As opportunistic, and then the certificate is checked without
+    /// consequence: what failed is kept in [`Session::audit`] (a policy
+    /// in testing mode).
+    Audited(Arc<rustls::ClientConfig>, Arc<WebPkiServerVerifier>),
+    /// STARTTLS must be offered and the certificate must verify; a
+    /// connection that passes is labelled with who required it.
+    Required(Arc<rustls::ClientConfig>, Verification),
+}
+
+impl TlsStep {
+    /// True when a failed handshake may be retried in plaintext.
+    pub fn is_opportunistic(&self) -> bool {
+        matches!(self, TlsStep::Opportunistic(_) | TlsStep::Audited(..))
+    }
 }
 
 /// The connection, before or after STARTTLS.
@@ -246,10 +262,11 @@ pub(crate) struct Session {
     pub remote: String,
     /// What the last EHLO advertised.
     pub ext: Extensions,
-    /// The TLS version and cipher, when STARTTLS was done.
-    pub tls: Option<String>,
-    /// The certificate was verified (required TLS).
-    pub tls_verified: bool,
+    /// The TLS version, cipher and verification, when STARTTLS was done.
+    pub tls: Option<TlsInfo>,
+    /// What an audited TLS step found wrong (`TlsStep::Audited`): no
+    /// STARTTLS, or a certificate that would not have verified.
+    pub audit: Option<String>,
     /// Transactions completed on this connection.
     pub messages: usize,
     pub timeouts: Timeouts,
@@ -293,7 +310,7 @@ impl Session {
             remote,
             ext: Extensions::default(),
             tls: None,
-            tls_verified: false,
+            audit: None,
             messages: 0,
             timeouts,
             _open: OpenGuard::new(counter),
@@ -337,11 +354,16 @@ impl Session {
                 (Some(self), e)
             });
         }
-        let (config, required) = match tls {
+        let (config, required, audit) = match tls {
             TlsStep::Skip => return Ok(self),
             TlsStep::Opportunistic(_) if !self.ext.starttls => return Ok(self),
-            TlsStep::Opportunistic(config) => (config.clone(), false),
-            TlsStep::Required(_) if !self.ext.starttls => {
+            TlsStep::Audited(..) if !self.ext.starttls => {
+                self.audit = Some(format!("host {} did not offer STARTTLS", self.remote));
+                return Ok(self);
+            }
+            TlsStep::Opportunistic(config) => (config.clone(), None, None),
+            TlsStep::Audited(config, verifier) => (config.clone(), None, Some(verifier.clone())),
+            TlsStep::Required(..) if !self.ext.starttls => {
                 let reason = format!(
                     "TLS is required, but host {} did not offer STARTTLS",
                     self.remote
@@ -354,9 +376,9 @@ impl Session {
                     },
                 ));
             }
-            TlsStep::Required(config) => (config.clone(), true),
+            TlsStep::Required(config, verification) => (config.clone(), Some(*verification), None),
         };
-        let mut session = match self.starttls(config, host, addr, required).await {
+        let mut session = match self.starttls(config, host, addr, required, audit).await {
             Ok(session) => session,
             Err(e) => return Err(e),
         };
@@ -407,14 +429,18 @@ impl Session {
 
     /// STARTTLS and the handshake (RFC 3207 section 4). The session comes
     /// back in TLS, or, when opportunistic and the server refused the
-    /// command, in plaintext as it was.
+    /// command, in plaintext as it was. `required` says who requires a
+    /// verified certificate, if anyone; `audit` checks the certificate
+    /// afterwards without consequence.
     async fn starttls(
         mut self,
         config: Arc<rustls::ClientConfig>,
         host: &str,
         addr: SocketAddr,
-        required: bool,
+        verification: Option<Verification>,
+        audit: Option<Arc<WebPkiServerVerifier>>,
     ) -> Result<Session, (Option<Session>, SessionError)> {
+        let required = verification.is_some();
         let t = self.timeouts.ehlo;
         if let Err(e) = self.send(b"STARTTLS\r\n", Stage::StartTls, t).await {
             return Err((None, e));
@@ -464,10 +490,17 @@ impl Session {
             reason,
             retry_plaintext: !required,
         };
-        let stream = match timeout(t, connector.connect(name, tcp)).await {
+        let stream = match timeout(t, connector.connect(name.clone(), tcp)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
-                let reason = format!("TLS handshake with {} failed: {e}", self.remote);
+                let reason = match certificate_error(&e) {
+                    Some(bad) => format!(
+                        "TLS handshake with {} failed: certificate of {} not valid: {bad}",
+                        self.remote,
+                        host.trim_end_matches('.')
+                    ),
+                    None => format!("TLS handshake with {} failed: {e}", self.remote),
+                };
                 return Err((None, failed(reason)));
             }
             Err(_) => {
@@ -475,13 +508,29 @@ impl Session {
                 return Err((None, failed(reason)));
             }
         };
-        let description = tls::describe_session(stream.get_ref().1);
-        tracing::debug!(remote = %self.remote, tls = %description, verified = required, "TLS established");
+        let conn = stream.get_ref().1;
+        let info = TlsInfo::of(conn, verification.unwrap_or_default());
+        let audit = audit.and_then(|verifier| {
+            let problem = match conn.peer_certificates() {
+                Some([end_entity, intermediates @ ..]) => verifier
+                    .verify_server_cert(end_entity, intermediates, &name, &[], UnixTime::now())
+                    .err()
+                    .map(|e| e.to_string()),
+                _ => Some("no certificate sent".to_owned()),
+            };
+            problem.map(|p| {
+                format!(
+                    "certificate of {} not valid: {p}",
+                    host.trim_end_matches('.')
+                )
+            })
+        });
+        tracing::debug!(remote = %self.remote, tls = %info, "TLS established");
         Ok(Session {
             stream: Stream::Tls(Box::new(stream)),
             ext: Extensions::default(),
-            tls: Some(description),
-            tls_verified: required,
+            tls: Some(info),
+            audit,
             ..self
         })
     }
@@ -636,6 +685,15 @@ impl Session {
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         // Ready means data, EOF or an error; Pending means quiet.
         tcp.poll_peek(&mut cx, &mut buf).is_ready()
+    }
+}
+
+/// The certificate error inside a failed handshake's I/O error, if that
+/// is what failed it.
+fn certificate_error(e: &io::Error) -> Option<&rustls::CertificateError> {
+    match e.get_ref()?.downcast_ref::<rustls::Error>()? {
+        rustls::Error::InvalidCertificate(bad) => Some(bad),
+        _ => None,
     }
 }
 

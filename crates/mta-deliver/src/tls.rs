@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -23,6 +24,9 @@ pub(crate) struct TlsConfigs {
     /// the system's or `ca_file`'s. None when there is none: required TLS
     /// then always fails.
     pub verified: Option<Arc<ClientConfig>>,
+    /// The verifier of `verified`, to check a certificate that
+    /// opportunistic TLS accepted (an MTA-STS policy in testing mode).
+    pub verifier: Option<Arc<WebPkiServerVerifier>>,
 }
 
 impl TlsConfigs {
@@ -41,20 +45,63 @@ impl TlsConfigs {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider.clone())))
             .with_no_client_auth();
-        let verified = if roots.is_empty() {
-            None
+        let (verified, verifier) = if roots.is_empty() {
+            (None, None)
         } else {
+            let verifier = webpki_verifier(roots, provider.clone())?;
             let config = ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()?
-                .with_root_certificates(roots)
+                .with_webpki_verifier(verifier.clone())
                 .with_no_client_auth();
-            Some(Arc::new(config))
+            (Some(Arc::new(config)), Some(verifier))
         };
         Ok(TlsConfigs {
             opportunistic: Arc::new(opportunistic),
             verified,
+            verifier,
         })
     }
+}
+
+fn webpki_verifier(
+    roots: RootCertStore,
+    provider: Arc<CryptoProvider>,
+) -> Result<Arc<WebPkiServerVerifier>, ClientError> {
+    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .map_err(|e| ClientError::Tls(rustls::Error::General(e.to_string())))
+}
+
+/// The configuration of the MTA-STS policy fetch (RFC 8461 section 3.3:
+/// HTTPS with a valid certificate): the system's anchors when
+/// `system_roots`, and every CA file given. Without any anchor, every
+/// fetch fails (and so no policy applies).
+pub(crate) fn fetch_config<'a>(
+    system_roots: bool,
+    ca_files: impl IntoIterator<Item = Option<&'a Path>>,
+) -> Result<ClientConfig, ClientError> {
+    let mut roots = RootCertStore::empty();
+    if system_roots {
+        roots.add_parsable_certificates(system_anchors());
+    }
+    for path in ca_files.into_iter().flatten() {
+        roots.roots.extend(load_roots(path)?.roots);
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let mut config = if roots.is_empty() {
+        tracing::warn!("no trust anchor for the MTA-STS policy fetch: no policy can be fetched");
+        builder
+            .with_root_certificates(RootCertStore::empty())
+            .with_no_client_auth()
+    } else {
+        builder
+            .with_webpki_verifier(webpki_verifier(roots, provider)?)
+            .with_no_client_auth()
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
 }
 
 /// The system's trust anchors (rustls-native-certs: the bundle openssl-probe
@@ -227,6 +274,14 @@ mod tests {
             server_name("127.0.0.2", ip),
             ServerName::IpAddress(ip.into())
         );
+    }
+
+    #[test]
+    fn the_policy_fetch_without_any_anchor_is_built_and_trusts_nothing() {
+        let config = fetch_config(false, [None, None]).unwrap();
+        assert_eq!(config.alpn_protocols, [b"http/1.1".to_vec()]);
+        let err = fetch_config(false, [None, Some(Path::new("/nonexistent/ca.pem"))]).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
     }
 
     #[test]

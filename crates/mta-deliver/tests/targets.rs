@@ -119,6 +119,7 @@ async fn no_targets_defers() {
         key: "mx:dest.test".into(),
         domain: "dest.test".into(),
         targets: vec![],
+        published: Default::default(),
     };
     let attempt = client.deliver(&dest, message(&env, &[0], CONTENT)).await;
     assert!(attempt.outcome(0).unwrap().is_deferred());

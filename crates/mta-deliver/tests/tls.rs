@@ -6,7 +6,7 @@ mod common;
 use std::io::Write;
 
 use common::*;
-use mta_deliver::{Attempt, Client, ClientError, Outcome, TlsPolicy};
+use mta_deliver::{Attempt, Client, ClientError, Outcome, TlsPolicy, Verification};
 use mta_testkit::sink::{Sink, SinkConfig};
 
 fn tls_sink() -> SinkConfig {
@@ -48,8 +48,13 @@ async fn opportunistic_tls_is_used_when_offered() {
     let attempt = client.deliver(&dest, message(&env, &[0], CONTENT)).await;
     assert!(attempt.all_delivered(), "{attempt:?}");
     let tls = attempt.tls.expect("TLS used");
-    assert!(tls.starts_with("TLSv1."), "{tls}");
-    assert!(tls.contains("with cipher"), "{tls}");
+    assert!(tls.version.starts_with("TLSv1."), "{tls}");
+    assert!(!tls.cipher.is_empty(), "{tls}");
+    assert_eq!(
+        tls.verified,
+        Verification::None,
+        "opportunistic TLS verifies nothing"
+    );
     let got = sink.wait_for_messages(1, WAIT).await;
     assert!(got[0].tls);
     // EHLO again after TLS (RFC 3207 section 4.2).
@@ -108,8 +113,11 @@ async fn required_tls_verifies_against_the_ca_file() {
     let dest = destination("Secure.Test", vec![target("mx.secure.test", sink.addr)]);
     let attempt = client.deliver(&dest, message(&env, &[0], CONTENT)).await;
     assert!(attempt.all_delivered(), "{attempt:?}");
-    assert!(attempt.tls.is_some());
+    assert_eq!(attempt.tls.unwrap().verified, Verification::Ca);
     assert!(sink.wait_for_messages(1, WAIT).await[0].tls);
+    let counts = client.tls_counts();
+    assert_eq!(counts.delivered.len(), 1, "{counts:?}");
+    assert_eq!(counts.delivered.keys().next().unwrap().0, Verification::Ca);
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use mta_deliver::{Delivery, Destination, OutboundMessage, Outcome, ResolveError};
+use mta_deliver::{Delivery, Destination, OutboundMessage, Outcome, Published, ResolveError};
 use mta_spool::RecipientState;
 use tokio::task::JoinSet;
 
@@ -194,10 +194,19 @@ async fn deliver_remote(
         Ok(t) => t,
         Err(e) => return resolve_failed(indexes, &domain, &e),
     };
+    // RFC 8461 protects delivery to a domain's MX hosts; a fixed route is
+    // the operator's own choice of host.
+    let published = match (&route, &inner.sts) {
+        (Route::Mx { domain }, Some(sts)) => Published {
+            mta_sts: sts.policy(domain).await,
+        },
+        _ => Published::default(),
+    };
     let dest = Destination {
         key,
         domain,
         targets,
+        published,
     };
     let mut results = Vec::with_capacity(indexes.len());
     // RFC 5321 section 4.5.3.1.8: servers must take 100 recipients per

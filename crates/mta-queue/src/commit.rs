@@ -37,7 +37,11 @@ pub(crate) async fn commit(
         record.status = Some(&line.status);
         record.remote = line.remote.as_deref();
         record.reply = Some(&line.reply);
-        record.tls = line.tls.as_deref();
+        if let Some(tls) = &line.tls {
+            record.tls = Some(&tls.version);
+            record.cipher = Some(&tls.cipher);
+            record.verified = Some(tls.verified.as_str());
+        }
         // The file's envelope; the index's when the file is unreadable.
         record.auth = job
             .envelope

@@ -4,7 +4,7 @@
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use mta_deliver::{Client, Resolver};
+use mta_deliver::{Client, MtaSts, Resolver};
 use mta_envelope::QueueId;
 use mta_spool::{IndexEntry, QueueName, SpoolError};
 use tokio::sync::Notify;
@@ -26,6 +26,10 @@ pub(crate) struct Inner {
     pub router: Router,
     pub client: Client,
     pub resolver: Resolver,
+    /// MTA-STS policy lookups for MX delivery; None when disabled.
+    pub sts: Option<MtaSts>,
+    /// The MTA-STS policies known, shared with the next generation.
+    pub policies: mta_deliver::PolicyCache,
     pub log: DeliveryLog,
     /// Shared with the successor a graceful restart starts, so neither
     /// takes a message the other is attempting: claims, operator actions

@@ -58,6 +58,7 @@ mod settings;
 mod settle;
 mod steering;
 mod store;
+mod sts_saved;
 mod unreadable;
 
 use std::path::PathBuf;
@@ -65,7 +66,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mta_deliver::{Client, Resolver};
+use mta_deliver::{Client, MtaSts, PolicyCache, Resolver};
 use mta_envelope::{Envelope, QueueId};
 use mta_spool::{IndexEntry, QueueName, Spool};
 use tokio::sync::Notify;
@@ -120,9 +121,16 @@ impl Queue {
     /// Builds the delivery machinery from `settings` and starts the
     /// three runners on the current tokio runtime.
     pub fn start(settings: QueueSettings, spool: Spool) -> Result<Queue, QueueError> {
-        let queue = Self::start_with(settings, spool, Arc::default(), None)?;
+        let queue = Self::start_with(
+            settings,
+            spool,
+            Arc::default(),
+            None,
+            PolicyCache::default(),
+        )?;
         paused::load_paused(&queue.inner);
         backoffs::restore_and_keep(queue.inner.store.blocking(), queue.inner.client.throttles());
+        sts_saved::restore_and_keep(queue.inner.store.blocking(), &queue.inner.policies);
         Ok(queue)
     }
 
@@ -140,6 +148,8 @@ impl Queue {
             // Connection counts, hourly windows and back-offs carry over:
             // a reload never forgets a back-off.
             Some(self.inner.client.throttles().clone()),
+            // So are the MTA-STS policies, saved by this generation's task.
+            self.inner.policies.clone(),
         )?;
         for q in [QueueName::Ram, QueueName::Bounce, QueueName::Disk] {
             next.inner
@@ -154,6 +164,7 @@ impl Queue {
         spool: Spool,
         steering: Arc<Steering>,
         throttles: Option<mta_deliver::Throttles>,
+        policies: PolicyCache,
     ) -> Result<Queue, QueueError> {
         let QueueSettings {
             attempts,
@@ -171,6 +182,8 @@ impl Queue {
             source,
         })?;
         let resolver = Resolver::new(&resolver).map_err(|e| QueueError::Resolver(e.to_string()))?;
+        let sts = MtaSts::new(&client, resolver.clone(), policies.clone())
+            .map_err(|e| QueueError::Client(e.to_string()))?;
         let client = match throttles {
             // Sets the shared rules last, only once the client is built.
             Some(throttles) => Client::with_throttles(client, throttles),
@@ -183,6 +196,8 @@ impl Queue {
             router: Router::new(&local_domains, &routes),
             client,
             resolver,
+            sts,
+            policies,
             log,
             steering,
             ram: Runner::new(QueueName::Ram, ram_concurrency),
@@ -313,6 +328,12 @@ impl Queue {
     /// Back-offs in force and hourly message counts per destination.
     pub fn throttles(&self) -> mta_deliver::ThrottleSnapshot {
         self.inner.client.throttles().snapshot()
+    }
+
+    /// Deliveries by TLS version and verification, and deliveries an
+    /// MTA-STS policy held back, by this generation.
+    pub fn tls_counts(&self) -> mta_deliver::TlsCounts {
+        self.inner.client.tls_counts()
     }
 
     /// Delivery-log lines this generation could not write (a full disk).

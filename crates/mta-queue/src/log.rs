@@ -3,7 +3,9 @@
 //! Fields: `ts` (unix seconds, with milliseconds), `event` (received,
 //! delivered, deferred, failed, bounced, expired, deleted, held, released), `queue_id`, `queue` (ram,
 //! bounce, disk), and when they apply `recipient`, `attempt`, `status`,
-//! `remote`, `reply`, `tls`, `sender`, `size`, `dsn_id`, and `auth` (the
+//! `remote`, `reply`, `tls` (the TLS version, `TLSv1.3`), `cipher`,
+//! `verified` (who had the server's certificate checked: `none`, `ca`,
+//! `mta-sts`, `dane`), `sender`, `size`, `dsn_id`, and `auth` (the
 //! user the client authenticated as, SMTP AUTH) on every line about a
 //! message that has one. Lines are appended
 //! with one write each (O_APPEND), so concurrent writers never interleave.
@@ -90,9 +92,16 @@ pub struct Record<'a> {
     /// Its reply, or the local cause.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reply: Option<&'a str>,
-    /// TLS version and cipher, when used.
+    /// TLS version, when used: `TLSv1.3`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<&'a str>,
+    /// The TLS cipher suite, when TLS was used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cipher: Option<&'a str>,
+    /// Who had the server's certificate verified, when TLS was used:
+    /// `none`, `ca` (`tls = "required"`), `mta-sts`, `dane`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verified: Option<&'a str>,
     /// The envelope sender, for `received`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sender: Option<String>,
@@ -141,6 +150,8 @@ impl<'a> Record<'a> {
             remote: None,
             reply: None,
             tls: None,
+            cipher: None,
+            verified: None,
             sender: None,
             size: None,
             dsn_id: None,

@@ -15,6 +15,6 @@ pub(crate) struct RecipientResult {
     /// The server the attempt talked to (`mx1.test[127.0.0.2]:2525`), or
     /// [`LOCAL_REMOTE`].
     pub remote: Option<String>,
-    /// TLS version and cipher, when used.
-    pub tls: Option<String>,
+    /// TLS version, cipher and verification, when used.
+    pub tls: Option<mta_deliver::TlsInfo>,
 }

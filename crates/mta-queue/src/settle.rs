@@ -54,7 +54,7 @@ pub(crate) struct LogLine {
     pub status: String,
     pub remote: Option<String>,
     pub reply: String,
-    pub tls: Option<String>,
+    pub tls: Option<mta_deliver::TlsInfo>,
 }
 
 /// A DSN owed: who to, and the recipients it reports on (of the message
@@ -756,10 +756,14 @@ mod tests {
         let env = to(&["x@b.test"]);
         let mut r = result(0, V::Failed);
         r.remote = Some("mx9.b.test[127.0.0.9]:25".into());
-        r.tls = Some("TLSv1.3".into());
+        r.tls = Some(mta_deliver::TlsInfo {
+            version: "TLSv1.3".into(),
+            cipher: "TLS13_AES_256_GCM_SHA384".into(),
+            verified: mta_deliver::Verification::MtaSts,
+        });
         let s = run(&env, &entry(&env), &[r], T0);
         assert_eq!(s.log[0].remote.as_deref(), Some(REMOTE));
-        assert_eq!(s.log[0].tls.as_deref(), Some("TLSv1.3"));
+        assert_eq!(s.log[0].tls.as_ref().unwrap().version, "TLSv1.3");
         assert_eq!(s.log[0].status, "5.1.1");
         assert_eq!(s.history[0].remote.as_deref(), Some(REMOTE));
         let report = &s.dsns[0].reports[0];

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use hickory_proto::rr::rdata::{A, AAAA, MX, SOA};
+use hickory_proto::rr::rdata::{A, AAAA, MX, SOA, TXT};
 use hickory_proto::rr::{LowerName, Name, RData, Record};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneHandler, ZoneType};
@@ -55,6 +55,7 @@ enum Data {
     NullMx,
     A(Ipv4Addr),
     Aaaa(Ipv6Addr),
+    Txt(String),
 }
 
 /// Records a test serves. Names are absolute or relative to nothing:
@@ -100,6 +101,13 @@ impl Zone {
         self
     }
 
+    /// `name TXT "text"` (one string; several records: call it again).
+    pub fn txt(mut self, name: &str, text: &str) -> Zone {
+        self.records
+            .push((name.to_owned(), Data::Txt(text.to_owned())));
+        self
+    }
+
     /// The hickory records, SOA of the root zone first.
     fn to_records(&self) -> io::Result<Vec<Record>> {
         let soa = SOA::new(
@@ -125,6 +133,7 @@ impl Zone {
                 Data::NullMx => RData::MX(MX::new(0, Name::root())),
                 Data::A(ip) => RData::A(A::from(*ip)),
                 Data::Aaaa(ip) => RData::AAAA(AAAA::from(*ip)),
+                Data::Txt(text) => RData::TXT(TXT::new(vec![text.clone()])),
             };
             records.push(Record::from_rdata(absolute(owner)?, RECORD_TTL, rdata));
         }

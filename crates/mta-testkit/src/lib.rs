@@ -1,6 +1,7 @@
 //! Real peers for tests, on loopback only: [`dns::TestDns`], an
 //! authoritative DNS server (hickory-server) for test zones, and
-//! [`sink::Sink`], an SMTP server whose replies a test scripts. And
+//! [`sink::Sink`], an SMTP server whose replies a test scripts;
+//! [`https::PolicyHost`], an HTTPS server for MTA-STS policies. And
 //! [`fuzz::check`], which runs a property test (proptest) for a time
 //! budget, for the fuzz targets of the protocol, spool and config crates.
 //!
@@ -10,6 +11,7 @@
 pub mod dns;
 pub mod dovecot;
 pub mod fuzz;
+pub mod https;
 pub mod sink;
 
 use std::path::Path;

@@ -94,6 +94,16 @@ impl Generations {
         self.current().dsns_dropped() + retired
     }
 
+    /// Deliveries by TLS and policy failures, every generation still
+    /// known.
+    pub fn tls_counts(&self) -> mta_deliver::TlsCounts {
+        let mut counts = self.current().tls_counts();
+        for retired in self.retired.lock().iter() {
+            counts.add(&retired.tls_counts());
+        }
+        counts
+    }
+
     /// Delivery-log lines dropped (a full disk), every generation still
     /// known.
     pub fn delivery_log_dropped(&self) -> u64 {

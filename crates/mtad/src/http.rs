@@ -418,6 +418,38 @@ fn render(ctx: &Context) -> String {
         "DSNs dropped since start: reports on failed mail from <> that the postmaster could not be sent either.",
         &plain(ctx.generations.dsns_dropped()),
     );
+    let tls = ctx.generations.tls_counts();
+    let mut by_tls: Vec<(String, u64)> = tls
+        .delivered
+        .iter()
+        .map(|((verified, version), n)| {
+            (format!("{{verified=\"{verified}\",tls=\"{version}\"}}"), *n)
+        })
+        .collect();
+    if by_tls.is_empty() {
+        by_tls.push(("{verified=\"none\",tls=\"none\"}".to_owned(), 0));
+    }
+    metric(
+        "mta_deliveries_by_tls_total",
+        "counter",
+        "Recipients delivered to other MTAs since start, by TLS version (none: plaintext) and who had the certificate verified (none, ca, mta-sts, dane).",
+        &by_tls,
+    );
+    metric(
+        "mta_tls_policy_failures_total",
+        "counter",
+        "Deliveries a published TLS policy deferred (enforce), or would have (testing), since start.",
+        &[
+            (
+                "{policy=\"mta-sts\",mode=\"enforce\"}".to_owned(),
+                tls.mta_sts_failures,
+            ),
+            (
+                "{policy=\"mta-sts\",mode=\"testing\"}".to_owned(),
+                tls.mta_sts_testing_failures,
+            ),
+        ],
+    );
     let attempts: Vec<_> = runners
         .iter()
         .map(|r| (format!("{{runner=\"{}\"}}", r.name), r.attempts))

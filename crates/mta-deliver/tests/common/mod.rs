@@ -102,6 +102,7 @@ pub fn destination(domain: &str, targets: Vec<Target>) -> Destination {
         key: format!("mx:{domain}"),
         domain: domain.into(),
         targets,
+        published: Default::default(),
     }
 }
 
