@@ -392,3 +392,38 @@ fn an_explicit_tls_policy_overrides_mta_sts_with_a_warning() {
             .contains("overrides the MTA-STS policy in enforce mode")
     });
 }
+
+#[test]
+fn configtest_warns_when_tls_policy_lowers_a_published_enforce_policy() {
+    let host = Host::start(&policy("enforce", "mx1.example.test"));
+    let (port, sink) = tls_sink(30, &[]);
+    let ca = trust(&[&sink]);
+    let work = Workdir::new();
+    let dns = TestDns::start_in_background(zone("7", "mx1.example.test", ip(30))).unwrap();
+    let lowered = "the MTA-STS policy example.test publishes (enforce, id 7)";
+    for (entry, warned) in [("opportunistic", true), ("none", true), ("required", false)] {
+        configure(
+            &work,
+            dns.addr,
+            port,
+            ca.path(),
+            &host,
+            &format!("tls_policy = {{ \"example.test\" = \"{entry}\" }}"),
+        );
+        let out = crate::util::init(&work, &["configtest"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert_eq!(err.contains(lowered), warned, "{entry}: {err}");
+    }
+    // A domain that publishes nothing is not warned about.
+    configure(
+        &work,
+        dns.addr,
+        port,
+        ca.path(),
+        &host,
+        "tls_policy = { \"other.test\" = \"none\" }",
+    );
+    let out = crate::util::init(&work, &["configtest"]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("lowers"));
+}

@@ -11,6 +11,7 @@ mod dkim;
 mod exit;
 mod localtime;
 mod process;
+mod published;
 mod queue;
 mod restart;
 mod start;
@@ -247,6 +248,7 @@ fn run(cli: Cli) -> ExitCode {
                 .into_iter()
                 .chain(config.open_files_warning())
                 .chain(dkim_warnings)
+                .chain(published::lowered_policies(&config))
             {
                 eprintln!("mta-init: warning: {warning}");
             }

@@ -1,0 +1,80 @@
+//! `configtest`'s look at what the domains of `[delivery.tls_policy]`
+//! publish: an explicit entry wins over a domain's published policy, so an
+//! entry weaker than what the domain asks for is worth a warning.
+//!
+//! Only `configtest` asks (the DNS, and the policy host over HTTPS): it is
+//! what an operator runs after editing the file. mtad logs the same
+//! warning when it delivers to such a domain.
+
+use std::time::Duration;
+
+use mta_config::Config;
+use mta_deliver::sts::policy::Mode;
+use mta_deliver::{ClientConfig, MtaSts, PolicyCache, Resolver, ResolverConfig, TlsPolicy};
+
+/// How long the look at one domain may take.
+const PER_DOMAIN: Duration = Duration::from_secs(15);
+
+/// One warning per `tls_policy` entry below `required` whose domain
+/// publishes an MTA-STS policy in enforce mode.
+pub fn lowered_policies(config: &Config) -> Vec<String> {
+    let delivery = &config.delivery;
+    let weak: Vec<(&String, &TlsPolicy)> = delivery
+        .tls_policy
+        .iter()
+        .filter(|(_, p)| **p != TlsPolicy::Required)
+        .collect();
+    if weak.is_empty() || !delivery.mta_sts.enabled {
+        return Vec::new();
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return vec![format!("cannot check the published policies: {e}")],
+    };
+    runtime.block_on(async {
+        let resolver = match Resolver::new(&ResolverConfig {
+            name_servers: delivery.name_servers.clone(),
+            timeout: delivery.dns_timeout,
+            attempts: 2,
+        }) {
+            Ok(r) => r,
+            Err(e) => return vec![format!("cannot check the published policies: {e}")],
+        };
+        let client = ClientConfig {
+            helo_name: config.hostname.clone(),
+            delivery: delivery.clone(),
+        };
+        let sts = match MtaSts::new(&client, resolver, PolicyCache::default()) {
+            Ok(Some(sts)) => sts,
+            Ok(None) => return Vec::new(),
+            Err(e) => return vec![format!("cannot check the published policies: {e}")],
+        };
+        let mut warnings = Vec::new();
+        for (domain, policy) in weak {
+            let found = tokio::time::timeout(PER_DOMAIN, sts.policy(domain)).await;
+            if let Ok(Some(cached)) = found {
+                if cached.policy.mode == Mode::Enforce {
+                    warnings.push(format!(
+                        "delivery.tls_policy: {domain} = {:?} lowers the MTA-STS policy {domain} \
+                         publishes (enforce, id {}): its mail will go without the verified TLS \
+                         it asks for",
+                        policy_name(*policy),
+                        cached.id
+                    ));
+                }
+            }
+        }
+        warnings
+    })
+}
+
+fn policy_name(policy: TlsPolicy) -> &'static str {
+    match policy {
+        TlsPolicy::None => "none",
+        TlsPolicy::Opportunistic => "opportunistic",
+        TlsPolicy::Required => "required",
+    }
+}
