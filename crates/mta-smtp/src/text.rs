@@ -74,11 +74,30 @@ impl LineChecker {
         crlf
     }
 
-    /// Checks a whole slice (BDAT chunks).
+    /// Checks a whole slice (BDAT chunks): runs of ordinary octets are
+    /// counted at once, the octets that matter (CR, LF, NUL) one by one.
     pub(crate) fn push_all(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.push(b);
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            if !self.pending_cr {
+                let run = ordinary_run(rest);
+                self.ordinary(run);
+                rest = &rest[run..];
+                if rest.is_empty() {
+                    break;
+                }
+            }
+            self.push(rest[0]);
+            rest = &rest[1..];
         }
+    }
+
+    /// Counts `n` octets that are none of CR, LF and NUL, with no CR
+    /// pending: what [`push`](Self::push) would do for each, at once.
+    #[inline]
+    fn ordinary(&mut self, n: usize) {
+        debug_assert!(!self.pending_cr || n == 0);
+        self.line_len += n;
     }
 
     /// The first problem seen, in order of gravity. A CR left pending at the
@@ -98,6 +117,12 @@ impl LineChecker {
             Ok(())
         }
     }
+}
+
+/// How many octets at the start of `bytes` are none of CR, LF and NUL.
+#[inline]
+fn ordinary_run(bytes: &[u8]) -> usize {
+    memchr::memchr3(b'\r', b'\n', 0, bytes).unwrap_or(bytes.len())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,39 +160,66 @@ impl DataDecoder {
     }
 
     /// Consumes wire bytes; returns how many were used and whether the end
-    /// of the text (`CRLF.CRLF`) was among them.
+    /// of the text (`CRLF.CRLF`) was among them. Inside a line, a run of
+    /// ordinary octets (none of CR, LF, NUL) is found with memchr and
+    /// taken at once; the octets that can end a line or the text go
+    /// through [`octet`](Self::octet) one by one.
     pub(crate) fn feed(&mut self, input: &[u8]) -> (usize, bool) {
-        for (i, &b) in input.iter().enumerate() {
-            match self.state {
-                DataState::LineStart if b == b'.' => {
-                    self.checker.push(b);
-                    self.state = DataState::Dot;
-                    continue;
-                }
-                DataState::Dot if b == b'\r' => {
-                    self.state = DataState::DotCr;
-                    continue;
-                }
-                DataState::DotCr if b == b'\n' => {
-                    return (i + 1, true);
-                }
-                DataState::DotCr => {
-                    // `.` CR then something else: the dot was stuffing and
-                    // the CR is bare.
-                    self.checker.push(b'\r');
-                    self.keep(b'\r');
-                }
-                _ => {}
-            }
-            let line_end = self.checker.push(b);
-            self.keep(b);
-            self.state = if line_end {
-                DataState::LineStart
-            } else {
-                DataState::Mid
+        let mut i = 0;
+        while i < input.len() {
+            let in_line = match self.state {
+                DataState::Mid => true,
+                DataState::LineStart => input[i] != b'.',
+                DataState::Dot | DataState::DotCr => false,
             };
+            if in_line && !self.checker.pending_cr {
+                let run = ordinary_run(&input[i..]);
+                if run > 0 {
+                    self.checker.ordinary(run);
+                    self.keep_all(&input[i..i + run]);
+                    self.state = DataState::Mid;
+                    i += run;
+                    continue;
+                }
+            }
+            if self.octet(input[i]) {
+                return (i + 1, true);
+            }
+            i += 1;
         }
         (input.len(), false)
+    }
+
+    /// One octet; true when it ended the text.
+    #[inline]
+    fn octet(&mut self, b: u8) -> bool {
+        match self.state {
+            DataState::LineStart if b == b'.' => {
+                self.checker.push(b);
+                self.state = DataState::Dot;
+                return false;
+            }
+            DataState::Dot if b == b'\r' => {
+                self.state = DataState::DotCr;
+                return false;
+            }
+            DataState::DotCr if b == b'\n' => return true,
+            DataState::DotCr => {
+                // `.` CR then something else: the dot was stuffing and
+                // the CR is bare.
+                self.checker.push(b'\r');
+                self.keep(b'\r');
+            }
+            _ => {}
+        }
+        let line_end = self.checker.push(b);
+        self.keep(b);
+        self.state = if line_end {
+            DataState::LineStart
+        } else {
+            DataState::Mid
+        };
+        false
     }
 
     #[inline]
@@ -177,6 +229,17 @@ impl DataDecoder {
         } else {
             self.too_big = true;
         }
+    }
+
+    /// [`keep`](Self::keep) for a run of octets.
+    #[inline]
+    fn keep_all(&mut self, bytes: &[u8]) {
+        let room = self.max_size.saturating_sub(self.content.len());
+        if bytes.len() > room {
+            self.too_big = true;
+        }
+        self.content
+            .extend_from_slice(&bytes[..bytes.len().min(room)]);
     }
 
     /// The content, or what was wrong with it.
