@@ -274,3 +274,33 @@ fn subdomains_sign_with_the_parent_unless_named() {
     assert_eq!(by("example.org"), None);
     assert_eq!(by("badexample.com"), None);
 }
+
+#[test]
+fn an_expiry_sets_x_after_t_and_still_verifies() {
+    let Some(script) = verifier() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let key = mta_dkim::generate(DkimAlgorithm::Ed25519Sha256, 0).unwrap();
+    let path = dir.path().join("ed.pem");
+    std::fs::write(&path, &key.pem).unwrap();
+    let mut t = table("example.com", "x", &path);
+    t.expire = Some(std::time::Duration::from_secs(7 * 86400));
+    let signers = Signers::load(&[t]).unwrap().signers;
+    let message = signed(&signers, FOLDED);
+    let header = String::from_utf8_lossy(&message).replace("\r\n\t", " ");
+    let tag = |name: &str| -> u64 {
+        header
+            .split(';')
+            .find_map(|t| {
+                t.trim()
+                    .strip_prefix(&format!("{name}="))
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| panic!("no {name}= in {header}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(tag("x") - tag("t"), 7 * 86400);
+    let records = vec![("x._domainkey.example.com".to_owned(), key.record)];
+    assert_eq!(verify(&script, dir.path(), &message, &records), [true]);
+}
