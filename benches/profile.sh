@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# A CPU profile of mtad relaying to Postfix's smtp-sink under mta-loadgen,
+# as a flame graph (perf, folded by inferno): what issue 15's changes are
+# chosen from and judged by. The SVG and the folded stacks go to OUT.
+#
+# Usage (as root: perf needs it, smtp-sink drops to nobody):
+#   benches/profile.sh OUT.svg [mta-loadgen options...]
+#   benches/profile.sh docs/flame/relay-new-conn.svg --per-connection 1
+#
+# Environment:
+#   PROFILE_MESSAGES=N   messages (default 20000)
+#   PROFILE_SESSIONS=N   sessions (default 20)
+#   PROFILE_SIZE=S       message size (default 4KiB)
+#   PROFILE_FREQ=HZ      perf's sampling frequency (default 499)
+#   PROFILE_NO_BUILD=1   skip `cargo build --release`
+#
+# Needs perf (Debian's linux-perf) and inferno (`cargo install inferno`:
+# inferno-collapse-perf, inferno-flamegraph). Only 127.0.0.1 is used.
+set -euo pipefail
+
+[ $# -ge 1 ] || { echo "usage: $0 OUT.svg [mta-loadgen options...]" >&2; exit 2; }
+OUT=$1
+shift
+MESSAGES=${PROFILE_MESSAGES:-20000}
+SESSIONS=${PROFILE_SESSIONS:-20}
+SIZE=${PROFILE_SIZE:-4KiB}
+FREQ=${PROFILE_FREQ:-499}
+
+log() { printf 'profile: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "must run as root (perf, smtp-sink)"
+for tool in perf inferno-collapse-perf inferno-flamegraph; do
+    command -v "$tool" >/dev/null 2>&1 || die "$tool not found (linux-perf; cargo install inferno)"
+done
+SINK_BIN=/usr/sbin/smtp-sink
+[ -x "$SINK_BIN" ] || die "$SINK_BIN not found (tests/install-peers.sh installs postfix)"
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+OUT=$(realpath -m "$OUT")
+cd "$ROOT"
+# shellcheck source=benches/compare.sh
+. "$ROOT/benches/compare.sh"
+release_binaries "${PROFILE_NO_BUILD:-}"
+
+WORK=$(mktemp -d /tmp/mta-profile.XXXXXX)
+chmod 755 "$WORK"
+MTAD_PID=
+SINK_PID=
+PERF_PID=
+cleanup() {
+    local rc=$?
+    set +e
+    stop_pid "$PERF_PID" 100
+    stop_pid "$MTAD_PID" 300
+    stop_pid "$SINK_PID" 50
+    rm -rf "$WORK"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+SINK_PORT=$(free_port)
+"$SINK_BIN" -c -u nobody "127.0.0.1:$SINK_PORT" 1024 >"$WORK/sink.out" 2>"$WORK/sink.err" &
+SINK_PID=$!
+wait_listening "$SINK_PORT" 10 || die "smtp-sink is not listening"
+
+cat >"$WORK/mtad.toml" <<CONF
+hostname = "mx.test"
+queue_dir = "$WORK/queue"
+[smtp]
+listen = ["127.0.0.1:0"]
+max_connections = 1000
+[spool]
+min_free_space = 0
+[http]
+listen = []
+[sendmail]
+enabled = false
+[queue]
+retry_base = "1s"
+[delivery]
+name_servers = ["127.0.0.1:9"]
+max_per_destination = 20
+tls = "none"
+[delivery.routes]
+"example.test" = "127.0.0.1:$SINK_PORT"
+CONF
+"$MTAD" --config "$WORK/mtad.toml" >"$WORK/stdout" 2>"$WORK/mtad.log" &
+MTAD_PID=$!
+wait_mtad_ready "$WORK"
+[ -n "$MTAD_PORT" ] || die "could not read mtad's port"
+
+"$LOADGEN" --server "127.0.0.1:$MTAD_PORT" --sessions "$SESSIONS" --messages 200 --size "$SIZE" "$@" \
+    --timeout 60 >/dev/null 2>&1 || die "warm-up failed"
+
+perf record -F "$FREQ" -g --call-graph dwarf,16384 -p "$MTAD_PID" -o "$WORK/perf.data" 2>"$WORK/perf.err" &
+PERF_PID=$!
+sleep 1
+log "loading: $MESSAGES messages of $SIZE, $SESSIONS sessions $*"
+"$LOADGEN" --server "127.0.0.1:$MTAD_PORT" --sessions "$SESSIONS" --messages "$MESSAGES" --size "$SIZE" "$@" \
+    --timeout 300 --json >"$WORK/loadgen.json" 2>&1 || die "load failed: $(cat "$WORK/loadgen.json")"
+kill -INT "$PERF_PID"
+wait "$PERF_PID" 2>/dev/null || true
+PERF_PID=
+log "load: $(cat "$WORK/loadgen.json")"
+mkdir -p "$(dirname "$OUT")"
+perf script -i "$WORK/perf.data" 2>/dev/null | inferno-collapse-perf >"${OUT%.svg}.folded"
+inferno-flamegraph --minwidth 1 --title "mtad: $MESSAGES x $SIZE, $SESSIONS sessions $*" <"${OUT%.svg}.folded" >"$OUT"
+log "wrote $OUT and ${OUT%.svg}.folded"
