@@ -14,8 +14,9 @@
 #   PROFILE_FREQ=HZ      perf's sampling frequency (default 499)
 #   PROFILE_NO_BUILD=1   skip `cargo build --release`
 #
-# Needs perf (Debian's linux-perf) and inferno (`cargo install inferno`:
-# inferno-collapse-perf, inferno-flamegraph). Only 127.0.0.1 is used.
+# Needs perf (Debian's linux-perf, installed when missing) and inferno
+# (inferno-collapse-perf, inferno-flamegraph; installed into
+# target/tools when missing). Only 127.0.0.1 is used.
 set -euo pipefail
 
 [ $# -ge 1 ] || { echo "usage: $0 OUT.svg [mta-loadgen options...]" >&2; exit 2; }
@@ -30,13 +31,24 @@ log() { printf 'profile: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "must run as root (perf, smtp-sink)"
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# The tools, installed when missing: perf from Debian, inferno into the
+# checkout's target directory (never system-wide).
+if ! command -v perf >/dev/null 2>&1; then
+    log "installing linux-perf"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends linux-perf >/dev/null
+fi
+PATH=$ROOT/target/tools/bin:$PATH
+if ! command -v inferno-flamegraph >/dev/null 2>&1; then
+    log "installing inferno into target/tools"
+    cargo install --locked --quiet inferno --root "$ROOT/target/tools" >&2
+fi
 for tool in perf inferno-collapse-perf inferno-flamegraph; do
-    command -v "$tool" >/dev/null 2>&1 || die "$tool not found (linux-perf; cargo install inferno)"
+    command -v "$tool" >/dev/null 2>&1 || die "$tool not found"
 done
 SINK_BIN=/usr/sbin/smtp-sink
 [ -x "$SINK_BIN" ] || die "$SINK_BIN not found (tests/install-peers.sh installs postfix)"
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=$(realpath -m "$OUT")
 cd "$ROOT"
 # shellcheck source=benches/compare.sh
