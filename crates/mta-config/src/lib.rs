@@ -29,7 +29,7 @@ use serde::Deserialize;
 
 pub use auth::{AuthConfig, FailureKeys, FailureLimits, HashPriority};
 pub use delivery::{
-    DeliveryConfig, DeliveryTimeouts, EightBitPolicy, MtaStsConfig, QueueConfig, QueueMode,
+    DaneConfig, DeliveryConfig, DeliveryTimeouts, EightBitPolicy, MtaStsConfig, QueueConfig, QueueMode,
     ThrottleRule, TlsPolicy,
 };
 pub use dkim::{DkimAlgorithm, DkimConfig, DkimSign, DEFAULT_SIGNED_HEADERS};
