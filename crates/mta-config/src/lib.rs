@@ -29,8 +29,8 @@ use serde::Deserialize;
 
 pub use auth::{AuthConfig, FailureKeys, FailureLimits, HashPriority};
 pub use delivery::{
-    DaneConfig, DeliveryConfig, DeliveryTimeouts, EightBitPolicy, MtaStsConfig, QueueConfig, QueueMode,
-    ThrottleRule, TlsPolicy,
+    DaneConfig, DeliveryConfig, DeliveryTimeouts, EightBitPolicy, MtaStsConfig, QueueConfig,
+    QueueMode, ThrottleRule, TlsPolicy,
 };
 pub use dkim::{DkimAlgorithm, DkimConfig, DkimSign, DEFAULT_SIGNED_HEADERS};
 pub use error::ConfigError;

@@ -291,9 +291,7 @@ impl Client {
         {
             Err(mut failure) => {
                 let policy = match &requirement {
-                    TlsRequirement::Enforced(policy) => {
-                        Some((policy.name(), Verification::MtaSts))
-                    }
+                    TlsRequirement::Enforced(policy) => Some((policy.name(), Verification::MtaSts)),
                     TlsRequirement::Dane { .. } => Some((
                         format!("DANE policy of {}", dest.domain),
                         Verification::Dane,
@@ -379,7 +377,11 @@ impl Client {
                 }
                 return Ok(allowed);
             }
-            return Ok(dest.targets.iter().map(|t| (t.clone(), step.clone())).collect());
+            return Ok(dest
+                .targets
+                .iter()
+                .map(|t| (t.clone(), step.clone()))
+                .collect());
         };
         let other_step = self.tls_step(&dest.domain, others);
         let mut plan = Vec::new();

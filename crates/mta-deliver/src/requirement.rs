@@ -15,8 +15,8 @@ use std::collections::HashSet;
 
 use parking_lot::Mutex;
 
-use crate::dane::{DanePolicy, HostTlsa};
 use crate::dane::tlsa::Tlsa;
+use crate::dane::{DanePolicy, HostTlsa};
 use crate::sts::cache::CachedPolicy;
 use crate::sts::policy::Mode;
 use crate::{ClientConfig, TlsPolicy, Verification};
@@ -273,10 +273,16 @@ mod tests {
         ));
         both.dane = Some(dane("mx1.example.test", HostTlsa::Unusable));
         let req = requirement(&config, "example.test", &both, &warned);
-        assert!(matches!(req.for_host("mx1.example.test"), HostRule::Encrypt));
+        assert!(matches!(
+            req.for_host("mx1.example.test"),
+            HostRule::Encrypt
+        ));
         both.dane = Some(dane("mx1.example.test", HostTlsa::Failed("bogus".into())));
         let req = requirement(&config, "example.test", &both, &warned);
-        assert!(matches!(req.for_host("mx1.example.test"), HostRule::Failed("bogus")));
+        assert!(matches!(
+            req.for_host("mx1.example.test"),
+            HostRule::Failed("bogus")
+        ));
         // An explicit entry wins over DANE too, warned about once.
         both.dane = Some(dane(
             "mx1.example.test",

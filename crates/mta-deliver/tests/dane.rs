@@ -38,7 +38,9 @@ async fn policy_targets(
     anchor: Option<String>,
     targets: &[Target],
 ) -> Option<DanePolicy> {
-    let anchor = anchor.or_else(|| zone.trust_anchor()).expect("a trust anchor");
+    let anchor = anchor
+        .or_else(|| zone.trust_anchor())
+        .expect("a trust anchor");
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), anchor).unwrap();
     let dns = TestDns::start(zone).await.unwrap();
@@ -52,9 +54,12 @@ async fn policy_targets(
         attempts: 1,
     };
     let dane = Dane::new(&config, &resolver, PORT).unwrap().unwrap();
-    tokio::time::timeout(Duration::from_secs(20), dane.policy("example.test", targets))
-        .await
-        .expect("the lookup ends")
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        dane.policy("example.test", targets),
+    )
+    .await
+    .expect("the lookup ends")
 }
 
 async fn policy(zone: Zone) -> Option<DanePolicy> {
@@ -115,8 +120,13 @@ async fn a_host_without_tlsa_records_in_a_signed_zone_is_not_listed() {
         host: "mx2.example.test".into(),
         addrs: vec![(Ipv4Addr::new(127, 0, 0, 3), PORT).into()],
     });
-    let found = policy_targets(zone, None, &targets).await.expect("DANE applies");
-    assert!(matches!(found.host("mx.example.test"), Some(HostTlsa::Usable { .. })));
+    let found = policy_targets(zone, None, &targets)
+        .await
+        .expect("DANE applies");
+    assert!(matches!(
+        found.host("mx.example.test"),
+        Some(HostTlsa::Usable { .. })
+    ));
     assert_eq!(found.host("mx2.example.test"), None, "{found:?}");
     assert_eq!(found.hosts.len(), 1);
 

@@ -43,11 +43,11 @@ use hickory_proto::dnssec::{Algorithm, DnssecSigner, SigningKey};
 use hickory_proto::rr::rdata::tlsa::{CertUsage, Matching, Selector};
 use hickory_proto::rr::rdata::{A, AAAA, MX, SOA, TLSA, TXT};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType, RrKey};
-use rustls::pki_types::PrivatePkcs8KeyDer;
 use hickory_server::dnssec::NxProofKind;
 use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneHandler, ZoneType};
 use hickory_server::Server;
+use rustls::pki_types::PrivatePkcs8KeyDer;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::oneshot;
 
@@ -63,7 +63,10 @@ const BIND_ATTEMPTS: usize = 20;
 /// One record of a [`Zone`], as given by the test.
 #[derive(Clone, Debug)]
 enum Data {
-    Mx { preference: u16, exchange: String },
+    Mx {
+        preference: u16,
+        exchange: String,
+    },
     NullMx,
     A(Ipv4Addr),
     Aaaa(Ipv6Addr),
@@ -263,8 +266,7 @@ impl Zone {
         if let Some(key) = self.signing_key() {
             let key = key?;
             let dnskey = DNSKEY::from_key(&key.to_public_key().map_err(io::Error::other)?);
-            let signer =
-                DnssecSigner::new(dnskey, Box::new(key), Name::root(), SIGNATURE_LIFETIME);
+            let signer = DnssecSigner::new(dnskey, Box::new(key), Name::root(), SIGNATURE_LIFETIME);
             handler
                 .add_zone_signing_key_mut(signer)
                 .map_err(|e| io::Error::other(format!("cannot add the zone key: {e}")))?;

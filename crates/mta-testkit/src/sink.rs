@@ -431,8 +431,6 @@ fn tls_acceptor(
     Ok((TlsAcceptor::from(Arc::new(config)), der, pem))
 }
 
-
-
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: oneshot::Receiver<()>) {
     // Dropping the set when the loop ends aborts every connection.
     let mut sessions = JoinSet::new();

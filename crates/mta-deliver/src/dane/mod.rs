@@ -96,12 +96,10 @@ impl Dane {
             return Ok(None);
         }
         let anchors = match &config.trust_anchor {
-            Some(path) => {
-                TrustAnchors::from_file(path).map_err(|e| ClientError::TrustAnchor {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?
-            }
+            Some(path) => TrustAnchors::from_file(path).map_err(|e| ClientError::TrustAnchor {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?,
             None => TrustAnchors::default(),
         };
         if anchors.is_empty() {

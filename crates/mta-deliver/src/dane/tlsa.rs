@@ -137,9 +137,6 @@ mod tests {
             assert!(tlsa.matches(cert), "{tlsa}");
             assert!(!tlsa.matches(other.cert.der()), "{tlsa}");
         }
-        assert_eq!(
-            record(3, 1, 1, vec![0xab, 0x01]).to_string(),
-            "3 1 1 ab01"
-        );
+        assert_eq!(record(3, 1, 1, vec![0xab, 0x01]).to_string(), "3 1 1 ab01");
     }
 }

@@ -232,7 +232,8 @@ mod tests {
             matching: 1,
             data: spki_sha256(&ca_key),
         };
-        let verifier = DaneVerifier::new("_25._tcp.mx.test".into(), vec![record.clone()], provider());
+        let verifier =
+            DaneVerifier::new("_25._tcp.mx.test".into(), vec![record.clone()], provider());
         assert!(verify(&verifier, &chain, "mx.test").is_ok());
         // The name is the MX host's.
         let err = verify(&verifier, &chain, "other.test").unwrap_err();
