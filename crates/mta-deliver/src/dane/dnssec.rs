@@ -63,9 +63,10 @@ pub(crate) async fn query(resolver: &Resolver, name: &Name, record_type: RecordT
             }
         }
         Err(NetError::Dns(DnsError::DnssecBogus)) => bogus(name, record_type),
-        Err(NetError::Dns(DnsError::Nsec { proof, .. })) if proof == Proof::Bogus => {
-            bogus(name, record_type)
-        }
+        Err(NetError::Dns(DnsError::Nsec {
+            proof: Proof::Bogus,
+            ..
+        })) => bogus(name, record_type),
         Err(NetError::Dns(DnsError::Nsec { .. })) => Checked::Insecure,
         Err(e) => Checked::Failed(format!("{name} {record_type}: {e}")),
     }
