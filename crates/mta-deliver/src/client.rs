@@ -34,8 +34,9 @@ pub struct Destination {
     pub domain: String,
     /// The hosts to try, in order, each with its addresses in order.
     pub targets: Vec<Target>,
-    /// What the domain publishes about TLS (an MTA-STS policy), for
-    /// delivery to its MX hosts; nothing for a fixed route.
+    /// What the domain publishes about TLS (an MTA-STS policy, DANE
+    /// TLSA records), for delivery to its MX hosts; nothing for a fixed
+    /// route.
     pub published: Published,
 }
 
