@@ -955,6 +955,24 @@ mod tests {
     }
 
     #[test]
+    fn dane_is_on_by_default_with_the_root_keys() {
+        let defaults = Config::default().delivery.dane;
+        assert!(defaults.enabled);
+        assert_eq!(defaults.trust_anchor, None);
+        let c = parse("[delivery.dane]\nenabled = false\n").unwrap();
+        c.check(None).unwrap();
+        assert!(!c.delivery.dane.enabled);
+        let err = parse("[delivery.dane]\ntrust_anchor = \"/nonexistent/root.key\"\n")
+            .unwrap()
+            .check(None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("delivery.dane.trust_anchor"), "{err}");
+        assert!(err.contains("/nonexistent/root.key"), "{err}");
+        assert!(parse("[delivery.dane]\ntrust_anchors = \"x\"\n").is_err());
+    }
+
+    #[test]
     fn an_unknown_key_in_a_throttle_rule_is_an_error() {
         let err = parse("[delivery.throttle.\"a.test\"]\nmax_connection = 2\n").unwrap_err();
         let msg = err.to_string();

@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 use hickory_resolver::proto::dnssec::TrustAnchors;
 use hickory_resolver::proto::rr::{Name, RData, RecordType};
+use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
 use crate::mx::domain_name;
@@ -138,9 +139,31 @@ impl Dane {
                 }
             }
             Checked::Secure(_) => {
+                // The hosts at once, as routing looks them up.
+                let mut lookups = JoinSet::new();
                 for target in targets {
-                    if let Some(found) = self.host(&target.host).await {
-                        hosts.insert(normalize(&target.host), found);
+                    let dane = self.clone();
+                    let host = normalize(&target.host);
+                    lookups.spawn(async move {
+                        let found = dane.host(&host).await;
+                        (host, found)
+                    });
+                }
+                while let Some(joined) = lookups.join_next().await {
+                    match joined {
+                        Ok((host, Some(found))) => {
+                            hosts.insert(host, found);
+                        }
+                        Ok((_, None)) => {}
+                        Err(e) => {
+                            // A lookup that panicked: no host is tried
+                            // without knowing what DANE says of it.
+                            for target in targets {
+                                hosts.entry(normalize(&target.host)).or_insert_with(|| {
+                                    HostTlsa::Failed(format!("TLSA lookup: {e}"))
+                                });
+                            }
+                        }
                     }
                 }
             }
