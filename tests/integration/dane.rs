@@ -402,3 +402,50 @@ fn an_explicit_tls_policy_overrides_dane_with_a_warning() {
         mtad.log().contains("overrides the DANE TLSA records")
     });
 }
+
+/// DANE decides per MX host: the preferred host's TLSA lookup is bogus,
+/// so it is not tried; the next host's records match, and it takes the
+/// message.
+#[test]
+fn a_host_whose_tlsa_lookup_failed_is_skipped_for_the_next() {
+    // One identity for both: the first host's records never matter.
+    let (both, spki) = identity(&[MX, "mx2.example.test"], None);
+    let (port, mut all) = sinks(&[ip(53), ip(54)], || SinkConfig {
+        tls: true,
+        tls_identity: Some(both.clone()),
+        ..SinkConfig::default()
+    });
+    let good = all.remove(1);
+    let bad = all.remove(0);
+    let zone = Zone::new()
+        .mx("example.test", 10, MX)
+        .mx("example.test", 20, "mx2.example.test")
+        .a(MX, ip(53))
+        .a("mx2.example.test", ip(54))
+        .bogus_tlsa(&format!("_{port}._tcp.{MX}"), 3, 1, 1, &[0; 32])
+        .tlsa(
+            &format!("_{port}._tcp.mx2.example.test"),
+            3,
+            1,
+            1,
+            &sha256(&spki),
+        );
+    let run = start(zone, port, "");
+    let id = send(&run.mtad, "next host");
+    let e = outcome(&run.work, &id);
+    assert_eq!(e["event"], "delivered", "{e}");
+    assert_eq!(e["verified"], "dane", "{e}");
+    assert!(
+        e["remote"]
+            .as_str()
+            .unwrap()
+            .starts_with("mx2.example.test["),
+        "{e}"
+    );
+    assert_eq!(good.wait_for_messages_blocking(1, WAIT).len(), 1);
+    assert_eq!(
+        bad.connections(),
+        0,
+        "the host whose TLSA lookup failed was contacted"
+    );
+}
