@@ -18,7 +18,7 @@ pub(crate) enum Checked {
     /// Answered from an unsigned zone (or through one): no DNSSEC
     /// protection, whatever the answer.
     Insecure,
-    /// Bogus, or no answer at all: why.
+    /// Bogus, indeterminate, or no answer at all: why.
     Failed(String),
 }
 
@@ -37,6 +37,14 @@ pub(crate) async fn query(resolver: &Resolver, name: &Name, record_type: RecordT
                 .collect();
             if answers.iter().any(|r| r.proof == Proof::Bogus) {
                 return bogus(name, record_type);
+            }
+            // RFC 4035 section 4.3: the DNSSEC records needed could not
+            // be had, so the answer may be forged; an attacker who drops
+            // them must not turn DANE off.
+            if answers.iter().any(|r| r.proof == Proof::Indeterminate) {
+                return Checked::Failed(format!(
+                    "{name} {record_type}: DNSSEC status indeterminate"
+                ));
             }
             if answers.is_empty() || !answers.iter().all(|r| r.proof == Proof::Secure) {
                 return Checked::Insecure;
