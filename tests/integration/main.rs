@@ -3,6 +3,7 @@
 
 mod util;
 
+mod dane;
 mod delivery;
 mod dkim;
 mod dsn;

@@ -91,10 +91,12 @@ fn configure(
              ca_file = {:?}\n{delivery}\n\
              [delivery.timeouts]\nconnect = \"2s\"\ngreeting = \"5s\"\nehlo = \"5s\"\nmail = \"5s\"\nrcpt = \"5s\"\ndata_init = \"5s\"\ndata_block = \"5s\"\ndata_end = \"5s\"\nquit = \"2s\"\n\
              [delivery.mta_sts]\nport = {}\nca_file = {:?}\nfetch_timeout = \"5s\"\n\
+             {NO_DANE}\n\
              [queue]\nretry_base = \"1h\"\n",
             sinks_ca.display().to_string(),
             host.port(),
             host.ca.path().display().to_string(),
+            NO_DANE = crate::delivery::NO_DANE,
         ),
     );
 }

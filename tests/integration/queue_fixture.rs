@@ -145,9 +145,11 @@ fn a_queue_of_the_first_release_opens_and_delivers() {
             "[smtp]\nlisten = [\"127.0.0.1:0\"]\nlocal_domains = [\"local.test\"]\n\
              [maildir]\nroot = {:?}\n\
              [delivery]\nport = {port}\nname_servers = [\"{}\"]\ndns_timeout = \"2s\"\n\
+             {NO_DANE}\n\
              [queue]\nlifetime = \"100years\"\nretry_base = \"1h\"\npoll_interval = \"100ms\"\n",
             maildir.display().to_string(),
             dns.addr,
+            NO_DANE = crate::delivery::NO_DANE,
         ),
     );
     let mtad = Mtad::start(&work);

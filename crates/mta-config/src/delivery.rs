@@ -295,6 +295,45 @@ pub struct DeliveryConfig {
     /// MTA-STS (RFC 8461): whether published policies are honoured, and
     /// how they are fetched.
     pub mta_sts: MtaStsConfig,
+    /// DANE (RFC 7672): whether TLSA records are looked up and honoured,
+    /// and the DNSSEC trust anchors they are validated with.
+    pub dane: DaneConfig,
+}
+
+/// `[delivery.dane]`: DANE for SMTP (RFC 7672) on delivery to MX hosts,
+/// with a DNSSEC-validating resolver.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaneConfig {
+    /// Look up TLSA records of MX hosts whose DNS is signed, and apply
+    /// them.
+    pub enabled: bool,
+    /// A file of DNSKEY records (zone file form, e.g. `. 3600 IN DNSKEY
+    /// 257 3 8 ...`) to validate DNSSEC from; unset: the root zone's
+    /// keys built into the resolver (hickory's).
+    pub trust_anchor: Option<PathBuf>,
+}
+
+impl Default for DaneConfig {
+    fn default() -> Self {
+        DaneConfig {
+            enabled: true,
+            trust_anchor: None,
+        }
+    }
+}
+
+impl DaneConfig {
+    fn check(&self, problem: &mut impl FnMut(&str, String)) {
+        if let Some(path) = &self.trust_anchor {
+            if !path.is_file() {
+                problem(
+                    "delivery.dane.trust_anchor",
+                    format!("{} is not a readable file", path.display()),
+                );
+            }
+        }
+    }
 }
 
 /// `[delivery.mta_sts]`: MTA-STS (RFC 8461) for outbound delivery to MX
@@ -382,6 +421,7 @@ impl Default for DeliveryConfig {
             eightbit_without_8bitmime: EightBitPolicy::Fail,
             timeouts: DeliveryTimeouts::default(),
             mta_sts: MtaStsConfig::default(),
+            dane: DaneConfig::default(),
         }
     }
 }
@@ -438,5 +478,6 @@ impl DeliveryConfig {
             }
         }
         self.mta_sts.check(problem);
+        self.dane.check(problem);
     }
 }

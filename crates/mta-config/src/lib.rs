@@ -29,8 +29,8 @@ use serde::Deserialize;
 
 pub use auth::{AuthConfig, FailureKeys, FailureLimits, HashPriority};
 pub use delivery::{
-    DeliveryConfig, DeliveryTimeouts, EightBitPolicy, MtaStsConfig, QueueConfig, QueueMode,
-    ThrottleRule, TlsPolicy,
+    DaneConfig, DeliveryConfig, DeliveryTimeouts, EightBitPolicy, MtaStsConfig, QueueConfig,
+    QueueMode, ThrottleRule, TlsPolicy,
 };
 pub use dkim::{DkimAlgorithm, DkimConfig, DkimSign, DEFAULT_SIGNED_HEADERS};
 pub use error::ConfigError;
@@ -952,6 +952,24 @@ mod tests {
             assert!(err.contains(key), "{key}: {err}");
         }
         assert!(parse("[delivery.mta_sts]\nenable = true\n").is_err());
+    }
+
+    #[test]
+    fn dane_is_on_by_default_with_the_root_keys() {
+        let defaults = Config::default().delivery.dane;
+        assert!(defaults.enabled);
+        assert_eq!(defaults.trust_anchor, None);
+        let c = parse("[delivery.dane]\nenabled = false\n").unwrap();
+        c.check(None).unwrap();
+        assert!(!c.delivery.dane.enabled);
+        let err = parse("[delivery.dane]\ntrust_anchor = \"/nonexistent/root.key\"\n")
+            .unwrap()
+            .check(None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("delivery.dane.trust_anchor"), "{err}");
+        assert!(err.contains("/nonexistent/root.key"), "{err}");
+        assert!(parse("[delivery.dane]\ntrust_anchors = \"x\"\n").is_err());
     }
 
     #[test]

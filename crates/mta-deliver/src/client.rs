@@ -11,7 +11,9 @@ use mta_envelope::Envelope;
 use crate::counters::{TlsCounters, TlsCounts};
 use crate::limits::Slot;
 use crate::pool::{Conn, Pool};
-use crate::requirement::{requirement, HostPolicy, OverrideWarnings, Published, TlsRequirement};
+use crate::requirement::{
+    requirement, HostPolicy, HostRule, OverrideWarnings, Published, TlsRequirement,
+};
 use crate::session::{remote_name, Session, SessionError, TlsStep};
 use crate::throttle::{normalize, Reservation};
 use crate::tls::TlsConfigs;
@@ -32,8 +34,9 @@ pub struct Destination {
     pub domain: String,
     /// The hosts to try, in order, each with its addresses in order.
     pub targets: Vec<Target>,
-    /// What the domain publishes about TLS (an MTA-STS policy), for
-    /// delivery to its MX hosts; nothing for a fixed route.
+    /// What the domain publishes about TLS (an MTA-STS policy, DANE
+    /// TLSA records), for delivery to its MX hosts; nothing for a fixed
+    /// route.
     pub published: Published,
 }
 
@@ -273,48 +276,37 @@ impl Client {
         };
 
         let requirement = self.requirement(&dest.domain, &dest.published);
-        let step = match self.tls_step(&dest.domain, &requirement) {
-            Ok(step) => step,
+        let plan = match self.plan(dest, &requirement) {
+            Ok(plan) => plan,
             Err(reason) => {
-                if matches!(requirement, TlsRequirement::Enforced(_)) {
-                    self.inner.counters.policy_failure(false);
-                }
+                tracing::warn!(key = %dest.key, %reason, "delivery deferred by policy");
                 return (
                     every(Outcome::deferred("4.7.5", reason)),
                     ServerSignal::Silent,
                 );
             }
         };
-        let targets = match &requirement {
-            TlsRequirement::Enforced(policy) => {
-                let allowed: Vec<Target> = dest
-                    .targets
-                    .iter()
-                    .filter(|t| policy.allows(&t.host))
-                    .cloned()
-                    .collect();
-                if allowed.is_empty() {
-                    self.inner.counters.policy_failure(false);
-                    let reason = no_host_matches(policy, &dest.targets);
-                    tracing::warn!(key = %dest.key, %reason, "delivery deferred by policy");
-                    return (
-                        every(Outcome::deferred("4.7.5", reason)),
-                        ServerSignal::Silent,
-                    );
-                }
-                allowed
-            }
-            _ => dest.targets.clone(),
-        };
         let (outcomes, signal) = match self
-            .connection(dest, &targets, &requirement, &step, &mut reservation)
+            .connection(dest, &plan, &requirement, &mut reservation)
             .await
         {
             Err(mut failure) => {
-                if let TlsRequirement::Enforced(policy) = &requirement {
+                let policy = match &requirement {
+                    TlsRequirement::Enforced(policy) => Some((policy.name(), Verification::MtaSts)),
+                    TlsRequirement::Dane { .. } => Some((
+                        format!("DANE policy of {}", dest.domain),
+                        Verification::Dane,
+                    )),
+                    _ => None,
+                };
+                if let Some((name, source)) = policy {
                     if failure.status.starts_with("4.7.") {
-                        self.inner.counters.policy_failure(false);
-                        failure.reason = format!("{}: {}", policy.name(), failure.reason);
+                        if source == Verification::Dane {
+                            self.inner.counters.dane_failure();
+                        } else {
+                            self.inner.counters.policy_failure(false);
+                        }
+                        failure.reason = format!("{name}: {}", failure.reason);
                         tracing::warn!(key = %dest.key, reason = %failure.reason, "delivery deferred by policy");
                     }
                 }
@@ -326,7 +318,9 @@ impl Client {
             }
             Ok(mut conn) => {
                 reservation.commit();
-                if let TlsRequirement::Testing { policy, .. } = &requirement {
+                if let HostRule::Other(TlsRequirement::Testing { policy, .. }) =
+                    requirement.for_host(&conn.host)
+                {
                     self.audit(policy, &conn);
                 }
                 let result = conn
@@ -356,6 +350,98 @@ impl Client {
         (outcomes, signal)
     }
 
+    /// The hosts of `dest` that may be tried, each with the STARTTLS step
+    /// it needs; Err is the reason to defer (4.7.5) when no host may be,
+    /// counted as a policy failure.
+    fn plan(
+        &self,
+        dest: &Destination,
+        requirement: &TlsRequirement,
+    ) -> Result<Vec<(Target, TlsStep)>, String> {
+        let counters = &self.inner.counters;
+        let TlsRequirement::Dane { others, .. } = requirement else {
+            let step = self.tls_step(&dest.domain, requirement).inspect_err(|_| {
+                if matches!(requirement, TlsRequirement::Enforced(_)) {
+                    counters.policy_failure(false);
+                }
+            })?;
+            if let TlsRequirement::Enforced(policy) = requirement {
+                let allowed: Vec<(Target, TlsStep)> = dest
+                    .targets
+                    .iter()
+                    .filter(|t| policy.allows(&t.host))
+                    .map(|t| (t.clone(), step.clone()))
+                    .collect();
+                if allowed.is_empty() {
+                    counters.policy_failure(false);
+                    return Err(no_host_matches(policy, &dest.targets));
+                }
+                return Ok(allowed);
+            }
+            return Ok(dest
+                .targets
+                .iter()
+                .map(|t| (t.clone(), step.clone()))
+                .collect());
+        };
+        let other_step = self.tls_step(&dest.domain, others);
+        let mut plan = Vec::new();
+        let mut refused = Vec::new();
+        for target in &dest.targets {
+            let host = target.host.trim_end_matches('.');
+            let step = match requirement.for_host(host) {
+                HostRule::Dane { owner, records } => {
+                    match self.inner.tls.dane(owner, records.to_vec()) {
+                        Ok(config) => TlsStep::Required(config, Verification::Dane),
+                        Err(e) => {
+                            refused.push(format!("{host}: {e}"));
+                            continue;
+                        }
+                    }
+                }
+                // RFC 7672 section 2.2: TLS, without authentication.
+                HostRule::Encrypt => {
+                    TlsStep::Required(self.inner.tls.opportunistic.clone(), Verification::None)
+                }
+                HostRule::Failed(reason) => {
+                    refused.push(format!("{host}: {reason}"));
+                    continue;
+                }
+                HostRule::Other(other) => {
+                    if let TlsRequirement::Enforced(policy) = other {
+                        if !policy.allows(host) {
+                            refused.push(format!(
+                                "{host}: no TLSA records, and not an MX host of the {}",
+                                policy.name()
+                            ));
+                            continue;
+                        }
+                    }
+                    match &other_step {
+                        Ok(step) => step.clone(),
+                        Err(reason) => {
+                            refused.push(format!("{host}: {reason}"));
+                            continue;
+                        }
+                    }
+                }
+            };
+            plan.push((target.clone(), step));
+        }
+        if plan.is_empty() {
+            counters.dane_failure();
+            return Err(format!(
+                "DANE policy of {}: no MX host may be tried ({})",
+                dest.domain,
+                refused.join("; ")
+            ));
+        }
+        for reason in &refused {
+            tracing::warn!(key = %dest.key, %reason, "MX host not tried (DANE)");
+        }
+        Ok(plan)
+    }
+
     /// The STARTTLS step `requirement` asks for; Err is the reason to
     /// defer when it cannot be met (no trust anchor).
     fn tls_step(&self, domain: &str, requirement: &TlsRequirement) -> Result<TlsStep, String> {
@@ -382,6 +468,8 @@ impl Client {
                     policy.name()
                 ),
             ),
+            // Only the hosts without TLSA records get here (`plan`).
+            TlsRequirement::Dane { others, .. } => self.tls_step(domain, others),
             TlsRequirement::Testing { configured, .. } => match (configured, &tls.verifier) {
                 (TlsPolicy::Opportunistic, Some(verifier)) => Ok(TlsStep::Audited(
                     tls.opportunistic.clone(),
@@ -422,9 +510,8 @@ impl Client {
     async fn connection(
         &self,
         dest: &Destination,
-        targets: &[Target],
+        plan: &[(Target, TlsStep)],
         requirement: &TlsRequirement,
-        step: &TlsStep,
         reservation: &mut Reservation,
     ) -> Result<Conn, NoConnection> {
         let throttles = &self.inner.throttles;
@@ -458,7 +545,7 @@ impl Client {
             }
             tokio::select! {
                 permit = &mut acquire => {
-                    return self.connect(dest, targets, step, permit, reservation).await;
+                    return self.connect(dest, plan, permit, reservation).await;
                 }
                 () = &mut returned => continue,
             }
@@ -475,11 +562,14 @@ impl Client {
             }
             let mut conn = found?;
             let verified = conn.session.tls.as_ref().map(|t| t.verified);
-            let unfit = match requirement {
-                TlsRequirement::Enforced(policy) => {
+            let unfit = match requirement.for_host(&conn.host) {
+                HostRule::Dane { .. } => verified != Some(Verification::Dane),
+                HostRule::Encrypt => verified.is_none(),
+                HostRule::Failed(_) => true,
+                HostRule::Other(TlsRequirement::Enforced(policy)) => {
                     verified != Some(policy.source) || !policy.allows(&conn.host)
                 }
-                _ => requirement
+                HostRule::Other(other) => other
                     .verification()
                     .is_some_and(|needed| verified != Some(needed)),
             };
@@ -514,8 +604,7 @@ impl Client {
     async fn connect(
         &self,
         dest: &Destination,
-        targets: &[Target],
-        step: &TlsStep,
+        plan: &[(Target, TlsStep)],
         permit: Slot,
         reservation: &mut Reservation,
     ) -> Result<Conn, NoConnection> {
@@ -527,7 +616,7 @@ impl Client {
         }
         let mut last: Option<(String, String, Option<ServerReply>)> = None;
         let mut signal = ServerSignal::Silent;
-        for target in targets {
+        for (target, step) in plan {
             let host = normalize(&target.host);
             let (counted, host_permit) = match self.host_throttle(&host).await {
                 Ok(held) => held,

@@ -19,6 +19,9 @@ pub(crate) struct TlsCounters {
     mta_sts_failures: AtomicU64,
     /// Deliveries an MTA-STS policy in testing mode would have refused.
     mta_sts_testing_failures: AtomicU64,
+    /// Deliveries deferred because DANE could not be met (no host with
+    /// matching TLS, or a failed TLSA lookup).
+    dane_failures: AtomicU64,
 }
 
 /// What the counters say, for the metrics.
@@ -30,6 +33,8 @@ pub struct TlsCounts {
     pub mta_sts_failures: u64,
     /// Deliveries an MTA-STS policy in testing mode would have refused.
     pub mta_sts_testing_failures: u64,
+    /// Deliveries deferred by DANE.
+    pub dane_failures: u64,
 }
 
 impl TlsCounts {
@@ -40,6 +45,7 @@ impl TlsCounts {
         }
         self.mta_sts_failures += other.mta_sts_failures;
         self.mta_sts_testing_failures += other.mta_sts_testing_failures;
+        self.dane_failures += other.dane_failures;
     }
 }
 
@@ -65,11 +71,16 @@ impl TlsCounters {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn dane_failure(&self) {
+        self.dane_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn counts(&self) -> TlsCounts {
         TlsCounts {
             delivered: self.delivered.lock().clone(),
             mta_sts_failures: self.mta_sts_failures.load(Ordering::Relaxed),
             mta_sts_testing_failures: self.mta_sts_testing_failures.load(Ordering::Relaxed),
+            dane_failures: self.dane_failures.load(Ordering::Relaxed),
         }
     }
 }

@@ -24,6 +24,18 @@ pub enum ClientError {
         /// What is wrong with it.
         reason: String,
     },
+    /// `[delivery.dane] trust_anchor` cannot be read or holds no DNSKEY
+    /// record.
+    #[error("[delivery.dane] trust_anchor {}: {reason}", path.display())]
+    TrustAnchor {
+        /// The file named in the configuration.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The validating resolver of DANE cannot be set up.
+    #[error("DANE resolver: {0}")]
+    Resolver(String),
     /// rustls refused the configuration.
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),

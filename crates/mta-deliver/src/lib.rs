@@ -33,7 +33,10 @@
 //! - `throttle.rs`: [`Throttles`] — rule lookup, hourly windows,
 //!   back-offs and their export; `limits.rs`: the connection counters
 //!   (by destination key and by `mx:` host) it owns;
-//! - `mx.rs`: MX resolution into [`Target`]s.
+//! - `mx.rs`: MX resolution into [`Target`]s;
+//! - `dane/`: DANE (RFC 7672), the TLSA records of MX hosts through a
+//!   DNSSEC-validating resolver ([`Dane`], [`DanePolicy`]), and the
+//!   certificate check they require; `sts/`: MTA-STS (RFC 8461).
 //!
 //! Delivery never returns a Rust error: every problem, local or remote,
 //! becomes an outcome the queue can act on. A connection lost after the
@@ -44,6 +47,7 @@
 mod client;
 mod config;
 mod counters;
+pub mod dane;
 mod data;
 mod error;
 mod limits;
@@ -63,6 +67,7 @@ mod transaction;
 pub use client::{Client, Destination, OutboundMessage};
 pub use config::{ClientConfig, DeliveryConfig, EightBitPolicy, ThrottleRule, Timeouts, TlsPolicy};
 pub use counters::TlsCounts;
+pub use dane::{Dane, DanePolicy, HostTlsa};
 pub use error::ClientError;
 pub use mx::{ResolveError, Resolver, ResolverConfig, Target};
 pub use outcome::{Attempt, Delivery, Outcome, ServerReply, ServerSignal};

@@ -33,7 +33,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hickory_resolver::config::{
     ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig as HickoryConfig,
 };
+use hickory_resolver::lookup::Lookup;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::NetError;
+use hickory_resolver::proto::dnssec::TrustAnchors;
 use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use hickory_resolver::TokioResolver;
 use tokio::task::JoinSet;
@@ -158,6 +161,23 @@ impl Resolver {
     /// configuration (and hosts file) is used, with `timeout` and
     /// `attempts` from `config`.
     pub fn new(config: &ResolverConfig) -> Result<Resolver, ResolveError> {
+        Resolver::build(config, None)
+    }
+
+    /// A resolver for `config` that validates DNSSEC from `anchors` (the
+    /// resolver of DANE, `crate::dane`): each record it returns carries
+    /// its proof, and a bogus answer is an error.
+    pub(crate) fn validating(
+        config: &ResolverConfig,
+        anchors: Arc<TrustAnchors>,
+    ) -> Result<Resolver, ResolveError> {
+        Resolver::build(config, Some(anchors))
+    }
+
+    fn build(
+        config: &ResolverConfig,
+        anchors: Option<Arc<TrustAnchors>>,
+    ) -> Result<Resolver, ResolveError> {
         let mut builder = if config.name_servers.is_empty() {
             TokioResolver::builder_tokio().map_err(|e| {
                 ResolveError::Temporary(format!(
@@ -183,6 +203,10 @@ impl Resolver {
             builder.options_mut().use_hosts_file = ResolveHosts::Never;
             builder
         };
+        if let Some(anchors) = anchors {
+            builder = builder.with_trust_anchor(anchors);
+            builder.options_mut().validate = true;
+        }
         let attempts = config.attempts.max(1);
         let options = builder.options_mut();
         options.timeout = config.timeout;
@@ -399,13 +423,23 @@ impl Resolver {
         }
     }
 
+    /// One query as hickory answers it, within the deadline (None: timed
+    /// out).
+    pub(crate) async fn lookup(
+        &self,
+        name: &Name,
+        record_type: RecordType,
+    ) -> Option<Result<Lookup, NetError>> {
+        tokio::time::timeout(self.deadline, self.inner.lookup(name.clone(), record_type))
+            .await
+            .ok()
+    }
+
     /// One query, sorted into what routing cares about.
     async fn query(&self, name: &Name, record_type: RecordType) -> Answer {
-        let lookup =
-            tokio::time::timeout(self.deadline, self.inner.lookup(name.clone(), record_type));
-        match lookup.await {
-            Err(_) => Answer::Failed(format!("{name} {record_type}: timed out")),
-            Ok(Ok(lookup)) => {
+        match self.lookup(name, record_type).await {
+            None => Answer::Failed(format!("{name} {record_type}: timed out")),
+            Some(Ok(lookup)) => {
                 let records: Vec<RData> = lookup
                     .answers()
                     .iter()
@@ -418,9 +452,9 @@ impl Resolver {
                     Answer::Records(records)
                 }
             }
-            Ok(Err(e)) if e.is_nx_domain() => Answer::NxDomain,
-            Ok(Err(e)) if e.is_no_records_found() => Answer::NoData,
-            Ok(Err(e)) => {
+            Some(Err(e)) if e.is_nx_domain() => Answer::NxDomain,
+            Some(Err(e)) if e.is_no_records_found() => Answer::NoData,
+            Some(Err(e)) => {
                 debug!(%name, %record_type, error = %e, "DNS lookup failed");
                 Answer::Failed(format!("{name} {record_type}: {e}"))
             }
@@ -429,7 +463,7 @@ impl Resolver {
 }
 
 /// `domain` as an absolute name; not a valid domain: [`ResolveError::NoSuchDomain`].
-fn domain_name(domain: &str) -> Result<Name, ResolveError> {
+pub(crate) fn domain_name(domain: &str) -> Result<Name, ResolveError> {
     if domain.is_empty() || domain == "." {
         return Err(ResolveError::NoSuchDomain);
     }

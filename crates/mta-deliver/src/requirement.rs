@@ -2,15 +2,21 @@
 //!
 //! Precedence, strongest word first: the operator's explicit
 //! `[delivery.tls_policy]` entry for the domain, then a policy the domain
-//! publishes (DANE, once looked up, before MTA-STS), then `[delivery]
-//! tls`. An explicit entry that overrides a published enforce policy is
-//! logged (once per policy id): the operator may not know the domain
-//! asks for more.
+//! publishes (DANE before MTA-STS, RFC 8461 section 2), then `[delivery]
+//! tls`. An explicit entry that overrides a published enforce policy or
+//! usable TLSA records is logged (once per policy id, once per domain for
+//! DANE): the operator may not know the domain asks for more.
+//!
+//! DANE decides per MX host: a host with secure TLSA records follows
+//! them whatever MTA-STS says; a host without follows the rest of the
+//! precedence (MTA-STS, then `[delivery] tls`).
 
 use std::collections::HashSet;
 
 use parking_lot::Mutex;
 
+use crate::dane::tlsa::Tlsa;
+use crate::dane::{DanePolicy, HostTlsa};
 use crate::sts::cache::CachedPolicy;
 use crate::sts::policy::Mode;
 use crate::{ClientConfig, TlsPolicy, Verification};
@@ -21,6 +27,9 @@ use crate::{ClientConfig, TlsPolicy, Verification};
 pub struct Published {
     /// Its MTA-STS policy in force (enforce or testing).
     pub mta_sts: Option<CachedPolicy>,
+    /// What DANE requires of its MX hosts, when their TLSA records are
+    /// signed.
+    pub dane: Option<DanePolicy>,
 }
 
 /// The TLS one delivery must have.
@@ -40,6 +49,32 @@ pub enum TlsRequirement {
         /// The policy checked without being enforced.
         policy: HostPolicy,
     },
+    /// DANE (RFC 7672) for the hosts its policy lists, `others` for the
+    /// rest.
+    Dane {
+        /// The TLSA records by host.
+        policy: DanePolicy,
+        /// The requirement of a host without TLSA records (never `Dane`).
+        others: Box<TlsRequirement>,
+    },
+}
+
+/// What one host of a destination must offer.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum HostRule<'a> {
+    /// DANE with usable records: TLS, and a certificate matching them.
+    Dane {
+        /// `_25._tcp.mx.example.com`.
+        owner: &'a str,
+        /// The usable records.
+        records: &'a [Tlsa],
+    },
+    /// DANE with only unusable records: TLS without authentication.
+    Encrypt,
+    /// DANE's lookup failed: not tried, for this reason.
+    Failed(&'a str),
+    /// Another requirement (never `Dane`).
+    Other(&'a TlsRequirement),
 }
 
 /// A published policy's rule for the hosts of one domain.
@@ -74,12 +109,28 @@ impl HostPolicy {
 
 impl TlsRequirement {
     /// The label of a connection that meets the requirement's
-    /// certificate check; None when no check is required.
+    /// certificate check; None when no check is required (or, for DANE,
+    /// when it depends on the host: see `for_host`).
     pub fn verification(&self) -> Option<Verification> {
         match self {
             TlsRequirement::Configured(TlsPolicy::Required) => Some(Verification::Ca),
             TlsRequirement::Enforced(policy) => Some(policy.source),
-            TlsRequirement::Configured(_) | TlsRequirement::Testing { .. } => None,
+            TlsRequirement::Configured(_)
+            | TlsRequirement::Testing { .. }
+            | TlsRequirement::Dane { .. } => None,
+        }
+    }
+
+    /// What `host` must offer.
+    pub(crate) fn for_host(&self, host: &str) -> HostRule<'_> {
+        let TlsRequirement::Dane { policy, others } = self else {
+            return HostRule::Other(self);
+        };
+        match policy.host(host) {
+            Some(HostTlsa::Usable { owner, records }) => HostRule::Dane { owner, records },
+            Some(HostTlsa::Unusable) => HostRule::Encrypt,
+            Some(HostTlsa::Failed(reason)) => HostRule::Failed(reason),
+            None => HostRule::Other(others),
         }
     }
 }
@@ -110,6 +161,19 @@ pub(crate) fn requirement(
 ) -> TlsRequirement {
     let sts = published.mta_sts.as_ref();
     if let Some(explicit) = config.explicit_policy(domain) {
+        if let Some(dane) = published.dane.as_ref().filter(|d| d.has_usable()) {
+            if warned
+                .0
+                .lock()
+                .insert((dane.domain.clone(), "dane".to_owned()))
+            {
+                tracing::warn!(
+                    %domain,
+                    tls_policy = ?explicit,
+                    "[delivery.tls_policy] overrides the DANE TLSA records the domain's MX hosts publish"
+                );
+            }
+        }
         if let Some(p) = sts.filter(|p| p.policy.mode == Mode::Enforce) {
             if warned.0.lock().insert((p.domain.clone(), p.id.clone())) {
                 tracing::warn!(
@@ -122,6 +186,18 @@ pub(crate) fn requirement(
         }
         return TlsRequirement::Configured(explicit);
     }
+    let others = published_sts(config, sts);
+    match &published.dane {
+        Some(policy) if !policy.hosts.is_empty() => TlsRequirement::Dane {
+            policy: policy.clone(),
+            others: Box::new(others),
+        },
+        _ => others,
+    }
+}
+
+/// The requirement of MTA-STS, or `[delivery] tls` without a policy.
+fn published_sts(config: &ClientConfig, sts: Option<&CachedPolicy>) -> TlsRequirement {
     let Some(p) = sts else {
         return TlsRequirement::Configured(config.delivery.tls);
     };
@@ -157,7 +233,76 @@ mod tests {
                     mx: vec!["*.example.test".into()],
                 },
             }),
+            dane: None,
         }
+    }
+
+    fn dane(host: &str, found: HostTlsa) -> DanePolicy {
+        DanePolicy {
+            domain: "example.test".into(),
+            hosts: [(host.to_owned(), found)].into(),
+        }
+    }
+
+    #[test]
+    fn dane_decides_for_its_hosts_and_mta_sts_for_the_others() {
+        let warned = OverrideWarnings::default();
+        let mut config = ClientConfig::default();
+        let record = Tlsa {
+            usage: 3,
+            selector: 1,
+            matching: 1,
+            data: vec![0; 32],
+        };
+        let mut both = published(Mode::Enforce);
+        both.dane = Some(dane(
+            "mx1.example.test",
+            HostTlsa::Usable {
+                owner: "_25._tcp.mx1.example.test".into(),
+                records: vec![record.clone()],
+            },
+        ));
+        let req = requirement(&config, "example.test", &both, &warned);
+        assert!(matches!(
+            req.for_host("MX1.example.test."),
+            HostRule::Dane { records, .. } if records == [record.clone()]
+        ));
+        assert!(matches!(
+            req.for_host("mx2.example.test"),
+            HostRule::Other(TlsRequirement::Enforced(p)) if p.source == Verification::MtaSts
+        ));
+        both.dane = Some(dane("mx1.example.test", HostTlsa::Unusable));
+        let req = requirement(&config, "example.test", &both, &warned);
+        assert!(matches!(
+            req.for_host("mx1.example.test"),
+            HostRule::Encrypt
+        ));
+        both.dane = Some(dane("mx1.example.test", HostTlsa::Failed("bogus".into())));
+        let req = requirement(&config, "example.test", &both, &warned);
+        assert!(matches!(
+            req.for_host("mx1.example.test"),
+            HostRule::Failed("bogus")
+        ));
+        // An explicit entry wins over DANE too, warned about once.
+        both.dane = Some(dane(
+            "mx1.example.test",
+            HostTlsa::Usable {
+                owner: "_25._tcp.mx1.example.test".into(),
+                records: vec![record],
+            },
+        ));
+        config
+            .delivery
+            .tls_policy
+            .insert("example.test".into(), TlsPolicy::Opportunistic);
+        assert_eq!(
+            requirement(&config, "example.test", &both, &warned),
+            TlsRequirement::Configured(TlsPolicy::Opportunistic)
+        );
+        assert!(warned
+            .0
+            .lock()
+            .contains(&("example.test".to_owned(), "dane".to_owned())));
     }
 
     #[test]

@@ -494,6 +494,10 @@ impl Session {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
                 let reason = match certificate_error(&e) {
+                    // DANE's own sentence (`dane/verifier.rs`).
+                    Some(rustls::CertificateError::Other(other)) => {
+                        format!("TLS handshake with {} failed: {other}", self.remote)
+                    }
                     Some(bad) => format!(
                         "TLS handshake with {} failed: certificate of {} not valid: {bad}",
                         self.remote,

@@ -13,6 +13,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
+use crate::dane::tlsa::Tlsa;
+use crate::dane::verifier::DaneVerifier;
 use crate::ClientError;
 
 /// The two configurations a client may need.
@@ -27,6 +29,8 @@ pub(crate) struct TlsConfigs {
     /// The verifier of `verified`, to check a certificate that
     /// opportunistic TLS accepted (an MTA-STS policy in testing mode).
     pub verifier: Option<Arc<WebPkiServerVerifier>>,
+    /// The crypto of every configuration, for those made per host (DANE).
+    provider: Arc<CryptoProvider>,
 }
 
 impl TlsConfigs {
@@ -49,7 +53,7 @@ impl TlsConfigs {
             (None, None)
         } else {
             let verifier = webpki_verifier(roots, provider.clone())?;
-            let config = ClientConfig::builder_with_provider(provider)
+            let config = ClientConfig::builder_with_provider(provider.clone())
                 .with_safe_default_protocol_versions()?
                 .with_webpki_verifier(verifier.clone())
                 .with_no_client_auth();
@@ -59,7 +63,20 @@ impl TlsConfigs {
             opportunistic: Arc::new(opportunistic),
             verified,
             verifier,
+            provider,
         })
+    }
+
+    /// The configuration for a DANE host: its certificate must match one
+    /// of the usable TLSA `records` published at `owner`.
+    pub fn dane(&self, owner: &str, records: Vec<Tlsa>) -> Result<Arc<ClientConfig>, ClientError> {
+        let verifier = DaneVerifier::new(owner.to_owned(), records, self.provider.clone());
+        let config = ClientConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+        Ok(Arc::new(config))
     }
 }
 

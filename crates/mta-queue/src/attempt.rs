@@ -194,12 +194,25 @@ async fn deliver_remote(
         Ok(t) => t,
         Err(e) => return resolve_failed(indexes, &domain, &e),
     };
-    // RFC 8461 protects delivery to a domain's MX hosts; a fixed route is
-    // the operator's own choice of host.
-    let published = match (&route, &inner.sts) {
-        (Route::Mx { domain }, Some(sts)) => Published {
-            mta_sts: sts.policy(domain).await,
-        },
+    // RFC 8461 and RFC 7672 protect delivery to a domain's MX hosts; a
+    // fixed route is the operator's own choice of host.
+    let published = match &route {
+        Route::Mx { domain } => {
+            let sts = async {
+                match &inner.sts {
+                    Some(sts) => sts.policy(domain).await,
+                    None => None,
+                }
+            };
+            let dane = async {
+                match &inner.dane {
+                    Some(dane) => dane.policy(domain, &targets).await,
+                    None => None,
+                }
+            };
+            let (mta_sts, dane) = tokio::join!(sts, dane);
+            Published { mta_sts, dane }
+        }
         _ => Published::default(),
     };
     let dest = Destination {

@@ -4,7 +4,7 @@
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use mta_deliver::{Client, MtaSts, Resolver};
+use mta_deliver::{Client, Dane, MtaSts, Resolver};
 use mta_envelope::QueueId;
 use mta_spool::{IndexEntry, QueueName, SpoolError};
 use tokio::sync::Notify;
@@ -28,6 +28,8 @@ pub(crate) struct Inner {
     pub resolver: Resolver,
     /// MTA-STS policy lookups for MX delivery; None when disabled.
     pub sts: Option<MtaSts>,
+    /// DANE's TLSA lookups for MX delivery; None when disabled.
+    pub dane: Option<Dane>,
     /// The MTA-STS policies known, shared with the next generation.
     pub policies: mta_deliver::PolicyCache,
     pub log: DeliveryLog,

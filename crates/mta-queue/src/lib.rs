@@ -66,7 +66,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mta_deliver::{Client, MtaSts, PolicyCache, Resolver};
+use mta_deliver::{Client, Dane, MtaSts, PolicyCache, Resolver};
 use mta_envelope::{Envelope, QueueId};
 use mta_spool::{IndexEntry, QueueName, Spool};
 use tokio::sync::Notify;
@@ -181,6 +181,8 @@ impl Queue {
             path: delivery_log.clone(),
             source,
         })?;
+        let dane = Dane::new(&client.delivery.dane, &resolver, attempts.port)
+            .map_err(|e| QueueError::Client(e.to_string()))?;
         let resolver = Resolver::new(&resolver).map_err(|e| QueueError::Resolver(e.to_string()))?;
         let sts = MtaSts::new(&client, resolver.clone(), policies.clone())
             .map_err(|e| QueueError::Client(e.to_string()))?;
@@ -197,6 +199,7 @@ impl Queue {
             client,
             resolver,
             sts,
+            dane,
             policies,
             log,
             steering,

@@ -13,6 +13,12 @@
 //! Negative answers carry an SOA whose minimum (negative TTL) is 0, so a
 //! resolver has no reason to cache them.
 //!
+//! A [`Zone::signed`] zone is signed live with DNSSEC (hickory-server's
+//! signer, an ECDSA P-256 key made for the test, NSEC for denials): a
+//! validating resolver given [`Zone::trust_anchor`] (the root's DNSKEY
+//! in a file) finds every answer secure, except the records a test
+//! spoiled on purpose ([`Zone::bogus_tlsa`]).
+//!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
 //! use mta_testkit::dns::{TestDns, Zone};
@@ -31,11 +37,17 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use hickory_proto::rr::rdata::{A, AAAA, MX, SOA, TXT};
-use hickory_proto::rr::{LowerName, Name, RData, Record};
+use hickory_proto::dnssec::crypto::EcdsaSigningKey;
+use hickory_proto::dnssec::rdata::{DNSSECRData, DNSKEY};
+use hickory_proto::dnssec::{Algorithm, DnssecSigner, SigningKey};
+use hickory_proto::rr::rdata::tlsa::{CertUsage, Matching, Selector};
+use hickory_proto::rr::rdata::{A, AAAA, MX, SOA, TLSA, TXT};
+use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType, RrKey};
+use hickory_server::dnssec::NxProofKind;
 use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneHandler, ZoneType};
 use hickory_server::Server;
+use rustls::pki_types::PrivatePkcs8KeyDer;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::oneshot;
 
@@ -51,11 +63,22 @@ const BIND_ATTEMPTS: usize = 20;
 /// One record of a [`Zone`], as given by the test.
 #[derive(Clone, Debug)]
 enum Data {
-    Mx { preference: u16, exchange: String },
+    Mx {
+        preference: u16,
+        exchange: String,
+    },
     NullMx,
     A(Ipv4Addr),
     Aaaa(Ipv6Addr),
     Txt(String),
+    Tlsa {
+        usage: u8,
+        selector: u8,
+        matching: u8,
+        data: Vec<u8>,
+        /// Changed after signing, so its signature does not verify.
+        bogus: bool,
+    },
 }
 
 /// Records a test serves. Names are absolute or relative to nothing:
@@ -63,7 +86,14 @@ enum Data {
 #[derive(Default, Clone, Debug)]
 pub struct Zone {
     records: Vec<(String, Data)>,
+    /// The PKCS#8 key the root zone is signed with, when signed.
+    signing_key: Option<Arc<Vec<u8>>>,
 }
+
+/// How long the live signatures last.
+const SIGNATURE_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// The signing algorithm (RFC 6605), which every validator supports.
+const ALGORITHM: Algorithm = Algorithm::ECDSAP256SHA256;
 
 impl Zone {
     /// An empty zone: every name is NXDOMAIN.
@@ -108,6 +138,76 @@ impl Zone {
         self
     }
 
+    /// `name TLSA usage selector matching data` (RFC 6698), e.g. at
+    /// `_25._tcp.mx.example.test`.
+    pub fn tlsa(mut self, name: &str, usage: u8, selector: u8, matching: u8, data: &[u8]) -> Zone {
+        self.records.push((
+            name.to_owned(),
+            Data::Tlsa {
+                usage,
+                selector,
+                matching,
+                data: data.to_vec(),
+                bogus: false,
+            },
+        ));
+        self
+    }
+
+    /// A TLSA record that is changed after the zone is signed: in a
+    /// signed zone its signature does not verify, so a validating
+    /// resolver finds it bogus.
+    pub fn bogus_tlsa(
+        mut self,
+        name: &str,
+        usage: u8,
+        selector: u8,
+        matching: u8,
+        data: &[u8],
+    ) -> Zone {
+        self.records.push((
+            name.to_owned(),
+            Data::Tlsa {
+                usage,
+                selector,
+                matching,
+                data: data.to_vec(),
+                bogus: true,
+            },
+        ));
+        self
+    }
+
+    /// The zone signed with DNSSEC, with a key made now.
+    pub fn signed(mut self) -> io::Result<Zone> {
+        let key = EcdsaSigningKey::generate_pkcs8(ALGORITHM)
+            .map_err(|e| io::Error::other(format!("cannot make a DNSSEC key: {e}")))?;
+        self.signing_key = Some(Arc::new(key.secret_pkcs8_der().to_vec()));
+        Ok(self)
+    }
+
+    /// For a signed zone, its key as a trust anchor file's content: the
+    /// root's DNSKEY record (`. 3600 IN DNSKEY 257 3 13 ...`). None when
+    /// the zone is not signed.
+    pub fn trust_anchor(&self) -> Option<String> {
+        let key = self.signing_key()?.ok()?;
+        let public = key.to_public_key().ok()?;
+        let record = Record::from_rdata(
+            Name::root(),
+            3600,
+            RData::DNSSEC(DNSSECRData::DNSKEY(DNSKEY::from_key(&public))),
+        );
+        Some(format!("{record}\n"))
+    }
+
+    fn signing_key(&self) -> Option<io::Result<EcdsaSigningKey>> {
+        let der = self.signing_key.as_ref()?;
+        Some(
+            EcdsaSigningKey::from_pkcs8(&PrivatePkcs8KeyDer::from(der.as_slice()), ALGORITHM)
+                .map_err(|e| io::Error::other(format!("bad DNSSEC key: {e}"))),
+        )
+    }
+
     /// The hickory records, SOA of the root zone first.
     fn to_records(&self) -> io::Result<Vec<Record>> {
         let soa = SOA::new(
@@ -134,6 +234,18 @@ impl Zone {
                 Data::A(ip) => RData::A(A::from(*ip)),
                 Data::Aaaa(ip) => RData::AAAA(AAAA::from(*ip)),
                 Data::Txt(text) => RData::TXT(TXT::new(vec![text.clone()])),
+                Data::Tlsa {
+                    usage,
+                    selector,
+                    matching,
+                    data,
+                    ..
+                } => RData::TLSA(TLSA::new(
+                    CertUsage::from(*usage),
+                    Selector::from(*selector),
+                    Matching::from(*matching),
+                    data.clone(),
+                )),
             };
             records.push(Record::from_rdata(absolute(owner)?, RECORD_TTL, rdata));
         }
@@ -142,18 +254,65 @@ impl Zone {
 
     /// A catalog with one zone handler, authoritative for the root.
     fn catalog(&self) -> io::Result<Catalog> {
+        let proofs = self.signing_key.as_ref().map(|_| NxProofKind::Nsec);
         let mut handler: InMemoryZoneHandler =
-            InMemoryZoneHandler::empty(Name::root(), ZoneType::Primary, AxfrPolicy::Deny);
+            InMemoryZoneHandler::empty(Name::root(), ZoneType::Primary, AxfrPolicy::Deny, proofs);
         for record in self.to_records()? {
             let text = record.to_string();
             if !handler.upsert_mut(record, SERIAL) {
                 return Err(invalid(format!("cannot add record to test zone: {text}")));
             }
         }
+        if let Some(key) = self.signing_key() {
+            let key = key?;
+            let dnskey = DNSKEY::from_key(&key.to_public_key().map_err(io::Error::other)?);
+            let signer = DnssecSigner::new(dnskey, Box::new(key), Name::root(), SIGNATURE_LIFETIME);
+            handler
+                .add_zone_signing_key_mut(signer)
+                .map_err(|e| io::Error::other(format!("cannot add the zone key: {e}")))?;
+            handler
+                .secure_zone_mut()
+                .map_err(|e| io::Error::other(format!("cannot sign the test zone: {e}")))?;
+            self.spoil(&mut handler)?;
+        }
         let mut catalog = Catalog::new();
         let handler: Arc<dyn ZoneHandler> = Arc::new(handler);
         catalog.upsert(LowerName::from(Name::root()), vec![handler]);
         Ok(catalog)
+    }
+}
+
+impl Zone {
+    /// Changes the data of every bogus TLSA record of a signed zone,
+    /// keeping the signature made for the data as it was.
+    fn spoil(&self, handler: &mut InMemoryZoneHandler) -> io::Result<()> {
+        for (owner, data) in &self.records {
+            let Data::Tlsa { bogus: true, .. } = data else {
+                continue;
+            };
+            let key = RrKey::new(LowerName::from(absolute(owner)?), RecordType::TLSA);
+            let records = handler.records_get_mut();
+            let Some(set) = records.get(&key) else {
+                return Err(invalid(format!("no TLSA record at {owner} to spoil")));
+            };
+            let mut spoiled = (**set).clone();
+            let changed = spoiled
+                .records_without_rrsigs()
+                .cloned()
+                .map(|mut record| {
+                    if let RData::TLSA(tlsa) = &mut record.data {
+                        match tlsa.cert_data.first_mut() {
+                            Some(byte) => *byte ^= 0xff,
+                            None => tlsa.cert_data.push(0),
+                        }
+                    }
+                    record
+                })
+                .collect();
+            spoiled.set_records(changed);
+            records.insert(key, Arc::new(spoiled));
+        }
+        Ok(())
     }
 }
 

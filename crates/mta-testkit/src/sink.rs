@@ -42,6 +42,9 @@ pub struct SinkConfig {
     pub tls: bool,
     /// More names for the certificate.
     pub tls_names: Vec<String>,
+    /// Offer this chain and key instead of a self-signed certificate
+    /// (e.g. a certificate a test CA issued, for DANE-TA).
+    pub tls_identity: Option<TlsIdentity>,
     /// Advertise PIPELINING (RFC 2920).
     pub pipelining: bool,
     /// Advertise SMTPUTF8 (RFC 6531).
@@ -66,6 +69,7 @@ impl Default for SinkConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             tls: false,
             tls_names: Vec::new(),
+            tls_identity: None,
             pipelining: true,
             smtputf8: true,
             eightbitmime: true,
@@ -75,6 +79,15 @@ impl Default for SinkConfig {
             data_delay: Duration::ZERO,
         }
     }
+}
+
+/// A certificate chain (the sink's own first) and its private key.
+#[derive(Clone, Debug)]
+pub struct TlsIdentity {
+    /// The sink's certificate, then the ones it sends along.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The private key of the first, PKCS#8 DER.
+    pub key_pkcs8: Vec<u8>,
 }
 
 /// One message the sink accepted.
@@ -185,8 +198,9 @@ impl Sink {
             ));
         }
         let (acceptor, cert_der, cert_pem) = if config.tls {
-            let (acceptor, der, pem) = tls_acceptor(&config.tls_names)?;
-            (Some(acceptor), Some(der), Some(pem))
+            let (acceptor, der, pem) =
+                tls_acceptor(&config.tls_names, config.tls_identity.as_ref())?;
+            (Some(acceptor), Some(der), pem)
         } else {
             (None, None, None)
         };
@@ -372,27 +386,47 @@ impl Sink {
         self.shared.cert_der.clone()
     }
 
-    /// The same certificate in PEM, to write a CA file.
+    /// The same certificate in PEM, to write a CA file (None with a
+    /// `tls_identity`).
     pub fn cert_pem(&self) -> Option<String> {
         self.shared.cert_pem.clone()
     }
 }
 
-/// A self-signed certificate for `localhost` and `names`, and the acceptor
-/// using it.
-fn tls_acceptor(names: &[String]) -> io::Result<(TlsAcceptor, CertificateDer<'static>, String)> {
-    let mut all = vec!["localhost".to_owned()];
-    all.extend(names.iter().cloned());
-    let certified = rcgen::generate_simple_self_signed(all).map_err(io::Error::other)?;
-    let der = certified.cert.der().clone();
-    let pem = certified.cert.pem();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der()));
+/// A self-signed certificate for `localhost` and `names` (or `identity`),
+/// and the acceptor using it.
+fn tls_acceptor(
+    names: &[String],
+    identity: Option<&TlsIdentity>,
+) -> io::Result<(TlsAcceptor, CertificateDer<'static>, Option<String>)> {
+    let (chain, pem, key) = match identity {
+        Some(identity) => {
+            if identity.chain.is_empty() {
+                return Err(io::Error::other("an empty certificate chain"));
+            }
+            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(identity.key_pkcs8.clone()));
+            (identity.chain.clone(), None, key)
+        }
+        None => {
+            let mut all = vec!["localhost".to_owned()];
+            all.extend(names.iter().cloned());
+            let certified = rcgen::generate_simple_self_signed(all).map_err(io::Error::other)?;
+            let key =
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der()));
+            (
+                vec![certified.cert.der().clone()],
+                Some(certified.cert.pem()),
+                key,
+            )
+        }
+    };
+    let der = chain[0].clone();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(io::Error::other)?
         .with_no_client_auth()
-        .with_single_cert(vec![der.clone()], key)
+        .with_single_cert(chain, key)
         .map_err(io::Error::other)?;
     Ok((TlsAcceptor::from(Arc::new(config)), der, pem))
 }

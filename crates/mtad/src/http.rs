@@ -448,6 +448,10 @@ fn render(ctx: &Context) -> String {
                 "{policy=\"mta-sts\",mode=\"testing\"}".to_owned(),
                 tls.mta_sts_testing_failures,
             ),
+            (
+                "{policy=\"dane\",mode=\"enforce\"}".to_owned(),
+                tls.dane_failures,
+            ),
         ],
     );
     let attempts: Vec<_> = runners
