@@ -449,3 +449,29 @@ fn a_host_whose_tlsa_lookup_failed_is_skipped_for_the_next() {
         "the host whose TLSA lookup failed was contacted"
     );
 }
+
+#[test]
+fn configtest_warns_when_tls_policy_lowers_published_tlsa_records() {
+    let (identity, _) = identity(&[MX], None);
+    let (port, _sink) = sink(53, Some(identity));
+    let zone = zone(53, port, &[(3, 1, 1, vec![0; 32])]).signed().unwrap();
+    let anchor = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(anchor.path(), zone.trust_anchor().unwrap()).unwrap();
+    let dns = TestDns::start_in_background(zone).unwrap();
+    let work = Workdir::new();
+    let lowered = "lowers the DANE TLSA records the MX hosts of example.test publish";
+    for (entry, warned) in [("none", true), ("opportunistic", true), ("required", false)] {
+        configure(&work, dns.addr, port, anchor.path(), "");
+        let path = work.config_path();
+        let text = std::fs::read_to_string(&path).unwrap().replacen(
+            "system_roots = false\n",
+            &format!("system_roots = false\ntls_policy = {{ \"example.test\" = \"{entry}\" }}\n"),
+            1,
+        );
+        std::fs::write(&path, text).unwrap();
+        let out = crate::util::init(&work, &["configtest"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert_eq!(err.contains(lowered), warned, "{entry}: {err}");
+    }
+}

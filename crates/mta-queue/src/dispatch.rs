@@ -65,7 +65,6 @@ fn start_attempt(inner: &Arc<Inner>, queue: QueueName, job: Job, permit: OwnedSe
 /// operator can still take it out.
 pub(crate) async fn memory_loop(inner: Arc<Inner>, queue: QueueName) {
     let runner = inner.runner(queue);
-    runner.started.store(true, Ordering::Relaxed);
     loop {
         tokio::select! {
             biased;
@@ -110,7 +109,6 @@ pub(crate) async fn spill(inner: &Inner, job: Job) {
 /// The disk runner: retries whatever the index says is due.
 pub(crate) async fn disk_loop(inner: Arc<Inner>) {
     let runner = &inner.disk;
-    runner.started.store(true, Ordering::Relaxed);
     // Woken after each batch of a background rescan: what it indexed is
     // due now.
     let rescanned = inner.store.blocking().rescan_notify();

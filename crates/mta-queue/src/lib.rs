@@ -62,7 +62,7 @@ mod sts_saved;
 mod unreadable;
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -214,6 +214,12 @@ impl Queue {
             dsns_dropped: AtomicU64::new(0),
             spilled: AtomicU64::new(0),
         });
+        // Started from now on, as `status` says once mtad is ready: the
+        // loops clear the flag when they end, not set it when they begin
+        // (a status asked before their first poll would call them down).
+        for q in [QueueName::Ram, QueueName::Bounce, QueueName::Disk] {
+            inner.runner(q).started.store(true, Ordering::Relaxed);
+        }
         inner
             .tasks
             .spawn(dispatch::memory_loop(inner.clone(), QueueName::Ram));
