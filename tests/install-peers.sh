@@ -11,7 +11,8 @@
 # client (tests/integration/submission_peers.rs); ca-certificates, the
 # system trust store of verified outbound TLS; and dkimpy (python3-dkim),
 # which verifies the DKIM signatures mtad makes independently of any Rust
-# crate. Idempotent and quick when all is there.
+# crate; and Unbound, a recursive resolver for DANE's tests of a real
+# delegation. Idempotent and quick when all is there.
 #
 # No system-wide Postfix is configured or started: debconf is preseeded to
 # "No configuration", and the machine's policy-rc.d refuses service starts.
@@ -30,6 +31,9 @@ command -v jq >/dev/null 2>&1 || missing+=(jq)
 # /etc/ssl/certs/ca-certificates.crt); only recommended by Postfix's and
 # OpenSSL's packages, so --no-install-recommends leaves it out.
 [ -f /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
+# Unbound, the recursive resolver between mtad and the test DNS servers
+# where a test needs a real delegation (mta_testkit::unbound).
+[ -x /usr/sbin/unbound ] || missing+=(unbound)
 # dkimpy, for the system interpreter (tests/integration/dkim_verify.py).
 /usr/bin/python3 -c 'import dkim' >/dev/null 2>&1 || missing+=(python3-dkim)
 # Only recommended by libsasl2-2, so --no-install-recommends leaves it out.

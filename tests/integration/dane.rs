@@ -475,3 +475,79 @@ fn configtest_warns_when_tls_policy_lowers_published_tlsa_records() {
         assert_eq!(err.contains(lowered), warned, "{entry}: {err}");
     }
 }
+
+/// A real delegation, as on the Internet: a signed root (the test's trust
+/// anchor) delegating `example.test` to an unsigned zone on another
+/// server, and a private Unbound as the recursive resolver mtad asks
+/// (a test DNS server alone is authoritative for everything and follows
+/// no delegation). The root's NSEC proves `example.test` has no DS: the
+/// domain is provably unsigned, so DANE does not apply, even to the TLSA
+/// record its unsigned zone serves (an attacker could have forged it),
+/// and its mail goes as before.
+#[test]
+fn an_unsigned_domain_under_a_signed_root_is_delivered_as_before() {
+    if !crate::util::have(mta_testkit::unbound::UNBOUND, "-V") {
+        return;
+    }
+    let (identity, _) = identity(&[MX], None);
+    let (port, sink) = sink(54, Some(identity));
+    // The child zone, its own server authoritative for it alone, with its
+    // apex NS records as every zone has; its TLSA record matches nothing,
+    // so it would defer the mail if DANE took it.
+    let child = Zone::new()
+        .origin("example.test")
+        .ns("example.test", "ns.example.test")
+        .mx("example.test", 10, MX)
+        .a(MX, ip(54))
+        .tlsa(&format!("_{port}._tcp.{MX}"), 3, 1, 1, &[0; 32]);
+    let child_dns = TestDns::start_in_background(child).unwrap();
+    // A root has NS records at its apex (a resolver primes with them).
+    // The control: signed.test lives in the signed root itself, with the
+    // same TLSA record that matches nothing, so through the same resolver
+    // DANE applies to it and defers its mail.
+    const SIGNED_MX: &str = "mx2.signed.test";
+    let root = Zone::new()
+        .ns(".", "ns.root.test")
+        .a("ns.root.test", ip(1))
+        .ns("example.test", "ns.example.test")
+        .mx("signed.test", 10, SIGNED_MX)
+        .a(SIGNED_MX, ip(54))
+        .tlsa(&format!("_{port}._tcp.{SIGNED_MX}"), 3, 1, 1, &[0; 32])
+        .signed()
+        .unwrap();
+    let anchor_text = root.trust_anchor().unwrap();
+    let anchor = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(anchor.path(), &anchor_text).unwrap();
+    let root_dns = TestDns::start_in_background(root).unwrap();
+    let resolver_dir = tempfile::tempdir().unwrap();
+    let unbound = mta_testkit::unbound::Unbound::start(
+        resolver_dir.path(),
+        &anchor_text,
+        &[(".", root_dns.addr), ("example.test.", child_dns.addr)],
+    )
+    .unwrap();
+    let work = Workdir::new();
+    configure(&work, unbound.addr, port, anchor.path(), "");
+    let mtad = Mtad::start(&work);
+    let id = send(&mtad, "unsigned domain");
+    let e = outcome(&work, &id);
+    assert_eq!(e["event"], "delivered", "{e}\n{}", mtad.log());
+    assert_eq!(e["verified"], "none", "{e}");
+    assert_eq!(sink.wait_for_messages_blocking(1, WAIT).len(), 1);
+    assert!(
+        metrics(&mtad)
+            .contains("mta_tls_policy_failures_total{policy=\"dane\",mode=\"enforce\"} 0"),
+        "{}",
+        metrics(&mtad)
+    );
+
+    let mut c = mtad.connect();
+    c.cmd("EHLO client.test", "250");
+    let r = c.send_message("alice@local.test", &["bob@signed.test"], &message("signed"));
+    assert_eq!(r.head(), "250 2.0.0", "{}", r.text());
+    let id = r.text().rsplit(' ').next().unwrap().to_owned();
+    let e = outcome(&work, &id);
+    assert_eq!(e["event"], "deferred", "{e}");
+    assert_eq!(e["status"], "4.7.5", "{e}");
+    assert_eq!(sink.messages().len(), 1, "nothing more reached the sink");
+}

@@ -41,7 +41,7 @@ use hickory_proto::dnssec::crypto::EcdsaSigningKey;
 use hickory_proto::dnssec::rdata::{DNSSECRData, DNSKEY};
 use hickory_proto::dnssec::{Algorithm, DnssecSigner, SigningKey};
 use hickory_proto::rr::rdata::tlsa::{CertUsage, Matching, Selector};
-use hickory_proto::rr::rdata::{A, AAAA, MX, SOA, TLSA, TXT};
+use hickory_proto::rr::rdata::{A, AAAA, MX, NS, SOA, TLSA, TXT};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType, RrKey};
 use hickory_server::dnssec::NxProofKind;
 use hickory_server::store::in_memory::InMemoryZoneHandler;
@@ -71,6 +71,7 @@ enum Data {
     A(Ipv4Addr),
     Aaaa(Ipv6Addr),
     Txt(String),
+    Ns(String),
     Tlsa {
         usage: u8,
         selector: u8,
@@ -88,6 +89,8 @@ pub struct Zone {
     records: Vec<(String, Data)>,
     /// The PKCS#8 key the root zone is signed with, when signed.
     signing_key: Option<Arc<Vec<u8>>>,
+    /// The zone's apex: the root unless [`Zone::origin`] says otherwise.
+    origin: Option<String>,
 }
 
 /// How long the live signatures last.
@@ -116,6 +119,30 @@ impl Zone {
     /// A null MX (RFC 7505): `domain MX 0 .`.
     pub fn null_mx(mut self, domain: &str) -> Zone {
         self.records.push((domain.to_owned(), Data::NullMx));
+        self
+    }
+
+    /// A zone whose apex is `name` rather than the root: the server is
+    /// authoritative for `name` and below only, as a delegated child
+    /// zone's server is (it answers its apex NS and SOA itself). Only
+    /// names at or below `name` may be added.
+    pub fn origin(mut self, name: &str) -> Zone {
+        self.origin = Some(name.to_owned());
+        self
+    }
+
+    fn apex(&self) -> io::Result<Name> {
+        match &self.origin {
+            Some(name) => absolute(name),
+            None => Ok(Name::root()),
+        }
+    }
+
+    /// `name NS host`: a delegation (to a zone another server serves;
+    /// only a recursive resolver, `unbound::Unbound`, follows it).
+    pub fn ns(mut self, name: &str, host: &str) -> Zone {
+        self.records
+            .push((name.to_owned(), Data::Ns(host.to_owned())));
         self
     }
 
@@ -220,7 +247,7 @@ impl Zone {
             0,
         );
         let mut records = vec![Record::from_rdata(
-            Name::root(),
+            self.apex()?,
             RECORD_TTL,
             RData::SOA(soa),
         )];
@@ -234,6 +261,7 @@ impl Zone {
                 Data::A(ip) => RData::A(A::from(*ip)),
                 Data::Aaaa(ip) => RData::AAAA(AAAA::from(*ip)),
                 Data::Txt(text) => RData::TXT(TXT::new(vec![text.clone()])),
+                Data::Ns(host) => RData::NS(NS(absolute(host)?)),
                 Data::Tlsa {
                     usage,
                     selector,
@@ -256,7 +284,7 @@ impl Zone {
     fn catalog(&self) -> io::Result<Catalog> {
         let proofs = self.signing_key.as_ref().map(|_| NxProofKind::Nsec);
         let mut handler: InMemoryZoneHandler =
-            InMemoryZoneHandler::empty(Name::root(), ZoneType::Primary, AxfrPolicy::Deny, proofs);
+            InMemoryZoneHandler::empty(self.apex()?, ZoneType::Primary, AxfrPolicy::Deny, proofs);
         for record in self.to_records()? {
             let text = record.to_string();
             if !handler.upsert_mut(record, SERIAL) {
@@ -266,7 +294,7 @@ impl Zone {
         if let Some(key) = self.signing_key() {
             let key = key?;
             let dnskey = DNSKEY::from_key(&key.to_public_key().map_err(io::Error::other)?);
-            let signer = DnssecSigner::new(dnskey, Box::new(key), Name::root(), SIGNATURE_LIFETIME);
+            let signer = DnssecSigner::new(dnskey, Box::new(key), self.apex()?, SIGNATURE_LIFETIME);
             handler
                 .add_zone_signing_key_mut(signer)
                 .map_err(|e| io::Error::other(format!("cannot add the zone key: {e}")))?;
@@ -277,7 +305,7 @@ impl Zone {
         }
         let mut catalog = Catalog::new();
         let handler: Arc<dyn ZoneHandler> = Arc::new(handler);
-        catalog.upsert(LowerName::from(Name::root()), vec![handler]);
+        catalog.upsert(LowerName::from(self.apex()?), vec![handler]);
         Ok(catalog)
     }
 }

@@ -13,6 +13,7 @@ pub mod dovecot;
 pub mod fuzz;
 pub mod https;
 pub mod sink;
+pub mod unbound;
 
 use std::path::Path;
 
