@@ -551,3 +551,19 @@ fn an_unsigned_domain_under_a_signed_root_is_delivered_as_before() {
     assert_eq!(e["status"], "4.7.5", "{e}");
     assert_eq!(sink.messages().len(), 1, "nothing more reached the sink");
 }
+
+#[test]
+fn configtest_refuses_a_trust_anchor_file_without_a_key() {
+    let work = Workdir::new();
+    let anchor = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(anchor.path(), "; no key here\n").unwrap();
+    configure(&work, "127.0.0.1:9".parse().unwrap(), 25, anchor.path(), "");
+    let out = crate::util::init(&work, &["configtest"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(err.contains("delivery.dane.trust_anchor"), "{err}");
+    assert!(
+        Mtad::try_start(&work).is_err(),
+        "mtad started without a trust anchor"
+    );
+}

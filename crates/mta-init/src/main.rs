@@ -236,6 +236,10 @@ fn run(cli: Cli) -> ExitCode {
     };
     match cli.command {
         Verb::Configtest => {
+            if let Err(e) = published::check_dane_anchor(&config) {
+                eprintln!("mta-init: configuration error:\n{e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
             let dkim_warnings = match dkim::check_keys(&config) {
                 Ok(warnings) => warnings,
                 Err(e) => {

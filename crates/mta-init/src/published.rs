@@ -102,3 +102,27 @@ fn policy_name(policy: TlsPolicy) -> &'static str {
         TlsPolicy::Required => "required",
     }
 }
+
+/// Reads `[delivery.dane] trust_anchor` as mtad will at start (a file
+/// that is there but holds no usable DNSKEY record stops mtad): an error
+/// for `configtest` and `restart`.
+pub fn check_dane_anchor(config: &Config) -> Result<(), String> {
+    let delivery = &config.delivery;
+    if !delivery.dane.enabled || delivery.dane.trust_anchor.is_none() {
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot check delivery.dane.trust_anchor: {e}"))?;
+    let resolver = ResolverConfig {
+        name_servers: delivery.name_servers.clone(),
+        timeout: delivery.dns_timeout,
+        attempts: 2,
+    };
+    runtime.block_on(async {
+        Dane::new(&delivery.dane, &resolver, delivery.port)
+            .map(|_| ())
+            .map_err(|e| format!("delivery.dane.trust_anchor: {e}"))
+    })
+}

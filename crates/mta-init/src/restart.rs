@@ -51,6 +51,7 @@ fn check_daemon_config(status: &Status) -> Result<Config, Refusal> {
     let path = status.config.as_ref().map(PathBuf::from);
     let config = Config::load(path.as_deref()).map_err(|e| Refusal::Config(e.to_string()))?;
     crate::dkim::check_keys(&config).map_err(Refusal::Config)?;
+    crate::published::check_dane_anchor(&config).map_err(Refusal::Config)?;
     Ok(config)
 }
 
