@@ -53,6 +53,7 @@ mod outcome;
 mod paused;
 pub mod route;
 mod runner;
+mod saved_state;
 pub mod schedule;
 mod settings;
 mod settle;
