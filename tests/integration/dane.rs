@@ -10,7 +10,8 @@ use mta_testkit::https::{Answer, PolicyHost};
 use mta_testkit::sink::{Sink, SinkConfig, TlsIdentity};
 use ring::digest;
 
-use crate::delivery::{delivery_log, event, ip, sinks, WAIT};
+use crate::delivery::{ip, sinks, WAIT};
+use crate::mta_sts::{outcome, send};
 use crate::util::{message, wait_until, Mtad, Workdir};
 
 const MX: &str = "mx1.example.test";
@@ -134,29 +135,6 @@ fn configure(work: &Workdir, dns: SocketAddr, port: u16, anchor: &std::path::Pat
             anchor.display().to_string(),
         ),
     );
-}
-
-/// Sends one message to bob@example.test; its queue id.
-fn send(mtad: &Mtad, subject: &str) -> String {
-    let mut c = mtad.connect();
-    c.cmd("EHLO client.test", "250");
-    let r = c.send_message("alice@local.test", &["bob@example.test"], &message(subject));
-    assert_eq!(r.head(), "250 2.0.0", "{}", r.text());
-    c.cmd("QUIT", "221");
-    r.text().rsplit(' ').next().unwrap().to_owned()
-}
-
-/// The first delivered or deferred line about `id`.
-fn outcome(work: &Workdir, id: &str) -> serde_json::Value {
-    let log = work.queue().join("delivery.log");
-    let mut found = None;
-    wait_until("delivered or deferred", WAIT, || {
-        found = delivery_log(&log)
-            .into_iter()
-            .find(|e| event(e, "delivered", id) || event(e, "deferred", id));
-        found.is_some()
-    });
-    found.unwrap()
 }
 
 fn metrics(mtad: &Mtad) -> String {

@@ -102,7 +102,7 @@ fn configure(
 }
 
 /// Sends one message to bob@example.test; its queue id.
-fn send(mtad: &Mtad, subject: &str) -> String {
+pub(crate) fn send(mtad: &Mtad, subject: &str) -> String {
     let mut c = mtad.connect();
     c.cmd("EHLO client.test", "250");
     let r = c.send_message("alice@local.test", &["bob@example.test"], &message(subject));
@@ -112,7 +112,7 @@ fn send(mtad: &Mtad, subject: &str) -> String {
 }
 
 /// The first delivered or deferred line about `id`.
-fn outcome(work: &Workdir, id: &str) -> serde_json::Value {
+pub(crate) fn outcome(work: &Workdir, id: &str) -> serde_json::Value {
     let log = work.queue().join("delivery.log");
     let mut found = None;
     wait_until("delivered or deferred", WAIT, || {
