@@ -23,6 +23,22 @@
 #   RELAY_NO_NETCHECK=1  skip the strace check that nothing leaves loopback
 #   RELAY_KEEP=1       keep the temporary directory (queues, logs, JSON)
 #   RELAY_INDEX_CACHE=SIZE  mtad's [spool] index_cache (default: mtad's)
+#   RELAY_CASES="N..." the cases to run, by number (default: all; see the
+#                      run_case lines at the end)
+#   RELAY_MTAD=PATH    the mtad binary to measure (default: this checkout's
+#                      release build)
+#   RELAY_BASELINE=PATH  compare with this other mtad binary instead of
+#                      Postfix (a before/after of a change: build both,
+#                      copy them aside, run with RELAY_NO_BUILD=1); no
+#                      Postfix is started
+#   RELAY_NO_DIRECT=1  skip the runs with no MTA in the middle
+#
+# Cases 4 to 7 open a new connection for every message (mta-loadgen
+# --per-connection 1), case 7 with STARTTLS on each (a full handshake every
+# time; both MTAs offer the same throw-away ECDSA P-256 certificate). Every
+# round also measures the load generator straight into a fresh smtp-sink
+# ("no MTA"; not for case 7, as smtp-sink has no TLS): what the sink and
+# the load generator can do on this machine, the ceiling of any relay.
 #
 # The Markdown report goes to standard output, progress to standard error.
 # Only 127.0.0.1 is used: mtad routes example.test to the sink with
@@ -49,7 +65,7 @@ if [ "$(id -u)" != 0 ]; then
     echo "relay: must run as root (a private Postfix instance needs root to start its master, and smtp-sink drops to 'nobody'); try: sudo $0" >&2
     exit 1
 fi
-for tool in cargo postfix postconf ss script stdbuf timeout tail pgrep; do
+for tool in cargo postfix postconf ss script stdbuf timeout tail pgrep openssl; do
     command -v "$tool" >/dev/null 2>&1 \
         || die "$tool not found (Postfix comes from tests/install-peers.sh)"
 done
@@ -71,6 +87,18 @@ cd "$ROOT"
 . "$ROOT/benches/compare.sh"
 
 release_binaries "${RELAY_NO_BUILD:-}"
+[ -z "${RELAY_MTAD:-}" ] || MTAD=$RELAY_MTAD
+BASELINE=${RELAY_BASELINE:-}
+if [ -n "$BASELINE" ]; then
+    [ -x "$BASELINE" ] || die "RELAY_BASELINE=$BASELINE is not an executable"
+    [ -x "$MTAD" ] || die "$MTAD is not an executable"
+    OTHER=baseline
+    OTHER_NAME="baseline mtad"
+else
+    OTHER=postfix
+    OTHER_NAME=Postfix
+fi
+CASES=${RELAY_CASES:-1 2 3 4 5 6 7}
 
 WORK=$(mktemp -d /tmp/mta-relay.XXXXXX)
 chmod 755 "$WORK" # the postfix user must reach its queue and data dirs
@@ -189,7 +217,8 @@ wait_sink_count() { # target seconds; returns 1 on timeout
 
 # --- mtad -------------------------------------------------------------------
 
-start_mtad() { # [netcheck]: run it under strace
+start_mtad() { # binary [netcheck]: run it under strace
+    local bin=$1
     MTADIR=$RUNDIR
     cat >"$MTADIR/mtad.toml" <<EOF
 hostname = "mx.test"
@@ -203,6 +232,9 @@ $([ -z "$INDEX_CACHE" ] || printf 'index_cache = "%s"' "$INDEX_CACHE")
 # No admin HTTP server (it would take 127.0.0.1:8025).
 [http]
 listen = []
+[tls]
+certificate = "$WORK/cert.pem"
+key = "$WORK/key.pem"
 [queue]
 retry_base = "1s"
 [delivery]
@@ -214,9 +246,9 @@ tls = "none"
 [delivery.routes]
 "example.test" = "127.0.0.1:$SINK_PORT"
 EOF
-    if [ "${1:-}" = netcheck ]; then
+    if [ "${2:-}" = netcheck ]; then
         strace -f -qq -o "$MTADIR/strace.out" -e trace=connect,sendto,sendmsg,sendmmsg \
-            "$MTAD" --config "$MTADIR/mtad.toml" >"$MTADIR/stdout" 2>"$MTADIR/mtad.log" &
+            "$bin" --config "$MTADIR/mtad.toml" >"$MTADIR/stdout" 2>"$MTADIR/mtad.log" &
         MTAD_STRACE_PID=$!
         for _ in $(seq 50); do
             MTAD_PID=$(pgrep -P "$MTAD_STRACE_PID" | head -n1) || true
@@ -225,7 +257,7 @@ EOF
         done
         [ -n "$MTAD_PID" ] || die "mtad did not start under strace"
     else
-        "$MTAD" --config "$MTADIR/mtad.toml" >"$MTADIR/stdout" 2>"$MTADIR/mtad.log" &
+        "$bin" --config "$MTADIR/mtad.toml" >"$MTADIR/stdout" 2>"$MTADIR/mtad.log" &
         MTAD_PID=$!
     fi
     wait_mtad_ready "$MTADIR"
@@ -268,6 +300,11 @@ smtp_connection_cache_on_demand = yes
 default_process_limit = 200
 message_size_limit = 67108864
 maillog_file_prefixes = $WORK
+# STARTTLS offered (case 7), with the certificate mtad has; the shared
+# master.cf has tlsmgr.
+smtpd_tls_security_level = may
+smtpd_tls_cert_file = $WORK/cert.pem
+smtpd_tls_key_file = $WORK/key.pem
 EOF
 }
 
@@ -326,6 +363,11 @@ cpu_ms_per_msg() { # ticks messages
 }
 
 # --- runs -------------------------------------------------------------------
+
+# a as a percentage of b, no decimals, or - if unknown
+percent() { # a b
+    awk -v a="${1:-}" -v b="${2:-}" 'BEGIN { if (a == "" || b == "" || b + 0 == 0) print "-"; else printf "%.0f%%", 100 * a / b }'
+}
 
 json_num() { # key json
     printf '%s' "$2" | sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p" | head -n1
@@ -418,22 +460,22 @@ measure() { # mta messages rcpts size args...
     [ "$COOLDOWN" = 0 ] || sleep "$COOLDOWN"
     sync
     start_sink
-    if [ "$mta" = mtad ]; then
-        start_mtad
-        port=$MTAD_PORT
-    else
+    if [ "$mta" = postfix ]; then
         start_postfix
         port=$PF_PORT
+    else
+        start_mtad "$(mtad_binary "$mta")"
+        port=$MTAD_PORT
     fi
     log "$NAME: $mta on 127.0.0.1:$port -> smtp-sink on 127.0.0.1:$SINK_PORT"
     warm_up "$port" "$rcpts" "$size" "$WARMUP"
     TARGET=$((WARMUP + messages))
     start_watcher "$TARGET"
-    if [ "$mta" = mtad ]; then c0=$(mtad_ticks); else c0=$(pf_ticks); fi
+    if [ "$mta" != postfix ]; then c0=$(mtad_ticks); else c0=$(pf_ticks); fi
     run_loadgen "$port" "$@"
     wait_drained
     # Then: the queue must empty, and the sink must not get anything more.
-    if [ "$mta" = mtad ]; then
+    if [ "$mta" != postfix ]; then
         wait_empty mtad_queued 60 || true
         queued=$(mtad_queued)
     else
@@ -441,11 +483,11 @@ measure() { # mta messages rcpts size args...
         queued=$(pf_queued)
     fi
     sleep 1
-    if [ "$mta" = mtad ]; then c1=$(mtad_ticks); else c1=$(pf_ticks); fi
+    if [ "$mta" != postfix ]; then c1=$(mtad_ticks); else c1=$(pf_ticks); fi
     CPU=$(cpu_ms_per_msg $((c1 - c0)) "$messages")
     SINKED=$(($(sink_count) - WARMUP))
     expect_dlv=$((TARGET * rcpts))
-    if [ "$mta" = mtad ]; then
+    if [ "$mta" != postfix ]; then
         sent=$(mtad_events delivered)
         deferred=$(mtad_events deferred)
         failed=$(($(mtad_events failed) + $(mtad_events bounced)))
@@ -471,23 +513,58 @@ measure() { # mta messages rcpts size args...
     fi
 }
 
-run_case() { # label sessions messages size rcpts [extra loadgen args]
-    local label=$1 sessions=$2 messages=$3 size=$4 rcpts=$5
-    shift 5
+# The load generator straight into a fresh sink: sets DIRECT (msg/s, empty
+# when the run failed).
+measure_direct() { # messages rcpts size args...
+    local messages=$1 rcpts=$2 size=$3
+    shift 3
+    new_rundir direct
+    sync
+    start_sink
+    warm_up "$SINK_PORT" "$rcpts" "$size" "$WARMUP"
+    run_loadgen "$SINK_PORT" "$@"
+    wait_sink_count $((WARMUP + messages)) 30 || true
+    DIRECT=$RATE
+    if [ "${ACC:-}" != "$messages" ] || [ "$(sink_count)" != $((WARMUP + messages)) ]; then
+        log "$NAME: no MTA: accepted ${ACC:-?} of $messages, the sink counted $(($(sink_count) - WARMUP))"
+        DIRECT=
+        FAILED=1
+    fi
+    log "$NAME: no MTA: ${DIRECT:-failed} msg/s (p50 ${P50:-?} ms, p99 ${P99:-?} ms)"
+    stop_sink
+}
+
+mtad_binary() { # mtad|baseline
+    if [ "$1" = baseline ]; then echo "$BASELINE"; else echo "$MTAD"; fi
+}
+
+run_case() { # number label sessions messages size rcpts [extra loadgen args]
+    local n=$1 label=$2 sessions=$3 messages=$4 size=$5 rcpts=$6
+    shift 6
+    case " $CASES " in
+        *" $n "*) ;;
+        *) return 0 ;;
+    esac
     messages=$((messages / SCALE))
     [ "$messages" -ge "$sessions" ] || messages=$sessions
     local args=(--sessions "$sessions" --messages "$messages" --size "$size" --rcpts "$rcpts" "$@")
-    local n=$((${#ROWS[@]} + 1))
     CMDS+=("$n. mta-loadgen --server 127.0.0.1:PORT ${args[*]} --timeout $TIMEOUT --json")
 
     local m_e2e= m_rate= m_p50= m_p99= m_sink= m_drain= p_e2e= p_rate= p_p50= p_p99= p_sink= p_drain= m_all= p_all=
-    local m_mincpu= p_mincpu=
+    local m_mincpu= p_mincpu= d_best= d_all=
     local r mta order
     for r in $(seq "$REPEAT"); do
         # Alternate which MTA goes first (by case and by round), so drift on
         # a shared machine does not always favour the same one.
-        order=(mtad postfix)
-        [ $(((n + r) % 2)) = 0 ] || order=(postfix mtad)
+        order=(mtad "$OTHER")
+        [ $(((n + r) % 2)) = 0 ] || order=("$OTHER" mtad)
+        # (smtp-sink has no TLS: no direct run for the STARTTLS case)
+        if [ -z "${RELAY_NO_DIRECT:-}" ] && [[ " ${args[*]} " != *" --starttls "* ]]; then
+            NAME="case $n round $r"
+            measure_direct "$messages" "$rcpts" "$size" "${args[@]}"
+            d_all="$d_all${d_all:+, }${DIRECT:-fail}"
+            if greater "$DIRECT" "$d_best"; then d_best=$DIRECT; fi
+        fi
         for mta in "${order[@]}"; do
             NAME="case $n round $r"
             measure "$mta" "$messages" "$rcpts" "$size" "${args[@]}"
@@ -506,9 +583,9 @@ run_case() { # label sessions messages size rcpts [extra loadgen args]
             fi
         done
     done
-    ROWS+=("| $n. $label | $messages | ${m_e2e:--} | ${p_e2e:--} | **$(ratio "$m_e2e" "$p_e2e")** | ${m_rate:--} | ${p_rate:--} | $(ratio "$m_rate" "$p_rate") | ${m_p50:--} | ${p_p50:--} | $(ratio "$p_p50" "$m_p50") | ${m_p99:--} | ${p_p99:--} | $(ratio "$p_p99" "$m_p99") | ${m_drain:--} / ${p_drain:--} | ${m_sink:--} / ${p_sink:--} |")
+    ROWS+=("| $n. $label | $messages | ${m_e2e:--} | ${p_e2e:--} | **$(ratio "$m_e2e" "$p_e2e")** | ${d_best:--} | $(percent "$m_e2e" "$d_best") | ${m_rate:--} | ${p_rate:--} | $(ratio "$m_rate" "$p_rate") | ${m_p50:--} | ${p_p50:--} | $(ratio "$p_p50" "$m_p50") | ${m_p99:--} | ${p_p99:--} | $(ratio "$p_p99" "$m_p99") | ${m_drain:--} / ${p_drain:--} | ${m_sink:--} / ${p_sink:--} |")
     CPUROWS+=("| $n. $label | ${m_mincpu:--} | ${p_mincpu:--} | **$(ratio "$p_mincpu" "$m_mincpu")** |")
-    ALLRUNS+=("| $n. $label | $m_all | $p_all |")
+    ALLRUNS+=("| $n. $label | $m_all | $p_all | ${d_all:--} |")
 }
 
 # --- network check ---------------------------------------------------------------
@@ -533,14 +610,14 @@ check_trace() { # mta file
 NETCHECK=()
 netcheck() {
     local mta
-    for mta in mtad postfix; do
+    for mta in mtad "$OTHER"; do
         new_rundir "$mta-netcheck"
         NAME="network check"
         start_sink
-        if [ "$mta" = mtad ]; then
-            start_mtad netcheck
+        if [ "$mta" != postfix ]; then
+            start_mtad "$(mtad_binary "$mta")" netcheck
             warm_up "$MTAD_PORT" 2 4KiB "$WARMUP"
-            wait_empty mtad_queued 30 || die "mtad kept mail in the network check"
+            wait_empty mtad_queued 30 || die "$mta kept mail in the network check"
             stop_mtad
         else
             start_postfix netcheck
@@ -554,14 +631,31 @@ netcheck() {
     done
 }
 
-PF_PORT=$(free_port)
-write_postfix_config
-log "work dir $WORK; Postfix on 127.0.0.1:$PF_PORT, mtad on an ephemeral port, a new smtp-sink per run"
+# A throw-away certificate both MTAs offer with STARTTLS (case 7).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+    -keyout "$WORK/key.pem" -out "$WORK/cert.pem" -days 2 -subj /CN=localhost \
+    -addext subjectAltName=DNS:localhost >"$WORK/openssl.log" 2>&1 \
+    || { cat "$WORK/openssl.log" >&2; die "openssl could not make a certificate"; }
+chmod 644 "$WORK/key.pem" "$WORK/cert.pem"
+
+if [ "$OTHER" = postfix ]; then
+    PF_PORT=$(free_port)
+    write_postfix_config
+    log "work dir $WORK; Postfix on 127.0.0.1:$PF_PORT, mtad on an ephemeral port, a new smtp-sink per run"
+else
+    log "work dir $WORK; mtad $MTAD against the baseline $BASELINE, each on an ephemeral port, a new smtp-sink per run"
+fi
 [ -n "${RELAY_NO_NETCHECK:-}" ] || netcheck
 
-run_case "4 KiB, 1 rcpt, 20 sessions" 20 5000 4KiB 1
-run_case "4 KiB, 20 rcpts, 20 sessions" 20 2000 4KiB 20
-run_case "100 KiB, 1 rcpt, 20 sessions" 20 1000 100KiB 1
+# Connections kept open (20 sessions, each sending its share).
+run_case 1 "4 KiB, 1 rcpt, 20 sessions" 20 5000 4KiB 1
+run_case 2 "4 KiB, 20 rcpts, 20 sessions" 20 2000 4KiB 20
+run_case 3 "100 KiB, 1 rcpt, 20 sessions" 20 1000 100KiB 1
+# A new connection for every message.
+run_case 4 "4 KiB, 1 rcpt, new connection per message" 20 5000 4KiB 1 --per-connection 1
+run_case 5 "4 KiB, 20 rcpts, new connection per message" 20 2000 4KiB 20 --per-connection 1
+run_case 6 "100 KiB, 1 rcpt, new connection per message" 20 1000 100KiB 1 --per-connection 1
+run_case 7 "4 KiB, 1 rcpt, new connection and STARTTLS per message" 20 3000 4KiB 1 --per-connection 1 --starttls
 
 # --- report -----------------------------------------------------------------
 
@@ -579,19 +673,25 @@ fi
 rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [ -n "$(git -C "$ROOT" status --porcelain 2>/dev/null | head -n1)" ]; then rev="$rev+dirty"; fi
 pfver=$(postconf -c "$PFCONF" -h mail_version 2>/dev/null || echo unknown)
+if [ "$OTHER" = postfix ]; then
+    other_line="Postfix $pfver (Debian package), private instance, \`relayhost = [127.0.0.1]:SINK\`, \`default_destination_concurrency_limit = 20\`, \`in_flow_delay = 0\`, STARTTLS offered (\`smtpd_tls_security_level = may\`)"
+else
+    other_line="baseline: \`$BASELINE\` with the same configuration; mtad: \`$MTAD\`"
+fi
+O=$OTHER_NAME
 
 cat <<EOF
 ## Relay run $(date -u '+%Y-%m-%d %H:%M UTC')
 
 - machine: $(nproc) CPUs ($cpu), $(free -g 2>/dev/null | awk '/^Mem:/ { print $2 " GiB RAM, " }')temp dir on $fstype; kernel $(uname -r)
-- mtad: release build of $rev, durable (default), \`index_cache\` ${INDEX_CACHE:-default}, no admin HTTP server, \`max_per_destination = 20\`, \`[delivery.routes] "example.test" = "127.0.0.1:SINK"\`, \`name_servers = ["127.0.0.1:9"]\`, \`tls = "none"\`; Postfix $pfver (Debian package), private instance, \`relayhost = [127.0.0.1]:SINK\`, \`default_destination_concurrency_limit = 20\`, \`in_flow_delay = 0\`
+- mtad: release build of $rev, durable (default), \`index_cache\` ${INDEX_CACHE:-default}, no admin HTTP server, \`max_per_destination = 20\`, \`[delivery.routes] "example.test" = "127.0.0.1:SINK"\`, \`name_servers = ["127.0.0.1:9"]\`, \`tls = "none"\` outbound, STARTTLS offered inbound; $other_line
 - sink: a new \`smtp-sink -c -u nobody 127.0.0.1:SINK 1024\` per run; $WARMUP warm-up messages through the whole path before each measured run (not counted)
 - load: \`mta-loadgen\` (release build), DATA, one command at a time, --timeout $TIMEOUT$([ "$SCALE" = 1 ] || echo ", message counts divided by $SCALE")$([ "$COOLDOWN" = 0 ] || echo "; ${COOLDOWN} s pause before each run")
-- every run on fresh empty queues; $REPEAT rounds per case and MTA, the MTAs alternating (which goes first alternates by case and round); the table shows each MTA's best round by end-to-end msg/s, with that round's other figures
+- every run on fresh empty queues; $REPEAT rounds per case and MTA, the MTAs alternating (which goes first alternates by case and round); the table shows each MTA's best round by end-to-end msg/s, with that round's other figures$([ -n "${RELAY_NO_DIRECT:-}" ] || echo "; \"no MTA\" is the best of $REPEAT runs of the same load straight into a fresh sink, one before each round")
 $(for c in "${NETCHECK[@]}"; do echo "- network check (strace, short trial): $c"; done)
 
-| case | messages | mtad e2e msg/s | Postfix e2e msg/s | mtad/Postfix e2e | mtad accepted msg/s | Postfix accepted msg/s | mtad/Postfix accepted | mtad p50 ms | Postfix p50 ms | Postfix/mtad p50 | mtad p99 ms | Postfix p99 ms | Postfix/mtad p99 | drain s mtad / Postfix | at sink mtad / Postfix |
-| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
+| case | messages | mtad e2e msg/s | $O e2e msg/s | mtad/$O e2e | no MTA msg/s | mtad/no MTA | mtad accepted msg/s | $O accepted msg/s | mtad/$O accepted | mtad p50 ms | $O p50 ms | $O/mtad p50 | mtad p99 ms | $O p99 ms | $O/mtad p99 | drain s mtad / $O | at sink mtad / $O |
+| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
 EOF
 printf '%s\n' "${ROWS[@]}"
 cat <<'EOF'
@@ -600,7 +700,8 @@ cat <<'EOF'
 the sink's counter reaching the last message). "accepted" is mta-loadgen's
 rate (accepted / its wall time); p50/p99 are its end-of-data reply latencies
 (nearest rank). "drain" is how long after the load generator's last reply
-the sink got the last message. "at sink" is the number of transactions
+the sink got the last message. "no MTA" is mta-loadgen's rate straight
+into a sink, with no MTA in the middle. "at sink" is the number of transactions
 smtp-sink counted (one per message, whatever the number of recipients),
 warm-up excluded. Every round is checked: the sink got exactly the messages
 sent, the MTA's log shows every recipient delivered once and nothing
@@ -612,7 +713,9 @@ the Postfix instance; the load generator and the sink not included),
 lowest of the rounds; being CPU rather than wall time, it moves less with
 the machine's other load than the rates do:
 
-| case | mtad CPU ms/msg | Postfix CPU ms/msg | Postfix/mtad |
+EOF
+cat <<EOF
+| case | mtad CPU ms/msg | $O CPU ms/msg | $O/mtad |
 | --- | ---: | ---: | ---: |
 EOF
 printf '%s\n' "${CPUROWS[@]}"
@@ -620,12 +723,14 @@ cat <<'EOF'
 
 Every round, end-to-end msg/s (accepted msg/s; CPU ms/msg):
 
-| case | mtad | Postfix |
-| --- | --- | --- |
+EOF
+cat <<EOF
+| case | mtad | $O | no MTA |
+| --- | --- | --- | --- |
 EOF
 printf '%s\n' "${ALLRUNS[@]}"
 echo
-echo "Commands (PORT is mtad's or Postfix's):"
+echo "Commands (PORT is mtad's, the $O's, or the sink's for no MTA):"
 echo
 for c in "${CMDS[@]}"; do
     printf '%s. `%s`\n' "${c%%. *}" "${c#*. }"
