@@ -13,6 +13,8 @@
 #   PROFILE_SIZE=S       message size (default 4KiB)
 #   PROFILE_FREQ=HZ      perf's sampling frequency (default 499)
 #   PROFILE_NO_BUILD=1   skip `cargo build --release`
+#   PROFILE_MTAD=PATH    profile this mtad binary (a copy kept from before a
+#                        change) instead of the checkout's release build
 #
 # Needs perf (Debian's linux-perf, installed when missing) and inferno
 # (inferno-collapse-perf, inferno-flamegraph; installed into
@@ -54,6 +56,7 @@ cd "$ROOT"
 # shellcheck source=benches/compare.sh
 . "$ROOT/benches/compare.sh"
 release_binaries "${PROFILE_NO_BUILD:-}"
+[ -z "${PROFILE_MTAD:-}" ] || MTAD=$PROFILE_MTAD
 
 WORK=$(mktemp -d /tmp/mta-profile.XXXXXX)
 chmod 755 "$WORK"

@@ -265,7 +265,8 @@ EOF
 }
 
 mtad_queued() {
-    find "$MTADIR/queue/msg" "$MTADIR/queue/tmp" -type f 2>/dev/null | wc -l
+    # (tmp/free.N: a finished message's file kept for the next one)
+    find "$MTADIR/queue/msg" "$MTADIR/queue/tmp" -type f ! -name 'free.*' 2>/dev/null | wc -l
 }
 
 mtad_events() { # event

@@ -120,6 +120,45 @@ pub(crate) fn read_header_only(path: &Path) -> Result<(Header, u64), SpoolError>
     Ok((header, content))
 }
 
+/// Writes a message over a kept spool file (see `reuse.rs`): its bytes
+/// from the start, the file cut to their length, the data made durable
+/// with fdatasync. The file keeps the mode and owner it was created with.
+/// On any error the file is removed, as a half-written one would be.
+pub(crate) fn write_over_durable(path: &Path, chunks: &[&[u8]]) -> Result<(), SpoolError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| SpoolError::io("open", path, e))?;
+    let written = (|| {
+        let mut len = 0;
+        for chunk in chunks {
+            file.write_all(chunk)
+                .map_err(|e| SpoolError::io("write", path, e))?;
+            len += chunk.len() as u64;
+        }
+        file.set_len(len)
+            .map_err(|e| SpoolError::io("truncate", path, e))?;
+        file.sync_data()
+            .map_err(|e| SpoolError::io("fdatasync", path, e))
+    })();
+    if written.is_err() {
+        drop(file);
+        let _ = fs::remove_file(path);
+    }
+    written
+}
+
+/// After reading a spool file: an error as if it had not been there when
+/// the path is gone now. A file renamed away from `msg/` may already hold
+/// the next message (`reuse.rs`), and never comes back under the same
+/// name, so a path still there means what was read is its message.
+pub(crate) fn still_there(path: &Path) -> Result<(), SpoolError> {
+    match fs::symlink_metadata(path) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(SpoolError::io("open", path, e)),
+    }
+}
+
 /// Writes a new file (which must not exist) with `mode` (0600 or 0640;
 /// the umask can only take bits away) and makes its data durable with
 /// fdatasync. On any error the file is removed again, so a failed write

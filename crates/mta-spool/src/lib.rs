@@ -54,6 +54,7 @@ mod layout;
 mod permissions;
 mod reopen;
 mod rescan;
+mod reuse;
 mod slot;
 mod trees;
 
@@ -256,6 +257,8 @@ struct Inner {
     recovered: Arc<Notify>,
     /// `None` once closed.
     state: Mutex<Option<Open>>,
+    /// Spool files of finished messages, kept for the next ones.
+    free: reuse::FreeFiles,
 }
 
 /// What an open spool holds. Fields drop in this order when a spool is
@@ -456,6 +459,7 @@ impl Spool {
         );
         let spool = Spool {
             inner: Arc::new(Inner {
+                free: reuse::FreeFiles::new(&layout.tmp),
                 layout,
                 min_free_space: config.min_free_space,
                 rescan_rate: config.rescan_rate,
@@ -535,7 +539,12 @@ impl Spool {
 
         let header = file::encode_header(envelope);
         let size = content.len();
-        let tmp = self.inner.layout.tmp_path(id);
+        // Over a finished message's file when one is kept (reuse.rs),
+        // else a new file.
+        let reused = self.inner.free.take();
+        let tmp = reused
+            .clone()
+            .unwrap_or_else(|| self.inner.layout.tmp_path(id));
         let mode = self.inner.layout.modes.file;
         let (reply, answer) = oneshot::channel();
         let request = Request {
@@ -549,7 +558,10 @@ impl Spool {
         };
 
         let handed_over = tokio::task::spawn_blocking(move || {
-            file::write_new_durable(&tmp, &[&header, &content], mode)?;
+            match reused {
+                Some(path) => file::write_over_durable(&path, &[&header, &content])?,
+                None => file::write_new_durable(&tmp, &[&header, &content], mode)?,
+            }
             drop(content);
             sender.send(request).map_err(|unsent| {
                 // The committer is gone (it only stops after every sender
@@ -616,14 +628,15 @@ impl Spool {
         self.index()?.update(id, entry)
     }
 
-    /// Removes a message that is done: its spool file, then its index
-    /// entry. The unlink is not fsynced: if a crash undoes it, the message
-    /// comes back and is delivered again, which RFC 5321 tolerates and a
-    /// lost message is not.
+    /// Removes a message that is done: its spool file (kept in `tmp/` for
+    /// the next message when small, see `reuse.rs`, else unlinked), then
+    /// its index entry. The removal is not fsynced: if a crash undoes it,
+    /// the message comes back and is delivered again, which RFC 5321
+    /// tolerates and a lost message is not.
     pub fn remove(&self, id: QueueId) -> Result<(), SpoolError> {
         let index = self.index()?;
         let path = self.inner.layout.msg_path(id);
-        match std::fs::remove_file(&path) {
+        match self.inner.free.retire(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(SpoolError::io("remove", &path, e)),
@@ -719,7 +732,7 @@ impl Spool {
         drop(self.open_state()?);
         let path = self.inner.layout.msg_path(id);
         file::read_header_only(&path)
-            .map(|(header, _)| header.envelope)
+            .and_then(|(header, _)| file::still_there(&path).map(|()| header.envelope))
             .map_err(|e| missing_as_not_found(e, id))
     }
 
@@ -944,7 +957,9 @@ impl Spool {
     pub fn read(&self, id: QueueId) -> Result<(Envelope, Vec<u8>), SpoolError> {
         drop(self.open_state()?);
         let path = self.inner.layout.msg_path(id);
-        file::read_file(&path).map_err(|e| missing_as_not_found(e, id))
+        file::read_file(&path)
+            .and_then(|read| file::still_there(&path).map(|()| read))
+            .map_err(|e| missing_as_not_found(e, id))
     }
 
     /// Closes the spool: stops the background rescan if it still runs,
@@ -982,6 +997,7 @@ impl Spool {
         };
         committer.stop();
         flusher.stop();
+        self.inner.free.clear();
         // A failed index gets one more chance (space may be back), with
         // no rescan: the next open does that.
         let mut reopened = false;

@@ -653,7 +653,16 @@ pub(crate) fn clear_tmp(layout: &Layout) -> Result<(usize, Option<QueueId>), Spo
     for entry in entries {
         let entry = entry.map_err(|e| SpoolError::io("read directory", dir, e))?;
         let path = entry.path();
-        if let Some(Ok(id)) = entry.file_name().to_str().map(str::parse::<QueueId>) {
+        let name = entry.file_name();
+        if name.to_str().is_some_and(crate::reuse::is_free_name) {
+            // A finished message's file kept for reuse: no one's mail.
+            match fs::remove_file(&path) {
+                Ok(()) => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(SpoolError::io("remove", &path, e)),
+            }
+        }
+        if let Some(Ok(id)) = name.to_str().map(str::parse::<QueueId>) {
             max_id = max_id.max(Some(id));
         }
         let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);

@@ -1,0 +1,309 @@
+//! Spool files of finished messages, kept to hold the next ones.
+//!
+//! Creating a file and removing it are the costly part of a message's
+//! passage through the file system after its fsyncs: the kernel finds a
+//! free inode (ext4 searches past the ones freed recently) and allocates
+//! blocks, then frees both again when the message is done. So when a
+//! message leaves the queue its file is not unlinked: it is renamed to
+//! `tmp/free.N` and the next message is written over it (write, truncate
+//! to the new length, fdatasync), then committed as every message is, by
+//! renaming it into `msg/` and fsyncing that directory. Nothing about
+//! durability changes: a message is still written, fdatasynced, renamed
+//! into `msg/` and its directory fsynced before the client hears 250.
+//!
+//! - Only small files are kept ([`MAX_SIZE`]), and at most [`MAX_FILES`]
+//!   of them, so the files held cost little disk: the rest are unlinked.
+//! - A file renamed away from `msg/` can never come back under its old
+//!   name (ids are used once), so a reader that still finds a message's
+//!   path after reading it knows that what it read was that message, not
+//!   the next one written over it (`Spool::read` and `Spool::envelope`
+//!   check; see `file::still_there`).
+//! - After a crash, a `free.N` file is no one's message: open clears
+//!   `tmp/` of them as of every file there, and `close` removes them.
+//!   On a file system that does not order metadata writes (ext4 without
+//!   a journal), a crash may bring back the old name of a file that was
+//!   reused: it then holds the newer message, which is delivered twice,
+//!   the same "at least once" a crash gives a message whose removal was
+//!   lost; no message is lost.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+/// Most files kept.
+pub(crate) const MAX_FILES: usize = 256;
+
+/// Largest file kept, in bytes: together at most 32 MiB of disk held.
+pub(crate) const MAX_SIZE: u64 = 128 * 1024;
+
+/// How the names of kept files begin, in `tmp/`.
+pub(crate) const PREFIX: &str = "free.";
+
+/// The kept files.
+#[derive(Debug)]
+pub(crate) struct FreeFiles {
+    /// `tmp/`.
+    dir: PathBuf,
+    files: Mutex<Vec<PathBuf>>,
+    next: AtomicU64,
+}
+
+impl FreeFiles {
+    /// None kept yet; they will go in `tmp`.
+    pub fn new(tmp: &Path) -> FreeFiles {
+        FreeFiles {
+            dir: tmp.to_owned(),
+            files: Mutex::new(Vec::new()),
+            next: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes a finished message's spool file out of `msg/`: keeps it when
+    /// it is small and there is room, unlinks it otherwise. An error is
+    /// the rename's or the unlink's (`NotFound` when it was gone).
+    pub fn retire(&self, path: &Path) -> io::Result<()> {
+        if self.files.lock().len() >= MAX_FILES {
+            return fs::remove_file(path);
+        }
+        let size = fs::symlink_metadata(path)?.len();
+        if size > MAX_SIZE {
+            return fs::remove_file(path);
+        }
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let free = self.dir.join(format!("{PREFIX}{n}"));
+        fs::rename(path, &free)?;
+        let mut files = self.files.lock();
+        if files.len() < MAX_FILES {
+            files.push(free);
+            return Ok(());
+        }
+        drop(files);
+        // Filled meanwhile: it has left msg/ already, which is what counts.
+        let _ = fs::remove_file(&free);
+        Ok(())
+    }
+
+    /// A kept file to write the next message over, if any: the one kept
+    /// last (its blocks are the likeliest to be cached).
+    pub fn take(&self) -> Option<PathBuf> {
+        self.files.lock().pop()
+    }
+
+    /// Files kept now.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.files.lock().len()
+    }
+
+    /// Unlinks every kept file (at close).
+    pub fn clear(&self) {
+        let files = std::mem::take(&mut *self.files.lock());
+        for path in files {
+            if let Err(e) = fs::remove_file(&path) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!(path = %path.display(), error = %e, "could not remove a spool file kept for reuse");
+                }
+            }
+        }
+    }
+}
+
+/// True for the name of a kept file.
+pub(crate) fn is_free_name(name: &str) -> bool {
+    name.strip_prefix(PREFIX)
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(dir: &Path, name: &str, len: usize) -> PathBuf {
+        let path = dir.join(name);
+        fs::write(&path, vec![b'x'; len]).unwrap();
+        path
+    }
+
+    #[test]
+    fn keeps_small_files_and_unlinks_large_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join("tmp");
+        fs::create_dir(&tmp).unwrap();
+        let free = FreeFiles::new(&tmp);
+
+        let small = file(dir.path(), "small", 4096);
+        free.retire(&small).unwrap();
+        assert!(!small.exists());
+        assert_eq!(free.len(), 1);
+
+        let large = file(dir.path(), "large", MAX_SIZE as usize + 1);
+        free.retire(&large).unwrap();
+        assert!(!large.exists());
+        assert_eq!(free.len(), 1, "a large file is not kept");
+        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 1);
+
+        let kept = free.take().unwrap();
+        assert!(is_free_name(kept.file_name().unwrap().to_str().unwrap()));
+        assert_eq!(fs::metadata(&kept).unwrap().len(), 4096);
+        assert!(free.take().is_none());
+    }
+
+    #[test]
+    fn keeps_at_most_max_files_and_clear_removes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join("tmp");
+        fs::create_dir(&tmp).unwrap();
+        let free = FreeFiles::new(&tmp);
+        for n in 0..MAX_FILES + 3 {
+            let path = file(dir.path(), &format!("m{n}"), 10);
+            free.retire(&path).unwrap();
+            assert!(!path.exists());
+        }
+        assert_eq!(free.len(), MAX_FILES);
+        assert_eq!(fs::read_dir(&tmp).unwrap().count(), MAX_FILES);
+        free.clear();
+        assert_eq!(free.len(), 0);
+        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_file_already_gone_is_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let free = FreeFiles::new(dir.path());
+        let e = free.retire(&dir.path().join("none")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        assert_eq!(free.len(), 0);
+    }
+
+    /// The spool writes the next message over a finished one's file: same
+    /// inode, the new message's bytes only, read back as itself; the old
+    /// id is gone; close leaves `tmp/` empty and the next open finds the
+    /// new message.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_spool_writes_the_next_message_over_a_finished_ones_file() {
+        use std::os::unix::fs::MetadataExt;
+
+        use mta_envelope::{Mailbox, Origin, Recipient, ReversePath};
+
+        use crate::{Spool, SpoolConfig, SpoolError};
+
+        let envelope = |rcpt: &str| mta_envelope::Envelope {
+            sender: ReversePath::Mailbox(Mailbox {
+                local: "alice".into(),
+                domain: "example.test".into(),
+            }),
+            recipients: vec![Recipient {
+                address: Mailbox {
+                    local: rcpt.into(),
+                    domain: "example.org".into(),
+                },
+                notify: None,
+                orcpt: None,
+            }],
+            body: Default::default(),
+            smtputf8: false,
+            ret: None,
+            envid: None,
+            origin: Origin {
+                client_ip: "192.0.2.1".parse().unwrap(),
+                helo: "client.example.test".into(),
+                protocol: "ESMTP".into(),
+                tls: None,
+                auth: None,
+            },
+            arrival: 1_700_000_000,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let config = SpoolConfig {
+            dir: dir.path().join("queue"),
+            min_free_space: 0,
+            max_batch: 64,
+            rescan_rate: 0,
+            index_cache: 0,
+        };
+        let (spool, _) = Spool::open(config.clone()).unwrap();
+        let tmp = config.dir.join("tmp");
+
+        let long = vec![b'a'; 8000];
+        let first = spool.next_id();
+        spool
+            .store(first, &envelope("first"), &[&long])
+            .await
+            .unwrap();
+        let first_path = spool.inner.layout.msg_path(first);
+        let inode = fs::metadata(&first_path).unwrap().ino();
+        spool.remove(first).unwrap();
+        assert!(!first_path.exists());
+        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 1, "kept in tmp/");
+        assert!(matches!(
+            spool.read(first),
+            Err(SpoolError::NotFound { .. })
+        ));
+
+        let second = spool.next_id();
+        spool
+            .store(second, &envelope("second"), &[b"short"])
+            .await
+            .unwrap();
+        let second_path = spool.inner.layout.msg_path(second);
+        assert_eq!(
+            fs::metadata(&second_path).unwrap().ino(),
+            inode,
+            "the same file"
+        );
+        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0, "taken from tmp/");
+        let (read, content) = spool.read(second).unwrap();
+        assert_eq!(read, envelope("second"));
+        assert_eq!(content, b"short", "nothing of the longer message left");
+        assert!(matches!(
+            spool.read(first),
+            Err(SpoolError::NotFound { .. })
+        ));
+
+        // Kept files do not outlive the spool.
+        let third = spool.next_id();
+        spool
+            .store(third, &envelope("third"), &[b"x"])
+            .await
+            .unwrap();
+        spool.remove(third).unwrap();
+        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 1);
+        spool.close().unwrap();
+        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0, "close removes them");
+
+        let (spool, _) = Spool::open(config).unwrap();
+        assert_eq!(spool.read(second).unwrap().1, b"short");
+        spool.close().unwrap();
+    }
+
+    /// A file read and then renamed away (and perhaps written over) no
+    /// longer counts as its message.
+    #[test]
+    fn a_read_file_renamed_away_meanwhile_is_not_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = file(dir.path(), "0000000000000001", 10);
+        crate::file::still_there(&path).unwrap();
+        let free = FreeFiles::new(dir.path());
+        free.retire(&path).unwrap();
+        match crate::file::still_there(&path) {
+            Err(crate::SpoolError::Io {
+                op: "open", source, ..
+            }) => {
+                assert_eq!(source.kind(), io::ErrorKind::NotFound)
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn free_names() {
+        assert!(is_free_name("free.0"));
+        assert!(is_free_name("free.12345"));
+        assert!(!is_free_name("free."));
+        assert!(!is_free_name("free.x"));
+        assert!(!is_free_name("0006612f745353f3"));
+    }
+}
