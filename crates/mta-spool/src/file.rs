@@ -14,7 +14,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use mta_envelope::Envelope;
@@ -120,16 +120,23 @@ pub(crate) fn read_header_only(path: &Path) -> Result<(Header, u64), SpoolError>
     Ok((header, content))
 }
 
-/// Writes a message over a kept spool file (see `reuse.rs`): its bytes
-/// from the start, the file cut to their length, the data made durable
-/// with fdatasync. The file keeps the mode and owner it was created with.
-/// On any error the file is removed, as a half-written one would be.
-pub(crate) fn write_over_durable(path: &Path, chunks: &[&[u8]]) -> Result<(), SpoolError> {
+/// Writes a message over a kept spool file (see `reuse.rs`): `mode` set
+/// again (the file may date from a run with other modes), its bytes from
+/// the start, the file cut to their length, the data made durable with
+/// fdatasync. On any error the file is removed, as a half-written one
+/// would be.
+pub(crate) fn write_over_durable(
+    path: &Path,
+    chunks: &[&[u8]],
+    mode: u32,
+) -> Result<(), SpoolError> {
     let mut file = OpenOptions::new()
         .write(true)
         .open(path)
         .map_err(|e| SpoolError::io("open", path, e))?;
     let written = (|| {
+        file.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(|e| SpoolError::io("chmod", path, e))?;
         let mut len = 0;
         for chunk in chunks {
             file.write_all(chunk)

@@ -559,7 +559,7 @@ impl Spool {
 
         let handed_over = tokio::task::spawn_blocking(move || {
             match reused {
-                Some(path) => file::write_over_durable(&path, &[&header, &content])?,
+                Some(path) => file::write_over_durable(&path, &[&header, &content], mode)?,
                 None => file::write_new_durable(&tmp, &[&header, &content], mode)?,
             }
             drop(content);

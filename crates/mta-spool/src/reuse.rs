@@ -184,7 +184,7 @@ mod tests {
     /// new message.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_spool_writes_the_next_message_over_a_finished_ones_file() {
-        use std::os::unix::fs::MetadataExt;
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
         use mta_envelope::{Mailbox, Origin, Recipient, ReversePath};
 
@@ -235,6 +235,8 @@ mod tests {
             .unwrap();
         let first_path = spool.inner.layout.msg_path(first);
         let inode = fs::metadata(&first_path).unwrap().ino();
+        // As a run with a group-readable queue would have left it.
+        fs::set_permissions(&first_path, fs::Permissions::from_mode(0o640)).unwrap();
         spool.remove(first).unwrap();
         assert!(!first_path.exists());
         assert_eq!(fs::read_dir(&tmp).unwrap().count(), 1, "kept in tmp/");
@@ -254,6 +256,8 @@ mod tests {
             inode,
             "the same file"
         );
+        let mode = fs::metadata(&second_path).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the spool's mode, not the old file's");
         assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0, "taken from tmp/");
         let (read, content) = spool.read(second).unwrap();
         assert_eq!(read, envelope("second"));
