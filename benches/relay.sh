@@ -33,7 +33,8 @@
 #                      Postfix is started
 #   RELAY_NO_DIRECT=1  skip the runs with no MTA in the middle
 #
-# Cases 4 to 7 open a new connection for every message (mta-loadgen
+# Cases 1 to 3 keep 20 connections open, case 8 keeps 200; cases 4 to 7
+# open a new connection for every message (mta-loadgen
 # --per-connection 1), case 7 with STARTTLS on each (a full handshake every
 # time; both MTAs offer the same throw-away ECDSA P-256 certificate). Every
 # round also measures the load generator straight into a fresh smtp-sink
@@ -98,7 +99,7 @@ else
     OTHER=postfix
     OTHER_NAME=Postfix
 fi
-CASES=${RELAY_CASES:-1 2 3 4 5 6 7}
+CASES=${RELAY_CASES:-1 2 3 4 5 6 7 8}
 
 WORK=$(mktemp -d /tmp/mta-relay.XXXXXX)
 chmod 755 "$WORK" # the postfix user must reach its queue and data dirs
@@ -657,6 +658,8 @@ run_case 4 "4 KiB, 1 rcpt, new connection per message" 20 5000 4KiB 1 --per-conn
 run_case 5 "4 KiB, 20 rcpts, new connection per message" 20 2000 4KiB 20 --per-connection 1
 run_case 6 "100 KiB, 1 rcpt, new connection per message" 20 1000 100KiB 1 --per-connection 1
 run_case 7 "4 KiB, 1 rcpt, new connection and STARTTLS per message" 20 3000 4KiB 1 --per-connection 1 --starttls
+# Many clients at once (the p99 of the reply to the end of the data).
+run_case 8 "4 KiB, 1 rcpt, 200 sessions" 200 10000 4KiB 1
 
 # --- report -----------------------------------------------------------------
 
