@@ -58,6 +58,16 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
+/// How a connection taken from the idle pool is checked before reuse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Check {
+    /// RSET in the same write as the next MAIL, when the server pipelines.
+    Pipelined,
+    /// RSET and its reply before anything else: after a pipelined check
+    /// failed.
+    Separate,
+}
+
 /// Why no connection: the status and reason every recipient gets, the
 /// server reply that refused the session (a 5xx or 4xx greeting or EHLO)
 /// if that was the last failure, and what the servers said on the way.
@@ -256,40 +266,81 @@ impl Client {
                 .collect()
         };
         let throttles = &self.inner.throttles;
-        let now = SystemTime::now();
-        if let Some(reason) = throttles.backed_off(&dest.key, now) {
-            tracing::debug!(key = %dest.key, %reason, "not tried");
-            return (
-                every(Outcome::deferred("4.4.5", reason)),
-                ServerSignal::Silent,
-            );
-        }
-        let mut reservation = match throttles.reserve_domain(&dest.domain, now) {
-            Ok(reservation) => reservation,
-            Err(reason) => {
+        let mut planned = None;
+        // An idle connection is checked with an RSET pipelined in front of
+        // MAIL; if that fails, the message goes on another connection,
+        // idle ones now checked by an RSET of its own.
+        let mut check = Check::Pipelined;
+        let (outcomes, signal) = loop {
+            let now = SystemTime::now();
+            if let Some(reason) = throttles.backed_off(&dest.key, now) {
                 tracing::debug!(key = %dest.key, %reason, "not tried");
                 return (
                     every(Outcome::deferred("4.4.5", reason)),
                     ServerSignal::Silent,
                 );
             }
-        };
-
-        let requirement = self.requirement(&dest.domain, &dest.published);
-        let plan = match self.plan(dest, &requirement) {
-            Ok(plan) => plan,
-            Err(reason) => {
-                tracing::warn!(key = %dest.key, %reason, "delivery deferred by policy");
-                return (
-                    every(Outcome::deferred("4.7.5", reason)),
-                    ServerSignal::Silent,
-                );
+            let mut reservation = match throttles.reserve_domain(&dest.domain, now) {
+                Ok(reservation) => reservation,
+                Err(reason) => {
+                    tracing::debug!(key = %dest.key, %reason, "not tried");
+                    return (
+                        every(Outcome::deferred("4.4.5", reason)),
+                        ServerSignal::Silent,
+                    );
+                }
+            };
+            let (requirement, plan) = match &mut planned {
+                Some(planned) => planned,
+                None => {
+                    let requirement = self.requirement(&dest.domain, &dest.published);
+                    match self.plan(dest, &requirement) {
+                        Ok(plan) => planned.insert((requirement, plan)),
+                        Err(reason) => {
+                            tracing::warn!(key = %dest.key, %reason, "delivery deferred by policy");
+                            return (
+                                every(Outcome::deferred("4.7.5", reason)),
+                                ServerSignal::Silent,
+                            );
+                        }
+                    }
+                }
+            };
+            let requirement = &*requirement;
+            let conn = self
+                .connection(dest, plan, requirement, &mut reservation, check)
+                .await;
+            match self
+                .transaction(dest, msg, attempt, requirement, reservation, conn)
+                .await
+            {
+                Some(done) => break done,
+                None => check = Check::Separate,
             }
         };
-        let (outcomes, signal) = match self
-            .connection(dest, &plan, &requirement, &mut reservation)
-            .await
-        {
+        throttles.record(&dest.key, &signal, SystemTime::now());
+        (outcomes, signal)
+    }
+
+    /// The transaction on `conn` (or what its failure to open says), as
+    /// `deliver_valid` reports it; `None` when `conn` came from the idle
+    /// pool and failed its check, to go again on another connection.
+    async fn transaction(
+        &self,
+        dest: &Destination,
+        msg: &OutboundMessage<'_>,
+        attempt: &mut Attempt,
+        requirement: &TlsRequirement,
+        reservation: Reservation,
+        conn: Result<Conn, NoConnection>,
+    ) -> Option<(Vec<(usize, Outcome)>, ServerSignal)> {
+        let every = |outcome: Outcome| -> Vec<(usize, Outcome)> {
+            msg.recipients
+                .iter()
+                .map(|&i| (i, outcome.clone()))
+                .collect()
+        };
+        let done = match conn {
             Err(mut failure) => {
                 let policy = match &requirement {
                     TlsRequirement::Enforced(policy) => Some((policy.name(), Verification::MtaSts)),
@@ -327,6 +378,11 @@ impl Client {
                     .session
                     .send_message(msg, self.inner.config.delivery.eightbit_without_8bitmime)
                     .await;
+                if result.stale {
+                    // Closed by dropping it: the server said nothing that
+                    // counts, and nothing is waiting for an answer.
+                    return None;
+                }
                 conn.session.messages += 1;
                 attempt.remote = Some(conn.session.remote.clone());
                 attempt.tls = conn.session.tls.clone();
@@ -346,8 +402,7 @@ impl Client {
                 (result.outcomes, result.signal)
             }
         };
-        throttles.record(&dest.key, &signal, SystemTime::now());
-        (outcomes, signal)
+        Some(done)
     }
 
     /// The hosts of `dest` that may be tried, each with the STARTTLS step
@@ -513,6 +568,7 @@ impl Client {
         plan: &[(Target, TlsStep)],
         requirement: &TlsRequirement,
         reservation: &mut Reservation,
+        check: Check,
     ) -> Result<Conn, NoConnection> {
         let throttles = &self.inner.throttles;
         let gate = throttles.key_gate(&dest.key);
@@ -525,7 +581,7 @@ impl Client {
             let returned = self.inner.pool.returned();
             tokio::pin!(returned);
             returned.as_mut().enable();
-            if let Some(conn) = self.idle_connection(&dest.key, requirement).await {
+            if let Some(conn) = self.idle_connection(&dest.key, requirement, check).await {
                 if throttles.host_rule(&conn.host).is_none() {
                     return Ok(conn);
                 }
@@ -553,8 +609,15 @@ impl Client {
     }
 
     /// An idle connection for `key` that passes RSET (as Postfix checks a
-    /// cached connection before reuse), if any.
-    async fn idle_connection(&self, key: &str, requirement: &TlsRequirement) -> Option<Conn> {
+    /// cached connection before reuse), if any. With [`Check::Pipelined`]
+    /// and a server that pipelines, the RSET is left to go in front of
+    /// the next MAIL (`Session::check_pending`).
+    async fn idle_connection(
+        &self,
+        key: &str,
+        requirement: &TlsRequirement,
+        check: Check,
+    ) -> Option<Conn> {
         loop {
             let (found, expired) = self.inner.pool.take(key);
             for conn in expired {
@@ -583,6 +646,11 @@ impl Client {
             if conn.session.is_stale() {
                 tracing::debug!(remote = %conn.session.remote, "idle connection closed by the server");
                 continue;
+            }
+            if check == Check::Pipelined && conn.session.ext.pipelining {
+                tracing::debug!(remote = %conn.session.remote, key, "reusing connection; RSET goes with MAIL");
+                conn.session.check_pending = true;
+                return Some(conn);
             }
             match conn.session.rset().await {
                 Ok(true) => {

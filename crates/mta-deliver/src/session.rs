@@ -269,6 +269,11 @@ pub(crate) struct Session {
     pub audit: Option<String>,
     /// Transactions completed on this connection.
     pub messages: usize,
+    /// Taken from the idle pool without its RSET check: the next
+    /// transaction sends RSET in front of MAIL, in the same write
+    /// (`transaction.rs`), and is given up as [`SessionError::Stale`] if
+    /// that RSET is not answered 2xx.
+    pub check_pending: bool,
     pub timeouts: Timeouts,
     _open: OpenGuard,
 }
@@ -312,6 +317,7 @@ impl Session {
             tls: None,
             audit: None,
             messages: 0,
+            check_pending: false,
             timeouts,
             _open: OpenGuard::new(counter),
         };

@@ -23,6 +23,11 @@ pub(crate) struct TxResult {
     pub reusable: bool,
     /// How the server ended it, for back-off.
     pub signal: ServerSignal,
+    /// The connection came from the idle pool and failed the RSET sent
+    /// in front of MAIL (`Session::check_pending`): nothing was said to
+    /// the server that counts, and the message may go on another
+    /// connection.
+    pub stale: bool,
 }
 
 /// Encodes `s` as xtext (RFC 3461 section 4): bytes outside `!`..`~`, and
@@ -135,6 +140,7 @@ impl Session {
                 .collect(),
             reusable,
             signal,
+            stale: false,
         };
         // Recipients that cannot go to this server fail before MAIL; the
         // others go in the transaction.
@@ -173,6 +179,16 @@ impl Session {
             .await;
         let reusable = match outcome {
             Ok(reusable) => reusable,
+            Err(e) if self.check_pending => {
+                let (_, reason) = e.describe(&self.remote);
+                tracing::debug!(remote = %self.remote, %reason, "idle connection failed RSET");
+                let mut tx = result(states, false, ServerSignal::Silent);
+                for (_, outcome) in tx.outcomes.iter_mut() {
+                    *outcome = Outcome::deferred("4.4.2", reason.clone());
+                }
+                tx.stale = true;
+                return tx;
+            }
             Err(e) => {
                 let (status, reason) = e.describe(&self.remote);
                 tracing::debug!(remote = %self.remote, %reason, "transaction broken off");
@@ -211,14 +227,41 @@ impl Session {
 
         if pipelining {
             // RFC 2920 section 3.1: MAIL, every RCPT and DATA in one
-            // write; the replies come back in order.
-            let mut batch = mail.clone();
+            // write; the replies come back in order. A connection taken
+            // from the idle pool is checked with RSET (as Postfix checks
+            // a cached one), here in the same write rather than a round
+            // trip of its own.
+            let mut batch = String::new();
+            if self.check_pending {
+                batch.push_str("RSET\r\n");
+            }
+            batch.push_str(&mail);
             for (_, rcpt) in &rcpts {
                 batch.push_str(rcpt);
             }
             batch.push_str("DATA\r\n");
             self.send(batch.as_bytes(), Stage::Mail, t.mail).await?;
+            if self.check_pending {
+                let reply = self.read_reply(Stage::Rset, t.mail).await?;
+                if !reply.is_success() {
+                    return Err(SessionError::Rejected {
+                        stage: Stage::Rset,
+                        reply,
+                    });
+                }
+                self.check_pending = false;
+            }
         } else {
+            if self.check_pending {
+                let reply = self.command("RSET\r\n", Stage::Rset, t.mail).await?;
+                if !reply.is_success() {
+                    return Err(SessionError::Rejected {
+                        stage: Stage::Rset,
+                        reply,
+                    });
+                }
+                self.check_pending = false;
+            }
             self.send(mail.as_bytes(), Stage::Mail, t.mail).await?;
         }
 

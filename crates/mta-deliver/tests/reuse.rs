@@ -149,6 +149,63 @@ async fn a_server_that_closed_an_idle_connection_gets_a_new_one() {
     assert_eq!(sink.connections(), 1);
 }
 
+/// The RSET that checks an idle connection goes in the same write as
+/// MAIL, RCPT and DATA when the server pipelines: no round trip of its
+/// own. Without PIPELINING it is a command of its own, answered first.
+#[tokio::test]
+async fn the_check_of_an_idle_connection_is_pipelined_with_mail() {
+    for pipelining in [true, false] {
+        let sink = sink_on(
+            [127, 0, 0, 67],
+            SinkConfig {
+                pipelining,
+                ..SinkConfig::default()
+            },
+        )
+        .await;
+        let client = Client::new(config()).unwrap();
+        let env = envelope(&["a@dest.test"]);
+        let dest = destination("dest.test", vec![target("mx.test", sink.addr)]);
+        for _ in 0..3 {
+            let attempt = client.deliver(&dest, message(&env, &[0], CONTENT)).await;
+            assert!(attempt.all_delivered(), "{attempt:?}");
+        }
+        let got = sink.wait_for_messages(3, WAIT).await;
+        assert!(got.iter().all(|m| m.connection == 1));
+        assert!(got.iter().all(|m| m.pipelined == pipelining), "{got:?}");
+        let commands: Vec<String> = sink.commands().into_iter().map(|(_, c)| c).collect();
+        let rsets: Vec<usize> = (0..commands.len())
+            .filter(|&i| commands[i] == "RSET")
+            .collect();
+        assert_eq!(rsets.len(), 2, "{commands:?}");
+        for i in rsets {
+            assert!(commands[i + 1].starts_with("MAIL FROM:"), "{commands:?}");
+        }
+    }
+}
+
+/// An idle connection whose server refuses the pipelined RSET (421: it
+/// is going away) is dropped and the message goes on a new connection:
+/// delivered, not deferred.
+#[tokio::test]
+async fn a_failed_pipelined_check_sends_the_message_on_a_new_connection() {
+    let sink = sink_on([127, 0, 0, 68], SinkConfig::default()).await;
+    let client = Client::new(config()).unwrap();
+    let env = envelope(&["a@dest.test"]);
+    let dest = destination("dest.test", vec![target("mx.test", sink.addr)]);
+    let first = client.deliver(&dest, message(&env, &[0], CONTENT)).await;
+    assert!(first.all_delivered(), "{first:?}");
+    assert_eq!(client.connections_idle(), 1);
+
+    sink.set_rset_reply(421, "4.3.2 shutting down");
+    let second = client.deliver(&dest, message(&env, &[0], CONTENT)).await;
+    assert!(second.all_delivered(), "{second:?}");
+    let got = sink.wait_for_messages(2, WAIT).await;
+    let per_connection: Vec<usize> = got.iter().map(|m| m.connection).collect();
+    assert_eq!(per_connection, [1, 2]);
+    assert_eq!(sink.connections(), 2);
+}
+
 #[tokio::test]
 async fn concurrency_per_destination_is_limited() {
     let sink = sink_on(

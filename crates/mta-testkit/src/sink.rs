@@ -155,6 +155,7 @@ struct Rules {
     data: Scripted,
     mail: Option<Scripted>,
     ehlo: Option<Scripted>,
+    rset: Option<Scripted>,
     break_tls: bool,
     starttls_extra: String,
 }
@@ -215,6 +216,7 @@ impl Sink {
                 data: Scripted::new(250, "2.0.0 Ok: queued"),
                 mail: None,
                 ehlo: None,
+                rset: None,
                 break_tls: false,
                 starttls_extra: String::new(),
             }),
@@ -320,6 +322,12 @@ impl Sink {
     /// to make the client fall back to HELO).
     pub fn set_ehlo_reply(&self, code: u16, text: &str) {
         self.shared.rules.lock().ehlo = Some(Scripted::new(code, text));
+    }
+
+    /// RSET gets this reply instead of `250 2.0.0 Ok`; a 421 closes the
+    /// connection after it, as a server shutting down does.
+    pub fn set_rset_reply(&self, code: u16, text: &str) {
+        self.shared.rules.lock().rset = Some(Scripted::new(code, text));
     }
 
     /// When true, STARTTLS is answered with 220 and then the connection
@@ -777,7 +785,17 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             }
             "RSET" => {
                 tx = Transaction::default();
-                send(&mut stream, "250 2.0.0 Ok\r\n").await?;
+                let scripted = shared.rules.lock().rset.clone();
+                match scripted {
+                    Some(reply) => {
+                        send(&mut stream, &reply.line()).await?;
+                        if reply.code == 421 {
+                            let _ = stream.shutdown().await;
+                            return Ok(None);
+                        }
+                    }
+                    None => send(&mut stream, "250 2.0.0 Ok\r\n").await?,
+                }
             }
             "NOOP" => send(&mut stream, "250 2.0.0 Ok\r\n").await?,
             "QUIT" => {
