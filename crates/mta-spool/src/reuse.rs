@@ -178,111 +178,6 @@ mod tests {
         assert_eq!(free.len(), 0);
     }
 
-    /// The spool writes the next message over a finished one's file: same
-    /// inode, the new message's bytes only, read back as itself; the old
-    /// id is gone; close leaves `tmp/` empty and the next open finds the
-    /// new message.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_spool_writes_the_next_message_over_a_finished_ones_file() {
-        use std::os::unix::fs::{MetadataExt, PermissionsExt};
-
-        use mta_envelope::{Mailbox, Origin, Recipient, ReversePath};
-
-        use crate::{Spool, SpoolConfig, SpoolError};
-
-        let envelope = |rcpt: &str| mta_envelope::Envelope {
-            sender: ReversePath::Mailbox(Mailbox {
-                local: "alice".into(),
-                domain: "example.test".into(),
-            }),
-            recipients: vec![Recipient {
-                address: Mailbox {
-                    local: rcpt.into(),
-                    domain: "example.org".into(),
-                },
-                notify: None,
-                orcpt: None,
-            }],
-            body: Default::default(),
-            smtputf8: false,
-            ret: None,
-            envid: None,
-            origin: Origin {
-                client_ip: "192.0.2.1".parse().unwrap(),
-                helo: "client.example.test".into(),
-                protocol: "ESMTP".into(),
-                tls: None,
-                auth: None,
-            },
-            arrival: 1_700_000_000,
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let config = SpoolConfig {
-            dir: dir.path().join("queue"),
-            min_free_space: 0,
-            max_batch: 64,
-            rescan_rate: 0,
-            index_cache: 0,
-        };
-        let (spool, _) = Spool::open(config.clone()).unwrap();
-        let tmp = config.dir.join("tmp");
-
-        let long = vec![b'a'; 8000];
-        let first = spool.next_id();
-        spool
-            .store(first, &envelope("first"), &[&long])
-            .await
-            .unwrap();
-        let first_path = spool.inner.layout.msg_path(first);
-        let inode = fs::metadata(&first_path).unwrap().ino();
-        // As a run with a group-readable queue would have left it.
-        fs::set_permissions(&first_path, fs::Permissions::from_mode(0o640)).unwrap();
-        spool.remove(first).unwrap();
-        assert!(!first_path.exists());
-        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 1, "kept in tmp/");
-        assert!(matches!(
-            spool.read(first),
-            Err(SpoolError::NotFound { .. })
-        ));
-
-        let second = spool.next_id();
-        spool
-            .store(second, &envelope("second"), &[b"short"])
-            .await
-            .unwrap();
-        let second_path = spool.inner.layout.msg_path(second);
-        assert_eq!(
-            fs::metadata(&second_path).unwrap().ino(),
-            inode,
-            "the same file"
-        );
-        let mode = fs::metadata(&second_path).unwrap().mode() & 0o777;
-        assert_eq!(mode, 0o600, "the spool's mode, not the old file's");
-        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0, "taken from tmp/");
-        let (read, content) = spool.read(second).unwrap();
-        assert_eq!(read, envelope("second"));
-        assert_eq!(content, b"short", "nothing of the longer message left");
-        assert!(matches!(
-            spool.read(first),
-            Err(SpoolError::NotFound { .. })
-        ));
-
-        // Kept files do not outlive the spool.
-        let third = spool.next_id();
-        spool
-            .store(third, &envelope("third"), &[b"x"])
-            .await
-            .unwrap();
-        spool.remove(third).unwrap();
-        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 1);
-        spool.close().unwrap();
-        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0, "close removes them");
-
-        let (spool, _) = Spool::open(config).unwrap();
-        assert_eq!(spool.read(second).unwrap().1, b"short");
-        spool.close().unwrap();
-    }
-
     /// A file read and then renamed away (and perhaps written over) no
     /// longer counts as its message.
     #[test]
@@ -293,7 +188,7 @@ mod tests {
         let free = FreeFiles::new(dir.path());
         free.retire(&path).unwrap();
         match crate::file::still_there(&path) {
-            Err(crate::SpoolError::Io {
+            Err(crate::error::SpoolError::Io {
                 op: "open", source, ..
             }) => {
                 assert_eq!(source.kind(), io::ErrorKind::NotFound)

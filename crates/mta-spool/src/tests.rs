@@ -1698,3 +1698,66 @@ async fn open_tells_new_clean_unclean_and_rebuilt_apart() {
     assert_eq!(spool.len(), 2);
     spool.close().unwrap();
 }
+
+/// The spool writes the next message over a finished one's file
+/// (`reuse.rs`): same inode, the spool's mode, the new message's bytes
+/// only, read back as itself; the old id is gone; close leaves `tmp/`
+/// empty and the next open finds the new message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_message_is_written_over_a_finished_ones_file() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let (spool, _) = Spool::open(config.clone()).unwrap();
+    let tmp = config.dir.join("tmp");
+
+    let long = vec![b'a'; 8000];
+    let first = spool.next_id();
+    spool.store(first, &envelope(1), &[&long]).await.unwrap();
+    let first_path = spool.inner.layout.msg_path(first);
+    let inode = fs::metadata(&first_path).unwrap().ino();
+    // As a run with a group-readable queue would have left it.
+    fs::set_permissions(&first_path, fs::Permissions::from_mode(0o640)).unwrap();
+    spool.remove(first).unwrap();
+    assert!(!first_path.exists());
+    assert_eq!(fs::read_dir(&tmp).unwrap().count(), 1, "kept in tmp/");
+    assert!(matches!(
+        spool.read(first),
+        Err(SpoolError::NotFound { .. })
+    ));
+
+    let second = spool.next_id();
+    spool
+        .store(second, &envelope(2), &[b"short"])
+        .await
+        .unwrap();
+    let second_path = spool.inner.layout.msg_path(second);
+    let meta = fs::metadata(&second_path).unwrap();
+    assert_eq!(meta.ino(), inode, "the same file");
+    assert_eq!(
+        meta.mode() & 0o777,
+        0o600,
+        "the spool's mode, not the old file's"
+    );
+    assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0, "taken from tmp/");
+    let (read, content) = spool.read(second).unwrap();
+    assert_eq!(read, envelope(2));
+    assert_eq!(content, b"short", "nothing of the longer message left");
+    assert!(matches!(
+        spool.read(first),
+        Err(SpoolError::NotFound { .. })
+    ));
+
+    // Kept files do not outlive the spool.
+    let third = spool.next_id();
+    spool.store(third, &envelope(1), &[b"x"]).await.unwrap();
+    spool.remove(third).unwrap();
+    assert_eq!(fs::read_dir(&tmp).unwrap().count(), 1);
+    spool.close().unwrap();
+    assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0, "close removes them");
+
+    let (spool, _) = Spool::open(config).unwrap();
+    assert_eq!(spool.read(second).unwrap().1, b"short");
+    spool.close().unwrap();
+}
