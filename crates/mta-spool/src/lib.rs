@@ -573,6 +573,11 @@ impl Spool {
         })
         .await;
         match handed_over {
+            Ok(Err(e)) if e.is_no_space() => {
+                // Kept files hold space: give it back (reuse.rs).
+                self.inner.free.keep(false);
+                return Err(e);
+            }
             Ok(result) => result?,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             // Cancelled: only happens when the runtime shuts down.
@@ -588,11 +593,25 @@ impl Spool {
     /// for every MAIL command.
     pub fn has_free_space(&self) -> Result<bool, SpoolError> {
         let root = &self.inner.layout.root;
-        let stat = nix::sys::statvfs::statvfs(root.as_path())
-            .map_err(|e| SpoolError::io("statvfs", root, e.into()))?;
-        #[allow(clippy::useless_conversion)] // the field types differ between platforms
-        let free =
-            u64::from(stat.blocks_available()).saturating_mul(u64::from(stat.fragment_size()));
+        let available = || -> Result<u64, SpoolError> {
+            let stat = nix::sys::statvfs::statvfs(root.as_path())
+                .map_err(|e| SpoolError::io("statvfs", root, e.into()))?;
+            #[allow(clippy::useless_conversion)] // the field types differ between platforms
+            Ok(u64::from(stat.blocks_available()).saturating_mul(u64::from(stat.fragment_size())))
+        };
+        let mut free = available()?;
+        // Files kept for reuse (reuse.rs) only while space is ample: near
+        // the floor they go, and their space with them.
+        let ample = free
+            >= self
+                .inner
+                .min_free_space
+                .saturating_add(2 * reuse::MAX_BYTES);
+        let held = self.inner.free.bytes();
+        self.inner.free.keep(ample);
+        if !ample && held > 0 {
+            free = available()?;
+        }
         Ok(free >= self.inner.min_free_space)
     }
 

@@ -11,8 +11,12 @@
 //! durability changes: a message is still written, fdatasynced, renamed
 //! into `msg/` and its directory fsynced before the client hears 250.
 //!
-//! - Only small files are kept ([`MAX_SIZE`]), and at most [`MAX_FILES`]
-//!   of them, so the files held cost little disk: the rest are unlinked.
+//! - Only small files are kept ([`MAX_SIZE`]), at most [`MAX_FILES`] of
+//!   them and [`MAX_BYTES`] in all, so the files held cost little disk:
+//!   the rest are unlinked. And a disk short of space gets them back: when
+//!   the free space falls near `min_free_space` (`Spool::has_free_space`)
+//!   or a store meets a full disk, every kept file is unlinked and none is
+//!   kept until the space is back, so they are never why mail is refused.
 //! - A file renamed away from `msg/` can never come back under its old
 //!   name (ids are used once), so a reader that still finds a message's
 //!   path after reading it knows that what it read was that message, not
@@ -29,15 +33,18 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
 /// Most files kept.
 pub(crate) const MAX_FILES: usize = 256;
 
-/// Largest file kept, in bytes: together at most 32 MiB of disk held.
+/// Largest file kept, in bytes.
 pub(crate) const MAX_SIZE: u64 = 128 * 1024;
+
+/// Most bytes kept in all.
+pub(crate) const MAX_BYTES: u64 = 8 << 20;
 
 /// How the names of kept files begin, in `tmp/`.
 pub(crate) const PREFIX: &str = "free.";
@@ -47,8 +54,23 @@ pub(crate) const PREFIX: &str = "free.";
 pub(crate) struct FreeFiles {
     /// `tmp/`.
     dir: PathBuf,
-    files: Mutex<Vec<PathBuf>>,
+    /// The files and their sizes.
+    kept: Mutex<Kept>,
     next: AtomicU64,
+    /// Off while the disk is short of space.
+    keeping: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct Kept {
+    files: Vec<(PathBuf, u64)>,
+    bytes: u64,
+}
+
+impl Kept {
+    fn has_room(&self, size: u64) -> bool {
+        self.files.len() < MAX_FILES && self.bytes + size <= MAX_BYTES
+    }
 }
 
 impl FreeFiles {
@@ -56,8 +78,9 @@ impl FreeFiles {
     pub fn new(tmp: &Path) -> FreeFiles {
         FreeFiles {
             dir: tmp.to_owned(),
-            files: Mutex::new(Vec::new()),
+            kept: Mutex::new(Kept::default()),
             next: AtomicU64::new(0),
+            keeping: AtomicBool::new(true),
         }
     }
 
@@ -65,22 +88,23 @@ impl FreeFiles {
     /// it is small and there is room, unlinks it otherwise. An error is
     /// the rename's or the unlink's (`NotFound` when it was gone).
     pub fn retire(&self, path: &Path) -> io::Result<()> {
-        if self.files.lock().len() >= MAX_FILES {
+        if !self.keeping.load(Ordering::Relaxed) || !self.kept.lock().has_room(1) {
             return fs::remove_file(path);
         }
         let size = fs::symlink_metadata(path)?.len();
-        if size > MAX_SIZE {
+        if size > MAX_SIZE || !self.kept.lock().has_room(size) {
             return fs::remove_file(path);
         }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let free = self.dir.join(format!("{PREFIX}{n}"));
         fs::rename(path, &free)?;
-        let mut files = self.files.lock();
-        if files.len() < MAX_FILES {
-            files.push(free);
+        let mut kept = self.kept.lock();
+        if kept.has_room(size) && self.keeping.load(Ordering::Relaxed) {
+            kept.files.push((free, size));
+            kept.bytes += size;
             return Ok(());
         }
-        drop(files);
+        drop(kept);
         // Filled meanwhile: it has left msg/ already, which is what counts.
         let _ = fs::remove_file(&free);
         Ok(())
@@ -89,19 +113,36 @@ impl FreeFiles {
     /// A kept file to write the next message over, if any: the one kept
     /// last (its blocks are the likeliest to be cached).
     pub fn take(&self) -> Option<PathBuf> {
-        self.files.lock().pop()
+        let mut kept = self.kept.lock();
+        let (path, size) = kept.files.pop()?;
+        kept.bytes -= size;
+        Some(path)
     }
 
     /// Files kept now.
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.files.lock().len()
+        self.kept.lock().files.len()
     }
 
-    /// Unlinks every kept file (at close).
+    /// Bytes the kept files hold.
+    pub fn bytes(&self) -> u64 {
+        self.kept.lock().bytes
+    }
+
+    /// Whether files are kept at all: not while the disk is short of
+    /// space. Turning it off unlinks every kept file.
+    pub fn keep(&self, on: bool) {
+        let was = self.keeping.swap(on, Ordering::Relaxed);
+        if was && !on {
+            self.clear();
+        }
+    }
+
+    /// Unlinks every kept file (at close, and when space runs short).
     pub fn clear(&self) {
-        let files = std::mem::take(&mut *self.files.lock());
-        for path in files {
+        let files = std::mem::take(&mut *self.kept.lock()).files;
+        for (path, _) in files {
             if let Err(e) = fs::remove_file(&path) {
                 if e.kind() != io::ErrorKind::NotFound {
                     tracing::warn!(path = %path.display(), error = %e, "could not remove a spool file kept for reuse");
@@ -167,6 +208,45 @@ mod tests {
         free.clear();
         assert_eq!(free.len(), 0);
         assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn keeps_at_most_max_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join("tmp");
+        fs::create_dir(&tmp).unwrap();
+        let free = FreeFiles::new(&tmp);
+        let fit = (MAX_BYTES / MAX_SIZE) as usize;
+        for n in 0..fit + 2 {
+            let path = file(dir.path(), &format!("m{n}"), MAX_SIZE as usize);
+            free.retire(&path).unwrap();
+        }
+        assert_eq!(free.len(), fit);
+        assert_eq!(free.bytes(), fit as u64 * MAX_SIZE);
+        free.take().unwrap();
+        assert_eq!(free.bytes(), (fit as u64 - 1) * MAX_SIZE);
+    }
+
+    /// Short of space: every kept file unlinked, and none kept until
+    /// space is back.
+    #[test]
+    fn none_kept_while_space_is_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join("tmp");
+        fs::create_dir(&tmp).unwrap();
+        let free = FreeFiles::new(&tmp);
+        free.retire(&file(dir.path(), "a", 100)).unwrap();
+        assert_eq!(free.len(), 1);
+        free.keep(false);
+        assert_eq!(free.len(), 0);
+        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0);
+        let b = file(dir.path(), "b", 100);
+        free.retire(&b).unwrap();
+        assert!(!b.exists());
+        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0, "unlinked, not kept");
+        free.keep(true);
+        free.retire(&file(dir.path(), "c", 100)).unwrap();
+        assert_eq!(free.len(), 1);
     }
 
     #[test]

@@ -1761,3 +1761,33 @@ async fn the_next_message_is_written_over_a_finished_ones_file() {
     assert_eq!(spool.read(second).unwrap().1, b"short");
     spool.close().unwrap();
 }
+
+/// Files kept for reuse hold disk space: a disk short of space gets it
+/// back at the next free-space check, and no file is kept meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_files_go_when_space_runs_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(SpoolConfig {
+        // Never enough: the disk always looks short of space.
+        min_free_space: u64::MAX,
+        ..config(dir.path())
+    })
+    .unwrap();
+    let tmp = dir.path().join("queue/tmp");
+    let id = spool.next_id();
+    spool.store(id, &envelope(1), &[b"x"]).await.unwrap();
+    spool.remove(id).unwrap();
+    assert_eq!(fs::read_dir(&tmp).unwrap().count(), 1, "kept");
+
+    assert!(!spool.has_free_space().unwrap());
+    assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0, "given back");
+    let id = spool.next_id();
+    spool.store(id, &envelope(1), &[b"y"]).await.unwrap();
+    spool.remove(id).unwrap();
+    assert_eq!(
+        fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "none kept meanwhile"
+    );
+    spool.close().unwrap();
+}
