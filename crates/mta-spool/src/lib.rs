@@ -1016,6 +1016,10 @@ impl Spool {
             tracing::info!(dir = %self.inner.layout.root.display(), "spool closed before a rescan ended; the next open rescans");
             return Ok(());
         }
+        // So that the next open reads a snapshot, not this run's log.
+        if let Err(e) = trees::write_snapshot(&self.inner.layout) {
+            tracing::warn!(error = %e, "queue index snapshot not written; the next open reads the index's log instead");
+        }
         let marker = CleanMarker {
             token,
             counts: self.inner.figures.counts(),

@@ -57,7 +57,7 @@ use tokio::sync::Notify;
 
 use crate::error::SpoolError;
 use crate::file;
-use crate::index::{FileFacts, Index, Visit};
+use crate::index::{FileFacts, Index, Visit, Visited};
 use crate::layout::{create_dir_durable, fsync_dir, Layout, BUCKETS};
 
 /// Files per batch when no rate limit applies.
@@ -423,24 +423,40 @@ impl Job {
             .map_or(4, |n| n.get())
             .clamp(1, 8);
         let mut after: Option<QueueId> = None;
-        for chunk in self.ids.chunks(batch) {
-            if progress.cancelled() {
-                return Ok(false);
+        let mut visited = Visited::with_capacity(self.ids.len());
+        let chunks: Vec<&[QueueId]> = self.ids.chunks(batch).collect();
+        let finished = thread::scope(|scope| -> Result<bool, SpoolError> {
+            // The next batch's files are read while this one is visited.
+            let mut ahead: Option<thread::ScopedJoinHandle<'_, Vec<Read>>> = None;
+            for (n, chunk) in chunks.iter().enumerate() {
+                if progress.cancelled() {
+                    return Ok(false);
+                }
+                let reads = match ahead.take() {
+                    Some(reading) => reading.join().expect("header reading does not panic"),
+                    None => self.read_headers(chunk, threads),
+                };
+                if let Some(&next) = chunks.get(n + 1) {
+                    ahead = Some(scope.spawn(move || self.read_headers(next, threads)));
+                }
+                if progress.cancelled() {
+                    return Ok(false);
+                }
+                let upto = *chunk.last().expect("chunks are not empty");
+                let indexed = self.index.ids_in(after, upto, usize::MAX)?;
+                if !self.visit(chunk, reads, &indexed, &mut visited)? {
+                    return Ok(false);
+                }
+                after = Some(upto);
+                wake(&self.notify);
+                if self.pace() {
+                    return Ok(false);
+                }
             }
-            let reads = self.read_headers(chunk, threads);
-            if progress.cancelled() {
-                return Ok(false);
-            }
-            let upto = *chunk.last().expect("chunks are not empty");
-            let indexed = self.index.ids_in(after, upto, usize::MAX)?;
-            if !self.visit(chunk, reads, &indexed)? {
-                return Ok(false);
-            }
-            after = Some(upto);
-            wake(&self.notify);
-            if self.pace() {
-                return Ok(false);
-            }
+            Ok(true)
+        })?;
+        if !finished {
+            return Ok(false);
         }
         // Entries above the last file, up to the floor: files gone.
         loop {
@@ -451,7 +467,7 @@ impl Job {
             let Some(&last) = stale.last() else {
                 break;
             };
-            if !self.visit(&[], Vec::new(), &stale)? {
+            if !self.visit(&[], Vec::new(), &stale, &mut visited)? {
                 return Ok(false);
             }
             after = Some(last);
@@ -460,9 +476,16 @@ impl Job {
         wake(&self.notify);
         let swept = self
             .index
-            .sweep_stale_keys(self.floor, &|| progress.cancelled())?;
-        if swept > 0 {
-            tracing::info!(keys = swept, "stale queue index keys removed");
+            .sweep_stale_keys(self.floor, &mut visited, &|| progress.cancelled())?;
+        drop(visited);
+        if swept.removed > 0 {
+            tracing::info!(keys = swept.removed, "stale queue index keys removed");
+        }
+        if swept.restored > 0 {
+            tracing::info!(
+                keys = swept.restored,
+                "missing queue index schedule keys put back"
+            );
         }
         if progress.cancelled() {
             return Ok(false);
@@ -525,6 +548,7 @@ impl Job {
         listed: &[QueueId],
         reads: Vec<Read>,
         indexed: &[QueueId],
+        visited: &mut Visited,
     ) -> Result<bool, SpoolError> {
         let progress = &*self.progress;
         let now = crate::ids::unix_seconds();
@@ -551,7 +575,10 @@ impl Job {
             };
             match read {
                 Some(Read::Found(facts)) => {
-                    match self.index.visit_listed(id, facts, now, exists(id))? {
+                    match self
+                        .index
+                        .visit_listed(id, facts, now, exists(id), visited)?
+                    {
                         Visit::Added => {
                             progress.added.fetch_add(1, Ordering::SeqCst);
                         }
@@ -563,25 +590,25 @@ impl Job {
                     match move_to_corrupt(&self.layout, &path, &reason) {
                         Ok(()) => {
                             progress.corrupt.fetch_add(1, Ordering::SeqCst);
-                            if self.index.visit_unlisted(id, exists(id))? {
+                            if self.index.visit_unlisted(id, exists(id), visited)? {
                                 progress.stale.fetch_add(1, Ordering::SeqCst);
                             }
                         }
                         Err(e) => {
                             tracing::error!(path = %path.display(), error = %e, "cannot set a corrupt spool file aside");
                             progress.failed.fetch_add(1, Ordering::SeqCst);
-                            self.index.visit_unread(id)?;
+                            self.index.visit_unread(id, visited)?;
                         }
                     }
                 }
                 Some(Read::Failed(e)) => {
                     tracing::error!(queue_id = %id, error = %e, "cannot read a spool file; left as it is");
                     progress.failed.fetch_add(1, Ordering::SeqCst);
-                    self.index.visit_unread(id)?;
+                    self.index.visit_unread(id, visited)?;
                 }
                 Some(Read::Skipped) => return Ok(false),
                 Some(Read::Gone) | None => {
-                    if self.index.visit_unlisted(id, exists(id))? {
+                    if self.index.visit_unlisted(id, exists(id), visited)? {
                         progress.stale.fetch_add(1, Ordering::SeqCst);
                     }
                 }
