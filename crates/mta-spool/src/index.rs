@@ -1178,6 +1178,25 @@ impl Index {
         t.schedule.insert(schedule_key(time, id), &[][..]).unwrap();
     }
 
+    /// Removes the `schedule` and membership keys of `id`, leaving its
+    /// entry, as a crash between the writes of one change may (tests).
+    #[cfg(test)]
+    pub fn remove_raw_keys(&self, id: QueueId) {
+        let t = self.trees().unwrap();
+        let entry = t.entry(id).unwrap().unwrap();
+        t.schedule
+            .remove(schedule_key(entry.next_attempt, id))
+            .unwrap();
+        t.queue_tree(entry.queue).remove(id_key(id)).unwrap();
+    }
+
+    /// Adds a bare membership key, as a crash may leave one (tests).
+    #[cfg(test)]
+    pub fn insert_raw_member(&self, queue: QueueName, id: QueueId) {
+        let t = self.trees().unwrap();
+        t.queue_tree(queue).insert(id_key(id), &[][..]).unwrap();
+    }
+
     /// Stores `value` as the entry of `id`, byte for byte, leaving the
     /// other trees alone: an entry in an older format, as an earlier
     /// version left it (tests, and the queue fixture's generator).
