@@ -317,6 +317,7 @@ for n in $COUNTS; do
     second_ready=$LAST_READY
     # DUE more due messages, and the spool left as after a crash.
     seed "$DUE" "$DUE" --unclean
+    SEED_RATE=-
     read_s=$(read_all)
     log "reading the $((n + DUE)) spool files took $read_s s"
     measure unclean "$n" $((n - DUE))
