@@ -19,15 +19,28 @@
 //!   already accepts and delivers. It goes through the listed ids in
 //!   order, in batches: reads the first two lines of each file (the
 //!   envelope; the content size comes from the file size; the batch is
-//!   read in parallel), then visits every id of the batch's range, listed
-//!   or indexed, under that id's index lock (`Index::visit_*`): a file
-//!   without an entry gets one, added only if still absent; an entry keeps
-//!   its per-recipient progress (so a recipient already delivered is not
+//!   read in parallel, and while one batch is visited the next one is
+//!   read), then visits every id of the batch's range, listed or indexed,
+//!   under that id's index lock (`Index::visit_*`): a file without an
+//!   entry gets one, added only if still absent; an entry keeps its
+//!   per-recipient progress (so a recipient already delivered is not
 //!   delivered again) and leaves the RAM queue, which did not survive; an
 //!   entry without a file (up to the floor) is removed. After each batch
 //!   the disk runner is woken, so what is due is delivered before the
-//!   rescan ends. Last, keys the crash left in `schedule` and the
-//!   membership trees without a matching entry are swept away.
+//!   rescan ends.
+//! - Last, the sweep (`Index::sweep_stale_keys`) walks `schedule` and
+//!   the membership trees once each: keys the crash left without a
+//!   matching entry are removed, and keys an entry lacks are put back.
+//!   An entry the visit kept as it was is neither written nor has its
+//!   keys read during the visit: `schedule` is keyed by time, so one
+//!   id's key is a random page (with the small page cache, a read from
+//!   the index's log per file, which was most of a rescan's time). The
+//!   visits note what each entry should have (`Visited`, 16 bytes a
+//!   message, freed at the end), and the sweep compares every key with
+//!   that in one walk; what it cannot vouch for is checked against the
+//!   entry under the id's lock, as a runner would. So an entry whose
+//!   `schedule` key a crash lost is due again once the sweep has run,
+//!   not when its batch is visited.
 //! - A rate limit (`SpoolConfig::rescan_rate`, files per second) paces the
 //!   batches so a rescan does not starve delivery of disk bandwidth.
 //! - The message counts are rebuilt as the rescan visits: an id up to the
