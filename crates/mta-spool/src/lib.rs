@@ -318,6 +318,8 @@ impl Spool {
         // the next open and answered by a rescan.
         clean::remove(&layout)?;
         let (index, index_state) = Index::open(&layout, config.index_cache)?;
+        // sled has read its snapshot whole and dropped it.
+        layout::release_free_memory();
         layout.secure_index()?;
 
         // Trust the index only after a clean stop, and only if it is the

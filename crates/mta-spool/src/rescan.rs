@@ -336,7 +336,12 @@ impl Rescan {
         };
         let thread = thread::Builder::new()
             .name("spool-rescan".into())
-            .spawn(move || job.run())
+            .spawn(move || {
+                job.run();
+                // The listing, the visits' notes and the batches' envelopes
+                // are freed by now.
+                crate::layout::release_free_memory();
+            })
             .map_err(|e| SpoolError::io("start rescan thread", &PathBuf::new(), e))?;
         Ok(Rescan {
             progress,
