@@ -500,10 +500,7 @@ impl Job {
             tracing::info!(keys = swept.removed, "stale queue index keys removed");
         }
         if swept.restored > 0 {
-            tracing::info!(
-                keys = swept.restored,
-                "missing queue index schedule keys put back"
-            );
+            tracing::info!(keys = swept.restored, "missing queue index keys put back");
         }
         if progress.cancelled() {
             return Ok(false);
