@@ -199,8 +199,8 @@ pub(crate) struct FileFacts {
 /// made it have. The closing sweep ([`Index::sweep_stale_keys`]) checks
 /// the keys of `schedule` and of the membership trees against it instead
 /// of reading each key's entry (with a small page cache, a random read of
-/// `messages` per key), and gives back the `schedule` keys the visits did
-/// not check. Anything it does not vouch for is checked against the entry
+/// `messages` per key), and puts back the keys an entry lacks, which the
+/// visits did not check. Anything it does not vouch for is checked against the entry
 /// itself under the id's lock, as before; a runner that changes an entry
 /// after its visit moves its keys under that lock, so a key that matched
 /// at the visit and is still there is the entry's own.
