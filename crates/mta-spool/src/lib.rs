@@ -321,6 +321,8 @@ impl Spool {
         // the next open and answered by a rescan.
         clean::remove(&layout)?;
         let (index, index_state) = Index::open(&layout, config.index_cache)?;
+        // sled has read its snapshot whole and dropped it.
+        layout::release_free_memory();
         layout.secure_index()?;
 
         // Trust the index only after a clean stop, and only if it is the
@@ -1050,6 +1052,10 @@ impl Spool {
             drop(lock);
             tracing::info!(dir = %self.inner.layout.root.display(), "spool closed before a rescan ended; the next open rescans");
             return Ok(());
+        }
+        // So that the next open reads a snapshot, not this run's log.
+        if let Err(e) = trees::write_snapshot(&self.inner.layout) {
+            tracing::warn!(error = %e, "queue index snapshot not written; the next open reads the index's log instead");
         }
         let marker = CleanMarker {
             token,

@@ -19,15 +19,28 @@
 //!   already accepts and delivers. It goes through the listed ids in
 //!   order, in batches: reads the first two lines of each file (the
 //!   envelope; the content size comes from the file size; the batch is
-//!   read in parallel), then visits every id of the batch's range, listed
-//!   or indexed, under that id's index lock (`Index::visit_*`): a file
-//!   without an entry gets one, added only if still absent; an entry keeps
-//!   its per-recipient progress (so a recipient already delivered is not
+//!   read in parallel, and while one batch is visited the next one is
+//!   read), then visits every id of the batch's range, listed or indexed,
+//!   under that id's index lock (`Index::visit_*`): a file without an
+//!   entry gets one, added only if still absent; an entry keeps its
+//!   per-recipient progress (so a recipient already delivered is not
 //!   delivered again) and leaves the RAM queue, which did not survive; an
 //!   entry without a file (up to the floor) is removed. After each batch
 //!   the disk runner is woken, so what is due is delivered before the
-//!   rescan ends. Last, keys the crash left in `schedule` and the
-//!   membership trees without a matching entry are swept away.
+//!   rescan ends.
+//! - Last, the sweep (`Index::sweep_stale_keys`) walks `schedule` and
+//!   the membership trees once each: keys the crash left without a
+//!   matching entry are removed, and keys an entry lacks are put back.
+//!   An entry the visit kept as it was is neither written nor has its
+//!   keys read during the visit: `schedule` is keyed by time, so one
+//!   id's key is a random page (with the small page cache, a read from
+//!   the index's log per file, which was most of a rescan's time). The
+//!   visits note what each entry should have (`Visited`, 16 bytes a
+//!   message, freed at the end), and the sweep compares every key with
+//!   that in one walk; what it cannot vouch for is checked against the
+//!   entry under the id's lock, as a runner would. So an entry whose
+//!   `schedule` key a crash lost is due again once the sweep has run,
+//!   not when its batch is visited.
 //! - A rate limit (`SpoolConfig::rescan_rate`, files per second) paces the
 //!   batches so a rescan does not starve delivery of disk bandwidth.
 //! - The message counts are rebuilt as the rescan visits: an id up to the
@@ -57,7 +70,7 @@ use tokio::sync::Notify;
 
 use crate::error::SpoolError;
 use crate::file;
-use crate::index::{FileFacts, Index, Visit};
+use crate::index::{FileFacts, Index, Visit, Visited};
 use crate::layout::{create_dir_durable, fsync_dir, Layout, BUCKETS};
 
 /// Files per batch when no rate limit applies.
@@ -323,7 +336,12 @@ impl Rescan {
         };
         let thread = thread::Builder::new()
             .name("spool-rescan".into())
-            .spawn(move || job.run())
+            .spawn(move || {
+                job.run();
+                // The listing, the visits' notes and the batches' envelopes
+                // are freed by now.
+                crate::layout::release_free_memory();
+            })
             .map_err(|e| SpoolError::io("start rescan thread", &PathBuf::new(), e))?;
         Ok(Rescan {
             progress,
@@ -423,24 +441,40 @@ impl Job {
             .map_or(4, |n| n.get())
             .clamp(1, 8);
         let mut after: Option<QueueId> = None;
-        for chunk in self.ids.chunks(batch) {
-            if progress.cancelled() {
-                return Ok(false);
+        let mut visited = Visited::with_capacity(self.ids.len());
+        let chunks: Vec<&[QueueId]> = self.ids.chunks(batch).collect();
+        let finished = thread::scope(|scope| -> Result<bool, SpoolError> {
+            // The next batch's files are read while this one is visited.
+            let mut ahead: Option<thread::ScopedJoinHandle<'_, Vec<Read>>> = None;
+            for (n, chunk) in chunks.iter().enumerate() {
+                if progress.cancelled() {
+                    return Ok(false);
+                }
+                let reads = match ahead.take() {
+                    Some(reading) => reading.join().expect("header reading does not panic"),
+                    None => self.read_headers(chunk, threads),
+                };
+                if let Some(&next) = chunks.get(n + 1) {
+                    ahead = Some(scope.spawn(move || self.read_headers(next, threads)));
+                }
+                if progress.cancelled() {
+                    return Ok(false);
+                }
+                let upto = *chunk.last().expect("chunks are not empty");
+                let indexed = self.index.ids_in(after, upto, usize::MAX)?;
+                if !self.visit(chunk, reads, &indexed, &mut visited)? {
+                    return Ok(false);
+                }
+                after = Some(upto);
+                wake(&self.notify);
+                if self.pace() {
+                    return Ok(false);
+                }
             }
-            let reads = self.read_headers(chunk, threads);
-            if progress.cancelled() {
-                return Ok(false);
-            }
-            let upto = *chunk.last().expect("chunks are not empty");
-            let indexed = self.index.ids_in(after, upto, usize::MAX)?;
-            if !self.visit(chunk, reads, &indexed)? {
-                return Ok(false);
-            }
-            after = Some(upto);
-            wake(&self.notify);
-            if self.pace() {
-                return Ok(false);
-            }
+            Ok(true)
+        })?;
+        if !finished {
+            return Ok(false);
         }
         // Entries above the last file, up to the floor: files gone.
         loop {
@@ -451,7 +485,7 @@ impl Job {
             let Some(&last) = stale.last() else {
                 break;
             };
-            if !self.visit(&[], Vec::new(), &stale)? {
+            if !self.visit(&[], Vec::new(), &stale, &mut visited)? {
                 return Ok(false);
             }
             after = Some(last);
@@ -460,9 +494,13 @@ impl Job {
         wake(&self.notify);
         let swept = self
             .index
-            .sweep_stale_keys(self.floor, &|| progress.cancelled())?;
-        if swept > 0 {
-            tracing::info!(keys = swept, "stale queue index keys removed");
+            .sweep_stale_keys(self.floor, &mut visited, &|| progress.cancelled())?;
+        drop(visited);
+        if swept.removed > 0 {
+            tracing::info!(keys = swept.removed, "stale queue index keys removed");
+        }
+        if swept.restored > 0 {
+            tracing::info!(keys = swept.restored, "missing queue index keys put back");
         }
         if progress.cancelled() {
             return Ok(false);
@@ -525,6 +563,7 @@ impl Job {
         listed: &[QueueId],
         reads: Vec<Read>,
         indexed: &[QueueId],
+        visited: &mut Visited,
     ) -> Result<bool, SpoolError> {
         let progress = &*self.progress;
         let now = crate::ids::unix_seconds();
@@ -551,7 +590,10 @@ impl Job {
             };
             match read {
                 Some(Read::Found(facts)) => {
-                    match self.index.visit_listed(id, facts, now, exists(id))? {
+                    match self
+                        .index
+                        .visit_listed(id, facts, now, exists(id), visited)?
+                    {
                         Visit::Added => {
                             progress.added.fetch_add(1, Ordering::SeqCst);
                         }
@@ -563,25 +605,25 @@ impl Job {
                     match move_to_corrupt(&self.layout, &path, &reason) {
                         Ok(()) => {
                             progress.corrupt.fetch_add(1, Ordering::SeqCst);
-                            if self.index.visit_unlisted(id, exists(id))? {
+                            if self.index.visit_unlisted(id, exists(id), visited)? {
                                 progress.stale.fetch_add(1, Ordering::SeqCst);
                             }
                         }
                         Err(e) => {
                             tracing::error!(path = %path.display(), error = %e, "cannot set a corrupt spool file aside");
                             progress.failed.fetch_add(1, Ordering::SeqCst);
-                            self.index.visit_unread(id)?;
+                            self.index.visit_unread(id, visited)?;
                         }
                     }
                 }
                 Some(Read::Failed(e)) => {
                     tracing::error!(queue_id = %id, error = %e, "cannot read a spool file; left as it is");
                     progress.failed.fetch_add(1, Ordering::SeqCst);
-                    self.index.visit_unread(id)?;
+                    self.index.visit_unread(id, visited)?;
                 }
                 Some(Read::Skipped) => return Ok(false),
                 Some(Read::Gone) | None => {
-                    if self.index.visit_unlisted(id, exists(id))? {
+                    if self.index.visit_unlisted(id, exists(id), visited)? {
                         progress.stale.fetch_add(1, Ordering::SeqCst);
                     }
                 }

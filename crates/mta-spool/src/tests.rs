@@ -344,6 +344,99 @@ async fn rescan_drops_stale_entries_and_keeps_recipient_progress() {
     spool.close().unwrap();
 }
 
+/// The rescan leaves an entry it keeps unwritten and unchecked; its
+/// closing sweep must still put back the keys a crash lost and drop the
+/// ones it left over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rescan_sweep_restores_lost_keys_and_drops_stray_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(config(tmp.path())).unwrap();
+    let ids = store_n(&spool, 6).await;
+    let now = envelope(1).arrival;
+    let index = spool.index().unwrap();
+    // Deferred entries, as a rescan keeps them (the disk queue, with
+    // progress); the third one held.
+    for (n, id) in ids.iter().enumerate() {
+        let mut entry = index.get(*id).unwrap().unwrap();
+        entry.queue = QueueName::Disk;
+        entry.next_attempt = now + 100 + n as u64;
+        entry.attempts = 1;
+        index.update(*id, &entry).unwrap();
+    }
+    hold(&spool, ids[2], now);
+    // What a crash may leave: entries without their keys, a schedule key
+    // and a membership of an entry that has others.
+    index.remove_raw_keys(ids[0]);
+    index.remove_raw_keys(ids[2]);
+    index.remove_raw_keys(ids[4]);
+    index.insert_raw_schedule_key(now + 5000, ids[1]);
+    index.insert_raw_member(QueueName::Bounce, ids[3]);
+    index.insert_raw_member(QueueName::Held, ids[5]);
+    drop(index);
+    drop(spool); // no close(): as if the process died
+
+    let (spool, report) = Spool::open(config(tmp.path())).unwrap();
+    assert!(report.rescan);
+    spool.wait_rescan();
+    assert_eq!(spool.rescan_progress().unwrap().messages_added, 0);
+    let index = spool.index().unwrap();
+    index.assert_consistent();
+    assert_eq!(index.schedule_len(), 5);
+    for (n, id) in ids.iter().enumerate() {
+        let entry = spool.entry(*id).unwrap().unwrap();
+        assert_eq!(entry.attempts, 1, "{id} kept its progress");
+        if n == 2 {
+            assert_eq!(entry.queue, QueueName::Held);
+        } else {
+            assert_eq!(entry.queue, QueueName::Disk);
+            assert_eq!(entry.next_attempt, now + 100 + n as u64);
+        }
+    }
+    // Every deferred message is due again, the restored ones included.
+    let due: Vec<QueueId> = spool
+        .due(now + 200, 10)
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(due, vec![ids[0], ids[1], ids[3], ids[4], ids[5]]);
+    drop(index);
+    spool.close().unwrap();
+}
+
+/// The newest sled snapshot under `index/`.
+fn newest_snapshot(index: &Path) -> Option<String> {
+    fs::read_dir(index)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("snap."))
+        .max()
+}
+
+/// A clean close leaves sled's snapshot at the tip of its log, so the
+/// next open has no log to read into it: sled writes a snapshot at open
+/// only when it read some.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clean_close_leaves_a_snapshot_the_next_open_need_not_advance() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(config(tmp.path())).unwrap();
+    store_n(&spool, 50).await;
+    spool.close().unwrap();
+    let index = tmp.path().join("queue/index");
+    let closed = newest_snapshot(&index);
+    assert!(closed.is_some(), "a snapshot after the close");
+
+    let db = sled::Config::new().path(&index).open().unwrap();
+    drop(db);
+    assert_eq!(newest_snapshot(&index), closed);
+
+    // And the spool still opens clean on it, with every message.
+    let (spool, report) = Spool::open(config(tmp.path())).unwrap();
+    assert!(report.clean);
+    assert_eq!(spool.len(), 50);
+    spool.close().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleted_index_is_rebuilt() {
     let tmp = tempfile::tempdir().unwrap();

@@ -354,6 +354,22 @@ impl Config {
         Db::start_inner(config)
     }
 
+    /// mta: brings the snapshot of a database that is not open up to the
+    /// tip of its log and writes it, which is what `open` does first.
+    /// sled writes a snapshot only there, so without this the first open
+    /// after a run reads every log message that run wrote; after it, that
+    /// open reads the snapshot and an empty tail. Takes the database's
+    /// file lock as `open` does (an error if a `Db` still holds it).
+    pub fn write_snapshot(&self) -> Result<()> {
+        self.validate()?;
+        let mut config = self.clone();
+        config.limit_cache_max_memory();
+        let file = config.open_file()?;
+        let config = RunningConfig { inner: config, file: Arc::new(file) };
+        let _snapshot = crate::pagecache::read_snapshot_or_default(&config)?;
+        Ok(())
+    }
+
     #[doc(hidden)]
     #[deprecated(
         since = "0.31.0",
