@@ -13,6 +13,9 @@
 #   PROFILE_SIZE=S       message size (default 4KiB)
 #   PROFILE_FREQ=HZ      perf's sampling frequency (default 499)
 #   PROFILE_NO_BUILD=1   skip `cargo build --release`
+#   PROFILE_COUNT=1      instead of a profile, count mtad's system calls
+#                        and context switches (perf stat) and print them
+#                        per message; OUT is then a text file
 #   PROFILE_MTAD=PATH    profile this mtad binary (a copy kept from before a
 #                        change) instead of the checkout's release build
 #
@@ -110,7 +113,13 @@ wait_mtad_ready "$WORK"
 "$LOADGEN" --server "127.0.0.1:$MTAD_PORT" --sessions "$SESSIONS" --messages 200 --size "$SIZE" "$@" \
     --timeout 60 >/dev/null 2>&1 || die "warm-up failed"
 
-perf record -F "$FREQ" -g --call-graph dwarf,16384 -p "$MTAD_PID" -o "$WORK/perf.data" 2>"$WORK/perf.err" &
+COUNTED=(fdatasync fsync openat rename unlink ftruncate write sendto recvfrom futex epoll_wait sched_yield)
+if [ -n "${PROFILE_COUNT:-}" ]; then
+    events=$(printf 'syscalls:sys_enter_%s,' "${COUNTED[@]}")context-switches
+    perf stat -x, -e "$events" -p "$MTAD_PID" -o "$WORK/stat.csv" 2>"$WORK/perf.err" &
+else
+    perf record -F "$FREQ" -g --call-graph dwarf,16384 -p "$MTAD_PID" -o "$WORK/perf.data" 2>"$WORK/perf.err" &
+fi
 PERF_PID=$!
 sleep 1
 log "loading: $MESSAGES messages of $SIZE, $SESSIONS sessions $*"
@@ -121,6 +130,16 @@ wait "$PERF_PID" 2>/dev/null || true
 PERF_PID=
 log "load: $(cat "$WORK/loadgen.json")"
 mkdir -p "$(dirname "$OUT")"
+if [ -n "${PROFILE_COUNT:-}" ]; then
+    # perf stat -x, lines: count,unit,event,...
+    awk -F, -v n="$MESSAGES" -v bin="$MTAD" -v args="$*" '
+        BEGIN { printf "mtad %s, %d messages %s\nper message:\n", bin, n, args }
+        $3 ~ /^syscalls:sys_enter_/ || $3 == "context-switches" {
+            name = $3; sub(/^syscalls:sys_enter_/, "", name)
+            printf "  %-18s %8.2f\n", name, $1 / n
+        }' "$WORK/stat.csv" | tee "$OUT"
+    exit 0
+fi
 perf script -i "$WORK/perf.data" 2>/dev/null | inferno-collapse-perf >"${OUT%.svg}.folded"
 inferno-flamegraph --minwidth 1 --title "mtad: $MESSAGES x $SIZE, $SESSIONS sessions $*" <"${OUT%.svg}.folded" >"$OUT"
 log "wrote $OUT and ${OUT%.svg}.folded"
