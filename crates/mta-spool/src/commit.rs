@@ -232,27 +232,15 @@ fn commit_batch(layout: &Layout, index: &Index, syncers: &DirSyncers, batch: Vec
             continue;
         }
         let dest = layout.msg_path(request.id);
-        // Only this thread creates files in msg/, and only while the spool
-        // holds the directory lock, so checking first cannot race with
-        // another commit. Without the check, rename would silently replace
-        // a queued message that has the same id.
-        match fs::symlink_metadata(&dest) {
-            Ok(_) => {
+        // Never over a queued message that has the same id.
+        match rename_no_replace(&request.tmp, &dest) {
+            Ok(()) => renamed.push((request, dest)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 remove_quietly(&request.tmp);
                 let _ = request
                     .reply
                     .send(Err(SpoolError::IdInUse { id: request.id }));
-                continue;
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => {
-                remove_quietly(&request.tmp);
-                let _ = request.reply.send(Err(SpoolError::io("stat", &dest, e)));
-                continue;
-            }
-        }
-        match fs::rename(&request.tmp, &dest) {
-            Ok(()) => renamed.push((request, dest)),
             Err(e) => {
                 remove_quietly(&request.tmp);
                 let _ = request
@@ -301,6 +289,31 @@ fn commit_batch(layout: &Layout, index: &Index, syncers: &DirSyncers, batch: Vec
     }
 }
 
+/// Renames `from` to `to` unless `to` exists (`AlreadyExists` then): one
+/// `renameat2(RENAME_NOREPLACE)` where the file system has it. Elsewhere
+/// a check, then the rename: only the committer creates files in `msg/`,
+/// and only while the spool holds the directory lock, so nothing can come
+/// in between.
+fn rename_no_replace(from: &std::path::Path, to: &std::path::Path) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use nix::errno::Errno;
+        use nix::fcntl::{renameat2, RenameFlags};
+        match renameat2(None, from, None, to, RenameFlags::RENAME_NOREPLACE) {
+            Ok(()) => return Ok(()),
+            // Not on this file system (or kernel): the portable way.
+            Err(Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    match fs::symlink_metadata(to) {
+        Ok(_) => return Err(io::ErrorKind::AlreadyExists.into()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    fs::rename(from, to)
+}
+
 /// Best-effort removal on an error path, where the original error matters
 /// more than a failure to clean up.
 fn remove_quietly(path: &std::path::Path) {
@@ -308,5 +321,29 @@ fn remove_quietly(path: &std::path::Path) {
         if e.kind() != io::ErrorKind::NotFound {
             tracing::warn!(path = %path.display(), error = %e, "could not remove file after a failed store");
         }
+    }
+}
+
+#[cfg(test)]
+mod rename_tests {
+    use super::*;
+
+    #[test]
+    fn rename_no_replace_never_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = (
+            dir.path().join("a"),
+            dir.path().join("b"),
+            dir.path().join("c"),
+        );
+        fs::write(&a, b"a").unwrap();
+        fs::write(&b, b"b").unwrap();
+        let e = rename_no_replace(&a, &b).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read(&a).unwrap(), b"a");
+        assert_eq!(fs::read(&b).unwrap(), b"b");
+        rename_no_replace(&a, &c).unwrap();
+        assert!(!a.exists());
+        assert_eq!(fs::read(&c).unwrap(), b"a");
     }
 }
