@@ -654,6 +654,7 @@ impl Client {
             }
             match conn.session.rset().await {
                 Ok(true) => {
+                    conn.session.check_pending = false;
                     tracing::debug!(remote = %conn.session.remote, key, "reusing connection");
                     return Some(conn);
                 }
