@@ -183,15 +183,6 @@ fn raise_open_files_limit(config: &Config) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn cli_is_well_formed() {
-        use clap::CommandFactory;
-        super::Cli::command().debug_assert();
-    }
-}
-
 /// glibc's malloc gives threads arenas of their own (up to eight per
 /// core); the rescan's short-lived reader threads leave tens of MiB free
 /// but fragmented in theirs, which `malloc_trim` cannot give back (172 MiB
@@ -211,3 +202,12 @@ fn one_malloc_arena() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn one_malloc_arena() {}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}
