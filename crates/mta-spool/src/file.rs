@@ -130,19 +130,29 @@ pub(crate) fn write_over_durable(
     chunks: &[&[u8]],
     mode: u32,
 ) -> Result<(), SpoolError> {
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .write(true)
         .open(path)
         .map_err(|e| SpoolError::io("open", path, e))?;
-    let written = (|| {
+    removed_on_error(path, file, |file| {
         file.set_permissions(fs::Permissions::from_mode(mode))
             .map_err(|e| SpoolError::io("chmod", path, e))?;
-        let len = write_chunks(&mut file, chunks).map_err(|e| SpoolError::io("write", path, e))?;
+        let len = write_chunks(file, chunks).map_err(|e| SpoolError::io("write", path, e))?;
         file.set_len(len)
             .map_err(|e| SpoolError::io("truncate", path, e))?;
         file.sync_data()
             .map_err(|e| SpoolError::io("fdatasync", path, e))
-    })();
+    })
+}
+
+/// Runs `write` on `file`, and removes the file at `path` when it fails:
+/// a half-written spool file is never left behind.
+fn removed_on_error(
+    path: &Path,
+    mut file: File,
+    write: impl FnOnce(&mut File) -> Result<(), SpoolError>,
+) -> Result<(), SpoolError> {
+    let written = write(&mut file);
     if written.is_err() {
         drop(file);
         let _ = fs::remove_file(path);
@@ -194,24 +204,19 @@ pub(crate) fn write_new_durable(
 ) -> Result<(), SpoolError> {
     // create_new: a queue id is used once; never write over another
     // writer's file.
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode)
         .open(path)
         .map_err(|e| SpoolError::io("create", path, e))?;
-    let written = (|| {
-        write_chunks(&mut file, chunks).map_err(|e| SpoolError::io("write", path, e))?;
+    removed_on_error(path, file, |file| {
+        write_chunks(file, chunks).map_err(|e| SpoolError::io("write", path, e))?;
         // fdatasync, not fsync: the size is data for this purpose, and the
         // timestamps are not worth a second journal write.
         file.sync_data()
             .map_err(|e| SpoolError::io("fdatasync", path, e))
-    })();
-    if written.is_err() {
-        drop(file);
-        let _ = fs::remove_file(path);
-    }
-    written
+    })
 }
 
 #[cfg(test)]
