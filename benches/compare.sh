@@ -1,5 +1,6 @@
 # What the benchmarks that measure mtad against Postfix share
-# (benches/relay.sh, benches/acceptance.sh, benches/submission.sh):
+# (benches/relay.sh, benches/acceptance.sh, benches/submission.sh, and
+# benches/profile.sh and benches/dkim.sh for the relay configuration):
 # ports, processes, CPU ticks and the arithmetic of their reports.
 # Sourced, after tests/postfix-instance.sh; `log` and `die` are the
 # caller's, and so are WORK, RUN, PFCONF and PFQUEUE.
@@ -24,6 +25,38 @@ stop_pid() { # pid tenths
         fi
     fi
     wait "$pid" 2>/dev/null || true
+}
+
+# The configuration of an mtad that relays everything for example.test
+# to a sink on 127.0.0.1:$2, its queue in $1/queue: durable (the
+# default), no admin HTTP server, no sendmail socket, 20 connections at
+# most to the sink, no TLS out, and a resolver on a closed loopback port
+# that the route never asks. $3 goes into [spool] (e.g. index_cache), $4
+# at the end (more tables).
+relay_mtad_config() { # dir sink-port [spool-lines] [more-tables]
+    cat <<CONF
+hostname = "mx.test"
+queue_dir = "$1/queue"
+[smtp]
+listen = ["127.0.0.1:0"]
+max_connections = 1000
+[spool]
+min_free_space = 0
+${3:-}
+[http]
+listen = []
+[sendmail]
+enabled = false
+[queue]
+retry_base = "1s"
+[delivery]
+name_servers = ["127.0.0.1:9"]
+max_per_destination = 20
+tls = "none"
+[delivery.routes]
+"example.test" = "127.0.0.1:$2"
+${4:-}
+CONF
 }
 
 # Waits (10 s at most) until the mtad of $MTAD_PID, started with its

@@ -89,28 +89,7 @@ domain = \"example.test\"
 selector = \"rsa\"
 key = \"$WORK/rsa.pem\"" ;;
     esac
-    cat >"$RUNDIR/mtad.toml" <<CONF
-hostname = "mx.test"
-queue_dir = "$RUNDIR/queue"
-[smtp]
-listen = ["127.0.0.1:0"]
-max_connections = 1000
-[spool]
-min_free_space = 0
-[http]
-listen = []
-[sendmail]
-enabled = false
-[queue]
-retry_base = "1s"
-[delivery]
-name_servers = ["127.0.0.1:9"]
-max_per_destination = 20
-tls = "none"
-[delivery.routes]
-"example.test" = "127.0.0.1:$SINK_PORT"
-$table
-CONF
+    relay_mtad_config "$RUNDIR" "$SINK_PORT" "" "$table" >"$RUNDIR/mtad.toml"
     "$MTAD" --config "$RUNDIR/mtad.toml" >"$RUNDIR/stdout" 2>"$RUNDIR/mtad.log" &
     MTAD_PID=$!
     wait_mtad_ready "$RUNDIR"

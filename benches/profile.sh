@@ -84,27 +84,7 @@ SINK_PORT=$(free_port)
 SINK_PID=$!
 wait_listening "$SINK_PORT" 10 || die "smtp-sink is not listening"
 
-cat >"$WORK/mtad.toml" <<CONF
-hostname = "mx.test"
-queue_dir = "$WORK/queue"
-[smtp]
-listen = ["127.0.0.1:0"]
-max_connections = 1000
-[spool]
-min_free_space = 0
-[http]
-listen = []
-[sendmail]
-enabled = false
-[queue]
-retry_base = "1s"
-[delivery]
-name_servers = ["127.0.0.1:9"]
-max_per_destination = 20
-tls = "none"
-[delivery.routes]
-"example.test" = "127.0.0.1:$SINK_PORT"
-CONF
+relay_mtad_config "$WORK" "$SINK_PORT" >"$WORK/mtad.toml"
 "$MTAD" --config "$WORK/mtad.toml" >"$WORK/stdout" 2>"$WORK/mtad.log" &
 MTAD_PID=$!
 wait_mtad_ready "$WORK"

@@ -221,32 +221,11 @@ wait_sink_count() { # target seconds; returns 1 on timeout
 start_mtad() { # binary [netcheck]: run it under strace
     local bin=$1
     MTADIR=$RUNDIR
-    cat >"$MTADIR/mtad.toml" <<EOF
-hostname = "mx.test"
-queue_dir = "$MTADIR/queue"
-[smtp]
-listen = ["127.0.0.1:0"]
-max_connections = 1000
-[spool]
-min_free_space = 0
-$([ -z "$INDEX_CACHE" ] || printf 'index_cache = "%s"' "$INDEX_CACHE")
-# No admin HTTP server (it would take 127.0.0.1:8025).
-[http]
-listen = []
-[tls]
-certificate = "$WORK/cert.pem"
-key = "$WORK/key.pem"
-[queue]
-retry_base = "1s"
-[delivery]
-# A closed loopback port: mtad must never ask the system's resolver here,
-# and with the route below it asks no resolver at all.
-name_servers = ["127.0.0.1:9"]
-max_per_destination = 20
-tls = "none"
-[delivery.routes]
-"example.test" = "127.0.0.1:$SINK_PORT"
-EOF
+    # (STARTTLS offered with the certificate Postfix has too, for case 7)
+    relay_mtad_config "$MTADIR" "$SINK_PORT" \
+        "$([ -z "$INDEX_CACHE" ] || printf 'index_cache = "%s"' "$INDEX_CACHE")" \
+        "$(printf '[tls]\ncertificate = "%s"\nkey = "%s"' "$WORK/cert.pem" "$WORK/key.pem")" \
+        >"$MTADIR/mtad.toml"
     if [ "${2:-}" = netcheck ]; then
         strace -f -qq -o "$MTADIR/strace.out" -e trace=connect,sendto,sendmsg,sendmmsg \
             "$bin" --config "$MTADIR/mtad.toml" >"$MTADIR/stdout" 2>"$MTADIR/mtad.log" &
@@ -688,7 +667,7 @@ cat <<EOF
 ## Relay run $(date -u '+%Y-%m-%d %H:%M UTC')
 
 - machine: $(nproc) CPUs ($cpu), $(free -g 2>/dev/null | awk '/^Mem:/ { print $2 " GiB RAM, " }')temp dir on $fstype; kernel $(uname -r)
-- mtad: release build of $rev, durable (default), \`index_cache\` ${INDEX_CACHE:-default}, no admin HTTP server, \`max_per_destination = 20\`, \`[delivery.routes] "example.test" = "127.0.0.1:SINK"\`, \`name_servers = ["127.0.0.1:9"]\`, \`tls = "none"\` outbound, STARTTLS offered inbound; $other_line
+- mtad: release build of $rev, durable (default), \`index_cache\` ${INDEX_CACHE:-default}, no admin HTTP server, no sendmail socket, \`max_per_destination = 20\`, \`[delivery.routes] "example.test" = "127.0.0.1:SINK"\`, \`name_servers = ["127.0.0.1:9"]\`, \`tls = "none"\` outbound, STARTTLS offered inbound; $other_line
 - sink: a new \`smtp-sink -c -u nobody 127.0.0.1:SINK 1024\` per run; $WARMUP warm-up messages through the whole path before each measured run (not counted)
 - load: \`mta-loadgen\` (release build), DATA, one command at a time, --timeout $TIMEOUT$([ "$SCALE" = 1 ] || echo ", message counts divided by $SCALE")$([ "$COOLDOWN" = 0 ] || echo "; ${COOLDOWN} s pause before each run")
 - every run on fresh empty queues; $REPEAT rounds per case and MTA, the MTAs alternating (which goes first alternates by case and round); the table shows each MTA's best round by end-to-end msg/s, with that round's other figures$([ -n "${RELAY_NO_DIRECT:-}" ] || echo "; \"no MTA\" is the best of $REPEAT runs of the same load straight into a fresh sink, one before each round")
