@@ -58,6 +58,14 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
+/// The same outcome for every recipient of `msg`.
+fn every_recipient(msg: &OutboundMessage<'_>, outcome: Outcome) -> Vec<(usize, Outcome)> {
+    msg.recipients
+        .iter()
+        .map(|&i| (i, outcome.clone()))
+        .collect()
+}
+
 /// How a connection taken from the idle pool is checked before reuse.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Check {
@@ -259,12 +267,7 @@ impl Client {
         msg: &OutboundMessage<'_>,
         attempt: &mut Attempt,
     ) -> (Vec<(usize, Outcome)>, ServerSignal) {
-        let every = |outcome: Outcome| -> Vec<(usize, Outcome)> {
-            msg.recipients
-                .iter()
-                .map(|&i| (i, outcome.clone()))
-                .collect()
-        };
+        let every = |outcome: Outcome| every_recipient(msg, outcome);
         let throttles = &self.inner.throttles;
         let mut planned = None;
         // An idle connection is checked with an RSET pipelined in front of
@@ -334,12 +337,7 @@ impl Client {
         reservation: Reservation,
         conn: Result<Conn, NoConnection>,
     ) -> Option<(Vec<(usize, Outcome)>, ServerSignal)> {
-        let every = |outcome: Outcome| -> Vec<(usize, Outcome)> {
-            msg.recipients
-                .iter()
-                .map(|&i| (i, outcome.clone()))
-                .collect()
-        };
+        let every = |outcome: Outcome| every_recipient(msg, outcome);
         let done = match conn {
             Err(mut failure) => {
                 let policy = match &requirement {
