@@ -2,40 +2,53 @@
 //! queue can always be rebuilt from `msg/` alone.
 //!
 //! ```text
-//! MTA-SPOOL 1\n                 magic and format version
+//! MTA-SPOOL 2 <length>\n        magic, format version, content length
 //! {"sender":...}\n              the envelope, one line of JSON
 //! <message content>             the bytes exactly as accepted
+//! <anything>                    ignored: what a reused file held before
 //! ```
 //!
 //! JSON escapes every control character inside strings and the compact
 //! form puts no newline between tokens, so the envelope line holds no raw
 //! LF and a reader needs only the first two lines to know the envelope:
 //! a rescan never reads message bodies.
+//!
+//! The length is why a file can be written over a finished message's
+//! (`reuse.rs`) without being cut to size: on ext4, cutting a file (or
+//! changing its mode) makes its fdatasync write the inode as well, a
+//! second write to the disk and a second wait for it. Version 1 files
+//! (`MTA-SPOOL 1\n`, written before, content to the end of the file)
+//! are read as they are.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, IoSlice, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use mta_envelope::Envelope;
 
 use crate::error::SpoolError;
 
-/// The first line of every spool file.
-pub(crate) const MAGIC: &[u8] = b"MTA-SPOOL 1\n";
+/// How the first line of every spool file begins; the version follows.
+pub(crate) const MAGIC: &[u8] = b"MTA-SPOOL ";
+
+/// Longest first line accepted: the magic, a version and a length.
+const MAX_FIRST_LINE: u64 = 64;
 
 /// Longest envelope line accepted when reading. Far above any real
 /// envelope; it only stops a damaged file without a second newline from
 /// being read whole as "the envelope".
 const MAX_ENVELOPE_LINE: u64 = 64 * 1024 * 1024;
 
-/// The magic line and the envelope line, ready to be written.
-pub(crate) fn encode_header(envelope: &Envelope) -> Vec<u8> {
+/// The first line (for `content_len` octets of content) and the envelope
+/// line, ready to be written.
+pub(crate) fn encode_header(envelope: &Envelope, content_len: usize) -> Vec<u8> {
     let json = serde_json::to_vec(envelope)
         .expect("an envelope of plain strings and numbers always serializes");
     debug_assert!(!json.contains(&b'\n'), "compact JSON holds no raw LF");
-    let mut header = Vec::with_capacity(MAGIC.len() + json.len() + 1);
+    let mut header = Vec::with_capacity(MAGIC.len() + 24 + json.len() + 1);
     header.extend_from_slice(MAGIC);
+    header.extend_from_slice(format!("2 {content_len}\n").as_bytes());
     header.extend_from_slice(&json);
     header.push(b'\n');
     header
@@ -48,6 +61,25 @@ pub(crate) struct Header {
     pub envelope: Envelope,
     /// Bytes taken by the two header lines; the content follows.
     pub len: u64,
+    /// The content's length (version 2); `None` for a version 1 file,
+    /// whose content runs to the end of the file.
+    pub content_len: Option<u64>,
+}
+
+impl Header {
+    /// The content's length in a file of `size` bytes; `Corrupt` when the
+    /// file is shorter than its first line says.
+    pub fn content_len_in(&self, size: u64, path: &Path) -> Result<u64, SpoolError> {
+        let room = size.saturating_sub(self.len);
+        match self.content_len {
+            None => Ok(room),
+            Some(len) if len <= room => Ok(len),
+            Some(len) => Err(SpoolError::Corrupt {
+                path: path.to_owned(),
+                reason: format!("content of {room} octets where the file says {len}"),
+            }),
+        }
+    }
 }
 
 /// Reads and checks the two header lines, leaving `reader` at the first
@@ -57,21 +89,32 @@ pub(crate) fn read_header<R: BufRead>(reader: &mut R, path: &Path) -> Result<Hea
         path: path.to_owned(),
         reason,
     };
-    let mut magic = [0u8; MAGIC.len()];
-    match reader.read_exact(&mut magic) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-            return Err(corrupt("shorter than the magic line".into()))
+    let mut first = Vec::new();
+    reader
+        .take(MAX_FIRST_LINE)
+        .read_until(b'\n', &mut first)
+        .map_err(|e| SpoolError::io("read", path, e))?;
+    let content_len = match first
+        .strip_prefix(MAGIC)
+        .and_then(|v| v.strip_suffix(b"\n"))
+    {
+        Some(b"1") => None,
+        Some(version) => match version.strip_prefix(b"2 ").and_then(parse_length) {
+            Some(len) => Some(len),
+            None => {
+                return Err(corrupt(format!(
+                    "unknown version or bad length in the first line {:?}",
+                    String::from_utf8_lossy(&first)
+                )))
+            }
+        },
+        None => {
+            return Err(corrupt(format!(
+                "wrong first line {:?}, expected \"MTA-SPOOL 2 <length>\"",
+                String::from_utf8_lossy(&first)
+            )))
         }
-        Err(e) => return Err(SpoolError::io("read", path, e)),
-    }
-    if magic != MAGIC {
-        return Err(corrupt(format!(
-            "wrong magic {:?}, expected {:?}",
-            String::from_utf8_lossy(&magic),
-            String::from_utf8_lossy(MAGIC)
-        )));
-    }
+    };
     let mut line = Vec::new();
     reader
         .take(MAX_ENVELOPE_LINE)
@@ -84,8 +127,17 @@ pub(crate) fn read_header<R: BufRead>(reader: &mut R, path: &Path) -> Result<Hea
         serde_json::from_slice(&line).map_err(|e| corrupt(format!("bad envelope JSON: {e}")))?;
     Ok(Header {
         envelope,
-        len: (MAGIC.len() + line.len() + 1) as u64,
+        len: (first.len() + line.len() + 1) as u64,
+        content_len,
     })
+}
+
+/// A length in decimal digits, no sign, no leading zero (but "0").
+fn parse_length(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || (digits.len() > 1 && digits[0] == b'0') {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 /// Reads a whole spool file: envelope and content.
@@ -97,10 +149,22 @@ pub(crate) fn read_file(path: &Path) -> Result<(Envelope, Vec<u8>), SpoolError> 
         .len();
     let mut reader = BufReader::new(file);
     let header = read_header(&mut reader, path)?;
-    let mut content = Vec::with_capacity(size.saturating_sub(header.len) as usize);
+    let len = header.content_len_in(size, path)?;
+    let mut content = Vec::with_capacity(len as usize);
     reader
+        .take(len)
         .read_to_end(&mut content)
         .map_err(|e| SpoolError::io("read", path, e))?;
+    if (content.len() as u64) < len {
+        // Cut short since the stat: as corrupt as a short file.
+        return Err(SpoolError::Corrupt {
+            path: path.to_owned(),
+            reason: format!(
+                "content of {} octets where the file says {len}",
+                content.len()
+            ),
+        });
+    }
     Ok((header.envelope, content))
 }
 
@@ -116,30 +180,34 @@ pub(crate) fn read_header_only(path: &Path) -> Result<(Header, u64), SpoolError>
     // a rescan reads one of these per message.
     let mut reader = BufReader::with_capacity(4096, file);
     let header = read_header(&mut reader, path)?;
-    let content = size.saturating_sub(header.len);
+    let content = header.content_len_in(size, path)?;
     Ok((header, content))
 }
 
-/// Writes a message over a kept spool file (see `reuse.rs`): `mode` set
-/// again (the file may date from a run with other modes), its bytes from
-/// the start, the file cut to their length, the data made durable with
-/// fdatasync. On any error the file is removed, as a half-written one
-/// would be.
+/// Writes a message over a kept spool file (see `reuse.rs`) of `size`
+/// bytes: its bytes from the start, the data made durable with
+/// fdatasync. The file is neither chmodded (`reuse.rs` keeps only files
+/// of the spool's mode) nor, usually, cut: the first line gives the
+/// content's length, and what lies past it is ignored. Only when more
+/// than [`reuse::slack`] bytes of the old file would be left over is it
+/// cut to the new length, so a file holding a small message never keeps
+/// a large one's blocks. On any error the file is removed, as a
+/// half-written one would be.
 pub(crate) fn write_over_durable(
     path: &Path,
+    size: u64,
     chunks: &[&[u8]],
-    mode: u32,
 ) -> Result<(), SpoolError> {
     let file = OpenOptions::new()
         .write(true)
         .open(path)
         .map_err(|e| SpoolError::io("open", path, e))?;
     removed_on_error(path, file, |file| {
-        file.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(|e| SpoolError::io("chmod", path, e))?;
         let len = write_chunks(file, chunks).map_err(|e| SpoolError::io("write", path, e))?;
-        file.set_len(len)
-            .map_err(|e| SpoolError::io("truncate", path, e))?;
+        if size > len + crate::reuse::slack(len) {
+            file.set_len(len)
+                .map_err(|e| SpoolError::io("truncate", path, e))?;
+        }
         file.sync_data()
             .map_err(|e| SpoolError::io("fdatasync", path, e))
     })
@@ -233,8 +301,13 @@ mod tests {
         assert_eq!(written.len(), 5 + big.len() + 4);
         assert!(written.starts_with(b"head\nbbb") && written.ends_with(b"btail"));
 
-        // Over it, shorter: nothing of the old bytes is left.
-        write_over_durable(&path, &[b"x", b"y"], 0o600).unwrap();
+        // Over it, much shorter: cut to the new length.
+        let size = fs::metadata(&path).unwrap().len();
+        write_over_durable(&path, size, &[b"x", b"y"]).unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"xy");
+
+        // Over it, a little shorter: the rest is left, not cut.
+        write_over_durable(&path, 2, &[b"z"]).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"zy");
     }
 }

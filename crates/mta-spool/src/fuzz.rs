@@ -249,9 +249,10 @@ fn spool_file_round_trips_and_survives_damage() {
             envelope(),
             prop::collection::vec(any::<u8>(), 0..200),
             damages(),
+            prop::collection::vec(any::<u8>(), 0..100),
         ),
-        |(envelope, content, damages)| {
-            let header = encode_header(&envelope);
+        |(envelope, content, damages, tail)| {
+            let header = encode_header(&envelope, content.len());
             prop_assert_eq!(header.iter().filter(|&&b| b == b'\n').count(), 2);
             let file = [&header[..], &content].concat();
             let (read, len) = header_of(&file)?.expect("a valid file decodes");
@@ -261,7 +262,28 @@ fn spool_file_round_trips_and_survives_damage() {
             std::fs::write(&path, &file).unwrap();
             let (read, body) = read_file(&path).expect("a valid file reads back");
             prop_assert_eq!(read, envelope.clone());
-            prop_assert_eq!(body, content);
+            prop_assert_eq!(&body, &content);
+            // What a reused file held past the content is not read.
+            std::fs::write(&path, [&file[..], &tail].concat()).unwrap();
+            let (_, body) = read_file(&path).expect("a file with a tail reads back");
+            prop_assert_eq!(&body, &content);
+            // Cut short of its length: corrupt, never a shorter message.
+            if !content.is_empty() {
+                std::fs::write(&path, &file[..file.len() - 1]).unwrap();
+                let short = read_file(&path);
+                prop_assert!(
+                    matches!(short, Err(SpoolError::Corrupt { .. })),
+                    "{:?}",
+                    short
+                );
+            }
+            // A version 1 file (written before): the content to the end.
+            let json = &header[header.iter().position(|&b| b == b'\n').unwrap() + 1..];
+            let v1 = [&b"MTA-SPOOL 1\n"[..], json, &content].concat();
+            std::fs::write(&path, &v1).unwrap();
+            let (read, body) = read_file(&path).expect("a version 1 file reads back");
+            prop_assert_eq!(read, envelope.clone());
+            prop_assert_eq!(&body, &content);
             // Damaged: decodes or is corrupt. Damage past the header
             // leaves the envelope as it was.
             let damaged = damage(file, &damages);

@@ -461,7 +461,7 @@ impl Spool {
         );
         let spool = Spool {
             inner: Arc::new(Inner {
-                free: reuse::FreeFiles::new(&layout.tmp),
+                free: reuse::FreeFiles::new(&layout.tmp, layout.modes.file),
                 layout,
                 min_free_space: config.min_free_space,
                 rescan_rate: config.rescan_rate,
@@ -539,14 +539,14 @@ impl Spool {
         };
         self.inner.ids.observe(id);
 
-        let header = file::encode_header(envelope);
         let size = content.len();
+        let header = file::encode_header(envelope, size);
         // Over a finished message's file when one is kept (reuse.rs),
         // else a new file.
-        let reused = self.inner.free.take();
+        let reused = self.inner.free.take((header.len() + size) as u64);
         let tmp = reused
-            .clone()
-            .unwrap_or_else(|| self.inner.layout.tmp_path(id));
+            .as_ref()
+            .map_or_else(|| self.inner.layout.tmp_path(id), |(path, _)| path.clone());
         let mode = self.inner.layout.modes.file;
         let (reply, answer) = oneshot::channel();
         let request = Request {
@@ -559,33 +559,35 @@ impl Spool {
             reply,
         };
 
-        let handed_over = tokio::task::spawn_blocking(move || {
-            match reused {
-                Some(path) => file::write_over_durable(&path, &[&header, &content], mode)?,
-                None => file::write_new_durable(&tmp, &[&header, &content], mode)?,
-            }
+        // The session waits for the committer's answer alone, not for
+        // this task too: one wake-up of the session less per message. The
+        // task answers itself when it fails before the hand-over; a panic
+        // drops the reply, which reads as `Closed`.
+        let spool = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let written = match reused {
+                Some((path, old)) => file::write_over_durable(&path, old, &[&header, &content]),
+                None => file::write_new_durable(&tmp, &[&header, &content], mode),
+            };
             drop(content);
-            sender.send(request).map_err(|unsent| {
+            if let Err(e) = written {
+                if e.is_no_space() {
+                    // Kept files hold space: give it back (reuse.rs).
+                    spool.free.keep(false);
+                }
+                let _ = request.reply.send(Err(e));
+                return;
+            }
+            if let Err(unsent) = sender.send(request) {
                 // The committer is gone (it only stops after every sender
                 // has been dropped, so it must have died): do not leave
                 // the file for it.
                 let _ = std::fs::remove_file(&unsent.0.tmp);
-                SpoolError::Closed
-            })
-        })
-        .await;
-        match handed_over {
-            Ok(Err(e)) if e.is_no_space() => {
-                // Kept files hold space: give it back (reuse.rs).
-                self.inner.free.keep(false);
-                return Err(e);
+                let _ = unsent.0.reply.send(Err(SpoolError::Closed));
             }
-            Ok(result) => result?,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            // Cancelled: only happens when the runtime shuts down.
-            Err(_) => return Err(SpoolError::Closed),
-        }
-        // A dropped reply means the committer died mid-batch.
+        });
+        // A dropped reply means the committer died mid-batch, the task
+        // panicked, or the runtime is shutting down.
         answer.await.unwrap_or(Err(SpoolError::Closed))
     }
 

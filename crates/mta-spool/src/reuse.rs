@@ -5,12 +5,21 @@
 //! free inode (ext4 searches past the ones freed recently) and allocates
 //! blocks, then frees both again when the message is done. So when a
 //! message leaves the queue its file is not unlinked: it is renamed to
-//! `tmp/free.N` and the next message is written over it (write, truncate
-//! to the new length, fdatasync), then committed as every message is, by
+//! `tmp/free.N` and the next message is written over it (write,
+//! fdatasync: the file's first line gives the content's length, so the
+//! file need not be cut to size, see `file.rs`), then committed as every
+//! message is, by
 //! renaming it into `msg/` and fsyncing that directory. Nothing about
 //! durability changes: a message is still written, fdatasynced, renamed
 //! into `msg/` and its directory fsynced before the client hears 250.
 //!
+//! - A message goes in the smallest kept file that holds it, else in the
+//!   largest (which grows). A file left more than [`slack`] bytes longer
+//!   than its new message is cut to size, so a queued message never takes
+//!   much more disk than it needs.
+//! - Only files of the spool's own mode are kept (a file from a run with
+//!   other modes is unlinked): a message written over one needs no chmod,
+//!   which would cost its fdatasync a write of the inode.
 //! - Only small files are kept ([`MAX_SIZE`]), at most [`MAX_FILES`] of
 //!   them and [`MAX_BYTES`] in all, so the files held cost little disk:
 //!   the rest are unlinked. And a disk short of space gets them back: when
@@ -32,6 +41,7 @@
 
 use std::fs;
 use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -46,6 +56,12 @@ pub(crate) const MAX_SIZE: u64 = 128 * 1024;
 /// Most bytes kept in all.
 pub(crate) const MAX_BYTES: u64 = 8 << 20;
 
+/// Bytes a file written over may keep past its new message before it is
+/// cut to size: a quarter of the message and a block.
+pub(crate) fn slack(len: u64) -> u64 {
+    len / 4 + 4096
+}
+
 /// How the names of kept files begin, in `tmp/`.
 pub(crate) const PREFIX: &str = "free.";
 
@@ -54,6 +70,8 @@ pub(crate) const PREFIX: &str = "free.";
 pub(crate) struct FreeFiles {
     /// `tmp/`.
     dir: PathBuf,
+    /// The spool files' mode: only files of it are kept.
+    mode: u32,
     /// The files and their sizes.
     kept: Mutex<Kept>,
     next: AtomicU64,
@@ -74,10 +92,11 @@ impl Kept {
 }
 
 impl FreeFiles {
-    /// None kept yet; they will go in `tmp`.
-    pub fn new(tmp: &Path) -> FreeFiles {
+    /// None kept yet; they will go in `tmp`, and only files of `mode`.
+    pub fn new(tmp: &Path, mode: u32) -> FreeFiles {
         FreeFiles {
             dir: tmp.to_owned(),
+            mode,
             kept: Mutex::new(Kept::default()),
             next: AtomicU64::new(0),
             keeping: AtomicBool::new(true),
@@ -91,8 +110,10 @@ impl FreeFiles {
         if !self.keeping.load(Ordering::Relaxed) || !self.kept.lock().has_room(1) {
             return fs::remove_file(path);
         }
-        let size = fs::symlink_metadata(path)?.len();
-        if size > MAX_SIZE || !self.kept.lock().has_room(size) {
+        let meta = fs::symlink_metadata(path)?;
+        let size = meta.len();
+        let same_mode = meta.permissions().mode() & 0o7777 == self.mode;
+        if size > MAX_SIZE || !same_mode || !self.kept.lock().has_room(size) {
             return fs::remove_file(path);
         }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
@@ -110,13 +131,26 @@ impl FreeFiles {
         Ok(())
     }
 
-    /// A kept file to write the next message over, if any: the one kept
-    /// last (its blocks are the likeliest to be cached).
-    pub fn take(&self) -> Option<PathBuf> {
+    /// A kept file to write `need` bytes over, if any, and its size: the
+    /// smallest that holds them (of equals, the one kept last, whose
+    /// blocks are the likeliest to be cached), else the largest.
+    pub fn take(&self, need: u64) -> Option<(PathBuf, u64)> {
         let mut kept = self.kept.lock();
-        let (path, size) = kept.files.pop()?;
+        let mut best: Option<(usize, u64)> = None;
+        for (i, &(_, size)) in kept.files.iter().enumerate().rev() {
+            let better = match best {
+                None => true,
+                Some((_, b)) if b < need => size > b,
+                Some((_, b)) => size >= need && size < b,
+            };
+            if better {
+                best = Some((i, size));
+            }
+        }
+        let (i, _) = best?;
+        let (path, size) = kept.files.swap_remove(i);
         kept.bytes -= size;
-        Some(path)
+        Some((path, size))
     }
 
     /// Files kept now.
@@ -162,9 +196,12 @@ pub(crate) fn is_free_name(name: &str) -> bool {
 mod tests {
     use super::*;
 
+    const MODE: u32 = 0o600;
+
     fn file(dir: &Path, name: &str, len: usize) -> PathBuf {
         let path = dir.join(name);
         fs::write(&path, vec![b'x'; len]).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(MODE)).unwrap();
         path
     }
 
@@ -173,7 +210,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tmp = dir.path().join("tmp");
         fs::create_dir(&tmp).unwrap();
-        let free = FreeFiles::new(&tmp);
+        let free = FreeFiles::new(&tmp, MODE);
 
         let small = file(dir.path(), "small", 4096);
         free.retire(&small).unwrap();
@@ -186,10 +223,46 @@ mod tests {
         assert_eq!(free.len(), 1, "a large file is not kept");
         assert_eq!(fs::read_dir(&tmp).unwrap().count(), 1);
 
-        let kept = free.take().unwrap();
+        let (kept, size) = free.take(100).unwrap();
         assert!(is_free_name(kept.file_name().unwrap().to_str().unwrap()));
+        assert_eq!(size, 4096);
         assert_eq!(fs::metadata(&kept).unwrap().len(), 4096);
-        assert!(free.take().is_none());
+        assert!(free.take(100).is_none());
+    }
+
+    /// A message goes in the smallest file that holds it, else in the
+    /// largest.
+    #[test]
+    fn takes_the_smallest_file_that_fits() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join("tmp");
+        fs::create_dir(&tmp).unwrap();
+        let free = FreeFiles::new(&tmp, MODE);
+        for (name, len) in [("a", 3000), ("b", 9000), ("c", 5000), ("d", 7000)] {
+            free.retire(&file(dir.path(), name, len)).unwrap();
+        }
+        assert_eq!(free.take(4000).unwrap().1, 5000);
+        assert_eq!(free.take(20000).unwrap().1, 9000, "none fits: the largest");
+        assert_eq!(free.take(10).unwrap().1, 3000);
+        assert_eq!(free.take(7000).unwrap().1, 7000);
+        assert!(free.take(10).is_none());
+        assert_eq!(free.bytes(), 0);
+    }
+
+    /// A file of another mode (a queue run with other modes) is unlinked:
+    /// written over, it would need a chmod.
+    #[test]
+    fn a_file_of_another_mode_is_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join("tmp");
+        fs::create_dir(&tmp).unwrap();
+        let free = FreeFiles::new(&tmp, MODE);
+        let other = file(dir.path(), "other", 100);
+        fs::set_permissions(&other, fs::Permissions::from_mode(0o640)).unwrap();
+        free.retire(&other).unwrap();
+        assert!(!other.exists());
+        assert_eq!(free.len(), 0);
+        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0);
     }
 
     #[test]
@@ -197,7 +270,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tmp = dir.path().join("tmp");
         fs::create_dir(&tmp).unwrap();
-        let free = FreeFiles::new(&tmp);
+        let free = FreeFiles::new(&tmp, MODE);
         for n in 0..MAX_FILES + 3 {
             let path = file(dir.path(), &format!("m{n}"), 10);
             free.retire(&path).unwrap();
@@ -215,7 +288,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tmp = dir.path().join("tmp");
         fs::create_dir(&tmp).unwrap();
-        let free = FreeFiles::new(&tmp);
+        let free = FreeFiles::new(&tmp, MODE);
         let fit = (MAX_BYTES / MAX_SIZE) as usize;
         for n in 0..fit + 2 {
             let path = file(dir.path(), &format!("m{n}"), MAX_SIZE as usize);
@@ -223,7 +296,7 @@ mod tests {
         }
         assert_eq!(free.len(), fit);
         assert_eq!(free.bytes(), fit as u64 * MAX_SIZE);
-        free.take().unwrap();
+        free.take(1).unwrap();
         assert_eq!(free.bytes(), (fit as u64 - 1) * MAX_SIZE);
     }
 
@@ -234,7 +307,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tmp = dir.path().join("tmp");
         fs::create_dir(&tmp).unwrap();
-        let free = FreeFiles::new(&tmp);
+        let free = FreeFiles::new(&tmp, MODE);
         free.retire(&file(dir.path(), "a", 100)).unwrap();
         assert_eq!(free.len(), 1);
         free.keep(false);
@@ -252,7 +325,7 @@ mod tests {
     #[test]
     fn a_file_already_gone_is_not_found() {
         let dir = tempfile::tempdir().unwrap();
-        let free = FreeFiles::new(dir.path());
+        let free = FreeFiles::new(dir.path(), MODE);
         let e = free.retire(&dir.path().join("none")).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
         assert_eq!(free.len(), 0);
@@ -265,7 +338,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = file(dir.path(), "0000000000000001", 10);
         crate::file::still_there(&path).unwrap();
-        let free = FreeFiles::new(dir.path());
+        let free = FreeFiles::new(dir.path(), MODE);
         free.retire(&path).unwrap();
         match crate::file::still_there(&path) {
             Err(crate::error::SpoolError::Io {

@@ -122,7 +122,7 @@ fn reopen_unclean(config: &SpoolConfig, n: usize) {
 }
 
 fn spool_bytes(envelope: &Envelope, content: &[u8]) -> Vec<u8> {
-    let mut bytes = crate::file::encode_header(envelope);
+    let mut bytes = crate::file::encode_header(envelope, content.len());
     bytes.extend_from_slice(content);
     bytes
 }
@@ -148,10 +148,12 @@ async fn store_then_read_back() {
     assert_eq!(msg_files(&queue), vec![(bucket.clone(), id.to_string())]);
     assert!(dir_entries(&queue.join("tmp")).is_empty());
 
-    // The file format: magic line, one line of JSON, then the content.
+    // The file format: magic line with the content's length, one line
+    // of JSON, then the content.
     let raw = fs::read(queue.join("msg").join(&bucket).join(id.to_string())).unwrap();
-    assert!(raw.starts_with(b"MTA-SPOOL 1\n"));
-    let rest = &raw[12..];
+    let first = format!("MTA-SPOOL 2 {}\n", content.len());
+    assert!(raw.starts_with(first.as_bytes()));
+    let rest = &raw[first.len()..];
     let nl = rest.iter().position(|&b| b == b'\n').unwrap();
     let parsed: Envelope = serde_json::from_slice(&rest[..nl]).unwrap();
     assert_eq!(parsed, env);
@@ -1793,9 +1795,10 @@ async fn open_tells_new_clean_unclean_and_rebuilt_apart() {
 }
 
 /// The spool writes the next message over a finished one's file
-/// (`reuse.rs`): same inode, the spool's mode, the new message's bytes
-/// only, read back as itself; the old id is gone; close leaves `tmp/`
-/// empty and the next open finds the new message.
+/// (`reuse.rs`): same inode, read back as itself whether the file was cut
+/// to size (much longer) or keeps the old tail (a little longer); the old
+/// id is gone; a file of another mode is not kept; close leaves `tmp/`
+/// empty and the next open, and a rescan, find the new messages whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_next_message_is_written_over_a_finished_ones_file() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -1810,8 +1813,6 @@ async fn the_next_message_is_written_over_a_finished_ones_file() {
     spool.store(first, &envelope(1), &[&long]).await.unwrap();
     let first_path = spool.inner.layout.msg_path(first);
     let inode = fs::metadata(&first_path).unwrap().ino();
-    // As a run with a group-readable queue would have left it.
-    fs::set_permissions(&first_path, fs::Permissions::from_mode(0o640)).unwrap();
     spool.remove(first).unwrap();
     assert!(!first_path.exists());
     assert_eq!(fs::read_dir(&tmp).unwrap().count(), 1, "kept in tmp/");
@@ -1820,6 +1821,7 @@ async fn the_next_message_is_written_over_a_finished_ones_file() {
         Err(SpoolError::NotFound { .. })
     ));
 
+    // Much shorter: the file is cut to size.
     let second = spool.next_id();
     spool
         .store(second, &envelope(2), &[b"short"])
@@ -1828,30 +1830,67 @@ async fn the_next_message_is_written_over_a_finished_ones_file() {
     let second_path = spool.inner.layout.msg_path(second);
     let meta = fs::metadata(&second_path).unwrap();
     assert_eq!(meta.ino(), inode, "the same file");
-    assert_eq!(
-        meta.mode() & 0o777,
-        0o600,
-        "the spool's mode, not the old file's"
-    );
+    assert_eq!(meta.mode() & 0o777, 0o600);
+    assert!(meta.len() < 1000, "cut to size: {}", meta.len());
     assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0, "taken from tmp/");
     let (read, content) = spool.read(second).unwrap();
     assert_eq!(read, envelope(2));
-    assert_eq!(content, b"short", "nothing of the longer message left");
+    assert_eq!(content, b"short", "nothing of the longer message read");
     assert!(matches!(
         spool.read(first),
         Err(SpoolError::NotFound { .. })
     ));
 
-    // Kept files do not outlive the spool.
+    // A little shorter: the old tail stays in the file, unread.
     let third = spool.next_id();
-    spool.store(third, &envelope(1), &[b"x"]).await.unwrap();
+    spool.store(third, &envelope(1), &[&long]).await.unwrap();
+    let third_len = fs::metadata(spool.inner.layout.msg_path(third))
+        .unwrap()
+        .len();
     spool.remove(third).unwrap();
+    let fourth = spool.next_id();
+    let shorter = vec![b'b'; 7000];
+    spool
+        .store(fourth, &envelope(2), &[&shorter])
+        .await
+        .unwrap();
+    let fourth_path = spool.inner.layout.msg_path(fourth);
+    assert_eq!(
+        fs::metadata(&fourth_path).unwrap().len(),
+        third_len,
+        "not cut"
+    );
+    assert_eq!(spool.read(fourth).unwrap().1, shorter);
+    assert_eq!(spool.entry(fourth).unwrap().unwrap().size, 7000);
+
+    // A file of another mode (as a run with a group-readable queue
+    // would have left it) is unlinked, not kept.
+    let fifth = spool.next_id();
+    spool.store(fifth, &envelope(1), &[b"x"]).await.unwrap();
+    let fifth_path = spool.inner.layout.msg_path(fifth);
+    fs::set_permissions(&fifth_path, fs::Permissions::from_mode(0o640)).unwrap();
+    spool.remove(fifth).unwrap();
+    assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0, "not kept");
+
+    // Kept files do not outlive the spool.
+    let sixth = spool.next_id();
+    spool.store(sixth, &envelope(1), &[b"x"]).await.unwrap();
+    spool.remove(sixth).unwrap();
     assert_eq!(fs::read_dir(&tmp).unwrap().count(), 1);
     spool.close().unwrap();
     assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0, "close removes them");
 
-    let (spool, _) = Spool::open(config).unwrap();
+    let (spool, _) = Spool::open(config.clone()).unwrap();
     assert_eq!(spool.read(second).unwrap().1, b"short");
+    assert_eq!(spool.read(fourth).unwrap().1, shorter);
+    drop(spool);
+
+    // A rescan sizes the messages by their first lines, not the files.
+    let (spool, report) = Spool::open(config).unwrap();
+    assert!(report.rescan);
+    spool.wait_rescan();
+    assert_eq!(spool.entry(fourth).unwrap().unwrap().size, 7000);
+    assert_eq!(spool.read(fourth).unwrap().1, shorter);
     spool.close().unwrap();
 }
 
