@@ -7,14 +7,20 @@ pub(crate) const BLOCK: usize = 64 * 1024;
 
 /// Appends `content[start..end]` to `out`, doubling a `.` that begins a
 /// line. A line begins at the start of the content and after every LF.
+/// The text between two dots to double is found with `memmem` (an LF
+/// followed by a dot) and copied whole.
 pub(crate) fn stuff(content: &[u8], start: usize, end: usize, out: &mut Vec<u8>) {
     let mut from = start;
-    for i in start..end {
-        if content[i] == b'.' && (i == 0 || content[i - 1] == b'\n') {
-            out.extend_from_slice(&content[from..i]);
-            out.push(b'.');
-            from = i;
-        }
+    if start < end && content[start] == b'.' && (start == 0 || content[start - 1] == b'\n') {
+        out.push(b'.');
+    }
+    for at in memchr::memmem::find_iter(&content[start..end], b"\n.") {
+        // The dot's index; `find_iter` only reports a pair wholly inside
+        // the range, so it is below `end`.
+        let dot = start + at + 1;
+        out.extend_from_slice(&content[from..dot]);
+        out.push(b'.');
+        from = dot;
     }
     out.extend_from_slice(&content[from..end]);
 }
@@ -68,6 +74,42 @@ mod tests {
         assert_eq!(wire(b"no end"), b"no end\r\n.\r\n");
         assert_eq!(wire(b"half\r"), b"half\r\n.\r\n");
         assert_eq!(wire(b""), b".\r\n");
+    }
+
+    /// Against the definition, octet by octet, on text full of dots and
+    /// line ends, in ranges that start and end anywhere.
+    #[test]
+    fn stuffing_matches_the_octet_by_octet_rule() {
+        fn slow(content: &[u8], start: usize, end: usize) -> Vec<u8> {
+            let mut out = Vec::new();
+            for i in start..end {
+                if content[i] == b'.' && (i == 0 || content[i - 1] == b'\n') {
+                    out.push(b'.');
+                }
+                out.push(content[i]);
+            }
+            out
+        }
+        let alphabet = b".\r\nx";
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..2000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = (seed % 40) as usize;
+            let content: Vec<u8> = (0..len)
+                .map(|i| alphabet[((seed >> (i % 60)) as usize + i) % alphabet.len()])
+                .collect();
+            let start = (seed >> 8) as usize % (len + 1);
+            let end = start + (seed >> 16) as usize % (len - start + 1);
+            let mut out = Vec::new();
+            stuff(&content, start, end, &mut out);
+            assert_eq!(
+                out,
+                slow(&content, start, end),
+                "{content:?} {start}..{end}"
+            );
+        }
     }
 
     #[test]
