@@ -93,9 +93,9 @@ wait_mtad_ready "$WORK"
 "$LOADGEN" --server "127.0.0.1:$MTAD_PORT" --sessions "$SESSIONS" --messages 200 --size "$SIZE" "$@" \
     --timeout 60 >/dev/null 2>&1 || die "warm-up failed"
 
-COUNTED=(fdatasync fsync openat rename unlink ftruncate write sendto recvfrom futex epoll_wait sched_yield)
+COUNTED=(fdatasync fsync openat rename renameat2 unlink ftruncate write sendto recvfrom futex epoll_wait sched_yield)
 if [ -n "${PROFILE_COUNT:-}" ]; then
-    events=$(printf 'syscalls:sys_enter_%s,' "${COUNTED[@]}")context-switches
+    events=$(printf 'syscalls:sys_enter_%s,' "${COUNTED[@]}")context-switches,task-clock
     perf stat -x, -e "$events" -p "$MTAD_PID" -o "$WORK/stat.csv" 2>"$WORK/perf.err" &
 else
     perf record -F "$FREQ" -g --call-graph dwarf,16384 -p "$MTAD_PID" -o "$WORK/perf.data" 2>"$WORK/perf.err" &
@@ -117,7 +117,8 @@ if [ -n "${PROFILE_COUNT:-}" ]; then
         $3 ~ /^syscalls:sys_enter_/ || $3 == "context-switches" {
             name = $3; sub(/^syscalls:sys_enter_/, "", name)
             printf "  %-18s %8.2f\n", name, $1 / n
-        }' "$WORK/stat.csv" | tee "$OUT"
+        }
+        $3 == "task-clock" { printf "  %-18s %8.3f\n", "CPU ms", $1 / n }' "$WORK/stat.csv" | tee "$OUT"
     exit 0
 fi
 perf script -i "$WORK/perf.data" 2>/dev/null | inferno-collapse-perf >"${OUT%.svg}.folded"
