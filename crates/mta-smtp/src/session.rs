@@ -276,6 +276,10 @@ pub struct Session {
     user: Option<String>,
     /// A local submission ([`Session::local`]).
     local: bool,
+    /// The size of the session's last message: the first allocation for
+    /// the next one's text, so a session of like messages does not grow
+    /// each one's buffer by doubling (and copying) from a few KiB.
+    last_size: usize,
 }
 
 impl Session {
@@ -293,6 +297,7 @@ impl Session {
             close_pending: false,
             user: None,
             local: false,
+            last_size: 0,
         }
     }
 
@@ -816,6 +821,7 @@ impl Session {
                     self.phase = Phase::Data(Box::new(DataDecoder::new(
                         self.config.max_line_length,
                         self.config.max_message_size,
+                        self.last_size,
                     )));
                     Step::Reply(Reply::plain(354, "End data with <CR><LF>.<CR><LF>"))
                 }
@@ -1197,6 +1203,7 @@ impl Session {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
         };
+        self.last_size = content.len();
         Step::Store(Box::new(Message { envelope, content }))
     }
 }

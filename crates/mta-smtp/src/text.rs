@@ -149,13 +149,17 @@ pub(crate) struct DataDecoder {
 }
 
 impl DataDecoder {
-    pub(crate) fn new(max_line: usize, max_size: usize) -> Self {
+    /// `expected` is a guess at the content's size (the session's last
+    /// message): the first allocation is an eighth above it, within 8 KiB
+    /// and 1 MiB, and never above `max_size`.
+    pub(crate) fn new(max_line: usize, max_size: usize, expected: usize) -> Self {
+        let capacity = expected.saturating_add(expected / 8).clamp(8192, 1 << 20);
         DataDecoder {
             state: DataState::LineStart,
             checker: LineChecker::new(max_line),
             max_size,
             too_big: false,
-            content: Vec::with_capacity(8192.min(max_size)),
+            content: Vec::with_capacity(capacity.min(max_size)),
         }
     }
 
@@ -271,7 +275,7 @@ mod tests {
     use super::*;
 
     fn decode(wire: &[u8]) -> (Result<Vec<u8>, TextError>, usize, bool) {
-        let mut d = DataDecoder::new(1000, 1 << 20);
+        let mut d = DataDecoder::new(1000, 1 << 20, 0);
         let (used, done) = d.feed(wire);
         (d.finish(), used, done)
     }
@@ -328,7 +332,7 @@ mod tests {
             let mut wire = b"Subject: x\r\n\r\nhi".to_vec();
             wire.extend_from_slice(seq);
             wire.extend_from_slice(b"MAIL FROM:<evil@x.test>\r\n");
-            let mut d = DataDecoder::new(1000, 1 << 20);
+            let mut d = DataDecoder::new(1000, 1 << 20, 0);
             let (used, done) = d.feed(&wire);
             assert!(!done, "{seq:?} ended the text");
             assert_eq!(used, wire.len());
@@ -345,7 +349,7 @@ mod tests {
 
     #[test]
     fn end_split_across_reads() {
-        let mut d = DataDecoder::new(1000, 1 << 20);
+        let mut d = DataDecoder::new(1000, 1 << 20, 0);
         for chunk in [&b"Subject: x\r\n\r\nhi\r"[..], b"\n", b".", b"\r", b"\n"] {
             let (used, done) = d.feed(chunk);
             assert_eq!(used, chunk.len());
@@ -366,7 +370,7 @@ mod tests {
         wire.extend_from_slice(b"\r\n.\r\n");
         assert!(decode(&wire).0.is_ok());
 
-        let mut d = DataDecoder::new(1000, 10);
+        let mut d = DataDecoder::new(1000, 10, 0);
         let (_, done) = d.feed(b"0123456789ab\r\n.\r\n");
         assert!(done);
         assert_eq!(d.finish(), Err(TextError::TooBig));

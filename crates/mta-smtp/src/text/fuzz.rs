@@ -108,7 +108,7 @@ fn data_decoder_matches_the_model_in_any_chunking() {
         regressions!("data_decoder"),
         (wire(), cuts(), 1..80usize, 0..200usize),
         |(wire, cuts, max_line, max_size)| {
-            let mut d = DataDecoder::new(max_line, max_size);
+            let mut d = DataDecoder::new(max_line, max_size, max_size);
             let mut used = 0;
             let mut done = false;
             for piece in pieces(&wire, &cuts) {
