@@ -13,9 +13,9 @@
 #   PROFILE_SIZE=S       message size (default 4KiB)
 #   PROFILE_FREQ=HZ      perf's sampling frequency (default 499)
 #   PROFILE_NO_BUILD=1   skip `cargo build --release`
-#   PROFILE_COUNT=1      instead of a profile, count mtad's system calls
-#                        and context switches (perf stat) and print them
-#                        per message; OUT is then a text file
+#   PROFILE_COUNT=1      instead of a profile, count mtad's system calls,
+#                        context switches and CPU time (perf stat) and
+#                        print them per message; OUT is then a text file
 #   PROFILE_MTAD=PATH    profile this mtad binary (a copy kept from before a
 #                        change) instead of the checkout's release build
 #
