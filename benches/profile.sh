@@ -6,6 +6,7 @@
 # Usage (as root: perf needs it, smtp-sink drops to nobody):
 #   benches/profile.sh OUT.svg [mta-loadgen options...]
 #   benches/profile.sh docs/flame/relay-new-conn.svg --per-connection 1
+#   (with --starttls, mtad offers STARTTLS with a throw-away certificate)
 #
 # Environment:
 #   PROFILE_MESSAGES=N   messages (default 20000)
@@ -84,7 +85,17 @@ SINK_PORT=$(free_port)
 SINK_PID=$!
 wait_listening "$SINK_PORT" 10 || die "smtp-sink is not listening"
 
-relay_mtad_config "$WORK" "$SINK_PORT" >"$WORK/mtad.toml"
+# With --starttls among the load's options, mtad offers STARTTLS with a
+# throw-away ECDSA P-256 certificate, as in relay.sh's case 7.
+TLS_TABLE=
+if [[ " $* " == *" --starttls "* ]]; then
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -keyout "$WORK/key.pem" -out "$WORK/cert.pem" -days 2 -subj /CN=localhost \
+        -addext subjectAltName=DNS:localhost >"$WORK/openssl.log" 2>&1 \
+        || die "openssl could not make a certificate"
+    TLS_TABLE=$(printf '[tls]\ncertificate = "%s"\nkey = "%s"' "$WORK/cert.pem" "$WORK/key.pem")
+fi
+relay_mtad_config "$WORK" "$SINK_PORT" "" "$TLS_TABLE" >"$WORK/mtad.toml"
 "$MTAD" --config "$WORK/mtad.toml" >"$WORK/stdout" 2>"$WORK/mtad.log" &
 MTAD_PID=$!
 wait_mtad_ready "$WORK"
