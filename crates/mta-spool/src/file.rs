@@ -189,7 +189,7 @@ pub(crate) fn read_header_only(path: &Path) -> Result<(Header, u64), SpoolError>
 /// fdatasync. The file is neither chmodded (`reuse.rs` keeps only files
 /// of the spool's mode) nor, usually, cut: the first line gives the
 /// content's length, and what lies past it is ignored. Only when more
-/// than [`reuse::slack`] bytes of the old file would be left over is it
+/// than [`slack`] bytes of the old file would be left over is it
 /// cut to the new length, so a file holding a small message never keeps
 /// a large one's blocks. On any error the file is removed, as a
 /// half-written one would be.
@@ -204,13 +204,19 @@ pub(crate) fn write_over_durable(
         .map_err(|e| SpoolError::io("open", path, e))?;
     removed_on_error(path, file, |file| {
         let len = write_chunks(file, chunks).map_err(|e| SpoolError::io("write", path, e))?;
-        if size > len + crate::reuse::slack(len) {
+        if size > len + slack(len) {
             file.set_len(len)
                 .map_err(|e| SpoolError::io("truncate", path, e))?;
         }
         file.sync_data()
             .map_err(|e| SpoolError::io("fdatasync", path, e))
     })
+}
+
+/// Bytes a file written over may keep past its new message before it is
+/// cut to size: a quarter of the message and a block.
+pub(crate) fn slack(len: u64) -> u64 {
+    len / 4 + 4096
 }
 
 /// Runs `write` on `file`, and removes the file at `path` when it fails:

@@ -14,7 +14,7 @@
 //! into `msg/` and its directory fsynced before the client hears 250.
 //!
 //! - A message goes in the smallest kept file that holds it, else in the
-//!   largest (which grows). A file left more than [`slack`] bytes longer
+//!   largest (which grows). A file left more than `file::slack` bytes longer
 //!   than its new message is cut to size, so a queued message never takes
 //!   much more disk than it needs.
 //! - Only files of the spool's own mode are kept (a file from a run with
@@ -55,12 +55,6 @@ pub(crate) const MAX_SIZE: u64 = 128 * 1024;
 
 /// Most bytes kept in all.
 pub(crate) const MAX_BYTES: u64 = 8 << 20;
-
-/// Bytes a file written over may keep past its new message before it is
-/// cut to size: a quarter of the message and a block.
-pub(crate) fn slack(len: u64) -> u64 {
-    len / 4 + 4096
-}
 
 /// How the names of kept files begin, in `tmp/`.
 pub(crate) const PREFIX: &str = "free.";
