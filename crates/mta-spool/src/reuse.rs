@@ -192,6 +192,15 @@ mod tests {
 
     const MODE: u32 = 0o600;
 
+    /// A directory, its `tmp/`, and the kept files of `tmp/`.
+    fn kept_in_tmp() -> (tempfile::TempDir, PathBuf, FreeFiles) {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join("tmp");
+        fs::create_dir(&tmp).unwrap();
+        let free = FreeFiles::new(&tmp, MODE);
+        (dir, tmp, free)
+    }
+
     fn file(dir: &Path, name: &str, len: usize) -> PathBuf {
         let path = dir.join(name);
         fs::write(&path, vec![b'x'; len]).unwrap();
@@ -201,10 +210,7 @@ mod tests {
 
     #[test]
     fn keeps_small_files_and_unlinks_large_ones() {
-        let dir = tempfile::tempdir().unwrap();
-        let tmp = dir.path().join("tmp");
-        fs::create_dir(&tmp).unwrap();
-        let free = FreeFiles::new(&tmp, MODE);
+        let (dir, tmp, free) = kept_in_tmp();
 
         let small = file(dir.path(), "small", 4096);
         free.retire(&small).unwrap();
@@ -228,10 +234,7 @@ mod tests {
     /// largest.
     #[test]
     fn takes_the_smallest_file_that_fits() {
-        let dir = tempfile::tempdir().unwrap();
-        let tmp = dir.path().join("tmp");
-        fs::create_dir(&tmp).unwrap();
-        let free = FreeFiles::new(&tmp, MODE);
+        let (dir, _tmp, free) = kept_in_tmp();
         for (name, len) in [("a", 3000), ("b", 9000), ("c", 5000), ("d", 7000)] {
             free.retire(&file(dir.path(), name, len)).unwrap();
         }
@@ -247,10 +250,7 @@ mod tests {
     /// written over, it would need a chmod.
     #[test]
     fn a_file_of_another_mode_is_not_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let tmp = dir.path().join("tmp");
-        fs::create_dir(&tmp).unwrap();
-        let free = FreeFiles::new(&tmp, MODE);
+        let (dir, tmp, free) = kept_in_tmp();
         let other = file(dir.path(), "other", 100);
         fs::set_permissions(&other, fs::Permissions::from_mode(0o640)).unwrap();
         free.retire(&other).unwrap();
@@ -261,10 +261,7 @@ mod tests {
 
     #[test]
     fn keeps_at_most_max_files_and_clear_removes_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let tmp = dir.path().join("tmp");
-        fs::create_dir(&tmp).unwrap();
-        let free = FreeFiles::new(&tmp, MODE);
+        let (dir, tmp, free) = kept_in_tmp();
         for n in 0..MAX_FILES + 3 {
             let path = file(dir.path(), &format!("m{n}"), 10);
             free.retire(&path).unwrap();
@@ -279,10 +276,7 @@ mod tests {
 
     #[test]
     fn keeps_at_most_max_bytes() {
-        let dir = tempfile::tempdir().unwrap();
-        let tmp = dir.path().join("tmp");
-        fs::create_dir(&tmp).unwrap();
-        let free = FreeFiles::new(&tmp, MODE);
+        let (dir, _tmp, free) = kept_in_tmp();
         let fit = (MAX_BYTES / MAX_SIZE) as usize;
         for n in 0..fit + 2 {
             let path = file(dir.path(), &format!("m{n}"), MAX_SIZE as usize);
@@ -298,10 +292,7 @@ mod tests {
     /// space is back.
     #[test]
     fn none_kept_while_space_is_short() {
-        let dir = tempfile::tempdir().unwrap();
-        let tmp = dir.path().join("tmp");
-        fs::create_dir(&tmp).unwrap();
-        let free = FreeFiles::new(&tmp, MODE);
+        let (dir, tmp, free) = kept_in_tmp();
         free.retire(&file(dir.path(), "a", 100)).unwrap();
         assert_eq!(free.len(), 1);
         free.keep(false);
