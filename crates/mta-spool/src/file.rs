@@ -171,15 +171,44 @@ pub(crate) fn read_file(path: &Path) -> Result<(Envelope, Vec<u8>), SpoolError> 
 /// Reads only the header of a spool file, and the content size from the
 /// file size: what a rescan needs, without touching the body.
 pub(crate) fn read_header_only(path: &Path) -> Result<(Header, u64), SpoolError> {
-    let file = File::open(path).map_err(|e| SpoolError::io("open", path, e))?;
+    /// Bytes read at once: the two header lines are usually a few hundred.
+    const HEAD: usize = 4096;
+    thread_local! {
+        // One buffer per reading thread: a rescan reads a million of
+        // these, and a buffer allocated for each contends for malloc's
+        // lock among its reader threads (mtad keeps a single arena).
+        static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; HEAD]);
+    }
+    let mut file = File::open(path).map_err(|e| SpoolError::io("open", path, e))?;
     let size = file
         .metadata()
         .map_err(|e| SpoolError::io("stat", path, e))?
         .len();
-    // A small buffer: the envelope line is usually a few hundred bytes, and
-    // a rescan reads one of these per message.
-    let mut reader = BufReader::with_capacity(4096, file);
-    let header = read_header(&mut reader, path)?;
+    let in_buffer = BUF.with_borrow_mut(|buf| -> Result<Option<Header>, SpoolError> {
+        let n = loop {
+            match file.read(buf) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(SpoolError::io("read", path, e)),
+            }
+        };
+        // Both lines whole within the bytes read, or (when they were the
+        // whole file) the verdict on them; otherwise read again below.
+        match read_header(&mut &buf[..n], path) {
+            Ok(header) => Ok(Some(header)),
+            Err(SpoolError::Corrupt { .. }) if n == buf.len() && (n as u64) < size => Ok(None),
+            Err(e) => Err(e),
+        }
+    })?;
+    let header = match in_buffer {
+        Some(header) => header,
+        // An envelope line longer than the buffer: from the start again.
+        None => {
+            let mut reader = BufReader::new(&file);
+            io::Seek::rewind(&mut reader).map_err(|e| SpoolError::io("read", path, e))?;
+            read_header(&mut reader, path)?
+        }
+    };
     let content = header.content_len_in(size, path)?;
     Ok((header, content))
 }

@@ -1923,3 +1923,41 @@ async fn kept_files_go_when_space_runs_short() {
     );
     spool.close().unwrap();
 }
+
+/// The header of a spool file, as a rescan reads it: from the first 4 KiB
+/// when the two lines fit there, from the start again when the envelope
+/// line is longer; a file with no end to its envelope line is corrupt
+/// however long it is; a version 1 file is sized by its length.
+#[test]
+fn headers_are_read_whether_or_not_they_fit_the_first_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("0000000000000001");
+    for recipients in [1, 300] {
+        let env = envelope(recipients);
+        let bytes = spool_bytes(&env, b"Subject: x\r\n\r\nbody\r\n");
+        assert_eq!(bytes.len() > 4096, recipients == 300);
+        fs::write(&path, [&bytes[..], b"tail of an older message"].concat()).unwrap();
+        let (header, content) = crate::file::read_header_only(&path).unwrap();
+        assert_eq!(header.envelope, env);
+        assert_eq!(content, 20);
+    }
+    for len in [100, 5000, 9000] {
+        let mut bytes = b"MTA-SPOOL 2 3\n{".to_vec();
+        bytes.resize(len, b'x');
+        fs::write(&path, &bytes).unwrap();
+        assert!(matches!(
+            crate::file::read_header_only(&path),
+            Err(SpoolError::Corrupt { .. })
+        ));
+    }
+    let env = envelope(2);
+    let v1 = [
+        &b"MTA-SPOOL 1\n"[..],
+        &serde_json::to_vec(&env).unwrap(),
+        b"\nbody\r\n",
+    ]
+    .concat();
+    fs::write(&path, &v1).unwrap();
+    let (header, content) = crate::file::read_header_only(&path).unwrap();
+    assert_eq!((header.envelope, content), (env, 6));
+}
