@@ -1,8 +1,8 @@
-//! A queue written by an earlier release opens and delivers: the fixture
-//! `tests/fixtures/queue-v1` (made by `crates/mta-spool/src/fixture.rs`,
-//! which lists what it holds) is copied to a scratch directory and the
-//! real mtad started on it, with a DNS server and an SMTP sink on
-//! loopback.
+//! A queue written by an earlier release opens and delivers: each fixture
+//! (`tests/fixtures/queue-v1`, spool files of version 1, and `queue-v2`,
+//! of version 2; made by `crates/mta-spool/src/fixture.rs`, which lists
+//! what they hold) is copied to a scratch directory and the real mtad
+//! started on it, with a DNS server and an SMTP sink on loopback.
 //!
 //! Every time in the fixture is the moment it was made, so by the time
 //! this runs its messages arrived long ago: the lifetime here is a
@@ -20,13 +20,16 @@ use mta_testkit::sink::{Received, SinkConfig};
 use crate::delivery::{delivery_log, event, ip, sinks, WAIT};
 use crate::util::{init, list, queue, status_json, text, wait_until, Mtad, Workdir};
 
-/// The fixture, in the workspace.
-fn fixture() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/queue-v1")
+/// A fixture, in the workspace.
+fn fixture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 /// One spool file of the fixture, read as the format says (`queue/README.md`):
-/// the magic line, the envelope as JSON, the content.
+/// the first line, the envelope as JSON, the content (to the end of the
+/// file in version 1, as long as the first line says in version 2).
 struct Stored {
     id: String,
     sender: String,
@@ -43,17 +46,24 @@ fn address(v: &serde_json::Value) -> String {
 }
 
 /// The fixture's messages by name (the `fixture <name>` subject).
-fn stored_messages() -> BTreeMap<String, Stored> {
+fn stored_messages(name: &str) -> BTreeMap<String, Stored> {
     let mut out = BTreeMap::new();
-    for bucket in std::fs::read_dir(fixture().join("msg")).expect("msg/") {
+    for bucket in std::fs::read_dir(fixture(name).join("msg")).expect("msg/") {
         for file in std::fs::read_dir(bucket.expect("bucket").path()).expect("bucket") {
             let file = file.expect("file");
             let bytes = std::fs::read(file.path()).expect("read");
             let mut parts = bytes.splitn(3, |&b| b == b'\n');
-            assert_eq!(parts.next(), Some(&b"MTA-SPOOL 1"[..]));
+            let first = std::str::from_utf8(parts.next().expect("first line")).expect("ASCII");
             let envelope: serde_json::Value =
                 serde_json::from_slice(parts.next().expect("envelope")).expect("envelope JSON");
-            let content = parts.next().expect("content").to_vec();
+            let rest = parts.next().expect("content");
+            let content = match first.strip_prefix("MTA-SPOOL 2 ") {
+                Some(len) => rest[..len.parse::<usize>().expect("a length")].to_vec(),
+                None => {
+                    assert_eq!(first, "MTA-SPOOL 1");
+                    rest.to_vec()
+                }
+            };
             let sender = match &envelope["sender"]["mailbox"] {
                 serde_json::Value::Null => String::new(),
                 m => address(m),
@@ -124,7 +134,16 @@ fn received_by_name(got: &[Received]) -> BTreeMap<String, Vec<&Received>> {
 
 #[test]
 fn a_queue_of_the_first_release_opens_and_delivers() {
-    let stored = stored_messages();
+    opens_and_delivers("queue-v1");
+}
+
+#[test]
+fn a_queue_of_spool_file_format_2_opens_and_delivers() {
+    opens_and_delivers("queue-v2");
+}
+
+fn opens_and_delivers(name: &str) {
+    let stored = stored_messages(name);
     assert_eq!(stored.len(), 9, "{:?}", stored.keys());
     let (port, sinks) = sinks(&[ip(2)], SinkConfig::default);
     let sink = &sinks[0];
@@ -137,7 +156,7 @@ fn a_queue_of_the_first_release_opens_and_delivers() {
         .a("mx.backoff.test", ip(2));
     let dns = TestDns::start_in_background(zone).expect("test DNS server");
     let work = Workdir::new();
-    mta_testkit::copy_tree(&fixture(), &work.queue());
+    mta_testkit::copy_tree(&fixture(name), &work.queue());
     let maildir = work.path().join("maildir");
     work.write_config(
         "",

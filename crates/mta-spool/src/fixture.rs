@@ -1,13 +1,15 @@
-//! The queue fixture `tests/fixtures/queue-v1`: a queue directory as this
-//! release leaves it after a clean stop, kept in the tree so that later
-//! versions prove they open and deliver it (the integration test
-//! `tests/integration/queue_fixture.rs`).
+//! The queue fixtures `tests/fixtures/queue-v1` and `queue-v2`: queue
+//! directories as a release leaves them after a clean stop, kept in the
+//! tree so that later versions prove they open and deliver them (the
+//! integration test `tests/integration/queue_fixture.rs`). `queue-v1` was
+//! written before spool file format 2 (its spool files are `MTA-SPOOL 1`);
+//! `queue-v2` by the release that brought format 2.
 //!
-//! [`write_queue_v1_fixture`] made it and documents how; it is ignored,
-//! because the fixture must stay what this release wrote, not what the
-//! code of the day writes. Run it again only to start a new fixture
-//! (`cargo test -p mta-spool -- --ignored write_queue_v1_fixture`), under
-//! a new name, keeping the old one.
+//! [`write_queue_fixture`] made them and documents how; it is ignored,
+//! because a fixture must stay what its release wrote, not what the code
+//! of the day writes. Run it again only to start a new fixture
+//! (`cargo test -p mta-spool -- --ignored write_queue_fixture`), under a
+//! new name ([`NEWEST`]), keeping the old ones.
 //!
 //! Everything goes through the spool's own writes (`store`, `store_in`,
 //! `update`, `append_history`, `save_state`, `close`), the calls the
@@ -22,17 +24,20 @@
 //! test routes to a sink on loopback (`example.test`, `paused.test`,
 //! `backoff.test`) or to a local Maildir (`local.test`):
 //!
+//! "current" is the index entry format of the fixture's release: format 2
+//! in `queue-v1`, format 3 in `queue-v2`.
+//!
 //! | name | queue | entry | state |
 //! |---|---|---|---|
-//! | `ram` | ram | format 2 | never attempted (two recipients, RET, ENVID, NOTIFY, ORCPT) |
-//! | `partly` | disk | format 2 | `done@` delivered, `later@` deferred with a reply |
+//! | `ram` | ram | current | never attempted (two recipients, RET, ENVID, NOTIFY, ORCPT) |
+//! | `partly` | disk | current | `done@` delivered, `later@` deferred with a reply |
 //! | `v1` | disk | format 1 | deferred once |
 //! | `json` | disk | JSON, no addresses | deferred twice |
-//! | `bounce` | bounce | format 2 | a DSN from `<>`, never attempted |
-//! | `held` | held | format 2 | held by the operator after one attempt |
-//! | `paused` | disk | format 2 | deferred: `paused.test` is paused |
-//! | `backoff` | disk | format 2 | deferred: `mx:backoff.test` is backed off until 2100 |
-//! | `local` | ram | format 2 | for `bob@local.test` (Maildir) |
+//! | `bounce` | bounce | current | a DSN from `<>`, never attempted |
+//! | `held` | held | current | held by the operator after one attempt |
+//! | `paused` | disk | current | deferred: `paused.test` is paused |
+//! | `backoff` | disk | current | deferred: `mx:backoff.test` is backed off until 2100 |
+//! | `local` | ram | current | for `bob@local.test` (Maildir) |
 //!
 //! Every time in it is the moment it was made (or an hour or minutes
 //! before), so when a test runs they are in the past: what is scheduled
@@ -49,9 +54,21 @@ use mta_envelope::{Envelope, Mailbox, Notify, Origin, QueueId, Recipient, Ret, R
 use crate::entry::{HistoryRecord, IndexEntry, QueueName, RecipientError, RecipientState};
 use crate::{Spool, SpoolConfig};
 
-/// Where the fixture lives in the workspace.
-fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/queue-v1")
+/// The fixtures, oldest first: the first line of their spool files, and
+/// the index entry format their writer used besides format 1 and JSON.
+const FIXTURES: [(&str, &str, u8); 2] = [
+    ("queue-v1", "MTA-SPOOL 1\n", 2),
+    ("queue-v2", "MTA-SPOOL 2 ", 3),
+];
+
+/// The fixture [`write_queue_fixture`] writes.
+const NEWEST: &str = "queue-v2";
+
+/// Where a fixture lives in the workspace.
+fn fixture_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name)
 }
 
 /// The back-off's end: 2100-01-01T00:00:00Z.
@@ -154,8 +171,8 @@ fn attempted(mut entry: IndexEntry, attempts: u32, next: u64) -> IndexEntry {
 
 #[tokio::test]
 #[ignore = "made the fixture once; run again only for a new fixture"]
-async fn write_queue_v1_fixture() {
-    let dir = fixture_dir();
+async fn write_queue_fixture() {
+    let dir = fixture_dir(NEWEST);
     if dir.exists() {
         std::fs::remove_dir_all(&dir).expect("remove the old fixture");
     }
@@ -304,27 +321,43 @@ async fn write_queue_v1_fixture() {
     spool.close().expect("a clean close");
 }
 
-/// The fixture keeps what it is for: each entry format, a clean marker,
-/// the saved state. (Read straight from its sled files, on a copy.)
+/// The fixtures keep what they are for: each entry format, a clean
+/// marker, the saved state, and spool files of their version. (Read
+/// straight from their sled files, on a copy.)
 #[test]
-fn the_fixture_holds_every_entry_format_and_a_clean_stop() {
-    let copy = tempfile::tempdir().expect("tempdir");
-    let queue = copy.path().join("queue");
-    mta_testkit::copy_tree(&fixture_dir(), &queue);
-    assert!(queue.join("clean").is_file(), "no clean marker");
-    let db = sled::open(queue.join("index")).expect("the fixture's index opens");
-    let messages = db.open_tree("messages").expect("messages");
-    let mut formats: Vec<u8> = messages
-        .iter()
-        .values()
-        .map(|v| v.expect("a value")[0])
-        .collect();
-    formats.sort_unstable();
-    formats.dedup();
-    assert_eq!(formats, vec![1, 2, b'{'], "format 1, format 2 and JSON");
-    let meta = db.open_tree("meta").expect("meta");
-    assert!(meta.get("clean-token").expect("read").is_some());
-    for state in ["state:paused-domains", "state:backoffs"] {
-        assert!(meta.get(state).expect("read").is_some(), "{state}");
+fn the_fixtures_hold_every_entry_format_and_a_clean_stop() {
+    for (name, first_line, current) in FIXTURES {
+        let copy = tempfile::tempdir().expect("tempdir");
+        let queue = copy.path().join("queue");
+        mta_testkit::copy_tree(&fixture_dir(name), &queue);
+        assert!(queue.join("clean").is_file(), "{name}: no clean marker");
+        let db = sled::open(queue.join("index")).expect("the fixture's index opens");
+        let messages = db.open_tree("messages").expect("messages");
+        let mut formats: Vec<u8> = messages
+            .iter()
+            .values()
+            .map(|v| v.expect("a value")[0])
+            .collect();
+        formats.sort_unstable();
+        formats.dedup();
+        assert_eq!(
+            formats,
+            vec![1, current, b'{'],
+            "{name}: format 1, {current} and JSON"
+        );
+        let meta = db.open_tree("meta").expect("meta");
+        assert!(meta.get("clean-token").expect("read").is_some(), "{name}");
+        for state in ["state:paused-domains", "state:backoffs"] {
+            assert!(meta.get(state).expect("read").is_some(), "{name}: {state}");
+        }
+        let mut files = 0;
+        for bucket in std::fs::read_dir(queue.join("msg")).expect("msg/") {
+            for file in std::fs::read_dir(bucket.expect("bucket").path()).expect("bucket") {
+                let bytes = std::fs::read(file.expect("file").path()).expect("read");
+                assert!(bytes.starts_with(first_line.as_bytes()), "{name}");
+                files += 1;
+            }
+        }
+        assert_eq!(files, 9, "{name}");
     }
 }
