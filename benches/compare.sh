@@ -59,6 +59,18 @@ ${4:-}
 CONF
 }
 
+# A throw-away ECDSA P-256 certificate for localhost, $1/cert.pem and
+# $1/key.pem (both 0644: Postfix's smtpd may read them as another user),
+# and mtad's [tls] table offering it, on standard output.
+throwaway_cert() { # dir
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -keyout "$1/key.pem" -out "$1/cert.pem" -days 2 -subj /CN=localhost \
+        -addext subjectAltName=DNS:localhost >"$1/openssl.log" 2>&1 \
+        || { cat "$1/openssl.log" >&2; die "openssl could not make a certificate"; }
+    chmod 644 "$1/key.pem" "$1/cert.pem"
+    printf '[tls]\ncertificate = "%s"\nkey = "%s"' "$1/cert.pem" "$1/key.pem"
+}
+
 # Waits (10 s at most) until the mtad of $MTAD_PID, started with its
 # standard output in $1/stdout and its log in $1/mtad.log, says it is
 # ready; dies otherwise. Sets MTAD_PORT to its SMTP port (empty if it

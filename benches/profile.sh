@@ -89,11 +89,7 @@ wait_listening "$SINK_PORT" 10 || die "smtp-sink is not listening"
 # throw-away ECDSA P-256 certificate, as in relay.sh's case 7.
 TLS_TABLE=
 if [[ " $* " == *" --starttls "* ]]; then
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-        -keyout "$WORK/key.pem" -out "$WORK/cert.pem" -days 2 -subj /CN=localhost \
-        -addext subjectAltName=DNS:localhost >"$WORK/openssl.log" 2>&1 \
-        || die "openssl could not make a certificate"
-    TLS_TABLE=$(printf '[tls]\ncertificate = "%s"\nkey = "%s"' "$WORK/cert.pem" "$WORK/key.pem")
+    TLS_TABLE=$(throwaway_cert "$WORK")
 fi
 relay_mtad_config "$WORK" "$SINK_PORT" "" "$TLS_TABLE" >"$WORK/mtad.toml"
 "$MTAD" --config "$WORK/mtad.toml" >"$WORK/stdout" 2>"$WORK/mtad.log" &

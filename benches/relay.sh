@@ -224,8 +224,7 @@ start_mtad() { # binary [netcheck]: run it under strace
     # (STARTTLS offered with the certificate Postfix has too, for case 7)
     relay_mtad_config "$MTADIR" "$SINK_PORT" \
         "$([ -z "$INDEX_CACHE" ] || printf 'index_cache = "%s"' "$INDEX_CACHE")" \
-        "$(printf '[tls]\ncertificate = "%s"\nkey = "%s"' "$WORK/cert.pem" "$WORK/key.pem")" \
-        >"$MTADIR/mtad.toml"
+        "$TLS_TABLE" >"$MTADIR/mtad.toml"
     if [ "${2:-}" = netcheck ]; then
         strace -f -qq -o "$MTADIR/strace.out" -e trace=connect,sendto,sendmsg,sendmmsg \
             "$bin" --config "$MTADIR/mtad.toml" >"$MTADIR/stdout" 2>"$MTADIR/mtad.log" &
@@ -613,11 +612,7 @@ netcheck() {
 }
 
 # A throw-away certificate both MTAs offer with STARTTLS (case 7).
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-    -keyout "$WORK/key.pem" -out "$WORK/cert.pem" -days 2 -subj /CN=localhost \
-    -addext subjectAltName=DNS:localhost >"$WORK/openssl.log" 2>&1 \
-    || { cat "$WORK/openssl.log" >&2; die "openssl could not make a certificate"; }
-chmod 644 "$WORK/key.pem" "$WORK/cert.pem"
+TLS_TABLE=$(throwaway_cert "$WORK")
 
 if [ "$OTHER" = postfix ]; then
     PF_PORT=$(free_port)

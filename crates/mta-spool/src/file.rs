@@ -74,10 +74,7 @@ impl Header {
         match self.content_len {
             None => Ok(room),
             Some(len) if len <= room => Ok(len),
-            Some(len) => Err(SpoolError::Corrupt {
-                path: path.to_owned(),
-                reason: format!("content of {room} octets where the file says {len}"),
-            }),
+            Some(len) => Err(short_content(path, room, len)),
         }
     }
 }
@@ -132,6 +129,14 @@ pub(crate) fn read_header<R: BufRead>(reader: &mut R, path: &Path) -> Result<Hea
     })
 }
 
+/// A file with fewer content octets (`got`) than its first line says.
+fn short_content(path: &Path, got: u64, len: u64) -> SpoolError {
+    SpoolError::Corrupt {
+        path: path.to_owned(),
+        reason: format!("content of {got} octets where the file says {len}"),
+    }
+}
+
 /// A length in decimal digits, no sign, no leading zero (but "0").
 fn parse_length(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || (digits.len() > 1 && digits[0] == b'0') {
@@ -157,13 +162,7 @@ pub(crate) fn read_file(path: &Path) -> Result<(Envelope, Vec<u8>), SpoolError> 
         .map_err(|e| SpoolError::io("read", path, e))?;
     if (content.len() as u64) < len {
         // Cut short since the stat: as corrupt as a short file.
-        return Err(SpoolError::Corrupt {
-            path: path.to_owned(),
-            reason: format!(
-                "content of {} octets where the file says {len}",
-                content.len()
-            ),
-        });
+        return Err(short_content(path, content.len() as u64, len));
     }
     Ok((header.envelope, content))
 }
