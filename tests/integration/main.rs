@@ -25,6 +25,7 @@ mod queue_defects;
 mod queue_fixture;
 mod recipients;
 mod restart;
+mod scheduling;
 mod security;
 mod sendmail;
 mod signals;

@@ -68,6 +68,13 @@ pub struct Config {
     /// 0660, where members may ask for status and list and show the queue
     /// but change nothing.
     pub group: Option<String>,
+    /// The time slice mtad's threads ask of the kernel's scheduler (Linux
+    /// 6.6 and later: `sched_setattr`'s `sched_runtime`). A thread woken to
+    /// answer a client (after a spool write, say) is run sooner when its
+    /// slice is short; the share of the CPU each thread gets is the same.
+    /// 100 µs to 100 ms; 0 leaves the kernel's default.
+    #[serde(with = "humantime_serde")]
+    pub time_slice: Duration,
     /// The SMTP listener: the MX and relay role (port 25).
     pub smtp: SmtpConfig,
     /// The submission role (RFC 6409, port 587): off unless it has
@@ -273,6 +280,7 @@ impl Default for Config {
             daemon_log: None,
             user: None,
             group: None,
+            time_slice: Duration::from_micros(200),
             smtp: SmtpConfig::default(),
             submission: SubmissionConfig::default(),
             submissions: SubmissionConfig::default(),
@@ -404,6 +412,14 @@ impl Config {
                     "{:?} is not a host name (letters, digits, '-' and '.')",
                     self.hostname
                 ),
+            );
+        }
+        if !self.time_slice.is_zero()
+            && !(Duration::from_micros(100)..=Duration::from_millis(100)).contains(&self.time_slice)
+        {
+            problem(
+                "time_slice",
+                "must be 0 (the kernel's default) or from 100us to 100ms".into(),
             );
         }
         if self.smtp.listen.is_empty() {
@@ -718,6 +734,25 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("mta.toml"))
+    }
+
+    #[test]
+    fn time_slice_is_zero_or_within_what_the_kernel_takes() {
+        assert_eq!(Config::default().time_slice, Duration::from_micros(200));
+        for ok in ["0s", "100us", "1ms", "100ms"] {
+            parse(&format!("time_slice = {ok:?}"))
+                .unwrap()
+                .check(None)
+                .unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in ["50us", "101ms", "1s"] {
+            let msg = parse(&format!("time_slice = {bad:?}"))
+                .unwrap()
+                .check(None)
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains("time_slice: must be 0"), "{bad}: {msg}");
+        }
     }
 
     #[test]

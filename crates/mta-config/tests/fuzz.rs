@@ -150,6 +150,7 @@ fn value() -> impl Strategy<Value = String> {
 fn stray_line() -> impl Strategy<Value = String> {
     let key = prop::sample::select(vec![
         "hostname",
+        "time_slice",
         "queue_dir",
         "pid_file",
         "listen",

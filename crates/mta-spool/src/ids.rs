@@ -11,9 +11,9 @@
 //! every id handed out in the same window of 2^16 microseconds (about
 //! 65 ms) is bumped by up to 15 microseconds to end in that window's digit,
 //! and the digit moves on with the window. Messages accepted together are
-//! committed together, so a commit batch lands in one bucket and costs one
-//! directory fsync, done by the committer itself, rather than one per
-//! message handed to the bucket threads; over any second the sixteen
+//! committed together, so they land in one bucket and share its directory
+//! fsyncs, rather than each paying for one in a bucket of its own; over
+//! any second the sixteen
 //! buckets still fill evenly. Nothing reads a bucket from anything but the
 //! id, so queues written before keep working.
 

@@ -4,7 +4,7 @@
 //! The index exists so the runners can answer "what is due now?" and
 //! "what is queued?" without reading spool files. It is never the only
 //! copy of anything a message needs to be delivered: a rescan of `msg/`
-//! rebuilds it (see `rescan.rs`). That is why the committer does not flush
+//! rebuilds it (see `rescan.rs`). That is why a store does not flush
 //! sled before acknowledging a message, and why an index that sled cannot
 //! open is moved aside rather than repaired.
 //!

@@ -119,7 +119,12 @@ impl Layout {
     /// keep each one at a size directory lookups handle well, and the
     /// low digit of a microsecond clock spreads evenly over them.
     pub fn bucket(id: QueueId) -> &'static str {
-        BUCKETS[(id.value() & 0xf) as usize]
+        BUCKETS[Self::bucket_number(id)]
+    }
+
+    /// The position of `id`'s bucket in [`BUCKETS`].
+    pub fn bucket_number(id: QueueId) -> usize {
+        (id.value() & 0xf) as usize
     }
 
     /// `msg/<bucket>/`.

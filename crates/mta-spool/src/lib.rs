@@ -26,9 +26,10 @@
 //! what changed since.
 //!
 //! Accepting a message costs one fdatasync of its file plus a share of
-//! one directory fsync: a committer thread renames the files of all
-//! concurrent stores into `msg/` and fsyncs each directory once per batch
-//! (group commit, `commit.rs`). The rename is the commit point.
+//! one directory fsync: the thread that wrote the file renames it into
+//! `msg/` and joins the next fsync of that directory, which the first
+//! thread to need it runs for every rename made before it began (group
+//! commit, `commit.rs`). The rename is the commit point.
 //!
 //! Status figures are cheap enough to poll: message counts per queue are
 //! kept in memory as the index changes, and a queue's oldest message is
@@ -263,7 +264,7 @@ struct Inner {
 
 /// What an open spool holds. Fields drop in this order when a spool is
 /// dropped without `close()` (a simulated crash, or a daemon dying): the
-/// rescan is cancelled and the committer finishes first, then the flusher
+/// rescan is cancelled and the stores under way finish first, then the flusher
 /// stops, then sled lets go of its files, and only then is the directory
 /// lock released, so a new open never meets a live index.
 struct Open {
@@ -387,13 +388,13 @@ impl Spool {
         let messages = index.shared().len() as usize;
 
         let counters = Arc::new(Counters::default());
-        let committer = Committer::start(
+        let committer = Committer::new(
             layout.clone(),
             index.clone(),
             Arc::clone(&counters),
             config.max_batch,
-            tuning.clone(),
-        )?;
+            &tuning,
+        );
         let flusher = Flusher::start(
             index.clone(),
             tuning.flush_every.unwrap_or(flush::FLUSH_EVERY),
@@ -496,11 +497,11 @@ impl Spool {
     /// Makes the message durable and returns only once it is.
     ///
     /// `parts` are concatenated to form the message content (for example
-    /// the `Received:` header and the body). The file is written to
-    /// `tmp/<id>` and fdatasynced on a blocking thread, then handed to the
-    /// committer, which renames it to `msg/<bucket>/<id>`, fsyncs the
-    /// bucket directory (shared with the rest of its batch) and records it
-    /// in the index.
+    /// the `Received:` header and the body). On a blocking thread the file
+    /// is written to `tmp/<id>` (or over a kept file) and fdatasynced,
+    /// renamed to `msg/<bucket>/<id>`, made durable by a fsync of the
+    /// bucket directory (shared with the other stores under way) and
+    /// recorded in the index.
     ///
     /// On any error nothing is left behind and the message is not queued.
     /// After [`close`](Self::close) this fails with [`SpoolError::Closed`]
@@ -530,12 +531,12 @@ impl Spool {
         // Taken here and moved into the blocking task with no await in
         // between: close() waits for every sender to be dropped, so a store
         // that got one is finished before close() returns.
-        let sender = {
+        let commit = {
             let open = self.open_state()?;
             // A failed index cannot record the message: refuse it before
             // writing anything.
             drop(open.index.trees()?);
-            open.committer.sender().ok_or(SpoolError::Closed)?
+            open.committer.enter().ok_or(SpoolError::Closed)?
         };
         self.inner.ids.observe(id);
 
@@ -559,10 +560,8 @@ impl Spool {
             reply,
         };
 
-        // The session waits for the committer's answer alone, not for
-        // this task too: one wake-up of the session less per message. The
-        // task answers itself when it fails before the hand-over; a panic
-        // drops the reply, which reads as `Closed`.
+        // One thread writes, syncs and commits the message and answers
+        // the session: one hand-off there and one back (commit.rs).
         let spool = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
             let written = match reused {
@@ -570,24 +569,25 @@ impl Spool {
                 None => file::write_new_durable(&tmp, &[&header, &content], mode),
             };
             drop(content);
-            if let Err(e) = written {
+            if let Err(e) = &written {
                 if e.is_no_space() {
                     // Kept files hold space: give it back (reuse.rs).
                     spool.free.keep(false);
                 }
-                let _ = request.reply.send(Err(e));
-                return;
             }
-            if let Err(unsent) = sender.send(request) {
-                // The committer is gone (it only stops after every sender
-                // has been dropped, so it must have died): do not leave
-                // the file for it.
-                let _ = std::fs::remove_file(&unsent.0.tmp);
-                let _ = unsent.0.reply.send(Err(SpoolError::Closed));
+            // Nothing of the spool is held once the caller is answered:
+            // it may close or drop the spool then.
+            drop(spool);
+            match written {
+                Ok(()) => commit.run(request),
+                Err(e) => {
+                    drop(commit);
+                    let _ = request.reply.send(Err(e));
+                }
             }
         });
-        // A dropped reply means the committer died mid-batch, the task
-        // panicked, or the runtime is shutting down.
+        // A dropped reply means the task panicked or the runtime is
+        // shutting down.
         answer.await.unwrap_or(Err(SpoolError::Closed))
     }
 
@@ -1075,8 +1075,9 @@ impl Spool {
         &self.inner.layout.root
     }
 
-    /// Batches committed since open; with concurrent stores it is below
-    /// the number of messages stored, which is the point of group commit.
+    /// Batches committed since open (one directory fsync each); with
+    /// concurrent stores it is below the number of messages stored, which
+    /// is the point of group commit.
     pub fn commit_batches(&self) -> u64 {
         self.inner.counters.batches.load(Ordering::Relaxed)
     }

@@ -227,11 +227,22 @@ async fn concurrent_stores_all_succeed_with_distinct_ids() {
     spool.close().unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_store_alone_runs_its_own_directory_fsync() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(config(tmp.path())).unwrap();
+    for n in 1..=3 {
+        concurrent_stores(&spool, 1).await;
+        assert_eq!(spool.commit_batches(), n);
+    }
+    spool.close().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_stores_share_commit_batches() {
     let tmp = tempfile::tempdir().unwrap();
-    // The pause before draining makes batching certain here; a committer
-    // that took one request per batch would still show 200 batches.
+    // The leader's pause before it fsyncs makes batching certain here; a
+    // store that fsynced on its own would still show 200 batches.
     let tuning = Tuning {
         commit_delay: Some(Duration::from_millis(20)),
         ..Tuning::default()

@@ -35,6 +35,7 @@ mod signing;
 mod sockets;
 mod stats;
 mod status;
+mod time_slice;
 mod tls;
 
 use std::ffi::OsString;

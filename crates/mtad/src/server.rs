@@ -79,8 +79,10 @@ pub enum Exit {
 
 /// Runs the daemon until it is stopped or restarts.
 pub fn run(config: Config, startup: Startup) -> Result<Exit> {
+    let slice = config.time_slice;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_start(move || crate::time_slice::request_for_this_thread(slice))
         .build()
         .context("starting the async runtime")?;
     let exit = runtime.block_on(serve(config, startup));
