@@ -71,8 +71,9 @@ pub struct Config {
     /// The time slice mtad's threads ask of the kernel's scheduler (Linux
     /// 6.6 and later: `sched_setattr`'s `sched_runtime`). A thread woken to
     /// answer a client (after a spool write, say) is run sooner when its
-    /// slice is short; the share of the CPU each thread gets is the same.
-    /// 100 µs to 100 ms; 0 leaves the kernel's default.
+    /// slice is short; the share of the CPU each thread gets is the same,
+    /// but long bursts of work are cut up more. 100 µs to 100 ms; 0 (the
+    /// default) leaves the kernel's.
     #[serde(with = "humantime_serde")]
     pub time_slice: Duration,
     /// The SMTP listener: the MX and relay role (port 25).
@@ -280,7 +281,7 @@ impl Default for Config {
             daemon_log: None,
             user: None,
             group: None,
-            time_slice: Duration::from_micros(200),
+            time_slice: Duration::ZERO,
             smtp: SmtpConfig::default(),
             submission: SubmissionConfig::default(),
             submissions: SubmissionConfig::default(),
@@ -738,7 +739,7 @@ mod tests {
 
     #[test]
     fn time_slice_is_zero_or_within_what_the_kernel_takes() {
-        assert_eq!(Config::default().time_slice, Duration::from_micros(200));
+        assert_eq!(Config::default().time_slice, Duration::ZERO);
         for ok in ["0s", "100us", "1ms", "100ms"] {
             parse(&format!("time_slice = {ok:?}"))
                 .unwrap()

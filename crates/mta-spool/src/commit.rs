@@ -3,21 +3,21 @@
 //! The expensive part of accepting a message is the directory fsync that
 //! makes its rename into `msg/` durable. Concurrent SMTP sessions would
 //! each pay for one; instead the thread that wrote and fdatasynced a
-//! message renames it into `msg/<bucket>/` itself and then joins that
-//! bucket's next directory fsync (`BucketSync`, leader and followers).
-//! The first thread to find no fsync of the bucket under way leads: it
-//! runs the fsync for every rename that joined before it started, while
-//! the renames that come in meanwhile gather for the next one, led by one
-//! of their own threads as soon as this one ends. A message is answered
-//! by its own thread once an fsync that started after its rename has
-//! ended and the message is in the index: no thread of the spool's own
-//! stands between the session and its answer.
+//! message renames it into `msg/<bucket>/` itself and adds it to that
+//! bucket's pending list (`BucketSync`). The first thread to find no
+//! fsync of the bucket under way leads: it fsyncs the directory for every
+//! rename pending when the fsync begins, then records each of those
+//! messages in the index and answers its session, then does the same for
+//! whatever gathered meanwhile, until nothing is pending. The other
+//! threads return as soon as they have added their message: no thread
+//! waits on another, and no thread of the spool's own stands between a
+//! session and its answer (a lone message is renamed, fsynced and
+//! answered by the thread that wrote it).
 //!
 //! The rename into `msg/<bucket>/` is the commit point: before it, a crash
 //! leaves a file in `tmp/` that open removes (the client was never told
 //! "250"); after it (and the directory fsync), the message is queued.
 
-use std::collections::VecDeque;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -59,8 +59,8 @@ pub(crate) struct Request {
 /// Knobs of the group commit (and of the index flusher).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Tuning {
-    /// Pause of a batch's leader before it closes the batch and fsyncs.
-    /// Tests use it to make batching certain; zero in production.
+    /// Pause of the leading thread before it takes each batch. Tests use
+    /// it to make batching certain; zero in production.
     pub commit_delay: Option<Duration>,
     /// How often the index is flushed; `None` for the default
     /// (`flush::FLUSH_EVERY`).
@@ -81,7 +81,7 @@ struct Shared {
     counters: Arc<Counters>,
     max_batch: usize,
     commit_delay: Option<Duration>,
-    buckets: Vec<BucketSync>,
+    buckets: Vec<BucketSync<Renamed>>,
     in_flight: Arc<InFlight>,
 }
 
@@ -117,10 +117,10 @@ impl Committer {
 
     /// The right to commit one message; `None` once stopped.
     pub fn enter(&self) -> Option<Commit> {
-        self.shared.in_flight.enter().then(|| Commit {
-            shared: Some(Arc::clone(&self.shared)),
-            in_flight: Arc::clone(&self.shared.in_flight),
-        })
+        self.shared
+            .in_flight
+            .enter()
+            .then(|| Commit::counted(&self.shared))
     }
 
     /// Hands out no more [`Commit`]s and waits until every one handed out
@@ -136,9 +136,10 @@ impl Drop for Committer {
     }
 }
 
-/// One message's way into the queue, taken while the spool was open. The
-/// spool does not close (and an unclosed spool does not let go of its
-/// index) while one is alive.
+/// One message's way into the queue (or a leading thread's right to go
+/// on committing others), taken while the spool was open. The spool does
+/// not close (and an unclosed spool does not let go of its index) while
+/// one is alive.
 #[derive(Debug)]
 pub(crate) struct Commit {
     /// `None` only while dropping.
@@ -155,180 +156,177 @@ impl Drop for Commit {
     }
 }
 
+/// A message renamed into `msg/`, waiting for its bucket's fsync.
+struct Renamed {
+    request: Request,
+    dest: PathBuf,
+    /// Keeps the spool open until the message is answered.
+    _commit: Commit,
+}
+
 impl Commit {
-    /// Commits `request` and answers it: rename into `msg/`, the bucket's
-    /// shared directory fsync, the index entry. Blocking.
-    pub fn run(self, request: Request) {
-        let result = self.commit(&request);
-        // Counted out before the answer: a caller that closes or drops
-        // the spool once answered finds no commit under way.
-        drop(self);
-        if request.reply.send(result).is_err() {
-            tracing::debug!(id = %request.id, "store() caller left after the commit point; message stays queued");
+    /// A commit already counted in `shared.in_flight`.
+    fn counted(shared: &Arc<Shared>) -> Commit {
+        Commit {
+            shared: Some(Arc::clone(shared)),
+            in_flight: Arc::clone(&shared.in_flight),
         }
     }
 
-    fn commit(&self, request: &Request) -> Result<(), SpoolError> {
-        let shared = self.shared.as_ref().expect("set until dropped");
+    fn shared(&self) -> &Arc<Shared> {
+        self.shared.as_ref().expect("set until dropped")
+    }
+
+    /// Commits `request` and answers it: rename into `msg/`, the bucket's
+    /// shared directory fsync, the index entry. Blocking; it returns at
+    /// once after the rename when another thread is fsyncing the bucket
+    /// (that thread answers), and otherwise after answering this message
+    /// and those that gathered meanwhile.
+    pub fn run(self, request: Request) {
+        let shared = Arc::clone(self.shared());
         if request.reply.is_closed() {
             // The caller gave up (its future was dropped) before the commit
             // point: it cannot tell the client "250", so do not queue.
             remove_quietly(&request.tmp);
-            return Err(SpoolError::Closed);
+            return;
         }
         let dest = shared.layout.msg_path(request.id);
         // Never over a queued message that has the same id.
         if let Err(e) = rename_no_replace(&request.tmp, &dest) {
             remove_quietly(&request.tmp);
-            return Err(if e.kind() == io::ErrorKind::AlreadyExists {
+            let error = if e.kind() == io::ErrorKind::AlreadyExists {
                 SpoolError::IdInUse { id: request.id }
             } else {
                 SpoolError::io("rename into msg/", &dest, e)
-            });
+            };
+            drop(shared);
+            drop(self);
+            let _ = request.reply.send(Err(error));
+            return;
         }
+        // Should this thread lead, it stays counted in until it has
+        // answered everything it took on, its own message included.
+        shared.in_flight.enter_again();
+        let lead = Commit::counted(&shared);
+        drop(shared);
+        let shared = lead.shared();
+        let bucket = Layout::bucket_number(request.id);
+        let dir = shared.layout.bucket_dir(request.id);
+        let renamed = Renamed {
+            request,
+            dest,
+            _commit: self,
+        };
         // Without a directory fsync that began after the rename, the
         // rename may not survive a crash.
-        let dir = shared.layout.bucket_dir(request.id);
-        let synced = shared.buckets[Layout::bucket_number(request.id)].sync_after_rename(
-            || sync_dir(&dir),
+        shared.buckets[bucket].join(
+            renamed,
             shared.max_batch,
             shared.commit_delay,
             &shared.counters,
+            || sync_dir(&dir),
+            |renamed, synced| finish(shared, &dir, renamed, synced),
         );
-        if let Err(e) = synced {
+    }
+}
+
+/// Records a message whose bucket was fsynced in the index and answers
+/// its session (or takes it back, when the fsync failed).
+fn finish(shared: &Shared, dir: &Path, renamed: Renamed, synced: &io::Result<()>) {
+    let Renamed {
+        request,
+        dest,
+        _commit: commit,
+    } = renamed;
+    let result = match synced {
+        Err(e) => {
             // The rename may or may not be on disk; the caller will hear
             // "not queued", so take the file back (best effort).
             remove_quietly(&dest);
-            return Err(SpoolError::io("fsync directory", &dir, e));
+            Err(SpoolError::io("fsync directory", dir, copy_io_error(e)))
         }
         // Not flushed here: the index is rebuilt by a rescan after a
         // crash, so flushing it would only slow every commit down.
-        if let Err(e) = shared.index.insert(request.id, &request.entry) {
-            // Report failure consistently: an error means "not queued", so
-            // do not leave the file to be found later.
-            remove_quietly(&dest);
-            return Err(e);
-        }
-        Ok(())
+        Ok(()) => match shared.index.insert(request.id, &request.entry) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                // Report failure consistently: an error means "not
+                // queued", so do not leave the file to be found later.
+                remove_quietly(&dest);
+                Err(e)
+            }
+        },
+    };
+    drop(commit);
+    if request.reply.send(result).is_err() {
+        tracing::debug!(id = %request.id, "store() caller left after the commit point; message stays queued");
     }
 }
 
-/// The directory fsyncs of one bucket, shared by the renames that wait
-/// for them. Renames join the open batch; the first thread to find no
-/// fsync under way leads it, the others sleep until it ends. A batch
-/// holds at most `max_batch` renames; a rename that finds it full waits
-/// for the next.
-#[derive(Default)]
-struct BucketSync {
-    state: Mutex<SyncState>,
-    /// Woken when a batch ends, by the parity of its number: the threads
-    /// of the batch after it sleep on the other one and stay asleep.
-    ended: [Condvar; 2],
-    /// Woken when the open batch closes and a new one opens.
-    opened: Condvar,
+/// The directory fsyncs of one bucket and the renames waiting for them.
+struct BucketSync<T> {
+    state: Mutex<BucketState<T>>,
 }
 
-struct SyncState {
-    /// The number of the open batch, which the next rename joins.
-    open: u64,
-    /// Renames in the open batch.
-    members: usize,
-    /// The last batch whose fsync has ended.
-    done: u64,
-    /// A leader is gathering or fsyncing the open batch or the one
-    /// before it.
+struct BucketState<T> {
+    /// Renamed, waiting for an fsync that begins after they joined.
+    pending: Vec<T>,
+    /// A thread is fsyncing the bucket (and will take `pending` next).
     leading: bool,
-    /// Recent batches whose fsync failed, with the error.
-    failed: VecDeque<(u64, io::Error)>,
 }
 
-impl Default for SyncState {
+impl<T> Default for BucketSync<T> {
     fn default() -> Self {
-        SyncState {
-            // Batch 0 is the one that "ended" before any began.
-            open: 1,
-            members: 0,
-            done: 0,
-            leading: false,
-            failed: VecDeque::new(),
+        BucketSync {
+            state: Mutex::new(BucketState {
+                pending: Vec::new(),
+                leading: false,
+            }),
         }
     }
 }
 
-/// Failed batches remembered for the threads still to wake up and ask.
-const FAILURES_KEPT: usize = 64;
-
-impl BucketSync {
-    /// Waits until a `sync` (an fsync of the bucket's directory) that
-    /// began after the caller's rename has ended, running it if no other
-    /// thread is, and returns its outcome.
-    fn sync_after_rename(
+impl<T> BucketSync<T> {
+    /// Adds `item`, whose rename is done, to the bucket's next fsync. When
+    /// no thread is leading, the caller leads: it runs `sync` for at most
+    /// `max_batch` of the items pending as it begins and hands each of
+    /// them to `finish` with the outcome, again and again until none is
+    /// pending. Otherwise it returns at once: the leader finishes `item`.
+    fn join(
         &self,
-        sync: impl FnOnce() -> io::Result<()>,
+        item: T,
         max_batch: usize,
         commit_delay: Option<Duration>,
         counters: &Counters,
-    ) -> io::Result<()> {
-        let mut state = self.state.lock();
-        while state.members >= max_batch {
-            self.opened.wait(&mut state);
+        sync: impl Fn() -> io::Result<()>,
+        finish: impl Fn(T, &io::Result<()>),
+    ) {
+        {
+            let mut state = self.state.lock();
+            state.pending.push(item);
+            if state.leading {
+                return;
+            }
+            state.leading = true;
         }
-        let batch = state.open;
-        state.members += 1;
         loop {
-            if state.done >= batch {
-                return state.outcome(batch);
+            if let Some(delay) = commit_delay {
+                thread::sleep(delay);
             }
-            if !state.leading {
-                break;
+            let batch: Vec<T> = {
+                let mut state = self.state.lock();
+                if state.pending.is_empty() {
+                    state.leading = false;
+                    return;
+                }
+                let n = state.pending.len().min(max_batch);
+                state.pending.drain(..n).collect()
+            };
+            let synced = sync();
+            counters.batches.fetch_add(1, Ordering::Relaxed);
+            for item in batch {
+                finish(item, &synced);
             }
-            self.ended[(batch % 2) as usize].wait(&mut state);
-        }
-        // Lead: the batch stays open (others join it) until the fsync
-        // starts.
-        state.leading = true;
-        if let Some(delay) = commit_delay {
-            drop(state);
-            thread::sleep(delay);
-            state = self.state.lock();
-        }
-        state.open += 1;
-        state.members = 0;
-        self.opened.notify_all();
-        drop(state);
-
-        let result = sync();
-        counters.batches.fetch_add(1, Ordering::Relaxed);
-
-        let mut state = self.state.lock();
-        state.done = batch;
-        state.leading = false;
-        if let Err(e) = &result {
-            state.failed.push_back((batch, copy_io_error(e)));
-            if state.failed.len() > FAILURES_KEPT {
-                state.failed.pop_front();
-            }
-        }
-        self.ended[(batch % 2) as usize].notify_all();
-        // One thread of the next batch (if any is waiting) leads it.
-        self.ended[((batch + 1) % 2) as usize].notify_one();
-        result
-    }
-}
-
-impl SyncState {
-    /// The outcome of the ended batch `batch`, as its leader saw it.
-    fn outcome(&self, batch: u64) -> io::Result<()> {
-        match self.failed.iter().find(|(b, _)| *b == batch) {
-            Some((_, e)) => Err(copy_io_error(e)),
-            // A failure pushed out of the list by newer ones is still a
-            // failure; only batches older than every one kept can be that.
-            None if self.failed.len() == FAILURES_KEPT
-                && self.failed.front().is_some_and(|(b, _)| *b > batch) =>
-            {
-                Err(io::Error::other("directory fsync failed"))
-            }
-            None => Ok(()),
         }
     }
 }
@@ -356,6 +354,12 @@ impl InFlight {
         }
         state.0 += 1;
         true
+    }
+
+    /// Counts one more commit for a thread already counted in, so even
+    /// after a stop began (which waits for it anyway).
+    fn enter_again(&self) {
+        self.state.lock().0 += 1;
     }
 
     fn leave(&self) {
@@ -415,26 +419,44 @@ mod tests {
     use super::*;
     use std::sync::mpsc;
 
+    /// What `finish` saw: the item, and which fsync (by number) answered
+    /// it, or that it failed.
+    type Finished = Arc<Mutex<Vec<(u32, Result<u64, io::ErrorKind>)>>>;
+
     /// A rename made while the bucket's fsync runs is not answered by
-    /// that fsync but by the next, which its own thread leads.
+    /// that fsync but by the next, which the leading thread runs once the
+    /// first has ended; the thread that added it returns at once.
     #[test]
     fn a_rename_during_an_fsync_waits_for_the_next() {
-        let bucket = Arc::new(BucketSync::default());
+        let bucket = Arc::new(BucketSync::<u32>::default());
         let counters = Arc::new(Counters::default());
+        let finished: Finished = Arc::default();
         let (started_tx, started) = mpsc::channel();
         let (release, release_rx) = mpsc::channel::<()>();
+        let release_rx = Mutex::new(release_rx);
         let first = {
-            let (bucket, counters) = (Arc::clone(&bucket), Arc::clone(&counters));
+            let (bucket, counters, finished) = (
+                Arc::clone(&bucket),
+                Arc::clone(&counters),
+                Arc::clone(&finished),
+            );
             thread::spawn(move || {
-                bucket.sync_after_rename(
-                    || {
-                        started_tx.send(()).unwrap();
-                        release_rx.recv().unwrap();
-                        Ok(())
-                    },
+                bucket.join(
+                    1,
                     8,
                     None,
                     &counters,
+                    || {
+                        started_tx.send(()).unwrap();
+                        release_rx.lock().recv().unwrap();
+                        Ok(())
+                    },
+                    |item, synced| {
+                        let n = counters.batches.load(Ordering::Relaxed);
+                        finished
+                            .lock()
+                            .push((item, synced.as_ref().map(|()| n).map_err(|e| e.kind())));
+                    },
                 )
             })
         };
@@ -442,62 +464,83 @@ mod tests {
             .recv_timeout(Duration::from_secs(10))
             .expect("the first rename ran no fsync");
         // The first fsync is under way: this rename comes after it began.
-        let (ran_tx, ran) = mpsc::channel();
-        let second = {
-            let (bucket, counters) = (Arc::clone(&bucket), Arc::clone(&counters));
-            thread::spawn(move || {
-                bucket.sync_after_rename(
-                    || {
-                        ran_tx.send(()).unwrap();
-                        Ok(())
-                    },
-                    8,
-                    None,
-                    &counters,
-                )
-            })
-        };
-        // The second thread cannot be answered while the first fsync
-        // runs, and cannot start its own before it ends.
-        assert!(ran.recv_timeout(Duration::from_millis(100)).is_err());
-        assert!(!second.is_finished());
-        release.send(()).unwrap();
-        first.join().unwrap().unwrap();
-        second.join().unwrap().unwrap();
-        ran.try_recv()
-            .expect("the second rename ran no fsync of its own");
-        assert_eq!(counters.batches.load(Ordering::Relaxed), 2);
+        bucket.join(
+            2,
+            8,
+            None,
+            &counters,
+            || panic!("a second thread fsynced while the first led"),
+            |_, _| panic!("a second thread finished while the first led"),
+        );
+        assert!(
+            finished.lock().is_empty(),
+            "answered before its fsync ended"
+        );
+        release.send(()).unwrap(); // the first fsync ends
+        release.send(()).unwrap(); // the second, run by the leader
+        first.join().unwrap();
+        assert_eq!(*finished.lock(), vec![(1, Ok(1)), (2, Ok(2))]);
     }
 
     /// Every rename of a batch whose fsync failed hears of it; the next
     /// batch does not.
     #[test]
     fn a_failed_fsync_fails_its_whole_batch_and_only_it() {
-        let bucket = Arc::new(BucketSync::default());
+        let bucket = Arc::new(BucketSync::<u32>::default());
         let counters = Arc::new(Counters::default());
+        let finished: Finished = Arc::default();
+        let fail = Arc::new(AtomicU64::new(1));
         let threads: Vec<_> = (0..4)
-            .map(|_| {
-                let (bucket, counters) = (Arc::clone(&bucket), Arc::clone(&counters));
+            .map(|i| {
+                let (bucket, counters, finished, fail) = (
+                    Arc::clone(&bucket),
+                    Arc::clone(&counters),
+                    Arc::clone(&finished),
+                    Arc::clone(&fail),
+                );
                 thread::spawn(move || {
-                    bucket.sync_after_rename(
-                        || Err(io::Error::from_raw_os_error(nix::libc::EIO)),
+                    bucket.join(
+                        i,
                         8,
                         // The leader waits for the others to join.
                         Some(Duration::from_millis(100)),
                         &counters,
+                        || match fail.swap(0, Ordering::Relaxed) {
+                            1 => Err(io::Error::from_raw_os_error(nix::libc::EIO)),
+                            _ => Ok(()),
+                        },
+                        |item, synced| {
+                            finished
+                                .lock()
+                                .push((item, synced.as_ref().map(|()| 0).map_err(|e| e.kind())));
+                        },
                     )
                 })
             })
             .collect();
         for t in threads {
-            let e = t.join().unwrap().unwrap_err();
-            assert_eq!(e.raw_os_error(), Some(nix::libc::EIO));
+            t.join().unwrap();
         }
+        let finished = finished.lock().clone();
+        assert_eq!(finished.len(), 4);
+        let failed = finished.iter().filter(|(_, r)| r.is_err()).count();
         let batches = counters.batches.load(Ordering::Relaxed);
         assert!(batches < 4, "{batches} fsyncs for 4 renames");
-        bucket
-            .sync_after_rename(|| Ok(()), 8, None, &counters)
-            .unwrap();
+        // The first batch failed whole: at least the leader's rename and
+        // every one that joined during its pause.
+        assert!(failed >= 2, "{finished:?}");
+        assert_eq!(batches == 1, failed == 4, "{finished:?}");
+        bucket.join(
+            9,
+            8,
+            None,
+            &counters,
+            || Ok(()),
+            |item, synced| {
+                assert_eq!(item, 9);
+                synced.as_ref().unwrap();
+            },
+        );
     }
 
     #[test]

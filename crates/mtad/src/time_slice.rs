@@ -1,14 +1,15 @@
-//! A short time slice for mtad's threads (`time_slice` in the
-//! configuration).
+//! The scheduler time slice mtad's threads ask for (`time_slice` in the
+//! configuration; none by default).
 //!
 //! Linux's scheduler (EEVDF, 6.6 and later) picks among runnable threads
 //! by a deadline one slice past when each became eligible, and a woken
 //! thread with a shorter slice than the one running may take the CPU from
-//! it. mtad's work is short bursts between waits (a spool write ends, the
-//! session answers; a reply comes, the client writes the next command),
-//! so short slices put each burst on a CPU sooner when the machine is
-//! busy. The share of CPU time is the same. Kernels without custom slices
-//! take the request and ignore it; nothing fails.
+//! it. Much of mtad's work is short bursts between waits (a spool write
+//! ends, the session answers), which short slices put on a CPU sooner
+//! when the machine is busy; its long bursts (100 KiB messages) are cut
+//! up more, which costs throughput: docs/configuration.md has the
+//! figures. The share of CPU time is the same. Kernels without custom
+//! slices take the request and ignore it.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
