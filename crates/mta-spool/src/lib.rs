@@ -27,8 +27,9 @@
 //!
 //! Accepting a message costs one fdatasync of its file plus a share of
 //! one directory fsync: the thread that wrote the file renames it into
-//! `msg/` and joins the next fsync of that directory, which the first
-//! thread to need it runs for every rename made before it began (group
+//! `msg/` and adds it to that directory's pending list; the thread that
+//! finds no fsync of the directory under way runs one for everything
+//! pending, answers those messages and goes on while more gather (group
 //! commit, `commit.rs`). The rename is the commit point.
 //!
 //! Status figures are cheap enough to poll: message counts per queue are
@@ -560,8 +561,9 @@ impl Spool {
             reply,
         };
 
-        // One thread writes, syncs and commits the message and answers
-        // the session: one hand-off there and one back (commit.rs).
+        // One thread writes, syncs and renames the message; it, or the
+        // thread already fsyncing the bucket, answers the session: one
+        // hand-off there and one back (commit.rs).
         let spool = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
             let written = match reused {
