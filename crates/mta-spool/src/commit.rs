@@ -309,6 +309,10 @@ impl<T> BucketSync<T> {
             }
             state.leading = true;
         }
+        // Should `sync` or `finish` panic, the bucket must not stay led by
+        // no one: what is pending is dropped (its callers hear that the
+        // spool is gone) and the next rename leads again.
+        let _unled = Unled(self);
         loop {
             if let Some(delay) = commit_delay {
                 thread::sleep(delay);
@@ -316,6 +320,8 @@ impl<T> BucketSync<T> {
             let batch: Vec<T> = {
                 let mut state = self.state.lock();
                 if state.pending.is_empty() {
+                    // Under the same lock as the check: a rename added
+                    // after it finds no leader and leads.
                     state.leading = false;
                     return;
                 }
@@ -327,6 +333,19 @@ impl<T> BucketSync<T> {
             for item in batch {
                 finish(item, &synced);
             }
+        }
+    }
+}
+
+/// Gives up the lead of a bucket when its leader unwinds.
+struct Unled<'a, T>(&'a BucketSync<T>);
+
+impl<T> Drop for Unled<'_, T> {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            let mut state = self.0.state.lock();
+            state.leading = false;
+            state.pending.clear();
         }
     }
 }
@@ -480,6 +499,34 @@ mod tests {
         release.send(()).unwrap(); // the second, run by the leader
         first.join().unwrap();
         assert_eq!(*finished.lock(), vec![(1, Ok(1)), (2, Ok(2))]);
+    }
+
+    /// A leader that panics does not leave its bucket led by no one.
+    #[test]
+    fn a_panicking_leader_gives_the_bucket_back() {
+        let bucket = BucketSync::<u32>::default();
+        let counters = Counters::default();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            bucket.join(
+                1,
+                8,
+                None,
+                &counters,
+                || Ok(()),
+                |_, _| panic!("finish failed"),
+            );
+        }));
+        assert!(panicked.is_err());
+        let finished = Mutex::new(Vec::new());
+        bucket.join(
+            2,
+            8,
+            None,
+            &counters,
+            || Ok(()),
+            |item, _| finished.lock().push(item),
+        );
+        assert_eq!(*finished.lock(), vec![2]);
     }
 
     /// Every rename of a batch whose fsync failed hears of it; the next
