@@ -183,7 +183,10 @@ impl Commit {
     /// (that thread answers), and otherwise after answering this message
     /// and those that gathered meanwhile.
     pub fn run(self, request: Request) {
-        let shared = Arc::clone(self.shared());
+        // Should this thread lead, it stays counted in until it has
+        // answered everything it took on, its own message included.
+        let lead = self.again();
+        let shared = lead.shared();
         if request.reply.is_closed() {
             // The caller gave up (its future was dropped) before the commit
             // point: it cannot tell the client "250", so do not queue.
@@ -199,17 +202,10 @@ impl Commit {
             } else {
                 SpoolError::io("rename into msg/", &dest, e)
             };
-            drop(shared);
-            drop(self);
+            drop((lead, self));
             let _ = request.reply.send(Err(error));
             return;
         }
-        // Should this thread lead, it stays counted in until it has
-        // answered everything it took on, its own message included.
-        shared.in_flight.enter_again();
-        let lead = Commit::counted(&shared);
-        drop(shared);
-        let shared = lead.shared();
         let bucket = Layout::bucket_number(request.id);
         let dir = shared.layout.bucket_dir(request.id);
         let renamed = Renamed {
@@ -227,6 +223,14 @@ impl Commit {
             || sync_dir(&dir),
             |renamed, synced| finish(shared, &dir, renamed, synced),
         );
+    }
+
+    /// A second count for the thread that holds this one (so it may go
+    /// on after this one is dropped), even after a stop began, which
+    /// waits for it anyway.
+    fn again(&self) -> Commit {
+        self.in_flight.enter_again();
+        Commit::counted(self.shared())
     }
 }
 
@@ -375,8 +379,7 @@ impl InFlight {
         true
     }
 
-    /// Counts one more commit for a thread already counted in, so even
-    /// after a stop began (which waits for it anyway).
+    /// Counts one more commit for a thread already counted in.
     fn enter_again(&self) {
         self.state.lock().0 += 1;
     }
