@@ -188,6 +188,7 @@ fn main() -> ExitCode {
         min_free_space: 0,
         max_batch: 256,
         rescan_rate: 0,
+        writers: 8,
         index_cache: 0,
     });
     let (spool, _report) = match opened {

@@ -673,6 +673,7 @@ pub fn spool_contents(
         min_free_space: 0,
         max_batch: 16,
         rescan_rate: 0,
+        writers: 2,
         index_cache: 0,
     })
     .expect("open spool");

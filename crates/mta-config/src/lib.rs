@@ -216,6 +216,9 @@ pub struct TlsConfig {
     pub key: Option<PathBuf>,
 }
 
+/// Most spool writer threads `spool.writers` may ask for.
+pub const MAX_WRITERS: usize = 1024;
+
 /// `[spool]`: durable storage.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -225,6 +228,8 @@ pub struct SpoolConfig {
     pub min_free_space: ByteSize,
     /// Most messages committed by one shared directory flush.
     pub max_batch: usize,
+    /// Most threads writing and fsyncing messages at once.
+    pub writers: usize,
     /// How often the free space is measured against `min_free_space`.
     #[serde(with = "humantime_serde")]
     pub free_space_check_interval: Duration,
@@ -305,6 +310,7 @@ impl Default for SpoolConfig {
         SpoolConfig {
             min_free_space: ByteSize(100 * 1024 * 1024),
             max_batch: 256,
+            writers: 32,
             free_space_check_interval: Duration::from_secs(1),
             rescan_rate: 0,
             index_cache: ByteSize(1024 * 1024),
@@ -491,6 +497,9 @@ impl Config {
         }
         if self.spool.max_batch == 0 {
             problem("spool.max_batch", "must be at least 1".into());
+        }
+        if !(1..=MAX_WRITERS).contains(&self.spool.writers) {
+            problem("spool.writers", format!("must be from 1 to {MAX_WRITERS}"));
         }
         match (&self.tls.certificate, &self.tls.key) {
             (None, None) => {}
@@ -753,6 +762,27 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(msg.contains("time_slice: must be 0"), "{bad}: {msg}");
+        }
+    }
+
+    #[test]
+    fn spool_writers_are_at_least_one_and_bounded() {
+        assert_eq!(Config::default().spool.writers, 32);
+        for ok in [1, 8, MAX_WRITERS] {
+            let config = parse(&format!("[spool]\nwriters = {ok}")).unwrap();
+            assert_eq!(config.spool.writers, ok);
+            config.check(None).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in [0, MAX_WRITERS + 1] {
+            let msg = parse(&format!("[spool]\nwriters = {bad}"))
+                .unwrap()
+                .check(None)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.contains("spool.writers: must be from 1"),
+                "{bad}: {msg}"
+            );
         }
     }
 

@@ -162,6 +162,7 @@ fn stray_line() -> impl Strategy<Value = String> {
         "key",
         "min_free_space",
         "max_batch",
+        "writers",
         "timeout",
         "level",
         "mode",

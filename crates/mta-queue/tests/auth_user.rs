@@ -92,6 +92,7 @@ fn the_authenticated_user_is_listed_shown_and_logged() {
         min_free_space: 0,
         max_batch: 8,
         rescan_rate: 0,
+        writers: 8,
         index_cache: 0,
     })
     .unwrap();

@@ -181,6 +181,7 @@ async fn write_queue_fixture() {
         min_free_space: 0,
         max_batch: 16,
         rescan_rate: 0,
+        writers: 8,
         index_cache: 0,
     })
     .expect("open");

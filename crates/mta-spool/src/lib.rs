@@ -59,6 +59,7 @@ mod rescan;
 mod reuse;
 mod slot;
 mod trees;
+mod writers;
 
 #[cfg(test)]
 mod fixture;
@@ -106,6 +107,9 @@ pub struct SpoolConfig {
     pub max_batch: usize,
     /// Spool files per second a background rescan may read (0: no limit).
     pub rescan_rate: u64,
+    /// Most threads writing and fsyncing messages at once (0 counts as
+    /// 1); a store that finds them all busy waits for the first free.
+    pub writers: usize,
     /// Bytes of memory the index may keep as its page cache (0: the
     /// index library's default, 1 GiB).
     pub index_cache: u64,
@@ -261,6 +265,8 @@ struct Inner {
     state: Mutex<Option<Open>>,
     /// Spool files of finished messages, kept for the next ones.
     free: reuse::FreeFiles,
+    /// The threads that store messages (writers.rs).
+    writers: writers::Writers,
 }
 
 /// What an open spool holds. Fields drop in this order when a spool is
@@ -464,6 +470,7 @@ impl Spool {
         let spool = Spool {
             inner: Arc::new(Inner {
                 free: reuse::FreeFiles::new(&layout.tmp, layout.modes.file),
+                writers: writers::Writers::new(config.writers),
                 layout,
                 min_free_space: config.min_free_space,
                 rescan_rate: config.rescan_rate,
@@ -561,11 +568,11 @@ impl Spool {
             reply,
         };
 
-        // One thread writes, syncs and renames the message; it, or the
-        // thread already fsyncing the bucket, answers the session: one
-        // hand-off there and one back (commit.rs).
+        // One writer thread writes, syncs and renames the message; it, or
+        // the thread already fsyncing the bucket, answers the session: one
+        // hand-off there and one back (writers.rs, commit.rs).
         let spool = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
+        self.inner.writers.run(move || {
             let written = match reused {
                 Some((path, old)) => file::write_over_durable(&path, old, &[&header, &content]),
                 None => file::write_new_durable(&tmp, &[&header, &content], mode),

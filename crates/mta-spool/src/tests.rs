@@ -17,6 +17,7 @@ fn config(dir: &Path) -> SpoolConfig {
         min_free_space: 0,
         max_batch: 64,
         rescan_rate: 0,
+        writers: 8,
         index_cache: 0,
     }
 }
@@ -1056,6 +1057,7 @@ fn plant_files(cfg: &SpoolConfig, n: u64) -> Vec<QueueId> {
 fn rate_config(dir: &Path, rescan_rate: u64) -> SpoolConfig {
     SpoolConfig {
         rescan_rate,
+        writers: 8,
         index_cache: 0,
         ..config(dir)
     }

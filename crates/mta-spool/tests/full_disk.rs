@@ -47,6 +47,7 @@ fn config(dir: &Path) -> SpoolConfig {
         min_free_space: 0,
         max_batch: 64,
         rescan_rate: 0,
+        writers: 8,
         index_cache: 0,
     }
 }

@@ -31,6 +31,7 @@ fn config(dir: &std::path::Path, index_cache: u64) -> SpoolConfig {
         min_free_space: 0,
         max_batch: 256,
         rescan_rate: 0,
+        writers: 8,
         index_cache,
     }
 }

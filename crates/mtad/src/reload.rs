@@ -113,6 +113,7 @@ fn restart_only(old: &Config, new: &Config) -> Vec<String> {
         old.spool.max_batch != new.spool.max_batch,
         "spool.max_batch",
     );
+    check(old.spool.writers != new.spool.writers, "spool.writers");
     check(old.time_slice != new.time_slice, "time_slice");
     if old.user != new.user || old.group != new.group {
         // A restart re-executes the process as the user it runs as now.

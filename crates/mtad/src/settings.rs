@@ -203,6 +203,7 @@ impl Fixed {
                 dir: config.queue_dir.clone(),
                 min_free_space: config.spool.min_free_space.bytes(),
                 max_batch: config.spool.max_batch,
+                writers: config.spool.writers,
                 rescan_rate: config.spool.rescan_rate,
                 index_cache: config.spool.index_cache.0,
             },
