@@ -69,10 +69,17 @@ impl Pool {
     /// Parks a connection for `key`.
     pub fn put(&self, key: &str, conn: Conn) {
         let mut idle = self.idle.lock();
-        idle.entry(key.to_owned()).or_default().push(Idle {
+        // Stamped under the lock, so each list stays in parking order.
+        let parked = Idle {
             conn,
             since: Instant::now(),
-        });
+        };
+        match idle.get_mut(key) {
+            Some(list) => list.push(parked),
+            None => {
+                idle.insert(key.to_owned(), vec![parked]);
+            }
+        }
         drop(idle);
         self.returned.notify_waiters();
     }
@@ -90,16 +97,13 @@ impl Pool {
         let Some(list) = idle.get_mut(key) else {
             return (None, Vec::new());
         };
-        let now = Instant::now();
-        let (fresh, stale): (Vec<Idle>, Vec<Idle>) = std::mem::take(list)
-            .into_iter()
-            .partition(|i| now.duration_since(i.since) < self.timeout);
-        *list = fresh;
+        let stale = take_expired(list, |i| i.since, Instant::now(), self.timeout);
+        let stale: Vec<Conn> = stale.into_iter().map(|i| i.conn).collect();
         let found = list.pop().map(|i| i.conn);
         if list.is_empty() {
             idle.remove(key);
         }
-        (found, stale.into_iter().map(|i| i.conn).collect())
+        (found, stale)
     }
 
     /// One idle connection to `host` (normalized), whatever its key: to
@@ -153,5 +157,43 @@ impl Pool {
     pub fn len(&self) -> usize {
         let idle = self.idle.lock();
         idle.values().map(Vec::len).sum()
+    }
+}
+
+/// Takes the expired items out of `list`, which is in parking order
+/// (`put` stamps under the lock), so they are the first few: nothing is
+/// moved or allocated when none has expired.
+fn take_expired<T>(
+    list: &mut Vec<T>,
+    since: impl Fn(&T) -> Instant,
+    now: Instant,
+    timeout: Duration,
+) -> Vec<T> {
+    let expired = list.partition_point(|i| now.duration_since(since(i)) >= timeout);
+    list.drain(..expired).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_expired_are_taken_from_the_front_and_the_rest_stay_in_order() {
+        let start = Instant::now();
+        let at = |ms| (start + Duration::from_millis(ms), ms);
+        let mut list = vec![at(0), at(10), at(20), at(30)];
+        let now = start + Duration::from_millis(45);
+        let timeout = Duration::from_millis(25);
+        let stale = take_expired(&mut list, |i| i.0, now, timeout);
+        assert_eq!(stale.iter().map(|i| i.1).collect::<Vec<_>>(), [0, 10, 20]);
+        assert_eq!(list.iter().map(|i| i.1).collect::<Vec<_>>(), [30]);
+        // None expired: nothing taken, nothing moved.
+        let stale = take_expired(&mut list, |i| i.0, now, Duration::from_secs(1));
+        assert!(stale.is_empty() && stale.capacity() == 0);
+        assert_eq!(list.len(), 1);
+        // All expired.
+        let stale = take_expired(&mut list, |i| i.0, now, Duration::ZERO);
+        assert_eq!(stale.len(), 1);
+        assert!(list.is_empty());
     }
 }

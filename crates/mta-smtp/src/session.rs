@@ -1311,33 +1311,32 @@ fn check_header_section(content: &[u8]) -> Result<(), &'static str> {
 /// `from local user NAME (uid N)`, as the kernel gave them, whatever the
 /// client said in EHLO.
 pub fn received_header(hostname: &str, envelope: &Envelope, id: QueueId) -> String {
+    use std::fmt::Write as _;
     let origin = &envelope.origin;
-    let from = match LocalUser::of(origin) {
-        Some(user) => format!("local user {} (uid {})", user.name, user.uid),
-        None => {
-            let ip = match origin.client_ip {
-                IpAddr::V4(v4) => format!("[{v4}]"),
-                IpAddr::V6(v6) => format!("[IPv6:{v6}]"),
-            };
-            format!("{} ({ip})", origin.helo)
-        }
+    // One string, written into (writing to a String cannot fail).
+    let mut h = String::with_capacity(256);
+    h.push_str("Received: from ");
+    let _ = match LocalUser::of(origin) {
+        Some(user) => write!(h, "local user {} (uid {})", user.name, user.uid),
+        None => match origin.client_ip {
+            IpAddr::V4(v4) => write!(h, "{} ([{v4}])", origin.helo),
+            IpAddr::V6(v6) => write!(h, "{} ([IPv6:{v6}])", origin.helo),
+        },
     };
-    let mut h = format!(
-        "Received: from {from}\r\n\tby {hostname} (mtad) with {} id {id}",
+    let _ = write!(
+        h,
+        "\r\n\tby {hostname} (mtad) with {} id {id}",
         origin.protocol
     );
     if let Some(tls) = &origin.tls {
-        h.push_str(&format!("\r\n\t(using {tls})"));
+        let _ = write!(h, "\r\n\t(using {tls})");
     }
     // Name the recipient only when there is one, as Postfix does, so that
     // one copy does not disclose the others.
     if let [only] = envelope.recipients.as_slice() {
-        h.push_str(&format!("\r\n\tfor <{}>", only.address));
+        let _ = write!(h, "\r\n\tfor <{}>", only.address);
     }
-    h.push_str(&format!(
-        "; {}\r\n",
-        crate::date::rfc5322_date(envelope.arrival)
-    ));
+    let _ = write!(h, "; {}\r\n", crate::date::rfc5322_date(envelope.arrival));
     h
 }
 
