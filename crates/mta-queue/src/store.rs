@@ -14,8 +14,8 @@
 //!   second), so they are an in-memory insert plus sled's log buffer;
 //! - `next_id` is an atomic counter;
 //! - `remove` is one unlink, not fsynced (measured: see the method);
-//! - `store_in` is async in the spool already (a blocking-pool thread
-//!   does the writing and the fsyncs).
+//! - `store_in` is async in the spool already (one of the spool's writer
+//!   threads does the writing and the fsyncs).
 //!
 //! Code that is itself blocking by contract (the listing, run by the
 //! daemon on the blocking pool; the loads at start) uses the spool

@@ -207,7 +207,11 @@ impl Commit {
             return;
         }
         let bucket = Layout::bucket_number(request.id);
-        let dir = shared.layout.bucket_dir(request.id);
+        // `msg/<bucket>/`: the directory the rename changed.
+        let dir = dest
+            .parent()
+            .expect("a message path is in its bucket")
+            .to_owned();
         let renamed = Renamed {
             request,
             dest,

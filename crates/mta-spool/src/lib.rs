@@ -505,8 +505,8 @@ impl Spool {
     /// Makes the message durable and returns only once it is.
     ///
     /// `parts` are concatenated to form the message content (for example
-    /// the `Received:` header and the body). On a blocking thread the file
-    /// is written to `tmp/<id>` (or over a kept file) and fdatasynced,
+    /// the `Received:` header and the body). On one of the spool's writer
+    /// threads the file is written to `tmp/<id>` (or over a kept file) and fdatasynced,
     /// renamed to `msg/<bucket>/<id>`, made durable by a fsync of the
     /// bucket directory (shared with the other stores under way) and
     /// recorded in the index.
@@ -536,9 +536,9 @@ impl Spool {
         envelope: &Envelope,
         content: Arc<Vec<u8>>,
     ) -> Result<(), SpoolError> {
-        // Taken here and moved into the blocking task with no await in
-        // between: close() waits for every sender to be dropped, so a store
-        // that got one is finished before close() returns.
+        // Taken here and moved into the writer's job with no await in
+        // between: close() waits for every commit handed out to be dropped,
+        // so a store that got one is finished before close() returns.
         let commit = {
             let open = self.open_state()?;
             // A failed index cannot record the message: refuse it before
@@ -595,8 +595,7 @@ impl Spool {
                 }
             }
         });
-        // A dropped reply means the task panicked or the runtime is
-        // shutting down.
+        // A dropped reply means the job panicked (writers.rs catches it).
         answer.await.unwrap_or(Err(SpoolError::Closed))
     }
 
