@@ -174,8 +174,8 @@ pub(crate) fn read_header_only(path: &Path) -> Result<(Header, u64), SpoolError>
     const HEAD: usize = 4096;
     thread_local! {
         // One buffer per reading thread: a rescan reads a million of
-        // these, and a buffer allocated for each contends for malloc's
-        // lock among its reader threads (mtad keeps a single arena).
+        // these, and a buffer allocated for each is allocator work (with
+        // glibc's malloc in a single arena, contention for its lock).
         static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; HEAD]);
     }
     let mut file = File::open(path).map_err(|e| SpoolError::io("open", path, e))?;

@@ -244,22 +244,3 @@ impl DirLock {
         }
     }
 }
-
-/// Gives the memory malloc holds free back to the system (glibc's
-/// `malloc_trim`; nothing elsewhere). Called where a burst of short-lived
-/// allocations has just ended: at the end of an open (sled reads its
-/// snapshot whole and drops it once the page table is built) and of a
-/// rescan (a million envelopes parsed on short-lived threads, each with a
-/// malloc arena of its own). glibc returns free memory to the system only
-/// from the top of the main heap, so without this the daemon kept tens of
-/// MiB of free memory resident at 1,000,000 messages, and after a rescan
-/// over 80 MiB. It costs a walk of malloc's free lists: milliseconds.
-pub(crate) fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim takes no pointer of ours; it works on malloc's
-    // own arenas under their locks and may be called from any thread at
-    // any time.
-    unsafe {
-        nix::libc::malloc_trim(0);
-    }
-}

@@ -53,6 +53,7 @@ mod ids;
 mod index;
 mod journal;
 mod layout;
+mod memory;
 mod permissions;
 mod reopen;
 mod rescan;
@@ -90,6 +91,7 @@ pub use crate::entry::{
     HistoryRecord, IndexEntry, QueueName, RecipientError, RecipientState, MAX_HISTORY,
 };
 pub use crate::error::SpoolError;
+pub use crate::memory::set_memory_releaser;
 pub use crate::permissions::{prepare, Access};
 pub use crate::rescan::RescanProgress;
 pub use crate::slot::{IndexFailure, IndexHealth};
@@ -330,7 +332,7 @@ impl Spool {
         clean::remove(&layout)?;
         let (index, index_state) = Index::open(&layout, config.index_cache)?;
         // sled has read its snapshot whole and dropped it.
-        layout::release_free_memory();
+        memory::release_free_memory();
         layout.secure_index()?;
 
         // Trust the index only after a clean stop, and only if it is the

@@ -340,7 +340,7 @@ impl Rescan {
                 job.run();
                 // The listing, the visits' notes and the batches' envelopes
                 // are freed by now.
-                crate::layout::release_free_memory();
+                crate::memory::release_free_memory();
             })
             .map_err(|e| SpoolError::io("start rescan thread", &PathBuf::new(), e))?;
         Ok(Rescan {

@@ -4,6 +4,7 @@
 //! standard output when ready. A restart re-executes this program in the
 //! same process with the listening sockets inherited.
 
+mod allocator;
 mod auth;
 mod client_limits;
 mod connection;
@@ -68,7 +69,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    one_malloc_arena();
+    allocator::init();
     // Before anything else (and before any thread): the sockets a restart
     // or systemd handed us, and the program to run again on a restart.
     let inherited = Inherited::take_from_env();
@@ -183,26 +184,6 @@ fn raise_open_files_limit(config: &Config) {
         tracing::warn!("{warning}");
     }
 }
-
-/// glibc's malloc gives threads arenas of their own (up to eight per
-/// core); the rescan's short-lived reader threads leave tens of MiB free
-/// but fragmented in theirs, which `malloc_trim` cannot give back (172 MiB
-/// resident after rescanning 1,000,000 spool files, 125 MiB with one
-/// arena; relaying, one arena measured no slower on two cores: see
-/// "Performance (issue 15)" in docs/benchmarks.md). An operator's
-/// `MALLOC_ARENA_MAX` in the environment wins.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn one_malloc_arena() {
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: sets one of malloc's parameters; no thread exists yet.
-        unsafe {
-            nix::libc::mallopt(nix::libc::M_ARENA_MAX, 1);
-        }
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn one_malloc_arena() {}
 
 #[cfg(test)]
 mod tests {
