@@ -7,7 +7,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::util::{message, spool_contents, tls_files, Mtad, Workdir};
+use crate::util::{client_trusting, message, spool_contents, tls_files, Mtad, Workdir};
 
 #[test]
 fn starttls_then_mail_records_tls_in_received() {
@@ -145,15 +145,7 @@ fn starttls_prefers_sha256_suites_and_resumes_with_a_ticket() {
     let (tls, cert) = tls_files(work.path());
     work.write_config("", &tls);
     let mtad = Mtad::start(&work);
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert).expect("trust the test certificate");
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = client_trusting(&cert);
     assert_eq!(
         config.crypto_provider().cipher_suites[0].suite(),
         rustls::CipherSuite::TLS13_AES_256_GCM_SHA384,

@@ -605,19 +605,23 @@ pub fn tcp_from(addr: SocketAddr, from: std::net::IpAddr) -> TcpStream {
 }
 
 /// A TLS client stream over `tcp` for `localhost`, trusting `cert` only.
+/// A rustls client configuration (rustls's defaults: its suite order,
+/// resumption with an in-memory session cache) trusting only `cert`.
+pub fn client_trusting(cert: &rustls::pki_types::CertificateDer<'static>) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.clone()).expect("trust the test certificate");
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
 fn tls_over(
     tcp: Box<dyn Stream>,
     cert: &rustls::pki_types::CertificateDer<'static>,
 ) -> Box<dyn Stream> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.clone()).expect("trust the test certificate");
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = client_trusting(cert);
     let conn = rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap())
         .expect("TLS client");
     Box::new(rustls::StreamOwned::new(conn, tcp))
