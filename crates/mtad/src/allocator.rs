@@ -4,10 +4,12 @@
 //! (the session's buffers, the TLS handshake's, the store on a writer
 //! thread, the delivery), and glibc's malloc spent a tenth of mtad's CPU
 //! on them, more with one arena for all threads (which mtad had set to
-//! keep its memory down after a rescan). mimalloc's per-thread pages
-//! took 8 % off the CPU per message relayed, 13 % with STARTTLS, and its
-//! memory with a million messages queued is lower than glibc's was (see
-//! "Performance (issue 15)" in docs/benchmarks.md).
+//! keep its memory down after a rescan). With mimalloc's per-thread
+//! pages, and the settings below, mtad's CPU per message relayed was 3
+//! to 22 % lower in the benchmark's cases (none higher beyond the
+//! rounds' spread), and its memory with a million messages queued is
+//! lower than glibc's was (see "Performance (issue 15)" in
+//! docs/benchmarks.md).
 //!
 //! Two settings keep its memory down:
 //! - no transparent huge pages for this process: with them an idle mtad
