@@ -40,6 +40,11 @@
 # round also measures the load generator straight into a fresh smtp-sink
 # ("no MTA"; not for case 7, as smtp-sink has no TLS): what the sink and
 # the load generator can do on this machine, the ceiling of any relay.
+# Cases 9 to 11 are cases 4 to 6 with Postfix's smtp-source as the client
+# instead of mta-loadgen (-s 20, a new connection per message, no -d): an
+# independent client, and the one issue 15's figures were taken with. It
+# reports no latencies, so their p50 and p99 columns stay empty; the
+# warm-up is mta-loadgen's, as for every case.
 #
 # The Markdown report goes to standard output, progress to standard error.
 # Only 127.0.0.1 is used: mtad routes example.test to the sink with
@@ -72,6 +77,8 @@ for tool in cargo postfix postconf ss script stdbuf timeout tail pgrep openssl; 
 done
 SINK_BIN=/usr/sbin/smtp-sink
 [ -x "$SINK_BIN" ] || die "$SINK_BIN not found (Debian's postfix package; tests/install-peers.sh)"
+SOURCE_BIN=/usr/sbin/smtp-source
+[ -x "$SOURCE_BIN" ] || die "$SOURCE_BIN not found (Debian's postfix package; tests/install-peers.sh)"
 if [ -z "${RELAY_NO_NETCHECK:-}" ]; then
     command -v strace >/dev/null 2>&1 || die "strace not found (or set RELAY_NO_NETCHECK=1)"
 fi
@@ -99,7 +106,7 @@ else
     OTHER=postfix
     OTHER_NAME=Postfix
 fi
-CASES=${RELAY_CASES:-1 2 3 4 5 6 7 8}
+CASES=${RELAY_CASES:-1 2 3 4 5 6 7 8 9 10 11}
 
 WORK=$(mktemp -d /tmp/mta-relay.XXXXXX)
 chmod 755 "$WORK" # the postfix user must reach its queue and data dirs
@@ -379,10 +386,62 @@ warm_up() { # port rcpts size expected-sink-count
     wait_sink_count "$4" 60 || die "the sink got $(sink_count) of the $4 warm-up messages in 60 s"
 }
 
+# One run of Postfix's smtp-source instead of mta-loadgen (cases 9-11):
+# the loadgen arguments --sessions, --messages, --size and --rcpts become
+# -s, -m, -l (bytes of body, headers not counted) and -r; no -d, so a new
+# connection for every message. Sets what run_loadgen sets; smtp-source
+# reports no latencies (P50 P99 empty), and ACC is the message count when
+# it exited 0 with nothing on standard error (the sink's count and the
+# MTA's log are checked after, as for every run).
+run_smtp_source() { # port args...
+    local port=$1
+    shift
+    local sessions= messages= size= rcpts=1 bytes
+    while [ $# -gt 0 ]; do
+        case $1 in
+            --sessions) sessions=$2; shift 2 ;;
+            --messages) messages=$2; shift 2 ;;
+            --size) size=$2; shift 2 ;;
+            --rcpts) rcpts=$2; shift 2 ;;
+            --smtp-source) shift ;;
+            *) die "smtp-source cases take no $1" ;;
+        esac
+    done
+    case $size in
+        *KiB) bytes=$((${size%KiB} * 1024)) ;;
+        *) bytes=$size ;;
+    esac
+    LOADGEN_RC=0
+    T0=$EPOCHREALTIME
+    timeout "$TIMEOUT" "$SOURCE_BIN" -s "$sessions" -m "$messages" -l "$bytes" -r "$rcpts" \
+        -f sender@example.test -t rcpt@example.test "127.0.0.1:$port" \
+        >"$RUNDIR/source.out" 2>"$RUNDIR/source.err" &
+    LOADGEN_PID=$!
+    wait "$LOADGEN_PID" || LOADGEN_RC=$?
+    T1=$EPOCHREALTIME
+    LOADGEN_PID=
+    RATE=$(per_sec "$messages" "$T0" "$T1")
+    P50=
+    P99=
+    ACC=
+    if [ "$LOADGEN_RC" = 0 ] && [ ! -s "$RUNDIR/source.err" ]; then
+        ACC=$messages
+    else
+        log "$NAME: smtp-source exited $LOADGEN_RC: $(head -c 500 "$RUNDIR/source.err")"
+        FAILED=1
+    fi
+}
+
 # One loadgen run; sets RATE P50 P99 ACC T0 T1 LOADGEN_RC, saves the JSON.
+# With --smtp-source among the arguments, Postfix's smtp-source runs
+# instead (run_smtp_source).
 run_loadgen() { # port args...
     local port=$1
     shift
+    if [[ " $* " == *" --smtp-source "* ]]; then
+        run_smtp_source "$port" "$@"
+        return
+    fi
     local out
     LOADGEN_RC=0
     T0=$EPOCHREALTIME
@@ -528,7 +587,11 @@ run_case() { # number label sessions messages size rcpts [extra loadgen args]
     messages=$((messages / SCALE))
     [ "$messages" -ge "$sessions" ] || messages=$sessions
     local args=(--sessions "$sessions" --messages "$messages" --size "$size" --rcpts "$rcpts" "$@")
-    CMDS+=("$n. mta-loadgen --server 127.0.0.1:PORT ${args[*]} --timeout $TIMEOUT --json")
+    if [[ " ${args[*]} " == *" --smtp-source "* ]]; then
+        CMDS+=("$n. smtp-source -s $sessions -m $messages -l $(($(tr -dc 0-9 <<<"$size") * 1024)) -r $rcpts -f sender@example.test -t rcpt@example.test 127.0.0.1:PORT")
+    else
+        CMDS+=("$n. mta-loadgen --server 127.0.0.1:PORT ${args[*]} --timeout $TIMEOUT --json")
+    fi
 
     local m_e2e= m_rate= m_p50= m_p99= m_sink= m_drain= p_e2e= p_rate= p_p50= p_p99= p_sink= p_drain= m_all= p_all=
     local m_mincpu= p_mincpu= d_best= d_all=
@@ -634,6 +697,11 @@ run_case 6 "100 KiB, 1 rcpt, new connection per message" 20 1000 100KiB 1 --per-
 run_case 7 "4 KiB, 1 rcpt, new connection and STARTTLS per message" 20 3000 4KiB 1 --per-connection 1 --starttls
 # Many clients at once (the p99 of the reply to the end of the data).
 run_case 8 "4 KiB, 1 rcpt, 200 sessions" 200 10000 4KiB 1
+# Cases 4-6 with Postfix's smtp-source as the client (as issue 15's own
+# figures were taken): a new connection for every message, no pipelining.
+run_case 9 "smtp-source: 4 KiB, 1 rcpt, new connection per message" 20 5000 4KiB 1 --smtp-source
+run_case 10 "smtp-source: 4 KiB, 20 rcpts, new connection per message" 20 2000 4KiB 20 --smtp-source
+run_case 11 "smtp-source: 100 KiB, 1 rcpt, new connection per message" 20 1000 100KiB 1 --smtp-source
 
 # --- report -----------------------------------------------------------------
 
@@ -664,7 +732,7 @@ cat <<EOF
 - machine: $(nproc) CPUs ($cpu), $(free -g 2>/dev/null | awk '/^Mem:/ { print $2 " GiB RAM, " }')temp dir on $fstype; kernel $(uname -r)
 - mtad: release build of $rev, durable (default), \`index_cache\` ${INDEX_CACHE:-default}, no admin HTTP server, no sendmail socket, \`max_per_destination = 20\`, \`[delivery.routes] "example.test" = "127.0.0.1:SINK"\`, \`name_servers = ["127.0.0.1:9"]\`, \`tls = "none"\` outbound, STARTTLS offered inbound; $other_line
 - sink: a new \`smtp-sink -c -u nobody 127.0.0.1:SINK 1024\` per run; $WARMUP warm-up messages through the whole path before each measured run (not counted)
-- load: \`mta-loadgen\` (release build), DATA, one command at a time, --timeout $TIMEOUT$([ "$SCALE" = 1 ] || echo ", message counts divided by $SCALE")$([ "$COOLDOWN" = 0 ] || echo "; ${COOLDOWN} s pause before each run")
+- load: \`mta-loadgen\` (release build), DATA, one command at a time, --timeout $TIMEOUT; cases 9-11: Postfix's \`smtp-source\` (no latencies), the warm-up still mta-loadgen's$([ "$SCALE" = 1 ] || echo ", message counts divided by $SCALE")$([ "$COOLDOWN" = 0 ] || echo "; ${COOLDOWN} s pause before each run")
 - every run on fresh empty queues; $REPEAT rounds per case and MTA, the MTAs alternating (which goes first alternates by case and round); the table shows each MTA's best round by end-to-end msg/s, with that round's other figures$([ -n "${RELAY_NO_DIRECT:-}" ] || echo "; \"no MTA\" is the best of $REPEAT runs of the same load straight into a fresh sink, one before each round")
 $(for c in "${NETCHECK[@]}"; do echo "- network check (strace, short trial): $c"; done)
 
