@@ -393,10 +393,21 @@ warm_up() { # port rcpts size expected-sink-count
 # reports no latencies (P50 P99 empty), and ACC is the message count when
 # it exited 0 with nothing on standard error (the sink's count and the
 # MTA's log are checked after, as for every run).
+# smtp-source's arguments for a case, in SOURCE_ARGS (the server's
+# address not included): for the run and for the report's command list.
+smtp_source_args() { # sessions messages size rcpts
+    local bytes
+    case $3 in
+        *KiB) bytes=$((${3%KiB} * 1024)) ;;
+        *) bytes=$3 ;;
+    esac
+    SOURCE_ARGS=(-s "$1" -m "$2" -l "$bytes" -r "$4" -f sender@example.test -t rcpt@example.test)
+}
+
 run_smtp_source() { # port args...
     local port=$1
     shift
-    local sessions= messages= size= rcpts=1 bytes
+    local sessions= messages= size= rcpts=1
     while [ $# -gt 0 ]; do
         case $1 in
             --sessions) sessions=$2; shift 2 ;;
@@ -407,14 +418,10 @@ run_smtp_source() { # port args...
             *) die "smtp-source cases take no $1" ;;
         esac
     done
-    case $size in
-        *KiB) bytes=$((${size%KiB} * 1024)) ;;
-        *) bytes=$size ;;
-    esac
+    smtp_source_args "$sessions" "$messages" "$size" "$rcpts"
     LOADGEN_RC=0
     T0=$EPOCHREALTIME
-    timeout "$TIMEOUT" "$SOURCE_BIN" -s "$sessions" -m "$messages" -l "$bytes" -r "$rcpts" \
-        -f sender@example.test -t rcpt@example.test "127.0.0.1:$port" \
+    timeout "$TIMEOUT" "$SOURCE_BIN" "${SOURCE_ARGS[@]}" "127.0.0.1:$port" \
         >"$RUNDIR/source.out" 2>"$RUNDIR/source.err" &
     LOADGEN_PID=$!
     wait "$LOADGEN_PID" || LOADGEN_RC=$?
@@ -588,7 +595,8 @@ run_case() { # number label sessions messages size rcpts [extra loadgen args]
     [ "$messages" -ge "$sessions" ] || messages=$sessions
     local args=(--sessions "$sessions" --messages "$messages" --size "$size" --rcpts "$rcpts" "$@")
     if [[ " ${args[*]} " == *" --smtp-source "* ]]; then
-        CMDS+=("$n. smtp-source -s $sessions -m $messages -l $(($(tr -dc 0-9 <<<"$size") * 1024)) -r $rcpts -f sender@example.test -t rcpt@example.test 127.0.0.1:PORT")
+        smtp_source_args "$sessions" "$messages" "$size" "$rcpts"
+        CMDS+=("$n. smtp-source ${SOURCE_ARGS[*]} 127.0.0.1:PORT")
     else
         CMDS+=("$n. mta-loadgen --server 127.0.0.1:PORT ${args[*]} --timeout $TIMEOUT --json")
     fi

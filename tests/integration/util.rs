@@ -604,7 +604,6 @@ pub fn tcp_from(addr: SocketAddr, from: std::net::IpAddr) -> TcpStream {
     socket.into()
 }
 
-/// A TLS client stream over `tcp` for `localhost`, trusting `cert` only.
 /// A rustls client configuration (rustls's defaults: its suite order,
 /// resumption with an in-memory session cache) trusting only `cert`.
 pub fn client_trusting(cert: &rustls::pki_types::CertificateDer<'static>) -> rustls::ClientConfig {
@@ -617,6 +616,7 @@ pub fn client_trusting(cert: &rustls::pki_types::CertificateDer<'static>) -> rus
         .with_no_client_auth()
 }
 
+/// A TLS client stream over `tcp` for `localhost`, trusting `cert` only.
 fn tls_over(
     tcp: Box<dyn Stream>,
     cert: &rustls::pki_types::CertificateDer<'static>,

@@ -1057,7 +1057,6 @@ fn plant_files(cfg: &SpoolConfig, n: u64) -> Vec<QueueId> {
 fn rate_config(dir: &Path, rescan_rate: u64) -> SpoolConfig {
     SpoolConfig {
         rescan_rate,
-        writers: 8,
         index_cache: 0,
         ..config(dir)
     }

@@ -2,9 +2,10 @@
 //!
 //! A relayed message is a few hundred allocations on several threads
 //! (the session's buffers, the TLS handshake's, the store on a writer
-//! thread, the delivery), and glibc's malloc spent a tenth of mtad's CPU
-//! on them, more with one arena for all threads (which mtad had set to
-//! keep its memory down after a rescan). With mimalloc's per-thread
+//! thread, the delivery), and glibc's malloc spent 6 to 7 % of mtad's
+//! CPU in its own code on them, besides waits for the lock of the one
+//! arena all threads shared (which mtad had set to keep its memory down
+//! after a rescan). With mimalloc's per-thread
 //! pages, and the settings below, mtad's CPU per message relayed was 3
 //! to 22 % lower in the benchmark's cases (none higher beyond the
 //! rounds' spread), and its memory with a million messages queued is

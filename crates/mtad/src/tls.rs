@@ -9,7 +9,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ServerConfig, SupportedCipherSuite};
 
-/// `TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384`, for `Received:` and
+/// `TLSv1.3 with cipher TLS13_AES_128_GCM_SHA256`, for `Received:` and
 /// logs: the SMTP client's wording, shared, so that the two sides of a
 /// relay describe TLS alike.
 pub use mta_deliver::describe_session as describe;
