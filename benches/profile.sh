@@ -19,6 +19,10 @@
 #                        print them per message; OUT is then a text file
 #   PROFILE_MTAD=PATH    profile this mtad binary (a copy kept from before a
 #                        change) instead of the checkout's release build
+#   PROFILE_CLIENT=smtp-source  load with Postfix's smtp-source (-s SESSIONS
+#                        -m MESSAGES -l SIZE, a new connection per message:
+#                        relay.sh's cases 9-11) instead of mta-loadgen; no
+#                        mta-loadgen options are then taken
 #
 # Needs perf (Debian's linux-perf, installed when missing) and inferno
 # (inferno-collapse-perf, inferno-flamegraph; installed into
@@ -109,9 +113,22 @@ else
 fi
 PERF_PID=$!
 sleep 1
-log "loading: $MESSAGES messages of $SIZE, $SESSIONS sessions $*"
-"$LOADGEN" --server "127.0.0.1:$MTAD_PORT" --sessions "$SESSIONS" --messages "$MESSAGES" --size "$SIZE" "$@" \
-    --timeout 300 --json >"$WORK/loadgen.json" 2>&1 || die "load failed: $(cat "$WORK/loadgen.json")"
+log "loading: $MESSAGES messages of $SIZE, $SESSIONS sessions $* ${PROFILE_CLIENT:-}"
+if [ "${PROFILE_CLIENT:-}" = smtp-source ]; then
+    [ $# -eq 0 ] || die "PROFILE_CLIENT=smtp-source takes no mta-loadgen options"
+    case $SIZE in
+        *KiB) bytes=$((${SIZE%KiB} * 1024)) ;;
+        *) bytes=$SIZE ;;
+    esac
+    timeout 300 /usr/sbin/smtp-source -s "$SESSIONS" -m "$MESSAGES" -l "$bytes" -r 1 \
+        -f sender@example.test -t rcpt@example.test "127.0.0.1:$MTAD_PORT" \
+        >"$WORK/loadgen.json" 2>&1 || die "load failed: $(cat "$WORK/loadgen.json")"
+elif [ -n "${PROFILE_CLIENT:-}" ]; then
+    die "PROFILE_CLIENT is smtp-source or unset, not $PROFILE_CLIENT"
+else
+    "$LOADGEN" --server "127.0.0.1:$MTAD_PORT" --sessions "$SESSIONS" --messages "$MESSAGES" --size "$SIZE" "$@" \
+        --timeout 300 --json >"$WORK/loadgen.json" 2>&1 || die "load failed: $(cat "$WORK/loadgen.json")"
+fi
 kill -INT "$PERF_PID"
 wait "$PERF_PID" 2>/dev/null || true
 PERF_PID=
