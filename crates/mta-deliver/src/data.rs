@@ -1,6 +1,8 @@
 //! Message text on the wire after DATA: dot-stuffing (RFC 5321 section
 //! 4.5.2) and the end-of-data line.
 
+use std::borrow::Cow;
+
 /// How much message text goes in one write (each write has its own
 /// `data_block` timeout, RFC 5321 section 4.5.3.2.5).
 pub(crate) const BLOCK: usize = 64 * 1024;
@@ -37,19 +39,34 @@ pub(crate) fn terminator(content: &[u8]) -> &'static [u8] {
     }
 }
 
-/// The whole wire form, in blocks of about [`BLOCK`] bytes: the last
-/// block carries the terminator.
-pub(crate) fn blocks(content: &[u8]) -> impl Iterator<Item = Vec<u8>> + '_ {
+/// Whether `content[start..end]` holds a dot to double.
+fn has_dot_to_double(content: &[u8], start: usize, end: usize) -> bool {
+    (start < end && content[start] == b'.' && (start == 0 || content[start - 1] == b'\n'))
+        || memchr::memmem::find(&content[start..end], b"\n.").is_some()
+}
+
+/// The whole wire form, in blocks of about [`BLOCK`] bytes, each with
+/// what goes right after it (the terminator after the last, nothing
+/// after the others). A block with no dot to double is the content
+/// itself, not a copy.
+pub(crate) fn blocks(content: &[u8]) -> impl Iterator<Item = (Cow<'_, [u8]>, &'static [u8])> + '_ {
     let count = content.len().div_ceil(BLOCK).max(1);
     (0..count).map(move |n| {
         let start = n * BLOCK;
         let end = ((n + 1) * BLOCK).min(content.len());
-        let mut out = Vec::with_capacity(end - start + 64);
-        stuff(content, start, end, &mut out);
-        if n + 1 == count {
-            out.extend_from_slice(terminator(content));
-        }
-        out
+        let block = if has_dot_to_double(content, start, end) {
+            let mut out = Vec::with_capacity(end - start + 64);
+            stuff(content, start, end, &mut out);
+            Cow::Owned(out)
+        } else {
+            Cow::Borrowed(&content[start..end])
+        };
+        let after = if n + 1 == count {
+            terminator(content)
+        } else {
+            b""
+        };
+        (block, after)
     })
 }
 
@@ -58,7 +75,10 @@ mod tests {
     use super::*;
 
     fn wire(content: &[u8]) -> Vec<u8> {
-        blocks(content).flatten().collect()
+        blocks(content)
+            .flat_map(|(block, after)| [block.into_owned(), after.to_vec()])
+            .flatten()
+            .collect()
     }
 
     #[test]
@@ -110,6 +130,28 @@ mod tests {
                 "{content:?} {start}..{end}"
             );
         }
+    }
+
+    /// A block with no dot to double goes out as the content itself; one
+    /// with a dot (also one starting a block) is a stuffed copy.
+    #[test]
+    fn only_blocks_with_a_dot_to_double_are_copied() {
+        let mut content = vec![b'a'; BLOCK - 2];
+        content.extend_from_slice(b"\r\n.x\r\n");
+        content.extend_from_slice(&vec![b'b'; BLOCK]);
+        content.extend_from_slice(b"\r\nend\r\n");
+        let kinds: Vec<_> = blocks(&content)
+            .map(|(block, after)| (matches!(block, Cow::Borrowed(_)), after))
+            .collect();
+        assert_eq!(
+            kinds,
+            [(true, &b""[..]), (false, &b""[..]), (true, &b".\r\n"[..])]
+        );
+        let mut clean = b"x\r\n".repeat(10);
+        clean.extend_from_slice(b"y");
+        let (block, after) = blocks(&clean).next().unwrap();
+        assert!(matches!(block, Cow::Borrowed(b) if b == &clean[..]));
+        assert_eq!(after, b"\r\n.\r\n");
     }
 
     #[test]

@@ -3,13 +3,13 @@
 //! section 4.1, RFC 3207). The mail transaction itself is in
 //! `transaction.rs`.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::client::TlsStream;
@@ -552,14 +552,25 @@ impl Session {
         stage: Stage,
         limit: Duration,
     ) -> Result<(), SessionError> {
+        self.send_all(&[bytes], stage, limit).await
+    }
+
+    /// Writes `pieces` one after the other (in as few system calls as the
+    /// kernel takes them) and flushes, within `limit`.
+    pub async fn send_all(
+        &mut self,
+        pieces: &[&[u8]],
+        stage: Stage,
+        limit: Duration,
+    ) -> Result<(), SessionError> {
         let write = async {
             match &mut self.stream {
                 Stream::Plain(s) => {
-                    s.write_all(bytes).await?;
+                    write_all_vectored(s, pieces).await?;
                     s.flush().await
                 }
                 Stream::Tls(s) => {
-                    s.write_all(bytes).await?;
+                    write_all_vectored(s, pieces).await?;
                     s.flush().await
                 }
             }
@@ -705,6 +716,27 @@ fn certificate_error(e: &io::Error) -> Option<&rustls::CertificateError> {
         rustls::Error::InvalidCertificate(bad) => Some(bad),
         _ => None,
     }
+}
+
+/// `write_all` for several buffers: vectored writes until all is written.
+async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    pieces: &[&[u8]],
+) -> std::io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = pieces
+        .iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| IoSlice::new(p))
+        .collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        let n = w.write_vectored(rest).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut rest, n);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

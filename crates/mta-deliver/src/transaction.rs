@@ -359,8 +359,9 @@ impl Session {
             return self.rset().await;
         }
 
-        for block in data::blocks(msg.content) {
-            self.send(&block, Stage::Body, t.data_block).await?;
+        for (block, after) in data::blocks(msg.content) {
+            self.send_all(&[&block, after], Stage::Body, t.data_block)
+                .await?;
         }
         let end = self.read_reply(Stage::EndOfData, t.data_end).await?;
         let outcome = if end.is_success() {

@@ -364,6 +364,17 @@ impl Session {
         )
     }
 
+    /// The size to expect of this session's first message text, when the
+    /// caller knows the size of recent messages: its buffer starts there
+    /// (an eighth above it) instead of doubling, and copying, its way up
+    /// from a few KiB. A hint only: it changes no limit, and later
+    /// messages start at the size of the session's last one.
+    pub fn expect_size(&mut self, size: usize) {
+        if self.last_size == 0 {
+            self.last_size = size;
+        }
+    }
+
     /// True while message text (DATA, or a BDAT chunk) is being read: its
     /// deadline grows with the octets received.
     pub fn is_reading_text(&self) -> bool {

@@ -64,6 +64,11 @@ impl Refusal {
     }
 }
 
+/// The largest size hint a new session gets from the last message: a
+/// session that reads a small message after a large one holds at most
+/// this much (and an eighth) it does not need.
+pub const MAX_SIZE_HINT: usize = 128 * 1024;
+
 /// Shared, lock-free counters plus the stop clock.
 #[derive(Debug)]
 pub struct Stats {
@@ -73,6 +78,9 @@ pub struct Stats {
     sessions_open_by_role: [AtomicU64; 3],
     sessions_in_transaction: AtomicU64,
     accepted_total: AtomicU64,
+    /// The size of the last message accepted, at most
+    /// [`MAX_SIZE_HINT`]: what a new session expects of its first one.
+    recent_size: AtomicU64,
     refused: [AtomicU64; Refusal::ALL.len()],
     stop: Mutex<Option<(Instant, Duration)>>,
     /// The figures of the whole stop, once the queue is saved.
@@ -89,6 +97,7 @@ impl Stats {
             sessions_open_by_role: Default::default(),
             sessions_in_transaction: AtomicU64::new(0),
             accepted_total: AtomicU64::new(0),
+            recent_size: AtomicU64::new(0),
             refused: Default::default(),
             stop: Mutex::new(None),
             stop_report: watch::Sender::new(None),
@@ -143,8 +152,20 @@ impl Stats {
         self.accepted_total.load(Ordering::Relaxed)
     }
 
-    pub fn message_accepted(&self) {
+    /// Counts a message accepted, of `size` octets as stored.
+    pub fn message_accepted(&self, size: usize) {
         self.accepted_total.fetch_add(1, Ordering::Relaxed);
+        let hint = size.min(MAX_SIZE_HINT) as u64;
+        if self.recent_size.load(Ordering::Relaxed) != hint {
+            self.recent_size.store(hint, Ordering::Relaxed);
+        }
+    }
+
+    /// What a new session should expect of its first message's size: the
+    /// last message accepted, at most [`MAX_SIZE_HINT`]
+    /// (`Session::expect_size`).
+    pub fn recent_size(&self) -> usize {
+        self.recent_size.load(Ordering::Relaxed) as usize
     }
 
     /// Sessions open now on one SMTP role.
