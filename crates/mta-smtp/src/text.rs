@@ -164,13 +164,26 @@ impl DataDecoder {
     }
 
     /// Consumes wire bytes; returns how many were used and whether the end
-    /// of the text (`CRLF.CRLF`) was among them. Inside a line, a run of
-    /// ordinary octets (none of CR, LF, NUL) is found with memchr and
-    /// taken at once; the octets that can end a line or the text go
-    /// through [`octet`](Self::octet) one by one.
+    /// of the text (`CRLF.CRLF`) was among them. Whole lines that need no
+    /// decoding are taken many at once ([`lines`](Self::lines)); inside a
+    /// line, a run of ordinary octets (none of CR, LF, NUL) is found with
+    /// memchr and taken at once; the octets that can end a line or the
+    /// text go through [`octet`](Self::octet) one by one.
     pub(crate) fn feed(&mut self, input: &[u8]) -> (usize, bool) {
         let mut i = 0;
         while i < input.len() {
+            let plain = match self.state {
+                DataState::Mid => true,
+                DataState::LineStart => input[i] != b'.',
+                DataState::Dot | DataState::DotCr => false,
+            };
+            if plain && !self.checker.pending_cr {
+                let taken = self.lines(&input[i..]);
+                if taken > 0 {
+                    i += taken;
+                    continue;
+                }
+            }
             let in_line = match self.state {
                 DataState::Mid => true,
                 DataState::LineStart => input[i] != b'.',
@@ -192,6 +205,52 @@ impl DataDecoder {
             i += 1;
         }
         (input.len(), false)
+    }
+
+    /// Takes the longest start of `input` made of lines that need no
+    /// decoding, in one copy: ordinary octets, each line ended by CRLF
+    /// within the line limit and the next one not starting with a dot
+    /// (the last may be unfinished). Stops before anything else (a bare
+    /// CR or LF, a NUL, a CR whose LF has not come yet, too long a line,
+    /// a dot opening a line), which [`octet`](Self::octet) then sees.
+    /// Called with no CR pending, in the middle of a line or at the start
+    /// of one that does not open with a dot; returns the octets taken.
+    fn lines(&mut self, input: &[u8]) -> usize {
+        // Where the current line began in `input`, and its octets before.
+        let mut line_start = 0;
+        let mut before = self.checker.line_len;
+        // The LF of a CRLF taken: the search finds it, and skips it.
+        let mut taken_lf = None;
+        let mut end = input.len();
+        for at in memchr::memchr3_iter(b'\r', b'\n', 0, input) {
+            if Some(at) == taken_lf {
+                continue;
+            }
+            let crlf = input[at] == b'\r' && input.get(at + 1) == Some(&b'\n');
+            if !crlf || before + (at - line_start) + 2 > self.checker.max_line {
+                end = at;
+                break;
+            }
+            taken_lf = Some(at + 1);
+            line_start = at + 2;
+            before = 0;
+            if input.get(line_start) == Some(&b'.') {
+                end = line_start;
+                break;
+            }
+        }
+        if end == 0 {
+            return 0;
+        }
+        self.keep_all(&input[..end]);
+        if end == line_start {
+            self.checker.line_len = 0;
+            self.state = DataState::LineStart;
+        } else {
+            self.checker.line_len = before + (end - line_start);
+            self.state = DataState::Mid;
+        }
+        end
     }
 
     /// One octet; true when it ended the text.
