@@ -1427,6 +1427,40 @@ mod local_tests {
         assert!(!header.contains("whoever"), "{header}");
     }
 
+    /// The first message's buffer starts at the size the caller expects
+    /// (an eighth above it, room for the fields mtad puts in front), the
+    /// next at the size of the session's last message; a hint given
+    /// after the first message changes nothing.
+    #[test]
+    fn the_first_text_buffer_starts_at_the_expected_size() {
+        let message = |s: &mut Session, lines: usize| {
+            let text = "x".repeat(78) + "\r\n";
+            let input = format!(
+                "MAIL FROM:<a@b.test>\r\nRCPT TO:<x@local.test>\r\nDATA\r\nSubject: s\r\n\r\n{}.\r\n",
+                text.repeat(lines)
+            );
+            let (_, mut stored) = run(s, &input);
+            stored.pop().expect("stored").content
+        };
+        let mut s = Session::new(
+            config(),
+            Arc::new(Admission::default()),
+            "192.0.2.1".parse().unwrap(),
+        );
+        run(&mut s, "EHLO c\r\n");
+        s.expect_size(8_000);
+        let first = message(&mut s, 10);
+        assert_eq!(first.len(), 814);
+        assert!(first.capacity() >= 9_000, "{}", first.capacity());
+        s.expect_size(50_000);
+        let second = message(&mut s, 10);
+        assert!(
+            (814..=8_192).contains(&second.capacity()),
+            "the last message's size, not the hint: {}",
+            second.capacity()
+        );
+    }
+
     #[test]
     fn a_network_session_is_never_taken_for_a_local_one() {
         // Not local: the protocol is not local-..., even if an AUTH name

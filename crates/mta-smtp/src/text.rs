@@ -368,6 +368,38 @@ mod tests {
         assert_eq!(content.unwrap(), b"");
     }
 
+    /// Many clean lines are taken at once; what stops that (a dot opening
+    /// a line, a bare LF, too long a line, the end) is decoded as before,
+    /// whatever the reads' boundaries.
+    #[test]
+    fn whole_lines_at_once_stop_where_decoding_is_needed() {
+        let clean = b"abc\r\n".repeat(50);
+        let cases: [(Vec<u8>, Result<Vec<u8>, TextError>); 3] = [
+            (
+                [&clean[..], b"..dot\r\nend\r\n.\r\n"].concat(),
+                Ok([&clean[..], b".dot\r\nend\r\n"].concat()),
+            ),
+            (
+                [&clean[..], b"bare\nlf\r\n.\r\n"].concat(),
+                Err(TextError::BareLf),
+            ),
+            (
+                [&clean[..], &[b'y'; 20][..], b"\r\n.\r\n"].concat(),
+                Err(TextError::LineTooLong),
+            ),
+        ];
+        for (wire, want) in cases {
+            for split in 0..wire.len() {
+                let mut d = DataDecoder::new(20, 1 << 20, 0);
+                let (a, done) = d.feed(&wire[..split]);
+                assert!(!done && a == split, "{split}");
+                let (b, done) = d.feed(&wire[split..]);
+                assert!(done && split + b == wire.len(), "{split}");
+                assert_eq!(d.finish(), want, "split at {split}");
+            }
+        }
+    }
+
     #[test]
     fn dot_stuffing_is_removed() {
         let (content, _, done) = decode(b"a\r\n..b\r\n.c\r\n.\r\n");
