@@ -374,7 +374,8 @@ mod tests {
     #[test]
     fn whole_lines_at_once_stop_where_decoding_is_needed() {
         let clean = b"abc\r\n".repeat(50);
-        let cases: [(Vec<u8>, Result<Vec<u8>, TextError>); 3] = [
+        type Case = (Vec<u8>, Result<Vec<u8>, TextError>);
+        let cases: [Case; 3] = [
             (
                 [&clean[..], b"..dot\r\nend\r\n.\r\n"].concat(),
                 Ok([&clean[..], b".dot\r\nend\r\n"].concat()),
