@@ -184,9 +184,9 @@ fn timed_out(with: With<'_>, expired: Expired, during: &str) {
 /// batch of them fits.
 const COMMAND_ROOM: usize = 16 * 1024;
 
-/// Room made in the input buffer before a read of message text. The
-/// buffer keeps its size for the session (64 KiB more per session in
-/// the middle of a message; the kernel's socket buffers hold more).
+/// Room made in the input buffer before a read of message text, once a
+/// read of it filled the room it had. The buffer keeps its size for the
+/// session (64 KiB more for a session that sent a large message).
 const TEXT_ROOM: usize = 64 * 1024;
 
 /// Runs the session over `stream` until it closes or asks for TLS.
@@ -208,6 +208,8 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         shutdown,
         ..
     } = with;
+    // The last read took all the room it had.
+    let mut filled = false;
     loop {
         // Answer everything already buffered: with PIPELINING the client may
         // have sent many commands in one packet (RFC 2920).
@@ -281,9 +283,11 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         if shutdown.stopping.is_cancelled() && !session.in_transaction() {
             return finish(stream, out, session.shutting_down(), deadlines).await;
         }
-        // Message text is read in large pieces (a 100 KiB message in a
-        // few reads instead of seven); commands in small ones.
-        let (least, room) = if session.is_reading_text() {
+        // Message text that fills the room it is read into is read in
+        // larger pieces from then on (a 100 KiB message in a few reads
+        // instead of seven); commands and short messages never make the
+        // buffer grow past its first size.
+        let (least, room) = if filled && session.is_reading_text() {
             (TEXT_ROOM / 2, TEXT_ROOM)
         } else {
             (4096, COMMAND_ROOM)
@@ -291,6 +295,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         if input.capacity() - input.len() < least {
             input.reserve(room);
         }
+        let spare = input.capacity() - input.len();
         let (until, _) = deadlines.next();
         tokio::select! {
             read = timeout_at(until.into(), stream.read_buf(input)) => match read {
@@ -299,7 +304,10 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                     return expire(stream, out, session, with, deadlines, during).await;
                 }
                 Ok(Ok(0)) => return Ok(Outcome::Closed),
-                Ok(Ok(n)) => deadlines.received(n, Instant::now()),
+                Ok(Ok(n)) => {
+                    filled = n == spare;
+                    deadlines.received(n, Instant::now());
+                }
                 Ok(Err(e)) => return Err(e),
             },
             // An idle session is told at once; one in a transaction may
