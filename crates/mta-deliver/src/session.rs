@@ -719,10 +719,7 @@ fn certificate_error(e: &io::Error) -> Option<&rustls::CertificateError> {
 }
 
 /// `write_all` for several buffers: vectored writes until all is written.
-async fn write_all_vectored<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    pieces: &[&[u8]],
-) -> std::io::Result<()> {
+async fn write_all_vectored<W: AsyncWrite + Unpin>(w: &mut W, pieces: &[&[u8]]) -> io::Result<()> {
     let mut slices: Vec<IoSlice<'_>> = pieces
         .iter()
         .filter(|p| !p.is_empty())
@@ -732,7 +729,7 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
     while !rest.is_empty() {
         let n = w.write_vectored(rest).await?;
         if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
+            return Err(io::ErrorKind::WriteZero.into());
         }
         IoSlice::advance_slices(&mut rest, n);
     }

@@ -34,34 +34,18 @@ impl Parts {
     }
 
     /// The message to store: the signatures first, then the parts. The
-    /// fields go in front of the content in its own buffer when it has
-    /// the room (the session allocates an eighth above the size it
-    /// expects), moving the content once instead of copying it into a
-    /// new buffer.
+    /// fields go in front of the content in its own buffer, which moves
+    /// the content once; with room there (the session allocates an
+    /// eighth above the size it expects) no new buffer is allocated.
     pub fn assemble(self, signed: Option<&Signed>) -> Vec<u8> {
         let fields = signed.map_or("", |s| s.fields.as_str());
-        let head: Vec<&[u8]> = [fields.as_bytes(), self.received.as_bytes()]
+        let head: Vec<u8> = [fields, &self.received]
             .into_iter()
-            .chain(self.fixes.iter().map(|f| f.as_bytes()))
+            .chain(self.fixes.iter().map(String::as_str))
+            .flat_map(str::bytes)
             .collect();
-        let head_len: usize = head.iter().map(|h| h.len()).sum();
         let mut content = self.content;
-        let len = content.len();
-        if content.capacity() - len < head_len {
-            let mut out = Vec::with_capacity(head_len + len);
-            for part in head {
-                out.extend_from_slice(part);
-            }
-            out.extend_from_slice(&content);
-            return out;
-        }
-        content.resize(len + head_len, 0);
-        content.copy_within(0..len, head_len);
-        let mut at = 0;
-        for part in head {
-            content[at..at + part.len()].copy_from_slice(part);
-            at += part.len();
-        }
+        content.splice(0..0, head);
         content
     }
 }

@@ -155,10 +155,8 @@ impl Stats {
     /// Counts a message accepted, of `size` octets as stored.
     pub fn message_accepted(&self, size: usize) {
         self.accepted_total.fetch_add(1, Ordering::Relaxed);
-        let hint = size.min(MAX_SIZE_HINT) as u64;
-        if self.recent_size.load(Ordering::Relaxed) != hint {
-            self.recent_size.store(hint, Ordering::Relaxed);
-        }
+        self.recent_size
+            .store(size.min(MAX_SIZE_HINT) as u64, Ordering::Relaxed);
     }
 
     /// What a new session should expect of its first message's size: the
