@@ -19,7 +19,8 @@
 # against the second's.
 #
 # Measured from the moment `mta-init start` is run: time to ready (the
-# `mtad: ready` line in mtad.log, and `mta-init start` returning), to the
+# `mtad: ready` line in mtad.log, and `mta-init start` returning; also
+# mtad's own startup_ms from its `ready` log line, after a `sync`), to the
 # first delivery (the first file in the Maildir's new/), to all DUE due
 # messages delivered, and to the end of the rescan (`mta-init status
 # --json`, polled every 100 ms; also mtad's own elapsed_ms); mtad's resident
@@ -191,8 +192,10 @@ LAST_READY= LAST_RESCAN=
 # readers at once: what the rescan is compared with.
 read_all() {
     local t0
+    # Every start finds the disk settled: none pays for the writeback of
+    # what ran before it (mta-seed's million files, the previous stop).
+    sync
     if [ -n "${LIFECYCLE_DROP_CACHES:-}" ]; then
-        sync
         echo 3 >/proc/sys/vm/drop_caches
     fi
     t0=$EPOCHREALTIME
@@ -211,6 +214,7 @@ measure() { # label messages-on-disk expected-queued-after
     local label=$1 messages=$2 expect=$3
     local out=$DIR/run-$label off t0 t_start pid json running rescan_t='' mtad_rescan='-'
     local queued='' rescan_seen=no deadline rss hwm per stop_s ready_s first_s all_s t1 mtad_rescan_s=-
+    local own_ms open_ms
     mkdir -p "$out"
     rm -rf "$DIR/maildir/localhost"
     if [ -n "${LIFECYCLE_DROP_CACHES:-}" ]; then
@@ -266,6 +270,12 @@ measure() { # label messages-on-disk expected-queued-after
     ! alive "$pid" || die "$label: mtad (pid $pid) still there after the stop"
 
     ready_s=$(since "$t0" "$out/ready.t")
+    # mtad's own clock, from its first step to ready (and the spool's open
+    # within it): the same start without the exec, mta-init and this
+    # script's polling.
+    own_ms=$(tail -c +"$((off + 1))" "$DIR/queue/mtad.log" | sed -n 's/.* ready .*startup_ms=\([0-9]*\).*/\1/p' | head -n1)
+    open_ms=$(tail -c +"$((off + 1))" "$DIR/queue/mtad.log" | sed -n 's/.* ready .*spool_open_ms=\([0-9]*\).*/\1/p' | head -n1)
+    own_ms=${own_ms:--} open_ms=${open_ms:--}
     first_s=$(since "$t0" "$out/first.t")
     all_s=$(since "$t0" "$out/all.t")
     local start_s rescan_s
@@ -283,7 +293,7 @@ measure() { # label messages-on-disk expected-queued-after
         [ "$label" != again ] || first_s=- all_s=-
         per=$(awk -v r="$rss" -v e="$EMPTY_RSS" -v n="$messages" 'BEGIN { printf "%.0f", (r - e) * 1024 / n }')
     fi
-    log "$label, $messages on disk: ready ${ready_s} s (mta-init start returned at ${start_s} s), first delivery ${first_s} s, $DUE due delivered ${all_s} s, rescan done ${rescan_s} s (mtad: ${mtad_rescan}), queued ${queued:-?} (expected $expect), RSS $(mib "$rss") MiB (peak $(mib "$hwm") MiB), stop ${stop_s} s"
+    log "$label, $messages on disk: ready ${ready_s} s (mta-init start returned at ${start_s} s; mtad's own ${own_ms} ms, spool open ${open_ms} ms), first delivery ${first_s} s, $DUE due delivered ${all_s} s, rescan done ${rescan_s} s (mtad: ${mtad_rescan}), queued ${queued:-?} (expected $expect), RSS $(mib "$rss") MiB (peak $(mib "$hwm") MiB), stop ${stop_s} s"
     if [ "${queued:-}" != "$expect" ]; then
         log "$label: FAILED: ${queued:-?} queued, expected $expect"
         FAILED=1
@@ -292,8 +302,8 @@ measure() { # label messages-on-disk expected-queued-after
         log "$label: FAILED: the $DUE due messages were not all delivered"
         FAILED=1
     fi
-    LAST_READY=$ready_s LAST_RESCAN=$mtad_rescan_s
-    ROWS+=("| $messages | $label | ${SEED_RATE:--} | $ready_s | $start_s | $first_s | $all_s | $rescan_s | $mtad_rescan_s | ${queued:-?} | $(mib "$rss") | $(mib "$hwm") | $per | $stop_s |")
+    LAST_READY=$ready_s LAST_RESCAN=$mtad_rescan_s LAST_OWN=$own_ms
+    ROWS+=("| $messages | $label | ${SEED_RATE:--} | $ready_s | $start_s | $own_ms | $open_ms | $first_s | $all_s | $rescan_s | $mtad_rescan_s | ${queued:-?} | $(mib "$rss") | $(mib "$hwm") | $per | $stop_s |")
 }
 
 # --- runs ------------------------------------------------------------------------------
@@ -311,17 +321,17 @@ for n in $COUNTS; do
     log "seeding $n messages ($DUE due now)"
     seed "$n" "$DUE"
     measure clean "$n" $((n - DUE))
-    first_ready=$LAST_READY
+    first_ready=$LAST_READY first_own=$LAST_OWN
     SEED_RATE=-
     measure again "$n" $((n - DUE))
-    second_ready=$LAST_READY
+    second_ready=$LAST_READY second_own=$LAST_OWN
     # DUE more due messages, and the spool left as after a crash.
     seed "$DUE" "$DUE" --unclean
     SEED_RATE=-
     read_s=$(read_all)
     log "reading the $((n + DUE)) spool files took $read_s s"
     measure unclean "$n" $((n - DUE))
-    RATIOS+=("| $n | $read_s | $LAST_RESCAN | $(ratio "$LAST_RESCAN" "$read_s") | $first_ready | $second_ready | $(ratio "$first_ready" "$second_ready") |")
+    RATIOS+=("| $n | $read_s | $LAST_RESCAN | $(ratio "$LAST_RESCAN" "$read_s") | $first_ready | $second_ready | $(ratio "$first_ready" "$second_ready") | $first_own | $second_own | $(ratio "$first_own" "$second_own") |")
     log "removing $DIR"
     rm -rf "$DIR"
 done
@@ -339,21 +349,23 @@ cat <<EOF
 - mtad: release build of $rev; \`[spool] rescan_rate = $RESCAN_RATE\`, \`index_cache\` ${INDEX_CACHE:-default}, \`[queue] retry_base = "6h"\`, no HTTP server, mail for localhost to a Maildir
 - queue: $SIZE-byte messages, one recipient each, seeded with mta-seed; $DUE due at each start, the rest due in 1 to 25 hours$([ -z "${LIFECYCLE_DROP_CACHES:-}" ] || echo "; page cache dropped before each start")
 
-| messages | start | seed msg/s | ready s | start returned s | first delivery s | $DUE due delivered s | rescan done s | rescan (mtad) s | queued | RSS MiB | peak RSS MiB | RSS/msg bytes | stop s |
-| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
+| messages | start | seed msg/s | ready s | start returned s | mtad's own ms | spool open ms | first delivery s | $DUE due delivered s | rescan done s | rescan (mtad) s | queued | RSS MiB | peak RSS MiB | RSS/msg bytes | stop s |
+| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
 EOF
 printf '%s\n' "${ROWS[@]}"
 cat <<EOF
 
-| messages | read all files s | rescan (mtad) s | rescan / read | clean start ready s | again ready s | clean / again |
-| ---: | ---: | ---: | ---: | ---: | ---: | ---: |
+| messages | read all files s | rescan (mtad) s | rescan / read | clean start ready s | again ready s | clean / again | clean, mtad's own ms | again, mtad's own ms | clean / again (mtad's own) |
+| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
 EOF
 printf '%s\n' "${RATIOS[@]}"
 cat <<EOF
 
 Times are seconds from running \`mta-init start\`: "ready" is the \`mtad: ready\`
 line in mtad.log, "start returned" is \`mta-init start\` returning (it polls the
-control socket every 50 ms), "first delivery" the first file in the Maildir's
+control socket every 50 ms), "mtad's own" the \`startup_ms\` of mtad's \`ready\`
+log line (its own clock, from its first step: no exec, no mta-init, no
+polling) and "spool open" the \`spool_open_ms\` within it, "first delivery" the first file in the Maildir's
 new/, "$DUE due delivered" the $DUE-th, "rescan done" the first \`status --json\`
 (polled every 100 ms) showing no rescan running ("none": no rescan, the index
 was trusted); "rescan (mtad)" is the rescan's own elapsed_ms from the same
@@ -366,7 +378,8 @@ RSS/msg is (RSS - RSS with an empty queue) / messages. "stop" is the wall
 time of \`mta-init stop\`. "seed msg/s" is mta-seed's rate storing the N
 messages (concurrent stores, group commit, each made durable).
 "read all files" is \`find msg -type f -print0 | xargs -0 -P2 cat >/dev/null\`
-over the unclean start's files, run just before it.
+over the unclean start's files, run just before it. Every start follows a
+\`sync\`, so none pays for the writeback of what ran before it.
 EOF
 if [ "$FAILED" != 0 ]; then
     echo

@@ -72,6 +72,7 @@ fn main() -> ExitCode {
     allocator::init();
     // Before anything else (and before any thread): the sockets a restart
     // or systemd handed us, and the program to run again on a restart.
+    let started = std::time::Instant::now();
     let inherited = Inherited::take_from_env();
     let exe = std::env::current_exe().ok();
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
@@ -109,6 +110,7 @@ fn main() -> ExitCode {
     // working directory.
     let config_path = cli.config.map(|p| std::path::absolute(&p).unwrap_or(p));
     let startup = Startup {
+        started,
         config_path,
         log_file,
         inherited,

@@ -54,6 +54,9 @@ use crate::stats::Stats;
 
 /// What the command line and the environment gave this process image.
 pub struct Startup {
+    /// When the process began (`main`'s first step): the ready line says
+    /// how long the start took, and how much of it opening the spool.
+    pub started: Instant,
     /// The configuration file (None: built-in defaults).
     pub config_path: Option<PathBuf>,
     /// The daemon log, when mtad writes its own (`--log-file`).
@@ -94,6 +97,7 @@ pub fn run(config: Config, startup: Startup) -> Result<Exit> {
 
 async fn serve(config: Config, startup: Startup) -> Result<Exit> {
     let Startup {
+        started,
         config_path,
         log_file,
         mut inherited,
@@ -136,6 +140,7 @@ async fn serve(config: Config, startup: Startup) -> Result<Exit> {
     identity.switch()?;
 
     let spool_config = fixed.spool.clone();
+    let opening = Instant::now();
     let (spool, report) = tokio::task::spawn_blocking(move || Spool::open(spool_config))
         .await
         .context("opening the spool")?
@@ -148,6 +153,7 @@ async fn serve(config: Config, startup: Startup) -> Result<Exit> {
         index_unavailable = report.index_unavailable,
         "spool open"
     );
+    let spool_open_ms = opening.elapsed().as_millis() as u64;
 
     let control_path = fixed.control_socket.clone();
     let control = ControlSocket::bind(&control_path, identity.group())?;
@@ -218,7 +224,13 @@ async fn serve(config: Config, startup: Startup) -> Result<Exit> {
         println!("mtad: http listening on {addr}");
     }
     println!("mtad: ready (pid {})", std::process::id());
-    info!(listen = ?listen, instance = %ctx.instance, "ready");
+    info!(
+        listen = ?listen,
+        instance = %ctx.instance,
+        startup_ms = started.elapsed().as_millis() as u64,
+        spool_open_ms,
+        "ready"
+    );
     let _ = crate::notify::ready("accepting mail");
 
     // Apache httpd's discipline: TERM (and INT, Ctrl-C) stop now; WINCH
