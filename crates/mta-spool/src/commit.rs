@@ -255,8 +255,8 @@ fn finish(shared: &Shared, dir: &Path, renamed: Renamed, synced: &io::Result<()>
         }
         // Not flushed here: the index is rebuilt by a rescan after a
         // crash, so flushing it would only slow every commit down.
-        Ok(()) => match shared.index.insert(request.id, &request.entry) {
-            Ok(_) => Ok(()),
+        Ok(()) => match shared.index.insert_new(request.id, request.entry) {
+            Ok(()) => Ok(()),
             Err(e) => {
                 // Report failure consistently: an error means "not
                 // queued", so do not leave the file to be found later.

@@ -43,6 +43,7 @@ use crate::entry::{HistoryRecord, IndexEntry, QueueName, RecipientState, MAX_HIS
 use crate::error::SpoolError;
 use crate::journal::{JTree, Op};
 use crate::layout::Layout;
+use crate::pending::Pending;
 use crate::slot::{IndexHealth, Slot};
 use crate::trees::{
     history_key, history_seq, id_from_key, id_key, open_trees, parse_entry, parse_schedule_key,
@@ -89,6 +90,8 @@ pub(crate) struct Shared {
     flushed_changes: AtomicU64,
     /// When the last flush ended, in ms since the epoch; 0 = none yet.
     last_flush_ms: AtomicU64,
+    /// New messages' entries not yet written to the trees (`pending.rs`).
+    pending: Pending,
 }
 
 impl Default for Shared {
@@ -102,6 +105,7 @@ impl Default for Shared {
             changes: AtomicU64::new(0),
             flushed_changes: AtomicU64::new(0),
             last_flush_ms: AtomicU64::new(0),
+            pending: Pending::default(),
         }
     }
 }
@@ -371,9 +375,48 @@ impl Index {
         }
     }
 
-    /// The open database; an error while it is failed or closed.
+    /// The open database, with the new messages' waiting entries written
+    /// to it first (`pending.rs`): what a reader sees is the whole queue.
+    /// An error while it is failed or closed (the entries keep waiting).
+    /// Never called holding a stripe: it takes them.
     pub(crate) fn trees(&self) -> Result<Arc<Trees>, SpoolError> {
-        self.slot.trees()
+        let t = self.slot.trees()?;
+        if !self.shared.pending.is_empty() {
+            self.write_pending(&t)?;
+        }
+        Ok(t)
+    }
+
+    /// An error while the index is failed or closed, like any change
+    /// would get; writes nothing (not even the waiting entries).
+    pub(crate) fn usable(&self) -> Result<(), SpoolError> {
+        self.slot.trees().map(drop)
+    }
+
+    /// Writes every waiting entry to the trees, one id at a time under its
+    /// stripe. One that cannot be written waits on (and the error is
+    /// returned).
+    fn write_pending(&self, t: &Trees) -> Result<(), SpoolError> {
+        for id in self.shared.pending.ids() {
+            let _stripe = self.lock(id);
+            // Removed meanwhile: nothing to write.
+            let Some(entry) = self.shared.pending.take(id) else {
+                continue;
+            };
+            match self.write_entry(t, id, &entry) {
+                // Counted when it was recorded; an entry it replaced (there
+                // should be none: `pending.rs`) is counted no more.
+                Ok((_, old)) => {
+                    let counted = self.shared.counted(id);
+                    self.shared.account(counted, counted, old.as_ref(), None);
+                }
+                Err(e) => {
+                    self.shared.pending.put(id, entry);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The counts and flush figures, shared with every clone.
@@ -511,13 +554,48 @@ impl Index {
 
     /// Records a new message (or replaces its entry), keeping the other
     /// trees in step. Returns true when the id was not indexed before.
+    /// (Stores use [`insert_new`](Self::insert_new); tests make entries
+    /// for files they write themselves with this.)
+    #[cfg(test)]
     pub fn insert(&self, id: QueueId, entry: &IndexEntry) -> Result<bool, SpoolError> {
         let t = self.trees()?;
-        let value = crate::codec::encode(entry);
         let _stripe = self.lock(id);
+        let (existed, old) = self.write_entry(&t, id, entry)?;
+        let counted = self.shared.counted(id);
+        self.shared
+            .account(counted, counted, old.as_ref(), Some(entry));
+        self.shared.changed();
+        Ok(!existed)
+    }
+
+    /// Records the entry of a message just committed, whose id has never
+    /// been indexed: it waits in memory until the trees are next read or
+    /// flushed, and is never written if the message is removed first
+    /// (`pending.rs`). Counted at once. Refused, like any change, while
+    /// the index is failed or closed.
+    pub fn insert_new(&self, id: QueueId, entry: IndexEntry) -> Result<(), SpoolError> {
+        self.usable()?;
+        let _stripe = self.lock(id);
+        let counted = self.shared.counted(id);
+        self.shared.account(counted, counted, None, Some(&entry));
+        self.shared.pending.put(id, entry);
+        self.shared.changed();
+        Ok(())
+    }
+
+    /// Writes `entry` as `id`'s, with its keys; returns whether the id had
+    /// an entry and the one it had (`None` if unreadable). On an error the
+    /// trees are left as they were. Caller holds the id's stripe.
+    fn write_entry(
+        &self,
+        t: &Trees,
+        id: QueueId,
+        entry: &IndexEntry,
+    ) -> Result<(bool, Option<IndexEntry>), SpoolError> {
+        let value = crate::codec::encode(entry);
         let previous = t.messages.insert(id_key(id), value)?;
         let old = previous.as_deref().and_then(parse_entry);
-        if let Err(e) = self.move_keys(&t, id, (old.as_ref(), Some(entry))) {
+        if let Err(e) = self.move_keys(t, id, (old.as_ref(), Some(entry))) {
             // Keep the trees in step: no message without its keys.
             let _ = match &previous {
                 Some(p) => t.messages.insert(id_key(id), p.clone()).map(drop),
@@ -525,11 +603,7 @@ impl Index {
             };
             return Err(e);
         }
-        let counted = self.shared.counted(id);
-        self.shared
-            .account(counted, counted, old.as_ref(), Some(entry));
-        self.shared.changed();
-        Ok(previous.is_none())
+        Ok((previous.is_some(), old))
     }
 
     /// Replaces the entry of a message that is indexed;
@@ -556,8 +630,16 @@ impl Index {
     /// Forgets a message: its entry and its keys. Returns true when it was
     /// indexed.
     pub fn remove(&self, id: QueueId) -> Result<bool, SpoolError> {
-        let t = self.trees()?;
+        // Not `trees()`: the other waiting entries are not this removal's
+        // business, and this one's, if it waits, never needs writing.
+        let t = self.slot.trees()?;
         let _stripe = self.lock(id);
+        if let Some(old) = self.shared.pending.take(id) {
+            let counted = self.shared.counted(id);
+            self.shared.account(counted, counted, Some(&old), None);
+            self.shared.changed();
+            return Ok(true);
+        }
         let Some(previous) = t.messages.remove(id_key(id))? else {
             return Ok(false);
         };

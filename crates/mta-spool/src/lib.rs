@@ -54,6 +54,7 @@ mod index;
 mod journal;
 mod layout;
 mod memory;
+mod pending;
 mod permissions;
 mod reopen;
 mod rescan;
@@ -545,7 +546,7 @@ impl Spool {
             let open = self.open_state()?;
             // A failed index cannot record the message: refuse it before
             // writing anything.
-            drop(open.index.trees()?);
+            open.index.usable()?;
             open.committer.enter().ok_or(SpoolError::Closed)?
         };
         self.inner.ids.observe(id);

@@ -1973,3 +1973,78 @@ fn headers_are_read_whether_or_not_they_fit_the_first_read() {
     let (header, content) = crate::file::read_header_only(&path).unwrap();
     assert_eq!((header.envelope, content), (env, 6));
 }
+
+/// Whether `id` has an entry in the trees themselves, without writing the
+/// waiting entries first (as every reader does).
+fn in_trees(spool: &Spool, id: QueueId) -> bool {
+    let index = spool.index().unwrap();
+    let t = index.slot.trees().unwrap();
+    t.messages.contains_key(crate::trees::id_key(id)).unwrap()
+}
+
+#[tokio::test]
+async fn a_message_removed_before_any_read_never_reaches_the_trees() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(config(tmp.path())).unwrap();
+    let ids = store_n(&spool, 3).await;
+    // Stored and counted, but waiting: nothing written to sled yet.
+    assert_eq!(spool.len(), 3);
+    assert!(ids.iter().all(|&id| !in_trees(&spool, id)));
+    spool.remove(ids[1]).unwrap();
+    assert_eq!(spool.len(), 2);
+    assert!(!in_trees(&spool, ids[1]));
+    // A reader sees the others, which it wrote; the removed one is gone.
+    assert_eq!(spool.ids().unwrap(), vec![ids[0], ids[2]]);
+    assert!(in_trees(&spool, ids[0]) && in_trees(&spool, ids[2]));
+    assert!(!in_trees(&spool, ids[1]));
+    spool.index().unwrap().assert_consistent();
+    spool.close().unwrap();
+}
+
+#[tokio::test]
+async fn waiting_entries_are_seen_by_every_reader_and_kept_by_a_clean_close() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(config(tmp.path())).unwrap();
+    let ids = store_n(&spool, 2).await;
+    assert!(!in_trees(&spool, ids[0]));
+    // One message's entry, read alone.
+    let entry = spool.entry(ids[0]).unwrap().unwrap();
+    assert_eq!(entry.queue, QueueName::Ram);
+    assert!(in_trees(&spool, ids[0]) && in_trees(&spool, ids[1]));
+    // The schedule has them too: the disk runner's walk finds them due.
+    let due = spool.due(u64::MAX, 10).unwrap();
+    assert_eq!(due.iter().map(|(id, _)| *id).collect::<Vec<_>>(), ids);
+    // Stored after those reads: written by the flush (the flusher's round).
+    let later = store_n(&spool, 1).await[0];
+    assert!(!in_trees(&spool, later));
+    spool.flush().unwrap();
+    assert!(in_trees(&spool, later));
+    let last = store_n(&spool, 1).await[0];
+    spool.close().unwrap();
+
+    let (spool, report) = Spool::open(config(tmp.path())).unwrap();
+    assert!(report.clean);
+    assert_eq!(report.messages, 4);
+    assert_eq!(spool.ids().unwrap(), vec![ids[0], ids[1], later, last]);
+    spool.index().unwrap().assert_consistent();
+    spool.close().unwrap();
+}
+
+#[tokio::test]
+async fn a_waiting_entry_changed_or_held_is_written_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(config(tmp.path())).unwrap();
+    let id = store_n(&spool, 1).await[0];
+    let mut entry = spool.entry(id).unwrap().unwrap();
+    // Back to waiting: a new store, then an update of the first.
+    let other = store_n(&spool, 1).await[0];
+    entry.queue = QueueName::Disk;
+    entry.next_attempt += 60;
+    spool.update(id, &entry).unwrap();
+    assert!(in_trees(&spool, other));
+    let stats = spool.queue_stats();
+    let count = |q| stats.iter().find(|s| s.queue == q).unwrap().messages;
+    assert_eq!((count(QueueName::Ram), count(QueueName::Disk)), (1, 1));
+    spool.index().unwrap().assert_consistent();
+    spool.close().unwrap();
+}
