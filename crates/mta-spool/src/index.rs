@@ -394,27 +394,23 @@ impl Index {
     }
 
     /// Writes every waiting entry to the trees, one id at a time under its
-    /// stripe. One that cannot be written waits on (and the error is
-    /// returned).
+    /// stripe. An entry leaves the waiting set only once it is in the
+    /// trees, so a reader that took its list of waiting ids before (and
+    /// waits for the stripe) or after finds it in one place or the other.
+    /// One that cannot be written waits on (and the error is returned).
     fn write_pending(&self, t: &Trees) -> Result<(), SpoolError> {
         for id in self.shared.pending.ids() {
             let _stripe = self.lock(id);
-            // Removed meanwhile: nothing to write.
-            let Some(entry) = self.shared.pending.take(id) else {
+            // Removed or written meanwhile: nothing to write.
+            let Some(entry) = self.shared.pending.get(id) else {
                 continue;
             };
-            match self.write_entry(t, id, &entry) {
-                // Counted when it was recorded; an entry it replaced (there
-                // should be none: `pending.rs`) is counted no more.
-                Ok((_, old)) => {
-                    let counted = self.shared.counted(id);
-                    self.shared.account(counted, counted, old.as_ref(), None);
-                }
-                Err(e) => {
-                    self.shared.pending.put(id, entry);
-                    return Err(e);
-                }
-            }
+            let (_, old) = self.write_entry(t, id, &entry)?;
+            self.shared.pending.take(id);
+            // Counted when it was recorded; an entry it replaced (there
+            // should be none: `pending.rs`) is counted no more.
+            let counted = self.shared.counted(id);
+            self.shared.account(counted, counted, old.as_ref(), None);
         }
         Ok(())
     }

@@ -63,6 +63,14 @@ impl Pending {
         entry
     }
 
+    /// A copy of `id`'s entry, if it is waiting.
+    pub fn get(&self, id: QueueId) -> Option<IndexEntry> {
+        if self.is_empty() {
+            return None;
+        }
+        self.entries.lock().get(&id).cloned()
+    }
+
     /// True when nothing is waiting.
     pub fn is_empty(&self) -> bool {
         self.len.load(Ordering::SeqCst) == 0
@@ -107,7 +115,9 @@ mod tests {
         assert!(!p.is_empty());
         assert_eq!(p.ids(), vec![QueueId::new(7)]);
         assert!(p.take(QueueId::new(8)).is_none());
+        assert!(p.get(QueueId::new(7)).is_some());
         assert!(p.take(QueueId::new(7)).is_some());
+        assert!(p.get(QueueId::new(7)).is_none());
         assert!(p.take(QueueId::new(7)).is_none());
         assert!(p.is_empty());
     }

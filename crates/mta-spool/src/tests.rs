@@ -2048,3 +2048,38 @@ async fn a_waiting_entry_changed_or_held_is_written_first() {
     spool.index().unwrap().assert_consistent();
     spool.close().unwrap();
 }
+
+/// Readers racing each other to write the waiting entries: each one that
+/// finds its own message's entry written by another must still find it
+/// (an entry leaves the waiting set only once it is in the trees).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_read_back_at_once_is_always_found_under_concurrency() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(config(tmp.path())).unwrap();
+    let mut tasks = Vec::new();
+    for worker in 0..16 {
+        let spool = spool.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..40 {
+                let id = spool.next_id();
+                let body = format!("message {worker}.{i}\r\n");
+                spool.store(id, &envelope(1), &[body.as_bytes()]).await?;
+                let found = tokio::task::spawn_blocking({
+                    let spool = spool.clone();
+                    move || spool.entry(id)
+                })
+                .await
+                .unwrap()?;
+                assert!(found.is_some(), "{id} not found right after its store");
+            }
+            Ok::<(), SpoolError>(())
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(spool.len(), 640);
+    assert_eq!(spool.ids().unwrap().len(), 640);
+    spool.index().unwrap().assert_consistent();
+    spool.close().unwrap();
+}
