@@ -1146,7 +1146,19 @@ impl Index {
     /// When the earliest message is due, if any is queued. Stale keys met
     /// on the way are removed.
     pub fn first_due(&self) -> Result<Option<u64>, SpoolError> {
-        let t = self.trees()?;
+        // The waiting entries are looked at where they are, not written:
+        // the disk runner asks this on the runtime's threads.
+        let waiting = self.shared.pending.first_scheduled();
+        let stored = self.first_stored_due()?;
+        Ok(match (waiting, stored) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
+    /// [`first_due`](Self::first_due) of the entries in the trees.
+    fn first_stored_due(&self) -> Result<Option<u64>, SpoolError> {
+        let t = self.slot.trees()?;
         for _ in 0..1000 {
             let Some((key, _)) = t.schedule.first()? else {
                 return Ok(None);
@@ -1183,7 +1195,13 @@ impl Index {
     /// The entry of a message; `None` when it is not indexed or the stored
     /// value cannot be read.
     pub fn get(&self, id: QueueId) -> Result<Option<IndexEntry>, SpoolError> {
-        self.trees()?.entry(id)
+        // One id: its waiting entry, if any, is read where it is.
+        let t = self.slot.trees()?;
+        let _stripe = self.lock(id);
+        match self.shared.pending.get(id) {
+            Some(entry) => Ok(Some(entry)),
+            None => t.entry(id),
+        }
     }
 
     /// Every indexed id, in id order.

@@ -11,10 +11,12 @@
 //! - the flusher's next round (every 500 ms), which writes the waiting
 //!   entries and then flushes: the index on disk is as far behind as it
 //!   was before;
-//! - any reader of the trees (a listing, the disk runner's look at the
-//!   schedule, a change of another kind): every handle on the trees but
-//!   the delivery's removal writes the waiting entries first, so what is
-//!   read is the whole queue;
+//! - any reader of more than one message (a listing, the disk runner's
+//!   walk of what is due) and any change but a removal: they take the
+//!   trees through `Index::trees`, which writes the waiting entries first,
+//!   so what they read is the whole queue (a read of one message's entry
+//!   and the question of when the next message is due, which the disk
+//!   runner asks on the runtime's threads, look at them where they are);
 //! - never, if the message is removed first: its entry just goes.
 //!
 //! A crash loses nothing by the wait that it would not lose anyway: the
@@ -71,6 +73,16 @@ impl Pending {
         self.entries.lock().get(&id).cloned()
     }
 
+    /// The earliest time a waiting entry is due at (see
+    /// [`IndexEntry::scheduled`]).
+    pub fn first_scheduled(&self) -> Option<u64> {
+        if self.is_empty() {
+            return None;
+        }
+        let entries = self.entries.lock();
+        entries.values().filter_map(IndexEntry::scheduled).min()
+    }
+
     /// True when nothing is waiting.
     pub fn is_empty(&self) -> bool {
         self.len.load(Ordering::SeqCst) == 0
@@ -114,11 +126,13 @@ mod tests {
         p.put(QueueId::new(7), entry());
         assert!(!p.is_empty());
         assert_eq!(p.ids(), vec![QueueId::new(7)]);
+        assert_eq!(p.first_scheduled(), Some(1));
         assert!(p.take(QueueId::new(8)).is_none());
         assert!(p.get(QueueId::new(7)).is_some());
         assert!(p.take(QueueId::new(7)).is_some());
         assert!(p.get(QueueId::new(7)).is_none());
         assert!(p.take(QueueId::new(7)).is_none());
         assert!(p.is_empty());
+        assert_eq!(p.first_scheduled(), None);
     }
 }

@@ -2007,13 +2007,18 @@ async fn waiting_entries_are_seen_by_every_reader_and_kept_by_a_clean_close() {
     let (spool, _) = Spool::open(config(tmp.path())).unwrap();
     let ids = store_n(&spool, 2).await;
     assert!(!in_trees(&spool, ids[0]));
-    // One message's entry, read alone.
+    // One message's entry, and when the next is due, are read where they
+    // wait: nothing is written for them.
     let entry = spool.entry(ids[0]).unwrap().unwrap();
     assert_eq!(entry.queue, QueueName::Ram);
-    assert!(in_trees(&spool, ids[0]) && in_trees(&spool, ids[1]));
-    // The schedule has them too: the disk runner's walk finds them due.
+    assert_eq!(spool.first_due().unwrap(), entry.scheduled());
+    assert!(!in_trees(&spool, ids[0]) && !in_trees(&spool, ids[1]));
+    // A walk of the schedule writes them first: the disk runner finds them
+    // due.
     let due = spool.due(u64::MAX, 10).unwrap();
     assert_eq!(due.iter().map(|(id, _)| *id).collect::<Vec<_>>(), ids);
+    assert!(in_trees(&spool, ids[0]) && in_trees(&spool, ids[1]));
+    assert_eq!(spool.first_due().unwrap(), entry.scheduled());
     // Stored after those reads: written by the flush (the flusher's round).
     let later = store_n(&spool, 1).await[0];
     assert!(!in_trees(&spool, later));
