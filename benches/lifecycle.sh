@@ -43,7 +43,8 @@
 #   LIFECYCLE_INDEX_CACHE=SIZE `[spool] index_cache` (default: mtad's)
 #   LIFECYCLE_TIMEOUT=S        longest wait for any one step (default 900;
 #                              seeding gets a second more per 500 messages)
-#   LIFECYCLE_SETTLE=S         idle time before RSS is read (default 2)
+#   LIFECYCLE_SETTLE=S         idle time before each start and before RSS
+#                              is read (default 2)
 #   LIFECYCLE_DROP_CACHES=1    (root only) drop the page cache before each
 #                              start, so the start reads the disk
 #   LIFECYCLE_NO_BUILD=1       skip `cargo build --release`
@@ -193,10 +194,11 @@ LAST_READY= LAST_RESCAN=
 # readers at once: what the rescan is compared with.
 read_all() {
     local t0
-    # Every start finds the disk settled and the programs in the page
-    # cache: none pays for the writeback of what ran before it (mta-seed's
-    # million files, the previous stop), nor for reading mtad and mta-init
-    # back after the seeding's gigabytes pushed them out.
+    # Every start finds the machine settled, the disk written and the
+    # programs in the page cache: none pays for what ran just before it
+    # (mta-seed's million files, the previous stop), nor for reading mtad
+    # and mta-init back after the seeding's gigabytes pushed them out.
+    sleep "$SETTLE"
     sync
     cat "$MTAD" "$MTA_INIT" >/dev/null
     if [ -n "${LIFECYCLE_DROP_CACHES:-}" ]; then
@@ -382,9 +384,9 @@ RSS/msg is (RSS - RSS with an empty queue) / messages. "stop" is the wall
 time of \`mta-init stop\`. "seed msg/s" is mta-seed's rate storing the N
 messages (concurrent stores, group commit, each made durable).
 "read all files" is \`find msg -type f -print0 | xargs -0 -P2 cat >/dev/null\`
-over the unclean start's files, run just before it. Every start follows a
-\`sync\` and a read of the mtad and mta-init programs, so none pays for the
-writeback of what ran before it or for reading the programs back.
+over the unclean start's files, run just before it. Every start follows
+${SETTLE} s idle, a \`sync\` and a read of the mtad and mta-init programs,
+so none pays for what ran just before it or for reading the programs back.
 EOF
 if [ "$FAILED" != 0 ]; then
     echo
