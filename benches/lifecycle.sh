@@ -194,14 +194,8 @@ LAST_READY= LAST_RESCAN=
 # readers at once: what the rescan is compared with.
 read_all() {
     local t0
-    # Every start finds the machine settled, the disk written and the
-    # programs in the page cache: none pays for what ran just before it
-    # (mta-seed's million files, the previous stop), nor for reading mtad
-    # and mta-init back after the seeding's gigabytes pushed them out.
-    sleep "$SETTLE"
-    sync
-    cat "$MTAD" "$MTA_INIT" >/dev/null
     if [ -n "${LIFECYCLE_DROP_CACHES:-}" ]; then
+        sync
         echo 3 >/proc/sys/vm/drop_caches
     fi
     t0=$EPOCHREALTIME
@@ -223,8 +217,14 @@ measure() { # label messages-on-disk expected-queued-after
     local own_ms open_ms
     mkdir -p "$out"
     rm -rf "$DIR/maildir/localhost"
+    # Every start finds the machine settled, the disk written and the
+    # programs in the page cache: none pays for what ran just before it
+    # (mta-seed's million files, the previous stop), nor for reading mtad
+    # and mta-init back after the seeding's gigabytes pushed them out.
+    sleep "$SETTLE"
+    sync
+    cat "$MTAD" "$MTA_INIT" >/dev/null
     if [ -n "${LIFECYCLE_DROP_CACHES:-}" ]; then
-        sync
         echo 3 >/proc/sys/vm/drop_caches
     fi
     off=$(stat -c %s "$DIR/queue/mtad.log" 2>/dev/null || echo 0)

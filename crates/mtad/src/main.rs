@@ -70,9 +70,10 @@ struct Cli {
 
 fn main() -> ExitCode {
     allocator::init();
+    // What the ready log line counts the start from.
+    let started = std::time::Instant::now();
     // Before anything else (and before any thread): the sockets a restart
     // or systemd handed us, and the program to run again on a restart.
-    let started = std::time::Instant::now();
     let inherited = Inherited::take_from_env();
     let exe = std::env::current_exe().ok();
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
