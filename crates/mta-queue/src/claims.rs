@@ -69,8 +69,14 @@ impl ClaimSet {
     }
 
     /// Messages claimed now.
+    #[cfg(test)]
     pub fn claimed(&self) -> usize {
         self.state.lock().inflight.len()
+    }
+
+    /// Whether `id` is claimed now.
+    pub fn is_claimed(&self, id: QueueId) -> bool {
+        self.state.lock().inflight.contains(&id)
     }
 }
 
@@ -87,6 +93,17 @@ mod tests {
             bounce: false,
             domain: None,
         }
+    }
+
+    #[test]
+    fn is_claimed_follows_claim_and_release() {
+        let set = ClaimSet::default();
+        assert!(!set.is_claimed(id(7)));
+        assert!(set.claim(id(7)));
+        assert!(set.is_claimed(id(7)));
+        assert!(!set.is_claimed(id(8)));
+        assert_eq!(set.release(id(7)), None);
+        assert!(!set.is_claimed(id(7)));
     }
 
     #[test]

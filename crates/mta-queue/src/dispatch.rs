@@ -145,9 +145,16 @@ pub(crate) async fn disk_loop(inner: Arc<Inner>) {
 async fn take_due(inner: &Arc<Inner>) -> Result<usize, StoreError> {
     let now = unix_now();
     // Claimed messages (ram attempts, attempts under way) may fill the
-    // front of the schedule; look past them.
-    let limit = inner.disk.limit + inner.claimed();
-    let due = inner.store.due(now, limit).await?;
+    // front of the schedule: the walk passes over them before reading
+    // their entries and does not count them. (A message claimed or let go
+    // during the walk is found by the claim below or by the next poll.)
+    let claims = inner.clone();
+    let due = inner
+        .store
+        .due_unless(now, inner.disk.limit, move |id| {
+            claims.steering.claims.is_claimed(id)
+        })
+        .await?;
     let mut started = 0;
     for (id, _) in due {
         let Some(claim) = inner.claim(id) else {

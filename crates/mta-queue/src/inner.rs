@@ -74,10 +74,6 @@ impl Inner {
         Claim::take(self.clone(), id)
     }
 
-    pub fn claimed(&self) -> usize {
-        self.steering.claims.claimed()
-    }
-
     /// Queues a job for the bounce runner.
     pub fn submit_bounce(&self, job: Job) {
         if let Err(unsent) = self.bounce.lineup.push(job) {

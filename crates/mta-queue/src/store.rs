@@ -133,13 +133,15 @@ impl Store {
         self.off(move |s| s.set_aside_corrupt(id, &reason)).await
     }
 
-    /// The messages due at `now`, at most `limit` (an index walk).
-    pub async fn due(
+    /// The messages due at `now`, at most `limit`, leaving out (and not
+    /// counting) those `skip` names (an index walk).
+    pub async fn due_unless(
         &self,
         now: u64,
         limit: usize,
+        skip: impl Fn(QueueId) -> bool + Send + 'static,
     ) -> Result<Vec<(QueueId, IndexEntry)>, StoreError> {
-        self.off(move |s| s.due(now, limit)).await
+        self.off(move |s| s.due_unless(now, limit, &skip)).await
     }
 
     /// One page of the index (a walk of up to `scan` entries).

@@ -1118,9 +1118,16 @@ impl Index {
     }
 
     /// Messages due at or before `now` (unix seconds), earliest first, at
-    /// most `limit` of them: a range scan of `schedule`. Keys that do not
-    /// match their entry (a crash's leftovers) are skipped and removed.
-    pub fn due(&self, now: u64, limit: usize) -> Result<Vec<(QueueId, IndexEntry)>, SpoolError> {
+    /// most `limit` of them, leaving out those `skip` names before their
+    /// entries are read (and not counting them): a range scan of
+    /// `schedule`. Keys that do not match their entry (a crash's
+    /// leftovers) are skipped and removed.
+    pub fn due(
+        &self,
+        now: u64,
+        limit: usize,
+        skip: &dyn Fn(QueueId) -> bool,
+    ) -> Result<Vec<(QueueId, IndexEntry)>, SpoolError> {
         let t = self.trees()?;
         let end = schedule_key(now, QueueId::new(u64::MAX));
         let mut out = Vec::new();
@@ -1132,6 +1139,9 @@ impl Index {
             let Some((time, id)) = parse_schedule_key(&key?) else {
                 continue;
             };
+            if skip(id) {
+                continue;
+            }
             match t.entry(id)? {
                 Some(entry) if entry.scheduled() == Some(time) => out.push((id, entry)),
                 _ => stale.push((time, id)),

@@ -1505,6 +1505,37 @@ fn hold(spool: &Spool, id: QueueId, now: u64) {
 }
 
 #[tokio::test]
+async fn a_walk_of_what_is_due_passes_over_the_messages_it_is_told_to_skip_without_counting_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(config(tmp.path())).unwrap();
+    let ids = store_n(&spool, 6).await;
+    for (n, &id) in ids.iter().enumerate() {
+        let mut entry = spool.entry(id).unwrap().unwrap();
+        entry.queue = QueueName::Disk;
+        entry.next_attempt = 10 + n as u64;
+        spool.update(id, &entry).unwrap();
+    }
+    // The first, second and fourth are in flight (claimed by attempts).
+    let claimed = [ids[0], ids[1], ids[3]];
+    let due = |limit| -> Vec<QueueId> {
+        spool
+            .due_unless(100, limit, &|id| claimed.contains(&id))
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect()
+    };
+    assert_eq!(
+        due(2),
+        vec![ids[2], ids[4]],
+        "the limit counts only what is returned"
+    );
+    assert_eq!(due(10), vec![ids[2], ids[4], ids[5]]);
+    assert_eq!(spool.due(100, 2).unwrap().len(), 2, "nothing skipped");
+    spool.index().unwrap().assert_consistent();
+}
+
+#[tokio::test]
 async fn held_messages_are_never_due_are_counted_and_survive_restarts() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = config(tmp.path());
