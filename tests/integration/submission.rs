@@ -162,8 +162,9 @@ fn refusals_without_auth_and_for_a_sender_the_user_does_not_own() {
 }
 
 /// N wrong passwords from one client: the limit in `[auth]
-/// client_failures` locks it out with 421 4.7.0, even with the right
-/// password, while another client still gets in.
+/// client_failures` locks it out with 421 4.7.0. Its next connections to
+/// 465 and 587 hear 421 4.7.0 at once, before any TLS handshake, while
+/// port 25 still takes its mail and another client still gets in.
 #[test]
 fn wrong_passwords_lock_the_client_out() {
     let s = Submission::start("[auth.client_failures]\ndelay = \"0s\"\nlockout_after = 3\n");
@@ -182,12 +183,27 @@ fn wrong_passwords_lock_the_client_out() {
         "421 4.7.0",
     );
     assert!(c.is_closed());
-    let mut c = Client::connect_tls_from(s.submissions(), outside(), &s.cert);
+    // Turned away at connect on both submission ports: the reply comes
+    // in the clear, where a TLS handshake would have begun on 465.
+    for port in [s.submissions(), s.submission()] {
+        let mut c = Client::connect_from(port, outside());
+        assert_eq!(c.banner.code, 421, "{port}: {}", c.banner.text());
+        assert!(c.banner.text().contains("4.7.0"), "{}", c.banner.text());
+        assert!(
+            c.banner
+                .text()
+                .contains("too many failed authentications from 127.0.0.2"),
+            "{}",
+            c.banner.text()
+        );
+        assert!(c.is_closed());
+    }
+    // Port 25 still takes its mail.
+    let mut c = Client::connect_from(s.mtad.addr, outside());
+    assert_eq!(c.banner.code, 220, "{}", c.banner.text());
     c.cmd("EHLO client.test", "250");
-    c.cmd(
-        &format!("AUTH PLAIN {}", plain("bob@local.test", PASSWORD)),
-        "421 4.7.0",
-    );
+    c.cmd("MAIL FROM:<someone@remote.test>", "250");
+    c.cmd("RCPT TO:<alice@local.test>", "250");
     // Another client (127.0.0.3) is not locked out.
     let mut c = Client::connect_tls_from(s.submissions(), "127.0.0.3".parse().unwrap(), &s.cert);
     c.cmd("EHLO client.test", "250");
@@ -198,12 +214,43 @@ fn wrong_passwords_lock_the_client_out() {
     let metrics = metrics(&s.mtad);
     assert!(metrics.contains("mta_auth_lockouts_total 1"), "{metrics}");
     assert!(
+        metrics.contains("mta_auth_refused_locked_total 2"),
+        "{metrics}"
+    );
+    assert!(
         metrics.contains("mta_auth_checks_total{result=\"rejected\"} 3"),
         "{metrics}"
     );
     let log = s.log();
     assert!(log.contains("authentication locked out"), "{log}");
     fail2ban_matches(&log, 3);
+}
+
+/// A client in `relay_networks` needs no AUTH on 587, so its own lockout
+/// does not keep it out of the port: only its AUTH is refused.
+#[test]
+fn a_locked_out_client_in_relay_networks_still_connects_to_587() {
+    let s = Submission::start("[auth.client_failures]\ndelay = \"0s\"\nlockout_after = 2\n");
+    let mut c = Client::connect_tls(s.submissions(), &s.cert);
+    c.cmd("EHLO client.test", "250");
+    c.cmd(
+        &format!("AUTH PLAIN {}", plain("bob@local.test", "no1")),
+        "535 5.7.8",
+    );
+    c.cmd(
+        &format!("AUTH PLAIN {}", plain("bob@local.test", "no2")),
+        "421 4.7.0",
+    );
+    let mut c = Client::connect(s.submission());
+    assert_eq!(c.banner.code, 220, "{}", c.banner.text());
+    c.cmd("EHLO client.test", "250");
+    let mut c = c.starttls(&s.cert);
+    c.cmd("EHLO client.test", "250");
+    c.cmd(
+        &format!("AUTH PLAIN {}", plain("bob@local.test", PASSWORD)),
+        "421 4.7.0",
+    );
+    drop(s);
 }
 
 fn metrics(mtad: &Mtad) -> String {

@@ -360,6 +360,19 @@ impl FailureLimiter {
         lockout
     }
 
+    /// At connect, before any AUTH: how long this client's own lockout
+    /// has left, if it is locked out (a user's lockout needs the name, so
+    /// it is not seen here). Counted among the refusals, as a locked-out
+    /// AUTH is.
+    pub fn client_locked(&self, client: IpAddr, now: Instant) -> Option<Duration> {
+        let mut state = self.state.lock();
+        let remaining = state.clients.locked(&ClientKey::of(client), now);
+        if remaining.is_some() {
+            state.counts.refused += 1;
+        }
+        remaining
+    }
+
     /// After a rejected password: counts it for the client and the user,
     /// and says how long to hold the reply back and whether to lock out
     /// now.

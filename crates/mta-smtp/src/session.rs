@@ -350,6 +350,19 @@ impl Session {
         )
     }
 
+    /// The reply to a connection to a submission port from a client its
+    /// failed authentications locked out, sent instead of the banner (on
+    /// port 465 before any TLS, which it could only waste).
+    pub fn locked_out_at_connect(hostname: &str, client: &str, for_secs: u64) -> Reply {
+        Reply::new(
+            421,
+            "4.7.0",
+            format!(
+                "{hostname} Error: too many failed authentications from {client}, try again in {for_secs} seconds"
+            ),
+        )
+    }
+
     /// The reply to a client over its own connection limit (sessions at
     /// once, or new sessions per minute), sent instead of the banner.
     pub fn too_many_connections_from(hostname: &str, client: &str, per_minute: bool) -> Reply {

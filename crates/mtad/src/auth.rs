@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use mta_auth::{
@@ -150,6 +150,13 @@ impl Auth {
                 AuthVerdict::Unavailable
             }
         }
+    }
+
+    /// How long `client`'s lockout has left, if it is locked out: the
+    /// submission listeners turn it away at connect (421 4.7.0), before a
+    /// TLS handshake it could only waste.
+    pub fn client_locked_out(&self, client: IpAddr) -> Option<Duration> {
+        self.limiter.client_locked(client, Instant::now())
     }
 
     /// The counters for /metrics: checks accepted, rejected and

@@ -101,6 +101,29 @@ pub async fn accept_loop(
             sessions.spawn(say_and_close(stream, reply));
             continue;
         }
+        // A client locked out by its failed authentications gets nothing
+        // on the submission ports, where all it could do is authenticate:
+        // no session, no TLS handshake. (Port 25 still takes its mail, and
+        // a client in relay_networks, which needs no AUTH, still gets in.)
+        if matches!(role, Role::Submission | Role::Submissions)
+            && !settings
+                .config
+                .smtp
+                .relay_networks
+                .iter()
+                .any(|net| net.contains(&peer.ip()))
+        {
+            if let Some(left) = ctx.auth.client_locked_out(peer.ip()) {
+                debug!(client = %peer.ip(), role = role.name(), locked_for = left.as_secs(), "locked out: turned away with 421");
+                let reply = mta_smtp::Session::locked_out_at_connect(
+                    &settings.hostname,
+                    &peer.ip().to_string(),
+                    left.as_secs().max(1),
+                );
+                sessions.spawn(say_and_close(stream, reply));
+                continue;
+            }
+        }
         let Ok(slot) = limits.connection_slots.clone().try_acquire_owned() else {
             ctx.stats.refused(Refusal::MaxConnections);
             if !at_limit {
