@@ -546,6 +546,28 @@ mod tests {
     }
 
     #[test]
+    fn client_locked_sees_the_client_lockout_only() {
+        let limiter = FailureLimiter::new(&small());
+        let t0 = Instant::now();
+        let c = ip("192.0.2.1");
+        // Five failures for one user from many clients lock the user, not
+        // a client: nothing to see at connect.
+        for n in 0..5 {
+            limiter.record_failure(ip(&format!("198.51.100.{n}")), "joe", t0);
+        }
+        assert_eq!(limiter.client_locked(ip("198.51.100.0"), t0), None);
+        // Four from one client lock it out for 100 s.
+        for n in 0..4 {
+            assert_eq!(limiter.client_locked(c, t0 + secs(n)), None);
+            limiter.record_failure(c, &format!("u{n}"), t0 + secs(n));
+        }
+        assert_eq!(limiter.client_locked(c, t0 + secs(10)), Some(secs(93)));
+        assert_eq!(limiter.client_locked(ip("192.0.2.2"), t0 + secs(10)), None);
+        assert_eq!(limiter.client_locked(c, t0 + secs(103)), None, "over");
+        assert_eq!(limiter.counts().refused, 1);
+    }
+
+    #[test]
     fn failures_outside_the_window_do_not_count() {
         let limiter = FailureLimiter::new(&small());
         let t0 = Instant::now();
