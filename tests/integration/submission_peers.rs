@@ -307,6 +307,11 @@ fn dovecot_checks_the_passwords_of_465_and_its_absence_is_454() {
         "454 4.7.0",
     );
     c.cmd("QUIT", "221");
+    // The reply can reach the client before mtad's log line reaches the
+    // harness that reads its standard error.
+    wait_until("the log line of the unavailable check", WAIT, || {
+        s.log().contains("authentication unavailable")
+    });
     let log = s.log();
     for (what, times) in [
         ("authentication succeeded", 2),
