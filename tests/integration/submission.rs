@@ -226,33 +226,6 @@ fn wrong_passwords_lock_the_client_out() {
     fail2ban_matches(&log, 3);
 }
 
-/// A client in `relay_networks` needs no AUTH on 587, so its own lockout
-/// does not keep it out of the port: only its AUTH is refused.
-#[test]
-fn a_locked_out_client_in_relay_networks_still_connects_to_587() {
-    let s = Submission::start("[auth.client_failures]\ndelay = \"0s\"\nlockout_after = 2\n");
-    let mut c = Client::connect_tls(s.submissions(), &s.cert);
-    c.cmd("EHLO client.test", "250");
-    c.cmd(
-        &format!("AUTH PLAIN {}", plain("bob@local.test", "no1")),
-        "535 5.7.8",
-    );
-    c.cmd(
-        &format!("AUTH PLAIN {}", plain("bob@local.test", "no2")),
-        "421 4.7.0",
-    );
-    let mut c = Client::connect(s.submission());
-    assert_eq!(c.banner.code, 220, "{}", c.banner.text());
-    c.cmd("EHLO client.test", "250");
-    let mut c = c.starttls(&s.cert);
-    c.cmd("EHLO client.test", "250");
-    c.cmd(
-        &format!("AUTH PLAIN {}", plain("bob@local.test", PASSWORD)),
-        "421 4.7.0",
-    );
-    drop(s);
-}
-
 fn metrics(mtad: &Mtad) -> String {
     let (code, body) =
         crate::http::request(mtad.http.expect("http"), "GET", "/metrics", None, None);

@@ -102,17 +102,10 @@ pub async fn accept_loop(
             continue;
         }
         // A client locked out by its failed authentications gets nothing
-        // on the submission ports, where all it could do is authenticate:
-        // no session, no TLS handshake. (Port 25 still takes its mail, and
-        // a client in relay_networks, which needs no AUTH, still gets in.)
-        if matches!(role, Role::Submission | Role::Submissions)
-            && !settings
-                .config
-                .smtp
-                .relay_networks
-                .iter()
-                .any(|net| net.contains(&peer.ip()))
-        {
+        // on the submission ports, where every client must authenticate
+        // before MAIL and its AUTH would only hear 421: no session, no TLS
+        // handshake. (Port 25 still takes its mail.)
+        if matches!(role, Role::Submission | Role::Submissions) {
             if let Some(left) = ctx.auth.client_locked_out(peer.ip()) {
                 debug!(client = %peer.ip(), role = role.name(), locked_for = left.as_secs(), "locked out: turned away with 421");
                 let reply = mta_smtp::Session::locked_out_at_connect(
