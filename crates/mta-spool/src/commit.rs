@@ -16,7 +16,11 @@
 //!
 //! The rename into `msg/<bucket>/` is the commit point: before it, a crash
 //! leaves a file in `tmp/` that open removes (the client was never told
-//! "250"); after it (and the directory fsync), the message is queued.
+//! "250"); after it (and the directory fsync), the message is queued. A
+//! message written in a slot (reuse.rs) is committed by a hard link
+//! instead, the same step for durability (a new name in `msg/<bucket>/`,
+//! made durable by the same directory fsync) that leaves the slot's name
+//! in `tmp/`; "rename" below stands for both.
 
 use std::fs;
 use std::io;
@@ -34,6 +38,7 @@ use crate::entry::IndexEntry;
 use crate::error::{copy_io_error, SpoolError};
 use crate::index::Index;
 use crate::layout::{fsync_dir, Layout, BUCKETS};
+use crate::reuse::Lent;
 
 /// Counters shared by the spool handles and the committing threads. (The
 /// message counts are the index's own, kept under its per-id locks.)
@@ -52,6 +57,9 @@ pub(crate) struct Request {
     pub tmp: PathBuf,
     /// What to record in the index once committed.
     pub entry: IndexEntry,
+    /// Committed by a link rather than a rename: `tmp` is a slot lent to
+    /// the message (reuse.rs, `Lent`), whose name stays.
+    pub link: bool,
     /// Where the outcome goes.
     pub reply: oneshot::Sender<Result<(), SpoolError>>,
 }
@@ -79,6 +87,7 @@ struct Shared {
     layout: Layout,
     index: Index,
     counters: Arc<Counters>,
+    lent: Arc<Lent>,
     max_batch: usize,
     commit_delay: Option<Duration>,
     buckets: Vec<BucketSync<Renamed>>,
@@ -99,6 +108,7 @@ impl Committer {
         layout: Layout,
         index: Index,
         counters: Arc<Counters>,
+        lent: Arc<Lent>,
         max_batch: usize,
         tuning: &Tuning,
     ) -> Committer {
@@ -107,6 +117,7 @@ impl Committer {
                 layout,
                 index,
                 counters,
+                lent,
                 max_batch: max_batch.max(1),
                 commit_delay: tuning.commit_delay,
                 buckets: BUCKETS.iter().map(|_| BucketSync::default()).collect(),
@@ -191,12 +202,19 @@ impl Commit {
             // The caller gave up (its future was dropped) before the commit
             // point: it cannot tell the client "250", so do not queue.
             remove_quietly(&request.tmp);
+            shared.given_up(request.id, request.link);
             return;
         }
         let dest = shared.layout.msg_path(request.id);
         // Never over a queued message that has the same id.
-        if let Err(e) = rename_no_replace(&request.tmp, &dest) {
+        let placed = if request.link {
+            fs::hard_link(&request.tmp, &dest)
+        } else {
+            rename_no_replace(&request.tmp, &dest)
+        };
+        if let Err(e) = placed {
             remove_quietly(&request.tmp);
+            shared.given_up(request.id, request.link);
             let error = if e.kind() == io::ErrorKind::AlreadyExists {
                 SpoolError::IdInUse { id: request.id }
             } else {
@@ -251,6 +269,7 @@ fn finish(shared: &Shared, dir: &Path, renamed: Renamed, synced: &io::Result<()>
             // The rename may or may not be on disk; the caller will hear
             // "not queued", so take the file back (best effort).
             remove_quietly(&dest);
+            shared.given_up(request.id, request.link);
             Err(SpoolError::io("fsync directory", dir, copy_io_error(e)))
         }
         // Not flushed here: the index is rebuilt by a rescan after a
@@ -261,6 +280,7 @@ fn finish(shared: &Shared, dir: &Path, renamed: Renamed, synced: &io::Result<()>
                 // Report failure consistently: an error means "not
                 // queued", so do not leave the file to be found later.
                 remove_quietly(&dest);
+                shared.given_up(request.id, request.link);
                 Err(e)
             }
         },
@@ -268,6 +288,16 @@ fn finish(shared: &Shared, dir: &Path, renamed: Renamed, synced: &io::Result<()>
     drop(commit);
     if request.reply.send(result).is_err() {
         tracing::debug!(id = %request.id, "store() caller left after the commit point; message stays queued");
+    }
+}
+
+impl Shared {
+    /// `request` will not be queued: a slot lent to it goes (its file
+    /// was removed, or is being).
+    fn given_up(&self, id: QueueId, link: bool) {
+        if link {
+            self.lent.forget(id);
+        }
     }
 }
 

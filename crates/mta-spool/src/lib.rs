@@ -398,10 +398,12 @@ impl Spool {
         let messages = index.shared().len() as usize;
 
         let counters = Arc::new(Counters::default());
+        let lent = Arc::new(reuse::Lent::default());
         let committer = Committer::new(
             layout.clone(),
             index.clone(),
             Arc::clone(&counters),
+            Arc::clone(&lent),
             config.max_batch,
             &tuning,
         );
@@ -472,7 +474,7 @@ impl Spool {
         );
         let spool = Spool {
             inner: Arc::new(Inner {
-                free: reuse::FreeFiles::new(&layout.tmp, layout.modes.file),
+                free: reuse::FreeFiles::new(&layout.tmp, layout.modes.file, lent),
                 writers: writers::Writers::new(config.writers),
                 layout,
                 min_free_space: config.min_free_space,
@@ -553,12 +555,20 @@ impl Spool {
 
         let size = content.len();
         let header = file::encode_header(envelope, size);
+        let need = (header.len() + size) as u64;
         // Over a finished message's file when one is kept (reuse.rs),
-        // else a new file.
-        let reused = self.inner.free.take((header.len() + size) as u64);
-        let tmp = reused
-            .as_ref()
-            .map_or_else(|| self.inner.layout.tmp_path(id), |(path, _)| path.clone());
+        // else a new file: under a slot's name when it may be kept
+        // afterwards. A message in a slot is committed by a link, so the
+        // slot keeps its name (reuse.rs, `Lent`).
+        let reused = self.inner.free.take(need);
+        let (tmp, slot) = match &reused {
+            Some((path, _)) => (path.clone(), true),
+            None => match self.inner.free.new_slot(need) {
+                Some(slot) => (slot, true),
+                None => (self.inner.layout.tmp_path(id), false),
+            },
+        };
+        let link = slot && self.inner.free.lent().lend(id, tmp.clone());
         let mode = self.inner.layout.modes.file;
         let (reply, answer) = oneshot::channel();
         let request = Request {
@@ -568,6 +578,7 @@ impl Spool {
                 queue,
                 ..IndexEntry::arrived(envelope, size as u64)
             },
+            link,
             reply,
         };
 
@@ -582,6 +593,7 @@ impl Spool {
             };
             drop(content);
             if let Err(e) = &written {
+                spool.free.lent().forget(id);
                 if e.is_no_space() {
                     // Kept files hold space: give it back (reuse.rs).
                     spool.free.keep(false);
@@ -670,7 +682,7 @@ impl Spool {
     pub fn remove(&self, id: QueueId) -> Result<(), SpoolError> {
         let index = self.index()?;
         let path = self.inner.layout.msg_path(id);
-        match self.inner.free.retire(&path) {
+        match self.inner.free.retire(id, &path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(SpoolError::io("remove", &path, e)),
@@ -704,6 +716,9 @@ impl Spool {
             self.inner.corrupt.fetch_sub(1, Ordering::Relaxed);
         }
         let moved = if gone { Ok(()) } else { moved };
+        // Wherever the file is now, its slot in tmp/ is no longer free to
+        // be written over.
+        self.inner.free.lent().forget(id);
         index.remove(id)?;
         moved
     }
@@ -1046,6 +1061,7 @@ impl Spool {
         committer.stop();
         flusher.stop();
         self.inner.free.clear();
+        self.inner.free.lent().release_all();
         // A failed index gets one more chance (space may be back), with
         // no rescan: the next open does that.
         let mut reopened = false;

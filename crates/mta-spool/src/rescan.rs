@@ -697,7 +697,8 @@ pub(crate) fn clear_tmp(layout: &Layout) -> Result<(usize, Option<QueueId>), Spo
         let path = entry.path();
         let name = entry.file_name();
         if name.to_str().is_some_and(crate::reuse::is_free_name) {
-            // A finished message's file kept for reuse: no one's mail.
+            // A finished message's file kept for reuse, or the second
+            // name of a queued one (reuse.rs): no one's mail.
             match fs::remove_file(&path) {
                 Ok(()) => continue,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,

@@ -66,6 +66,21 @@ fn msg_files(queue: &Path) -> Vec<(String, String)> {
     files
 }
 
+/// Files in `dir` (tmp/) with another name: slots lent to queued messages
+/// (reuse.rs).
+fn lent_in(dir: &Path) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().metadata().unwrap().nlink() > 1)
+        .count()
+}
+
+/// Files in `dir` (tmp/) with no other name: kept for the next message.
+fn kept_in(dir: &Path) -> usize {
+    fs::read_dir(dir).unwrap().count() - lent_in(dir)
+}
+
 fn dir_entries(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)
         .unwrap()
@@ -147,7 +162,12 @@ async fn store_then_read_back() {
 
     let bucket = format!("{:x}", id.value() & 0xf);
     assert_eq!(msg_files(&queue), vec![(bucket.clone(), id.to_string())]);
-    assert!(dir_entries(&queue.join("tmp")).is_empty());
+    // Its file's other name: the slot in tmp/ it was written in, kept
+    // for the next message once this one is done (reuse.rs).
+    let slots = dir_entries(&queue.join("tmp"));
+    assert_eq!(slots.len(), 1, "{slots:?}");
+    assert!(crate::reuse::is_free_name(&slots[0]), "{slots:?}");
+    assert_eq!(lent_in(&queue.join("tmp")), 1);
 
     // The file format: magic line with the content's length, one line
     // of JSON, then the content.
@@ -660,6 +680,20 @@ async fn a_corrupt_file_found_at_run_time_is_set_aside_and_unindexed() {
     // A second time (say, a rescan got there first): nothing to move.
     spool.set_aside_corrupt(bad, "test").unwrap();
     assert_eq!(spool.corrupt_set_aside(), 1);
+    // Its slot in tmp/ (reuse.rs) went too: no later message can be
+    // written over the file set aside.
+    assert_eq!(
+        lent_in(&queue.join("tmp")),
+        1,
+        "the other message's slot only"
+    );
+    for id in store_n(&spool, 3).await {
+        spool.remove(id).unwrap();
+    }
+    assert_eq!(
+        fs::read(queue.join("corrupt").join(bad.to_string())).unwrap(),
+        b"MTA-SPOOL 1\n{\"sen"
+    );
     spool.close().unwrap();
 
     // The clean index is trusted and no longer knows it.
@@ -700,7 +734,8 @@ async fn failed_create_leaves_nothing_behind() {
     let kept = store_n(&spool, 1).await;
 
     // tmp/ is now a regular file: creating tmp/<id> fails with ENOTDIR.
-    fs::remove_dir(queue.join("tmp")).unwrap();
+    // (The queued message loses its second name there, its slot.)
+    fs::remove_dir_all(queue.join("tmp")).unwrap();
     fs::write(queue.join("tmp"), b"").unwrap();
     let id = spool.next_id();
     let err = spool
@@ -754,8 +789,16 @@ async fn reused_id_does_not_replace_a_queued_message() {
     assert!(matches!(err, SpoolError::IdInUse { .. }), "{err:?}");
     assert_eq!(spool.read(id).unwrap().1, b"first");
     assert_eq!(spool.len(), 1);
-    assert!(dir_entries(&spool.dir().join("tmp")).is_empty());
+    // Only the queued message's second name (its slot, reuse.rs) is left
+    // in tmp/.
+    let left = dir_entries(&spool.dir().join("tmp"));
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(
+        fs::read(spool.dir().join("tmp").join(&left[0])).unwrap(),
+        fs::read(spool.inner.layout.msg_path(id)).unwrap()
+    );
     spool.close().unwrap();
+    assert!(dir_entries(&tmp.path().join("queue/tmp")).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1856,9 +1899,11 @@ async fn the_next_message_is_written_over_a_finished_ones_file() {
     spool.store(first, &envelope(1), &[&long]).await.unwrap();
     let first_path = spool.inner.layout.msg_path(first);
     let inode = fs::metadata(&first_path).unwrap().ino();
+    assert_eq!(lent_in(&tmp), 1, "its slot in tmp/");
     spool.remove(first).unwrap();
     assert!(!first_path.exists());
-    assert_eq!(fs::read_dir(&tmp).unwrap().count(), 1, "kept in tmp/");
+    assert_eq!(kept_in(&tmp), 1, "kept in tmp/");
+    assert_eq!(lent_in(&tmp), 0);
     assert!(matches!(
         spool.read(first),
         Err(SpoolError::NotFound { .. })
@@ -1875,7 +1920,8 @@ async fn the_next_message_is_written_over_a_finished_ones_file() {
     assert_eq!(meta.ino(), inode, "the same file");
     assert_eq!(meta.mode() & 0o777, 0o600);
     assert!(meta.len() < 1000, "cut to size: {}", meta.len());
-    assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0, "taken from tmp/");
+    assert_eq!(kept_in(&tmp), 0, "taken");
+    assert_eq!(lent_in(&tmp), 1, "lent to the second message");
     let (read, content) = spool.read(second).unwrap();
     assert_eq!(read, envelope(2));
     assert_eq!(content, b"short", "nothing of the longer message read");
@@ -1913,15 +1959,20 @@ async fn the_next_message_is_written_over_a_finished_ones_file() {
     let fifth_path = spool.inner.layout.msg_path(fifth);
     fs::set_permissions(&fifth_path, fs::Permissions::from_mode(0o640)).unwrap();
     spool.remove(fifth).unwrap();
-    assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0, "not kept");
+    assert_eq!(kept_in(&tmp), 0, "not kept");
 
     // Kept files do not outlive the spool.
     let sixth = spool.next_id();
     spool.store(sixth, &envelope(1), &[b"x"]).await.unwrap();
     spool.remove(sixth).unwrap();
-    assert_eq!(fs::read_dir(&tmp).unwrap().count(), 1);
+    assert_eq!(kept_in(&tmp), 1);
+    assert_eq!(lent_in(&tmp), 2, "the second and fourth messages' slots");
     spool.close().unwrap();
-    assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0, "close removes them");
+    assert_eq!(
+        fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "close removes them, and the slots' names"
+    );
 
     let (spool, _) = Spool::open(config.clone()).unwrap();
     assert_eq!(spool.read(second).unwrap().1, b"short");
