@@ -15,7 +15,8 @@
 #   PROFILE_FREQ=HZ      perf's sampling frequency (default 499)
 #   PROFILE_NO_BUILD=1   skip `cargo build --release`
 #   PROFILE_COUNT=1      instead of a profile, count mtad's system calls,
-#                        context switches and CPU time (perf stat) and
+#                        context switches, the block writes its threads
+#                        issue and its CPU time (perf stat) and
 #                        print them per message; OUT is then a text file
 #   PROFILE_MTAD=PATH    profile this mtad binary (a copy kept from before a
 #                        change) instead of the checkout's release build
@@ -104,9 +105,12 @@ wait_mtad_ready "$WORK"
 "$LOADGEN" --server "127.0.0.1:$MTAD_PORT" --sessions "$SESSIONS" --messages 200 --size "$SIZE" "$@" \
     --timeout 60 >/dev/null 2>&1 || die "warm-up failed"
 
-COUNTED=(fdatasync fsync openat rename renameat2 unlink ftruncate write sendto recvfrom futex epoll_wait sched_yield)
+COUNTED=(fdatasync fsync openat rename renameat2 linkat unlink ftruncate write sendto recvfrom futex epoll_wait sched_yield)
 if [ -n "${PROFILE_COUNT:-}" ]; then
-    events=$(printf 'syscalls:sys_enter_%s,' "${COUNTED[@]}")context-switches,task-clock
+    # block_rq_issue: the block device requests mtad's own threads issue
+    # (the writes of its fsyncs; the cache flushes that end them are
+    # issued by the kernel's workers, so they are not counted).
+    events=$(printf 'syscalls:sys_enter_%s,' "${COUNTED[@]}")context-switches,block:block_rq_issue,task-clock
     perf stat -x, -e "$events" -p "$MTAD_PID" -o "$WORK/stat.csv" 2>"$WORK/perf.err" &
 else
     perf record -F "$FREQ" -g --call-graph dwarf,16384 -p "$MTAD_PID" -o "$WORK/perf.data" 2>"$WORK/perf.err" &
@@ -142,6 +146,7 @@ if [ -n "${PROFILE_COUNT:-}" ]; then
             name = $3; sub(/^syscalls:sys_enter_/, "", name)
             printf "  %-18s %8.2f\n", name, $1 / n
         }
+        $3 == "block:block_rq_issue" { printf "  %-18s %8.2f\n", "block writes", $1 / n }
         $3 == "task-clock" { printf "  %-18s %8.3f\n", "CPU ms", $1 / n }' "$WORK/stat.csv" | tee "$OUT"
     exit 0
 fi

@@ -236,17 +236,17 @@ start_mtad() { # binary [netcheck]: run it under strace
         strace -f -qq -o "$MTADIR/strace.out" -e trace=connect,sendto,sendmsg,sendmmsg \
             "$bin" --config "$MTADIR/mtad.toml" >"$MTADIR/stdout" 2>"$MTADIR/mtad.log" &
         MTAD_STRACE_PID=$!
-        for _ in $(seq 50); do
-            MTAD_PID=$(pgrep -P "$MTAD_STRACE_PID" | head -n1) || true
-            [ -n "$MTAD_PID" ] && break
-            sleep 0.1
-        done
-        [ -n "$MTAD_PID" ] || die "mtad did not start under strace"
+        # Until mtad says its pid, watch strace (a child of strace looked
+        # up before may still be strace's own copy, on its way to exec).
+        MTAD_PID=$MTAD_STRACE_PID
+        wait_mtad_ready "$MTADIR"
+        MTAD_PID=$(sed -n 's/^mtad: ready (pid \([0-9]*\))$/\1/p' "$MTADIR/stdout" | head -n1)
+        [ -n "$MTAD_PID" ] || die "mtad did not say its pid under strace"
     else
         "$bin" --config "$MTADIR/mtad.toml" >"$MTADIR/stdout" 2>"$MTADIR/mtad.log" &
         MTAD_PID=$!
+        wait_mtad_ready "$MTADIR"
     fi
-    wait_mtad_ready "$MTADIR"
     [ -n "$MTAD_PORT" ] || die "could not read mtad's port from its stdout"
 }
 
