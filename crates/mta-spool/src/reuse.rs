@@ -19,10 +19,11 @@
 //!   never changes. (A rename into `tmp/` would: and ext4 without a
 //!   journal makes the next fdatasync of a file given a new name since
 //!   its last fsync write that name's directory as well, one more write
-//!   to wait for before the next message's 250.) Other messages (large
-//!   ones, or any while files are not kept) are written as `tmp/<id>`
-//!   and renamed into `msg/`; done, a small one of them is renamed to a
-//!   `free.N` name.
+//!   to wait for before the next message's 250.) At most [`MAX_LENT`]
+//!   messages hold a slot at once. Other messages (large ones, those
+//!   beyond that many, any while files are not kept) are written as
+//!   `tmp/<id>` (or in a kept file) and renamed into `msg/`; done, a
+//!   small one of them is renamed to a `free.N` name.
 //! - A message goes in the smallest kept file that holds it, else in the
 //!   largest (which grows). A file left more than `file::slack` bytes longer
 //!   than its new message is cut to size, so a queued message never takes
@@ -71,6 +72,12 @@ pub(crate) const MAX_SIZE: u64 = 128 * 1024;
 
 /// Most bytes kept in all.
 pub(crate) const MAX_BYTES: u64 = 8 << 20;
+
+/// Most messages lent a slot at once. A queue that holds more (a backlog
+/// deferred for hours, a million seeded messages) commits the rest by a
+/// rename: `tmp/` never holds more than this many second names, the record
+/// of them stays small, and `close` unlinks them in moments.
+pub(crate) const MAX_LENT: usize = 4096;
 
 /// How the names of kept files begin, in `tmp/`.
 pub(crate) const PREFIX: &str = "free.";
@@ -267,11 +274,16 @@ pub(crate) struct Lent(Mutex<HashMap<QueueId, PathBuf>>);
 impl Lent {
     /// Records that `id` is being stored in `slot`: before the commit, as
     /// the message may be done as soon as it is committed. False, and
-    /// nothing recorded, when `id` has a slot already (a second store
-    /// under a queued message's id, which its commit will refuse).
+    /// nothing recorded, when [`MAX_LENT`] messages hold slots, or `id`
+    /// has one already (a second store under a queued message's id, which
+    /// its commit will refuse): the message is then committed by a rename.
     #[must_use]
     pub fn lend(&self, id: QueueId, slot: PathBuf) -> bool {
-        match self.0.lock().entry(id) {
+        let mut lent = self.0.lock();
+        if lent.len() >= MAX_LENT {
+            return false;
+        }
+        match lent.entry(id) {
             std::collections::hash_map::Entry::Occupied(_) => false,
             std::collections::hash_map::Entry::Vacant(v) => {
                 v.insert(slot);
@@ -541,6 +553,19 @@ mod tests {
         assert!(!slot.exists());
         assert_eq!(fs::read(&msg).unwrap(), b"y");
         assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0);
+    }
+
+    /// At most MAX_LENT messages hold a slot.
+    #[test]
+    fn at_most_max_lent_slots() {
+        let lent = Lent::default();
+        for n in 0..MAX_LENT as u64 {
+            assert!(lent.lend(QueueId::new(n), PathBuf::from(format!("free.{n}"))));
+        }
+        assert!(!lent.lend(QueueId::new(u64::MAX), PathBuf::from("free.x")));
+        lent.take_back(QueueId::new(0)).unwrap();
+        assert!(lent.lend(QueueId::new(u64::MAX), PathBuf::from("free.x")));
+        assert_eq!(lent.len(), MAX_LENT);
     }
 
     /// No slot for a file that will not be kept: too large, or while
