@@ -125,6 +125,18 @@ fn ordinary_run(bytes: &[u8]) -> usize {
     memchr::memchr3(b'\r', b'\n', 0, bytes).unwrap_or(bytes.len())
 }
 
+/// How many CRs `bytes` holds, counted in runs short enough for a byte
+/// counter, which the compiler turns into vector compares.
+fn count_cr(bytes: &[u8]) -> usize {
+    bytes
+        .chunks(255)
+        .map(|run| {
+            run.iter()
+                .fold(0u8, |n, &b| n.wrapping_add(u8::from(b == b'\r'))) as usize
+        })
+        .sum()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum DataState {
     /// Just after a CRLF (or at the very start).
@@ -216,6 +228,10 @@ impl DataDecoder {
     /// Called with no CR pending, in the middle of a line or at the start
     /// of one that does not open with a dot; returns the octets taken.
     fn lines(&mut self, input: &[u8]) -> usize {
+        let whole = self.whole_lines(input);
+        if whole > 0 {
+            return whole;
+        }
         // Where the current line began in `input`, and its octets before.
         let mut line_start = 0;
         let mut before = self.checker.line_len;
@@ -250,6 +266,40 @@ impl DataDecoder {
             self.checker.line_len = before + (end - line_start);
             self.state = DataState::Mid;
         }
+        end
+    }
+
+    /// The usual text's way through [`lines`](Self::lines): the whole
+    /// lines at the start of `input` found by their LFs alone (each after
+    /// a CR, within the line limit, the next not opening with a dot),
+    /// then checked all at once: no NUL among them, and no CR but the one
+    /// before each LF. One search stop per line instead of two, and two
+    /// passes that run at the speed of memory. Returns the octets taken;
+    /// 0 when there is no whole line or the check fails, and `lines` then
+    /// goes by the octets that matter one search at a time.
+    fn whole_lines(&mut self, input: &[u8]) -> usize {
+        let mut before = self.checker.line_len;
+        let mut end = 0;
+        let mut lines = 0;
+        for lf in memchr::memchr_iter(b'\n', input) {
+            let crlf = lf > 0 && input[lf - 1] == b'\r';
+            if !crlf || before + (lf + 1 - end) > self.checker.max_line {
+                break;
+            }
+            lines += 1;
+            end = lf + 1;
+            before = 0;
+            if input.get(end) == Some(&b'.') {
+                break;
+            }
+        }
+        let taken = &input[..end];
+        if lines == 0 || memchr::memchr(0, taken).is_some() || count_cr(taken) != lines {
+            return 0;
+        }
+        self.keep_all(taken);
+        self.checker.line_len = 0;
+        self.state = DataState::LineStart;
         end
     }
 
@@ -337,6 +387,39 @@ mod tests {
         let mut d = DataDecoder::new(1000, 1 << 20, 0);
         let (used, done) = d.feed(wire);
         (d.finish(), used, done)
+    }
+
+    /// Whole lines are taken many at once and checked afterwards: a bare
+    /// CR, a NUL or a bare LF among them is still found, and a dot
+    /// opening a line after them still unstuffed.
+    #[test]
+    fn a_fault_among_many_whole_lines_is_still_found() {
+        let many = b"an ordinary line of text\r\n".repeat(40);
+        for (fault, error) in [
+            (&b"a bare \r inside\r\n"[..], TextError::BareCr),
+            (b"a \0 inside\r\n", TextError::Nul),
+            (b"a bare \n inside\r\n", TextError::BareLf),
+        ] {
+            let wire = [&many[..], fault, &many, b".\r\n"].concat();
+            let (content, used, done) = decode(&wire);
+            assert!(done && used == wire.len());
+            assert_eq!(content, Err(error));
+        }
+        let wire = [&many[..], b"..stuffed\r\n", &many, b".\r\n"].concat();
+        let (content, _, done) = decode(&wire);
+        assert!(done);
+        assert_eq!(
+            content.unwrap(),
+            [&many[..], b".stuffed\r\n", &many].concat()
+        );
+    }
+
+    #[test]
+    fn crs_are_counted_across_runs() {
+        for n in [0, 1, 254, 255, 256, 1000] {
+            let bytes = [b"x\r".repeat(n), b"\n".to_vec()].concat();
+            assert_eq!(count_cr(&bytes), n);
+        }
     }
 
     #[test]
