@@ -593,7 +593,9 @@ impl Spool {
             };
             drop(content);
             if let Err(e) = &written {
-                spool.free.lent().forget(id);
+                if link {
+                    spool.free.lent().forget(id);
+                }
                 if e.is_no_space() {
                     // Kept files hold space: give it back (reuse.rs).
                     spool.free.keep(false);
