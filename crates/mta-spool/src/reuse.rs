@@ -252,11 +252,7 @@ impl FreeFiles {
     pub fn clear(&self) {
         let files = std::mem::take(&mut *self.kept.lock()).files;
         for (path, _) in files {
-            if let Err(e) = fs::remove_file(&path) {
-                if e.kind() != io::ErrorKind::NotFound {
-                    tracing::warn!(path = %path.display(), error = %e, "could not remove a spool file kept for reuse");
-                }
-            }
+            remove_quietly(&path);
         }
     }
 }
@@ -280,16 +276,11 @@ impl Lent {
     #[must_use]
     pub fn lend(&self, id: QueueId, slot: PathBuf) -> bool {
         let mut lent = self.0.lock();
-        if lent.len() >= MAX_LENT {
+        if lent.len() >= MAX_LENT || lent.contains_key(&id) {
             return false;
         }
-        match lent.entry(id) {
-            std::collections::hash_map::Entry::Occupied(_) => false,
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(slot);
-                true
-            }
-        }
+        lent.insert(id, slot);
+        true
     }
 
     /// The slot of `id`, no longer recorded.
@@ -322,11 +313,12 @@ impl Lent {
     }
 }
 
-/// Unlinks `path`, reporting failures other than its absence.
+/// Unlinks `path` (a kept file, or a slot's name), reporting failures
+/// other than its absence.
 fn remove_quietly(path: &Path) {
     if let Err(e) = fs::remove_file(path) {
         if e.kind() != io::ErrorKind::NotFound {
-            tracing::warn!(path = %path.display(), error = %e, "could not remove a spool file's second name");
+            tracing::warn!(path = %path.display(), error = %e, "could not remove a spool file kept for reuse");
         }
     }
 }
