@@ -39,6 +39,16 @@ pub(crate) fn terminator(content: &[u8]) -> &'static [u8] {
     }
 }
 
+/// Appends the whole wire form of `content` to `out`: the content
+/// dot-stuffed, then the end of the data (a CRLF first when the content
+/// does not end with one).
+pub fn wire_form(content: &[u8], out: &mut Vec<u8>) {
+    let after = terminator(content);
+    out.reserve(content.len() + after.len());
+    stuff(content, 0, content.len(), out);
+    out.extend_from_slice(after);
+}
+
 /// Whether `content[start..end]` holds a dot to double.
 fn has_dot_to_double(content: &[u8], start: usize, end: usize) -> bool {
     (start < end && content[start] == b'.' && (start == 0 || content[start - 1] == b'\n'))
@@ -79,6 +89,19 @@ mod tests {
             .flat_map(|(block, after)| [block.into_owned(), after.to_vec()])
             .flatten()
             .collect()
+    }
+
+    /// The wire form in one piece is the blocks' wire form.
+    #[test]
+    fn wire_form_is_the_blocks_joined() {
+        let mut big = b"a\r\n.b\r\n".repeat(BLOCK / 4);
+        big.extend_from_slice(b".end");
+        for content in [&b""[..], b".", b"x\r", b"..\r\n.\r\n", &big] {
+            let mut out = b"kept".to_vec();
+            wire_form(content, &mut out);
+            assert_eq!(&out[..4], b"kept");
+            assert_eq!(out[4..], wire(content)[..], "{:?}", &content[..content.len().min(20)]);
+        }
     }
 
     #[test]

@@ -48,7 +48,7 @@ mod client;
 mod config;
 mod counters;
 pub mod dane;
-mod data;
+pub mod data;
 mod error;
 mod limits;
 pub mod mx;
