@@ -100,7 +100,12 @@ mod tests {
             let mut out = b"kept".to_vec();
             wire_form(content, &mut out);
             assert_eq!(&out[..4], b"kept");
-            assert_eq!(out[4..], wire(content)[..], "{:?}", &content[..content.len().min(20)]);
+            assert_eq!(
+                out[4..],
+                wire(content)[..],
+                "{:?}",
+                &content[..content.len().min(20)]
+            );
         }
     }
 
