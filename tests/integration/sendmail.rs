@@ -30,13 +30,18 @@ struct Setup {
 
 impl Setup {
     fn new(drop_group: &str) -> Setup {
+        Setup::with(drop_group, "")
+    }
+
+    /// [`Setup::new`] with more keys for `[sendmail]`.
+    fn with(drop_group: &str, more: &str) -> Setup {
         let work = Workdir::new();
         std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let extra =
             format!(
             "[smtp]\nlisten = [\"127.0.0.1:0\"]\nlocal_domains = [\"local.test\", \"mx.test\"]\n\
              [sendmail]\nsocket = {:?}\ndrop_dir = {:?}\ndrop_group = {drop_group:?}\n\
-             drop_scan_interval = \"100ms\"\n",
+             drop_scan_interval = \"100ms\"\n{more}",
             work.path().join("run/mta/submit.sock").display().to_string(),
             work.path().join("spool/maildrop").display().to_string(),
         );
@@ -253,6 +258,63 @@ fn with_mtad_down_the_message_is_dropped_then_imported_once() {
         queued[0].1.origin.auth.as_deref(),
         Some(format!("local:{uid}:{name}").as_str())
     );
+}
+
+/// mtad down: a user's drop files wait up to `drop_max_per_user`; the
+/// next message is refused with EX_TEMPFAIL (75), saying why, and leaves
+/// nothing behind. Once mtad imported them the user may drop again.
+#[test]
+fn a_user_drops_at_most_drop_max_per_user_messages() {
+    let s = Setup::with("mail", "drop_max_per_user = 2\n");
+    Mtad::start(&s.work).terminate();
+    for n in 0..2 {
+        let o = s.sendmail(&["-i", "alice@local.test"], &format!("Subject: {n}\n\nx\n"));
+        assert_eq!(code(&o), 0, "{}", text(&o));
+    }
+    let (uid, _) = me();
+    assert_eq!(
+        s.drops(),
+        [format!("drop-{uid}-0"), format!("drop-{uid}-1")]
+    );
+    let o = s.sendmail(&["-i", "alice@local.test"], "Subject: 2\n\nx\n");
+    assert_eq!(code(&o), 75, "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("message NOT sent to alice@local.test")
+            && err.contains("2 messages of this user already wait")
+            && err.contains("sendmail.drop_max_per_user"),
+        "{err}"
+    );
+    let all: Vec<_> = std::fs::read_dir(s.drop_dir()).unwrap().collect();
+    assert_eq!(all.len(), 2, "no temporary file left: {all:?}");
+
+    let mtad = Mtad::start(&s.work);
+    let got = s.wait_maildir("local.test", "alice", 2);
+    assert!(got[0].contains("Subject: ") && got[1].contains("Subject: "));
+    wait_until("the drop files imported", WAIT, || s.drops().is_empty());
+    mtad.terminate();
+    let o = s.sendmail(&["-i", "alice@local.test"], "Subject: 3\n\nx\n");
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert_eq!(s.drops(), [format!("drop-{uid}-0")]);
+}
+
+/// mtad down and the drop directory's file system short of the reserve
+/// `drop_min_free_space` keeps: refused with EX_TEMPFAIL (75), nothing
+/// written.
+#[test]
+fn a_drop_never_eats_into_the_free_space_reserve() {
+    let s = Setup::with("mail", "drop_min_free_space = \"1000000GiB\"\n");
+    Mtad::start(&s.work).terminate();
+    let o = s.sendmail(&["-i", "alice@local.test"], "Subject: s\n\nx\n");
+    assert_eq!(code(&o), 75, "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("message NOT sent to alice@local.test")
+            && err.contains("must stay free (sendmail.drop_min_free_space)"),
+        "{err}"
+    );
+    let all: Vec<_> = std::fs::read_dir(s.drop_dir()).unwrap().collect();
+    assert!(all.is_empty(), "{all:?}");
 }
 
 /// No socket and no drop directory: nothing can keep the message, so

@@ -20,6 +20,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::ConfigError;
+use crate::ByteSize;
 
 /// The socket `mta-sendmail` connects to when no configuration says
 /// otherwise.
@@ -51,6 +52,15 @@ pub struct SendmailConfig {
     pub drop_scan_interval: Duration,
     /// Local submission sessions at once; one more waits for a slot.
     pub max_connections: usize,
+    /// Drop files one user may have waiting at once; `mta-sendmail`
+    /// exits 75 (EX_TEMPFAIL) for the next until mtad imports some.
+    pub drop_max_per_user: u32,
+    /// Free space `mta-sendmail` leaves on the drop directory's file
+    /// system: a message that would leave less is not dropped (exit 75).
+    /// Keep it above `spool.min_free_space` when the two share a file
+    /// system, so that users filling the drop directory never bring the
+    /// spool down to its reserve.
+    pub drop_min_free_space: ByteSize,
 }
 
 impl Default for SendmailConfig {
@@ -62,6 +72,8 @@ impl Default for SendmailConfig {
             drop_group: "mtadrop".to_owned(),
             drop_scan_interval: Duration::from_secs(5),
             max_connections: 100,
+            drop_max_per_user: 1000,
+            drop_min_free_space: ByteSize(300 * 1024 * 1024),
         }
     }
 }
@@ -132,6 +144,9 @@ impl SendmailConfig {
         if self.max_connections == 0 {
             problem("sendmail.max_connections", "must be at least 1".into());
         }
+        if self.drop_max_per_user == 0 {
+            problem("sendmail.drop_max_per_user", "must be at least 1".into());
+        }
         if self.drop_group.is_empty() {
             problem("sendmail.drop_group", "must name a group".into());
         }
@@ -153,6 +168,14 @@ mod tests {
         assert_eq!(c.drop_dir, PathBuf::from(DEFAULT_DROP_DIR));
         let c = SendmailConfig::parse("[http]\ntoken = \"x\"\n").unwrap();
         assert_eq!(c.socket, PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(c.drop_max_per_user, 1000);
+        assert_eq!(c.drop_min_free_space, ByteSize(300 << 20));
+        let c = SendmailConfig::parse(
+            "[sendmail]\ndrop_max_per_user = 5\ndrop_min_free_space = \"1GiB\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.drop_max_per_user, 5);
+        assert_eq!(c.drop_min_free_space, ByteSize(1 << 30));
         let e = SendmailConfig::parse("[sendmail]\nsocket_path = \"/x\"\n").unwrap_err();
         assert!(e.contains("socket_path"), "{e}");
     }
@@ -168,12 +191,12 @@ mod tests {
     fn relative_paths_and_zero_limits_are_problems() {
         let c = SendmailConfig::parse(
             "[sendmail]\nsocket = \"submit.sock\"\ndrop_dir = \"drop\"\nmax_connections = 0\n\
-             drop_scan_interval = \"0s\"\n",
+             drop_scan_interval = \"0s\"\ndrop_max_per_user = 0\n",
         )
         .unwrap();
         let mut found = Vec::new();
         c.check(&mut |key, what| found.push(format!("{key}: {what}")));
-        assert_eq!(found.len(), 4, "{found:?}");
+        assert_eq!(found.len(), 5, "{found:?}");
         let mut none = Vec::new();
         SendmailConfig::default().check(&mut |key, what| none.push(format!("{key}: {what}")));
         assert!(none.is_empty(), "{none:?}");

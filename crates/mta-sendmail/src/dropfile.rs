@@ -9,6 +9,14 @@
 //! never leaves half a message where mtad looks. [`decode`] checks
 //! everything before mtad trusts any of it: the user wrote this file.
 //!
+//! The directory is every local user's, so [`write`] keeps to a
+//! [`Quota`]: a user has at most `per_user` files waiting, and no file
+//! is written that would leave its file system less free space than
+//! `min_free_space`. The drop group may add names to the directory but
+//! not list it, so a user's files are counted by their names: the
+//! `n`-th is `drop-<uid>-<n>`, and a new file takes the first free `n`
+//! (a rename that never replaces: two writers never take one name).
+//!
 //! Who submitted the message is not in the file: it is the file's owner,
 //! which a user cannot choose (`mta-sendmail` is set-group-id, not
 //! set-user-id), and mtad reads it from the file itself.
@@ -149,6 +157,16 @@ fn check(s: &Submission) -> Result<(), DropError> {
     Ok(())
 }
 
+/// What [`write`] keeps the drop directory to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quota {
+    /// Drop files one user may have waiting at once.
+    pub per_user: u32,
+    /// Free space (as an unprivileged user may use it) that a new file
+    /// must leave on the directory's file system.
+    pub min_free_space: u64,
+}
+
 /// Why [`write`] failed, and whether anything was created at all (the
 /// exit status differs: `EX_CANTCREAT` against `EX_TEMPFAIL`).
 #[derive(Debug, thiserror::Error)]
@@ -169,17 +187,52 @@ pub enum WriteError {
         /// Why.
         source: std::io::Error,
     },
+    /// The user already has `per_user` files waiting.
+    #[error("{per_user} messages of this user already wait in {dir} (sendmail.drop_max_per_user)")]
+    Full {
+        /// The drop directory.
+        dir: PathBuf,
+        /// The quota.
+        per_user: u32,
+    },
+    /// The file would leave its file system too little free space.
+    #[error(
+        "{dir} has {available} octets free; a {size}-octet message would leave less than \
+         the {reserve} that must stay free (sendmail.drop_min_free_space)"
+    )]
+    NoSpace {
+        /// The drop directory.
+        dir: PathBuf,
+        /// Free space, as an unprivileged user may use it.
+        available: u64,
+        /// The drop file's size.
+        size: u64,
+        /// `Quota::min_free_space`.
+        reserve: u64,
+    },
+}
+
+impl WriteError {
+    /// True when nothing could be created at all (`EX_CANTCREAT`); the
+    /// other failures are worth trying again later (`EX_TEMPFAIL`).
+    pub fn is_cant_create(&self) -> bool {
+        matches!(self, WriteError::Create { .. })
+    }
 }
 
 /// Writes `submission` into the drop directory `dir` as a new file, and
 /// returns its path once it is durable: write, fsync, rename (never over
-/// another file), then the directory synced.
+/// another file) to the user's first free name, then the directory
+/// synced. Within `quota`: the free space is measured first, and a user
+/// with `quota.per_user` files waiting gets [`WriteError::Full`] (the
+/// file written is removed again).
 ///
 /// The file is 0444: its owner is the user (who cannot reach it: the
 /// directory, 1730, lets only mtad's user list or enter it, and the
 /// drop group add to it) and mtad reads it as "others".
-pub fn write(dir: &Path, submission: &Submission) -> Result<PathBuf, WriteError> {
+pub fn write(dir: &Path, submission: &Submission, quota: &Quota) -> Result<PathBuf, WriteError> {
     let bytes = encode(submission);
+    check_space(dir, bytes.len() as u64, quota.min_free_space)?;
     let unique = format!(
         "{}-{}-{}",
         submission.time,
@@ -187,7 +240,7 @@ pub fn write(dir: &Path, submission: &Submission) -> Result<PathBuf, WriteError>
         submission.token.replace('.', "-")
     );
     let tmp = dir.join(format!("{TMP_PREFIX}{unique}"));
-    let path = dir.join(format!("{DROP_PREFIX}{unique}"));
+    let uid = nix::unistd::geteuid();
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -203,20 +256,74 @@ pub fn write(dir: &Path, submission: &Submission) -> Result<PathBuf, WriteError>
         file.set_permissions(std::fs::Permissions::from_mode(0o444))?;
         file.write_all(&bytes)?;
         file.sync_all()?;
-        nix::fcntl::renameat2(
+        let Some(path) = take_name(dir, &tmp, uid.as_raw(), quota.per_user)? else {
+            return Ok(None);
+        };
+        sync_dir(dir, &file)?;
+        Ok(Some(path))
+    })();
+    match written {
+        Ok(Some(path)) => Ok(path),
+        Ok(None) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(WriteError::Full {
+                dir: dir.to_owned(),
+                per_user: quota.per_user,
+            })
+        }
+        Err(source) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(WriteError::Write { path: tmp, source })
+        }
+    }
+}
+
+/// The name of user `uid`'s `n`-th drop file.
+fn drop_name(uid: u32, n: u32) -> String {
+    format!("{DROP_PREFIX}{uid}-{n}")
+}
+
+/// Renames `tmp` to the first of the user's `per_user` names that no file
+/// has; None when every one is taken.
+fn take_name(dir: &Path, tmp: &Path, uid: u32, per_user: u32) -> std::io::Result<Option<PathBuf>> {
+    for n in 0..per_user {
+        let path = dir.join(drop_name(uid, n));
+        match nix::fcntl::renameat2(
             None,
-            &tmp,
+            tmp,
             None,
             &path,
             nix::fcntl::RenameFlags::RENAME_NOREPLACE,
-        )?;
-        sync_dir(dir, &file)
-    })();
-    if let Err(source) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(WriteError::Write { path, source });
+        ) {
+            Ok(()) => return Ok(Some(path)),
+            Err(nix::errno::Errno::EEXIST) => continue,
+            Err(e) => return Err(e.into()),
+        }
     }
-    Ok(path)
+    Ok(None)
+}
+
+/// [`WriteError::NoSpace`] unless `size` more octets leave at least
+/// `reserve` free on `dir`'s file system (counted as an unprivileged user
+/// may use it: the blocks kept for root are not the drop's).
+fn check_space(dir: &Path, size: u64, reserve: u64) -> Result<(), WriteError> {
+    if reserve == 0 {
+        return Ok(());
+    }
+    let fs = nix::sys::statvfs::statvfs(dir).map_err(|e| WriteError::Create {
+        dir: dir.to_owned(),
+        source: e.into(),
+    })?;
+    let available = (fs.blocks_available() as u64).saturating_mul(fs.fragment_size() as u64);
+    if available < size.saturating_add(reserve) {
+        return Err(WriteError::NoSpace {
+            dir: dir.to_owned(),
+            available,
+            size,
+            reserve,
+        });
+    }
+    Ok(())
 }
 
 /// Makes the rename durable. The drop group may not read the directory
@@ -315,32 +422,109 @@ mod tests {
         ));
     }
 
+    const ROOMY: Quota = Quota {
+        per_user: 1000,
+        min_free_space: 0,
+    };
+
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
     #[test]
     fn write_leaves_one_whole_file_and_no_temporary() {
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
         let s = sample();
-        let path = write(dir.path(), &s).unwrap();
-        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
-        assert!(name.starts_with(DROP_PREFIX), "{name}");
-        let names: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names.len(), 1, "{names:?}");
+        let path = write(dir.path(), &s, &ROOMY).unwrap();
+        let uid = nix::unistd::geteuid().as_raw();
+        assert_eq!(names_in(dir.path()), [format!("drop-{uid}-0")]);
+        assert_eq!(path, dir.path().join(format!("drop-{uid}-0")));
         assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o7777, 0o444);
         assert_eq!(decode(&std::fs::read(&path).unwrap()).unwrap(), s);
-        // The same name again is not written over.
-        assert!(matches!(
-            write(dir.path(), &s),
-            Err(WriteError::Write { .. })
-        ));
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
-        assert_eq!(names.len(), 1, "the temporary file is gone");
         let missing = dir.path().join("missing");
         assert!(matches!(
-            write(&missing, &s),
+            write(&missing, &s, &ROOMY),
             Err(WriteError::Create { .. })
         ));
+    }
+
+    /// A user's files take the first free names; with `per_user` of them
+    /// waiting the next is refused, and nothing is left of it; one gone,
+    /// its name is taken again. Names of other users are not counted.
+    #[test]
+    fn a_user_has_at_most_per_user_files_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let uid = nix::unistd::geteuid().as_raw();
+        let quota = Quota {
+            per_user: 3,
+            min_free_space: 0,
+        };
+        std::fs::write(dir.path().join(drop_name(uid + 1, 0)), "another user's").unwrap();
+        let s = sample();
+        for _ in 0..3 {
+            write(dir.path(), &s, &quota).unwrap();
+        }
+        let full = write(dir.path(), &s, &quota).unwrap_err();
+        assert!(
+            matches!(full, WriteError::Full { per_user: 3, .. }),
+            "{full}"
+        );
+        assert!(!full.is_cant_create());
+        assert!(
+            full.to_string().contains("sendmail.drop_max_per_user"),
+            "{full}"
+        );
+        let mine = |n| format!("drop-{uid}-{n}");
+        let other = drop_name(uid + 1, 0);
+        assert_eq!(
+            names_in(dir.path()),
+            [mine(0), mine(1), mine(2), other.clone()]
+        );
+        std::fs::remove_file(dir.path().join(mine(1))).unwrap();
+        let again = write(dir.path(), &s, &quota).unwrap();
+        assert_eq!(again, dir.path().join(mine(1)));
+        assert_eq!(names_in(dir.path()), [mine(0), mine(1), mine(2), other]);
+    }
+
+    /// A file that would leave less than the reserve free is not written
+    /// at all; the message says what is free and what must stay free.
+    #[test]
+    fn no_file_eats_into_the_free_space_reserve() {
+        let dir = tempfile::tempdir().unwrap();
+        let quota = Quota {
+            per_user: 10,
+            min_free_space: u64::MAX / 4,
+        };
+        let e = write(dir.path(), &sample(), &quota).unwrap_err();
+        let WriteError::NoSpace {
+            available,
+            size,
+            reserve,
+            ..
+        } = &e
+        else {
+            panic!("{e}");
+        };
+        let (available, size, reserve) = (*available, *size, *reserve);
+        assert!(available > 0 && available < reserve);
+        assert_eq!(size, encode(&sample()).len() as u64);
+        assert!(
+            e.to_string().contains("sendmail.drop_min_free_space"),
+            "{e}"
+        );
+        assert!(names_in(dir.path()).is_empty());
+        // A reserve below what is free (with room for what other
+        // processes write meanwhile) lets it through.
+        let room = Quota {
+            per_user: 10,
+            min_free_space: available.saturating_sub(size + (256 << 20)).max(1),
+        };
+        write(dir.path(), &sample(), &room).unwrap();
     }
 }

@@ -179,15 +179,20 @@ fn settle(
             recipients: report.pending.clone(),
             ..submission
         };
-        if let Err(e) = group.with(|| dropfile::write(&config.drop_dir, &dropped)) {
+        let quota = dropfile::Quota {
+            per_user: config.drop_max_per_user,
+            min_free_space: config.drop_min_free_space.0,
+        };
+        if let Err(e) = group.with(|| dropfile::write(&config.drop_dir, &dropped, &quota)) {
             eprintln!(
                 "mta-sendmail: message NOT sent to {}: mtad could not take it ({why}), and it \
                  could not be left for later: {e}",
                 report.pending.join(", ")
             );
-            return match e {
-                dropfile::WriteError::Create { .. } => Exit::CantCreat,
-                dropfile::WriteError::Write { .. } => Exit::TempFail,
+            return if e.is_cant_create() {
+                Exit::CantCreat
+            } else {
+                Exit::TempFail
             };
         }
     }

@@ -248,8 +248,9 @@ fn lock(dir: &Path) -> std::io::Result<Flock<File>> {
     Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| e.into())
 }
 
-/// The drop files to import, oldest name first; `tmp-` files left by a
-/// crash long ago are removed on the way.
+/// The drop files to import, oldest first (by modification time, then
+/// name: a user's files are named by the first number free, not by
+/// age); `tmp-` files left by a crash long ago are removed on the way.
 fn names(dir: &Path, now: SystemTime) -> std::io::Result<Vec<String>> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir)? {
@@ -258,7 +259,13 @@ fn names(dir: &Path, now: SystemTime) -> std::io::Result<Vec<String>> {
             continue;
         };
         if name.starts_with(DROP_PREFIX) {
-            found.push(name);
+            // One gone meanwhile (imported by another scan) sorts first
+            // and is then found gone.
+            let written = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            found.push((written, name));
         } else if name.starts_with(TMP_PREFIX) {
             let old = entry
                 .metadata()
@@ -271,7 +278,7 @@ fn names(dir: &Path, now: SystemTime) -> std::io::Result<Vec<String>> {
         }
     }
     found.sort();
-    Ok(found)
+    Ok(found.into_iter().map(|(_, name)| name).collect())
 }
 
 /// Reads a drop file and its owner: Ok(None) when it is gone; Err when
@@ -323,10 +330,30 @@ mod tests {
         }
     }
 
+    const ROOMY: dropfile::Quota = dropfile::Quota {
+        per_user: 100,
+        min_free_space: 0,
+    };
+
+    /// Oldest first by the time written, whatever the names say.
+    #[test]
+    fn drop_files_are_listed_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = SystemTime::now();
+        for (name, age) in [("drop-7-0", 10), ("drop-7-1", 30), ("drop-9-0", 20)] {
+            let f = File::create(dir.path().join(name)).unwrap();
+            f.set_modified(now - Duration::from_secs(age)).unwrap();
+        }
+        assert_eq!(
+            names(dir.path(), now).unwrap(),
+            ["drop-7-1", "drop-9-0", "drop-7-0"]
+        );
+    }
+
     #[test]
     fn only_whole_drop_files_are_listed_and_old_temporaries_go() {
         let dir = tempfile::tempdir().unwrap();
-        let written = dropfile::write(dir.path(), &sample()).unwrap();
+        let written = dropfile::write(dir.path(), &sample(), &ROOMY).unwrap();
         std::fs::write(dir.path().join("tmp-fresh"), "x").unwrap();
         std::fs::write(dir.path().join("tmp-old"), "x").unwrap();
         std::fs::write(dir.path().join("bad-drop-1"), "x").unwrap();
@@ -343,7 +370,7 @@ mod tests {
     #[test]
     fn read_checks_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dropfile::write(dir.path(), &sample()).unwrap();
+        let path = dropfile::write(dir.path(), &sample(), &ROOMY).unwrap();
         let (uid, s) = read(&path, 1 << 20).unwrap().unwrap();
         assert_eq!(uid, nix::unistd::getuid().as_raw());
         assert_eq!(s, sample());
