@@ -298,6 +298,45 @@ fn a_user_drops_at_most_drop_max_per_user_messages() {
     assert_eq!(s.drops(), [format!("drop-{uid}-0")]);
 }
 
+/// A drop file mtad cannot use is set aside under its name and the
+/// time, so a second one under the same name (names are taken again)
+/// does not replace the first; the good file beside them is imported.
+#[test]
+fn drop_files_set_aside_under_one_name_are_all_kept() {
+    let s = Setup::new("mail");
+    Mtad::start(&s.work).terminate();
+    let junk = s.drop_dir().join("drop-0-0");
+    std::fs::write(&junk, "not a drop file").unwrap();
+    let mtad = Mtad::start(&s.work);
+    let set_aside = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(s.drop_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("bad-drop-0-0."))
+            .collect();
+        names.sort();
+        names
+    };
+    wait_until("the first junk file set aside", WAIT, || {
+        set_aside().len() == 1
+    });
+    std::fs::write(&junk, "not a drop file either").unwrap();
+    wait_until("the second junk file set aside", WAIT, || {
+        set_aside().len() == 2
+    });
+    let kept: Vec<String> = set_aside()
+        .iter()
+        .map(|n| std::fs::read_to_string(s.drop_dir().join(n)).unwrap())
+        .collect();
+    assert!(
+        kept.contains(&"not a drop file".to_owned())
+            && kept.contains(&"not a drop file either".to_owned()),
+        "{kept:?}"
+    );
+    assert!(s.drops().is_empty(), "{:?}", s.drops());
+    mtad.terminate();
+}
+
 /// mtad down and the drop directory's file system short of the reserve
 /// `drop_min_free_space` keeps: refused with EX_TEMPFAIL (75), nothing
 /// written.

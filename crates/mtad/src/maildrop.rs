@@ -141,7 +141,7 @@ impl Importer {
                     }
                 }
                 Fate::Bad(why) => {
-                    let aside = self.dir.join(format!("{BAD_PREFIX}{name}"));
+                    let aside = self.dir.join(set_aside_name(&name, now));
                     error!(file = %path.display(), why, set_aside = %aside.display(), "drop file cannot be imported; set aside");
                     if let Err(e) = std::fs::rename(&path, &aside) {
                         error!(file = %path.display(), error = %e, "cannot set the drop file aside");
@@ -242,6 +242,17 @@ fn judge(path: &Path, user: &LocalUser, report: &Report) -> Fate {
     Fate::Imported
 }
 
+/// The name a drop file that cannot be imported is given: its own with
+/// the scan's time after it, as a user's drop names are taken again once
+/// free (`drop-<uid>-<n>`) and an earlier file set aside must stay.
+fn set_aside_name(name: &str, scan: SystemTime) -> String {
+    let at = scan
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!("{BAD_PREFIX}{name}.{at}")
+}
+
 /// Takes the directory's lock (exclusive, without waiting).
 fn lock(dir: &Path) -> std::io::Result<Flock<File>> {
     let f = File::open(dir)?;
@@ -334,6 +345,18 @@ mod tests {
         per_user: 100,
         min_free_space: 0,
     };
+
+    #[test]
+    fn files_set_aside_under_one_name_twice_keep_both() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let first = set_aside_name("drop-7-0", t);
+        assert_eq!(first, "bad-drop-7-0.1800000000000000000");
+        assert_ne!(
+            set_aside_name("drop-7-0", t + Duration::from_millis(100)),
+            first
+        );
+        assert!(!first.starts_with(DROP_PREFIX) && !first.starts_with(TMP_PREFIX));
+    }
 
     /// Oldest first by the time written, whatever the names say.
     #[test]
