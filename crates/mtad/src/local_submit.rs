@@ -70,6 +70,9 @@ pub fn prepare(config: &Config, identity: &Identity) -> Prepared {
                 // It works, but not for everyone.
                 warn!("local submission (mta-sendmail): {note}");
             }
+            if let Some(note) = reserve_note(config) {
+                warn!("local submission (mta-sendmail): {note}");
+            }
             Some(s.drop_dir.clone())
         }
         Err(e) => {
@@ -173,6 +176,27 @@ fn drop_dir(
              docs/sendmail.md)"
         )),
         _ => None,
+    })
+}
+
+/// A warning when users filling the drop directory could bring the spool
+/// to its own free-space reserve: the two on one file system, and the
+/// drop's reserve not above the spool's.
+fn reserve_note(config: &Config) -> Option<String> {
+    let device = |p: &Path| std::fs::metadata(p).ok().map(|m| m.dev());
+    let same = device(&config.sendmail.drop_dir)
+        .zip(device(&config.queue_dir))
+        .is_some_and(|(a, b)| a == b);
+    let drop = config.sendmail.drop_min_free_space;
+    let spool = config.spool.min_free_space;
+    (same && spool.0 > 0 && drop <= spool).then(|| {
+        format!(
+            "sendmail.drop_min_free_space ({drop} octets) is not above spool.min_free_space \
+             ({spool} octets) \
+             on the file system they share: users filling the drop directory while mtad is \
+             down can bring the spool to its reserve, and new mail then gets 452 4.3.1 \
+             (docs/sendmail.md, Quota)"
+        )
     })
 }
 
@@ -350,4 +374,52 @@ async fn serve(stream: UnixStream, ctx: &Context, shutdown: &Shutdown, local: &L
     let config = local.session_config(&settings);
     debug!(user = %user.name, uid, "local session opened");
     crate::connection::serve_local(stream, user, config, ctx, &settings, shutdown).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mta_config::ByteSize;
+
+    fn config(queue: &Path, drop: &Path, spool_reserve: u64, drop_reserve: u64) -> Config {
+        let mut c = Config::default();
+        c.queue_dir = queue.to_owned();
+        c.sendmail.drop_dir = drop.to_owned();
+        c.spool.min_free_space = ByteSize(spool_reserve);
+        c.sendmail.drop_min_free_space = ByteSize(drop_reserve);
+        c
+    }
+
+    /// Warned only when the drop's reserve is not above the spool's on
+    /// one file system; the defaults are quiet.
+    #[test]
+    fn a_drop_reserve_at_or_below_the_spools_is_warned_of() {
+        let dir = tempfile::tempdir().unwrap();
+        let (queue, drop) = (dir.path().join("queue"), dir.path().join("drop"));
+        std::fs::create_dir_all(&queue).unwrap();
+        std::fs::create_dir_all(&drop).unwrap();
+        let mib = 1 << 20;
+        let note = reserve_note(&config(&queue, &drop, 500 * mib, 300 * mib)).unwrap();
+        assert!(
+            note.contains(
+                "sendmail.drop_min_free_space (314572800 octets) is not above \
+                 spool.min_free_space (524288000 octets) on the file system they share"
+            ),
+            "{note}"
+        );
+        assert!(reserve_note(&config(&queue, &drop, 300 * mib, 300 * mib)).is_some());
+        assert_eq!(
+            reserve_note(&config(&queue, &drop, 100 * mib, 300 * mib)),
+            None
+        );
+        assert_eq!(reserve_note(&config(&queue, &drop, 0, 0)), None);
+        let defaults = Config::default();
+        assert!(defaults.sendmail.drop_min_free_space > defaults.spool.min_free_space);
+        // Not on one file system (a missing directory counts as not).
+        let gone = dir.path().join("gone");
+        assert_eq!(
+            reserve_note(&config(&queue, &gone, 500 * mib, 300 * mib)),
+            None
+        );
+    }
 }
