@@ -382,8 +382,10 @@ mod tests {
     use mta_config::ByteSize;
 
     fn config(queue: &Path, drop: &Path, spool_reserve: u64, drop_reserve: u64) -> Config {
-        let mut c = Config::default();
-        c.queue_dir = queue.to_owned();
+        let mut c = Config {
+            queue_dir: queue.to_owned(),
+            ..Config::default()
+        };
         c.sendmail.drop_dir = drop.to_owned();
         c.spool.min_free_space = ByteSize(spool_reserve);
         c.sendmail.drop_min_free_space = ByteSize(drop_reserve);
