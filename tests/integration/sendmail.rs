@@ -298,6 +298,81 @@ fn a_user_drops_at_most_drop_max_per_user_messages() {
     assert_eq!(s.drops(), [format!("drop-{uid}-0")]);
 }
 
+/// mtad down, and one recipient of a dropped message unknown: at the
+/// import the local session refuses it (`550 5.1.1`), the others get the
+/// message, and the sender gets a DSN naming it (RFC 3464), as a
+/// delivery failure would give; the drop file is done with. With every
+/// recipient refused and NOTIFY=NEVER no DSN is owed, and the file is
+/// done with too.
+#[test]
+fn recipients_refused_at_import_are_bounced_to_the_sender() {
+    let s = Setup::new("mail");
+    let config = std::fs::read_to_string(s.work.config_path()).unwrap();
+    let config = config.replacen(
+        "local_domains = [\"local.test\", \"mx.test\"]\n",
+        "local_domains = [\"local.test\", \"mx.test\"]\n\
+         local_recipients = [\"alice\", \"bob\", \"carol\"]\n",
+        1,
+    );
+    assert!(config.contains("local_recipients"), "{config}");
+    std::fs::write(s.work.config_path(), config).unwrap();
+    Mtad::start(&s.work).terminate();
+    let o = s.sendmail(
+        &[
+            "-i",
+            "-f",
+            "alice@local.test",
+            "nosuch@local.test",
+            "bob@local.test",
+        ],
+        "Subject: for two\n\nhello\n",
+    );
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let o = s.sendmail(
+        &[
+            "-i",
+            "-f",
+            "carol@local.test",
+            "-N",
+            "never",
+            "ghost@local.test",
+        ],
+        "Subject: for no one\n\nhello\n",
+    );
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert_eq!(s.drops().len(), 2);
+
+    let mtad = Mtad::start(&s.work);
+    let bob = s.wait_maildir("local.test", "bob", 1);
+    assert!(bob[0].contains("Subject: for two"), "{}", bob[0]);
+    let alice = s.wait_maildir("local.test", "alice", 1);
+    let dsn = &alice[0];
+    for want in [
+        "Content-Type: multipart/report; report-type=delivery-status;",
+        "Final-Recipient: rfc822; nosuch@local.test",
+        "Action: failed",
+        "Status: 5.1.1",
+        "Diagnostic-Code: smtp; 550 5.1.1",
+        "Subject: for two",
+    ] {
+        assert!(dsn.contains(want), "{want:?} not in the DSN:\n{dsn}");
+    }
+    assert!(!dsn.contains("bob@local.test\nAction"), "{dsn}");
+    wait_until("both drop files done with", WAIT, || s.drops().is_empty());
+    mtad.terminate();
+    assert_eq!(s.wait_maildir("local.test", "alice", 1).len(), 1, "one DSN");
+    let carol = s.work.path().join("maildir/local.test/carol/Maildir/new");
+    assert!(
+        std::fs::read_dir(&carol).map_or(true, |d| d.count() == 0),
+        "NOTIFY=NEVER: no DSN for carol"
+    );
+    let aside: Vec<_> = std::fs::read_dir(s.drop_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(aside.is_empty(), "nothing set aside: {aside:?}");
+}
+
 /// A drop file mtad cannot use is set aside under its name and the
 /// time, so a second one under the same name (names are taken again)
 /// does not replace the first; the good file beside them is imported.

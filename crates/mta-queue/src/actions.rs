@@ -24,7 +24,7 @@ use mta_spool::{HistoryRecord, IndexEntry, QueueName, RecipientState, SpoolError
 use tracing::{info, warn};
 
 use crate::claims::Waiting;
-use crate::dsn::DeletedBounce;
+use crate::dsn::Bounced;
 use crate::error::SteerError;
 use crate::inner::Inner;
 use crate::job::{Claim, ClaimOwner, Job};
@@ -299,9 +299,9 @@ async fn act_in_memory(
     };
     if bounce {
         match crate::dsn::bounce_deleted(inner, id, &job.envelope, &job.content, &doomed).await {
-            DeletedBounce::Queued => report.dsns += 1,
-            DeletedBounce::NotWanted => {}
-            DeletedBounce::Failed => {
+            Bounced::Queued => report.dsns += 1,
+            Bounced::NotWanted => {}
+            Bounced::Failed => {
                 return (
                     true,
                     Err(SteerError::Unavailable(format!(
@@ -492,9 +492,9 @@ async fn act_claimed(
                 // cannot be made, nothing is.
                 let (envelope, content) = store.read(id).await?;
                 match crate::dsn::bounce_deleted(inner, id, &envelope, &content, &doomed).await {
-                    DeletedBounce::Queued => report.dsns += 1,
-                    DeletedBounce::NotWanted => {}
-                    DeletedBounce::Failed => {
+                    Bounced::Queued => report.dsns += 1,
+                    Bounced::NotWanted => {}
+                    Bounced::Failed => {
                         return Err(SteerError::Unavailable(format!(
                             "{id}: the DSN could not be queued, so nothing was deleted (is the disk full?)"
                         )))

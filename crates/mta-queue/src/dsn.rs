@@ -135,14 +135,16 @@ pub(crate) fn deleted_reports(
     (!reports.is_empty()).then(|| (sender.clone(), reports))
 }
 
-/// What became of the DSN for recipients the operator deleted.
+/// What became of a DSN for recipients that will never be delivered
+/// (deleted by the operator, refused before their message was queued).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum DeletedBounce {
+pub enum Bounced {
     /// Queued (durable in the bounce queue).
     Queued,
     /// None is owed: the sender is `<>`, or NOTIFY says never.
     NotWanted,
-    /// It could not be queued (no space?): the delete must not go on.
+    /// It could not be queued (no space?): whatever would drop the
+    /// recipients must not go on.
     Failed,
 }
 
@@ -153,19 +155,86 @@ pub(crate) async fn bounce_deleted(
     envelope: &Envelope,
     content: &[u8],
     indexes: &[usize],
-) -> DeletedBounce {
+) -> Bounced {
     let Some((sender, reports)) = deleted_reports(envelope, indexes, unix_now()) else {
-        return DeletedBounce::NotWanted;
+        return Bounced::NotWanted;
     };
+    send_owed(inner, id, envelope, content, sender, reports).await
+}
+
+/// The reports owed to the sender for recipients refused before their
+/// message was queued (`replies[i]` is the reply `envelope.recipients[i]`
+/// got), as NOTIFY allows; a message from `<>` gets none.
+pub(crate) fn refused_reports(
+    envelope: &Envelope,
+    replies: &[String],
+    now: u64,
+) -> Option<(Mailbox, Vec<RecipientReport>)> {
+    let ReversePath::Mailbox(sender) = &envelope.sender else {
+        return None;
+    };
+    let reports: Vec<RecipientReport> = envelope
+        .recipients
+        .iter()
+        .zip(replies)
+        .filter(|(r, _)| mta_dsn::wants_dsn(envelope, r, Action::Failed))
+        .map(|(r, reply)| {
+            report(
+                r,
+                Action::Failed,
+                enhanced_status(reply).unwrap_or("5.0.0"),
+                None,
+                Some(Diagnostic::Smtp(reply.clone())),
+                now,
+            )
+        })
+        .collect();
+    (!reports.is_empty()).then(|| (sender.clone(), reports))
+}
+
+/// The enhanced status code (RFC 3463) of a failure reply, `550 5.1.1
+/// ...` -> `5.1.1`.
+fn enhanced_status(reply: &str) -> Option<&str> {
+    let code = reply.split_whitespace().nth(1)?;
+    let mut parts = code.split('.');
+    let ok = parts.next() == Some("5")
+        && parts.clone().count() == 2
+        && parts.all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()));
+    ok.then_some(code)
+}
+
+/// Sends the sender a DSN for recipients refused before their message
+/// was queued.
+pub(crate) async fn bounce_refused(
+    inner: &Arc<Inner>,
+    id: QueueId,
+    envelope: &Envelope,
+    content: &[u8],
+    replies: &[String],
+) -> Bounced {
+    let Some((sender, reports)) = refused_reports(envelope, replies, unix_now()) else {
+        return Bounced::NotWanted;
+    };
+    send_owed(inner, id, envelope, content, sender, reports).await
+}
+
+async fn send_owed(
+    inner: &Arc<Inner>,
+    id: QueueId,
+    envelope: &Envelope,
+    content: &[u8],
+    sender: Mailbox,
+    reports: Vec<RecipientReport>,
+) -> Bounced {
     let source = Source {
         id,
         envelope,
         content,
     };
     if send(inner, &source, reports, sender).await {
-        DeletedBounce::Queued
+        Bounced::Queued
     } else {
-        DeletedBounce::Failed
+        Bounced::Failed
     }
 }
 
@@ -350,5 +419,62 @@ mod tests {
         assert_eq!(deleted_reports(&e, &[1], 5), None);
         let null = envelope(None, &[("x@b.test", None)]);
         assert_eq!(deleted_reports(&null, &[0], 5), None);
+    }
+
+    /// Each refused recipient is reported with its reply as the
+    /// diagnostic and the reply's enhanced code as the status (5.0.0
+    /// when it has none); NOTIFY and `<>` as for any failure.
+    #[test]
+    fn a_refusal_reports_each_reply_to_the_sender() {
+        let never = Some(Notify::Never);
+        let e = envelope(
+            Some("alice@a.test"),
+            &[("x@b.test", None), ("y@b.test", never), ("z@b.test", None)],
+        );
+        let replies = [
+            "550 5.1.1 <x@b.test>: no such user".to_owned(),
+            "550 5.1.1 <y@b.test>: no such user".to_owned(),
+            "554 Transaction failed".to_owned(),
+        ];
+        let (to, reports) = refused_reports(&e, &replies, 5).expect("owed");
+        assert_eq!(to.to_string(), "alice@a.test");
+        let seen: Vec<(String, &str, Option<Diagnostic>)> = reports
+            .iter()
+            .map(|r| {
+                (
+                    r.recipient.to_string(),
+                    r.status.as_str(),
+                    r.diagnostic.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (
+                    "x@b.test".to_owned(),
+                    "5.1.1",
+                    Some(Diagnostic::Smtp(replies[0].clone()))
+                ),
+                (
+                    "z@b.test".to_owned(),
+                    "5.0.0",
+                    Some(Diagnostic::Smtp(replies[2].clone()))
+                ),
+            ]
+        );
+        assert!(reports.iter().all(|r| r.action == Action::Failed));
+        let null = envelope(None, &[("x@b.test", None)]);
+        assert_eq!(refused_reports(&null, &replies[..1], 5), None);
+        for (reply, status) in [
+            ("550 5.7.1 denied", Some("5.7.1")),
+            ("552 5.3.4 too big", Some("5.3.4")),
+            ("550 4.1.1 odd", None),
+            ("550 5.1 short", None),
+            ("550 5.1.1000 long", None),
+            ("550", None),
+        ] {
+            assert_eq!(enhanced_status(reply), status, "{reply}");
+        }
     }
 }

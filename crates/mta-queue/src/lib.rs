@@ -82,6 +82,7 @@ use crate::runner::Runner;
 use crate::steering::{InMemory, Steering};
 
 pub use crate::actions::{Action, ActionReport, Selection};
+pub use crate::dsn::Bounced;
 pub use crate::error::{ErrorKind, SteerError};
 pub use crate::job::Claim;
 pub use crate::listing::{
@@ -119,6 +120,23 @@ pub struct Queue {
 }
 
 impl Queue {
+    /// Sends the sender a DSN (RFC 3464) for recipients refused before
+    /// their message was queued, as NOTIFY allows: mtad's import of a drop
+    /// file, whose local session refused them, has no one else to tell.
+    /// `replies[i]` is the reply `envelope.recipients[i]` got; `id` names
+    /// the message in the DSN (the queue id its other recipients got,
+    /// else a new one).
+    pub async fn bounce_refused(
+        &self,
+        id: Option<QueueId>,
+        envelope: &Envelope,
+        content: &[u8],
+        replies: &[String],
+    ) -> Bounced {
+        let id = id.unwrap_or_else(|| self.inner.store.next_id());
+        crate::dsn::bounce_refused(&self.inner, id, envelope, content, replies).await
+    }
+
     /// Builds the delivery machinery from `settings` and starts the
     /// three runners on the current tokio runtime.
     pub fn start(settings: QueueSettings, spool: Spool) -> Result<Queue, QueueError> {

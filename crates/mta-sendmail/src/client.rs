@@ -58,6 +58,9 @@ pub struct Report {
     pub failed: Option<(Exit, String)>,
     /// The name the server gave in its banner.
     pub server: Option<String>,
+    /// The submission as sent (addresses completed with the server's
+    /// name, the fields it lacked added), once the banner came.
+    pub prepared: Option<Prepared>,
 }
 
 impl Report {
@@ -110,7 +113,35 @@ pub fn submit<S: Read + Write>(stream: S, submission: &Submission, login: &str) 
         }
         Err(e) => report.pend(rest, format!("the connection to the server failed: {e}")),
     }
+    report.prepared = Some(prepared);
     report
+}
+
+/// The MAIL command of `p`'s transactions.
+pub fn mail_line(p: &Prepared) -> String {
+    let mut mail = format!("MAIL FROM:<{}> SIZE={}", p.sender, p.content.len());
+    if p.eight_bit {
+        mail.push_str(" BODY=8BITMIME");
+    }
+    if p.smtputf8 {
+        mail.push_str(" SMTPUTF8");
+    }
+    if let Some(ret) = &p.ret {
+        mail.push_str(&format!(" RET={ret}"));
+    }
+    if let Some(envid) = &p.envid {
+        mail.push_str(&format!(" ENVID={}", xtext(envid)));
+    }
+    mail
+}
+
+/// The RCPT command for `rcpt` in `p`'s transactions.
+pub fn rcpt_line(p: &Prepared, rcpt: &str) -> String {
+    let mut line = format!("RCPT TO:<{rcpt}>");
+    if let Some(notify) = &p.notify {
+        line.push_str(&format!(" NOTIFY={notify}"));
+    }
+    line
 }
 
 /// The connection.
@@ -152,20 +183,7 @@ impl<S: Read + Write> Conn<S> {
             }
         }
         while !rest.is_empty() {
-            let mut mail = format!("MAIL FROM:<{}> SIZE={}", p.sender, p.content.len());
-            if p.eight_bit {
-                mail.push_str(" BODY=8BITMIME");
-            }
-            if p.smtputf8 {
-                mail.push_str(" SMTPUTF8");
-            }
-            if let Some(ret) = &p.ret {
-                mail.push_str(&format!(" RET={ret}"));
-            }
-            if let Some(envid) = &p.envid {
-                mail.push_str(&format!(" ENVID={}", xtext(envid)));
-            }
-            let r = self.command(&mail)?;
+            let r = self.command(&mail_line(p))?;
             if r.code != 250 {
                 refused_whole(r, rest, report);
                 return Ok(());
@@ -175,11 +193,7 @@ impl<S: Read + Write> Conn<S> {
             let candidates = std::mem::take(rest);
             let mut iter = candidates.into_iter();
             for rcpt in iter.by_ref() {
-                let mut line = format!("RCPT TO:<{rcpt}>");
-                if let Some(notify) = &p.notify {
-                    line.push_str(&format!(" NOTIFY={notify}"));
-                }
-                let r = match self.command(&line) {
+                let r = match self.command(&rcpt_line(p, &rcpt)) {
                     Ok(r) => r,
                     Err(e) => {
                         rest.extend(accepted);

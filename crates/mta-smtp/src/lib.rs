@@ -29,6 +29,7 @@ mod command;
 mod date;
 mod params;
 mod recipients;
+mod replay;
 mod reply;
 mod session;
 mod submission;
@@ -41,6 +42,7 @@ pub use auth::{
 pub use command::{Command, CommandError};
 pub use date::rfc5322_date;
 pub use recipients::LocalRecipients;
+pub use replay::envelope_of_commands;
 pub use reply::Reply;
 pub use session::{
     received_header, Admission, LocalUser, Message, Session, SessionConfig, Step, StoreError,

@@ -17,11 +17,14 @@
 
 use std::collections::HashSet;
 use std::fs::File;
+use std::net::Ipv4Addr;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use mta_envelope::{unix_now, Origin, QueueId};
+use mta_queue::Bounced;
 use mta_sendmail::client::{self, Report};
 use mta_sendmail::dropfile::{self, BAD_PREFIX, DROP_PREFIX, TMP_PREFIX};
 use mta_sendmail::Submission;
@@ -175,7 +178,60 @@ impl Importer {
             Ok(r) => r,
             Err(e) => return Fate::Later(e),
         };
-        judge(path, &user, &report)
+        let bounced = self.bounce_refused(path, &user, &report).await;
+        judge(path, &user, &report, bounced)
+    }
+
+    /// Tells the sender of the recipients the session refused for good,
+    /// in a DSN, as a delivery failure would (no one else can: the
+    /// command that dropped the file has long exited). None when none
+    /// was refused.
+    async fn bounce_refused(
+        &self,
+        path: &Path,
+        user: &LocalUser,
+        report: &Report,
+    ) -> Option<Bounced> {
+        if report.refused.is_empty() {
+            return None;
+        }
+        // Recipients are only refused once the submission is prepared.
+        let p = report.prepared.as_ref()?;
+        let rcpts: Vec<String> = report
+            .refused
+            .iter()
+            .map(|(rcpt, _)| client::rcpt_line(p, rcpt))
+            .collect();
+        let replies: Vec<String> = report.refused.iter().map(|(_, r)| r.text()).collect();
+        let origin = Origin {
+            client_ip: Ipv4Addr::LOCALHOST.into(),
+            helo: "localhost".into(),
+            protocol: "local-esmtp".into(),
+            tls: None,
+            auth: Some(user.auth_name()),
+        };
+        let envelope = match mta_smtp::envelope_of_commands(
+            &client::mail_line(p),
+            &rcpts,
+            origin,
+            unix_now(),
+        ) {
+            Ok(e) => e,
+            Err(why) => {
+                error!(file = %path.display(), why, "cannot tell the sender of the refused recipients of a drop file");
+                return Some(Bounced::Failed);
+            }
+        };
+        let id = report
+            .queued
+            .first()
+            .and_then(|(id, _)| id.parse::<QueueId>().ok());
+        Some(
+            self.ctx
+                .queue()
+                .bounce_refused(id, &envelope, &p.content, &replies)
+                .await,
+        )
     }
 
     /// Runs a local session for `user` over a socket pair, and the
@@ -214,18 +270,34 @@ impl Importer {
     }
 }
 
-/// What the report of an import means for its file, logged.
-fn judge(path: &Path, user: &LocalUser, report: &Report) -> Fate {
+/// What the report of an import means for its file, logged; `bounced`
+/// is what became of the DSN for its refused recipients.
+fn judge(path: &Path, user: &LocalUser, report: &Report, bounced: Option<Bounced>) -> Fate {
     let file = path.display();
     for (id, recipients) in &report.queued {
         info!(%file, user = %user.name, uid = user.uid, queue_id = %id, recipients = recipients.len(), "drop file imported");
     }
     for (rcpt, reply) in &report.refused {
-        // No DSN yet: the log is where this is told.
-        error!(%file, user = %user.name, uid = user.uid, recipient = %rcpt, reply = %reply.text(), "recipient of a drop file refused: not delivered");
+        let reply = reply.text();
+        match bounced {
+            Some(Bounced::Queued) => {
+                warn!(%file, user = %user.name, uid = user.uid, recipient = %rcpt, reply, "recipient of a drop file refused: not delivered; the sender gets a DSN");
+            }
+            Some(Bounced::NotWanted) => {
+                warn!(%file, user = %user.name, uid = user.uid, recipient = %rcpt, reply, "recipient of a drop file refused: not delivered; no DSN (the sender is <> or NOTIFY says not)");
+            }
+            _ => {
+                error!(%file, user = %user.name, uid = user.uid, recipient = %rcpt, reply, "recipient of a drop file refused: not delivered, and no DSN could be queued");
+            }
+        }
+    }
+    if bounced == Some(Bounced::Failed) && report.queued.is_empty() {
+        // Nothing went: the next scan tries the whole file again, its DSN
+        // with it.
+        return Fate::Later("the DSN for its refused recipients could not be queued".into());
     }
     if let Some((_, why)) = &report.failed {
-        if report.queued.is_empty() {
+        if report.queued.is_empty() && report.refused.is_empty() {
             return Fate::Bad(why.clone());
         }
     }
