@@ -661,16 +661,84 @@ fn bs_speaks_smtp_on_standard_input_and_output() {
     assert!(frank.ends_with("\n\n.dot\n"), "{frank}");
 }
 
-/// `-bs` with mtad down: a 421 the client understands, and EX_TEMPFAIL.
+/// `-bs` with the whole dialogue written at once (the session takes it
+/// a command at a time); standard output and the exit status.
+fn bs_dialogue(s: &Setup, lines: &str) -> Output {
+    s.sendmail(&["-bs"], lines)
+}
+
+/// `-bs` with mtad down: a stand-alone session takes the message, as
+/// Postfix's own `smtpd` would, and leaves it in the drop directory; the
+/// next start imports and delivers it. With no drop directory to leave
+/// it in, the end of the data gets `452 4.3.1` and nothing is lost
+/// silently.
 #[test]
-fn bs_with_mtad_down_says_421() {
+fn bs_with_mtad_down_leaves_the_message_in_the_drop_directory() {
     let s = Setup::new("mail");
-    let o = s.sendmail(&["-bs"], "EHLO c\r\n");
-    assert_eq!(code(&o), 75, "{}", text(&o));
+    let dialogue = "EHLO client\r\nMAIL FROM:<someone@elsewhere.test>\r\n\
+                    RCPT TO:<frank@local.test>\r\nRCPT TO:<far@remote.test> NOTIFY=NEVER\r\n\
+                    DATA\r\nSubject: bs down\r\n\r\n..dot\r\n.\r\nQUIT\r\n";
+    // No drop directory yet (mtad never started).
+    let o = bs_dialogue(&s, dialogue);
+    let said = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(said.contains("\r\n452 4.3.1 "), "{said}");
     assert!(
-        String::from_utf8_lossy(&o.stdout).starts_with("421 4.3.2 "),
+        String::from_utf8_lossy(&o.stderr).contains("not left for later"),
         "{}",
         text(&o)
+    );
+
+    Mtad::start(&s.work).terminate();
+    let o = bs_dialogue(&s, dialogue);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let said = String::from_utf8_lossy(&o.stdout).into_owned();
+    let replies: Vec<&str> = said
+        .split("\r\n")
+        .filter(|l| l.as_bytes().get(3) == Some(&b' '))
+        .collect();
+    assert!(
+        replies[0].starts_with("220 ") && replies[0].contains(" ESMTP"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("AUTH") && !said.contains("STARTTLS"),
+        "{said}"
+    );
+    let codes: Vec<&str> = replies.iter().map(|r| &r[..3]).collect();
+    assert_eq!(
+        codes,
+        ["220", "250", "250", "250", "250", "354", "250", "221"],
+        "{said}"
+    );
+    assert!(
+        said.contains("250 2.0.0 Ok: left for mtad in the drop directory"),
+        "{said}"
+    );
+    // One file per NOTIFY value.
+    let (uid, name) = me();
+    assert_eq!(
+        s.drops(),
+        [format!("drop-{uid}-0"), format!("drop-{uid}-1")]
+    );
+
+    let mtad = Mtad::start(&s.work);
+    let frank = &s.wait_maildir("local.test", "frank", 1)[0];
+    assert!(
+        frank.contains(&format!("Received: from local user {name} (uid {uid})\n")),
+        "{frank}"
+    );
+    assert!(
+        frank.contains("Subject: bs down") && frank.ends_with("\n\n.dot\n"),
+        "{frank}"
+    );
+    wait_until("the drop files imported", WAIT, || s.drops().is_empty());
+    mtad.terminate();
+    let queued = spool_contents(&s.work.queue());
+    assert_eq!(queued.len(), 1, "the remote copy waits: {queued:?}");
+    assert_eq!(
+        queued[0].1.sender.to_string(),
+        "someone@elsewhere.test",
+        "the envelope sender kept"
     );
 }
 

@@ -436,6 +436,32 @@ mod tests {
         names
     }
 
+    /// The submissions a stand-alone `-bs` session makes read back the
+    /// same from their drop files.
+    #[test]
+    fn submissions_of_a_message_taken_over_smtp_round_trip() {
+        let origin = mta_envelope::Origin {
+            client_ip: "127.0.0.1".parse().unwrap(),
+            helo: "localhost".into(),
+            protocol: "local-esmtp".into(),
+            tls: None,
+            auth: None,
+        };
+        let rcpts = [
+            "RCPT TO:<a@x.test> NOTIFY=SUCCESS,FAILURE",
+            "RCPT TO:<b@x.test>",
+        ]
+        .map(str::to_owned);
+        for mail in ["MAIL FROM:<s@x.test> RET=HDRS ENVID=e-1", "MAIL FROM:<>"] {
+            let e = mta_smtp::envelope_of_commands(mail, &rcpts, origin.clone(), 5).unwrap();
+            let made = Submission::from_smtp(&e, b"Subject: s\r\n\r\nx\r\n", 9, "1.2");
+            assert_eq!(made.len(), 2);
+            for s in &made {
+                assert_eq!(&decode(&encode(s)).unwrap(), s, "{mail}");
+            }
+        }
+    }
+
     #[test]
     fn write_leaves_one_whole_file_and_no_temporary() {
         use std::os::unix::fs::MetadataExt;

@@ -9,6 +9,7 @@
 
 mod identity;
 mod proxy;
+mod standalone;
 
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -70,7 +71,7 @@ fn run(group: &DropGroup) -> Exit {
             eprintln!("mta-sendmail: {why}");
             Exit::Usage
         }
-        Mode::Smtp => proxy::run(&config(&options).socket),
+        Mode::Smtp => proxy::run(&config(&options), group),
         Mode::Deliver => deliver(&options, group),
     }
 }

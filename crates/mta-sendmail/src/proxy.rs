@@ -1,29 +1,25 @@
 //! `-bs`: SMTP on standard input and output, as Postfix runs its
 //! stand-alone `smtpd` there. The bytes go both ways to mtad's local
 //! socket unchanged, so the session is mtad's own, with its checks and
-//! deadlines, and its peer is this process: the user.
+//! deadlines, and its peer is this process: the user. With mtad down,
+//! the session is this process's own, and its messages go to the drop
+//! directory (`standalone.rs`).
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
 
+use mta_config::sendmail::SendmailConfig;
 use mta_sendmail::Exit;
 
+use crate::identity::{DropGroup, Me};
+
 /// Relays standard input to the socket and the socket to standard output
-/// until the server closes the connection.
-pub fn run(socket: &Path) -> Exit {
-    let stream = match UnixStream::connect(socket) {
+/// until the server closes the connection; with no server to connect
+/// to, runs a stand-alone session.
+pub fn run(config: &SendmailConfig, group: &DropGroup) -> Exit {
+    let stream = match UnixStream::connect(&config.socket) {
         Ok(s) => s,
-        Err(e) => {
-            // There is no session to relay: the client hears what a
-            // server that cannot serve says instead of its banner (RFC
-            // 5321 section 3.1), and tries again later.
-            let mut out = std::io::stdout().lock();
-            let _ = out.write_all(b"421 4.3.2 local mail system unavailable, try again later\r\n");
-            let _ = out.flush();
-            eprintln!("mta-sendmail: cannot connect to {}: {e}", socket.display());
-            return Exit::TempFail;
-        }
+        Err(_) => return crate::standalone::run(config, group, &Me::current()),
     };
     let Ok(mut to_server) = stream.try_clone() else {
         return Exit::OsErr;
