@@ -9,7 +9,6 @@
 //! and a message without `From:`, `Date:` or `Message-ID:` gets them
 //! (RFC 5322 section 3.6 wants the first two).
 
-use mta_envelope::{BodyType, Envelope, Ret, ReversePath};
 use serde::{Deserialize, Serialize};
 
 use crate::header::{
@@ -79,50 +78,6 @@ pub struct BadAddress {
 }
 
 impl Submission {
-    /// The submissions a message taken over SMTP makes (`-bs` with mtad
-    /// down, whose stand-alone session took it): one per NOTIFY value
-    /// among its recipients, as a drop file has one for all of them
-    /// (ORCPT is not kept). `token` is made unique per submission.
-    pub fn from_smtp(
-        envelope: &Envelope,
-        content: &[u8],
-        time: u64,
-        token: &str,
-    ) -> Vec<Submission> {
-        let mut groups: Vec<(Option<String>, Vec<String>)> = Vec::new();
-        for r in &envelope.recipients {
-            let notify = r.notify.map(|n| n.value());
-            let address = r.address.to_string();
-            match groups.iter_mut().find(|(n, _)| *n == notify) {
-                Some((_, list)) => list.push(address),
-                None => groups.push((notify, vec![address])),
-            }
-        }
-        let sender = match &envelope.sender {
-            ReversePath::Null => String::new(),
-            ReversePath::Mailbox(m) => m.to_string(),
-        };
-        groups
-            .into_iter()
-            .enumerate()
-            .map(|(i, (notify, recipients))| Submission {
-                sender: Some(sender.clone()),
-                full_name: None,
-                recipients,
-                notify,
-                ret: envelope.ret.map(|r| match r {
-                    Ret::Full => "FULL".to_owned(),
-                    Ret::Hdrs => "HDRS".to_owned(),
-                }),
-                envid: envelope.envid.clone(),
-                eight_bit: envelope.body == BodyType::EightBitMime,
-                time,
-                token: format!("{token}.{i}"),
-                content: content.to_vec(),
-            })
-            .collect()
-    }
-
     /// Gathers a submission from the command line and the message read
     /// from standard input: the recipients of the command line and,
     /// with `-t`, of the header; `Bcc:` and `Resent-Bcc:` removed from
@@ -480,63 +435,5 @@ mod tests {
         ] {
             assert_eq!(base64(plain.as_bytes()), coded);
         }
-    }
-
-    /// A message taken over SMTP makes one submission per NOTIFY value,
-    /// with the envelope's sender (`<>` as ""), RET, ENVID and BODY.
-    #[test]
-    fn a_message_taken_over_smtp_makes_a_submission_per_notify() {
-        let origin = mta_envelope::Origin {
-            client_ip: "127.0.0.1".parse().unwrap(),
-            helo: "localhost".into(),
-            protocol: "local-esmtp".into(),
-            tls: None,
-            auth: None,
-        };
-        let rcpts = [
-            "RCPT TO:<a@x.test>",
-            "RCPT TO:<b@x.test> NOTIFY=NEVER",
-            "RCPT TO:<c@x.test>",
-        ]
-        .map(str::to_owned);
-        let e = mta_smtp::envelope_of_commands(
-            "MAIL FROM:<s@x.test> BODY=8BITMIME RET=FULL ENVID=e1",
-            &rcpts,
-            origin.clone(),
-            5,
-        )
-        .unwrap();
-        let made = Submission::from_smtp(&e, b"Subject: s\r\n\r\nx\r\n", 9, "77.1");
-        let groups: Vec<(Vec<String>, Option<String>, String)> = made
-            .iter()
-            .map(|s| (s.recipients.clone(), s.notify.clone(), s.token.clone()))
-            .collect();
-        assert_eq!(
-            groups,
-            [
-                (
-                    vec!["a@x.test".to_owned(), "c@x.test".to_owned()],
-                    None,
-                    "77.1.0".to_owned()
-                ),
-                (
-                    vec!["b@x.test".to_owned()],
-                    Some("NEVER".to_owned()),
-                    "77.1.1".to_owned()
-                ),
-            ]
-        );
-        for s in &made {
-            assert_eq!(s.sender.as_deref(), Some("s@x.test"));
-            assert_eq!(
-                (s.ret.as_deref(), s.envid.as_deref()),
-                (Some("FULL"), Some("e1"))
-            );
-            assert!(s.eight_bit && s.time == 9);
-            assert_eq!(s.content, b"Subject: s\r\n\r\nx\r\n");
-        }
-        let null = mta_smtp::envelope_of_commands("MAIL FROM:<>", &rcpts[..1], origin, 5).unwrap();
-        let made = Submission::from_smtp(&null, b"x\r\n", 9, "t");
-        assert_eq!(made[0].sender.as_deref(), Some(""));
     }
 }

@@ -25,6 +25,7 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use mta_envelope::{BodyType, Envelope, Ret, ReversePath};
 use serde::{Deserialize, Serialize};
 
 use crate::compose::Submission;
@@ -155,6 +156,50 @@ fn check(s: &Submission) -> Result<(), DropError> {
         ));
     }
     Ok(())
+}
+
+/// The submissions a message taken over SMTP makes (`-bs` with mtad
+/// down, whose stand-alone session took it): one per NOTIFY value among
+/// its recipients, as a drop file has one for all of them (ORCPT is not
+/// kept). `token` is made unique per submission.
+pub fn submissions_of(
+    envelope: &Envelope,
+    content: &[u8],
+    time: u64,
+    token: &str,
+) -> Vec<Submission> {
+    let mut groups: Vec<(Option<String>, Vec<String>)> = Vec::new();
+    for r in &envelope.recipients {
+        let notify = r.notify.map(|n| n.value());
+        let address = r.address.to_string();
+        match groups.iter_mut().find(|(n, _)| *n == notify) {
+            Some((_, list)) => list.push(address),
+            None => groups.push((notify, vec![address])),
+        }
+    }
+    let sender = match &envelope.sender {
+        ReversePath::Null => String::new(),
+        ReversePath::Mailbox(m) => m.to_string(),
+    };
+    groups
+        .into_iter()
+        .enumerate()
+        .map(|(i, (notify, recipients))| Submission {
+            sender: Some(sender.clone()),
+            full_name: None,
+            recipients,
+            notify,
+            ret: envelope.ret.map(|r| match r {
+                Ret::Full => "FULL".to_owned(),
+                Ret::Hdrs => "HDRS".to_owned(),
+            }),
+            envid: envelope.envid.clone(),
+            eight_bit: envelope.body == BodyType::EightBitMime,
+            time,
+            token: format!("{token}.{i}"),
+            content: content.to_vec(),
+        })
+        .collect()
 }
 
 /// What [`write`] keeps the drop directory to.
@@ -436,10 +481,11 @@ mod tests {
         names
     }
 
-    /// The submissions a stand-alone `-bs` session makes read back the
-    /// same from their drop files.
+    /// A message taken over SMTP makes one submission per NOTIFY value,
+    /// with the envelope's sender (`<>` as ""), RET, ENVID and BODY, and
+    /// each reads back the same from its drop file.
     #[test]
-    fn submissions_of_a_message_taken_over_smtp_round_trip() {
+    fn a_message_taken_over_smtp_makes_a_submission_per_notify() {
         let origin = mta_envelope::Origin {
             client_ip: "127.0.0.1".parse().unwrap(),
             helo: "localhost".into(),
@@ -448,18 +494,44 @@ mod tests {
             auth: None,
         };
         let rcpts = [
-            "RCPT TO:<a@x.test> NOTIFY=SUCCESS,FAILURE",
-            "RCPT TO:<b@x.test>",
+            "RCPT TO:<a@x.test>",
+            "RCPT TO:<b@x.test> NOTIFY=NEVER",
+            "RCPT TO:<c@x.test>",
         ]
         .map(str::to_owned);
-        for mail in ["MAIL FROM:<s@x.test> RET=HDRS ENVID=e-1", "MAIL FROM:<>"] {
-            let e = mta_smtp::envelope_of_commands(mail, &rcpts, origin.clone(), 5).unwrap();
-            let made = Submission::from_smtp(&e, b"Subject: s\r\n\r\nx\r\n", 9, "1.2");
-            assert_eq!(made.len(), 2);
-            for s in &made {
-                assert_eq!(&decode(&encode(s)).unwrap(), s, "{mail}");
-            }
+        let mail = "MAIL FROM:<s@x.test> BODY=8BITMIME RET=FULL ENVID=e1";
+        let e = mta_smtp::envelope_of_commands(mail, &rcpts, origin.clone(), 5).unwrap();
+        let made = submissions_of(&e, b"Subject: s\r\n\r\nx\r\n", 9, "77.1");
+        let groups: Vec<(Vec<String>, Option<String>, String)> = made
+            .iter()
+            .map(|s| (s.recipients.clone(), s.notify.clone(), s.token.clone()))
+            .collect();
+        let (a, b, c) = ("a@x.test", "b@x.test", "c@x.test");
+        assert_eq!(
+            groups,
+            [
+                (vec![a.to_owned(), c.to_owned()], None, "77.1.0".to_owned()),
+                (
+                    vec![b.to_owned()],
+                    Some("NEVER".to_owned()),
+                    "77.1.1".to_owned()
+                ),
+            ]
+        );
+        for s in &made {
+            assert_eq!(s.sender.as_deref(), Some("s@x.test"));
+            assert_eq!(
+                (s.ret.as_deref(), s.envid.as_deref()),
+                (Some("FULL"), Some("e1"))
+            );
+            assert!(s.eight_bit && s.time == 9);
+            assert_eq!(s.content, b"Subject: s\r\n\r\nx\r\n");
+            assert_eq!(&decode(&encode(s)).unwrap(), s);
         }
+        let null = mta_smtp::envelope_of_commands("MAIL FROM:<>", &rcpts[..1], origin, 5).unwrap();
+        let made = submissions_of(&null, b"x\r\n", 9, "t");
+        assert_eq!(made[0].sender.as_deref(), Some(""));
+        assert_eq!(&decode(&encode(&made[0])).unwrap(), &made[0]);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::BytesMut;
 use mta_config::sendmail::SendmailConfig;
 use mta_config::SmtpConfig;
-use mta_sendmail::{dropfile, Exit, Submission};
+use mta_sendmail::{dropfile, Exit};
 use mta_smtp::{Admission, LocalUser, Reply, Session, SessionConfig, Step, StoreError};
 
 use crate::identity::{DropGroup, Me};
@@ -101,7 +101,7 @@ fn drop_message(
         per_user: config.drop_max_per_user,
         min_free_space: config.drop_min_free_space.0,
     };
-    for submission in Submission::from_smtp(
+    for submission in dropfile::submissions_of(
         &message.envelope,
         &message.content,
         since_epoch.as_secs(),
