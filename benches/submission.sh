@@ -507,6 +507,8 @@ machine_jiffies() {
 # One port-25 run at a fixed rate, beside a flood of the given kind:
 #   none  nothing else;
 #   auth  AUTH PLAIN with a wrong password, over STARTTLS;
+#   users the same with a new user name at each attempt (none of them
+#         exists), so that no user is locked out but every address is;
 #   tls   the same sessions without AUTH (EHLO, STARTTLS, EHLO, QUIT):
 #         what the TLS handshakes alone cost, for comparison.
 # Sets P25_* (and FLOOD_* for a flood) from the JSON, BUSY (the machine's
@@ -522,7 +524,10 @@ measure_b() { # name kind
     if [ "$kind" != none ]; then
         flood_n=$((FLOOD_RATE * (FLOOD_LEAD + secs + FLOOD_TAIL)))
         local what=(--setup-only)
-        [ "$kind" = tls ] || what+=(--auth-user "$USER_NAME")
+        case $kind in
+            auth) what+=(--auth-user "$USER_NAME") ;;
+            users) what+=(--auth-user "guess{n}@${USER_NAME#*@}") ;;
+        esac
         # From 8 addresses in turn, at most 2000 open (wrong passwords
         # queue up behind [auth] max_checks for up to [auth] timeout).
         MTA_LOADGEN_AUTH_PASSWORD="wrong-$PASSWORD" "$LOADGEN" --server "127.0.0.1:$MTAD_SUB_PORT" \
@@ -577,7 +582,7 @@ measure_b() { # name kind
         FLOOD_CONNFAIL=$(jget .connect_failures "$json")
         FLOOD_WALL=$(jget .wall_s "$json")
         FLOOD_OTHER=$(jq -r '[.failures[] | select(.text | startswith("AUTH: ") | not) | "\(.count)x \(.text)"] | join("; ")' "$json" 2>/dev/null || true)
-        if [ "$kind" = auth ]; then
+        if [ "$kind" != tls ]; then
             # Every attempt must have been refused (exit status 1 is
             # expected: every session "fails").
             if [ "${FLOOD_ACC:-0}" != 0 ] || [ -z "$FLOOD_ATTEMPTS" ] || [ "$rc" != 1 ]; then
@@ -620,10 +625,11 @@ $1}" "$limits"
 }
 
 # $PAIRS pairs of port-25 runs on the running mtad, without and with the
-# AUTH flood, as rows of the (b) table labelled $2; the p99s go to the
-# arrays QUIET99 and FLOOD99, the flood's figures to B_FLOOD.
-b_pairs() { # name label
-    local name=$1 label=$2 pair quiet99 flood99 c0 c1
+# AUTH flood (of kind $3, `auth` unless given), as rows of the (b) table
+# labelled $2; the p99s go to the arrays QUIET99 and FLOOD99, the
+# flood's figures to B_FLOOD.
+b_pairs() { # name label [kind]
+    local name=$1 label=$2 kind=${3:-auth} pair quiet99 flood99 c0 c1
     QUIET99=()
     FLOOD99=()
     for pair in $(seq "$PAIRS"); do
@@ -634,7 +640,7 @@ b_pairs() { # name label
         b_row "$pair" "without ($label)" ""
         sleep 2
         c0=$(proc_ticks "$MTAD_PID")
-        measure_b "$name-flood-$pair" auth
+        measure_b "$name-flood-$pair" "$kind"
         c1=$(proc_ticks "$MTAD_PID")
         flood99=$P25_99
         FLOOD99+=("$flood99")
@@ -701,6 +707,19 @@ run_b() {
     b_row "-" "AUTH flood (limits off, \`hash_priority = \"idle\"\`)" "$(ratio "$P25_99" "$quiet")"
     B_IDLE_REPLIES=${FLOOD_REPLIES:-}
     b_stop "the third mtad"
+    # 4. Default limits, a new user name at each attempt: no user is
+    # locked out, so every flooding address is, after its own failures,
+    # and is then turned away at connect (421, no TLS handshake).
+    new_rundir "mtad-flood-names"
+    start_b_mtad "" defaults
+    B_EXPECT=$WARMUP
+    b_pairs names "default limits, a new user name each" users
+    B_NAMES_QUIET=$(median "${QUIET99[@]}")
+    B_NAMES_FLOOD=$(median "${FLOOD99[@]}")
+    B_NAMES_FAILED=$(grep -c 'authentication failed' "$MTADIR/mtad.log" || true)
+    B_NAMES_LOCKOUTS=$(grep -c 'authentication locked out' "$MTADIR/mtad.log" || true)
+    B_NAMES_REFUSED=$(grep -c 'authentication refused: locked out' "$MTADIR/mtad.log" || true)
+    b_stop "the fourth mtad"
 }
 
 # --- the run ------------------------------------------------------------------
@@ -782,7 +801,7 @@ cat <<EOF
 
 ### (b) Port 25 under an AUTH flood (mtad)
 
-Plain port-25 sessions, one 4 KiB message each, started at $P25_RATE a second for $secs s (open loop), without and then with $FLOOD_RATE AUTH PLAIN attempts a second with a wrong password on the submission port (over STARTTLS, from ${#FLOOD_SOURCES[@]} addresses, ${FLOOD_SOURCES[0]} to ${FLOOD_SOURCES[-1]}, in turn; the flood starts $FLOOD_LEAD s before the port-25 run and ends about $FLOOD_TAIL s after it). The user's hash is mtad's default argon2id; at most \`max_checks\` checks at once, each waiting at most \`max_wait\` (1 s) for its turn. Three mtads, one after the other, each with a new queue: **default limits**, mtad as installed (\`[auth.client_failures]\` and \`[auth.user_failures]\` at their defaults: each flooding address slowed after 3 failures and locked out after 10, the user after 30); **limits off**, the worst case (\`delay_after\` and \`lockout_after\` = 10^9 for clients and users, so every attempt is a full hash check), followed by one run beside as many TLS sessions a second that do not authenticate (EHLO, STARTTLS, EHLO, QUIT); and one pair with the limits off and the hashing threads under \`SCHED_IDLE\` (\`hash_priority = "idle"\`), for comparison.
+Plain port-25 sessions, one 4 KiB message each, started at $P25_RATE a second for $secs s (open loop), without and then with $FLOOD_RATE AUTH PLAIN attempts a second with a wrong password on the submission port (over STARTTLS, from ${#FLOOD_SOURCES[@]} addresses, ${FLOOD_SOURCES[0]} to ${FLOOD_SOURCES[-1]}, in turn; the flood starts $FLOOD_LEAD s before the port-25 run and ends about $FLOOD_TAIL s after it). The user's hash is mtad's default argon2id; at most \`max_checks\` checks at once, each waiting at most \`max_wait\` (1 s) for its turn. Four mtads, one after the other, each with a new queue: **default limits**, mtad as installed (\`[auth.client_failures]\` and \`[auth.user_failures]\` at their defaults: each flooding address slowed after 3 failures and locked out after 10, the user after 30); **limits off**, the worst case (\`delay_after\` and \`lockout_after\` = 10^9 for clients and users, so every attempt is a full hash check), followed by one run beside as many TLS sessions a second that do not authenticate (EHLO, STARTTLS, EHLO, QUIT); one pair with the limits off and the hashing threads under \`SCHED_IDLE\` (\`hash_priority = "idle"\`), for comparison; and **default limits, a new user name at each attempt** (\`--auth-user 'guess{n}@...'\`, none of them a user), so that no user is locked out and every flooding address is, after its own failures, and is then turned away at connect.
 
 | pair | beside | sessions | p50 ms | p99 ms | max ms | set-up p99 ms | late starts | machine busy % | mtad % of a CPU | p99 / without |
 | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
@@ -790,7 +809,7 @@ EOF
 printf '%s\n' "${B_ROWS[@]}"
 cat <<EOF
 
-Default limits: median p99 without the flood $B_DEF_QUIET ms, with it $B_DEF_FLOOD ms: **$(ratio "$B_DEF_FLOOD" "$B_DEF_QUIET")** (the issue's bound: 1.25). Limits off: $B_OFF_QUIET ms and $B_OFF_FLOOD ms: **$(ratio "$B_OFF_FLOOD" "$B_OFF_QUIET")**. The TLS-only row is against the limits-off median without; the \`idle\` flood row against the run just before it. "machine busy" is the whole machine's CPU use over the port-25 run (all CPUs, from /proc/stat, the load generators included); "mtad" its process's.
+Default limits: median p99 without the flood $B_DEF_QUIET ms, with it $B_DEF_FLOOD ms: **$(ratio "$B_DEF_FLOOD" "$B_DEF_QUIET")** (the issue's bound: 1.25); with a new user name at each attempt, $B_NAMES_QUIET ms and $B_NAMES_FLOOD ms: **$(ratio "$B_NAMES_FLOOD" "$B_NAMES_QUIET")**. Limits off: $B_OFF_QUIET ms and $B_OFF_FLOOD ms: **$(ratio "$B_OFF_FLOOD" "$B_OFF_QUIET")**. The TLS-only row is against the limits-off median without; the \`idle\` flood row against the run just before it. "machine busy" is the whole machine's CPU use over the port-25 run (all CPUs, from /proc/stat, the load generators included); "mtad" its process's.
 
 The AUTH flood, per run (AUTH replies by code; "AUTH" latency from AUTH to its reply; mtad's CPU over the flood run, port-25 load included, per attempt). The TLS-only sessions' set-up p99 was ${B_TLS_S99:--} ms; the \`idle\` flood's AUTH replies: ${B_IDLE_REPLIES:--}.
 
@@ -800,7 +819,7 @@ EOF
 printf '%s\n' "${B_FLOOD[@]}"
 cat <<EOF
 
-mtad's log, default limits: $B_DEF_FAILED "authentication failed" (a hash checked and wrong), $B_DEF_LOCKOUTS lock-outs started, $B_DEF_REFUSED attempts refused while locked out (\`421 4.7.0\`, no hash). Limits off: $B_FAILED_AUTH "authentication failed", $B_UNAVAILABLE "authentication unavailable" (a check that did not get its turn within \`[auth] max_wait\`: 454 4.7.0), $B_LOCKOUTS lock-outs; $B_WARNINGS other warnings or errors. Every mtad queued every port-25 and warm-up message, once (checked).
+mtad's log, default limits: $B_DEF_FAILED "authentication failed" (a hash checked and wrong), $B_DEF_LOCKOUTS lock-outs started, $B_DEF_REFUSED attempts refused while locked out (\`421 4.7.0\`, no hash); with a new user name at each attempt, $B_NAMES_FAILED, $B_NAMES_LOCKOUTS and $B_NAMES_REFUSED (a locked-out address's sessions are turned away at connect, before TLS and AUTH: the flood's "connection failures"). Limits off: $B_FAILED_AUTH "authentication failed", $B_UNAVAILABLE "authentication unavailable" (a check that did not get its turn within \`[auth] max_wait\`: 454 4.7.0), $B_LOCKOUTS lock-outs; $B_WARNINGS other warnings or errors. Every mtad queued every port-25 and warm-up message, once (checked).
 
 Commands: \`mta-loadgen --server 127.0.0.1:PORT25 --rate $P25_RATE --sessions 500 --messages $((P25_RATE * secs)) --size $SIZE --json\`; the flood \`MTA_LOADGEN_AUTH_PASSWORD=wrong mta-loadgen --server 127.0.0.1:PORT587 --starttls --setup-only --auth-user $USER_NAME --source 127.0.0.2 ... --source 127.0.0.9 --rate $FLOOD_RATE --sessions 2000 --messages $((FLOOD_RATE * (FLOOD_LEAD + secs + FLOOD_TAIL))) --json\`; the TLS-only sessions the same without \`--auth-user\`.
 EOF

@@ -79,7 +79,7 @@ pub struct Cli {
     #[arg(long)]
     pub tls: bool,
 
-    /// Authenticate with AUTH PLAIN (RFC 4954, RFC 4616) as this user before the first MAIL of each connection
+    /// Authenticate with AUTH PLAIN (RFC 4954, RFC 4616) as this user before the first MAIL of each connection; `{n}` in it is replaced by the attempt's number, a new user name at each attempt
     #[arg(long, value_name = "USER", requires = "auth_password")]
     pub auth_user: Option<String>,
 

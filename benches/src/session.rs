@@ -2,9 +2,10 @@
 //! messages, QUIT, reconnecting as the options and failures say; and
 //! what it counted.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -161,6 +162,19 @@ fn min_opt(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     }
 }
 
+/// Counts AUTH attempts, for `{n}` in `--auth-user`.
+static NEXT_AUTH: AtomicU64 = AtomicU64::new(0);
+
+/// The user name of AUTH attempt `n`: `pattern` with `{n}` replaced by
+/// `n` (a new name at each attempt), or `pattern` itself.
+fn auth_user(pattern: &str, n: u64) -> Cow<'_, str> {
+    if pattern.contains("{n}") {
+        Cow::Owned(pattern.replace("{n}", &n.to_string()))
+    } else {
+        Cow::Borrowed(pattern)
+    }
+}
+
 /// How a connection's set-up ended.
 enum Setup {
     /// Ready for MAIL.
@@ -212,8 +226,9 @@ async fn set_up(
             "server does not advertise AUTH PLAIN (needed by --auth-user)".into(),
         ));
     }
+    let user = auth_user(&login.user, NEXT_AUTH.fetch_add(1, Ordering::Relaxed));
     let sent = Instant::now();
-    let reply = conn.auth_plain(&login.user, &login.password).await?;
+    let reply = conn.auth_plain(&user, &login.password).await?;
     st.auth_latencies.push(sent.elapsed());
     *st.auth_replies.entry(reply.code).or_default() += 1;
     if reply.code == 235 {
@@ -548,4 +563,16 @@ async fn transaction(
     let reply = conn.read_reply().await?;
     st.latencies.push(written.elapsed());
     expect(st, "end of DATA", &reply, reply.is_positive())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn n_in_the_user_name_makes_a_new_name_per_attempt() {
+        assert_eq!(auth_user("guess{n}@x.test", 7), "guess7@x.test");
+        assert_eq!(auth_user("a{n}b{n}", 12), "a12b12");
+        assert!(matches!(auth_user("alice@x.test", 7), Cow::Borrowed("alice@x.test")));
+    }
 }
