@@ -573,6 +573,9 @@ mod tests {
     fn n_in_the_user_name_makes_a_new_name_per_attempt() {
         assert_eq!(auth_user("guess{n}@x.test", 7), "guess7@x.test");
         assert_eq!(auth_user("a{n}b{n}", 12), "a12b12");
-        assert!(matches!(auth_user("alice@x.test", 7), Cow::Borrowed("alice@x.test")));
+        assert!(matches!(
+            auth_user("alice@x.test", 7),
+            Cow::Borrowed("alice@x.test")
+        ));
     }
 }
