@@ -185,7 +185,7 @@ impl Importer {
     /// Tells the sender of the recipients the session refused for good,
     /// in a DSN, as a delivery failure would (no one else can: the
     /// command that dropped the file has long exited). None when none
-    /// was refused.
+    /// was refused, or no DSN could be made of them.
     async fn bounce_refused(
         &self,
         path: &Path,
@@ -218,8 +218,10 @@ impl Importer {
         ) {
             Ok(e) => e,
             Err(why) => {
+                // Never the case for what the client sends; were it, no
+                // later scan would do better, so no DSN is tried (None).
                 error!(file = %path.display(), why, "cannot tell the sender of the refused recipients of a drop file");
-                return Some(Bounced::Failed);
+                return None;
             }
         };
         let id = report
@@ -297,7 +299,10 @@ fn judge(path: &Path, user: &LocalUser, report: &Report, bounced: Option<Bounced
         return Fate::Later("the DSN for its refused recipients could not be queued".into());
     }
     if let Some((_, why)) = &report.failed {
-        if report.queued.is_empty() && report.refused.is_empty() {
+        // Refused as a whole with nothing queued: done with once its
+        // sender was told (or need not be), else set aside.
+        let told = matches!(bounced, Some(Bounced::Queued | Bounced::NotWanted));
+        if report.queued.is_empty() && !told {
             return Fate::Bad(why.clone());
         }
     }
@@ -428,6 +433,55 @@ mod tests {
             first
         );
         assert!(!first.starts_with(DROP_PREFIX) && !first.starts_with(TMP_PREFIX));
+    }
+
+    /// What an import's report means for its file, with the DSN for its
+    /// refused recipients: done with once they went or their sender was
+    /// told; tried again when a DSN owed could not be queued and nothing
+    /// went; set aside when refused as a whole and no one can be told.
+    #[test]
+    fn the_fate_of_a_drop_file_with_refused_recipients() {
+        use mta_sendmail::client::Reply;
+        let user = LocalUser::new(1000, Some("alice"));
+        let path = Path::new("/drop/drop-1000-0");
+        let reply = |code: u16, text: &str| Reply {
+            code,
+            lines: vec![text.to_owned()],
+        };
+        let some_refused = Report {
+            queued: vec![("000000000000002a".into(), vec!["bob@local.test".into()])],
+            refused: vec![("x@local.test".into(), reply(550, "5.1.1 no such user"))],
+            ..Report::default()
+        };
+        let all_refused = Report {
+            refused: vec![("x@local.test".into(), reply(550, "5.1.1 no such user"))],
+            ..Report::default()
+        };
+        let whole = Report {
+            failed: Some((mta_sendmail::Exit::Unavailable, "554 5.7.1 no".into())),
+            refused: vec![("x@local.test".into(), reply(554, "5.7.1 no"))],
+            ..Report::default()
+        };
+        let unsendable = Report {
+            failed: Some((mta_sendmail::Exit::DataErr, "bad address".into())),
+            ..Report::default()
+        };
+        let fate = |r: &Report, b| judge(path, &user, r, b);
+        assert_eq!(fate(&some_refused, Some(Bounced::Queued)), Fate::Imported);
+        assert_eq!(fate(&some_refused, Some(Bounced::Failed)), Fate::Imported);
+        assert_eq!(fate(&all_refused, Some(Bounced::Queued)), Fate::Imported);
+        assert_eq!(fate(&all_refused, Some(Bounced::NotWanted)), Fate::Imported);
+        assert!(matches!(
+            fate(&all_refused, Some(Bounced::Failed)),
+            Fate::Later(_)
+        ));
+        assert_eq!(fate(&whole, Some(Bounced::Queued)), Fate::Imported);
+        assert!(matches!(
+            fate(&whole, Some(Bounced::Failed)),
+            Fate::Later(_)
+        ));
+        assert_eq!(fate(&whole, None), Fate::Bad("554 5.7.1 no".into()));
+        assert_eq!(fate(&unsendable, None), Fate::Bad("bad address".into()));
     }
 
     /// Oldest first by the time written, whatever the names say.
