@@ -373,6 +373,63 @@ fn recipients_refused_at_import_are_bounced_to_the_sender() {
     assert!(aside.is_empty(), "nothing set aside: {aside:?}");
 }
 
+/// mtad down, and a message dropped that is bigger than mtad takes: at
+/// the import its sender gets a DSN (`5.3.4`), whether the file is a
+/// little too big (the session's SIZE refuses it) or far too big to be
+/// read whole (only its envelope and header are read); no one gets the
+/// message, and nothing is left or set aside.
+#[test]
+fn a_dropped_message_too_big_is_bounced_to_its_sender() {
+    let s = Setup::new("mail");
+    let config = std::fs::read_to_string(s.work.config_path()).unwrap();
+    let config = config.replacen(
+        "local_domains = [\"local.test\", \"mx.test\"]\n",
+        "local_domains = [\"local.test\", \"mx.test\"]\nmax_message_size = \"4KiB\"\n",
+        1,
+    );
+    assert!(config.contains("max_message_size"), "{config}");
+    std::fs::write(s.work.config_path(), config).unwrap();
+    Mtad::start(&s.work).terminate();
+    for (subject, lines) in [("a little too big", 200), ("far too big", 60_000)] {
+        let message = format!(
+            "Subject: {subject}\n\n{}",
+            "0123456789012345678901234567890123456\n".repeat(lines)
+        );
+        let o = s.sendmail(
+            &["-i", "-f", "alice@local.test", "bob@local.test"],
+            &message,
+        );
+        assert_eq!(code(&o), 0, "{}", text(&o));
+    }
+    assert_eq!(s.drops().len(), 2);
+
+    let mtad = Mtad::start(&s.work);
+    let dsns = s.wait_maildir("local.test", "alice", 2);
+    for subject in ["a little too big", "far too big"] {
+        let dsn = dsns
+            .iter()
+            .find(|d| d.contains(&format!("Subject: {subject}")))
+            .unwrap_or_else(|| panic!("no DSN for {subject:?}: {dsns:?}"));
+        for want in [
+            "Final-Recipient: rfc822; bob@local.test",
+            "Action: failed",
+            "Status: 5.3.4",
+            "Diagnostic-Code: smtp; 552 5.3.4 Message size exceeds",
+        ] {
+            assert!(dsn.contains(want), "{want:?} not in the DSN:\n{dsn}");
+        }
+    }
+    wait_until("both drop files done with", WAIT, || s.drops().is_empty());
+    mtad.terminate();
+    let bob = s.work.path().join("maildir/local.test/bob/Maildir/new");
+    assert!(
+        std::fs::read_dir(&bob).map_or(true, |d| d.count() == 0),
+        "bob got nothing"
+    );
+    let left: Vec<_> = std::fs::read_dir(s.drop_dir()).unwrap().collect();
+    assert!(left.is_empty(), "nothing set aside: {left:?}");
+}
+
 /// A drop file mtad cannot use is set aside under its name and the
 /// time, so a second one under the same name (names are taken again)
 /// does not replace the first; the good file beside them is imported.

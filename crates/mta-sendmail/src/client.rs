@@ -171,6 +171,14 @@ impl<S: Read + Write> Conn<S> {
         });
         if let Some(limit) = size_limit {
             if p.content.len() as u64 > limit {
+                // Refused for good, each recipient with the reply MAIL
+                // would have had (mtad bounces a drop file's to its sender).
+                let too_big = Reply {
+                    code: 552,
+                    lines: vec![format!(
+                        "5.3.4 Message size exceeds fixed maximum message size ({limit} octets)"
+                    )],
+                };
                 report.failed = Some((
                     Exit::DataErr,
                     format!(
@@ -178,7 +186,9 @@ impl<S: Read + Write> Conn<S> {
                         p.content.len()
                     ),
                 ));
-                rest.clear();
+                report
+                    .refused
+                    .extend(rest.drain(..).map(|rcpt| (rcpt, too_big.clone())));
                 return Ok(());
             }
         }
@@ -482,8 +492,18 @@ mod tests {
         assert_eq!(report.refused.len(), 1);
         // Too big for the server's SIZE: not even tried.
         let big = format!("S: s\r\n\r\n{}\r\n", "x".repeat(200_000));
-        let (report, written) = run(GREETING, &submission(&["a"], &big));
+        let (report, written) = run(GREETING, &submission(&["a", "b"], &big));
         assert_eq!(report.failed.as_ref().map(|f| f.0), Some(Exit::DataErr));
         assert!(!written.contains("MAIL"), "{written}");
+        let refused: Vec<(&str, String)> = report
+            .refused
+            .iter()
+            .map(|(r, reply)| (r.as_str(), reply.text()))
+            .collect();
+        let why = "552 5.3.4 Message size exceeds fixed maximum message size (100000 octets)";
+        assert_eq!(
+            refused,
+            [("a@mx.test", why.to_owned()), ("b@mx.test", why.to_owned())]
+        );
     }
 }

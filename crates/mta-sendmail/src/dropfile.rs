@@ -98,15 +98,7 @@ pub fn encode(submission: &Submission) -> Vec<u8> {
 /// that no string holds a control character (they go into envelopes and
 /// headers) and there is a recipient.
 pub fn decode(bytes: &[u8]) -> Result<Submission, DropError> {
-    let rest = bytes.strip_prefix(MAGIC).ok_or(DropError::NotADropFile)?;
-    let window = &rest[..rest.len().min(MAX_ENVELOPE_LINE)];
-    let end = window
-        .iter()
-        .position(|&b| b == b'\n')
-        .ok_or_else(|| DropError::Envelope("no end of line".into()))?;
-    let line: Line =
-        serde_json::from_slice(&rest[..end]).map_err(|e| DropError::Envelope(e.to_string()))?;
-    let content = &rest[end + 1..];
+    let (line, content) = envelope_line(bytes)?;
     if content.len() as u64 != line.length {
         return Err(DropError::Length {
             found: content.len() as u64,
@@ -118,6 +110,36 @@ pub fn decode(bytes: &[u8]) -> Result<Submission, DropError> {
     submission.content = content.to_vec();
     Ok(submission)
 }
+
+/// The submission of a drop file too big to be read whole, from its first
+/// octets `head`: the envelope line, checked as [`decode`] checks it, and
+/// the text cut after its header section (or where `head` ends). Only
+/// for telling its sender why it was not sent: the text is not all there.
+pub fn decode_head(head: &[u8]) -> Result<Submission, DropError> {
+    let (line, content) = envelope_line(head)?;
+    let mut submission = line.submission;
+    check(&submission)?;
+    let cut = memchr::memmem::find(content, b"\r\n\r\n").map_or(content.len(), |at| at + 4);
+    submission.content = content[..cut].to_vec();
+    Ok(submission)
+}
+
+/// The envelope line of a drop file, and what follows it.
+fn envelope_line(bytes: &[u8]) -> Result<(Line, &[u8]), DropError> {
+    let rest = bytes.strip_prefix(MAGIC).ok_or(DropError::NotADropFile)?;
+    let window = &rest[..rest.len().min(MAX_ENVELOPE_LINE)];
+    let end = window
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or_else(|| DropError::Envelope("no end of line".into()))?;
+    let line: Line =
+        serde_json::from_slice(&rest[..end]).map_err(|e| DropError::Envelope(e.to_string()))?;
+    Ok((line, &rest[end + 1..]))
+}
+
+/// How much of a drop file [`decode_head`] needs: the envelope line at
+/// its longest and room for a header section.
+pub const HEAD_LEN: usize = MAGIC.len() + MAX_ENVELOPE_LINE + 1 + (256 << 10);
 
 /// What a decoded submission must be before anything uses it.
 fn check(s: &Submission) -> Result<(), DropError> {
@@ -532,6 +554,31 @@ mod tests {
         let made = submissions_of(&null, b"x\r\n", 9, "t");
         assert_eq!(made[0].sender.as_deref(), Some(""));
         assert_eq!(&decode(&encode(&made[0])).unwrap(), &made[0]);
+    }
+
+    /// The head of a drop file gives its envelope and header section.
+    #[test]
+    fn the_head_of_a_drop_file_gives_its_envelope_and_header() {
+        let mut s = sample();
+        s.content = b"Subject: big\r\nX: y\r\n\r\nbody line\r\n".repeat(3);
+        let bytes = encode(&s);
+        let head = decode_head(&bytes[..bytes.len() - 5]).unwrap();
+        assert_eq!(head.content, b"Subject: big\r\nX: y\r\n\r\n");
+        assert_eq!(
+            Submission {
+                content: Vec::new(),
+                ..head
+            },
+            Submission {
+                content: Vec::new(),
+                ..s.clone()
+            }
+        );
+        // A header section longer than the head: what there is.
+        let cut = encode(&s);
+        let short = &cut[..cut.len() - s.content.len() + 8];
+        assert_eq!(decode_head(short).unwrap().content, b"Subject:");
+        assert!(matches!(decode_head(b"junk"), Err(DropError::NotADropFile)));
     }
 
     #[test]

@@ -27,7 +27,7 @@ use mta_envelope::{unix_now, Origin, QueueId};
 use mta_queue::Bounced;
 use mta_sendmail::client::{self, Report};
 use mta_sendmail::dropfile::{self, BAD_PREFIX, DROP_PREFIX, TMP_PREFIX};
-use mta_sendmail::Submission;
+use mta_sendmail::{Prepared, Submission};
 use mta_smtp::LocalUser;
 use nix::fcntl::{Flock, FlockArg};
 use tokio_util::task::TaskTracker;
@@ -165,8 +165,11 @@ impl Importer {
             tokio::task::spawn_blocking(move || read(&path, limit)).await
         };
         let (uid, submission) = match read {
-            Ok(Ok(Some(found))) => found,
-            Ok(Ok(None)) => return Fate::Gone,
+            Ok(Ok(Found::Whole(uid, submission))) => (uid, submission),
+            Ok(Ok(Found::TooBig { uid, head, size })) => {
+                return self.bounce_too_big(path, uid, head, size, &settings).await;
+            }
+            Ok(Ok(Found::Gone)) => return Fate::Gone,
             Ok(Err(why)) => return Fate::Bad(why),
             Err(e) => return Fate::Later(e.to_string()),
         };
@@ -180,6 +183,48 @@ impl Importer {
         };
         let bounced = self.bounce_refused(path, &user, &report).await;
         judge(path, &user, &report, bounced)
+    }
+
+    /// A drop file too big for any message: its sender is told, in a DSN
+    /// for every recipient (`552 5.3.4`, as the session would refuse it),
+    /// and the file is done with; set aside when no DSN can be made.
+    async fn bounce_too_big(
+        &self,
+        path: &Path,
+        uid: u32,
+        head: Submission,
+        size: u64,
+        settings: &crate::settings::Settings,
+    ) -> Fate {
+        let user = local_user(uid).await;
+        let why = format!("{size} octets, more than a message may be");
+        let Ok(p) = head.complete(&settings.hostname, &user.name) else {
+            return Fate::Bad(why);
+        };
+        let reply = format!(
+            "552 5.3.4 Message size exceeds fixed maximum message size ({size} octets in the drop file)"
+        );
+        let refused: Vec<(String, String)> = p
+            .recipients
+            .iter()
+            .map(|rcpt| (rcpt.clone(), reply.clone()))
+            .collect();
+        let bounced = self.bounce(path, &user, &p, &refused, None).await;
+        let file = path.display();
+        match bounced {
+            Some(Bounced::Queued) => {
+                warn!(%file, user = %user.name, uid, size, "drop file too big: not delivered; the sender gets a DSN");
+                Fate::Imported
+            }
+            Some(Bounced::NotWanted) => {
+                warn!(%file, user = %user.name, uid, size, "drop file too big: not delivered; no DSN (the sender is <> or NOTIFY says not)");
+                Fate::Imported
+            }
+            Some(Bounced::Failed) => {
+                Fate::Later("too big, and the DSN for it could not be queued".into())
+            }
+            None => Fate::Bad(why),
+        }
     }
 
     /// Tells the sender of the recipients the session refused for good,
@@ -197,12 +242,33 @@ impl Importer {
         }
         // Recipients are only refused once the submission is prepared.
         let p = report.prepared.as_ref()?;
-        let rcpts: Vec<String> = report
+        let refused: Vec<(String, String)> = report
             .refused
+            .iter()
+            .map(|(rcpt, reply)| (rcpt.clone(), reply.text()))
+            .collect();
+        let id = report
+            .queued
+            .first()
+            .and_then(|(id, _)| id.parse::<QueueId>().ok());
+        self.bounce(path, user, p, &refused, id).await
+    }
+
+    /// A DSN to the sender of `p` for `refused` (each recipient with its
+    /// reply), naming the message `id` (else a new one).
+    async fn bounce(
+        &self,
+        path: &Path,
+        user: &LocalUser,
+        p: &Prepared,
+        refused: &[(String, String)],
+        id: Option<QueueId>,
+    ) -> Option<Bounced> {
+        let rcpts: Vec<String> = refused
             .iter()
             .map(|(rcpt, _)| client::rcpt_line(p, rcpt))
             .collect();
-        let replies: Vec<String> = report.refused.iter().map(|(_, r)| r.text()).collect();
+        let replies: Vec<String> = refused.iter().map(|(_, r)| r.clone()).collect();
         let origin = Origin {
             client_ip: Ipv4Addr::LOCALHOST.into(),
             helo: "localhost".into(),
@@ -224,10 +290,6 @@ impl Importer {
                 return None;
             }
         };
-        let id = report
-            .queued
-            .first()
-            .and_then(|(id, _)| id.parse::<QueueId>().ok());
         Some(
             self.ctx
                 .queue()
@@ -369,11 +431,27 @@ fn names(dir: &Path, now: SystemTime) -> std::io::Result<Vec<String>> {
     Ok(found.into_iter().map(|(_, name)| name).collect())
 }
 
+/// What a look at a drop file found.
+#[derive(Debug, PartialEq, Eq)]
+enum Found {
+    /// Gone meanwhile.
+    Gone,
+    /// The file and its owner.
+    Whole(u32, Submission),
+    /// A file too big for any message: its envelope and header section
+    /// (`dropfile::decode_head`), its owner and its size.
+    TooBig {
+        uid: u32,
+        head: Submission,
+        size: u64,
+    },
+}
+
 /// Reads a drop file and its owner: Ok(None) when it is gone; Err when
 /// it can never be used. Opened without following a link and checked
 /// on the open file: a regular file with one link (not a link to some
 /// other file), no bigger than `limit`.
-fn read(path: &Path, limit: u64) -> Result<Option<(u32, Submission)>, String> {
+fn read(path: &Path, limit: u64) -> Result<Found, String> {
     use std::io::Read;
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -381,7 +459,7 @@ fn read(path: &Path, limit: u64) -> Result<Option<(u32, Submission)>, String> {
         .open(path);
     let file = match file {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Found::Gone),
         Err(e) => return Err(format!("cannot open: {e}")),
     };
     let meta = file.metadata().map_err(|e| format!("cannot stat: {e}"))?;
@@ -389,14 +467,23 @@ fn read(path: &Path, limit: u64) -> Result<Option<(u32, Submission)>, String> {
         return Err("not a regular file with one link".into());
     }
     if meta.len() > limit {
-        return Err(format!("{} octets, more than a message may be", meta.len()));
+        let mut head = Vec::with_capacity(dropfile::HEAD_LEN);
+        file.take(dropfile::HEAD_LEN as u64)
+            .read_to_end(&mut head)
+            .map_err(|e| format!("cannot read: {e}"))?;
+        let head = dropfile::decode_head(&head).map_err(|e| e.to_string())?;
+        return Ok(Found::TooBig {
+            uid: meta.uid(),
+            head,
+            size: meta.len(),
+        });
     }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     file.take(limit + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| format!("cannot read: {e}"))?;
     let submission = dropfile::decode(&bytes).map_err(|e| e.to_string())?;
-    Ok(Some((meta.uid(), submission)))
+    Ok(Found::Whole(meta.uid(), submission))
 }
 
 #[cfg(test)]
@@ -520,11 +607,27 @@ mod tests {
     fn read_checks_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dropfile::write(dir.path(), &sample(), &ROOMY).unwrap();
-        let (uid, s) = read(&path, 1 << 20).unwrap().unwrap();
-        assert_eq!(uid, nix::unistd::getuid().as_raw());
-        assert_eq!(s, sample());
-        assert!(read(&path, 10).is_err(), "too big");
-        assert_eq!(read(&dir.path().join("drop-gone"), 1 << 20), Ok(None));
+        let uid = nix::unistd::getuid().as_raw();
+        assert_eq!(read(&path, 1 << 20), Ok(Found::Whole(uid, sample())));
+        // Too big for any message: its envelope and header section.
+        let Ok(Found::TooBig {
+            uid: owner,
+            head,
+            size,
+        }) = read(&path, 10)
+        else {
+            panic!("not found too big");
+        };
+        assert_eq!(
+            (owner, size),
+            (uid, std::fs::metadata(&path).unwrap().len())
+        );
+        assert_eq!(head.recipients, sample().recipients);
+        assert_eq!(head.content, b"Subject: s\r\n\r\n");
+        assert_eq!(
+            read(&dir.path().join("drop-gone"), 1 << 20),
+            Ok(Found::Gone)
+        );
         let link = dir.path().join("drop-link");
         std::os::unix::fs::symlink(&path, &link).unwrap();
         assert!(read(&link, 1 << 20).is_err(), "a symbolic link");
@@ -534,5 +637,6 @@ mod tests {
         let junk = dir.path().join("drop-junk");
         std::fs::write(&junk, "hello").unwrap();
         assert!(read(&junk, 1 << 20).is_err());
+        assert!(read(&junk, 2).is_err(), "junk too big is still junk");
     }
 }
