@@ -651,6 +651,18 @@ b_pairs() { # name label [kind]
     done
 }
 
+# After b_pairs on a running mtad with the default limits: the medians
+# of its p99s and what its log counted, as ${1}_QUIET, ${1}_FLOOD,
+# ${1}_FAILED, ${1}_LOCKOUTS and ${1}_REFUSED.
+b_summary() { # prefix
+    local log=$MTADIR/mtad.log
+    printf -v "${1}_QUIET" '%s' "$(median "${QUIET99[@]}")"
+    printf -v "${1}_FLOOD" '%s' "$(median "${FLOOD99[@]}")"
+    printf -v "${1}_FAILED" '%s' "$(grep -c 'authentication failed' "$log" || true)"
+    printf -v "${1}_LOCKOUTS" '%s' "$(grep -c 'authentication locked out' "$log" || true)"
+    printf -v "${1}_REFUSED" '%s' "$(grep -c 'authentication refused: locked out' "$log" || true)"
+}
+
 # Stops the (b) mtad after checking it queued what it was sent.
 b_stop() { # what
     local queued
@@ -669,11 +681,7 @@ run_b() {
     start_b_mtad "" defaults
     B_EXPECT=$WARMUP
     b_pairs defaults "default limits"
-    B_DEF_QUIET=$(median "${QUIET99[@]}")
-    B_DEF_FLOOD=$(median "${FLOOD99[@]}")
-    B_DEF_FAILED=$(grep -c 'authentication failed' "$MTADIR/mtad.log" || true)
-    B_DEF_LOCKOUTS=$(grep -c 'authentication locked out' "$MTADIR/mtad.log" || true)
-    B_DEF_REFUSED=$(grep -c 'authentication refused: locked out' "$MTADIR/mtad.log" || true)
+    b_summary B_DEF
     b_stop "the first mtad"
     # 2. The worst case: the limits out of reach, every attempt a hash.
     new_rundir "mtad-flood"
@@ -714,11 +722,7 @@ run_b() {
     start_b_mtad "" defaults
     B_EXPECT=$WARMUP
     b_pairs names "default limits, a new user name each" users
-    B_NAMES_QUIET=$(median "${QUIET99[@]}")
-    B_NAMES_FLOOD=$(median "${FLOOD99[@]}")
-    B_NAMES_FAILED=$(grep -c 'authentication failed' "$MTADIR/mtad.log" || true)
-    B_NAMES_LOCKOUTS=$(grep -c 'authentication locked out' "$MTADIR/mtad.log" || true)
-    B_NAMES_REFUSED=$(grep -c 'authentication refused: locked out' "$MTADIR/mtad.log" || true)
+    b_summary B_NAMES
     b_stop "the fourth mtad"
 }
 

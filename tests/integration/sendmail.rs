@@ -30,18 +30,18 @@ struct Setup {
 
 impl Setup {
     fn new(drop_group: &str) -> Setup {
-        Setup::with(drop_group, "")
+        Setup::with(drop_group, "", "")
     }
 
-    /// [`Setup::new`] with more keys for `[sendmail]`.
-    fn with(drop_group: &str, more: &str) -> Setup {
+    /// [`Setup::new`] with more keys for `[smtp]` and for `[sendmail]`.
+    fn with(drop_group: &str, smtp: &str, sendmail: &str) -> Setup {
         let work = Workdir::new();
         std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let extra =
             format!(
-            "[smtp]\nlisten = [\"127.0.0.1:0\"]\nlocal_domains = [\"local.test\", \"mx.test\"]\n\
+            "[smtp]\nlisten = [\"127.0.0.1:0\"]\nlocal_domains = [\"local.test\", \"mx.test\"]\n{smtp}\
              [sendmail]\nsocket = {:?}\ndrop_dir = {:?}\ndrop_group = {drop_group:?}\n\
-             drop_scan_interval = \"100ms\"\n{more}",
+             drop_scan_interval = \"100ms\"\n{sendmail}",
             work.path().join("run/mta/submit.sock").display().to_string(),
             work.path().join("spool/maildrop").display().to_string(),
         );
@@ -91,14 +91,23 @@ impl Setup {
         child.wait_with_output().expect("mta-sendmail output")
     }
 
+    /// The directory of the new mail of `user@domain`.
+    fn maildir(&self, domain: &str, user: &str) -> PathBuf {
+        self.work
+            .path()
+            .join(format!("maildir/{domain}/{user}/Maildir/new"))
+    }
+
+    /// How many messages `user@domain` got (none while it has no Maildir).
+    fn maildir_count(&self, domain: &str, user: &str) -> usize {
+        std::fs::read_dir(self.maildir(domain, user)).map_or(0, |d| d.count())
+    }
+
     /// The files delivered to `user@domain`, once there are `n`.
     fn wait_maildir(&self, domain: &str, user: &str, n: usize) -> Vec<String> {
-        let dir = self
-            .work
-            .path()
-            .join(format!("maildir/{domain}/{user}/Maildir/new"));
+        let dir = self.maildir(domain, user);
         wait_until(&format!("{n} message(s) for {user}@{domain}"), WAIT, || {
-            std::fs::read_dir(&dir).is_ok_and(|d| d.count() >= n)
+            self.maildir_count(domain, user) >= n
         });
         let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
             .unwrap()
@@ -113,10 +122,15 @@ impl Setup {
 
     /// The names of the drop files waiting in the drop directory.
     fn drops(&self) -> Vec<String> {
+        self.in_drop_dir("drop-")
+    }
+
+    /// The names in the drop directory that start with `prefix`, sorted.
+    fn in_drop_dir(&self, prefix: &str) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(self.drop_dir())
             .expect("the drop directory")
             .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|n| n.starts_with("drop-"))
+            .filter(|n| n.starts_with(prefix))
             .collect();
         names.sort();
         names
@@ -246,7 +260,7 @@ fn with_mtad_down_the_message_is_dropped_then_imported_once() {
     // Once: one copy each, and nothing left to import again.
     assert_eq!(s.wait_maildir("local.test", "alice", 1).len(), 1);
     assert_eq!(s.wait_maildir("local.test", "bob", 1).len(), 1);
-    let left: Vec<_> = std::fs::read_dir(s.drop_dir()).unwrap().collect();
+    let left = s.in_drop_dir("");
     assert!(left.is_empty(), "{left:?}");
     let queued = spool_contents(&s.work.queue());
     assert_eq!(
@@ -265,7 +279,7 @@ fn with_mtad_down_the_message_is_dropped_then_imported_once() {
 /// nothing behind. Once mtad imported them the user may drop again.
 #[test]
 fn a_user_drops_at_most_drop_max_per_user_messages() {
-    let s = Setup::with("mail", "drop_max_per_user = 2\n");
+    let s = Setup::with("mail", "", "drop_max_per_user = 2\n");
     Mtad::start(&s.work).terminate();
     for n in 0..2 {
         let o = s.sendmail(&["-i", "alice@local.test"], &format!("Subject: {n}\n\nx\n"));
@@ -285,7 +299,7 @@ fn a_user_drops_at_most_drop_max_per_user_messages() {
             && err.contains("sendmail.drop_max_per_user"),
         "{err}"
     );
-    let all: Vec<_> = std::fs::read_dir(s.drop_dir()).unwrap().collect();
+    let all = s.in_drop_dir("");
     assert_eq!(all.len(), 2, "no temporary file left: {all:?}");
 
     let mtad = Mtad::start(&s.work);
@@ -306,16 +320,11 @@ fn a_user_drops_at_most_drop_max_per_user_messages() {
 /// done with too.
 #[test]
 fn recipients_refused_at_import_are_bounced_to_the_sender() {
-    let s = Setup::new("mail");
-    let config = std::fs::read_to_string(s.work.config_path()).unwrap();
-    let config = config.replacen(
-        "local_domains = [\"local.test\", \"mx.test\"]\n",
-        "local_domains = [\"local.test\", \"mx.test\"]\n\
-         local_recipients = [\"alice\", \"bob\", \"carol\"]\n",
-        1,
+    let s = Setup::with(
+        "mail",
+        "local_recipients = [\"alice\", \"bob\", \"carol\"]\n",
+        "",
     );
-    assert!(config.contains("local_recipients"), "{config}");
-    std::fs::write(s.work.config_path(), config).unwrap();
     Mtad::start(&s.work).terminate();
     let o = s.sendmail(
         &[
@@ -361,15 +370,12 @@ fn recipients_refused_at_import_are_bounced_to_the_sender() {
     wait_until("both drop files done with", WAIT, || s.drops().is_empty());
     mtad.terminate();
     assert_eq!(s.wait_maildir("local.test", "alice", 1).len(), 1, "one DSN");
-    let carol = s.work.path().join("maildir/local.test/carol/Maildir/new");
-    assert!(
-        std::fs::read_dir(&carol).map_or(true, |d| d.count() == 0),
+    assert_eq!(
+        s.maildir_count("local.test", "carol"),
+        0,
         "NOTIFY=NEVER: no DSN for carol"
     );
-    let aside: Vec<_> = std::fs::read_dir(s.drop_dir())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let aside = s.in_drop_dir("");
     assert!(aside.is_empty(), "nothing set aside: {aside:?}");
 }
 
@@ -380,15 +386,7 @@ fn recipients_refused_at_import_are_bounced_to_the_sender() {
 /// message, and nothing is left or set aside.
 #[test]
 fn a_dropped_message_too_big_is_bounced_to_its_sender() {
-    let s = Setup::new("mail");
-    let config = std::fs::read_to_string(s.work.config_path()).unwrap();
-    let config = config.replacen(
-        "local_domains = [\"local.test\", \"mx.test\"]\n",
-        "local_domains = [\"local.test\", \"mx.test\"]\nmax_message_size = \"4KiB\"\n",
-        1,
-    );
-    assert!(config.contains("max_message_size"), "{config}");
-    std::fs::write(s.work.config_path(), config).unwrap();
+    let s = Setup::with("mail", "max_message_size = \"4KiB\"\n", "");
     Mtad::start(&s.work).terminate();
     for (subject, lines) in [("a little too big", 200), ("far too big", 60_000)] {
         let message = format!(
@@ -421,12 +419,8 @@ fn a_dropped_message_too_big_is_bounced_to_its_sender() {
     }
     wait_until("both drop files done with", WAIT, || s.drops().is_empty());
     mtad.terminate();
-    let bob = s.work.path().join("maildir/local.test/bob/Maildir/new");
-    assert!(
-        std::fs::read_dir(&bob).map_or(true, |d| d.count() == 0),
-        "bob got nothing"
-    );
-    let left: Vec<_> = std::fs::read_dir(s.drop_dir()).unwrap().collect();
+    assert_eq!(s.maildir_count("local.test", "bob"), 0, "bob got nothing");
+    let left = s.in_drop_dir("");
     assert!(left.is_empty(), "nothing set aside: {left:?}");
 }
 
@@ -440,15 +434,7 @@ fn drop_files_set_aside_under_one_name_are_all_kept() {
     let junk = s.drop_dir().join("drop-0-0");
     std::fs::write(&junk, "not a drop file").unwrap();
     let mtad = Mtad::start(&s.work);
-    let set_aside = || -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(s.drop_dir())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|n| n.starts_with("bad-drop-0-0."))
-            .collect();
-        names.sort();
-        names
-    };
+    let set_aside = || s.in_drop_dir("bad-drop-0-0.");
     wait_until("the first junk file set aside", WAIT, || {
         set_aside().len() == 1
     });
@@ -474,7 +460,7 @@ fn drop_files_set_aside_under_one_name_are_all_kept() {
 /// written.
 #[test]
 fn a_drop_never_eats_into_the_free_space_reserve() {
-    let s = Setup::with("mail", "drop_min_free_space = \"1000000GiB\"\n");
+    let s = Setup::with("mail", "", "drop_min_free_space = \"1000000GiB\"\n");
     Mtad::start(&s.work).terminate();
     let o = s.sendmail(&["-i", "alice@local.test"], "Subject: s\n\nx\n");
     assert_eq!(code(&o), 75, "{}", text(&o));
@@ -484,7 +470,7 @@ fn a_drop_never_eats_into_the_free_space_reserve() {
             && err.contains("must stay free (sendmail.drop_min_free_space)"),
         "{err}"
     );
-    let all: Vec<_> = std::fs::read_dir(s.drop_dir()).unwrap().collect();
+    let all = s.in_drop_dir("");
     assert!(all.is_empty(), "{all:?}");
 }
 

@@ -71,6 +71,7 @@ pub use dane::{Dane, DanePolicy, HostTlsa};
 pub use error::ClientError;
 pub use mx::{ResolveError, Resolver, ResolverConfig, Target};
 pub use outcome::{Attempt, Delivery, Outcome, ServerReply, ServerSignal};
+pub use reply::enhanced_code;
 pub use requirement::{HostPolicy, Published, TlsRequirement};
 pub use sts::cache::{CachedPolicy, PolicyCache};
 pub use sts::MtaSts;

@@ -87,7 +87,7 @@ impl ReplyParser {
 /// The enhanced status code at the start of `text`, when its class is the
 /// first digit of `code` (RFC 2034 section 4; RFC 3463 section 2 for the
 /// syntax: class "." 1*3digit "." 1*3digit).
-fn enhanced_code(code: u16, text: &str) -> Option<&str> {
+pub fn enhanced_code(code: u16, text: &str) -> Option<&str> {
     let word = text.split(' ').next()?;
     let mut parts = word.split('.');
     let (class, subject, detail) = (parts.next()?, parts.next()?, parts.next()?);

@@ -112,24 +112,28 @@ pub(crate) fn deleted_reports(
     indexes: &[usize],
     now: u64,
 ) -> Option<(Mailbox, Vec<RecipientReport>)> {
+    let failed = indexes.iter().filter_map(|&i| {
+        let diagnostic = Diagnostic::Local("deleted from the queue by the operator".to_owned());
+        Some((envelope.recipients.get(i)?, "5.0.0", diagnostic))
+    });
+    failure_reports(envelope, failed, now)
+}
+
+/// The reports owed to the sender for `failed` recipients of `envelope`,
+/// each with its status and diagnostic, as NOTIFY allows: who to, and
+/// what; None when none is owed (a message from `<>` gets none).
+fn failure_reports<'a>(
+    envelope: &'a Envelope,
+    failed: impl Iterator<Item = (&'a Recipient, &'a str, Diagnostic)>,
+    now: u64,
+) -> Option<(Mailbox, Vec<RecipientReport>)> {
     let ReversePath::Mailbox(sender) = &envelope.sender else {
         return None;
     };
-    let reports: Vec<RecipientReport> = indexes
-        .iter()
-        .filter_map(|&i| envelope.recipients.get(i))
-        .filter(|r| mta_dsn::wants_dsn(envelope, r, Action::Failed))
-        .map(|r| {
-            report(
-                r,
-                Action::Failed,
-                "5.0.0",
-                None,
-                Some(Diagnostic::Local(
-                    "deleted from the queue by the operator".to_owned(),
-                )),
-                now,
-            )
+    let reports: Vec<RecipientReport> = failed
+        .filter(|(r, _, _)| mta_dsn::wants_dsn(envelope, r, Action::Failed))
+        .map(|(r, status, diagnostic)| {
+            report(r, Action::Failed, status, None, Some(diagnostic), now)
         })
         .collect();
     (!reports.is_empty()).then(|| (sender.clone(), reports))
@@ -156,10 +160,8 @@ pub(crate) async fn bounce_deleted(
     content: &[u8],
     indexes: &[usize],
 ) -> Bounced {
-    let Some((sender, reports)) = deleted_reports(envelope, indexes, unix_now()) else {
-        return Bounced::NotWanted;
-    };
-    send_owed(inner, id, envelope, content, sender, reports).await
+    let owed = deleted_reports(envelope, indexes, unix_now());
+    send_owed(inner, id, envelope, content, owed).await
 }
 
 /// The reports owed to the sender for recipients refused before their
@@ -170,37 +172,19 @@ pub(crate) fn refused_reports(
     replies: &[String],
     now: u64,
 ) -> Option<(Mailbox, Vec<RecipientReport>)> {
-    let ReversePath::Mailbox(sender) = &envelope.sender else {
-        return None;
-    };
-    let reports: Vec<RecipientReport> = envelope
-        .recipients
-        .iter()
-        .zip(replies)
-        .filter(|(r, _)| mta_dsn::wants_dsn(envelope, r, Action::Failed))
-        .map(|(r, reply)| {
-            report(
-                r,
-                Action::Failed,
-                enhanced_status(reply).unwrap_or("5.0.0"),
-                None,
-                Some(Diagnostic::Smtp(reply.clone())),
-                now,
-            )
-        })
-        .collect();
-    (!reports.is_empty()).then(|| (sender.clone(), reports))
+    let failed = envelope.recipients.iter().zip(replies).map(|(r, reply)| {
+        let status = enhanced_status(reply).unwrap_or("5.0.0");
+        (r, status, Diagnostic::Smtp(reply.clone()))
+    });
+    failure_reports(envelope, failed, now)
 }
 
 /// The enhanced status code (RFC 3463) of a failure reply, `550 5.1.1
-/// ...` -> `5.1.1`.
+/// ...` -> `5.1.1`, when its class is the reply code's and it is 5.
 fn enhanced_status(reply: &str) -> Option<&str> {
-    let code = reply.split_whitespace().nth(1)?;
-    let mut parts = code.split('.');
-    let ok = parts.next() == Some("5")
-        && parts.clone().count() == 2
-        && parts.all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()));
-    ok.then_some(code)
+    let (code, text) = reply.split_once(' ')?;
+    let code: u16 = code.parse().ok().filter(|c| (500..600).contains(c))?;
+    mta_deliver::enhanced_code(code, text)
 }
 
 /// Sends the sender a DSN for recipients refused before their message
@@ -212,20 +196,22 @@ pub(crate) async fn bounce_refused(
     content: &[u8],
     replies: &[String],
 ) -> Bounced {
-    let Some((sender, reports)) = refused_reports(envelope, replies, unix_now()) else {
-        return Bounced::NotWanted;
-    };
-    send_owed(inner, id, envelope, content, sender, reports).await
+    let owed = refused_reports(envelope, replies, unix_now());
+    send_owed(inner, id, envelope, content, owed).await
 }
 
+/// Sends the DSN `owed` (who to, and the reports), if any, about message
+/// `id`.
 async fn send_owed(
     inner: &Arc<Inner>,
     id: QueueId,
     envelope: &Envelope,
     content: &[u8],
-    sender: Mailbox,
-    reports: Vec<RecipientReport>,
+    owed: Option<(Mailbox, Vec<RecipientReport>)>,
 ) -> Bounced {
+    let Some((sender, reports)) = owed else {
+        return Bounced::NotWanted;
+    };
     let source = Source {
         id,
         envelope,

@@ -16,6 +16,17 @@ use crate::header::{
 };
 use crate::options::{Options, UsageError};
 
+/// When a submission is made, in seconds since the Unix epoch, and a token
+/// unique to it (for its `Message-ID:` and its drop file's name): this
+/// process and the moment's nanoseconds.
+pub fn stamp() -> (u64, String) {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let token = format!("{}.{:09}", std::process::id(), since_epoch.subsec_nanos());
+    (since_epoch.as_secs(), token)
+}
+
 /// What a user asked to send, before the server's host name is known.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -234,6 +234,16 @@ pub struct Quota {
     pub min_free_space: u64,
 }
 
+impl Quota {
+    /// The quota `[sendmail]` sets.
+    pub fn of(config: &mta_config::sendmail::SendmailConfig) -> Quota {
+        Quota {
+            per_user: config.drop_max_per_user,
+            min_free_space: config.drop_min_free_space.0,
+        }
+    }
+}
+
 /// Why [`write`] failed, and whether anything was created at all (the
 /// exit status differs: `EX_CANTCREAT` against `EX_TEMPFAIL`).
 #[derive(Debug, thiserror::Error)]

@@ -14,7 +14,7 @@ mod standalone;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use mta_config::sendmail::SendmailConfig;
 use mta_sendmail::client::{self, Report};
@@ -115,23 +115,19 @@ fn deliver(options: &Options, group: &DropGroup) -> Exit {
             return Exit::IoErr;
         }
     };
-    let since_epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let token = format!("{}.{:09}", std::process::id(), since_epoch.subsec_nanos());
+    let (time, token) = mta_sendmail::compose::stamp();
     // Postfix's order: -F, then $NAME, then the user database.
     let full_name = std::env::var("NAME")
         .ok()
         .filter(|n| !n.trim().is_empty())
         .or(me.full_name);
-    let submission =
-        match Submission::gather(options, content, full_name, since_epoch.as_secs(), token) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("mta-sendmail: {e}");
-                return Exit::Usage;
-            }
-        };
+    let submission = match Submission::gather(options, content, full_name, time, token) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("mta-sendmail: {e}");
+            return Exit::Usage;
+        }
+    };
     let config = config(options);
     let report = match UnixStream::connect(&config.socket) {
         Ok(stream) => {
@@ -180,10 +176,7 @@ fn settle(
             recipients: report.pending.clone(),
             ..submission
         };
-        let quota = dropfile::Quota {
-            per_user: config.drop_max_per_user,
-            min_free_space: config.drop_min_free_space.0,
-        };
+        let quota = dropfile::Quota::of(config);
         if let Err(e) = group.with(|| dropfile::write(&config.drop_dir, &dropped, &quota)) {
             eprintln!(
                 "mta-sendmail: message NOT sent to {}: mtad could not take it ({why}), and it \

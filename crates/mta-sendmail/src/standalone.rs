@@ -8,7 +8,6 @@
 
 use std::io::{Read, Write};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use mta_config::sendmail::SendmailConfig;
@@ -89,23 +88,13 @@ fn drop_message(
     message: &mta_smtp::Message,
     n: u32,
 ) -> Result<(), dropfile::WriteError> {
-    let since_epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let token = format!(
-        "{}.{:09}.{n}",
-        std::process::id(),
-        since_epoch.subsec_nanos()
-    );
-    let quota = dropfile::Quota {
-        per_user: config.drop_max_per_user,
-        min_free_space: config.drop_min_free_space.0,
-    };
+    let (time, token) = mta_sendmail::compose::stamp();
+    let quota = dropfile::Quota::of(config);
     for submission in dropfile::submissions_of(
         &message.envelope,
         &message.content,
-        since_epoch.as_secs(),
-        &token,
+        time,
+        &format!("{token}.{n}"),
     ) {
         group.with(|| dropfile::write(&config.drop_dir, &submission, &quota))?;
     }
