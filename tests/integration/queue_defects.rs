@@ -231,7 +231,11 @@ fn a_corrupt_spool_file_behind_a_clean_index_is_set_aside_once_and_bounced() {
     assert!(!file.exists(), "still in msg/");
     assert_eq!(std::fs::read(&aside).unwrap(), &original[..20]);
 
-    assert!(!ids(&list(&work, &[])).contains(&id), "still listed");
+    // The file is moved before its index entry goes: the listing may
+    // show it a moment longer.
+    wait_until("the message gone from the listing", WAIT, || {
+        !ids(&list(&work, &[])).contains(&id)
+    });
     let show = init(&work, &["queue", "show", &id]);
     assert_eq!(show.status.code(), Some(3), "{}", text(&show));
     assert!(text(&show).contains("no message"), "{}", text(&show));

@@ -394,6 +394,26 @@ impl Session {
         matches!(self.phase, Phase::Data(_) | Phase::Chunk { .. })
     }
 
+    /// While DATA text is read and `input` holds nothing: the buffer the
+    /// next read of text may go to, straight after the content decoded so
+    /// far, which saves copying every octet out of the input buffer. Then
+    /// [`text_read`](Self::text_read) with the length it had before.
+    pub fn text_room(&mut self, input: &BytesMut) -> Option<&mut Vec<u8>> {
+        match &mut self.phase {
+            Phase::Data(decoder) if input.is_empty() => decoder.room(),
+            _ => None,
+        }
+    }
+
+    /// Decodes the text read into [`text_room`](Self::text_room) past
+    /// `start`. Whatever followed its end (commands pipelined after it)
+    /// goes to `input`; [`poll`](Self::poll) then finishes the message.
+    pub fn text_read(&mut self, start: usize, input: &mut BytesMut) {
+        if let Phase::Data(decoder) = &mut self.phase {
+            decoder.appended(start, input);
+        }
+    }
+
     /// True while a transaction is open or message text is being read: a
     /// stop lets such a session finish before it closes it.
     pub fn in_transaction(&self) -> bool {
@@ -575,10 +595,12 @@ impl Session {
                     return self.authenticated(AuthVerdict::Unavailable);
                 }
                 Phase::Data(decoder) => {
-                    let (used, done) = decoder.feed(input);
-                    input.advance(used);
-                    if !done {
-                        return Step::NeedInput;
+                    if !decoder.ended() {
+                        let (used, done) = decoder.feed(input);
+                        input.advance(used);
+                        if !done {
+                            return Step::NeedInput;
+                        }
                     }
                     let Phase::Data(decoder) = std::mem::replace(&mut self.phase, Phase::Command)
                     else {

@@ -151,13 +151,31 @@ enum DataState {
 
 /// Decodes the text after DATA: finds its end, removes dot-stuffing
 /// (RFC 5321 section 4.5.2) and collects the content up to the size limit.
+///
+/// The text is decoded in place: wire octets are put after the content
+/// decoded so far, in its own buffer, and an octet is moved down only
+/// when a stuffing dot before it was removed (most messages have none,
+/// so nothing moves). Each wire octet gives at most one octet of
+/// content, so the content never overtakes the wire text it is made
+/// from. The wire text is read straight into that buffer
+/// ([`room`](Self::room) and [`appended`](Self::appended)), or copied
+/// there ([`feed`](Self::feed)).
 #[derive(Debug)]
 pub(crate) struct DataDecoder {
     state: DataState,
     checker: LineChecker,
     max_size: usize,
     too_big: bool,
+    /// The CR after a dot opening a line is kept at once, and taken back
+    /// when an LF follows (the end of the text); false when there was no
+    /// room for it.
+    held_cr: bool,
+    /// The content; during a feed, the wire text being decoded follows it.
     content: Vec<u8>,
+    /// During a feed, where the content ends.
+    kept: usize,
+    /// The end of the text was read by way of [`appended`](Self::appended).
+    ended: bool,
 }
 
 impl DataDecoder {
@@ -171,67 +189,105 @@ impl DataDecoder {
             checker: LineChecker::new(max_line),
             max_size,
             too_big: false,
+            held_cr: false,
             content: Vec::with_capacity(capacity.min(max_size)),
+            kept: 0,
+            ended: false,
         }
     }
 
     /// Consumes wire bytes; returns how many were used and whether the end
-    /// of the text (`CRLF.CRLF`) was among them. Whole lines that need no
-    /// decoding are taken many at once ([`lines`](Self::lines)); inside a
-    /// line, a run of ordinary octets (none of CR, LF, NUL) is found with
-    /// memchr and taken at once; the octets that can end a line or the
-    /// text go through [`octet`](Self::octet) one by one.
+    /// of the text (`CRLF.CRLF`) was among them.
     pub(crate) fn feed(&mut self, input: &[u8]) -> (usize, bool) {
-        let mut i = 0;
-        while i < input.len() {
+        let start = self.content.len();
+        self.content.extend_from_slice(input);
+        let (used, ended) = self.decode_from(start);
+        self.content.truncate(self.kept);
+        (used, ended)
+    }
+
+    /// Where wire text may be read to, after the content, until the end
+    /// of the text was read: saves [`feed`](Self::feed)'s copy. Then
+    /// [`appended`](Self::appended) with the length it had before.
+    pub(crate) fn room(&mut self) -> Option<&mut Vec<u8>> {
+        (!self.ended).then_some(&mut self.content)
+    }
+
+    /// Decodes the wire text read into [`room`](Self::room) past `start`,
+    /// its length before the read. What followed the end of the text (the
+    /// next commands) goes to `rest`, and [`ended`](Self::ended) becomes
+    /// true.
+    pub(crate) fn appended(&mut self, start: usize, rest: &mut bytes::BytesMut) {
+        let (used, ended) = self.decode_from(start);
+        if ended {
+            rest.extend_from_slice(&self.content[start + used..]);
+            self.ended = true;
+        }
+        self.content.truncate(self.kept);
+    }
+
+    /// True once [`appended`](Self::appended) read the end of the text.
+    pub(crate) fn ended(&self) -> bool {
+        self.ended
+    }
+
+    /// Decodes the wire text at `content[start..]`, the content decoded so
+    /// far ending at `start`; returns the wire octets used and whether the
+    /// text ended. The content then ends at `kept`: the caller cuts the
+    /// buffer there, after taking what followed the end. Whole lines
+    /// that need no decoding are taken many at once
+    /// ([`lines`](Self::lines)); inside a line, a run of ordinary octets
+    /// (none of CR, LF, NUL) is found with memchr and taken at once; the
+    /// octets that can end a line or the text go through
+    /// [`octet`](Self::octet) one by one.
+    fn decode_from(&mut self, start: usize) -> (usize, bool) {
+        self.kept = start;
+        let wire_end = self.content.len();
+        let mut i = start;
+        while i < wire_end {
             let plain = match self.state {
                 DataState::Mid => true,
-                DataState::LineStart => input[i] != b'.',
+                DataState::LineStart => self.content[i] != b'.',
                 DataState::Dot | DataState::DotCr => false,
             };
             if plain && !self.checker.pending_cr {
-                let taken = self.lines(&input[i..]);
+                let taken = self.lines(i, wire_end);
                 if taken > 0 {
                     i += taken;
                     continue;
                 }
-            }
-            let in_line = match self.state {
-                DataState::Mid => true,
-                DataState::LineStart => input[i] != b'.',
-                DataState::Dot | DataState::DotCr => false,
-            };
-            if in_line && !self.checker.pending_cr {
-                let run = ordinary_run(&input[i..]);
+                let run = ordinary_run(&self.content[i..wire_end]);
                 if run > 0 {
                     self.checker.ordinary(run);
-                    self.keep_all(&input[i..i + run]);
+                    self.keep_run(i, run);
                     self.state = DataState::Mid;
                     i += run;
                     continue;
                 }
             }
-            if self.octet(input[i]) {
-                return (i + 1, true);
+            if self.octet(self.content[i]) {
+                return (i + 1 - start, true);
             }
             i += 1;
         }
-        (input.len(), false)
+        (wire_end - start, false)
     }
 
-    /// Takes the longest start of `input` made of lines that need no
-    /// decoding, in one copy: ordinary octets, each line ended by CRLF
-    /// within the line limit and the next one not starting with a dot
-    /// (the last may be unfinished). Stops before anything else (a bare
-    /// CR or LF, a NUL, a CR whose LF has not come yet, too long a line,
-    /// a dot opening a line), which [`octet`](Self::octet) then sees.
-    /// Called with no CR pending, in the middle of a line or at the start
-    /// of one that does not open with a dot; returns the octets taken.
-    fn lines(&mut self, input: &[u8]) -> usize {
-        let whole = self.whole_lines(input);
+    /// Takes the longest start of the wire text `content[from..to]` made
+    /// of lines that need no decoding, at once: ordinary octets, each line
+    /// ended by CRLF within the line limit and the next one not starting
+    /// with a dot (the last may be unfinished). Stops before anything else
+    /// (a bare CR or LF, a NUL, a CR whose LF has not come yet, too long a
+    /// line, a dot opening a line), which [`octet`](Self::octet) then
+    /// sees. Called with no CR pending, in the middle of a line or at the
+    /// start of one that does not open with a dot; returns the octets
+    /// taken.
+    fn lines(&mut self, from: usize, to: usize) -> usize {
+        let whole = self.whole_lines(from, to);
         if whole > 0 {
             return whole;
         }
+        let input = &self.content[from..to];
         // Where the current line began in `input`, and its octets before.
         let mut line_start = 0;
         let mut before = self.checker.line_len;
@@ -258,7 +314,7 @@ impl DataDecoder {
         if end == 0 {
             return 0;
         }
-        self.keep_all(&input[..end]);
+        self.keep_run(from, end);
         if end == line_start {
             self.checker.line_len = 0;
             self.state = DataState::LineStart;
@@ -270,14 +326,15 @@ impl DataDecoder {
     }
 
     /// The usual text's way through [`lines`](Self::lines): the whole
-    /// lines at the start of `input` found by their LFs alone (each after
-    /// a CR, within the line limit, the next not opening with a dot),
-    /// then checked all at once: no NUL among them, and no CR but the one
-    /// before each LF. One search stop per line instead of two, and two
-    /// passes that run at the speed of memory. Returns the octets taken;
-    /// 0 when there is no whole line or the check fails, and `lines` then
-    /// goes by the octets that matter one search at a time.
-    fn whole_lines(&mut self, input: &[u8]) -> usize {
+    /// lines at the start of `content[from..to]` found by their LFs alone
+    /// (each after a CR, within the line limit, the next not opening with
+    /// a dot), then checked all at once: no NUL among them, and no CR but
+    /// the one before each LF. One search stop per line instead of two,
+    /// and two passes that run at the speed of memory. Returns the octets
+    /// taken; 0 when there is no whole line or the check fails, and
+    /// `lines` then goes by the octets that matter one search at a time.
+    fn whole_lines(&mut self, from: usize, to: usize) -> usize {
+        let input = &self.content[from..to];
         let mut before = self.checker.line_len;
         let mut end = 0;
         let mut lines = 0;
@@ -297,7 +354,7 @@ impl DataDecoder {
         if lines == 0 || memchr::memchr(0, taken).is_some() || count_cr(taken) != lines {
             return 0;
         }
-        self.keep_all(taken);
+        self.keep_run(from, end);
         self.checker.line_len = 0;
         self.state = DataState::LineStart;
         end
@@ -314,14 +371,25 @@ impl DataDecoder {
             }
             DataState::Dot if b == b'\r' => {
                 self.state = DataState::DotCr;
+                self.held_cr = self.kept < self.max_size;
+                if self.held_cr {
+                    self.keep(b);
+                }
                 return false;
             }
-            DataState::DotCr if b == b'\n' => return true,
+            DataState::DotCr if b == b'\n' => {
+                if self.held_cr {
+                    self.kept -= 1;
+                }
+                return true;
+            }
             DataState::DotCr => {
                 // `.` CR then something else: the dot was stuffing and
-                // the CR is bare.
+                // the CR (kept already, if there was room) is bare.
                 self.checker.push(b'\r');
-                self.keep(b'\r');
+                if !self.held_cr {
+                    self.too_big = true;
+                }
             }
             _ => {}
         }
@@ -335,24 +403,31 @@ impl DataDecoder {
         false
     }
 
+    /// Keeps one octet of content, the wire octet just looked at (or the
+    /// CR held for it): never past the wire text still to be read.
     #[inline]
     fn keep(&mut self, b: u8) {
-        if self.content.len() < self.max_size {
-            self.content.push(b);
+        if self.kept < self.max_size {
+            self.content[self.kept] = b;
+            self.kept += 1;
         } else {
             self.too_big = true;
         }
     }
 
-    /// [`keep`](Self::keep) for a run of octets.
+    /// Keeps the `n` wire octets at `content[from..]`, moved down to where
+    /// the content ends when a removed dot left a gap.
     #[inline]
-    fn keep_all(&mut self, bytes: &[u8]) {
-        let room = self.max_size.saturating_sub(self.content.len());
-        if bytes.len() > room {
+    fn keep_run(&mut self, from: usize, n: usize) {
+        let room = self.max_size.saturating_sub(self.kept);
+        if n > room {
             self.too_big = true;
         }
-        self.content
-            .extend_from_slice(&bytes[..bytes.len().min(room)]);
+        let n = n.min(room);
+        if from != self.kept {
+            self.content.copy_within(from..from + n, self.kept);
+        }
+        self.kept += n;
     }
 
     /// The content, or what was wrong with it.

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use mta_config::Role;
 use mta_smtp::{received_header, Message, Reply, Session, Step, StoreError};
 use mta_spool::QueueName;
@@ -292,19 +292,39 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         } else {
             (4096, COMMAND_ROOM)
         };
-        if input.capacity() - input.len() < least {
-            input.reserve(room);
-        }
-        let spare = input.capacity() - input.len();
+        // Message text is read straight into the buffer it is decoded in
+        // (saving a copy of every octet) when no input waits before it.
+        let idle = !session.in_transaction();
+        let mut text = session.text_room(input);
+        let text_start = text.as_ref().map(|text| text.len());
+        let (target, spare): (&mut (dyn BufMut + Send), usize) = match text {
+            Some(ref mut text) => {
+                if text.capacity() - text.len() < least {
+                    text.reserve(room);
+                }
+                let spare = text.capacity() - text.len();
+                (*text, spare)
+            }
+            None => {
+                if input.capacity() - input.len() < least {
+                    input.reserve(room);
+                }
+                let spare = input.capacity() - input.len();
+                (input, spare)
+            }
+        };
         let (until, _) = deadlines.next();
         tokio::select! {
-            read = timeout_at(until.into(), stream.read_buf(input)) => match read {
+            read = timeout_at(until.into(), stream.read_buf(target)) => match read {
                 Err(_) => {
                     let during = if deadlines.in_text() { "message text" } else { "a command" };
                     return expire(stream, out, session, with, deadlines, during).await;
                 }
                 Ok(Ok(0)) => return Ok(Outcome::Closed),
                 Ok(Ok(n)) => {
+                    if let Some(start) = text_start {
+                        session.text_read(start, input);
+                    }
                     filled = n == spare;
                     deadlines.received(n, Instant::now());
                 }
@@ -312,7 +332,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             },
             // An idle session is told at once; one in a transaction may
             // finish it (the checks above run after each step).
-            () = shutdown.stopping.cancelled(), if !session.in_transaction() => {}
+            () = shutdown.stopping.cancelled(), if idle => {}
             () = shutdown.deadline.cancelled() => {
                 return finish(stream, out, session.shutting_down(), deadlines).await;
             }

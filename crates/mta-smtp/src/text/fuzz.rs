@@ -8,6 +8,7 @@
 //! at a line start", and chunking-independence, checked on every case.
 //! Budget: `MTA_FUZZ_SECS` per target (see `mta_testkit::fuzz`).
 
+use bytes::BytesMut;
 use mta_testkit::{fuzz, regressions};
 use proptest::prelude::*;
 
@@ -131,6 +132,49 @@ fn data_decoder_matches_the_model_in_any_chunking() {
                     prop_assert!(!done, "ended after {} bytes without CRLF.CRLF", used);
                     prop_assert_eq!(used, wire.len());
                 }
+            }
+            Ok(())
+        },
+    );
+}
+
+/// The same, with each read put straight after the content in the
+/// decoder's own buffer and decoded in place, as mtad reads text: what
+/// followed the end comes back whole for the commands after it.
+#[test]
+fn data_decoder_in_place_matches_the_model_in_any_chunking() {
+    fuzz::check(
+        regressions!("data_decoder_in_place"),
+        (wire(), cuts(), 1..80usize, 0..200usize),
+        |(wire, cuts, max_line, max_size)| {
+            let mut d = DataDecoder::new(max_line, max_size, max_size);
+            let mut rest = BytesMut::new();
+            let mut offset = 0;
+            let mut ended_at = None;
+            for piece in pieces(&wire, &cuts) {
+                let room = d.room().expect("room until the end is read");
+                let start = room.len();
+                room.extend_from_slice(piece);
+                d.appended(start, &mut rest);
+                offset += piece.len();
+                if d.ended() {
+                    prop_assert!(d.room().is_none(), "no room after the end");
+                    ended_at = Some(offset);
+                    break;
+                }
+                prop_assert!(rest.is_empty(), "nothing comes back before the end");
+            }
+            match model_data(&wire, max_line, max_size) {
+                Some((model_used, model_result)) => {
+                    let Some(piece_end) = ended_at else {
+                        return Err(TestCaseError::fail(format!(
+                            "the end at {model_used} was missed"
+                        )));
+                    };
+                    prop_assert_eq!(&rest[..], &wire[model_used..piece_end]);
+                    prop_assert_eq!(d.finish(), model_result);
+                }
+                None => prop_assert!(ended_at.is_none(), "ended without CRLF.CRLF"),
             }
             Ok(())
         },
