@@ -76,6 +76,57 @@ fn pipelined_transaction_is_stored_with_received_header() {
     assert_eq!(parsed.subject(), Some("pipelined"));
 }
 
+/// A client that waits for the 354 has its text read straight into the
+/// buffer it is decoded in: stuffed dots, a long text in several writes,
+/// and a QUIT in the same write as the end all come out as they should,
+/// two messages running on one connection.
+#[test]
+fn text_read_after_the_354_is_decoded_in_place() {
+    let work = Workdir::new();
+    work.write_config("", "");
+    let mtad = Mtad::start(&work);
+    let mut c = mtad.connect();
+    c.cmd("EHLO client.test", "250");
+    let body: String = (0..3000)
+        .map(|n| {
+            if n % 7 == 0 {
+                format!("..line {n} opened with a dot\r\n")
+            } else {
+                format!("line {n} of the text\r\n")
+            }
+        })
+        .collect();
+    let mut expected = Vec::new();
+    for (i, subject) in ["first", "second"].into_iter().enumerate() {
+        c.cmd("MAIL FROM:<sender@b.test>", "250");
+        c.cmd("RCPT TO:<x@remote.test>", "250");
+        c.cmd("DATA", "354");
+        let text = format!("{}{body}", message(subject));
+        let (head, tail) = text.split_at(text.len() / 2 + i * 1000);
+        c.send(head.as_bytes());
+        let end = if i == 0 { ".\r\n" } else { ".\r\nQUIT\r\n" };
+        c.send(format!("{tail}{end}").as_bytes());
+        assert!(c.reply().head().starts_with("250 2.0.0"));
+        expected.push(text.replace("\r\n..", "\r\n."));
+    }
+    assert!(c.reply().head().starts_with("221 2.0.0"));
+    assert!(c.is_closed());
+    drop(mtad);
+
+    let mut stored: Vec<String> = spool_contents(&work.queue())
+        .into_iter()
+        .map(|(_, _, content)| String::from_utf8(content).unwrap())
+        .collect();
+    stored.sort_by_key(|text| !text.contains("Subject: first"));
+    assert_eq!(stored.len(), 2);
+    for (text, expected) in stored.iter().zip(&expected) {
+        // The Received header mtad put on top, then the text unstuffed.
+        let (received, content) = text.split_once("\r\nFrom: ").unwrap();
+        assert!(received.starts_with("Received: "), "{received}");
+        assert_eq!(format!("From: {content}"), *expected);
+    }
+}
+
 #[test]
 fn bdat_chunks_make_one_message() {
     let work = Workdir::new();
