@@ -349,6 +349,40 @@ cpu_ms_per_msg() { # ticks messages
     awk -v t="$1" -v n="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN { if (n + 0 == 0 || t == "") print ""; else printf "%.3f", t * 1000 / hz / n }'
 }
 
+# The load generator runs under this small shell, which writes `times`
+# to the file given first once the generator has ended: its second line
+# is the CPU time the generator used, its share of the machine. A TERM or
+# INT to the shell ends the generator too.
+TIMED=(bash -c 'trap "kill \$pid 2>/dev/null" TERM INT
+    "$@" & pid=$!
+    wait "$pid"; rc=$?
+    if [ "$rc" -gt 128 ]; then wait "$pid"; rc=$?; fi
+    times >"$0"
+    exit "$rc"')
+
+# milliseconds of CPU per message from TIMED's file (the second line,
+# "XmY.YYYs XmY.YYYs": user and system time of the shell's children)
+timed_ms_per_msg() { # file messages
+    awk -v n="$2" 'NR == 2 { for (i = 1; i <= 2; i++) { split($i, a, "m"); sub(/s$/, "", a[2]); t += a[1] * 60 + a[2] }; found = 1 }
+        END { if (n + 0 == 0 || !found) print ""; else printf "%.3f", t * 1000 / n }' "$1" 2>/dev/null
+}
+
+# The machine's busy and total CPU ticks so far, from /proc/stat.
+machine_ticks() {
+    awk '/^cpu / { busy = $2 + $3 + $4 + $7 + $8 + $9; print busy, busy + $5 + $6 }' /proc/stat
+}
+
+# How busy the machine was between two machine_ticks, in per cent.
+busy_percent() { # "busy0 total0" "busy1 total1"
+    awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " "); d = y[2] - x[2]; if (d <= 0) print ""; else printf "%.0f", 100 * (y[1] - x[1]) / d }'
+}
+
+# The median of numbers separated by spaces (empty ones skipped), or -.
+median() {
+    # shellcheck disable=SC2086
+    printf '%s\n' $1 | sort -g | awk 'NF { v[++n] = $1 } END { if (n == 0) print "-"; else if (n % 2) print v[(n + 1) / 2]; else print (v[n / 2] + v[n / 2 + 1]) / 2 }'
+}
+
 # --- runs -------------------------------------------------------------------
 
 # a as a percentage of b, no decimals, or - if unknown
@@ -373,6 +407,7 @@ secs() { # start end -> seconds with 3 decimals
 FAILED=0
 ROWS=()
 CPUROWS=()
+SHAREROWS=()
 ALLRUNS=()
 CMDS=()
 
@@ -421,7 +456,7 @@ run_smtp_source() { # port args...
     smtp_source_args "$sessions" "$messages" "$size" "$rcpts"
     LOADGEN_RC=0
     T0=$EPOCHREALTIME
-    timeout "$TIMEOUT" "$SOURCE_BIN" "${SOURCE_ARGS[@]}" "127.0.0.1:$port" \
+    "${TIMED[@]}" "$RUNDIR/gen.times" timeout "$TIMEOUT" "$SOURCE_BIN" "${SOURCE_ARGS[@]}" "127.0.0.1:$port" \
         >"$RUNDIR/source.out" 2>"$RUNDIR/source.err" &
     LOADGEN_PID=$!
     wait "$LOADGEN_PID" || LOADGEN_RC=$?
@@ -445,6 +480,7 @@ run_smtp_source() { # port args...
 run_loadgen() { # port args...
     local port=$1
     shift
+    rm -f "$RUNDIR/gen.times"
     if [[ " $* " == *" --smtp-source "* ]]; then
         run_smtp_source "$port" "$@"
         return
@@ -454,7 +490,7 @@ run_loadgen() { # port args...
     T0=$EPOCHREALTIME
     # In the background so that a signal's trap runs at once (bash defers
     # traps until a foreground child exits, but interrupts `wait`).
-    "$LOADGEN" --server "127.0.0.1:$port" "$@" --timeout "$TIMEOUT" --json \
+    "${TIMED[@]}" "$RUNDIR/gen.times" "$LOADGEN" --server "127.0.0.1:$port" "$@" --timeout "$TIMEOUT" --json \
         >"$RUNDIR/loadgen.json" 2>"$RUNDIR/loadgen.stderr" &
     LOADGEN_PID=$!
     wait "$LOADGEN_PID" || LOADGEN_RC=$?
@@ -496,12 +532,14 @@ wait_empty() { # function-printing-queue-size seconds
     return 1
 }
 
-# One measured run of one MTA. Sets RATE P50 P99 E2E DRAINED SINKED CPU.
+# One measured run of one MTA. Sets RATE P50 P99 E2E DRAINED SINKED CPU,
+# and GEN, SINKCPU and BUSY: the CPU per message of the load generator and
+# of the sink, and how busy the machine was during the load (per cent).
 # args: messages rcpts size loadgen-args...
 measure() { # mta messages rcpts size args...
     local mta=$1 messages=$2 rcpts=$3 size=$4
     shift 4
-    local port expect_dlv sent deferred failed queued last lastnote= c0 c1
+    local port expect_dlv sent deferred failed queued last lastnote= c0 c1 s0 s1 m0 m1
     new_rundir "$mta"
     [ "$COOLDOWN" = 0 ] || sleep "$COOLDOWN"
     sync
@@ -518,7 +556,10 @@ measure() { # mta messages rcpts size args...
     TARGET=$((WARMUP + messages))
     start_watcher "$TARGET"
     if [ "$mta" != postfix ]; then c0=$(mtad_ticks); else c0=$(pf_ticks); fi
+    s0=$(proc_ticks "$SINK_PID")
+    m0=$(machine_ticks)
     run_loadgen "$port" "$@"
+    m1=$(machine_ticks)
     wait_drained
     # Then: the queue must empty, and the sink must not get anything more.
     if [ "$mta" != postfix ]; then
@@ -530,7 +571,11 @@ measure() { # mta messages rcpts size args...
     fi
     sleep 1
     if [ "$mta" != postfix ]; then c1=$(mtad_ticks); else c1=$(pf_ticks); fi
+    s1=$(proc_ticks "$SINK_PID")
     CPU=$(cpu_ms_per_msg $((c1 - c0)) "$messages")
+    GEN=$(timed_ms_per_msg "$RUNDIR/gen.times" "$messages")
+    SINKCPU=$(cpu_ms_per_msg $((s1 - s0)) "$messages")
+    BUSY=$(busy_percent "$m0" "$m1")
     SINKED=$(($(sink_count) - WARMUP))
     expect_dlv=$((TARGET * rcpts))
     if [ "$mta" != postfix ]; then
@@ -550,7 +595,7 @@ measure() { # mta messages rcpts size args...
     stop_sink
     E2E=$(per_sec "$messages" "$T0" "$T2")
     DRAINED=$(secs "$T1" "$T2")
-    log "$NAME: $mta accepted ${ACC:-?} at ${RATE:-?} msg/s (p50 ${P50:-?} ms, p99 ${P99:-?} ms); sink got the last at +$(secs "$T0" "$T2") s, ${DRAINED} s after the load, end to end ${E2E:-?} msg/s; CPU ${CPU:-?} ms/msg; sink count $SINKED (+$WARMUP warm-up); log: $sent delivered, $deferred deferred, $failed failed, last at +$(secs "$T0" "$last") s$lastnote; left in queue $queued"
+    log "$NAME: $mta accepted ${ACC:-?} at ${RATE:-?} msg/s (p50 ${P50:-?} ms, p99 ${P99:-?} ms); sink got the last at +$(secs "$T0" "$T2") s, ${DRAINED} s after the load, end to end ${E2E:-?} msg/s; CPU ${CPU:-?} ms/msg (load generator ${GEN:-?}, sink ${SINKCPU:-?}; machine ${BUSY:-?} % busy during the load); sink count $SINKED (+$WARMUP warm-up); log: $sent delivered, $deferred deferred, $failed failed, last at +$(secs "$T0" "$last") s$lastnote; left in queue $queued"
     if [ "$SINKED" != "$messages" ] || [ "$queued" != 0 ] || [ "$sent" != "$expect_dlv" ] \
         || [ "$deferred" != 0 ] || [ "$failed" != 0 ] || [ "${ACC:-}" != "$messages" ] || [ -z "$T2" ]; then
         log "$NAME: $mta FAILED the checks: expected $messages at the sink (+$WARMUP), $expect_dlv recipients delivered, nothing deferred or failed, an empty queue"
@@ -560,23 +605,30 @@ measure() { # mta messages rcpts size args...
 }
 
 # The load generator straight into a fresh sink: sets DIRECT (msg/s, empty
-# when the run failed).
+# when the run failed), and GEN, SINKCPU and BUSY as `measure` does.
 measure_direct() { # messages rcpts size args...
-    local messages=$1 rcpts=$2 size=$3
+    local messages=$1 rcpts=$2 size=$3 s0 s1 m0 m1
     shift 3
     new_rundir direct
     sync
     start_sink
     warm_up "$SINK_PORT" "$rcpts" "$size" "$WARMUP"
+    s0=$(proc_ticks "$SINK_PID")
+    m0=$(machine_ticks)
     run_loadgen "$SINK_PORT" "$@"
+    m1=$(machine_ticks)
     wait_sink_count $((WARMUP + messages)) 30 || true
+    s1=$(proc_ticks "$SINK_PID")
+    GEN=$(timed_ms_per_msg "$RUNDIR/gen.times" "$messages")
+    SINKCPU=$(cpu_ms_per_msg $((s1 - s0)) "$messages")
+    BUSY=$(busy_percent "$m0" "$m1")
     DIRECT=$RATE
     if [ "${ACC:-}" != "$messages" ] || [ "$(sink_count)" != $((WARMUP + messages)) ]; then
         log "$NAME: no MTA: accepted ${ACC:-?} of $messages, the sink counted $(($(sink_count) - WARMUP))"
         DIRECT=
         FAILED=1
     fi
-    log "$NAME: no MTA: ${DIRECT:-failed} msg/s (p50 ${P50:-?} ms, p99 ${P99:-?} ms)"
+    log "$NAME: no MTA: ${DIRECT:-failed} msg/s (p50 ${P50:-?} ms, p99 ${P99:-?} ms); CPU ms/msg: load generator ${GEN:-?}, sink ${SINKCPU:-?}; machine ${BUSY:-?} % busy during the load"
     stop_sink
 }
 
@@ -603,6 +655,8 @@ run_case() { # number label sessions messages size rcpts [extra loadgen args]
 
     local m_e2e= m_rate= m_p50= m_p99= m_sink= m_drain= p_e2e= p_rate= p_p50= p_p99= p_sink= p_drain= m_all= p_all=
     local m_mincpu= p_mincpu= d_best= d_all=
+    # Where the CPU went, round by round: no MTA, then mtad.
+    local d_gen= d_sinkcpu= d_busy= m_gen= m_sinkcpu= m_cpu= m_busy=
     local r mta order
     for r in $(seq "$REPEAT"); do
         # Alternate which MTA goes first (by case and by round), so drift on
@@ -614,6 +668,9 @@ run_case() { # number label sessions messages size rcpts [extra loadgen args]
             NAME="case $n round $r"
             measure_direct "$messages" "$rcpts" "$size" "${args[@]}"
             d_all="$d_all${d_all:+, }${DIRECT:-fail}"
+            if [ -n "$DIRECT" ]; then
+                d_gen="$d_gen $GEN" d_sinkcpu="$d_sinkcpu $SINKCPU" d_busy="$d_busy $BUSY"
+            fi
             if greater "$DIRECT" "$d_best"; then d_best=$DIRECT; fi
         fi
         for mta in "${order[@]}"; do
@@ -625,6 +682,9 @@ run_case() { # number label sessions messages size rcpts [extra loadgen args]
                     m_e2e=$E2E m_rate=$RATE m_p50=$P50 m_p99=$P99 m_sink=$SINKED m_drain=$DRAINED
                 fi
                 if [ -n "$E2E" ] && { [ -z "$m_mincpu" ] || greater "$m_mincpu" "$CPU"; }; then m_mincpu=$CPU; fi
+                if [ -n "$E2E" ]; then
+                    m_gen="$m_gen $GEN" m_sinkcpu="$m_sinkcpu $SINKCPU" m_cpu="$m_cpu $CPU" m_busy="$m_busy $BUSY"
+                fi
             else
                 p_all="$p_all${p_all:+, }${E2E:-fail} (${RATE:-fail}; ${CPU:-?})"
                 if greater "$E2E" "$p_e2e"; then
@@ -636,6 +696,9 @@ run_case() { # number label sessions messages size rcpts [extra loadgen args]
     done
     ROWS+=("| $n. $label | $messages | ${m_e2e:--} | ${p_e2e:--} | **$(ratio "$m_e2e" "$p_e2e")** | ${d_best:--} | $(percent "$m_e2e" "$d_best") | ${m_rate:--} | ${p_rate:--} | $(ratio "$m_rate" "$p_rate") | ${m_p50:--} | ${p_p50:--} | $(ratio "$p_p50" "$m_p50") | ${m_p99:--} | ${p_p99:--} | $(ratio "$p_p99" "$m_p99") | ${m_drain:--} / ${p_drain:--} | ${m_sink:--} / ${p_sink:--} |")
     CPUROWS+=("| $n. $label | ${m_mincpu:--} | ${p_mincpu:--} | **$(ratio "$p_mincpu" "$m_mincpu")** |")
+    if [ -n "$d_busy" ]; then
+        SHAREROWS+=("| $n. $label | $(median "$d_gen") | $(median "$d_sinkcpu") | $(median "$d_busy") | $(median "$m_gen") | $(median "$m_sinkcpu") | $(median "$m_cpu") | $(median "$m_busy") |")
+    fi
     ALLRUNS+=("| $n. $label | $m_all | $p_all | ${d_all:--} |")
 }
 
@@ -773,6 +836,21 @@ cat <<EOF
 | --- | ---: | ---: | ---: |
 EOF
 printf '%s\n' "${CPUROWS[@]}"
+if [ "${#SHAREROWS[@]}" -gt 0 ]; then
+    cat <<'EOF'
+
+Where the machine's CPU went, per message, the median of the rounds: the
+load generator's (its user and system time, from the shell that waited
+for it) and the sink's (from /proc), with no MTA and through mtad, and
+how busy the machine was (all CPUs, /proc/stat) while the load ran. The
+no-MTA rate is bounded by the first two; through mtad, mtad's CPU comes
+on top of them on the same CPUs:
+
+| case | no MTA: load generator ms | no MTA: sink ms | no MTA: machine busy % | mtad: load generator ms | mtad: sink ms | mtad ms | mtad: machine busy % |
+| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
+EOF
+    printf '%s\n' "${SHAREROWS[@]}"
+fi
 cat <<'EOF'
 
 Every round, end-to-end msg/s (accepted msg/s; CPU ms/msg):
