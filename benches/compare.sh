@@ -159,3 +159,21 @@ ratio() { # a b -> a/b with 2 decimals, or - if unknown
 
 # is $1 > $2 (numbers, empty counts as -1)?
 greater() { awk -v a="${1:--1}" -v b="${2:--1}" 'BEGIN { exit !(a + 0 > b + 0) }'; }
+
+# The median of the numbers on standard input, one per line (blank lines
+# skipped), or - when there is none.
+median() {
+    sort -g | awk 'NF { v[++n] = $1 } END { if (n == 0) print "-"; else if (n % 2) print v[(n + 1) / 2]; else print (v[n / 2] + v[n / 2 + 1]) / 2 }'
+}
+
+# "busy total" CPU ticks of the whole machine so far (all CPUs), from the
+# first line of /proc/stat.
+machine_ticks() {
+    awk '/^cpu / { busy = $2 + $3 + $4 + $7 + $8 + $9; print busy, busy + $5 + $6; exit }' /proc/stat
+}
+
+# How busy the machine was between two machine_ticks, in per cent (empty
+# if no time passed).
+busy_percent() { # "busy0 total0" "busy1 total1"
+    awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " "); d = y[2] - x[2]; if (d > 0) printf "%.0f", 100 * (y[1] - x[1]) / d }'
+}

@@ -156,7 +156,6 @@ for round in $(seq "$ROUNDS"); do
     done
 done
 
-median() { sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 field() { # mode case n
     for round in $(seq "$ROUNDS"); do
         echo "${RESULTS[$1,$2,$round]}" | awk -v n="$3" '{ print $n }'

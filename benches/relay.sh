@@ -367,21 +367,8 @@ timed_ms_per_msg() { # file messages
         END { if (n + 0 == 0 || !found) print ""; else printf "%.3f", t * 1000 / n }' "$1" 2>/dev/null
 }
 
-# The machine's busy and total CPU ticks so far, from /proc/stat.
-machine_ticks() {
-    awk '/^cpu / { busy = $2 + $3 + $4 + $7 + $8 + $9; print busy, busy + $5 + $6 }' /proc/stat
-}
-
-# How busy the machine was between two machine_ticks, in per cent.
-busy_percent() { # "busy0 total0" "busy1 total1"
-    awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " "); d = y[2] - x[2]; if (d <= 0) print ""; else printf "%.0f", 100 * (y[1] - x[1]) / d }'
-}
-
-# The median of numbers separated by spaces (empty ones skipped), or -.
-median() {
-    # shellcheck disable=SC2086
-    printf '%s\n' $1 | sort -g | awk 'NF { v[++n] = $1 } END { if (n == 0) print "-"; else if (n % 2) print v[(n + 1) / 2]; else print (v[n / 2] + v[n / 2 + 1]) / 2 }'
-}
+# The median of numbers separated by spaces, or -.
+median_of() { tr ' ' '\n' <<<"$1" | median; }
 
 # --- runs -------------------------------------------------------------------
 
@@ -697,7 +684,7 @@ run_case() { # number label sessions messages size rcpts [extra loadgen args]
     ROWS+=("| $n. $label | $messages | ${m_e2e:--} | ${p_e2e:--} | **$(ratio "$m_e2e" "$p_e2e")** | ${d_best:--} | $(percent "$m_e2e" "$d_best") | ${m_rate:--} | ${p_rate:--} | $(ratio "$m_rate" "$p_rate") | ${m_p50:--} | ${p_p50:--} | $(ratio "$p_p50" "$m_p50") | ${m_p99:--} | ${p_p99:--} | $(ratio "$p_p99" "$m_p99") | ${m_drain:--} / ${p_drain:--} | ${m_sink:--} / ${p_sink:--} |")
     CPUROWS+=("| $n. $label | ${m_mincpu:--} | ${p_mincpu:--} | **$(ratio "$p_mincpu" "$m_mincpu")** |")
     if [ -n "$d_busy" ]; then
-        SHAREROWS+=("| $n. $label | $(median "$d_gen") | $(median "$d_sinkcpu") | $(median "$d_busy") | $(median "$m_gen") | $(median "$m_sinkcpu") | $(median "$m_cpu") | $(median "$m_busy") |")
+        SHAREROWS+=("| $n. $label | $(median_of "$d_gen") | $(median_of "$d_sinkcpu") | $(median_of "$d_busy") | $(median_of "$m_gen") | $(median_of "$m_sinkcpu") | $(median_of "$m_cpu") | $(median_of "$m_busy") |")
     fi
     ALLRUNS+=("| $n. $label | $m_all | $p_all | ${d_all:--} |")
 }

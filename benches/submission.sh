@@ -498,12 +498,6 @@ run_a() {
 
 # --- (b) port 25 under an AUTH flood -----------------------------------------
 
-# "busy total" jiffies of the whole machine so far (all CPUs), from the
-# first line of /proc/stat.
-machine_jiffies() {
-    awk '/^cpu / { busy = $2 + $3 + $4 + $7 + $8 + $9; print busy, busy + $5 + $6; exit }' /proc/stat
-}
-
 # One port-25 run at a fixed rate, beside a flood of the given kind:
 #   none  nothing else;
 #   auth  AUTH PLAIN with a wrong password, over STARTTLS;
@@ -539,15 +533,15 @@ measure_b() { # name kind
         sleep "$FLOOD_LEAD"
         kill -0 "$FLOOD_PID" 2>/dev/null || die "$name: the flood ended early: $(cat "$RUNDIR/$name-flood.stderr")"
     fi
-    read -r -a j0 <<<"$(machine_jiffies)"
+    j0=$(machine_ticks)
     c0=$(proc_ticks "$MTAD_PID")
     t0=$EPOCHREALTIME
     loadgen "$name-p25" --server "127.0.0.1:$MTAD_PORT" --rate "$P25_RATE" --sessions 500 \
         --messages "$n" --size "$SIZE" --timeout "$TIMEOUT"
     t1=$EPOCHREALTIME
     c1=$(proc_ticks "$MTAD_PID")
-    read -r -a j1 <<<"$(machine_jiffies)"
-    BUSY=$(awk -v b="$((j1[0] - j0[0]))" -v t="$((j1[1] - j0[1]))" 'BEGIN { if (t > 0) printf "%.0f", 100 * b / t }')
+    j1=$(machine_ticks)
+    BUSY=$(busy_percent "$j0" "$j1")
     MTAD_PCT=$(awk -v c="$((c1 - c0))" -v a="$t0" -v b="$t1" -v hz="$(getconf CLK_TCK)" 'BEGIN { if (b > a) printf "%.0f", 100 * c / hz / (b - a) }')
     json=$RUNDIR/$name-p25.json
     P25_ACC=$(jget .accepted "$json")
