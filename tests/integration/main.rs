@@ -10,6 +10,7 @@ mod dsn;
 mod durability;
 mod full_disk;
 mod http;
+mod in_flow;
 mod init;
 mod init_output;
 mod init_permissions;

@@ -54,6 +54,15 @@ pub struct SmtpConfig {
     /// 4.4.2`, even in the middle of a message.
     #[serde(with = "humantime_serde")]
     pub max_session_time: Duration,
+    /// In-flow control, as Postfix's `in_flow_delay`: while first
+    /// delivery attempts wait for a slot of the ram runner (mail arrives
+    /// faster than it is delivered), a MAIL command that opens a
+    /// transaction waits, at most this long, for the runner to take the
+    /// next message from its line; then it is answered as usual. The
+    /// same for every role. 0 turns it off; never more than half of
+    /// `idle_timeout` (a longer setting is cut to that).
+    #[serde(with = "humantime_serde")]
+    pub in_flow_delay: Duration,
     /// Sessions at once from one client (an IPv4 address, an IPv6 /64);
     /// one more gets `421 4.7.0` at the banner. 0: no limit.
     pub max_connections_per_client: usize,
@@ -104,6 +113,7 @@ impl Default for SmtpConfig {
             idle_timeout: Duration::from_secs(300),
             min_data_rate: 500,
             max_session_time: Duration::from_secs(3600),
+            in_flow_delay: Duration::from_secs(1),
             max_connections_per_client: 50,
             max_connection_rate_per_client: 600,
             client_limit_exemptions: None,

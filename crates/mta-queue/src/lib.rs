@@ -305,6 +305,25 @@ impl Queue {
         }
     }
 
+    /// In-flow control, as Postfix's `in_flow_delay`: while first attempts
+    /// wait in the ram runner's line for a slot (mail arrives faster than
+    /// the runner starts attempts), waits until the runner takes the next
+    /// one from the line, at most `longest`, so that injection slows to
+    /// the pace of delivery instead of the line (and the spool) growing.
+    /// Each job leaving the line lets one waiter go, in the order they
+    /// came. No wait when the line is empty, `longest` is zero or the ram
+    /// runner is paused (an operator's pause is not a reason to slow
+    /// injection). Returns how long it waited.
+    pub async fn in_flow(&self, longest: Duration) -> Option<Duration> {
+        let ram = &self.inner.ram;
+        if longest.is_zero() || ram.is_paused() || ram.lineup.is_empty() {
+            return None;
+        }
+        let began = std::time::Instant::now();
+        let _ = tokio::time::timeout(longest, ram.lineup.wait_for_room()).await;
+        Some(began.elapsed())
+    }
+
     /// The runners' state and counters, ram, bounce, disk.
     pub fn status(&self) -> Vec<RunnerStatus> {
         [&self.inner.ram, &self.inner.bounce, &self.inner.disk]

@@ -13,6 +13,7 @@
 
 use parking_lot::{Mutex, MutexGuard};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use mta_envelope::QueueId;
 use tokio::sync::Notify;
@@ -24,6 +25,12 @@ use crate::job::Job;
 pub(crate) struct Lineup {
     state: Mutex<State>,
     ready: Notify,
+    /// Woken once each time a job leaves the line while someone waits
+    /// for that: the in-flow control ([`crate::Queue::in_flow`]).
+    left: Notify,
+    /// How many wait in [`Lineup::wait_for_room`]: with none, a departure
+    /// leaves no permit behind for a later waiter to find.
+    waiting_for_room: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -31,6 +38,23 @@ struct State {
     jobs: BTreeMap<QueueId, Job>,
     /// The runner has stopped: nothing more joins.
     closed: bool,
+}
+
+/// One waiter counted in [`Lineup::waiting_for_room`] until dropped
+/// (its wait may end by a timeout, the future dropped).
+struct WaitingForRoom<'a>(&'a AtomicUsize);
+
+impl WaitingForRoom<'_> {
+    fn count(n: &AtomicUsize) -> WaitingForRoom<'_> {
+        n.fetch_add(1, Ordering::SeqCst);
+        WaitingForRoom(n)
+    }
+}
+
+impl Drop for WaitingForRoom<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Lineup {
@@ -67,12 +91,47 @@ impl Lineup {
 
     /// The first job in line.
     pub fn pop(&self) -> Option<Job> {
-        self.lock().jobs.pop_first().map(|(_, job)| job)
+        let job = self.lock().jobs.pop_first().map(|(_, job)| job);
+        self.left(job.is_some());
+        job
     }
 
     /// Takes `id`'s job out of the line, when it waits there.
     pub fn take(&self, id: QueueId) -> Option<Job> {
-        self.lock().jobs.remove(&id)
+        let job = self.lock().jobs.remove(&id);
+        self.left(job.is_some());
+        job
+    }
+
+    fn left(&self, one: bool) {
+        if one && self.waiting_for_room.load(Ordering::SeqCst) > 0 {
+            self.left.notify_one();
+        }
+    }
+
+    /// True when no job waits.
+    pub fn is_empty(&self) -> bool {
+        self.lock().jobs.is_empty()
+    }
+
+    /// Waits until a job leaves the line (or has left since the last
+    /// waiter was let go; each departure lets one waiter go, in the order
+    /// they came), or the line is closed. Returns at once when the line
+    /// is empty.
+    pub async fn wait_for_room(&self) {
+        // Counted, then registered, then the check: a departure after the
+        // check is not lost.
+        let _waiting = WaitingForRoom::count(&self.waiting_for_room);
+        let left = self.left.notified();
+        tokio::pin!(left);
+        left.as_mut().enable();
+        {
+            let state = self.lock();
+            if state.jobs.is_empty() || state.closed {
+                return;
+            }
+        }
+        left.await;
     }
 
     /// True when `id`'s job waits here.
@@ -84,6 +143,9 @@ impl Lineup {
     pub fn close(&self) -> Vec<Job> {
         let mut state = self.lock();
         state.closed = true;
-        std::mem::take(&mut state.jobs).into_values().collect()
+        let jobs = std::mem::take(&mut state.jobs).into_values().collect();
+        drop(state);
+        self.left.notify_waiters();
+        jobs
     }
 }

@@ -414,6 +414,17 @@ impl Session {
         }
     }
 
+    /// True when the next command waiting in `input` is a MAIL that would
+    /// open a transaction: the session reads commands and has none open.
+    /// The daemon's in-flow control (`smtp.in_flow_delay`) waits before it.
+    pub fn opens_transaction(&self, input: &[u8]) -> bool {
+        matches!(self.phase, Phase::Command)
+            && self.transaction.is_none()
+            && input.len() >= 5
+            && input[..4].eq_ignore_ascii_case(b"MAIL")
+            && matches!(input[4], b' ' | b'\t')
+    }
+
     /// True while a transaction is open or message text is being read: a
     /// stop lets such a session finish before it closes it.
     pub fn in_transaction(&self) -> bool {
@@ -1428,6 +1439,33 @@ mod local_tests {
                 Step::Authenticate(_) => panic!("no AUTH in a local session"),
             }
         }
+    }
+
+    /// Only a MAIL that would open a transaction counts: not one inside a
+    /// transaction, not while text is read, not another command.
+    #[test]
+    fn opens_transaction_is_a_mail_command_outside_a_transaction() {
+        let user = LocalUser::new(1000, Some("alice"));
+        let mut s = Session::local(config(), Arc::new(Admission::default()), &user);
+        run(&mut s, "EHLO h\r\n");
+        assert!(s.opens_transaction(b"MAIL FROM:<a@b.test>\r\n"));
+        assert!(s.opens_transaction(b"mail FROM:<a@b.test>"));
+        assert!(!s.opens_transaction(b"MAIL"), "not yet a command");
+        assert!(!s.opens_transaction(b"MAILX FROM:<a@b.test>\r\n"));
+        assert!(!s.opens_transaction(b"RCPT TO:<x@remote.test>\r\n"));
+        assert!(!s.opens_transaction(b"NOOP\r\n"));
+        run(&mut s, "MAIL FROM:<a@b.test>\r\n");
+        assert!(
+            !s.opens_transaction(b"MAIL FROM:<a@b.test>\r\n"),
+            "a transaction is open"
+        );
+        run(&mut s, "RCPT TO:<x@remote.test>\r\nDATA\r\n");
+        assert!(
+            !s.opens_transaction(b"MAIL FROM:<a@b.test>\r\n"),
+            "text is being read"
+        );
+        run(&mut s, "hi\r\n.\r\n");
+        assert!(s.opens_transaction(b"MAIL FROM:<a@b.test>\r\n"));
     }
 
     #[test]

@@ -215,6 +215,9 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         // have sent many commands in one packet (RFC 2920).
         let mut answered = false;
         loop {
+            if session.opens_transaction(input) {
+                in_flow(ctx, settings, shutdown).await;
+            }
             let step = session.poll(input);
             guard.set_in_transaction(session.in_transaction());
             if !matches!(step, Step::NeedInput) {
@@ -337,6 +340,22 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 return finish(stream, out, session.shutting_down(), deadlines).await;
             }
         }
+    }
+}
+
+/// In-flow control before a MAIL that opens a transaction: while first
+/// attempts wait for a ram runner slot, the reply waits (at most
+/// `smtp.in_flow_delay`) for the runner to take one from its line, so the
+/// clients slow to the pace of delivery. A stop lets it go at once.
+async fn in_flow(ctx: &Context, settings: &Settings, shutdown: &Shutdown) {
+    let queue = ctx.queue();
+    tokio::select! {
+        waited = queue.in_flow(settings.in_flow_delay) => {
+            if let Some(waited) = waited {
+                ctx.stats.in_flow_waited(waited);
+            }
+        }
+        () = shutdown.stopping.cancelled() => {}
     }
 }
 

@@ -386,6 +386,19 @@ fn render(ctx: &Context) -> String {
         "Messages accepted (answered 250) since start.",
         &plain(ctx.stats.accepted_total()),
     );
+    let (waits, micros) = ctx.stats.in_flow();
+    metric(
+        "mta_in_flow_waits_total",
+        "counter",
+        "MAIL commands held by the in-flow control (smtp.in_flow_delay) since start.",
+        &plain(waits),
+    );
+    metric(
+        "mta_in_flow_wait_microseconds_total",
+        "counter",
+        "Time those MAIL commands were held, in all.",
+        &plain(micros),
+    );
     let runners = ctx.generations.status();
     let mut outcomes = Vec::new();
     for r in &runners {

@@ -37,6 +37,9 @@ pub struct Settings {
     pub config: Arc<Config>,
     pub hostname: String,
     pub min_data_rate: u64,
+    /// `smtp.in_flow_delay`: the longest a MAIL waits for the ram
+    /// runner's line to move (`Queue::in_flow`).
+    pub in_flow_delay: Duration,
     pub tls: Option<TlsAcceptor>,
     /// Per SMTP role, in [`Role::ALL`] order.
     roles: [RoleSettings; 3],
@@ -89,6 +92,9 @@ impl Settings {
             dkim: Arc::new(dkim.signers),
             hostname: config.hostname.clone(),
             min_data_rate: config.smtp.min_data_rate,
+            // The client waits for its MAIL reply meanwhile: well within
+            // the command deadline it knows.
+            in_flow_delay: config.smtp.in_flow_delay.min(config.smtp.idle_timeout / 2),
             roles,
             tls,
             config,

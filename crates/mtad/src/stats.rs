@@ -82,6 +82,10 @@ pub struct Stats {
     /// [`MAX_SIZE_HINT`]: what a new session expects of its first one.
     recent_size: AtomicU64,
     refused: [AtomicU64; Refusal::ALL.len()],
+    /// MAIL commands held by the in-flow control, and their waits in
+    /// microseconds.
+    in_flow_waits: AtomicU64,
+    in_flow_micros: AtomicU64,
     stop: Mutex<Option<(Instant, Duration)>>,
     /// The figures of the whole stop, once the queue is saved.
     stop_report: watch::Sender<Option<StopProgress>>,
@@ -99,6 +103,8 @@ impl Stats {
             accepted_total: AtomicU64::new(0),
             recent_size: AtomicU64::new(0),
             refused: Default::default(),
+            in_flow_waits: AtomicU64::new(0),
+            in_flow_micros: AtomicU64::new(0),
             stop: Mutex::new(None),
             stop_report: watch::Sender::new(None),
             stop_listeners: TaskTracker::new(),
@@ -134,6 +140,22 @@ impl Stats {
             } = n;
         }
         r
+    }
+
+    /// Counts a MAIL command the in-flow control held for `waited`.
+    pub fn in_flow_waited(&self, waited: Duration) {
+        self.in_flow_waits.fetch_add(1, Ordering::Relaxed);
+        self.in_flow_micros
+            .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// MAIL commands the in-flow control held since start, and their
+    /// waits in all, in microseconds.
+    pub fn in_flow(&self) -> (u64, u64) {
+        (
+            self.in_flow_waits.load(Ordering::Relaxed),
+            self.in_flow_micros.load(Ordering::Relaxed),
+        )
     }
 
     pub fn uptime(&self) -> Duration {
