@@ -95,15 +95,15 @@ impl Drop for Job {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use parking_lot::Mutex;
 
     use super::*;
 
     /// An owner that records what it is asked to carry out.
     #[derive(Default)]
-    struct Owner {
-        steering: Steering,
+    pub(crate) struct Owner {
+        pub steering: Steering,
         carried: Mutex<Vec<(QueueId, Vec<Waiting>)>>,
     }
 
@@ -134,7 +134,8 @@ mod tests {
         assert!(Claim::take(owner.clone(), id).is_some());
     }
 
-    fn job(owner: &Arc<Owner>, id: QueueId, on_disk: bool) -> Job {
+    /// A job for message `id`, claimed from `owner`.
+    pub(crate) fn job(owner: &Arc<Owner>, id: QueueId, on_disk: bool) -> Job {
         let envelope = Envelope {
             sender: mta_envelope::ReversePath::Null,
             recipients: Vec::new(),

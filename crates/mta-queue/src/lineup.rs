@@ -149,3 +149,69 @@ impl Lineup {
         jobs
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::job::tests::{job, Owner};
+
+    /// Whether `wait` is still waiting after a while (paused time: the
+    /// runtime moves the clock on as soon as nothing else can run).
+    async fn still_waiting(wait: impl std::future::Future<Output = ()>) -> bool {
+        tokio::time::timeout(Duration::from_secs(60), wait)
+            .await
+            .is_err()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wait_for_room_goes_at_once_only_when_the_line_is_empty() {
+        let owner = Arc::new(Owner::default());
+        let line = Lineup::default();
+        assert!(!still_waiting(line.wait_for_room()).await, "empty line");
+        line.push(job(&owner, QueueId::new(1), true)).ok().unwrap();
+        line.push(job(&owner, QueueId::new(2), true)).ok().unwrap();
+        assert!(still_waiting(line.wait_for_room()).await);
+        // A departure while nobody waits leaves nothing for the next
+        // waiter to find.
+        assert!(line.pop().is_some());
+        assert!(still_waiting(line.wait_for_room()).await);
+        assert_eq!(line.waiting_for_room.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_departure_lets_one_waiter_go_in_order_and_close_lets_all_go() {
+        let owner = Arc::new(Owner::default());
+        let line = Arc::new(Lineup::default());
+        for id in 1..=3 {
+            line.push(job(&owner, QueueId::new(id), true)).ok().unwrap();
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut waiters = Vec::new();
+        for n in 0..3 {
+            let (line, tx) = (line.clone(), tx.clone());
+            waiters.push(tokio::spawn(async move {
+                line.wait_for_room().await;
+                tx.send(n).unwrap();
+            }));
+            // Each is waiting before the next comes.
+            tokio::task::yield_now().await;
+        }
+        tokio::task::yield_now().await;
+        assert!(rx.try_recv().is_err(), "none goes before a departure");
+        assert!(line.take(QueueId::new(2)).is_some());
+        assert_eq!(rx.recv().await, Some(0));
+        assert!(line.pop().is_some());
+        assert_eq!(rx.recv().await, Some(1));
+        tokio::task::yield_now().await;
+        assert!(rx.try_recv().is_err(), "one each");
+        // The line is closed (the runner stops) with a job left in it.
+        assert_eq!(line.close().len(), 1);
+        assert_eq!(rx.recv().await, Some(2));
+        for w in waiters {
+            w.await.unwrap();
+        }
+    }
+}
