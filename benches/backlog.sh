@@ -30,6 +30,11 @@
 #   BACKLOG_POLL=DURATION   [queue] poll_interval (default "100ms")
 #   BACKLOG_SETTLE=S        wait after the load before measuring (default 2)
 #   BACKLOG_WINDOW=S        the measured window (default 10)
+#   BACKLOG_IN_FLOW=DURATION  [smtp] in_flow_delay (default "0s": with
+#                           mtad's in-flow control on, the submission would
+#                           slow to the sink's pace and no backlog form;
+#                           set it empty to leave the key out, for a
+#                           baseline built before the key existed)
 #   BACKLOG_REPEAT=N        rounds per binary (default 3)
 #   BACKLOG_MTAD=PATH       the mtad to measure (default: the release build)
 #   BACKLOG_BASELINE=PATH   an mtad to compare it with
@@ -51,6 +56,7 @@ set -euo pipefail
 MESSAGES=${BACKLOG_MESSAGES:-5000}
 DELAY=${BACKLOG_SINK_DELAY:-60}
 POLL=${BACKLOG_POLL:-100ms}
+IN_FLOW=${BACKLOG_IN_FLOW-0s}
 SETTLE=${BACKLOG_SETTLE:-2}
 WINDOW=${BACKLOG_WINDOW:-10}
 REPEAT=${BACKLOG_REPEAT:-3}
@@ -127,6 +133,10 @@ measure() { # label binary
     relay_mtad_config "$RUNDIR" "$SINK_PORT" \
         | sed "s/^retry_base = \"1s\"\$/&\npoll_interval = \"$POLL\"/" >"$RUNDIR/mtad.toml"
     grep -q "^poll_interval = \"$POLL\"" "$RUNDIR/mtad.toml" || die "could not set poll_interval"
+    if [ -n "$IN_FLOW" ]; then
+        sed -i "s/^max_connections = 1000\$/&\nin_flow_delay = \"$IN_FLOW\"/" "$RUNDIR/mtad.toml"
+        grep -q "^in_flow_delay = \"$IN_FLOW\"" "$RUNDIR/mtad.toml" || die "could not set in_flow_delay"
+    fi
     "$bin" --config "$RUNDIR/mtad.toml" >"$RUNDIR/stdout" 2>"$RUNDIR/mtad.log" &
     MTAD_PID=$!
     wait_mtad_ready "$RUNDIR"
@@ -186,7 +196,7 @@ lowest() { tr ',' '\n' <<<"$1" | awk 'NF { v = $1 + 0; if (m == "" || v < m) m =
 cat <<EOF
 ## Backlog run $(date -u '+%Y-%m-%d %H:%M UTC')
 
-- $MESSAGES messages of 4 KiB submitted by mta-loadgen (20 sessions) to mtad relaying to a smtp-sink that waits ${DELAY} s before its reply to the data (\`smtp-sink -c -w $DELAY\`), at most 20 connections: 20 in delivery, the rest in the ram runner's line; \`[queue] poll_interval = "$POLL"\`
+- $MESSAGES messages of 4 KiB submitted by mta-loadgen (20 sessions) to mtad relaying to a smtp-sink that waits ${DELAY} s before its reply to the data (\`smtp-sink -c -w $DELAY\`), at most 20 connections: 20 in delivery, the rest in the ram runner's line; \`[queue] poll_interval = "$POLL"\`${IN_FLOW:+, \`[smtp] in_flow_delay = \"$IN_FLOW\"\`}
 - mtad's CPU (user + system, /proc) over ${WINDOW} s, from ${SETTLE} s after the load; nothing reached the sink meanwhile in any round
 - mtad: \`$MTAD\`$([ -z "$BASELINE" ] || printf '; baseline: `%s`' "$BASELINE")
 
