@@ -316,12 +316,14 @@ impl Queue {
     /// injection). Returns how long it waited.
     pub async fn in_flow(&self, longest: Duration) -> Option<Duration> {
         let ram = &self.inner.ram;
-        if longest.is_zero() || ram.is_paused() || ram.lineup.is_empty() {
+        if longest.is_zero() || ram.is_paused() {
             return None;
         }
         let began = std::time::Instant::now();
-        let _ = tokio::time::timeout(longest, ram.lineup.wait_for_room()).await;
-        Some(began.elapsed())
+        match tokio::time::timeout(longest, ram.lineup.wait_for_room()).await {
+            Ok(false) => None,
+            Ok(true) | Err(_) => Some(began.elapsed()),
+        }
     }
 
     /// The runners' state and counters, ram, bounce, disk.

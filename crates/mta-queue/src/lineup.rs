@@ -109,16 +109,11 @@ impl Lineup {
         }
     }
 
-    /// True when no job waits.
-    pub fn is_empty(&self) -> bool {
-        self.lock().jobs.is_empty()
-    }
-
     /// Waits until a job leaves the line (or has left since the last
     /// waiter was let go; each departure lets one waiter go, in the order
-    /// they came), or the line is closed. Returns at once when the line
-    /// is empty.
-    pub async fn wait_for_room(&self) {
+    /// they came), or the line is closed. Returns false at once when the
+    /// line is empty (or closed): there was nothing to wait for.
+    pub async fn wait_for_room(&self) -> bool {
         // Counted, then registered, then the check: a departure after the
         // check is not lost.
         let _waiting = WaitingForRoom::count(&self.waiting_for_room);
@@ -128,10 +123,11 @@ impl Lineup {
         {
             let state = self.lock();
             if state.jobs.is_empty() || state.closed {
-                return;
+                return false;
             }
         }
         left.await;
+        true
     }
 
     /// True when `id`'s job waits here.
@@ -160,7 +156,7 @@ mod tests {
 
     /// Whether `wait` is still waiting after a while (paused time: the
     /// runtime moves the clock on as soon as nothing else can run).
-    async fn still_waiting(wait: impl std::future::Future<Output = ()>) -> bool {
+    async fn still_waiting(wait: impl std::future::Future<Output = bool>) -> bool {
         tokio::time::timeout(Duration::from_secs(60), wait)
             .await
             .is_err()
