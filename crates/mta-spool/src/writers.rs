@@ -17,21 +17,43 @@
 //! A store never waits for another store (the thread fsyncing a bucket
 //! answers the messages renamed meanwhile; the others return at once), so
 //! a small pool cannot deadlock; it only bounds how many files are being
-//! written and fsynced at once. Threads start when stores find none idle
-//! and end after [`IDLE`] without work. A job that panics is caught: its
-//! thread goes on, and the caller, whose answer was dropped with the job,
-//! hears that the spool is gone.
+//! written and fsynced at once. A job that panics is caught: its thread
+//! goes on, and the caller, whose answer was dropped with the job, hears
+//! that the spool is gone.
+//!
+//! How many threads run is set by the disk, up to `spool.writers`. A
+//! store that finds none idle starts one while fewer than [`EAGER`] run;
+//! beyond that, only when the store at the head of the queue has waited
+//! [`GROW_AFTER`] already, which on a disk whose fsyncs take a fraction of
+//! a millisecond seldom happens: the few threads there keep taking the
+//! next store without sleeping, where one thread per session would each
+//! be woken for one message (measured in docs/benchmarks.md). On a disk
+//! whose fsyncs take milliseconds stores do wait that long, and the pool
+//! grows, one thread per store that finds the queue so late, until the
+//! fsyncs in flight keep up or the limit is reached. Threads end after
+//! [`IDLE`] without work.
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 /// How long a thread with nothing to do waits before it ends.
 pub(crate) const IDLE: Duration = Duration::from_secs(10);
+
+/// Threads started as soon as a store finds none idle.
+pub(crate) const EAGER: usize = 8;
+
+/// Beyond [`EAGER`] threads, how long the store at the head of the queue
+/// must have waited for a new store to start another thread: ten times
+/// what a write and fdatasync of a small message take on an SSD or a
+/// virtio disk, less than one fsync on a spinning disk. (At 1 ms the pool
+/// grew to its limit on a busy two-CPU machine anyway: there stores wait
+/// for a CPU, not for the disk, and more threads only add wake-ups.)
+pub(crate) const GROW_AFTER: Duration = Duration::from_millis(5);
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -44,12 +66,30 @@ struct Shared {
     state: Mutex<State>,
     work: Condvar,
     max: usize,
+    growth: Growth,
     idle: Duration,
+}
+
+/// When a store that finds no thread idle starts one.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Growth {
+    /// Always while fewer than this many threads run.
+    pub eager: usize,
+    /// Beyond that, when the head of the queue has waited this long.
+    pub after: Duration,
+}
+
+impl Growth {
+    const DEFAULT: Growth = Growth {
+        eager: EAGER,
+        after: GROW_AFTER,
+    };
 }
 
 #[derive(Default)]
 struct State {
-    jobs: VecDeque<Job>,
+    /// Stores not yet taken by a thread, each with when it was queued.
+    jobs: VecDeque<(Instant, Job)>,
     /// Threads running, working or waiting.
     threads: usize,
     /// Threads waiting for work and not yet called.
@@ -63,16 +103,18 @@ struct State {
 impl Writers {
     /// A pool of at most `max` threads (0 counts as 1).
     pub(crate) fn new(max: usize) -> Writers {
-        Writers::with_idle(max, IDLE)
+        Writers::with(max, Growth::DEFAULT, IDLE)
     }
 
-    /// [`new`](Self::new), with threads ending after `idle` without work.
-    pub(crate) fn with_idle(max: usize, idle: Duration) -> Writers {
+    /// [`new`](Self::new), growing as `growth` says and with threads
+    /// ending after `idle` without work.
+    pub(crate) fn with(max: usize, growth: Growth, idle: Duration) -> Writers {
         Writers {
             shared: Arc::new(Shared {
                 state: Mutex::new(State::default()),
                 work: Condvar::new(),
                 max: max.max(1),
+                growth,
                 idle,
             }),
         }
@@ -83,8 +125,9 @@ impl Writers {
     /// system refused one), the job runs here rather than never.
     pub(crate) fn run(&self, job: impl FnOnce() + Send + 'static) {
         let shared = &self.shared;
+        let now = Instant::now();
         let mut state = shared.state.lock();
-        state.jobs.push_back(Box::new(job));
+        state.jobs.push_back((now, Box::new(job)));
         if state.waiting > 0 {
             state.waiting -= 1;
             state.called += 1;
@@ -92,7 +135,7 @@ impl Writers {
             shared.work.notify_one();
             return;
         }
-        if state.threads >= shared.max {
+        if !shared.grows(&state, now) {
             // A thread finishing its store takes this one next.
             return;
         }
@@ -109,7 +152,7 @@ impl Writers {
                 return;
             }
             tracing::warn!(error = %e, "cannot start a spool writer thread; storing on the caller's");
-            let stranded: Vec<Job> = state.jobs.drain(..).collect();
+            let stranded: Vec<Job> = state.jobs.drain(..).map(|(_, job)| job).collect();
             drop(state);
             for job in stranded {
                 run_caught(job);
@@ -132,11 +175,24 @@ impl Drop for Writers {
 }
 
 impl Shared {
+    /// Whether a store queued at `now` that found no thread idle starts
+    /// one (see the module's comment).
+    fn grows(&self, state: &State, now: Instant) -> bool {
+        if state.threads >= self.max {
+            return false;
+        }
+        if state.threads < self.growth.eager {
+            return true;
+        }
+        let head = state.jobs.front().map_or(now, |(queued, _)| *queued);
+        now.saturating_duration_since(head) >= self.growth.after
+    }
+
     /// A thread's life: jobs while there are any, then a wait for a call.
     fn work(&self) {
         let mut state = self.state.lock();
         loop {
-            if let Some(job) = state.jobs.pop_front() {
+            if let Some((_, job)) = state.jobs.pop_front() {
                 MutexGuard::unlocked(&mut state, || run_caught(job));
                 continue;
             }
@@ -231,6 +287,51 @@ mod tests {
     }
 
     #[test]
+    fn beyond_the_eager_threads_the_pool_grows_only_for_a_late_queue() {
+        let growth = Growth {
+            eager: 2,
+            after: Duration::from_millis(50),
+        };
+        let pool = Writers::with(8, growth, IDLE);
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let release_rx = Arc::new(std::sync::Mutex::new(release_rx));
+        let (done_tx, done_rx) = mpsc::channel();
+        let started = Arc::new(AtomicUsize::new(0));
+        let submit = |i: i32| {
+            let (release_rx, done_tx, started) =
+                (release_rx.clone(), done_tx.clone(), started.clone());
+            pool.run(move || {
+                started.fetch_add(1, Ordering::SeqCst);
+                release_rx.lock().unwrap().recv().unwrap();
+                done_tx.send(i).unwrap();
+            });
+        };
+        // Two stores hold the two eager threads; the next one, heading a
+        // fresh queue, waits for them rather than start a third.
+        submit(0);
+        submit(1);
+        assert!(until(|| started.load(Ordering::SeqCst) == 2));
+        submit(2);
+        assert_eq!(pool.threads(), 2);
+        // Once the head of the queue has waited `after` (the time that
+        // passes is what is tested), the next store starts a thread,
+        // which takes the head.
+        thread::sleep(growth.after);
+        submit(3);
+        assert_eq!(pool.threads(), 3);
+        assert!(until(|| started.load(Ordering::SeqCst) == 3));
+        for _ in 0..4 {
+            release_tx.send(()).unwrap();
+        }
+        let mut done: Vec<i32> = (0..4)
+            .map(|_| done_rx.recv_timeout(Duration::from_secs(5)).unwrap())
+            .collect();
+        done.sort();
+        assert_eq!(done, (0..4).collect::<Vec<_>>());
+        assert_eq!(pool.threads(), 3);
+    }
+
+    #[test]
     fn a_waiting_thread_is_called_rather_than_a_new_one_started() {
         let pool = Writers::new(8);
         for _ in 0..5 {
@@ -255,7 +356,7 @@ mod tests {
 
     #[test]
     fn idle_threads_end_and_new_ones_start_when_work_comes() {
-        let pool = Writers::with_idle(2, Duration::from_millis(20));
+        let pool = Writers::with(2, Growth::DEFAULT, Duration::from_millis(20));
         let (tx, rx) = mpsc::channel();
         for _ in 0..2 {
             let tx = tx.clone();
