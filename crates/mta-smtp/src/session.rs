@@ -414,15 +414,18 @@ impl Session {
         }
     }
 
-    /// True when the next command waiting in `input` is a MAIL that would
-    /// open a transaction: the session reads commands and has none open.
-    /// The daemon's in-flow control (`smtp.in_flow_delay`) waits before it.
+    /// True when the next command waiting in `input` is a whole MAIL line
+    /// that would open a transaction: the session reads commands and has
+    /// none open. The daemon's in-flow control (`smtp.in_flow_delay`)
+    /// waits before it; a line still coming is not counted, or each read
+    /// of it would wait again.
     pub fn opens_transaction(&self, input: &[u8]) -> bool {
         matches!(self.phase, Phase::Command)
             && self.transaction.is_none()
             && input.len() >= 5
             && input[..4].eq_ignore_ascii_case(b"MAIL")
             && matches!(input[4], b' ' | b'\t')
+            && input.contains(&b'\n')
     }
 
     /// True while a transaction is open or message text is being read: a
@@ -1449,8 +1452,12 @@ mod local_tests {
         let mut s = Session::local(config(), Arc::new(Admission::default()), &user);
         run(&mut s, "EHLO h\r\n");
         assert!(s.opens_transaction(b"MAIL FROM:<a@b.test>\r\n"));
-        assert!(s.opens_transaction(b"mail FROM:<a@b.test>"));
+        assert!(s.opens_transaction(b"mail FROM:<a@b.test>\r\n"));
         assert!(!s.opens_transaction(b"MAIL"), "not yet a command");
+        assert!(
+            !s.opens_transaction(b"MAIL FROM:<a@b.test>"),
+            "not yet a whole line"
+        );
         assert!(!s.opens_transaction(b"MAILX FROM:<a@b.test>\r\n"));
         assert!(!s.opens_transaction(b"RCPT TO:<x@remote.test>\r\n"));
         assert!(!s.opens_transaction(b"NOOP\r\n"));
