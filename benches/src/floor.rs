@@ -1,0 +1,371 @@
+//! mta-floor: the least work a relay does that makes each message durable
+//! before its 250, for `benches/floor.sh` to measure beside mtad.
+//!
+//! It is not an MTA. It answers any command with 250 (DATA with 354),
+//! keeps the message's wire text as it came (no unstuffing, no headers
+//! added, the end found only at the end of what was read), and relays it
+//! to one sink. What it keeps of mtad's durable path, no less: the text
+//! written over a kept file (or a new one), fdatasynced, linked into
+//! `msg/`, that directory fsynced (one fsync shared by every link made
+//! before it started: group commit) before the 250; then a relay thread
+//! sends it to the sink over a connection it keeps, and on the sink's
+//! 250 unlinks the `msg/` name and gives the file back for the next
+//! message. Blocking threads, one per client connection (from a pool
+//! that accepts in turn) and a fixed pool of relay threads.
+//!
+//! So the rate a relay can reach on this machine with this durability,
+//! whatever its parser, queue and scheduler cost, is measured rather
+//! than argued.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(about = "The least a relay that fsyncs before 250 does (a benchmark's yardstick)")]
+struct Args {
+    /// Address to listen on; the bound one is printed.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: String,
+    /// The sink every message goes to.
+    #[arg(long)]
+    sink: String,
+    /// Directory for `tmp/` and `msg/` (created).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Client connections served at once.
+    #[arg(long, default_value_t = 64)]
+    sessions: usize,
+    /// Connections to the sink (one thread each).
+    #[arg(long, default_value_t = 20)]
+    relays: usize,
+    /// Neither fdatasync nor directory fsync: what durability costs,
+    /// measured (the files are still written, linked and unlinked).
+    #[arg(long)]
+    no_fsync: bool,
+    /// Make the written files durable with one syncfs(2) of the spool's
+    /// file system shared by every store waiting, instead of an
+    /// fdatasync each.
+    #[arg(long)]
+    syncfs: bool,
+}
+
+/// A message made durable, on its way to the sink: its buffer holds the
+/// length field, then the wire text up to `end`.
+struct Queued {
+    buf: Vec<u8>,
+    end: usize,
+    slot: PathBuf,
+    name: PathBuf,
+}
+
+/// Room before the wire text for its length, written into the file with
+/// it in one write.
+const HEAD: usize = 16;
+
+/// Buffers a message is read into and relayed from, zeroed once and then
+/// reused: the text goes from the socket into one and is not copied again
+/// in user space.
+#[derive(Default)]
+struct Buffers(Mutex<Vec<Vec<u8>>>);
+
+impl Buffers {
+    fn take(&self) -> Vec<u8> {
+        let kept = self.0.lock().unwrap().pop();
+        kept.unwrap_or_else(|| vec![0; 256 * 1024])
+    }
+
+    fn give(&self, buf: Vec<u8>) {
+        self.0.lock().unwrap().push(buf);
+    }
+}
+
+/// Flushes shared by the stores that came before each started: a
+/// directory's fsync, or the file system's syncfs.
+struct DirSync {
+    dir: File,
+    state: Mutex<SyncState>,
+    done: Condvar,
+    whole_fs: bool,
+}
+
+#[derive(Default)]
+struct SyncState {
+    started: u64,
+    finished: u64,
+    running: bool,
+}
+
+impl DirSync {
+    /// Returns once a directory fsync that started after the call began
+    /// has finished.
+    fn sync(&self) -> io::Result<()> {
+        let mut st = self.state.lock().unwrap();
+        let ticket = st.started + 1;
+        while st.finished < ticket {
+            if st.running {
+                st = self.done.wait(st).unwrap();
+                continue;
+            }
+            st.running = true;
+            st.started += 1;
+            let generation = st.started;
+            drop(st);
+            let result = if self.whole_fs {
+                nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&self.dir))
+                    .map_err(io::Error::from)
+            } else {
+                self.dir.sync_all()
+            };
+            st = self.state.lock().unwrap();
+            st.running = false;
+            st.finished = generation;
+            self.done.notify_all();
+            result?;
+        }
+        Ok(())
+    }
+}
+
+struct Spool {
+    tmp: PathBuf,
+    msg: PathBuf,
+    free: Mutex<Vec<PathBuf>>,
+    next: AtomicU64,
+    dir_sync: DirSync,
+    fs_sync: Option<DirSync>,
+    buffers: Buffers,
+    fsync: bool,
+}
+
+impl Spool {
+    /// Writes `buf` (the wire text after its length's [`HEAD`] bytes, put
+    /// there now) over a kept file or a new one, fdatasyncs it, links it
+    /// into `msg/` and waits for that directory's fsync. Returns the
+    /// file's two names.
+    fn store(&self, buf: &mut [u8]) -> io::Result<(PathBuf, PathBuf)> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let slot = self.free.lock().unwrap().pop();
+        let slot = slot.unwrap_or_else(|| self.tmp.join(format!("free.{n}")));
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&slot)?;
+        let field = format!("{:>w$}\n", buf.len() - HEAD, w = HEAD - 1);
+        buf[..HEAD].copy_from_slice(field.as_bytes());
+        file.write_all_at(buf, 0)?;
+        if let Some(fs_sync) = &self.fs_sync {
+            fs_sync.sync()?;
+        } else if self.fsync {
+            file.sync_data()?;
+        }
+        drop(file);
+        let name = self.msg.join(format!("m{n}"));
+        fs::hard_link(&slot, &name)?;
+        if self.fsync {
+            self.dir_sync.sync()?;
+        }
+        Ok((slot, name))
+    }
+
+    fn done(&self, q: Queued) -> io::Result<()> {
+        fs::remove_file(&q.name)?;
+        self.free.lock().unwrap().push(q.slot);
+        self.buffers.give(q.buf);
+        Ok(())
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let tmp = args.dir.join("tmp");
+    let msg = args.dir.join("msg");
+    fs::create_dir_all(&tmp)?;
+    fs::create_dir_all(&msg)?;
+    let spool = Arc::new(Spool {
+        dir_sync: DirSync {
+            dir: File::open(&msg).context("opening msg/")?,
+            state: Mutex::default(),
+            done: Condvar::new(),
+            whole_fs: false,
+        },
+        fs_sync: args
+            .syncfs
+            .then(|| -> Result<DirSync> {
+                Ok(DirSync {
+                    dir: File::open(&tmp)?,
+                    state: Mutex::default(),
+                    done: Condvar::new(),
+                    whole_fs: true,
+                })
+            })
+            .transpose()?,
+        tmp,
+        msg,
+        free: Mutex::default(),
+        next: AtomicU64::new(0),
+        buffers: Buffers::default(),
+        fsync: !args.no_fsync,
+    });
+
+    let (tx, rx) = mpsc::channel::<Queued>();
+    let rx = Arc::new(Mutex::new(rx));
+    for _ in 0..args.relays {
+        let (rx, spool, sink) = (rx.clone(), spool.clone(), args.sink.clone());
+        thread::spawn(move || {
+            if let Err(e) = relay(&sink, &rx, &spool) {
+                eprintln!("mta-floor: relay: {e:#}");
+                std::process::exit(1);
+            }
+        });
+    }
+
+    let listener = TcpListener::bind(&args.listen)?;
+    println!("mta-floor: listening on {}", listener.local_addr()?);
+    io::stdout().flush()?;
+    let listener = Arc::new(listener);
+    let workers: Vec<_> = (0..args.sessions)
+        .map(|_| {
+            let (listener, spool, tx) = (listener.clone(), spool.clone(), tx.clone());
+            thread::spawn(move || loop {
+                let Ok((stream, _)) = listener.accept() else {
+                    continue;
+                };
+                if let Err(e) = serve(stream, &spool, &tx) {
+                    eprintln!("mta-floor: session: {e:#}");
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.join();
+    }
+    Ok(())
+}
+
+/// One client connection.
+fn serve(mut stream: TcpStream, spool: &Spool, tx: &mpsc::Sender<Queued>) -> Result<()> {
+    stream.set_nodelay(true)?;
+    stream.write_all(b"220 floor ESMTP\r\n")?;
+    let mut buf = spool.buffers.take();
+    // What was read and not yet used: buf[start..end].
+    let (mut start, mut end) = (0, 0);
+    let mut in_data = false;
+    loop {
+        if in_data {
+            let text = &buf[HEAD..end];
+            if text.ends_with(b"\r\n.\r\n") || text == b".\r\n" {
+                let (slot, name) = spool.store(&mut buf[..end])?;
+                stream.write_all(b"250 2.0.0 queued\r\n")?;
+                let full = std::mem::replace(&mut buf, spool.buffers.take());
+                tx.send(Queued {
+                    buf: full,
+                    end,
+                    slot,
+                    name,
+                })?;
+                (start, end, in_data) = (0, 0, false);
+                continue;
+            }
+        } else if let Some(lf) = buf[start..end].iter().position(|&b| b == b'\n') {
+            let verb = buf[start..start + lf.min(4)].to_ascii_uppercase();
+            start += lf + 1;
+            match &verb[..] {
+                b"QUIT" => {
+                    stream.write_all(b"221 2.0.0 bye\r\n")?;
+                    spool.buffers.give(buf);
+                    return Ok(());
+                }
+                b"DATA" => {
+                    stream.write_all(b"354 go ahead\r\n")?;
+                    // The text goes after the room for its length.
+                    buf.copy_within(start..end, HEAD);
+                    (end, in_data) = (HEAD + end - start, true);
+                }
+                b"EHLO" => stream.write_all(b"250-floor\r\n250 PIPELINING\r\n")?,
+                _ => stream.write_all(b"250 2.0.0 ok\r\n")?,
+            }
+            if start == end && !in_data {
+                (start, end) = (0, 0);
+            }
+            continue;
+        }
+        if end == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        let n = stream.read(&mut buf[end..])?;
+        if n == 0 {
+            spool.buffers.give(buf);
+            return Ok(());
+        }
+        end += n;
+    }
+}
+
+/// A relay thread: one connection to the sink, a message at a time.
+fn relay(sink: &str, rx: &Mutex<mpsc::Receiver<Queued>>, spool: &Spool) -> Result<()> {
+    let mut conn = TcpStream::connect(sink).with_context(|| format!("connecting to {sink}"))?;
+    conn.set_nodelay(true)?;
+    let mut replies = Replies::default();
+    replies.expect(&mut conn, 1, 220)?;
+    conn.write_all(b"EHLO floor\r\n")?;
+    replies.expect(&mut conn, 1, 250)?;
+    loop {
+        let q = match rx.lock().unwrap().recv() {
+            Ok(q) => q,
+            Err(_) => return Ok(()),
+        };
+        conn.write_all(
+            b"MAIL FROM:<sender@example.test>\r\nRCPT TO:<rcpt@example.test>\r\nDATA\r\n",
+        )?;
+        replies.expect(&mut conn, 2, 250)?;
+        replies.expect(&mut conn, 1, 354)?;
+        conn.write_all(&q.buf[HEAD..q.end])?;
+        replies.expect(&mut conn, 1, 250)?;
+        spool.done(q)?;
+    }
+}
+
+/// Reply lines read from the sink.
+#[derive(Default)]
+struct Replies {
+    buf: Vec<u8>,
+}
+
+impl Replies {
+    /// Reads `n` final reply lines, each with `code`.
+    fn expect(&mut self, conn: &mut TcpStream, n: usize, code: u16) -> Result<()> {
+        let mut got = 0;
+        let mut chunk = [0u8; 4096];
+        while got < n {
+            if let Some(lf) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=lf).collect();
+                if line.get(3) == Some(&b'-') {
+                    continue;
+                }
+                let text = String::from_utf8_lossy(&line);
+                if !text.starts_with(&code.to_string()) {
+                    bail!("the sink said {text:?}, {code} expected");
+                }
+                got += 1;
+                continue;
+            }
+            let r = conn.read(&mut chunk)?;
+            if r == 0 {
+                bail!("the sink closed the connection");
+            }
+            self.buf.extend_from_slice(&chunk[..r]);
+        }
+        Ok(())
+    }
+}
