@@ -41,6 +41,7 @@ pub use auth::{
 };
 pub use command::{Command, CommandError};
 pub use date::rfc5322_date;
+pub use params::{check_orcpt, parse_orcpt, OrcptError};
 pub use recipients::LocalRecipients;
 pub use replay::envelope_of_commands;
 pub use reply::Reply;

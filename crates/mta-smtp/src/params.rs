@@ -112,20 +112,107 @@ pub(crate) fn rcpt_params(params: Params) -> Result<(Option<Notify>, Option<Stri
                 once(&mut notify, &key, parsed)?;
             }
             ("ORCPT", Some(v)) => {
-                // addr-type ";" xtext (RFC 3461 section 4.2).
-                let (kind, addr) = v.split_once(';').ok_or_else(|| bad_value(&key))?;
-                let valid_kind = !kind.is_empty()
-                    && kind.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-                let addr = xtext_decode(addr)
-                    .filter(|a| valid_kind && !a.is_empty() && a.len() <= 500)
-                    .ok_or_else(|| bad_value(&key))?;
-                once(&mut orcpt, &key, format!("{kind};{addr}"))?;
+                let parsed = parse_orcpt(&v).map_err(|_| bad_value(&key))?;
+                once(&mut orcpt, &key, parsed)?;
             }
             ("NOTIFY" | "ORCPT", None) => return Err(bad_value(&key)),
             _ => return Err(unsupported(&key)),
         }
     }
     Ok((notify, orcpt))
+}
+
+/// Why an ORCPT value (RFC 3461 section 4.2) is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrcptError {
+    /// No `;` between the address type and the address.
+    NoAddrType,
+    /// The address type is empty, or not letters, digits and hyphens.
+    BadAddrType,
+    /// Nothing after the `;`.
+    Empty,
+    /// The address is over 500 octets (decoded).
+    TooLong,
+    /// The address is not xtext, or decodes to a control character.
+    NotXtext,
+    /// The address (decoded) holds a control character.
+    Control,
+}
+
+impl OrcptError {
+    /// Why, in words: fixed text, so that a caller that keeps only
+    /// `&'static str` reasons (the drop file's check) can keep it.
+    pub fn reason(self) -> &'static str {
+        match self {
+            OrcptError::NoAddrType => "an ORCPT has no addr-type \";\" before its address",
+            OrcptError::BadAddrType => {
+                "an ORCPT's addr-type is empty, or not letters, digits and hyphens"
+            }
+            OrcptError::Empty => "an ORCPT's address is empty",
+            OrcptError::TooLong => "an ORCPT's address is over 500 octets",
+            OrcptError::NotXtext => {
+                "an ORCPT's address is not xtext, or decodes to a control character"
+            }
+            OrcptError::Control => "an ORCPT's address holds a control character",
+        }
+    }
+}
+
+impl std::fmt::Display for OrcptError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.reason())
+    }
+}
+
+impl std::error::Error for OrcptError {}
+
+/// The value of an ORCPT parameter as RCPT gives it, `addr-type ";"
+/// xtext` (RFC 3461 section 4.2), in the form an envelope keeps it: the
+/// address decoded (`rfc822;a@b.test` for `rfc822;a+40b.test`).
+pub fn parse_orcpt(value: &str) -> Result<String, OrcptError> {
+    let (kind, addr) = value.split_once(';').ok_or(OrcptError::NoAddrType)?;
+    check_addr_type(kind)?;
+    if addr.is_empty() {
+        return Err(OrcptError::Empty);
+    }
+    let addr = xtext_decode(addr).ok_or(OrcptError::NotXtext)?;
+    check_length(&addr)?;
+    Ok(format!("{kind};{addr}"))
+}
+
+/// Checks an ORCPT in the form an envelope keeps it (decoded) by the
+/// rules [`parse_orcpt`] applies, for one that did not come from a RCPT
+/// command (a drop file, written by a user): what passes is what a
+/// session would have taken, once xtext-encoded again.
+pub fn check_orcpt(decoded: &str) -> Result<(), OrcptError> {
+    let (kind, addr) = decoded.split_once(';').ok_or(OrcptError::NoAddrType)?;
+    check_addr_type(kind)?;
+    if addr.is_empty() {
+        return Err(OrcptError::Empty);
+    }
+    // What xtext_decode refuses to produce.
+    if addr.chars().any(char::is_control) {
+        return Err(OrcptError::Control);
+    }
+    check_length(addr)
+}
+
+/// An addr-type as mtad takes it: an atom of letters, digits and
+/// hyphens (`rfc822`, `utf-8`, `x400`).
+fn check_addr_type(kind: &str) -> Result<(), OrcptError> {
+    if kind.is_empty() || !kind.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Err(OrcptError::BadAddrType);
+    }
+    Ok(())
+}
+
+/// RFC 3461's limit of 500 characters, counted in octets of the decoded
+/// address.
+fn check_length(addr: &str) -> Result<(), OrcptError> {
+    if addr.len() > 500 {
+        return Err(OrcptError::TooLong);
+    }
+    Ok(())
 }
 
 fn parse_notify(v: &str) -> Option<Notify> {
@@ -292,5 +379,41 @@ mod tests {
         assert!(rcpt_params(p(&[("NOTIFY", Some("NEVER,SUCCESS"))])).is_err());
         assert!(rcpt_params(p(&[("ORCPT", Some("rfc822;a+0D+0Ab"))])).is_err());
         assert!(rcpt_params(p(&[("ORCPT", Some("noaddrtype"))])).is_err());
+    }
+
+    /// ORCPT, as RCPT gives it and as an envelope keeps it: each way of
+    /// being wrong has its own reason, and what `check_orcpt` takes is
+    /// what `parse_orcpt` gives.
+    #[test]
+    fn orcpt_values() {
+        assert_eq!(
+            parse_orcpt("rfc822;a+2Bb+40c.test").as_deref(),
+            Ok("rfc822;a+b@c.test")
+        );
+        assert_eq!(
+            parse_orcpt("utf-8;\u{7528}@d.test").as_deref(),
+            Ok("utf-8;\u{7528}@d.test")
+        );
+        let long = format!("rfc822;{}", "a".repeat(500));
+        assert!(parse_orcpt(&long).is_ok() && check_orcpt(&long).is_ok());
+        let too_long = format!("rfc822;{}", "a".repeat(501));
+        for (value, why) in [
+            ("noaddrtype", OrcptError::NoAddrType),
+            (";a@b.test", OrcptError::BadAddrType),
+            ("rfc 822;a@b.test", OrcptError::BadAddrType),
+            ("rfc822;", OrcptError::Empty),
+            (too_long.as_str(), OrcptError::TooLong),
+        ] {
+            assert_eq!(parse_orcpt(value), Err(why), "{value}");
+            assert_eq!(check_orcpt(value), Err(why), "{value}");
+        }
+        assert_eq!(parse_orcpt("rfc822;a+0Ab"), Err(OrcptError::NotXtext));
+        assert_eq!(parse_orcpt("rfc822;a=b"), Err(OrcptError::NotXtext));
+        assert_eq!(check_orcpt("rfc822;a\nb"), Err(OrcptError::Control));
+        // Decoded, `+` and `=` are just characters.
+        assert_eq!(check_orcpt("rfc822;a+b=c@d.test"), Ok(()));
+        for good in ["rfc822;a+2Bb+40c.test", "x-1;+7E"] {
+            assert_eq!(check_orcpt(&parse_orcpt(good).unwrap()), Ok(()), "{good}");
+        }
     }
 }
