@@ -785,6 +785,64 @@ fn bs_with_mtad_down_leaves_the_message_in_the_drop_directory() {
     );
 }
 
+/// `-bs` with mtad down keeps each recipient's ORCPT (RFC 3461 section
+/// 4.2, xtext-decoded) in the drop files: once imported, the queued
+/// envelope has it as if the client had sent its RCPT to mtad, and the
+/// DSN for a recipient the import refused gives it as
+/// `Original-Recipient:`.
+#[test]
+fn bs_with_mtad_down_keeps_each_recipients_orcpt() {
+    let s = Setup::with("mail", "local_recipients = [\"alice\", \"frank\"]\n", "");
+    Mtad::start(&s.work).terminate();
+    let dialogue = "EHLO client\r\nMAIL FROM:<alice@local.test>\r\n\
+        RCPT TO:<far@remote.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;original+2Bfar@example.test\r\n\
+        RCPT TO:<ghost@local.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;ghost+40old.test\r\n\
+        RCPT TO:<frank@local.test>\r\n\
+        DATA\r\nSubject: bs orcpt\r\n\r\nhello\r\n.\r\nQUIT\r\n";
+    let o = bs_dialogue(&s, dialogue);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let said = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        said.contains("250 2.0.0 Ok: left for mtad in the drop directory"),
+        "{said}"
+    );
+    let (uid, _) = me();
+    assert_eq!(
+        s.drops(),
+        [format!("drop-{uid}-0"), format!("drop-{uid}-1")],
+        "one file per NOTIFY value"
+    );
+
+    let mtad = Mtad::start(&s.work);
+    let frank = &s.wait_maildir("local.test", "frank", 1)[0];
+    assert!(frank.contains("Subject: bs orcpt"), "{frank}");
+    let dsn = &s.wait_maildir("local.test", "alice", 1)[0];
+    for want in [
+        "Final-Recipient: rfc822; ghost@local.test",
+        "Original-Recipient: rfc822;ghost@old.test",
+        "Status: 5.1.1",
+    ] {
+        assert!(dsn.contains(want), "{want:?} not in the DSN:\n{dsn}");
+    }
+    wait_until("the drop files imported", WAIT, || s.drops().is_empty());
+    mtad.terminate();
+    let queued = spool_contents(&s.work.queue());
+    let far = queued
+        .iter()
+        .flat_map(|(_, envelope, _)| &envelope.recipients)
+        .find(|r| r.address.to_string() == "far@remote.test")
+        .unwrap_or_else(|| panic!("far@remote.test is not queued: {queued:?}"));
+    assert_eq!(
+        far.orcpt.as_deref(),
+        Some("rfc822;original+far@example.test"),
+        "{far:?}"
+    );
+    assert_eq!(
+        far.notify.map(|n| n.value()).as_deref(),
+        Some("SUCCESS,FAILURE")
+    );
+}
+
 /// `-f` sets the envelope sender; `-F` names the sender in the `From:`
 /// a message without one gets; bare names are qualified with mtad's
 /// host name; recipients come from the arguments, comma lists too.

@@ -135,11 +135,18 @@ pub fn mail_line(p: &Prepared) -> String {
     mail
 }
 
-/// The RCPT command for `rcpt` in `p`'s transactions.
+/// The RCPT command for `rcpt` in `p`'s transactions, with its DSN
+/// parameters. Like NOTIFY, ORCPT goes whatever EHLO said: this client
+/// only speaks to mtad's local session, which always offers DSN.
 pub fn rcpt_line(p: &Prepared, rcpt: &str) -> String {
     let mut line = format!("RCPT TO:<{rcpt}>");
     if let Some(notify) = &p.notify {
         line.push_str(&format!(" NOTIFY={notify}"));
+    }
+    if let Some(orcpt) = p.orcpt.get(rcpt) {
+        // addr-type ";" xtext: the addr-type is letters, digits and
+        // hyphens and `;` is printable, so xtext leaves both as they are.
+        line.push_str(&format!(" ORCPT={}", xtext(orcpt)));
     }
     line
 }
@@ -396,6 +403,7 @@ mod tests {
             full_name: None,
             recipients: recipients.iter().map(|r| r.to_string()).collect(),
             notify: Some("NEVER".into()),
+            orcpt: Default::default(),
             ret: None,
             envid: Some("a+b=c".into()),
             eight_bit: false,
@@ -441,6 +449,36 @@ mod tests {
             written.contains("\r\n..hidden\r\n..\r\n.\r\nQUIT\r\n"),
             "dot-stuffed: {written}"
         );
+    }
+
+    /// ORCPT goes on the RCPT line of its recipient (found by its
+    /// address once completed), xtext-encoded, after NOTIFY; and in the
+    /// envelope a session makes of that line it reads as it was given.
+    #[test]
+    fn orcpt_goes_on_its_recipients_rcpt_line() {
+        let replies = format!(
+            "{GREETING}250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n250 2.0.0 Ok: queued as 1\r\n221 bye\r\n"
+        );
+        let mut s = submission(&["root", "bob@x.test"], "S: s\r\n\r\n");
+        let orcpt = "rfc822;original+root=1@example.test";
+        s.orcpt = [("root".to_owned(), orcpt.to_owned())].into();
+        let (report, written) = run(&replies, &s);
+        assert_eq!(report.queued.len(), 1, "{written}");
+        let lines: Vec<&str> = written.split("\r\n").collect();
+        let rcpt =
+            "RCPT TO:<root@mx.test> NOTIFY=NEVER ORCPT=rfc822;original+2Broot+3D1@example.test";
+        assert_eq!(lines[2], rcpt);
+        assert_eq!(lines[3], "RCPT TO:<bob@x.test> NOTIFY=NEVER");
+        let origin = mta_envelope::Origin {
+            client_ip: "127.0.0.1".parse().unwrap(),
+            helo: "localhost".into(),
+            protocol: "local-esmtp".into(),
+            tls: None,
+            auth: None,
+        };
+        let e =
+            mta_smtp::envelope_of_commands(lines[1], &[lines[2].to_owned()], origin, 1).unwrap();
+        assert_eq!(e.recipients[0].orcpt.as_deref(), Some(orcpt));
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! and a message without `From:`, `Date:` or `Message-ID:` gets them
 //! (RFC 5322 section 3.6 wants the first two).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::header::{
@@ -41,6 +43,14 @@ pub struct Submission {
     pub recipients: Vec<String>,
     /// `-N`: the NOTIFY value for every recipient.
     pub notify: Option<String>,
+    /// The ORCPT of the recipients that have one (RFC 3461 section 4.2),
+    /// decoded (`rfc822;a@b.test`), by the recipient as `recipients` has
+    /// it: keyed by address rather than by position, so that it stays
+    /// right through [`Submission::complete`]'s qualification and
+    /// dedup. Only a message taken over SMTP (`-bs` with mtad down) has
+    /// any; a drop file written before they were kept has no such field.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub orcpt: BTreeMap<String, String>,
     /// `-R`: `FULL` or `HDRS`.
     pub ret: Option<String>,
     /// `-V`: the envelope id.
@@ -68,6 +78,9 @@ pub struct Prepared {
     pub content: Vec<u8>,
     /// NOTIFY for every RCPT.
     pub notify: Option<String>,
+    /// ORCPT for the RCPT of each recipient that has one, by its
+    /// address in `recipients`; decoded, not yet xtext-encoded.
+    pub orcpt: BTreeMap<String, String>,
     /// RET.
     pub ret: Option<String>,
     /// ENVID, not yet xtext-encoded.
@@ -132,6 +145,8 @@ impl Submission {
             full_name: options.full_name.clone().or(full_name),
             recipients: dedup(recipients),
             notify: options.notify.as_ref().map(|n| n.value()),
+            // The command line has no ORCPT.
+            orcpt: BTreeMap::new(),
             ret: options.ret.clone(),
             envid: options.envid.clone(),
             eight_bit: options.eight_bit,
@@ -154,12 +169,7 @@ impl Submission {
             Some("" | "<>") => String::new(),
             Some(given) => qualify(given, host)?,
         };
-        let recipients = dedup(
-            self.recipients
-                .iter()
-                .map(|r| qualify(r, host))
-                .collect::<Result<Vec<_>, _>>()?,
-        );
+        let (recipients, orcpt) = self.qualified_recipients(host)?;
         let mut added = String::new();
         if !has_field(&self.content, "From") {
             let address = if sender.is_empty() { &own } else { &sender };
@@ -203,9 +213,61 @@ impl Submission {
             recipients,
             content,
             notify: self.notify.clone(),
+            orcpt,
             ret: self.ret.clone(),
             envid: self.envid.clone(),
         })
+    }
+
+    /// The recipients qualified with `@host`, each once, and the ORCPT
+    /// of each that has one, by its qualified address: an ORCPT goes
+    /// with the recipient it was given for, whatever qualification
+    /// made of its address (of duplicates, the first one's is kept).
+    fn qualified_recipients(
+        &self,
+        host: &str,
+    ) -> Result<(Vec<String>, BTreeMap<String, String>), BadAddress> {
+        let qualified = self
+            .recipients
+            .iter()
+            .map(|r| Ok((qualify(r, host)?, self.orcpt.get(r))))
+            .collect::<Result<Vec<_>, BadAddress>>()?;
+        let kept = dedup_by(qualified, |(address, _)| address);
+        let orcpt = kept
+            .iter()
+            .filter_map(|(address, orcpt)| Some((address.clone(), (*orcpt)?.clone())))
+            .collect();
+        Ok((
+            kept.into_iter().map(|(address, _)| address).collect(),
+            orcpt,
+        ))
+    }
+
+    /// This submission for `recipients` only (the ones still to be
+    /// sent, for a drop file), each with its ORCPT: a recipient is as
+    /// `prepared` completed it once the server was known, else as given
+    /// (`prepared` None). The drop file's check wants every ORCPT to be
+    /// for one of its recipients, as they are written.
+    pub fn for_recipients(
+        &self,
+        recipients: Vec<String>,
+        prepared: Option<&Prepared>,
+    ) -> Submission {
+        let orcpt = recipients
+            .iter()
+            .filter_map(|r| {
+                let orcpt = match prepared {
+                    Some(p) => p.orcpt.get(r),
+                    None => self.orcpt.get(r),
+                }?;
+                Some((r.clone(), orcpt.clone()))
+            })
+            .collect();
+        Submission {
+            recipients,
+            orcpt,
+            ..self.clone()
+        }
     }
 }
 
@@ -239,14 +301,20 @@ fn qualify(given: &str, host: &str) -> Result<String, BadAddress> {
 
 /// The addresses in order, each once (the domain's case ignored).
 fn dedup(addresses: Vec<String>) -> Vec<String> {
+    dedup_by(addresses, |a| a)
+}
+
+/// The items in order, the first of each address `address_of` gives
+/// (the domain's case ignored).
+fn dedup_by<T>(items: Vec<T>, address_of: impl Fn(&T) -> &String) -> Vec<T> {
     let key = |a: &str| match a.rsplit_once('@') {
         Some((local, domain)) => format!("{local}@{}", domain.to_lowercase()),
         None => a.to_owned(),
     };
     let mut seen = std::collections::HashSet::new();
-    addresses
+    items
         .into_iter()
-        .filter(|a| seen.insert(key(a)))
+        .filter(|item| seen.insert(key(address_of(item))))
         .collect()
 }
 
@@ -362,6 +430,53 @@ mod tests {
              Message-ID: <1795319280.t1@mx.test>\r\n\r\nbody\r\n"
         );
         assert!(!p.eight_bit && !p.smtputf8);
+    }
+
+    /// An ORCPT stays with its recipient through the qualification of
+    /// bare names and the dedup (the first duplicate's is kept), and a
+    /// submission cut down to some recipients keeps theirs.
+    #[test]
+    fn orcpt_follows_its_recipient_through_complete() {
+        let mut s = submission("-i u", "S: s\r\n\r\n").unwrap();
+        s.recipients = ["root", "bob@Local.test", "carol", "root@mx.test"]
+            .map(str::to_owned)
+            .to_vec();
+        let orcpt = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(r, o)| (r.to_string(), o.to_string()))
+                .collect()
+        };
+        s.orcpt = orcpt(&[
+            ("root", "rfc822;root@old.test"),
+            ("bob@Local.test", "rfc822;bob@old.test"),
+            ("root@mx.test", "rfc822;dup@old.test"),
+        ]);
+        let p = s.complete("mx.test", "alice").unwrap();
+        assert_eq!(
+            p.recipients,
+            ["root@mx.test", "bob@Local.test", "carol@mx.test"]
+        );
+        assert_eq!(
+            p.orcpt,
+            orcpt(&[
+                ("root@mx.test", "rfc822;root@old.test"),
+                ("bob@Local.test", "rfc822;bob@old.test"),
+            ])
+        );
+        // The ones left for later: as completed, or as given.
+        let rest = s.for_recipients(
+            vec!["root@mx.test".into(), "carol@mx.test".into()],
+            Some(&p),
+        );
+        assert_eq!(rest.recipients, ["root@mx.test", "carol@mx.test"]);
+        assert_eq!(
+            rest.orcpt,
+            orcpt(&[("root@mx.test", "rfc822;root@old.test")])
+        );
+        let rest = s.for_recipients(vec!["root".into(), "carol".into()], None);
+        assert_eq!(rest.orcpt, orcpt(&[("root", "rfc822;root@old.test")]));
+        assert_eq!((rest.content, rest.token), (s.content, s.token));
     }
 
     #[test]

@@ -21,6 +21,7 @@
 //! which a user cannot choose (`mta-sendmail` is set-group-id, not
 //! set-user-id), and mtad reads it from the file itself.
 
+use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -45,6 +46,9 @@ pub const MAX_RECIPIENTS: usize = 10_000;
 
 /// Longest the JSON line may be.
 const MAX_ENVELOPE_LINE: usize = 1 << 20;
+
+/// Longest a string of the submission may be, in octets.
+const MAX_VALUE: usize = 4096;
 
 /// The JSON line.
 #[derive(Serialize, Deserialize)]
@@ -94,9 +98,10 @@ pub fn encode(submission: &Submission) -> Vec<u8> {
     out
 }
 
-/// Reads a drop file back, checking it: the format, the length, and
-/// that no string holds a control character (they go into envelopes and
-/// headers) and there is a recipient.
+/// Reads a drop file back, checking it: the format, the length, that
+/// no string holds a control character (they go into envelopes and
+/// headers), that there is a recipient, and that each ORCPT is one a
+/// session would take, for one of the recipients.
 pub fn decode(bytes: &[u8]) -> Result<Submission, DropError> {
     let (line, content) = envelope_line(bytes)?;
     if content.len() as u64 != line.length {
@@ -155,7 +160,7 @@ fn check(s: &Submission) -> Result<(), DropError> {
         .chain(&s.ret)
         .chain(&s.envid)
         .chain([&s.token]);
-    if strings.any(|t| t.chars().any(char::is_control) || t.len() > 4096) {
+    if strings.any(|t| t.chars().any(char::is_control) || t.len() > MAX_VALUE) {
         return Err(DropError::Invalid(
             "a control character, or a value too long",
         ));
@@ -177,27 +182,73 @@ fn check(s: &Submission) -> Result<(), DropError> {
             "a DSN parameter or the token is malformed",
         ));
     }
+    check_orcpt(s)
+}
+
+/// Each ORCPT is for one of the recipients, and is what a session would
+/// have made of an ORCPT parameter (`mta_smtp::check_orcpt`: the form
+/// `addr-type;address`, RFC 3461's 500 characters, no control
+/// character): the importing client sends it to mtad's session again.
+/// The session bounds the addr-type only by its command line, so here
+/// the whole value is bounded as every string is.
+fn check_orcpt(s: &Submission) -> Result<(), DropError> {
+    if s.orcpt.is_empty() {
+        return Ok(());
+    }
+    let recipients: HashSet<&str> = s.recipients.iter().map(String::as_str).collect();
+    for (recipient, orcpt) in &s.orcpt {
+        if !recipients.contains(recipient.as_str()) {
+            return Err(DropError::Invalid(
+                "an ORCPT is for an address that is not one of the recipients",
+            ));
+        }
+        if orcpt.len() > MAX_VALUE {
+            return Err(DropError::Invalid("an ORCPT is over 4096 octets"));
+        }
+        mta_smtp::check_orcpt(orcpt).map_err(|e| DropError::Invalid(e.reason()))?;
+    }
     Ok(())
+}
+
+/// The recipients of one NOTIFY value, and the ORCPT of those that
+/// have one.
+#[derive(Default)]
+struct Group {
+    recipients: Vec<String>,
+    orcpt: BTreeMap<String, String>,
 }
 
 /// The submissions a message taken over SMTP makes (`-bs` with mtad
 /// down, whose stand-alone session took it): one per NOTIFY value among
-/// its recipients, as a drop file has one for all of them (ORCPT is not
-/// kept). `token` is made unique per submission.
+/// its recipients, as a drop file has one NOTIFY for all of them; each
+/// recipient's ORCPT (decoded, as the session keeps it) goes with it,
+/// as a drop file keeps one per recipient. `token` is made unique per
+/// submission.
 pub fn submissions_of(
     envelope: &Envelope,
     content: &[u8],
     time: u64,
     token: &str,
 ) -> Vec<Submission> {
-    let mut groups: Vec<(Option<String>, Vec<String>)> = Vec::new();
+    let mut groups: Vec<(Option<String>, Group)> = Vec::new();
     for r in &envelope.recipients {
         let notify = r.notify.map(|n| n.value());
+        let group = match groups.iter().position(|(n, _)| *n == notify) {
+            Some(at) => &mut groups[at].1,
+            None => {
+                groups.push((notify, Group::default()));
+                &mut groups.last_mut().expect("just pushed").1
+            }
+        };
         let address = r.address.to_string();
-        match groups.iter_mut().find(|(n, _)| *n == notify) {
-            Some((_, list)) => list.push(address),
-            None => groups.push((notify, vec![address])),
+        if let Some(orcpt) = &r.orcpt {
+            // A recipient given twice: the first one's.
+            group
+                .orcpt
+                .entry(address.clone())
+                .or_insert_with(|| orcpt.clone());
         }
+        group.recipients.push(address);
     }
     let sender = match &envelope.sender {
         ReversePath::Null => String::new(),
@@ -206,11 +257,12 @@ pub fn submissions_of(
     groups
         .into_iter()
         .enumerate()
-        .map(|(i, (notify, recipients))| Submission {
+        .map(|(i, (notify, group))| Submission {
             sender: Some(sender.clone()),
             full_name: None,
-            recipients,
+            recipients: group.recipients,
             notify,
+            orcpt: group.orcpt,
             ret: envelope.ret.map(|r| match r {
                 Ret::Full => "FULL".to_owned(),
                 Ret::Hdrs => "HDRS".to_owned(),
@@ -428,6 +480,10 @@ mod tests {
             full_name: Some("Cron Daemon".into()),
             recipients: vec!["alice@local.test".into(), "bob".into()],
             notify: Some("SUCCESS,DELAY".into()),
+            orcpt: BTreeMap::from([(
+                "alice@local.test".to_owned(),
+                "rfc822;Alice+Smith=1@old.test".to_owned(),
+            )]),
             ret: Some("HDRS".into()),
             envid: Some("e1".into()),
             eight_bit: true,
@@ -443,6 +499,86 @@ mod tests {
         let bytes = encode(&s);
         assert!(bytes.starts_with(b"MTA-DROP 1\n{"));
         assert_eq!(decode(&bytes).unwrap(), s);
+        // ORCPT as a session decoded it, by the recipient as given.
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            text.contains(r#""orcpt":{"alice@local.test":"rfc822;Alice+Smith=1@old.test"}"#),
+            "{text}"
+        );
+        // No ORCPT, no field: a file an older mtad can read.
+        let none = Submission {
+            orcpt: BTreeMap::new(),
+            ..sample()
+        };
+        let bytes = encode(&none);
+        assert!(!String::from_utf8_lossy(&bytes).contains("orcpt"));
+        assert_eq!(decode(&bytes).unwrap(), none);
+    }
+
+    /// A drop file written before ORCPT was kept (no such field) still
+    /// reads, with no ORCPT.
+    #[test]
+    fn a_drop_file_without_orcpt_still_decodes() {
+        let old = b"MTA-DROP 1\n{\"submission\":{\"sender\":\"root\",\"full_name\":null,\
+            \"recipients\":[\"bob\"],\"notify\":\"NEVER\",\"ret\":null,\"envid\":null,\
+            \"eight_bit\":false,\"time\":1700000000,\"token\":\"1.2.0\"},\"length\":3}\nx\r\n";
+        let s = decode(old).unwrap();
+        assert_eq!(s.recipients, ["bob"]);
+        assert_eq!(s.notify.as_deref(), Some("NEVER"));
+        assert!(s.orcpt.is_empty());
+        assert_eq!(s.content, b"x\r\n");
+    }
+
+    /// An ORCPT a session would refuse, or for no recipient, makes the
+    /// file invalid, each with its own reason.
+    #[test]
+    fn bad_orcpt_values_are_refused() {
+        use mta_smtp::OrcptError;
+        let with = |recipient: &str, orcpt: &str| Submission {
+            orcpt: BTreeMap::from([(recipient.to_owned(), orcpt.to_owned())]),
+            ..sample()
+        };
+        let too_long = format!("rfc822;{}@old.test", "a".repeat(493));
+        let not_a_recipient = "an ORCPT is for an address that is not one of the recipients";
+        for (bad, why) in [
+            (
+                with("carol@local.test", "rfc822;c@old.test"),
+                not_a_recipient,
+            ),
+            // As given: "bob" is a recipient, "bob@local.test" is not.
+            (with("bob@local.test", "rfc822;b@old.test"), not_a_recipient),
+            (with("bob", "b@old.test"), OrcptError::NoAddrType.reason()),
+            (with("bob", ";b@old.test"), OrcptError::BadAddrType.reason()),
+            (
+                with("bob", "rfc 822;b@old.test"),
+                OrcptError::BadAddrType.reason(),
+            ),
+            (with("bob", "rfc822;"), OrcptError::Empty.reason()),
+            (with("bob", &too_long), OrcptError::TooLong.reason()),
+            (
+                with("bob", &format!("{};b@old.test", "x".repeat(4096))),
+                "an ORCPT is over 4096 octets",
+            ),
+            (
+                with("bob", "rfc822;b\u{7f}@old.test"),
+                OrcptError::Control.reason(),
+            ),
+            (
+                with("bob", "rfc822;b@old.test\r\nX: y"),
+                OrcptError::Control.reason(),
+            ),
+        ] {
+            assert_eq!(
+                decode(&encode(&bad)),
+                Err(DropError::Invalid(why)),
+                "{:?}",
+                bad.orcpt
+            );
+        }
+        // The longest a session takes is taken.
+        let longest = format!("rfc822;{}", "a".repeat(500));
+        let ok = with("bob", &longest);
+        assert_eq!(decode(&encode(&ok)).unwrap(), ok);
     }
 
     #[test]
@@ -515,7 +651,8 @@ mod tests {
 
     /// A message taken over SMTP makes one submission per NOTIFY value,
     /// with the envelope's sender (`<>` as ""), RET, ENVID and BODY, and
-    /// each reads back the same from its drop file.
+    /// each recipient's ORCPT (decoded), and each reads back the same
+    /// from its drop file.
     #[test]
     fn a_message_taken_over_smtp_makes_a_submission_per_notify() {
         let origin = mta_envelope::Origin {
@@ -527,8 +664,8 @@ mod tests {
         };
         let rcpts = [
             "RCPT TO:<a@x.test>",
-            "RCPT TO:<b@x.test> NOTIFY=NEVER",
-            "RCPT TO:<c@x.test>",
+            "RCPT TO:<b@x.test> NOTIFY=NEVER ORCPT=rfc822;original+2Bb@old.test",
+            "RCPT TO:<c@x.test> ORCPT=utf-8;c+40old.test",
         ]
         .map(str::to_owned);
         let mail = "MAIL FROM:<s@x.test> BODY=8BITMIME RET=FULL ENVID=e1";
@@ -548,6 +685,14 @@ mod tests {
                     Some("NEVER".to_owned()),
                     "77.1.1".to_owned()
                 ),
+            ]
+        );
+        let orcpt: Vec<BTreeMap<String, String>> = made.iter().map(|s| s.orcpt.clone()).collect();
+        assert_eq!(
+            orcpt,
+            [
+                BTreeMap::from([(c.to_owned(), "utf-8;c@old.test".to_owned())]),
+                BTreeMap::from([(b.to_owned(), "rfc822;original+b@old.test".to_owned())]),
             ]
         );
         for s in &made {

@@ -172,10 +172,7 @@ fn settle(
             .pending_why
             .as_deref()
             .unwrap_or("mtad did not take it");
-        let dropped = Submission {
-            recipients: report.pending.clone(),
-            ..submission
-        };
+        let dropped = submission.for_recipients(report.pending.clone(), report.prepared.as_ref());
         let quota = dropfile::Quota::of(config);
         if let Err(e) = group.with(|| dropfile::write(&config.drop_dir, &dropped, &quota)) {
             eprintln!(

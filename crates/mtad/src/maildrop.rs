@@ -496,6 +496,7 @@ mod tests {
             full_name: None,
             recipients: vec!["a@local.test".into()],
             notify: None,
+            orcpt: Default::default(),
             ret: None,
             envid: None,
             eight_bit: false,
