@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # How fast can any relay go here that makes each message durable before
 # its 250? Postfix's smtp-source (a new connection per message, 20
-# sessions) into Postfix's smtp-sink four ways, in turn, each round on a
+# sessions) into Postfix's smtp-sink six ways, in turn, each round on a
 # fresh sink:
 #
 #   direct  smtp-source straight into the sink ("no MTA" in relay.sh);
@@ -9,11 +9,16 @@
 #           relay does with mtad's durability (write over a kept file,
 #           fdatasync, link into msg/, a shared directory fsync, 250;
 #           relayed to the sink over kept connections; no parsing, no
-#           queue, no log);
+#           queue, no log), a thread per connection;
+#   evloop  the same on a tokio runtime, one worker thread per CPU, the
+#           stores on its blocking pool (mtad's shape: mta-floor
+#           --event-loop);
 #   mtad    through mtad, configured as in relay.sh;
 #   nosync  through mta-floor --no-fsync: the same files written, linked
 #           and unlinked, but neither fsynced (what no relay that says 250
-#           only for durable mail can do; what durability costs here).
+#           only for durable mail can do; what durability costs here);
+#   syncfs  through mta-floor --syncfs: one syncfs(2) shared by the
+#           stores waiting instead of an fdatasync each.
 #
 # The rate is messages over the time from smtp-source's start to the
 # sink's last message, after a warm-up of 200 messages on the same
@@ -117,9 +122,9 @@ one_run() { # direct|floor|mtad
     wait_listening "$sink" 10 || die "smtp-sink is not listening"
     case $1 in
         direct) port=$sink ;;
-        floor | nosync | syncfs)
+        floor | nosync | syncfs | evloop)
             "$FLOOR" --sink "127.0.0.1:$sink" --dir "$RUNDIR/spool" \
-                $(case $1 in nosync) echo --no-fsync ;; syncfs) echo --syncfs ;; esac) \
+                $(case $1 in nosync) echo --no-fsync ;; syncfs) echo --syncfs ;; evloop) echo --event-loop ;; esac) \
                 >"$RUNDIR/stdout" 2>"$RUNDIR/floor.log" &
             RELAY_PID=$!
             for _ in $(seq 100); do
@@ -164,12 +169,12 @@ one_run() { # direct|floor|mtad
 }
 
 declare -A RATES CPUS BUSIES SPLITS
-ORDER=(direct floor mtad nosync syncfs)
+ORDER=(direct floor mtad nosync syncfs evloop)
 log "$ROUNDS rounds of $MESSAGES messages of $SIZE bytes, $SESSIONS sessions, a new connection per message"
 for r in $(seq "$ROUNDS"); do
     # Rotate which goes first, so drift in the machine's load spreads.
-    for i in 0 1 2 3 4; do
-        who=${ORDER[$(((i + r) % 5))]}
+    for i in 0 1 2 3 4 5; do
+        who=${ORDER[$(((i + r) % 6))]}
         one_run "$who"
         log "round $r: $who $RATE msg/s, relay CPU ${CPU:--} ms/msg, machine ${BUSY} % busy, machine ms/msg user / system / irq / steal $SPLIT"
         SPLITS[$who]+="$SPLIT;"
@@ -185,7 +190,7 @@ echo "smtp-source -s $SESSIONS -m $MESSAGES -l $SIZE (a new connection per messa
 echo
 echo "| path | msg/s, every round | median | of direct | relay CPU ms/msg | machine busy % | machine ms/msg: user / system / irq / steal, last round |"
 echo "|---|---|---:|---:|---|---|---|"
-for who in direct floor mtad nosync syncfs; do
+for who in direct floor mtad nosync syncfs evloop; do
     m=$(echo "${RATES[$who]}" | med)
     echo "| $who | ${RATES[$who]% } | $m | $(awk -v a="$m" -v b="$direct" 'BEGIN { printf "%.1f %%", 100 * a / b }') | ${CPUS[$who]% } | ${BUSIES[$who]% } | $(echo "${SPLITS[$who]}" | tr ';' '\n' | sed '/^$/d' | tail -n1) |"
 done

@@ -30,6 +30,9 @@ use std::thread;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 
+#[path = "floor/event_loop.rs"]
+mod event_loop;
+
 #[derive(Parser)]
 #[command(about = "The least a relay that fsyncs before 250 does (a benchmark's yardstick)")]
 struct Args {
@@ -57,6 +60,11 @@ struct Args {
     /// fdatasync each.
     #[arg(long)]
     syncfs: bool,
+    /// Serve the sessions and the relay on a tokio runtime of one worker
+    /// thread per CPU (as mtad does) instead of a thread per connection;
+    /// the stores then run on tokio's blocking pool.
+    #[arg(long)]
+    event_loop: bool,
 }
 
 /// A message made durable, on its way to the sink: its buffer holds the
@@ -178,11 +186,12 @@ impl Spool {
         Ok((slot, name))
     }
 
-    fn done(&self, q: Queued) -> io::Result<()> {
+    /// The sink took `q`: its `msg/` name goes and its file is kept.
+    /// Returns its buffer.
+    fn done(&self, q: Queued) -> io::Result<Vec<u8>> {
         fs::remove_file(&q.name)?;
         self.free.lock().unwrap().push(q.slot);
-        self.buffers.give(q.buf);
-        Ok(())
+        Ok(q.buf)
     }
 }
 
@@ -217,6 +226,10 @@ fn main() -> Result<()> {
         buffers: Buffers::default(),
         fsync: !args.no_fsync,
     });
+
+    if args.event_loop {
+        return event_loop::run(&args, spool);
+    }
 
     let (tx, rx) = mpsc::channel::<Queued>();
     let rx = Arc::new(Mutex::new(rx));
@@ -332,7 +345,8 @@ fn relay(sink: &str, rx: &Mutex<mpsc::Receiver<Queued>>, spool: &Spool) -> Resul
         replies.expect(&mut conn, 1, 354)?;
         conn.write_all(&q.buf[HEAD..q.end])?;
         replies.expect(&mut conn, 1, 250)?;
-        spool.done(q)?;
+        let buf = spool.done(q)?;
+        spool.buffers.give(buf);
     }
 }
 

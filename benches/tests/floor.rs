@@ -1,7 +1,8 @@
 //! mta-floor (benches/floor.sh's yardstick) relays what it is sent, and
 //! keeps its files the way it says: the load generator sends through it
 //! to a small sink here, and every message arrives whole, `msg/` ends
-//! empty and the files stay in `tmp/` for the next messages.
+//! empty and the files stay in `tmp/` for the next messages; with its
+//! threads and on its event loop.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -79,7 +80,7 @@ impl Drop for Floor {
     }
 }
 
-fn floor(sink: SocketAddr, dir: &std::path::Path) -> Floor {
+fn floor(sink: SocketAddr, dir: &std::path::Path, more: &[&str]) -> Floor {
     let mut child = Command::new(env!("CARGO_BIN_EXE_mta-floor"))
         .args([
             "--sink",
@@ -91,6 +92,7 @@ fn floor(sink: SocketAddr, dir: &std::path::Path) -> Floor {
         ])
         .arg("--dir")
         .arg(dir)
+        .args(more)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -109,9 +111,19 @@ fn floor(sink: SocketAddr, dir: &std::path::Path) -> Floor {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_message_is_relayed_whole_and_its_file_kept_for_the_next() {
+    relays_whole_and_keeps_files(&[]).await;
+}
+
+/// The same on its event loop (`--event-loop`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_event_loop_too() {
+    relays_whole_and_keeps_files(&["--event-loop"]).await;
+}
+
+async fn relays_whole_and_keeps_files(mode: &[&str]) {
     let (sink_addr, messages) = sink();
     let dir = tempfile::tempdir().unwrap();
-    let floor = floor(sink_addr, dir.path());
+    let floor = floor(sink_addr, dir.path(), mode);
     let o = Options {
         server: floor.addr,
         sessions: 4,
