@@ -97,25 +97,34 @@ impl Buffers {
     }
 }
 
-/// Flushes shared by the stores that came before each started: a
+/// A flush shared by the stores that came before it started: the
 /// directory's fsync, or the file system's syncfs.
-struct DirSync {
-    dir: File,
-    state: Mutex<SyncState>,
+struct SharedFlush {
+    file: File,
+    flush: fn(&File) -> io::Result<()>,
+    state: Mutex<FlushState>,
     done: Condvar,
-    whole_fs: bool,
 }
 
 #[derive(Default)]
-struct SyncState {
+struct FlushState {
     started: u64,
     finished: u64,
     running: bool,
 }
 
-impl DirSync {
-    /// Returns once a directory fsync that started after the call began
-    /// has finished.
+impl SharedFlush {
+    fn new(file: File, flush: fn(&File) -> io::Result<()>) -> SharedFlush {
+        SharedFlush {
+            file,
+            flush,
+            state: Mutex::default(),
+            done: Condvar::new(),
+        }
+    }
+
+    /// Returns once a flush that started after the call began has
+    /// finished (the caller's, or one it waited for).
     fn sync(&self) -> io::Result<()> {
         let mut st = self.state.lock().unwrap();
         let ticket = st.started + 1;
@@ -128,12 +137,7 @@ impl DirSync {
             st.started += 1;
             let generation = st.started;
             drop(st);
-            let result = if self.whole_fs {
-                nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&self.dir))
-                    .map_err(io::Error::from)
-            } else {
-                self.dir.sync_all()
-            };
+            let result = (self.flush)(&self.file);
             st = self.state.lock().unwrap();
             st.running = false;
             st.finished = generation;
@@ -144,15 +148,30 @@ impl DirSync {
     }
 }
 
+fn syncfs(file: &File) -> io::Result<()> {
+    nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(file)).map_err(io::Error::from)
+}
+
+/// How a store makes its file durable before the link.
+enum Durability {
+    /// An fdatasync of the file; the link then waits for the directory's
+    /// shared fsync.
+    Fsync,
+    /// One syncfs shared by the stores waiting; then the directory's
+    /// shared fsync.
+    Syncfs(SharedFlush),
+    /// Neither fsync (what durability costs, measured).
+    None,
+}
+
 struct Spool {
     tmp: PathBuf,
     msg: PathBuf,
     free: Mutex<Vec<PathBuf>>,
     next: AtomicU64,
-    dir_sync: DirSync,
-    fs_sync: Option<DirSync>,
+    dir_sync: SharedFlush,
+    durability: Durability,
     buffers: Buffers,
-    fsync: bool,
 }
 
 impl Spool {
@@ -172,15 +191,15 @@ impl Spool {
         let field = format!("{:>w$}\n", buf.len() - HEAD, w = HEAD - 1);
         buf[..HEAD].copy_from_slice(field.as_bytes());
         file.write_all_at(buf, 0)?;
-        if let Some(fs_sync) = &self.fs_sync {
-            fs_sync.sync()?;
-        } else if self.fsync {
-            file.sync_data()?;
+        match &self.durability {
+            Durability::Fsync => file.sync_data()?,
+            Durability::Syncfs(fs) => fs.sync()?,
+            Durability::None => {}
         }
         drop(file);
         let name = self.msg.join(format!("m{n}"));
         fs::hard_link(&slot, &name)?;
-        if self.fsync {
+        if !matches!(self.durability, Durability::None) {
             self.dir_sync.sync()?;
         }
         Ok((slot, name))
@@ -195,36 +214,78 @@ impl Spool {
     }
 }
 
+/// What follows a command.
+enum Next {
+    Command,
+    Data,
+    Quit,
+}
+
+/// The floor's answer to a command line (any command but DATA and QUIT
+/// gets 250), and what follows it.
+fn answer(line: &[u8]) -> (&'static [u8], Next) {
+    match &line.get(..4).unwrap_or(line).to_ascii_uppercase()[..] {
+        b"QUIT" => (b"221 2.0.0 bye\r\n", Next::Quit),
+        b"DATA" => (b"354 go ahead\r\n", Next::Data),
+        b"EHLO" => (b"250-floor\r\n250 PIPELINING\r\n", Next::Command),
+        _ => (b"250 2.0.0 ok\r\n", Next::Command),
+    }
+}
+
+const GREETING: &[u8] = b"220 floor ESMTP\r\n";
+const QUEUED: &[u8] = b"250 2.0.0 queued\r\n";
+/// Every message's envelope on the way to the sink, pipelined.
+const ENVELOPE: &[u8] =
+    b"MAIL FROM:<sender@example.test>\r\nRCPT TO:<rcpt@example.test>\r\nDATA\r\n";
+
+/// Whether the wire text read so far (the client sends nothing after it
+/// before the reply) ends the data.
+fn data_ended(text: &[u8]) -> bool {
+    text.ends_with(b"\r\n.\r\n") || text == b".\r\n"
+}
+
+/// Takes reply lines off the front of `buf` up to a final one, which
+/// must start with `code`: true when one was taken, false when no whole
+/// final line is there yet.
+fn take_reply(buf: &mut Vec<u8>, code: &[u8]) -> Result<bool> {
+    while let Some(lf) = buf.iter().position(|&b| b == b'\n') {
+        let line: Vec<u8> = buf.drain(..=lf).collect();
+        if line.get(3) == Some(&b'-') {
+            continue;
+        }
+        if !line.starts_with(code) {
+            bail!(
+                "the sink said {:?}, {} expected",
+                String::from_utf8_lossy(&line),
+                String::from_utf8_lossy(code)
+            );
+        }
+        return Ok(true);
+    }
+    Ok(false)
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     let tmp = args.dir.join("tmp");
     let msg = args.dir.join("msg");
     fs::create_dir_all(&tmp)?;
     fs::create_dir_all(&msg)?;
+    let durability = if args.no_fsync {
+        Durability::None
+    } else if args.syncfs {
+        Durability::Syncfs(SharedFlush::new(File::open(&tmp)?, syncfs))
+    } else {
+        Durability::Fsync
+    };
     let spool = Arc::new(Spool {
-        dir_sync: DirSync {
-            dir: File::open(&msg).context("opening msg/")?,
-            state: Mutex::default(),
-            done: Condvar::new(),
-            whole_fs: false,
-        },
-        fs_sync: args
-            .syncfs
-            .then(|| -> Result<DirSync> {
-                Ok(DirSync {
-                    dir: File::open(&tmp)?,
-                    state: Mutex::default(),
-                    done: Condvar::new(),
-                    whole_fs: true,
-                })
-            })
-            .transpose()?,
+        dir_sync: SharedFlush::new(File::open(&msg).context("opening msg/")?, File::sync_all),
+        durability,
         tmp,
         msg,
         free: Mutex::default(),
         next: AtomicU64::new(0),
         buffers: Buffers::default(),
-        fsync: !args.no_fsync,
     });
 
     if args.event_loop {
@@ -269,17 +330,16 @@ fn main() -> Result<()> {
 /// One client connection.
 fn serve(mut stream: TcpStream, spool: &Spool, tx: &mpsc::Sender<Queued>) -> Result<()> {
     stream.set_nodelay(true)?;
-    stream.write_all(b"220 floor ESMTP\r\n")?;
+    stream.write_all(GREETING)?;
     let mut buf = spool.buffers.take();
     // What was read and not yet used: buf[start..end].
     let (mut start, mut end) = (0, 0);
     let mut in_data = false;
     loop {
         if in_data {
-            let text = &buf[HEAD..end];
-            if text.ends_with(b"\r\n.\r\n") || text == b".\r\n" {
+            if data_ended(&buf[HEAD..end]) {
                 let (slot, name) = spool.store(&mut buf[..end])?;
-                stream.write_all(b"250 2.0.0 queued\r\n")?;
+                stream.write_all(QUEUED)?;
                 let full = std::mem::replace(&mut buf, spool.buffers.take());
                 tx.send(Queued {
                     buf: full,
@@ -291,25 +351,21 @@ fn serve(mut stream: TcpStream, spool: &Spool, tx: &mpsc::Sender<Queued>) -> Res
                 continue;
             }
         } else if let Some(lf) = buf[start..end].iter().position(|&b| b == b'\n') {
-            let verb = buf[start..start + lf.min(4)].to_ascii_uppercase();
+            let (reply, next) = answer(&buf[start..start + lf]);
             start += lf + 1;
-            match &verb[..] {
-                b"QUIT" => {
-                    stream.write_all(b"221 2.0.0 bye\r\n")?;
+            stream.write_all(reply)?;
+            match next {
+                Next::Quit => {
                     spool.buffers.give(buf);
                     return Ok(());
                 }
-                b"DATA" => {
-                    stream.write_all(b"354 go ahead\r\n")?;
+                Next::Data => {
                     // The text goes after the room for its length.
                     buf.copy_within(start..end, HEAD);
                     (end, in_data) = (HEAD + end - start, true);
                 }
-                b"EHLO" => stream.write_all(b"250-floor\r\n250 PIPELINING\r\n")?,
-                _ => stream.write_all(b"250 2.0.0 ok\r\n")?,
-            }
-            if start == end && !in_data {
-                (start, end) = (0, 0);
+                Next::Command if start == end => (start, end) = (0, 0),
+                Next::Command => {}
             }
             continue;
         }
@@ -329,57 +385,39 @@ fn serve(mut stream: TcpStream, spool: &Spool, tx: &mpsc::Sender<Queued>) -> Res
 fn relay(sink: &str, rx: &Mutex<mpsc::Receiver<Queued>>, spool: &Spool) -> Result<()> {
     let mut conn = TcpStream::connect(sink).with_context(|| format!("connecting to {sink}"))?;
     conn.set_nodelay(true)?;
-    let mut replies = Replies::default();
-    replies.expect(&mut conn, 1, 220)?;
+    let mut replies = Vec::new();
+    expect(&mut conn, &mut replies, 1, b"220")?;
     conn.write_all(b"EHLO floor\r\n")?;
-    replies.expect(&mut conn, 1, 250)?;
+    expect(&mut conn, &mut replies, 1, b"250")?;
     loop {
         let q = match rx.lock().unwrap().recv() {
             Ok(q) => q,
             Err(_) => return Ok(()),
         };
-        conn.write_all(
-            b"MAIL FROM:<sender@example.test>\r\nRCPT TO:<rcpt@example.test>\r\nDATA\r\n",
-        )?;
-        replies.expect(&mut conn, 2, 250)?;
-        replies.expect(&mut conn, 1, 354)?;
+        conn.write_all(ENVELOPE)?;
+        expect(&mut conn, &mut replies, 2, b"250")?;
+        expect(&mut conn, &mut replies, 1, b"354")?;
         conn.write_all(&q.buf[HEAD..q.end])?;
-        replies.expect(&mut conn, 1, 250)?;
+        expect(&mut conn, &mut replies, 1, b"250")?;
         let buf = spool.done(q)?;
         spool.buffers.give(buf);
     }
 }
 
-/// Reply lines read from the sink.
-#[derive(Default)]
-struct Replies {
-    buf: Vec<u8>,
-}
-
-impl Replies {
-    /// Reads `n` final reply lines, each with `code`.
-    fn expect(&mut self, conn: &mut TcpStream, n: usize, code: u16) -> Result<()> {
-        let mut got = 0;
-        let mut chunk = [0u8; 4096];
-        while got < n {
-            if let Some(lf) = self.buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=lf).collect();
-                if line.get(3) == Some(&b'-') {
-                    continue;
-                }
-                let text = String::from_utf8_lossy(&line);
-                if !text.starts_with(&code.to_string()) {
-                    bail!("the sink said {text:?}, {code} expected");
-                }
-                got += 1;
-                continue;
-            }
-            let r = conn.read(&mut chunk)?;
-            if r == 0 {
-                bail!("the sink closed the connection");
-            }
-            self.buf.extend_from_slice(&chunk[..r]);
+/// Reads `n` final reply lines from the sink, each starting with `code`.
+fn expect(conn: &mut TcpStream, buf: &mut Vec<u8>, n: usize, code: &[u8]) -> Result<()> {
+    let mut got = 0;
+    let mut chunk = [0u8; 4096];
+    while got < n {
+        if take_reply(buf, code)? {
+            got += 1;
+            continue;
         }
-        Ok(())
+        let r = conn.read(&mut chunk)?;
+        if r == 0 {
+            bail!("the sink closed the connection");
+        }
+        buf.extend_from_slice(&chunk[..r]);
     }
+    Ok(())
 }

@@ -11,7 +11,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Mutex};
 
-use super::{Args, Queued, Spool, HEAD};
+use super::{
+    answer, data_ended, take_reply, Args, Next, Queued, Spool, ENVELOPE, GREETING, HEAD, QUEUED,
+};
 
 pub(crate) fn run(args: &Args, spool: Arc<Spool>) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -53,7 +55,7 @@ async fn serve(
     tx: mpsc::UnboundedSender<Queued>,
 ) -> Result<()> {
     stream.set_nodelay(true)?;
-    stream.write_all(b"220 floor ESMTP\r\n").await?;
+    stream.write_all(GREETING).await?;
     // What was read and not yet used: buf[start..]; read_buf fills the
     // spare room without zeroing it.
     let mut buf: Vec<u8> = Vec::with_capacity(256 * 1024);
@@ -61,8 +63,7 @@ async fn serve(
     let mut in_data = false;
     loop {
         if in_data {
-            let text = &buf[HEAD..];
-            if text.ends_with(b"\r\n.\r\n") || text == b".\r\n" {
+            if data_ended(&buf[HEAD..]) {
                 let end = buf.len();
                 let store = spool.clone();
                 let (full, stored) = tokio::task::spawn_blocking(move || {
@@ -72,7 +73,7 @@ async fn serve(
                 })
                 .await?;
                 let (slot, name) = stored?;
-                stream.write_all(b"250 2.0.0 queued\r\n").await?;
+                stream.write_all(QUEUED).await?;
                 tx.send(Queued {
                     buf: full,
                     end,
@@ -84,15 +85,12 @@ async fn serve(
                 continue;
             }
         } else if let Some(lf) = buf[start..].iter().position(|&b| b == b'\n') {
-            let verb = buf[start..start + lf.min(4)].to_ascii_uppercase();
+            let (reply, next) = answer(&buf[start..start + lf]);
             start += lf + 1;
-            match &verb[..] {
-                b"QUIT" => {
-                    stream.write_all(b"221 2.0.0 bye\r\n").await?;
-                    return Ok(());
-                }
-                b"DATA" => {
-                    stream.write_all(b"354 go ahead\r\n").await?;
+            stream.write_all(reply).await?;
+            match next {
+                Next::Quit => return Ok(()),
+                Next::Data => {
                     // The text goes after the room for its length.
                     let rest = buf.split_off(start);
                     buf.clear();
@@ -100,12 +98,11 @@ async fn serve(
                     buf.extend_from_slice(&rest);
                     (start, in_data) = (0, true);
                 }
-                b"EHLO" => stream.write_all(b"250-floor\r\n250 PIPELINING\r\n").await?,
-                _ => stream.write_all(b"250 2.0.0 ok\r\n").await?,
-            }
-            if start == buf.len() && !in_data {
-                buf.clear();
-                start = 0;
+                Next::Command if start == buf.len() => {
+                    buf.clear();
+                    start = 0;
+                }
+                Next::Command => {}
             }
             continue;
         }
@@ -136,10 +133,7 @@ async fn relay(
         let Some(q) = rx.lock().await.recv().await else {
             return Ok(());
         };
-        conn.write_all(
-            b"MAIL FROM:<sender@example.test>\r\nRCPT TO:<rcpt@example.test>\r\nDATA\r\n",
-        )
-        .await?;
+        conn.write_all(ENVELOPE).await?;
         expect(&mut conn, &mut replies, 2, b"250").await?;
         expect(&mut conn, &mut replies, 1, b"354").await?;
         conn.write_all(&q.buf[HEAD..q.end]).await?;
@@ -149,22 +143,11 @@ async fn relay(
     }
 }
 
-/// Reads `n` final reply lines, each starting with `code`.
+/// Reads `n` final reply lines from the sink, each starting with `code`.
 async fn expect(conn: &mut TcpStream, buf: &mut Vec<u8>, n: usize, code: &[u8]) -> Result<()> {
     let mut got = 0;
     while got < n {
-        if let Some(lf) = buf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=lf).collect();
-            if line.get(3) == Some(&b'-') {
-                continue;
-            }
-            if !line.starts_with(code) {
-                bail!(
-                    "the sink said {:?}, {} expected",
-                    String::from_utf8_lossy(&line),
-                    String::from_utf8_lossy(code)
-                );
-            }
+        if take_reply(buf, code)? {
             got += 1;
             continue;
         }

@@ -469,13 +469,7 @@ mod tests {
             "RCPT TO:<root@mx.test> NOTIFY=NEVER ORCPT=rfc822;original+2Broot+3D1@example.test";
         assert_eq!(lines[2], rcpt);
         assert_eq!(lines[3], "RCPT TO:<bob@x.test> NOTIFY=NEVER");
-        let origin = mta_envelope::Origin {
-            client_ip: "127.0.0.1".parse().unwrap(),
-            helo: "localhost".into(),
-            protocol: "local-esmtp".into(),
-            tls: None,
-            auth: None,
-        };
+        let origin = crate::test_origin();
         let e =
             mta_smtp::envelope_of_commands(lines[1], &[lines[2].to_owned()], origin, 1).unwrap();
         assert_eq!(e.recipients[0].orcpt.as_deref(), Some(orcpt));

@@ -655,13 +655,7 @@ mod tests {
     /// from its drop file.
     #[test]
     fn a_message_taken_over_smtp_makes_a_submission_per_notify() {
-        let origin = mta_envelope::Origin {
-            client_ip: "127.0.0.1".parse().unwrap(),
-            helo: "localhost".into(),
-            protocol: "local-esmtp".into(),
-            tls: None,
-            auth: None,
-        };
+        let origin = crate::test_origin();
         let rcpts = [
             "RCPT TO:<a@x.test>",
             "RCPT TO:<b@x.test> NOTIFY=NEVER ORCPT=rfc822;original+2Bb@old.test",

@@ -29,3 +29,16 @@ pub mod options;
 
 pub use compose::{Prepared, Submission};
 pub use exit::Exit;
+
+/// The origin a stand-alone local session gives its envelopes, for the
+/// tests that make one from RCPT lines.
+#[cfg(test)]
+pub(crate) fn test_origin() -> mta_envelope::Origin {
+    mta_envelope::Origin {
+        client_ip: "127.0.0.1".parse().unwrap(),
+        helo: "localhost".into(),
+        protocol: "local-esmtp".into(),
+        tls: None,
+        auth: None,
+    }
+}

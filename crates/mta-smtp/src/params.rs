@@ -168,25 +168,28 @@ impl std::error::Error for OrcptError {}
 
 /// The value of an ORCPT parameter as RCPT gives it, `addr-type ";"
 /// xtext` (RFC 3461 section 4.2), in the form an envelope keeps it: the
-/// address decoded (`rfc822;a@b.test` for `rfc822;a+40b.test`).
+/// address decoded (`rfc822;a@b.test` for `rfc822;a+40b.test`), then
+/// checked as [`check_orcpt`] checks one.
 pub fn parse_orcpt(value: &str) -> Result<String, OrcptError> {
     let (kind, addr) = value.split_once(';').ok_or(OrcptError::NoAddrType)?;
-    check_addr_type(kind)?;
-    if addr.is_empty() {
-        return Err(OrcptError::Empty);
-    }
     let addr = xtext_decode(addr).ok_or(OrcptError::NotXtext)?;
-    check_length(&addr)?;
-    Ok(format!("{kind};{addr}"))
+    let decoded = format!("{kind};{addr}");
+    check_orcpt(&decoded)?;
+    Ok(decoded)
 }
 
-/// Checks an ORCPT in the form an envelope keeps it (decoded) by the
-/// rules [`parse_orcpt`] applies, for one that did not come from a RCPT
-/// command (a drop file, written by a user): what passes is what a
-/// session would have taken, once xtext-encoded again.
+/// Checks an ORCPT in the form an envelope keeps it (decoded): an
+/// addr-type of letters, digits and hyphens (`rfc822`, `utf-8`, `x400`),
+/// `;`, then an address that is not empty, holds no control character
+/// and is within RFC 3461's 500 characters (counted in octets). For one
+/// that did not come from a RCPT command (a drop file, written by a
+/// user): what passes is what a session would have taken, once
+/// xtext-encoded again.
 pub fn check_orcpt(decoded: &str) -> Result<(), OrcptError> {
     let (kind, addr) = decoded.split_once(';').ok_or(OrcptError::NoAddrType)?;
-    check_addr_type(kind)?;
+    if kind.is_empty() || !kind.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Err(OrcptError::BadAddrType);
+    }
     if addr.is_empty() {
         return Err(OrcptError::Empty);
     }
@@ -194,21 +197,6 @@ pub fn check_orcpt(decoded: &str) -> Result<(), OrcptError> {
     if addr.chars().any(char::is_control) {
         return Err(OrcptError::Control);
     }
-    check_length(addr)
-}
-
-/// An addr-type as mtad takes it: an atom of letters, digits and
-/// hyphens (`rfc822`, `utf-8`, `x400`).
-fn check_addr_type(kind: &str) -> Result<(), OrcptError> {
-    if kind.is_empty() || !kind.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-        return Err(OrcptError::BadAddrType);
-    }
-    Ok(())
-}
-
-/// RFC 3461's limit of 500 characters, counted in octets of the decoded
-/// address.
-fn check_length(addr: &str) -> Result<(), OrcptError> {
     if addr.len() > 500 {
         return Err(OrcptError::TooLong);
     }
